@@ -1,0 +1,25 @@
+"""Errors a user can act on. The CLI prints their message as one line; a traceback means a bug."""
+
+
+class CrossGapError(Exception):
+    """Base class: every expected failure (bad input, missing weights, wrong index) derives from it."""
+
+
+class ModelUnavailableError(CrossGapError):
+    """A model spec names weights that cannot be had here (offline, unknown tag, missing file)."""
+
+
+class IncompatibleModelError(CrossGapError):
+    """The model cannot do what was asked (e.g. OVI on a ResNet image tower)."""
+
+
+class StoreError(CrossGapError):
+    """An index directory is missing, empty, built with another model, or from a newer schema."""
+
+
+class QueryError(CrossGapError):
+    """A query cannot be run as given (unreadable image, conflicting options)."""
+
+
+class InputFileError(CrossGapError):
+    """An input file (text corpus, dataset) cannot be read."""

@@ -1,0 +1,162 @@
+"""One entry point, ``load_model``, resolves every model spec the project accepts.
+
+Spec forms:
+  * a bundled name: ``tiny-random`` (deterministic random weights), ``crossgap-small``;
+  * an open_clip pretrained model: ``ARCH/TAG`` or ``ARCH::TAG`` (``ViT-B-32/datacomp_xl_s13b_b90k``);
+    weights come through open_clip / huggingface_hub, so ``HF_HOME`` and ``HF_HUB_OFFLINE`` apply;
+  * a local checkpoint: ``ARCH::/path/to/weights.safetensors``, or a folder holding
+    ``open_clip_config.json`` and weights (open_clip's ``local-dir`` layout).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import open_clip
+import torch
+
+from crossgap_index.errors import ModelUnavailableError
+from crossgap_index.models._registry import RANDOM_INIT_SEED, bundled_dir, bundled_names
+
+DEFAULT_MODEL = "ViT-B-32/datacomp_xl_s13b_b90k"
+MODEL_ENV_VAR = "CGX_MODEL"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A parsed model spec. ``canonical`` is what an index records and compares."""
+
+    kind: str  # "bundled" | "pretrained" | "checkpoint" | "local-dir"
+    arch: str
+    source: str | None  # pretrained tag, checkpoint path, or folder
+
+    @property
+    def canonical(self) -> str:
+        if self.kind == "bundled":
+            return self.arch
+        if self.kind == "local-dir":
+            return str(self.source)
+        return f"{self.arch}/{self.source}"
+
+
+@dataclass
+class LoadedModel:
+    """A frozen open_clip model with the transforms that belong to it."""
+
+    spec: ModelSpec
+    model: torch.nn.Module
+    preprocess: Callable  # PIL image -> (3, H, W) tensor
+    tokenizer: Callable  # list[str] -> (n, context_length) int64 tensor
+    device: torch.device
+
+    @property
+    def embed_dim(self) -> int:
+        return int(self.model.text_projection.shape[1]) if _has_text_proj(self.model) else _probe_dim(self)
+
+
+def default_model_spec() -> str:
+    return os.environ.get(MODEL_ENV_VAR, DEFAULT_MODEL)
+
+
+def parse_spec(spec: str) -> ModelSpec:
+    """Parse a spec string without loading anything."""
+    spec = spec.strip()
+    if not spec:
+        raise ModelUnavailableError("empty model spec")
+    if bundled_dir(spec) is not None:
+        return ModelSpec("bundled", spec, None)
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        if not (path / "open_clip_config.json").is_file():
+            raise ModelUnavailableError(f"{spec}: a model folder needs open_clip_config.json beside its weights")
+        return ModelSpec("local-dir", "local-dir", str(path.resolve()))
+    if "::" in spec:
+        arch, source = spec.split("::", 1)
+    elif "/" in spec:
+        arch, source = spec.split("/", 1)
+    else:
+        raise ModelUnavailableError(
+            f"unknown model '{spec}': use ARCH/TAG (e.g. {DEFAULT_MODEL}), ARCH::/path/to/weights, "
+            f"a model folder, or a bundled name ({', '.join(bundled_names())})"
+        )
+    source_path = Path(source).expanduser()
+    if source_path.is_file():
+        return ModelSpec("checkpoint", arch, str(source_path.resolve()))
+    return ModelSpec("pretrained", arch, source)
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``auto`` picks CUDA when available, else CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelUnavailableError("--device cuda was asked for, but torch sees no CUDA device")
+    return torch.device(device)
+
+
+def load_model(spec: str | ModelSpec, device: str | torch.device = "auto") -> LoadedModel:
+    """Build the open_clip model for ``spec``, frozen, in eval mode, on ``device``."""
+    parsed = parse_spec(spec) if isinstance(spec, str) else spec
+    dev = device if isinstance(device, torch.device) else resolve_device(device)
+    if parsed.kind in ("bundled", "local-dir"):
+        folder = bundled_dir(parsed.arch) if parsed.kind == "bundled" else Path(parsed.source)
+        model_name, pretrained = f"local-dir:{folder}", None
+    else:
+        if parsed.arch not in open_clip.list_models():
+            raise ModelUnavailableError(f"unknown open_clip architecture '{parsed.arch}' (see open_clip.list_models())")
+        model_name, pretrained = parsed.arch, parsed.source
+        if parsed.kind == "pretrained" and parsed.source not in open_clip.list_pretrained_tags_by_model(parsed.arch):
+            known = ", ".join(open_clip.list_pretrained_tags_by_model(parsed.arch)) or "none"
+            raise ModelUnavailableError(
+                f"unknown pretrained tag '{parsed.source}' for {parsed.arch} (known: {known}); "
+                "or give ARCH::/path/to/weights"
+            )
+    try:
+        with _quiet_open_clip(), torch.random.fork_rng(devices=[]):
+            torch.manual_seed(RANDOM_INIT_SEED)
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                model_name, pretrained=pretrained, device=dev
+            )
+            tokenizer = open_clip.get_tokenizer(model_name)
+    except Exception as exc:  # noqa: BLE001 - open_clip/hf_hub raise many types for "cannot fetch"
+        raise ModelUnavailableError(_unavailable_message(parsed, exc)) from exc
+    model.eval().requires_grad_(False)
+    return LoadedModel(parsed, model, preprocess, tokenizer, dev)
+
+
+def _unavailable_message(spec: ModelSpec, exc: Exception) -> str:
+    first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return (
+        f"cannot load model '{spec.canonical}': {first_line[:200]}. Offline options: "
+        f"a bundled model ({', '.join(bundled_names())}), weights already in the Hugging Face cache "
+        "(HF_HOME, HF_HUB_OFFLINE=1), or a local file/folder (ARCH::/path/to/weights)"
+    )
+
+
+@contextlib.contextmanager
+def _quiet_open_clip():
+    """open_clip logs and prints download chatter; keep stdout clean for piping."""
+    logger = logging.getLogger()
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def _has_text_proj(model: torch.nn.Module) -> bool:
+    proj = getattr(model, "text_projection", None)
+    return isinstance(proj, torch.Tensor) and proj.ndim == 2
+
+
+def _probe_dim(loaded: LoadedModel) -> int:
+    with torch.no_grad():
+        return int(loaded.model.encode_text(loaded.tokenizer(["a"]).to(loaded.device)).shape[-1])
