@@ -120,9 +120,7 @@ def load_model(spec: str | ModelSpec, device: str | torch.device = "auto") -> Lo
     try:
         with _quiet_open_clip(), torch.random.fork_rng(devices=[]):
             torch.manual_seed(RANDOM_INIT_SEED)
-            model, _, preprocess = open_clip.create_model_and_transforms(
-                model_name, pretrained=pretrained, device=dev
-            )
+            model, _, preprocess = open_clip.create_model_and_transforms(model_name, pretrained=pretrained, device=dev)
             tokenizer = open_clip.get_tokenizer(model_name)
     except Exception as exc:  # noqa: BLE001 - open_clip/hf_hub raise many types for "cannot fetch"
         raise ModelUnavailableError(_unavailable_message(parsed, exc)) from exc
@@ -132,8 +130,10 @@ def load_model(spec: str | ModelSpec, device: str | torch.device = "auto") -> Lo
 
 def _unavailable_message(spec: ModelSpec, exc: Exception) -> str:
     first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if len(first_line) > 200:
+        first_line = first_line[:200].rsplit(" ", 1)[0] + " ..."
     return (
-        f"cannot load model '{spec.canonical}': {first_line[:200]}. Offline options: "
+        f"cannot load model '{spec.canonical}': {first_line}. Offline options: "
         f"a bundled model ({', '.join(bundled_names())}), weights already in the Hugging Face cache "
         "(HF_HOME, HF_HUB_OFFLINE=1), or a local file/folder (ARCH::/path/to/weights)"
     )

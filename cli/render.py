@@ -1,0 +1,118 @@
+"""Rendering for the CLI: results to stdout (table, JSON, paths), everything else to stderr."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+from rich.text import Text
+
+from crossgap_index.api import BuildReport, Hit, IndexInfo
+
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+
+
+class RateColumn(ProgressColumn):
+    """Items per second, from rich's own speed estimate."""
+
+    def __init__(self, unit: str):
+        super().__init__()
+        self.unit = unit
+
+    def render(self, task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text(f"{speed:.1f} {self.unit}/s" if speed else f"- {self.unit}/s", style="progress.data.speed")
+
+
+@contextmanager
+def progress_bar(description: str, unit: str, enabled: bool = True) -> Iterator:
+    """Yield a ``progress(done, total)`` callback drawing a bar on stderr once work starts."""
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        RateColumn(unit),
+        TimeElapsedColumn(),
+    )
+    bar = Progress(*columns, console=err)
+    task = None
+
+    def update(done: int, total: int) -> None:
+        nonlocal task
+        if not enabled or total == 0:
+            return
+        if task is None:
+            bar.start()
+            task = bar.add_task(description, total=total)
+        bar.update(task, completed=done, total=total)
+
+    try:
+        yield update
+    finally:
+        if task is not None:
+            bar.stop()
+
+
+def hits_table(hits: list[Hit], title: str) -> Table:
+    lists = list(dict.fromkeys(name for h in hits for name in h.ranks))
+    table = Table(title=title, title_justify="left")
+    table.add_column("rank", justify="right")
+    table.add_column("score", justify="right")
+    if len(lists) > 1:
+        for name in lists:
+            table.add_column(f"{name} rank/score", justify="right")
+    table.add_column("item")
+    for rank, hit in enumerate(hits, 1):
+        cells = [str(rank), f"{hit.score:.4f}"]
+        if len(lists) > 1:
+            cells += [f"{hit.ranks[n]} / {hit.scores[n]:.4f}" if n in hit.ranks else "-" for n in lists]
+        cells.append(hit.path or hit.text or "")
+        table.add_row(*cells)
+    return table
+
+
+def print_hits(hits: list[Hit], query: dict, settings: dict, fmt: str) -> None:
+    if fmt == "json":
+        print(json.dumps({"query": query, "settings": settings, "hits": [asdict(h) for h in hits]}, indent=2))
+    elif fmt == "paths":
+        for hit in hits:
+            print(hit.path if hit.path is not None else hit.text)
+    else:
+        out.print(hits_table(hits, f"{query['kind']} query: {query['value']}"))
+
+
+def build_summary(report: BuildReport) -> str:
+    return (
+        f"added {report.added}, updated {report.updated}, removed {report.removed}, reused {report.reused}, "
+        f"unchanged {report.unchanged}, skipped {len(report.skipped)} in {report.seconds:.1f} s "
+        f"({report.images_per_second:.1f} images/s embedded)"
+    )
+
+
+def info_table(info: IndexInfo) -> Table:
+    table = Table(show_header=False, title=info.path, title_justify="left")
+    table.add_column("key", style="bold")
+    table.add_column("value")
+    table.add_row("model", info.model)
+    table.add_row("dim / metric", f"{info.dim} / {info.metric}")
+    for name, count in info.counts.items():
+        if count == 0 and name not in ("image", "text"):
+            continue  # optional derived collections appear once built
+        table.add_row(f"{name}", f"{count} vectors, factory {info.factories[name]}")
+    table.add_row("on disk", ", ".join(f"{name} {_human(size)}" for name, size in info.disk_bytes.items()))
+    table.add_row("schema / version", f"{info.schema_version} / crossgap-index {info.crossgap_version}")
+    return table
+
+
+def _human(size: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return str(size)

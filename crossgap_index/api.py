@@ -1,0 +1,380 @@
+"""CrossGapIndex: the one public entry point that the CLI and library users call."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from crossgap_index.errors import QueryError, StoreError
+from crossgap_index.ingest.decode import DEFAULT_MAX_MEGAPIXELS, DecodeError, content_hash, decode_rgb
+from crossgap_index.ingest.discover import find_images, resolve_roots
+from crossgap_index.ingest.pipeline import Prepared, prepared_batches
+from crossgap_index.models import Encoder, default_model_spec, load_model, parse_spec
+from crossgap_index.search.ranking import Ranked, top_k
+from crossgap_index.store.directory import Store, default_index_path
+from crossgap_index.store.vectors import AUTO
+
+TARGETS = {"images": "image", "texts": "text"}
+
+# progress(done, total): called as files are processed during a build.
+ProgressFn = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One search result. ``ranks``/``scores`` give its position in each merged list (1-based)."""
+
+    id: int
+    score: float
+    modality: str
+    path: str | None = None
+    text: str | None = None
+    external_id: str | None = None
+    ranks: dict[str, int] = field(default_factory=dict)
+    scores: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class BuildReport:
+    """What a build did. ``embedded`` counts images that went through the model."""
+
+    added: int = 0
+    updated: int = 0
+    removed: int = 0
+    unchanged: int = 0
+    reused: int = 0
+    embedded: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def images_per_second(self) -> float:
+        return self.embedded / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass
+class TextReport:
+    added: int = 0
+    duplicates: int = 0
+
+
+@dataclass(frozen=True)
+class IndexInfo:
+    path: str
+    model: str
+    dim: int
+    metric: str
+    counts: dict[str, int]
+    factories: dict[str, str]
+    disk_bytes: dict[str, int]
+    schema_version: int
+    crossgap_version: str
+
+
+class CrossGapIndex:
+    """An index directory plus the model it was built with (loaded on first use)."""
+
+    def __init__(self, store: Store, device: str = "auto"):
+        self._store = store
+        self._device = device
+        self._encoder: Encoder | None = None
+
+    # -- lifecycle ------------------------------------------------------------------------
+    @classmethod
+    def create(
+        cls,
+        path: str | Path | None = None,
+        model: str | None = None,
+        device: str = "auto",
+        factory: str = AUTO,
+    ) -> CrossGapIndex:
+        """Make a new, empty index directory for ``model`` (default: $CGX_MODEL or the open_clip default)."""
+        path = Path(path).expanduser() if path else default_index_path()
+        spec = parse_spec(model or default_model_spec())
+        encoder = Encoder(load_model(spec, device))
+        index = cls(Store.create(path, spec.canonical, encoder.dim, factory), device)
+        index._encoder = encoder
+        return index
+
+    @classmethod
+    def open(cls, path: str | Path | None = None, model: str | None = None, device: str = "auto") -> CrossGapIndex:
+        """Open an existing index; ``model``, when given, must be the one the index was built with."""
+        path = Path(path).expanduser() if path else default_index_path()
+        store = Store.open(path)
+        if model is not None and parse_spec(model).canonical != store.manifest.model:
+            store.close()
+            raise StoreError(
+                f"index at {path} was built with model '{store.manifest.model}', not '{parse_spec(model).canonical}'"
+            )
+        return cls(store, device)
+
+    @classmethod
+    def open_or_create(
+        cls, path: str | Path | None = None, model: str | None = None, device: str = "auto", factory: str = AUTO
+    ) -> CrossGapIndex:
+        path = Path(path).expanduser() if path else default_index_path()
+        if (path / "manifest.json").exists():
+            return cls.open(path, model=model, device=device)
+        return cls.create(path, model=model, device=device, factory=factory)
+
+    def save(self) -> None:
+        self._store.save()
+
+    def close(self) -> None:
+        """Release the files. Writes are saved by the methods that make them."""
+        self._store.close()
+
+    def __enter__(self) -> CrossGapIndex:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    @property
+    def path(self) -> Path:
+        return self._store.path
+
+    @property
+    def encoder(self) -> Encoder:
+        if self._encoder is None:
+            self._encoder = Encoder(load_model(self._store.manifest.model, self._device))
+        return self._encoder
+
+    # -- writing --------------------------------------------------------------------------
+    def index_folders(
+        self,
+        roots: Iterable[str | Path],
+        *,
+        include_hidden: bool = False,
+        max_megapixels: float = DEFAULT_MAX_MEGAPIXELS,
+        batch_size: int = 64,
+        workers: int = 4,
+        progress: ProgressFn | None = None,
+    ) -> BuildReport:
+        """Bring the index in line with the image files under ``roots``: new and changed files are
+        embedded (or reuse a stored vector with the same content), files gone from disk leave."""
+        roots = resolve_roots(roots)
+        paths = find_images(roots, include_hidden=include_hidden)
+        return self._ingest(paths, roots, max_megapixels, batch_size, workers, progress)
+
+    def add_images(
+        self,
+        paths: Iterable[str | Path],
+        *,
+        max_megapixels: float = DEFAULT_MAX_MEGAPIXELS,
+        batch_size: int = 64,
+        progress: ProgressFn | None = None,
+    ) -> BuildReport:
+        """Add or update the given image files; nothing is removed."""
+        files = [Path(p).expanduser().resolve() for p in paths]
+        return self._ingest(files, [], max_megapixels, batch_size, 4, progress)
+
+    def _ingest(
+        self,
+        paths: list[Path],
+        prune_roots: list[Path],
+        max_megapixels: float,
+        batch_size: int,
+        workers: int,
+        progress: ProgressFn | None,
+    ) -> BuildReport:
+        start = time.perf_counter()
+        report = BuildReport()
+        catalog = self._store.catalog
+        records = catalog.images()
+        todo = []
+        for path in paths:
+            record = records.get(str(path))
+            try:
+                stat = path.stat()
+            except OSError as exc:
+                report.skipped.append((str(path), f"unreadable: {exc.strerror or exc}"))
+                continue
+            if record and record.size == stat.st_size and record.mtime_ns == stat.st_mtime_ns:
+                report.unchanged += 1
+            else:
+                todo.append(path)
+        on_disk = {str(p) for p in paths}
+        gone = [r.id for p, r in records.items() if p not in on_disk and _under_any(p, prune_roots)]
+
+        known = catalog.known_hashes("image")
+        done = 0
+        if progress:
+            progress(0, len(todo))
+        try:
+            for batch in prepared_batches(todo, known.__contains__, batch_size, workers, max_megapixels):
+                self._store_batch(batch, records, known, report)
+                self._store.commit()
+                done += len(batch)
+                if progress:
+                    progress(done, len(todo))
+            self._store.remove(gone)
+            report.removed = len(gone)
+        finally:
+            self._store.save()
+            report.seconds = time.perf_counter() - start
+        return report
+
+    def _store_batch(self, batch: list[Prepared], records: dict, known: set[str], report: BuildReport) -> None:
+        catalog = self._store.catalog
+        vectors: dict[str, np.ndarray] = {}
+        for item in batch:
+            if item.reused:
+                stored = catalog.vector_by_hash(item.file.content_hash)
+                if stored is not None:
+                    vectors[item.file.content_hash] = stored
+        fresh = [p for p in batch if p.image is not None or (p.reused and p.file.content_hash not in vectors)]
+        if fresh:  # a reused vector can vanish when its only holder was replaced earlier in this run
+            images = [p.image if p.image is not None else decode_rgb(p.file.data) for p in fresh]
+            vectors.update(zip((p.file.content_hash for p in fresh), self.encoder.encode_images(images), strict=True))
+            report.embedded += len(fresh)
+        new_ids, new_vectors = [], []
+        for item in batch:
+            if item.error is not None:
+                report.skipped.append((str(item.path), item.error))
+                continue
+            file, old = item.file, records.get(str(item.path))
+            if old is not None and old.content_hash == file.content_hash:
+                catalog.update_stat(old.id, file.size, file.mtime_ns)  # touched, same content
+                report.unchanged += 1
+                continue
+            if old is not None:
+                self._store.remove([old.id])
+                report.updated += 1
+            else:
+                report.added += 1
+            report.reused += item.reused and item not in fresh
+            vector = vectors[file.content_hash]
+            new_ids.append(catalog.add_image(str(item.path), file.content_hash, file.size, file.mtime_ns, vector))
+            new_vectors.append(vector)
+            known.add(file.content_hash)
+        if new_ids:
+            self._store.add("image", new_ids, np.stack(new_vectors))
+
+    def add_texts(self, texts: Sequence[str], ids: Sequence[str | None] | None = None) -> TextReport:
+        """Embed and store texts, skipping any whose exact content is already stored."""
+        if ids is not None and len(ids) != len(texts):
+            raise QueryError("add_texts: texts and ids differ in length")
+        report = TextReport()
+        known = self._store.catalog.known_hashes("text")
+        fresh: dict[str, tuple[str, str | None]] = {}
+        for i, text in enumerate(texts):
+            digest = content_hash(text.encode("utf-8"))
+            if digest in known or digest in fresh:
+                report.duplicates += 1
+            else:
+                fresh[digest] = (text, ids[i] if ids is not None else None)
+        items = list(fresh.items())
+        for start in range(0, len(items), 256):
+            chunk = items[start : start + 256]
+            vectors = self.encoder.encode_texts([text for _, (text, _) in chunk])
+            new_ids = [
+                self._store.catalog.add_text(text, digest, ext, vec)
+                for (digest, (text, ext)), vec in zip(chunk, vectors, strict=True)
+            ]
+            self._store.add("text", new_ids, vectors)
+            self._store.commit()
+            report.added += len(chunk)
+        self._store.save()
+        return report
+
+    def remove(self, ids: Iterable[int]) -> None:
+        self._store.remove([int(i) for i in ids])
+        self._store.save()
+
+    # -- reading --------------------------------------------------------------------------
+    def embed_query(
+        self, image: str | Path | Image.Image | None = None, text: str | None = None, vector=None
+    ) -> tuple[np.ndarray, str]:
+        """The query's unit feature and its modality ('image' or 'text')."""
+        given = [x is not None for x in (image, text, vector)]
+        if sum(given) != 1:
+            raise QueryError("give exactly one of image=, text= or vector=")
+        if vector is not None:
+            vec = np.asarray(vector, np.float32).reshape(-1)
+            if vec.shape[0] != self._store.manifest.dim:
+                raise QueryError(f"query vector has dim {vec.shape[0]}, index has {self._store.manifest.dim}")
+            return vec / max(float(np.linalg.norm(vec)), 1e-12), "vector"
+        if text is not None:
+            return self.encoder.encode_texts([text])[0], "text"
+        return self.encoder.encode_images([_load_query_image(image)])[0], "image"
+
+    def search(
+        self,
+        image: str | Path | Image.Image | None = None,
+        text: str | None = None,
+        vector=None,
+        *,
+        target: str = "images",
+        k: int = 10,
+    ) -> list[Hit]:
+        """Top-k items of ``target`` ('images' or 'texts') for one query."""
+        collection = _collection(target)
+        self._require_items(collection)
+        query, _ = self.embed_query(image, text, vector)
+        return self._hits(top_k(self._store, collection, query, k), "intra")
+
+    def _require_items(self, collection: str) -> None:
+        if self._store.stored_count(collection) == 0:
+            raise StoreError(f"the {collection} index at {self.path} is empty")
+
+    def _hits(self, ranked: Ranked, list_name: str) -> list[Hit]:
+        rows = self._store.catalog.rows(ranked.ids.tolist())
+        hits = []
+        for rank, (item_id, score) in enumerate(zip(ranked.ids.tolist(), ranked.scores.tolist(), strict=True), 1):
+            row = rows[item_id]
+            hits.append(
+                Hit(
+                    item_id,
+                    score,
+                    row.modality,
+                    row.path,
+                    row.text,
+                    row.external_id,
+                    {list_name: rank},
+                    {list_name: score},
+                )
+            )
+        return hits
+
+    def info(self) -> IndexInfo:
+        m = self._store.manifest
+        return IndexInfo(
+            path=str(self.path),
+            model=m.model,
+            dim=m.dim,
+            metric=m.metric,
+            counts={n: self._store.stored_count(n) for n in self._store.indexes},
+            factories={n: idx.resolved_factory for n, idx in self._store.indexes.items()},
+            disk_bytes=self._store.disk_sizes(),
+            schema_version=m.schema_version,
+            crossgap_version=m.crossgap_version,
+        )
+
+
+def _collection(target: str) -> str:
+    if target not in TARGETS:
+        raise QueryError(f"unknown target '{target}': use one of {', '.join(TARGETS)}")
+    return TARGETS[target]
+
+
+def _under_any(path: str, roots: list[Path]) -> bool:
+    p = Path(path)
+    return any(p == r or r in p.parents for r in roots)
+
+
+def _load_query_image(image: str | Path | Image.Image) -> Image.Image:
+    if isinstance(image, Image.Image):
+        return image.convert("RGB")
+    path = Path(image).expanduser()
+    try:
+        return decode_rgb(path.read_bytes())
+    except OSError as exc:
+        raise QueryError(f"cannot read query image {path}: {exc.strerror or exc}") from exc
+    except DecodeError as exc:
+        raise QueryError(f"cannot decode query image {path}: {exc}") from exc

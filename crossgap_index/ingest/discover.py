@@ -1,0 +1,50 @@
+"""Find image files under folders: recursive, case-insensitive extensions, junk folders skipped."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+from crossgap_index.errors import QueryError
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
+SKIPPED_DIRS = frozenset(
+    {".git", ".hg", ".svn", "node_modules", "__pycache__", ".venv", "venv", ".tox", ".cache", "@eaDir"}
+)
+
+
+def is_image_path(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def find_images(roots: Iterable[Path], include_hidden: bool = False) -> list[Path]:
+    """Absolute paths of image files under ``roots`` (files given directly are kept), sorted."""
+    found: set[Path] = set()
+    for root in roots:
+        root = Path(root).expanduser().resolve()
+        if root.is_file():
+            if is_image_path(root):
+                found.add(root)
+            continue
+        for dirpath, dirnames, filenames in os.walk(root):
+            dirnames[:] = [d for d in dirnames if _keep_dir(d, include_hidden)]
+            for name in filenames:
+                if (include_hidden or not name.startswith(".")) and is_image_path(Path(name)):
+                    found.add(Path(dirpath) / name)
+    return sorted(found)
+
+
+def _keep_dir(name: str, include_hidden: bool) -> bool:
+    if name in SKIPPED_DIRS:
+        return False
+    return include_hidden or not name.startswith(".")
+
+
+def resolve_roots(roots: Iterable[str | Path]) -> list[Path]:
+    """Absolute paths of ``roots``; a one-line error names the first that does not exist."""
+    resolved = [Path(r).expanduser().resolve() for r in roots]
+    for root in resolved:
+        if not root.exists():
+            raise QueryError(f"no such file or folder: {root}")
+    return resolved

@@ -1,0 +1,64 @@
+"""Read a text corpus: ``.txt`` (one document per line) or ``.jsonl`` ({"text": ..., "id": optional}).
+
+Bad lines are reported with their line numbers and the rest are kept.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from crossgap_index.errors import InputFileError
+
+
+@dataclass
+class TextCorpus:
+    texts: list[str] = field(default_factory=list)
+    ids: list[str | None] = field(default_factory=list)
+    bad_lines: list[tuple[int, str]] = field(default_factory=list)
+
+
+def read_text_corpus(path: str | Path) -> TextCorpus:
+    path = Path(path).expanduser()
+    if path.suffix.lower() not in (".txt", ".jsonl"):
+        raise InputFileError(f"{path}: expected a .txt (one document per line) or .jsonl file")
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise InputFileError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise InputFileError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+    corpus = TextCorpus()
+    parse = _parse_jsonl_line if path.suffix.lower() == ".jsonl" else _parse_txt_line
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            text, ext_id = parse(line)
+        except ValueError as exc:
+            corpus.bad_lines.append((lineno, str(exc)))
+            continue
+        corpus.texts.append(text)
+        corpus.ids.append(ext_id)
+    return corpus
+
+
+def _parse_txt_line(line: str) -> tuple[str, None]:
+    return line.strip(), None
+
+
+def _parse_jsonl_line(line: str) -> tuple[str, str | None]:
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"invalid JSON ({exc.msg})") from exc
+    if not isinstance(record, dict):
+        raise ValueError("expected a JSON object")
+    text = record.get("text")
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError('missing or empty "text" string')
+    ext_id = record.get("id")
+    if ext_id is not None and not isinstance(ext_id, (str, int)):
+        raise ValueError('"id" must be a string or an integer')
+    return text.strip(), None if ext_id is None else str(ext_id)

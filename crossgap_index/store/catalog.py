@@ -1,0 +1,211 @@
+"""SQLite catalog: the source of truth for what an index holds.
+
+Every item (image file or text) has a stable int64 id, its content hash, file stat
+and its unit vector. FAISS indexes are derived from this table and can always be
+rebuilt from it, so a crash between a catalog commit and a FAISS save loses nothing.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from crossgap_index.errors import StoreError
+
+CATALOG_SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS items (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    modality TEXT NOT NULL CHECK (modality IN ('image', 'text')),
+    path TEXT,
+    text TEXT,
+    external_id TEXT,
+    content_hash TEXT NOT NULL,
+    size INTEGER,
+    mtime_ns INTEGER,
+    vector BLOB NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS items_image_path ON items (path) WHERE modality = 'image';
+CREATE UNIQUE INDEX IF NOT EXISTS items_text_hash ON items (content_hash) WHERE modality = 'text';
+CREATE INDEX IF NOT EXISTS items_hash ON items (content_hash);
+CREATE TABLE IF NOT EXISTS derived_vectors (
+    kind TEXT NOT NULL,
+    item_id INTEGER NOT NULL REFERENCES items (id) ON DELETE CASCADE,
+    vector BLOB NOT NULL,
+    PRIMARY KEY (kind, item_id)
+);
+CREATE TABLE IF NOT EXISTS inversion_cache (key TEXT PRIMARY KEY, vector BLOB NOT NULL);
+"""
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    id: int
+    path: str
+    content_hash: str
+    size: int
+    mtime_ns: int
+
+
+@dataclass(frozen=True)
+class ItemRow:
+    """What a search hit needs to know about a stored item."""
+
+    id: int
+    modality: str
+    path: str | None
+    text: str | None
+    external_id: str | None
+
+
+class Catalog:
+    """Thin typed wrapper over one SQLite file."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.conn = sqlite3.connect(path)
+        self.conn.execute("PRAGMA foreign_keys = ON")
+        self.conn.execute("PRAGMA journal_mode = WAL")
+        self.conn.executescript(_SCHEMA)
+        version = self.get_meta("schema_version")
+        if version is None:
+            self.set_meta("schema_version", str(CATALOG_SCHEMA_VERSION))
+            self.set_meta("generation", "0")
+            self.conn.commit()
+        elif int(version) > CATALOG_SCHEMA_VERSION:
+            raise StoreError(
+                f"{path}: catalog schema {version} is newer than this crossgap-index understands "
+                f"({CATALOG_SCHEMA_VERSION}); upgrade crossgap-index"
+            )
+
+    def close(self) -> None:
+        self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # leave one self-contained file behind
+        self.conn.close()
+
+    def commit(self) -> None:
+        """Commit pending writes and bump the generation the FAISS files are checked against."""
+        self.set_meta("generation", str(self.generation + 1))
+        self.conn.commit()
+
+    def rollback(self) -> None:
+        self.conn.rollback()
+
+    # -- meta ---------------------------------------------------------------------------
+    def get_meta(self, key: str) -> str | None:
+        row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        self.conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+
+    @property
+    def generation(self) -> int:
+        return int(self.get_meta("generation") or 0)
+
+    # -- items --------------------------------------------------------------------------
+    def count(self, modality: str) -> int:
+        return self.conn.execute("SELECT COUNT(*) FROM items WHERE modality = ?", (modality,)).fetchone()[0]
+
+    def images(self) -> dict[str, ImageRecord]:
+        """Every stored image keyed by its absolute path."""
+        rows = self.conn.execute("SELECT id, path, content_hash, size, mtime_ns FROM items WHERE modality = 'image'")
+        return {r[1]: ImageRecord(*r) for r in rows}
+
+    def vector_by_hash(self, content_hash: str) -> np.ndarray | None:
+        row = self.conn.execute("SELECT vector FROM items WHERE content_hash = ? LIMIT 1", (content_hash,)).fetchone()
+        return _to_vector(row[0]) if row else None
+
+    def known_hashes(self, modality: str) -> set[str]:
+        rows = self.conn.execute("SELECT content_hash FROM items WHERE modality = ?", (modality,))
+        return {r[0] for r in rows}
+
+    def add_image(self, path: str, content_hash: str, size: int, mtime_ns: int, vector: np.ndarray) -> int:
+        cur = self.conn.execute(
+            "INSERT INTO items (modality, path, content_hash, size, mtime_ns, vector) VALUES ('image', ?, ?, ?, ?, ?)",
+            (path, content_hash, size, mtime_ns, _to_blob(vector)),
+        )
+        return int(cur.lastrowid)
+
+    def update_stat(self, item_id: int, size: int, mtime_ns: int) -> None:
+        self.conn.execute("UPDATE items SET size = ?, mtime_ns = ? WHERE id = ?", (size, mtime_ns, item_id))
+
+    def add_text(self, text: str, content_hash: str, external_id: str | None, vector: np.ndarray) -> int:
+        cur = self.conn.execute(
+            "INSERT INTO items (modality, text, external_id, content_hash, vector) VALUES ('text', ?, ?, ?, ?)",
+            (text, external_id, content_hash, _to_blob(vector)),
+        )
+        return int(cur.lastrowid)
+
+    def remove(self, ids: Iterable[int]) -> None:
+        self.conn.executemany("DELETE FROM items WHERE id = ?", [(int(i),) for i in ids])
+
+    def rows(self, ids: Sequence[int]) -> dict[int, ItemRow]:
+        if not ids:
+            return {}
+        marks = ",".join("?" * len(ids))
+        cur = self.conn.execute(
+            f"SELECT id, modality, path, text, external_id FROM items WHERE id IN ({marks})",
+            [int(i) for i in ids],
+        )
+        return {r[0]: ItemRow(*r) for r in cur}
+
+    def ids_and_vectors(self, modality: str, dim: int) -> tuple[np.ndarray, np.ndarray]:
+        rows = self.conn.execute("SELECT id, vector FROM items WHERE modality = ? ORDER BY id", (modality,)).fetchall()
+        return _stack(rows, dim)
+
+    def vectors_for(self, ids: Sequence[int], dim: int) -> np.ndarray:
+        """Vectors of ``ids`` in the given order (for exact re-ranking of candidates)."""
+        if len(ids) == 0:
+            return np.zeros((0, dim), np.float32)
+        marks = ",".join("?" * len(ids))
+        found = dict(self.conn.execute(f"SELECT id, vector FROM items WHERE id IN ({marks})", [int(i) for i in ids]))
+        return np.stack([_to_vector(found[int(i)]) for i in ids])
+
+    def iter_texts(self) -> Iterator[tuple[int, str, str | None]]:
+        yield from self.conn.execute("SELECT id, text, external_id FROM items WHERE modality = 'text' ORDER BY id")
+
+    # -- vectors derived from items (e.g. each gallery image's OTI feature) ---------------
+    def set_derived(self, kind: str, item_ids: Sequence[int], vectors: np.ndarray) -> None:
+        self.conn.executemany(
+            "INSERT OR REPLACE INTO derived_vectors (kind, item_id, vector) VALUES (?, ?, ?)",
+            [(kind, int(i), _to_blob(v)) for i, v in zip(item_ids, vectors, strict=True)],
+        )
+
+    def derived_ids(self, kind: str) -> set[int]:
+        return {r[0] for r in self.conn.execute("SELECT item_id FROM derived_vectors WHERE kind = ?", (kind,))}
+
+    def derived_ids_and_vectors(self, kind: str, dim: int) -> tuple[np.ndarray, np.ndarray]:
+        rows = self.conn.execute(
+            "SELECT item_id, vector FROM derived_vectors WHERE kind = ? ORDER BY item_id", (kind,)
+        ).fetchall()
+        return _stack(rows, dim)
+
+    # -- inversion cache ----------------------------------------------------------------
+    def cached_vector(self, key: str) -> np.ndarray | None:
+        row = self.conn.execute("SELECT vector FROM inversion_cache WHERE key = ?", (key,)).fetchone()
+        return _to_vector(row[0]) if row else None
+
+    def cache_vector(self, key: str, vector: np.ndarray) -> None:
+        self.conn.execute("INSERT OR REPLACE INTO inversion_cache (key, vector) VALUES (?, ?)", (key, _to_blob(vector)))
+
+
+def _to_blob(vector: np.ndarray) -> bytes:
+    return np.ascontiguousarray(vector, dtype=np.float32).tobytes()
+
+
+def _to_vector(blob: bytes) -> np.ndarray:
+    return np.frombuffer(blob, dtype=np.float32)
+
+
+def _stack(rows: list[tuple[int, bytes]], dim: int) -> tuple[np.ndarray, np.ndarray]:
+    if not rows:
+        return np.zeros(0, np.int64), np.zeros((0, dim), np.float32)
+    ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+    vectors = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(len(rows), dim)
+    return ids, vectors

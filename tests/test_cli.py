@@ -1,0 +1,136 @@
+"""The CLI through typer's runner, and once as the installed `cgx` in a subprocess."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from cli.app import app
+from tests.conftest import MODEL, write_broken_files
+
+runner = CliRunner()
+
+
+def cgx(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture
+def built(tmp_path, photo_folder):
+    index = tmp_path / "idx"
+    write_broken_files(photo_folder / "broken")
+    result = cgx(
+        "build-index",
+        photo_folder,
+        "--index",
+        index,
+        "--model",
+        MODEL,
+        "--device",
+        "cpu",
+        "--max-image-megapixels",
+        5,
+        "--report",
+        tmp_path / "skipped.tsv",
+    )
+    assert result.exit_code == 0, result.output
+    return index
+
+
+def test_build_summary_and_report(built, tmp_path):
+    lines = (tmp_path / "skipped.tsv").read_text().splitlines()
+    assert len(lines) == 5 and all("\t" in line for line in lines)
+
+
+def test_query_json_shape(built, photo_folder):
+    query = photo_folder / "a" / "img1.png"
+    result = cgx("query", query, "--index", built, "-k", 3, "--json")
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc["query"] == {"kind": "image", "value": str(query)}
+    assert doc["settings"]["k"] == 3 and doc["settings"]["target"] == "images"
+    assert len(doc["hits"]) == 3
+    assert set(doc["hits"][0]) >= {"id", "score", "modality", "path", "text", "ranks", "scores"}
+    assert doc["hits"][0]["path"] == str(query.resolve())
+
+
+def test_paths_only_pipes(built, photo_folder):
+    result = cgx("query", photo_folder / "a" / "img1.png", "--index", built, "-k", 2, "--paths-only")
+    lines = result.stdout.splitlines()
+    assert len(lines) == 2 and lines[0].endswith("img1.png")
+
+
+def test_texts_then_text_query_and_info(built, tmp_path):
+    corpus = tmp_path / "captions.jsonl"
+    corpus.write_text('{"text": "a red bicycle"}\n{"text": "a blue car"}\nbroken\n')
+    result = cgx("add-texts", corpus, "--index", built)
+    assert result.exit_code == 0 and "1 bad lines" in result.stderr and ":3:" in result.stderr
+    result = cgx("query", "a blue car", "--index", built, "--target", "texts", "--paths-only", "-k", 1)
+    assert result.stdout.strip() == "a blue car"
+    info = json.loads(cgx("info", "--index", built, "--json").stdout)
+    assert info["model"] == MODEL and info["counts"]["image"] == 6 and info["counts"]["text"] == 2
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["query", "x", "--index", "{tmp}/missing"], "no crossgap index"),
+        (["query", "x", "--target", "texts", "--index", "{idx}"], "is empty"),
+        (["query", "{tmp}/bad.png", "--image", "--index", "{idx}"], "cannot decode query image"),
+        (["query", "{tmp}/nope.png", "--image", "--index", "{idx}"], "cannot read query image"),
+        (["add-texts", "{tmp}/c.csv", "--index", "{idx}"], "expected a .txt"),
+        (["build-index", "{tmp}/nope", "--index", "{tmp}/new", "--model", MODEL], "no such file or folder"),
+        (["build-index", "{tmp}", "--index", "{tmp}/new2", "--model", MODEL, "--factory", "Bogus"], "invalid FAISS"),
+        (["build-index", "{tmp}", "--index", "{tmp}/new3", "--model", "ViT-B-32/nope"], "unknown pretrained tag"),
+        (["info", "--index", "{tmp}/missing"], "no crossgap index"),
+    ],
+)
+def test_error_paths_are_one_line_and_nonzero(built, tmp_path, args, message):
+    (tmp_path / "bad.png").write_bytes(b"garbage")
+    (tmp_path / "c.csv").write_text("a,b\n")
+    result = cgx(*[a.format(tmp=tmp_path, idx=built) for a in args])
+    assert result.exit_code == 1
+    assert message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_installed_cgx_runs_as_a_subprocess(tmp_path, photo_folder):
+    exe = shutil.which("cgx") or pytest.fail("the cgx console script is not installed")
+    env = {**os.environ, "CGX_INDEX": str(tmp_path / "idx"), "CGX_MODEL": MODEL, "HF_HUB_OFFLINE": "1"}
+    build = subprocess.run(
+        [exe, "build-index", photo_folder, "--device", "cpu"], capture_output=True, text=True, env=env
+    )
+    assert build.returncode == 0, build.stderr
+    assert "added 6" in build.stderr and build.stdout == ""
+    again = subprocess.run([exe, "build-index", photo_folder, "-q"], capture_output=True, text=True, env=env)
+    assert again.returncode == 0 and again.stderr == ""
+    query = subprocess.run(
+        [exe, "query", photo_folder / "a" / "img4.png", "--paths-only", "-k", "1"],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert query.stdout.strip().endswith("img4.png")
+    offline = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cli",
+            "build-index",
+            photo_folder,
+            "--index",
+            tmp_path / "other",
+            "--model",
+            "RN50/openai",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert offline.returncode == 1 and "Offline options" in offline.stderr
+    assert len(offline.stderr.strip().splitlines()) == 1, offline.stderr
