@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 from dataclasses import asdict
@@ -11,13 +12,16 @@ from typing import Annotated
 
 import typer
 
-from cli.render import build_summary, err, info_table, out, print_hits, progress_bar
+from cli.render import build_summary, err, hits_table, info_table, inversion_bar, out, print_hits, progress_bar
 from crossgap_index import CrossGapIndex
+from crossgap_index.demo import DEMO_MODEL, run_demo
 from crossgap_index.errors import CrossGapError
 from crossgap_index.ingest.decode import DEFAULT_MAX_MEGAPIXELS
 from crossgap_index.ingest.discover import is_image_path, resolve_roots
 from crossgap_index.ingest.texts import read_text_corpus
+from crossgap_index.inversion import InversionConfig
 from crossgap_index.models import DEFAULT_MODEL
+from crossgap_index.search.merge import RRF_K
 
 app = typer.Typer(
     help="crossgap-index: CLIP image/text search with modality-inversion reranking.",
@@ -86,6 +90,14 @@ def build_index(
     batch_size: Annotated[int, typer.Option(min=1, help="Images per embedding batch.")] = 64,
     workers: Annotated[int, typer.Option(min=1, help="Decoding threads.")] = 4,
     report: Annotated[Path | None, typer.Option(help="Write every skipped file and its reason to this file.")] = None,
+    invert_gallery: Annotated[
+        bool,
+        typer.Option(
+            help="Experimental: also store each image's OTI feature for --mode cross-gallery "
+            "(one inversion per image; kept current on later builds)."
+        ),
+    ] = False,
+    steps: Annotated[int, typer.Option(help="OTI steps for --invert-gallery.")] = InversionConfig.oti_steps,
     quiet: QuietOpt = False,
 ) -> None:
     """Embed the images under FOLDERS into the index. Incremental: unchanged files are skipped,
@@ -103,6 +115,10 @@ def build_index(
             workers=workers,
             progress=progress,
         )
+        if invert_gallery or cgx.info().gallery_inversion is not None:
+            config = InversionConfig(oti_steps=steps) if invert_gallery else None
+            with progress_bar("inverting gallery", "img", enabled=not quiet) as gallery_progress:
+                cgx.invert_gallery(config, progress=gallery_progress)
     if report is not None:
         report.write_text("".join(f"{path}\t{reason}\n" for path, reason in result.skipped))
     if not quiet:
@@ -132,6 +148,19 @@ def add_texts(
             err.print(f"  {file}:{lineno}: {reason}", highlight=False)
 
 
+class Mode(str, Enum):
+    intra = "intra"
+    cross = "cross"
+    fused = "fused"
+    cross_gallery = "cross-gallery"
+
+
+class Merge(str, Enum):
+    rrf = "rrf"
+    score = "score"
+    none = "none"
+
+
 @app.command()
 @fails_cleanly
 def query(
@@ -142,19 +171,76 @@ def query(
     as_text: Annotated[bool, typer.Option("--text", help="Treat QUERY as text even if such a file exists.")] = False,
     target: Annotated[Target, typer.Option(help="Which collection to search.")] = Target.images,
     top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="Number of results.")] = 10,
+    cross: Annotated[
+        bool,
+        typer.Option(
+            "--cross",
+            help="Invert the query (image: OTI, text: OVI), search inter-modally, merge "
+            "with the ordinary results (--merge). Same as --mode fused, or --mode cross with --merge none.",
+        ),
+    ] = False,
+    mode: Annotated[Mode | None, typer.Option(help="intra (default), cross, fused or cross-gallery.")] = None,
+    merge: Annotated[
+        Merge,
+        typer.Option(
+            help="rrf: reciprocal rank fusion, 1/(rrf_k + rank) summed; score: min-max normalised "
+            "scores, weighted by --alpha; none: cross results only."
+        ),
+    ] = Merge.rrf,
+    alpha: Annotated[float, typer.Option(min=0.0, max=1.0, help="Weight of the cross list for --merge score.")] = 0.5,
+    rrf_k: Annotated[int, typer.Option(min=1, help="RRF constant.")] = RRF_K,
+    steps: Annotated[int | None, typer.Option(min=0, help="Inversion steps [default: OTI 150, OVI 1000].")] = None,
+    tokens: Annotated[int, typer.Option(min=1, help="OTI pseudo-tokens R.")] = InversionConfig.n_tokens,
+    patches: Annotated[int | None, typer.Option(min=1, help="OVI pseudo-patches P [default: per model].")] = None,
+    lr: Annotated[float, typer.Option(help="Inversion learning rate (AdamW).")] = InversionConfig.lr,
+    template: Annotated[str, typer.Option(help="OTI prompt; {} marks the pseudo-tokens.")] = InversionConfig.template,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="Ignore and do not fill the inversion cache.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="One JSON document on stdout.")] = False,
     paths_only: Annotated[bool, typer.Option("--paths-only", help="Only paths (or texts), one per line.")] = False,
+    quiet: QuietOpt = False,
 ) -> None:
-    """Search the index with an image or a text."""
+    """Search the index with an image or a text, plainly or through modality inversion."""
     if as_image and as_text:
         raise typer.BadParameter("--image and --text exclude each other")
     is_image = as_image or (not as_text and Path(query).expanduser().is_file() and is_image_path(Path(query)))
-    with CrossGapIndex.open(index, device=device) as cgx:
-        kwargs = {"image": query} if is_image else {"text": query}
-        hits = cgx.search(**kwargs, target=target.value, k=top_k)
+    if mode is None:
+        mode = (Mode.cross if merge is Merge.none else Mode.fused) if cross else Mode.intra
+    elif mode is Mode.fused and merge is Merge.none:
+        mode = Mode.cross
+    defaults = InversionConfig()
+    config = InversionConfig(
+        oti_steps=defaults.oti_steps if steps is None else steps,
+        ovi_steps=defaults.ovi_steps if steps is None else steps,
+        n_tokens=tokens,
+        n_patches=patches,
+        lr=lr,
+        template=template,
+    )
+    total_steps = config.oti_steps if is_image else config.ovi_steps
+    with (
+        CrossGapIndex.open(index, device=device) as cgx,
+        inversion_bar(total_steps, enabled=not (quiet or json_out)) as progress,
+    ):
+        hits = cgx.search(
+            **({"image": query} if is_image else {"text": query}),
+            target=target.value,
+            k=top_k,
+            mode=mode.value,
+            merge="rrf" if merge is Merge.none else merge.value,
+            alpha=alpha,
+            rrf_k=rrf_k,
+            inversion=config,
+            use_cache=not no_cache,
+            progress=progress,
+        )
     fmt = "json" if json_out else "paths" if paths_only else "table"
     query_doc = {"kind": "image" if is_image else "text", "value": query}
-    print_hits(hits, query_doc, {"target": target.value, "k": top_k, "mode": "intra"}, fmt)
+    settings = {"target": target.value, "k": top_k, "mode": mode.value}
+    if mode in (Mode.cross, Mode.fused):
+        settings["inversion"] = {"direction": "oti" if is_image else "ovi", **dataclasses.asdict(config)}
+    if mode is Mode.fused:
+        settings["merge"] = {"method": merge.value, "alpha": alpha, "rrf_k": rrf_k}
+    print_hits(hits, query_doc, settings, fmt)
 
 
 @app.command()
@@ -170,6 +256,39 @@ def info(
         print(json.dumps(asdict(details), indent=2))
     else:
         out.print(info_table(details))
+
+
+@app.command()
+@fails_cleanly
+def demo(
+    folder: Annotated[Path, typer.Argument(help="Where to write the demo images, index and contact sheet.")] = Path(
+        "cgx-demo"
+    ),
+    model: Annotated[str, typer.Option(help="Model for the demo index.")] = DEMO_MODEL,
+    images: Annotated[int, typer.Option(min=8, help="Synthetic images in the gallery.")] = 240,
+    top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="Hits per mode.")] = 8,
+    steps: Annotated[int, typer.Option(min=0, help="OTI steps for the cross query.")] = InversionConfig.oti_steps,
+    device: DeviceOpt = "auto",
+    quiet: QuietOpt = False,
+) -> None:
+    """Offline demo: generate labelled synthetic photos, index them with the bundled crossgap-small model,
+    query with a held-out photo intra-modally and through OTI, print the tables, draw a contact sheet."""
+    with progress_bar("embedding", "img", enabled=not quiet) as progress:
+        result = run_demo(
+            folder,
+            model=model,
+            n_images=images,
+            k=top_k,
+            inversion=InversionConfig(oti_steps=steps),
+            device=device,
+            progress=progress,
+        )
+    for mode, hits in result.hits.items():
+        hits_table_title = f"{mode}: query {result.query} (a {result.query_label})"
+        out.print(hits_table(hits, hits_table_title, label_of=lambda h: Path(h.path).parent.name.replace("_", " ")))
+    if not quiet:
+        err.print(build_summary(result.build), highlight=False)
+        err.print(f"contact sheet: {result.sheet}", highlight=False)
 
 
 def main() -> None:

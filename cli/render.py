@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
@@ -59,7 +60,40 @@ def progress_bar(description: str, unit: str, enabled: bool = True) -> Iterator:
             bar.stop()
 
 
-def hits_table(hits: list[Hit], title: str) -> Table:
+@contextmanager
+def inversion_bar(total_steps: int, enabled: bool = True, delay: float = 1.0) -> Iterator:
+    """Yield a ``progress(step, loss)`` callback; the bar appears only once the inversion has run ``delay`` s."""
+    columns = (
+        TextColumn("inverting"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]}"),
+        TimeElapsedColumn(),
+    )
+    bar = Progress(*columns, console=err)
+    start = time.perf_counter()
+    task = None
+
+    def update(step: int, loss: float) -> None:
+        nonlocal task
+        if not enabled:
+            return
+        if task is None:
+            if time.perf_counter() - start < delay:
+                return
+            bar.start()
+            task = bar.add_task("inverting", total=total_steps, loss="-")
+        bar.update(task, completed=step, loss=f"{loss:.4f}")
+
+    try:
+        yield update
+    finally:
+        if task is not None:
+            bar.stop()
+
+
+def hits_table(hits: list[Hit], title: str, label_of=None) -> Table:
+    """Rank, score, each merged list's rank/score, (label), item."""
     lists = list(dict.fromkeys(name for h in hits for name in h.ranks))
     table = Table(title=title, title_justify="left")
     table.add_column("rank", justify="right")
@@ -67,11 +101,15 @@ def hits_table(hits: list[Hit], title: str) -> Table:
     if len(lists) > 1:
         for name in lists:
             table.add_column(f"{name} rank/score", justify="right")
+    if label_of:
+        table.add_column("label")
     table.add_column("item")
     for rank, hit in enumerate(hits, 1):
         cells = [str(rank), f"{hit.score:.4f}"]
         if len(lists) > 1:
             cells += [f"{hit.ranks[n]} / {hit.scores[n]:.4f}" if n in hit.ranks else "-" for n in lists]
+        if label_of:
+            cells.append(label_of(hit))
         cells.append(hit.path or hit.text or "")
         table.add_row(*cells)
     return table

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -14,15 +15,32 @@ from crossgap_index.errors import QueryError, StoreError
 from crossgap_index.ingest.decode import DEFAULT_MAX_MEGAPIXELS, DecodeError, content_hash, decode_rgb
 from crossgap_index.ingest.discover import find_images, resolve_roots
 from crossgap_index.ingest.pipeline import Prepared, prepared_batches
+from crossgap_index.inversion import InversionConfig, oti, ovi
+from crossgap_index.inversion.keys import cache_key, seed_from_digest, settings_fingerprint
 from crossgap_index.models import Encoder, default_model_spec, load_model, parse_spec
+from crossgap_index.search.merge import RRF_K, reciprocal_rank_fusion, score_fusion
 from crossgap_index.search.ranking import Ranked, top_k
 from crossgap_index.store.directory import Store, default_index_path
 from crossgap_index.store.vectors import AUTO
 
 TARGETS = {"images": "image", "texts": "text"}
+MODES = ("intra", "cross", "fused", "cross-gallery")
+MERGES = ("rrf", "score")
+GALLERY_OTI = "image-oti"
 
-# progress(done, total): called as files are processed during a build.
+# progress(done, total): called as files (or gallery images) are processed.
 ProgressFn = Callable[[int, int], None]
+# progress(step, mean_loss): called after each inversion step.
+InversionProgressFn = Callable[[int, float], None]
+
+
+@dataclass(frozen=True)
+class Query:
+    """An embedded query: unit feature, modality ('image', 'text' or 'vector'), content hash."""
+
+    feature: np.ndarray
+    modality: str
+    digest: str
 
 
 @dataclass(frozen=True)
@@ -74,6 +92,7 @@ class IndexInfo:
     disk_bytes: dict[str, int]
     schema_version: int
     crossgap_version: str
+    gallery_inversion: dict | None = None
 
 
 class CrossGapIndex:
@@ -94,7 +113,7 @@ class CrossGapIndex:
         factory: str = AUTO,
     ) -> CrossGapIndex:
         """Make a new, empty index directory for ``model`` (default: $CGX_MODEL or the open_clip default)."""
-        path = Path(path).expanduser() if path else default_index_path()
+        path = _index_path(path)
         spec = parse_spec(model or default_model_spec())
         encoder = Encoder(load_model(spec, device))
         index = cls(Store.create(path, spec.canonical, encoder.dim, factory), device)
@@ -104,7 +123,7 @@ class CrossGapIndex:
     @classmethod
     def open(cls, path: str | Path | None = None, model: str | None = None, device: str = "auto") -> CrossGapIndex:
         """Open an existing index; ``model``, when given, must be the one the index was built with."""
-        path = Path(path).expanduser() if path else default_index_path()
+        path = _index_path(path)
         store = Store.open(path)
         if model is not None and parse_spec(model).canonical != store.manifest.model:
             store.close()
@@ -117,7 +136,7 @@ class CrossGapIndex:
     def open_or_create(
         cls, path: str | Path | None = None, model: str | None = None, device: str = "auto", factory: str = AUTO
     ) -> CrossGapIndex:
-        path = Path(path).expanduser() if path else default_index_path()
+        path = _index_path(path)
         if (path / "manifest.json").exists():
             return cls.open(path, model=model, device=device)
         return cls.create(path, model=model, device=device, factory=factory)
@@ -287,11 +306,42 @@ class CrossGapIndex:
         self._store.remove([int(i) for i in ids])
         self._store.save()
 
+    # -- gallery-side inversion ------------------------------------------------------------
+    def invert_gallery(self, config: InversionConfig | None = None, progress: ProgressFn | None = None) -> int:
+        """Store each gallery image's OTI text-space feature (collection ``image-oti``), so image queries
+        can be compared inter-modally with no optimisation at query time (mode ``cross-gallery``).
+        Resumable: only images without a stored feature are inverted. Returns how many were."""
+        config = config or InversionConfig()
+        manifest, catalog = self._store.manifest, self._store.catalog
+        settings = dataclasses.asdict(config)
+        if manifest.gallery_inversion is not None and _fingerprint(manifest.gallery_inversion) != _fingerprint(
+            settings
+        ):
+            catalog.clear_derived(GALLERY_OTI)  # other settings: the stored features no longer apply
+            self._store.rebuild(GALLERY_OTI)
+        manifest.gallery_inversion = settings
+        ids, vectors = catalog.ids_and_vectors("image", manifest.dim)
+        done = catalog.derived_ids(GALLERY_OTI)
+        todo = [i for i, item_id in enumerate(ids.tolist()) if item_id not in done]
+        seeds = [seed_from_digest(h) for h in catalog.content_hashes(ids[todo].tolist())]
+        if progress:
+            progress(0, len(todo))
+        try:
+            for first in range(0, len(todo), config.batch_size):
+                rows = todo[first : first + config.batch_size]
+                inverted = oti(self.encoder.loaded, vectors[rows], config, seeds[first : first + len(rows)])
+                catalog.set_derived(GALLERY_OTI, ids[rows].tolist(), inverted)
+                self._store.add(GALLERY_OTI, ids[rows].tolist(), inverted)
+                self._store.commit()
+                if progress:
+                    progress(first + len(rows), len(todo))
+        finally:
+            self._store.save()
+        return len(todo)
+
     # -- reading --------------------------------------------------------------------------
-    def embed_query(
-        self, image: str | Path | Image.Image | None = None, text: str | None = None, vector=None
-    ) -> tuple[np.ndarray, str]:
-        """The query's unit feature and its modality ('image' or 'text')."""
+    def embed_query(self, image: str | Path | Image.Image | None = None, text: str | None = None, vector=None) -> Query:
+        """The query's unit feature, its modality and its content hash."""
         given = [x is not None for x in (image, text, vector)]
         if sum(given) != 1:
             raise QueryError("give exactly one of image=, text= or vector=")
@@ -299,10 +349,38 @@ class CrossGapIndex:
             vec = np.asarray(vector, np.float32).reshape(-1)
             if vec.shape[0] != self._store.manifest.dim:
                 raise QueryError(f"query vector has dim {vec.shape[0]}, index has {self._store.manifest.dim}")
-            return vec / max(float(np.linalg.norm(vec)), 1e-12), "vector"
+            return Query(vec / max(float(np.linalg.norm(vec)), 1e-12), "vector", content_hash(vec.tobytes()))
         if text is not None:
-            return self.encoder.encode_texts([text])[0], "text"
-        return self.encoder.encode_images([_load_query_image(image)])[0], "image"
+            return Query(self.encoder.encode_texts([text])[0], "text", content_hash(text.encode("utf-8")))
+        img, digest = _load_query_image(image)
+        return Query(self.encoder.encode_images([img])[0], "image", digest)
+
+    def invert(
+        self,
+        query: Query,
+        config: InversionConfig | None = None,
+        use_cache: bool = True,
+        progress: InversionProgressFn | None = None,
+    ) -> np.ndarray:
+        """OTI (image query -> text-space feature) or OVI (text query -> image-space feature),
+        seeded by the query's content hash and cached in the index directory."""
+        config = config or InversionConfig()
+        if query.modality not in ("image", "text"):
+            raise QueryError("inversion needs an image or text query, not a raw vector")
+        direction = "oti" if query.modality == "image" else "ovi"
+        key = cache_key(self._store.manifest.model, direction, config, query.digest)
+        if use_cache:
+            cached = self._store.catalog.cached_vector(key)
+            if cached is not None:
+                return cached
+        invert = oti if direction == "oti" else ovi
+        inverted = invert(
+            self.encoder.loaded, query.feature[None, :], config, [seed_from_digest(query.digest)], progress
+        )
+        if use_cache:
+            self._store.catalog.cache_vector(key, inverted[0])
+            self._store.commit()
+        return inverted[0]
 
     def search(
         self,
@@ -312,22 +390,78 @@ class CrossGapIndex:
         *,
         target: str = "images",
         k: int = 10,
+        mode: str = "intra",
+        merge: str = "rrf",
+        alpha: float = 0.5,
+        rrf_k: int = RRF_K,
+        depth: int = 100,
+        inversion: InversionConfig | None = None,
+        use_cache: bool = True,
+        progress: InversionProgressFn | None = None,
     ) -> list[Hit]:
-        """Top-k items of ``target`` ('images' or 'texts') for one query."""
+        """Top-k items of ``target`` ('images' or 'texts') for one query.
+
+        Modes: ``intra`` searches with the query's own embedding; ``cross`` inverts the query into the
+        other modality (OTI / OVI) and searches with that; ``fused`` merges both lists (``merge``:
+        ``rrf`` with constant ``rrf_k``, or ``score``: min-max normalised exact scores, ``alpha`` the
+        cross list's weight), each taken ``depth`` deep; ``cross-gallery`` compares an image query with
+        the gallery's stored OTI features (see ``invert_gallery``).
+        """
+        if mode not in MODES:
+            raise QueryError(f"unknown mode '{mode}': use one of {', '.join(MODES)}")
+        if merge not in MERGES:
+            raise QueryError(f"unknown merge '{merge}': use one of {', '.join(MERGES)}")
         collection = _collection(target)
         self._require_items(collection)
-        query, _ = self.embed_query(image, text, vector)
-        return self._hits(top_k(self._store, collection, query, k), "intra")
+        query = self.embed_query(image, text, vector)
+        if mode == "intra":
+            return self._hits(top_k(self._store, collection, query.feature, k), {"intra": None})
+        if query.modality != collection:
+            raise QueryError(
+                f"a {query.modality} query against {target} is already inter-modal; inversion (--cross) applies "
+                "to image -> images and text -> texts"
+            )
+        if mode == "cross-gallery":
+            missing = self._store.stored_count("image") - self._store.stored_count(GALLERY_OTI)
+            if missing:
+                raise QueryError(
+                    f"{missing} gallery images have no OTI feature yet: run `cgx build-index DIR --invert-gallery` "
+                    "(library: invert_gallery())"
+                )
+            return self._hits(top_k(self._store, GALLERY_OTI, query.feature, k), {"cross-gallery": None})
+        inverted = self.invert(query, inversion, use_cache, progress)
+        if mode == "cross":
+            return self._hits(top_k(self._store, collection, inverted, k), {"cross": None})
+        lists = {
+            "intra": top_k(self._store, collection, query.feature, depth),
+            "cross": top_k(self._store, collection, inverted, depth),
+        }
+        if merge == "rrf":
+            fused = reciprocal_rank_fusion(lists, rrf_k)
+        else:
+            candidates = np.union1d(lists["intra"].ids, lists["cross"].ids)
+            exact = {
+                "intra": self._store.exact_rerank(collection, query.feature, candidates),
+                "cross": self._store.exact_rerank(collection, inverted, candidates),
+            }
+            fused = score_fusion(candidates, exact, {"cross": alpha, "intra": 1.0 - alpha})
+        return self._hits(Ranked(fused.ids[:k], fused.scores[:k]), lists)
 
     def _require_items(self, collection: str) -> None:
         if self._store.stored_count(collection) == 0:
             raise StoreError(f"the {collection} index at {self.path} is empty")
 
-    def _hits(self, ranked: Ranked, list_name: str) -> list[Hit]:
+    def _hits(self, ranked: Ranked, lists: dict[str, Ranked | None]) -> list[Hit]:
+        """Hits of ``ranked``; each carries its rank and score in every list (None: ``ranked`` itself)."""
+        positions = {
+            name: {i: (r, s) for r, (i, s) in enumerate(zip(lst.ids.tolist(), lst.scores.tolist(), strict=True), 1)}
+            for name, lst in ((n, ranked if lst is None else lst) for n, lst in lists.items())
+        }
         rows = self._store.catalog.rows(ranked.ids.tolist())
         hits = []
-        for rank, (item_id, score) in enumerate(zip(ranked.ids.tolist(), ranked.scores.tolist(), strict=True), 1):
+        for item_id, score in zip(ranked.ids.tolist(), ranked.scores.tolist(), strict=True):
             row = rows[item_id]
+            found = {name: pos[item_id] for name, pos in positions.items() if item_id in pos}
             hits.append(
                 Hit(
                     item_id,
@@ -336,8 +470,8 @@ class CrossGapIndex:
                     row.path,
                     row.text,
                     row.external_id,
-                    {list_name: rank},
-                    {list_name: score},
+                    ranks={name: r for name, (r, _) in found.items()},
+                    scores={name: s for name, (_, s) in found.items()},
                 )
             )
         return hits
@@ -354,7 +488,12 @@ class CrossGapIndex:
             disk_bytes=self._store.disk_sizes(),
             schema_version=m.schema_version,
             crossgap_version=m.crossgap_version,
+            gallery_inversion=m.gallery_inversion,
         )
+
+
+def _index_path(path: str | Path | None) -> Path:
+    return Path(path).expanduser() if path else default_index_path()
 
 
 def _collection(target: str) -> str:
@@ -368,12 +507,19 @@ def _under_any(path: str, roots: list[Path]) -> bool:
     return any(p == r or r in p.parents for r in roots)
 
 
-def _load_query_image(image: str | Path | Image.Image) -> Image.Image:
+def _fingerprint(settings: dict) -> str:
+    return settings_fingerprint(InversionConfig(**settings), "oti")
+
+
+def _load_query_image(image: str | Path | Image.Image) -> tuple[Image.Image, str]:
+    """The decoded query image and the hash of its content."""
     if isinstance(image, Image.Image):
-        return image.convert("RGB")
+        rgb = image.convert("RGB")
+        return rgb, content_hash(f"{rgb.size}".encode() + rgb.tobytes())
     path = Path(image).expanduser()
     try:
-        return decode_rgb(path.read_bytes())
+        data = path.read_bytes()
+        return decode_rgb(data), content_hash(data)
     except OSError as exc:
         raise QueryError(f"cannot read query image {path}: {exc.strerror or exc}") from exc
     except DecodeError as exc:

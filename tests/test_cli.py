@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cli.app import app
-from tests.conftest import MODEL, write_broken_files
+from tests.conftest import MODEL, write_broken_files, write_photo
 
 runner = CliRunner()
 
@@ -87,16 +87,55 @@ def test_texts_then_text_query_and_info(built, tmp_path):
         (["build-index", "{tmp}", "--index", "{tmp}/new2", "--model", MODEL, "--factory", "Bogus"], "invalid FAISS"),
         (["build-index", "{tmp}", "--index", "{tmp}/new3", "--model", "ViT-B-32/nope"], "unknown pretrained tag"),
         (["info", "--index", "{tmp}/missing"], "no crossgap index"),
+        (["query", "a red bicycle", "--cross", "--index", "{idx}"], "already inter-modal"),
+        (["query", "{tmp}/ok.png", "--mode", "cross-gallery", "--index", "{idx}"], "no OTI feature yet"),
+        (["query", "{tmp}/ok.png", "--cross", "--template", "no placeholder", "--index", "{idx}"], "template"),
     ],
 )
 def test_error_paths_are_one_line_and_nonzero(built, tmp_path, args, message):
     (tmp_path / "bad.png").write_bytes(b"garbage")
     (tmp_path / "c.csv").write_text("a,b\n")
+    write_photo(tmp_path / "ok.png", seed=3)
     result = cgx(*[a.format(tmp=tmp_path, idx=built) for a in args])
     assert result.exit_code == 1
     assert message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert "Traceback" not in result.output
+
+
+def test_cross_query_json_carries_both_lists(built, photo_folder):
+    query = photo_folder / "a" / "img2.png"
+    result = cgx("query", query, "--index", built, "--cross", "--steps", 3, "-k", 4, "--json")
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc["settings"]["mode"] == "fused" and doc["settings"]["merge"]["method"] == "rrf"
+    assert doc["settings"]["inversion"]["direction"] == "oti" and doc["settings"]["inversion"]["oti_steps"] == 3
+    assert all(set(h["ranks"]) == {"intra", "cross"} for h in doc["hits"])
+    only_cross = json.loads(
+        cgx("query", query, "--index", built, "--cross", "--merge", "none", "--steps", 3, "--json").stdout
+    )
+    assert only_cross["settings"]["mode"] == "cross"
+    assert all(set(h["ranks"]) == {"cross"} for h in only_cross["hits"])
+
+
+def test_invert_gallery_then_cross_gallery(built, photo_folder):
+    result = cgx(
+        "build-index",
+        photo_folder,
+        "--index",
+        built,
+        "--invert-gallery",
+        "--steps",
+        2,
+        "-q",
+        "--max-image-megapixels",
+        5,
+    )
+    assert result.exit_code == 0, result.output
+    info = json.loads(cgx("info", "--index", built, "--json").stdout)
+    assert info["counts"]["image-oti"] == 6 and info["gallery_inversion"]["oti_steps"] == 2
+    result = cgx("query", photo_folder / "a" / "img0.png", "--index", built, "--mode", "cross-gallery", "--json")
+    assert result.exit_code == 0 and len(json.loads(result.stdout)["hits"]) == 6
 
 
 def test_installed_cgx_runs_as_a_subprocess(tmp_path, photo_folder):

@@ -53,7 +53,7 @@ def prepared_batches(
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cgx-decode") as pool:
         window: deque[Future[Prepared]] = deque()
         pending = iter(paths)
-        ahead = 2 * batch_size + batch_size
+        ahead = 3 * batch_size  # the batch being consumed plus two decoding
 
         def fill() -> None:
             while len(window) < ahead:

@@ -5,7 +5,9 @@ Spec forms:
   * an open_clip pretrained model: ``ARCH/TAG`` or ``ARCH::TAG`` (``ViT-B-32/datacomp_xl_s13b_b90k``);
     weights come through open_clip / huggingface_hub, so ``HF_HOME`` and ``HF_HUB_OFFLINE`` apply;
   * a local checkpoint: ``ARCH::/path/to/weights.safetensors``, or a folder holding
-    ``open_clip_config.json`` and weights (open_clip's ``local-dir`` layout).
+    ``open_clip_config.json`` and weights (open_clip's ``local-dir`` layout);
+  * ``ARCH/random``: the architecture with seeded random weights, for benchmarks and tests
+    that need the real compute of a large model but no download.
 """
 
 from __future__ import annotations
@@ -26,13 +28,14 @@ from crossgap_index.models._registry import RANDOM_INIT_SEED, bundled_dir, bundl
 
 DEFAULT_MODEL = "ViT-B-32/datacomp_xl_s13b_b90k"
 MODEL_ENV_VAR = "CGX_MODEL"
+RANDOM_TAG = "random"
 
 
 @dataclass(frozen=True)
 class ModelSpec:
     """A parsed model spec. ``canonical`` is what an index records and compares."""
 
-    kind: str  # "bundled" | "pretrained" | "checkpoint" | "local-dir"
+    kind: str  # "bundled" | "pretrained" | "checkpoint" | "local-dir" | "random"
     arch: str
     source: str | None  # pretrained tag, checkpoint path, or folder
 
@@ -85,6 +88,8 @@ def parse_spec(spec: str) -> ModelSpec:
             f"unknown model '{spec}': use ARCH/TAG (e.g. {DEFAULT_MODEL}), ARCH::/path/to/weights, "
             f"a model folder, or a bundled name ({', '.join(bundled_names())})"
         )
+    if source == RANDOM_TAG:
+        return ModelSpec("random", arch, RANDOM_TAG)
     source_path = Path(source).expanduser()
     if source_path.is_file():
         return ModelSpec("checkpoint", arch, str(source_path.resolve()))
@@ -110,7 +115,7 @@ def load_model(spec: str | ModelSpec, device: str | torch.device = "auto") -> Lo
     else:
         if parsed.arch not in open_clip.list_models():
             raise ModelUnavailableError(f"unknown open_clip architecture '{parsed.arch}' (see open_clip.list_models())")
-        model_name, pretrained = parsed.arch, parsed.source
+        model_name, pretrained = parsed.arch, None if parsed.kind == "random" else parsed.source
         if parsed.kind == "pretrained" and parsed.source not in open_clip.list_pretrained_tags_by_model(parsed.arch):
             known = ", ".join(open_clip.list_pretrained_tags_by_model(parsed.arch)) or "none"
             raise ModelUnavailableError(

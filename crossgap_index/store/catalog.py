@@ -8,7 +8,7 @@ rebuilt from it, so a crash between a catalog commit and a FAISS save loses noth
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,9 +93,6 @@ class Catalog:
         self.set_meta("generation", str(self.generation + 1))
         self.conn.commit()
 
-    def rollback(self) -> None:
-        self.conn.rollback()
-
     # -- meta ---------------------------------------------------------------------------
     def get_meta(self, key: str) -> str | None:
         row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
@@ -159,16 +156,20 @@ class Catalog:
         rows = self.conn.execute("SELECT id, vector FROM items WHERE modality = ? ORDER BY id", (modality,)).fetchall()
         return _stack(rows, dim)
 
-    def vectors_for(self, ids: Sequence[int], dim: int) -> np.ndarray:
-        """Vectors of ``ids`` in the given order (for exact re-ranking of candidates)."""
+    def vectors_for(self, ids: Sequence[int], dim: int, kind: str | None = None) -> np.ndarray:
+        """Vectors of ``ids`` in the given order (for exact re-ranking of candidates): the items' own,
+        or with ``kind`` their derived vectors."""
         if len(ids) == 0:
             return np.zeros((0, dim), np.float32)
         marks = ",".join("?" * len(ids))
-        found = dict(self.conn.execute(f"SELECT id, vector FROM items WHERE id IN ({marks})", [int(i) for i in ids]))
+        params: list = [int(i) for i in ids]
+        if kind is None:
+            sql = f"SELECT id, vector FROM items WHERE id IN ({marks})"
+        else:
+            sql = f"SELECT item_id, vector FROM derived_vectors WHERE kind = ? AND item_id IN ({marks})"
+            params.insert(0, kind)
+        found = dict(self.conn.execute(sql, params))
         return np.stack([_to_vector(found[int(i)]) for i in ids])
-
-    def iter_texts(self) -> Iterator[tuple[int, str, str | None]]:
-        yield from self.conn.execute("SELECT id, text, external_id FROM items WHERE modality = 'text' ORDER BY id")
 
     # -- vectors derived from items (e.g. each gallery image's OTI feature) ---------------
     def set_derived(self, kind: str, item_ids: Sequence[int], vectors: np.ndarray) -> None:
@@ -176,6 +177,14 @@ class Catalog:
             "INSERT OR REPLACE INTO derived_vectors (kind, item_id, vector) VALUES (?, ?, ?)",
             [(kind, int(i), _to_blob(v)) for i, v in zip(item_ids, vectors, strict=True)],
         )
+
+    def clear_derived(self, kind: str) -> None:
+        self.conn.execute("DELETE FROM derived_vectors WHERE kind = ?", (kind,))
+
+    def content_hashes(self, ids: Sequence[int]) -> list[str]:
+        """Content hashes of ``ids``, in order."""
+        found = dict(self.conn.execute("SELECT id, content_hash FROM items WHERE modality = 'image'"))
+        return [found[int(i)] for i in ids]
 
     def derived_ids(self, kind: str) -> set[int]:
         return {r[0] for r in self.conn.execute("SELECT item_id FROM derived_vectors WHERE kind = ?", (kind,))}

@@ -131,13 +131,8 @@ class Store:
 
     def exact_rerank(self, name: str, query: np.ndarray, candidate_ids: np.ndarray) -> np.ndarray:
         """Exact inner products of one query with candidates, from the stored (uncompressed) vectors."""
-        if name in DERIVED:
-            ids, vectors = self.ids_and_vectors(name)
-            lookup = dict(zip(ids.tolist(), range(len(ids)), strict=True))
-            vectors = vectors[[lookup[int(i)] for i in candidate_ids]]
-        else:
-            vectors = self.catalog.vectors_for(candidate_ids.tolist(), self.manifest.dim)
-        return vectors @ query
+        kind = name if name in DERIVED else None
+        return self.catalog.vectors_for(candidate_ids.tolist(), self.manifest.dim, kind) @ query
 
     def disk_sizes(self) -> dict[str, int]:
         return {p.name: p.stat().st_size for p in sorted(self.path.iterdir()) if p.is_file()}

@@ -22,6 +22,8 @@ class Manifest:
     metric: str = "inner_product"
     counts: dict[str, int] = field(default_factory=dict)
     generation: int = 0
+    # InversionConfig (as a dict) the gallery's OTI features were made with, once --invert-gallery is used.
+    gallery_inversion: dict | None = None
     schema_version: int = MANIFEST_SCHEMA_VERSION
     crossgap_version: str = __version__
 

@@ -1,0 +1,69 @@
+"""One object holding every inversion setting; the defaults are the published ones (Cross the Gap)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from crossgap_index.errors import QueryError
+
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+@dataclass(frozen=True)
+class InversionConfig:
+    """Settings for OTI (image -> text feature) and OVI (text -> image feature).
+
+    ``oti_steps`` / ``ovi_steps`` are quality knobs, not only costs: the paper's ablation shows
+    retrieval quality peaking early while the loss keeps falling, so stop-on-plateau is not offered.
+    ``fast=False`` selects the oracle (full context, everything recomputed, fp32, no compile);
+    it must not be combined with ``precision="bf16"`` or ``compile=True``.
+    ``batch_size`` and ``fast`` change speed only: each query's result depends on its own seed.
+    """
+
+    oti_steps: int = 150
+    ovi_steps: int = 1000
+    n_tokens: int = 1  # R pseudo-tokens (OTI)
+    n_patches: int | None = None  # P pseudo-patches (OVI); None: 1 for patch-32 ViTs, 4 otherwise
+    template: str = "a photo of {}"
+    lr: float = 2e-2
+    weight_decay: float = 0.01
+    init_std: float = 0.02
+    batch_size: int = 64
+    fast: bool = True
+    precision: str = "auto"  # auto: bf16 autocast on CUDA (no grad scaler), fp32 on CPU
+    compile: bool = False  # torch.compile the feature function; CUDA only, ignored on CPU
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.oti_steps < 0 or self.ovi_steps < 0:
+            problems.append("steps must be >= 0")
+        if self.n_tokens < 1:
+            problems.append("n_tokens must be >= 1")
+        if self.n_patches is not None and self.n_patches < 1:
+            problems.append("n_patches must be >= 1")
+        if self.template.count("{}") != 1:
+            problems.append(f"template must contain '{{}}' exactly once, got {self.template!r}")
+        if self.batch_size < 1:
+            problems.append("batch_size must be >= 1")
+        if self.lr <= 0 or self.init_std <= 0 or self.weight_decay < 0:
+            problems.append("lr and init_std must be > 0, weight_decay >= 0")
+        if self.precision not in PRECISIONS:
+            problems.append(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if not self.fast and (self.precision == "bf16" or self.compile):
+            problems.append("fast=False is the fp32 oracle: it takes neither precision='bf16' nor compile")
+        if problems:
+            raise QueryError("invalid inversion settings: " + "; ".join(problems))
+
+    def autocast_dtype(self, device: torch.device) -> torch.dtype | None:
+        """The autocast dtype for ``device``, or None for plain fp32."""
+        if not self.fast or self.precision == "fp32":
+            return None
+        if self.precision == "bf16" or device.type == "cuda":
+            return torch.bfloat16
+        return None
+
+    def compiles(self, device: torch.device) -> bool:
+        """torch.compile pays off only where kernel launches dominate: on CUDA."""
+        return self.fast and self.compile and device.type == "cuda"

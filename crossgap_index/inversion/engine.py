@@ -1,0 +1,178 @@
+"""OTI and OVI: one optimisation loop, two feature functions (fast path or oracle) per modality.
+
+Each query gets its own init, drawn from a generator seeded with the query's int seed, and
+its own loss term (the batch loss is their sum); AdamW is element-wise. So a query's result
+does not depend on its batch neighbours, and batching is a speed choice only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from crossgap_index.errors import QueryError
+from crossgap_index.inversion.config import InversionConfig
+from crossgap_index.inversion.family import FeatureFn, text_tower, vision_tower
+from crossgap_index.inversion.text import fast_text_features, reference_text_features, tokenize_prompt
+from crossgap_index.inversion.vision import fast_image_features, fill_index, reference_image_features
+from crossgap_index.models.factory import LoadedModel
+
+Progress = Callable[[int, float], None]
+
+
+@torch.inference_mode(False)  # callers may sit in inference mode; inversion needs autograd
+def oti(
+    loaded: LoadedModel,
+    image_features: np.ndarray,
+    config: InversionConfig,
+    seeds: Sequence[int],
+    progress: Progress | None = None,
+) -> np.ndarray:
+    """Invert image features into text features (float32 unit rows (n, d)) to search images inter-modally.
+
+    ``seeds`` holds one int per query (derive it from the query's content so that the result
+    is reproducible). ``progress(step, mean_loss)`` is called after every optimisation step,
+    with ``step`` counted across batches up to ``ceil(n / batch_size) * oti_steps``.
+    ``final_losses(result, image_features)`` gives each query's loss at the returned feature.
+    """
+    name = loaded.spec.canonical
+    tower = text_tower(loaded.model, name)
+    dtype = config.autocast_dtype(loaded.device)
+    with _autocast(loaded.device, dtype), torch.no_grad():
+        prompt = tokenize_prompt(loaded.tokenizer, config.template, config.n_tokens, tower, name, loaded.device)
+        features = fast_text_features(tower, prompt) if config.fast else reference_text_features(tower, prompt)
+    shape = (config.n_tokens, tower.token_embedding.embedding_dim)
+    return _invert(features, shape, image_features, config, config.oti_steps, seeds, loaded.device, progress)
+
+
+@torch.inference_mode(False)
+def ovi(
+    loaded: LoadedModel,
+    text_features: np.ndarray,
+    config: InversionConfig,
+    seeds: Sequence[int],
+    progress: Progress | None = None,
+) -> np.ndarray:
+    """Invert text features into image features (float32 unit rows) to search texts inter-modally; as ``oti``."""
+    tower = vision_tower(loaded.model, loaded.spec.canonical)
+    n_patches = config.n_patches or tower.default_patches
+    if n_patches > tower.n_grid:
+        raise QueryError(f"n_patches={n_patches} exceeds the {tower.n_grid} patches of the image tower")
+    index = fill_index(n_patches, tower.n_grid, loaded.device)
+    dtype = config.autocast_dtype(loaded.device)
+    with _autocast(loaded.device, dtype), torch.no_grad():
+        features = fast_image_features(tower, index) if config.fast else reference_image_features(tower, index)
+    shape = (n_patches, tower.width)
+    return _invert(features, shape, text_features, config, config.ovi_steps, seeds, loaded.device, progress)
+
+
+def oti_reference(
+    loaded: LoadedModel,
+    image_features: np.ndarray,
+    config: InversionConfig,
+    seeds: Sequence[int],
+    progress: Progress | None = None,
+) -> np.ndarray:
+    """``oti`` through the oracle (full context, fp32, everything recomputed): what the fast path must match."""
+    return oti(loaded, image_features, _oracle(config), seeds, progress)
+
+
+def ovi_reference(
+    loaded: LoadedModel,
+    text_features: np.ndarray,
+    config: InversionConfig,
+    seeds: Sequence[int],
+    progress: Progress | None = None,
+) -> np.ndarray:
+    """``ovi`` through the oracle: what the fast path must match."""
+    return ovi(loaded, text_features, _oracle(config), seeds, progress)
+
+
+def final_losses(features: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """Per-query loss 1 - cos(inverted feature, target) of a finished inversion."""
+    targets = np.asarray(targets, np.float32)
+    unit = targets / np.maximum(np.linalg.norm(targets, axis=1, keepdims=True), 1e-12)
+    return (1.0 - np.sum(np.asarray(features, np.float32) * unit, axis=1)).astype(np.float32)
+
+
+def _oracle(config: InversionConfig) -> InversionConfig:
+    return dataclasses.replace(config, fast=False, precision="fp32", compile=False)
+
+
+def _invert(
+    features: FeatureFn,
+    shape: tuple[int, int],
+    targets: np.ndarray,
+    config: InversionConfig,
+    steps: int,
+    seeds: Sequence[int],
+    device: torch.device,
+    progress: Progress | None,
+) -> np.ndarray:
+    """Split the queries into batches and run the shared loop on each."""
+    targets = np.asarray(targets, dtype=np.float32)
+    if targets.ndim != 2:
+        raise QueryError(f"inversion targets must be an (n, d) array, got shape {targets.shape}")
+    if len(seeds) != len(targets):
+        raise QueryError(f"got {len(seeds)} seeds for {len(targets)} queries; give one seed per query")
+    if config.compiles(device):
+        features = torch.compile(features)
+    dtype = config.autocast_dtype(device)
+    out = []
+    for first in range(0, len(targets), config.batch_size):
+        batch = slice(first, first + config.batch_size)
+        init = torch.stack([_init(seed, shape, config.init_std) for seed in seeds[batch]]).to(device)
+        target = F.normalize(torch.from_numpy(targets[batch].copy()).to(device), dim=-1)
+        offset = (first // config.batch_size) * steps
+        out.append(_optimise(features, init, target, config, steps, dtype, progress, offset))
+    if not out:
+        return np.zeros((0, targets.shape[1]), np.float32)
+    return np.ascontiguousarray(torch.cat(out).cpu().numpy(), dtype=np.float32)
+
+
+def _optimise(
+    features: FeatureFn,
+    init: torch.Tensor,
+    target: torch.Tensor,
+    config: InversionConfig,
+    steps: int,
+    dtype: torch.dtype | None,
+    progress: Progress | None,
+    offset: int,
+) -> torch.Tensor:
+    """AdamW on the per-query sum of 1 - cos(feature(v), target); returns the last step's unit features."""
+    with torch.enable_grad():
+        params = init.clone().requires_grad_(True)
+        optimizer = torch.optim.AdamW([params], lr=config.lr, weight_decay=config.weight_decay)
+        for step in range(1, steps + 1):
+            losses = _losses(features, params, target, dtype)
+            optimizer.zero_grad(set_to_none=True)
+            losses.sum().backward()
+            optimizer.step()
+            if progress is not None:
+                progress(offset + step, float(losses.detach().mean()))
+        with torch.no_grad(), _autocast(target.device, dtype):
+            return F.normalize(features(params).float(), dim=-1)
+
+
+def _losses(features: FeatureFn, params: torch.Tensor, target: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
+    with _autocast(target.device, dtype):
+        out = features(params).float()
+    if out.shape != target.shape:
+        raise QueryError(f"inversion targets have dimension {target.shape[1]}, the model's features {out.shape[1]}")
+    return 1.0 - (F.normalize(out, dim=-1) * target).sum(dim=-1)
+
+
+def _init(seed: int, shape: tuple[int, int], std: float) -> torch.Tensor:
+    """N(0, std^2) from a CPU generator seeded by the query alone (device-independent)."""
+    generator = torch.Generator().manual_seed(int(seed) & 0xFFFF_FFFF_FFFF_FFFF)
+    return torch.randn(shape, generator=generator) * std
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()

@@ -1,0 +1,36 @@
+"""Merging ranked lists: reciprocal rank fusion, or a weighted sum of normalised scores."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from crossgap_index.search.ranking import Ranked
+
+RRF_K = 60  # the constant of Cormack et al. (2009); larger flattens the head of each list
+
+
+def reciprocal_rank_fusion(lists: dict[str, Ranked], rrf_k: int = RRF_K) -> Ranked:
+    """score(id) = sum over lists of 1 / (rrf_k + rank), ranks 1-based; absent from a list adds 0."""
+    fused: dict[int, float] = {}
+    for ranked in lists.values():
+        for rank, item in enumerate(ranked.ids.tolist(), 1):
+            fused[item] = fused.get(item, 0.0) + 1.0 / (rrf_k + rank)
+    return _sorted(fused)
+
+
+def score_fusion(candidates: np.ndarray, exact: dict[str, np.ndarray], weights: dict[str, float]) -> Ranked:
+    """Weighted sum of each list's exact scores over the same candidates, min-max normalised per list
+    so lists with different score ranges (intra ~0.8, inter-modal ~0.3 for CLIP) weigh as intended."""
+    total = np.zeros(len(candidates), np.float64)
+    for name, scores in exact.items():
+        span = float(scores.max() - scores.min()) if len(scores) else 0.0
+        normalised = (scores - scores.min()) / span if span > 0 else np.ones_like(scores)
+        total += weights[name] * normalised
+    return _sorted(dict(zip(candidates.tolist(), total.tolist(), strict=True)))
+
+
+def _sorted(scores: dict[int, float]) -> Ranked:
+    ids = np.fromiter(scores.keys(), np.int64, len(scores))
+    values = np.fromiter(scores.values(), np.float64, len(scores))
+    order = np.lexsort((ids, -values))  # best first; ties broken by id for determinism
+    return Ranked(ids[order], values[order].astype(np.float32))
