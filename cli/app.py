@@ -12,6 +12,7 @@ from typing import Annotated
 
 import typer
 
+from cli.eval_command import eval_command
 from cli.render import build_summary, err, hits_table, info_table, inversion_bar, out, print_hits, progress_bar
 from crossgap_index import CrossGapIndex
 from crossgap_index.demo import DEMO_MODEL, run_demo
@@ -289,6 +290,9 @@ def demo(
     if not quiet:
         err.print(build_summary(result.build), highlight=False)
         err.print(f"contact sheet: {result.sheet}", highlight=False)
+
+
+app.command("eval")(fails_cleanly(eval_command))
 
 
 def main() -> None:

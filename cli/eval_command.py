@@ -1,0 +1,147 @@
+"""`cgx eval`: measure which retrieval mode wins on labelled data. Parse, call the library, render."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from cli.render import err, out
+from crossgap_index.errors import QueryError
+from crossgap_index.evaluation.data import load_dataset, read_vocab
+from crossgap_index.evaluation.protocol import EvalProgress, evaluate
+from crossgap_index.evaluation.report import render, write_plots
+from crossgap_index.inversion import InversionConfig
+from crossgap_index.models import DEFAULT_MODEL
+
+
+class Task(str, Enum):
+    all = "all"
+    images = "images"
+    texts = "texts"
+
+
+def eval_command(
+    dataset: Annotated[
+        str,
+        typer.Argument(
+            help="A folder with one subfolder per class (plus an optional captions.jsonl), a .jsonl of "
+            '{"text", "group", "label"?} captions, or synthetic:SEED:N.'
+        ),
+    ],
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model",
+            envvar="CGX_MODEL",
+            help=f"Model spec: ARCH/TAG (default {DEFAULT_MODEL}), ARCH::/path/weights, a model folder, "
+            "or a bundled name (tiny-random, crossgap-small).",
+        ),
+    ] = None,
+    device: Annotated[str, typer.Option("--device", help="auto (CUDA when available), cpu or cuda.")] = "auto",
+    vocab: Annotated[
+        Path | None,
+        typer.Option("--vocab", help="Span projection concepts, one name per line (default: the class names)."),
+    ] = None,
+    span_components: Annotated[
+        int | None,
+        typer.Option("--span-components", min=1, help="Directions kept by span projection (default: d/2)."),
+    ] = None,
+    task: Annotated[Task, typer.Option("--task", help="Evaluate images, texts, or all the dataset has.")] = Task.all,
+    steps: Annotated[
+        int, typer.Option("--steps", min=0, help="OTI steps (image queries).")
+    ] = InversionConfig.oti_steps,
+    ovi_steps: Annotated[
+        int, typer.Option("--ovi-steps", min=0, help="OVI steps (text queries).")
+    ] = InversionConfig.ovi_steps,
+    batch_size: Annotated[
+        int, typer.Option("--batch-size", min=1, help="Queries inverted together (speed only).")
+    ] = InversionConfig.batch_size,
+    sweep_steps: Annotated[
+        str | None,
+        typer.Option(
+            "--sweep-steps", help="Also measure the OTI cross mode at these step counts, e.g. 10,25,50,100,150."
+        ),
+    ] = None,
+    limit: Annotated[
+        int | None, typer.Option("--limit", min=2, help="Use a fixed random subset of N images and N caption groups.")
+    ] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="One JSON document on stdout.")] = False,
+    plots: Annotated[
+        Path | None, typer.Option("--plots", help="Write PNG plots of every metric to this folder.")
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars on stderr.")] = False,
+) -> None:
+    """Evaluate every retrieval mode on labelled data and report which wins.
+
+    Image-to-image: every image queries all the others, relevant = same class. Text-to-text: each
+    group's first caption queries the other captions, relevant = same group. Modes: intra, cross
+    (OTI / OVI), fused (rrf and score), cross-gallery, span projection; plus zero-shot accuracy as a
+    control. Metrics: mAP (headline), mAP@R, R-precision, Recall@1.
+    """
+    sweep = _parse_steps(sweep_steps) if sweep_steps else []
+    data = load_dataset(dataset, limit)
+    names = read_vocab(vocab) if vocab is not None else None
+    config = InversionConfig(oti_steps=steps, ovi_steps=ovi_steps, batch_size=batch_size)
+    with _progress(enabled=not quiet) as progress:
+        result = evaluate(
+            data,
+            model,
+            device=device,
+            config=config,
+            vocab=names,
+            tasks=None if task is Task.all else [task.value],
+            sweep_steps=sweep,
+            span_components=span_components,
+            progress=progress,
+        )
+    if vocab is not None:
+        result.settings["span"]["vocabulary"] = str(vocab)
+    if json_out:
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        out.print(render(result))
+    if plots is not None:
+        for path in write_plots(result, plots):
+            if not quiet:
+                err.print(f"wrote {path}", highlight=False)
+
+
+def _parse_steps(text: str) -> list[int]:
+    try:
+        steps = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise QueryError(f"--sweep-steps takes comma-separated integers, e.g. 10,25,50; got {text!r}") from None
+    if not steps or min(steps) < 0:
+        raise QueryError(f"--sweep-steps needs one or more step counts >= 0, got {text!r}")
+    return steps
+
+
+@contextmanager
+def _progress(enabled: bool) -> Iterator[EvalProgress]:
+    """A ``progress(stage, done, total)`` callback: one bar per stage on stderr, started on first use."""
+    bar = Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=err
+    )
+    tasks: dict[str, int] = {}
+
+    def update(stage: str, done: int, total: int) -> None:
+        if not enabled:
+            return
+        if not tasks:
+            bar.start()
+        if stage not in tasks:
+            tasks[stage] = bar.add_task(stage, total=total)
+        bar.update(tasks[stage], completed=done, total=total)
+
+    try:
+        yield update
+    finally:
+        if tasks:
+            bar.stop()

@@ -1,0 +1,156 @@
+"""Reports of an ``EvalResult``: rich tables (best value per metric highlighted) and matplotlib PNGs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+
+from crossgap_index.evaluation.metrics import METRIC_TITLES, METRICS
+from crossgap_index.evaluation.protocol import EvalResult, TaskResult
+
+_BEST = "bold green"
+
+
+def task_table(task: TaskResult, caption: str = "") -> Table:
+    """Modes x metrics of one task (in %), with each mode's mAP change against intra."""
+    loo = ", leave-one-out" if task.leave_one_out else ""
+    skipped = f", {task.n_skipped_queries} queries without a relevant item left out" if task.n_skipped_queries else ""
+    table = Table(
+        title=f"{task.task}: {task.n_queries} queries, gallery {task.n_gallery}, relevant = {task.relevant}"
+        f"{loo}{skipped}",
+        title_justify="left",
+        caption=caption or None,
+        caption_justify="left",
+    )
+    table.add_column("mode")
+    for metric in METRICS:
+        table.add_column(METRIC_TITLES[metric], justify="right")
+    table.add_column("ΔmAP ± se", justify="right")
+    best = task.best()
+    for name, mode in task.modes.items():
+        cells = [Text(f"{mode.metrics[m] * 100:.2f}", style=_BEST if best[m] == name else "") for m in METRICS]
+        delta = "" if name == "intra" else _delta(mode.map_vs_intra, mode.map_vs_intra_se)
+        table.add_row(name, *cells, delta)
+    return table
+
+
+def sweep_table(result: EvalResult) -> Table:
+    """Cross-mode (OTI) metrics against inversion steps, beside the intra mAP."""
+    base = result.tasks.get("image-to-image")
+    intra = base.modes["intra"].metrics["map"] if base else float("nan")
+    table = Table(
+        title=f"OTI steps sweep, image-to-image cross mode (intra mAP {intra * 100:.2f})", title_justify="left"
+    )
+    table.add_column("steps", justify="right")
+    for metric in METRICS:
+        table.add_column(METRIC_TITLES[metric], justify="right")
+    table.add_column("ΔmAP vs intra ± se", justify="right")
+    table.add_column("OTI seconds", justify="right")
+    best = max(result.sweep, key=lambda p: p.metrics["map"]).steps
+    for point in result.sweep:
+        cells = [f"{point.metrics[m] * 100:.2f}" for m in METRICS]
+        table.add_row(
+            Text(str(point.steps), style=_BEST if point.steps == best else ""),
+            *cells,
+            _delta(point.map_vs_intra, point.map_vs_intra_se),
+            f"{point.seconds:.1f}",
+        )
+    return table
+
+
+def render(result: EvalResult) -> Group:
+    """Everything a person reads: one table per task, the zero-shot control, the sweep, settings, times."""
+    inv = result.settings["inversion"]
+    span = result.settings["span"]
+    caption = (
+        f"model {result.model} (d={result.dim}, {result.device}); OTI {inv['oti_steps']} steps, "
+        f"OVI {inv['ovi_steps']} steps; fusion rrf_k={result.settings['fusion']['rrf_k']}, "
+        f"score alpha={result.settings['fusion']['alpha_cross']}; span: {span['components']} components from "
+        f"{span['size']} names ({span['vocabulary']}). Metrics in %, best per metric in green; ΔmAP: mean "
+        "per-query AP difference against intra ± its standard error over queries."
+    )
+    parts: list = []
+    for task in result.tasks.values():
+        parts.append(task_table(task, caption))
+        legend = "; ".join(f"{mode.mode}: {mode.description}" for mode in task.modes.values())
+        parts.append(Text(f"modes: {legend}", style="dim"))
+    if result.zero_shot:
+        z = result.zero_shot
+        parts.append(
+            Text(
+                f"zero-shot classification control: accuracy {z['accuracy'] * 100:.2f}% over "
+                f"{z['classes']} classes (chance {z['chance'] * 100:.2f}%)"
+            )
+        )
+    if result.sweep:
+        parts.append(sweep_table(result))
+    times = ", ".join(f"{name} {seconds:.1f}s" for name, seconds in result.timings.items())
+    parts.append(Text(f"wall time: {times}", style="dim"))
+    parts += [Text(f"note: {note}", style="yellow") for note in result.dataset.get("notes", [])]
+    return Group(*parts)
+
+
+def _delta(mean: float, se: float | None) -> str:
+    """A paired mAP difference in points, with its standard error over queries."""
+    return f"{mean * 100:+.2f}" + (f" ± {se * 100:.2f}" if se is not None else "")
+
+
+def write_plots(result: EvalResult, folder: str | Path) -> list[Path]:
+    """One PNG per task (every metric per mode) and, with a sweep, mAP against OTI steps."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    written = [_metrics_plot(task, result.model, folder) for task in result.tasks.values()]
+    if result.sweep:
+        written.append(_sweep_plot(result, folder))
+    return written
+
+
+def _metrics_plot(task: TaskResult, model: str, folder: Path) -> Path:
+    modes = list(task.modes)
+    best = task.best()
+    fig = Figure(figsize=(3.2 * len(METRICS), 0.45 * len(modes) + 1.6))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, len(METRICS), sharey=True)
+    for ax, metric in zip(axes, METRICS, strict=True):
+        values = [task.modes[m].metrics[metric] * 100 for m in modes]
+        colours = ["tab:green" if best[metric] == m else "tab:gray" for m in modes]
+        ax.barh(modes, values, color=colours)
+        ax.invert_yaxis()
+        ax.set_title(METRIC_TITLES[metric])
+        ax.set_xlabel("%")
+        for y, value in enumerate(values):
+            ax.text(value, y, f" {value:.1f}", va="center", fontsize=8)
+        ax.set_xlim(0, max(max(values) * 1.25, 1.0))
+    fig.suptitle(f"{task.task} ({model}, {task.n_queries} queries)")
+    fig.tight_layout()
+    path = folder / f"{task.task}-metrics.png"
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def _sweep_plot(result: EvalResult, folder: Path) -> Path:
+    fig = Figure(figsize=(6, 4))
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    steps = [p.steps for p in result.sweep]
+    for metric, style in (("map", "o-"), ("map_at_r", "s--")):
+        ax.plot(
+            steps, [p.metrics[metric] * 100 for p in result.sweep], style, label=f"cross (OTI) {METRIC_TITLES[metric]}"
+        )
+    task = result.tasks["image-to-image"]
+    for mode, colour in (("intra", "tab:gray"), ("span", "tab:purple")):
+        if mode in task.modes:
+            ax.axhline(task.modes[mode].metrics["map"] * 100, color=colour, linestyle=":", label=f"{mode} mAP")
+    ax.set_xlabel("OTI steps")
+    ax.set_ylabel("%")
+    ax.set_title(f"image-to-image: OTI steps ({result.model})")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = folder / "oti-steps-sweep.png"
+    fig.savefig(path, dpi=110)
+    return path
