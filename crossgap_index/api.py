@@ -422,7 +422,7 @@ class CrossGapIndex:
                 "to image -> images and text -> texts"
             )
         if mode == "cross-gallery":
-            missing = self._store.stored_count("image") - self._store.stored_count(GALLERY_OTI)
+            missing = self._store.indexes["image"].ntotal - self._store.indexes[GALLERY_OTI].ntotal
             if missing:
                 raise QueryError(
                     f"{missing} gallery images have no OTI feature yet: run `cgx build-index DIR --invert-gallery` "
@@ -448,7 +448,7 @@ class CrossGapIndex:
         return self._hits(Ranked(fused.ids[:k], fused.scores[:k]), lists)
 
     def _require_items(self, collection: str) -> None:
-        if self._store.stored_count(collection) == 0:
+        if self._store.indexes[collection].ntotal == 0:  # in line with the catalog since open; no table scan
             raise StoreError(f"the {collection} index at {self.path} is empty")
 
     def _hits(self, ranked: Ranked, lists: dict[str, Ranked | None]) -> list[Hit]:

@@ -34,6 +34,7 @@ CREATE TABLE IF NOT EXISTS items (
 CREATE UNIQUE INDEX IF NOT EXISTS items_image_path ON items (path) WHERE modality = 'image';
 CREATE UNIQUE INDEX IF NOT EXISTS items_text_hash ON items (content_hash) WHERE modality = 'text';
 CREATE INDEX IF NOT EXISTS items_hash ON items (content_hash);
+CREATE INDEX IF NOT EXISTS items_modality ON items (modality);
 CREATE TABLE IF NOT EXISTS derived_vectors (
     kind TEXT NOT NULL,
     item_id INTEGER NOT NULL REFERENCES items (id) ON DELETE CASCADE,
@@ -185,6 +186,9 @@ class Catalog:
         """Content hashes of ``ids``, in order."""
         found = dict(self.conn.execute("SELECT id, content_hash FROM items WHERE modality = 'image'"))
         return [found[int(i)] for i in ids]
+
+    def count_derived(self, kind: str) -> int:
+        return self.conn.execute("SELECT COUNT(*) FROM derived_vectors WHERE kind = ?", (kind,)).fetchone()[0]
 
     def derived_ids(self, kind: str) -> set[int]:
         return {r[0] for r in self.conn.execute("SELECT item_id FROM derived_vectors WHERE kind = ?", (kind,))}

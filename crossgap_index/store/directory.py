@@ -80,7 +80,7 @@ class Store:
 
     def stored_count(self, name: str) -> int:
         if name in DERIVED:
-            return len(self.catalog.derived_ids(name))
+            return self.catalog.count_derived(name)
         return self.catalog.count(name)
 
     def ids_and_vectors(self, name: str) -> tuple[np.ndarray, np.ndarray]:
