@@ -22,6 +22,7 @@ from crossgap_index.datasets.synthetic import CLASS_NAMES, generate
 from crossgap_index.errors import InputFileError
 from crossgap_index.ingest.decode import content_hash
 from crossgap_index.ingest.discover import SKIPPED_DIRS, find_images, is_image_path
+from crossgap_index.ingest.texts import read_utf8_lines
 
 SYNTHETIC_PREFIX = "synthetic:"
 CAPTIONS_FILE = "captions.jsonl"
@@ -109,12 +110,7 @@ def load_dataset(spec: str, limit: int | None = None) -> EvalDataset:
 def read_vocab(path: str | Path) -> list[str]:
     """Concept names for span projection: one per line, blank lines skipped, duplicates kept once."""
     path = Path(path).expanduser()
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as exc:
-        raise InputFileError(f"cannot read vocabulary {path}: {exc.strerror or exc}") from exc
-    except UnicodeDecodeError as exc:
-        raise InputFileError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+    lines = read_utf8_lines(path, "vocabulary ")
     names = list(dict.fromkeys(line.strip() for line in lines if line.strip()))
     if len(names) < 2:
         raise InputFileError(f"vocabulary {path} needs at least 2 names (one per line), found {len(names)}")
@@ -174,12 +170,7 @@ def _image_set(items: list[Path | bytes], names: list[str], class_names: list[st
 
 
 def _caption_file(path: Path, limit: int | None) -> tuple[TextSet, list[str]]:
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as exc:
-        raise InputFileError(f"cannot read {path}: {exc.strerror or exc}") from exc
-    except UnicodeDecodeError as exc:
-        raise InputFileError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+    lines = read_utf8_lines(path)
     records = [_caption_record(line, path, n) for n, line in enumerate(lines, 1) if line.strip()]
     return _text_set(records, limit, str(path))
 

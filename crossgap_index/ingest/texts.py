@@ -23,12 +23,7 @@ def read_text_corpus(path: str | Path) -> TextCorpus:
     path = Path(path).expanduser()
     if path.suffix.lower() not in (".txt", ".jsonl"):
         raise InputFileError(f"{path}: expected a .txt (one document per line) or .jsonl file")
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as exc:
-        raise InputFileError(f"cannot read {path}: {exc.strerror or exc}") from exc
-    except UnicodeDecodeError as exc:
-        raise InputFileError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+    lines = read_utf8_lines(path)
     corpus = TextCorpus()
     parse = _parse_jsonl_line if path.suffix.lower() == ".jsonl" else _parse_txt_line
     for lineno, line in enumerate(lines, 1):
@@ -42,6 +37,16 @@ def read_text_corpus(path: str | Path) -> TextCorpus:
         corpus.texts.append(text)
         corpus.ids.append(ext_id)
     return corpus
+
+
+def read_utf8_lines(path: Path, what: str = "") -> list[str]:
+    """The lines of a UTF-8 text file; unreadable or undecodable files are one-line InputFileErrors."""
+    try:
+        return path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise InputFileError(f"cannot read {what}{path}: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise InputFileError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
 
 
 def _parse_txt_line(line: str) -> tuple[str, None]:
