@@ -116,7 +116,7 @@ def build_index(
             workers=workers,
             progress=progress,
         )
-        if invert_gallery or cgx.info().gallery_inversion is not None:
+        if invert_gallery or cgx.gallery_inversion is not None:
             config = InversionConfig(oti_steps=steps) if invert_gallery else None
             with progress_bar("inverting gallery", "img", enabled=not quiet) as gallery_progress:
                 cgx.invert_gallery(config, progress=gallery_progress)

@@ -159,6 +159,11 @@ class CrossGapIndex:
         return self._store.path
 
     @property
+    def gallery_inversion(self) -> dict | None:
+        """The InversionConfig (as a dict) of the gallery's stored OTI features, or None when not inverted."""
+        return self._store.manifest.gallery_inversion
+
+    @property
     def encoder(self) -> Encoder:
         if self._encoder is None:
             self._encoder = Encoder(load_model(self._store.manifest.model, self._device))
@@ -488,7 +493,7 @@ class CrossGapIndex:
             disk_bytes=self._store.disk_sizes(),
             schema_version=m.schema_version,
             crossgap_version=m.crossgap_version,
-            gallery_inversion=m.gallery_inversion,
+            gallery_inversion=self.gallery_inversion,
         )
 
 

@@ -57,6 +57,17 @@ class VectorIndex:
         self.search_params = default_search_params(self.resolved_factory)
 
     @property
+    def search_params(self) -> str:
+        return self._search_params
+
+    @search_params.setter
+    def search_params(self, params: str) -> None:
+        """Applied to the index once here (and on rebuild), not parsed again on every query."""
+        self._search_params = params
+        if params:
+            faiss.ParameterSpace().set_index_parameters(self.index, params)
+
+    @property
     def resolved_factory(self) -> str:
         return auto_factory(self.ntotal) if self.factory == AUTO else self.factory
 
@@ -114,8 +125,6 @@ class VectorIndex:
         k = min(k, self.ntotal)
         if k <= 0:
             return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)
-        if self.search_params:
-            faiss.ParameterSpace().set_index_parameters(self.index, self.search_params)
         scores, ids = self.index.search(np.ascontiguousarray(queries, np.float32), k)
         return scores, ids
 
