@@ -14,6 +14,7 @@ import typer
 
 from cli.eval_command import eval_command
 from cli.render import build_summary, err, hits_table, info_table, inversion_bar, out, print_hits, progress_bar
+from cli.serve_command import serve_command
 from crossgap_index import CrossGapIndex
 from crossgap_index.demo import DEMO_MODEL, run_demo
 from crossgap_index.errors import CrossGapError
@@ -293,6 +294,7 @@ def demo(
 
 
 app.command("eval")(fails_cleanly(eval_command))
+app.command("serve")(fails_cleanly(serve_command))
 
 
 def main() -> None:

@@ -20,6 +20,7 @@ from crossgap_index.inversion.keys import cache_key, seed_from_digest, settings_
 from crossgap_index.models import Encoder, default_model_spec, load_model, parse_spec
 from crossgap_index.search.merge import RRF_K, reciprocal_rank_fusion, score_fusion
 from crossgap_index.search.ranking import Ranked, top_k
+from crossgap_index.store.catalog import ItemRow
 from crossgap_index.store.directory import Store, default_index_path
 from crossgap_index.store.vectors import AUTO
 
@@ -480,6 +481,10 @@ class CrossGapIndex:
                 )
             )
         return hits
+
+    def item(self, item_id: int) -> ItemRow | None:
+        """The stored item with this id (its path or text), or None."""
+        return self._store.catalog.rows([item_id]).get(item_id)
 
     def info(self) -> IndexInfo:
         m = self._store.manifest

@@ -70,7 +70,8 @@ class Catalog:
 
     def __init__(self, path: Path):
         self.path = path
-        self.conn = sqlite3.connect(path)
+        # Callers serialise writes (the index lock); reads may come from a server's worker threads.
+        self.conn = sqlite3.connect(path, check_same_thread=False)
         self.conn.execute("PRAGMA foreign_keys = ON")
         self.conn.execute("PRAGMA journal_mode = WAL")
         self.conn.executescript(_SCHEMA)
