@@ -17,7 +17,7 @@ ItemId = Annotated[int, Path(ge=1, le=2**63 - 1, description="A catalog id, as s
 _ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorOut} for code in (401, 404, 410, 422)}
 
 
-@router.get("/{item_id}", response_model=ItemOut, responses=_ERRORS)
+@router.get("/{item_id}", response_model=ItemOut, response_model_exclude_none=True, responses=_ERRORS)
 async def get_item(item_id: ItemId, service: Service) -> dict[str, Any]:
     row = await service.item(item_id)
     return {"id": row.id, "modality": row.modality, "path": row.path, "text": row.text, "external_id": row.external_id}

@@ -40,7 +40,13 @@ _SEARCH_BODY = {
 }
 
 
-@router.post("/search", response_model=SearchResponse, responses=_ERRORS, openapi_extra=_SEARCH_BODY)
+@router.post(
+    "/search",
+    response_model=SearchResponse,
+    response_model_exclude_none=True,
+    responses=_ERRORS,
+    openapi_extra=_SEARCH_BODY,
+)
 async def search(request: Request, service: Service) -> dict[str, Any]:
     """Top-k hits for one query: JSON (text, vector, image_base64 or item_id) or a multipart upload."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
@@ -52,7 +58,7 @@ async def search(request: Request, service: Service) -> dict[str, Any]:
     return await service.search(_parse(SearchRequest, await request.body()))
 
 
-@router.post("/search/batch", response_model=BatchSearchResponse, responses=_ERRORS)
+@router.post("/search/batch", response_model=BatchSearchResponse, response_model_exclude_none=True, responses=_ERRORS)
 async def search_batch(body: BatchSearchRequest, service: Service) -> dict[str, Any]:
     """Many queries in one request; those that invert are inverted together. Results in query order."""
     return {"results": await service.search_many(body.queries)}
