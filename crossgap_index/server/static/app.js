@@ -85,7 +85,6 @@ function render(doc) {
       const img = document.createElement("img");
       img.src = `/items/${hit.id}/image`;
       img.alt = hit.path ? hit.path.split("/").pop() : `item ${hit.id}`;
-      img.loading = "lazy";
       card.append(img);
     } else {
       const text = document.createElement("div");
