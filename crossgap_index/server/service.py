@@ -70,12 +70,14 @@ class SearchService:
     async def search(self, request: SearchRequest, upload: bytes | None = None) -> dict[str, Any]:
         start = time.perf_counter()
         self._check(request, upload)
-        query = await self._in_pool(lambda: self._library_query(request, upload))
         inversion = self._inversion(request)
-        decoded = time.perf_counter()
-        kind = next(iter(query))
-        timings: dict[str, float | int] = {"prepare_ms": _ms(decoded - start)}
-        if request.mode in INVERTING_MODES and kind in ("image", "text") and _same_modality(kind, request.target):
+        query = None  # resolved here only when routing needs it (an item's modality); else in the worker
+        if request.item_id is not None:
+            query = await self._in_pool(lambda: self._library_query(request, upload))
+        if self._batched(request, query):
+            if query is None:
+                query = await self._in_pool(lambda: self._library_query(request, upload))
+            prepared = time.perf_counter()
             key = BatchKey(
                 request.target,
                 request.k,
@@ -88,17 +90,27 @@ class SearchService:
             )
             result: BatchResult = await self._bounded(asyncio.wrap_future(self._batcher.submit(key, query)))
             hits = result.value
-            timings.update(
-                queue_ms=_ms(result.wait_s), batch_ms=_ms(result.run_s), inversion_batch_size=result.batch_size
-            )
+            timings: dict[str, float | int] = {
+                "prepare_ms": _ms(prepared - start),
+                "queue_ms": _ms(result.wait_s),
+                "batch_ms": _ms(result.run_s),
+                "inversion_batch_size": result.batch_size,
+            }
             self.metrics.queries.labels(request.mode, "batched").inc()
-        else:
-            searched = time.perf_counter()
-            hits = await self._in_pool(lambda: self._search_one(query, request, inversion))
-            timings["search_ms"] = _ms(time.perf_counter() - searched)
+        else:  # one hop to a worker thread: decode (if any) and search there
+            hits, searched_s = await self._in_pool(lambda: self._search_one(query, request, upload, inversion))
+            timings = {"search_ms": _ms(searched_s)}
             self.metrics.queries.labels(request.mode, "direct").inc()
         timings["total_ms"] = _ms(time.perf_counter() - start)
         return {"hits": [hit_json(h) for h in hits], "mode": request.mode, "timings": timings}
+
+    @staticmethod
+    def _batched(request: SearchRequest, query: dict[str, Any] | None) -> bool:
+        """Inversion of an image query against images or of a text query against texts: batched."""
+        if request.mode not in INVERTING_MODES or request.vector is not None:
+            return False
+        is_text = "text" in query if query is not None else request.text is not None
+        return request.target == ("texts" if is_text else "images")
 
     async def search_many(self, requests: list[SearchRequest]) -> list[dict[str, Any]]:
         """All queries at once: the inverting ones meet in the batcher."""
@@ -172,9 +184,13 @@ class SearchService:
             changes["lr"] = request.lr
         return dataclasses.replace(defaults, **changes)
 
-    def _search_one(self, query: dict[str, Any], request: SearchRequest, inversion: InversionConfig) -> list[Hit]:
+    def _search_one(
+        self, query: dict[str, Any] | None, request: SearchRequest, upload: bytes | None, inversion: InversionConfig
+    ) -> tuple[list[Hit], float]:
+        query = query if query is not None else self._library_query(request, upload)
+        start = time.perf_counter()
         with self.lock.reading():
-            return self.index.search(
+            hits = self.index.search(
                 **query,
                 target=request.target,
                 k=request.k,
@@ -185,6 +201,7 @@ class SearchService:
                 inversion=inversion,
                 use_cache=request.use_cache,
             )
+        return hits, time.perf_counter() - start
 
     def _run_batch(self, key: Hashable, queries: list[dict[str, Any]]) -> list[list[Hit]]:
         assert isinstance(key, BatchKey)
@@ -281,10 +298,6 @@ def hit_json(hit: Hit) -> dict[str, Any]:
     doc["ranks"] = hit.ranks
     doc["scores"] = hit.scores
     return doc
-
-
-def _same_modality(kind: str, target: str) -> bool:
-    return (kind, target) in (("image", "images"), ("text", "texts"))
 
 
 def _b64decode(text: str, max_bytes: int) -> bytes:
