@@ -18,6 +18,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: spinn
 
 import argparse
 import base64
+import importlib.metadata
 import json
 import re
 import signal
@@ -45,6 +46,7 @@ def main() -> None:
         index_path, photos, texts = _build(Path(tmp), args)
         report = {
             "machine": machine_info(),
+            "http_stack": {name: _version(name) for name in ("fastapi", "uvicorn", "httptools", "uvloop", "httpx")},
             "model": args.model,
             "settings": vars(args),
             "load_average_before": os.getloadavg(),
@@ -73,6 +75,13 @@ def main() -> None:
     write_json(args.out, report)
     if args.table:
         Path(args.table).write_text(_table(report))
+
+
+def _version(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 def _parse() -> argparse.Namespace:
@@ -264,7 +273,9 @@ def _table(report: dict) -> str:
         "# `cgx serve` benchmark (benchmarks/bench_serve.py)",
         "",
         f"Machine: {m['cpu']}, {m['cores']} cores, load average {report['load_average_before'][0]:.1f} before / "
-        f"{report['load_average_after'][0]:.1f} after (shared machine). Python {m['python']}, torch {m['torch']}.",
+        f"{report['load_average_after'][0]:.1f} after (shared machine). Python {m['python']}, torch {m['torch']}, "
+        + ", ".join(f"{k} {v}" for k, v in report["http_stack"].items() if v)
+        + ".",
         f"Model {report['model']}, {s['images']} synthetic images (seed 101), k=10, "
         f"server torch threads {s['threads']}. "
         f"Cross = image -> images OTI, {s['steps']} steps, cache off; intra = text -> images. "

@@ -206,6 +206,9 @@ def test_bad_json_and_wrong_types(client):
     refused(client.post("/search", json={"vector": ["a", "b"]}), 422, "vector")
     refused(client.post("/search", json={"text": "x", "target": "sounds"}), 422, "target")
     refused(client.post("/search", json={"text": "x", "colour": "red"}), 422, "colour")
+    nan = b'{"vector": [NaN' + b", 0.1" * 127 + b"]}"
+    refused(client.post("/search", content=nan, headers={"content-type": "application/json"}), 422, "vector")
+    refused(client.post("/search", json={"item_id": 2**70}), 422, "item_id")
     refused(client.post("/search", json=["not", "an", "object"]), 422)
     refused(client.post("/search/batch", json={"queries": "x"}), 422, "queries")
     refused(client.post("/texts", json={"texts": [1, 2]}), 422, "texts")

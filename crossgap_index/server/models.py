@@ -13,12 +13,12 @@ class SearchRequest(BaseModel):
     """One query: exactly one of ``text``, ``vector``, ``image_base64``, ``item_id`` (or a multipart
     ``image`` upload), plus how to search. Inversion settings left out take the library defaults."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     text: str | None = Field(None, min_length=1, description="A text query.")
     vector: list[float] | None = Field(None, max_length=8192, description="A raw query embedding.")
     image_base64: str | None = Field(None, description="An image file's bytes, base64-encoded.")
-    item_id: int | None = Field(None, ge=1, description="Search with a stored item ('more like this').")
+    item_id: int | None = Field(None, ge=1, le=2**63 - 1, description="Search with a stored item ('more like this').")
     k: int = Field(10, ge=1, description="Number of hits (capped by the server).")
     target: Literal["images", "texts"] = "images"
     mode: str = Field("intra", description="A search mode the index serves (GET /info lists them).")
