@@ -24,6 +24,8 @@ class Manifest:
     generation: int = 0
     # InversionConfig (as a dict) the gallery's OTI features were made with, once --invert-gallery is used.
     gallery_inversion: dict | None = None
+    # The mode `cgx tune` chose: {"mode": Mode.to_dict(), "selection", "report", "dataset", "date"}
+    tuned_mode: dict | None = None
     schema_version: int = MANIFEST_SCHEMA_VERSION
     crossgap_version: str = __version__
 
