@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 from dataclasses import asdict
@@ -17,12 +16,14 @@ from cli.render import build_summary, err, hits_table, info_table, inversion_bar
 from crossgap_index import CrossGapIndex
 from crossgap_index.demo import DEMO_MODEL, run_demo
 from crossgap_index.errors import CrossGapError
+from crossgap_index.evaluation.data import read_vocab
 from crossgap_index.ingest.decode import DEFAULT_MAX_MEGAPIXELS
 from crossgap_index.ingest.discover import is_image_path, resolve_roots
 from crossgap_index.ingest.texts import read_text_corpus
 from crossgap_index.inversion import InversionConfig
 from crossgap_index.models import DEFAULT_MODEL
 from crossgap_index.search.merge import RRF_K
+from crossgap_index.search.modes import MODE_NAMES, SERVED_OTI_STEPS
 
 app = typer.Typer(
     help="crossgap-index: CLIP image/text search with modality-inversion reranking.",
@@ -149,11 +150,7 @@ def add_texts(
             err.print(f"  {file}:{lineno}: {reason}", highlight=False)
 
 
-class Mode(str, Enum):
-    intra = "intra"
-    cross = "cross"
-    fused = "fused"
-    cross_gallery = "cross-gallery"
+Mode = Enum("Mode", {name.replace("-", "_"): name for name in MODE_NAMES}, type=str)
 
 
 class Merge(str, Enum):
@@ -176,11 +173,19 @@ def query(
         bool,
         typer.Option(
             "--cross",
-            help="Invert the query (image: OTI, text: OVI), search inter-modally, merge "
-            "with the ordinary results (--merge). Same as --mode fused, or --mode cross with --merge none.",
+            help="Search the way that wins on this index: the mode `cgx tune` stored, else the default "
+            "(span projection over the ImageNet names). Same as --mode auto.",
         ),
     ] = False,
-    mode: Annotated[Mode | None, typer.Option(help="intra (default), cross, fused or cross-gallery.")] = None,
+    mode: Annotated[
+        Mode | None,
+        typer.Option(
+            help="intra (default): plain embeddings; cross: OTI/OVI inversion; fused: intra + cross merged "
+            "(--merge); cross-gallery: against the gallery's stored OTI; span / iso / concept: zero-cost "
+            "projections of query and gallery; inverter / warm: the trained inversion network "
+            "(cgx train-inverter); auto: the tuned mode."
+        ),
+    ] = None,
     merge: Annotated[
         Merge,
         typer.Option(
@@ -190,11 +195,22 @@ def query(
     ] = Merge.rrf,
     alpha: Annotated[float, typer.Option(min=0.0, max=1.0, help="Weight of the cross list for --merge score.")] = 0.5,
     rrf_k: Annotated[int, typer.Option(min=1, help="RRF constant.")] = RRF_K,
-    steps: Annotated[int | None, typer.Option(min=0, help="Inversion steps [default: OTI 150, OVI 1000].")] = None,
-    tokens: Annotated[int, typer.Option(min=1, help="OTI pseudo-tokens R.")] = InversionConfig.n_tokens,
+    steps: Annotated[
+        int | None, typer.Option(min=0, help="Inversion steps [default: OTI 25 (served), OVI 1000].")
+    ] = None,
+    tokens: Annotated[int | None, typer.Option(min=1, help="OTI pseudo-tokens R [default: 1].")] = None,
     patches: Annotated[int | None, typer.Option(min=1, help="OVI pseudo-patches P [default: per model].")] = None,
-    lr: Annotated[float, typer.Option(help="Inversion learning rate (AdamW).")] = InversionConfig.lr,
-    template: Annotated[str, typer.Option(help="OTI prompt; {} marks the pseudo-tokens.")] = InversionConfig.template,
+    lr: Annotated[float | None, typer.Option(help="Inversion learning rate (AdamW) [default: 0.02].")] = None,
+    template: Annotated[
+        str | None, typer.Option(help="OTI prompt; {} marks the pseudo-tokens [default: 'a photo of {}'].")
+    ] = None,
+    span_components: Annotated[
+        int | None, typer.Option(min=1, help="Directions kept by --mode span [default: d/16].")
+    ] = None,
+    vocab: Annotated[
+        Path | None,
+        typer.Option(help="Concept names, one per line, for --mode span / concept [default: ImageNet-1k names]."),
+    ] = None,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Ignore and do not fill the inversion cache.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="One JSON document on stdout.")] = False,
     paths_only: Annotated[bool, typer.Option("--paths-only", help="Only paths (or texts), one per line.")] = False,
@@ -205,22 +221,24 @@ def query(
         raise typer.BadParameter("--image and --text exclude each other")
     is_image = as_image or (not as_text and Path(query).expanduser().is_file() and is_image_path(Path(query)))
     if mode is None:
-        mode = (Mode.cross if merge is Merge.none else Mode.fused) if cross else Mode.intra
-    elif mode is Mode.fused and merge is Merge.none:
-        mode = Mode.cross
-    defaults = InversionConfig()
-    config = InversionConfig(
-        oti_steps=defaults.oti_steps if steps is None else steps,
-        ovi_steps=defaults.ovi_steps if steps is None else steps,
-        n_tokens=tokens,
-        n_patches=patches,
-        lr=lr,
-        template=template,
-    )
-    total_steps = config.oti_steps if is_image else config.ovi_steps
+        mode = Mode("cross" if merge is Merge.none else "auto") if cross else Mode("intra")
+    elif mode.value == "fused" and merge is Merge.none:
+        mode = Mode("cross")
+    given = {"oti_steps": steps, "n_tokens": tokens, "n_patches": patches, "lr": lr, "template": template}
+    given = {k: v for k, v in given.items() if v is not None}
+    config = None
+    if given:
+        if steps is not None:
+            given["ovi_steps"] = steps
+        config = InversionConfig(**{"oti_steps": SERVED_OTI_STEPS, **given})
+    projection = {}
+    if span_components is not None:
+        projection["components"] = span_components
+    if vocab is not None:
+        projection["vocabulary"] = read_vocab(vocab)
     with (
         CrossGapIndex.open(index, device=device) as cgx,
-        inversion_bar(total_steps, enabled=not (quiet or json_out)) as progress,
+        inversion_bar(enabled=not (quiet or json_out)) as progress,
     ):
         hits = cgx.search(
             **({"image": query} if is_image else {"text": query}),
@@ -231,16 +249,19 @@ def query(
             alpha=alpha,
             rrf_k=rrf_k,
             inversion=config,
+            projection=projection or None,
             use_cache=not no_cache,
             progress=progress,
         )
-    fmt = "json" if json_out else "paths" if paths_only else "table"
+        served = cgx.describe_mode(mode.value, "image" if is_image else "text", target.value, inversion=config)
+    if mode.value == "auto" and served["name"] == "intra" and (is_image != (target is Target.images)) and not quiet:
+        err.print("note: this query is already inter-modal (--cross turns image->images, text->texts): served intra")
     query_doc = {"kind": "image" if is_image else "text", "value": query}
-    settings = {"target": target.value, "k": top_k, "mode": mode.value}
-    if mode in (Mode.cross, Mode.fused):
-        settings["inversion"] = {"direction": "oti" if is_image else "ovi", **dataclasses.asdict(config)}
-    if mode is Mode.fused:
-        settings["merge"] = {"method": merge.value, "alpha": alpha, "rrf_k": rrf_k}
+    settings = {"target": target.value, "k": top_k, "mode": mode.value, "served": served}
+    fmt = "json" if json_out else "paths" if paths_only else "table"
+    if mode.value == "auto" and served["name"] == "intra" and (is_image != (target is Target.images)) and not quiet:
+        err.print("note: this query is already inter-modal (--cross turns image->images, text->texts): served intra")
+    query_doc = {"kind": "image" if is_image else "text", "value": query}
     print_hits(hits, query_doc, settings, fmt)
 
 

@@ -61,7 +61,7 @@ def progress_bar(description: str, unit: str, enabled: bool = True) -> Iterator:
 
 
 @contextmanager
-def inversion_bar(total_steps: int, enabled: bool = True, delay: float = 1.0) -> Iterator:
+def inversion_bar(total_steps: int | None = None, enabled: bool = True, delay: float = 1.0) -> Iterator:
     """Yield a ``progress(step, loss)`` callback; the bar appears only once the inversion has run ``delay`` s."""
     columns = (
         TextColumn("inverting"),
@@ -122,7 +122,9 @@ def print_hits(hits: list[Hit], query: dict, settings: dict, fmt: str) -> None:
         for hit in hits:
             print(hit.path if hit.path is not None else hit.text)
     else:
-        out.print(hits_table(hits, f"{query['kind']} query: {query['value']}"))
+        served = settings.get("served")
+        mode = f" (mode {served['summary']})" if served else ""
+        out.print(hits_table(hits, f"{query['kind']} query: {query['value']}{mode}"))
 
 
 def build_summary(report: BuildReport) -> str:

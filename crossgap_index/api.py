@@ -21,7 +21,7 @@ from crossgap_index.inversion.keys import seed_from_digest, settings_fingerprint
 from crossgap_index.models import Encoder, default_model_spec, load_model, parse_spec
 from crossgap_index.search.engine import Queries
 from crossgap_index.search.modes import FUSION_DEPTH, RRF_K, Mode, resolve_mode
-from crossgap_index.search.searcher import Hit, QueryTransform, Searcher
+from crossgap_index.search.searcher import Hit, QueryTransform, Searcher, collection_of
 from crossgap_index.store.directory import Store, default_index_path
 from crossgap_index.store.vectors import AUTO
 
@@ -472,6 +472,11 @@ class CrossGapIndex:
         """The vector(s) ``mode`` searches with, and whether the gallery must be projected: so any vector
         database can be queried the way ``search`` would."""
         return self.searcher.transform_query(_query(image, text, vector, item), target=target, mode=mode, **settings)
+
+    def describe_mode(self, mode: str, query_modality: str, target: str = "images", **settings) -> dict:
+        """The mode a query of ``query_modality`` is served with (``auto`` resolved), as data and as one line."""
+        chosen = self.searcher.resolve(mode, query_modality, collection_of(target), **settings)
+        return {"name": chosen.name, "summary": chosen.describe(), **chosen.to_dict()}
 
     def _uncached_transformer(self, progress: InversionProgressFn | None):
         return Searcher(

@@ -26,8 +26,9 @@ RRF_K = 60
 FUSION_DEPTH = 100
 # Modes a user can name; "auto" resolves to the index's tuned mode, else DEFAULT_MODE.
 MODE_NAMES = ("auto", "intra", "cross", "fused", "cross-gallery", "span", "iso", "concept", "inverter", "warm")
-# What an untuned index serves for --cross / mode="auto" (see benchmarks/RESULTS.md, "Choosing the default").
-DEFAULT_CROSS = {"name": "iso"}
+# What an untuned index serves for --cross / mode="auto": span over the ImageNet-1k names, d/16 directions, the
+# best label-free zero-cost mode on the development seeds (benchmarks/RESULTS.md, "Choosing the defaults").
+DEFAULT_CROSS = {"name": "span"}
 # OTI settings that modes use unless told otherwise: quality peaks early (research notes section 6), so
 # the served default is 25 steps, not the published 150.
 SERVED_OTI_STEPS = 25
