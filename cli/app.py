@@ -13,6 +13,7 @@ import typer
 
 from cli.eval_command import eval_command
 from cli.render import build_summary, err, hits_table, info_table, inversion_bar, out, print_hits, progress_bar
+from cli.tune_command import train_inverter_command, tune_command
 from crossgap_index import CrossGapIndex
 from crossgap_index.demo import DEMO_MODEL, run_demo
 from crossgap_index.errors import CrossGapError
@@ -314,6 +315,8 @@ def demo(
 
 
 app.command("eval")(fails_cleanly(eval_command))
+app.command("tune")(fails_cleanly(tune_command))
+app.command("train-inverter")(fails_cleanly(train_inverter_command))
 
 
 def main() -> None:

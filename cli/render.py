@@ -146,6 +146,18 @@ def info_table(info: IndexInfo) -> Table:
             continue  # optional derived collections appear once built
         table.add_row(f"{name}", f"{count} vectors, factory {info.factories[name]}")
     table.add_row("on disk", ", ".join(f"{name} {_human(size)}" for name, size in info.disk_bytes.items()))
+    tuned = info.tuned_mode
+    if tuned:
+        rep = tuned["report"]
+        table.add_row(
+            "tuned mode (--cross)",
+            f"{tuned['candidate']}: mAP {rep['map'] * 100:.2f} vs intra {rep['intra_map'] * 100:.2f} on the report "
+            f"half of {tuned['dataset']['spec']} ({tuned['date']})",
+        )
+    else:
+        table.add_row("tuned mode (--cross)", "none: --cross serves the default (span, ImageNet names); see cgx tune")
+    if info.inverter:
+        table.add_row("inverter", f"trained on {info.inverter['images']} images, {info.inverter['steps']} steps")
     table.add_row("schema / version", f"{info.schema_version} / crossgap-index {info.crossgap_version}")
     return table
 

@@ -496,6 +496,18 @@ class CrossGapIndex:
         self._store.save()
         self._searcher = None
 
+    def tune(self, dataset, *, inversion: bool = True, seed: int = 0, progress=None):
+        """Choose the mode that wins on labelled ``dataset`` (the forms ``cgx eval`` takes) and store it:
+        ``mode="auto"`` and ``cgx query --cross`` serve it from then on. Returns the TuneResult."""
+        from crossgap_index.tuning import tune
+
+        result, network = tune(dataset, self.encoder, inversion=inversion, seed=seed, progress=progress)
+        if network is not None:
+            network.save(self.path / INVERTER_FILE)
+            self._inverter_net = network
+        self.set_tuned_mode(result.record)
+        return result
+
     # -- inversion network ----------------------------------------------------------------
     def train_inverter(self, config: InverterConfig | None = None, progress=None) -> Inverter:
         """Train the one-pass inversion network on this index's image vectors and save it beside the index."""

@@ -164,7 +164,7 @@ def train_inverter(
 ) -> Inverter:
     """Train phi on unit image features (n, d) with the OTI objective through the frozen text tower."""
     config = config or InverterConfig()
-    feats = np.asarray(image_features, np.float32)
+    feats = np.array(image_features, np.float32)  # a writable copy for torch
     if feats.ndim != 2 or len(feats) < 2:
         raise QueryError(f"inverter training needs at least 2 image features, got shape {feats.shape}")
     device = loaded.device

@@ -18,11 +18,13 @@ from crossgap_index.ingest.decode import DecodeError, content_hash, decode_rgb
 from crossgap_index.search.engine import Queries, Result, gallery_collection, run_mode
 from crossgap_index.search.gallery import StoreGallery
 from crossgap_index.search.modes import Mode, resolve_mode
+from crossgap_index.search.projections import FeatureMap
 from crossgap_index.search.ranking import Ranked
 from crossgap_index.search.transforms import ModelTransformer
 
 TARGETS = {"images": "image", "texts": "text"}
 QUERY_KINDS = ("image", "text", "vector", "item")
+_TASK_MODALITY = {"image-to-image": "image", "text-to-text": "text"}
 
 
 @dataclass(frozen=True)
@@ -43,15 +45,16 @@ class Hit:
 class QueryTransform:
     """What a mode searches with, for use in another vector database.
 
-    ``lists``: leg name -> (unit search vector (d,), the collection it is compared with: 'image', 'text'
-    or 'image-oti'). ``gallery_map``: None, or the (d, d) matrix M through which the gallery's vectors must
-    be seen, ``normalise(v @ M.T)`` (span and iso project both sides). ``fusion``: None, or ('rrf', rrf_k)
-    / ('score', alpha) to merge two lists, each taken ``depth`` deep.
+    ``lists``: leg name -> (unit search vector, the collection it is compared with: 'image', 'text' or
+    'image-oti'). ``gallery_map``: None, or the feature map (span, iso, concept) through which the gallery's
+    vectors must be seen: ``gallery_map.apply(vectors)`` gives the unit rows to store in the other database
+    (linear maps also carry ``.matrix``). ``fusion``: None, or ('rrf', rrf_k) / ('score', alpha) to merge
+    two lists, each taken ``depth`` deep.
     """
 
     mode: str
     lists: dict[str, tuple[np.ndarray, str]]
-    gallery_map: np.ndarray | None = None
+    gallery_map: FeatureMap | None = None
     fusion: tuple[str, float] | None = None
     depth: int = 100
 
@@ -144,6 +147,8 @@ class Searcher:
         if mode == "auto" and query_modality != collection:
             return resolve_mode("intra")  # already inter-modal: nothing to turn around
         tuned = self._store.manifest.tuned_mode
+        if tuned and _TASK_MODALITY.get(tuned.get("task")) not in (None, query_modality):
+            tuned = None  # tuned for the other modality's queries: the default serves this one
         return resolve_mode(mode, tuned=tuned["mode"] if tuned else None, **settings)
 
     def search_batch(
@@ -217,7 +222,7 @@ class Searcher:
             lists[leg.name] = (vector, gallery_collection(leg, collection))
             projection = self.transformer.projection(leg, collection)
             if projection is not None:
-                gallery_map = projection.matrix
+                gallery_map = projection
         fusion = None
         if chosen.fusion is not None:
             fusion = (chosen.fusion, float(chosen.rrf_k if chosen.fusion == "rrf" else chosen.alpha))
