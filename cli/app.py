@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from cli.eval_command import eval_command
 from cli.render import build_summary, err, hits_table, info_table, inversion_bar, out, print_hits, progress_bar
@@ -311,12 +312,12 @@ def demo(
         )
     tuned = result.tuned
     for mode, hits in result.hits.items():
-        name = f"tuned = {tuned['candidate']}" if mode == "tuned" else mode
+        name = f"tuned = {escape(tuned['candidate'])}" if mode == "tuned" else mode
         title = f"{name}: query {result.query} (a {result.query_label}), {result.correct[mode]}/{top_k} same class"
         out.print(hits_table(hits, title, label_of=lambda h: Path(h.path).parent.name.replace("_", " ")))
     rep = tuned["report"]
     out.print(
-        f"tune chose {tuned['candidate']}: mAP {rep['map'] * 100:.2f} vs intra {rep['intra_map'] * 100:.2f} "
+        f"tune chose {escape(tuned['candidate'])}: mAP {rep['map'] * 100:.2f} vs intra {rep['intra_map'] * 100:.2f} "
         f"({rep['delta_map'] * 100:+.2f}) on held-out labelled photos; `cgx query PHOTO --cross` serves it",
         highlight=False,
     )

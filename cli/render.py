@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from dataclasses import asdict
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
@@ -151,8 +152,8 @@ def info_table(info: IndexInfo) -> Table:
         rep = tuned["report"]
         table.add_row(
             "tuned mode (--cross)",
-            f"{tuned['candidate']}: mAP {rep['map'] * 100:.2f} vs intra {rep['intra_map'] * 100:.2f} on the report "
-            f"half of {tuned['dataset']['spec']} ({tuned['date']})",
+            f"{escape(tuned['candidate'])}: mAP {rep['map'] * 100:.2f} vs intra {rep['intra_map'] * 100:.2f} "
+            f"on the report half of {escape(tuned['dataset']['spec'])} ({tuned['date']})",
         )
     else:
         table.add_row("tuned mode (--cross)", "none: --cross serves the default (span, ImageNet names); see cgx tune")

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from cli.render import err, out, progress_bar
@@ -47,12 +48,12 @@ def tune_command(
     table.add_column("candidate")
     table.add_column("mAP", justify="right")
     for row in result.candidates[:15]:
-        table.add_row(row["name"], f"{row['selection_map'] * 100:.2f}")
+        table.add_row(escape(row["name"]), f"{row['selection_map'] * 100:.2f}")
     out.print(table)
     rep = record["report"]
     se = f" ± {rep['delta_map_se'] * 100:.2f}" if rep["delta_map_se"] is not None else ""
     out.print(
-        f"tuned: {record['candidate']} ({record['summary']})\n"
+        f"tuned: {escape(record['candidate'])} ({escape(record['summary'])})\n"
         f"report half ({rep['queries']} queries, not used to choose): mAP {rep['map'] * 100:.2f} vs intra "
         f"{rep['intra_map'] * 100:.2f} ({rep['delta_map'] * 100:+.2f}{se})\n"
         "stored in the index: `cgx query IMAGE --cross` now uses it",
