@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -20,7 +21,10 @@ from crossgap_index.inversion.keys import cache_key, seed_from_digest, settings_
 from crossgap_index.models import Encoder, default_model_spec, load_model, parse_spec
 from crossgap_index.search.merge import RRF_K, reciprocal_rank_fusion, score_fusion
 from crossgap_index.search.ranking import Ranked, top_k
-from crossgap_index.store.directory import Store, default_index_path
+from crossgap_index.store.catalog import ItemRow
+from crossgap_index.store.check import CheckReport, check_store
+from crossgap_index.store.directory import IndexExistsError, Store, default_index_path
+from crossgap_index.store.prune import select_for_removal
 from crossgap_index.store.vectors import AUTO
 
 TARGETS = {"images": "image", "texts": "text"}
@@ -95,6 +99,17 @@ class IndexInfo:
     gallery_inversion: dict | None = None
 
 
+def _reads(method: Callable) -> Callable:
+    """Run a read under the store's shared lock: a search sees FAISS and catalog rows of one state."""
+
+    @functools.wraps(method)
+    def reading(self: CrossGapIndex, *args, **kwargs):
+        with self._store.reading():
+            return method(self, *args, **kwargs)
+
+    return reading
+
+
 class CrossGapIndex:
     """An index directory plus the model it was built with (loaded on first use)."""
 
@@ -111,20 +126,32 @@ class CrossGapIndex:
         model: str | None = None,
         device: str = "auto",
         factory: str = AUTO,
+        wait: bool = True,
     ) -> CrossGapIndex:
-        """Make a new, empty index directory for ``model`` (default: $CGX_MODEL or the open_clip default)."""
+        """Make a new, empty index directory for ``model`` (default: $CGX_MODEL or the open_clip default).
+        ``wait``: when another process is writing this index, wait for it (else fail at once)."""
         path = _index_path(path)
         spec = parse_spec(model or default_model_spec())
         encoder = Encoder(load_model(spec, device))
-        index = cls(Store.create(path, spec.canonical, encoder.dim, factory), device)
+        index = cls(Store.create(path, spec.canonical, encoder.dim, factory, wait=wait), device)
         index._encoder = encoder
         return index
 
     @classmethod
-    def open(cls, path: str | Path | None = None, model: str | None = None, device: str = "auto") -> CrossGapIndex:
-        """Open an existing index; ``model``, when given, must be the one the index was built with."""
+    def open(
+        cls,
+        path: str | Path | None = None,
+        model: str | None = None,
+        device: str = "auto",
+        wait: bool = True,
+        readonly: bool | None = None,
+    ) -> CrossGapIndex:
+        """Open an existing index; ``model``, when given, must be the one the index was built with.
+        ``wait``: what writes do while another process writes (wait, or fail at once); ``readonly``:
+        None opens read-only when the directory cannot be written. Safe to share between threads."""
         path = _index_path(path)
-        store = Store.open(path)
+        store = Store.open(path, readonly=readonly)
+        store.wait = wait
         if model is not None and parse_spec(model).canonical != store.manifest.model:
             store.close()
             raise StoreError(
@@ -134,12 +161,20 @@ class CrossGapIndex:
 
     @classmethod
     def open_or_create(
-        cls, path: str | Path | None = None, model: str | None = None, device: str = "auto", factory: str = AUTO
+        cls,
+        path: str | Path | None = None,
+        model: str | None = None,
+        device: str = "auto",
+        factory: str = AUTO,
+        wait: bool = True,
     ) -> CrossGapIndex:
         path = _index_path(path)
-        if (path / "manifest.json").exists():
-            return cls.open(path, model=model, device=device)
-        return cls.create(path, model=model, device=device, factory=factory)
+        if not (path / "manifest.json").exists():
+            try:
+                return cls.create(path, model=model, device=device, factory=factory, wait=wait)
+            except IndexExistsError:
+                pass  # another process made it meanwhile
+        return cls.open(path, model=model, device=device, wait=wait)
 
     def save(self) -> None:
         self._store.save()
@@ -166,7 +201,13 @@ class CrossGapIndex:
     @property
     def encoder(self) -> Encoder:
         if self._encoder is None:
-            self._encoder = Encoder(load_model(self._store.manifest.model, self._device))
+            encoder = Encoder(load_model(self._store.manifest.model, self._device))
+            if encoder.dim != self._store.manifest.dim:
+                raise StoreError(
+                    f"{self.path / 'manifest.json'}: model '{self._store.manifest.model}' makes {encoder.dim}-d "
+                    f"vectors, the index holds {self._store.manifest.dim}-d ones"
+                )
+            self._encoder = encoder
         return self._encoder
 
     # -- writing --------------------------------------------------------------------------
@@ -199,6 +240,18 @@ class CrossGapIndex:
         return self._ingest(files, [], max_megapixels, batch_size, 4, progress)
 
     def _ingest(
+        self,
+        paths: list[Path],
+        prune_roots: list[Path],
+        max_megapixels: float,
+        batch_size: int,
+        workers: int,
+        progress: ProgressFn | None,
+    ) -> BuildReport:
+        with self._store.writing():
+            return self._ingest_locked(paths, prune_roots, max_megapixels, batch_size, workers, progress)
+
+    def _ingest_locked(
         self,
         paths: list[Path],
         prune_roots: list[Path],
@@ -284,6 +337,10 @@ class CrossGapIndex:
         """Embed and store texts, skipping any whose exact content is already stored."""
         if ids is not None and len(ids) != len(texts):
             raise QueryError("add_texts: texts and ids differ in length")
+        with self._store.writing():
+            return self._add_texts_locked(texts, ids)
+
+    def _add_texts_locked(self, texts: Sequence[str], ids: Sequence[str | None] | None) -> TextReport:
         report = TextReport()
         known = self._store.catalog.known_hashes("text")
         fresh: dict[str, tuple[str, str | None]] = {}
@@ -307,16 +364,15 @@ class CrossGapIndex:
         self._store.save()
         return report
 
-    def remove(self, ids: Iterable[int]) -> None:
-        self._store.remove([int(i) for i in ids])
-        self._store.save()
-
     # -- gallery-side inversion ------------------------------------------------------------
     def invert_gallery(self, config: InversionConfig | None = None, progress: ProgressFn | None = None) -> int:
         """Store each gallery image's OTI text-space feature (collection ``image-oti``), so image queries
         can be compared inter-modally with no optimisation at query time (mode ``cross-gallery``).
         Resumable: only images without a stored feature are inverted. Returns how many were."""
-        config = config or InversionConfig()
+        with self._store.writing():
+            return self._invert_gallery_locked(config or InversionConfig(), progress)
+
+    def _invert_gallery_locked(self, config: InversionConfig, progress: ProgressFn | None) -> int:
         manifest, catalog = self._store.manifest, self._store.catalog
         settings = dataclasses.asdict(config)
         if manifest.gallery_inversion is not None and _fingerprint(manifest.gallery_inversion) != _fingerprint(
@@ -375,7 +431,7 @@ class CrossGapIndex:
         direction = "oti" if query.modality == "image" else "ovi"
         key = cache_key(self._store.manifest.model, direction, config, query.digest)
         if use_cache:
-            cached = self._store.catalog.cached_vector(key)
+            cached = self._store.cache.get(key)
             if cached is not None:
                 return cached
         invert = oti if direction == "oti" else ovi
@@ -383,10 +439,10 @@ class CrossGapIndex:
             self.encoder.loaded, query.feature[None, :], config, [seed_from_digest(query.digest)], progress
         )
         if use_cache:
-            self._store.catalog.cache_vector(key, inverted[0])
-            self._store.commit()
+            self._store.cache.put(key, inverted[0])  # cache.sqlite: the catalog and FAISS files stay as they are
         return inverted[0]
 
+    @_reads
     def search(
         self,
         image: str | Path | Image.Image | None = None,
@@ -465,7 +521,9 @@ class CrossGapIndex:
         rows = self._store.catalog.rows(ranked.ids.tolist())
         hits = []
         for item_id, score in zip(ranked.ids.tolist(), ranked.scores.tolist(), strict=True):
-            row = rows[item_id]
+            row = rows.get(item_id)
+            if row is None:  # removed by another process after this one loaded its FAISS files
+                continue
             found = {name: pos[item_id] for name, pos in positions.items() if item_id in pos}
             hits.append(
                 Hit(
@@ -495,6 +553,35 @@ class CrossGapIndex:
             crossgap_version=m.crossgap_version,
             gallery_inversion=self.gallery_inversion,
         )
+
+    # -- maintenance (remove, ls, check) ------------------------------------------------------
+    def remove(
+        self, ids: Iterable[int] | None = None, *, paths: Iterable[str | Path] | None = None, missing: bool = False
+    ) -> list[int]:
+        """Remove items by id, every image at or under ``paths`` (files or whole folders, gone or not),
+        and with ``missing`` every image whose file is no longer on disk. Returns the removed ids."""
+        with self._store.writing():
+            chosen = select_for_removal(self._store.catalog, ids=ids, paths=paths, missing=missing)
+            self._store.remove(chosen)
+            self._store.save()
+        return chosen
+
+    @_reads
+    def ls(self, modality: str | None = None) -> list[ItemRow]:
+        """Every stored item (id, modality, path or text, external id), by id; ``modality``: 'image' or 'text'."""
+        if modality not in (None, "image", "text"):
+            raise QueryError(f"unknown modality '{modality}': use image or text")
+        return self._store.catalog.items(modality)
+
+    def check(self, repair: bool = False, files: bool = True) -> CheckReport:
+        """Verify the catalog (SQLite integrity_check, unit-norm vectors), every FAISS file against it
+        (present, checksum, count, ids) and, with ``files``, that indexed image files exist. ``repair``
+        rebuilds the derived FAISS files from the catalog. Like ``git fsck``: a report, not an exception."""
+        return check_store(self._store, repair=repair, files=files)
+
+    def refresh(self) -> bool:
+        """See other processes' writes since open (True when there were any)."""
+        return self._store.refresh()
 
 
 def _index_path(path: str | Path | None) -> Path:
