@@ -48,7 +48,7 @@ def _check(store: Store, repair: bool, files: bool) -> CheckReport:
     for name in store.manifest.factories:
         problems += _vector_norm_problems(store, name)
     derived = {name: _faiss_problem(store, name) for name in store.manifest.factories}
-    repaired = [f"{name}.faiss rebuilt from the catalog on open" for name in store.rebuilt]
+    repaired = [f"{name}.faiss: rebuilt from the catalog on open" for name in store.rebuilt if not derived[name]]
     broken = [name for name, problem in derived.items() if problem]
     if repair and broken and not store.readonly:
         with store.writing():

@@ -105,7 +105,8 @@ class IndexLock:
         except OSError as exc:
             raise StoreError(f"cannot take the writer lock {self.path}: {exc.strerror or exc}") from exc
         except RuntimeError as exc:  # filelock's guard: this thread holds it through another open index
-            raise StoreError(f"this thread is already writing to {self.path.parent} through another open index") from exc
+            where = self.path.parent
+            raise StoreError(f"this thread is already writing to {where} through another open index") from exc
         try:
             yield
         finally:
