@@ -174,6 +174,19 @@ def test_an_index_with_the_cache_inside_its_catalog_opens_and_keeps_its_cache(in
     assert steps == [] and np.allclose(again, feature)
 
 
+def test_an_index_saved_before_checksums_opens_and_gains_them(index, clean):
+    manifest = index / "manifest.json"
+    data = json.loads(manifest.read_text())
+    del data["files"]
+    manifest.write_text(json.dumps(data))
+    with CrossGapIndex.open(index) as cgx:  # unverifiable files: rebuilt from the catalog, saved with checksums
+        assert set(cgx._store.rebuilt) == {"image", "text", "image-oti"}
+        assert results(cgx) == clean
+    assert set(json.loads(manifest.read_text())["files"]) == {"image", "text", "image-oti"}
+    with CrossGapIndex.open(index) as cgx:
+        assert cgx._store.rebuilt == []
+
+
 # -- defect 10: damaged FAISS files are never read, and rebuilt -------------------------------
 def _truncate(p: Path) -> None:
     p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
