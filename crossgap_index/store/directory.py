@@ -18,6 +18,7 @@ atomically, the manifest last, so a reader that opens mid-write sees a consisten
 from __future__ import annotations
 
 import os
+import sqlite3
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -102,10 +103,10 @@ class Store:
         return store
 
     @classmethod
-    def open(cls, path: Path, readonly: bool | None = None, repair_files: bool = True) -> Store:
-        """Open an index; FAISS files that fail verification are rebuilt in memory (and, when the directory
-        is writable and no writer is busy, saved again: ``repair_files``). ``readonly`` None: decided by
-        whether the directory can be written."""
+    def open(cls, path: Path, readonly: bool | None = None) -> Store:
+        """Open an index; FAISS files that fail verification are rebuilt in memory (and saved again when
+        the directory is writable and no writer is busy). ``readonly`` None: decided by whether the
+        directory can be written; True: nothing is written."""
         if path.exists() and not path.is_dir():
             raise StoreError(f"{path} is a file, not an index directory")
         manifest = Manifest.load(path)
@@ -116,10 +117,13 @@ class Store:
             store = cls(path, manifest, catalog, {}, readonly)
             store._check_dim()
             store._load_indexes()
+        except sqlite3.DatabaseError as exc:
+            catalog.close()
+            raise StoreError(f"{catalog.path}: damaged catalog ({exc}); restore it from a backup") from exc
         except BaseException:
             catalog.close()
             raise
-        if store.rebuilt and repair_files and not readonly:
+        if store.rebuilt and not readonly:
             store._save_repaired()
         return store
 

@@ -7,6 +7,7 @@ which is also how approximate indexes are (re)trained and how HNSW "removes" ite
 from __future__ import annotations
 
 import math
+import mmap
 import os
 import zlib
 from pathlib import Path
@@ -167,12 +168,14 @@ class VectorIndex:
 
 
 def file_record(path: Path, fsync: bool = False) -> dict[str, int]:
-    """Size and crc32 of a file, read in 16 MiB chunks (crc32: ~1.4 GB/s here, a bit flip anywhere shows)."""
-    crc, size = 0, 0
+    """Size and crc32 of a file, over a read-only memory map (no copy; ~1 GB/s here): a bit flip
+    anywhere shows, and the file is judged before FAISS parses a byte of it."""
     with path.open("rb") as f:
-        while chunk := f.read(1 << 24):
-            crc = zlib.crc32(chunk, crc)
-            size += len(chunk)
+        size = os.fstat(f.fileno()).st_size
+        crc = 0
+        if size:
+            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+                crc = zlib.crc32(mapped)
         if fsync:
             os.fsync(f.fileno())
     return {"size": size, "crc32": crc}
