@@ -13,6 +13,7 @@ import typer
 from rich.markup import escape
 
 from cli.eval_command import eval_command
+from cli.maintenance import NoWaitOpt, check_command, ls_command, remove_command
 from cli.render import build_summary, err, hits_table, info_table, inversion_bar, out, print_hits, progress_bar
 from cli.tune_command import train_inverter_command, tune_command
 from crossgap_index import CrossGapIndex
@@ -102,13 +103,14 @@ def build_index(
         ),
     ] = False,
     steps: Annotated[int, typer.Option(help="OTI steps for --invert-gallery.")] = InversionConfig.oti_steps,
+    no_wait: NoWaitOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Embed the images under FOLDERS into the index. Incremental: unchanged files are skipped,
     changed ones re-embedded, deleted ones removed, renamed or duplicate files reuse stored vectors."""
     folders = resolve_roots(folders)  # before an index is created for a typo
     with (
-        CrossGapIndex.open_or_create(index, model=model, device=device, factory=factory) as cgx,
+        CrossGapIndex.open_or_create(index, model=model, device=device, factory=factory, wait=not no_wait) as cgx,
         progress_bar("embedding", "img", enabled=not quiet) as progress,
     ):
         result = cgx.index_folders(
@@ -140,11 +142,12 @@ def add_texts(
     index: IndexOpt = None,
     model: ModelOpt = None,
     device: DeviceOpt = "auto",
+    no_wait: NoWaitOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Add a text corpus beside the images; exact duplicates are stored once."""
     corpus = read_text_corpus(file)
-    with CrossGapIndex.open_or_create(index, model=model, device=device) as cgx:
+    with CrossGapIndex.open_or_create(index, model=model, device=device, wait=not no_wait) as cgx:
         result = cgx.add_texts(corpus.texts, corpus.ids)
     if not quiet:
         err.print(f"added {result.added} texts, {result.duplicates} duplicates, {len(corpus.bad_lines)} bad lines")
@@ -329,6 +332,8 @@ def demo(
 app.command("eval")(fails_cleanly(eval_command))
 app.command("tune")(fails_cleanly(tune_command))
 app.command("train-inverter")(fails_cleanly(train_inverter_command))
+for _name, _command in (("remove", remove_command), ("ls", ls_command), ("check", check_command)):
+    app.command(_name)(fails_cleanly(_command))
 
 
 def main() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -22,7 +23,10 @@ from crossgap_index.models import Encoder, default_model_spec, load_model, parse
 from crossgap_index.search.engine import Queries
 from crossgap_index.search.modes import FUSION_DEPTH, RRF_K, Mode, resolve_mode
 from crossgap_index.search.searcher import Hit, QueryTransform, Searcher, collection_of
-from crossgap_index.store.directory import Store, default_index_path
+from crossgap_index.store.catalog import ItemRow
+from crossgap_index.store.check import CheckReport, check_store
+from crossgap_index.store.directory import IndexExistsError, Store, default_index_path
+from crossgap_index.store.prune import select_for_removal
 from crossgap_index.store.vectors import AUTO
 
 GALLERY_OTI = "image-oti"
@@ -84,6 +88,17 @@ class IndexInfo:
     inverter: dict | None = None
 
 
+def _reads(method: Callable) -> Callable:
+    """Run a read under the store's shared lock: a search sees FAISS and catalog rows of one state."""
+
+    @functools.wraps(method)
+    def reading(self: CrossGapIndex, *args, **kwargs):
+        with self._store.reading():
+            return method(self, *args, **kwargs)
+
+    return reading
+
+
 class CrossGapIndex:
     """An index directory plus the model it was built with (loaded on first use)."""
 
@@ -102,20 +117,32 @@ class CrossGapIndex:
         model: str | None = None,
         device: str = "auto",
         factory: str = AUTO,
+        wait: bool = True,
     ) -> CrossGapIndex:
-        """Make a new, empty index directory for ``model`` (default: $CGX_MODEL or the open_clip default)."""
+        """Make a new, empty index directory for ``model`` (default: $CGX_MODEL or the open_clip default).
+        ``wait``: when another process is writing this index, wait for it (else fail at once)."""
         path = _index_path(path)
         spec = parse_spec(model or default_model_spec())
         encoder = Encoder(load_model(spec, device))
-        index = cls(Store.create(path, spec.canonical, encoder.dim, factory), device)
+        index = cls(Store.create(path, spec.canonical, encoder.dim, factory, wait=wait), device)
         index._encoder = encoder
         return index
 
     @classmethod
-    def open(cls, path: str | Path | None = None, model: str | None = None, device: str = "auto") -> CrossGapIndex:
-        """Open an existing index; ``model``, when given, must be the one the index was built with."""
+    def open(
+        cls,
+        path: str | Path | None = None,
+        model: str | None = None,
+        device: str = "auto",
+        wait: bool = True,
+        readonly: bool | None = None,
+    ) -> CrossGapIndex:
+        """Open an existing index; ``model``, when given, must be the one the index was built with.
+        ``wait``: what writes do while another process writes (wait, or fail at once); ``readonly``:
+        None opens read-only when the directory cannot be written. Safe to share between threads."""
         path = _index_path(path)
-        store = Store.open(path)
+        store = Store.open(path, readonly=readonly)
+        store.wait = wait
         if model is not None and parse_spec(model).canonical != store.manifest.model:
             store.close()
             raise StoreError(
@@ -125,12 +152,20 @@ class CrossGapIndex:
 
     @classmethod
     def open_or_create(
-        cls, path: str | Path | None = None, model: str | None = None, device: str = "auto", factory: str = AUTO
+        cls,
+        path: str | Path | None = None,
+        model: str | None = None,
+        device: str = "auto",
+        factory: str = AUTO,
+        wait: bool = True,
     ) -> CrossGapIndex:
         path = _index_path(path)
-        if (path / "manifest.json").exists():
-            return cls.open(path, model=model, device=device)
-        return cls.create(path, model=model, device=device, factory=factory)
+        if not (path / "manifest.json").exists():
+            try:
+                return cls.create(path, model=model, device=device, factory=factory, wait=wait)
+            except IndexExistsError:
+                pass  # another process made it meanwhile
+        return cls.open(path, model=model, device=device, wait=wait)
 
     def save(self) -> None:
         self._store.save()
@@ -157,7 +192,13 @@ class CrossGapIndex:
     @property
     def encoder(self) -> Encoder:
         if self._encoder is None:
-            self._encoder = Encoder(load_model(self._store.manifest.model, self._device))
+            encoder = Encoder(load_model(self._store.manifest.model, self._device))
+            if encoder.dim != self._store.manifest.dim:
+                raise StoreError(
+                    f"{self.path / 'manifest.json'}: model '{self._store.manifest.model}' makes {encoder.dim}-d "
+                    f"vectors, the index holds {self._store.manifest.dim}-d ones"
+                )
+            self._encoder = encoder
         return self._encoder
 
     # -- writing --------------------------------------------------------------------------
@@ -190,6 +231,18 @@ class CrossGapIndex:
         return self._ingest(files, [], max_megapixels, batch_size, 4, progress)
 
     def _ingest(
+        self,
+        paths: list[Path],
+        prune_roots: list[Path],
+        max_megapixels: float,
+        batch_size: int,
+        workers: int,
+        progress: ProgressFn | None,
+    ) -> BuildReport:
+        with self._store.writing():
+            return self._ingest_locked(paths, prune_roots, max_megapixels, batch_size, workers, progress)
+
+    def _ingest_locked(
         self,
         paths: list[Path],
         prune_roots: list[Path],
@@ -275,6 +328,10 @@ class CrossGapIndex:
         """Embed and store texts, skipping any whose exact content is already stored."""
         if ids is not None and len(ids) != len(texts):
             raise QueryError("add_texts: texts and ids differ in length")
+        with self._store.writing():
+            return self._add_texts_locked(texts, ids)
+
+    def _add_texts_locked(self, texts: Sequence[str], ids: Sequence[str | None] | None) -> TextReport:
         report = TextReport()
         known = self._store.catalog.known_hashes("text")
         fresh: dict[str, tuple[str, str | None]] = {}
@@ -298,16 +355,15 @@ class CrossGapIndex:
         self._store.save()
         return report
 
-    def remove(self, ids: Iterable[int]) -> None:
-        self._store.remove([int(i) for i in ids])
-        self._store.save()
-
     # -- gallery-side inversion ------------------------------------------------------------
     def invert_gallery(self, config: InversionConfig | None = None, progress: ProgressFn | None = None) -> int:
         """Store each gallery image's OTI text-space feature (collection ``image-oti``), so image queries
         can be compared inter-modally with no optimisation at query time (mode ``cross-gallery``).
         Resumable: only images without a stored feature are inverted. Returns how many were."""
-        config = config or InversionConfig()
+        with self._store.writing():
+            return self._invert_gallery_locked(config or InversionConfig(), progress)
+
+    def _invert_gallery_locked(self, config: InversionConfig, progress: ProgressFn | None) -> int:
         manifest, catalog = self._store.manifest, self._store.catalog
         settings = dataclasses.asdict(config)
         if manifest.gallery_inversion is not None and _fingerprint(manifest.gallery_inversion) != _fingerprint(
@@ -412,6 +468,7 @@ class CrossGapIndex:
             progress=progress,
         )[0]
 
+    @_reads
     def search_batch(
         self,
         queries: Sequence[dict],
@@ -458,6 +515,7 @@ class CrossGapIndex:
             projection=projection,
         )
 
+    @_reads
     def transform_query(
         self,
         image: str | Path | Image.Image | None = None,
@@ -492,8 +550,9 @@ class CrossGapIndex:
         """Store (or with None clear) the mode that ``mode="auto"`` and ``cgx query --cross`` serve."""
         if record is not None:
             Mode.from_dict(record["mode"])  # refuse a malformed record before it is saved
-        self._store.manifest.tuned_mode = record
-        self._store.save()
+        with self._store.writing():
+            self._store.manifest.tuned_mode = record
+            self._store.save()
         self._searcher = None
 
     def tune(self, dataset, *, inversion: bool = True, seed: int = 0, progress=None):
@@ -502,10 +561,11 @@ class CrossGapIndex:
         from crossgap_index.tuning import tune
 
         result, network = tune(dataset, self.encoder, inversion=inversion, seed=seed, progress=progress)
-        if network is not None:
-            network.save(self.path / INVERTER_FILE)
-            self._inverter_net = network
-        self.set_tuned_mode(result.record)
+        with self._store.writing():
+            if network is not None:
+                network.save(self.path / INVERTER_FILE)
+                self._inverter_net = network
+            self.set_tuned_mode(result.record)
         return result
 
     # -- inversion network ----------------------------------------------------------------
@@ -517,7 +577,8 @@ class CrossGapIndex:
         if len(vectors) < 2:
             raise StoreError(f"the image index at {self.path} needs at least 2 images to train an inverter")
         network = train_inverter(self.encoder.loaded, vectors, config, progress)
-        network.save(self.path / INVERTER_FILE)
+        with self._store.writing():
+            network.save(self.path / INVERTER_FILE)
         self._inverter_net = network
         self._searcher = None
         return network
@@ -548,6 +609,35 @@ class CrossGapIndex:
             inverter=self._inverter().stats if (self.path / INVERTER_FILE).is_file() else None,
         )
 
+    # -- maintenance (remove, ls, check) ------------------------------------------------------
+    def remove(
+        self, ids: Iterable[int] | None = None, *, paths: Iterable[str | Path] | None = None, missing: bool = False
+    ) -> list[int]:
+        """Remove items by id, every image at or under ``paths`` (files or whole folders, gone or not),
+        and with ``missing`` every image whose file is no longer on disk. Returns the removed ids."""
+        with self._store.writing():
+            chosen = select_for_removal(self._store.catalog, ids=ids, paths=paths, missing=missing)
+            self._store.remove(chosen)
+            self._store.save()
+        return chosen
+
+    @_reads
+    def ls(self, modality: str | None = None) -> list[ItemRow]:
+        """Every stored item (id, modality, path or text, external id), by id; ``modality``: 'image' or 'text'."""
+        if modality not in (None, "image", "text"):
+            raise QueryError(f"unknown modality '{modality}': use image or text")
+        return self._store.catalog.items(modality)
+
+    def check(self, repair: bool = False, files: bool = True) -> CheckReport:
+        """Verify the catalog (SQLite integrity_check, unit-norm vectors), every FAISS file against it
+        (present, checksum, count, ids) and, with ``files``, that indexed image files exist. ``repair``
+        rebuilds the derived FAISS files from the catalog. Like ``git fsck``: a report, not an exception."""
+        return check_store(self._store, repair=repair, files=files)
+
+    def refresh(self) -> bool:
+        """See other processes' writes since open (True when there were any)."""
+        return self._store.refresh()
+
 
 def _index_path(path: str | Path | None) -> Path:
     return Path(path).expanduser() if path else default_index_path()
@@ -570,7 +660,7 @@ def _query(image=None, text=None, vector=None, item: int | None = None) -> dict:
 
 
 class _CatalogCache:
-    """The inversion cache as the search layer sees it (get_many / put_many)."""
+    """The inversion cache (cache.sqlite: writing it never marks FAISS files stale) as the search layer sees it."""
 
     def __init__(self, store: Store):
         self._store = store
@@ -578,12 +668,11 @@ class _CatalogCache:
     def get_many(self, keys: Sequence[str]) -> dict[str, np.ndarray]:
         found = {}
         for key in keys:
-            vector = self._store.catalog.cached_vector(key)
+            vector = self._store.cache.get(key)
             if vector is not None:
                 found[key] = vector
         return found
 
     def put_many(self, items: dict[str, np.ndarray]) -> None:
         for key, vector in items.items():
-            self._store.catalog.cache_vector(key, vector)
-        self._store.commit()
+            self._store.cache.put(key, vector)

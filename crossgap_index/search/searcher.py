@@ -238,7 +238,9 @@ class Searcher:
         rows = self._store.catalog.rows(ranked.ids.tolist())
         hits = []
         for item_id, score in zip(ranked.ids.tolist(), ranked.scores.tolist(), strict=True):
-            row = rows[item_id]
+            row = rows.get(item_id)
+            if row is None:  # removed by another process after this one loaded its FAISS files
+                continue
             found = {name: pos[item_id] for name, pos in positions.items() if item_id in pos}
             hits.append(
                 Hit(
