@@ -18,6 +18,7 @@ class SearchRequest(BaseModel):
     text: str | None = Field(None, min_length=1, description="A text query.")
     vector: list[float] | None = Field(None, max_length=8192, description="A raw query embedding.")
     image_base64: str | None = Field(None, description="An image file's bytes, base64-encoded.")
+    modality: Literal["image", "text"] | None = Field(None, description="What a raw vector is (lets it invert).")
     item_id: int | None = Field(None, ge=1, le=2**63 - 1, description="Search with a stored item ('more like this').")
     k: int = Field(10, ge=1, description="Number of hits (capped by the server).")
     target: Literal["images", "texts"] = "images"

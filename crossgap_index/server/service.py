@@ -13,20 +13,19 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from crossgap_index.api import MODES, CrossGapIndex, Hit
+from crossgap_index.api import CrossGapIndex, Hit
 from crossgap_index.errors import CrossGapError
 from crossgap_index.ingest.decode import DecodeError, decode_rgb
 from crossgap_index.inversion import InversionConfig
+from crossgap_index.search.modes import MODE_NAMES
 from crossgap_index.server.batcher import BatchResult, MicroBatcher
-from crossgap_index.server.errors import ApiError
+from crossgap_index.server.errors import ApiError, status_of
 from crossgap_index.server.files import read_item_file
 from crossgap_index.server.locks import ReadWriteLock
 from crossgap_index.server.metrics import Metrics
 from crossgap_index.server.models import AddTextsRequest, SearchRequest
 from crossgap_index.server.settings import ServeSettings
 
-# Modes whose query-side work is an inversion (for image -> images and text -> texts): batched.
-INVERTING_MODES = frozenset({"cross", "fused", "warm", "auto"})
 QUERY_KINDS = ("text", "vector", "image_base64", "item_id")
 
 T = TypeVar("T")
@@ -42,7 +41,7 @@ class BatchKey:
     merge: str
     alpha: float
     rrf_k: int
-    inversion: InversionConfig
+    inversion: InversionConfig | None
     use_cache: bool
 
 
@@ -59,7 +58,7 @@ class SearchService:
 
     @property
     def modes(self) -> list[str]:
-        return list(MODES)
+        return list(MODE_NAMES)
 
     def close(self) -> None:
         """Finish queued work, then release threads (the index is closed by its owner)."""
@@ -71,12 +70,8 @@ class SearchService:
         start = time.perf_counter()
         self._check(request, upload)
         inversion = self._inversion(request)
-        query = None  # resolved here only when routing needs it (an item's modality); else in the worker
-        if request.item_id is not None:
+        if self._batched(request, upload):
             query = await self._in_pool(lambda: self._library_query(request, upload))
-        if self._batched(request, query):
-            if query is None:
-                query = await self._in_pool(lambda: self._library_query(request, upload))
             prepared = time.perf_counter()
             key = BatchKey(
                 request.target,
@@ -89,28 +84,20 @@ class SearchService:
                 request.use_cache,
             )
             result: BatchResult = await self._bounded(asyncio.wrap_future(self._batcher.submit(key, query)))
-            hits = result.value
+            hits, library = result.value
             timings: dict[str, float | int] = {
                 "prepare_ms": _ms(prepared - start),
                 "queue_ms": _ms(result.wait_s),
                 "batch_ms": _ms(result.run_s),
-                "inversion_batch_size": result.batch_size,
+                "batch_queries": result.batch_size,
+                **library,
             }
             self.metrics.queries.labels(request.mode, "batched").inc()
         else:  # one hop to a worker thread: decode (if any) and search there
-            hits, searched_s = await self._in_pool(lambda: self._search_one(query, request, upload, inversion))
-            timings = {"search_ms": _ms(searched_s)}
+            hits, timings = await self._in_pool(lambda: self._search_one(request, upload, inversion))
             self.metrics.queries.labels(request.mode, "direct").inc()
         timings["total_ms"] = _ms(time.perf_counter() - start)
         return {"hits": [hit_json(h) for h in hits], "mode": request.mode, "timings": timings}
-
-    @staticmethod
-    def _batched(request: SearchRequest, query: dict[str, Any] | None) -> bool:
-        """Inversion of an image query against images or of a text query against texts: batched."""
-        if request.mode not in INVERTING_MODES or request.vector is not None:
-            return False
-        is_text = "text" in query if query is not None else request.text is not None
-        return request.target == ("texts" if is_text else "images")
 
     async def search_many(self, requests: list[SearchRequest]) -> list[dict[str, Any]]:
         """All queries at once: the inverting ones meet in the batcher."""
@@ -123,7 +110,7 @@ class SearchService:
             except ApiError as exc:
                 raise ApiError(exc.status, f"queries[{i}]: {exc.message}") from None
             except CrossGapError as exc:
-                raise ApiError(400, f"queries[{i}]: {exc}") from None
+                raise ApiError(status_of(exc), f"queries[{i}]: {exc}") from None
 
         return list(await asyncio.gather(*(one(i, r) for i, r in enumerate(requests))))
 
@@ -135,44 +122,51 @@ class SearchService:
         s = self.settings
         if request.k > s.max_k:
             raise ApiError(400, f"k={request.k} is over the limit of {s.max_k}")
-        if request.mode not in self.modes:
-            raise ApiError(400, f"unknown mode '{request.mode}': use one of {', '.join(self.modes)}")
+        if request.mode not in MODE_NAMES:
+            raise ApiError(400, f"unknown mode '{request.mode}': use one of {', '.join(MODE_NAMES)}")
         if request.steps is not None and request.steps > s.max_steps:
             raise ApiError(400, f"steps={request.steps} is over the limit of {s.max_steps}")
         if request.text is not None and len(request.text) > s.max_text_chars:
             raise ApiError(413, f"text of {len(request.text)} characters is over the limit of {s.max_text_chars}")
+        if request.modality is not None and request.vector is None:
+            raise ApiError(400, "modality names what a raw vector is; it goes with vector only")
+
+    def _batched(self, request: SearchRequest, upload: bytes | None) -> bool:
+        """Queries whose mode inverts them (image -> images, text -> texts): these are micro-batched."""
+        if request.text is not None:
+            modality = "text"
+        elif request.vector is not None:
+            modality = request.modality or "vector"
+        elif request.item_id is not None:
+            row = self.index.item(request.item_id)
+            if row is None:
+                raise ApiError(404, f"no item with id {request.item_id}")
+            modality = row.modality
+        else:
+            modality = "image"
+        if modality != {"images": "image", "texts": "text"}[request.target]:
+            return False  # inter-modal already: the library answers directly (or refuses an inversion)
+        return self.index.served_mode(request.mode, modality, request.target).inverts
 
     def _library_query(self, request: SearchRequest, upload: bytes | None) -> dict[str, Any]:
-        """The query as search()/search_batch() take it; images decoded here under the server's limits."""
+        """The query as search_batch() takes it; images decoded here under the server's limits."""
         if request.text is not None:
             return {"text": request.text}
         if request.vector is not None:
-            return {"vector": request.vector}
+            return {"vector": request.vector, **({"modality": request.modality} if request.modality else {})}
         if request.item_id is not None:
-            return self._item_query(request.item_id)
+            return {"item": request.item_id}  # the catalog's own vector for that id
         data = upload if upload is not None else _b64decode(request.image_base64 or "", self.settings.max_upload_bytes)
         if len(data) > self.settings.max_upload_bytes:
             raise ApiError(413, f"image of {len(data)} bytes is over the limit of {self.settings.max_upload_bytes}")
-        return {"image": self._decode(data)}
-
-    def _item_query(self, item_id: int) -> dict[str, Any]:
-        """'More like this': the stored item's own text, or its indexed file (the catalog names it)."""
-        with self.lock.reading():
-            row = self.index.item(item_id)
-        if row is None:
-            raise ApiError(404, f"no item with id {item_id}")
-        if row.modality == "text":
-            return {"text": row.text}
-        return {"image": self._decode(read_item_file(row.path, self.settings.max_upload_bytes))}
-
-    def _decode(self, data: bytes):
         try:
-            return decode_rgb(data, self.settings.max_megapixels)
+            return {"image": decode_rgb(data, self.settings.max_megapixels)}
         except DecodeError as exc:
             raise ApiError(415, f"not a usable image: {exc}") from None
 
-    def _inversion(self, request: SearchRequest) -> InversionConfig:
-        defaults = InversionConfig()
+    @staticmethod
+    def _inversion(request: SearchRequest) -> InversionConfig | None:
+        """The request's inversion settings, or None for the index's served defaults."""
         changes: dict[str, Any] = {}
         if request.steps is not None:
             changes.update(oti_steps=request.steps, ovi_steps=request.steps)
@@ -182,16 +176,16 @@ class SearchService:
             changes["n_patches"] = request.patches
         if request.lr is not None:
             changes["lr"] = request.lr
-        return dataclasses.replace(defaults, **changes)
+        return InversionConfig(**changes) if changes else None
 
     def _search_one(
-        self, query: dict[str, Any] | None, request: SearchRequest, upload: bytes | None, inversion: InversionConfig
-    ) -> tuple[list[Hit], float]:
-        query = query if query is not None else self._library_query(request, upload)
-        start = time.perf_counter()
+        self, request: SearchRequest, upload: bytes | None, inversion: InversionConfig | None
+    ) -> tuple[list[Hit], dict[str, float | int]]:
+        query = self._library_query(request, upload)
+        timings: dict[str, float | int] = {}
         with self.lock.reading():
-            hits = self.index.search(
-                **query,
+            hits = self.index.search_batch(
+                [query],
                 target=request.target,
                 k=request.k,
                 mode=request.mode,
@@ -200,13 +194,15 @@ class SearchService:
                 rrf_k=request.rrf_k,
                 inversion=inversion,
                 use_cache=request.use_cache,
-            )
-        return hits, time.perf_counter() - start
+                timings=timings,
+            )[0]
+        return hits, _rounded(timings)
 
-    def _run_batch(self, key: Hashable, queries: list[dict[str, Any]]) -> list[list[Hit]]:
+    def _run_batch(self, key: Hashable, queries: list[dict[str, Any]]) -> list[tuple[list[Hit], dict]]:
         assert isinstance(key, BatchKey)
+        timings: dict[str, float | int] = {}
         with self.lock.reading():
-            return self.index.search_batch(
+            results = self.index.search_batch(
                 queries,
                 target=key.target,
                 k=key.k,
@@ -216,7 +212,10 @@ class SearchService:
                 rrf_k=key.rrf_k,
                 inversion=key.inversion,
                 use_cache=key.use_cache,
+                timings=timings,
             )
+        shared = _rounded(timings)
+        return [(hits, shared) for hits in results]
 
     # -- other reads and writes -------------------------------------------------------------
     async def item(self, item_id: int):
@@ -244,7 +243,6 @@ class SearchService:
         return {
             **await self._in_pool(read),
             "modes": self.modes,
-            "inverting_modes": sorted(INVERTING_MODES & set(self.modes)),
             "limits": {
                 "max_k": s.max_k,
                 "max_batch_queries": s.max_batch_queries,
@@ -298,6 +296,10 @@ def hit_json(hit: Hit) -> dict[str, Any]:
     doc["ranks"] = hit.ranks
     doc["scores"] = hit.scores
     return doc
+
+
+def _rounded(timings: dict[str, float | int]) -> dict[str, float | int]:
+    return {k: round(v, 3) if isinstance(v, float) else v for k, v in timings.items()}
 
 
 def _b64decode(text: str, max_bytes: int) -> bytes:
