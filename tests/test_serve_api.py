@@ -42,9 +42,6 @@ LIMITS = ServeSettings(
     batch_window_ms=100.0,
     max_batch=16,
 )
-needs_search_batch = pytest.mark.skipif(
-    not hasattr(CrossGapIndex, "search_batch"), reason="CrossGapIndex.search_batch has not landed in this branch yet"
-)
 
 
 @pytest.fixture(scope="module")
@@ -222,7 +219,8 @@ def test_bad_queries(client):
     refused(client.post("/search", json={"text": "x", "k": 0}), 422, "k")
     refused(client.post("/search", json={"text": "x", "mode": "cross", "steps": 10**6}), 400, "steps")
     refused(client.post("/search", json={"vector": [0.1, 0.2]}), 400, "dim")
-    refused(client.post("/search", json={"vector": [0.1] * 128, "mode": "cross"}), 400, "inversion")
+    refused(client.post("/search", json={"vector": [0.1] * 128, "mode": "cross"}), 400, "inter-modal")
+    refused(client.post("/search", json={"text": "x", "modality": "text"}), 400, "vector only")
     refused(client.post("/search", json={"image_base64": "%%% not base64"}), 400, "base64")
     refused(client.post("/search", content=b"text=x", headers={"content-type": "text/plain"}), 415)
     refused(client.post("/search", files={"photo": ("a.png", png_bytes())}), 400, "'image'")
@@ -302,7 +300,6 @@ def test_openapi_docs_are_served(client):
 
 
 # -- inversion through the micro-batcher ---------------------------------------------------------
-@needs_search_batch
 def test_concurrent_cross_queries_equal_sequential_and_are_batched(client, index, photos):
     queries = [
         {
@@ -335,7 +332,13 @@ def test_concurrent_cross_queries_equal_sequential_and_are_batched(client, index
     assert count.value >= len(queries) + 1
 
 
-@needs_search_batch
+def test_a_vector_that_names_its_modality_is_inverted(client, index, photos):
+    vector = index.embed_query(image=photos[3]).feature.tolist()
+    body = {"vector": vector, "modality": "image", "mode": "cross", "k": 3, "steps": STEPS, "use_cache": False}
+    doc = client.post("/search", json=body).json()
+    assert len(doc["hits"]) == 3 and doc["timings"]["inversion_batch_size"] == 1
+
+
 def test_batch_api_inverts_together(client):
     queries = [
         {"text": t, "target": "texts", "mode": "cross", "k": 3, "steps": STEPS, "use_cache": False}
@@ -347,7 +350,6 @@ def test_batch_api_inverts_together(client):
     assert [ids(r) for r in doc["results"]] == [ids(d) for d in solo]
 
 
-@needs_search_batch
 def test_slow_queries_time_out(index, photos):
     settings = ServeSettings(request_timeout_s=0.2)
     with running_server(index, settings) as base, httpx.Client(base_url=base, timeout=60) as c:

@@ -37,7 +37,6 @@ def page(served):
             browser.close()
 
 
-@pytest.mark.skipif(not hasattr(CrossGapIndex, "search_batch"), reason="CrossGapIndex.search_batch has not landed yet")
 def test_switching_mode_searches_again_through_inversion(served, page):
     url, photos = served
     page.goto(url + "/")
@@ -106,8 +105,11 @@ def test_search_page_end_to_end(served, page, tmp_path):
     assert "already inter-modal" in page.inner_text("#status")
 
     page.screenshot(path=str(tmp_path / "serve-page.png"), full_page=True)
-    if SCREENSHOT:
-        page.goto(url + "/?q=a+red+circle&mode=intra&k=18")
+    if SCREENSHOT:  # the README's picture: a photo searched in fused mode, both lists' ranks on each hit
+        page.goto(url + "/?mode=fused&k=18")
+        page.wait_for_selector("body[data-ready=true]")
+        page.set_input_files("#photo", str(photos[4]))
+        page.wait_for_selector("#results .hit .rank[data-list=cross]")
         page.wait_for_function(
             "() => document.querySelectorAll('#results .hit img').length === 18 &&"
             " [...document.images].every(i => i.complete && i.naturalWidth > 0)"

@@ -142,6 +142,7 @@ async function start() {
     const info = await response.json();
     if (!response.ok) throw new Error(info.error || `HTTP ${response.status}`);
     for (const mode of info.modes) $("mode").append(new Option(mode, mode));
+    $("mode").value = "intra"; // the API's default; "auto" is the index's tuned (or default) cross mode
     $("k").max = String(info.limits.max_k);
     setStatus(`${info.counts.image || 0} images, ${info.counts.text || 0} texts · model ${info.model}`);
   } catch (err) {
