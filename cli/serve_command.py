@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -44,6 +45,11 @@ def serve_command(
     from crossgap_index import CrossGapIndex
     from crossgap_index.server.app import create_app
 
+    # The batch worker, the search pool and the event loop share the GIL; with the default 5 ms switch
+    # interval a thread back from a torch op or a socket waits up to 5 ms per hand-off. Measured on 2 shared
+    # cores, 32 clients of cross queries: a batched call took 1.9 s of wall time for 0.7 s of library work
+    # at 5 ms, and 0.49 s for 0.49 s at 0.5 ms (benchmarks/RESULTS_serve.md).
+    sys.setswitchinterval(0.0005)
     with CrossGapIndex.open(index, device=device) as cgx:
         _ = cgx.encoder  # load the model before the first request, not during it
         uvicorn.run(create_app(cgx, settings), host=host, port=port, log_level="info", timeout_graceful_shutdown=60)
