@@ -14,7 +14,7 @@ from crossgap_index.server.settings import ServeSettings, check_bind
 def serve_command(
     index: Annotated[
         Path | None,
-        typer.Option("--index", envvar="CGX_INDEX", help="Index directory [default: $CGX_INDEX or the user data dir]."),
+        typer.Option("--index", envvar="CGX_INDEX", help="Index directory (default: $CGX_INDEX or the user data dir)."),
     ] = None,
     host: Annotated[str, typer.Option(help="Address to bind; anything but loopback needs --token.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=0, max=65535, help="TCP port (0: any free port).")] = 8000,
