@@ -7,18 +7,16 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from cli.render import err, out
 from crossgap_index.errors import QueryError
-from crossgap_index.evaluation.data import load_dataset, read_vocab
-from crossgap_index.evaluation.protocol import EvalProgress, evaluate
-from crossgap_index.evaluation.report import render, write_plots
 from crossgap_index.inversion import InversionConfig
 from crossgap_index.models import DEFAULT_MODEL
+
+if TYPE_CHECKING:  # the evaluation stack (torch, matplotlib) loads when the command runs
+    from crossgap_index.evaluation.protocol import EvalProgress
 
 
 class Task(str, Enum):
@@ -85,6 +83,11 @@ def eval_command(
     (OTI / OVI), fused (rrf and score), cross-gallery, span projection; plus zero-shot accuracy as a
     control. Metrics: mAP (headline), mAP@R, R-precision, Recall@1.
     """
+    from cli.render import err, out
+    from crossgap_index.evaluation.data import load_dataset, read_vocab
+    from crossgap_index.evaluation.protocol import evaluate
+    from crossgap_index.evaluation.report import render, write_plots
+
     sweep = _parse_steps(sweep_steps) if sweep_steps else []
     data = load_dataset(dataset, limit)
     names = read_vocab(vocab) if vocab is not None else None
@@ -126,6 +129,10 @@ def _parse_steps(text: str) -> list[int]:
 @contextmanager
 def _progress(enabled: bool) -> Iterator[EvalProgress]:
     """A ``progress(stage, done, total)`` callback: one bar per stage on stderr, started on first use."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from cli.render import err
+
     bar = Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=err
     )

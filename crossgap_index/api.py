@@ -7,21 +7,34 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
 
 from crossgap_index.errors import QueryError, StoreError
-from crossgap_index.ingest.decode import DEFAULT_MAX_MEGAPIXELS, DecodeError, content_hash, decode_rgb
+from crossgap_index.ingest.decode import (
+    DEFAULT_MAX_FILE_BYTES,
+    DEFAULT_MAX_MEGAPIXELS,
+    DecodeError,
+    SkippedFile,
+    content_hash,
+    decode_rgb,
+    read_file,
+)
 from crossgap_index.ingest.discover import find_images, resolve_roots
-from crossgap_index.ingest.pipeline import Prepared, prepared_batches
-from crossgap_index.inversion import InversionConfig, oti, ovi
+from crossgap_index.ingest.pipeline import Prepared, ReadLimits, prepare, prepared_batches
+from crossgap_index.ingest.texts import check_query_text, unicode_problem
+from crossgap_index.inversion import InversionConfig
 from crossgap_index.inversion.keys import cache_key, seed_from_digest, settings_fingerprint
-from crossgap_index.models import Encoder, default_model_spec, load_model, parse_spec
+from crossgap_index.models import check_device, default_model_spec, parse_spec
 from crossgap_index.search.merge import RRF_K, reciprocal_rank_fusion, score_fusion
 from crossgap_index.search.ranking import Ranked, top_k
 from crossgap_index.store.directory import Store, default_index_path
 from crossgap_index.store.vectors import AUTO
+
+if TYPE_CHECKING:  # torch loads with the first model, inside the methods that need one
+    from crossgap_index.models import Encoder
 
 TARGETS = {"images": "image", "texts": "text"}
 MODES = ("intra", "cross", "fused", "cross-gallery")
@@ -100,7 +113,7 @@ class CrossGapIndex:
 
     def __init__(self, store: Store, device: str = "auto"):
         self._store = store
-        self._device = device
+        self._device = check_device(device)
         self._encoder: Encoder | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -114,8 +127,10 @@ class CrossGapIndex:
     ) -> CrossGapIndex:
         """Make a new, empty index directory for ``model`` (default: $CGX_MODEL or the open_clip default)."""
         path = _index_path(path)
+        from crossgap_index.models import Encoder, load_model
+
         spec = parse_spec(model or default_model_spec())
-        encoder = Encoder(load_model(spec, device))
+        encoder = Encoder(load_model(spec, check_device(device)))
         index = cls(Store.create(path, spec.canonical, encoder.dim, factory), device)
         index._encoder = encoder
         return index
@@ -166,6 +181,8 @@ class CrossGapIndex:
     @property
     def encoder(self) -> Encoder:
         if self._encoder is None:
+            from crossgap_index.models import Encoder, load_model
+
             self._encoder = Encoder(load_model(self._store.manifest.model, self._device))
         return self._encoder
 
@@ -176,33 +193,37 @@ class CrossGapIndex:
         *,
         include_hidden: bool = False,
         max_megapixels: float = DEFAULT_MAX_MEGAPIXELS,
+        max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
         batch_size: int = 64,
         workers: int = 4,
         progress: ProgressFn | None = None,
     ) -> BuildReport:
         """Bring the index in line with the image files under ``roots``: new and changed files are
-        embedded (or reuse a stored vector with the same content), files gone from disk leave."""
+        embedded (or reuse a stored vector with the same content), files gone from disk leave.
+        Only regular files up to ``max_file_bytes`` are read; any other file is skipped with a reason."""
         roots = resolve_roots(roots)
         paths = find_images(roots, include_hidden=include_hidden)
-        return self._ingest(paths, roots, max_megapixels, batch_size, workers, progress)
+        return self._ingest(paths, roots, max_megapixels, max_file_bytes, batch_size, workers, progress)
 
     def add_images(
         self,
         paths: Iterable[str | Path],
         *,
         max_megapixels: float = DEFAULT_MAX_MEGAPIXELS,
+        max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
         batch_size: int = 64,
         progress: ProgressFn | None = None,
     ) -> BuildReport:
         """Add or update the given image files; nothing is removed."""
         files = [Path(p).expanduser().resolve() for p in paths]
-        return self._ingest(files, [], max_megapixels, batch_size, 4, progress)
+        return self._ingest(files, [], max_megapixels, max_file_bytes, batch_size, 4, progress)
 
     def _ingest(
         self,
         paths: list[Path],
         prune_roots: list[Path],
         max_megapixels: float,
+        max_file_bytes: int,
         batch_size: int,
         workers: int,
         progress: ProgressFn | None,
@@ -227,12 +248,14 @@ class CrossGapIndex:
         gone = [r.id for p, r in records.items() if p not in on_disk and _under_any(p, prune_roots)]
 
         known = catalog.known_hashes("image")
+        # decode no larger than the model's input: memory follows the model, not the photos
+        limits = ReadLimits(max_megapixels, max_file_bytes, self.encoder.input_size if todo else None)
         done = 0
         if progress:
             progress(0, len(todo))
         try:
-            for batch in prepared_batches(todo, known.__contains__, batch_size, workers, max_megapixels):
-                self._store_batch(batch, records, known, report)
+            for batch in prepared_batches(todo, known.__contains__, batch_size, workers, limits):
+                self._store_batch(batch, records, known, report, limits)
                 self._store.commit()
                 done += len(batch)
                 if progress:
@@ -244,17 +267,21 @@ class CrossGapIndex:
             report.seconds = time.perf_counter() - start
         return report
 
-    def _store_batch(self, batch: list[Prepared], records: dict, known: set[str], report: BuildReport) -> None:
+    def _store_batch(
+        self, batch: list[Prepared], records: dict, known: set[str], report: BuildReport, limits: ReadLimits
+    ) -> None:
         catalog = self._store.catalog
         vectors: dict[str, np.ndarray] = {}
-        for item in batch:
+        for i, item in enumerate(batch):
             if item.reused:
                 stored = catalog.vector_by_hash(item.file.content_hash)
                 if stored is not None:
                     vectors[item.file.content_hash] = stored
-        fresh = [p for p in batch if p.image is not None or (p.reused and p.file.content_hash not in vectors)]
-        if fresh:  # a reused vector can vanish when its only holder was replaced earlier in this run
-            images = [p.image if p.image is not None else decode_rgb(p.file.data) for p in fresh]
+                else:  # its only holder was replaced earlier in this run: read and decode it after all
+                    batch[i] = prepare(item.path, lambda _: False, limits)
+        fresh = [p for p in batch if p.image is not None]
+        if fresh:
+            images = [p.image for p in fresh]
             vectors.update(zip((p.file.content_hash for p in fresh), self.encoder.encode_images(images), strict=True))
             report.embedded += len(fresh)
         new_ids, new_vectors = [], []
@@ -272,7 +299,7 @@ class CrossGapIndex:
                 report.updated += 1
             else:
                 report.added += 1
-            report.reused += item.reused and item not in fresh
+            report.reused += item.reused
             vector = vectors[file.content_hash]
             new_ids.append(catalog.add_image(str(item.path), file.content_hash, file.size, file.mtime_ns, vector))
             new_vectors.append(vector)
@@ -280,10 +307,20 @@ class CrossGapIndex:
         if new_ids:
             self._store.add("image", new_ids, np.stack(new_vectors))
 
-    def add_texts(self, texts: Sequence[str], ids: Sequence[str | None] | None = None) -> TextReport:
-        """Embed and store texts, skipping any whose exact content is already stored."""
+    def add_texts(
+        self,
+        texts: Sequence[str],
+        ids: Sequence[str | None] | None = None,
+        progress: ProgressFn | None = None,
+    ) -> TextReport:
+        """Embed and store texts, skipping any whose exact content is already stored.
+        Texts that cannot be stored as UTF-8 (lone surrogates) are refused before anything is written."""
         if ids is not None and len(ids) != len(texts):
             raise QueryError("add_texts: texts and ids differ in length")
+        for i, text in enumerate(texts):
+            problem = unicode_problem(text) or (unicode_problem(ids[i]) if ids is not None else None)
+            if problem:
+                raise QueryError(f"add_texts: text {i} {problem}")
         report = TextReport()
         known = self._store.catalog.known_hashes("text")
         fresh: dict[str, tuple[str, str | None]] = {}
@@ -294,6 +331,8 @@ class CrossGapIndex:
             else:
                 fresh[digest] = (text, ids[i] if ids is not None else None)
         items = list(fresh.items())
+        if progress:
+            progress(0, len(items))
         for start in range(0, len(items), 256):
             chunk = items[start : start + 256]
             vectors = self.encoder.encode_texts([text for _, (text, _) in chunk])
@@ -304,6 +343,8 @@ class CrossGapIndex:
             self._store.add("text", new_ids, vectors)
             self._store.commit()
             report.added += len(chunk)
+            if progress:
+                progress(report.added, len(items))
         self._store.save()
         return report
 
@@ -316,6 +357,8 @@ class CrossGapIndex:
         """Store each gallery image's OTI text-space feature (collection ``image-oti``), so image queries
         can be compared inter-modally with no optimisation at query time (mode ``cross-gallery``).
         Resumable: only images without a stored feature are inverted. Returns how many were."""
+        from crossgap_index.inversion import oti
+
         config = config or InversionConfig()
         manifest, catalog = self._store.manifest, self._store.catalog
         settings = dataclasses.asdict(config)
@@ -356,8 +399,10 @@ class CrossGapIndex:
                 raise QueryError(f"query vector has dim {vec.shape[0]}, index has {self._store.manifest.dim}")
             return Query(vec / max(float(np.linalg.norm(vec)), 1e-12), "vector", content_hash(vec.tobytes()))
         if text is not None:
+            check_query_text(text)
+            self.encoder.note_truncation(text)
             return Query(self.encoder.encode_texts([text])[0], "text", content_hash(text.encode("utf-8")))
-        img, digest = _load_query_image(image)
+        img, digest = _load_query_image(image, self.encoder.input_size)
         return Query(self.encoder.encode_images([img])[0], "image", digest)
 
     def invert(
@@ -378,6 +423,8 @@ class CrossGapIndex:
             cached = self._store.catalog.cached_vector(key)
             if cached is not None:
                 return cached
+        from crossgap_index.inversion import oti, ovi
+
         invert = oti if direction == "oti" else ovi
         inverted = invert(
             self.encoder.loaded, query.feature[None, :], config, [seed_from_digest(query.digest)], progress
@@ -516,16 +563,18 @@ def _fingerprint(settings: dict) -> str:
     return settings_fingerprint(InversionConfig(**settings), "oti")
 
 
-def _load_query_image(image: str | Path | Image.Image) -> tuple[Image.Image, str]:
-    """The decoded query image and the hash of its content."""
+def _load_query_image(image: str | Path | Image.Image, min_side: int | None) -> tuple[Image.Image, str]:
+    """The decoded query image (decoded as gallery images are) and the hash of its content."""
     if isinstance(image, Image.Image):
         rgb = image.convert("RGB")
         return rgb, content_hash(f"{rgb.size}".encode() + rgb.tobytes())
     path = Path(image).expanduser()
     try:
-        data = path.read_bytes()
-        return decode_rgb(data), content_hash(data)
+        data = read_file(path).data  # regular files only, size-capped: a FIFO named q.png cannot hang a query
+        return decode_rgb(data, min_side=min_side), content_hash(data)
     except OSError as exc:
         raise QueryError(f"cannot read query image {path}: {exc.strerror or exc}") from exc
+    except SkippedFile as exc:
+        raise QueryError(f"cannot read query image {path}: {exc}") from exc
     except DecodeError as exc:
         raise QueryError(f"cannot decode query image {path}: {exc}") from exc

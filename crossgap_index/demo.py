@@ -7,11 +7,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from crossgap_index.api import BuildReport, CrossGapIndex, Hit, ProgressFn
-from crossgap_index.contact_sheet import contact_sheet
-from crossgap_index.datasets.synthetic import export_folder, make_item
 from crossgap_index.inversion import InversionConfig
+
+if TYPE_CHECKING:  # the CLI imports DEMO_MODEL for its help text; the stack loads when the demo runs
+    from crossgap_index.api import BuildReport, Hit, ProgressFn
 
 DEMO_MODEL = "crossgap-small"
 DEMO_SEED = 2026  # not the training seed: the demo gallery is held-out data
@@ -40,6 +41,10 @@ def run_demo(
 ) -> DemoResult:
     """Generate ``n_images`` synthetic photos (one folder per class), index them, then query with a
     held-out photo in each of DEMO_MODES and draw a contact sheet of the results."""
+    from crossgap_index.api import CrossGapIndex
+    from crossgap_index.contact_sheet import contact_sheet
+    from crossgap_index.datasets.synthetic import export_folder, make_item
+
     out = Path(out_dir).expanduser().resolve()
     folder = export_folder(out / "images", DEMO_SEED, n_images)
     held_out = make_item(DEMO_SEED, n_images)  # the next item of the same world: not in the gallery
