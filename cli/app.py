@@ -48,7 +48,7 @@ def _main(
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
     ] = False,
 ) -> None:
-    pass
+    warnings.showwarning = _show_note  # library notes (e.g. a truncated query text) as one line
 
 
 IndexOpt = Annotated[
@@ -369,5 +369,4 @@ app.command("eval")(fails_cleanly(eval_command))
 
 
 def main() -> None:
-    warnings.showwarning = _show_note
     app()

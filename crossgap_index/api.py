@@ -23,11 +23,11 @@ from crossgap_index.ingest.decode import (
     read_file,
 )
 from crossgap_index.ingest.discover import find_images, resolve_roots
-from crossgap_index.ingest.pipeline import Prepared, ReadLimits, prepare, prepared_batches
+from crossgap_index.ingest.pipeline import Prepared, ReadLimits, decode_side, prepare, prepared_batches
 from crossgap_index.ingest.texts import check_query_text, unicode_problem
 from crossgap_index.inversion import InversionConfig
 from crossgap_index.inversion.keys import cache_key, seed_from_digest, settings_fingerprint
-from crossgap_index.models import check_device, default_model_spec, parse_spec
+from crossgap_index.models import check_device, default_model_spec, local_weights, parse_spec
 from crossgap_index.search.merge import RRF_K, reciprocal_rank_fusion, score_fusion
 from crossgap_index.search.ranking import Ranked, top_k
 from crossgap_index.store.directory import Store, default_index_path
@@ -127,9 +127,10 @@ class CrossGapIndex:
     ) -> CrossGapIndex:
         """Make a new, empty index directory for ``model`` (default: $CGX_MODEL or the open_clip default)."""
         path = _index_path(path)
+        spec = parse_spec(model or default_model_spec())
+        local_weights(spec)  # a folder without safe weights fails before torch is even imported
         from crossgap_index.models import Encoder, load_model
 
-        spec = parse_spec(model or default_model_spec())
         encoder = Encoder(load_model(spec, check_device(device)))
         index = cls(Store.create(path, spec.canonical, encoder.dim, factory), device)
         index._encoder = encoder
@@ -249,7 +250,7 @@ class CrossGapIndex:
 
         known = catalog.known_hashes("image")
         # decode no larger than the model's input: memory follows the model, not the photos
-        limits = ReadLimits(max_megapixels, max_file_bytes, self.encoder.input_size if todo else None)
+        limits = ReadLimits(max_megapixels, max_file_bytes, decode_side(self.encoder.input_size) if todo else None)
         done = 0
         if progress:
             progress(0, len(todo))
@@ -402,7 +403,7 @@ class CrossGapIndex:
             check_query_text(text)
             self.encoder.note_truncation(text)
             return Query(self.encoder.encode_texts([text])[0], "text", content_hash(text.encode("utf-8")))
-        img, digest = _load_query_image(image, self.encoder.input_size)
+        img, digest = _load_query_image(image, decode_side(self.encoder.input_size))
         return Query(self.encoder.encode_images([img])[0], "image", digest)
 
     def invert(

@@ -7,7 +7,14 @@ that need torch load on first use (PEP 562), so importing this package stays che
 from importlib import import_module
 
 from crossgap_index.models._registry import bundled_names
-from crossgap_index.models.spec import DEFAULT_MODEL, ModelSpec, check_device, default_model_spec, parse_spec
+from crossgap_index.models.spec import (
+    DEFAULT_MODEL,
+    ModelSpec,
+    check_device,
+    default_model_spec,
+    local_weights,
+    parse_spec,
+)
 
 _LAZY = {
     "Encoder": "crossgap_index.models.encoder",
@@ -25,6 +32,7 @@ __all__ = [
     "check_device",
     "default_model_spec",
     "load_model",
+    "local_weights",
     "parse_spec",
     "resolve_device",
 ]

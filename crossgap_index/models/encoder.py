@@ -51,8 +51,8 @@ class Encoder:
             return False
         warnings.warn(
             TruncatedTextWarning(
-                f"the query text is {used} tokens, longer than the model's {context}-token context; "
-                "only its first part is searched"
+                f"the query text is {used} tokens, longer than the model's {context}-token context: "
+                "it was truncated and only its first part is searched"
             ),
             stacklevel=3,
         )

@@ -93,11 +93,16 @@ def local_weights(spec: ModelSpec) -> Path | None:
     chosen = _open_clip_choice(folder)
     if chosen is not None and chosen.suffix == SAFE_WEIGHTS_SUFFIX:
         return chosen
+    if chosen is not None:
+        raise ModelUnavailableError(
+            f"model folder {folder}: open_clip would load {chosen.name}, a pickle checkpoint, which is never "
+            "loaded (pickles can run code): convert it to open_clip_model.safetensors"
+        )
     pickles = sorted(p.name for p in folder.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES)
     if pickles:
         raise ModelUnavailableError(
-            f"model folder {folder} would load a pickle checkpoint ({', '.join(pickles)}); crossgap-index loads "
-            "safetensors only: convert it to open_clip_model.safetensors"
+            f"model folder {folder} has no weights file open_clip recognises, only {', '.join(pickles)} (a pickle, "
+            "never loaded: pickles can run code); convert it to open_clip_model.safetensors"
         )
     raise ModelUnavailableError(
         f"model folder {folder} has open_clip_config.json but no weights file (open_clip_model.safetensors); "
