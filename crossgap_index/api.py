@@ -128,10 +128,11 @@ class CrossGapIndex:
         """Make a new, empty index directory for ``model`` (default: $CGX_MODEL or the open_clip default)."""
         path = _index_path(path)
         spec = parse_spec(model or default_model_spec())
-        local_weights(spec)  # a folder without safe weights fails before torch is even imported
+        local_weights(spec)  # bad settings fail before torch is even imported
+        check_device(device)
         from crossgap_index.models import Encoder, load_model
 
-        encoder = Encoder(load_model(spec, check_device(device)))
+        encoder = Encoder(load_model(spec, device))
         index = cls(Store.create(path, spec.canonical, encoder.dim, factory), device)
         index._encoder = encoder
         return index
