@@ -307,7 +307,7 @@ def query(
     if mode in (Mode.cross, Mode.fused):
         settings["inversion"] = {"direction": "oti" if is_image else "ovi", **dataclasses.asdict(config)}
     if mode is Mode.fused:
-        settings["merge"] = {"method": merge.value, "alpha": alpha, "rrf_k": rrf_k}
+        settings["merge"] = {"method": merge.value, "alpha": alpha, "rrf_k": rrf_k, "depth": max(depth, top_k)}
     print_hits(hits, query_doc, settings, fmt, separator=b"\0" if null else b"\n")
 
 

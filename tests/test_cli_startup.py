@@ -147,3 +147,10 @@ def test_tables_keep_whole_paths_when_not_a_terminal(tmp_path):
     assert result.exit_code == 0
     assert result.stdout.splitlines()[0] == str(query)
     assert result.stderr.strip() == "cgx: note: 3 hits, fewer than -k 50: the index holds 3 images"
+
+
+def test_help_states_the_library_rrf_constant():
+    from cli.app import RRF_K_DEFAULT
+    from crossgap_index.search.merge import RRF_K
+
+    assert RRF_K_DEFAULT == RRF_K  # stated in the CLI so that --help imports no numpy
