@@ -164,18 +164,17 @@ def test_jpeg_is_decoded_at_a_dct_scale_near_the_model_input():
     _draft(img, 224)
     assert img.size == (600, 400)  # 1/4 scale chosen before any pixel is decoded (1/8 would be < 224)
     bounded = decode_rgb(data, min_side=224)
-    assert bounded.size == (600, 400)
+    assert bounded.size == (336, 224)  # then scaled to exactly the side asked for
     assert decode_rgb(data).size == (2400, 1600)  # the full-resolution twin
 
 
 def test_other_formats_are_reduced_before_conversion():
     buf = io.BytesIO()
     Image.new("P", (1300, 900), 3).save(buf, format="PNG")  # palette: converted, then reduced
-    assert min(decode_rgb(buf.getvalue(), min_side=64).size) in range(64, 128)
+    assert decode_rgb(buf.getvalue(), min_side=64).size == (92, 64)  # 1300 x 900 at the same aspect
     buf = io.BytesIO()
     Image.new("RGB", (1300, 900), (1, 2, 3)).save(buf, format="PNG")
-    out = decode_rgb(buf.getvalue(), min_side=100)
-    assert min(out.size) >= 100 and min(out.size) < 200
+    assert decode_rgb(buf.getvalue(), min_side=100).size == (145, 100)
     small = decode_rgb(png_bytes(size=(40, 30)), min_side=224)
     assert small.size == (40, 30)  # never enlarged
 
@@ -187,7 +186,7 @@ def test_bounded_decode_embeds_like_the_full_resolution_oracle():
 
     encoder = Encoder(loaded)
     bounded_image = decode_rgb(data, min_side=decode_side(encoder.input_size))
-    assert bounded_image.size == (300, 200)  # 1/8 DCT scale, then a 2x box reduction
+    assert bounded_image.size == (192, 128)  # 1/8 DCT scale, then scaled to twice the 64-pixel input
     full, bounded = encoder.encode_images([decode_rgb(data), bounded_image])
     assert float(full @ bounded) > 0.999
 

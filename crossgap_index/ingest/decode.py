@@ -104,10 +104,10 @@ def _file_kind(mode: int) -> str:
 def decode_rgb(data: bytes, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS, min_side: int | None = None) -> Image.Image:
     """Decode bytes into an RGB image, or raise DecodeError with a short reason.
 
-    ``min_side``: the result's shorter side is the smallest size >= ``min_side`` that the decoder
-    reaches cheaply (JPEG DCT scaling, then integer box reduction), so memory follows the model's
-    input size; None decodes at full resolution (the straightforward twin the bounded path is
-    tested against).
+    ``min_side``: images larger than that on their shorter side are decoded at the smallest cheap
+    scale that covers it (JPEG DCT scaling, integer box reduction) and then scaled to exactly
+    ``min_side``, so memory follows the model's input size; None decodes at full resolution (the
+    straightforward twin the bounded path is tested against).
     """
     if not data:
         raise DecodeError("empty file")
@@ -126,7 +126,7 @@ def decode_rgb(data: bytes, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS, min_
             if min_side is not None and img.mode in _REDUCIBLE_MODES:
                 img = _reduce(img, min_side)  # before conversion, so that never runs at full size
             rgb = _to_rgb(img)
-            return _reduce(rgb, min_side) if min_side is not None else rgb
+            return _shrink(rgb, min_side) if min_side is not None else rgb
     except DecodeError:
         raise
     except Image.DecompressionBombError as exc:
@@ -150,6 +150,18 @@ def _reduce(img: Image.Image, min_side: int) -> Image.Image:
     """Box-reduce by the largest integer factor that keeps the shorter side >= ``min_side``."""
     factor = min(img.size) // max(min_side, 1)
     return img.reduce(factor) if factor >= 2 else img
+
+
+def _shrink(img: Image.Image, min_side: int) -> Image.Image:
+    """Scale down to a shorter side of exactly ``min_side`` (box reduction first, then antialiased bicubic),
+    so what a worker holds is the same size whatever the photo's resolution."""
+    img = _reduce(img, min_side)
+    short = min(img.size)
+    if short <= min_side:
+        return img
+    w, h = img.size
+    size = (min_side, max(1, round(h * min_side / w))) if w <= h else (max(1, round(w * min_side / h)), min_side)
+    return img.resize(size, Image.Resampling.BICUBIC)
 
 
 def _over_limit(megapixels: float, max_megapixels: float) -> str:
