@@ -72,6 +72,25 @@ def machine() -> dict:
     return {"cores": os.cpu_count(), "load_average_at_start": os.getloadavg(), "python": sys.version.split()[0]}
 
 
+# The floor under any build: imports, the model, and one encoded batch of model-sized images.
+FLOOR = """
+import sys
+from PIL import Image
+import faiss
+from crossgap_index.models import Encoder, load_model
+encoder = Encoder(load_model(sys.argv[1], "cpu"))
+encoder.encode_images([Image.new("RGB", (224, 224), (i, 0, 0)) for i in range(int(sys.argv[2]))])
+"""
+
+
+def floor_rss(code_root: Path, model: str, batch_size: int) -> float:
+    """Peak RSS (MB) of a process that only loads the model and embeds one batch."""
+    env = {**os.environ, "PYTHONPATH": str(code_root)}
+    cmd = ["/usr/bin/time", "-f", "MAXRSS_KB %M", sys.executable, "-c", FLOOR, model, str(batch_size)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=code_root, check=True)
+    return next(int(line.split()[1]) for line in proc.stderr.splitlines() if line.startswith("MAXRSS_KB")) / 1024
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=100, help="Photos per size.")
@@ -95,6 +114,7 @@ def main() -> None:
         "settings": {"n": args.n, "sizes": {k: f"{w}x{h}" for k, (w, h) in sizes.items()}, "model": args.model,
                      "batch_size": args.batch_size, "device": "cpu", "workers": 4},
         "folders": {},
+        "floor_rss_mb": floor_rss(REPO, args.model, args.batch_size),
         "builds": {},
     }  # fmt: skip
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
@@ -121,6 +141,9 @@ def markdown(results: dict) -> str:
         f"device cpu, batch size {s['batch_size']}, 4 decode workers; {s['n']} distinct JPEGs per size "
         f"(big {s['sizes']['big']}: {results['folders']['big']['bytes'] / 1e6:.0f} MB on disk, "
         f"small {s['sizes']['small']}: {results['folders']['small']['bytes'] / 1e6:.0f} MB).",
+        "",
+        f"Floor (imports + model + one embedded batch of {s['batch_size']}, no files): "
+        f"{results['floor_rss_mb']:.0f} MB.",
         "",
         "| code | peak RSS big | peak RSS small | big / small | build time big | build time small |",
         "|---|---:|---:|---:|---:|---:|",
