@@ -7,19 +7,17 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from cli.render import err, out
 from crossgap_index.errors import QueryError
-from crossgap_index.evaluation.data import load_dataset, read_vocab
-from crossgap_index.evaluation.protocol import EvalProgress, evaluate
-from crossgap_index.evaluation.report import render, write_plots
 from crossgap_index.inversion import InversionConfig
 from crossgap_index.models import DEFAULT_MODEL
 from crossgap_index.search.modes import SERVED_OTI_STEPS
+
+if TYPE_CHECKING:  # the evaluation stack (torch, matplotlib) loads when the command runs
+    from crossgap_index.evaluation.protocol import EvalProgress
 
 
 class Task(str, Enum):
@@ -96,6 +94,11 @@ def eval_command(
     the index's tuned mode; plus zero-shot accuracy as a control. Metrics: mAP (headline), mAP@R,
     R-precision, Recall@1.
     """
+    from cli.render import err, out
+    from crossgap_index.evaluation.data import load_dataset, read_vocab
+    from crossgap_index.evaluation.protocol import evaluate
+    from crossgap_index.evaluation.report import render, write_plots
+
     sweep = _parse_steps(sweep_steps, "--sweep-steps") if sweep_steps else []
     sweep_r = _parse_steps(sweep_tokens, "--sweep-tokens")
     data = load_dataset(dataset, limit)
@@ -153,6 +156,10 @@ def _parse_steps(text: str, option: str) -> list[int]:
 @contextmanager
 def _progress(enabled: bool) -> Iterator[EvalProgress]:
     """A ``progress(stage, done, total)`` callback: one bar per stage on stderr, started on first use."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from cli.render import err
+
     bar = Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=err
     )

@@ -8,18 +8,19 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
 
 from crossgap_index.errors import QueryError, StoreError
-from crossgap_index.ingest.decode import DEFAULT_MAX_MEGAPIXELS, content_hash, decode_rgb
+from crossgap_index.ingest.decode import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_MEGAPIXELS, content_hash
 from crossgap_index.ingest.discover import find_images, resolve_roots
-from crossgap_index.ingest.pipeline import Prepared, prepared_batches
-from crossgap_index.inversion import InversionConfig, oti
-from crossgap_index.inversion.inverter import Inverter, InverterConfig
+from crossgap_index.ingest.pipeline import Prepared, ReadLimits, decode_side, prepare, prepared_batches
+from crossgap_index.ingest.texts import unicode_problem
+from crossgap_index.inversion import InversionConfig
 from crossgap_index.inversion.keys import seed_from_digest, settings_fingerprint
-from crossgap_index.models import Encoder, default_model_spec, load_model, parse_spec
+from crossgap_index.models import check_device, default_model_spec, local_weights, parse_spec
 from crossgap_index.search.engine import Queries
 from crossgap_index.search.modes import FUSION_DEPTH, RRF_K, Mode, resolve_mode
 from crossgap_index.search.searcher import Hit, QueryTransform, Searcher, collection_of
@@ -28,6 +29,10 @@ from crossgap_index.store.check import CheckReport, check_store
 from crossgap_index.store.directory import IndexExistsError, Store, default_index_path
 from crossgap_index.store.prune import select_for_removal
 from crossgap_index.store.vectors import AUTO
+
+if TYPE_CHECKING:  # torch loads with the first model, inside the methods that need one
+    from crossgap_index.inversion.inverter import Inverter, InverterConfig
+    from crossgap_index.models import Encoder
 
 GALLERY_OTI = "image-oti"
 INVERTER_FILE = "inverter.safetensors"
@@ -104,7 +109,7 @@ class CrossGapIndex:
 
     def __init__(self, store: Store, device: str = "auto"):
         self._store = store
-        self._device = device
+        self._device = check_device(device)
         self._encoder: Encoder | None = None
         self._searcher: Searcher | None = None
         self._inverter_net: Inverter | None = None
@@ -123,6 +128,10 @@ class CrossGapIndex:
         ``wait``: when another process is writing this index, wait for it (else fail at once)."""
         path = _index_path(path)
         spec = parse_spec(model or default_model_spec())
+        local_weights(spec)  # bad settings fail before torch is even imported
+        check_device(device)
+        from crossgap_index.models import Encoder, load_model
+
         encoder = Encoder(load_model(spec, device))
         index = cls(Store.create(path, spec.canonical, encoder.dim, factory, wait=wait), device)
         index._encoder = encoder
@@ -192,6 +201,8 @@ class CrossGapIndex:
     @property
     def encoder(self) -> Encoder:
         if self._encoder is None:
+            from crossgap_index.models import Encoder, load_model
+
             encoder = Encoder(load_model(self._store.manifest.model, self._device))
             if encoder.dim != self._store.manifest.dim:
                 raise StoreError(
@@ -208,45 +219,52 @@ class CrossGapIndex:
         *,
         include_hidden: bool = False,
         max_megapixels: float = DEFAULT_MAX_MEGAPIXELS,
+        max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
         batch_size: int = 64,
         workers: int = 4,
         progress: ProgressFn | None = None,
     ) -> BuildReport:
         """Bring the index in line with the image files under ``roots``: new and changed files are
-        embedded (or reuse a stored vector with the same content), files gone from disk leave."""
+        embedded (or reuse a stored vector with the same content), files gone from disk leave.
+        Only regular files up to ``max_file_bytes`` are read; any other file is skipped with a reason."""
         roots = resolve_roots(roots)
         paths = find_images(roots, include_hidden=include_hidden)
-        return self._ingest(paths, roots, max_megapixels, batch_size, workers, progress)
+        return self._ingest(paths, roots, max_megapixels, max_file_bytes, batch_size, workers, progress)
 
     def add_images(
         self,
         paths: Iterable[str | Path],
         *,
         max_megapixels: float = DEFAULT_MAX_MEGAPIXELS,
+        max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
         batch_size: int = 64,
         progress: ProgressFn | None = None,
     ) -> BuildReport:
         """Add or update the given image files; nothing is removed."""
         files = [Path(p).expanduser().resolve() for p in paths]
-        return self._ingest(files, [], max_megapixels, batch_size, 4, progress)
+        return self._ingest(files, [], max_megapixels, max_file_bytes, batch_size, 4, progress)
 
     def _ingest(
         self,
         paths: list[Path],
         prune_roots: list[Path],
         max_megapixels: float,
+        max_file_bytes: int,
         batch_size: int,
         workers: int,
         progress: ProgressFn | None,
     ) -> BuildReport:
         with self._store.writing():
-            return self._ingest_locked(paths, prune_roots, max_megapixels, batch_size, workers, progress)
+            return self._ingest_locked(
+                paths, prune_roots, max_megapixels, max_file_bytes, batch_size, workers, progress
+            )
 
     def _ingest_locked(
         self,
         paths: list[Path],
         prune_roots: list[Path],
         max_megapixels: float,
+        max_file_bytes: int,
         batch_size: int,
         workers: int,
         progress: ProgressFn | None,
@@ -271,12 +289,14 @@ class CrossGapIndex:
         gone = [r.id for p, r in records.items() if p not in on_disk and _under_any(p, prune_roots)]
 
         known = catalog.known_hashes("image")
+        # decode no larger than the model's input: memory follows the model, not the photos
+        limits = ReadLimits(max_megapixels, max_file_bytes, decode_side(self.encoder.input_size) if todo else None)
         done = 0
         if progress:
             progress(0, len(todo))
         try:
-            for batch in prepared_batches(todo, known.__contains__, batch_size, workers, max_megapixels):
-                self._store_batch(batch, records, known, report)
+            for batch in prepared_batches(todo, known.__contains__, batch_size, workers, limits):
+                self._store_batch(batch, records, known, report, limits)
                 self._store.commit()
                 done += len(batch)
                 if progress:
@@ -288,17 +308,21 @@ class CrossGapIndex:
             report.seconds = time.perf_counter() - start
         return report
 
-    def _store_batch(self, batch: list[Prepared], records: dict, known: set[str], report: BuildReport) -> None:
+    def _store_batch(
+        self, batch: list[Prepared], records: dict, known: set[str], report: BuildReport, limits: ReadLimits
+    ) -> None:
         catalog = self._store.catalog
         vectors: dict[str, np.ndarray] = {}
-        for item in batch:
+        for i, item in enumerate(batch):
             if item.reused:
                 stored = catalog.vector_by_hash(item.file.content_hash)
                 if stored is not None:
                     vectors[item.file.content_hash] = stored
-        fresh = [p for p in batch if p.image is not None or (p.reused and p.file.content_hash not in vectors)]
-        if fresh:  # a reused vector can vanish when its only holder was replaced earlier in this run
-            images = [p.image if p.image is not None else decode_rgb(p.file.data) for p in fresh]
+                else:  # its only holder was replaced earlier in this run: read and decode it after all
+                    batch[i] = prepare(item.path, lambda _: False, limits)
+        fresh = [p for p in batch if p.image is not None]
+        if fresh:
+            images = [p.image for p in fresh]
             vectors.update(zip((p.file.content_hash for p in fresh), self.encoder.encode_images(images), strict=True))
             report.embedded += len(fresh)
         new_ids, new_vectors = [], []
@@ -316,7 +340,7 @@ class CrossGapIndex:
                 report.updated += 1
             else:
                 report.added += 1
-            report.reused += item.reused and item not in fresh
+            report.reused += item.reused
             vector = vectors[file.content_hash]
             new_ids.append(catalog.add_image(str(item.path), file.content_hash, file.size, file.mtime_ns, vector))
             new_vectors.append(vector)
@@ -324,14 +348,26 @@ class CrossGapIndex:
         if new_ids:
             self._store.add("image", new_ids, np.stack(new_vectors))
 
-    def add_texts(self, texts: Sequence[str], ids: Sequence[str | None] | None = None) -> TextReport:
-        """Embed and store texts, skipping any whose exact content is already stored."""
+    def add_texts(
+        self,
+        texts: Sequence[str],
+        ids: Sequence[str | None] | None = None,
+        progress: ProgressFn | None = None,
+    ) -> TextReport:
+        """Embed and store texts, skipping any whose exact content is already stored.
+        Texts that cannot be stored as UTF-8 (lone surrogates) are refused before anything is written."""
         if ids is not None and len(ids) != len(texts):
             raise QueryError("add_texts: texts and ids differ in length")
+        for i, text in enumerate(texts):
+            problem = unicode_problem(text) or (unicode_problem(ids[i]) if ids is not None else None)
+            if problem:
+                raise QueryError(f"add_texts: text {i} {problem}")
         with self._store.writing():
-            return self._add_texts_locked(texts, ids)
+            return self._add_texts_locked(texts, ids, progress)
 
-    def _add_texts_locked(self, texts: Sequence[str], ids: Sequence[str | None] | None) -> TextReport:
+    def _add_texts_locked(
+        self, texts: Sequence[str], ids: Sequence[str | None] | None, progress: ProgressFn | None
+    ) -> TextReport:
         report = TextReport()
         known = self._store.catalog.known_hashes("text")
         fresh: dict[str, tuple[str, str | None]] = {}
@@ -342,6 +378,8 @@ class CrossGapIndex:
             else:
                 fresh[digest] = (text, ids[i] if ids is not None else None)
         items = list(fresh.items())
+        if progress:
+            progress(0, len(items))
         for start in range(0, len(items), 256):
             chunk = items[start : start + 256]
             vectors = self.encoder.encode_texts([text for _, (text, _) in chunk])
@@ -352,6 +390,8 @@ class CrossGapIndex:
             self._store.add("text", new_ids, vectors)
             self._store.commit()
             report.added += len(chunk)
+            if progress:
+                progress(report.added, len(items))
         self._store.save()
         return report
 
@@ -364,6 +404,8 @@ class CrossGapIndex:
             return self._invert_gallery_locked(config or InversionConfig(), progress)
 
     def _invert_gallery_locked(self, config: InversionConfig, progress: ProgressFn | None) -> int:
+        from crossgap_index.inversion import oti
+
         manifest, catalog = self._store.manifest, self._store.catalog
         settings = dataclasses.asdict(config)
         if manifest.gallery_inversion is not None and _fingerprint(manifest.gallery_inversion) != _fingerprint(

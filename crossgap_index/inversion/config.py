@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-
-import torch
+from typing import TYPE_CHECKING
 
 from crossgap_index.errors import QueryError
+
+if TYPE_CHECKING:  # torch is imported by the methods that need it: building a config must stay cheap
+    import torch
 
 PRECISIONS = ("auto", "fp32", "bf16")
 
@@ -37,13 +40,22 @@ class InversionConfig:
 
     def __post_init__(self) -> None:
         problems = []
+        for name in ("lr", "weight_decay", "init_std"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                problems.append(f"{name} must be a finite number, got {value!r}")
+        for name in ("oti_steps", "ovi_steps", "n_tokens", "batch_size"):
+            if isinstance(getattr(self, name), bool) or not isinstance(getattr(self, name), int):
+                problems.append(f"{name} must be an integer, got {getattr(self, name)!r}")
+        if problems:
+            raise QueryError("invalid inversion settings: " + "; ".join(problems))
         if self.oti_steps < 0 or self.ovi_steps < 0:
             problems.append("steps must be >= 0")
         if self.n_tokens < 1:
             problems.append("n_tokens must be >= 1")
         if self.n_patches is not None and self.n_patches < 1:
             problems.append("n_patches must be >= 1")
-        if self.template.count("{}") != 1:
+        if not isinstance(self.template, str) or self.template.count("{}") != 1:
             problems.append(f"template must contain '{{}}' exactly once, got {self.template!r}")
         if self.batch_size < 1:
             problems.append("batch_size must be >= 1")
@@ -58,6 +70,8 @@ class InversionConfig:
 
     def autocast_dtype(self, device: torch.device) -> torch.dtype | None:
         """The autocast dtype for ``device``, or None for plain fp32."""
+        import torch
+
         if not self.fast or self.precision == "fp32":
             return None
         if self.precision == "bf16" or device.type == "cuda":

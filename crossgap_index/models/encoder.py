@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 from PIL import Image
 
+from crossgap_index.errors import TruncatedTextWarning
 from crossgap_index.models.factory import LoadedModel
 
 
@@ -22,6 +24,39 @@ class Encoder:
     @property
     def device(self) -> torch.device:
         return self.loaded.device
+
+    @property
+    def input_size(self) -> int | None:
+        """The largest side the preprocessing resizes or crops to (e.g. 224); images need no more pixels
+        than this on their shorter side. None when the transforms do not say."""
+        sizes = []
+        for transform in getattr(self.loaded.preprocess, "transforms", []):
+            size = getattr(transform, "size", None)
+            sizes += [size] if isinstance(size, int) else list(size) if isinstance(size, (tuple, list)) else []
+        return max(sizes) if sizes else None
+
+    @property
+    def context_length(self) -> int | None:
+        return getattr(self.loaded.tokenizer, "context_length", None)
+
+    def note_truncation(self, text: str) -> bool:
+        """Warn (TruncatedTextWarning) when ``text`` is longer than the model's context; True when it is."""
+        context = self.context_length
+        if context is None:
+            return False
+        tokens = self.loaded.tokenizer([text], context_length=8 * context)  # room to see the whole text
+        pad = getattr(getattr(self.loaded.tokenizer, "tokenizer", None), "pad_token_id", None) or 0
+        used = int((tokens[0] != pad).sum())
+        if used <= context:
+            return False
+        warnings.warn(
+            TruncatedTextWarning(
+                f"the query text is {used} tokens, longer than the model's {context}-token context: "
+                "it was truncated and only its first part is searched"
+            ),
+            stacklevel=3,
+        )
+        return True
 
     def image_tensor(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """Preprocess decoded RGB images into one model-input batch."""
