@@ -16,6 +16,7 @@ from cli.eval_command import eval_command
 from cli.render import build_summary, err, hits_table, info_table, inversion_bar, out, print_hits, progress_bar
 from crossgap_index import CrossGapIndex
 from crossgap_index.demo import DEMO_MODEL, run_demo
+from crossgap_index.engines import get_engine
 from crossgap_index.errors import CrossGapError
 from crossgap_index.ingest.decode import DEFAULT_MAX_MEGAPIXELS
 from crossgap_index.ingest.discover import is_image_path, resolve_roots
@@ -99,11 +100,18 @@ def build_index(
         ),
     ] = False,
     steps: Annotated[int, typer.Option(help="OTI steps for --invert-gallery.")] = InversionConfig.oti_steps,
+    engine: Annotated[
+        str, typer.Option(help="local (threads + this process) or ray (Ray Data: decode tasks, embedding actors).")
+    ] = "local",
+    ray_address: Annotated[
+        str | None, typer.Option(help="--engine ray: auto, or a cluster address [default: a new local instance].")
+    ] = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Embed the images under FOLDERS into the index. Incremental: unchanged files are skipped,
     changed ones re-embedded, deleted ones removed, renamed or duplicate files reuse stored vectors."""
     folders = resolve_roots(folders)  # before an index is created for a typo
+    build_engine = get_engine(engine, ray_address)
     with (
         CrossGapIndex.open_or_create(index, model=model, device=device, factory=factory) as cgx,
         progress_bar("embedding", "img", enabled=not quiet) as progress,
@@ -115,6 +123,7 @@ def build_index(
             batch_size=batch_size,
             workers=workers,
             progress=progress,
+            engine=build_engine,
         )
         if invert_gallery or cgx.gallery_inversion is not None:
             config = InversionConfig(oti_steps=steps) if invert_gallery else None

@@ -11,10 +11,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from crossgap_index.engines import Engine, get_engine
 from crossgap_index.errors import QueryError, StoreError
 from crossgap_index.ingest.decode import DEFAULT_MAX_MEGAPIXELS, DecodeError, content_hash, decode_rgb
 from crossgap_index.ingest.discover import find_images, resolve_roots
-from crossgap_index.ingest.pipeline import Prepared, prepared_batches
+from crossgap_index.ingest.pipeline import Prepared
 from crossgap_index.inversion import InversionConfig, oti, ovi
 from crossgap_index.inversion.keys import cache_key, seed_from_digest, settings_fingerprint
 from crossgap_index.models import Encoder, default_model_spec, load_model, parse_spec
@@ -179,12 +180,14 @@ class CrossGapIndex:
         batch_size: int = 64,
         workers: int = 4,
         progress: ProgressFn | None = None,
+        engine: str | Engine = "local",
     ) -> BuildReport:
         """Bring the index in line with the image files under ``roots``: new and changed files are
-        embedded (or reuse a stored vector with the same content), files gone from disk leave."""
+        embedded (or reuse a stored vector with the same content), files gone from disk leave.
+        ``engine``: ``local``, ``ray`` (a Ray cluster; see crossgap_index.engines) or an engine object."""
         roots = resolve_roots(roots)
         paths = find_images(roots, include_hidden=include_hidden)
-        return self._ingest(paths, roots, max_megapixels, batch_size, workers, progress)
+        return self._ingest(paths, roots, max_megapixels, batch_size, workers, progress, get_engine(engine))
 
     def add_images(
         self,
@@ -196,7 +199,7 @@ class CrossGapIndex:
     ) -> BuildReport:
         """Add or update the given image files; nothing is removed."""
         files = [Path(p).expanduser().resolve() for p in paths]
-        return self._ingest(files, [], max_megapixels, batch_size, 4, progress)
+        return self._ingest(files, [], max_megapixels, batch_size, 4, progress, get_engine("local"))
 
     def _ingest(
         self,
@@ -206,6 +209,7 @@ class CrossGapIndex:
         batch_size: int,
         workers: int,
         progress: ProgressFn | None,
+        engine: Engine,
     ) -> BuildReport:
         start = time.perf_counter()
         report = BuildReport()
@@ -231,7 +235,16 @@ class CrossGapIndex:
         if progress:
             progress(0, len(todo))
         try:
-            for batch in prepared_batches(todo, known.__contains__, batch_size, workers, max_megapixels):
+            batches = engine.batches(
+                todo,
+                known,
+                model=self._store.manifest.model,
+                device=self._device,
+                batch_size=batch_size,
+                workers=workers,
+                max_megapixels=max_megapixels,
+            )
+            for batch in batches:
                 self._store_batch(batch, records, known, report)
                 self._store.commit()
                 done += len(batch)
@@ -248,15 +261,18 @@ class CrossGapIndex:
         catalog = self._store.catalog
         vectors: dict[str, np.ndarray] = {}
         for item in batch:
-            if item.reused:
+            if item.vector is not None:  # embedded by the engine
+                vectors[item.file.content_hash] = item.vector
+            elif item.reused:
                 stored = catalog.vector_by_hash(item.file.content_hash)
                 if stored is not None:
                     vectors[item.file.content_hash] = stored
         fresh = [p for p in batch if p.image is not None or (p.reused and p.file.content_hash not in vectors)]
         if fresh:  # a reused vector can vanish when its only holder was replaced earlier in this run
-            images = [p.image if p.image is not None else decode_rgb(p.file.data) for p in fresh]
+            images = [p.image if p.image is not None else decode_rgb(p.file.data or p.path.read_bytes()) for p in fresh]
             vectors.update(zip((p.file.content_hash for p in fresh), self.encoder.encode_images(images), strict=True))
             report.embedded += len(fresh)
+        report.embedded += sum(item.vector is not None for item in batch)
         new_ids, new_vectors = [], []
         for item in batch:
             if item.error is not None:

@@ -9,9 +9,10 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 
 from crossgap_index.ingest.decode import DecodeError, FileBytes, decode_rgb, read_file
@@ -19,13 +20,15 @@ from crossgap_index.ingest.decode import DecodeError, FileBytes, decode_rgb, rea
 
 @dataclass(frozen=True)
 class Prepared:
-    """One file after the worker: ``image`` is None when its vector is reused or it failed."""
+    """One file after the worker: ``image`` is None when its vector is reused or it failed;
+    ``vector`` is set when an engine embedded it already (then ``file.data`` may be empty)."""
 
     file: FileBytes | None
     path: Path
     image: Image.Image | None = None
     reused: bool = False
     error: str | None = None
+    vector: np.ndarray | None = field(default=None, compare=False)
 
 
 def prepare(path: Path, is_known: Callable[[str], bool], max_megapixels: float) -> Prepared:
