@@ -13,6 +13,7 @@ from typing import Annotated
 import typer
 
 from cli.eval_command import eval_command
+from cli.export_command import export_command
 from cli.render import build_summary, err, hits_table, info_table, inversion_bar, out, print_hits, progress_bar
 from crossgap_index import CrossGapIndex
 from crossgap_index.demo import DEMO_MODEL, run_demo
@@ -302,6 +303,7 @@ def demo(
 
 
 app.command("eval")(fails_cleanly(eval_command))
+app.command("export")(fails_cleanly(export_command))
 
 
 def main() -> None:

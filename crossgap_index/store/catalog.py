@@ -8,7 +8,7 @@ rebuilt from it, so a crash between a catalog commit and a FAISS save loses noth
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -198,6 +198,21 @@ class Catalog:
             "SELECT item_id, vector FROM derived_vectors WHERE kind = ? ORDER BY item_id", (kind,)
         ).fetchall()
         return _stack(rows, dim)
+
+    def vector_chunks(self, name: str, derived: bool, dim: int, size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(ids, vectors) of a modality's items (or, ``derived``, of one kind of derived vector) in id order,
+        ``size`` rows at a time: keyset pagination, so memory stays at one chunk whatever the index size."""
+        if derived:
+            sql = "SELECT item_id, vector FROM derived_vectors WHERE kind = ? AND item_id > ? ORDER BY item_id LIMIT ?"
+        else:
+            sql = "SELECT id, vector FROM items WHERE modality = ? AND id > ? ORDER BY id LIMIT ?"
+        last = -1
+        while True:
+            rows = self.conn.execute(sql, (name, last, size)).fetchall()
+            if not rows:
+                return
+            yield _stack(rows, dim)
+            last = rows[-1][0]
 
     # -- inversion cache ----------------------------------------------------------------
     def cached_vector(self, key: str) -> np.ndarray | None:

@@ -12,6 +12,7 @@ The store knows nothing about models: it keeps vectors under ids and answers top
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -87,6 +88,10 @@ class Store:
         if name in DERIVED:
             return self.catalog.derived_ids_and_vectors(name, self.manifest.dim)
         return self.catalog.ids_and_vectors(name, self.manifest.dim)
+
+    def vector_chunks(self, name: str, size: int = 65_536) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(ids, vectors) of a collection in id order, ``size`` at a time (exports, large builds)."""
+        return self.catalog.vector_chunks(name, name in DERIVED, self.manifest.dim, size)
 
     def rebuild(self, name: str) -> None:
         self.indexes[name].build(*self.ids_and_vectors(name))
