@@ -27,7 +27,8 @@ CHUNK = 8192  # rows per read; also bounds the SQL "IN (...)" of the metadata lo
 
 @dataclass(frozen=True)
 class ItemChunk:
-    """Consecutive items of one collection: ids, unit vectors (n, d) and their catalog metadata."""
+    """Consecutive items of one collection: ids, unit vectors (n, d) and their catalog metadata;
+    ``derived`` (when asked for): per derived collection, each item's vector or None."""
 
     ids: np.ndarray
     vectors: np.ndarray
@@ -35,6 +36,7 @@ class ItemChunk:
     path: list[str | None]
     text: list[str | None]
     external_id: list[str | None]
+    derived: dict[str, list[np.ndarray | None]] = field(default_factory=dict)
 
 
 @dataclass
@@ -60,12 +62,20 @@ def stored_count(catalog: Catalog, collection: str) -> int:
     return catalog.count_derived(collection) if collection in DERIVED else catalog.count(collection)
 
 
-def item_chunks(manifest: Manifest, catalog: Catalog, collection: str, size: int = CHUNK) -> Iterator[ItemChunk]:
-    """Every item of ``collection`` (image, text or a derived collection such as image-oti) in id order."""
+def item_chunks(
+    manifest: Manifest, catalog: Catalog, collection: str, size: int = CHUNK, with_derived: bool = False
+) -> Iterator[ItemChunk]:
+    """Every item of ``collection`` (image, text or a derived collection such as image-oti) in id order;
+    ``with_derived``: also the items' derived vectors (image-oti ... for images)."""
     check_collections([collection])
+    kinds = [kind for kind, owner in DERIVED.items() if owner == collection] if with_derived else []
     for ids, vectors in catalog.vector_chunks(collection, collection in DERIVED, manifest.dim, size):
         rows = catalog.rows(ids.tolist())
         meta = [rows[i] for i in ids.tolist()]
+        derived = {}
+        for kind in kinds:
+            found = catalog.derived_for(kind, ids.tolist())
+            derived[kind] = [found.get(i) for i in ids.tolist()]
         yield ItemChunk(
             ids,
             vectors,
@@ -73,6 +83,7 @@ def item_chunks(manifest: Manifest, catalog: Catalog, collection: str, size: int
             [r.path for r in meta],
             [r.text for r in meta],
             [r.external_id for r in meta],
+            derived,
         )
 
 

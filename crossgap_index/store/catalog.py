@@ -214,6 +214,14 @@ class Catalog:
             yield _stack(rows, dim)
             last = rows[-1][0]
 
+    def derived_for(self, kind: str, ids: Sequence[int]) -> dict[int, np.ndarray]:
+        """The ``kind`` vectors of those of ``ids`` that have one (exports of partly inverted galleries)."""
+        if len(ids) == 0:
+            return {}
+        marks = ",".join("?" * len(ids))
+        sql = f"SELECT item_id, vector FROM derived_vectors WHERE kind = ? AND item_id IN ({marks})"
+        return {r[0]: _to_vector(r[1]) for r in self.conn.execute(sql, [kind, *(int(i) for i in ids)])}
+
     # -- inversion cache ----------------------------------------------------------------
     def cached_vector(self, key: str) -> np.ndarray | None:
         row = self.conn.execute("SELECT vector FROM inversion_cache WHERE key = ?", (key,)).fetchone()
