@@ -94,7 +94,8 @@ class Store:
         return self.catalog.vector_chunks(name, name in DERIVED, self.manifest.dim, size)
 
     def rebuild(self, name: str) -> None:
-        self.indexes[name].build(*self.ids_and_vectors(name))
+        """From the catalog, a chunk at a time (training on a sample when the factory needs it)."""
+        self.indexes[name].build_chunked(self.stored_count(name), lambda: self.vector_chunks(name))
 
     # -- writes ---------------------------------------------------------------------------
     def add(self, name: str, ids: list[int], vectors: np.ndarray) -> None:
