@@ -3,8 +3,10 @@
 The driver keeps the incremental diff and every write (catalog, FAISS, resume): only the paths of
 new and changed files go out, and vectors come back in input order (``preserve_order``) so catalog
 ids are the same as the local engine's. Actors are restarted and their batches retried by Ray when a
-worker process dies. Workers import crossgap_index, so on a multi-node cluster it must be installed
-on every node (or shipped with a runtime_env).
+worker process dies. With GPUs the stages stay apart (decode tasks on CPUs, embedding actors on
+GPUs); on a CPU-only cluster Ray Data fuses the decode map into the embedding actors (same resources),
+so each actor decodes and embeds its own batches and no pixels cross the object store. Workers import
+crossgap_index, so on a multi-node cluster it must be installed on every node (or in a runtime_env).
 """
 
 from __future__ import annotations
@@ -92,8 +94,8 @@ class ImageEmbedder:
 class RayEngine:
     """Runs on the Ray cluster at ``address`` (None: the running one, else a new local instance).
 
-    ``actors``: embedding actors (default: one per GPU, else one per two CPUs); ``actor_cpus``:
-    CPUs reserved per actor on CPU-only clusters; ``embedder``: the actor class.
+    ``actors``: embedding actors (default: one per GPU, else one per ``actor_cpus`` CPUs);
+    ``actor_cpus``: CPUs reserved per actor on CPU-only clusters; ``embedder``: the actor class.
     """
 
     def __init__(
@@ -135,7 +137,7 @@ class RayEngine:
         self._connect()
         resources = ray.cluster_resources()
         gpus = int(resources.get("GPU", 0)) if device != "cpu" else 0
-        actors = self.actors or (gpus or max(1, int(resources.get("CPU", 1)) // 2))
+        actors = self.actors or gpus or max(1, int(resources.get("CPU", 1) // self.actor_cpus))
         stored = ray.put(np.array(sorted(known), dtype=HASH_DTYPE))
         context = ray.data.DataContext.get_current()
         saved = context.execution_options.preserve_order, context.enable_progress_bars

@@ -89,7 +89,7 @@ class Store:
             return self.catalog.derived_ids_and_vectors(name, self.manifest.dim)
         return self.catalog.ids_and_vectors(name, self.manifest.dim)
 
-    def vector_chunks(self, name: str, size: int = 65_536) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    def vector_chunks(self, name: str, size: int = 16_384) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """(ids, vectors) of a collection in id order, ``size`` at a time (exports, large builds)."""
         return self.catalog.vector_chunks(name, name in DERIVED, self.manifest.dim, size)
 

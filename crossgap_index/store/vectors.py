@@ -121,6 +121,7 @@ class VectorIndex:
         if not index.is_trained and n:
             index.train(training_sample(chunks(), n, training_size(index, n)))
         if index.is_trained:
+            _reserve(index, n)
             for ids, vectors in chunks():
                 index.add_with_ids(np.ascontiguousarray(vectors, np.float32), ids.astype(np.int64))
         self.index = index
@@ -192,6 +193,15 @@ class VectorIndex:
     @classmethod
     def load(cls, path: Path, dim: int, factory: str) -> VectorIndex:
         return cls(dim, factory, faiss.read_index(str(path)))
+
+
+def _reserve(index: faiss.Index, n: int) -> None:
+    """Give a flat index's code array its final size up front: growing it chunk by chunk (std::vector
+    doubling) would briefly hold the old and the doubled array, up to 3x the vectors. Each add then
+    resizes within this capacity (a std::vector keeps its capacity when resized down)."""
+    inner = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap2) else index
+    if isinstance(inner, faiss.IndexFlatCodes) and inner.ntotal == 0:
+        inner.codes.resize(n * inner.code_size)
 
 
 def training_size(index: faiss.Index, n: int) -> int:
