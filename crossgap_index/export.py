@@ -51,11 +51,11 @@ class ExportReport:
 def open_catalog(index_path: str | Path) -> Iterator[tuple[Manifest, Catalog]]:
     path = Path(index_path).expanduser()
     manifest = Manifest.load(path)
-    catalog = Catalog(path / CATALOG_NAME)
+    catalog = Catalog(path / CATALOG_NAME, readonly=True)
     try:
         yield manifest, catalog
     finally:
-        catalog.conn.close()
+        catalog.close()
 
 
 def stored_count(catalog: Catalog, collection: str) -> int:

@@ -7,8 +7,11 @@ which is also how approximate indexes are (re)trained and how HNSW "removes" ite
 from __future__ import annotations
 
 import math
+import mmap
 import os
+import zlib
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
 import faiss
@@ -89,7 +92,9 @@ class VectorIndex:
 
     @property
     def resolved_factory(self) -> str:
-        return auto_factory(self.ntotal) if self.factory == AUTO else self.factory
+        if self.factory == AUTO:
+            return auto_factory(self.ntotal)
+        return "Flat" if self.exact_fallback else self.factory
 
     @property
     def ntotal(self) -> int:
@@ -100,46 +105,63 @@ class VectorIndex:
         return faiss.index_factory(self.dim, f"IDMap2,{factory}", faiss.METRIC_INNER_PRODUCT)
 
     def build(self, ids: np.ndarray, vectors: np.ndarray) -> None:
-        """Recreate the index from scratch (training it on ``vectors`` when the factory needs it)."""
+        """Recreate the index from scratch (training it on ``vectors`` when the factory needs it).
+        Too few vectors to train the factory (IVF1024 on 150 images): exact search until there are."""
         index = self._empty(len(ids))
         if not index.is_trained:
-            if len(ids) == 0:
-                self.index = index
-                return
-            index.train(vectors)
+            if len(ids) < min_training_vectors(index):
+                index = _flat(self.dim)
+            else:
+                try:
+                    index.train(np.ascontiguousarray(vectors, np.float32))
+                except RuntimeError:
+                    index = _flat(self.dim)
         if len(ids):
-            index.add_with_ids(vectors, ids.astype(np.int64))
+            index.add_with_ids(np.ascontiguousarray(vectors, np.float32), ids.astype(np.int64))
         self.index = index
         self.search_params = default_search_params(self.resolved_factory)
 
-    def build_chunked(self, n: int, chunks: Chunks) -> None:
+    def build_chunked(self, n: int, chunks: Chunks, swap: Callable[[], AbstractContextManager] = nullcontext) -> None:
         """``build``'s streaming twin for large collections: train on a random sample of the ``n`` rows
         (all of them, in order, when the sample would be the whole set: then it equals ``build``), then
         add a chunk at a time. Two passes over ``chunks``; memory: the sample or the index, not both
-        plus a full copy of every vector."""
+        plus a full copy of every vector. ``swap``: held while the new index replaces the old one."""
         index = self._empty(n)
-        if not index.is_trained and n:
-            index.train(training_sample(chunks(), n, training_size(index, n)))
-        if index.is_trained:
-            _reserve(index, n)
-            for ids, vectors in chunks():
-                index.add_with_ids(np.ascontiguousarray(vectors, np.float32), ids.astype(np.int64))
-        self.index = index
-        self.search_params = default_search_params(self.resolved_factory)
+        if not index.is_trained:
+            if n < min_training_vectors(index):
+                index = _flat(self.dim)
+            else:
+                try:
+                    index.train(training_sample(chunks(), n, training_size(index, n)))
+                except RuntimeError:
+                    index = _flat(self.dim)
+        _reserve(index, n)
+        for ids, vectors in chunks() if n else ():
+            index.add_with_ids(np.ascontiguousarray(vectors, np.float32), ids.astype(np.int64))
+        with swap():
+            self.index = index
+            self.search_params = default_search_params(self.resolved_factory)
+
+    @property
+    def exact_fallback(self) -> bool:
+        """Whether an approximate factory is standing in as Flat because it could not be trained yet."""
+        return self.factory not in (AUTO, "Flat") and self._current_type() == "Flat"
 
     def needs_rebuild(self) -> bool:
         """An untrained approximate index, or an auto index whose size moved it to another type."""
         if not self.index.is_trained:
             return True
         if self.factory != AUTO:
-            return False
+            return self.exact_fallback and self.ntotal >= min_training_vectors(self._empty(self.ntotal))
         return self._current_type() != auto_factory(self.ntotal)
 
     def _current_type(self) -> str:
         inner = faiss.downcast_index(self.index.index)
         if isinstance(inner, faiss.IndexIVF):
             return f"IVF{inner.nlist},Flat"
-        return "Flat"
+        if isinstance(inner, faiss.IndexFlat):
+            return "Flat"
+        return "other"
 
     def can_add(self) -> bool:
         return bool(self.index.is_trained)
@@ -184,15 +206,62 @@ class VectorIndex:
             self._gpu = (resources, inner, faiss.vector_to_array(self.index.id_map))
         return self._gpu
 
-    def save(self, path: Path) -> None:
-        """Atomic: write beside, then rename over."""
+    def save(self, path: Path) -> dict[str, int]:
+        """Atomic and durable: write beside, flush, rename over. Returns the file's size and crc32
+        for the manifest."""
         tmp = path.with_name(path.name + ".tmp")
         faiss.write_index(self.index, str(tmp))
+        record = file_record(tmp, fsync=True)
         os.replace(tmp, path)
+        return record
 
     @classmethod
-    def load(cls, path: Path, dim: int, factory: str) -> VectorIndex:
-        return cls(dim, factory, faiss.read_index(str(path)))
+    def load(cls, path: Path, dim: int, factory: str, expected: dict[str, int] | None) -> VectorIndex | None:
+        """The saved index, or None when the file is missing, differs from the manifest's record
+        (truncated, bit-flipped, replaced), or FAISS cannot read it: the caller rebuilds from the catalog."""
+        try:
+            if expected is None or file_record(path) != {"size": expected["size"], "crc32": expected["crc32"]}:
+                return None
+            index = faiss.read_index(str(path))
+        except (OSError, RuntimeError):
+            return None
+        if index.d != dim or not isinstance(index, faiss.IndexIDMap2):
+            return None
+        return cls(dim, factory, index)
+
+
+def file_record(path: Path, fsync: bool = False) -> dict[str, int]:
+    """Size and crc32 of a file, over a read-only memory map (no copy; ~1 GB/s here): a bit flip
+    anywhere shows, and the file is judged before FAISS parses a byte of it."""
+    with path.open("rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        crc = 0
+        if size:
+            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+                crc = zlib.crc32(mapped)
+        if fsync:
+            os.fsync(f.fileno())
+    return {"size": size, "crc32": crc}
+
+
+def min_training_vectors(index: faiss.Index) -> int:
+    """Fewest vectors FAISS accepts to train ``index``: an IVF quantiser needs one per list, a product
+    quantiser 2^nbits per sub-quantiser; 0 for indexes that need no training."""
+    inner = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap2) else index
+    if inner.is_trained:
+        return 0
+    need = 1
+    if isinstance(inner, faiss.IndexIVF):
+        need = max(need, inner.nlist)
+        inner = faiss.downcast_index(inner)
+    pq = getattr(inner, "pq", None)
+    if pq is not None:
+        need = max(need, 1 << pq.nbits)
+    return need
+
+
+def _flat(dim: int) -> faiss.Index:
+    return faiss.index_factory(dim, "IDMap2,Flat", faiss.METRIC_INNER_PRODUCT)
 
 
 def _reserve(index: faiss.Index, n: int) -> None:
