@@ -14,7 +14,6 @@ from crossgap_index import CrossGapIndex  # noqa: E402
 from crossgap_index.integrations.lancedb import export_to_lancedb, search_lancedb  # noqa: E402
 from crossgap_index.integrations.qdrant import search_qdrant, upsert_index  # noqa: E402
 from crossgap_index.inversion import InversionConfig  # noqa: E402
-from crossgap_index.search.merge import RRF_K  # noqa: E402
 from tests.conftest import MODEL, write_photo  # noqa: E402
 
 CONFIG = InversionConfig(oti_steps=3, ovi_steps=3)
@@ -40,22 +39,6 @@ def world(tmp_path_factory):
     cgx.close()
 
 
-def provisional_transform(cgx, mode, fusion, image=None, text=None):
-    """The lists a mode searches with, from embed_query and invert (stand-in for transform_query)."""
-    query = cgx.embed_query(image=image, text=text)
-    own = "image" if image is not None else "text"
-    if mode == "intra":
-        lists = {"intra": (query.feature, own)}
-    elif mode == "cross-gallery":
-        lists = {"cross-gallery": (query.feature, "image-oti")}
-    else:
-        inverted = cgx.invert(query, CONFIG)
-        lists = {"cross": (inverted, own)}
-        if mode == "fused":
-            lists = {"intra": (query.feature, own), **lists}
-    return SimpleNamespace(lists=lists, fusion=fusion if len(lists) > 1 else None, gallery_map=None), query.feature
-
-
 CASES = [
     ("image", "images", "intra", "rrf"),
     ("text", "images", "intra", "rrf"),
@@ -63,8 +46,10 @@ CASES = [
     ("image", "images", "fused", "rrf"),
     ("image", "images", "fused", "score"),
     ("image", "images", "cross-gallery", "rrf"),
+    ("image", "images", "iso", "rrf"),  # a gallery map: the stored side is projected too
     ("text", "texts", "cross", "rrf"),
     ("text", "texts", "fused", "score"),
+    ("text", "texts", "span", "rrf"),
 ]
 
 
@@ -73,8 +58,9 @@ CASES = [
 def test_adapter_hits_equal_index_search(world, kind, target, mode, merge, backend):
     query = {"image": world.query_image} if kind == "image" else {"text": "two red shapes"}
     expected = world.cgx.search(**query, target=target, k=K, mode=mode, merge=merge, depth=DEPTH, inversion=CONFIG)
-    fusion = ("rrf", RRF_K) if merge == "rrf" else ("score", 0.5)
-    transform, plain = provisional_transform(world.cgx, mode, fusion, **query)
+    transform = world.cgx.transform_query(**query, target=target, mode=mode, merge=merge, depth=DEPTH, inversion=CONFIG)
+    assert (transform.gallery_map is not None) == (mode in ("iso", "span"))
+    plain = world.cgx.embed_query(**query).feature
     if backend == "lancedb":
         got = search_lancedb(world.table, transform, plain, target=target, k=K, depth=DEPTH)
     else:
@@ -83,28 +69,3 @@ def test_adapter_hits_equal_index_search(world, kind, target, mode, merge, backe
     assert [h.path for h in got] == [h.path for h in expected] and [h.text for h in got] == [h.text for h in expected]
     np.testing.assert_allclose([h.score for h in got], [h.score for h in expected], rtol=1e-4, atol=1e-5)
     assert [h.ranks for h in got] == [h.ranks for h in expected]
-
-
-@pytest.mark.parametrize("backend", ["lancedb", "qdrant"])
-def test_gallery_map_projects_the_stored_side(world, backend):
-    """A transform with a gallery map (span / iso): the databases score normalise(v @ M.T) . q,
-    checked against numpy over every stored image."""
-    rng = np.random.default_rng(0)
-    dim = world.cgx.info().dim
-    gallery_map = rng.normal(size=(dim, dim)).astype(np.float32)
-    query = world.cgx.embed_query(image=world.query_image).feature
-    projected = query @ gallery_map.T
-    transform = SimpleNamespace(
-        lists={"span": (projected / np.linalg.norm(projected), "image")}, fusion=None, gallery_map=gallery_map
-    )
-    if backend == "lancedb":
-        got = search_lancedb(world.table, transform, query, k=K, depth=DEPTH)
-    else:
-        got = search_qdrant(world.qdrant, "items", transform, query, k=K, depth=DEPTH)
-    store = world.cgx._store
-    ids, vectors = store.ids_and_vectors("image")
-    mapped = vectors @ gallery_map.T
-    scores = (mapped / np.linalg.norm(mapped, axis=1, keepdims=True)) @ transform.lists["span"][0]
-    best = np.argsort(-scores)[:K]
-    assert [h.id for h in got] == ids[best].tolist()
-    np.testing.assert_allclose([h.score for h in got], scores[best], rtol=1e-4, atol=1e-5)

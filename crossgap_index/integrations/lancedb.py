@@ -7,7 +7,7 @@ merge them (rrf | score) as ``CrossGapIndex.search`` does::
 
     table = export_to_lancedb(index, lancedb.connect("db"), "photos")
     t = index.transform_query(image="q.jpg", mode="fused")
-    hits = search_lancedb(table, t, query_vector, target="images", k=10, depth=100)
+    hits = search_lancedb(table, t, index.embed_query(image="q.jpg").feature, k=10, depth=100)
 """
 
 from __future__ import annotations
@@ -19,10 +19,11 @@ import numpy as np
 import pyarrow as pa
 from lancedb.rerankers import Reranker
 
-from crossgap_index.api import CrossGapIndex, Hit
+from crossgap_index.api import CrossGapIndex
 from crossgap_index.export import CHUNK, arrow_batch, arrow_schema, item_chunks, open_catalog
 from crossgap_index.integrations.rescore import Transform, hits, rescore, target_modality
 from crossgap_index.search.ranking import Ranked
+from crossgap_index.search.searcher import Hit
 from crossgap_index.store.directory import DERIVED, MODALITIES
 
 PLAIN_COLUMN = "vector"
@@ -97,7 +98,8 @@ def search_lancedb(
     k: int = 10,
     depth: int = 100,
 ) -> list[Hit]:
-    """Top ``k`` of ``target``: ``depth`` candidates by the plain query vector, re-scored and merged."""
+    """Top ``k`` of ``target``: ``depth`` candidates by the plain query vector (``index.embed_query``),
+    re-scored and merged. Equal to ``CrossGapIndex.search`` when the candidates hold each list's top."""
     reranker = CrossGapReranker(transform)
     results = (
         table.search(np.asarray(query_vector, np.float32), vector_column_name=PLAIN_COLUMN)

@@ -8,7 +8,7 @@ the lists (rrf | score) with crossgap_index.search.merge::
 
     upsert_index(client, "photos", index)
     t = index.transform_query(image="q.jpg", mode="cross")
-    hits = search_qdrant(client, "photos", t, query_vector, target="images", k=10)
+    hits = search_qdrant(client, "photos", t, index.embed_query(image="q.jpg").feature, k=10)
 """
 
 from __future__ import annotations
@@ -18,9 +18,10 @@ from pathlib import Path
 import numpy as np
 from qdrant_client import QdrantClient, models
 
-from crossgap_index.api import CrossGapIndex, Hit
+from crossgap_index.api import CrossGapIndex
 from crossgap_index.export import item_chunks, open_catalog
-from crossgap_index.integrations.rescore import Transform, hits, merge, ranked, rescore, target_modality
+from crossgap_index.integrations.rescore import Transform, combine, hits, ranked, rescore, target_modality
+from crossgap_index.search.searcher import Hit
 from crossgap_index.store.directory import DERIVED, MODALITIES
 
 PLAIN = "plain"
@@ -71,8 +72,9 @@ def search_qdrant(
     k: int = 10,
     depth: int = 100,
 ) -> list[Hit]:
-    """Top ``k`` of ``target``: ``depth`` candidates by the plain query vector, re-scored by Qdrant with
-    each transformed vector (client-side when the transform maps the gallery side), then merged."""
+    """Top ``k`` of ``target``: ``depth`` candidates by the plain query vector (``index.embed_query``),
+    re-scored by Qdrant with each transformed vector (client-side when the transform maps the gallery
+    side), then merged. Equal to ``CrossGapIndex.search`` when the candidates hold each list's top."""
     only = models.Filter(
         must=[models.FieldCondition(key="modality", match=models.MatchValue(value=target_modality(target)))]
     )
@@ -86,7 +88,7 @@ def search_qdrant(
         fused, lists = rescore(transform, ids, gallery)
     else:
         prefetch = models.Prefetch(query=plain, using=PLAIN, filter=only, limit=depth)
-        lists, scored = {}, {}
+        lists = {}
         for name, (vector, collection) in transform.lists.items():
             points = client.query_points(
                 collection_name,
@@ -95,11 +97,8 @@ def search_qdrant(
                 using=vector_name(collection),
                 limit=depth,
             ).points
-            scored[name] = {p.id: p.score for p in points}
-            lists[name] = ranked(np.array(list(scored[name]), np.int64), np.array(list(scored[name].values())))
-        candidates = np.array(sorted(set().union(*scored.values())), np.int64)
-        exact = {n: np.array([s.get(i, np.nan) for i in candidates.tolist()], np.float64) for n, s in scored.items()}
-        fused = merge(transform, lists, candidates, exact)
+            lists[name] = ranked(np.array([p.id for p in points], np.int64), np.array([p.score for p in points]))
+        fused, lists = combine(transform, lists)
     top = fused.ids[:k].tolist()
     rows = {p.id: p.payload for p in client.retrieve(collection_name, ids=top, with_payload=True)}
     return hits(fused, lists, rows, k)

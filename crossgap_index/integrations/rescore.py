@@ -1,8 +1,8 @@
 """Re-scoring a database's candidates with a query transform, then merging its lists as search does.
 
 A transform names, per list, a search vector and the collection its gallery side lives in
-(``image``, ``text`` or a derived one such as ``image-oti``), how lists merge (None, rrf or score)
-and an optional gallery map M (gallery vectors compared as normalise(v @ M.T)).
+(``image``, ``text`` or a derived one such as ``image-oti``), how lists merge (None, rrf or score, each
+list ``depth`` deep) and an optional gallery map (span, iso, concept) the stored vectors are seen through.
 """
 
 from __future__ import annotations
@@ -11,10 +11,9 @@ from typing import Protocol
 
 import numpy as np
 
-from crossgap_index.api import TARGETS, Hit
-from crossgap_index.errors import QueryError
 from crossgap_index.search.merge import reciprocal_rank_fusion, score_fusion
 from crossgap_index.search.ranking import Ranked
+from crossgap_index.search.searcher import Hit, collection_of
 
 
 class Transform(Protocol):
@@ -22,13 +21,12 @@ class Transform(Protocol):
 
     lists: dict[str, tuple[np.ndarray, str]]
     fusion: tuple[str, float] | None
-    gallery_map: np.ndarray | None
+    gallery_map: object | None  # a FeatureMap: .apply(vectors) -> unit rows
+    depth: int
 
 
 def target_modality(target: str) -> str:
-    if target not in TARGETS:
-        raise QueryError(f"unknown target '{target}': use one of {', '.join(TARGETS)}")
-    return TARGETS[target]
+    return collection_of(target)
 
 
 def ranked(ids: np.ndarray, scores: np.ndarray) -> Ranked:
@@ -37,43 +35,43 @@ def ranked(ids: np.ndarray, scores: np.ndarray) -> Ranked:
     return Ranked(np.asarray(ids, np.int64)[order], np.asarray(scores, np.float32)[order])
 
 
-def map_gallery(vectors: np.ndarray, gallery_map: np.ndarray | None) -> np.ndarray:
-    if gallery_map is None:
-        return vectors
-    mapped = vectors @ gallery_map.T
-    return mapped / np.maximum(np.linalg.norm(mapped, axis=1, keepdims=True), 1e-12)
-
-
 def rescore(transform: Transform, ids: np.ndarray, gallery: dict[str, np.ndarray]) -> tuple[Ranked, dict[str, Ranked]]:
-    """Score candidates ``ids`` (their vectors per collection in ``gallery``, NaN rows where an item has
-    none) with every list of ``transform``; return the merged ranking and each list's."""
-    lists, exact = {}, {}
+    """Score the candidate pool ``ids`` (their vectors per collection in ``gallery``, NaN rows where an item
+    has none) with every list of ``transform`` (through its gallery map), then ``combine``."""
+    lists = {}
     for name, (vector, collection) in transform.lists.items():
-        scores = map_gallery(gallery[collection], transform.gallery_map) @ np.asarray(vector, np.float32)
+        vectors = gallery[collection]
+        if transform.gallery_map is not None:
+            vectors = transform.gallery_map.apply(vectors)
+        scores = vectors @ np.asarray(vector, np.float32)
         keep = ~np.isnan(scores)
         lists[name] = ranked(ids[keep], scores[keep])
-        exact[name] = scores
-    return merge(transform, lists, ids, exact), lists
+    return combine(transform, lists)
 
 
-def merge(
-    transform: Transform, lists: dict[str, Ranked], candidates: np.ndarray, exact: dict[str, np.ndarray]
-) -> Ranked:
-    """One list as it is; several by rrf or score fusion over ``candidates`` (``exact``: each list's
-    scores of the candidates, NaN where a list has none: that list's lowest score stands in)."""
+def combine(transform: Transform, lists: dict[str, Ranked]) -> tuple[Ranked, dict[str, Ranked]]:
+    """Merge per-list rankings of one candidate pool as the mode engine does: one list as it is; several
+    each cut to the transform's depth and merged by rrf, or by score fusion over the union with each
+    list's exact scores (weight alpha on the second list). Returns the ranking and the lists shown in hits."""
     if len(lists) == 1 or transform.fusion is None:
-        return next(iter(lists.values()))
+        name, only = next(iter(lists.items()))
+        return only, {name: only}
+    heads = {name: Ranked(r.ids[: transform.depth], r.scores[: transform.depth]) for name, r in lists.items()}
     method, parameter = transform.fusion
     if method == "rrf":
-        return reciprocal_rank_fusion(lists, int(parameter))
-    filled = {n: np.where(np.isnan(s), np.nanmin(s) if np.isfinite(s).any() else 0.0, s) for n, s in exact.items()}
-    return score_fusion(candidates, filled, score_weights(list(lists), float(parameter)))
+        return reciprocal_rank_fusion(heads, int(parameter)), heads
+    candidates = np.unique(np.concatenate([h.ids for h in heads.values()]))
+    exact = {name: _scores_of(r, candidates) for name, r in lists.items()}
+    second = list(lists)[1]
+    weights = {name: parameter if name == second else 1.0 - parameter for name in lists}
+    return score_fusion(candidates, exact, weights), heads
 
 
-def score_weights(names: list[str], alpha: float) -> dict[str, float]:
-    """As CrossGapIndex.search: the plain list weighs 1 - alpha, the transformed lists share alpha."""
-    others = [n for n in names if n != "intra"]
-    return {n: (1.0 - alpha) if n == "intra" else alpha / len(others) for n in names}
+def _scores_of(full: Ranked, candidates: np.ndarray) -> np.ndarray:
+    """A list's scores of ``candidates`` from its ranking of the whole pool (its lowest where it has none)."""
+    known = dict(zip(full.ids.tolist(), full.scores.tolist(), strict=True))
+    floor = min(known.values(), default=0.0)
+    return np.array([known.get(i, floor) for i in candidates.tolist()], np.float64)
 
 
 def hits(fused: Ranked, lists: dict[str, Ranked], rows: dict[int, dict], k: int) -> list[Hit]:
