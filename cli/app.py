@@ -17,6 +17,7 @@ from rich.markup import escape
 # Start-up stays light: only torch-free modules here. The library, rich rendering, numpy, FAISS and
 # torch load inside the commands that use them (`cgx --help` and `cgx info` never import torch).
 from cli.eval_command import eval_command
+from cli.export_command import export_command
 from cli.maintenance import NoWaitOpt, check_command, ls_command, remove_command
 from cli.query_arg import query_kind
 from cli.tune_command import train_inverter_command, tune_command
@@ -143,6 +144,12 @@ def build_index(
         ),
     ] = False,
     steps: Annotated[int, typer.Option(help="OTI steps for --invert-gallery.")] = InversionConfig.oti_steps,
+    engine: Annotated[
+        str, typer.Option(help="local (threads + this process) or ray (Ray Data: decode tasks, embedding actors).")
+    ] = "local",
+    ray_address: Annotated[
+        str | None, typer.Option(help="--engine ray: auto, or a cluster address [default: a new local instance].")
+    ] = None,
     no_wait: NoWaitOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -150,9 +157,11 @@ def build_index(
     changed ones re-embedded, deleted ones removed, renamed or duplicate files reuse stored vectors."""
     from cli.render import build_summary, err, printable, progress_bar
     from crossgap_index import CrossGapIndex
+    from crossgap_index.engines import get_engine
     from crossgap_index.ingest.discover import resolve_roots
 
     folders = resolve_roots(folders)  # before an index is created for a typo
+    build_engine = get_engine(engine, ray_address)
     with (
         CrossGapIndex.open_or_create(index, model=model, device=device, factory=factory, wait=not no_wait) as cgx,
         progress_bar("embedding", "img", enabled=not quiet) as progress,
@@ -165,6 +174,7 @@ def build_index(
             batch_size=batch_size,
             workers=workers,
             progress=progress,
+            engine=build_engine,
         )
         if invert_gallery or cgx.gallery_inversion is not None:
             config = InversionConfig(oti_steps=steps) if invert_gallery else None
@@ -400,6 +410,7 @@ def demo(
 
 
 app.command("eval")(fails_cleanly(eval_command))
+app.command("export")(fails_cleanly(export_command))
 app.command("tune")(fails_cleanly(tune_command))
 app.command("train-inverter")(fails_cleanly(train_inverter_command))
 for _name, _command in (("remove", remove_command), ("ls", ls_command), ("check", check_command)):

@@ -13,10 +13,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
+from crossgap_index.engines import Engine, get_engine
 from crossgap_index.errors import QueryError, StoreError
 from crossgap_index.ingest.decode import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_MEGAPIXELS, content_hash
 from crossgap_index.ingest.discover import find_images, resolve_roots
-from crossgap_index.ingest.pipeline import Prepared, ReadLimits, decode_side, prepare, prepared_batches
+from crossgap_index.ingest.pipeline import Prepared, ReadLimits, decode_side, prepare
 from crossgap_index.ingest.texts import unicode_problem
 from crossgap_index.inversion import InversionConfig
 from crossgap_index.inversion.keys import seed_from_digest, settings_fingerprint
@@ -223,13 +224,17 @@ class CrossGapIndex:
         batch_size: int = 64,
         workers: int = 4,
         progress: ProgressFn | None = None,
+        engine: str | Engine = "local",
     ) -> BuildReport:
         """Bring the index in line with the image files under ``roots``: new and changed files are
         embedded (or reuse a stored vector with the same content), files gone from disk leave.
-        Only regular files up to ``max_file_bytes`` are read; any other file is skipped with a reason."""
+        Only regular files up to ``max_file_bytes`` are read; any other file is skipped with a reason.
+        ``engine``: ``local``, ``ray`` (a Ray cluster; see crossgap_index.engines) or an engine object."""
         roots = resolve_roots(roots)
         paths = find_images(roots, include_hidden=include_hidden)
-        return self._ingest(paths, roots, max_megapixels, max_file_bytes, batch_size, workers, progress)
+        return self._ingest(
+            paths, roots, max_megapixels, max_file_bytes, batch_size, workers, progress, get_engine(engine)
+        )
 
     def add_images(
         self,
@@ -242,7 +247,7 @@ class CrossGapIndex:
     ) -> BuildReport:
         """Add or update the given image files; nothing is removed."""
         files = [Path(p).expanduser().resolve() for p in paths]
-        return self._ingest(files, [], max_megapixels, max_file_bytes, batch_size, 4, progress)
+        return self._ingest(files, [], max_megapixels, max_file_bytes, batch_size, 4, progress, get_engine("local"))
 
     def _ingest(
         self,
@@ -253,10 +258,11 @@ class CrossGapIndex:
         batch_size: int,
         workers: int,
         progress: ProgressFn | None,
+        engine: Engine,
     ) -> BuildReport:
         with self._store.writing():
             return self._ingest_locked(
-                paths, prune_roots, max_megapixels, max_file_bytes, batch_size, workers, progress
+                paths, prune_roots, max_megapixels, max_file_bytes, batch_size, workers, progress, engine
             )
 
     def _ingest_locked(
@@ -268,6 +274,7 @@ class CrossGapIndex:
         batch_size: int,
         workers: int,
         progress: ProgressFn | None,
+        engine: Engine,
     ) -> BuildReport:
         start = time.perf_counter()
         report = BuildReport()
@@ -295,7 +302,16 @@ class CrossGapIndex:
         if progress:
             progress(0, len(todo))
         try:
-            for batch in prepared_batches(todo, known.__contains__, batch_size, workers, limits):
+            batches = engine.batches(
+                todo,
+                known,
+                model=self._store.manifest.model,
+                device=self._device,
+                batch_size=batch_size,
+                workers=workers,
+                limits=limits,
+            )
+            for batch in batches:
                 self._store_batch(batch, records, known, report, limits)
                 self._store.commit()
                 done += len(batch)
@@ -314,7 +330,9 @@ class CrossGapIndex:
         catalog = self._store.catalog
         vectors: dict[str, np.ndarray] = {}
         for i, item in enumerate(batch):
-            if item.reused:
+            if item.vector is not None:  # embedded by the engine
+                vectors[item.file.content_hash] = item.vector
+            elif item.reused:
                 stored = catalog.vector_by_hash(item.file.content_hash)
                 if stored is not None:
                     vectors[item.file.content_hash] = stored
@@ -325,6 +343,7 @@ class CrossGapIndex:
             images = [p.image for p in fresh]
             vectors.update(zip((p.file.content_hash for p in fresh), self.encoder.encode_images(images), strict=True))
             report.embedded += len(fresh)
+        report.embedded += sum(item.vector is not None for item in batch)
         new_ids, new_vectors = [], []
         for item in batch:
             if item.error is not None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -259,6 +259,29 @@ class Catalog:
             "SELECT item_id, vector FROM derived_vectors WHERE kind = ? ORDER BY item_id", (kind,)
         ).fetchall()
         return _stack(rows, dim)
+
+    def vector_chunks(self, name: str, derived: bool, dim: int, size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(ids, vectors) of a modality's items (or, ``derived``, of one kind of derived vector) in id order,
+        ``size`` rows at a time: keyset pagination, so memory stays at one chunk whatever the index size."""
+        if derived:
+            sql = "SELECT item_id, vector FROM derived_vectors WHERE kind = ? AND item_id > ? ORDER BY item_id LIMIT ?"
+        else:
+            sql = "SELECT id, vector FROM items WHERE modality = ? AND id > ? ORDER BY id LIMIT ?"
+        last = -1
+        while True:
+            rows = self.conn.execute(sql, (name, last, size)).fetchall()
+            if not rows:
+                return
+            yield _stack(rows, dim)
+            last = rows[-1][0]
+
+    def derived_for(self, kind: str, ids: Sequence[int]) -> dict[int, np.ndarray]:
+        """The ``kind`` vectors of those of ``ids`` that have one (exports of partly inverted galleries)."""
+        if len(ids) == 0:
+            return {}
+        marks = ",".join("?" * len(ids))
+        sql = f"SELECT item_id, vector FROM derived_vectors WHERE kind = ? AND item_id IN ({marks})"
+        return {r[0]: _to_vector(r[1]) for r in self.conn.execute(sql, [kind, *(int(i) for i in ids)])}
 
     # -- listing (ls, remove, check) --------------------------------------------------------
     def items(self, modality: str | None = None) -> list[ItemRow]:

@@ -208,10 +208,14 @@ class Store:
             return self.catalog.derived_ids_and_vectors(name, self.manifest.dim)
         return self.catalog.ids_and_vectors(name, self.manifest.dim)
 
+    def vector_chunks(self, name: str, size: int = 16_384) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(ids, vectors) of a collection in id order, ``size`` at a time (exports, large builds)."""
+        return self.catalog.vector_chunks(name, name in DERIVED, self.manifest.dim, size)
+
     def rebuild(self, name: str) -> None:
-        ids, vectors = self.ids_and_vectors(name)
-        with self._rw.write():
-            self.indexes[name].build(ids, vectors)
+        """From the catalog, a chunk at a time (training on a sample when the factory needs it); searches
+        go on against the old index until the new one is swapped in."""
+        self.indexes[name].build_chunked(self.stored_count(name), lambda: self.vector_chunks(name), self._rw.write)
 
     # -- writes (inside writing()) ----------------------------------------------------------
     def add(self, name: str, ids: list[int], vectors: np.ndarray) -> None:
