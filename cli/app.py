@@ -20,6 +20,7 @@ from cli.eval_command import eval_command
 from cli.export_command import export_command
 from cli.maintenance import NoWaitOpt, check_command, ls_command, remove_command
 from cli.query_arg import query_kind
+from cli.serve_command import serve_command
 from cli.tune_command import train_inverter_command, tune_command
 from crossgap_index import __version__
 from crossgap_index.demo import DEMO_MODEL
@@ -415,6 +416,7 @@ app.command("tune")(fails_cleanly(tune_command))
 app.command("train-inverter")(fails_cleanly(train_inverter_command))
 for _name, _command in (("remove", remove_command), ("ls", ls_command), ("check", check_command)):
     app.command(_name)(fails_cleanly(_command))
+app.command("serve")(fails_cleanly(serve_command))
 
 
 def main() -> None:

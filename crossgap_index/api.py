@@ -577,6 +577,16 @@ class CrossGapIndex:
         )
 
     @_reads
+    def item(self, item_id: int) -> ItemRow | None:
+        """The stored item with this id (modality, path or text, external id), or None."""
+        return self._store.catalog.rows([item_id]).get(item_id)
+
+    def served_mode(self, mode: str, query_modality: str, target: str = "images") -> Mode:
+        """The Mode ``mode`` runs for a query of ``query_modality`` against ``target`` (``auto``: the tuned
+        one); e.g. ``.inverts`` tells a server which queries to batch."""
+        return self.searcher.resolve(mode, query_modality, collection_of(target))
+
+    @_reads
     def transform_query(
         self,
         image: str | Path | Image.Image | None = None,
