@@ -46,6 +46,14 @@ ModelOpt = Annotated[
 ]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto (CUDA when available), cpu or cuda.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or summaries on stderr.")]
+PrecisionOpt = Annotated[
+    str,
+    typer.Option(
+        "--precision",
+        help="auto (bf16 where the CPU/GPU runs it natively, else fp32), fp32 or bf16: the model's compute "
+        "precision; an index takes another precision than its vectors' only within the measured agreement.",
+    ),
+]
 
 
 class Target(str, Enum):
@@ -99,13 +107,14 @@ def build_index(
         ),
     ] = False,
     steps: Annotated[int, typer.Option(help="OTI steps for --invert-gallery.")] = InversionConfig.oti_steps,
+    precision: PrecisionOpt = "auto",
     quiet: QuietOpt = False,
 ) -> None:
     """Embed the images under FOLDERS into the index. Incremental: unchanged files are skipped,
     changed ones re-embedded, deleted ones removed, renamed or duplicate files reuse stored vectors."""
     folders = resolve_roots(folders)  # before an index is created for a typo
     with (
-        CrossGapIndex.open_or_create(index, model=model, device=device, factory=factory) as cgx,
+        CrossGapIndex.open_or_create(index, model=model, device=device, factory=factory, precision=precision) as cgx,
         progress_bar("embedding", "img", enabled=not quiet) as progress,
     ):
         result = cgx.index_folders(
@@ -117,7 +126,7 @@ def build_index(
             progress=progress,
         )
         if invert_gallery or cgx.gallery_inversion is not None:
-            config = InversionConfig(oti_steps=steps) if invert_gallery else None
+            config = InversionConfig(oti_steps=steps, precision=precision) if invert_gallery else None
             with progress_bar("inverting gallery", "img", enabled=not quiet) as gallery_progress:
                 cgx.invert_gallery(config, progress=gallery_progress)
     if report is not None:
@@ -198,6 +207,7 @@ def query(
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Ignore and do not fill the inversion cache.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="One JSON document on stdout.")] = False,
     paths_only: Annotated[bool, typer.Option("--paths-only", help="Only paths (or texts), one per line.")] = False,
+    precision: PrecisionOpt = "auto",
     quiet: QuietOpt = False,
 ) -> None:
     """Search the index with an image or a text, plainly or through modality inversion."""
@@ -216,10 +226,11 @@ def query(
         n_patches=patches,
         lr=lr,
         template=template,
+        precision=precision,
     )
     total_steps = config.oti_steps if is_image else config.ovi_steps
     with (
-        CrossGapIndex.open(index, device=device) as cgx,
+        CrossGapIndex.open(index, device=device, precision=precision) as cgx,
         inversion_bar(total_steps, enabled=not (quiet or json_out)) as progress,
     ):
         hits = cgx.search(

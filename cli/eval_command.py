@@ -76,6 +76,10 @@ def eval_command(
     plots: Annotated[
         Path | None, typer.Option("--plots", help="Write PNG plots of every metric to this folder.")
     ] = None,
+    precision: Annotated[
+        str,
+        typer.Option("--precision", help="auto (bf16 where native, else fp32), fp32 or bf16: embedding and inversion."),
+    ] = "auto",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars on stderr.")] = False,
 ) -> None:
     """Evaluate every retrieval mode on labelled data and report which wins.
@@ -88,12 +92,13 @@ def eval_command(
     sweep = _parse_steps(sweep_steps) if sweep_steps else []
     data = load_dataset(dataset, limit)
     names = read_vocab(vocab) if vocab is not None else None
-    config = InversionConfig(oti_steps=steps, ovi_steps=ovi_steps, batch_size=batch_size)
+    config = InversionConfig(oti_steps=steps, ovi_steps=ovi_steps, batch_size=batch_size, precision=precision)
     with _progress(enabled=not quiet) as progress:
         result = evaluate(
             data,
             model,
             device=device,
+            precision=precision,
             config=config,
             vocab=names,
             tasks=None if task is Task.all else [task.value],

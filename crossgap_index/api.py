@@ -18,6 +18,8 @@ from crossgap_index.ingest.pipeline import Prepared, prepared_batches
 from crossgap_index.inversion import InversionConfig, oti, ovi
 from crossgap_index.inversion.keys import cache_key, seed_from_digest, settings_fingerprint
 from crossgap_index.models import Encoder, default_model_spec, load_model, parse_spec
+from crossgap_index.models.encoder import precision_agreement
+from crossgap_index.precision import after_write, check_setting, precision_for_index
 from crossgap_index.search.merge import RRF_K, reciprocal_rank_fusion, score_fusion
 from crossgap_index.search.ranking import Ranked, top_k
 from crossgap_index.store.directory import Store, default_index_path
@@ -93,14 +95,20 @@ class IndexInfo:
     schema_version: int
     crossgap_version: str
     gallery_inversion: dict | None = None
+    precision: str = "fp32"
 
 
 class CrossGapIndex:
-    """An index directory plus the model it was built with (loaded on first use)."""
+    """An index directory plus the model it was built with (loaded on first use).
 
-    def __init__(self, store: Store, device: str = "auto"):
+    ``precision`` (auto, fp32, bf16) is what the model embeds in; the index records the precision
+    of its vectors and admits another only within the measured agreement (crossgap_index.precision).
+    """
+
+    def __init__(self, store: Store, device: str = "auto", precision: str = "auto"):
         self._store = store
         self._device = device
+        self._precision = check_setting(precision)
         self._encoder: Encoder | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -111,18 +119,25 @@ class CrossGapIndex:
         model: str | None = None,
         device: str = "auto",
         factory: str = AUTO,
+        precision: str = "auto",
     ) -> CrossGapIndex:
         """Make a new, empty index directory for ``model`` (default: $CGX_MODEL or the open_clip default)."""
         path = _index_path(path)
         spec = parse_spec(model or default_model_spec())
-        encoder = Encoder(load_model(spec, device))
-        index = cls(Store.create(path, spec.canonical, encoder.dim, factory), device)
+        encoder = Encoder(load_model(spec, device), precision=check_setting(precision))
+        index = cls(Store.create(path, spec.canonical, encoder.dim, factory, encoder.precision), device, precision)
         index._encoder = encoder
         return index
 
     @classmethod
-    def open(cls, path: str | Path | None = None, model: str | None = None, device: str = "auto") -> CrossGapIndex:
-        """Open an existing index; ``model``, when given, must be the one the index was built with."""
+    def open(
+        cls, path: str | Path | None = None, model: str | None = None, device: str = "auto", precision: str = "auto"
+    ) -> CrossGapIndex:
+        """Open an existing index; ``model``, when given, must be the one the index was built with.
+
+        An explicit ``precision`` is checked against the index's vectors now (loading the model);
+        ``auto`` never refuses and is resolved when the model is first needed.
+        """
         path = _index_path(path)
         store = Store.open(path)
         if model is not None and parse_spec(model).canonical != store.manifest.model:
@@ -130,16 +145,28 @@ class CrossGapIndex:
             raise StoreError(
                 f"index at {path} was built with model '{store.manifest.model}', not '{parse_spec(model).canonical}'"
             )
-        return cls(store, device)
+        index = cls(store, device, precision)
+        if precision != "auto":
+            try:
+                index.encoder  # noqa: B018 - builds the encoder, refusing a precision the vectors do not agree with
+            except BaseException:
+                store.close()
+                raise
+        return index
 
     @classmethod
     def open_or_create(
-        cls, path: str | Path | None = None, model: str | None = None, device: str = "auto", factory: str = AUTO
+        cls,
+        path: str | Path | None = None,
+        model: str | None = None,
+        device: str = "auto",
+        factory: str = AUTO,
+        precision: str = "auto",
     ) -> CrossGapIndex:
         path = _index_path(path)
         if (path / "manifest.json").exists():
-            return cls.open(path, model=model, device=device)
-        return cls.create(path, model=model, device=device, factory=factory)
+            return cls.open(path, model=model, device=device, precision=precision)
+        return cls.create(path, model=model, device=device, factory=factory, precision=precision)
 
     def save(self) -> None:
         self._store.save()
@@ -166,8 +193,26 @@ class CrossGapIndex:
     @property
     def encoder(self) -> Encoder:
         if self._encoder is None:
-            self._encoder = Encoder(load_model(self._store.manifest.model, self._device))
+            loaded = load_model(self._store.manifest.model, self._device)
+            stored, where = self._store.manifest.precision, f"index at {self.path}"
+            agreement = lambda: self._agreement(loaded)  # noqa: E731 - measured only when precisions differ
+            precision = precision_for_index(self._precision, stored, loaded.device, agreement, where)
+            self._encoder = Encoder(loaded, precision=precision)
         return self._encoder
+
+    def _agreement(self, loaded) -> float:
+        """The model's fp32/bf16 probe agreement, measured once per index and kept in its manifest."""
+        manifest = self._store.manifest
+        if manifest.precision_agreement is None:
+            manifest.precision_agreement = precision_agreement(loaded)
+            manifest.save(self.path)
+        return manifest.precision_agreement
+
+    def _record_precision(self) -> None:
+        """Before new vectors are written: the index's precision covers them (saved with them)."""
+        manifest = self._store.manifest
+        empty = not any(self._store.indexes[name].ntotal for name in ("image", "text"))
+        manifest.precision = after_write(manifest.precision, self.encoder.precision, empty)
 
     # -- writing --------------------------------------------------------------------------
     def index_folders(
@@ -254,6 +299,7 @@ class CrossGapIndex:
                     vectors[item.file.content_hash] = stored
         fresh = [p for p in batch if p.image is not None or (p.reused and p.file.content_hash not in vectors)]
         if fresh:  # a reused vector can vanish when its only holder was replaced earlier in this run
+            self._record_precision()
             images = [p.image if p.image is not None else decode_rgb(p.file.data) for p in fresh]
             vectors.update(zip((p.file.content_hash for p in fresh), self.encoder.encode_images(images), strict=True))
             report.embedded += len(fresh)
@@ -294,6 +340,8 @@ class CrossGapIndex:
             else:
                 fresh[digest] = (text, ids[i] if ids is not None else None)
         items = list(fresh.items())
+        if items:
+            self._record_precision()
         for start in range(0, len(items), 256):
             chunk = items[start : start + 256]
             vectors = self.encoder.encode_texts([text for _, (text, _) in chunk])
@@ -316,7 +364,7 @@ class CrossGapIndex:
         """Store each gallery image's OTI text-space feature (collection ``image-oti``), so image queries
         can be compared inter-modally with no optimisation at query time (mode ``cross-gallery``).
         Resumable: only images without a stored feature are inverted. Returns how many were."""
-        config = config or InversionConfig()
+        config = (config or InversionConfig()).resolved(self.encoder.device)
         manifest, catalog = self._store.manifest, self._store.catalog
         settings = dataclasses.asdict(config)
         if manifest.gallery_inversion is not None and _fingerprint(manifest.gallery_inversion) != _fingerprint(
@@ -369,7 +417,7 @@ class CrossGapIndex:
     ) -> np.ndarray:
         """OTI (image query -> text-space feature) or OVI (text query -> image-space feature),
         seeded by the query's content hash and cached in the index directory."""
-        config = config or InversionConfig()
+        config = (config or InversionConfig()).resolved(self.encoder.device)
         if query.modality not in ("image", "text"):
             raise QueryError("inversion needs an image or text query, not a raw vector")
         direction = "oti" if query.modality == "image" else "ovi"
@@ -494,6 +542,7 @@ class CrossGapIndex:
             schema_version=m.schema_version,
             crossgap_version=m.crossgap_version,
             gallery_inversion=self.gallery_inversion,
+            precision=m.precision,
         )
 
 

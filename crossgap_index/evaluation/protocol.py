@@ -129,6 +129,7 @@ def evaluate(
     model: str | None = None,
     *,
     device: str = "auto",
+    precision: str = "auto",
     config: InversionConfig | None = None,
     vocab: Sequence[str] | None = None,
     tasks: Sequence[str] | None = None,
@@ -144,6 +145,7 @@ def evaluate(
     concept names for span projection (default: the dataset's class names). ``sweep_steps``: also
     measure the image cross mode (OTI) after each of these step counts. ``span_components``: principal
     directions kept by span projection (default d/2, the critique's choice; at most the vocabulary size - 1).
+    ``precision``: the embedding model's (auto, fp32, bf16); inversion follows ``config.precision``.
     """
     start = time.perf_counter()
     config = config or InversionConfig()
@@ -160,7 +162,7 @@ def evaluate(
     report = progress or (lambda stage, done, total: None)
     timings: dict[str, float] = {}
     with _timed(timings, "load_model"):
-        encoder = Encoder(load_model(model or default_model_spec(), device))
+        encoder = Encoder(load_model(model or default_model_spec(), device), precision=precision)
 
     if span_components is not None and span_components > encoder.dim:
         raise QueryError(f"span components must be at most the model's dimension {encoder.dim}")
@@ -172,7 +174,9 @@ def evaluate(
             span = SpanProjection().fit(encoder.encode_texts(concept_prompts(names)), span_components)
     elif vocab is not None:
         raise QueryError(f"a span vocabulary needs at least 2 names, got {len(names)}")
+    config = config.resolved(encoder.device)
     settings = {
+        "precision": encoder.precision,
         "inversion": dataclasses.asdict(config),
         "fusion": {"rrf_k": rrf_k, "alpha_cross": alpha, "depth": "full ranking"},
         "span": {

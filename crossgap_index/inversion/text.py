@@ -90,7 +90,7 @@ def reference_text_features(tower: TextTower, prompt: Prompt) -> FeatureFn:
 def fast_text_features(tower: TextTower, prompt: Prompt) -> FeatureFn:
     """The same function as the reference, with the exact shortcuts of the module docstring.
 
-    Builds its caches now: call it under the autocast context the steps will run in.
+    Builds its caches now, in the tower's own dtype (the precision the steps run in).
     """
     if not decomposable(tower.transformer):
         return reference_text_features(tower, prompt)

@@ -13,11 +13,12 @@ Spec forms:
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import logging
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import open_clip
@@ -25,6 +26,7 @@ import torch
 
 from crossgap_index.errors import ModelUnavailableError
 from crossgap_index.models._registry import RANDOM_INIT_SEED, bundled_dir, bundled_names
+from crossgap_index.precision import dtype_of
 
 DEFAULT_MODEL = "ViT-B-32/datacomp_xl_s13b_b90k"
 MODEL_ENV_VAR = "CGX_MODEL"
@@ -57,10 +59,19 @@ class LoadedModel:
     preprocess: Callable  # PIL image -> (3, H, W) tensor
     tokenizer: Callable  # list[str] -> (n, context_length) int64 tensor
     device: torch.device
+    _casts: dict[str, torch.nn.Module] = field(default_factory=dict, repr=False)
 
     @property
     def embed_dim(self) -> int:
         return int(self.model.text_projection.shape[1]) if _has_text_proj(self.model) else _probe_dim(self)
+
+    def model_in(self, precision: str) -> torch.nn.Module:
+        """The model with its weights in ``precision`` ('fp32' or 'bf16'): cast once, then kept beside ``model``."""
+        if precision == "fp32":
+            return self.model
+        if precision not in self._casts:
+            self._casts[precision] = copy.deepcopy(self.model).to(dtype_of(precision))
+        return self._casts[precision]
 
 
 def default_model_spec() -> str:

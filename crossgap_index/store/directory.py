@@ -47,13 +47,13 @@ class Store:
         self.indexes = indexes
 
     @classmethod
-    def create(cls, path: Path, model: str, dim: int, factory: str = AUTO) -> Store:
+    def create(cls, path: Path, model: str, dim: int, factory: str = AUTO, precision: str = "fp32") -> Store:
         validate_factory(factory, dim)
         if (path / "manifest.json").exists():
             raise StoreError(f"an index already exists at {path}")
         path.mkdir(parents=True, exist_ok=True)
         names = (*MODALITIES, *DERIVED)
-        manifest = Manifest(model=model, dim=dim, factories=dict.fromkeys(names, factory))
+        manifest = Manifest(model=model, dim=dim, factories=dict.fromkeys(names, factory), precision=precision)
         catalog = Catalog(path / CATALOG_NAME)
         store = cls(path, manifest, catalog, {n: VectorIndex(dim, factory) for n in names})
         store.save()

@@ -24,6 +24,11 @@ class Manifest:
     generation: int = 0
     # InversionConfig (as a dict) the gallery's OTI features were made with, once --invert-gallery is used.
     gallery_inversion: dict | None = None
+    # Precision of the stored vectors: "fp32", "bf16", or "mixed" once both were written (crossgap_index.precision).
+    # Indexes from before this field were embedded in fp32 on CPU (bf16 autocast on CUDA) and read as "fp32".
+    precision: str = "fp32"
+    # Min cosine of fp32 vs bf16 features on the model's probe; measured when a second precision first meets the index.
+    precision_agreement: float | None = None
     schema_version: int = MANIFEST_SCHEMA_VERSION
     crossgap_version: str = __version__
 
