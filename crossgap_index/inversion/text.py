@@ -148,8 +148,8 @@ class _BidirectionalText:
         blocks = self.tower.transformer.resblocks
         middle = tokens.to(self.before.dtype) + self.placeholder_positions
         x = torch.cat([self.before.expand(batch, -1, -1), middle, self.after.expand(batch, -1, -1)], dim=1)
-        for block in blocks[:-1]:
-            x = block(x, attn_mask=None)
+        for block in blocks[:-1]:  # op by op: nn.MultiheadAttention's autograd path copies its weights per row
+            x, _ = block_forward(block, x, None)
         pool = self.prompt.pool
         x, _ = block_forward(blocks[-1], x, None, rows=slice(pool, pool + 1))
         return self.tower.project(self.tower.ln_final(x[:, 0]))
