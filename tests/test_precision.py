@@ -29,6 +29,7 @@ from crossgap_index.precision import MIX_MIN_COSINE, PrecisionError
 from tests.conftest import MODEL, write_photo
 
 INVERSION_AGREE = 0.998
+EXACT = 0.99999  # the same function computed two ways, both fp32
 CPU = torch.device("cpu")
 
 
@@ -57,6 +58,14 @@ def _inversion_agreement(loaded: LoadedModel, method, steps: int = 3) -> float:
         for p in ("fp32", "bf16")
     ]
     return float(np.sum(out[0] * out[1], axis=1).min())
+
+
+def _text_path_agreement(loaded: LoadedModel) -> float:
+    """Encoder's op-by-op text path against open_clip's own ``encode_text``, both fp32 (the oracle twin)."""
+    texts = ["a", "a photo of a cat sitting on a long wooden bench in the park at noon", "two words", ""]
+    with torch.inference_mode():
+        reference = torch.nn.functional.normalize(loaded.model.encode_text(loaded.tokenizer(texts)), dim=-1)
+    return float(np.sum(Encoder(loaded, precision="fp32").encode_texts(texts) * reference.numpy(), axis=1).min())
 
 
 def _siglip_tokenizer(texts: list[str]) -> torch.Tensor:
@@ -136,6 +145,11 @@ def test_unknown_precision_is_one_line(tiny: LoadedModel) -> None:
 # -- agreement: embeddings, inversion, the bf16 fast path ---------------------------------------
 
 
+def test_op_by_op_text_path_matches_encode_text(tiny: LoadedModel, siglip_small: LoadedModel) -> None:
+    assert _text_path_agreement(tiny) >= EXACT  # causal, truncated after the last EOT
+    assert _text_path_agreement(siglip_small) >= EXACT  # bidirectional, 'last' pooling, full length
+
+
 def test_tiny_and_siglip_family_agree_in_bf16(tiny: LoadedModel, siglip_small: LoadedModel) -> None:
     assert precision_agreement(tiny) >= MIX_MIN_COSINE
     assert _embedding_agreement(siglip_small) >= MIX_MIN_COSINE
@@ -160,6 +174,7 @@ def test_bf16_fast_text_path_matches_the_bf16_reference(tiny: LoadedModel, templ
 @pytest.mark.slow
 def test_vit_b32_random_agrees_in_bf16() -> None:
     loaded = load_model("ViT-B-32/random", "cpu")
+    assert _text_path_agreement(loaded) >= EXACT
     assert _embedding_agreement(loaded) >= MIX_MIN_COSINE
     assert _inversion_agreement(loaded, oti) >= INVERSION_AGREE
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -39,6 +40,7 @@ class Encoder:
         self.precision = resolve(precision, loaded.device)
         self.model = loaded.model_in(self.precision)
         self._dtype = dtype_of(self.precision)
+        self._encode_text = _text_encoder(self.model, loaded.spec.canonical)
 
     @property
     def device(self) -> torch.device:
@@ -67,8 +69,22 @@ class Encoder:
         out = []
         for i in range(0, len(texts), self.batch_size):
             tokens = self.loaded.tokenizer(list(texts[i : i + self.batch_size]))
-            out.append(self.model.encode_text(tokens.to(self.device)).float())
+            out.append(self._encode_text(tokens.to(self.device)).float())
         return _unit_rows(out, self.dim)
+
+
+def _text_encoder(model: torch.nn.Module, name: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``model.encode_text``, or the same function op by op where the text tower allows it (faster on CPU)."""
+    from crossgap_index.inversion.attention import decomposable
+    from crossgap_index.inversion.family import detect_family, text_tower
+    from crossgap_index.inversion.text import text_features_op_by_op
+
+    if detect_family(model).text is None:
+        return model.encode_text
+    tower = text_tower(model, name)
+    if not decomposable(tower.transformer):
+        return model.encode_text
+    return functools.partial(text_features_op_by_op, tower)
 
 
 def precision_agreement(loaded: LoadedModel, first: str = "fp32", second: str = "bf16") -> float:
