@@ -19,7 +19,7 @@ from crossgap_index.inversion import InversionConfig, oti, ovi
 from crossgap_index.inversion.keys import cache_key, seed_from_digest, settings_fingerprint
 from crossgap_index.models import Encoder, default_model_spec, load_model, parse_spec
 from crossgap_index.models.encoder import precision_agreement
-from crossgap_index.precision import after_write, check_setting, precision_for_index
+from crossgap_index.precision import after_write, check_setting, precision_for_index, precision_for_new_index
 from crossgap_index.search.merge import RRF_K, reciprocal_rank_fusion, score_fusion
 from crossgap_index.search.ranking import Ranked, top_k
 from crossgap_index.store.directory import Store, default_index_path
@@ -124,8 +124,19 @@ class CrossGapIndex:
         """Make a new, empty index directory for ``model`` (default: $CGX_MODEL or the open_clip default)."""
         path = _index_path(path)
         spec = parse_spec(model or default_model_spec())
-        encoder = Encoder(load_model(spec, device), precision=check_setting(precision))
-        index = cls(Store.create(path, spec.canonical, encoder.dim, factory, encoder.precision), device, precision)
+        loaded = load_model(spec, device)
+        measured: list[float] = []
+
+        def agreement() -> float:  # measured only when auto would pick bf16
+            measured.append(precision_agreement(loaded))
+            return measured[0]
+
+        encoder = Encoder(loaded, precision=precision_for_new_index(check_setting(precision), loaded.device, agreement))
+        store = Store.create(path, spec.canonical, encoder.dim, factory, encoder.precision)
+        if measured:
+            store.manifest.precision_agreement = measured[0]
+            store.manifest.save(path)
+        index = cls(store, device, precision)
         index._encoder = encoder
         return index
 

@@ -5,13 +5,15 @@ whole model in it; the parts where rounding accumulates stay fp32 (the L2 normal
 output features, the inversion loss, the optimiser and its master copy of the pseudo-tokens),
 and stored vectors are fp32 either way. ``auto`` picks bf16 only where the hardware runs it
 natively (CPU: AVX512-BF16 or AMX; CUDA: ``torch.cuda.is_bf16_supported()``), since emulated
-bf16 is slower than fp32.
+bf16 is slower than fp32. A new index asked for ``auto`` also checks the model itself: where
+its bf16 features do not agree with fp32 (below), the index is built in fp32.
 
 Mixing rule for an index: bf16 and fp32 vectors of one model may live in one index, and a query
 made in one precision may search vectors made in the other, when the two precisions agree on
 that model: the minimum cosine between fp32 and bf16 features of a fixed probe (synthetic images
-and prompts, ``probe_agreement``) is at least ``MIX_MIN_COSINE``. The probe is measured once per
-index, when a second precision first meets it, and recorded in the manifest. Below the threshold
+and prompts, ``crossgap_index.models.encoder.precision_agreement``) is at least ``MIX_MIN_COSINE``.
+The probe is measured once per index (when it is created under ``auto`` on bf16 hardware, else
+when a second precision first meets it) and recorded in the manifest. Below the threshold
 an explicit other precision is refused in one line and ``auto`` keeps the index's precision.
 """
 
@@ -30,7 +32,8 @@ if TYPE_CHECKING:  # torch loads where models run, not where a setting is checke
 PRECISIONS = ("auto", "fp32", "bf16")
 MIXED = "mixed"  # an index holding vectors of both precisions (allowed only within the agreement)
 STORED_PRECISIONS = ("fp32", "bf16", MIXED)
-# Measured (benchmarks/RESULTS_precision.md): ViT-B-32, SigLIP and crossgap-small agree to >= 0.9998.
+# Probe agreement measured on this project's models: ViT-B-32 0.99993, ViT-B-16-SigLIP 0.99995,
+# crossgap-small 0.99997, tiny-random 0.99990 (random weights; see tests/test_precision.py).
 MIX_MIN_COSINE = 0.999
 _CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 
@@ -50,7 +53,10 @@ def bf16_native(device: torch.device) -> bool:
     import torch
 
     if device.type == "cuda":
-        return torch.cuda.is_bf16_supported(including_emulation=False)
+        try:
+            return torch.cuda.is_bf16_supported(including_emulation=False)
+        except TypeError:  # torch < 2.4 has no emulation argument and answers for native support
+            return torch.cuda.is_bf16_supported()
     if device.type == "cpu":
         return _cpu_has_bf16()
     return False
@@ -78,6 +84,14 @@ def _cpu_has_bf16() -> bool:
         return False
     words = set(flags.split())
     return any(flag in words for flag in _CPU_BF16_FLAGS)
+
+
+def precision_for_new_index(setting: str, device: torch.device, agreement: Callable[[], float]) -> str:
+    """The precision a new index embeds in: ``auto`` takes bf16 only where the model's probe agrees."""
+    wanted = resolve(setting, device)
+    if setting == "auto" and wanted == "bf16" and agreement() < MIX_MIN_COSINE:
+        return "fp32"
+    return wanted
 
 
 def precision_for_index(

@@ -208,6 +208,20 @@ def _edit_manifest(index_dir, **fields) -> None:
     path.write_text(json.dumps(data))
 
 
+def test_a_new_auto_index_checks_the_model_and_records_its_agreement(tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(precision_module, "bf16_native", lambda device: True)
+    with CrossGapIndex.create(tmp_path / "a", model=MODEL, device="cpu") as index:
+        assert index.encoder.precision == "bf16"
+    manifest = json.loads((tmp_path / "a" / "manifest.json").read_text())
+    assert manifest["precision"] == "bf16" and manifest["precision_agreement"] >= MIX_MIN_COSINE
+    # A model whose probe agreement misses the bound (forced here by asking for exact equality): fp32.
+    monkeypatch.setattr(precision_module, "MIX_MIN_COSINE", 1.0)
+    with CrossGapIndex.create(tmp_path / "b", model=MODEL, device="cpu") as index:
+        assert index.encoder.precision == "fp32" and index.info().precision == "fp32"
+    with CrossGapIndex.create(tmp_path / "c", model=MODEL, device="cpu", precision="bf16") as index:
+        assert index.encoder.precision == "bf16"  # an explicit setting is taken as given for a new index
+
+
 def test_mixing_within_the_agreement_is_allowed_and_recorded(tmp_path) -> None:
     index_dir, photos = _fp32_index(tmp_path)
     extra = write_photo(tmp_path / "photos" / "extra.png", 99)
