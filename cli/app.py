@@ -71,6 +71,14 @@ ModelOpt = Annotated[
 ]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto (CUDA when available), cpu or cuda.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or summaries on stderr.")]
+PrecisionOpt = Annotated[
+    str,
+    typer.Option(
+        "--precision",
+        help="auto (bf16 where the CPU/GPU runs it natively, else fp32), fp32 or bf16: the model's compute "
+        "precision; an index takes another precision than its vectors' only within the measured agreement.",
+    ),
+]
 
 
 class Target(str, Enum):
@@ -152,6 +160,7 @@ def build_index(
         str | None, typer.Option(help="--engine ray: auto, or a cluster address [default: a new local instance].")
     ] = None,
     no_wait: NoWaitOpt = False,
+    precision: PrecisionOpt = "auto",
     quiet: QuietOpt = False,
 ) -> None:
     """Embed the images under FOLDERS into the index. Incremental: unchanged files are skipped,
@@ -164,7 +173,9 @@ def build_index(
     folders = resolve_roots(folders)  # before an index is created for a typo
     build_engine = get_engine(engine, ray_address)
     with (
-        CrossGapIndex.open_or_create(index, model=model, device=device, factory=factory, wait=not no_wait) as cgx,
+        CrossGapIndex.open_or_create(
+            index, model=model, device=device, factory=factory, wait=not no_wait, precision=precision
+        ) as cgx,
         progress_bar("embedding", "img", enabled=not quiet) as progress,
     ):
         result = cgx.index_folders(
@@ -178,7 +189,7 @@ def build_index(
             engine=build_engine,
         )
         if invert_gallery or cgx.gallery_inversion is not None:
-            config = InversionConfig(oti_steps=steps) if invert_gallery else None
+            config = InversionConfig(oti_steps=steps, precision=precision) if invert_gallery else None
             with progress_bar("inverting gallery", "img", enabled=not quiet) as gallery_progress:
                 cgx.invert_gallery(config, progress=gallery_progress)
     if report is not None:
@@ -287,6 +298,7 @@ def query(
     null: Annotated[
         bool, typer.Option("--null", "-0", help="With --paths-only: end each item with NUL, not newline (xargs -0).")
     ] = False,
+    precision: PrecisionOpt = "auto",
     quiet: QuietOpt = False,
 ) -> None:
     """Search the index with an image or a text, plainly or through modality inversion.
@@ -305,17 +317,17 @@ def query(
     given = {"oti_steps": steps, "n_tokens": tokens, "n_patches": patches, "lr": lr, "template": template}
     given = {k: v for k, v in given.items() if v is not None}
     config = None
-    if given:
+    if given or precision != "auto":
         if steps is not None:
             given["ovi_steps"] = steps
-        config = InversionConfig(**{"oti_steps": SERVED_OTI_STEPS, **given})
+        config = InversionConfig(**{"oti_steps": SERVED_OTI_STEPS, **given, "precision": precision})
     projection = {}
     if span_components is not None:
         projection["components"] = span_components
     if vocab is not None:
         projection["vocabulary"] = read_vocab(vocab)
     with (
-        CrossGapIndex.open(index, device=device) as cgx,
+        CrossGapIndex.open(index, device=device, precision=precision) as cgx,
         inversion_bar(enabled=not (quiet or json_out)) as progress,
     ):
         hits = cgx.search(

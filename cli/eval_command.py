@@ -83,6 +83,10 @@ def eval_command(
     plots: Annotated[
         Path | None, typer.Option("--plots", help="Write PNG plots of every metric to this folder.")
     ] = None,
+    precision: Annotated[
+        str,
+        typer.Option("--precision", help="auto (bf16 where native, else fp32), fp32 or bf16: embedding and inversion."),
+    ] = "auto",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars on stderr.")] = False,
 ) -> None:
     """Evaluate every retrieval mode on labelled data and report which wins.
@@ -108,6 +112,7 @@ def eval_command(
         n_tokens=tokens,
         ovi_steps=ovi_steps,
         batch_size=batch_size,
+        precision=precision,
     )
     extra = {}
     if index is not None:
@@ -122,6 +127,7 @@ def eval_command(
             data,
             model,
             device=device,
+            precision=precision,
             config=config,
             vocab=names,
             tasks=None if task is Task.all else [task.value],

@@ -22,6 +22,7 @@ from crossgap_index.ingest.texts import unicode_problem
 from crossgap_index.inversion import InversionConfig
 from crossgap_index.inversion.keys import seed_from_digest, settings_fingerprint
 from crossgap_index.models import check_device, default_model_spec, local_weights, parse_spec
+from crossgap_index.precision import after_write, check_setting, precision_for_index, precision_for_new_index
 from crossgap_index.search.engine import Queries
 from crossgap_index.search.modes import FUSION_DEPTH, RRF_K, Mode, resolve_mode
 from crossgap_index.search.searcher import Hit, QueryTransform, Searcher, collection_of
@@ -92,6 +93,7 @@ class IndexInfo:
     gallery_inversion: dict | None = None
     tuned_mode: dict | None = None
     inverter: dict | None = None
+    precision: str = "fp32"
 
 
 def _reads(method: Callable) -> Callable:
@@ -106,11 +108,16 @@ def _reads(method: Callable) -> Callable:
 
 
 class CrossGapIndex:
-    """An index directory plus the model it was built with (loaded on first use)."""
+    """An index directory plus the model it was built with (loaded on first use).
 
-    def __init__(self, store: Store, device: str = "auto"):
+    ``precision`` (auto, fp32, bf16) is what the model embeds in; the index records the precision
+    of its vectors and admits another only within the measured agreement (crossgap_index.precision).
+    """
+
+    def __init__(self, store: Store, device: str = "auto", precision: str = "auto"):
         self._store = store
         self._device = check_device(device)
+        self._precision = check_setting(precision)
         self._encoder: Encoder | None = None
         self._searcher: Searcher | None = None
         self._inverter_net: Inverter | None = None
@@ -124,6 +131,7 @@ class CrossGapIndex:
         device: str = "auto",
         factory: str = AUTO,
         wait: bool = True,
+        precision: str = "auto",
     ) -> CrossGapIndex:
         """Make a new, empty index directory for ``model`` (default: $CGX_MODEL or the open_clip default).
         ``wait``: when another process is writing this index, wait for it (else fail at once)."""
@@ -131,10 +139,23 @@ class CrossGapIndex:
         spec = parse_spec(model or default_model_spec())
         local_weights(spec)  # bad settings fail before torch is even imported
         check_device(device)
+        check_setting(precision)
         from crossgap_index.models import Encoder, load_model
+        from crossgap_index.models.encoder import precision_agreement
 
-        encoder = Encoder(load_model(spec, device))
-        index = cls(Store.create(path, spec.canonical, encoder.dim, factory, wait=wait), device)
+        loaded = load_model(spec, device)
+        measured: list[float] = []
+
+        def agreement() -> float:  # measured only when auto would pick bf16
+            measured.append(precision_agreement(loaded))
+            return measured[0]
+
+        encoder = Encoder(loaded, precision=precision_for_new_index(check_setting(precision), loaded.device, agreement))
+        store = Store.create(path, spec.canonical, encoder.dim, factory, wait=wait, precision=encoder.precision)
+        if measured:
+            store.manifest.precision_agreement = measured[0]
+            store.manifest.save(path)
+        index = cls(store, device, precision)
         index._encoder = encoder
         return index
 
@@ -146,10 +167,13 @@ class CrossGapIndex:
         device: str = "auto",
         wait: bool = True,
         readonly: bool | None = None,
+        precision: str = "auto",
     ) -> CrossGapIndex:
         """Open an existing index; ``model``, when given, must be the one the index was built with.
         ``wait``: what writes do while another process writes (wait, or fail at once); ``readonly``:
-        None opens read-only when the directory cannot be written. Safe to share between threads."""
+        None opens read-only when the directory cannot be written. Safe to share between threads.
+        An explicit ``precision`` is checked against the index's vectors when the model first loads;
+        ``auto`` never refuses."""
         path = _index_path(path)
         store = Store.open(path, readonly=readonly)
         store.wait = wait
@@ -158,7 +182,14 @@ class CrossGapIndex:
             raise StoreError(
                 f"index at {path} was built with model '{store.manifest.model}', not '{parse_spec(model).canonical}'"
             )
-        return cls(store, device)
+        index = cls(store, device, precision)
+        if precision != "auto":
+            try:
+                index.encoder  # noqa: B018 - builds the encoder, refusing a precision the vectors do not agree with
+            except BaseException:
+                store.close()
+                raise
+        return index
 
     @classmethod
     def open_or_create(
@@ -168,14 +199,15 @@ class CrossGapIndex:
         device: str = "auto",
         factory: str = AUTO,
         wait: bool = True,
+        precision: str = "auto",
     ) -> CrossGapIndex:
         path = _index_path(path)
         if not (path / "manifest.json").exists():
             try:
-                return cls.create(path, model=model, device=device, factory=factory, wait=wait)
+                return cls.create(path, model=model, device=device, factory=factory, wait=wait, precision=precision)
             except IndexExistsError:
                 pass  # another process made it meanwhile
-        return cls.open(path, model=model, device=device, wait=wait)
+        return cls.open(path, model=model, device=device, wait=wait, precision=precision)
 
     def save(self) -> None:
         self._store.save()
@@ -204,7 +236,11 @@ class CrossGapIndex:
         if self._encoder is None:
             from crossgap_index.models import Encoder, load_model
 
-            encoder = Encoder(load_model(self._store.manifest.model, self._device))
+            loaded = load_model(self._store.manifest.model, self._device)
+            stored, where = self._store.manifest.precision, f"index at {self.path}"
+            agreement = lambda: self._agreement(loaded)  # noqa: E731 - measured only when precisions differ
+            precision = precision_for_index(self._precision, stored, loaded.device, agreement, where)
+            encoder = Encoder(loaded, precision=precision)
             if encoder.dim != self._store.manifest.dim:
                 raise StoreError(
                     f"{self.path / 'manifest.json'}: model '{self._store.manifest.model}' makes {encoder.dim}-d "
@@ -212,6 +248,22 @@ class CrossGapIndex:
                 )
             self._encoder = encoder
         return self._encoder
+
+    def _agreement(self, loaded) -> float:
+        """The model's fp32/bf16 probe agreement, measured once per index and kept in its manifest."""
+        from crossgap_index.models.encoder import precision_agreement
+
+        manifest = self._store.manifest
+        if manifest.precision_agreement is None:
+            manifest.precision_agreement = precision_agreement(loaded)
+            manifest.save(self.path)
+        return manifest.precision_agreement
+
+    def _record_precision(self) -> None:
+        """Before new vectors are written: the index's precision covers them (saved with them)."""
+        manifest = self._store.manifest
+        empty = not any(self._store.indexes[name].ntotal for name in ("image", "text"))
+        manifest.precision = after_write(manifest.precision, self.encoder.precision, empty)
 
     # -- writing --------------------------------------------------------------------------
     def index_folders(
@@ -340,6 +392,7 @@ class CrossGapIndex:
                     batch[i] = prepare(item.path, lambda _: False, limits)
         fresh = [p for p in batch if p.image is not None]
         if fresh:
+            self._record_precision()
             images = [p.image for p in fresh]
             vectors.update(zip((p.file.content_hash for p in fresh), self.encoder.encode_images(images), strict=True))
             report.embedded += len(fresh)
@@ -397,6 +450,8 @@ class CrossGapIndex:
             else:
                 fresh[digest] = (text, ids[i] if ids is not None else None)
         items = list(fresh.items())
+        if items:
+            self._record_precision()
         if progress:
             progress(0, len(items))
         for start in range(0, len(items), 256):
@@ -420,7 +475,7 @@ class CrossGapIndex:
         can be compared inter-modally with no optimisation at query time (mode ``cross-gallery``).
         Resumable: only images without a stored feature are inverted. Returns how many were."""
         with self._store.writing():
-            return self._invert_gallery_locked(config or InversionConfig(), progress)
+            return self._invert_gallery_locked((config or InversionConfig()).resolved(self.encoder.device), progress)
 
     def _invert_gallery_locked(self, config: InversionConfig, progress: ProgressFn | None) -> int:
         from crossgap_index.inversion import oti
@@ -678,6 +733,7 @@ class CrossGapIndex:
             gallery_inversion=self.gallery_inversion,
             tuned_mode=m.tuned_mode,
             inverter=self._inverter().stats if (self.path / INVERTER_FILE).is_file() else None,
+            precision=m.precision,
         )
 
     # -- maintenance (remove, ls, check) ------------------------------------------------------
