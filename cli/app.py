@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 from dataclasses import asdict
@@ -15,15 +14,18 @@ import typer
 from cli.eval_command import eval_command
 from cli.maintenance import NoWaitOpt, check_command, ls_command, remove_command
 from cli.render import build_summary, err, hits_table, info_table, inversion_bar, out, print_hits, progress_bar
+from cli.tune_command import train_inverter_command, tune_command
 from crossgap_index import CrossGapIndex
 from crossgap_index.demo import DEMO_MODEL, run_demo
 from crossgap_index.errors import CrossGapError
+from crossgap_index.evaluation.data import read_vocab
 from crossgap_index.ingest.decode import DEFAULT_MAX_MEGAPIXELS
 from crossgap_index.ingest.discover import is_image_path, resolve_roots
 from crossgap_index.ingest.texts import read_text_corpus
 from crossgap_index.inversion import InversionConfig
 from crossgap_index.models import DEFAULT_MODEL
 from crossgap_index.search.merge import RRF_K
+from crossgap_index.search.modes import MODE_NAMES, SERVED_OTI_STEPS
 
 app = typer.Typer(
     help="crossgap-index: CLIP image/text search with modality-inversion reranking.",
@@ -152,11 +154,7 @@ def add_texts(
             err.print(f"  {file}:{lineno}: {reason}", highlight=False)
 
 
-class Mode(str, Enum):
-    intra = "intra"
-    cross = "cross"
-    fused = "fused"
-    cross_gallery = "cross-gallery"
+Mode = Enum("Mode", {name.replace("-", "_"): name for name in MODE_NAMES}, type=str)
 
 
 class Merge(str, Enum):
@@ -179,11 +177,19 @@ def query(
         bool,
         typer.Option(
             "--cross",
-            help="Invert the query (image: OTI, text: OVI), search inter-modally, merge "
-            "with the ordinary results (--merge). Same as --mode fused, or --mode cross with --merge none.",
+            help="Search the way that wins on this index: the mode `cgx tune` stored, else the default "
+            "(span projection over the ImageNet names). Same as --mode auto.",
         ),
     ] = False,
-    mode: Annotated[Mode | None, typer.Option(help="intra (default), cross, fused or cross-gallery.")] = None,
+    mode: Annotated[
+        Mode | None,
+        typer.Option(
+            help="intra (default): plain embeddings; cross: OTI/OVI inversion; fused: intra + cross merged "
+            "(--merge); cross-gallery: against the gallery's stored OTI; span / iso / concept: zero-cost "
+            "projections of query and gallery; inverter / warm: the trained inversion network "
+            "(cgx train-inverter); auto: the tuned mode."
+        ),
+    ] = None,
     merge: Annotated[
         Merge,
         typer.Option(
@@ -193,11 +199,22 @@ def query(
     ] = Merge.rrf,
     alpha: Annotated[float, typer.Option(min=0.0, max=1.0, help="Weight of the cross list for --merge score.")] = 0.5,
     rrf_k: Annotated[int, typer.Option(min=1, help="RRF constant.")] = RRF_K,
-    steps: Annotated[int | None, typer.Option(min=0, help="Inversion steps [default: OTI 150, OVI 1000].")] = None,
-    tokens: Annotated[int, typer.Option(min=1, help="OTI pseudo-tokens R.")] = InversionConfig.n_tokens,
+    steps: Annotated[
+        int | None, typer.Option(min=0, help="Inversion steps [default: OTI 25 (served), OVI 1000].")
+    ] = None,
+    tokens: Annotated[int | None, typer.Option(min=1, help="OTI pseudo-tokens R [default: 1].")] = None,
     patches: Annotated[int | None, typer.Option(min=1, help="OVI pseudo-patches P [default: per model].")] = None,
-    lr: Annotated[float, typer.Option(help="Inversion learning rate (AdamW).")] = InversionConfig.lr,
-    template: Annotated[str, typer.Option(help="OTI prompt; {} marks the pseudo-tokens.")] = InversionConfig.template,
+    lr: Annotated[float | None, typer.Option(help="Inversion learning rate (AdamW) [default: 0.02].")] = None,
+    template: Annotated[
+        str | None, typer.Option(help="OTI prompt; {} marks the pseudo-tokens [default: 'a photo of {}'].")
+    ] = None,
+    span_components: Annotated[
+        int | None, typer.Option(min=1, help="Directions kept by --mode span [default: d/16].")
+    ] = None,
+    vocab: Annotated[
+        Path | None,
+        typer.Option(help="Concept names, one per line, for --mode span / concept [default: ImageNet-1k names]."),
+    ] = None,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Ignore and do not fill the inversion cache.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="One JSON document on stdout.")] = False,
     paths_only: Annotated[bool, typer.Option("--paths-only", help="Only paths (or texts), one per line.")] = False,
@@ -208,22 +225,24 @@ def query(
         raise typer.BadParameter("--image and --text exclude each other")
     is_image = as_image or (not as_text and Path(query).expanduser().is_file() and is_image_path(Path(query)))
     if mode is None:
-        mode = (Mode.cross if merge is Merge.none else Mode.fused) if cross else Mode.intra
-    elif mode is Mode.fused and merge is Merge.none:
-        mode = Mode.cross
-    defaults = InversionConfig()
-    config = InversionConfig(
-        oti_steps=defaults.oti_steps if steps is None else steps,
-        ovi_steps=defaults.ovi_steps if steps is None else steps,
-        n_tokens=tokens,
-        n_patches=patches,
-        lr=lr,
-        template=template,
-    )
-    total_steps = config.oti_steps if is_image else config.ovi_steps
+        mode = Mode("cross" if merge is Merge.none else "auto") if cross else Mode("intra")
+    elif mode.value == "fused" and merge is Merge.none:
+        mode = Mode("cross")
+    given = {"oti_steps": steps, "n_tokens": tokens, "n_patches": patches, "lr": lr, "template": template}
+    given = {k: v for k, v in given.items() if v is not None}
+    config = None
+    if given:
+        if steps is not None:
+            given["ovi_steps"] = steps
+        config = InversionConfig(**{"oti_steps": SERVED_OTI_STEPS, **given})
+    projection = {}
+    if span_components is not None:
+        projection["components"] = span_components
+    if vocab is not None:
+        projection["vocabulary"] = read_vocab(vocab)
     with (
         CrossGapIndex.open(index, device=device) as cgx,
-        inversion_bar(total_steps, enabled=not (quiet or json_out)) as progress,
+        inversion_bar(enabled=not (quiet or json_out)) as progress,
     ):
         hits = cgx.search(
             **({"image": query} if is_image else {"text": query}),
@@ -234,16 +253,19 @@ def query(
             alpha=alpha,
             rrf_k=rrf_k,
             inversion=config,
+            projection=projection or None,
             use_cache=not no_cache,
             progress=progress,
         )
-    fmt = "json" if json_out else "paths" if paths_only else "table"
+        served = cgx.describe_mode(mode.value, "image" if is_image else "text", target.value, inversion=config)
+    if mode.value == "auto" and served["name"] == "intra" and (is_image != (target is Target.images)) and not quiet:
+        err.print("note: this query is already inter-modal (--cross turns image->images, text->texts): served intra")
     query_doc = {"kind": "image" if is_image else "text", "value": query}
-    settings = {"target": target.value, "k": top_k, "mode": mode.value}
-    if mode in (Mode.cross, Mode.fused):
-        settings["inversion"] = {"direction": "oti" if is_image else "ovi", **dataclasses.asdict(config)}
-    if mode is Mode.fused:
-        settings["merge"] = {"method": merge.value, "alpha": alpha, "rrf_k": rrf_k}
+    settings = {"target": target.value, "k": top_k, "mode": mode.value, "served": served}
+    fmt = "json" if json_out else "paths" if paths_only else "table"
+    if mode.value == "auto" and served["name"] == "intra" and (is_image != (target is Target.images)) and not quiet:
+        err.print("note: this query is already inter-modal (--cross turns image->images, text->texts): served intra")
+    query_doc = {"kind": "image" if is_image else "text", "value": query}
     print_hits(hits, query_doc, settings, fmt)
 
 
@@ -270,32 +292,45 @@ def demo(
     ),
     model: Annotated[str, typer.Option(help="Model for the demo index.")] = DEMO_MODEL,
     images: Annotated[int, typer.Option(min=8, help="Synthetic images in the gallery.")] = 240,
+    tune_images: Annotated[int, typer.Option(min=8, help="Labelled synthetic photos `cgx tune` chooses on.")] = 480,
+    inversion: Annotated[bool, typer.Option(help="Let tune also try OTI settings and the inverter (slower).")] = False,
     top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="Hits per mode.")] = 8,
-    steps: Annotated[int, typer.Option(min=0, help="OTI steps for the cross query.")] = InversionConfig.oti_steps,
     device: DeviceOpt = "auto",
     quiet: QuietOpt = False,
 ) -> None:
     """Offline demo: generate labelled synthetic photos, index them with the bundled crossgap-small model,
-    query with a held-out photo intra-modally and through OTI, print the tables, draw a contact sheet."""
+    tune the index on other labelled photos, and show a held-out query where the tuned mode changes the
+    top results, beside plain intra-modal search, with a contact sheet."""
     with progress_bar("embedding", "img", enabled=not quiet) as progress:
         result = run_demo(
             folder,
             model=model,
             n_images=images,
             k=top_k,
-            inversion=InversionConfig(oti_steps=steps),
+            tune_images=tune_images,
+            inversion=inversion,
             device=device,
             progress=progress,
         )
+    tuned = result.tuned
     for mode, hits in result.hits.items():
-        hits_table_title = f"{mode}: query {result.query} (a {result.query_label})"
-        out.print(hits_table(hits, hits_table_title, label_of=lambda h: Path(h.path).parent.name.replace("_", " ")))
+        name = f"tuned = {tuned['candidate']}" if mode == "tuned" else mode
+        title = f"{name}: query {result.query} (a {result.query_label}), {result.correct[mode]}/{top_k} same class"
+        out.print(hits_table(hits, title, label_of=lambda h: Path(h.path).parent.name.replace("_", " ")))
+    rep = tuned["report"]
+    out.print(
+        f"tune chose {tuned['candidate']}: mAP {rep['map'] * 100:.2f} vs intra {rep['intra_map'] * 100:.2f} "
+        f"({rep['delta_map'] * 100:+.2f}) on held-out labelled photos; `cgx query PHOTO --cross` serves it",
+        highlight=False,
+    )
     if not quiet:
         err.print(build_summary(result.build), highlight=False)
         err.print(f"contact sheet: {result.sheet}", highlight=False)
 
 
 app.command("eval")(fails_cleanly(eval_command))
+app.command("tune")(fails_cleanly(tune_command))
+app.command("train-inverter")(fails_cleanly(train_inverter_command))
 for _name, _command in (("remove", remove_command), ("ls", ls_command), ("check", check_command)):
     app.command(_name)(fails_cleanly(_command))
 

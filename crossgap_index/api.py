@@ -13,24 +13,25 @@ import numpy as np
 from PIL import Image
 
 from crossgap_index.errors import QueryError, StoreError
-from crossgap_index.ingest.decode import DEFAULT_MAX_MEGAPIXELS, DecodeError, content_hash, decode_rgb
+from crossgap_index.ingest.decode import DEFAULT_MAX_MEGAPIXELS, content_hash, decode_rgb
 from crossgap_index.ingest.discover import find_images, resolve_roots
 from crossgap_index.ingest.pipeline import Prepared, prepared_batches
-from crossgap_index.inversion import InversionConfig, oti, ovi
-from crossgap_index.inversion.keys import cache_key, seed_from_digest, settings_fingerprint
+from crossgap_index.inversion import InversionConfig, oti
+from crossgap_index.inversion.inverter import Inverter, InverterConfig
+from crossgap_index.inversion.keys import seed_from_digest, settings_fingerprint
 from crossgap_index.models import Encoder, default_model_spec, load_model, parse_spec
-from crossgap_index.search.merge import RRF_K, reciprocal_rank_fusion, score_fusion
-from crossgap_index.search.ranking import Ranked, top_k
+from crossgap_index.search.engine import Queries
+from crossgap_index.search.modes import FUSION_DEPTH, RRF_K, Mode, resolve_mode
+from crossgap_index.search.searcher import Hit, QueryTransform, Searcher, collection_of
 from crossgap_index.store.catalog import ItemRow
 from crossgap_index.store.check import CheckReport, check_store
 from crossgap_index.store.directory import IndexExistsError, Store, default_index_path
 from crossgap_index.store.prune import select_for_removal
 from crossgap_index.store.vectors import AUTO
 
-TARGETS = {"images": "image", "texts": "text"}
-MODES = ("intra", "cross", "fused", "cross-gallery")
-MERGES = ("rrf", "score")
 GALLERY_OTI = "image-oti"
+INVERTER_FILE = "inverter.safetensors"
+__all__ = ["BuildReport", "CrossGapIndex", "Hit", "IndexInfo", "Query", "QueryTransform", "TextReport"]
 
 # progress(done, total): called as files (or gallery images) are processed.
 ProgressFn = Callable[[int, int], None]
@@ -45,20 +46,6 @@ class Query:
     feature: np.ndarray
     modality: str
     digest: str
-
-
-@dataclass(frozen=True)
-class Hit:
-    """One search result. ``ranks``/``scores`` give its position in each merged list (1-based)."""
-
-    id: int
-    score: float
-    modality: str
-    path: str | None = None
-    text: str | None = None
-    external_id: str | None = None
-    ranks: dict[str, int] = field(default_factory=dict)
-    scores: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -97,6 +84,8 @@ class IndexInfo:
     schema_version: int
     crossgap_version: str
     gallery_inversion: dict | None = None
+    tuned_mode: dict | None = None
+    inverter: dict | None = None
 
 
 def _reads(method: Callable) -> Callable:
@@ -117,6 +106,8 @@ class CrossGapIndex:
         self._store = store
         self._device = device
         self._encoder: Encoder | None = None
+        self._searcher: Searcher | None = None
+        self._inverter_net: Inverter | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
     @classmethod
@@ -401,20 +392,20 @@ class CrossGapIndex:
         return len(todo)
 
     # -- reading --------------------------------------------------------------------------
+    @property
+    def searcher(self) -> Searcher:
+        """The read side (search/searcher.py); one per opened index, shared by every thread."""
+        if self._searcher is None:
+            inverter = self._inverter if (self.path / INVERTER_FILE).is_file() else None
+            self._searcher = Searcher(
+                self._store, self._store.manifest.model, lambda: self.encoder, inverter, _CatalogCache(self._store)
+            )
+        return self._searcher
+
     def embed_query(self, image: str | Path | Image.Image | None = None, text: str | None = None, vector=None) -> Query:
         """The query's unit feature, its modality and its content hash."""
-        given = [x is not None for x in (image, text, vector)]
-        if sum(given) != 1:
-            raise QueryError("give exactly one of image=, text= or vector=")
-        if vector is not None:
-            vec = np.asarray(vector, np.float32).reshape(-1)
-            if vec.shape[0] != self._store.manifest.dim:
-                raise QueryError(f"query vector has dim {vec.shape[0]}, index has {self._store.manifest.dim}")
-            return Query(vec / max(float(np.linalg.norm(vec)), 1e-12), "vector", content_hash(vec.tobytes()))
-        if text is not None:
-            return Query(self.encoder.encode_texts([text])[0], "text", content_hash(text.encode("utf-8")))
-        img, digest = _load_query_image(image)
-        return Query(self.encoder.encode_images([img])[0], "image", digest)
+        feature, modality, digest = self.searcher.embed([_query(image, text, vector)])[0]
+        return Query(feature, modality, digest)
 
     def invert(
         self,
@@ -425,119 +416,180 @@ class CrossGapIndex:
     ) -> np.ndarray:
         """OTI (image query -> text-space feature) or OVI (text query -> image-space feature),
         seeded by the query's content hash and cached in the index directory."""
-        config = config or InversionConfig()
         if query.modality not in ("image", "text"):
             raise QueryError("inversion needs an image or text query, not a raw vector")
-        direction = "oti" if query.modality == "image" else "ovi"
-        key = cache_key(self._store.manifest.model, direction, config, query.digest)
-        if use_cache:
-            cached = self._store.cache.get(key)
-            if cached is not None:
-                return cached
-        invert = oti if direction == "oti" else ovi
-        inverted = invert(
-            self.encoder.loaded, query.feature[None, :], config, [seed_from_digest(query.digest)], progress
-        )
-        if use_cache:
-            self._store.cache.put(key, inverted[0])  # cache.sqlite: the catalog and FAISS files stay as they are
-        return inverted[0]
+        mode = resolve_mode("cross", inversion=config or InversionConfig())
+        transformer = self.searcher.transformer if use_cache else self._uncached_transformer(progress)
+        batch = Queries(query.feature[None, :], query.modality, (query.digest,))
+        return transformer.search_vectors(mode.legs[0], batch, query.modality)[0]
 
-    @_reads
     def search(
         self,
         image: str | Path | Image.Image | None = None,
         text: str | None = None,
         vector=None,
         *,
+        item: int | None = None,
         target: str = "images",
         k: int = 10,
         mode: str = "intra",
         merge: str = "rrf",
         alpha: float = 0.5,
         rrf_k: int = RRF_K,
-        depth: int = 100,
+        depth: int = FUSION_DEPTH,
         inversion: InversionConfig | None = None,
+        projection: dict | None = None,
         use_cache: bool = True,
         progress: InversionProgressFn | None = None,
     ) -> list[Hit]:
-        """Top-k items of ``target`` ('images' or 'texts') for one query.
+        """Top-k items of ``target`` ('images' or 'texts') for one query (image, text, vector or stored item).
 
-        Modes: ``intra`` searches with the query's own embedding; ``cross`` inverts the query into the
-        other modality (OTI / OVI) and searches with that; ``fused`` merges both lists (``merge``:
-        ``rrf`` with constant ``rrf_k``, or ``score``: min-max normalised exact scores, ``alpha`` the
-        cross list's weight), each taken ``depth`` deep; ``cross-gallery`` compares an image query with
-        the gallery's stored OTI features (see ``invert_gallery``).
+        Modes (search/modes.py): ``intra`` the query's own embedding; ``cross`` OTI/OVI inversion into the
+        other modality; ``fused`` intra and cross merged (``merge`` rrf with ``rrf_k`` or score with the cross
+        weight ``alpha``, each list ``depth`` deep); ``cross-gallery`` against the gallery's stored OTI
+        features; ``span`` / ``iso`` zero-cost projections of query and gallery (``projection`` settings);
+        ``inverter`` / ``warm`` the trained inversion network, alone or as the start of a few OTI steps;
+        ``auto`` the mode ``cgx tune`` stored, else the documented default. ``inversion`` overrides the
+        served OTI/OVI settings (default: 25 OTI steps).
         """
-        if mode not in MODES:
-            raise QueryError(f"unknown mode '{mode}': use one of {', '.join(MODES)}")
-        if merge not in MERGES:
-            raise QueryError(f"unknown merge '{merge}': use one of {', '.join(MERGES)}")
-        collection = _collection(target)
-        self._require_items(collection)
-        query = self.embed_query(image, text, vector)
-        if mode == "intra":
-            return self._hits(top_k(self._store, collection, query.feature, k), {"intra": None})
-        if query.modality != collection:
-            raise QueryError(
-                f"a {query.modality} query against {target} is already inter-modal; inversion (--cross) applies "
-                "to image -> images and text -> texts"
-            )
-        if mode == "cross-gallery":
-            missing = self._store.indexes["image"].ntotal - self._store.indexes[GALLERY_OTI].ntotal
-            if missing:
-                raise QueryError(
-                    f"{missing} gallery images have no OTI feature yet: run `cgx build-index DIR --invert-gallery` "
-                    "(library: invert_gallery())"
-                )
-            return self._hits(top_k(self._store, GALLERY_OTI, query.feature, k), {"cross-gallery": None})
-        inverted = self.invert(query, inversion, use_cache, progress)
-        if mode == "cross":
-            return self._hits(top_k(self._store, collection, inverted, k), {"cross": None})
-        lists = {
-            "intra": top_k(self._store, collection, query.feature, depth),
-            "cross": top_k(self._store, collection, inverted, depth),
-        }
-        if merge == "rrf":
-            fused = reciprocal_rank_fusion(lists, rrf_k)
-        else:
-            candidates = np.union1d(lists["intra"].ids, lists["cross"].ids)
-            exact = {
-                "intra": self._store.exact_rerank(collection, query.feature, candidates),
-                "cross": self._store.exact_rerank(collection, inverted, candidates),
-            }
-            fused = score_fusion(candidates, exact, {"cross": alpha, "intra": 1.0 - alpha})
-        return self._hits(Ranked(fused.ids[:k], fused.scores[:k]), lists)
+        query = _query(image, text, vector, item)
+        return self.search_batch(
+            [query],
+            target=target,
+            k=k,
+            mode=mode,
+            merge=merge,
+            alpha=alpha,
+            rrf_k=rrf_k,
+            depth=depth,
+            inversion=inversion,
+            projection=projection,
+            use_cache=use_cache,
+            progress=progress,
+        )[0]
 
-    def _require_items(self, collection: str) -> None:
-        if self._store.indexes[collection].ntotal == 0:  # in line with the catalog since open; no table scan
-            raise StoreError(f"the {collection} index at {self.path} is empty")
-
-    def _hits(self, ranked: Ranked, lists: dict[str, Ranked | None]) -> list[Hit]:
-        """Hits of ``ranked``; each carries its rank and score in every list (None: ``ranked`` itself)."""
-        positions = {
-            name: {i: (r, s) for r, (i, s) in enumerate(zip(lst.ids.tolist(), lst.scores.tolist(), strict=True), 1)}
-            for name, lst in ((n, ranked if lst is None else lst) for n, lst in lists.items())
-        }
-        rows = self._store.catalog.rows(ranked.ids.tolist())
-        hits = []
-        for item_id, score in zip(ranked.ids.tolist(), ranked.scores.tolist(), strict=True):
-            row = rows.get(item_id)
-            if row is None:  # removed by another process after this one loaded its FAISS files
-                continue
-            found = {name: pos[item_id] for name, pos in positions.items() if item_id in pos}
-            hits.append(
-                Hit(
-                    item_id,
-                    score,
-                    row.modality,
-                    row.path,
-                    row.text,
-                    row.external_id,
-                    ranks={name: r for name, (r, _) in found.items()},
-                    scores={name: s for name, (_, s) in found.items()},
-                )
+    @_reads
+    def search_batch(
+        self,
+        queries: Sequence[dict],
+        *,
+        target: str = "images",
+        k: int = 10,
+        mode: str | Mode = "intra",
+        merge: str = "rrf",
+        alpha: float = 0.5,
+        rrf_k: int = RRF_K,
+        depth: int = FUSION_DEPTH,
+        inversion: InversionConfig | None = None,
+        projection: dict | None = None,
+        use_cache: bool = True,
+        progress: InversionProgressFn | None = None,
+        timings: dict | None = None,
+    ) -> list[list[Hit]]:
+        """Hits for many queries at once, each a dict with one of ``image``, ``text``, ``vector`` (optionally
+        with ``modality``) or ``item`` (a stored item's id). Inversions of the batch run together; each
+        query's hits equal its solo ``search``. ``timings``, when given, receives embed/search milliseconds
+        and the inversion batch size."""
+        searcher = self.searcher
+        if not use_cache or progress is not None:
+            searcher = Searcher(
+                self._store,
+                self._store.manifest.model,
+                lambda: self.encoder,
+                searcher.transformer._inverter,
+                _CatalogCache(self._store) if use_cache else None,
+                progress=progress,
+                gallery=searcher.gallery,
             )
-        return hits
+        return searcher.search_batch(
+            queries,
+            target=target,
+            k=k,
+            mode=mode,
+            timings=timings,
+            merge=merge,
+            alpha=alpha,
+            rrf_k=rrf_k,
+            depth=depth,
+            inversion=inversion,
+            projection=projection,
+        )
+
+    @_reads
+    def transform_query(
+        self,
+        image: str | Path | Image.Image | None = None,
+        text: str | None = None,
+        vector=None,
+        *,
+        item: int | None = None,
+        target: str = "images",
+        mode: str = "auto",
+        **settings,
+    ) -> QueryTransform:
+        """The vector(s) ``mode`` searches with, and whether the gallery must be projected: so any vector
+        database can be queried the way ``search`` would."""
+        return self.searcher.transform_query(_query(image, text, vector, item), target=target, mode=mode, **settings)
+
+    def describe_mode(self, mode: str, query_modality: str, target: str = "images", **settings) -> dict:
+        """The mode a query of ``query_modality`` is served with (``auto`` resolved), as data and as one line."""
+        chosen = self.searcher.resolve(mode, query_modality, collection_of(target), **settings)
+        return {"name": chosen.name, "summary": chosen.describe(), **chosen.to_dict()}
+
+    def _uncached_transformer(self, progress: InversionProgressFn | None):
+        return Searcher(
+            self._store, self._store.manifest.model, lambda: self.encoder, None, None, progress=progress
+        ).transformer
+
+    @property
+    def tuned_mode(self) -> dict | None:
+        """What ``cgx tune`` stored: the mode, its selection and report mAPs, the dataset, the date."""
+        return self._store.manifest.tuned_mode
+
+    def set_tuned_mode(self, record: dict | None) -> None:
+        """Store (or with None clear) the mode that ``mode="auto"`` and ``cgx query --cross`` serve."""
+        if record is not None:
+            Mode.from_dict(record["mode"])  # refuse a malformed record before it is saved
+        self._store.manifest.tuned_mode = record
+        self._store.save()
+        self._searcher = None
+
+    def tune(self, dataset, *, inversion: bool = True, seed: int = 0, progress=None):
+        """Choose the mode that wins on labelled ``dataset`` (the forms ``cgx eval`` takes) and store it:
+        ``mode="auto"`` and ``cgx query --cross`` serve it from then on. Returns the TuneResult."""
+        from crossgap_index.tuning import tune
+
+        result, network = tune(dataset, self.encoder, inversion=inversion, seed=seed, progress=progress)
+        with self._store.writing():
+            if network is not None:
+                network.save(self.path / INVERTER_FILE)
+                self._inverter_net = network
+            self.set_tuned_mode(result.record)
+        return result
+
+    # -- inversion network ----------------------------------------------------------------
+    def train_inverter(self, config: InverterConfig | None = None, progress=None) -> Inverter:
+        """Train the one-pass inversion network on this index's image vectors and save it beside the index."""
+        from crossgap_index.inversion.inverter import train_inverter
+
+        _, vectors = self._store.ids_and_vectors("image")
+        if len(vectors) < 2:
+            raise StoreError(f"the image index at {self.path} needs at least 2 images to train an inverter")
+        network = train_inverter(self.encoder.loaded, vectors, config, progress)
+        with self._store.writing():
+            network.save(self.path / INVERTER_FILE)
+        self._inverter_net = network
+        self._searcher = None
+        return network
+
+    def _inverter(self) -> Inverter:
+        if self._inverter_net is None:
+            from crossgap_index.inversion.inverter import Inverter
+
+            self._inverter_net = Inverter.load(
+                self.path / INVERTER_FILE, self._store.manifest.model, self.encoder.device
+            )
+        return self._inverter_net
 
     def info(self) -> IndexInfo:
         m = self._store.manifest
@@ -552,6 +604,8 @@ class CrossGapIndex:
             schema_version=m.schema_version,
             crossgap_version=m.crossgap_version,
             gallery_inversion=self.gallery_inversion,
+            tuned_mode=m.tuned_mode,
+            inverter=self._inverter().stats if (self.path / INVERTER_FILE).is_file() else None,
         )
 
     # -- maintenance (remove, ls, check) ------------------------------------------------------
@@ -588,12 +642,6 @@ def _index_path(path: str | Path | None) -> Path:
     return Path(path).expanduser() if path else default_index_path()
 
 
-def _collection(target: str) -> str:
-    if target not in TARGETS:
-        raise QueryError(f"unknown target '{target}': use one of {', '.join(TARGETS)}")
-    return TARGETS[target]
-
-
 def _under_any(path: str, roots: list[Path]) -> bool:
     p = Path(path)
     return any(p == r or r in p.parents for r in roots)
@@ -603,16 +651,28 @@ def _fingerprint(settings: dict) -> str:
     return settings_fingerprint(InversionConfig(**settings), "oti")
 
 
-def _load_query_image(image: str | Path | Image.Image) -> tuple[Image.Image, str]:
-    """The decoded query image and the hash of its content."""
-    if isinstance(image, Image.Image):
-        rgb = image.convert("RGB")
-        return rgb, content_hash(f"{rgb.size}".encode() + rgb.tobytes())
-    path = Path(image).expanduser()
-    try:
-        data = path.read_bytes()
-        return decode_rgb(data), content_hash(data)
-    except OSError as exc:
-        raise QueryError(f"cannot read query image {path}: {exc.strerror or exc}") from exc
-    except DecodeError as exc:
-        raise QueryError(f"cannot decode query image {path}: {exc}") from exc
+def _query(image=None, text=None, vector=None, item: int | None = None) -> dict:
+    given = {k: v for k, v in (("image", image), ("text", text), ("vector", vector), ("item", item)) if v is not None}
+    if len(given) != 1:
+        raise QueryError("give exactly one of image=, text=, vector= or item=")
+    return given
+
+
+class _CatalogCache:
+    """The inversion cache (cache.sqlite, store/cache.py) as the search layer sees it (get_many / put_many).
+    Writing it leaves the catalog and the FAISS files as they are."""
+
+    def __init__(self, store: Store):
+        self._store = store
+
+    def get_many(self, keys: Sequence[str]) -> dict[str, np.ndarray]:
+        found = {}
+        for key in keys:
+            vector = self._store.cache.get(key)
+            if vector is not None:
+                found[key] = vector
+        return found
+
+    def put_many(self, items: dict[str, np.ndarray]) -> None:
+        for key, vector in items.items():
+            self._store.cache.put(key, vector)

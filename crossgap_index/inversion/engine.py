@@ -32,12 +32,14 @@ def oti(
     config: InversionConfig,
     seeds: Sequence[int],
     progress: Progress | None = None,
+    init: np.ndarray | None = None,
 ) -> np.ndarray:
     """Invert image features into text features (float32 unit rows (n, d)) to search images inter-modally.
 
     ``seeds`` holds one int per query (derive it from the query's content so that the result
     is reproducible). ``progress(step, mean_loss)`` is called after every optimisation step,
     with ``step`` counted across batches up to ``ceil(n / batch_size) * oti_steps``.
+    ``init`` (n, R, token width), when given, replaces the random start (an inverter's output: mode warm).
     ``final_losses(result, image_features)`` gives each query's loss at the returned feature.
     """
     name = loaded.spec.canonical
@@ -47,7 +49,9 @@ def oti(
         prompt = tokenize_prompt(loaded.tokenizer, config.template, config.n_tokens, tower, name, loaded.device)
         features = fast_text_features(tower, prompt) if config.fast else reference_text_features(tower, prompt)
     shape = (config.n_tokens, tower.token_embedding.embedding_dim)
-    return _invert(features, shape, image_features, config, config.oti_steps, seeds, loaded.device, progress)
+    if init is not None and tuple(np.shape(init)) != (len(image_features), *shape):
+        raise QueryError(f"OTI init must have shape {(len(image_features), *shape)}, got {tuple(np.shape(init))}")
+    return _invert(features, shape, image_features, config, config.oti_steps, seeds, loaded.device, progress, init)
 
 
 @torch.inference_mode(False)
@@ -113,8 +117,9 @@ def _invert(
     seeds: Sequence[int],
     device: torch.device,
     progress: Progress | None,
+    init: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Split the queries into batches and run the shared loop on each."""
+    """Split the queries into batches and run the shared loop on each (from ``init`` when given)."""
     targets = np.asarray(targets, dtype=np.float32)
     if targets.ndim != 2:
         raise QueryError(f"inversion targets must be an (n, d) array, got shape {targets.shape}")
@@ -126,10 +131,13 @@ def _invert(
     out = []
     for first in range(0, len(targets), config.batch_size):
         batch = slice(first, first + config.batch_size)
-        init = torch.stack([_init(seed, shape, config.init_std) for seed in seeds[batch]]).to(device)
+        if init is None:
+            start = torch.stack([_init(seed, shape, config.init_std) for seed in seeds[batch]]).to(device)
+        else:
+            start = torch.as_tensor(np.asarray(init[batch], np.float32), device=device)
         target = F.normalize(torch.from_numpy(targets[batch].copy()).to(device), dim=-1)
         offset = (first // config.batch_size) * steps
-        out.append(_optimise(features, init, target, config, steps, dtype, progress, offset))
+        out.append(_optimise(features, start, target, config, steps, dtype, progress, offset))
     if not out:
         return np.zeros((0, targets.shape[1]), np.float32)
     return np.ascontiguousarray(torch.cat(out).cpu().numpy(), dtype=np.float32)

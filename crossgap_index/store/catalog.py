@@ -238,6 +238,14 @@ class Catalog:
         found = dict(self.conn.execute("SELECT id, content_hash FROM items WHERE modality = 'image'"))
         return [found[int(i)] for i in ids]
 
+    def content_hashes_of(self, ids: Sequence[int]) -> list[str]:
+        """Content hashes of items of any modality, in the order of ``ids``."""
+        marks = ",".join("?" * len(ids))
+        found = dict(
+            self.conn.execute(f"SELECT id, content_hash FROM items WHERE id IN ({marks})", [int(i) for i in ids])
+        )
+        return [found[int(i)] for i in ids]
+
     def count_derived(self, kind: str) -> int:
         return self.conn.execute("SELECT COUNT(*) FROM derived_vectors WHERE kind = ?", (kind,)).fetchone()[0]
 

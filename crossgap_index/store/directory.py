@@ -269,8 +269,17 @@ class Store:
 
     def exact_rerank(self, name: str, query: np.ndarray, candidate_ids: np.ndarray) -> np.ndarray:
         """Exact inner products of one query with candidates, from the stored (uncompressed) vectors."""
+        return self.catalog_vectors(name, candidate_ids) @ query
+
+    def catalog_vectors(self, name: str, ids: np.ndarray) -> np.ndarray:
+        """The stored (uncompressed) vectors of ``ids`` in collection ``name``, in order."""
         kind = name if name in DERIVED else None
-        return self.catalog.vectors_for(candidate_ids.tolist(), self.manifest.dim, kind) @ query
+        return self.catalog.vectors_for(np.asarray(ids).tolist(), self.manifest.dim, kind)
+
+    @property
+    def generation(self) -> int:
+        """Catalog generation the FAISS files were last saved at: derived data is current only at it."""
+        return self.manifest.generation
 
     def disk_sizes(self) -> dict[str, int]:
         return {p.name: p.stat().st_size for p in sorted(self.path.iterdir()) if p.is_file()}

@@ -27,6 +27,8 @@ class Manifest:
     gallery_inversion: dict | None = None
     # Each FAISS file as last saved: {"image": {"size": bytes, "crc32": int}}; verified on open.
     files: dict[str, dict[str, int]] = field(default_factory=dict)
+    # The mode `cgx tune` chose: {"mode": Mode.to_dict(), "selection", "report", "dataset", "date"}
+    tuned_mode: dict | None = None
     schema_version: int = MANIFEST_SCHEMA_VERSION
     crossgap_version: str = __version__
 
@@ -86,6 +88,7 @@ _FIELDS: dict[str, tuple[bool, Callable[[object], bool], str]] = {
     "generation": (False, lambda v: _is_int(v) and v >= 0, "a non-negative integer"),
     "gallery_inversion": (False, lambda v: v is None or isinstance(v, dict), "null or an object"),
     "files": (False, lambda v: _is_map(v, _is_file_record), "names -> {size, crc32}"),
+    "tuned_mode": (False, lambda v: v is None or isinstance(v, dict), "null or an object"),
     "schema_version": (False, lambda v: _is_int(v) and v >= 0, "an integer"),
     "crossgap_version": (False, lambda v: isinstance(v, str), "a string"),
 }
