@@ -587,7 +587,8 @@ def _query(image=None, text=None, vector=None, item: int | None = None) -> dict:
 
 
 class _CatalogCache:
-    """The inversion cache (cache.sqlite: writing it never marks FAISS files stale) as the search layer sees it."""
+    """The inversion cache (cache.sqlite, store/cache.py) as the search layer sees it (get_many / put_many).
+    Writing it leaves the catalog and the FAISS files as they are."""
 
     def __init__(self, store: Store):
         self._store = store

@@ -129,19 +129,18 @@ def _load_current(folder: Path, name: str, generation: int, count: int, dim: int
             return None
         if meta.get("size") != index_file.stat().st_size:
             return None
-        index = VectorIndex.load(index_file, dim, factory)
+        index = VectorIndex.load(index_file, dim, factory, meta)  # None unless size and crc32 match
         os.utime(meta_file)  # recently used: kept by _prune
     except (OSError, ValueError, RuntimeError, AttributeError):
         return None
-    return index if index.ntotal == count else None
+    return index if index is not None and index.ntotal == count else None
 
 
 def _save_quietly(folder: Path, name: str, index, generation: int) -> None:
     """Keep the derived collection for later processes; a read-only index rebuilds it in memory instead."""
     try:
         folder.mkdir(exist_ok=True)
-        index.save(folder / f"{name}.faiss")
-        meta = {"generation": generation, "count": index.ntotal, "size": (folder / f"{name}.faiss").stat().st_size}
+        meta = {"generation": generation, "count": index.ntotal, **index.save(folder / f"{name}.faiss")}
         tmp = folder / f"{name}.json.tmp"
         tmp.write_text(json.dumps(meta))
         os.replace(tmp, folder / f"{name}.json")
