@@ -100,7 +100,6 @@ _FIELDS: dict[str, tuple[bool, Callable[[object], bool], str]] = {
         "null or a tune record",
     ),
     "files": (False, lambda v: _is_map(v, _is_file_record), "names -> {size, crc32}"),
-    "tuned_mode": (False, lambda v: v is None or isinstance(v, dict), "null or an object"),
     "schema_version": (False, lambda v: _is_int(v) and v >= 0, "an integer"),
     "crossgap_version": (False, lambda v: isinstance(v, str), "a string"),
 }
