@@ -8,9 +8,6 @@ from typing import Annotated
 
 import typer
 
-from cli.render import err
-from crossgap_index.export import export_index
-
 
 class Format(str, Enum):
     parquet = "parquet"
@@ -33,6 +30,8 @@ def export_command(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No summary on stderr.")] = False,
 ) -> None:
     """Write the stored vectors (unit float32, inner product) with ids, paths, texts and external ids."""
+    from cli.render import err
+    from crossgap_index.export import export_index
     from crossgap_index.store.directory import default_index_path
 
     report = export_index(index or default_index_path(), out, fmt.value, collection)

@@ -8,19 +8,21 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
 
 from crossgap_index.engines import Engine, get_engine
 from crossgap_index.errors import QueryError, StoreError
-from crossgap_index.ingest.decode import DEFAULT_MAX_MEGAPIXELS, content_hash, decode_rgb
+from crossgap_index.ingest.decode import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_MEGAPIXELS, content_hash
 from crossgap_index.ingest.discover import find_images, resolve_roots
-from crossgap_index.ingest.pipeline import Prepared
-from crossgap_index.inversion import InversionConfig, oti
-from crossgap_index.inversion.inverter import Inverter, InverterConfig
+from crossgap_index.ingest.pipeline import Prepared, ReadLimits, decode_side, prepare
+from crossgap_index.ingest.texts import unicode_problem
+from crossgap_index.inversion import InversionConfig
 from crossgap_index.inversion.keys import seed_from_digest, settings_fingerprint
-from crossgap_index.models import Encoder, default_model_spec, load_model, parse_spec
+from crossgap_index.models import check_device, default_model_spec, local_weights, parse_spec
+from crossgap_index.precision import after_write, check_setting, precision_for_index, precision_for_new_index
 from crossgap_index.search.engine import Queries
 from crossgap_index.search.modes import FUSION_DEPTH, RRF_K, Mode, resolve_mode
 from crossgap_index.search.searcher import Hit, QueryTransform, Searcher, collection_of
@@ -29,6 +31,10 @@ from crossgap_index.store.check import CheckReport, check_store
 from crossgap_index.store.directory import IndexExistsError, Store, default_index_path
 from crossgap_index.store.prune import select_for_removal
 from crossgap_index.store.vectors import AUTO
+
+if TYPE_CHECKING:  # torch loads with the first model, inside the methods that need one
+    from crossgap_index.inversion.inverter import Inverter, InverterConfig
+    from crossgap_index.models import Encoder
 
 GALLERY_OTI = "image-oti"
 INVERTER_FILE = "inverter.safetensors"
@@ -87,6 +93,7 @@ class IndexInfo:
     gallery_inversion: dict | None = None
     tuned_mode: dict | None = None
     inverter: dict | None = None
+    precision: str = "fp32"
 
 
 def _reads(method: Callable) -> Callable:
@@ -101,11 +108,16 @@ def _reads(method: Callable) -> Callable:
 
 
 class CrossGapIndex:
-    """An index directory plus the model it was built with (loaded on first use)."""
+    """An index directory plus the model it was built with (loaded on first use).
 
-    def __init__(self, store: Store, device: str = "auto"):
+    ``precision`` (auto, fp32, bf16) is what the model embeds in; the index records the precision
+    of its vectors and admits another only within the measured agreement (crossgap_index.precision).
+    """
+
+    def __init__(self, store: Store, device: str = "auto", precision: str = "auto"):
         self._store = store
-        self._device = device
+        self._device = check_device(device)
+        self._precision = check_setting(precision)
         self._encoder: Encoder | None = None
         self._searcher: Searcher | None = None
         self._inverter_net: Inverter | None = None
@@ -119,13 +131,31 @@ class CrossGapIndex:
         device: str = "auto",
         factory: str = AUTO,
         wait: bool = True,
+        precision: str = "auto",
     ) -> CrossGapIndex:
         """Make a new, empty index directory for ``model`` (default: $CGX_MODEL or the open_clip default).
         ``wait``: when another process is writing this index, wait for it (else fail at once)."""
         path = _index_path(path)
         spec = parse_spec(model or default_model_spec())
-        encoder = Encoder(load_model(spec, device))
-        index = cls(Store.create(path, spec.canonical, encoder.dim, factory, wait=wait), device)
+        local_weights(spec)  # bad settings fail before torch is even imported
+        check_device(device)
+        check_setting(precision)
+        from crossgap_index.models import Encoder, load_model
+        from crossgap_index.models.encoder import precision_agreement
+
+        loaded = load_model(spec, device)
+        measured: list[float] = []
+
+        def agreement() -> float:  # measured only when auto would pick bf16
+            measured.append(precision_agreement(loaded))
+            return measured[0]
+
+        encoder = Encoder(loaded, precision=precision_for_new_index(check_setting(precision), loaded.device, agreement))
+        store = Store.create(path, spec.canonical, encoder.dim, factory, wait=wait, precision=encoder.precision)
+        if measured:
+            store.manifest.precision_agreement = measured[0]
+            store.manifest.save(path)
+        index = cls(store, device, precision)
         index._encoder = encoder
         return index
 
@@ -137,10 +167,13 @@ class CrossGapIndex:
         device: str = "auto",
         wait: bool = True,
         readonly: bool | None = None,
+        precision: str = "auto",
     ) -> CrossGapIndex:
         """Open an existing index; ``model``, when given, must be the one the index was built with.
         ``wait``: what writes do while another process writes (wait, or fail at once); ``readonly``:
-        None opens read-only when the directory cannot be written. Safe to share between threads."""
+        None opens read-only when the directory cannot be written. Safe to share between threads.
+        An explicit ``precision`` is checked against the index's vectors when the model first loads;
+        ``auto`` never refuses."""
         path = _index_path(path)
         store = Store.open(path, readonly=readonly)
         store.wait = wait
@@ -149,7 +182,14 @@ class CrossGapIndex:
             raise StoreError(
                 f"index at {path} was built with model '{store.manifest.model}', not '{parse_spec(model).canonical}'"
             )
-        return cls(store, device)
+        index = cls(store, device, precision)
+        if precision != "auto":
+            try:
+                index.encoder  # noqa: B018 - builds the encoder, refusing a precision the vectors do not agree with
+            except BaseException:
+                store.close()
+                raise
+        return index
 
     @classmethod
     def open_or_create(
@@ -159,14 +199,15 @@ class CrossGapIndex:
         device: str = "auto",
         factory: str = AUTO,
         wait: bool = True,
+        precision: str = "auto",
     ) -> CrossGapIndex:
         path = _index_path(path)
         if not (path / "manifest.json").exists():
             try:
-                return cls.create(path, model=model, device=device, factory=factory, wait=wait)
+                return cls.create(path, model=model, device=device, factory=factory, wait=wait, precision=precision)
             except IndexExistsError:
                 pass  # another process made it meanwhile
-        return cls.open(path, model=model, device=device, wait=wait)
+        return cls.open(path, model=model, device=device, wait=wait, precision=precision)
 
     def save(self) -> None:
         self._store.save()
@@ -193,7 +234,13 @@ class CrossGapIndex:
     @property
     def encoder(self) -> Encoder:
         if self._encoder is None:
-            encoder = Encoder(load_model(self._store.manifest.model, self._device))
+            from crossgap_index.models import Encoder, load_model
+
+            loaded = load_model(self._store.manifest.model, self._device)
+            stored, where = self._store.manifest.precision, f"index at {self.path}"
+            agreement = lambda: self._agreement(loaded)  # noqa: E731 - measured only when precisions differ
+            precision = precision_for_index(self._precision, stored, loaded.device, agreement, where)
+            encoder = Encoder(loaded, precision=precision)
             if encoder.dim != self._store.manifest.dim:
                 raise StoreError(
                     f"{self.path / 'manifest.json'}: model '{self._store.manifest.model}' makes {encoder.dim}-d "
@@ -202,6 +249,22 @@ class CrossGapIndex:
             self._encoder = encoder
         return self._encoder
 
+    def _agreement(self, loaded) -> float:
+        """The model's fp32/bf16 probe agreement, measured once per index and kept in its manifest."""
+        from crossgap_index.models.encoder import precision_agreement
+
+        manifest = self._store.manifest
+        if manifest.precision_agreement is None:
+            manifest.precision_agreement = precision_agreement(loaded)
+            manifest.save(self.path)
+        return manifest.precision_agreement
+
+    def _record_precision(self) -> None:
+        """Before new vectors are written: the index's precision covers them (saved with them)."""
+        manifest = self._store.manifest
+        empty = not any(self._store.indexes[name].ntotal for name in ("image", "text"))
+        manifest.precision = after_write(manifest.precision, self.encoder.precision, empty)
+
     # -- writing --------------------------------------------------------------------------
     def index_folders(
         self,
@@ -209,6 +272,7 @@ class CrossGapIndex:
         *,
         include_hidden: bool = False,
         max_megapixels: float = DEFAULT_MAX_MEGAPIXELS,
+        max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
         batch_size: int = 64,
         workers: int = 4,
         progress: ProgressFn | None = None,
@@ -216,41 +280,49 @@ class CrossGapIndex:
     ) -> BuildReport:
         """Bring the index in line with the image files under ``roots``: new and changed files are
         embedded (or reuse a stored vector with the same content), files gone from disk leave.
+        Only regular files up to ``max_file_bytes`` are read; any other file is skipped with a reason.
         ``engine``: ``local``, ``ray`` (a Ray cluster; see crossgap_index.engines) or an engine object."""
         roots = resolve_roots(roots)
         paths = find_images(roots, include_hidden=include_hidden)
-        return self._ingest(paths, roots, max_megapixels, batch_size, workers, progress, get_engine(engine))
+        return self._ingest(
+            paths, roots, max_megapixels, max_file_bytes, batch_size, workers, progress, get_engine(engine)
+        )
 
     def add_images(
         self,
         paths: Iterable[str | Path],
         *,
         max_megapixels: float = DEFAULT_MAX_MEGAPIXELS,
+        max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
         batch_size: int = 64,
         progress: ProgressFn | None = None,
     ) -> BuildReport:
         """Add or update the given image files; nothing is removed."""
         files = [Path(p).expanduser().resolve() for p in paths]
-        return self._ingest(files, [], max_megapixels, batch_size, 4, progress, get_engine("local"))
+        return self._ingest(files, [], max_megapixels, max_file_bytes, batch_size, 4, progress, get_engine("local"))
 
     def _ingest(
         self,
         paths: list[Path],
         prune_roots: list[Path],
         max_megapixels: float,
+        max_file_bytes: int,
         batch_size: int,
         workers: int,
         progress: ProgressFn | None,
         engine: Engine,
     ) -> BuildReport:
         with self._store.writing():
-            return self._ingest_locked(paths, prune_roots, max_megapixels, batch_size, workers, progress, engine)
+            return self._ingest_locked(
+                paths, prune_roots, max_megapixels, max_file_bytes, batch_size, workers, progress, engine
+            )
 
     def _ingest_locked(
         self,
         paths: list[Path],
         prune_roots: list[Path],
         max_megapixels: float,
+        max_file_bytes: int,
         batch_size: int,
         workers: int,
         progress: ProgressFn | None,
@@ -276,6 +348,8 @@ class CrossGapIndex:
         gone = [r.id for p, r in records.items() if p not in on_disk and _under_any(p, prune_roots)]
 
         known = catalog.known_hashes("image")
+        # decode no larger than the model's input: memory follows the model, not the photos
+        limits = ReadLimits(max_megapixels, max_file_bytes, decode_side(self.encoder.input_size) if todo else None)
         done = 0
         if progress:
             progress(0, len(todo))
@@ -287,10 +361,10 @@ class CrossGapIndex:
                 device=self._device,
                 batch_size=batch_size,
                 workers=workers,
-                max_megapixels=max_megapixels,
+                limits=limits,
             )
             for batch in batches:
-                self._store_batch(batch, records, known, report)
+                self._store_batch(batch, records, known, report, limits)
                 self._store.commit()
                 done += len(batch)
                 if progress:
@@ -302,19 +376,24 @@ class CrossGapIndex:
             report.seconds = time.perf_counter() - start
         return report
 
-    def _store_batch(self, batch: list[Prepared], records: dict, known: set[str], report: BuildReport) -> None:
+    def _store_batch(
+        self, batch: list[Prepared], records: dict, known: set[str], report: BuildReport, limits: ReadLimits
+    ) -> None:
         catalog = self._store.catalog
         vectors: dict[str, np.ndarray] = {}
-        for item in batch:
+        for i, item in enumerate(batch):
             if item.vector is not None:  # embedded by the engine
                 vectors[item.file.content_hash] = item.vector
             elif item.reused:
                 stored = catalog.vector_by_hash(item.file.content_hash)
                 if stored is not None:
                     vectors[item.file.content_hash] = stored
-        fresh = [p for p in batch if p.image is not None or (p.reused and p.file.content_hash not in vectors)]
-        if fresh:  # a reused vector can vanish when its only holder was replaced earlier in this run
-            images = [p.image if p.image is not None else decode_rgb(p.file.data or p.path.read_bytes()) for p in fresh]
+                else:  # its only holder was replaced earlier in this run: read and decode it after all
+                    batch[i] = prepare(item.path, lambda _: False, limits)
+        fresh = [p for p in batch if p.image is not None]
+        if fresh:
+            self._record_precision()
+            images = [p.image for p in fresh]
             vectors.update(zip((p.file.content_hash for p in fresh), self.encoder.encode_images(images), strict=True))
             report.embedded += len(fresh)
         report.embedded += sum(item.vector is not None for item in batch)
@@ -333,7 +412,7 @@ class CrossGapIndex:
                 report.updated += 1
             else:
                 report.added += 1
-            report.reused += item.reused and item not in fresh
+            report.reused += item.reused
             vector = vectors[file.content_hash]
             new_ids.append(catalog.add_image(str(item.path), file.content_hash, file.size, file.mtime_ns, vector))
             new_vectors.append(vector)
@@ -341,14 +420,26 @@ class CrossGapIndex:
         if new_ids:
             self._store.add("image", new_ids, np.stack(new_vectors))
 
-    def add_texts(self, texts: Sequence[str], ids: Sequence[str | None] | None = None) -> TextReport:
-        """Embed and store texts, skipping any whose exact content is already stored."""
+    def add_texts(
+        self,
+        texts: Sequence[str],
+        ids: Sequence[str | None] | None = None,
+        progress: ProgressFn | None = None,
+    ) -> TextReport:
+        """Embed and store texts, skipping any whose exact content is already stored.
+        Texts that cannot be stored as UTF-8 (lone surrogates) are refused before anything is written."""
         if ids is not None and len(ids) != len(texts):
             raise QueryError("add_texts: texts and ids differ in length")
+        for i, text in enumerate(texts):
+            problem = unicode_problem(text) or (unicode_problem(ids[i]) if ids is not None else None)
+            if problem:
+                raise QueryError(f"add_texts: text {i} {problem}")
         with self._store.writing():
-            return self._add_texts_locked(texts, ids)
+            return self._add_texts_locked(texts, ids, progress)
 
-    def _add_texts_locked(self, texts: Sequence[str], ids: Sequence[str | None] | None) -> TextReport:
+    def _add_texts_locked(
+        self, texts: Sequence[str], ids: Sequence[str | None] | None, progress: ProgressFn | None
+    ) -> TextReport:
         report = TextReport()
         known = self._store.catalog.known_hashes("text")
         fresh: dict[str, tuple[str, str | None]] = {}
@@ -359,6 +450,10 @@ class CrossGapIndex:
             else:
                 fresh[digest] = (text, ids[i] if ids is not None else None)
         items = list(fresh.items())
+        if items:
+            self._record_precision()
+        if progress:
+            progress(0, len(items))
         for start in range(0, len(items), 256):
             chunk = items[start : start + 256]
             vectors = self.encoder.encode_texts([text for _, (text, _) in chunk])
@@ -369,6 +464,8 @@ class CrossGapIndex:
             self._store.add("text", new_ids, vectors)
             self._store.commit()
             report.added += len(chunk)
+            if progress:
+                progress(report.added, len(items))
         self._store.save()
         return report
 
@@ -378,9 +475,11 @@ class CrossGapIndex:
         can be compared inter-modally with no optimisation at query time (mode ``cross-gallery``).
         Resumable: only images without a stored feature are inverted. Returns how many were."""
         with self._store.writing():
-            return self._invert_gallery_locked(config or InversionConfig(), progress)
+            return self._invert_gallery_locked((config or InversionConfig()).resolved(self.encoder.device), progress)
 
     def _invert_gallery_locked(self, config: InversionConfig, progress: ProgressFn | None) -> int:
+        from crossgap_index.inversion import oti
+
         manifest, catalog = self._store.manifest, self._store.catalog
         settings = dataclasses.asdict(config)
         if manifest.gallery_inversion is not None and _fingerprint(manifest.gallery_inversion) != _fingerprint(
@@ -533,6 +632,16 @@ class CrossGapIndex:
         )
 
     @_reads
+    def item(self, item_id: int) -> ItemRow | None:
+        """The stored item with this id (modality, path or text, external id), or None."""
+        return self._store.catalog.rows([item_id]).get(item_id)
+
+    def served_mode(self, mode: str, query_modality: str, target: str = "images") -> Mode:
+        """The Mode ``mode`` runs for a query of ``query_modality`` against ``target`` (``auto``: the tuned
+        one); e.g. ``.inverts`` tells a server which queries to batch."""
+        return self.searcher.resolve(mode, query_modality, collection_of(target))
+
+    @_reads
     def transform_query(
         self,
         image: str | Path | Image.Image | None = None,
@@ -624,6 +733,7 @@ class CrossGapIndex:
             gallery_inversion=self.gallery_inversion,
             tuned_mode=m.tuned_mode,
             inverter=self._inverter().stats if (self.path / INVERTER_FILE).is_file() else None,
+            precision=m.precision,
         )
 
     # -- maintenance (remove, ls, check) ------------------------------------------------------

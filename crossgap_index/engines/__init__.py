@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Protocol
 
 from crossgap_index.errors import QueryError
-from crossgap_index.ingest.pipeline import Prepared
+from crossgap_index.ingest.pipeline import Prepared, ReadLimits
 
 ENGINES = ("local", "ray")
 
@@ -28,10 +28,11 @@ class Engine(Protocol):
         device: str,
         batch_size: int,
         workers: int,
-        max_megapixels: float,
+        limits: ReadLimits,
     ) -> Iterator[list[Prepared]]:
         """Batches of prepared files in the order of ``paths``. ``known`` holds the content hashes
-        whose vectors are stored (it grows while the driver writes); such files are not embedded."""
+        whose vectors are stored (it grows while the driver writes); such files are not embedded.
+        ``limits``: the size caps and the side images are decoded to."""
         ...
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from crossgap_index.ingest.pipeline import Prepared, prepared_batches
+from crossgap_index.ingest.pipeline import Prepared, ReadLimits, prepared_batches
 
 
 class LocalEngine:
@@ -18,6 +18,6 @@ class LocalEngine:
         device: str,
         batch_size: int,
         workers: int,
-        max_megapixels: float,
+        limits: ReadLimits,
     ) -> Iterator[list[Prepared]]:
-        return prepared_batches(paths, known.__contains__, batch_size, workers, max_megapixels)
+        return prepared_batches(paths, known.__contains__, batch_size, workers, limits)

@@ -24,7 +24,7 @@ from PIL import Image
 
 from crossgap_index.errors import QueryError
 from crossgap_index.ingest.decode import FileBytes
-from crossgap_index.ingest.pipeline import Prepared, prepare
+from crossgap_index.ingest.pipeline import Prepared, ReadLimits, prepare
 from crossgap_index.models import Encoder, load_model
 
 HASH_DTYPE = "S32"  # content_hash: 16-byte blake2b as hex
@@ -37,7 +37,7 @@ def _preprocess(model: str) -> Callable[[Image.Image], torch.Tensor]:
 
 
 def read_and_preprocess(
-    batch: dict[str, np.ndarray], *, model: str, known: list, max_megapixels: float
+    batch: dict[str, np.ndarray], *, model: str, known: list, limits: ReadLimits
 ) -> dict[str, np.ndarray]:
     """CPU task: read, hash and (unless the content's vector is stored) decode and preprocess each file.
     ``known`` is ``[ObjectRef]`` of the sorted stored hashes (nested, so Ray passes the ref unresolved)."""
@@ -45,7 +45,7 @@ def read_and_preprocess(
     preprocess = _preprocess(model)
     out: dict[str, list] = {k: [] for k in ("path", "content_hash", "size", "mtime_ns", "reused", "error", "pixels")}
     for path in batch["path"].tolist():
-        item = prepare(Path(path), functools.partial(_contains, stored), max_megapixels)
+        item = prepare(Path(path), functools.partial(_contains, stored), limits)
         file = item.file
         out["path"].append(path)
         out["content_hash"].append(file.content_hash if file else "")
@@ -131,7 +131,7 @@ class RayEngine:
         device: str,
         batch_size: int,
         workers: int,
-        max_megapixels: float,
+        limits: ReadLimits,
     ) -> Iterator[list[Prepared]]:
         if not paths:
             return
@@ -153,7 +153,7 @@ class RayEngine:
                     read_and_preprocess,
                     batch_size=batch_size,
                     batch_format="numpy",
-                    fn_kwargs={"model": model, "known": [stored], "max_megapixels": max_megapixels},
+                    fn_kwargs={"model": model, "known": [stored], "limits": limits},
                 )
                 .map_batches(
                     self.embedder,

@@ -85,7 +85,9 @@ class Store:
         self._loaded_generation = -1
 
     @classmethod
-    def create(cls, path: Path, model: str, dim: int, factory: str = AUTO, wait: bool = True) -> Store:
+    def create(
+        cls, path: Path, model: str, dim: int, factory: str = AUTO, wait: bool = True, precision: str = "fp32"
+    ) -> Store:
         validate_factory(factory, dim)
         _make_directory(path)
         lock = IndexLock(path)
@@ -93,7 +95,7 @@ class Store:
             if (path / MANIFEST_NAME).exists():
                 raise IndexExistsError(f"an index already exists at {path}")
             names = (*MODALITIES, *DERIVED)
-            manifest = Manifest(model=model, dim=dim, factories=dict.fromkeys(names, factory))
+            manifest = Manifest(model=model, dim=dim, factories=dict.fromkeys(names, factory), precision=precision)
             catalog = Catalog(path / CATALOG_NAME)
             indexes = {n: VectorIndex(dim, factory) for n in names}
             store = cls(path, manifest, catalog, indexes, readonly=False, lock=lock)
