@@ -35,8 +35,8 @@ def folder(tmp_path: Path) -> Path:
     return photos
 
 
-def build(index: Path, folder: Path, engine, **kwargs):
-    with CrossGapIndex.open_or_create(index, model=MODEL, device="cpu") as cgx:
+def build(index: Path, folder: Path, engine, precision: str = "auto", **kwargs):
+    with CrossGapIndex.open_or_create(index, model=MODEL, device="cpu", precision=precision) as cgx:
         return cgx.index_folders([folder], batch_size=BATCH, max_megapixels=5, engine=engine, **kwargs)
 
 
@@ -101,7 +101,9 @@ def test_killed_worker_is_retried_with_nothing_lost_or_doubled(tmp_path, folder)
     assert_same_index(tmp_path / "local", tmp_path / "ray", [folder / "d1" / "img04.png"])
 
 
-def test_interrupted_driver_resumes(tmp_path, folder):
+def test_interrupted_driver_resumes_in_the_index_precision(tmp_path, folder):
+    """fp32 asked for explicitly: the actors embed in the driver's precision, not their own auto choice
+    (bf16 where the CPU runs it), so the vectors still equal the local build's to 1e-5."""
     index = tmp_path / "ray"
 
     def stop_after_two_batches(done: int, total: int) -> None:
@@ -109,13 +111,13 @@ def test_interrupted_driver_resumes(tmp_path, folder):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        build(index, folder, ONE_ACTOR, progress=stop_after_two_batches)
+        build(index, folder, ONE_ACTOR, "fp32", progress=stop_after_two_batches)
     rows, _ = catalog_rows(index)
     assert 0 < len(rows) < 18  # the stored batches survived the interrupt
 
-    resumed = build(index, folder, ONE_ACTOR)
+    resumed = build(index, folder, ONE_ACTOR, "fp32")
     assert resumed.unchanged == len(rows) and resumed.added == 18 - len(rows)
-    build(tmp_path / "local", folder, "local")
+    build(tmp_path / "local", folder, "local", "fp32")
     assert_same_index(tmp_path / "local", index, [folder / "d2" / "img05.png"])
 
 

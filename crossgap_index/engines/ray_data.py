@@ -75,8 +75,8 @@ def _contains(sorted_hashes: np.ndarray, digest: str) -> bool:
 class ImageEmbedder:
     """Actor: embeds the preprocessed pixels of a batch; rows without pixels get a zero vector."""
 
-    def __init__(self, model: str, device: str, batch_size: int):
-        self.encoder = Encoder(load_model(model, device), batch_size)
+    def __init__(self, model: str, device: str, batch_size: int, precision: str = "auto"):
+        self.encoder = Encoder(load_model(model, device), batch_size, precision=precision)
         self.shape = tuple(self.encoder.loaded.preprocess(Image.new("RGB", (8, 8))).shape)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -129,6 +129,7 @@ class RayEngine:
         *,
         model: str,
         device: str,
+        precision: str,
         batch_size: int,
         workers: int,
         limits: ReadLimits,
@@ -145,7 +146,12 @@ class RayEngine:
         saved = context.execution_options.preserve_order, context.enable_progress_bars
         context.execution_options.preserve_order = True  # catalog ids in input order, as the local engine
         context.enable_progress_bars = False
-        embedder_kwargs = {"model": model, "device": "cuda" if gpus else "cpu", "batch_size": batch_size}
+        embedder_kwargs = {
+            "model": model,
+            "device": "cuda" if gpus else "cpu",
+            "batch_size": batch_size,
+            "precision": precision,
+        }
         try:
             dataset = (
                 ray.data.from_items([{"path": str(p)} for p in paths], override_num_blocks=blocks)
