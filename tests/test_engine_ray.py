@@ -16,6 +16,7 @@ from crossgap_index.engines.ray_data import ImageEmbedder, RayEngine  # noqa: E4
 from tests.conftest import MODEL, write_broken_files, write_photo  # noqa: E402
 
 BATCH = 4
+ONE_ACTOR = RayEngine(actors=1)  # one model load per build keeps the module's time down on 2 cores
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -34,8 +35,8 @@ def folder(tmp_path: Path) -> Path:
     return photos
 
 
-def build(index: Path, folder: Path, engine, **kwargs):
-    with CrossGapIndex.open_or_create(index, model=MODEL, device="cpu") as cgx:
+def build(index: Path, folder: Path, engine, precision: str = "auto", **kwargs):
+    with CrossGapIndex.open_or_create(index, model=MODEL, device="cpu", precision=precision) as cgx:
         return cgx.index_folders([folder], batch_size=BATCH, max_megapixels=5, engine=engine, **kwargs)
 
 
@@ -62,7 +63,7 @@ def assert_same_index(a: Path, b: Path, queries: list[Path]) -> None:
 def test_ray_build_equals_local_and_stays_incremental(tmp_path, folder):
     local, distributed = tmp_path / "local", tmp_path / "ray"
     expected = build(local, folder, "local")
-    report = build(distributed, folder, "ray")
+    report = build(distributed, folder, ONE_ACTOR)
     assert (report.added, report.embedded, len(report.skipped)) == (18, 18, 5)
     assert (expected.added, expected.embedded) == (18, 18)
     assert sorted(report.skipped) == sorted(expected.skipped)
@@ -72,7 +73,7 @@ def test_ray_build_equals_local_and_stays_incremental(tmp_path, folder):
     write_photo(folder / "d1" / "img01.png", seed=101)  # changed content
     write_photo(folder / "d1" / "new.png", seed=102)  # new
     (folder / "d0" / "img03.png").rename(folder / "d0" / "moved.png")  # renamed: reuses its vector
-    for index, engine in ((local, "local"), (distributed, "ray")):
+    for index, engine in ((local, "local"), (distributed, ONE_ACTOR)):
         again = build(index, folder, engine)
         assert (again.embedded, again.added, again.updated, again.reused, again.removed) == (2, 2, 1, 1, 1)
     assert_same_index(local, distributed, [*queries, folder / "d1" / "new.png"])
@@ -100,7 +101,9 @@ def test_killed_worker_is_retried_with_nothing_lost_or_doubled(tmp_path, folder)
     assert_same_index(tmp_path / "local", tmp_path / "ray", [folder / "d1" / "img04.png"])
 
 
-def test_interrupted_driver_resumes(tmp_path, folder):
+def test_interrupted_driver_resumes_in_the_index_precision(tmp_path, folder):
+    """fp32 asked for explicitly: the actors embed in the driver's precision, not their own auto choice
+    (bf16 where the CPU runs it), so the vectors still equal the local build's to 1e-5."""
     index = tmp_path / "ray"
 
     def stop_after_two_batches(done: int, total: int) -> None:
@@ -108,13 +111,13 @@ def test_interrupted_driver_resumes(tmp_path, folder):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        build(index, folder, "ray", progress=stop_after_two_batches)
+        build(index, folder, ONE_ACTOR, "fp32", progress=stop_after_two_batches)
     rows, _ = catalog_rows(index)
     assert 0 < len(rows) < 18  # the stored batches survived the interrupt
 
-    resumed = build(index, folder, "ray")
+    resumed = build(index, folder, ONE_ACTOR, "fp32")
     assert resumed.unchanged == len(rows) and resumed.added == 18 - len(rows)
-    build(tmp_path / "local", folder, "local")
+    build(tmp_path / "local", folder, "local", "fp32")
     assert_same_index(tmp_path / "local", index, [folder / "d2" / "img05.png"])
 
 

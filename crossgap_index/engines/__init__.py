@@ -26,12 +26,14 @@ class Engine(Protocol):
         *,
         model: str,
         device: str,
+        precision: str,
         batch_size: int,
         workers: int,
         limits: ReadLimits,
     ) -> Iterator[list[Prepared]]:
         """Batches of prepared files in the order of ``paths``. ``known`` holds the content hashes
         whose vectors are stored (it grows while the driver writes); such files are not embedded.
+        ``precision``: what an engine that embeds must embed in (the driver's, from the index's rule);
         ``limits``: the size caps and the side images are decoded to."""
         ...
 

@@ -103,6 +103,7 @@ class ImageBuild:
                 known,
                 model=self._store.manifest.model,
                 device=self._device,
+                precision=self._encoder().precision if todo else "auto",  # the index's rule; no model load if idle
                 batch_size=batch_size,
                 workers=workers,
                 limits=limits,

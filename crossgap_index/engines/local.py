@@ -16,6 +16,7 @@ class LocalEngine:
         *,
         model: str,
         device: str,
+        precision: str,
         batch_size: int,
         workers: int,
         limits: ReadLimits,

@@ -75,8 +75,8 @@ def _contains(sorted_hashes: np.ndarray, digest: str) -> bool:
 class ImageEmbedder:
     """Actor: embeds the preprocessed pixels of a batch; rows without pixels get a zero vector."""
 
-    def __init__(self, model: str, device: str, batch_size: int):
-        self.encoder = Encoder(load_model(model, device), batch_size)
+    def __init__(self, model: str, device: str, batch_size: int, precision: str = "auto"):
+        self.encoder = Encoder(load_model(model, device), batch_size, precision=precision)
         self.shape = tuple(self.encoder.loaded.preprocess(Image.new("RGB", (8, 8))).shape)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -94,7 +94,8 @@ class ImageEmbedder:
 class RayEngine:
     """Runs on the Ray cluster at ``address`` (None: the running one, else a new local instance).
 
-    ``actors``: embedding actors (default: one per GPU, else one per ``actor_cpus`` CPUs);
+    ``actors``: embedding actors (default: one per GPU, else one per ``actor_cpus`` CPUs; never more
+    than there are batches);
     ``actor_cpus``: CPUs reserved per actor on CPU-only clusters; ``embedder``: the actor class.
     """
 
@@ -128,6 +129,7 @@ class RayEngine:
         *,
         model: str,
         device: str,
+        precision: str,
         batch_size: int,
         workers: int,
         limits: ReadLimits,
@@ -137,18 +139,22 @@ class RayEngine:
         self._connect()
         resources = ray.cluster_resources()
         gpus = int(resources.get("GPU", 0)) if device != "cpu" else 0
-        actors = self.actors or gpus or max(1, int(resources.get("CPU", 1) // self.actor_cpus))
+        blocks = max(1, math.ceil(len(paths) / batch_size))
+        actors = min(blocks, self.actors or gpus or max(1, int(resources.get("CPU", 1) // self.actor_cpus)))
         stored = ray.put(np.array(sorted(known), dtype=HASH_DTYPE))
         context = ray.data.DataContext.get_current()
         saved = context.execution_options.preserve_order, context.enable_progress_bars
         context.execution_options.preserve_order = True  # catalog ids in input order, as the local engine
         context.enable_progress_bars = False
-        embedder_kwargs = {"model": model, "device": "cuda" if gpus else "cpu", "batch_size": batch_size}
+        embedder_kwargs = {
+            "model": model,
+            "device": "cuda" if gpus else "cpu",
+            "batch_size": batch_size,
+            "precision": precision,
+        }
         try:
             dataset = (
-                ray.data.from_items(
-                    [{"path": str(p)} for p in paths], override_num_blocks=max(1, math.ceil(len(paths) / batch_size))
-                )
+                ray.data.from_items([{"path": str(p)} for p in paths], override_num_blocks=blocks)
                 .map_batches(
                     read_and_preprocess,
                     batch_size=batch_size,
