@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import functools
 import json
+import sys
+import warnings
 from dataclasses import asdict
 from enum import Enum
 from pathlib import Path
@@ -12,29 +14,47 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
+# Start-up stays light: only torch-free modules here. The library, rich rendering, numpy, FAISS and
+# torch load inside the commands that use them (`cgx --help` and `cgx info` never import torch).
 from cli.eval_command import eval_command
+from cli.export_command import export_command
 from cli.maintenance import NoWaitOpt, check_command, ls_command, remove_command
-from cli.render import build_summary, err, hits_table, info_table, inversion_bar, out, print_hits, progress_bar
+from cli.query_arg import query_kind
 from cli.serve_command import serve_command
 from cli.tune_command import train_inverter_command, tune_command
-from crossgap_index import CrossGapIndex
-from crossgap_index.demo import DEMO_MODEL, run_demo
-from crossgap_index.errors import CrossGapError
-from crossgap_index.evaluation.data import read_vocab
-from crossgap_index.ingest.decode import DEFAULT_MAX_MEGAPIXELS
-from crossgap_index.ingest.discover import is_image_path, resolve_roots
-from crossgap_index.ingest.texts import read_text_corpus
+from crossgap_index import __version__
+from crossgap_index.demo import DEMO_MODEL
+from crossgap_index.errors import CrossGapError, CrossGapWarning
+from crossgap_index.ingest.limits import DEFAULT_MAX_FILE_MB, DEFAULT_MAX_MEGAPIXELS
 from crossgap_index.inversion import InversionConfig
 from crossgap_index.models import DEFAULT_MODEL
-from crossgap_index.search.merge import RRF_K
 from crossgap_index.search.modes import MODE_NAMES, SERVED_OTI_STEPS
+
+RRF_K_DEFAULT = 60  # crossgap_index.search.merge.RRF_K, stated here so that --help needs no numpy
 
 app = typer.Typer(
     help="crossgap-index: CLIP image/text search with modality-inversion reranking.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # plain help: rich markup would eat "[default: ...]" and cost start-up time
 )
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"cgx (crossgap-index) {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    warnings.showwarning = _show_note  # library notes (e.g. a truncated query text) as one line
+
 
 IndexOpt = Annotated[
     Path | None,
@@ -51,11 +71,22 @@ ModelOpt = Annotated[
 ]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto (CUDA when available), cpu or cuda.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or summaries on stderr.")]
+PrecisionOpt = Annotated[
+    str,
+    typer.Option(
+        "--precision",
+        help="auto (bf16 where the CPU/GPU runs it natively, else fp32), fp32 or bf16: the model's compute "
+        "precision; an index takes another precision than its vectors' only within the measured agreement.",
+    ),
+]
 
 
 class Target(str, Enum):
     images = "images"
     texts = "texts"
+
+
+COLLECTIONS = {Target.images: "image", Target.texts: "text"}
 
 
 def fails_cleanly(command):
@@ -66,13 +97,28 @@ def fails_cleanly(command):
         try:
             return command(*args, **kwargs)
         except CrossGapError as exc:
-            err.print(f"[red]cgx: error:[/red] {exc}", highlight=False, markup=True)
+            print(f"cgx: error: {_one_line(exc)}", file=sys.stderr)
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
-            err.print("cgx: interrupted; work done so far is saved, re-run to resume")
+            print("cgx: interrupted; work done so far is saved, re-run to resume", file=sys.stderr)
             raise typer.Exit(130) from None
 
     return wrapper
+
+
+def _one_line(message: object) -> str:
+    return " ".join(str(message).split("\n"))
+
+
+def _show_note(message, category, filename, lineno, file=None, line=None) -> None:
+    """Library notes (CrossGapWarning) are one line on stderr; other warnings keep Python's format."""
+    if issubclass(category, CrossGapWarning):
+        print(f"cgx: note: {_one_line(message)}", file=sys.stderr)
+    else:
+        _python_showwarning(message, category, filename, lineno, file, line)
+
+
+_python_showwarning = warnings.showwarning
 
 
 @app.command("build-index")
@@ -91,8 +137,11 @@ def build_index(
     ] = "auto",
     include_hidden: Annotated[bool, typer.Option(help="Also index hidden files and folders.")] = False,
     max_image_megapixels: Annotated[
-        float, typer.Option(help="Skip images larger than this (decompression-bomb guard).")
+        float, typer.Option(min=0.0, help="Skip images larger than this (decompression-bomb guard).")
     ] = DEFAULT_MAX_MEGAPIXELS,
+    max_file_mb: Annotated[
+        float, typer.Option(min=0.0, help="Skip files larger than this many MB without reading them.")
+    ] = DEFAULT_MAX_FILE_MB,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per embedding batch.")] = 64,
     workers: Annotated[int, typer.Option(min=1, help="Decoding threads.")] = 4,
     report: Annotated[Path | None, typer.Option(help="Write every skipped file and its reason to this file.")] = None,
@@ -104,34 +153,52 @@ def build_index(
         ),
     ] = False,
     steps: Annotated[int, typer.Option(help="OTI steps for --invert-gallery.")] = InversionConfig.oti_steps,
+    engine: Annotated[
+        str, typer.Option(help="local (threads + this process) or ray (Ray Data: decode tasks, embedding actors).")
+    ] = "local",
+    ray_address: Annotated[
+        str | None, typer.Option(help="--engine ray: auto, or a cluster address [default: a new local instance].")
+    ] = None,
     no_wait: NoWaitOpt = False,
+    precision: PrecisionOpt = "auto",
     quiet: QuietOpt = False,
 ) -> None:
     """Embed the images under FOLDERS into the index. Incremental: unchanged files are skipped,
     changed ones re-embedded, deleted ones removed, renamed or duplicate files reuse stored vectors."""
+    from cli.render import build_summary, err, printable, progress_bar
+    from crossgap_index import CrossGapIndex
+    from crossgap_index.engines import get_engine
+    from crossgap_index.ingest.discover import resolve_roots
+
     folders = resolve_roots(folders)  # before an index is created for a typo
+    build_engine = get_engine(engine, ray_address)
     with (
-        CrossGapIndex.open_or_create(index, model=model, device=device, factory=factory, wait=not no_wait) as cgx,
+        CrossGapIndex.open_or_create(
+            index, model=model, device=device, factory=factory, wait=not no_wait, precision=precision
+        ) as cgx,
         progress_bar("embedding", "img", enabled=not quiet) as progress,
     ):
         result = cgx.index_folders(
             folders,
             include_hidden=include_hidden,
             max_megapixels=max_image_megapixels,
+            max_file_bytes=int(max_file_mb * 1e6),
             batch_size=batch_size,
             workers=workers,
             progress=progress,
+            engine=build_engine,
         )
         if invert_gallery or cgx.gallery_inversion is not None:
-            config = InversionConfig(oti_steps=steps) if invert_gallery else None
+            config = InversionConfig(oti_steps=steps, precision=precision) if invert_gallery else None
             with progress_bar("inverting gallery", "img", enabled=not quiet) as gallery_progress:
                 cgx.invert_gallery(config, progress=gallery_progress)
     if report is not None:
-        report.write_text("".join(f"{path}\t{reason}\n" for path, reason in result.skipped))
+        lines = "".join(f"{path}\t{reason}\n" for path, reason in result.skipped)
+        report.write_bytes(lines.encode("utf-8", "surrogateescape"))  # file names as their own bytes
     if not quiet:
         err.print(build_summary(result), highlight=False)
         if result.skipped:
-            shown = "; ".join(f"{p} ({r})" for p, r in result.skipped[:5])
+            shown = "; ".join(f"{printable(p)} ({r})" for p, r in result.skipped[:5])
             more = f" and {len(result.skipped) - 5} more" if len(result.skipped) > 5 else ""
             err.print(f"skipped {len(result.skipped)} unreadable files: {shown}{more}", highlight=False)
 
@@ -147,9 +214,16 @@ def add_texts(
     quiet: QuietOpt = False,
 ) -> None:
     """Add a text corpus beside the images; exact duplicates are stored once."""
+    from cli.render import err, progress_bar
+    from crossgap_index import CrossGapIndex
+    from crossgap_index.ingest.texts import read_text_corpus
+
     corpus = read_text_corpus(file)
-    with CrossGapIndex.open_or_create(index, model=model, device=device, wait=not no_wait) as cgx:
-        result = cgx.add_texts(corpus.texts, corpus.ids)
+    with (
+        CrossGapIndex.open_or_create(index, model=model, device=device, wait=not no_wait) as cgx,
+        progress_bar("embedding texts", "txt", enabled=not quiet) as progress,
+    ):
+        result = cgx.add_texts(corpus.texts, corpus.ids, progress=progress)
     if not quiet:
         err.print(f"added {result.added} texts, {result.duplicates} duplicates, {len(corpus.bad_lines)} bad lines")
         for lineno, reason in corpus.bad_lines[:10]:
@@ -200,7 +274,8 @@ def query(
         ),
     ] = Merge.rrf,
     alpha: Annotated[float, typer.Option(min=0.0, max=1.0, help="Weight of the cross list for --merge score.")] = 0.5,
-    rrf_k: Annotated[int, typer.Option(min=1, help="RRF constant.")] = RRF_K,
+    rrf_k: Annotated[int, typer.Option(min=1, help="RRF constant.")] = RRF_K_DEFAULT,
+    depth: Annotated[int, typer.Option(min=1, help="How deep each merged list is taken (at least -k).")] = 100,
     steps: Annotated[
         int | None, typer.Option(min=0, help="Inversion steps [default: OTI 25 (served), OVI 1000].")
     ] = None,
@@ -220,12 +295,21 @@ def query(
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Ignore and do not fill the inversion cache.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="One JSON document on stdout.")] = False,
     paths_only: Annotated[bool, typer.Option("--paths-only", help="Only paths (or texts), one per line.")] = False,
+    null: Annotated[
+        bool, typer.Option("--null", "-0", help="With --paths-only: end each item with NUL, not newline (xargs -0).")
+    ] = False,
+    precision: PrecisionOpt = "auto",
     quiet: QuietOpt = False,
 ) -> None:
-    """Search the index with an image or a text, plainly or through modality inversion."""
-    if as_image and as_text:
-        raise typer.BadParameter("--image and --text exclude each other")
-    is_image = as_image or (not as_text and Path(query).expanduser().is_file() and is_image_path(Path(query)))
+    """Search the index with an image or a text, plainly or through modality inversion.
+
+    QUERY is an image when it names an existing image file, else text; an argument with an image
+    extension that names no file is an error (use --text to search for such text)."""
+    from cli.render import err, inversion_bar, print_hits
+    from crossgap_index import CrossGapIndex
+    from crossgap_index.evaluation.data import read_vocab
+
+    is_image = query_kind(query, as_image, as_text) == "image"
     if mode is None:
         mode = Mode("cross" if merge is Merge.none else "auto") if cross else Mode("intra")
     elif mode.value == "fused" and merge is Merge.none:
@@ -233,17 +317,17 @@ def query(
     given = {"oti_steps": steps, "n_tokens": tokens, "n_patches": patches, "lr": lr, "template": template}
     given = {k: v for k, v in given.items() if v is not None}
     config = None
-    if given:
+    if given or precision != "auto":
         if steps is not None:
             given["ovi_steps"] = steps
-        config = InversionConfig(**{"oti_steps": SERVED_OTI_STEPS, **given})
+        config = InversionConfig(**{"oti_steps": SERVED_OTI_STEPS, **given, "precision": precision})
     projection = {}
     if span_components is not None:
         projection["components"] = span_components
     if vocab is not None:
         projection["vocabulary"] = read_vocab(vocab)
     with (
-        CrossGapIndex.open(index, device=device) as cgx,
+        CrossGapIndex.open(index, device=device, precision=precision) as cgx,
         inversion_bar(enabled=not (quiet or json_out)) as progress,
     ):
         hits = cgx.search(
@@ -254,21 +338,23 @@ def query(
             merge="rrf" if merge is Merge.none else merge.value,
             alpha=alpha,
             rrf_k=rrf_k,
+            depth=max(depth, top_k),
             inversion=config,
             projection=projection or None,
             use_cache=not no_cache,
             progress=progress,
         )
         served = cgx.describe_mode(mode.value, "image" if is_image else "text", target.value, inversion=config)
+        held = cgx.info().counts[COLLECTIONS[target]] if len(hits) < top_k else len(hits)
     if mode.value == "auto" and served["name"] == "intra" and (is_image != (target is Target.images)) and not quiet:
-        err.print("note: this query is already inter-modal (--cross turns image->images, text->texts): served intra")
+        err.print("cgx: note: this query is already inter-modal (--cross turns image->images, text->texts): intra")
+    if len(hits) < top_k and not quiet:
+        reason = f"the index holds {held} {target.value}" if held <= len(hits) else "the merged lists ran short"
+        err.print(f"cgx: note: {len(hits)} hits, fewer than -k {top_k}: {reason}", highlight=False)
+    fmt = "json" if json_out else "paths" if paths_only else "table"
     query_doc = {"kind": "image" if is_image else "text", "value": query}
     settings = {"target": target.value, "k": top_k, "mode": mode.value, "served": served}
-    fmt = "json" if json_out else "paths" if paths_only else "table"
-    if mode.value == "auto" and served["name"] == "intra" and (is_image != (target is Target.images)) and not quiet:
-        err.print("note: this query is already inter-modal (--cross turns image->images, text->texts): served intra")
-    query_doc = {"kind": "image" if is_image else "text", "value": query}
-    print_hits(hits, query_doc, settings, fmt)
+    print_hits(hits, query_doc, settings, fmt, separator=b"\0" if null else b"\n")
 
 
 @app.command()
@@ -278,6 +364,9 @@ def info(
     json_out: Annotated[bool, typer.Option("--json", help="One JSON document on stdout.")] = False,
 ) -> None:
     """Model, dimension, counts, FAISS factories and sizes on disk of an index."""
+    from cli.render import info_table, out
+    from crossgap_index import CrossGapIndex
+
     with CrossGapIndex.open(index) as cgx:
         details = cgx.info()
     if json_out:
@@ -303,6 +392,9 @@ def demo(
     """Offline demo: generate labelled synthetic photos, index them with the bundled crossgap-small model,
     tune the index on other labelled photos, and show a held-out query where the tuned mode changes the
     top results, beside plain intra-modal search, with a contact sheet."""
+    from cli.render import build_summary, err, hits_table, out, progress_bar
+    from crossgap_index.demo import run_demo
+
     with progress_bar("embedding", "img", enabled=not quiet) as progress:
         result = run_demo(
             folder,
@@ -331,6 +423,7 @@ def demo(
 
 
 app.command("eval")(fails_cleanly(eval_command))
+app.command("export")(fails_cleanly(export_command))
 app.command("tune")(fails_cleanly(tune_command))
 app.command("train-inverter")(fails_cleanly(train_inverter_command))
 for _name, _command in (("remove", remove_command), ("ls", ls_command), ("check", check_command)):

@@ -7,19 +7,17 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from cli.render import err, out
 from crossgap_index.errors import QueryError
-from crossgap_index.evaluation.data import load_dataset, read_vocab
-from crossgap_index.evaluation.protocol import EvalProgress, evaluate
-from crossgap_index.evaluation.report import render, write_plots
 from crossgap_index.inversion import InversionConfig
 from crossgap_index.models import DEFAULT_MODEL
 from crossgap_index.search.modes import SERVED_OTI_STEPS
+
+if TYPE_CHECKING:  # the evaluation stack (torch, matplotlib) loads when the command runs
+    from crossgap_index.evaluation.protocol import EvalProgress
 
 
 class Task(str, Enum):
@@ -85,6 +83,10 @@ def eval_command(
     plots: Annotated[
         Path | None, typer.Option("--plots", help="Write PNG plots of every metric to this folder.")
     ] = None,
+    precision: Annotated[
+        str,
+        typer.Option("--precision", help="auto (bf16 where native, else fp32), fp32 or bf16: embedding and inversion."),
+    ] = "auto",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars on stderr.")] = False,
 ) -> None:
     """Evaluate every retrieval mode on labelled data and report which wins.
@@ -96,6 +98,11 @@ def eval_command(
     the index's tuned mode; plus zero-shot accuracy as a control. Metrics: mAP (headline), mAP@R,
     R-precision, Recall@1.
     """
+    from cli.render import err, out
+    from crossgap_index.evaluation.data import load_dataset, read_vocab
+    from crossgap_index.evaluation.protocol import evaluate
+    from crossgap_index.evaluation.report import render, write_plots
+
     sweep = _parse_steps(sweep_steps, "--sweep-steps") if sweep_steps else []
     sweep_r = _parse_steps(sweep_tokens, "--sweep-tokens")
     data = load_dataset(dataset, limit)
@@ -105,6 +112,7 @@ def eval_command(
         n_tokens=tokens,
         ovi_steps=ovi_steps,
         batch_size=batch_size,
+        precision=precision,
     )
     extra = {}
     if index is not None:
@@ -119,6 +127,7 @@ def eval_command(
             data,
             model,
             device=device,
+            precision=precision,
             config=config,
             vocab=names,
             tasks=None if task is Task.all else [task.value],
@@ -153,6 +162,10 @@ def _parse_steps(text: str, option: str) -> list[int]:
 @contextmanager
 def _progress(enabled: bool) -> Iterator[EvalProgress]:
     """A ``progress(stage, done, total)`` callback: one bar per stage on stderr, started on first use."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from cli.render import err
+
     bar = Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=err
     )

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.markup import escape
@@ -14,10 +17,18 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColum
 from rich.table import Table
 from rich.text import Text
 
-from crossgap_index.api import BuildReport, Hit, IndexInfo
+if TYPE_CHECKING:
+    from crossgap_index.api import BuildReport, Hit, IndexInfo
 
-out = Console(soft_wrap=True)
+# Under a pipe or redirect rich would fit tables into 80 columns and cut paths: render at full width.
+PIPE_WIDTH = 100_000
+out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else PIPE_WIDTH)
 err = Console(stderr=True, soft_wrap=True)
+
+
+def printable(name: str) -> str:
+    """A file name for display: bytes that are not UTF-8 (surrogate-escaped by os) shown as \\xNN."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 class RateColumn(ProgressColumn):
@@ -93,7 +104,7 @@ def inversion_bar(total_steps: int | None = None, enabled: bool = True, delay: f
             bar.stop()
 
 
-def hits_table(hits: list[Hit], title: str, label_of=None) -> Table:
+def hits_table(hits: list[Hit], title: str | Text, label_of=None) -> Table:
     """Rank, score, each merged list's rank/score, (label), item."""
     lists = list(dict.fromkeys(name for h in hits for name in h.ranks))
     table = Table(title=title, title_justify="left")
@@ -111,21 +122,25 @@ def hits_table(hits: list[Hit], title: str, label_of=None) -> Table:
             cells += [f"{hit.ranks[n]} / {hit.scores[n]:.4f}" if n in hit.ranks else "-" for n in lists]
         if label_of:
             cells.append(label_of(hit))
-        cells.append(hit.path or hit.text or "")
+        cells.append(Text(printable(hit.path) if hit.path is not None else hit.text or ""))  # no markup in names
         table.add_row(*cells)
     return table
 
 
-def print_hits(hits: list[Hit], query: dict, settings: dict, fmt: str) -> None:
+def print_hits(hits: list[Hit], query: dict, settings: dict, fmt: str, separator: bytes = b"\n") -> None:
+    """``fmt``: json, table, or paths (each path or text then ``separator``; b"\\0" carries any file name)."""
     if fmt == "json":
         print(json.dumps({"query": query, "settings": settings, "hits": [asdict(h) for h in hits]}, indent=2))
     elif fmt == "paths":
-        for hit in hits:
-            print(hit.path if hit.path is not None else hit.text)
+        sys.stdout.flush()
+        for hit in hits:  # the file name's own bytes, so `xargs -0` gets the very file
+            item = os.fsencode(hit.path) if hit.path is not None else (hit.text or "").encode("utf-8")
+            sys.stdout.buffer.write(item + separator)
+        sys.stdout.buffer.flush()
     else:
         served = settings.get("served")
         mode = f" (mode {served['summary']})" if served else ""
-        out.print(hits_table(hits, f"{query['kind']} query: {query['value']}{mode}"))
+        out.print(hits_table(hits, Text(f"{query['kind']} query: {printable(query['value'])}{mode}")))
 
 
 def build_summary(report: BuildReport) -> str:

@@ -1,9 +1,28 @@
-"""crossgap-index: CLIP vector search with modality-inversion reranking."""
+"""crossgap-index: CLIP vector search with modality-inversion reranking.
+
+The public names load on first use (PEP 562): ``import crossgap_index.errors`` or reading
+``__version__`` costs no numpy, FAISS or torch import.
+"""
+
+from importlib import import_module
 
 __version__ = "0.1.0"
 
 from crossgap_index import _openmp  # noqa: E402, F401  (first: before anything loads torch or faiss)
-from crossgap_index.api import BuildReport, CrossGapIndex, Hit, IndexInfo, TextReport  # noqa: E402
-from crossgap_index.errors import CrossGapError  # noqa: E402
+
+_LAZY = {
+    "BuildReport": "crossgap_index.api",
+    "CrossGapIndex": "crossgap_index.api",
+    "Hit": "crossgap_index.api",
+    "IndexInfo": "crossgap_index.api",
+    "TextReport": "crossgap_index.api",
+    "CrossGapError": "crossgap_index.errors",
+}
 
 __all__ = ["BuildReport", "CrossGapError", "CrossGapIndex", "Hit", "IndexInfo", "TextReport", "__version__"]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

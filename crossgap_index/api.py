@@ -2,24 +2,25 @@
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
 
+from crossgap_index.engines import Engine, get_engine
+from crossgap_index.engines.build import BuildReport, ImageBuild, TextReport, add_text_items, invert_gallery_images
 from crossgap_index.errors import QueryError, StoreError
-from crossgap_index.ingest.decode import DEFAULT_MAX_MEGAPIXELS, content_hash, decode_rgb
+from crossgap_index.ingest.decode import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_MEGAPIXELS
 from crossgap_index.ingest.discover import find_images, resolve_roots
-from crossgap_index.ingest.pipeline import Prepared, prepared_batches
-from crossgap_index.inversion import InversionConfig, oti
-from crossgap_index.inversion.inverter import Inverter, InverterConfig
-from crossgap_index.inversion.keys import seed_from_digest, settings_fingerprint
-from crossgap_index.models import Encoder, default_model_spec, load_model, parse_spec
+from crossgap_index.ingest.pipeline import ReadLimits
+from crossgap_index.ingest.texts import unicode_problem
+from crossgap_index.inversion import InversionConfig
+from crossgap_index.models import check_device, default_model_spec, local_weights, parse_spec
+from crossgap_index.precision import after_write, check_setting, precision_for_index, precision_for_new_index
 from crossgap_index.search.engine import Queries
 from crossgap_index.search.modes import FUSION_DEPTH, RRF_K, Mode, resolve_mode
 from crossgap_index.search.searcher import Hit, QueryTransform, Searcher, collection_of
@@ -29,7 +30,10 @@ from crossgap_index.store.directory import IndexExistsError, Store, default_inde
 from crossgap_index.store.prune import select_for_removal
 from crossgap_index.store.vectors import AUTO
 
-GALLERY_OTI = "image-oti"
+if TYPE_CHECKING:  # torch loads with the first model, inside the methods that need one
+    from crossgap_index.inversion.inverter import Inverter, InverterConfig
+    from crossgap_index.models import Encoder
+
 INVERTER_FILE = "inverter.safetensors"
 __all__ = ["BuildReport", "CrossGapIndex", "Hit", "IndexInfo", "Query", "QueryTransform", "TextReport"]
 
@@ -48,30 +52,6 @@ class Query:
     digest: str
 
 
-@dataclass
-class BuildReport:
-    """What a build did. ``embedded`` counts images that went through the model."""
-
-    added: int = 0
-    updated: int = 0
-    removed: int = 0
-    unchanged: int = 0
-    reused: int = 0
-    embedded: int = 0
-    skipped: list[tuple[str, str]] = field(default_factory=list)
-    seconds: float = 0.0
-
-    @property
-    def images_per_second(self) -> float:
-        return self.embedded / self.seconds if self.seconds > 0 else 0.0
-
-
-@dataclass
-class TextReport:
-    added: int = 0
-    duplicates: int = 0
-
-
 @dataclass(frozen=True)
 class IndexInfo:
     path: str
@@ -86,6 +66,7 @@ class IndexInfo:
     gallery_inversion: dict | None = None
     tuned_mode: dict | None = None
     inverter: dict | None = None
+    precision: str = "fp32"
 
 
 def _reads(method: Callable) -> Callable:
@@ -100,11 +81,16 @@ def _reads(method: Callable) -> Callable:
 
 
 class CrossGapIndex:
-    """An index directory plus the model it was built with (loaded on first use)."""
+    """An index directory plus the model it was built with (loaded on first use).
 
-    def __init__(self, store: Store, device: str = "auto"):
+    ``precision`` (auto, fp32, bf16) is what the model embeds in; the index records the precision
+    of its vectors and admits another only within the measured agreement (crossgap_index.precision).
+    """
+
+    def __init__(self, store: Store, device: str = "auto", precision: str = "auto"):
         self._store = store
-        self._device = device
+        self._device = check_device(device)
+        self._precision = check_setting(precision)
         self._encoder: Encoder | None = None
         self._searcher: Searcher | None = None
         self._inverter_net: Inverter | None = None
@@ -118,13 +104,31 @@ class CrossGapIndex:
         device: str = "auto",
         factory: str = AUTO,
         wait: bool = True,
+        precision: str = "auto",
     ) -> CrossGapIndex:
         """Make a new, empty index directory for ``model`` (default: $CGX_MODEL or the open_clip default).
         ``wait``: when another process is writing this index, wait for it (else fail at once)."""
         path = _index_path(path)
         spec = parse_spec(model or default_model_spec())
-        encoder = Encoder(load_model(spec, device))
-        index = cls(Store.create(path, spec.canonical, encoder.dim, factory, wait=wait), device)
+        local_weights(spec)  # bad settings fail before torch is even imported
+        check_device(device)
+        check_setting(precision)
+        from crossgap_index.models import Encoder, load_model
+        from crossgap_index.models.encoder import precision_agreement
+
+        loaded = load_model(spec, device)
+        measured: list[float] = []
+
+        def agreement() -> float:  # measured only when auto would pick bf16
+            measured.append(precision_agreement(loaded))
+            return measured[0]
+
+        encoder = Encoder(loaded, precision=precision_for_new_index(check_setting(precision), loaded.device, agreement))
+        store = Store.create(path, spec.canonical, encoder.dim, factory, wait=wait, precision=encoder.precision)
+        if measured:
+            store.manifest.precision_agreement = measured[0]
+            store.manifest.save(path)
+        index = cls(store, device, precision)
         index._encoder = encoder
         return index
 
@@ -136,10 +140,13 @@ class CrossGapIndex:
         device: str = "auto",
         wait: bool = True,
         readonly: bool | None = None,
+        precision: str = "auto",
     ) -> CrossGapIndex:
         """Open an existing index; ``model``, when given, must be the one the index was built with.
         ``wait``: what writes do while another process writes (wait, or fail at once); ``readonly``:
-        None opens read-only when the directory cannot be written. Safe to share between threads."""
+        None opens read-only when the directory cannot be written. Safe to share between threads.
+        An explicit ``precision`` is checked against the index's vectors when the model first loads;
+        ``auto`` never refuses."""
         path = _index_path(path)
         store = Store.open(path, readonly=readonly)
         store.wait = wait
@@ -148,7 +155,14 @@ class CrossGapIndex:
             raise StoreError(
                 f"index at {path} was built with model '{store.manifest.model}', not '{parse_spec(model).canonical}'"
             )
-        return cls(store, device)
+        index = cls(store, device, precision)
+        if precision != "auto":
+            try:
+                index.encoder  # noqa: B018 - builds the encoder, refusing a precision the vectors do not agree with
+            except BaseException:
+                store.close()
+                raise
+        return index
 
     @classmethod
     def open_or_create(
@@ -158,14 +172,15 @@ class CrossGapIndex:
         device: str = "auto",
         factory: str = AUTO,
         wait: bool = True,
+        precision: str = "auto",
     ) -> CrossGapIndex:
         path = _index_path(path)
         if not (path / "manifest.json").exists():
             try:
-                return cls.create(path, model=model, device=device, factory=factory, wait=wait)
+                return cls.create(path, model=model, device=device, factory=factory, wait=wait, precision=precision)
             except IndexExistsError:
                 pass  # another process made it meanwhile
-        return cls.open(path, model=model, device=device, wait=wait)
+        return cls.open(path, model=model, device=device, wait=wait, precision=precision)
 
     def save(self) -> None:
         self._store.save()
@@ -192,7 +207,13 @@ class CrossGapIndex:
     @property
     def encoder(self) -> Encoder:
         if self._encoder is None:
-            encoder = Encoder(load_model(self._store.manifest.model, self._device))
+            from crossgap_index.models import Encoder, load_model
+
+            loaded = load_model(self._store.manifest.model, self._device)
+            stored, where = self._store.manifest.precision, f"index at {self.path}"
+            agreement = lambda: self._agreement(loaded)  # noqa: E731 - measured only when precisions differ
+            precision = precision_for_index(self._precision, stored, loaded.device, agreement, where)
+            encoder = Encoder(loaded, precision=precision)
             if encoder.dim != self._store.manifest.dim:
                 raise StoreError(
                     f"{self.path / 'manifest.json'}: model '{self._store.manifest.model}' makes {encoder.dim}-d "
@@ -201,6 +222,22 @@ class CrossGapIndex:
             self._encoder = encoder
         return self._encoder
 
+    def _agreement(self, loaded) -> float:
+        """The model's fp32/bf16 probe agreement, measured once per index and kept in its manifest."""
+        from crossgap_index.models.encoder import precision_agreement
+
+        manifest = self._store.manifest
+        if manifest.precision_agreement is None:
+            manifest.precision_agreement = precision_agreement(loaded)
+            manifest.save(self.path)
+        return manifest.precision_agreement
+
+    def _record_precision(self) -> None:
+        """Before new vectors are written: the index's precision covers them (saved with them)."""
+        manifest = self._store.manifest
+        empty = not any(self._store.indexes[name].ntotal for name in ("image", "text"))
+        manifest.precision = after_write(manifest.precision, self.encoder.precision, empty)
+
     # -- writing --------------------------------------------------------------------------
     def index_folders(
         self,
@@ -208,152 +245,67 @@ class CrossGapIndex:
         *,
         include_hidden: bool = False,
         max_megapixels: float = DEFAULT_MAX_MEGAPIXELS,
+        max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
         batch_size: int = 64,
         workers: int = 4,
         progress: ProgressFn | None = None,
+        engine: str | Engine = "local",
     ) -> BuildReport:
         """Bring the index in line with the image files under ``roots``: new and changed files are
-        embedded (or reuse a stored vector with the same content), files gone from disk leave."""
+        embedded (or reuse a stored vector with the same content), files gone from disk leave.
+        Only regular files up to ``max_file_bytes`` are read; any other file is skipped with a reason.
+        ``engine``: ``local``, ``ray`` (a Ray cluster; see crossgap_index.engines) or an engine object."""
         roots = resolve_roots(roots)
         paths = find_images(roots, include_hidden=include_hidden)
-        return self._ingest(paths, roots, max_megapixels, batch_size, workers, progress)
+        return self._ingest(
+            paths, roots, max_megapixels, max_file_bytes, batch_size, workers, progress, get_engine(engine)
+        )
 
     def add_images(
         self,
         paths: Iterable[str | Path],
         *,
         max_megapixels: float = DEFAULT_MAX_MEGAPIXELS,
+        max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
         batch_size: int = 64,
         progress: ProgressFn | None = None,
     ) -> BuildReport:
         """Add or update the given image files; nothing is removed."""
         files = [Path(p).expanduser().resolve() for p in paths]
-        return self._ingest(files, [], max_megapixels, batch_size, 4, progress)
+        return self._ingest(files, [], max_megapixels, max_file_bytes, batch_size, 4, progress, get_engine("local"))
 
     def _ingest(
         self,
         paths: list[Path],
         prune_roots: list[Path],
         max_megapixels: float,
+        max_file_bytes: int,
         batch_size: int,
         workers: int,
         progress: ProgressFn | None,
+        engine: Engine,
     ) -> BuildReport:
         with self._store.writing():
-            return self._ingest_locked(paths, prune_roots, max_megapixels, batch_size, workers, progress)
+            limits = ReadLimits(max_megapixels, max_file_bytes, None)
+            build = ImageBuild(self._store, lambda: self.encoder, self._record_precision, self._device)
+            return build.run(paths, prune_roots, limits, batch_size, workers, engine, progress)
 
-    def _ingest_locked(
+    def add_texts(
         self,
-        paths: list[Path],
-        prune_roots: list[Path],
-        max_megapixels: float,
-        batch_size: int,
-        workers: int,
-        progress: ProgressFn | None,
-    ) -> BuildReport:
-        start = time.perf_counter()
-        report = BuildReport()
-        catalog = self._store.catalog
-        records = catalog.images()
-        todo = []
-        for path in paths:
-            record = records.get(str(path))
-            try:
-                stat = path.stat()
-            except OSError as exc:
-                report.skipped.append((str(path), f"unreadable: {exc.strerror or exc}"))
-                continue
-            if record and record.size == stat.st_size and record.mtime_ns == stat.st_mtime_ns:
-                report.unchanged += 1
-            else:
-                todo.append(path)
-        on_disk = {str(p) for p in paths}
-        gone = [r.id for p, r in records.items() if p not in on_disk and _under_any(p, prune_roots)]
-
-        known = catalog.known_hashes("image")
-        done = 0
-        if progress:
-            progress(0, len(todo))
-        try:
-            for batch in prepared_batches(todo, known.__contains__, batch_size, workers, max_megapixels):
-                self._store_batch(batch, records, known, report)
-                self._store.commit()
-                done += len(batch)
-                if progress:
-                    progress(done, len(todo))
-            self._store.remove(gone)
-            report.removed = len(gone)
-        finally:
-            self._store.save()
-            report.seconds = time.perf_counter() - start
-        return report
-
-    def _store_batch(self, batch: list[Prepared], records: dict, known: set[str], report: BuildReport) -> None:
-        catalog = self._store.catalog
-        vectors: dict[str, np.ndarray] = {}
-        for item in batch:
-            if item.reused:
-                stored = catalog.vector_by_hash(item.file.content_hash)
-                if stored is not None:
-                    vectors[item.file.content_hash] = stored
-        fresh = [p for p in batch if p.image is not None or (p.reused and p.file.content_hash not in vectors)]
-        if fresh:  # a reused vector can vanish when its only holder was replaced earlier in this run
-            images = [p.image if p.image is not None else decode_rgb(p.file.data) for p in fresh]
-            vectors.update(zip((p.file.content_hash for p in fresh), self.encoder.encode_images(images), strict=True))
-            report.embedded += len(fresh)
-        new_ids, new_vectors = [], []
-        for item in batch:
-            if item.error is not None:
-                report.skipped.append((str(item.path), item.error))
-                continue
-            file, old = item.file, records.get(str(item.path))
-            if old is not None and old.content_hash == file.content_hash:
-                catalog.update_stat(old.id, file.size, file.mtime_ns)  # touched, same content
-                report.unchanged += 1
-                continue
-            if old is not None:
-                self._store.remove([old.id])
-                report.updated += 1
-            else:
-                report.added += 1
-            report.reused += item.reused and item not in fresh
-            vector = vectors[file.content_hash]
-            new_ids.append(catalog.add_image(str(item.path), file.content_hash, file.size, file.mtime_ns, vector))
-            new_vectors.append(vector)
-            known.add(file.content_hash)
-        if new_ids:
-            self._store.add("image", new_ids, np.stack(new_vectors))
-
-    def add_texts(self, texts: Sequence[str], ids: Sequence[str | None] | None = None) -> TextReport:
-        """Embed and store texts, skipping any whose exact content is already stored."""
+        texts: Sequence[str],
+        ids: Sequence[str | None] | None = None,
+        progress: ProgressFn | None = None,
+    ) -> TextReport:
+        """Embed and store texts, skipping any whose exact content is already stored.
+        Texts that cannot be stored as UTF-8 (lone surrogates) are refused before anything is written."""
         if ids is not None and len(ids) != len(texts):
             raise QueryError("add_texts: texts and ids differ in length")
-        with self._store.writing():
-            return self._add_texts_locked(texts, ids)
-
-    def _add_texts_locked(self, texts: Sequence[str], ids: Sequence[str | None] | None) -> TextReport:
-        report = TextReport()
-        known = self._store.catalog.known_hashes("text")
-        fresh: dict[str, tuple[str, str | None]] = {}
         for i, text in enumerate(texts):
-            digest = content_hash(text.encode("utf-8"))
-            if digest in known or digest in fresh:
-                report.duplicates += 1
-            else:
-                fresh[digest] = (text, ids[i] if ids is not None else None)
-        items = list(fresh.items())
-        for start in range(0, len(items), 256):
-            chunk = items[start : start + 256]
-            vectors = self.encoder.encode_texts([text for _, (text, _) in chunk])
-            new_ids = [
-                self._store.catalog.add_text(text, digest, ext, vec)
-                for (digest, (text, ext)), vec in zip(chunk, vectors, strict=True)
-            ]
-            self._store.add("text", new_ids, vectors)
-            self._store.commit()
-            report.added += len(chunk)
-        self._store.save()
-        return report
+            problem = unicode_problem(text) or (unicode_problem(ids[i]) if ids is not None else None)
+            if problem:
+                raise QueryError(f"add_texts: text {i} {problem}")
+        with self._store.writing():
+            return add_text_items(self._store, self.encoder, texts, ids, self._record_precision, progress)
 
     # -- gallery-side inversion ------------------------------------------------------------
     def invert_gallery(self, config: InversionConfig | None = None, progress: ProgressFn | None = None) -> int:
@@ -361,35 +313,8 @@ class CrossGapIndex:
         can be compared inter-modally with no optimisation at query time (mode ``cross-gallery``).
         Resumable: only images without a stored feature are inverted. Returns how many were."""
         with self._store.writing():
-            return self._invert_gallery_locked(config or InversionConfig(), progress)
-
-    def _invert_gallery_locked(self, config: InversionConfig, progress: ProgressFn | None) -> int:
-        manifest, catalog = self._store.manifest, self._store.catalog
-        settings = dataclasses.asdict(config)
-        if manifest.gallery_inversion is not None and _fingerprint(manifest.gallery_inversion) != _fingerprint(
-            settings
-        ):
-            catalog.clear_derived(GALLERY_OTI)  # other settings: the stored features no longer apply
-            self._store.rebuild(GALLERY_OTI)
-        manifest.gallery_inversion = settings
-        ids, vectors = catalog.ids_and_vectors("image", manifest.dim)
-        done = catalog.derived_ids(GALLERY_OTI)
-        todo = [i for i, item_id in enumerate(ids.tolist()) if item_id not in done]
-        seeds = [seed_from_digest(h) for h in catalog.content_hashes(ids[todo].tolist())]
-        if progress:
-            progress(0, len(todo))
-        try:
-            for first in range(0, len(todo), config.batch_size):
-                rows = todo[first : first + config.batch_size]
-                inverted = oti(self.encoder.loaded, vectors[rows], config, seeds[first : first + len(rows)])
-                catalog.set_derived(GALLERY_OTI, ids[rows].tolist(), inverted)
-                self._store.add(GALLERY_OTI, ids[rows].tolist(), inverted)
-                self._store.commit()
-                if progress:
-                    progress(first + len(rows), len(todo))
-        finally:
-            self._store.save()
-        return len(todo)
+            config = (config or InversionConfig()).resolved(self.encoder.device)
+            return invert_gallery_images(self._store, self.encoder.loaded, config, progress)
 
     # -- reading --------------------------------------------------------------------------
     @property
@@ -617,6 +542,7 @@ class CrossGapIndex:
             gallery_inversion=self.gallery_inversion,
             tuned_mode=m.tuned_mode,
             inverter=self._inverter().stats if (self.path / INVERTER_FILE).is_file() else None,
+            precision=m.precision,
         )
 
     # -- maintenance (remove, ls, check) ------------------------------------------------------
@@ -653,15 +579,6 @@ def _index_path(path: str | Path | None) -> Path:
     return Path(path).expanduser() if path else default_index_path()
 
 
-def _under_any(path: str, roots: list[Path]) -> bool:
-    p = Path(path)
-    return any(p == r or r in p.parents for r in roots)
-
-
-def _fingerprint(settings: dict) -> str:
-    return settings_fingerprint(InversionConfig(**settings), "oti")
-
-
 def _query(image=None, text=None, vector=None, item: int | None = None) -> dict:
     given = {k: v for k, v in (("image", image), ("text", text), ("vector", vector), ("item", item)) if v is not None}
     if len(given) != 1:
@@ -670,7 +587,8 @@ def _query(image=None, text=None, vector=None, item: int | None = None) -> dict:
 
 
 class _CatalogCache:
-    """The inversion cache (cache.sqlite: writing it never marks FAISS files stale) as the search layer sees it."""
+    """The inversion cache (cache.sqlite, store/cache.py) as the search layer sees it (get_many / put_many).
+    Writing it leaves the catalog and the FAISS files as they are."""
 
     def __init__(self, store: Store):
         self._store = store

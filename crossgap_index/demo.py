@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from crossgap_index.api import BuildReport, CrossGapIndex, Hit, ProgressFn
-from crossgap_index.contact_sheet import contact_sheet
-from crossgap_index.datasets.synthetic import export_folder, make_item
+if TYPE_CHECKING:  # the CLI imports DEMO_MODEL for its help text; the stack loads when the demo runs
+    from crossgap_index.api import BuildReport, Hit, ProgressFn
 
 DEMO_MODEL = "crossgap-small"
 DEMO_SEED = 2026  # not the training seed: the demo gallery is held-out data
@@ -46,6 +46,10 @@ def run_demo(
     """Generate ``n_images`` synthetic photos (one folder per class) and index them; tune on
     ``tune_images`` other labelled photos (projections only unless ``inversion``); then show the held-out
     photo, among a few, whose top ``k`` the tuned mode changes most, beside intra, in a contact sheet."""
+    from crossgap_index.api import CrossGapIndex
+    from crossgap_index.contact_sheet import contact_sheet
+    from crossgap_index.datasets.synthetic import export_folder, make_item
+
     out = Path(out_dir).expanduser().resolve()
     folder = export_folder(out / "images", DEMO_SEED, n_images)
     with CrossGapIndex.open_or_create(out / "index", model=model, device=device) as index:

@@ -23,3 +23,11 @@ class QueryError(CrossGapError):
 
 class InputFileError(CrossGapError):
     """An input file (text corpus, dataset) cannot be read."""
+
+
+class CrossGapWarning(UserWarning):
+    """A note the user should see but that does not stop the work (the CLI prints it as one line)."""
+
+
+class TruncatedTextWarning(CrossGapWarning):
+    """A text was longer than the model's context; only its first part was embedded."""

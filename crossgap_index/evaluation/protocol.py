@@ -147,6 +147,7 @@ def evaluate(
     model: str | None = None,
     *,
     device: str = "auto",
+    precision: str = "auto",
     config: InversionConfig | None = None,
     vocab: Sequence[str] | None = None,
     tasks: Sequence[str] | None = None,
@@ -168,6 +169,7 @@ def evaluate(
     directions kept by the span map (default: the served d/16). ``extra_modes``: more named modes to
     measure, e.g. an index's tuned mode as ``tuned``. ``inverter``: a trained ``Inverter`` for the
     inverter and warm modes (default: one trained here on the evaluated images, without their labels).
+    ``precision``: the embedding model's (auto, fp32, bf16); inversion follows ``config.precision``.
     """
     start = time.perf_counter()
     config = config or SERVED_INVERSION
@@ -184,13 +186,16 @@ def evaluate(
     report = progress or (lambda stage, done, total: None)
     timings: dict[str, float] = {}
     with _timed(timings, "load_model"):
-        encoder = Encoder(load_model(model or default_model_spec(), device))
+        encoder = Encoder(load_model(model or default_model_spec(), device), precision=precision)
+
     if span_components is not None and span_components > encoder.dim:
         raise QueryError(f"span components must be at most the model's dimension {encoder.dim}")
     names = sorted(set(vocab if vocab is not None else data.class_names))
     if vocab is not None and len(names) < 2:
         raise QueryError(f"a span vocabulary needs at least 2 names, got {len(names)}")
+    config = config.resolved(encoder.device)
     settings = {
+        "precision": encoder.precision,
         "inversion": dataclasses.asdict(config),
         "fusion": {"rrf_k": rrf_k, "alpha_cross": alpha, "depth": resolve_mode("fused").depth},
         "span": {

@@ -9,7 +9,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from crossgap_index.errors import InputFileError
+from crossgap_index.errors import InputFileError, QueryError
 
 
 @dataclass
@@ -49,6 +49,29 @@ def read_utf8_lines(path: Path, what: str = "") -> list[str]:
         raise InputFileError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
 
 
+def unicode_problem(text: object) -> str | None:
+    """Why ``text`` cannot be stored as UTF-8 (JSON allows lone surrogates such as "\\ud800"), or None."""
+    if not isinstance(text, str):
+        return None
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return f"holds a lone surrogate ({text[exc.start]!a}), which is not valid Unicode text"
+    return None
+
+
+def check_query_text(text: str) -> str:
+    """``text`` if it can be searched for: a non-blank string of valid Unicode; else a one-line QueryError."""
+    if not isinstance(text, str):
+        raise QueryError(f"a text query must be a string, not {type(text).__name__}")
+    if not text.strip():
+        raise QueryError("empty text query: give some words to search for")
+    problem = unicode_problem(text)
+    if problem:
+        raise QueryError(f"the query text {problem}")
+    return text
+
+
 def _parse_txt_line(line: str) -> tuple[str, None]:
     return line.strip(), None
 
@@ -66,4 +89,8 @@ def _parse_jsonl_line(line: str) -> tuple[str, str | None]:
     ext_id = record.get("id")
     if ext_id is not None and not isinstance(ext_id, (str, int)):
         raise ValueError('"id" must be a string or an integer')
+    for name, value in (("text", text), ("id", ext_id)):
+        problem = unicode_problem(value)
+        if problem:
+            raise ValueError(f'"{name}" {problem}')
     return text.strip(), None if ext_id is None else str(ext_id)

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from dataclasses import dataclass
-
-import torch
+from typing import TYPE_CHECKING
 
 from crossgap_index.errors import QueryError
 
-PRECISIONS = ("auto", "fp32", "bf16")
+if TYPE_CHECKING:  # torch is imported by the methods that need it: building a config must stay cheap
+    import torch
+
+from crossgap_index.precision import PRECISIONS, resolve  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -19,6 +23,8 @@ class InversionConfig:
     retrieval quality peaking early while the loss keeps falling, so stop-on-plateau is not offered.
     ``fast=False`` selects the oracle (full context, everything recomputed, fp32, no compile);
     it must not be combined with ``precision="bf16"`` or ``compile=True``.
+    ``precision``: the fast path runs the model cast to bf16 where ``auto`` finds it native
+    (see ``crossgap_index.precision``); the loss, AdamW and its pseudo-token master copy stay fp32.
     ``batch_size`` and ``fast`` change speed only: each query's result depends on its own seed.
     """
 
@@ -32,18 +38,27 @@ class InversionConfig:
     init_std: float = 0.02
     batch_size: int = 64
     fast: bool = True
-    precision: str = "auto"  # auto: bf16 autocast on CUDA (no grad scaler), fp32 on CPU
+    precision: str = "auto"  # auto: bf16 where the device runs it natively (CPU or CUDA), else fp32
     compile: bool = False  # torch.compile the feature function; CUDA only, ignored on CPU
 
     def __post_init__(self) -> None:
         problems = []
+        for name in ("lr", "weight_decay", "init_std"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                problems.append(f"{name} must be a finite number, got {value!r}")
+        for name in ("oti_steps", "ovi_steps", "n_tokens", "batch_size"):
+            if isinstance(getattr(self, name), bool) or not isinstance(getattr(self, name), int):
+                problems.append(f"{name} must be an integer, got {getattr(self, name)!r}")
+        if problems:
+            raise QueryError("invalid inversion settings: " + "; ".join(problems))
         if self.oti_steps < 0 or self.ovi_steps < 0:
             problems.append("steps must be >= 0")
         if self.n_tokens < 1:
             problems.append("n_tokens must be >= 1")
         if self.n_patches is not None and self.n_patches < 1:
             problems.append("n_patches must be >= 1")
-        if self.template.count("{}") != 1:
+        if not isinstance(self.template, str) or self.template.count("{}") != 1:
             problems.append(f"template must contain '{{}}' exactly once, got {self.template!r}")
         if self.batch_size < 1:
             problems.append("batch_size must be >= 1")
@@ -56,13 +71,13 @@ class InversionConfig:
         if problems:
             raise QueryError("invalid inversion settings: " + "; ".join(problems))
 
-    def autocast_dtype(self, device: torch.device) -> torch.dtype | None:
-        """The autocast dtype for ``device``, or None for plain fp32."""
-        if not self.fast or self.precision == "fp32":
-            return None
-        if self.precision == "bf16" or device.type == "cuda":
-            return torch.bfloat16
-        return None
+    def precision_on(self, device: torch.device) -> str:
+        """``fp32`` or ``bf16``: what this config runs in on ``device`` (the oracle is always fp32)."""
+        return resolve(self.precision, device) if self.fast else "fp32"
+
+    def resolved(self, device: torch.device) -> InversionConfig:
+        """This config with ``auto`` replaced by the precision it means on ``device`` (for cache keys and records)."""
+        return dataclasses.replace(self, precision=self.precision_on(device))
 
     def compiles(self, device: torch.device) -> bool:
         """torch.compile pays off only where kernel launches dominate: on CUDA."""

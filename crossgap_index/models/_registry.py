@@ -21,6 +21,11 @@ def bundled_names() -> list[str]:
 
 
 def bundled_dir(name: str) -> Path | None:
-    """The folder of a bundled model, or None when ``name`` is not bundled."""
+    """The folder of a bundled model, or None when ``name`` is not bundled.
+
+    Only a plain name counts: ``BUNDLED_DIR / "/some/folder"`` would be that folder itself, and a user's
+    model folder taken for a bundled one would be allowed to load without weights."""
+    if not name or name != Path(name).name or name in (".", ".."):
+        return None
     folder = BUNDLED_DIR / name
     return folder if (folder / "open_clip_config.json").is_file() else None

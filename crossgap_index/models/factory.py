@@ -13,11 +13,11 @@ Spec forms:
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import logging
-import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import open_clip
@@ -25,27 +25,18 @@ import torch
 
 from crossgap_index.errors import ModelUnavailableError
 from crossgap_index.models._registry import RANDOM_INIT_SEED, bundled_dir, bundled_names
-
-DEFAULT_MODEL = "ViT-B-32/datacomp_xl_s13b_b90k"
-MODEL_ENV_VAR = "CGX_MODEL"
-RANDOM_TAG = "random"
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """A parsed model spec. ``canonical`` is what an index records and compares."""
-
-    kind: str  # "bundled" | "pretrained" | "checkpoint" | "local-dir" | "random"
-    arch: str
-    source: str | None  # pretrained tag, checkpoint path, or folder
-
-    @property
-    def canonical(self) -> str:
-        if self.kind == "bundled":
-            return self.arch
-        if self.kind == "local-dir":
-            return str(self.source)
-        return f"{self.arch}/{self.source}"
+from crossgap_index.models.offline import go_offline_if_unreachable
+from crossgap_index.models.spec import (  # noqa: F401 - re-exported: the spec layer predates its own module
+    DEFAULT_MODEL,
+    MODEL_ENV_VAR,
+    RANDOM_TAG,
+    ModelSpec,
+    check_device,
+    default_model_spec,
+    local_weights,
+    parse_spec,
+)
+from crossgap_index.precision import dtype_of
 
 
 @dataclass
@@ -57,47 +48,24 @@ class LoadedModel:
     preprocess: Callable  # PIL image -> (3, H, W) tensor
     tokenizer: Callable  # list[str] -> (n, context_length) int64 tensor
     device: torch.device
+    _casts: dict[str, torch.nn.Module] = field(default_factory=dict, repr=False)
 
     @property
     def embed_dim(self) -> int:
         return int(self.model.text_projection.shape[1]) if _has_text_proj(self.model) else _probe_dim(self)
 
-
-def default_model_spec() -> str:
-    return os.environ.get(MODEL_ENV_VAR, DEFAULT_MODEL)
-
-
-def parse_spec(spec: str) -> ModelSpec:
-    """Parse a spec string without loading anything."""
-    spec = spec.strip()
-    if not spec:
-        raise ModelUnavailableError("empty model spec")
-    if bundled_dir(spec) is not None:
-        return ModelSpec("bundled", spec, None)
-    path = Path(spec).expanduser()
-    if path.is_dir():
-        if not (path / "open_clip_config.json").is_file():
-            raise ModelUnavailableError(f"{spec}: a model folder needs open_clip_config.json beside its weights")
-        return ModelSpec("local-dir", "local-dir", str(path.resolve()))
-    if "::" in spec:
-        arch, source = spec.split("::", 1)
-    elif "/" in spec:
-        arch, source = spec.split("/", 1)
-    else:
-        raise ModelUnavailableError(
-            f"unknown model '{spec}': use ARCH/TAG (e.g. {DEFAULT_MODEL}), ARCH::/path/to/weights, "
-            f"a model folder, or a bundled name ({', '.join(bundled_names())})"
-        )
-    if source == RANDOM_TAG:
-        return ModelSpec("random", arch, RANDOM_TAG)
-    source_path = Path(source).expanduser()
-    if source_path.is_file():
-        return ModelSpec("checkpoint", arch, str(source_path.resolve()))
-    return ModelSpec("pretrained", arch, source)
+    def model_in(self, precision: str) -> torch.nn.Module:
+        """The model with its weights in ``precision`` ('fp32' or 'bf16'): cast once, then kept beside ``model``."""
+        if precision == "fp32":
+            return self.model
+        if precision not in self._casts:
+            self._casts[precision] = copy.deepcopy(self.model).to(dtype_of(precision))
+        return self._casts[precision]
 
 
 def resolve_device(device: str = "auto") -> torch.device:
     """``auto`` picks CUDA when available, else CPU."""
+    check_device(device)
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -109,6 +77,9 @@ def load_model(spec: str | ModelSpec, device: str | torch.device = "auto") -> Lo
     """Build the open_clip model for ``spec``, frozen, in eval mode, on ``device``."""
     parsed = parse_spec(spec) if isinstance(spec, str) else spec
     dev = device if isinstance(device, torch.device) else resolve_device(device)
+    local_weights(parsed)  # refuses pickles, and folders that would load no weights at all
+    if parsed.kind == "pretrained":
+        go_offline_if_unreachable()
     if parsed.kind in ("bundled", "local-dir"):
         folder = bundled_dir(parsed.arch) if parsed.kind == "bundled" else Path(parsed.source)
         model_name, pretrained = f"local-dir:{folder}", None
@@ -125,7 +96,9 @@ def load_model(spec: str | ModelSpec, device: str | torch.device = "auto") -> Lo
     try:
         with _quiet_open_clip(), torch.random.fork_rng(devices=[]):
             torch.manual_seed(RANDOM_INIT_SEED)
-            model, _, preprocess = open_clip.create_model_and_transforms(model_name, pretrained=pretrained, device=dev)
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                model_name, pretrained=pretrained, device=dev, weights_only=True
+            )
             tokenizer = open_clip.get_tokenizer(model_name)
     except Exception as exc:  # noqa: BLE001 - open_clip/hf_hub raise many types for "cannot fetch"
         raise ModelUnavailableError(_unavailable_message(parsed, exc)) from exc

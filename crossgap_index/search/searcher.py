@@ -14,7 +14,9 @@ from pathlib import Path
 import numpy as np
 
 from crossgap_index.errors import QueryError, StoreError
-from crossgap_index.ingest.decode import DecodeError, content_hash, decode_rgb
+from crossgap_index.ingest.decode import DecodeError, SkippedFile, content_hash, decode_rgb, read_file
+from crossgap_index.ingest.pipeline import decode_side
+from crossgap_index.ingest.texts import check_query_text
 from crossgap_index.search.engine import Queries, Result, gallery_collection, run_mode
 from crossgap_index.search.gallery import StoreGallery
 from crossgap_index.search.modes import Mode, resolve_mode
@@ -90,12 +92,15 @@ class Searcher:
         """(unit feature, modality, content hash) per query dict with one of image/text/vector/item."""
         out: list[tuple[np.ndarray, str, str] | None] = [None] * len(queries)
         images, texts = [], []
+        side = None
         for i, query in enumerate(queries):
             kind = _kind(query)
             if kind == "image":
-                images.append((i, *_load_query_image(query["image"])))
+                if side is None:
+                    side = decode_side(self._encoder().input_size) or 0
+                images.append((i, *_load_query_image(query["image"], side or None)))
             elif kind == "text":
-                texts.append((i, _query_text(query["text"])))
+                texts.append((i, check_query_text(query["text"])))
             elif kind == "vector":
                 out[i] = self._vector(query)
             else:
@@ -105,6 +110,8 @@ class Searcher:
             for (i, _, digest), feat in zip(images, feats, strict=True):
                 out[i] = (feat, "image", digest)
         if texts:
+            for _, text in texts:
+                self._encoder().note_truncation(text)  # a one-line note when the model's context cuts it
             feats = self._encoder().encode_texts([t for _, t in texts])
             for (i, text), feat in zip(texts, feats, strict=True):
                 out[i] = (feat, "text", content_hash(text.encode("utf-8", "surrogatepass")))
@@ -272,16 +279,8 @@ def _kind(query: dict) -> str:
     return given[0]
 
 
-def _query_text(text) -> str:
-    if not isinstance(text, str):
-        raise QueryError(f"text query must be a string, got {type(text).__name__}")
-    if not text.strip():
-        raise QueryError("empty text query")
-    return text
-
-
-def _load_query_image(image) -> tuple:
-    """The decoded query image and the hash of its content."""
+def _load_query_image(image, min_side: int | None) -> tuple:
+    """The decoded query image (decoded as gallery images are) and the hash of its content."""
     from PIL import Image
 
     if isinstance(image, Image.Image):
@@ -289,14 +288,16 @@ def _load_query_image(image) -> tuple:
         return rgb, content_hash(f"{rgb.size}".encode() + rgb.tobytes())
     if isinstance(image, bytes | bytearray):
         try:
-            return decode_rgb(bytes(image)), content_hash(bytes(image))
+            return decode_rgb(bytes(image), min_side=min_side), content_hash(bytes(image))
         except DecodeError as exc:
             raise QueryError(f"cannot decode query image: {exc}") from exc
     path = Path(image).expanduser()
     try:
-        data = path.read_bytes()
-        return decode_rgb(data), content_hash(data)
+        data = read_file(path).data  # regular files only, size-capped: a FIFO named q.png cannot hang a query
+        return decode_rgb(data, min_side=min_side), content_hash(data)
     except OSError as exc:
         raise QueryError(f"cannot read query image {path}: {exc.strerror or exc}") from exc
+    except SkippedFile as exc:
+        raise QueryError(f"cannot read query image {path}: {exc}") from exc
     except DecodeError as exc:
         raise QueryError(f"cannot decode query image {path}: {exc}") from exc

@@ -118,6 +118,7 @@ class ModelTransformer:
     ) -> np.ndarray:
         from crossgap_index.inversion import oti, ovi
 
+        config = config.resolved(self._encoder().device)  # auto -> the precision it runs in: part of the key
         keys = [cache_key(self.model_name + tag, direction, config, d) for d in queries.digests]
         cached = self._cache.get_many(keys) if self._cache is not None and queries.modality != "vector" else {}
         todo = [i for i, key in enumerate(keys) if key not in cached]

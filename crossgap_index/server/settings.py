@@ -6,7 +6,7 @@ import ipaddress
 from dataclasses import dataclass
 
 from crossgap_index.errors import CrossGapError
-from crossgap_index.ingest.decode import DEFAULT_MAX_MEGAPIXELS
+from crossgap_index.ingest.limits import DEFAULT_MAX_MEGAPIXELS
 
 
 @dataclass(frozen=True)

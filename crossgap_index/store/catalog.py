@@ -7,9 +7,10 @@ rebuilt from it, so a crash between a catalog commit and a FAISS save loses noth
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -164,7 +165,8 @@ class Catalog:
     def images(self) -> dict[str, ImageRecord]:
         """Every stored image keyed by its absolute path."""
         rows = self.conn.execute("SELECT id, path, content_hash, size, mtime_ns FROM items WHERE modality = 'image'")
-        return {r[1]: ImageRecord(*r) for r in rows}
+        records = (ImageRecord(r[0], path_from_db(r[1]), *r[2:]) for r in rows)
+        return {r.path: r for r in records}
 
     def vector_by_hash(self, content_hash: str) -> np.ndarray | None:
         row = self.conn.execute("SELECT vector FROM items WHERE content_hash = ? LIMIT 1", (content_hash,)).fetchone()
@@ -177,7 +179,7 @@ class Catalog:
     def add_image(self, path: str, content_hash: str, size: int, mtime_ns: int, vector: np.ndarray) -> int:
         cur = self.conn.execute(
             "INSERT INTO items (modality, path, content_hash, size, mtime_ns, vector) VALUES ('image', ?, ?, ?, ?, ?)",
-            (path, content_hash, size, mtime_ns, _to_blob(vector)),
+            (path_to_db(path), content_hash, size, mtime_ns, _to_blob(vector)),
         )
         return int(cur.lastrowid)
 
@@ -202,7 +204,7 @@ class Catalog:
             f"SELECT id, modality, path, text, external_id FROM items WHERE id IN ({marks})",
             [int(i) for i in ids],
         )
-        return {r[0]: ItemRow(*r) for r in cur}
+        return {r[0]: ItemRow(r[0], r[1], path_from_db(r[2]), *r[3:]) for r in cur}
 
     def ids_and_vectors(self, modality: str, dim: int) -> tuple[np.ndarray, np.ndarray]:
         rows = self.conn.execute("SELECT id, vector FROM items WHERE modality = ? ORDER BY id", (modality,)).fetchall()
@@ -258,6 +260,29 @@ class Catalog:
         ).fetchall()
         return _stack(rows, dim)
 
+    def vector_chunks(self, name: str, derived: bool, dim: int, size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(ids, vectors) of a modality's items (or, ``derived``, of one kind of derived vector) in id order,
+        ``size`` rows at a time: keyset pagination, so memory stays at one chunk whatever the index size."""
+        if derived:
+            sql = "SELECT item_id, vector FROM derived_vectors WHERE kind = ? AND item_id > ? ORDER BY item_id LIMIT ?"
+        else:
+            sql = "SELECT id, vector FROM items WHERE modality = ? AND id > ? ORDER BY id LIMIT ?"
+        last = -1
+        while True:
+            rows = self.conn.execute(sql, (name, last, size)).fetchall()
+            if not rows:
+                return
+            yield _stack(rows, dim)
+            last = rows[-1][0]
+
+    def derived_for(self, kind: str, ids: Sequence[int]) -> dict[int, np.ndarray]:
+        """The ``kind`` vectors of those of ``ids`` that have one (exports of partly inverted galleries)."""
+        if len(ids) == 0:
+            return {}
+        marks = ",".join("?" * len(ids))
+        sql = f"SELECT item_id, vector FROM derived_vectors WHERE kind = ? AND item_id IN ({marks})"
+        return {r[0]: _to_vector(r[1]) for r in self.conn.execute(sql, [kind, *(int(i) for i in ids)])}
+
     # -- listing (ls, remove, check) --------------------------------------------------------
     def items(self, modality: str | None = None) -> list[ItemRow]:
         sql = "SELECT id, modality, path, text, external_id FROM items"
@@ -273,6 +298,21 @@ class Catalog:
         else:
             cur = self.conn.execute("SELECT id FROM items WHERE modality = ? ORDER BY id", (name,))
         return np.fromiter((r[0] for r in cur), dtype=np.int64)
+
+
+def path_to_db(path: str) -> str | bytes:
+    """A file name as SQLite can hold it: UTF-8 text, or the name's own bytes (a BLOB) when it is not
+    valid UTF-8 (os gives such names as surrogate-escaped str, which SQLite cannot encode)."""
+    try:
+        path.encode("utf-8")
+        return path
+    except UnicodeEncodeError:
+        return os.fsencode(path)
+
+
+def path_from_db(value: str | bytes | None) -> str | None:
+    """The inverse of ``path_to_db``: ``os.fsencode`` of the result gives the file name's bytes back."""
+    return os.fsdecode(value) if isinstance(value, bytes) else value
 
 
 def _to_blob(vector: np.ndarray) -> bytes:

@@ -85,7 +85,9 @@ class Store:
         self._loaded_generation = -1
 
     @classmethod
-    def create(cls, path: Path, model: str, dim: int, factory: str = AUTO, wait: bool = True) -> Store:
+    def create(
+        cls, path: Path, model: str, dim: int, factory: str = AUTO, wait: bool = True, precision: str = "fp32"
+    ) -> Store:
         validate_factory(factory, dim)
         _make_directory(path)
         lock = IndexLock(path)
@@ -93,7 +95,7 @@ class Store:
             if (path / MANIFEST_NAME).exists():
                 raise IndexExistsError(f"an index already exists at {path}")
             names = (*MODALITIES, *DERIVED)
-            manifest = Manifest(model=model, dim=dim, factories=dict.fromkeys(names, factory))
+            manifest = Manifest(model=model, dim=dim, factories=dict.fromkeys(names, factory), precision=precision)
             catalog = Catalog(path / CATALOG_NAME)
             indexes = {n: VectorIndex(dim, factory) for n in names}
             store = cls(path, manifest, catalog, indexes, readonly=False, lock=lock)
@@ -208,10 +210,14 @@ class Store:
             return self.catalog.derived_ids_and_vectors(name, self.manifest.dim)
         return self.catalog.ids_and_vectors(name, self.manifest.dim)
 
+    def vector_chunks(self, name: str, size: int = 16_384) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(ids, vectors) of a collection in id order, ``size`` at a time (exports, large builds)."""
+        return self.catalog.vector_chunks(name, name in DERIVED, self.manifest.dim, size)
+
     def rebuild(self, name: str) -> None:
-        ids, vectors = self.ids_and_vectors(name)
-        with self._rw.write():
-            self.indexes[name].build(ids, vectors)
+        """From the catalog, a chunk at a time (training on a sample when the factory needs it); searches
+        go on against the old index until the new one is swapped in."""
+        self.indexes[name].build_chunked(self.stored_count(name), lambda: self.vector_chunks(name), self._rw.write)
 
     # -- writes (inside writing()) ----------------------------------------------------------
     def add(self, name: str, ids: list[int], vectors: np.ndarray) -> None:

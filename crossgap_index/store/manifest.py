@@ -29,6 +29,11 @@ class Manifest:
     tuned_mode: dict | None = None
     # Each FAISS file as last saved: {"image": {"size": bytes, "crc32": int}}; verified on open.
     files: dict[str, dict[str, int]] = field(default_factory=dict)
+    # Precision of the stored vectors: "fp32", "bf16", or "mixed" once both were written (crossgap_index.precision).
+    # Indexes from before this field were embedded in fp32 on CPU (bf16 autocast on CUDA) and read as "fp32".
+    precision: str = "fp32"
+    # Min cosine of fp32 vs bf16 features on the model's probe; measured when a second precision first meets the index.
+    precision_agreement: float | None = None
     schema_version: int = MANIFEST_SCHEMA_VERSION
     crossgap_version: str = __version__
 
@@ -87,6 +92,8 @@ _FIELDS: dict[str, tuple[bool, Callable[[object], bool], str]] = {
     "counts": (False, lambda v: _is_map(v, lambda c: _is_int(c) and c >= 0), "names -> counts"),
     "generation": (False, lambda v: _is_int(v) and v >= 0, "a non-negative integer"),
     "gallery_inversion": (False, lambda v: v is None or isinstance(v, dict), "null or an object"),
+    "precision": (False, lambda v: isinstance(v, str), "a precision name"),
+    "precision_agreement": (False, lambda v: v is None or isinstance(v, int | float), "null or a number"),
     "tuned_mode": (
         False,
         lambda v: v is None or (isinstance(v, dict) and isinstance(v.get("mode"), dict)),

@@ -1,0 +1,51 @@
+"""What the QUERY argument of `cgx query` is: an image file or text, decided without surprises.
+
+Text is recognised before the file system is asked (a 300-byte sentence is not a file name to
+stat), and an argument that names an image file which does not exist is an error rather than a
+silent text search for "Pictures/astronot.png".
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+from crossgap_index.errors import QueryError
+from crossgap_index.ingest.discover import is_image_path
+
+NAME_MAX_BYTES = 255  # longest file name component on common file systems
+PATH_MAX_BYTES = 4096
+
+
+def query_kind(arg: str, as_image: bool = False, as_text: bool = False) -> str:
+    """``"image"`` or ``"text"``; a QueryError for conflicting flags or a missing image file."""
+    if as_image and as_text:
+        raise QueryError("--image and --text exclude each other")
+    if as_text:
+        return "text"
+    if as_image:
+        return "image"
+    if not _could_be_path(arg):
+        return "text"
+    path = Path(arg).expanduser()
+    try:
+        is_file = stat.S_ISREG(os.stat(path).st_mode)
+        exists = True
+    except (OSError, ValueError):  # missing, too long, a NUL byte: not a file we could read
+        is_file = exists = False
+    if is_file and is_image_path(path):
+        return "image"
+    if not exists and is_image_path(path):
+        raise QueryError(f"no such image file: {arg}; use --text to search for this text")
+    return "text"
+
+
+def _could_be_path(arg: str) -> bool:
+    if not arg.strip() or "\n" in arg or "\0" in arg:
+        return False
+    try:
+        raw = os.fsencode(arg)
+    except UnicodeError:
+        return False
+    return len(raw) <= PATH_MAX_BYTES and all(len(part) <= NAME_MAX_BYTES for part in raw.split(b"/"))
