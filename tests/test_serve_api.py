@@ -25,7 +25,6 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from crossgap_index import CrossGapIndex
 from crossgap_index.errors import CrossGapError
-from crossgap_index.ingest.decode import decode_rgb
 from crossgap_index.inversion import InversionConfig
 from crossgap_index.server.settings import ServeSettings, check_bind
 from tests.serve_support import N_IMAGES, N_TEXTS, build_index, running_server
@@ -307,12 +306,13 @@ def test_concurrent_cross_queries_equal_sequential_and_are_batched(client, index
             "mode": "cross",
             "k": 5,
             "steps": STEPS,
+            "precision": "fp32",  # fp32: batch-independent to rounding (bf16 kernels round per batch size)
             "use_cache": False,
         }
         for p in photos[:12]
     ]
     queries += [
-        {"text": t, "target": "texts", "mode": "fused", "k": 5, "steps": STEPS, "use_cache": False}
+        {"text": t, "target": "texts", "mode": "fused", "k": 5, "steps": STEPS, "precision": "fp32", "use_cache": False}
         for t in ("a red circle", "a blue star", "a small green square", "a pink heart")
     ]
     sequential = [client.post("/search", json=q).json() for q in queries]
@@ -321,11 +321,12 @@ def test_concurrent_cross_queries_equal_sequential_and_are_batched(client, index
         concurrent = list(pool.map(lambda q: client.post("/search", json=q).json(), queries))
     assert [ids(d) for d in concurrent] == [ids(d) for d in sequential]
     for a, b in zip(concurrent, sequential, strict=True):
-        assert [h["score"] for h in a["hits"]] == pytest.approx([h["score"] for h in b["hits"]], abs=1e-4)
+        assert [h["score"] for h in a["hits"]] == pytest.approx([h["score"] for h in b["hits"]], abs=1e-5)
     sizes = [d["timings"]["inversion_batch_size"] for d in concurrent]
     assert max(sizes) > 1, sizes
-    decoded = decode_rgb(photos[0].read_bytes())  # as the server decodes an upload (seeded by its pixels)
-    solo = index.search(image=decoded, k=5, mode="cross", inversion=InversionConfig(oti_steps=STEPS), use_cache=False)
+    # an upload is seeded by its bytes, as the same file given to the library (or `cgx query`) is
+    fp32 = InversionConfig(oti_steps=STEPS, precision="fp32")
+    solo = index.search(image=photos[0], k=5, mode="cross", inversion=fp32, use_cache=False)
     assert ids(sequential[0]) == [h.id for h in solo]
     metrics = {f.name: f for f in text_string_to_metric_families(client.get("/metrics").text)}
     count = [s for s in metrics["cgx_inversion_batch_size"].samples if s.name.endswith("_count")][0]
@@ -351,7 +352,14 @@ def test_batch_api_inverts_together(client):
 
 
 def test_intra_queries_do_not_wait_for_inversions(client):
-    slow = {"text": "a purple triangle", "target": "texts", "mode": "cross", "steps": 1500, "use_cache": False}
+    slow = {
+        "text": "a purple triangle",
+        "target": "texts",
+        "mode": "cross",
+        "steps": 400,
+        "precision": "fp32",
+        "use_cache": False,
+    }
     with ThreadPoolExecutor(1) as pool:
         inverting = pool.submit(client.post, "/search", json=slow)
         while 'cgx_queries_in_flight{path="batched"} 1.0' not in client.get("/metrics").text:
@@ -366,7 +374,14 @@ def test_intra_queries_do_not_wait_for_inversions(client):
 def test_slow_queries_time_out(index, photos):
     settings = ServeSettings(request_timeout_s=0.2)
     with running_server(index, settings) as base, httpx.Client(base_url=base, timeout=60) as c:
-        slow = {"text": "a red circle", "target": "texts", "mode": "cross", "steps": 1500, "use_cache": False}
+        slow = {
+            "text": "a red circle",
+            "target": "texts",
+            "mode": "cross",
+            "steps": 400,
+            "precision": "fp32",
+            "use_cache": False,
+        }
         refused(c.post("/search", json=slow), 504, "longer")
         assert c.get("/healthz").status_code == 200
 

@@ -30,6 +30,9 @@ class SearchRequest(BaseModel):
     tokens: int | None = Field(None, ge=1, le=16, description="OTI pseudo-tokens.")
     patches: int | None = Field(None, ge=1, le=64, description="OVI pseudo-patches.")
     lr: float | None = Field(None, gt=0.0, le=10.0, description="Inversion learning rate.")
+    precision: Literal["auto", "fp32", "bf16"] | None = Field(
+        None, description="Inversion arithmetic (auto: bf16 where the device runs it natively)."
+    )
     use_cache: bool = True
 
 

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 from crossgap_index.api import CrossGapIndex, Hit
 from crossgap_index.errors import CrossGapError
 from crossgap_index.ingest.decode import DecodeError, decode_rgb
+from crossgap_index.ingest.pipeline import decode_side
 from crossgap_index.inversion import InversionConfig
 from crossgap_index.search.modes import MODE_NAMES
 from crossgap_index.server.batcher import BatchResult, MicroBatcher
@@ -166,10 +167,11 @@ class SearchService:
         data = upload if upload is not None else _b64decode(request.image_base64 or "", self.settings.max_upload_bytes)
         if len(data) > self.settings.max_upload_bytes:
             raise ApiError(413, f"image of {len(data)} bytes is over the limit of {self.settings.max_upload_bytes}")
-        try:
-            return {"image": decode_rgb(data, self.settings.max_megapixels)}
+        try:  # refuse what is not a usable image here (415), at the model's input size (bounded memory)
+            decode_rgb(data, self.settings.max_megapixels, decode_side(self.index.encoder.input_size))
         except DecodeError as exc:
             raise ApiError(415, f"not a usable image: {exc}") from None
+        return {"image": data}  # bytes: seeded and cached by their hash, as `cgx query photo.jpg` is
 
     @staticmethod
     def _inversion(request: SearchRequest) -> InversionConfig | None:
@@ -183,6 +185,8 @@ class SearchService:
             changes["n_patches"] = request.patches
         if request.lr is not None:
             changes["lr"] = request.lr
+        if request.precision is not None:
+            changes["precision"] = request.precision
         return InversionConfig(**changes) if changes else None
 
     def _search_one(
