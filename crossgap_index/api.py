@@ -359,7 +359,7 @@ class CrossGapIndex:
                 known,
                 model=self._store.manifest.model,
                 device=self._device,
-                precision=self.encoder.precision if todo else "auto",  # the index's rule; no model load if no work
+                precision=lambda: self.encoder.precision,  # the index's rule; asked only by engines that embed
                 batch_size=batch_size,
                 workers=workers,
                 limits=limits,
