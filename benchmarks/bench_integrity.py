@@ -4,7 +4,8 @@ search throughput of 8 threads on one opened index vs 1 thread.
 Not a test: it measures and writes JSON + a markdown table (machine, model and settings beside every
 number). The index is N random unit 512-d vectors written straight through the store as image items
 (no model runs to make them); the manifest names ViT-B-32/random (real architecture, random weights),
-so a real OTI --cross query can run against it. With ``--baseline DIR`` (a checkout of an earlier
+so a real OTI --cross query can run against it. Fill, opens, and the --cross query each run in their
+own process, as each `cgx` command does. With ``--baseline DIR`` (a checkout of an earlier
 commit, e.g. ``git archive e3999ec | tar -x -C DIR``) the open/cross phase also runs on that code, in
 its own process, for a side-by-side ratio.
 
@@ -66,26 +67,34 @@ def time_opens(path: Path, repeats: int) -> list[float]:
     return seconds
 
 
-def open_cross_worker(path: Path, n: int, repeats: int, steps: int) -> dict:
-    """One code version: fill, open (x repeats), one --cross query, open again (x repeats)."""
+def worker(phase: str, path: Path, n: int, repeats: int, steps: int) -> dict:
+    """One phase in its own process, as each `cgx` command is: fill, open (x repeats), or one --cross query."""
     from crossgap_index import CrossGapIndex
     from crossgap_index.inversion import InversionConfig
 
-    fill_seconds = fill(path, n)
-    before = time_opens(path, repeats)
+    if phase == "fill":
+        return {"fill_seconds": fill(path, n)}
+    if phase == "open":
+        return {"open_s": time_opens(path, repeats)}
     with CrossGapIndex.open(path, device="cpu") as index:
         start = time.perf_counter()
         index.search(image=path / "query.png", mode="cross", inversion=InversionConfig(oti_steps=steps), k=10)
-        cross_seconds = time.perf_counter() - start
-    after = time_opens(path, repeats)
+        return {"cross_query_s": time.perf_counter() - start}
+
+
+def open_cross(code: Path, path: Path, args: argparse.Namespace) -> dict:
+    """Fill, open (fresh process), one --cross query (fresh process), open again (fresh process)."""
+    fill_seconds = run_worker(code, "fill", path, args)["fill_seconds"]
+    before = run_worker(code, "open", path, args)["open_s"]
+    cross = run_worker(code, "cross", path, args)["cross_query_s"]
+    after = run_worker(code, "open", path, args)["open_s"]
     manifest = json.loads((path / "manifest.json").read_text())
     return {
-        "vectors": n,
+        "vectors": args.vectors,
         "fill_seconds": fill_seconds,
         "open_before_cross_s": before,
-        "cross_query_s": cross_seconds,
+        "cross_query_s": cross,
         "open_after_cross_s": after,
-        "open_ratio_after_before_median": float(np.median(after) / np.median(before)),
         "manifest_generation_after": manifest["generation"],
         "files": sorted(p.name for p in path.iterdir()),
     }
@@ -127,9 +136,9 @@ def threads_bench(path: Path, n_queries: int, k: int, threads: int) -> dict:
     return out
 
 
-def run_worker(code: Path, path: Path, args: argparse.Namespace) -> dict:
+def run_worker(code: Path, phase: str, path: Path, args: argparse.Namespace) -> dict:
     env = {**os.environ, "PYTHONPATH": str(code)}
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", str(path)]
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", str(path), "--phase", phase]
     cmd += ["--vectors", str(args.vectors), "--repeats", str(args.repeats), "--steps", str(args.steps)]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=code)
     if done.returncode != 0:
@@ -178,9 +187,10 @@ def main() -> None:
     parser.add_argument("--baseline", type=Path, help="a checkout of earlier code to compare open times with")
     parser.add_argument("--out", default="benchmarks/out/integrity.json")
     parser.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--phase", choices=("fill", "open", "cross"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        print(json.dumps(open_cross_worker(args.worker, args.vectors, args.repeats, args.steps)))
+        print(json.dumps(worker(args.phase, args.worker, args.vectors, args.repeats, args.steps)))
         return
 
     from benchmarks.machine import machine_info, write_json
@@ -192,7 +202,7 @@ def main() -> None:
             codes["baseline"] = args.baseline.resolve()
         for name, code in codes.items():
             path = Path(tmp) / name.replace(" ", "-")
-            results["open_cross"][name] = run_worker(code, path, args)
+            results["open_cross"][name] = open_cross(code, path, args)
             if name != "this branch":
                 continue
             results["threads_n"] = args.threads

@@ -50,8 +50,8 @@ def main() -> None:
             device="cpu",
             tasks=["images"],
             extra_modes={"tuned": tuned_mode},
-            sweep_steps=[5, 10, 17, 25, 50, 150],
-            sweep_tokens=[1, 2, 4],
+            sweep_steps=args.sweep_steps,
+            sweep_tokens=args.sweep_tokens,
         )
         task = result.tasks[IMAGES]
         doc["quality"][str(seed)] = {
@@ -164,6 +164,8 @@ def _parse() -> argparse.Namespace:
     parser.add_argument("--n", type=int, default=480, help="items per synthetic seed")
     parser.add_argument("--tune-seed", type=int, default=11)
     parser.add_argument("--seeds", type=int, nargs="+", default=[1001, 1002])
+    parser.add_argument("--sweep-steps", type=int, nargs="+", default=[5, 10, 17, 25, 50])
+    parser.add_argument("--sweep-tokens", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--cost-gallery", type=int, default=200)
     parser.add_argument("--cost-queries", type=int, default=7)
     parser.add_argument("--threads", type=int, default=2)

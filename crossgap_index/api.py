@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -14,13 +12,13 @@ import numpy as np
 from PIL import Image
 
 from crossgap_index.engines import Engine, get_engine
+from crossgap_index.engines.build import BuildReport, ImageBuild, TextReport, add_text_items, invert_gallery_images
 from crossgap_index.errors import QueryError, StoreError
-from crossgap_index.ingest.decode import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_MEGAPIXELS, content_hash
+from crossgap_index.ingest.decode import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_MEGAPIXELS
 from crossgap_index.ingest.discover import find_images, resolve_roots
-from crossgap_index.ingest.pipeline import Prepared, ReadLimits, decode_side, prepare
+from crossgap_index.ingest.pipeline import ReadLimits
 from crossgap_index.ingest.texts import unicode_problem
 from crossgap_index.inversion import InversionConfig
-from crossgap_index.inversion.keys import seed_from_digest, settings_fingerprint
 from crossgap_index.models import check_device, default_model_spec, local_weights, parse_spec
 from crossgap_index.precision import after_write, check_setting, precision_for_index, precision_for_new_index
 from crossgap_index.search.engine import Queries
@@ -36,7 +34,6 @@ if TYPE_CHECKING:  # torch loads with the first model, inside the methods that n
     from crossgap_index.inversion.inverter import Inverter, InverterConfig
     from crossgap_index.models import Encoder
 
-GALLERY_OTI = "image-oti"
 INVERTER_FILE = "inverter.safetensors"
 __all__ = ["BuildReport", "CrossGapIndex", "Hit", "IndexInfo", "Query", "QueryTransform", "TextReport"]
 
@@ -53,30 +50,6 @@ class Query:
     feature: np.ndarray
     modality: str
     digest: str
-
-
-@dataclass
-class BuildReport:
-    """What a build did. ``embedded`` counts images that went through the model."""
-
-    added: int = 0
-    updated: int = 0
-    removed: int = 0
-    unchanged: int = 0
-    reused: int = 0
-    embedded: int = 0
-    skipped: list[tuple[str, str]] = field(default_factory=list)
-    seconds: float = 0.0
-
-    @property
-    def images_per_second(self) -> float:
-        return self.embedded / self.seconds if self.seconds > 0 else 0.0
-
-
-@dataclass
-class TextReport:
-    added: int = 0
-    duplicates: int = 0
 
 
 @dataclass(frozen=True)
@@ -313,113 +286,9 @@ class CrossGapIndex:
         engine: Engine,
     ) -> BuildReport:
         with self._store.writing():
-            return self._ingest_locked(
-                paths, prune_roots, max_megapixels, max_file_bytes, batch_size, workers, progress, engine
-            )
-
-    def _ingest_locked(
-        self,
-        paths: list[Path],
-        prune_roots: list[Path],
-        max_megapixels: float,
-        max_file_bytes: int,
-        batch_size: int,
-        workers: int,
-        progress: ProgressFn | None,
-        engine: Engine,
-    ) -> BuildReport:
-        start = time.perf_counter()
-        report = BuildReport()
-        catalog = self._store.catalog
-        records = catalog.images()
-        todo = []
-        for path in paths:
-            record = records.get(str(path))
-            try:
-                stat = path.stat()
-            except OSError as exc:
-                report.skipped.append((str(path), f"unreadable: {exc.strerror or exc}"))
-                continue
-            if record and record.size == stat.st_size and record.mtime_ns == stat.st_mtime_ns:
-                report.unchanged += 1
-            else:
-                todo.append(path)
-        on_disk = {str(p) for p in paths}
-        gone = [r.id for p, r in records.items() if p not in on_disk and _under_any(p, prune_roots)]
-
-        known = catalog.known_hashes("image")
-        # decode no larger than the model's input: memory follows the model, not the photos
-        limits = ReadLimits(max_megapixels, max_file_bytes, decode_side(self.encoder.input_size) if todo else None)
-        done = 0
-        if progress:
-            progress(0, len(todo))
-        try:
-            batches = engine.batches(
-                todo,
-                known,
-                model=self._store.manifest.model,
-                device=self._device,
-                precision=lambda: self.encoder.precision,  # the index's rule; asked only by engines that embed
-                batch_size=batch_size,
-                workers=workers,
-                limits=limits,
-            )
-            for batch in batches:
-                self._store_batch(batch, records, known, report, limits)
-                self._store.commit()
-                done += len(batch)
-                if progress:
-                    progress(done, len(todo))
-            self._store.remove(gone)
-            report.removed = len(gone)
-        finally:
-            self._store.save()
-            report.seconds = time.perf_counter() - start
-        return report
-
-    def _store_batch(
-        self, batch: list[Prepared], records: dict, known: set[str], report: BuildReport, limits: ReadLimits
-    ) -> None:
-        catalog = self._store.catalog
-        vectors: dict[str, np.ndarray] = {}
-        for i, item in enumerate(batch):
-            if item.vector is not None:  # embedded by the engine
-                vectors[item.file.content_hash] = item.vector
-            elif item.reused:
-                stored = catalog.vector_by_hash(item.file.content_hash)
-                if stored is not None:
-                    vectors[item.file.content_hash] = stored
-                else:  # its only holder was replaced earlier in this run: read and decode it after all
-                    batch[i] = prepare(item.path, lambda _: False, limits)
-        fresh = [p for p in batch if p.image is not None]
-        if fresh:
-            self._record_precision()
-            images = [p.image for p in fresh]
-            vectors.update(zip((p.file.content_hash for p in fresh), self.encoder.encode_images(images), strict=True))
-            report.embedded += len(fresh)
-        report.embedded += sum(item.vector is not None for item in batch)
-        new_ids, new_vectors = [], []
-        for item in batch:
-            if item.error is not None:
-                report.skipped.append((str(item.path), item.error))
-                continue
-            file, old = item.file, records.get(str(item.path))
-            if old is not None and old.content_hash == file.content_hash:
-                catalog.update_stat(old.id, file.size, file.mtime_ns)  # touched, same content
-                report.unchanged += 1
-                continue
-            if old is not None:
-                self._store.remove([old.id])
-                report.updated += 1
-            else:
-                report.added += 1
-            report.reused += item.reused
-            vector = vectors[file.content_hash]
-            new_ids.append(catalog.add_image(str(item.path), file.content_hash, file.size, file.mtime_ns, vector))
-            new_vectors.append(vector)
-            known.add(file.content_hash)
-        if new_ids:
-            self._store.add("image", new_ids, np.stack(new_vectors))
+            limits = ReadLimits(max_megapixels, max_file_bytes, None)
+            build = ImageBuild(self._store, lambda: self.encoder, self._record_precision, self._device)
+            return build.run(paths, prune_roots, limits, batch_size, workers, engine, progress)
 
     def add_texts(
         self,
@@ -436,39 +305,7 @@ class CrossGapIndex:
             if problem:
                 raise QueryError(f"add_texts: text {i} {problem}")
         with self._store.writing():
-            return self._add_texts_locked(texts, ids, progress)
-
-    def _add_texts_locked(
-        self, texts: Sequence[str], ids: Sequence[str | None] | None, progress: ProgressFn | None
-    ) -> TextReport:
-        report = TextReport()
-        known = self._store.catalog.known_hashes("text")
-        fresh: dict[str, tuple[str, str | None]] = {}
-        for i, text in enumerate(texts):
-            digest = content_hash(text.encode("utf-8"))
-            if digest in known or digest in fresh:
-                report.duplicates += 1
-            else:
-                fresh[digest] = (text, ids[i] if ids is not None else None)
-        items = list(fresh.items())
-        if items:
-            self._record_precision()
-        if progress:
-            progress(0, len(items))
-        for start in range(0, len(items), 256):
-            chunk = items[start : start + 256]
-            vectors = self.encoder.encode_texts([text for _, (text, _) in chunk])
-            new_ids = [
-                self._store.catalog.add_text(text, digest, ext, vec)
-                for (digest, (text, ext)), vec in zip(chunk, vectors, strict=True)
-            ]
-            self._store.add("text", new_ids, vectors)
-            self._store.commit()
-            report.added += len(chunk)
-            if progress:
-                progress(report.added, len(items))
-        self._store.save()
-        return report
+            return add_text_items(self._store, self.encoder, texts, ids, self._record_precision, progress)
 
     # -- gallery-side inversion ------------------------------------------------------------
     def invert_gallery(self, config: InversionConfig | None = None, progress: ProgressFn | None = None) -> int:
@@ -476,37 +313,8 @@ class CrossGapIndex:
         can be compared inter-modally with no optimisation at query time (mode ``cross-gallery``).
         Resumable: only images without a stored feature are inverted. Returns how many were."""
         with self._store.writing():
-            return self._invert_gallery_locked((config or InversionConfig()).resolved(self.encoder.device), progress)
-
-    def _invert_gallery_locked(self, config: InversionConfig, progress: ProgressFn | None) -> int:
-        from crossgap_index.inversion import oti
-
-        manifest, catalog = self._store.manifest, self._store.catalog
-        settings = dataclasses.asdict(config)
-        if manifest.gallery_inversion is not None and _fingerprint(manifest.gallery_inversion) != _fingerprint(
-            settings
-        ):
-            catalog.clear_derived(GALLERY_OTI)  # other settings: the stored features no longer apply
-            self._store.rebuild(GALLERY_OTI)
-        manifest.gallery_inversion = settings
-        ids, vectors = catalog.ids_and_vectors("image", manifest.dim)
-        done = catalog.derived_ids(GALLERY_OTI)
-        todo = [i for i, item_id in enumerate(ids.tolist()) if item_id not in done]
-        seeds = [seed_from_digest(h) for h in catalog.content_hashes(ids[todo].tolist())]
-        if progress:
-            progress(0, len(todo))
-        try:
-            for first in range(0, len(todo), config.batch_size):
-                rows = todo[first : first + config.batch_size]
-                inverted = oti(self.encoder.loaded, vectors[rows], config, seeds[first : first + len(rows)])
-                catalog.set_derived(GALLERY_OTI, ids[rows].tolist(), inverted)
-                self._store.add(GALLERY_OTI, ids[rows].tolist(), inverted)
-                self._store.commit()
-                if progress:
-                    progress(first + len(rows), len(todo))
-        finally:
-            self._store.save()
-        return len(todo)
+            config = (config or InversionConfig()).resolved(self.encoder.device)
+            return invert_gallery_images(self._store, self.encoder.loaded, config, progress)
 
     # -- reading --------------------------------------------------------------------------
     @property
@@ -771,15 +579,6 @@ def _index_path(path: str | Path | None) -> Path:
     return Path(path).expanduser() if path else default_index_path()
 
 
-def _under_any(path: str, roots: list[Path]) -> bool:
-    p = Path(path)
-    return any(p == r or r in p.parents for r in roots)
-
-
-def _fingerprint(settings: dict) -> str:
-    return settings_fingerprint(InversionConfig(**settings), "oti")
-
-
 def _query(image=None, text=None, vector=None, item: int | None = None) -> dict:
     given = {k: v for k, v in (("image", image), ("text", text), ("vector", vector), ("item", item)) if v is not None}
     if len(given) != 1:
@@ -788,7 +587,8 @@ def _query(image=None, text=None, vector=None, item: int | None = None) -> dict:
 
 
 class _CatalogCache:
-    """The inversion cache (cache.sqlite: writing it never marks FAISS files stale) as the search layer sees it."""
+    """The inversion cache (cache.sqlite, store/cache.py) as the search layer sees it (get_many / put_many).
+    Writing it leaves the catalog and the FAISS files as they are."""
 
     def __init__(self, store: Store):
         self._store = store

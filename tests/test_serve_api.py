@@ -350,6 +350,19 @@ def test_batch_api_inverts_together(client):
     assert [ids(r) for r in doc["results"]] == [ids(d) for d in solo]
 
 
+def test_intra_queries_do_not_wait_for_inversions(client):
+    slow = {"text": "a purple triangle", "target": "texts", "mode": "cross", "steps": 1500, "use_cache": False}
+    with ThreadPoolExecutor(1) as pool:
+        inverting = pool.submit(client.post, "/search", json=slow)
+        while 'cgx_queries_in_flight{path="batched"} 1.0' not in client.get("/metrics").text:
+            assert not inverting.done(), inverting.result().text
+            time.sleep(0.05)
+        for _ in range(3):  # the inversion is running: intra queries go past it
+            assert client.post("/search", json={"text": "a red circle", "k": 3}).status_code == 200
+        assert not inverting.done(), "the intra queries had to wait for the inversion"
+        assert inverting.result(120).status_code == 200
+
+
 def test_slow_queries_time_out(index, photos):
     settings = ServeSettings(request_timeout_s=0.2)
     with running_server(index, settings) as base, httpx.Client(base_url=base, timeout=60) as c:

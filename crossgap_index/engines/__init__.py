@@ -8,7 +8,7 @@ returns items that carry their vectors.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -26,15 +26,14 @@ class Engine(Protocol):
         *,
         model: str,
         device: str,
-        precision: Callable[[], str],
+        precision: str,
         batch_size: int,
         workers: int,
         limits: ReadLimits,
     ) -> Iterator[list[Prepared]]:
         """Batches of prepared files in the order of ``paths``. ``known`` holds the content hashes
         whose vectors are stored (it grows while the driver writes); such files are not embedded.
-        ``precision()``: what an engine that embeds must embed in (the driver's, from the index's rule;
-        asking loads the driver's model, so the local engine, which embeds in the driver, does not ask);
+        ``precision``: what an engine that embeds must embed in (the driver's, from the index's rule);
         ``limits``: the size caps and the side images are decoded to."""
         ...
 

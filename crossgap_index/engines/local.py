@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from crossgap_index.ingest.pipeline import Prepared, ReadLimits, prepared_batches
@@ -16,7 +16,7 @@ class LocalEngine:
         *,
         model: str,
         device: str,
-        precision: Callable[[], str],
+        precision: str,
         batch_size: int,
         workers: int,
         limits: ReadLimits,

@@ -129,7 +129,7 @@ class RayEngine:
         *,
         model: str,
         device: str,
-        precision: Callable[[], str],
+        precision: str,
         batch_size: int,
         workers: int,
         limits: ReadLimits,
@@ -150,7 +150,7 @@ class RayEngine:
             "model": model,
             "device": "cuda" if gpus else "cpu",
             "batch_size": batch_size,
-            "precision": precision(),
+            "precision": precision,
         }
         try:
             dataset = (

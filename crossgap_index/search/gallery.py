@@ -22,6 +22,8 @@ from crossgap_index.search.projections import FeatureMap as Projection
 from crossgap_index.search.ranking import Ranked, top_k_batch
 
 DERIVED_DIR = "derived"
+# Derived collections kept on disk; the least recently used beyond this are deleted (rebuilt if used again).
+KEEP_DERIVED = 6
 
 
 class MatrixGallery:
@@ -127,20 +129,29 @@ def _load_current(folder: Path, name: str, generation: int, count: int, dim: int
             return None
         if meta.get("size") != index_file.stat().st_size:
             return None
-        index = VectorIndex.load(index_file, dim, factory)
+        index = VectorIndex.load(index_file, dim, factory, meta)  # None unless size and crc32 match
+        os.utime(meta_file)  # recently used: kept by _prune
     except (OSError, ValueError, RuntimeError, AttributeError):
         return None
-    return index if index.ntotal == count else None
+    return index if index is not None and index.ntotal == count else None
 
 
 def _save_quietly(folder: Path, name: str, index, generation: int) -> None:
     """Keep the derived collection for later processes; a read-only index rebuilds it in memory instead."""
     try:
         folder.mkdir(exist_ok=True)
-        index.save(folder / f"{name}.faiss")
-        meta = {"generation": generation, "count": index.ntotal, "size": (folder / f"{name}.faiss").stat().st_size}
+        meta = {"generation": generation, "count": index.ntotal, **index.save(folder / f"{name}.faiss")}
         tmp = folder / f"{name}.json.tmp"
         tmp.write_text(json.dumps(meta))
         os.replace(tmp, folder / f"{name}.json")
+        _prune(folder)
     except OSError:
         pass
+
+
+def _prune(folder: Path) -> None:
+    """Delete the least recently used derived collections beyond KEEP_DERIVED (settings no longer in use)."""
+    metas = sorted(folder.glob("*.json"), key=lambda f: f.stat().st_mtime, reverse=True)
+    for meta in metas[KEEP_DERIVED:]:
+        meta.with_suffix(".faiss").unlink(missing_ok=True)
+        meta.unlink(missing_ok=True)

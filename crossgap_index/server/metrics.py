@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 120.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
@@ -30,6 +30,12 @@ class Metrics:
             "cgx_queries",
             "Queries run, by mode and path (direct or batched).",
             ["mode", "path"],
+            registry=self.registry,
+        )
+        self.in_flight = Gauge(
+            "cgx_queries_in_flight",
+            "Queries waiting or running, by path (direct or batched).",
+            ["path"],
             registry=self.registry,
         )
         self.inversion_batch = Histogram(

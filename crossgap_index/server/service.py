@@ -70,7 +70,10 @@ class SearchService:
         start = time.perf_counter()
         self._check(request, upload)
         inversion = self._inversion(request)
-        if self._batched(request, upload):
+        item_modality = None
+        if request.item_id is not None:  # a catalog read: in the pool, never blocking the event loop on a write
+            item_modality = await self._in_pool(lambda: self._item_modality(request.item_id))
+        if self._batched(request, item_modality):
             query = await self._in_pool(lambda: self._library_query(request, upload))
             prepared = time.perf_counter()
             key = BatchKey(
@@ -83,7 +86,8 @@ class SearchService:
                 inversion,
                 request.use_cache,
             )
-            result: BatchResult = await self._bounded(asyncio.wrap_future(self._batcher.submit(key, query)))
+            with self.metrics.in_flight.labels("batched").track_inprogress():
+                result: BatchResult = await self._bounded(asyncio.wrap_future(self._batcher.submit(key, query)))
             hits, library = result.value
             timings: dict[str, float | int] = {
                 "prepare_ms": _ms(prepared - start),
@@ -94,7 +98,8 @@ class SearchService:
             }
             self.metrics.queries.labels(request.mode, "batched").inc()
         else:  # one hop to a worker thread: decode (if any) and search there
-            hits, timings = await self._in_pool(lambda: self._search_one(request, upload, inversion))
+            with self.metrics.in_flight.labels("direct").track_inprogress():
+                hits, timings = await self._in_pool(lambda: self._search_one(request, upload, inversion))
             self.metrics.queries.labels(request.mode, "direct").inc()
         timings["total_ms"] = _ms(time.perf_counter() - start)
         return {"hits": [hit_json(h) for h in hits], "mode": request.mode, "timings": timings}
@@ -131,19 +136,21 @@ class SearchService:
         if request.modality is not None and request.vector is None:
             raise ApiError(400, "modality names what a raw vector is; it goes with vector only")
 
-    def _batched(self, request: SearchRequest, upload: bytes | None) -> bool:
+    def _item_modality(self, item_id: int) -> str:
+        with self.lock.reading():
+            row = self.index.item(item_id)
+        if row is None:
+            raise ApiError(404, f"no item with id {item_id}")
+        return row.modality
+
+    def _batched(self, request: SearchRequest, item_modality: str | None) -> bool:
         """Queries whose mode inverts them (image -> images, text -> texts): these are micro-batched."""
         if request.text is not None:
             modality = "text"
         elif request.vector is not None:
             modality = request.modality or "vector"
-        elif request.item_id is not None:
-            row = self.index.item(request.item_id)
-            if row is None:
-                raise ApiError(404, f"no item with id {request.item_id}")
-            modality = row.modality
         else:
-            modality = "image"
+            modality = item_modality or "image"
         if modality != {"images": "image", "texts": "text"}[request.target]:
             return False  # inter-modal already: the library answers directly (or refuses an inversion)
         return self.index.served_mode(request.mode, modality, request.target).inverts

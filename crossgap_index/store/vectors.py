@@ -220,7 +220,7 @@ class VectorIndex:
         """The saved index, or None when the file is missing, differs from the manifest's record
         (truncated, bit-flipped, replaced), or FAISS cannot read it: the caller rebuilds from the catalog."""
         try:
-            if expected is None or file_record(path) != {"size": expected["size"], "crc32": expected["crc32"]}:
+            if expected is None or file_record(path) != {"size": expected.get("size"), "crc32": expected.get("crc32")}:
                 return None
             index = faiss.read_index(str(path))
         except (OSError, RuntimeError):
