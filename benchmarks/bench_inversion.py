@@ -170,8 +170,7 @@ def _timed_run(
 
 
 def _precision(config: InversionConfig, device: torch.device) -> str:
-    dtype = config.autocast_dtype(device)
-    return "fp32" if dtype is None else f"autocast {str(dtype).removeprefix('torch.')}"
+    return config.precision_on(device)
 
 
 def _summary(results: list[dict]) -> list[dict]:

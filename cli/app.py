@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import sys
@@ -13,17 +12,23 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 # Start-up stays light: only torch-free modules here. The library, rich rendering, numpy, FAISS and
 # torch load inside the commands that use them (`cgx --help` and `cgx info` never import torch).
 from cli.eval_command import eval_command
+from cli.export_command import export_command
+from cli.maintenance import NoWaitOpt, check_command, ls_command, remove_command
 from cli.query_arg import query_kind
+from cli.serve_command import serve_command
+from cli.tune_command import train_inverter_command, tune_command
 from crossgap_index import __version__
 from crossgap_index.demo import DEMO_MODEL
 from crossgap_index.errors import CrossGapError, CrossGapWarning
 from crossgap_index.ingest.limits import DEFAULT_MAX_FILE_MB, DEFAULT_MAX_MEGAPIXELS
 from crossgap_index.inversion import InversionConfig
 from crossgap_index.models import DEFAULT_MODEL
+from crossgap_index.search.modes import MODE_NAMES, SERVED_OTI_STEPS
 
 RRF_K_DEFAULT = 60  # crossgap_index.search.merge.RRF_K, stated here so that --help needs no numpy
 
@@ -66,6 +71,14 @@ ModelOpt = Annotated[
 ]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto (CUDA when available), cpu or cuda.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or summaries on stderr.")]
+PrecisionOpt = Annotated[
+    str,
+    typer.Option(
+        "--precision",
+        help="auto (bf16 where the CPU/GPU runs it natively, else fp32), fp32 or bf16: the model's compute "
+        "precision; an index takes another precision than its vectors' only within the measured agreement.",
+    ),
+]
 
 
 class Target(str, Enum):
@@ -140,17 +153,29 @@ def build_index(
         ),
     ] = False,
     steps: Annotated[int, typer.Option(help="OTI steps for --invert-gallery.")] = InversionConfig.oti_steps,
+    engine: Annotated[
+        str, typer.Option(help="local (threads + this process) or ray (Ray Data: decode tasks, embedding actors).")
+    ] = "local",
+    ray_address: Annotated[
+        str | None, typer.Option(help="--engine ray: auto, or a cluster address [default: a new local instance].")
+    ] = None,
+    no_wait: NoWaitOpt = False,
+    precision: PrecisionOpt = "auto",
     quiet: QuietOpt = False,
 ) -> None:
     """Embed the images under FOLDERS into the index. Incremental: unchanged files are skipped,
     changed ones re-embedded, deleted ones removed, renamed or duplicate files reuse stored vectors."""
     from cli.render import build_summary, err, printable, progress_bar
     from crossgap_index import CrossGapIndex
+    from crossgap_index.engines import get_engine
     from crossgap_index.ingest.discover import resolve_roots
 
     folders = resolve_roots(folders)  # before an index is created for a typo
+    build_engine = get_engine(engine, ray_address)
     with (
-        CrossGapIndex.open_or_create(index, model=model, device=device, factory=factory) as cgx,
+        CrossGapIndex.open_or_create(
+            index, model=model, device=device, factory=factory, wait=not no_wait, precision=precision
+        ) as cgx,
         progress_bar("embedding", "img", enabled=not quiet) as progress,
     ):
         result = cgx.index_folders(
@@ -161,9 +186,10 @@ def build_index(
             batch_size=batch_size,
             workers=workers,
             progress=progress,
+            engine=build_engine,
         )
         if invert_gallery or cgx.gallery_inversion is not None:
-            config = InversionConfig(oti_steps=steps) if invert_gallery else None
+            config = InversionConfig(oti_steps=steps, precision=precision) if invert_gallery else None
             with progress_bar("inverting gallery", "img", enabled=not quiet) as gallery_progress:
                 cgx.invert_gallery(config, progress=gallery_progress)
     if report is not None:
@@ -184,6 +210,7 @@ def add_texts(
     index: IndexOpt = None,
     model: ModelOpt = None,
     device: DeviceOpt = "auto",
+    no_wait: NoWaitOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Add a text corpus beside the images; exact duplicates are stored once."""
@@ -193,7 +220,7 @@ def add_texts(
 
     corpus = read_text_corpus(file)
     with (
-        CrossGapIndex.open_or_create(index, model=model, device=device) as cgx,
+        CrossGapIndex.open_or_create(index, model=model, device=device, wait=not no_wait) as cgx,
         progress_bar("embedding texts", "txt", enabled=not quiet) as progress,
     ):
         result = cgx.add_texts(corpus.texts, corpus.ids, progress=progress)
@@ -203,11 +230,7 @@ def add_texts(
             err.print(f"  {file}:{lineno}: {reason}", highlight=False)
 
 
-class Mode(str, Enum):
-    intra = "intra"
-    cross = "cross"
-    fused = "fused"
-    cross_gallery = "cross-gallery"
+Mode = Enum("Mode", {name.replace("-", "_"): name for name in MODE_NAMES}, type=str)
 
 
 class Merge(str, Enum):
@@ -230,11 +253,19 @@ def query(
         bool,
         typer.Option(
             "--cross",
-            help="Invert the query (image: OTI, text: OVI), search inter-modally, merge "
-            "with the ordinary results (--merge). Same as --mode fused, or --mode cross with --merge none.",
+            help="Search the way that wins on this index: the mode `cgx tune` stored, else the default "
+            "(span projection over the ImageNet names). Same as --mode auto.",
         ),
     ] = False,
-    mode: Annotated[Mode | None, typer.Option(help="intra (default), cross, fused or cross-gallery.")] = None,
+    mode: Annotated[
+        Mode | None,
+        typer.Option(
+            help="intra (default): plain embeddings; cross: OTI/OVI inversion; fused: intra + cross merged "
+            "(--merge); cross-gallery: against the gallery's stored OTI; span / iso / concept: zero-cost "
+            "projections of query and gallery; inverter / warm: the trained inversion network "
+            "(cgx train-inverter); auto: the tuned mode."
+        ),
+    ] = None,
     merge: Annotated[
         Merge,
         typer.Option(
@@ -245,17 +276,29 @@ def query(
     alpha: Annotated[float, typer.Option(min=0.0, max=1.0, help="Weight of the cross list for --merge score.")] = 0.5,
     rrf_k: Annotated[int, typer.Option(min=1, help="RRF constant.")] = RRF_K_DEFAULT,
     depth: Annotated[int, typer.Option(min=1, help="How deep each merged list is taken (at least -k).")] = 100,
-    steps: Annotated[int | None, typer.Option(min=0, help="Inversion steps [default: OTI 150, OVI 1000].")] = None,
-    tokens: Annotated[int, typer.Option(min=1, help="OTI pseudo-tokens R.")] = InversionConfig.n_tokens,
+    steps: Annotated[
+        int | None, typer.Option(min=0, help="Inversion steps [default: OTI 25 (served), OVI 1000].")
+    ] = None,
+    tokens: Annotated[int | None, typer.Option(min=1, help="OTI pseudo-tokens R [default: 1].")] = None,
     patches: Annotated[int | None, typer.Option(min=1, help="OVI pseudo-patches P [default: per model].")] = None,
-    lr: Annotated[float, typer.Option(help="Inversion learning rate (AdamW).")] = InversionConfig.lr,
-    template: Annotated[str, typer.Option(help="OTI prompt; {} marks the pseudo-tokens.")] = InversionConfig.template,
+    lr: Annotated[float | None, typer.Option(help="Inversion learning rate (AdamW) [default: 0.02].")] = None,
+    template: Annotated[
+        str | None, typer.Option(help="OTI prompt; {} marks the pseudo-tokens [default: 'a photo of {}'].")
+    ] = None,
+    span_components: Annotated[
+        int | None, typer.Option(min=1, help="Directions kept by --mode span [default: d/16].")
+    ] = None,
+    vocab: Annotated[
+        Path | None,
+        typer.Option(help="Concept names, one per line, for --mode span / concept [default: ImageNet-1k names]."),
+    ] = None,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Ignore and do not fill the inversion cache.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="One JSON document on stdout.")] = False,
     paths_only: Annotated[bool, typer.Option("--paths-only", help="Only paths (or texts), one per line.")] = False,
     null: Annotated[
         bool, typer.Option("--null", "-0", help="With --paths-only: end each item with NUL, not newline (xargs -0).")
     ] = False,
+    precision: PrecisionOpt = "auto",
     quiet: QuietOpt = False,
 ) -> None:
     """Search the index with an image or a text, plainly or through modality inversion.
@@ -264,25 +307,28 @@ def query(
     extension that names no file is an error (use --text to search for such text)."""
     from cli.render import err, inversion_bar, print_hits
     from crossgap_index import CrossGapIndex
+    from crossgap_index.evaluation.data import read_vocab
 
     is_image = query_kind(query, as_image, as_text) == "image"
     if mode is None:
-        mode = (Mode.cross if merge is Merge.none else Mode.fused) if cross else Mode.intra
-    elif mode is Mode.fused and merge is Merge.none:
-        mode = Mode.cross
-    defaults = InversionConfig()
-    config = InversionConfig(
-        oti_steps=defaults.oti_steps if steps is None else steps,
-        ovi_steps=defaults.ovi_steps if steps is None else steps,
-        n_tokens=tokens,
-        n_patches=patches,
-        lr=lr,
-        template=template,
-    )
-    total_steps = config.oti_steps if is_image else config.ovi_steps
+        mode = Mode("cross" if merge is Merge.none else "auto") if cross else Mode("intra")
+    elif mode.value == "fused" and merge is Merge.none:
+        mode = Mode("cross")
+    given = {"oti_steps": steps, "n_tokens": tokens, "n_patches": patches, "lr": lr, "template": template}
+    given = {k: v for k, v in given.items() if v is not None}
+    config = None
+    if given or precision != "auto":
+        if steps is not None:
+            given["ovi_steps"] = steps
+        config = InversionConfig(**{"oti_steps": SERVED_OTI_STEPS, **given, "precision": precision})
+    projection = {}
+    if span_components is not None:
+        projection["components"] = span_components
+    if vocab is not None:
+        projection["vocabulary"] = read_vocab(vocab)
     with (
-        CrossGapIndex.open(index, device=device) as cgx,
-        inversion_bar(total_steps, enabled=not (quiet or json_out)) as progress,
+        CrossGapIndex.open(index, device=device, precision=precision) as cgx,
+        inversion_bar(enabled=not (quiet or json_out)) as progress,
     ):
         hits = cgx.search(
             **({"image": query} if is_image else {"text": query}),
@@ -294,20 +340,20 @@ def query(
             rrf_k=rrf_k,
             depth=max(depth, top_k),
             inversion=config,
+            projection=projection or None,
             use_cache=not no_cache,
             progress=progress,
         )
+        served = cgx.describe_mode(mode.value, "image" if is_image else "text", target.value, inversion=config)
         held = cgx.info().counts[COLLECTIONS[target]] if len(hits) < top_k else len(hits)
+    if mode.value == "auto" and served["name"] == "intra" and (is_image != (target is Target.images)) and not quiet:
+        err.print("cgx: note: this query is already inter-modal (--cross turns image->images, text->texts): intra")
     if len(hits) < top_k and not quiet:
         reason = f"the index holds {held} {target.value}" if held <= len(hits) else "the merged lists ran short"
         err.print(f"cgx: note: {len(hits)} hits, fewer than -k {top_k}: {reason}", highlight=False)
     fmt = "json" if json_out else "paths" if paths_only else "table"
     query_doc = {"kind": "image" if is_image else "text", "value": query}
-    settings = {"target": target.value, "k": top_k, "mode": mode.value}
-    if mode in (Mode.cross, Mode.fused):
-        settings["inversion"] = {"direction": "oti" if is_image else "ovi", **dataclasses.asdict(config)}
-    if mode is Mode.fused:
-        settings["merge"] = {"method": merge.value, "alpha": alpha, "rrf_k": rrf_k, "depth": max(depth, top_k)}
+    settings = {"target": target.value, "k": top_k, "mode": mode.value, "served": served}
     print_hits(hits, query_doc, settings, fmt, separator=b"\0" if null else b"\n")
 
 
@@ -337,13 +383,15 @@ def demo(
     ),
     model: Annotated[str, typer.Option(help="Model for the demo index.")] = DEMO_MODEL,
     images: Annotated[int, typer.Option(min=8, help="Synthetic images in the gallery.")] = 240,
+    tune_images: Annotated[int, typer.Option(min=8, help="Labelled synthetic photos `cgx tune` chooses on.")] = 480,
+    inversion: Annotated[bool, typer.Option(help="Let tune also try OTI settings and the inverter (slower).")] = False,
     top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="Hits per mode.")] = 8,
-    steps: Annotated[int, typer.Option(min=0, help="OTI steps for the cross query.")] = InversionConfig.oti_steps,
     device: DeviceOpt = "auto",
     quiet: QuietOpt = False,
 ) -> None:
     """Offline demo: generate labelled synthetic photos, index them with the bundled crossgap-small model,
-    query with a held-out photo intra-modally and through OTI, print the tables, draw a contact sheet."""
+    tune the index on other labelled photos, and show a held-out query where the tuned mode changes the
+    top results, beside plain intra-modal search, with a contact sheet."""
     from cli.render import build_summary, err, hits_table, out, progress_bar
     from crossgap_index.demo import run_demo
 
@@ -353,19 +401,34 @@ def demo(
             model=model,
             n_images=images,
             k=top_k,
-            inversion=InversionConfig(oti_steps=steps),
+            tune_images=tune_images,
+            inversion=inversion,
             device=device,
             progress=progress,
         )
+    tuned = result.tuned
     for mode, hits in result.hits.items():
-        hits_table_title = f"{mode}: query {result.query} (a {result.query_label})"
-        out.print(hits_table(hits, hits_table_title, label_of=lambda h: Path(h.path).parent.name.replace("_", " ")))
+        name = f"tuned = {escape(tuned['candidate'])}" if mode == "tuned" else mode
+        title = f"{name}: query {result.query} (a {result.query_label}), {result.correct[mode]}/{top_k} same class"
+        out.print(hits_table(hits, title, label_of=lambda h: Path(h.path).parent.name.replace("_", " ")))
+    rep = tuned["report"]
+    out.print(
+        f"tune chose {escape(tuned['candidate'])}: mAP {rep['map'] * 100:.2f} vs intra {rep['intra_map'] * 100:.2f} "
+        f"({rep['delta_map'] * 100:+.2f}) on held-out labelled photos; `cgx query PHOTO --cross` serves it",
+        highlight=False,
+    )
     if not quiet:
         err.print(build_summary(result.build), highlight=False)
         err.print(f"contact sheet: {result.sheet}", highlight=False)
 
 
 app.command("eval")(fails_cleanly(eval_command))
+app.command("export")(fails_cleanly(export_command))
+app.command("tune")(fails_cleanly(tune_command))
+app.command("train-inverter")(fails_cleanly(train_inverter_command))
+for _name, _command in (("remove", remove_command), ("ls", ls_command), ("check", check_command)):
+    app.command(_name)(fails_cleanly(_command))
+app.command("serve")(fails_cleanly(serve_command))
 
 
 def main() -> None:

@@ -14,6 +14,7 @@ import typer
 from crossgap_index.errors import QueryError
 from crossgap_index.inversion import InversionConfig
 from crossgap_index.models import DEFAULT_MODEL
+from crossgap_index.search.modes import SERVED_OTI_STEPS
 
 if TYPE_CHECKING:  # the evaluation stack (torch, matplotlib) loads when the command runs
     from crossgap_index.evaluation.protocol import EvalProgress
@@ -49,12 +50,13 @@ def eval_command(
     ] = None,
     span_components: Annotated[
         int | None,
-        typer.Option("--span-components", min=1, help="Directions kept by span projection (default: d/2)."),
+        typer.Option("--span-components", min=1, help="Directions kept by span projection [default: d/16]."),
     ] = None,
     task: Annotated[Task, typer.Option("--task", help="Evaluate images, texts, or all the dataset has.")] = Task.all,
     steps: Annotated[
-        int, typer.Option("--steps", min=0, help="OTI steps (image queries).")
-    ] = InversionConfig.oti_steps,
+        int | None, typer.Option("--steps", min=0, help="OTI steps of the cross and fused modes [default: 25, served].")
+    ] = None,
+    tokens: Annotated[int, typer.Option("--tokens", min=1, help="OTI pseudo-tokens R.")] = InversionConfig.n_tokens,
     ovi_steps: Annotated[
         int, typer.Option("--ovi-steps", min=0, help="OVI steps (text queries).")
     ] = InversionConfig.ovi_steps,
@@ -67,6 +69,13 @@ def eval_command(
             "--sweep-steps", help="Also measure the OTI cross mode at these step counts, e.g. 10,25,50,100,150."
         ),
     ] = None,
+    sweep_tokens: Annotated[
+        str, typer.Option("--sweep-tokens", help="Pseudo-token counts R for --sweep-steps, e.g. 1,2,4.")
+    ] = "1",
+    index: Annotated[
+        Path | None,
+        typer.Option("--index", help="Also measure this index's tuned mode (as 'tuned'), with the index's model."),
+    ] = None,
     limit: Annotated[
         int | None, typer.Option("--limit", min=2, help="Use a fixed random subset of N images and N caption groups.")
     ] = None,
@@ -74,34 +83,58 @@ def eval_command(
     plots: Annotated[
         Path | None, typer.Option("--plots", help="Write PNG plots of every metric to this folder.")
     ] = None,
+    precision: Annotated[
+        str,
+        typer.Option("--precision", help="auto (bf16 where native, else fp32), fp32 or bf16: embedding and inversion."),
+    ] = "auto",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars on stderr.")] = False,
 ) -> None:
     """Evaluate every retrieval mode on labelled data and report which wins.
 
     Image-to-image: every image queries all the others, relevant = same class. Text-to-text: each
-    group's first caption queries the other captions, relevant = same group. Modes: intra, cross
-    (OTI / OVI), fused (rrf and score), cross-gallery, span projection; plus zero-shot accuracy as a
-    control. Metrics: mAP (headline), mAP@R, R-precision, Recall@1.
+    group's first caption queries the other captions, relevant = same group. Modes (each run exactly as
+    `cgx query` serves it, with its cost per query): intra, cross (OTI / OVI), fused (rrf and score),
+    cross-gallery, span (the vocabulary's and ImageNet's), concept, iso, inverter, warm, and with --index
+    the index's tuned mode; plus zero-shot accuracy as a control. Metrics: mAP (headline), mAP@R,
+    R-precision, Recall@1.
     """
     from cli.render import err, out
     from crossgap_index.evaluation.data import load_dataset, read_vocab
     from crossgap_index.evaluation.protocol import evaluate
     from crossgap_index.evaluation.report import render, write_plots
 
-    sweep = _parse_steps(sweep_steps) if sweep_steps else []
+    sweep = _parse_steps(sweep_steps, "--sweep-steps") if sweep_steps else []
+    sweep_r = _parse_steps(sweep_tokens, "--sweep-tokens")
     data = load_dataset(dataset, limit)
     names = read_vocab(vocab) if vocab is not None else None
-    config = InversionConfig(oti_steps=steps, ovi_steps=ovi_steps, batch_size=batch_size)
+    config = InversionConfig(
+        oti_steps=SERVED_OTI_STEPS if steps is None else steps,
+        n_tokens=tokens,
+        ovi_steps=ovi_steps,
+        batch_size=batch_size,
+        precision=precision,
+    )
+    extra = {}
+    if index is not None:
+        from crossgap_index import CrossGapIndex
+        from crossgap_index.search.modes import resolve_mode
+
+        with CrossGapIndex.open(index) as cgx:
+            model = cgx.info().model
+            extra["tuned"] = resolve_mode("auto", tuned=(cgx.tuned_mode or {}).get("mode"))
     with _progress(enabled=not quiet) as progress:
         result = evaluate(
             data,
             model,
             device=device,
+            precision=precision,
             config=config,
             vocab=names,
             tasks=None if task is Task.all else [task.value],
             sweep_steps=sweep,
+            sweep_tokens=sweep_r,
             span_components=span_components,
+            extra_modes=extra,
             progress=progress,
         )
     if vocab is not None:
@@ -116,13 +149,13 @@ def eval_command(
                 err.print(f"wrote {path}", highlight=False)
 
 
-def _parse_steps(text: str) -> list[int]:
+def _parse_steps(text: str, option: str) -> list[int]:
     try:
         steps = [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
-        raise QueryError(f"--sweep-steps takes comma-separated integers, e.g. 10,25,50; got {text!r}") from None
+        raise QueryError(f"{option} takes comma-separated integers, e.g. 10,25,50; got {text!r}") from None
     if not steps or min(steps) < 0:
-        raise QueryError(f"--sweep-steps needs one or more step counts >= 0, got {text!r}")
+        raise QueryError(f"{option} needs one or more counts >= 0, got {text!r}")
     return steps
 
 

@@ -12,6 +12,7 @@ from dataclasses import asdict
 from typing import TYPE_CHECKING
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
@@ -72,7 +73,7 @@ def progress_bar(description: str, unit: str, enabled: bool = True) -> Iterator:
 
 
 @contextmanager
-def inversion_bar(total_steps: int, enabled: bool = True, delay: float = 1.0) -> Iterator:
+def inversion_bar(total_steps: int | None = None, enabled: bool = True, delay: float = 1.0) -> Iterator:
     """Yield a ``progress(step, loss)`` callback; the bar appears only once the inversion has run ``delay`` s."""
     columns = (
         TextColumn("inverting"),
@@ -137,7 +138,9 @@ def print_hits(hits: list[Hit], query: dict, settings: dict, fmt: str, separator
             sys.stdout.buffer.write(item + separator)
         sys.stdout.buffer.flush()
     else:
-        out.print(hits_table(hits, Text(f"{query['kind']} query: {printable(query['value'])}")))
+        served = settings.get("served")
+        mode = f" (mode {served['summary']})" if served else ""
+        out.print(hits_table(hits, Text(f"{query['kind']} query: {printable(query['value'])}{mode}")))
 
 
 def build_summary(report: BuildReport) -> str:
@@ -159,6 +162,18 @@ def info_table(info: IndexInfo) -> Table:
             continue  # optional derived collections appear once built
         table.add_row(f"{name}", f"{count} vectors, factory {info.factories[name]}")
     table.add_row("on disk", ", ".join(f"{name} {_human(size)}" for name, size in info.disk_bytes.items()))
+    tuned = info.tuned_mode
+    if tuned:
+        rep = tuned["report"]
+        table.add_row(
+            "tuned mode (--cross)",
+            f"{escape(tuned['candidate'])}: mAP {rep['map'] * 100:.2f} vs intra {rep['intra_map'] * 100:.2f} "
+            f"on the report half of {escape(tuned['dataset']['spec'])} ({tuned['date']})",
+        )
+    else:
+        table.add_row("tuned mode (--cross)", "none: --cross serves the default (span, ImageNet names); see cgx tune")
+    if info.inverter:
+        table.add_row("inverter", f"trained on {info.inverter['images']} images, {info.inverter['steps']} steps")
     table.add_row("schema / version", f"{info.schema_version} / crossgap-index {info.crossgap_version}")
     return table
 

@@ -8,6 +8,8 @@ from importlib import import_module
 
 __version__ = "0.1.0"
 
+from crossgap_index import _openmp  # noqa: E402, F401  (first: before anything loads torch or faiss)
+
 _LAZY = {
     "BuildReport": "crossgap_index.api",
     "CrossGapIndex": "crossgap_index.api",

@@ -2,44 +2,40 @@
 
 from __future__ import annotations
 
-import dataclasses
-import time
+import functools
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
 
+from crossgap_index.engines import Engine, get_engine
+from crossgap_index.engines.build import BuildReport, ImageBuild, TextReport, add_text_items, invert_gallery_images
 from crossgap_index.errors import QueryError, StoreError
-from crossgap_index.ingest.decode import (
-    DEFAULT_MAX_FILE_BYTES,
-    DEFAULT_MAX_MEGAPIXELS,
-    DecodeError,
-    SkippedFile,
-    content_hash,
-    decode_rgb,
-    read_file,
-)
+from crossgap_index.ingest.decode import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_MEGAPIXELS
 from crossgap_index.ingest.discover import find_images, resolve_roots
-from crossgap_index.ingest.pipeline import Prepared, ReadLimits, decode_side, prepare, prepared_batches
-from crossgap_index.ingest.texts import check_query_text, unicode_problem
+from crossgap_index.ingest.pipeline import ReadLimits
+from crossgap_index.ingest.texts import unicode_problem
 from crossgap_index.inversion import InversionConfig
-from crossgap_index.inversion.keys import cache_key, seed_from_digest, settings_fingerprint
 from crossgap_index.models import check_device, default_model_spec, local_weights, parse_spec
-from crossgap_index.search.merge import RRF_K, reciprocal_rank_fusion, score_fusion
-from crossgap_index.search.ranking import Ranked, top_k
-from crossgap_index.store.directory import Store, default_index_path
+from crossgap_index.precision import after_write, check_setting, precision_for_index, precision_for_new_index
+from crossgap_index.search.engine import Queries
+from crossgap_index.search.modes import FUSION_DEPTH, RRF_K, Mode, resolve_mode
+from crossgap_index.search.searcher import Hit, QueryTransform, Searcher, collection_of
+from crossgap_index.store.catalog import ItemRow
+from crossgap_index.store.check import CheckReport, check_store
+from crossgap_index.store.directory import IndexExistsError, Store, default_index_path
+from crossgap_index.store.prune import select_for_removal
 from crossgap_index.store.vectors import AUTO
 
 if TYPE_CHECKING:  # torch loads with the first model, inside the methods that need one
+    from crossgap_index.inversion.inverter import Inverter, InverterConfig
     from crossgap_index.models import Encoder
 
-TARGETS = {"images": "image", "texts": "text"}
-MODES = ("intra", "cross", "fused", "cross-gallery")
-MERGES = ("rrf", "score")
-GALLERY_OTI = "image-oti"
+INVERTER_FILE = "inverter.safetensors"
+__all__ = ["BuildReport", "CrossGapIndex", "Hit", "IndexInfo", "Query", "QueryTransform", "TextReport"]
 
 # progress(done, total): called as files (or gallery images) are processed.
 ProgressFn = Callable[[int, int], None]
@@ -57,44 +53,6 @@ class Query:
 
 
 @dataclass(frozen=True)
-class Hit:
-    """One search result. ``ranks``/``scores`` give its position in each merged list (1-based)."""
-
-    id: int
-    score: float
-    modality: str
-    path: str | None = None
-    text: str | None = None
-    external_id: str | None = None
-    ranks: dict[str, int] = field(default_factory=dict)
-    scores: dict[str, float] = field(default_factory=dict)
-
-
-@dataclass
-class BuildReport:
-    """What a build did. ``embedded`` counts images that went through the model."""
-
-    added: int = 0
-    updated: int = 0
-    removed: int = 0
-    unchanged: int = 0
-    reused: int = 0
-    embedded: int = 0
-    skipped: list[tuple[str, str]] = field(default_factory=list)
-    seconds: float = 0.0
-
-    @property
-    def images_per_second(self) -> float:
-        return self.embedded / self.seconds if self.seconds > 0 else 0.0
-
-
-@dataclass
-class TextReport:
-    added: int = 0
-    duplicates: int = 0
-
-
-@dataclass(frozen=True)
 class IndexInfo:
     path: str
     model: str
@@ -106,15 +64,36 @@ class IndexInfo:
     schema_version: int
     crossgap_version: str
     gallery_inversion: dict | None = None
+    tuned_mode: dict | None = None
+    inverter: dict | None = None
+    precision: str = "fp32"
+
+
+def _reads(method: Callable) -> Callable:
+    """Run a read under the store's shared lock: a search sees FAISS and catalog rows of one state."""
+
+    @functools.wraps(method)
+    def reading(self: CrossGapIndex, *args, **kwargs):
+        with self._store.reading():
+            return method(self, *args, **kwargs)
+
+    return reading
 
 
 class CrossGapIndex:
-    """An index directory plus the model it was built with (loaded on first use)."""
+    """An index directory plus the model it was built with (loaded on first use).
 
-    def __init__(self, store: Store, device: str = "auto"):
+    ``precision`` (auto, fp32, bf16) is what the model embeds in; the index records the precision
+    of its vectors and admits another only within the measured agreement (crossgap_index.precision).
+    """
+
+    def __init__(self, store: Store, device: str = "auto", precision: str = "auto"):
         self._store = store
         self._device = check_device(device)
+        self._precision = check_setting(precision)
         self._encoder: Encoder | None = None
+        self._searcher: Searcher | None = None
+        self._inverter_net: Inverter | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
     @classmethod
@@ -124,39 +103,84 @@ class CrossGapIndex:
         model: str | None = None,
         device: str = "auto",
         factory: str = AUTO,
+        wait: bool = True,
+        precision: str = "auto",
     ) -> CrossGapIndex:
-        """Make a new, empty index directory for ``model`` (default: $CGX_MODEL or the open_clip default)."""
+        """Make a new, empty index directory for ``model`` (default: $CGX_MODEL or the open_clip default).
+        ``wait``: when another process is writing this index, wait for it (else fail at once)."""
         path = _index_path(path)
         spec = parse_spec(model or default_model_spec())
         local_weights(spec)  # bad settings fail before torch is even imported
         check_device(device)
+        check_setting(precision)
         from crossgap_index.models import Encoder, load_model
+        from crossgap_index.models.encoder import precision_agreement
 
-        encoder = Encoder(load_model(spec, device))
-        index = cls(Store.create(path, spec.canonical, encoder.dim, factory), device)
+        loaded = load_model(spec, device)
+        measured: list[float] = []
+
+        def agreement() -> float:  # measured only when auto would pick bf16
+            measured.append(precision_agreement(loaded))
+            return measured[0]
+
+        encoder = Encoder(loaded, precision=precision_for_new_index(check_setting(precision), loaded.device, agreement))
+        store = Store.create(path, spec.canonical, encoder.dim, factory, wait=wait, precision=encoder.precision)
+        if measured:
+            store.manifest.precision_agreement = measured[0]
+            store.manifest.save(path)
+        index = cls(store, device, precision)
         index._encoder = encoder
         return index
 
     @classmethod
-    def open(cls, path: str | Path | None = None, model: str | None = None, device: str = "auto") -> CrossGapIndex:
-        """Open an existing index; ``model``, when given, must be the one the index was built with."""
+    def open(
+        cls,
+        path: str | Path | None = None,
+        model: str | None = None,
+        device: str = "auto",
+        wait: bool = True,
+        readonly: bool | None = None,
+        precision: str = "auto",
+    ) -> CrossGapIndex:
+        """Open an existing index; ``model``, when given, must be the one the index was built with.
+        ``wait``: what writes do while another process writes (wait, or fail at once); ``readonly``:
+        None opens read-only when the directory cannot be written. Safe to share between threads.
+        An explicit ``precision`` is checked against the index's vectors when the model first loads;
+        ``auto`` never refuses."""
         path = _index_path(path)
-        store = Store.open(path)
+        store = Store.open(path, readonly=readonly)
+        store.wait = wait
         if model is not None and parse_spec(model).canonical != store.manifest.model:
             store.close()
             raise StoreError(
                 f"index at {path} was built with model '{store.manifest.model}', not '{parse_spec(model).canonical}'"
             )
-        return cls(store, device)
+        index = cls(store, device, precision)
+        if precision != "auto":
+            try:
+                index.encoder  # noqa: B018 - builds the encoder, refusing a precision the vectors do not agree with
+            except BaseException:
+                store.close()
+                raise
+        return index
 
     @classmethod
     def open_or_create(
-        cls, path: str | Path | None = None, model: str | None = None, device: str = "auto", factory: str = AUTO
+        cls,
+        path: str | Path | None = None,
+        model: str | None = None,
+        device: str = "auto",
+        factory: str = AUTO,
+        wait: bool = True,
+        precision: str = "auto",
     ) -> CrossGapIndex:
         path = _index_path(path)
-        if (path / "manifest.json").exists():
-            return cls.open(path, model=model, device=device)
-        return cls.create(path, model=model, device=device, factory=factory)
+        if not (path / "manifest.json").exists():
+            try:
+                return cls.create(path, model=model, device=device, factory=factory, wait=wait, precision=precision)
+            except IndexExistsError:
+                pass  # another process made it meanwhile
+        return cls.open(path, model=model, device=device, wait=wait, precision=precision)
 
     def save(self) -> None:
         self._store.save()
@@ -185,8 +209,34 @@ class CrossGapIndex:
         if self._encoder is None:
             from crossgap_index.models import Encoder, load_model
 
-            self._encoder = Encoder(load_model(self._store.manifest.model, self._device))
+            loaded = load_model(self._store.manifest.model, self._device)
+            stored, where = self._store.manifest.precision, f"index at {self.path}"
+            agreement = lambda: self._agreement(loaded)  # noqa: E731 - measured only when precisions differ
+            precision = precision_for_index(self._precision, stored, loaded.device, agreement, where)
+            encoder = Encoder(loaded, precision=precision)
+            if encoder.dim != self._store.manifest.dim:
+                raise StoreError(
+                    f"{self.path / 'manifest.json'}: model '{self._store.manifest.model}' makes {encoder.dim}-d "
+                    f"vectors, the index holds {self._store.manifest.dim}-d ones"
+                )
+            self._encoder = encoder
         return self._encoder
+
+    def _agreement(self, loaded) -> float:
+        """The model's fp32/bf16 probe agreement, measured once per index and kept in its manifest."""
+        from crossgap_index.models.encoder import precision_agreement
+
+        manifest = self._store.manifest
+        if manifest.precision_agreement is None:
+            manifest.precision_agreement = precision_agreement(loaded)
+            manifest.save(self.path)
+        return manifest.precision_agreement
+
+    def _record_precision(self) -> None:
+        """Before new vectors are written: the index's precision covers them (saved with them)."""
+        manifest = self._store.manifest
+        empty = not any(self._store.indexes[name].ntotal for name in ("image", "text"))
+        manifest.precision = after_write(manifest.precision, self.encoder.precision, empty)
 
     # -- writing --------------------------------------------------------------------------
     def index_folders(
@@ -199,13 +249,17 @@ class CrossGapIndex:
         batch_size: int = 64,
         workers: int = 4,
         progress: ProgressFn | None = None,
+        engine: str | Engine = "local",
     ) -> BuildReport:
         """Bring the index in line with the image files under ``roots``: new and changed files are
         embedded (or reuse a stored vector with the same content), files gone from disk leave.
-        Only regular files up to ``max_file_bytes`` are read; any other file is skipped with a reason."""
+        Only regular files up to ``max_file_bytes`` are read; any other file is skipped with a reason.
+        ``engine``: ``local``, ``ray`` (a Ray cluster; see crossgap_index.engines) or an engine object."""
         roots = resolve_roots(roots)
         paths = find_images(roots, include_hidden=include_hidden)
-        return self._ingest(paths, roots, max_megapixels, max_file_bytes, batch_size, workers, progress)
+        return self._ingest(
+            paths, roots, max_megapixels, max_file_bytes, batch_size, workers, progress, get_engine(engine)
+        )
 
     def add_images(
         self,
@@ -218,7 +272,7 @@ class CrossGapIndex:
     ) -> BuildReport:
         """Add or update the given image files; nothing is removed."""
         files = [Path(p).expanduser().resolve() for p in paths]
-        return self._ingest(files, [], max_megapixels, max_file_bytes, batch_size, 4, progress)
+        return self._ingest(files, [], max_megapixels, max_file_bytes, batch_size, 4, progress, get_engine("local"))
 
     def _ingest(
         self,
@@ -229,85 +283,12 @@ class CrossGapIndex:
         batch_size: int,
         workers: int,
         progress: ProgressFn | None,
+        engine: Engine,
     ) -> BuildReport:
-        start = time.perf_counter()
-        report = BuildReport()
-        catalog = self._store.catalog
-        records = catalog.images()
-        todo = []
-        for path in paths:
-            record = records.get(str(path))
-            try:
-                stat = path.stat()
-            except OSError as exc:
-                report.skipped.append((str(path), f"unreadable: {exc.strerror or exc}"))
-                continue
-            if record and record.size == stat.st_size and record.mtime_ns == stat.st_mtime_ns:
-                report.unchanged += 1
-            else:
-                todo.append(path)
-        on_disk = {str(p) for p in paths}
-        gone = [r.id for p, r in records.items() if p not in on_disk and _under_any(p, prune_roots)]
-
-        known = catalog.known_hashes("image")
-        # decode no larger than the model's input: memory follows the model, not the photos
-        limits = ReadLimits(max_megapixels, max_file_bytes, decode_side(self.encoder.input_size) if todo else None)
-        done = 0
-        if progress:
-            progress(0, len(todo))
-        try:
-            for batch in prepared_batches(todo, known.__contains__, batch_size, workers, limits):
-                self._store_batch(batch, records, known, report, limits)
-                self._store.commit()
-                done += len(batch)
-                if progress:
-                    progress(done, len(todo))
-            self._store.remove(gone)
-            report.removed = len(gone)
-        finally:
-            self._store.save()
-            report.seconds = time.perf_counter() - start
-        return report
-
-    def _store_batch(
-        self, batch: list[Prepared], records: dict, known: set[str], report: BuildReport, limits: ReadLimits
-    ) -> None:
-        catalog = self._store.catalog
-        vectors: dict[str, np.ndarray] = {}
-        for i, item in enumerate(batch):
-            if item.reused:
-                stored = catalog.vector_by_hash(item.file.content_hash)
-                if stored is not None:
-                    vectors[item.file.content_hash] = stored
-                else:  # its only holder was replaced earlier in this run: read and decode it after all
-                    batch[i] = prepare(item.path, lambda _: False, limits)
-        fresh = [p for p in batch if p.image is not None]
-        if fresh:
-            images = [p.image for p in fresh]
-            vectors.update(zip((p.file.content_hash for p in fresh), self.encoder.encode_images(images), strict=True))
-            report.embedded += len(fresh)
-        new_ids, new_vectors = [], []
-        for item in batch:
-            if item.error is not None:
-                report.skipped.append((str(item.path), item.error))
-                continue
-            file, old = item.file, records.get(str(item.path))
-            if old is not None and old.content_hash == file.content_hash:
-                catalog.update_stat(old.id, file.size, file.mtime_ns)  # touched, same content
-                report.unchanged += 1
-                continue
-            if old is not None:
-                self._store.remove([old.id])
-                report.updated += 1
-            else:
-                report.added += 1
-            report.reused += item.reused
-            vector = vectors[file.content_hash]
-            new_ids.append(catalog.add_image(str(item.path), file.content_hash, file.size, file.mtime_ns, vector))
-            new_vectors.append(vector)
-            known.add(file.content_hash)
-        if new_ids:
-            self._store.add("image", new_ids, np.stack(new_vectors))
+        with self._store.writing():
+            limits = ReadLimits(max_megapixels, max_file_bytes, None)
+            build = ImageBuild(self._store, lambda: self.encoder, self._record_precision, self._device)
+            return build.run(paths, prune_roots, limits, batch_size, workers, engine, progress)
 
     def add_texts(
         self,
@@ -323,89 +304,33 @@ class CrossGapIndex:
             problem = unicode_problem(text) or (unicode_problem(ids[i]) if ids is not None else None)
             if problem:
                 raise QueryError(f"add_texts: text {i} {problem}")
-        report = TextReport()
-        known = self._store.catalog.known_hashes("text")
-        fresh: dict[str, tuple[str, str | None]] = {}
-        for i, text in enumerate(texts):
-            digest = content_hash(text.encode("utf-8"))
-            if digest in known or digest in fresh:
-                report.duplicates += 1
-            else:
-                fresh[digest] = (text, ids[i] if ids is not None else None)
-        items = list(fresh.items())
-        if progress:
-            progress(0, len(items))
-        for start in range(0, len(items), 256):
-            chunk = items[start : start + 256]
-            vectors = self.encoder.encode_texts([text for _, (text, _) in chunk])
-            new_ids = [
-                self._store.catalog.add_text(text, digest, ext, vec)
-                for (digest, (text, ext)), vec in zip(chunk, vectors, strict=True)
-            ]
-            self._store.add("text", new_ids, vectors)
-            self._store.commit()
-            report.added += len(chunk)
-            if progress:
-                progress(report.added, len(items))
-        self._store.save()
-        return report
-
-    def remove(self, ids: Iterable[int]) -> None:
-        self._store.remove([int(i) for i in ids])
-        self._store.save()
+        with self._store.writing():
+            return add_text_items(self._store, self.encoder, texts, ids, self._record_precision, progress)
 
     # -- gallery-side inversion ------------------------------------------------------------
     def invert_gallery(self, config: InversionConfig | None = None, progress: ProgressFn | None = None) -> int:
         """Store each gallery image's OTI text-space feature (collection ``image-oti``), so image queries
         can be compared inter-modally with no optimisation at query time (mode ``cross-gallery``).
         Resumable: only images without a stored feature are inverted. Returns how many were."""
-        from crossgap_index.inversion import oti
-
-        config = config or InversionConfig()
-        manifest, catalog = self._store.manifest, self._store.catalog
-        settings = dataclasses.asdict(config)
-        if manifest.gallery_inversion is not None and _fingerprint(manifest.gallery_inversion) != _fingerprint(
-            settings
-        ):
-            catalog.clear_derived(GALLERY_OTI)  # other settings: the stored features no longer apply
-            self._store.rebuild(GALLERY_OTI)
-        manifest.gallery_inversion = settings
-        ids, vectors = catalog.ids_and_vectors("image", manifest.dim)
-        done = catalog.derived_ids(GALLERY_OTI)
-        todo = [i for i, item_id in enumerate(ids.tolist()) if item_id not in done]
-        seeds = [seed_from_digest(h) for h in catalog.content_hashes(ids[todo].tolist())]
-        if progress:
-            progress(0, len(todo))
-        try:
-            for first in range(0, len(todo), config.batch_size):
-                rows = todo[first : first + config.batch_size]
-                inverted = oti(self.encoder.loaded, vectors[rows], config, seeds[first : first + len(rows)])
-                catalog.set_derived(GALLERY_OTI, ids[rows].tolist(), inverted)
-                self._store.add(GALLERY_OTI, ids[rows].tolist(), inverted)
-                self._store.commit()
-                if progress:
-                    progress(first + len(rows), len(todo))
-        finally:
-            self._store.save()
-        return len(todo)
+        with self._store.writing():
+            config = (config or InversionConfig()).resolved(self.encoder.device)
+            return invert_gallery_images(self._store, self.encoder.loaded, config, progress)
 
     # -- reading --------------------------------------------------------------------------
+    @property
+    def searcher(self) -> Searcher:
+        """The read side (search/searcher.py); one per opened index, shared by every thread."""
+        if self._searcher is None:
+            inverter = self._inverter if (self.path / INVERTER_FILE).is_file() else None
+            self._searcher = Searcher(
+                self._store, self._store.manifest.model, lambda: self.encoder, inverter, _CatalogCache(self._store)
+            )
+        return self._searcher
+
     def embed_query(self, image: str | Path | Image.Image | None = None, text: str | None = None, vector=None) -> Query:
         """The query's unit feature, its modality and its content hash."""
-        given = [x is not None for x in (image, text, vector)]
-        if sum(given) != 1:
-            raise QueryError("give exactly one of image=, text= or vector=")
-        if vector is not None:
-            vec = np.asarray(vector, np.float32).reshape(-1)
-            if vec.shape[0] != self._store.manifest.dim:
-                raise QueryError(f"query vector has dim {vec.shape[0]}, index has {self._store.manifest.dim}")
-            return Query(vec / max(float(np.linalg.norm(vec)), 1e-12), "vector", content_hash(vec.tobytes()))
-        if text is not None:
-            check_query_text(text)
-            self.encoder.note_truncation(text)
-            return Query(self.encoder.encode_texts([text])[0], "text", content_hash(text.encode("utf-8")))
-        img, digest = _load_query_image(image, decode_side(self.encoder.input_size))
-        return Query(self.encoder.encode_images([img])[0], "image", digest)
+        feature, modality, digest = self.searcher.embed([_query(image, text, vector)])[0]
+        return Query(feature, modality, digest)
 
     def invert(
         self,
@@ -416,25 +341,12 @@ class CrossGapIndex:
     ) -> np.ndarray:
         """OTI (image query -> text-space feature) or OVI (text query -> image-space feature),
         seeded by the query's content hash and cached in the index directory."""
-        config = config or InversionConfig()
         if query.modality not in ("image", "text"):
             raise QueryError("inversion needs an image or text query, not a raw vector")
-        direction = "oti" if query.modality == "image" else "ovi"
-        key = cache_key(self._store.manifest.model, direction, config, query.digest)
-        if use_cache:
-            cached = self._store.catalog.cached_vector(key)
-            if cached is not None:
-                return cached
-        from crossgap_index.inversion import oti, ovi
-
-        invert = oti if direction == "oti" else ovi
-        inverted = invert(
-            self.encoder.loaded, query.feature[None, :], config, [seed_from_digest(query.digest)], progress
-        )
-        if use_cache:
-            self._store.catalog.cache_vector(key, inverted[0])
-            self._store.commit()
-        return inverted[0]
+        mode = resolve_mode("cross", inversion=config or InversionConfig())
+        transformer = self.searcher.transformer if use_cache else self._uncached_transformer(progress)
+        batch = Queries(query.feature[None, :], query.modality, (query.digest,))
+        return transformer.search_vectors(mode.legs[0], batch, query.modality)[0]
 
     def search(
         self,
@@ -442,93 +354,178 @@ class CrossGapIndex:
         text: str | None = None,
         vector=None,
         *,
+        item: int | None = None,
         target: str = "images",
         k: int = 10,
         mode: str = "intra",
         merge: str = "rrf",
         alpha: float = 0.5,
         rrf_k: int = RRF_K,
-        depth: int = 100,
+        depth: int = FUSION_DEPTH,
         inversion: InversionConfig | None = None,
+        projection: dict | None = None,
         use_cache: bool = True,
         progress: InversionProgressFn | None = None,
     ) -> list[Hit]:
-        """Top-k items of ``target`` ('images' or 'texts') for one query.
+        """Top-k items of ``target`` ('images' or 'texts') for one query (image, text, vector or stored item).
 
-        Modes: ``intra`` searches with the query's own embedding; ``cross`` inverts the query into the
-        other modality (OTI / OVI) and searches with that; ``fused`` merges both lists (``merge``:
-        ``rrf`` with constant ``rrf_k``, or ``score``: min-max normalised exact scores, ``alpha`` the
-        cross list's weight), each taken ``depth`` deep; ``cross-gallery`` compares an image query with
-        the gallery's stored OTI features (see ``invert_gallery``).
+        Modes (search/modes.py): ``intra`` the query's own embedding; ``cross`` OTI/OVI inversion into the
+        other modality; ``fused`` intra and cross merged (``merge`` rrf with ``rrf_k`` or score with the cross
+        weight ``alpha``, each list ``depth`` deep); ``cross-gallery`` against the gallery's stored OTI
+        features; ``span`` / ``iso`` zero-cost projections of query and gallery (``projection`` settings);
+        ``inverter`` / ``warm`` the trained inversion network, alone or as the start of a few OTI steps;
+        ``auto`` the mode ``cgx tune`` stored, else the documented default. ``inversion`` overrides the
+        served OTI/OVI settings (default: 25 OTI steps).
         """
-        if mode not in MODES:
-            raise QueryError(f"unknown mode '{mode}': use one of {', '.join(MODES)}")
-        if merge not in MERGES:
-            raise QueryError(f"unknown merge '{merge}': use one of {', '.join(MERGES)}")
-        collection = _collection(target)
-        self._require_items(collection)
-        query = self.embed_query(image, text, vector)
-        if mode == "intra":
-            return self._hits(top_k(self._store, collection, query.feature, k), {"intra": None})
-        if query.modality != collection:
-            raise QueryError(
-                f"a {query.modality} query against {target} is already inter-modal; inversion (--cross) applies "
-                "to image -> images and text -> texts"
-            )
-        if mode == "cross-gallery":
-            missing = self._store.indexes["image"].ntotal - self._store.indexes[GALLERY_OTI].ntotal
-            if missing:
-                raise QueryError(
-                    f"{missing} gallery images have no OTI feature yet: run `cgx build-index DIR --invert-gallery` "
-                    "(library: invert_gallery())"
-                )
-            return self._hits(top_k(self._store, GALLERY_OTI, query.feature, k), {"cross-gallery": None})
-        inverted = self.invert(query, inversion, use_cache, progress)
-        if mode == "cross":
-            return self._hits(top_k(self._store, collection, inverted, k), {"cross": None})
-        lists = {
-            "intra": top_k(self._store, collection, query.feature, depth),
-            "cross": top_k(self._store, collection, inverted, depth),
-        }
-        if merge == "rrf":
-            fused = reciprocal_rank_fusion(lists, rrf_k)
-        else:
-            candidates = np.union1d(lists["intra"].ids, lists["cross"].ids)
-            exact = {
-                "intra": self._store.exact_rerank(collection, query.feature, candidates),
-                "cross": self._store.exact_rerank(collection, inverted, candidates),
-            }
-            fused = score_fusion(candidates, exact, {"cross": alpha, "intra": 1.0 - alpha})
-        return self._hits(Ranked(fused.ids[:k], fused.scores[:k]), lists)
+        query = _query(image, text, vector, item)
+        return self.search_batch(
+            [query],
+            target=target,
+            k=k,
+            mode=mode,
+            merge=merge,
+            alpha=alpha,
+            rrf_k=rrf_k,
+            depth=depth,
+            inversion=inversion,
+            projection=projection,
+            use_cache=use_cache,
+            progress=progress,
+        )[0]
 
-    def _require_items(self, collection: str) -> None:
-        if self._store.indexes[collection].ntotal == 0:  # in line with the catalog since open; no table scan
-            raise StoreError(f"the {collection} index at {self.path} is empty")
-
-    def _hits(self, ranked: Ranked, lists: dict[str, Ranked | None]) -> list[Hit]:
-        """Hits of ``ranked``; each carries its rank and score in every list (None: ``ranked`` itself)."""
-        positions = {
-            name: {i: (r, s) for r, (i, s) in enumerate(zip(lst.ids.tolist(), lst.scores.tolist(), strict=True), 1)}
-            for name, lst in ((n, ranked if lst is None else lst) for n, lst in lists.items())
-        }
-        rows = self._store.catalog.rows(ranked.ids.tolist())
-        hits = []
-        for item_id, score in zip(ranked.ids.tolist(), ranked.scores.tolist(), strict=True):
-            row = rows[item_id]
-            found = {name: pos[item_id] for name, pos in positions.items() if item_id in pos}
-            hits.append(
-                Hit(
-                    item_id,
-                    score,
-                    row.modality,
-                    row.path,
-                    row.text,
-                    row.external_id,
-                    ranks={name: r for name, (r, _) in found.items()},
-                    scores={name: s for name, (_, s) in found.items()},
-                )
+    @_reads
+    def search_batch(
+        self,
+        queries: Sequence[dict],
+        *,
+        target: str = "images",
+        k: int = 10,
+        mode: str | Mode = "intra",
+        merge: str = "rrf",
+        alpha: float = 0.5,
+        rrf_k: int = RRF_K,
+        depth: int = FUSION_DEPTH,
+        inversion: InversionConfig | None = None,
+        projection: dict | None = None,
+        use_cache: bool = True,
+        progress: InversionProgressFn | None = None,
+        timings: dict | None = None,
+    ) -> list[list[Hit]]:
+        """Hits for many queries at once, each a dict with one of ``image``, ``text``, ``vector`` (optionally
+        with ``modality``) or ``item`` (a stored item's id). Inversions of the batch run together; each
+        query's hits equal its solo ``search``. ``timings``, when given, receives embed/search milliseconds
+        and the inversion batch size."""
+        searcher = self.searcher
+        if not use_cache or progress is not None:
+            searcher = Searcher(
+                self._store,
+                self._store.manifest.model,
+                lambda: self.encoder,
+                searcher.transformer._inverter,
+                _CatalogCache(self._store) if use_cache else None,
+                progress=progress,
+                gallery=searcher.gallery,
             )
-        return hits
+        return searcher.search_batch(
+            queries,
+            target=target,
+            k=k,
+            mode=mode,
+            timings=timings,
+            merge=merge,
+            alpha=alpha,
+            rrf_k=rrf_k,
+            depth=depth,
+            inversion=inversion,
+            projection=projection,
+        )
+
+    @_reads
+    def item(self, item_id: int) -> ItemRow | None:
+        """The stored item with this id (modality, path or text, external id), or None."""
+        return self._store.catalog.rows([item_id]).get(item_id)
+
+    def served_mode(self, mode: str, query_modality: str, target: str = "images") -> Mode:
+        """The Mode ``mode`` runs for a query of ``query_modality`` against ``target`` (``auto``: the tuned
+        one); e.g. ``.inverts`` tells a server which queries to batch."""
+        return self.searcher.resolve(mode, query_modality, collection_of(target))
+
+    @_reads
+    def transform_query(
+        self,
+        image: str | Path | Image.Image | None = None,
+        text: str | None = None,
+        vector=None,
+        *,
+        item: int | None = None,
+        target: str = "images",
+        mode: str = "auto",
+        **settings,
+    ) -> QueryTransform:
+        """The vector(s) ``mode`` searches with, and whether the gallery must be projected: so any vector
+        database can be queried the way ``search`` would."""
+        return self.searcher.transform_query(_query(image, text, vector, item), target=target, mode=mode, **settings)
+
+    def describe_mode(self, mode: str, query_modality: str, target: str = "images", **settings) -> dict:
+        """The mode a query of ``query_modality`` is served with (``auto`` resolved), as data and as one line."""
+        chosen = self.searcher.resolve(mode, query_modality, collection_of(target), **settings)
+        return {"name": chosen.name, "summary": chosen.describe(), **chosen.to_dict()}
+
+    def _uncached_transformer(self, progress: InversionProgressFn | None):
+        return Searcher(
+            self._store, self._store.manifest.model, lambda: self.encoder, None, None, progress=progress
+        ).transformer
+
+    @property
+    def tuned_mode(self) -> dict | None:
+        """What ``cgx tune`` stored: the mode, its selection and report mAPs, the dataset, the date."""
+        return self._store.manifest.tuned_mode
+
+    def set_tuned_mode(self, record: dict | None) -> None:
+        """Store (or with None clear) the mode that ``mode="auto"`` and ``cgx query --cross`` serve."""
+        if record is not None:
+            Mode.from_dict(record["mode"])  # refuse a malformed record before it is saved
+        with self._store.writing():
+            self._store.manifest.tuned_mode = record
+            self._store.save()
+        self._searcher = None
+
+    def tune(self, dataset, *, inversion: bool = True, seed: int = 0, progress=None):
+        """Choose the mode that wins on labelled ``dataset`` (the forms ``cgx eval`` takes) and store it:
+        ``mode="auto"`` and ``cgx query --cross`` serve it from then on. Returns the TuneResult."""
+        from crossgap_index.tuning import tune
+
+        result, network = tune(dataset, self.encoder, inversion=inversion, seed=seed, progress=progress)
+        with self._store.writing():
+            if network is not None:
+                network.save(self.path / INVERTER_FILE)
+                self._inverter_net = network
+            self.set_tuned_mode(result.record)
+        return result
+
+    # -- inversion network ----------------------------------------------------------------
+    def train_inverter(self, config: InverterConfig | None = None, progress=None) -> Inverter:
+        """Train the one-pass inversion network on this index's image vectors and save it beside the index."""
+        from crossgap_index.inversion.inverter import train_inverter
+
+        _, vectors = self._store.ids_and_vectors("image")
+        if len(vectors) < 2:
+            raise StoreError(f"the image index at {self.path} needs at least 2 images to train an inverter")
+        network = train_inverter(self.encoder.loaded, vectors, config, progress)
+        with self._store.writing():
+            network.save(self.path / INVERTER_FILE)
+        self._inverter_net = network
+        self._searcher = None
+        return network
+
+    def _inverter(self) -> Inverter:
+        if self._inverter_net is None:
+            from crossgap_index.inversion.inverter import Inverter
+
+            self._inverter_net = Inverter.load(
+                self.path / INVERTER_FILE, self._store.manifest.model, self.encoder.device
+            )
+        return self._inverter_net
 
     def info(self) -> IndexInfo:
         m = self._store.manifest
@@ -543,40 +540,67 @@ class CrossGapIndex:
             schema_version=m.schema_version,
             crossgap_version=m.crossgap_version,
             gallery_inversion=self.gallery_inversion,
+            tuned_mode=m.tuned_mode,
+            inverter=self._inverter().stats if (self.path / INVERTER_FILE).is_file() else None,
+            precision=m.precision,
         )
+
+    # -- maintenance (remove, ls, check) ------------------------------------------------------
+    def remove(
+        self, ids: Iterable[int] | None = None, *, paths: Iterable[str | Path] | None = None, missing: bool = False
+    ) -> list[int]:
+        """Remove items by id, every image at or under ``paths`` (files or whole folders, gone or not),
+        and with ``missing`` every image whose file is no longer on disk. Returns the removed ids."""
+        with self._store.writing():
+            chosen = select_for_removal(self._store.catalog, ids=ids, paths=paths, missing=missing)
+            self._store.remove(chosen)
+            self._store.save()
+        return chosen
+
+    @_reads
+    def ls(self, modality: str | None = None) -> list[ItemRow]:
+        """Every stored item (id, modality, path or text, external id), by id; ``modality``: 'image' or 'text'."""
+        if modality not in (None, "image", "text"):
+            raise QueryError(f"unknown modality '{modality}': use image or text")
+        return self._store.catalog.items(modality)
+
+    def check(self, repair: bool = False, files: bool = True) -> CheckReport:
+        """Verify the catalog (SQLite integrity_check, unit-norm vectors), every FAISS file against it
+        (present, checksum, count, ids) and, with ``files``, that indexed image files exist. ``repair``
+        rebuilds the derived FAISS files from the catalog. Like ``git fsck``: a report, not an exception."""
+        return check_store(self._store, repair=repair, files=files)
+
+    def refresh(self) -> bool:
+        """See other processes' writes since open (True when there were any)."""
+        return self._store.refresh()
 
 
 def _index_path(path: str | Path | None) -> Path:
     return Path(path).expanduser() if path else default_index_path()
 
 
-def _collection(target: str) -> str:
-    if target not in TARGETS:
-        raise QueryError(f"unknown target '{target}': use one of {', '.join(TARGETS)}")
-    return TARGETS[target]
+def _query(image=None, text=None, vector=None, item: int | None = None) -> dict:
+    given = {k: v for k, v in (("image", image), ("text", text), ("vector", vector), ("item", item)) if v is not None}
+    if len(given) != 1:
+        raise QueryError("give exactly one of image=, text=, vector= or item=")
+    return given
 
 
-def _under_any(path: str, roots: list[Path]) -> bool:
-    p = Path(path)
-    return any(p == r or r in p.parents for r in roots)
+class _CatalogCache:
+    """The inversion cache (cache.sqlite, store/cache.py) as the search layer sees it (get_many / put_many).
+    Writing it leaves the catalog and the FAISS files as they are."""
 
+    def __init__(self, store: Store):
+        self._store = store
 
-def _fingerprint(settings: dict) -> str:
-    return settings_fingerprint(InversionConfig(**settings), "oti")
+    def get_many(self, keys: Sequence[str]) -> dict[str, np.ndarray]:
+        found = {}
+        for key in keys:
+            vector = self._store.cache.get(key)
+            if vector is not None:
+                found[key] = vector
+        return found
 
-
-def _load_query_image(image: str | Path | Image.Image, min_side: int | None) -> tuple[Image.Image, str]:
-    """The decoded query image (decoded as gallery images are) and the hash of its content."""
-    if isinstance(image, Image.Image):
-        rgb = image.convert("RGB")
-        return rgb, content_hash(f"{rgb.size}".encode() + rgb.tobytes())
-    path = Path(image).expanduser()
-    try:
-        data = read_file(path).data  # regular files only, size-capped: a FIFO named q.png cannot hang a query
-        return decode_rgb(data, min_side=min_side), content_hash(data)
-    except OSError as exc:
-        raise QueryError(f"cannot read query image {path}: {exc.strerror or exc}") from exc
-    except SkippedFile as exc:
-        raise QueryError(f"cannot read query image {path}: {exc}") from exc
-    except DecodeError as exc:
-        raise QueryError(f"cannot decode query image {path}: {exc}") from exc
+    def put_many(self, items: dict[str, np.ndarray]) -> None:
+        for key, vector in items.items():
+            self._store.cache.put(key, vector)

@@ -87,7 +87,7 @@ def test_texts_then_text_query_and_info(built, tmp_path):
         (["build-index", "{tmp}", "--index", "{tmp}/new2", "--model", MODEL, "--factory", "Bogus"], "invalid FAISS"),
         (["build-index", "{tmp}", "--index", "{tmp}/new3", "--model", "ViT-B-32/nope"], "unknown pretrained tag"),
         (["info", "--index", "{tmp}/missing"], "no crossgap index"),
-        (["query", "a red bicycle", "--cross", "--index", "{idx}"], "already inter-modal"),
+        (["query", "a red bicycle", "--mode", "cross", "--index", "{idx}"], "already inter-modal"),
         (["query", "{tmp}/ok.png", "--mode", "cross-gallery", "--index", "{idx}"], "no OTI feature yet"),
         (["query", "{tmp}/ok.png", "--cross", "--template", "no placeholder", "--index", "{idx}"], "template"),
     ],
@@ -103,19 +103,28 @@ def test_error_paths_are_one_line_and_nonzero(built, tmp_path, args, message):
     assert "Traceback" not in result.output
 
 
-def test_cross_query_json_carries_both_lists(built, photo_folder):
+def test_fused_query_json_carries_both_lists(built, photo_folder):
     query = photo_folder / "a" / "img2.png"
-    result = cgx("query", query, "--index", built, "--cross", "--steps", 3, "-k", 4, "--json")
+    result = cgx("query", query, "--index", built, "--mode", "fused", "--steps", 3, "-k", 4, "--json")
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)
-    assert doc["settings"]["mode"] == "fused" and doc["settings"]["merge"]["method"] == "rrf"
-    assert doc["settings"]["inversion"]["direction"] == "oti" and doc["settings"]["inversion"]["oti_steps"] == 3
+    served = doc["settings"]["served"]
+    assert served["name"] == "fused" and served["fusion"] == "rrf"
+    assert served["legs"][1]["transform"] == "invert" and served["legs"][1]["params"]["oti_steps"] == 3
     assert all(set(h["ranks"]) == {"intra", "cross"} for h in doc["hits"])
     only_cross = json.loads(
-        cgx("query", query, "--index", built, "--cross", "--merge", "none", "--steps", 3, "--json").stdout
+        cgx("query", query, "--index", built, "--mode", "fused", "--merge", "none", "--steps", 3, "--json").stdout
     )
-    assert only_cross["settings"]["mode"] == "cross"
+    assert only_cross["settings"]["served"]["name"] == "cross"
     assert all(set(h["ranks"]) == {"cross"} for h in only_cross["hits"])
+
+
+def test_cross_flag_serves_the_untuned_default(built, photo_folder):
+    """--cross on an index nobody tuned: the documented default (span over the ImageNet names)."""
+    result = cgx("query", photo_folder / "a" / "img2.png", "--index", built, "--cross", "-k", 3, "--json")
+    assert result.exit_code == 0, result.output
+    served = json.loads(result.stdout)["settings"]["served"]
+    assert served["name"] == "span" and served["legs"][0]["transform"] == "project"
 
 
 def test_invert_gallery_then_cross_gallery(built, photo_folder):

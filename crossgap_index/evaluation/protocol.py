@@ -2,10 +2,10 @@
 
 Research notes, section 3: image-to-image, each image queries all the others (leave-one-out),
 relevant = same class; text-to-text, each group's first caption queries the other captions,
-relevant = same group. Every mode yields a full (queries, gallery) score matrix, built with the
-project's own inversion (``oti`` / ``ovi``, seeded from each query's content hash as the API does),
-merging (``reciprocal_rank_fusion`` / ``score_fusion``, applied per query over the full ranking)
-and ``SpanProjection``; the metrics module then ranks and scores it.
+relevant = same group. Every mode runs through the search engine's ``run_mode`` (search/engine.py)
+over the dataset's features held in memory, with the same transforms, fusion and fusion depth a
+served query gets; each query's full ranking (the fused head, then the first leg's order) is then
+scored by the metrics module. So an eval number is the number ``cgx query`` serves.
 """
 
 from __future__ import annotations
@@ -17,38 +17,23 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from crossgap_index.errors import InputFileError, QueryError
+from crossgap_index.errors import CrossGapError, InputFileError, QueryError
 from crossgap_index.evaluation.data import EvalDataset, ImageSet, load_dataset
-from crossgap_index.evaluation.metrics import METRICS, RetrievalMetrics, rank_order, retrieval_metrics
+from crossgap_index.evaluation.metrics import METRICS, RetrievalMetrics, retrieval_metrics
 from crossgap_index.ingest.decode import DecodeError, content_hash, decode_rgb
-from crossgap_index.inversion import InversionConfig, oti, ovi
-from crossgap_index.inversion.keys import seed_from_digest
+from crossgap_index.inversion import InversionConfig
 from crossgap_index.models import Encoder, default_model_spec, load_model
-from crossgap_index.search.merge import RRF_K, reciprocal_rank_fusion, score_fusion
-from crossgap_index.search.ranking import Ranked
-from crossgap_index.search.span import SpanProjection
+from crossgap_index.search.engine import Queries, run_mode
+from crossgap_index.search.gallery import MatrixGallery
+from crossgap_index.search.modes import RRF_K, SERVED_OTI_STEPS, Mode, resolve_mode
+from crossgap_index.search.transforms import ModelTransformer
+from crossgap_index.search.vocabulary import PROMPT, concept_prompts
 
 IMAGES, TEXTS = "image-to-image", "text-to-text"
 TASKS = {"images": IMAGES, "texts": TEXTS}
-PROMPT = "a photo of {}"  # concept prompts, zero-shot and span vocabulary alike: "a photo of a red circle"
 DEFAULT_ALPHA = 0.5
-MODE_DESCRIPTIONS = {
-    IMAGES: {
-        "intra": "query image vs gallery images",
-        "cross": "OTI(query image) vs gallery images",
-        "fused-rrf": "intra + cross, reciprocal rank fusion",
-        "fused-score": "intra + cross, min-max normalised score sum",
-        "cross-gallery": "query image vs OTI(gallery images)",
-        "span": "both projected onto the vocabulary's text span",
-    },
-    TEXTS: {
-        "intra": "query text vs gallery texts",
-        "cross": "OVI(query text) vs gallery texts",
-        "fused-rrf": "intra + cross, reciprocal rank fusion",
-        "fused-score": "intra + cross, min-max normalised score sum",
-        "span": "both projected onto the vocabulary's text span",
-    },
-}
+# cross / fused modes at the served default step count, unless the caller gives an InversionConfig
+SERVED_INVERSION = InversionConfig(oti_steps=SERVED_OTI_STEPS)
 _EMBED_BATCH = 64
 # Exact ties are common in fused-rrf (equal reciprocal-rank sums) and for duplicate texts. The metrics and the
 # project's merges break them by gallery position, so the gallery is put in a content-hash order first: a class-
@@ -61,10 +46,13 @@ EvalProgress = Callable[[str, int, int], None]
 
 @dataclass
 class ModeResult:
-    """One mode's mean metrics; ``seconds`` builds its score matrix from already computed features.
+    """One mode's mean metrics and cost.
 
     ``map_vs_intra`` is the mean per-query AP difference against intra, ``map_vs_intra_se`` its standard
     error over queries (paired: same queries, same gallery), so a reader can tell a win from noise.
+    ``ms_per_query``: the mode's own work for one query at batch 1 with no cache (transform, ranking,
+    fusion over the in-memory gallery), to add to the model's query embedding time (``timings``).
+    ``seconds``: the whole batch of queries, caches allowed (the cost of the evaluation itself).
     """
 
     mode: str
@@ -73,6 +61,8 @@ class ModeResult:
     map_vs_intra: float
     map_vs_intra_se: float | None
     seconds: float
+    ms_per_query: float | None = None
+    settings: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -94,13 +84,14 @@ class TaskResult:
 
 @dataclass
 class SweepPoint:
-    """Cross-mode (OTI, image-to-image) metrics after ``steps`` inversion steps; AP difference as in ModeResult."""
+    """Cross-mode (OTI, image-to-image) metrics after ``steps`` inversion steps with ``tokens`` pseudo-tokens."""
 
     steps: int
     metrics: dict[str, float]
     map_vs_intra: float
     map_vs_intra_se: float | None
     seconds: float
+    tokens: int = 1
 
 
 @dataclass
@@ -124,35 +115,70 @@ class EvalResult:
         return doc
 
 
+class MemoryCache:
+    """An inversion cache in memory, so modes sharing an inversion (cross, fused) compute it once."""
+
+    def __init__(self) -> None:
+        self._vectors: dict[str, np.ndarray] = {}
+
+    def get_many(self, keys: Sequence[str]) -> dict[str, np.ndarray]:
+        return {k: self._vectors[k] for k in keys if k in self._vectors}
+
+    def put_many(self, items: dict[str, np.ndarray]) -> None:
+        self._vectors.update(items)
+
+
+@dataclass
+class FeatureSet:
+    """Embedded, labelled items: the queries and gallery of one task, in the engine's terms."""
+
+    queries: Queries
+    query_labels: np.ndarray
+    gallery: np.ndarray
+    gallery_labels: np.ndarray
+    leave_one_out: bool  # queries are the gallery; each leaves itself out
+
+    def exclude_ids(self) -> np.ndarray | None:
+        return np.arange(len(self.queries)) if self.leave_one_out else None
+
+
 def evaluate(
     dataset: EvalDataset | str,
     model: str | None = None,
     *,
     device: str = "auto",
+    precision: str = "auto",
     config: InversionConfig | None = None,
     vocab: Sequence[str] | None = None,
     tasks: Sequence[str] | None = None,
     sweep_steps: Sequence[int] = (),
+    sweep_tokens: Sequence[int] = (1,),
     span_components: int | None = None,
     rrf_k: int = RRF_K,
     alpha: float = DEFAULT_ALPHA,
+    extra_modes: dict[str, Mode] | None = None,
+    inverter=None,
     progress: EvalProgress | None = None,
 ) -> EvalResult:
     """Run every retrieval mode on ``dataset`` (an ``EvalDataset`` or a spec for ``load_dataset``).
 
-    ``tasks``: a subset of ``("images", "texts")`` (default: whichever the dataset has). ``vocab``:
-    concept names for span projection (default: the dataset's class names). ``sweep_steps``: also
-    measure the image cross mode (OTI) after each of these step counts. ``span_components``: principal
-    directions kept by span projection (default d/2, the critique's choice; at most the vocabulary size - 1).
+    ``tasks``: a subset of ``("images", "texts")`` (default: whichever the dataset has). ``config``: the
+    inversion settings of the cross and fused modes (default: the served ones). ``vocab``: concept names for
+    the span and concept maps (default: the dataset's class names). ``sweep_steps`` x ``sweep_tokens``: also
+    measure the image cross mode (OTI) at these step counts and pseudo-token counts. ``span_components``:
+    directions kept by the span map (default: the served d/16). ``extra_modes``: more named modes to
+    measure, e.g. an index's tuned mode as ``tuned``. ``inverter``: a trained ``Inverter`` for the
+    inverter and warm modes (default: one trained here on the evaluated images, without their labels).
+    ``precision``: the embedding model's (auto, fp32, bf16); inversion follows ``config.precision``.
     """
     start = time.perf_counter()
-    config = config or InversionConfig()
+    config = config or SERVED_INVERSION
     data = load_dataset(dataset) if isinstance(dataset, str) else dataset
     wanted = _tasks(data, tasks)
     if sweep_steps and IMAGES not in wanted:
         raise QueryError("--sweep-steps measures OTI on image-to-image: the dataset (or --task) has no images")
-    if any(s < 0 for s in sweep_steps):
-        raise QueryError("sweep steps must be >= 0")
+    if any(s < 0 for s in sweep_steps) or any(r < 1 for r in sweep_tokens):
+        raise QueryError("sweep steps must be >= 0 and sweep tokens >= 1")
     if span_components is not None and span_components < 1:
         raise QueryError(f"span components must be >= 1, got {span_components}")
     if not 0.0 <= alpha <= 1.0 or rrf_k < 1:
@@ -160,27 +186,23 @@ def evaluate(
     report = progress or (lambda stage, done, total: None)
     timings: dict[str, float] = {}
     with _timed(timings, "load_model"):
-        encoder = Encoder(load_model(model or default_model_spec(), device))
+        encoder = Encoder(load_model(model or default_model_spec(), device), precision=precision)
 
     if span_components is not None and span_components > encoder.dim:
         raise QueryError(f"span components must be at most the model's dimension {encoder.dim}")
-    # sorted and deduplicated: the same vocabulary gives the same projection whatever its order
     names = sorted(set(vocab if vocab is not None else data.class_names))
-    span = None
-    if len(names) >= 2:
-        with _timed(timings, "span_fit"):
-            span = SpanProjection().fit(encoder.encode_texts(concept_prompts(names)), span_components)
-    elif vocab is not None:
+    if vocab is not None and len(names) < 2:
         raise QueryError(f"a span vocabulary needs at least 2 names, got {len(names)}")
+    config = config.resolved(encoder.device)
     settings = {
+        "precision": encoder.precision,
         "inversion": dataclasses.asdict(config),
-        "fusion": {"rrf_k": rrf_k, "alpha_cross": alpha, "depth": "full ranking"},
+        "fusion": {"rrf_k": rrf_k, "alpha_cross": alpha, "depth": resolve_mode("fused").depth},
         "span": {
             "vocabulary": "given" if vocab is not None else "dataset class names",
             "size": len(names),
             "prompt": PROMPT.format("{a|an} {name}"),
-            "components": span.n_components if span else 0,
-            "components_requested": span_components or encoder.dim // 2,
+            "components": span_components or "d/16",
         },
         "ties": TIES,
     }
@@ -195,45 +217,124 @@ def evaluate(
         sweep=[],
         timings=timings,
     )
+    context = _Context(encoder, config, names, span_components, rrf_k, alpha, extra_modes or {}, inverter, report)
     if IMAGES in wanted:
-        _run_images(data, encoder, config, span, sweep_steps, rrf_k, alpha, result, report)
+        _run_images(data, context, sweep_steps, sweep_tokens, result)
     if TEXTS in wanted:
-        _run_texts(data, encoder, config, span, rrf_k, alpha, result, report)
-    if span is None:
-        result.dataset["notes"].append("no span vocabulary (the captions carry no labels): give --vocab FILE")
+        _run_texts(data, context, result)
+    if len(names) < 2:
+        result.dataset["notes"].append("no vocabulary (the captions carry no labels): give --vocab FILE")
     timings["total"] = time.perf_counter() - start
     return result
 
 
-def concept_prompts(names: Sequence[str]) -> list[str]:
-    """Prompts 'a photo of a/an {name}', as CLIP is queried: the zero-shot classifier and the span vocabulary."""
-    return [PROMPT.format(("an " if name[:1].lower() in "aeiou" else "a ") + name) for name in names]
+@dataclass
+class _Context:
+    encoder: Encoder
+    config: InversionConfig
+    names: list[str]
+    span_components: int | None
+    rrf_k: int
+    alpha: float
+    extra_modes: dict[str, Mode]
+    inverter: object
+    report: EvalProgress
 
 
-def fused_scores(
-    intra: np.ndarray,
-    cross: np.ndarray,
-    method: str,
-    exclude: np.ndarray | None = None,
+def eval_modes(
+    task: str,
+    config: InversionConfig,
+    names: Sequence[str],
+    span_components: int | None = None,
     rrf_k: int = RRF_K,
     alpha: float = DEFAULT_ALPHA,
-) -> np.ndarray:
-    """Merge each query's intra and cross rankings with the project's merge function (``rrf`` or
-    ``score``) over the whole gallery; returns scores whose order is the merged order (n - position),
-    excluded items below every other."""
-    out = np.full(intra.shape, -1.0)
-    for row in range(len(intra)):
-        candidates = np.arange(intra.shape[1]) if exclude is None else np.flatnonzero(~exclude[row])
-        if method == "rrf":
-            lists = {name: _ranked(m[row, candidates], candidates) for name, m in (("intra", intra), ("cross", cross))}
-            merged = reciprocal_rank_fusion(lists, rrf_k)
-        elif method == "score":
-            exact = {"intra": intra[row, candidates], "cross": cross[row, candidates]}
-            merged = score_fusion(candidates, exact, {"cross": alpha, "intra": 1.0 - alpha})
-        else:
-            raise QueryError(f"unknown merge '{method}': use rrf or score")
-        out[row, merged.ids] = np.arange(len(merged.ids), 0, -1)
-    return out
+) -> dict[str, tuple[Mode, str]]:
+    """The modes ``cgx eval`` measures for ``task``, each with a one-line description."""
+    vocabulary = list(names) if len(names) >= 2 else None
+    modes: dict[str, tuple[Mode, str]] = {
+        "intra": (resolve_mode("intra"), "query vs gallery, plain embeddings"),
+        "cross": (resolve_mode("cross", inversion=config), "inverted query (OTI / OVI) vs gallery"),
+        "fused-rrf": (
+            resolve_mode("fused", inversion=config, merge="rrf", rrf_k=rrf_k),
+            "intra + cross, reciprocal rank fusion",
+        ),
+        "fused-score": (
+            resolve_mode("fused", inversion=config, merge="score", alpha=alpha),
+            "intra + cross, min-max normalised score sum",
+        ),
+    }
+    if task == IMAGES:
+        modes["cross-gallery"] = (resolve_mode("cross-gallery"), "query vs OTI(gallery), same OTI settings")
+    if vocabulary:
+        span = {"vocabulary": vocabulary, "components": span_components}
+        modes["span"] = (resolve_mode("span", projection=span), "both projected onto the vocabulary's text span")
+        modes["concept"] = (
+            resolve_mode("concept", projection={"vocabulary": vocabulary}),
+            "both as distributions over the vocabulary's concepts",
+        )
+    default_span = {"vocabulary": "imagenet", "components": span_components}
+    modes["span-imagenet"] = (
+        resolve_mode("span", projection=default_span),
+        "span over the ImageNet-1k names (no labels needed)",
+    )
+    modes["iso"] = (resolve_mode("iso"), "IsoCLIP projector-spectrum truncation")
+    if task == IMAGES:
+        modes["inverter"] = (resolve_mode("inverter"), "one-pass inversion network")
+        modes["warm"] = (resolve_mode("warm"), "inverter output + a few OTI steps")
+    return modes
+
+
+def measure_mode(
+    mode: Mode,
+    features: FeatureSet,
+    transformer: ModelTransformer,
+    collection: str,
+    extra_collections: dict[str, np.ndarray] | None = None,
+) -> RetrievalMetrics:
+    """Run ``mode`` for every query over the whole gallery (leave-one-out when queries are the gallery)
+    and score each query's full ranking."""
+    n_gallery = len(features.gallery)
+    ids = np.arange(n_gallery)
+    collections = {collection: (ids, features.gallery)}
+    for name, vectors in (extra_collections or {}).items():
+        collections[name] = (ids, vectors)
+    gallery = MatrixGallery(collections)
+    exclude = features.exclude_ids()
+    k = n_gallery - (1 if exclude is not None else 0)
+    results = run_mode(mode, features.queries, collection, k, gallery, transformer, exclude)
+    scores = np.full((len(features.queries), n_gallery), -np.inf)
+    for row, result in enumerate(results):
+        scores[row, result.ranked.ids] = np.arange(len(result.ranked.ids), 0, -1)
+    mask = np.eye(n_gallery, dtype=bool) if exclude is not None else None
+    return retrieval_metrics(scores, features.query_labels, features.gallery_labels, mask)
+
+
+def query_cost_ms(
+    mode: Mode,
+    features: FeatureSet,
+    make_transformer: Callable[[], ModelTransformer],
+    collection: str,
+    extra_collections: dict[str, np.ndarray] | None = None,
+    samples: int = 3,
+) -> float:
+    """Median milliseconds of one query's mode work at batch 1, no cache (transform, ranking, fusion)."""
+    ids = np.arange(len(features.gallery))
+    collections = {collection: (ids, features.gallery)}
+    for name, vectors in (extra_collections or {}).items():
+        collections[name] = (ids, vectors)
+    gallery = MatrixGallery(collections)
+    transformer = make_transformer()
+    run_mode(mode, _take(features.queries, [0]), collection, 10, gallery, transformer)  # warm-up: fits maps
+    times = []
+    for i in range(1, 1 + min(samples, len(features.queries) - 1)):
+        begin = time.perf_counter()
+        run_mode(mode, _take(features.queries, [i]), collection, 10, gallery, transformer)
+        times.append(time.perf_counter() - begin)
+    return float(np.median(times) * 1e3) if times else float("nan")
+
+
+def _take(queries: Queries, rows: list[int]) -> Queries:
+    return Queries(queries.features[rows], queries.modality, tuple(queries.digests[i] for i in rows))
 
 
 def paired_difference(values: np.ndarray, base: np.ndarray) -> tuple[float, float | None]:
@@ -243,11 +344,6 @@ def paired_difference(values: np.ndarray, base: np.ndarray) -> tuple[float, floa
     diff = values[valid] - base[valid]
     se = float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else None
     return float(diff.mean()), se
-
-
-def _ranked(scores: np.ndarray, ids: np.ndarray) -> Ranked:
-    order = rank_order(scores[None, :])[0]
-    return Ranked(ids[order], scores[order].astype(np.float32))
 
 
 def _tasks(data: EvalDataset, asked: Sequence[str] | None) -> list[str]:
@@ -263,124 +359,144 @@ def _tasks(data: EvalDataset, asked: Sequence[str] | None) -> list[str]:
     return [TASKS[t] for t in asked]
 
 
+def image_features(data: EvalDataset, encoder: Encoder, notes: list[str], report: EvalProgress) -> FeatureSet:
+    """The image-to-image task's features: every decodable image is a query and the gallery."""
+    feats, digests, labels = _embed_images(data.images, encoder, notes, report)
+    return FeatureSet(Queries(feats, "image", tuple(digests)), labels, feats, labels, True)
+
+
 def _run_images(
     data: EvalDataset,
-    encoder: Encoder,
-    config: InversionConfig,
-    span: SpanProjection | None,
+    ctx: _Context,
     sweep_steps: Sequence[int],
-    rrf_k: int,
-    alpha: float,
+    sweep_tokens: Sequence[int],
     result: EvalResult,
-    report: EvalProgress,
 ) -> None:
-    timings = result.timings
+    timings, encoder = result.timings, ctx.encoder
     with _timed(timings, "embed_images"):
         notes = list(data.notes)
-        feats, digests, labels = _embed_images(data.images, encoder, notes, report)
-    result.dataset.update(notes=notes, images_evaluated=len(feats))
-    seeds = [seed_from_digest(d) for d in digests]
-    exclude = np.eye(len(feats), dtype=bool)  # leave-one-out: every image queries all the others
+        features = image_features(data, encoder, notes, ctx.report)
+    result.dataset.update(notes=notes, images_evaluated=len(features.gallery))
+    timings["embed_ms_per_image"] = _embed_cost_ms(encoder, data)
+    inverter = ctx.inverter
+    if inverter is None:
+        from crossgap_index.inversion.inverter import train_inverter
 
-    def measure(scores: np.ndarray) -> RetrievalMetrics:
-        return retrieval_metrics(scores, labels, labels, exclude)
+        with _timed(timings, "train_inverter"):
+            inverter = train_inverter(encoder.loaded, features.gallery)
 
+    def make_transformer(cache=None) -> ModelTransformer:
+        return ModelTransformer(encoder.loaded.spec.canonical, lambda: encoder, cache=cache, inverter=lambda: inverter)
+
+    transformer = make_transformer(MemoryCache())
+    stage = f"OTI, {len(features.gallery)} images"
+    ctx.report(stage, 0, 1)
     with _timed(timings, "oti"):
-        inverted = _invert(oti, encoder, feats, config, seeds, f"OTI, {len(feats)} images", report)
-    matrices = {"intra": lambda: feats @ feats.T, "cross": lambda: inverted @ feats.T}
-    matrices["cross-gallery"] = lambda: feats @ inverted.T  # leave-one-out: the queries' OTI serve as the gallery's
-    if span is not None:
-        matrices["span"] = lambda: _self_scores(span.apply(feats))
-    intra_ap = _task(IMAGES, "same class", matrices, measure, exclude, rrf_k, alpha, result, report)
+        cross_leg = resolve_mode("cross", inversion=ctx.config).legs[0]
+        gallery_oti = transformer.search_vectors(cross_leg, features.queries, "image")
+    ctx.report(stage, 1, 1)
+    extra = {"image-oti": gallery_oti}
+    modes = eval_modes(IMAGES, ctx.config, ctx.names, ctx.span_components, ctx.rrf_k, ctx.alpha)
+    modes.update({name: (mode, mode.describe()) for name, mode in ctx.extra_modes.items()})
+    intra_ap = _task(IMAGES, "same class", modes, features, transformer, make_transformer, "image", extra, result, ctx)
 
     prompts = encoder.encode_texts(concept_prompts(data.images.class_names))
-    accuracy = float(((feats @ prompts.T).argmax(axis=1) == labels).mean())
+    accuracy = float(((features.gallery @ prompts.T).argmax(axis=1) == features.gallery_labels).mean())
     result.zero_shot = {
         "accuracy": accuracy,
         "chance": 1.0 / len(data.images.class_names),
         "classes": len(data.images.class_names),
         "prompt": PROMPT.format("{a|an} {class name}"),
     }
-    for steps in sweep_steps:
-        begin = time.perf_counter()
-        if steps == config.oti_steps:
-            sweep_inverted, seconds = inverted, timings["oti"]
-        else:
-            sweep_config = dataclasses.replace(config, oti_steps=steps)
-            sweep_inverted = _invert(oti, encoder, feats, sweep_config, seeds, f"sweep: OTI {steps} steps", report)
-            seconds = time.perf_counter() - begin
-        metrics = measure(sweep_inverted @ feats.T)
-        delta = paired_difference(metrics.per_query["map"], intra_ap)
-        result.sweep.append(SweepPoint(steps, metrics.means(), *delta, seconds))
+    for tokens in sweep_tokens:
+        for steps in sweep_steps:
+            begin = time.perf_counter()
+            config = dataclasses.replace(ctx.config, oti_steps=steps, n_tokens=tokens)
+            ctx.report(f"sweep: OTI R={tokens}, {steps} steps", 0, 1)
+            metrics = measure_mode(resolve_mode("cross", inversion=config), features, transformer, "image")
+            ctx.report(f"sweep: OTI R={tokens}, {steps} steps", 1, 1)
+            delta = paired_difference(metrics.per_query["map"], intra_ap)
+            result.sweep.append(SweepPoint(steps, metrics.means(), *delta, time.perf_counter() - begin, tokens))
 
 
-def _run_texts(
-    data: EvalDataset,
-    encoder: Encoder,
-    config: InversionConfig,
-    span: SpanProjection | None,
-    rrf_k: int,
-    alpha: float,
-    result: EvalResult,
-    report: EvalProgress,
-) -> None:
-    texts, timings = data.texts, result.timings
+def _run_texts(data: EvalDataset, ctx: _Context, result: EvalResult) -> None:
+    texts, timings, encoder = data.texts, result.timings, ctx.encoder
     with _timed(timings, "embed_texts"):
-        report("embedding texts", 0, 2)
+        ctx.report("embedding texts", 0, 2)
         queries = encoder.encode_texts(texts.query_texts)
-        report("embedding texts", 1, 2)
+        ctx.report("embedding texts", 1, 2)
         gallery = encoder.encode_texts(texts.gallery_texts)
-        report("embedding texts", 2, 2)
-    seeds = [seed_from_digest(content_hash(t.encode("utf-8"))) for t in texts.query_texts]
+        ctx.report("embedding texts", 2, 2)
+    digests = tuple(content_hash(t.encode("utf-8", "surrogatepass")) for t in texts.query_texts)
+    features = FeatureSet(Queries(queries, "text", digests), texts.query_groups, gallery, texts.gallery_groups, False)
 
-    def measure(scores: np.ndarray) -> RetrievalMetrics:
-        return retrieval_metrics(scores, texts.query_groups, texts.gallery_groups)
+    def make_transformer(cache=None) -> ModelTransformer:
+        return ModelTransformer(encoder.loaded.spec.canonical, lambda: encoder, cache=cache)
 
+    modes = eval_modes(TEXTS, ctx.config, ctx.names, ctx.span_components, ctx.rrf_k, ctx.alpha)
+    transformer = make_transformer(MemoryCache())
+    ctx.report(f"OVI, {len(queries)} texts", 0, 1)
     with _timed(timings, "ovi"):
-        inverted = _invert(ovi, encoder, queries, config, seeds, f"OVI, {len(queries)} texts", report)
-    matrices = {"intra": lambda: queries @ gallery.T, "cross": lambda: inverted @ gallery.T}
-    if span is not None:
-        matrices["span"] = lambda: span.apply(queries) @ span.apply(gallery).T
-    _task(TEXTS, "same group", matrices, measure, None, rrf_k, alpha, result, report)
+        transformer.search_vectors(modes["cross"][0].legs[0], features.queries, "text")  # fills the cache
+    ctx.report(f"OVI, {len(queries)} texts", 1, 1)
+    _task(TEXTS, "same group", modes, features, transformer, make_transformer, "text", {}, result, ctx)
 
 
 def _task(
     name: str,
     relevant: str,
-    matrices: dict[str, Callable[[], np.ndarray]],
-    measure: Callable[[np.ndarray], RetrievalMetrics],
-    exclude: np.ndarray | None,
-    rrf_k: int,
-    alpha: float,
+    modes: dict[str, tuple[Mode, str]],
+    features: FeatureSet,
+    transformer: ModelTransformer,
+    make_transformer: Callable,
+    collection: str,
+    extra: dict[str, np.ndarray],
     result: EvalResult,
-    report: EvalProgress,
+    ctx: _Context,
 ) -> np.ndarray:
-    """Score matrices for every mode (fused ones from intra and cross), then their metrics; returns intra's
-    per-query AP, the base of every paired difference."""
-    scores: dict[str, np.ndarray] = {}
-    seconds: dict[str, float] = {}
-    for mode, build in matrices.items():
+    """Every mode's metrics and cost on one task; returns intra's per-query AP, the base of every difference."""
+    measured: dict[str, tuple[RetrievalMetrics, float, float | None]] = {}
+    stage = f"modes ({name})"
+    for i, (mode_name, (mode, _)) in enumerate(modes.items()):
+        ctx.report(stage, i, len(modes))
         begin = time.perf_counter()
-        scores[mode] = build()
-        seconds[mode] = time.perf_counter() - begin
-    for i, method in enumerate(("rrf", "score")):
-        report(f"fusing rankings ({name})", i, 2)
-        begin = time.perf_counter()
-        scores[f"fused-{method}"] = fused_scores(scores["intra"], scores["cross"], method, exclude, rrf_k, alpha)
-        seconds[f"fused-{method}"] = time.perf_counter() - begin
-    report(f"fusing rankings ({name})", 2, 2)
-    measured = {mode: measure(scores[mode]) for mode in MODE_DESCRIPTIONS[name] if mode in scores}
-    base = measured["intra"]
+        try:
+            metrics = measure_mode(mode, features, transformer, collection, extra)
+        except CrossGapError as exc:  # a mode this model or data cannot run: say so, measure the rest
+            result.dataset["notes"].append(f"{name}: mode {mode_name} left out: {exc}")
+            continue
+        seconds = time.perf_counter() - begin
+        cost = query_cost_ms(mode, features, lambda: make_transformer(None), collection, extra)
+        measured[mode_name] = (metrics, seconds, cost)
+    ctx.report(stage, len(modes), len(modes))
+    base = measured["intra"][0]
     if base.n_queries == 0:
         raise InputFileError(f"{name}: no query has a relevant item in the gallery")
-    n_gallery = scores["intra"].shape[1] - (1 if exclude is not None else 0)
-    task = TaskResult(name, relevant, base.n_queries, n_gallery, base.n_skipped, exclude is not None)
+    n_gallery = len(features.gallery) - (1 if features.leave_one_out else 0)
+    task = TaskResult(name, relevant, base.n_queries, n_gallery, base.n_skipped, features.leave_one_out)
     intra_ap = base.per_query["map"]
-    for mode, metrics in measured.items():
+    for mode_name, (metrics, seconds, cost) in measured.items():
         delta = paired_difference(metrics.per_query["map"], intra_ap)
-        task.modes[mode] = ModeResult(mode, MODE_DESCRIPTIONS[name][mode], metrics.means(), *delta, seconds[mode])
+        mode, description = modes[mode_name]
+        task.modes[mode_name] = ModeResult(
+            mode_name, description, metrics.means(), *delta, seconds, cost, {"legs": mode.to_dict()["legs"]}
+        )
     result.tasks[name] = task
     return intra_ap
+
+
+def _embed_cost_ms(encoder: Encoder, data: EvalDataset, samples: int = 3) -> float:
+    """Median milliseconds to embed one query image at batch 1 (what every image query pays first)."""
+    times = []
+    for i in range(min(samples + 1, len(data.images.items))):
+        try:
+            image = decode_rgb(data.images.read(i))
+        except DecodeError:
+            continue
+        begin = time.perf_counter()
+        encoder.encode_images([image])
+        times.append(time.perf_counter() - begin)
+    return float(np.median(times[1:] or times) * 1e3) if times else float("nan")
 
 
 def _embed_images(
@@ -410,25 +526,6 @@ def _embed_images(
         raise InputFileError("image-to-image evaluation needs at least 2 classes with decodable images")
     order = np.argsort(digests, kind="stable")  # content-hash order: see TIES
     return np.concatenate(feats)[order], [digests[i] for i in order], labels[order]
-
-
-def _invert(
-    invert: Callable,
-    encoder: Encoder,
-    features: np.ndarray,
-    config: InversionConfig,
-    seeds: list[int],
-    stage: str,
-    report: EvalProgress,
-) -> np.ndarray:
-    steps = config.oti_steps if invert is oti else config.ovi_steps
-    total = -(-len(features) // config.batch_size) * steps
-    report(stage, 0, total)
-    return invert(encoder.loaded, features, config, seeds, lambda step, loss: report(stage, step, total))
-
-
-def _self_scores(features: np.ndarray) -> np.ndarray:
-    return features @ features.T
 
 
 class _timed:

@@ -31,11 +31,13 @@ def task_table(task: TaskResult, caption: str = "") -> Table:
     for metric in METRICS:
         table.add_column(METRIC_TITLES[metric], justify="right")
     table.add_column("ΔmAP ± se", justify="right")
+    table.add_column("ms/query", justify="right")
     best = task.best()
     for name, mode in task.modes.items():
         cells = [Text(f"{mode.metrics[m] * 100:.2f}", style=_BEST if best[m] == name else "") for m in METRICS]
         delta = "" if name == "intra" else _delta(mode.map_vs_intra, mode.map_vs_intra_se)
-        table.add_row(name, *cells, delta)
+        cost = "" if mode.ms_per_query is None else f"{mode.ms_per_query:.1f}"
+        table.add_row(name, *cells, delta, cost)
     return table
 
 
@@ -44,18 +46,21 @@ def sweep_table(result: EvalResult) -> Table:
     base = result.tasks.get("image-to-image")
     intra = base.modes["intra"].metrics["map"] if base else float("nan")
     table = Table(
-        title=f"OTI steps sweep, image-to-image cross mode (intra mAP {intra * 100:.2f})", title_justify="left"
+        title=f"OTI sweep (pseudo-tokens R x steps), image-to-image cross mode (intra mAP {intra * 100:.2f})",
+        title_justify="left",
     )
+    table.add_column("R", justify="right")
     table.add_column("steps", justify="right")
     for metric in METRICS:
         table.add_column(METRIC_TITLES[metric], justify="right")
     table.add_column("ΔmAP vs intra ± se", justify="right")
     table.add_column("OTI seconds", justify="right")
-    best = max(result.sweep, key=lambda p: p.metrics["map"]).steps
+    best = max(result.sweep, key=lambda p: p.metrics["map"])
     for point in result.sweep:
         cells = [f"{point.metrics[m] * 100:.2f}" for m in METRICS]
         table.add_row(
-            Text(str(point.steps), style=_BEST if point.steps == best else ""),
+            str(point.tokens),
+            Text(str(point.steps), style=_BEST if point is best else ""),
             *cells,
             _delta(point.map_vs_intra, point.map_vs_intra_se),
             f"{point.seconds:.1f}",
@@ -72,7 +77,14 @@ def render(result: EvalResult) -> Group:
         f"OVI {inv['ovi_steps']} steps; fusion rrf_k={result.settings['fusion']['rrf_k']}, "
         f"score alpha={result.settings['fusion']['alpha_cross']}; span: {span['components']} components from "
         f"{span['size']} names ({span['vocabulary']}). Metrics in %, best per metric in green; ΔmAP: mean "
-        "per-query AP difference against intra ± its standard error over queries."
+        "per-query AP difference against intra ± its standard error over queries. ms/query: the mode's own work "
+        "for one query at batch 1, no cache"
+        + (
+            f", on top of {result.timings['embed_ms_per_image']:.1f} ms to embed the query image"
+            if "embed_ms_per_image" in result.timings
+            else ""
+        )
+        + "."
     )
     parts: list = []
     for task in result.tasks.values():
@@ -105,6 +117,7 @@ def write_plots(result: EvalResult, folder: str | Path) -> list[Path]:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     written = [_metrics_plot(task, result.model, folder) for task in result.tasks.values()]
+    written += [_cost_plot(task, result, folder) for task in result.tasks.values()]
     if result.sweep:
         written.append(_sweep_plot(result, folder))
     return written
@@ -137,13 +150,11 @@ def _sweep_plot(result: EvalResult, folder: Path) -> Path:
     fig = Figure(figsize=(6, 4))
     FigureCanvasAgg(fig)
     ax = fig.subplots()
-    steps = [p.steps for p in result.sweep]
-    for metric, style in (("map", "o-"), ("map_at_r", "s--")):
-        ax.plot(
-            steps, [p.metrics[metric] * 100 for p in result.sweep], style, label=f"cross (OTI) {METRIC_TITLES[metric]}"
-        )
+    for tokens in sorted({p.tokens for p in result.sweep}):
+        points = [p for p in result.sweep if p.tokens == tokens]
+        ax.plot([p.steps for p in points], [p.metrics["map"] * 100 for p in points], "o-", label=f"cross, R={tokens}")
     task = result.tasks["image-to-image"]
-    for mode, colour in (("intra", "tab:gray"), ("span", "tab:purple")):
+    for mode, colour in (("intra", "tab:gray"), ("span", "tab:purple"), ("concept", "tab:green")):
         if mode in task.modes:
             ax.axhline(task.modes[mode].metrics["map"] * 100, color=colour, linestyle=":", label=f"{mode} mAP")
     ax.set_xlabel("OTI steps")
@@ -152,5 +163,27 @@ def _sweep_plot(result: EvalResult, folder: Path) -> Path:
     ax.legend(fontsize=8)
     fig.tight_layout()
     path = folder / "oti-steps-sweep.png"
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def _cost_plot(task: TaskResult, result: EvalResult, folder: Path) -> Path:
+    """mAP against the mode's own cost per query (log scale): which mode pays for itself."""
+    fig = Figure(figsize=(6.5, 4.5))
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    embed = result.timings.get("embed_ms_per_image", 0.0) if task.task == "image-to-image" else 0.0
+    for name, mode in task.modes.items():
+        if mode.ms_per_query is None:
+            continue
+        cost = mode.ms_per_query + embed
+        ax.scatter([cost], [mode.metrics["map"] * 100], color="tab:green" if name == task.best()["map"] else "tab:blue")
+        ax.annotate(name, (cost, mode.metrics["map"] * 100), fontsize=8, xytext=(3, 3), textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_xlabel("ms per query (batch 1, no cache" + (", incl. embedding the query)" if embed else ")"))
+    ax.set_ylabel("mAP %")
+    ax.set_title(f"{task.task}: quality vs cost ({result.model})")
+    fig.tight_layout()
+    path = folder / f"{task.task}-quality-vs-cost.png"
     fig.savefig(path, dpi=110)
     return path

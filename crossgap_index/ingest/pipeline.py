@@ -12,9 +12,10 @@ import dataclasses
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 
 from crossgap_index.ingest.decode import (
@@ -26,7 +27,6 @@ from crossgap_index.ingest.decode import (
     decode_rgb,
     read_file,
 )
-
 
 # Images are decoded to at least this multiple of the model's input size, so that the model's own
 # antialiased resize still does a reduction of 2x or more: embeddings then match a full-resolution
@@ -50,15 +50,16 @@ class ReadLimits:
 
 @dataclass(frozen=True)
 class Prepared:
-    """One file after the worker: ``image`` is None when its vector is reused or it failed.
-
-    ``file`` carries the hash and stat; its ``data`` is dropped once decoded (empty bytes)."""
+    """One file after the worker: ``image`` is None when its vector is reused or it failed; ``vector`` is
+    set when an engine embedded it already. ``file`` carries the hash and stat; its ``data`` is dropped once
+    decoded (empty bytes)."""
 
     file: FileBytes | None
     path: Path
     image: Image.Image | None = None
     reused: bool = False
     error: str | None = None
+    vector: np.ndarray | None = field(default=None, compare=False)
 
 
 def prepare(path: Path, is_known: Callable[[str], bool], limits: ReadLimits = ReadLimits()) -> Prepared:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -11,7 +12,7 @@ from crossgap_index.errors import QueryError
 if TYPE_CHECKING:  # torch is imported by the methods that need it: building a config must stay cheap
     import torch
 
-PRECISIONS = ("auto", "fp32", "bf16")
+from crossgap_index.precision import PRECISIONS, resolve  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -22,6 +23,8 @@ class InversionConfig:
     retrieval quality peaking early while the loss keeps falling, so stop-on-plateau is not offered.
     ``fast=False`` selects the oracle (full context, everything recomputed, fp32, no compile);
     it must not be combined with ``precision="bf16"`` or ``compile=True``.
+    ``precision``: the fast path runs the model cast to bf16 where ``auto`` finds it native
+    (see ``crossgap_index.precision``); the loss, AdamW and its pseudo-token master copy stay fp32.
     ``batch_size`` and ``fast`` change speed only: each query's result depends on its own seed.
     """
 
@@ -35,7 +38,7 @@ class InversionConfig:
     init_std: float = 0.02
     batch_size: int = 64
     fast: bool = True
-    precision: str = "auto"  # auto: bf16 autocast on CUDA (no grad scaler), fp32 on CPU
+    precision: str = "auto"  # auto: bf16 where the device runs it natively (CPU or CUDA), else fp32
     compile: bool = False  # torch.compile the feature function; CUDA only, ignored on CPU
 
     def __post_init__(self) -> None:
@@ -68,15 +71,13 @@ class InversionConfig:
         if problems:
             raise QueryError("invalid inversion settings: " + "; ".join(problems))
 
-    def autocast_dtype(self, device: torch.device) -> torch.dtype | None:
-        """The autocast dtype for ``device``, or None for plain fp32."""
-        import torch
+    def precision_on(self, device: torch.device) -> str:
+        """``fp32`` or ``bf16``: what this config runs in on ``device`` (the oracle is always fp32)."""
+        return resolve(self.precision, device) if self.fast else "fp32"
 
-        if not self.fast or self.precision == "fp32":
-            return None
-        if self.precision == "bf16" or device.type == "cuda":
-            return torch.bfloat16
-        return None
+    def resolved(self, device: torch.device) -> InversionConfig:
+        """This config with ``auto`` replaced by the precision it means on ``device`` (for cache keys and records)."""
+        return dataclasses.replace(self, precision=self.precision_on(device))
 
     def compiles(self, device: torch.device) -> bool:
         """torch.compile pays off only where kernel launches dominate: on CUDA."""

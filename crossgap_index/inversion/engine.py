@@ -7,7 +7,6 @@ does not depend on its batch neighbours, and batching is a speed choice only.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 from collections.abc import Callable, Sequence
 
@@ -21,6 +20,7 @@ from crossgap_index.inversion.family import FeatureFn, text_tower, vision_tower
 from crossgap_index.inversion.text import fast_text_features, reference_text_features, tokenize_prompt
 from crossgap_index.inversion.vision import fast_image_features, fill_index, reference_image_features
 from crossgap_index.models.factory import LoadedModel
+from crossgap_index.precision import dtype_of
 
 Progress = Callable[[int, float], None]
 
@@ -32,22 +32,25 @@ def oti(
     config: InversionConfig,
     seeds: Sequence[int],
     progress: Progress | None = None,
+    init: np.ndarray | None = None,
 ) -> np.ndarray:
     """Invert image features into text features (float32 unit rows (n, d)) to search images inter-modally.
 
     ``seeds`` holds one int per query (derive it from the query's content so that the result
     is reproducible). ``progress(step, mean_loss)`` is called after every optimisation step,
     with ``step`` counted across batches up to ``ceil(n / batch_size) * oti_steps``.
+    ``init`` (n, R, token width), when given, replaces the random start (an inverter's output: mode warm).
     ``final_losses(result, image_features)`` gives each query's loss at the returned feature.
     """
     name = loaded.spec.canonical
-    tower = text_tower(loaded.model, name)
-    dtype = config.autocast_dtype(loaded.device)
-    with _autocast(loaded.device, dtype), torch.no_grad():
+    tower = text_tower(loaded.model_in(config.precision_on(loaded.device)), name)
+    with torch.no_grad():
         prompt = tokenize_prompt(loaded.tokenizer, config.template, config.n_tokens, tower, name, loaded.device)
         features = fast_text_features(tower, prompt) if config.fast else reference_text_features(tower, prompt)
     shape = (config.n_tokens, tower.token_embedding.embedding_dim)
-    return _invert(features, shape, image_features, config, config.oti_steps, seeds, loaded.device, progress)
+    if init is not None and tuple(np.shape(init)) != (len(image_features), *shape):
+        raise QueryError(f"OTI init must have shape {(len(image_features), *shape)}, got {tuple(np.shape(init))}")
+    return _invert(features, shape, image_features, config, config.oti_steps, seeds, loaded.device, progress, init)
 
 
 @torch.inference_mode(False)
@@ -59,13 +62,12 @@ def ovi(
     progress: Progress | None = None,
 ) -> np.ndarray:
     """Invert text features into image features (float32 unit rows) to search texts inter-modally; as ``oti``."""
-    tower = vision_tower(loaded.model, loaded.spec.canonical)
+    tower = vision_tower(loaded.model_in(config.precision_on(loaded.device)), loaded.spec.canonical)
     n_patches = config.n_patches or tower.default_patches
     if n_patches > tower.n_grid:
         raise QueryError(f"n_patches={n_patches} exceeds the {tower.n_grid} patches of the image tower")
     index = fill_index(n_patches, tower.n_grid, loaded.device)
-    dtype = config.autocast_dtype(loaded.device)
-    with _autocast(loaded.device, dtype), torch.no_grad():
+    with torch.no_grad():
         features = fast_image_features(tower, index) if config.fast else reference_image_features(tower, index)
     shape = (n_patches, tower.width)
     return _invert(features, shape, text_features, config, config.ovi_steps, seeds, loaded.device, progress)
@@ -113,8 +115,9 @@ def _invert(
     seeds: Sequence[int],
     device: torch.device,
     progress: Progress | None,
+    init: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Split the queries into batches and run the shared loop on each."""
+    """Split the queries into batches and run the shared loop on each (from ``init`` when given)."""
     targets = np.asarray(targets, dtype=np.float32)
     if targets.ndim != 2:
         raise QueryError(f"inversion targets must be an (n, d) array, got shape {targets.shape}")
@@ -122,14 +125,17 @@ def _invert(
         raise QueryError(f"got {len(seeds)} seeds for {len(targets)} queries; give one seed per query")
     if config.compiles(device):
         features = torch.compile(features)
-    dtype = config.autocast_dtype(device)
+    dtype = dtype_of(config.precision_on(device))
     out = []
     for first in range(0, len(targets), config.batch_size):
         batch = slice(first, first + config.batch_size)
-        init = torch.stack([_init(seed, shape, config.init_std) for seed in seeds[batch]]).to(device)
+        if init is None:
+            start = torch.stack([_init(seed, shape, config.init_std) for seed in seeds[batch]]).to(device)
+        else:
+            start = torch.as_tensor(np.asarray(init[batch], np.float32), device=device)
         target = F.normalize(torch.from_numpy(targets[batch].copy()).to(device), dim=-1)
         offset = (first // config.batch_size) * steps
-        out.append(_optimise(features, init, target, config, steps, dtype, progress, offset))
+        out.append(_optimise(features, start, target, config, steps, dtype, progress, offset))
     if not out:
         return np.zeros((0, targets.shape[1]), np.float32)
     return np.ascontiguousarray(torch.cat(out).cpu().numpy(), dtype=np.float32)
@@ -141,11 +147,14 @@ def _optimise(
     target: torch.Tensor,
     config: InversionConfig,
     steps: int,
-    dtype: torch.dtype | None,
+    dtype: torch.dtype,
     progress: Progress | None,
     offset: int,
 ) -> torch.Tensor:
-    """AdamW on the per-query sum of 1 - cos(feature(v), target); returns the last step's unit features."""
+    """AdamW on the per-query sum of 1 - cos(feature(v), target); returns the last step's unit features.
+
+    ``params`` are the fp32 master copy AdamW updates; the model sees them cast to ``dtype``.
+    """
     with torch.enable_grad():
         params = init.clone().requires_grad_(True)
         optimizer = torch.optim.AdamW([params], lr=config.lr, weight_decay=config.weight_decay)
@@ -156,13 +165,13 @@ def _optimise(
             optimizer.step()
             if progress is not None:
                 progress(offset + step, float(losses.detach().mean()))
-        with torch.no_grad(), _autocast(target.device, dtype):
-            return F.normalize(features(params).float(), dim=-1)
+        with torch.no_grad():
+            return F.normalize(features(params.to(dtype)).float(), dim=-1)
 
 
-def _losses(features: FeatureFn, params: torch.Tensor, target: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
-    with _autocast(target.device, dtype):
-        out = features(params).float()
+def _losses(features: FeatureFn, params: torch.Tensor, target: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Per-query 1 - cos in fp32, whatever the model's dtype."""
+    out = features(params.to(dtype)).float()
     if out.shape != target.shape:
         raise QueryError(f"inversion targets have dimension {target.shape[1]}, the model's features {out.shape[1]}")
     return 1.0 - (F.normalize(out, dim=-1) * target).sum(dim=-1)
@@ -172,7 +181,3 @@ def _init(seed: int, shape: tuple[int, int], std: float) -> torch.Tensor:
     """N(0, std^2) from a CPU generator seeded by the query alone (device-independent)."""
     generator = torch.Generator().manual_seed(int(seed) & 0xFFFF_FFFF_FFFF_FFFF)
     return torch.randn(shape, generator=generator) * std
-
-
-def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
-    return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()

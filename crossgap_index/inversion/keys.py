@@ -30,5 +30,6 @@ def settings_fingerprint(config: InversionConfig, direction: str) -> str:
 
 
 def cache_key(model: str, direction: str, config: InversionConfig, digest: str) -> str:
+    """Key of one inverted feature; give ``config.resolved(device)`` so the key names the precision it ran in."""
     payload = f"{model}\n{settings_fingerprint(config, direction)}\n{digest}"
     return hashlib.blake2b(payload.encode(), digest_size=16).hexdigest()

@@ -55,8 +55,8 @@ def fast_image_features(tower: VisionTower, index: torch.Tensor) -> FeatureFn:
         x = patches.to(positions.dtype)[:, index] + patch_positions
         x = torch.cat([class_row.expand(x.shape[0], -1, -1), x], dim=1)
         x = visual.ln_pre(visual.patch_dropout(x))
-        for block in blocks[:-1] if class_only else blocks:
-            x = block(x)
+        for block in blocks[:-1] if class_only else blocks:  # op by op, as in the text fast path
+            x, _ = block_forward(block, x, None)
         if class_only:
             x, _ = block_forward(blocks[-1], x, None, rows=slice(0, 1))
         pooled, _ = visual._pool(x)

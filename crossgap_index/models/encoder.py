@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -11,15 +12,37 @@ from PIL import Image
 
 from crossgap_index.errors import TruncatedTextWarning
 from crossgap_index.models.factory import LoadedModel
+from crossgap_index.precision import dtype_of, resolve
+
+# A fixed probe for the agreement of two precisions: smooth and noisy pictures, varied prompts.
+_PROBE_TEXTS = (
+    "a photo of a dog",
+    "a red circle on a white background",
+    "two people walking along a beach at sunset",
+    "a diagram",
+    "a close-up of a yellow flower in the rain",
+    "text",
+    "a blue square and a green triangle",
+    "an old map of the city",
+)
+_PROBE_SEED = 20251123
 
 
 class Encoder:
-    """Batched, no-grad embedding with a loaded open_clip model."""
+    """Batched, no-grad embedding with a loaded open_clip model, run in one precision as a whole.
 
-    def __init__(self, loaded: LoadedModel, batch_size: int = 64):
+    ``precision`` is ``auto`` (bf16 where the device runs it natively, else fp32), ``fp32`` or
+    ``bf16``; the output is fp32 and normalised in fp32 either way.
+    """
+
+    def __init__(self, loaded: LoadedModel, batch_size: int = 64, precision: str = "auto"):
         self.loaded = loaded
         self.batch_size = batch_size
         self.dim = loaded.embed_dim
+        self.precision = resolve(precision, loaded.device)
+        self.model = loaded.model_in(self.precision)
+        self._dtype = dtype_of(self.precision)
+        self._encode_text = _text_encoder(self.model, loaded.spec.canonical)
 
     @property
     def device(self) -> torch.device:
@@ -66,7 +89,7 @@ class Encoder:
     def encode_pixels(self, pixels: torch.Tensor) -> np.ndarray:
         """Embed an already preprocessed (n, 3, H, W) batch."""
         out = [
-            self._autocast(self.loaded.model.encode_image, pixels[i : i + self.batch_size])
+            self.model.encode_image(pixels[i : i + self.batch_size].to(self.device, self._dtype)).float()
             for i in range(0, len(pixels), self.batch_size)
         ]
         return _unit_rows(out, self.dim)
@@ -81,15 +104,41 @@ class Encoder:
         out = []
         for i in range(0, len(texts), self.batch_size):
             tokens = self.loaded.tokenizer(list(texts[i : i + self.batch_size]))
-            out.append(self._autocast(self.loaded.model.encode_text, tokens))
+            out.append(self._encode_text(tokens.to(self.device)).float())
         return _unit_rows(out, self.dim)
 
-    def _autocast(self, fn, batch: torch.Tensor) -> torch.Tensor:
-        batch = batch.to(self.device)
-        if self.device.type == "cuda":
-            with torch.autocast("cuda", dtype=torch.bfloat16):
-                return fn(batch).float()
-        return fn(batch).float()
+
+def _text_encoder(model: torch.nn.Module, name: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``model.encode_text``, or the same function op by op where the text tower allows it (faster on CPU)."""
+    from crossgap_index.inversion.attention import decomposable
+    from crossgap_index.inversion.family import detect_family, text_tower
+    from crossgap_index.inversion.text import text_features_op_by_op
+
+    if detect_family(model).text is None:
+        return model.encode_text
+    tower = text_tower(model, name)
+    if not decomposable(tower.transformer):
+        return model.encode_text
+    return functools.partial(text_features_op_by_op, tower)
+
+
+def precision_agreement(loaded: LoadedModel, first: str = "fp32", second: str = "bf16") -> float:
+    """Minimum cosine between the features of a fixed probe (8 images, 8 prompts) in two precisions."""
+    images = _probe_images()
+    feats = []
+    for precision in (first, second):
+        encoder = Encoder(loaded, batch_size=8, precision=precision)
+        feats.append(np.concatenate([encoder.encode_images(images), encoder.encode_texts(list(_PROBE_TEXTS))]))
+    return float(np.min(np.sum(feats[0] * feats[1], axis=1)))
+
+
+def _probe_images() -> list[Image.Image]:
+    """Four noise pictures and four smooth colour ramps, the same on every machine."""
+    rng = np.random.default_rng(_PROBE_SEED)
+    noise = [rng.integers(0, 256, (96, 96, 3), dtype=np.uint8) for _ in range(4)]
+    y, x = np.mgrid[0:96, 0:96] / 95.0
+    ramps = [np.stack(channels, axis=-1) for channels in ((x, y, 1 - x), (y, 1 - y, x), (x * y, x, y), (1 - x, x, x))]
+    return [Image.fromarray(a) for a in noise] + [Image.fromarray((255 * r).astype(np.uint8)) for r in ramps]
 
 
 def _unit_rows(chunks: list[torch.Tensor], dim: int) -> np.ndarray:

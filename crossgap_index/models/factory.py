@@ -13,10 +13,11 @@ Spec forms:
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import open_clip
@@ -35,6 +36,7 @@ from crossgap_index.models.spec import (  # noqa: F401 - re-exported: the spec l
     local_weights,
     parse_spec,
 )
+from crossgap_index.precision import dtype_of
 
 
 @dataclass
@@ -46,10 +48,19 @@ class LoadedModel:
     preprocess: Callable  # PIL image -> (3, H, W) tensor
     tokenizer: Callable  # list[str] -> (n, context_length) int64 tensor
     device: torch.device
+    _casts: dict[str, torch.nn.Module] = field(default_factory=dict, repr=False)
 
     @property
     def embed_dim(self) -> int:
         return int(self.model.text_projection.shape[1]) if _has_text_proj(self.model) else _probe_dim(self)
+
+    def model_in(self, precision: str) -> torch.nn.Module:
+        """The model with its weights in ``precision`` ('fp32' or 'bf16'): cast once, then kept beside ``model``."""
+        if precision == "fp32":
+            return self.model
+        if precision not in self._casts:
+            self._casts[precision] = copy.deepcopy(self.model).to(dtype_of(precision))
+        return self._casts[precision]
 
 
 def resolve_device(device: str = "auto") -> torch.device:

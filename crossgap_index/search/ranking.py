@@ -29,14 +29,24 @@ class Ranked:
 
 
 def top_k(store: Store, collection: str, query: np.ndarray, k: int) -> Ranked:
+    """Top-k of one query; see ``top_k_batch``."""
+    return top_k_batch(store, collection, query[None, :], k)[0]
+
+
+def top_k_batch(store: Store, collection: str, queries: np.ndarray, k: int) -> list[Ranked]:
+    """Top-k of each query row; approximate indexes fetch more candidates and re-score them exactly."""
     index = store.indexes[collection]
     exact = index.resolved_factory == "Flat"
     fetch = k if exact else max(k * RERANK_FACTOR, RERANK_MIN_CANDIDATES)
-    scores, ids = store.search(collection, query[None, :], fetch)
-    keep = ids[0] >= 0
-    ids, scores = ids[0][keep], scores[0][keep]
-    if not exact and len(ids):
-        scores = store.exact_rerank(collection, query, ids)
-        order = np.argsort(-scores, kind="stable")
-        ids, scores = ids[order], scores[order]
-    return Ranked(ids[:k], scores[:k].astype(np.float32))
+    queries = np.atleast_2d(np.asarray(queries, np.float32))
+    scores, ids = store.search(collection, queries, fetch)
+    out = []
+    for row in range(len(queries)):
+        keep = ids[row] >= 0
+        row_ids, row_scores = ids[row][keep], scores[row][keep]
+        if not exact and len(row_ids):
+            row_scores = store.exact_rerank(collection, queries[row], row_ids)
+            order = np.argsort(-row_scores, kind="stable")
+            row_ids, row_scores = row_ids[order], row_scores[order]
+        out.append(Ranked(row_ids[:k], row_scores[:k].astype(np.float32)))
+    return out

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from collections.abc import Iterable, Sequence
+import threading
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,8 +43,8 @@ CREATE TABLE IF NOT EXISTS derived_vectors (
     vector BLOB NOT NULL,
     PRIMARY KEY (kind, item_id)
 );
-CREATE TABLE IF NOT EXISTS inversion_cache (key TEXT PRIMARY KEY, vector BLOB NOT NULL);
 """
+_SQLITE_MAGIC = b"SQLite format 3\x00"
 
 
 @dataclass(frozen=True)
@@ -67,33 +68,83 @@ class ItemRow:
 
 
 class Catalog:
-    """Thin typed wrapper over one SQLite file."""
+    """Thin typed wrapper over one SQLite file, with one connection per thread.
 
-    def __init__(self, path: Path):
+    Each thread reads through its own connection (WAL: readers see committed data and never block);
+    the writing thread sees its own uncommitted rows. ``readonly`` opens the file read-only (an index
+    directory that cannot be written: no -wal/-shm can be made there either, so it is opened immutable).
+    """
+
+    def __init__(self, path: Path, readonly: bool = False):
         self.path = path
-        self.conn = sqlite3.connect(path)
-        self.conn.execute("PRAGMA foreign_keys = ON")
-        self.conn.execute("PRAGMA journal_mode = WAL")
-        self.conn.executescript(_SCHEMA)
-        version = self.get_meta("schema_version")
-        if version is None:
-            self.set_meta("schema_version", str(CATALOG_SCHEMA_VERSION))
-            self.set_meta("generation", "0")
-            self.conn.commit()
-        elif int(version) > CATALOG_SCHEMA_VERSION:
-            raise StoreError(
-                f"{path}: catalog schema {version} is newer than this crossgap-index understands "
-                f"({CATALOG_SCHEMA_VERSION}); upgrade crossgap-index"
-            )
+        self.readonly = readonly
+        self._local = threading.local()
+        self._conns: list[sqlite3.Connection] = []
+        self._conns_lock = threading.Lock()
+        check_header(path)
+        try:
+            if not readonly:
+                self.conn.execute("PRAGMA journal_mode = WAL")
+                self.conn.executescript(_SCHEMA)
+            version = self.get_meta("schema_version")
+            if version is None and not readonly:
+                self.set_meta("schema_version", str(CATALOG_SCHEMA_VERSION))
+                self.set_meta("generation", "0")
+                self.conn.commit()
+            elif version is None or not version.isdigit():
+                raise StoreError(f"{path}: not a crossgap catalog (no schema version)")
+            elif int(version) > CATALOG_SCHEMA_VERSION:
+                raise StoreError(
+                    f"{path}: catalog schema {version} is newer than this crossgap-index understands "
+                    f"({CATALOG_SCHEMA_VERSION}); upgrade crossgap-index"
+                )
+        except sqlite3.DatabaseError as exc:
+            self.close()
+            raise StoreError(f"{path}: damaged catalog ({exc}); restore it from a backup") from exc
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        """This thread's connection (made on first use)."""
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._connect()
+            self._local.conn = conn
+            with self._conns_lock:
+                self._conns.append(conn)
+        return conn
+
+    def _connect(self) -> sqlite3.Connection:
+        if not self.readonly:
+            conn = sqlite3.connect(self.path, check_same_thread=False, timeout=30)
+            conn.execute("PRAGMA foreign_keys = ON")
+            return conn
+        uri = self.path.resolve().as_uri()
+        try:
+            conn = sqlite3.connect(f"{uri}?mode=ro", uri=True, check_same_thread=False, timeout=30)
+            conn.execute("SELECT 1 FROM sqlite_master LIMIT 1")
+        except sqlite3.OperationalError:  # WAL needs a -shm file it cannot make in a read-only directory
+            conn = sqlite3.connect(f"{uri}?immutable=1", uri=True, check_same_thread=False)
+        return conn
 
     def close(self) -> None:
-        self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # leave one self-contained file behind
-        self.conn.close()
+        with self._conns_lock:
+            conns, self._conns = self._conns, []
+        for conn in conns:  # the last connection to close checkpoints the WAL into catalog.sqlite
+            conn.close()
+        self._local = threading.local()
 
     def commit(self) -> None:
         """Commit pending writes and bump the generation the FAISS files are checked against."""
         self.set_meta("generation", str(self.generation + 1))
         self.conn.commit()
+
+    def rollback(self) -> None:
+        self.conn.rollback()
+
+    def integrity_check(self) -> list[str]:
+        """SQLite's own verdict on the file: ``[]`` when sound, else its messages."""
+        rows = [r[0] for r in self.conn.execute("PRAGMA integrity_check")]
+        return [] if rows == ["ok"] else rows
 
     # -- meta ---------------------------------------------------------------------------
     def get_meta(self, key: str) -> str | None:
@@ -189,6 +240,14 @@ class Catalog:
         found = dict(self.conn.execute("SELECT id, content_hash FROM items WHERE modality = 'image'"))
         return [found[int(i)] for i in ids]
 
+    def content_hashes_of(self, ids: Sequence[int]) -> list[str]:
+        """Content hashes of items of any modality, in the order of ``ids``."""
+        marks = ",".join("?" * len(ids))
+        found = dict(
+            self.conn.execute(f"SELECT id, content_hash FROM items WHERE id IN ({marks})", [int(i) for i in ids])
+        )
+        return [found[int(i)] for i in ids]
+
     def count_derived(self, kind: str) -> int:
         return self.conn.execute("SELECT COUNT(*) FROM derived_vectors WHERE kind = ?", (kind,)).fetchone()[0]
 
@@ -201,13 +260,44 @@ class Catalog:
         ).fetchall()
         return _stack(rows, dim)
 
-    # -- inversion cache ----------------------------------------------------------------
-    def cached_vector(self, key: str) -> np.ndarray | None:
-        row = self.conn.execute("SELECT vector FROM inversion_cache WHERE key = ?", (key,)).fetchone()
-        return _to_vector(row[0]) if row else None
+    def vector_chunks(self, name: str, derived: bool, dim: int, size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(ids, vectors) of a modality's items (or, ``derived``, of one kind of derived vector) in id order,
+        ``size`` rows at a time: keyset pagination, so memory stays at one chunk whatever the index size."""
+        if derived:
+            sql = "SELECT item_id, vector FROM derived_vectors WHERE kind = ? AND item_id > ? ORDER BY item_id LIMIT ?"
+        else:
+            sql = "SELECT id, vector FROM items WHERE modality = ? AND id > ? ORDER BY id LIMIT ?"
+        last = -1
+        while True:
+            rows = self.conn.execute(sql, (name, last, size)).fetchall()
+            if not rows:
+                return
+            yield _stack(rows, dim)
+            last = rows[-1][0]
 
-    def cache_vector(self, key: str, vector: np.ndarray) -> None:
-        self.conn.execute("INSERT OR REPLACE INTO inversion_cache (key, vector) VALUES (?, ?)", (key, _to_blob(vector)))
+    def derived_for(self, kind: str, ids: Sequence[int]) -> dict[int, np.ndarray]:
+        """The ``kind`` vectors of those of ``ids`` that have one (exports of partly inverted galleries)."""
+        if len(ids) == 0:
+            return {}
+        marks = ",".join("?" * len(ids))
+        sql = f"SELECT item_id, vector FROM derived_vectors WHERE kind = ? AND item_id IN ({marks})"
+        return {r[0]: _to_vector(r[1]) for r in self.conn.execute(sql, [kind, *(int(i) for i in ids)])}
+
+    # -- listing (ls, remove, check) --------------------------------------------------------
+    def items(self, modality: str | None = None) -> list[ItemRow]:
+        sql = "SELECT id, modality, path, text, external_id FROM items"
+        params: tuple = ()
+        if modality is not None:
+            sql, params = sql + " WHERE modality = ?", (modality,)
+        return [ItemRow(*r) for r in self.conn.execute(sql + " ORDER BY id", params)]
+
+    def ids(self, name: str, derived: bool = False) -> np.ndarray:
+        """Stored ids of a modality (or of a derived collection), sorted."""
+        if derived:
+            cur = self.conn.execute("SELECT item_id FROM derived_vectors WHERE kind = ? ORDER BY item_id", (name,))
+        else:
+            cur = self.conn.execute("SELECT id FROM items WHERE modality = ? ORDER BY id", (name,))
+        return np.fromiter((r[0] for r in cur), dtype=np.int64)
 
 
 def path_to_db(path: str) -> str | bytes:
@@ -239,3 +329,30 @@ def _stack(rows: list[tuple[int, bytes]], dim: int) -> tuple[np.ndarray, np.ndar
     ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
     vectors = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(len(rows), dim)
     return ids, vectors
+
+
+def check_header(path: Path) -> None:
+    """Fail in one line on a file that is not an SQLite database or was cut short (SQLite itself
+    would only notice later, mid-query): the header's page count must fit in the file."""
+    try:
+        size = path.stat().st_size
+        if size == 0:
+            return  # a new database
+        with path.open("rb") as f:
+            header = f.read(100)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise StoreError(f"{path}: cannot read the catalog ({exc.strerror or exc})") from exc
+    if len(header) < 100 or not header.startswith(_SQLITE_MAGIC):
+        raise StoreError(f"{path}: damaged catalog (not an SQLite database); restore it from a backup")
+    page_size = int.from_bytes(header[16:18], "big")
+    page_size = 65536 if page_size == 1 else page_size
+    pages = int.from_bytes(header[28:32], "big")
+    valid_for = int.from_bytes(header[92:96], "big")
+    change_counter = int.from_bytes(header[24:28], "big")
+    if valid_for == change_counter and pages * page_size > size:
+        raise StoreError(
+            f"{path}: damaged catalog (truncated: {size} bytes, the header promises {pages * page_size}); "
+            "restore it from a backup"
+        )

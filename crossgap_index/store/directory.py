@@ -1,25 +1,37 @@
 """An index directory: manifest, SQLite catalog, and one FAISS file per vector collection.
 
-    manifest.json        schema version, model spec, dim, metric, factory per collection, counts
-    catalog.sqlite       items (id, modality, path or text, hash, size, mtime, vector), caches
+    manifest.json        schema version, model spec, dim, metric, factory per collection, counts,
+                         generation and each FAISS file's size and crc32
+    catalog.sqlite       items (id, modality, path or text, hash, size, mtime, vector): the truth
+    cache.sqlite         inversion cache (writing it never marks FAISS files stale)
     image.faiss          IDMap2 over the chosen factory, unit vectors, inner product
     text.faiss
     image-oti.faiss      optional: each gallery image's OTI text-space feature
+    lock                 advisory writer lock (store/lock.py)
 
 The store knows nothing about models: it keeps vectors under ids and answers top-k.
+FAISS files are derived: one that is missing, damaged, or from another generation than the
+catalog is never read; it is rebuilt from the catalog. Writers hold the lock and replace files
+atomically, the manifest last, so a reader that opens mid-write sees a consistent state.
 """
 
 from __future__ import annotations
 
 import os
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import platformdirs
 
 from crossgap_index.errors import StoreError
+from crossgap_index.store.cache import InversionCache
 from crossgap_index.store.catalog import Catalog
-from crossgap_index.store.manifest import Manifest
+from crossgap_index.store.lock import IndexLock, ReadWriteLock
+from crossgap_index.store.manifest import MANIFEST_NAME, Manifest
 from crossgap_index.store.vectors import AUTO, VectorIndex, validate_factory
 
 INDEX_ENV_VAR = "CGX_INDEX"
@@ -37,46 +49,156 @@ def default_index_path() -> Path:
     return Path(platformdirs.user_data_dir("crossgap-index")) / "default"
 
 
-class Store:
-    """Owns the files of one index directory."""
+class IndexExistsError(StoreError):
+    """Store.create found an index already there (another process may have just made it)."""
 
-    def __init__(self, path: Path, manifest: Manifest, catalog: Catalog, indexes: dict[str, VectorIndex]):
+
+class Store:
+    """Owns the files of one index directory.
+
+    Thread-safe: searches run under ``reading()`` (shared), index mutation under a short exclusive
+    section; whole writes run under ``writing()``, which also holds the cross-process lock.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        manifest: Manifest,
+        catalog: Catalog,
+        indexes: dict[str, VectorIndex],
+        readonly: bool,
+        lock: IndexLock | None = None,
+    ):
         self.path = path
         self.manifest = manifest
         self.catalog = catalog
         self.indexes = indexes
+        self.readonly = readonly
+        self.cache = InversionCache(path, writable=not readonly, legacy_catalog=path / CATALOG_NAME)
+        self.lock = lock or IndexLock(path)
+        self.wait = True  # what a writer does when another process holds the lock
+        self.rebuilt: list[str] = []  # collections rebuilt from the catalog on open (damaged, stale, missing)
+        self._rw = ReadWriteLock()
+        self._writer = threading.RLock()
+        self._write_depth = 0
+        self._pending: list[tuple[str, str, np.ndarray, np.ndarray | None]] = []
+        self._loaded_generation = -1
 
     @classmethod
-    def create(cls, path: Path, model: str, dim: int, factory: str = AUTO) -> Store:
+    def create(
+        cls, path: Path, model: str, dim: int, factory: str = AUTO, wait: bool = True, precision: str = "fp32"
+    ) -> Store:
         validate_factory(factory, dim)
-        if (path / "manifest.json").exists():
-            raise StoreError(f"an index already exists at {path}")
-        path.mkdir(parents=True, exist_ok=True)
-        names = (*MODALITIES, *DERIVED)
-        manifest = Manifest(model=model, dim=dim, factories=dict.fromkeys(names, factory))
-        catalog = Catalog(path / CATALOG_NAME)
-        store = cls(path, manifest, catalog, {n: VectorIndex(dim, factory) for n in names})
-        store.save()
+        _make_directory(path)
+        lock = IndexLock(path)
+        with lock.hold(wait):
+            if (path / MANIFEST_NAME).exists():
+                raise IndexExistsError(f"an index already exists at {path}")
+            names = (*MODALITIES, *DERIVED)
+            manifest = Manifest(model=model, dim=dim, factories=dict.fromkeys(names, factory), precision=precision)
+            catalog = Catalog(path / CATALOG_NAME)
+            indexes = {n: VectorIndex(dim, factory) for n in names}
+            store = cls(path, manifest, catalog, indexes, readonly=False, lock=lock)
+            store.wait = wait
+            store._loaded_generation = catalog.generation
+            store.save()
         return store
 
     @classmethod
-    def open(cls, path: Path) -> Store:
+    def open(cls, path: Path, readonly: bool | None = None) -> Store:
+        """Open an index; FAISS files that fail verification are rebuilt in memory (and saved again when
+        the directory is writable and no writer is busy). ``readonly`` None: decided by whether the
+        directory can be written; True: nothing is written."""
+        if path.exists() and not path.is_dir():
+            raise StoreError(f"{path} is a file, not an index directory")
         manifest = Manifest.load(path)
-        catalog = Catalog(path / CATALOG_NAME)
-        store = cls(path, manifest, catalog, {})
-        for name, factory in manifest.factories.items():
-            file = path / f"{name}.faiss"
-            index = VectorIndex.load(file, manifest.dim, factory) if file.is_file() else None
-            store.indexes[name] = index or VectorIndex(manifest.dim, factory)
-            if index is None or not store._in_sync(name):
-                store.rebuild(name)
+        if readonly is None:
+            readonly = not _writable(path)
+        catalog = Catalog(path / CATALOG_NAME, readonly=readonly)
+        try:
+            store = cls(path, manifest, catalog, {}, readonly)
+            store._check_dim()
+            store._load_indexes()
+        except sqlite3.DatabaseError as exc:
+            catalog.close()
+            raise StoreError(f"{catalog.path}: damaged catalog ({exc}); restore it from a backup") from exc
+        except BaseException:
+            catalog.close()
+            raise
+        if store.rebuilt and not readonly:
+            store._save_repaired()
         return store
 
-    def _in_sync(self, name: str) -> bool:
-        """FAISS files are saved after the catalog commits; a crash in between shows up here."""
-        return self.manifest.generation == self.catalog.generation and self.indexes[name].ntotal == self.stored_count(
-            name
-        )
+    def _check_dim(self) -> None:
+        row = self.catalog.conn.execute("SELECT length(vector) FROM items LIMIT 1").fetchone()
+        if row is not None and row[0] != 4 * self.manifest.dim:
+            raise StoreError(
+                f"{self.path / MANIFEST_NAME}: says dim {self.manifest.dim} (model {self.manifest.model}) but the "
+                f"catalog holds {row[0] // 4}-d vectors; the manifest does not belong to this catalog"
+            )
+
+    def _load_indexes(self) -> None:
+        """Load every collection, verified against the manifest (size, crc32, generation, count)."""
+        generation = self.catalog.generation
+        self.rebuilt = []
+        for name, factory in self.manifest.factories.items():
+            expected = self.manifest.files.get(name) if self.manifest.generation == generation else None
+            index = VectorIndex.load(self.path / f"{name}.faiss", self.manifest.dim, factory, expected)
+            if index is None or index.ntotal != self.stored_count(name):
+                index = VectorIndex(self.manifest.dim, factory)
+                index.build(*self.ids_and_vectors(name))
+                self.rebuilt.append(name)
+            self.indexes[name] = index
+        self._loaded_generation = generation
+
+    def _save_repaired(self) -> None:
+        """Write the rebuilt files back, if no writer holds the lock (an opener never waits)."""
+        try:
+            with self.writing(wait=False):
+                self._write_files()
+        except StoreError:
+            pass  # a writer is busy, or the lock cannot be made: it will save them itself
+
+    def refresh(self) -> bool:
+        """Pick up other processes' writes (a new catalog generation): reload the manifest and the
+        FAISS files. True when something changed."""
+        if self.catalog.generation == self._loaded_generation:
+            return False
+        manifest = Manifest.load(self.path)
+        with self._rw.write():
+            self.manifest = manifest
+            self.indexes = {}
+            self._pending.clear()
+            self._load_indexes()
+        return True
+
+    # -- locking --------------------------------------------------------------------------
+    @contextmanager
+    def reading(self) -> Iterator[None]:
+        """Searches hold this: they see FAISS and catalog rows of one committed state."""
+        with self._rw.read():
+            yield
+
+    @contextmanager
+    def writing(self, wait: bool | None = None) -> Iterator[None]:
+        """Hold the index for a write: one writer per process (others wait), one across processes
+        (the lock file: wait with a message, or ``wait=False``: fail in one line). The outermost
+        entry first brings this store up to date with other processes' writes."""
+        if self.readonly:
+            raise StoreError(f"the index at {self.path} is read-only here (the directory cannot be written)")
+        with self._writer, self.lock.hold(self.wait if wait is None else wait):
+            self._write_depth += 1
+            try:
+                if self._write_depth == 1:
+                    self.refresh()
+                yield
+            except BaseException:
+                if self._write_depth == 1:
+                    self.catalog.rollback()
+                    self._pending.clear()
+                raise
+            finally:
+                self._write_depth -= 1
 
     def stored_count(self, name: str) -> int:
         if name in DERIVED:
@@ -88,41 +210,63 @@ class Store:
             return self.catalog.derived_ids_and_vectors(name, self.manifest.dim)
         return self.catalog.ids_and_vectors(name, self.manifest.dim)
 
-    def rebuild(self, name: str) -> None:
-        self.indexes[name].build(*self.ids_and_vectors(name))
+    def vector_chunks(self, name: str, size: int = 16_384) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(ids, vectors) of a collection in id order, ``size`` at a time (exports, large builds)."""
+        return self.catalog.vector_chunks(name, name in DERIVED, self.manifest.dim, size)
 
-    # -- writes ---------------------------------------------------------------------------
+    def rebuild(self, name: str) -> None:
+        """From the catalog, a chunk at a time (training on a sample when the factory needs it); searches
+        go on against the old index until the new one is swapped in."""
+        self.indexes[name].build_chunked(self.stored_count(name), lambda: self.vector_chunks(name), self._rw.write)
+
+    # -- writes (inside writing()) ----------------------------------------------------------
     def add(self, name: str, ids: list[int], vectors: np.ndarray) -> None:
-        """Index vectors whose rows the caller has already written to the catalog."""
-        index = self.indexes[name]
-        if len(ids) and index.can_add():
-            index.add(np.asarray(ids, np.int64), vectors)
+        """Index vectors whose rows the caller has written to the catalog; they reach FAISS when the
+        catalog commits, so a concurrent search never finds an id whose row it cannot see."""
+        if len(ids):
+            self._pending.append(("add", name, np.asarray(ids, np.int64), np.asarray(vectors, np.float32)))
 
     def remove(self, ids: list[int]) -> None:
-        """Remove items (and their derived vectors) from the catalog and every FAISS index."""
+        """Remove items (and their derived vectors) from the catalog and, at commit, every FAISS index."""
         if not ids:
             return
         self.catalog.remove(ids)
-        arr = np.asarray(ids, np.int64)
-        for name, index in self.indexes.items():
-            if not index.remove(arr):
-                self.rebuild(name)
+        self._pending.append(("remove", "", np.asarray(ids, np.int64), None))
 
     def commit(self) -> None:
-        self.catalog.commit()
+        """Commit the catalog and apply the pending FAISS changes, as one step for readers."""
+        with self._rw.write():
+            self.catalog.commit()
+            pending, self._pending = self._pending, []
+            rebuilt: set[str] = set()
+            for op, name, ids, vectors in pending:
+                if op == "remove":
+                    for target, index in self.indexes.items():
+                        if target not in rebuilt and not index.remove(ids):
+                            self.rebuild(target)
+                            rebuilt.add(target)
+                elif name not in rebuilt and self.indexes[name].can_add():
+                    self.indexes[name].add(ids, vectors)
+            self._loaded_generation = self.catalog.generation
 
     def save(self) -> None:
         """Commit the catalog, bring every FAISS index in line with it, write files atomically."""
-        self.catalog.commit()
+        with self.writing():
+            self.commit()
+            self._write_files()
+
+    def _write_files(self) -> None:
+        """Each FAISS file, then the manifest naming their sizes and checksums (last: the commit point)."""
         for name, index in self.indexes.items():
             if index.needs_rebuild() or index.ntotal != self.stored_count(name):
                 self.rebuild(name)
-            index.save(self.path / f"{name}.faiss")
+            self.manifest.files[name] = index.save(self.path / f"{name}.faiss")
         self.manifest.counts = {name: self.stored_count(name) for name in self.indexes}
         self.manifest.generation = self.catalog.generation
         self.manifest.save(self.path)
 
     def close(self) -> None:
+        self.cache.close()
         self.catalog.close()
 
     # -- reads ----------------------------------------------------------------------------
@@ -131,8 +275,35 @@ class Store:
 
     def exact_rerank(self, name: str, query: np.ndarray, candidate_ids: np.ndarray) -> np.ndarray:
         """Exact inner products of one query with candidates, from the stored (uncompressed) vectors."""
+        return self.catalog_vectors(name, candidate_ids) @ query
+
+    def catalog_vectors(self, name: str, ids: np.ndarray) -> np.ndarray:
+        """The stored (uncompressed) vectors of ``ids`` in collection ``name``, in order."""
         kind = name if name in DERIVED else None
-        return self.catalog.vectors_for(candidate_ids.tolist(), self.manifest.dim, kind) @ query
+        return self.catalog.vectors_for(np.asarray(ids).tolist(), self.manifest.dim, kind)
+
+    @property
+    def generation(self) -> int:
+        """Catalog generation the FAISS files were last saved at: derived data is current only at it."""
+        return self.manifest.generation
 
     def disk_sizes(self) -> dict[str, int]:
         return {p.name: p.stat().st_size for p in sorted(self.path.iterdir()) if p.is_file()}
+
+
+def _writable(path: Path) -> bool:
+    """Whether this process can write the index directory and its catalog (a read-only mount, or
+    permissions: os.access answers for the real user, root included on a read-only file system)."""
+    catalog = path / CATALOG_NAME
+    return os.access(path, os.W_OK) and (not catalog.exists() or os.access(catalog, os.W_OK))
+
+
+def _make_directory(path: Path) -> None:
+    if path.exists() and not path.is_dir():
+        raise StoreError(f"{path} is a file, not an index directory")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StoreError(f"cannot create the index directory {path}: {exc.strerror or exc}") from exc
+    if not _writable(path):
+        raise StoreError(f"cannot write to the index directory {path}")

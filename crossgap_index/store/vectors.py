@@ -7,7 +7,11 @@ which is also how approximate indexes are (re)trained and how HNSW "removes" ite
 from __future__ import annotations
 
 import math
+import mmap
 import os
+import zlib
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
 import faiss
@@ -18,6 +22,13 @@ from crossgap_index.errors import StoreError
 # Below this many vectors exact search is both fast enough and exact; above it, IVF.
 EXACT_SEARCH_LIMIT = 100_000
 AUTO = "auto"
+# Training rows per IVF list: FAISS's k-means subsamples to 256 per centroid anyway (max_points_per_centroid),
+# so a random sample of that size trains the same index without reading every vector into memory.
+TRAIN_POINTS_PER_LIST = 256
+TRAIN_POINTS_OTHER = 65_536  # trainable non-IVF factories (PQ, PCA, ...)
+TRAIN_SEED = 1234
+
+Chunks = Callable[[], Iterator[tuple[np.ndarray, np.ndarray]]]  # a fresh pass of (ids, vectors) chunks
 
 
 def auto_factory(n: int) -> str:
@@ -47,12 +58,23 @@ def validate_factory(factory: str, dim: int) -> None:
         raise StoreError(f"invalid FAISS factory string '{factory}'") from exc
 
 
+def gpu_count() -> int:
+    """GPUs this faiss can search on: 0 with a faiss-cpu build or on a machine without one."""
+    return int(faiss.get_num_gpus()) if hasattr(faiss, "StandardGpuResources") else 0
+
+
 class VectorIndex:
-    """One modality's FAISS index with stable int64 ids."""
+    """One modality's FAISS index with stable int64 ids.
+
+    The CPU index is the one written and saved. When a GPU is present (decided when the index is
+    opened) searches go to a GPU copy of the inner index, made on first search after each change;
+    index types FAISS cannot put on a GPU (HNSW) stay on the CPU. Not exercised here: no GPU."""
 
     def __init__(self, dim: int, factory: str, index: faiss.Index | None = None):
         self.dim = dim
         self.factory = factory
+        self.use_gpu = gpu_count() > 0
+        self._gpu: tuple | None = None  # (resources, GPU inner index, position -> id) once made
         self.index = index if index is not None else self._empty(0)
         self.search_params = default_search_params(self.resolved_factory)
 
@@ -64,12 +86,15 @@ class VectorIndex:
     def search_params(self, params: str) -> None:
         """Applied to the index once here (and on rebuild), not parsed again on every query."""
         self._search_params = params
+        self._gpu = None
         if params:
             faiss.ParameterSpace().set_index_parameters(self.index, params)
 
     @property
     def resolved_factory(self) -> str:
-        return auto_factory(self.ntotal) if self.factory == AUTO else self.factory
+        if self.factory == AUTO:
+            return auto_factory(self.ntotal)
+        return "Flat" if self.exact_fallback else self.factory
 
     @property
     def ntotal(self) -> int:
@@ -80,40 +105,74 @@ class VectorIndex:
         return faiss.index_factory(self.dim, f"IDMap2,{factory}", faiss.METRIC_INNER_PRODUCT)
 
     def build(self, ids: np.ndarray, vectors: np.ndarray) -> None:
-        """Recreate the index from scratch (training it on ``vectors`` when the factory needs it)."""
+        """Recreate the index from scratch (training it on ``vectors`` when the factory needs it).
+        Too few vectors to train the factory (IVF1024 on 150 images): exact search until there are."""
         index = self._empty(len(ids))
         if not index.is_trained:
-            if len(ids) == 0:
-                self.index = index
-                return
-            index.train(vectors)
+            if len(ids) < min_training_vectors(index):
+                index = _flat(self.dim)
+            else:
+                try:
+                    index.train(np.ascontiguousarray(vectors, np.float32))
+                except RuntimeError:
+                    index = _flat(self.dim)
         if len(ids):
-            index.add_with_ids(vectors, ids.astype(np.int64))
+            index.add_with_ids(np.ascontiguousarray(vectors, np.float32), ids.astype(np.int64))
         self.index = index
         self.search_params = default_search_params(self.resolved_factory)
+
+    def build_chunked(self, n: int, chunks: Chunks, swap: Callable[[], AbstractContextManager] = nullcontext) -> None:
+        """``build``'s streaming twin for large collections: train on a random sample of the ``n`` rows
+        (all of them, in order, when the sample would be the whole set: then it equals ``build``), then
+        add a chunk at a time. Two passes over ``chunks``; memory: the sample or the index, not both
+        plus a full copy of every vector. ``swap``: held while the new index replaces the old one."""
+        index = self._empty(n)
+        if not index.is_trained:
+            if n < min_training_vectors(index):
+                index = _flat(self.dim)
+            else:
+                try:
+                    index.train(training_sample(chunks(), n, training_size(index, n)))
+                except RuntimeError:
+                    index = _flat(self.dim)
+        _reserve(index, n)
+        for ids, vectors in chunks() if n else ():
+            index.add_with_ids(np.ascontiguousarray(vectors, np.float32), ids.astype(np.int64))
+        with swap():
+            self.index = index
+            self.search_params = default_search_params(self.resolved_factory)
+
+    @property
+    def exact_fallback(self) -> bool:
+        """Whether an approximate factory is standing in as Flat because it could not be trained yet."""
+        return self.factory not in (AUTO, "Flat") and self._current_type() == "Flat"
 
     def needs_rebuild(self) -> bool:
         """An untrained approximate index, or an auto index whose size moved it to another type."""
         if not self.index.is_trained:
             return True
         if self.factory != AUTO:
-            return False
+            return self.exact_fallback and self.ntotal >= min_training_vectors(self._empty(self.ntotal))
         return self._current_type() != auto_factory(self.ntotal)
 
     def _current_type(self) -> str:
         inner = faiss.downcast_index(self.index.index)
         if isinstance(inner, faiss.IndexIVF):
             return f"IVF{inner.nlist},Flat"
-        return "Flat"
+        if isinstance(inner, faiss.IndexFlat):
+            return "Flat"
+        return "other"
 
     def can_add(self) -> bool:
         return bool(self.index.is_trained)
 
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        self._gpu = None
         self.index.add_with_ids(np.ascontiguousarray(vectors, np.float32), ids.astype(np.int64))
 
     def remove(self, ids: np.ndarray) -> bool:
         """Remove ids in place; False when the index type cannot (HNSW): the caller rebuilds."""
+        self._gpu = None
         try:
             self.index.remove_ids(ids.astype(np.int64))
         except RuntimeError:
@@ -125,15 +184,115 @@ class VectorIndex:
         k = min(k, self.ntotal)
         if k <= 0:
             return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)
-        scores, ids = self.index.search(np.ascontiguousarray(queries, np.float32), k)
-        return scores, ids
+        queries = np.ascontiguousarray(queries, np.float32)
+        replica = self._gpu_replica() if self.use_gpu else None
+        if replica is None:
+            return self.index.search(queries, k)
+        _, inner, position_ids = replica
+        scores, positions = inner.search(queries, k)
+        return scores, np.where(positions >= 0, position_ids[np.maximum(positions, 0)], -1)
 
-    def save(self, path: Path) -> None:
-        """Atomic: write beside, then rename over."""
+    def _gpu_replica(self) -> tuple | None:
+        """The inner index on GPU 0 plus the IDMap2's position -> id table (None: this type stays on CPU)."""
+        if self._gpu is None:
+            resources = faiss.StandardGpuResources()
+            try:
+                inner = faiss.index_cpu_to_gpu(resources, 0, faiss.downcast_index(self.index.index))
+            except RuntimeError:
+                self.use_gpu = False
+                return None
+            if self._search_params:
+                faiss.GpuParameterSpace().set_index_parameters(inner, self._search_params)
+            self._gpu = (resources, inner, faiss.vector_to_array(self.index.id_map))
+        return self._gpu
+
+    def save(self, path: Path) -> dict[str, int]:
+        """Atomic and durable: write beside, flush, rename over. Returns the file's size and crc32
+        for the manifest."""
         tmp = path.with_name(path.name + ".tmp")
         faiss.write_index(self.index, str(tmp))
+        record = file_record(tmp, fsync=True)
         os.replace(tmp, path)
+        return record
 
     @classmethod
-    def load(cls, path: Path, dim: int, factory: str) -> VectorIndex:
-        return cls(dim, factory, faiss.read_index(str(path)))
+    def load(cls, path: Path, dim: int, factory: str, expected: dict[str, int] | None) -> VectorIndex | None:
+        """The saved index, or None when the file is missing, differs from the manifest's record
+        (truncated, bit-flipped, replaced), or FAISS cannot read it: the caller rebuilds from the catalog."""
+        try:
+            if expected is None or file_record(path) != {"size": expected.get("size"), "crc32": expected.get("crc32")}:
+                return None
+            index = faiss.read_index(str(path))
+        except (OSError, RuntimeError):
+            return None
+        if index.d != dim or not isinstance(index, faiss.IndexIDMap2):
+            return None
+        return cls(dim, factory, index)
+
+
+def file_record(path: Path, fsync: bool = False) -> dict[str, int]:
+    """Size and crc32 of a file, over a read-only memory map (no copy; ~1 GB/s here): a bit flip
+    anywhere shows, and the file is judged before FAISS parses a byte of it."""
+    with path.open("rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        crc = 0
+        if size:
+            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+                crc = zlib.crc32(mapped)
+        if fsync:
+            os.fsync(f.fileno())
+    return {"size": size, "crc32": crc}
+
+
+def min_training_vectors(index: faiss.Index) -> int:
+    """Fewest vectors FAISS accepts to train ``index``: an IVF quantiser needs one per list, a product
+    quantiser 2^nbits per sub-quantiser; 0 for indexes that need no training."""
+    inner = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap2) else index
+    if inner.is_trained:
+        return 0
+    need = 1
+    if isinstance(inner, faiss.IndexIVF):
+        need = max(need, inner.nlist)
+        inner = faiss.downcast_index(inner)
+    pq = getattr(inner, "pq", None)
+    if pq is not None:
+        need = max(need, 1 << pq.nbits)
+    return need
+
+
+def _flat(dim: int) -> faiss.Index:
+    return faiss.index_factory(dim, "IDMap2,Flat", faiss.METRIC_INNER_PRODUCT)
+
+
+def _reserve(index: faiss.Index, n: int) -> None:
+    """Give a flat index's code array its final size up front: growing it chunk by chunk (std::vector
+    doubling) would briefly hold the old and the doubled array, up to 3x the vectors. Each add then
+    resizes within this capacity (a std::vector keeps its capacity when resized down)."""
+    inner = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap2) else index
+    if isinstance(inner, faiss.IndexFlatCodes) and inner.ntotal == 0:
+        inner.codes.resize(n * inner.code_size)
+
+
+def training_size(index: faiss.Index, n: int) -> int:
+    """How many rows train ``index``: TRAIN_POINTS_PER_LIST per IVF list, capped at ``n``."""
+    inner = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap2) else index
+    if isinstance(inner, faiss.IndexIVF):
+        return min(n, TRAIN_POINTS_PER_LIST * int(inner.nlist))
+    return min(n, TRAIN_POINTS_OTHER)
+
+
+def training_sample(chunks: Iterator[tuple[np.ndarray, np.ndarray]], n: int, size: int) -> np.ndarray:
+    """``size`` of the ``n`` streamed rows, chosen uniformly at random (seeded), in stream order."""
+    positions = np.arange(n) if size >= n else np.sort(np.random.default_rng(TRAIN_SEED).choice(n, size, replace=False))
+    sample: np.ndarray | None = None
+    filled = start = 0
+    for _, vectors in chunks:
+        lo, hi = np.searchsorted(positions, [start, start + len(vectors)])
+        if sample is None:
+            sample = np.empty((len(positions), vectors.shape[1]), np.float32)
+        sample[filled : filled + hi - lo] = vectors[positions[lo:hi] - start]
+        filled += hi - lo
+        start += len(vectors)
+    if sample is None:
+        raise StoreError("no vectors to train the index on")
+    return sample[:filled]

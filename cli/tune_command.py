@@ -1,0 +1,96 @@
+"""`cgx tune` and `cgx train-inverter`: choose and store the winning mode; train the one-pass inverter."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from cli.render import err, out, progress_bar
+
+
+def tune_command(
+    dataset: Annotated[
+        str,
+        typer.Argument(
+            help="Labelled data, as `cgx eval` takes it: a class-per-subfolder folder, a captions .jsonl, "
+            "or synthetic:SEED:N."
+        ),
+    ],
+    index: Annotated[
+        Path | None, typer.Option("--index", envvar="CGX_INDEX", help="Index to tune [default: $CGX_INDEX].")
+    ] = None,
+    device: Annotated[str, typer.Option("--device", help="auto (CUDA when available), cpu or cuda.")] = "auto",
+    inversion: Annotated[
+        bool, typer.Option(help="Also try OTI settings and the inverter (slower; --no-inversion: projections only).")
+    ] = True,
+    seed: Annotated[int, typer.Option(min=0, help="Seed of the selection/report split.")] = 0,
+    json_out: Annotated[bool, typer.Option("--json", help="One JSON document on stdout.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars on stderr.")] = False,
+) -> None:
+    """Find the mode that wins on your labelled data and store it in the index: `cgx query --cross` and
+    library mode="auto" then serve it. Half of each class selects, the other half reports."""
+    from crossgap_index import CrossGapIndex
+
+    with CrossGapIndex.open(index, device=device) as cgx, _stages(not quiet) as progress:
+        result = cgx.tune(dataset, inversion=inversion, seed=seed, progress=progress)
+    record = result.record
+    if json_out:
+        print(json.dumps({"tuned": record, "candidates": result.candidates}, indent=2))
+        return
+    table = Table(
+        title=f"candidates on the selection half ({record['selection']['queries']} queries)", title_justify="left"
+    )
+    table.add_column("candidate")
+    table.add_column("mAP", justify="right")
+    for row in result.candidates[:15]:
+        table.add_row(escape(row["name"]), f"{row['selection_map'] * 100:.2f}")
+    out.print(table)
+    rep = record["report"]
+    se = f" ± {rep['delta_map_se'] * 100:.2f}" if rep["delta_map_se"] is not None else ""
+    out.print(
+        f"tuned: {escape(record['candidate'])} ({escape(record['summary'])})\n"
+        f"report half ({rep['queries']} queries, not used to choose): mAP {rep['map'] * 100:.2f} vs intra "
+        f"{rep['intra_map'] * 100:.2f} ({rep['delta_map'] * 100:+.2f}{se})\n"
+        "stored in the index: `cgx query IMAGE --cross` now uses it",
+        highlight=False,
+    )
+
+
+def train_inverter_command(
+    index: Annotated[
+        Path | None, typer.Option("--index", envvar="CGX_INDEX", help="Index to train for [default: $CGX_INDEX].")
+    ] = None,
+    device: Annotated[str, typer.Option("--device", help="auto (CUDA when available), cpu or cuda.")] = "auto",
+    steps: Annotated[int, typer.Option(min=1, help="Optimisation steps: a quality knob, see --help.")] = 48,
+    tokens: Annotated[int, typer.Option(min=1, help="Pseudo-tokens R the network predicts.")] = 1,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per step.")] = 128,
+    max_seconds: Annotated[float | None, typer.Option(help="Stop after this long.")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar on stderr.")] = False,
+) -> None:
+    """Train the one-pass inversion network (modes inverter and warm) on the index's own images, no labels.
+    Trained long it learns to reproduce the image feature and stops helping: the default step count is the
+    measured best (benchmarks/RESULTS.md); `cgx tune` tries several."""
+    from crossgap_index import CrossGapIndex
+    from crossgap_index.inversion.inverter import InverterConfig
+
+    config = InverterConfig(n_tokens=tokens, steps=steps, batch_size=batch_size, max_seconds=max_seconds)
+    with CrossGapIndex.open(index, device=device) as cgx, progress_bar("training", "step", not quiet) as bar:
+        network = cgx.train_inverter(config, progress=lambda step, total, loss: bar(step, total))
+    if not quiet:
+        stats = network.stats
+        err.print(
+            f"trained on {stats['images']} images: {stats['steps']} steps in {stats['seconds']:.1f} s, final loss "
+            f"{stats['final_loss']:.4f}; saved to {cgx.path / 'inverter.safetensors'}",
+            highlight=False,
+        )
+
+
+def _stages(enabled: bool):
+    from cli.eval_command import _progress
+
+    return _progress(enabled)

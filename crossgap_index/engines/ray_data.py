@@ -1,0 +1,188 @@
+"""Ray Data engine: read, decode and preprocess in CPU tasks, embed in an actor pool, stream back.
+
+The driver keeps the incremental diff and every write (catalog, FAISS, resume): only the paths of
+new and changed files go out, and vectors come back in input order (``preserve_order``) so catalog
+ids are the same as the local engine's. Actors are restarted and their batches retried by Ray when a
+worker process dies. With GPUs the stages stay apart (decode tasks on CPUs, embedding actors on
+GPUs); on a CPU-only cluster Ray Data fuses the decode map into the embedding actors (same resources),
+so each actor decodes and embeds its own batches and no pixels cross the object store. Workers import
+crossgap_index, so on a multi-node cluster it must be installed on every node (or in a runtime_env).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import ray
+import ray.data
+import torch
+from PIL import Image
+
+from crossgap_index.errors import QueryError
+from crossgap_index.ingest.decode import FileBytes
+from crossgap_index.ingest.pipeline import Prepared, ReadLimits, prepare
+from crossgap_index.models import Encoder, load_model
+
+HASH_DTYPE = "S32"  # content_hash: 16-byte blake2b as hex
+
+
+@functools.lru_cache(maxsize=2)
+def _preprocess(model: str) -> Callable[[Image.Image], torch.Tensor]:
+    """The model's image transform, loaded once per worker process (the weights are dropped)."""
+    return load_model(model, "cpu").preprocess
+
+
+def read_and_preprocess(
+    batch: dict[str, np.ndarray], *, model: str, known: list, limits: ReadLimits
+) -> dict[str, np.ndarray]:
+    """CPU task: read, hash and (unless the content's vector is stored) decode and preprocess each file.
+    ``known`` is ``[ObjectRef]`` of the sorted stored hashes (nested, so Ray passes the ref unresolved)."""
+    stored = ray.get(known[0])
+    preprocess = _preprocess(model)
+    out: dict[str, list] = {k: [] for k in ("path", "content_hash", "size", "mtime_ns", "reused", "error", "pixels")}
+    for path in batch["path"].tolist():
+        item = prepare(Path(path), functools.partial(_contains, stored), limits)
+        file = item.file
+        out["path"].append(path)
+        out["content_hash"].append(file.content_hash if file else "")
+        out["size"].append(file.size if file else -1)
+        out["mtime_ns"].append(file.mtime_ns if file else -1)
+        out["reused"].append(item.reused)
+        out["error"].append(item.error or "")
+        pixels = preprocess(item.image).numpy().astype(np.float32).tobytes() if item.image is not None else b""
+        out["pixels"].append(pixels)
+    return {
+        "path": np.array(out["path"], dtype=object),
+        "content_hash": np.array(out["content_hash"], dtype=object),
+        "size": np.array(out["size"], np.int64),
+        "mtime_ns": np.array(out["mtime_ns"], np.int64),
+        "reused": np.array(out["reused"], bool),
+        "error": np.array(out["error"], dtype=object),
+        "pixels": np.array(out["pixels"], dtype=object),
+    }
+
+
+def _contains(sorted_hashes: np.ndarray, digest: str) -> bool:
+    key = digest.encode("ascii")
+    i = int(np.searchsorted(sorted_hashes, key))
+    return i < len(sorted_hashes) and sorted_hashes[i] == key
+
+
+class ImageEmbedder:
+    """Actor: embeds the preprocessed pixels of a batch; rows without pixels get a zero vector."""
+
+    def __init__(self, model: str, device: str, batch_size: int, precision: str = "auto"):
+        self.encoder = Encoder(load_model(model, device), batch_size, precision=precision)
+        self.shape = tuple(self.encoder.loaded.preprocess(Image.new("RGB", (8, 8))).shape)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        pixels = batch.pop("pixels")
+        rows = [i for i, px in enumerate(pixels) if len(px)]
+        vectors = np.zeros((len(pixels), self.encoder.dim), np.float32)
+        if rows:
+            stacked = np.stack([np.frombuffer(pixels[i], np.float32).reshape(self.shape) for i in rows])
+            vectors[rows] = self.encoder.encode_pixels(torch.from_numpy(stacked))
+        batch["vector"] = vectors
+        batch["embedded"] = np.array([len(px) > 0 for px in pixels], bool)
+        return batch
+
+
+class RayEngine:
+    """Runs on the Ray cluster at ``address`` (None: the running one, else a new local instance).
+
+    ``actors``: embedding actors (default: one per GPU, else one per ``actor_cpus`` CPUs; never more
+    than there are batches);
+    ``actor_cpus``: CPUs reserved per actor on CPU-only clusters; ``embedder``: the actor class.
+    """
+
+    def __init__(
+        self,
+        address: str | None = None,
+        actors: int | None = None,
+        actor_cpus: float = 1.0,
+        embedder: type = ImageEmbedder,
+    ):
+        self.address = address
+        self.actors = actors
+        self.actor_cpus = actor_cpus
+        self.embedder = embedder
+
+    def _connect(self) -> None:
+        if ray.is_initialized():
+            return
+        try:
+            if self.address is None:
+                ray.init(include_dashboard=False, log_to_driver=False)
+            else:
+                ray.init(address=self.address, log_to_driver=False)
+        except (ConnectionError, ValueError, RuntimeError) as exc:
+            raise QueryError(f"cannot start or reach Ray at {self.address or 'a new local instance'}: {exc}") from exc
+
+    def batches(
+        self,
+        paths: Sequence[Path],
+        known: set[str],
+        *,
+        model: str,
+        device: str,
+        precision: str,
+        batch_size: int,
+        workers: int,
+        limits: ReadLimits,
+    ) -> Iterator[list[Prepared]]:
+        if not paths:
+            return
+        self._connect()
+        resources = ray.cluster_resources()
+        gpus = int(resources.get("GPU", 0)) if device != "cpu" else 0
+        blocks = max(1, math.ceil(len(paths) / batch_size))
+        actors = min(blocks, self.actors or gpus or max(1, int(resources.get("CPU", 1) // self.actor_cpus)))
+        stored = ray.put(np.array(sorted(known), dtype=HASH_DTYPE))
+        context = ray.data.DataContext.get_current()
+        saved = context.execution_options.preserve_order, context.enable_progress_bars
+        context.execution_options.preserve_order = True  # catalog ids in input order, as the local engine
+        context.enable_progress_bars = False
+        embedder_kwargs = {
+            "model": model,
+            "device": "cuda" if gpus else "cpu",
+            "batch_size": batch_size,
+            "precision": precision,
+        }
+        try:
+            dataset = (
+                ray.data.from_items([{"path": str(p)} for p in paths], override_num_blocks=blocks)
+                .map_batches(
+                    read_and_preprocess,
+                    batch_size=batch_size,
+                    batch_format="numpy",
+                    fn_kwargs={"model": model, "known": [stored], "limits": limits},
+                )
+                .map_batches(
+                    self.embedder,
+                    batch_size=batch_size,
+                    batch_format="numpy",
+                    fn_constructor_kwargs=embedder_kwargs,
+                    compute=ray.data.ActorPoolStrategy(size=actors),
+                    num_gpus=1 if gpus else 0,
+                    num_cpus=0 if gpus else self.actor_cpus,
+                )
+            )
+            for rows in dataset.iter_batches(batch_size=batch_size, batch_format="numpy", prefetch_batches=1):
+                yield [_prepared(rows, i) for i in range(len(rows["path"]))]
+        finally:
+            context.execution_options.preserve_order, context.enable_progress_bars = saved
+
+
+def _prepared(rows: dict[str, np.ndarray], i: int) -> Prepared:
+    path = Path(rows["path"][i])
+    if rows["error"][i]:
+        return Prepared(None, path, error=str(rows["error"][i]))
+    # The bytes stay on the worker: the driver re-reads a file only in the rare case it must embed it itself.
+    file = FileBytes(path, b"", str(rows["content_hash"][i]), int(rows["size"][i]), int(rows["mtime_ns"][i]))
+    if rows["embedded"][i]:
+        return Prepared(file, path, vector=np.array(rows["vector"][i], np.float32))
+    return Prepared(file, path, reused=bool(rows["reused"][i]))

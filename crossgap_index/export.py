@@ -1,0 +1,198 @@
+"""Vectors and metadata of an index for other tools: Parquet or .npy files, and the item stream
+that the database adapters (crossgap_index.integrations) load from.
+
+Reads the catalog (the source of truth) a chunk at a time, so an export never holds more than one
+chunk of vectors in memory, whatever the index size. Opens only the manifest and the SQLite file.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from crossgap_index.errors import QueryError, StoreError
+from crossgap_index.store.catalog import Catalog
+from crossgap_index.store.directory import CATALOG_NAME, DERIVED, MODALITIES
+from crossgap_index.store.manifest import Manifest
+
+FORMATS = ("parquet", "npy")
+COLLECTIONS = (*MODALITIES, *DERIVED)
+CHUNK = 8192  # rows per read; also bounds the SQL "IN (...)" of the metadata look-up
+
+
+@dataclass(frozen=True)
+class ItemChunk:
+    """Consecutive items of one collection: ids, unit vectors (n, d) and their catalog metadata;
+    ``derived`` (when asked for): per derived collection, each item's vector or None."""
+
+    ids: np.ndarray
+    vectors: np.ndarray
+    modality: list[str]
+    path: list[str | None]
+    text: list[str | None]
+    external_id: list[str | None]
+    derived: dict[str, list[np.ndarray | None]] = field(default_factory=dict)
+
+
+@dataclass
+class ExportReport:
+    model: str
+    dim: int
+    counts: dict[str, int] = field(default_factory=dict)
+    files: list[str] = field(default_factory=list)
+
+
+@contextmanager
+def open_catalog(index_path: str | Path) -> Iterator[tuple[Manifest, Catalog]]:
+    path = Path(index_path).expanduser()
+    manifest = Manifest.load(path)
+    catalog = Catalog(path / CATALOG_NAME, readonly=True)
+    try:
+        yield manifest, catalog
+    finally:
+        catalog.close()
+
+
+def stored_count(catalog: Catalog, collection: str) -> int:
+    return catalog.count_derived(collection) if collection in DERIVED else catalog.count(collection)
+
+
+def item_chunks(
+    manifest: Manifest, catalog: Catalog, collection: str, size: int = CHUNK, with_derived: bool = False
+) -> Iterator[ItemChunk]:
+    """Every item of ``collection`` (image, text or a derived collection such as image-oti) in id order;
+    ``with_derived``: also the items' derived vectors (image-oti ... for images)."""
+    check_collections([collection])
+    kinds = [kind for kind, owner in DERIVED.items() if owner == collection] if with_derived else []
+    for ids, vectors in catalog.vector_chunks(collection, collection in DERIVED, manifest.dim, size):
+        rows = catalog.rows(ids.tolist())
+        meta = [rows[i] for i in ids.tolist()]
+        derived = {}
+        for kind in kinds:
+            found = catalog.derived_for(kind, ids.tolist())
+            derived[kind] = [found.get(i) for i in ids.tolist()]
+        yield ItemChunk(
+            ids,
+            vectors,
+            [r.modality for r in meta],
+            [r.path for r in meta],
+            [r.text for r in meta],
+            [r.external_id for r in meta],
+            derived,
+        )
+
+
+def check_collections(collections: Sequence[str]) -> None:
+    for name in collections:
+        if name not in COLLECTIONS:
+            raise QueryError(f"unknown collection '{name}': use one of {', '.join(COLLECTIONS)}")
+
+
+def export_index(
+    index_path: str | Path,
+    out_dir: str | Path,
+    fmt: str = "parquet",
+    collections: Sequence[str] | None = None,
+    chunk: int = CHUNK,
+) -> ExportReport:
+    """Write each non-empty collection to ``out_dir``: ``NAME.parquet`` (id, modality, path, text,
+    external_id, vector), or ``NAME.vectors.npy`` (float32, n x d) + ``NAME.ids.npy`` (int64) +
+    ``NAME.items.jsonl``; and ``export.json`` (model, dim, metric, counts, files)."""
+    if fmt not in FORMATS:
+        raise QueryError(f"unknown export format '{fmt}': use one of {', '.join(FORMATS)}")
+    check_collections(collections or [])
+    out = Path(out_dir).expanduser()
+    with open_catalog(index_path) as (manifest, catalog):
+        out.mkdir(parents=True, exist_ok=True)
+        report = ExportReport(manifest.model, manifest.dim)
+        for name in collections or COLLECTIONS:
+            n = stored_count(catalog, name)
+            if n == 0 and not collections:
+                continue
+            chunks = item_chunks(manifest, catalog, name, chunk)
+            files = (
+                _write_parquet(manifest, name, chunks, out)
+                if fmt == "parquet"
+                else _write_npy(manifest, name, n, chunks, out)
+            )
+            report.counts[name] = n
+            report.files.extend(str(f) for f in files)
+        summary = {"model": manifest.model, "dim": manifest.dim, "metric": manifest.metric, "counts": report.counts}
+        (out / "export.json").write_text(
+            json.dumps({**summary, "files": [Path(f).name for f in report.files]}, indent=2)
+        )
+    return report
+
+
+def _write_parquet(manifest: Manifest, name: str, chunks: Iterator[ItemChunk], out: Path) -> list[Path]:
+    _require_pyarrow()
+    import pyarrow.parquet as pq
+
+    schema = arrow_schema(manifest.dim).with_metadata(
+        {"crossgap.model": manifest.model, "crossgap.collection": name, "crossgap.metric": manifest.metric}
+    )
+    path = out / f"{name}.parquet"
+    with pq.ParquetWriter(path, schema) as writer:
+        for chunk in chunks:
+            writer.write_batch(arrow_batch(chunk, schema))
+    return [path]
+
+
+def arrow_schema(dim: int):
+    import pyarrow as pa
+
+    return pa.schema(
+        [
+            ("id", pa.int64()),
+            ("modality", pa.string()),
+            ("path", pa.string()),
+            ("text", pa.string()),
+            ("external_id", pa.string()),
+            ("vector", pa.list_(pa.float32(), dim)),
+        ]
+    )
+
+
+def arrow_batch(chunk: ItemChunk, schema):
+    """One chunk as an Arrow record batch; the vectors as a fixed-size list column (no copy per row)."""
+    import pyarrow as pa
+
+    dim = chunk.vectors.shape[1]
+    vectors = pa.FixedSizeListArray.from_arrays(pa.array(np.ascontiguousarray(chunk.vectors).reshape(-1)), dim)
+    columns = [pa.array(chunk.ids), pa.array(chunk.modality), pa.array(chunk.path, pa.string())]
+    columns += [pa.array(chunk.text, pa.string()), pa.array(chunk.external_id, pa.string()), vectors]
+    return pa.RecordBatch.from_arrays(columns, schema=schema)
+
+
+def _require_pyarrow() -> None:
+    try:
+        import pyarrow  # noqa: F401
+    except ImportError as exc:
+        raise QueryError('Parquet export needs pyarrow: pip install "crossgap-index[export]"') from exc
+
+
+def _write_npy(manifest: Manifest, name: str, n: int, chunks: Iterator[ItemChunk], out: Path) -> list[Path]:
+    paths = [out / f"{name}.vectors.npy", out / f"{name}.ids.npy", out / f"{name}.items.jsonl"]
+    vectors = np.lib.format.open_memmap(paths[0], mode="w+", dtype=np.float32, shape=(n, manifest.dim))
+    ids = np.lib.format.open_memmap(paths[1], mode="w+", dtype=np.int64, shape=(n,))
+    done = 0
+    with paths[2].open("w", encoding="utf-8") as items:
+        for chunk in chunks:
+            end = done + len(chunk.ids)
+            if end > n:
+                raise StoreError(f"the {name} collection grew during the export; run it again")
+            vectors[done:end], ids[done:end] = chunk.vectors, chunk.ids
+            for i, item_id in enumerate(chunk.ids.tolist()):
+                row = {"id": item_id, "modality": chunk.modality[i], "path": chunk.path[i], "text": chunk.text[i]}
+                items.write(json.dumps({**row, "external_id": chunk.external_id[i]}, ensure_ascii=False) + "\n")
+            done = end
+    vectors.flush()
+    ids.flush()
+    if done != n:
+        raise StoreError(f"the {name} collection shrank during the export; run it again")
+    return paths

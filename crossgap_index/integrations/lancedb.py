@@ -1,0 +1,121 @@
+"""LanceDB: an index's items as a table, and a Reranker that applies a query transform.
+
+Table: one row per item: id, modality, path, text, external_id, ``vector`` (the item's own unit
+embedding) and one nullable column per derived collection (``image_oti``). Search with the plain
+query vector for candidates, then let CrossGapReranker re-score them with the transform's lists and
+merge them (rrf | score) as ``CrossGapIndex.search`` does::
+
+    table = export_to_lancedb(index, lancedb.connect("db"), "photos")
+    t = index.transform_query(image="q.jpg", mode="fused")
+    hits = search_lancedb(table, t, index.embed_query(image="q.jpg").feature, k=10, depth=100)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lancedb
+import numpy as np
+import pyarrow as pa
+from lancedb.rerankers import Reranker
+
+from crossgap_index.api import CrossGapIndex
+from crossgap_index.export import CHUNK, arrow_batch, arrow_schema, item_chunks, open_catalog
+from crossgap_index.integrations.rescore import Transform, hits, rescore, target_modality
+from crossgap_index.search.ranking import Ranked
+from crossgap_index.search.searcher import Hit
+from crossgap_index.store.directory import DERIVED, MODALITIES
+
+PLAIN_COLUMN = "vector"
+
+
+def column_for(collection: str) -> str:
+    """The table column holding a collection's vectors: ``vector`` for items' own, else e.g. ``image_oti``."""
+    return PLAIN_COLUMN if collection in MODALITIES else collection.replace("-", "_")
+
+
+def export_to_lancedb(
+    index: CrossGapIndex | str | Path,
+    db: lancedb.DBConnection,
+    table_name: str,
+    *,
+    mode: str = "overwrite",
+    chunk: int = CHUNK,
+) -> lancedb.table.Table:
+    """Write every image and text item (with its derived vectors) to ``table_name``, a chunk at a time."""
+    path = index.path if isinstance(index, CrossGapIndex) else Path(index)
+    with open_catalog(path) as (manifest, catalog):
+        base = arrow_schema(manifest.dim)
+        derived_fields = [pa.field(column_for(kind), pa.list_(pa.float32(), manifest.dim)) for kind in DERIVED]
+        schema = pa.schema([*base, *derived_fields], metadata={b"crossgap.model": manifest.model.encode()})
+        table = db.create_table(table_name, schema=schema, mode=mode)
+        for modality in MODALITIES:
+            for items in item_chunks(manifest, catalog, modality, chunk, with_derived=True):
+                columns = arrow_batch(items, base).columns
+                for kind in DERIVED:
+                    vectors = items.derived.get(kind, [None] * len(items.ids))
+                    values = [None if v is None else v.tolist() for v in vectors]
+                    columns.append(pa.array(values, schema.field(column_for(kind)).type))
+                table.add(pa.Table.from_arrays(columns, schema=schema))
+    return table
+
+
+class CrossGapReranker(Reranker):
+    """Re-scores a vector search's candidates with a query transform (inverted or projected query)
+    and merges the transform's lists (rrf | score) with crossgap_index.search.merge.
+
+    The candidate table needs ``id`` and the vector columns the transform's lists name. Returns the
+    candidates best first with ``_relevance_score``; those no list scores are dropped."""
+
+    def __init__(self, transform: Transform, return_score: str = "relevance"):
+        super().__init__(return_score)
+        self.transform = transform
+        self.lists: dict = {}
+
+    def rerank_vector(self, query: str, vector_results: pa.Table) -> pa.Table:
+        ids = vector_results.column("id").to_numpy()
+        gallery = {
+            collection: _matrix(vector_results.column(column_for(collection)))
+            for _, collection in self.transform.lists.values()
+        }
+        fused, self.lists = rescore(self.transform, ids, gallery)
+        row_of = {item_id: row for row, item_id in enumerate(ids.tolist())}
+        ordered = vector_results.take(pa.array([row_of[i] for i in fused.ids.tolist()], pa.int64()))
+        if self.score == "relevance":
+            ordered = ordered.drop_columns([c for c in ("_distance",) if c in ordered.column_names])
+        return ordered.append_column("_relevance_score", pa.array(fused.scores, pa.float32()))
+
+    def rerank_hybrid(self, query: str, vector_results: pa.Table, fts_results: pa.Table) -> pa.Table:
+        raise NotImplementedError("CrossGapReranker re-scores vector search results only")
+
+
+def search_lancedb(
+    table: lancedb.table.Table,
+    transform: Transform,
+    query_vector: np.ndarray,
+    *,
+    target: str = "images",
+    k: int = 10,
+    depth: int = 100,
+) -> list[Hit]:
+    """Top ``k`` of ``target``: ``depth`` candidates by the plain query vector (``index.embed_query``),
+    re-scored and merged. Equal to ``CrossGapIndex.search`` when the candidates hold each list's top."""
+    reranker = CrossGapReranker(transform)
+    results = (
+        table.search(np.asarray(query_vector, np.float32), vector_column_name=PLAIN_COLUMN)
+        .distance_type("dot")
+        .where(f"modality = '{target_modality(target)}'", prefilter=True)
+        .limit(depth)
+        .rerank(reranker, query_string="crossgap")
+        .to_arrow()
+    )
+    rows = {r["id"]: r for r in results.select(["id", "modality", "path", "text", "external_id"]).to_pylist()}
+    fused = Ranked(results.column("id").to_numpy(), results.column("_relevance_score").to_numpy())
+    return hits(fused, reranker.lists, rows, k)
+
+
+def _matrix(column: pa.ChunkedArray) -> np.ndarray:
+    """A fixed-size-list column as an (n, d) float32 matrix; null rows become NaN."""
+    values = column.to_pylist()
+    dim = next((len(v) for v in values if v is not None), 0)
+    return np.array([v if v is not None else [np.nan] * dim for v in values], np.float32).reshape(len(values), dim)

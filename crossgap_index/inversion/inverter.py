@@ -1,0 +1,204 @@
+"""Amortised OTI: a small network that predicts an image's pseudo-tokens in one forward pass.
+
+Implemented from the SEARLE paper's description (Baldrati et al., ICCV 2023), not from its code: an MLP
+phi: image feature (d) -> 4d -> 4d -> R pseudo-token embeddings, GELU, dropout 0.5, trained end to end
+through the frozen text tower with the OTI objective 1 - cos(text_feature(phi(f)), f) on the gallery's own
+image features (no labels). Modes: ``inverter`` (phi's tokens through the text tower: one forward pass) and
+``warm`` (phi's tokens as the start of a few OTI steps). Weights and settings live in one safetensors file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from crossgap_index.errors import QueryError, StoreError
+from crossgap_index.inversion.family import text_tower
+from crossgap_index.inversion.text import fast_text_features, tokenize_prompt
+from crossgap_index.models.factory import LoadedModel
+
+FORMAT = "crossgap-inverter/1"
+# progress(step, total_steps, mean_loss)
+TrainProgress = Callable[[int, int, float], None]
+
+
+@dataclass(frozen=True)
+class InverterConfig:
+    """Training settings. ``steps`` is a quality knob, as OTI's step count is: trained long, phi learns to
+    reproduce the image feature itself and retrieval falls back to intra-modal quality, so training stops
+    after a measured number of steps (benchmarks/RESULTS.md). ``max_seconds`` bounds the time besides."""
+
+    n_tokens: int = 1
+    template: str = "a photo of {}"
+    steps: int = 48
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    dropout: float = 0.5
+    seed: int = 0
+    max_seconds: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.n_tokens < 1 or self.steps < 1 or self.batch_size < 1:
+            raise QueryError("inverter: n_tokens, steps and batch_size must be >= 1")
+        if not self.lr > 0 or not 0.0 <= self.dropout < 1.0 or self.weight_decay < 0:
+            raise QueryError("inverter: lr must be > 0, dropout in [0, 1), weight_decay >= 0")
+        if self.template.count("{}") != 1:
+            raise QueryError(f"inverter: template must contain '{{}}' exactly once, got {self.template!r}")
+
+
+class InverterNet(nn.Module):
+    """phi: d -> 4d -> 4d -> R x width (SEARLE's shape)."""
+
+    def __init__(self, dim: int, width: int, n_tokens: int, dropout: float = 0.5):
+        super().__init__()
+        hidden = 4 * dim
+        self.n_tokens, self.width = n_tokens, width
+        self.layers = nn.Sequential(
+            nn.Linear(dim, hidden),
+            nn.GELU(),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, hidden),
+            nn.GELU(),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, n_tokens * width),
+        )
+        nn.init.normal_(self.layers[-1].weight, std=0.02 / hidden**0.5)  # start near OTI's N(0, 0.02^2) init
+        nn.init.zeros_(self.layers[-1].bias)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.layers(features).view(len(features), self.n_tokens, self.width)
+
+
+class Inverter:
+    """A trained phi for one model, with the settings it was trained with."""
+
+    def __init__(self, net: InverterNet, model: str, config: InverterConfig, stats: dict | None = None):
+        self.net = net.eval()
+        self.model = model
+        self.config = config
+        self.stats = stats or {}
+
+    @property
+    def fingerprint(self) -> str:
+        digest = hashlib.blake2b(digest_size=8)
+        for tensor in self.net.state_dict().values():
+            digest.update(tensor.detach().cpu().numpy().tobytes())
+        return digest.hexdigest()
+
+    @torch.inference_mode()
+    def tokens(self, features: np.ndarray) -> np.ndarray:
+        """Pseudo-token embeddings (n, R, width) for unit image features (n, d)."""
+        x = torch.from_numpy(np.ascontiguousarray(features, np.float32))
+        return self.net(x.to(next(self.net.parameters()).device)).float().cpu().numpy()
+
+    @torch.inference_mode()
+    def text_features(self, loaded: LoadedModel, features: np.ndarray) -> np.ndarray:
+        """One pass: phi's tokens through the frozen text tower; unit float32 text-space features (n, d)."""
+        feature_fn = _feature_fn(loaded, self.config)
+        tokens = torch.from_numpy(self.tokens(features)).to(loaded.device)
+        return np.ascontiguousarray(F.normalize(feature_fn(tokens).float(), dim=-1).cpu().numpy(), np.float32)
+
+    def save(self, path: Path) -> None:
+        from safetensors.torch import save_file
+
+        meta = {
+            "format": FORMAT,
+            "model": self.model,
+            "config": json.dumps(dataclasses.asdict(self.config)),
+            "dim": str(self.net.layers[0].in_features),
+            "width": str(self.net.width),
+            "stats": json.dumps(self.stats),
+        }
+        tmp = path.with_name(path.name + ".tmp")
+        save_file({k: v.detach().cpu().contiguous() for k, v in self.net.state_dict().items()}, str(tmp), meta)
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: Path, model: str, device: torch.device | str = "cpu") -> Inverter:
+        """Load a saved inverter; refuses (one line) a file for another model or in another format."""
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file, safe_open
+
+        try:
+            with safe_open(str(path), "pt") as handle:
+                meta = handle.metadata() or {}
+            weights = load_file(str(path))
+            if meta.get("format") != FORMAT:
+                raise StoreError(f"{path}: not a crossgap inverter file")
+            if meta.get("model") != model:
+                raise StoreError(f"{path}: inverter trained for model '{meta.get('model')}', index uses '{model}'")
+            config = InverterConfig(**json.loads(meta["config"]))
+            net = InverterNet(int(meta["dim"]), int(meta["width"]), config.n_tokens, config.dropout)
+            net.load_state_dict(weights)
+        except (OSError, SafetensorError, KeyError, ValueError, RuntimeError, TypeError) as exc:
+            raise StoreError(f"{path}: unreadable inverter ({str(exc).splitlines()[0][:200]})") from exc
+        return cls(net.to(device), model, config, json.loads(meta.get("stats", "{}")))
+
+
+def _feature_fn(loaded: LoadedModel, config: InverterConfig):
+    tower = text_tower(loaded.model, loaded.spec.canonical)
+    with torch.no_grad():
+        prompt = tokenize_prompt(
+            loaded.tokenizer, config.template, config.n_tokens, tower, loaded.spec.canonical, loaded.device
+        )
+        return fast_text_features(tower, prompt)
+
+
+@torch.inference_mode(False)
+def train_inverter(
+    loaded: LoadedModel,
+    image_features: np.ndarray,
+    config: InverterConfig | None = None,
+    progress: TrainProgress | None = None,
+) -> Inverter:
+    """Train phi on unit image features (n, d) with the OTI objective through the frozen text tower."""
+    config = config or InverterConfig()
+    feats = np.array(image_features, np.float32)  # a writable copy for torch
+    if feats.ndim != 2 or len(feats) < 2:
+        raise QueryError(f"inverter training needs at least 2 image features, got shape {feats.shape}")
+    device = loaded.device
+    generator = torch.Generator().manual_seed(config.seed)
+    torch.manual_seed(config.seed)
+    feature_fn = _feature_fn(loaded, config)
+    tower = text_tower(loaded.model, loaded.spec.canonical)
+    net = InverterNet(feats.shape[1], tower.token_embedding.embedding_dim, config.n_tokens, config.dropout).to(device)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    data = torch.from_numpy(feats).to(device)
+    start, losses = time.perf_counter(), []
+    order = torch.randperm(len(data), generator=generator)
+    position = 0
+    net.train()
+    with torch.enable_grad():
+        for step in range(1, config.steps + 1):
+            if position + config.batch_size > len(order):  # a new epoch: reshuffle
+                order, position = torch.randperm(len(data), generator=generator), 0
+            batch = data[order[position : position + config.batch_size].to(device)]
+            position += config.batch_size
+            out = F.normalize(feature_fn(net(batch)).float(), dim=-1)
+            loss = (1.0 - (out * batch).sum(dim=-1)).mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(float(loss.detach()))
+            if progress is not None:
+                progress(step, config.steps, losses[-1])
+            if config.max_seconds is not None and time.perf_counter() - start > config.max_seconds:
+                break
+    stats = {
+        "steps": len(losses),
+        "final_loss": losses[-1] if losses else None,
+        "seconds": round(time.perf_counter() - start, 3),
+        "images": len(feats),
+    }
+    return Inverter(net.eval(), loaded.spec.canonical, config, stats)

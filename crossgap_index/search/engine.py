@@ -1,0 +1,140 @@
+"""The one function that runs a mode: transform the queries, rank each leg against its gallery side, fuse.
+
+``CrossGapIndex.search`` / ``search_batch`` run it over the index's FAISS collections (``StoreGallery``),
+``cgx eval`` and ``cgx tune`` over in-memory features (``MatrixGallery``), so an eval number is the number
+a query is served. Batches are first-class: a leg's transform sees every query at once (one inversion
+call per batch), each query's result is independent of its neighbours.
+
+Fusion: each leg is ranked ``depth`` deep and the union merged (rrf or score); when ``k`` asks for more
+than the union holds, the first leg's ranking continues the list, so a full-length ranking (eval) and a
+top-k (search) agree on their common prefix.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from crossgap_index.search.merge import reciprocal_rank_fusion, score_fusion
+from crossgap_index.search.modes import Leg, Mode
+from crossgap_index.search.projections import FeatureMap as Projection
+from crossgap_index.search.ranking import Ranked
+
+
+@dataclass(frozen=True)
+class Queries:
+    """A batch of embedded queries: unit features (n, d), their modality, each one's content hash."""
+
+    features: np.ndarray
+    modality: str
+    digests: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+
+@dataclass(frozen=True)
+class Result:
+    """One query's merged ranking and each leg's own list (for the ranks and scores a hit shows)."""
+
+    ranked: Ranked
+    lists: dict[str, Ranked]
+
+
+class Gallery(Protocol):
+    """Where legs are ranked: named collections of unit vectors, optionally seen through a projection."""
+
+    def top_k(self, collection: str, queries: np.ndarray, k: int, projection: Projection | None) -> list[Ranked]:
+        """Best ``k`` per query row, best first."""
+
+    def scores(self, collection: str, query: np.ndarray, ids: np.ndarray, projection: Projection | None) -> np.ndarray:
+        """Exact scores of one query with the given items."""
+
+
+class Transformer(Protocol):
+    """Turns a batch of queries into one leg's search vectors, and names the projection a leg uses."""
+
+    def search_vectors(self, leg: Leg, queries: Queries, collection: str) -> np.ndarray: ...
+
+    def projection(self, leg: Leg, collection: str) -> Projection | None: ...
+
+
+def gallery_collection(leg: Leg, collection: str) -> str:
+    """The stored collection a leg is compared with: the plain one, or the gallery's OTI features."""
+    return f"{collection}-oti" if leg.gallery == "inverted" else collection
+
+
+def run_mode(
+    mode: Mode,
+    queries: Queries,
+    collection: str,
+    k: int,
+    gallery: Gallery,
+    transformer: Transformer,
+    exclude: np.ndarray | None = None,
+) -> list[Result]:
+    """Rank ``collection`` for every query under ``mode``; ``exclude`` (one id per query, or None) leaves
+    that item out of the query's lists (leave-one-out evaluation)."""
+    n = len(queries)
+    if n == 0:
+        return []
+    legs = []
+    for leg in mode.legs:
+        vectors = transformer.search_vectors(leg, queries, collection)
+        legs.append((leg, vectors, gallery_collection(leg, collection), transformer.projection(leg, collection)))
+    if mode.fusion is None:
+        leg, vectors, coll, projection = legs[0]
+        ranked = _ranked(gallery, coll, vectors, k, projection, exclude)
+        return [Result(r, {leg.name: r}) for r in ranked]
+    depth = max(mode.depth, 1)
+    lists = [_ranked(gallery, coll, vectors, depth, projection, exclude) for _, vectors, coll, projection in legs]
+    fill = None
+    if k > depth:  # the first leg continues the fused head
+        first_leg = legs[0]
+        fill = _ranked(gallery, first_leg[2], first_leg[1], k, first_leg[3], exclude)
+    results = []
+    for row in range(n):
+        named = {leg.name: ranked[row] for (leg, *_), ranked in zip(legs, lists, strict=True)}
+        if mode.fusion == "rrf":
+            fused = reciprocal_rank_fusion(named, mode.rrf_k)
+        else:
+            candidates = np.unique(np.concatenate([r.ids for r in named.values()]))
+            exact = {
+                leg.name: gallery.scores(coll, vectors[row], candidates, projection)
+                for leg, vectors, coll, projection in legs
+            }
+            second = legs[1][0].name
+            weights = {name: (mode.alpha if name == second else 1.0 - mode.alpha) for name in exact}
+            fused = score_fusion(candidates, exact, weights)
+        if fill is not None:
+            fused = _continue(fused, fill[row])
+        results.append(Result(Ranked(fused.ids[:k], fused.scores[:k]), named))
+    return results
+
+
+def _ranked(
+    gallery: Gallery,
+    collection: str,
+    vectors: np.ndarray,
+    k: int,
+    projection: Projection | None,
+    exclude: np.ndarray | None,
+) -> list[Ranked]:
+    if exclude is None:
+        return gallery.top_k(collection, vectors, k, projection)
+    ranked = gallery.top_k(collection, vectors, k + 1, projection)
+    out = []
+    for r, skip in zip(ranked, exclude.tolist(), strict=True):
+        keep = r.ids != skip
+        out.append(Ranked(r.ids[keep][:k], r.scores[keep][:k]))
+    return out
+
+
+def _continue(head: Ranked, tail: Ranked) -> Ranked:
+    """``head`` followed by the items of ``tail`` it lacks, scored below every head item."""
+    extra = tail.ids[~np.isin(tail.ids, head.ids)]
+    floor = float(head.scores.min()) if len(head) else 0.0
+    scores = floor - np.arange(1, len(extra) + 1, dtype=np.float32)
+    return Ranked(np.concatenate([head.ids, extra]), np.concatenate([head.scores, scores]).astype(np.float32))

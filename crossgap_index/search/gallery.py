@@ -1,0 +1,157 @@
+"""Gallery sides the mode engine ranks against: an index's FAISS collections, or features held in memory.
+
+``StoreGallery`` serves searches. A projected leg needs the gallery seen through the same map, so the
+first search with a projection builds a derived FAISS collection from the catalog's vectors, saves it
+beside the index (``derived/``) and rebuilds it whenever the catalog has moved on (its generation) or
+the projection changed (its fingerprint): derived data never goes stale and never needs re-encoding.
+
+``MatrixGallery`` ranks in-memory features exactly (ties by gallery position): ``cgx eval`` and
+``cgx tune`` use it with the same ``run_mode`` a query goes through.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from crossgap_index.search.projections import FeatureMap as Projection
+from crossgap_index.search.ranking import Ranked, top_k_batch
+
+DERIVED_DIR = "derived"
+# Derived collections kept on disk; the least recently used beyond this are deleted (rebuilt if used again).
+KEEP_DERIVED = 6
+
+
+class MatrixGallery:
+    """Named collections of (ids, unit vectors) in memory; exact, deterministic ranking."""
+
+    def __init__(self, collections: dict[str, tuple[np.ndarray, np.ndarray]]):
+        self._collections = collections
+        self._projected: dict[tuple[str, str], np.ndarray] = {}
+
+    def _vectors(self, collection: str, projection: Projection | None) -> tuple[np.ndarray, np.ndarray]:
+        ids, vectors = self._collections[collection]
+        if projection is None:
+            return ids, vectors
+        key = (collection, projection.fingerprint)
+        if key not in self._projected:
+            self._projected[key] = projection.apply(vectors)
+        return ids, self._projected[key]
+
+    def top_k(self, collection: str, queries: np.ndarray, k: int, projection: Projection | None) -> list[Ranked]:
+        ids, vectors = self._vectors(collection, projection)
+        scores = np.asarray(queries, np.float32) @ vectors.T
+        k = min(k, len(ids))
+        order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        return [Ranked(ids[row], scores[i, row]) for i, row in enumerate(order)]
+
+    def scores(self, collection: str, query: np.ndarray, ids: np.ndarray, projection: Projection | None) -> np.ndarray:
+        all_ids, vectors = self._vectors(collection, projection)
+        position = {int(i): p for p, i in enumerate(all_ids.tolist())}
+        return vectors[[position[int(i)] for i in ids]] @ np.asarray(query, np.float32)
+
+
+class StoreGallery:
+    """An index's stored collections, plus derived projected collections built on first use."""
+
+    def __init__(self, store):
+        self._store = store
+        self._derived: dict[tuple[str, str], object] = {}
+        self._lock = threading.Lock()
+
+    def top_k(self, collection: str, queries: np.ndarray, k: int, projection: Projection | None) -> list[Ranked]:
+        if projection is None:
+            return top_k_batch(self._store, collection, queries, k)
+        index = self._projected(collection, projection)
+        k = min(k, index.ntotal)
+        if k <= 0:
+            return [Ranked(np.zeros(0, np.int64), np.zeros(0, np.float32)) for _ in queries]
+        exact = index.resolved_factory == "Flat"
+        fetch = k if exact else max(10 * k, 100)
+        scores, ids = index.search(np.asarray(queries, np.float32), fetch)
+        out = []
+        for row in range(len(queries)):
+            keep = ids[row] >= 0
+            row_ids, row_scores = ids[row][keep], scores[row][keep]
+            if not exact and len(row_ids):
+                row_scores = self.scores(collection, queries[row], row_ids, projection)
+                order = np.argsort(-row_scores, kind="stable")
+                row_ids, row_scores = row_ids[order], row_scores[order]
+            out.append(Ranked(row_ids[:k], row_scores[:k].astype(np.float32)))
+        return out
+
+    def scores(self, collection: str, query: np.ndarray, ids: np.ndarray, projection: Projection | None) -> np.ndarray:
+        vectors = self._store.catalog_vectors(collection, ids)
+        if projection is not None:
+            vectors = projection.apply(vectors)
+        return vectors @ np.asarray(query, np.float32)
+
+    def refresh(self, collection: str, projection: Projection) -> None:
+        """Bring a projected collection in line with the catalog now (after a build), not at the next query."""
+        self._projected(collection, projection)
+
+    def _projected(self, collection: str, projection: Projection):
+        """The derived FAISS collection ``collection`` seen through ``projection``, current with the catalog."""
+        from crossgap_index.store.vectors import VectorIndex
+
+        key = (collection, projection.fingerprint)
+        generation = self._store.generation
+        with self._lock:
+            held = self._derived.get(key)
+            if held is not None and held[0] == generation:
+                return held[1]
+            base = self._store.indexes[collection]
+            name = f"{collection}@{projection.fingerprint}"
+            folder = self._store.path / DERIVED_DIR
+            dim = projection.out_dim
+            index = _load_current(folder, name, generation, base.ntotal, dim, base.factory)
+            if index is None:
+                ids, vectors = self._store.ids_and_vectors(collection)
+                index = VectorIndex(dim, base.factory)
+                index.build(ids, projection.apply(vectors) if len(ids) else np.zeros((0, dim), np.float32))
+                _save_quietly(folder, name, index, generation)
+            self._derived[key] = (generation, index)
+            return index
+
+
+def _load_current(folder: Path, name: str, generation: int, count: int, dim: int, factory: str):
+    """The saved derived collection when it was made at ``generation`` with ``count`` vectors, else None."""
+    from crossgap_index.store.vectors import VectorIndex
+
+    meta_file, index_file = folder / f"{name}.json", folder / f"{name}.faiss"
+    try:
+        meta = json.loads(meta_file.read_text())
+        if meta.get("generation") != generation or meta.get("count") != count:
+            return None
+        if meta.get("size") != index_file.stat().st_size:
+            return None
+        index = VectorIndex.load(index_file, dim, factory, meta)  # None unless size and crc32 match
+        os.utime(meta_file)  # recently used: kept by _prune
+    except (OSError, ValueError, RuntimeError, AttributeError):
+        return None
+    return index if index is not None and index.ntotal == count else None
+
+
+def _save_quietly(folder: Path, name: str, index, generation: int) -> None:
+    """Keep the derived collection for later processes; a read-only index rebuilds it in memory instead."""
+    try:
+        folder.mkdir(exist_ok=True)
+        meta = {"generation": generation, "count": index.ntotal, **index.save(folder / f"{name}.faiss")}
+        tmp = folder / f"{name}.json.tmp"
+        tmp.write_text(json.dumps(meta))
+        os.replace(tmp, folder / f"{name}.json")
+        _prune(folder)
+    except OSError:
+        pass
+
+
+def _prune(folder: Path) -> None:
+    """Delete the least recently used derived collections beyond KEEP_DERIVED (settings no longer in use)."""
+    metas = sorted(folder.glob("*.json"), key=lambda f: f.stat().st_mtime, reverse=True)
+    for meta in metas[KEEP_DERIVED:]:
+        meta.with_suffix(".faiss").unlink(missing_ok=True)
+        meta.unlink(missing_ok=True)

@@ -1,0 +1,158 @@
+"""Fixed feature maps that compare features in a better space, at zero query cost.
+
+Each map is applied to stored unit embeddings on the query and on the gallery side alike, so no image
+or text has to be re-encoded. Two are linear, a (d, d) matrix ``M`` and ``normalise(f @ M.T)``:
+
+* ``span`` (Herzog & Wang): the orthogonal projector onto the top principal directions of a
+  vocabulary's text features (``SpanProjection``).
+* ``iso`` (IsoCLIP): truncate the spectrum of the product of the two towers' projection matrices.
+  With W_i (d x d_v) the image projection and W_t (d x d_t) the text projection, take the SVD
+  Psi = W_i^T W_t = U S V^T, keep U_k = U[:, k_top : r - k_bottom] and use W_i U_k U_k^T on the
+  pre-projection image features (V_k likewise for texts). U_k lies in the row space of W_i, so
+  W_i U_k U_k^T x = (W_i U_k U_k^T pinv(W_i)) (W_i x): a fixed d x d map of the ordinary embedding.
+
+and one is not:
+
+* ``concept``: each feature becomes its distribution over a vocabulary of concept names, the softmax of
+  its cosine with each name's text feature at temperature ``tau``, compared by the Bhattacharyya
+  coefficient (the dot product of the square roots: unit vectors of dimension V). This is the critique's
+  reading (task ambiguity: collapse an image onto its nameable concepts) taken to the end, in the manner of
+  concept-bottleneck representations. It needs a vocabulary that names the concepts that matter.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from crossgap_index.errors import IncompatibleModelError, QueryError
+from crossgap_index.search.span import SpanProjection
+
+# IsoCLIP's published OpenAI ViT-B/32 setting (of r = 512 directions), kept as fractions of r for other models.
+ISO_DEFAULTS = {"image": (150 / 512, 50 / 512), "text": (20 / 512, 100 / 512)}
+
+
+@dataclass(frozen=True)
+class Projection:
+    """A named (d, d) map with the settings that made it; ``apply`` is what query and gallery both go through."""
+
+    kind: str
+    matrix: np.ndarray
+    settings: dict = field(default_factory=dict)
+
+    @property
+    def fingerprint(self) -> str:
+        """Content hash of the map: a derived gallery collection is valid only for the same fingerprint."""
+        digest = hashlib.blake2b(np.ascontiguousarray(self.matrix, np.float32).tobytes(), digest_size=8)
+        return f"{self.kind}-{digest.hexdigest()}"
+
+    @property
+    def out_dim(self) -> int:
+        return int(self.matrix.shape[0])
+
+    def apply(self, features: np.ndarray) -> np.ndarray:
+        """Unit float32 rows ``normalise(f @ M.T)``."""
+        feats = np.atleast_2d(np.asarray(features, np.float32))
+        mapped = feats @ self.matrix.T
+        norms = np.linalg.norm(mapped, axis=1, keepdims=True)
+        return np.ascontiguousarray(mapped / np.maximum(norms, 1e-12), dtype=np.float32)
+
+
+def span_projection(vocabulary_features: np.ndarray, n_components: int | None = None, **settings) -> Projection:
+    """The projector onto the top ``n_components`` principal directions of a vocabulary's text features."""
+    try:
+        span = SpanProjection().fit(vocabulary_features, n_components)
+    except ValueError as exc:
+        raise QueryError(f"span projection: {exc}") from exc
+    components = span.components.astype(np.float64)
+    matrix = (components.T @ components).astype(np.float32)
+    return Projection("span", matrix, {"components": span.n_components, **settings})
+
+
+def projection_weights(model, modality: str, name: str = "the model") -> np.ndarray:
+    """W (d x d_tower) of a bias-free linear projection from the tower's width to the joint space.
+
+    Supported: open_clip ViT image towers (``visual.proj``) and text towers whose ``text_projection`` is a
+    parameter or a bias-free ``nn.Linear``. Anything else (attention pooling, MLP heads, biases) is refused:
+    IsoCLIP's map is exact only for a linear projection.
+    """
+    import torch
+
+    if modality == "image":
+        proj = getattr(getattr(model, "visual", None), "proj", None)
+        if isinstance(proj, torch.Tensor):
+            return proj.detach().float().cpu().numpy().T
+        raise IncompatibleModelError(f"iso: the image tower of {name} has no linear projection (visual.proj)")
+    proj = getattr(model, "text_projection", None)
+    if proj is None:
+        proj = getattr(getattr(model, "text", None), "text_projection", None)
+    if isinstance(proj, torch.nn.Linear) and proj.bias is None:
+        return proj.weight.detach().float().cpu().numpy()
+    if isinstance(proj, torch.Tensor):
+        return proj.detach().float().cpu().numpy().T
+    raise IncompatibleModelError(f"iso: the text tower of {name} has no bias-free linear projection")
+
+
+def iso_projection(
+    image_weights: np.ndarray,
+    text_weights: np.ndarray,
+    modality: str,
+    k_top: int | None = None,
+    k_bottom: int | None = None,
+) -> Projection:
+    """IsoCLIP's map for ``modality`` ('image' or 'text') from the two projection matrices (d x d_v, d x d_t)."""
+    if modality not in ISO_DEFAULTS:
+        raise QueryError(f"iso: modality must be image or text, got {modality!r}")
+    w_i, w_t = np.asarray(image_weights, np.float64), np.asarray(text_weights, np.float64)
+    u, s, vt = np.linalg.svd(w_i.T @ w_t, full_matrices=False)
+    rank = int((s > 1e-6 * s[0]).sum()) if s[0] > 0 else 0
+    top_default, bottom_default = ISO_DEFAULTS[modality]
+    k_top = round(rank * top_default) if k_top is None else k_top
+    k_bottom = round(rank * bottom_default) if k_bottom is None else k_bottom
+    if k_top < 0 or k_bottom < 0 or k_top + k_bottom >= rank:
+        raise QueryError(f"iso: need 0 <= k_top, k_bottom and k_top + k_bottom < {rank}, got {k_top}, {k_bottom}")
+    w, basis = (w_i, u) if modality == "image" else (w_t, vt.T)
+    kept = basis[:, k_top : rank - k_bottom]
+    matrix = w @ kept @ kept.T @ np.linalg.pinv(w)
+    settings = {"modality": modality, "k_top": k_top, "k_bottom": k_bottom, "rank": rank - k_top - k_bottom}
+    return Projection("iso", matrix.astype(np.float32), settings)
+
+
+@dataclass(frozen=True)
+class ConceptMap:
+    """f -> sqrt(softmax(f . T^T / tau)) over the V concept text features T: unit rows of dimension V."""
+
+    vocabulary_features: np.ndarray
+    tau: float
+    settings: dict = field(default_factory=dict)
+    kind: str = "concept"
+
+    def __post_init__(self) -> None:
+        if not np.isfinite(self.tau) or self.tau <= 0:
+            raise QueryError(f"concept: tau must be > 0, got {self.tau}")
+        if self.vocabulary_features.ndim != 2 or len(self.vocabulary_features) < 2:
+            raise QueryError("concept: the vocabulary needs at least 2 names")
+
+    @property
+    def out_dim(self) -> int:
+        return int(self.vocabulary_features.shape[0])
+
+    @property
+    def fingerprint(self) -> str:
+        digest = hashlib.blake2b(np.ascontiguousarray(self.vocabulary_features, np.float32).tobytes(), digest_size=8)
+        digest.update(np.float64(self.tau).tobytes())
+        return f"concept-{digest.hexdigest()}"
+
+    def apply(self, features: np.ndarray) -> np.ndarray:
+        """Unit float32 rows: the square root of each feature's concept distribution."""
+        logits = np.atleast_2d(np.asarray(features, np.float64)) @ self.vocabulary_features.T.astype(np.float64)
+        logits = (logits - logits.max(axis=1, keepdims=True)) / self.tau
+        weights = np.exp(logits)
+        weights /= weights.sum(axis=1, keepdims=True)
+        return np.ascontiguousarray(np.sqrt(weights), dtype=np.float32)
+
+
+# Anything with kind, settings, fingerprint, out_dim and apply(features) -> unit rows.
+FeatureMap = Projection | ConceptMap

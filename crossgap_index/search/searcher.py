@@ -1,0 +1,303 @@
+"""Searching one index: embed the queries, resolve the mode, run the engine, turn ranked ids into hits.
+
+``CrossGapIndex`` delegates here; the CLI, the server and the adapters all end up in ``search_batch``,
+so a query is answered the same way whichever door it came in by.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from crossgap_index.errors import QueryError, StoreError
+from crossgap_index.ingest.decode import DecodeError, SkippedFile, content_hash, decode_rgb, read_file
+from crossgap_index.ingest.pipeline import decode_side
+from crossgap_index.ingest.texts import check_query_text
+from crossgap_index.search.engine import Queries, Result, gallery_collection, run_mode
+from crossgap_index.search.gallery import StoreGallery
+from crossgap_index.search.modes import Mode, resolve_mode
+from crossgap_index.search.projections import FeatureMap
+from crossgap_index.search.ranking import Ranked
+from crossgap_index.search.transforms import ModelTransformer
+
+TARGETS = {"images": "image", "texts": "text"}
+QUERY_KINDS = ("image", "text", "vector", "item")
+_TASK_MODALITY = {"image-to-image": "image", "text-to-text": "text"}
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One search result. ``ranks``/``scores`` give its position in each merged list (1-based)."""
+
+    id: int
+    score: float
+    modality: str
+    path: str | None = None
+    text: str | None = None
+    external_id: str | None = None
+    ranks: dict[str, int] = field(default_factory=dict)
+    scores: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class QueryTransform:
+    """What a mode searches with, for use in another vector database.
+
+    ``lists``: leg name -> (unit search vector, the collection it is compared with: 'image', 'text' or
+    'image-oti'). ``gallery_map``: None, or the feature map (span, iso, concept) through which the gallery's
+    vectors must be seen: ``gallery_map.apply(vectors)`` gives the unit rows to store in the other database
+    (linear maps also carry ``.matrix``). ``fusion``: None, or ('rrf', rrf_k) / ('score', alpha) to merge
+    two lists, each taken ``depth`` deep.
+    """
+
+    mode: str
+    lists: dict[str, tuple[np.ndarray, str]]
+    gallery_map: FeatureMap | None = None
+    fusion: tuple[str, float] | None = None
+    depth: int = 100
+
+
+class Searcher:
+    """The read side of an index: stateless per query, safe to share between threads."""
+
+    def __init__(
+        self,
+        store,
+        model_name: str,
+        encoder: Callable,
+        inverter: Callable | None,
+        cache=None,
+        *,
+        progress: Callable | None = None,
+        gallery: StoreGallery | None = None,
+    ):
+        self._store = store
+        self._encoder = encoder
+        self.gallery = gallery or StoreGallery(store)
+        self.transformer = ModelTransformer(
+            model_name,
+            encoder,
+            cache=cache,
+            inverter=inverter,
+            projection_dir=store.path / "derived",
+            progress=progress,
+        )
+
+    # -- queries ------------------------------------------------------------------------------
+    def embed(self, queries: Sequence[dict]) -> list[tuple[np.ndarray, str, str]]:
+        """(unit feature, modality, content hash) per query dict with one of image/text/vector/item."""
+        out: list[tuple[np.ndarray, str, str] | None] = [None] * len(queries)
+        images, texts = [], []
+        side = None
+        for i, query in enumerate(queries):
+            kind = _kind(query)
+            if kind == "image":
+                if side is None:
+                    side = decode_side(self._encoder().input_size) or 0
+                images.append((i, *_load_query_image(query["image"], side or None)))
+            elif kind == "text":
+                texts.append((i, check_query_text(query["text"])))
+            elif kind == "vector":
+                out[i] = self._vector(query)
+            else:
+                out[i] = self._item(query["item"])
+        if images:
+            feats = self._encoder().encode_images([img for _, img, _ in images])
+            for (i, _, digest), feat in zip(images, feats, strict=True):
+                out[i] = (feat, "image", digest)
+        if texts:
+            for _, text in texts:
+                self._encoder().note_truncation(text)  # a one-line note when the model's context cuts it
+            feats = self._encoder().encode_texts([t for _, t in texts])
+            for (i, text), feat in zip(texts, feats, strict=True):
+                out[i] = (feat, "text", content_hash(text.encode("utf-8", "surrogatepass")))
+        return out  # type: ignore[return-value]
+
+    def _vector(self, query: dict) -> tuple[np.ndarray, str, str]:
+        dim = self._store.manifest.dim
+        try:
+            vec = np.asarray(query["vector"], np.float32).reshape(-1)
+        except (TypeError, ValueError) as exc:
+            raise QueryError(f"query vector is not a list of numbers: {exc}") from exc
+        if vec.shape[0] != dim:
+            raise QueryError(f"query vector has dim {vec.shape[0]}, index has {dim}")
+        norm = float(np.linalg.norm(vec))
+        if not np.isfinite(norm) or norm == 0.0:
+            raise QueryError("query vector must be finite and non-zero")
+        modality = query.get("modality", "vector")
+        if modality not in ("image", "text", "vector"):
+            raise QueryError(f"vector modality must be image, text or vector, got {modality!r}")
+        unit = vec / norm
+        return unit, modality, content_hash(unit.tobytes())
+
+    def _item(self, item_id) -> tuple[np.ndarray, str, str]:
+        try:
+            item_id = int(item_id)
+        except (TypeError, ValueError) as exc:
+            raise QueryError(f"item id must be an integer, got {item_id!r}") from exc
+        row = self._store.catalog.rows([item_id]).get(item_id)
+        if row is None:
+            raise QueryError(f"no item with id {item_id}")
+        vector = self._store.catalog_vectors(row.modality, np.asarray([item_id]))[0]
+        digest = self._store.catalog.content_hashes_of([item_id])[0]
+        return np.array(vector, np.float32), row.modality, digest
+
+    # -- modes --------------------------------------------------------------------------------
+    def resolve(self, mode: str | Mode, query_modality: str, collection: str, **settings) -> Mode:
+        """The Mode to run for a query of ``query_modality`` against ``collection``."""
+        if isinstance(mode, Mode):
+            return mode
+        if mode == "auto" and query_modality != collection:
+            return resolve_mode("intra")  # already inter-modal: nothing to turn around
+        tuned = self._store.manifest.tuned_mode
+        if tuned and _TASK_MODALITY.get(tuned.get("task")) not in (None, query_modality):
+            tuned = None  # tuned for the other modality's queries: the default serves this one
+        return resolve_mode(mode, tuned=tuned["mode"] if tuned else None, **settings)
+
+    def search_batch(
+        self,
+        queries: Sequence[dict],
+        *,
+        target: str = "images",
+        k: int = 10,
+        mode: str | Mode = "intra",
+        timings: dict | None = None,
+        **settings,
+    ) -> list[list[Hit]]:
+        """Hits per query; queries that share a modality run together (one inversion call per batch)."""
+        collection = collection_of(target)
+        if k < 1:
+            raise QueryError(f"k must be >= 1, got {k}")
+        if self._store.indexes[collection].ntotal == 0:
+            raise StoreError(f"the {collection} index at {self._store.path} is empty")
+        begin = time.perf_counter()
+        embedded = self.embed(queries)
+        embed_s = time.perf_counter() - begin
+        results: list[list[Hit] | None] = [None] * len(queries)
+        inversion_batch = 0
+        for modality in sorted({m for _, m, _ in embedded}):
+            rows = [i for i, (_, m, _) in enumerate(embedded) if m == modality]
+            chosen = self.resolve(mode, modality, collection, **settings)
+            self._check(chosen, modality, collection)
+            batch = Queries(np.stack([embedded[i][0] for i in rows]), modality, tuple(embedded[i][2] for i in rows))
+            for i, result in zip(
+                rows, run_mode(chosen, batch, collection, k, self.gallery, self.transformer), strict=True
+            ):
+                results[i] = self.hits(result)
+            inversion_batch = max(inversion_batch, self.transformer.last_inversion_batch if chosen.inverts else 0)
+        if timings is not None:
+            timings.update(
+                embed_ms=embed_s * 1e3,
+                search_ms=(time.perf_counter() - begin - embed_s) * 1e3,
+                inversion_batch_size=inversion_batch,
+            )
+        return results  # type: ignore[return-value]
+
+    def _check(self, mode: Mode, modality: str, collection: str) -> None:
+        for leg in mode.legs:
+            turns = leg.transform in ("invert", "inverter", "warm") or leg.gallery == "inverted"
+            if turns and modality != collection:
+                raise QueryError(
+                    f"a {modality} query against {collection}s is already inter-modal; mode {mode.name} applies "
+                    "to image -> images and text -> texts (a vector query can name its modality)"
+                )
+            if leg.gallery == "inverted":
+                inverted = gallery_collection(leg, collection)
+                if inverted not in self._store.indexes:
+                    raise QueryError(f"mode {mode.name} is for image queries against images")
+                missing = self._store.indexes[collection].ntotal - self._store.indexes[inverted].ntotal
+                if missing:
+                    raise QueryError(
+                        f"{missing} gallery images have no OTI feature yet: run `cgx build-index DIR "
+                        "--invert-gallery` (library: invert_gallery())"
+                    )
+
+    def transform_query(self, query: dict, *, target: str = "images", mode: str | Mode = "auto", **settings):
+        """The vectors ``mode`` searches with for one query, for another vector database (see QueryTransform)."""
+        collection = collection_of(target)
+        feature, modality, digest = self.embed([query])[0]
+        chosen = self.resolve(mode, modality, collection, **settings)
+        self._check(chosen, modality, collection)
+        batch = Queries(feature[None, :], modality, (digest,))
+        lists, gallery_map = {}, None
+        for leg in chosen.legs:
+            vector = self.transformer.search_vectors(leg, batch, collection)[0]
+            lists[leg.name] = (vector, gallery_collection(leg, collection))
+            projection = self.transformer.projection(leg, collection)
+            if projection is not None:
+                gallery_map = projection
+        fusion = None
+        if chosen.fusion is not None:
+            fusion = (chosen.fusion, float(chosen.rrf_k if chosen.fusion == "rrf" else chosen.alpha))
+        return QueryTransform(chosen.name, lists, gallery_map, fusion, chosen.depth)
+
+    def hits(self, result: Result) -> list[Hit]:
+        """Hits of a result; each carries its rank and score in every leg's list."""
+        ranked: Ranked = result.ranked
+        positions = {
+            name: {i: (r, s) for r, (i, s) in enumerate(zip(lst.ids.tolist(), lst.scores.tolist(), strict=True), 1)}
+            for name, lst in result.lists.items()
+        }
+        rows = self._store.catalog.rows(ranked.ids.tolist())
+        hits = []
+        for item_id, score in zip(ranked.ids.tolist(), ranked.scores.tolist(), strict=True):
+            row = rows.get(item_id)
+            if row is None:  # removed by another process after this one loaded its FAISS files
+                continue
+            found = {name: pos[item_id] for name, pos in positions.items() if item_id in pos}
+            hits.append(
+                Hit(
+                    item_id,
+                    score,
+                    row.modality,
+                    row.path,
+                    row.text,
+                    row.external_id,
+                    ranks={name: r for name, (r, _) in found.items()},
+                    scores={name: s for name, (_, s) in found.items()},
+                )
+            )
+        return hits
+
+
+def collection_of(target: str) -> str:
+    if target not in TARGETS:
+        raise QueryError(f"unknown target '{target}': use one of {', '.join(TARGETS)}")
+    return TARGETS[target]
+
+
+def _kind(query: dict) -> str:
+    if not isinstance(query, dict):
+        raise QueryError("each query must be a dict with one of: image, text, vector, item")
+    given = [k for k in QUERY_KINDS if query.get(k) is not None]
+    if len(given) != 1:
+        raise QueryError("give exactly one of image=, text=, vector= or item=")
+    return given[0]
+
+
+def _load_query_image(image, min_side: int | None) -> tuple:
+    """The decoded query image (decoded as gallery images are) and the hash of its content."""
+    from PIL import Image
+
+    if isinstance(image, Image.Image):
+        rgb = image.convert("RGB")
+        return rgb, content_hash(f"{rgb.size}".encode() + rgb.tobytes())
+    if isinstance(image, bytes | bytearray):
+        try:
+            return decode_rgb(bytes(image), min_side=min_side), content_hash(bytes(image))
+        except DecodeError as exc:
+            raise QueryError(f"cannot decode query image: {exc}") from exc
+    path = Path(image).expanduser()
+    try:
+        data = read_file(path).data  # regular files only, size-capped: a FIFO named q.png cannot hang a query
+        return decode_rgb(data, min_side=min_side), content_hash(data)
+    except OSError as exc:
+        raise QueryError(f"cannot read query image {path}: {exc.strerror or exc}") from exc
+    except SkippedFile as exc:
+        raise QueryError(f"cannot read query image {path}: {exc}") from exc
+    except DecodeError as exc:
+        raise QueryError(f"cannot decode query image {path}: {exc}") from exc

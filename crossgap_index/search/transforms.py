@@ -1,0 +1,204 @@
+"""Query-side transforms of the mode engine: identity, OTI/OVI inversion, span/iso projection, the inverter
+network and inverter-initialised inversion ("warm"). One object serves a whole batch of queries.
+
+The model, the inverter and the projection vocabulary are loaded only when a leg needs them, so intra and
+projection queries on a warm index never touch the optimiser, and an intra query never loads the inverter.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from crossgap_index.errors import IncompatibleModelError, QueryError
+from crossgap_index.inversion.config import InversionConfig
+from crossgap_index.inversion.keys import cache_key, seed_from_digest
+from crossgap_index.search.engine import Queries
+from crossgap_index.search.modes import Leg
+from crossgap_index.search.projections import (
+    ConceptMap,
+    FeatureMap,
+    Projection,
+    iso_projection,
+    projection_weights,
+    span_projection,
+)
+from crossgap_index.search.vocabulary import IMAGENET, concept_prompts, vocabulary_names
+
+# Measured defaults (benchmarks/RESULTS.md, "Choosing the defaults"): span keeps d/16 principal directions of
+# the prompted vocabulary (the critique's d/2 lost mAP on the development seeds); concept uses tau = 0.02.
+SPAN_COMPONENTS_FRACTION = 1 / 16
+CONCEPT_TAU = 0.02
+
+# progress(step, mean_loss) of an inversion
+InversionProgress = Callable[[int, float], None]
+
+
+class VectorCache(Protocol):
+    """Where inverted query features are kept between queries (the index's inversion cache)."""
+
+    def get_many(self, keys: Sequence[str]) -> dict[str, np.ndarray]: ...
+
+    def put_many(self, items: dict[str, np.ndarray]) -> None: ...
+
+
+class ModelTransformer:
+    """The engine's ``Transformer`` over a loaded model (lazily), an optional cache and an optional inverter.
+
+    ``encoder``: returns the Encoder (loads the model on first call). ``inverter``: returns the trained
+    inverter or raises. ``projection_dir``: where projection matrices are kept between processes (None:
+    memory only). ``tuned_projection``: settings -> matrix already known (e.g. stored with the tuned mode).
+    """
+
+    def __init__(
+        self,
+        model_name: str,
+        encoder: Callable,
+        *,
+        cache: VectorCache | None = None,
+        inverter: Callable | None = None,
+        projection_dir: Path | None = None,
+        progress: InversionProgress | None = None,
+    ):
+        self.model_name = model_name
+        self._encoder = encoder
+        self._cache = cache
+        self._inverter = inverter
+        self._projection_dir = projection_dir
+        self._progress = progress
+        self._projections: dict[str, Projection] = {}
+        self._lock = threading.Lock()
+        self.last_inversion_batch = 0  # how many queries the last inversion call ran together
+
+    # -- the engine's Transformer protocol -------------------------------------------------
+    def search_vectors(self, leg: Leg, queries: Queries, collection: str) -> np.ndarray:
+        if leg.transform == "identity":
+            return queries.features
+        if leg.transform == "project":
+            return self.projection(leg, collection).apply(queries.features)
+        if queries.modality != collection:
+            raise QueryError(f"{leg.name} turns an {collection} query into the other modality: give an {collection}")
+        if leg.transform == "invert":
+            return self._invert(queries, leg.inversion(), "oti" if collection == "image" else "ovi")
+        if collection != "image":
+            raise QueryError(f"mode {leg.name} inverts images (OTI); for texts use cross (OVI)")
+        network = self._load_inverter()
+        if leg.transform == "inverter":
+            return network.text_features(self._encoder().loaded, queries.features)
+        init = network.tokens(queries.features)
+        return self._invert(queries, leg.inversion(), "oti", init=init, tag=f"warm:{network.fingerprint}")
+
+    def projection(self, leg: Leg, collection: str) -> FeatureMap | None:
+        """The span, iso or concept map a ``project`` leg uses, built once per settings and kept."""
+        if leg.transform != "project":
+            return None
+        params = dict(leg.params)
+        if params.get("kind") == "iso":
+            params.setdefault("modality", collection)
+        key = _settings_key(self.model_name, params)
+        with self._lock:
+            if key not in self._projections:
+                self._projections[key] = self._load_or_fit(key, params)
+            return self._projections[key]
+
+    # -- inversion --------------------------------------------------------------------------
+    def _invert(
+        self,
+        queries: Queries,
+        config: InversionConfig,
+        direction: str,
+        init: np.ndarray | None = None,
+        tag: str = "",
+    ) -> np.ndarray:
+        from crossgap_index.inversion import oti, ovi
+
+        config = config.resolved(self._encoder().device)  # auto -> the precision it runs in: part of the key
+        keys = [cache_key(self.model_name + tag, direction, config, d) for d in queries.digests]
+        cached = self._cache.get_many(keys) if self._cache is not None and queries.modality != "vector" else {}
+        todo = [i for i, key in enumerate(keys) if key not in cached]
+        out = np.zeros_like(queries.features)
+        for i, key in enumerate(keys):
+            if key in cached:
+                out[i] = cached[key]
+        if todo:
+            invert = oti if direction == "oti" else ovi
+            seeds = [seed_from_digest(queries.digests[i]) for i in todo]
+            kwargs = {"init": init[todo]} if init is not None else {}
+            self.last_inversion_batch = len(todo)
+            fresh = invert(self._encoder().loaded, queries.features[todo], config, seeds, self._progress, **kwargs)
+            out[todo] = fresh
+            if self._cache is not None and queries.modality != "vector":
+                self._cache.put_many({keys[i]: fresh[j] for j, i in enumerate(todo)})
+        else:
+            self.last_inversion_batch = 0
+        return out
+
+    def _load_inverter(self):
+        if self._inverter is None:
+            raise QueryError("no inverter for this index: train one with `cgx train-inverter`")
+        return self._inverter()
+
+    # -- projections -------------------------------------------------------------------------
+    def _load_or_fit(self, key: str, params: dict) -> FeatureMap:
+        """Fit the map, keeping its matrix (or vocabulary features) on disk: fitting embeds the vocabulary."""
+        cached = self._projection_dir / f"map-{key}.npy" if self._projection_dir else None
+        if cached is not None and cached.is_file():
+            try:
+                return _from_array(params, np.load(cached, allow_pickle=False))
+            except (OSError, ValueError, QueryError):
+                pass  # damaged: fit again below
+        feature_map = self._fit(params)
+        if cached is not None:
+            array = feature_map.matrix if isinstance(feature_map, Projection) else feature_map.vocabulary_features
+            _save_quietly(cached, array)
+        return feature_map
+
+    def _fit(self, params: dict) -> FeatureMap:
+        encoder = self._encoder()
+        kind = params.get("kind")
+        if kind in ("span", "concept"):
+            names = vocabulary_names(params.get("vocabulary", IMAGENET))
+            features = encoder.encode_texts(concept_prompts(names))
+            if kind == "concept":
+                return ConceptMap(features, float(params.get("tau", CONCEPT_TAU)), params)
+            components = params.get("components") or max(1, round(encoder.dim * SPAN_COMPONENTS_FRACTION))
+            return span_projection(features, min(components, encoder.dim), **params)
+        if kind == "iso":
+            model = encoder.loaded.model
+            name = self.model_name
+            weights = (projection_weights(model, "image", name), projection_weights(model, "text", name))
+            projection = iso_projection(*weights, params["modality"], params.get("k_top"), params.get("k_bottom"))
+            return Projection("iso", projection.matrix, {**params, **projection.settings})
+        raise IncompatibleModelError(f"unknown projection kind {kind!r}")
+
+
+def _from_array(params: dict, array: np.ndarray) -> FeatureMap:
+    """Rebuild a saved map; raises ValueError for an array of the wrong shape."""
+    if array.ndim != 2:
+        raise ValueError("not a 2-d array")
+    if params.get("kind") == "concept":
+        return ConceptMap(array.astype(np.float32), float(params.get("tau", CONCEPT_TAU)), params)
+    if array.shape[0] != array.shape[1]:
+        raise ValueError("not a square matrix")
+    return Projection(params["kind"], array.astype(np.float32), params)
+
+
+def _settings_key(model: str, params: dict) -> str:
+    payload = json.dumps({"model": model, **params}, sort_keys=True, default=list)
+    return hashlib.blake2b(payload.encode(), digest_size=10).hexdigest()
+
+
+def _save_quietly(path: Path, matrix: np.ndarray) -> None:
+    """Keep the matrix for the next process; a read-only index just recomputes it."""
+    tmp = path.with_name(path.name + ".tmp.npy")
+    try:
+        np.save(tmp, matrix, allow_pickle=False)
+        tmp.replace(path)
+    except OSError:
+        tmp.unlink(missing_ok=True)

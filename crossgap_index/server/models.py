@@ -1,0 +1,84 @@
+"""Request and response bodies of the HTTP API (pydantic; they are also the OpenAPI schema at /docs)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from crossgap_index.search.merge import RRF_K
+
+
+class SearchRequest(BaseModel):
+    """One query: exactly one of ``text``, ``vector``, ``image_base64``, ``item_id`` (or a multipart
+    ``image`` upload), plus how to search. Inversion settings left out take the library defaults."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    text: str | None = Field(None, min_length=1, description="A text query.")
+    vector: list[float] | None = Field(None, max_length=8192, description="A raw query embedding.")
+    image_base64: str | None = Field(None, description="An image file's bytes, base64-encoded.")
+    modality: Literal["image", "text"] | None = Field(None, description="What a raw vector is (lets it invert).")
+    item_id: int | None = Field(None, ge=1, le=2**63 - 1, description="Search with a stored item ('more like this').")
+    k: int = Field(10, ge=1, description="Number of hits (capped by the server).")
+    target: Literal["images", "texts"] = "images"
+    mode: str = Field("intra", description="A search mode the index serves (GET /info lists them).")
+    merge: Literal["rrf", "score"] = "rrf"
+    alpha: float = Field(0.5, ge=0.0, le=1.0, description="Weight of the cross list for merge=score.")
+    rrf_k: int = Field(RRF_K, ge=1)
+    steps: int | None = Field(None, ge=0, description="Inversion steps (OTI for images, OVI for texts).")
+    tokens: int | None = Field(None, ge=1, le=16, description="OTI pseudo-tokens.")
+    patches: int | None = Field(None, ge=1, le=64, description="OVI pseudo-patches.")
+    lr: float | None = Field(None, gt=0.0, le=10.0, description="Inversion learning rate.")
+    use_cache: bool = True
+
+
+class BatchSearchRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    queries: list[SearchRequest] = Field(..., min_length=1)
+
+
+class HitOut(BaseModel):
+    id: int
+    score: float
+    modality: str
+    path: str | None = None
+    text: str | None = None
+    external_id: str | None = None
+    ranks: dict[str, int]
+    scores: dict[str, float]
+
+
+class SearchResponse(BaseModel):
+    hits: list[HitOut]
+    mode: str
+    timings: dict[str, float | int]
+
+
+class BatchSearchResponse(BaseModel):
+    results: list[SearchResponse]
+
+
+class ItemOut(BaseModel):
+    id: int
+    modality: str
+    path: str | None = None
+    text: str | None = None
+    external_id: str | None = None
+
+
+class AddTextsRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    texts: list[str] = Field(..., min_length=1)
+    ids: list[str | None] | None = Field(None, description="External ids, one per text.")
+
+
+class AddTextsResponse(BaseModel):
+    added: int
+    duplicates: int
+
+
+class ErrorOut(BaseModel):
+    error: str

@@ -1,0 +1,322 @@
+"""The search service behind the routes: checks a request against the limits, turns it into a library
+query, and runs it on the direct path (a thread pool) or through the inversion micro-batcher."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import dataclasses
+import time
+from collections.abc import Callable, Hashable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from crossgap_index.api import CrossGapIndex, Hit
+from crossgap_index.errors import CrossGapError
+from crossgap_index.ingest.decode import DecodeError, decode_rgb
+from crossgap_index.inversion import InversionConfig
+from crossgap_index.search.modes import MODE_NAMES
+from crossgap_index.server.batcher import BatchResult, MicroBatcher
+from crossgap_index.server.errors import ApiError, status_of
+from crossgap_index.server.files import read_item_file
+from crossgap_index.server.locks import ReadWriteLock
+from crossgap_index.server.metrics import Metrics
+from crossgap_index.server.models import AddTextsRequest, SearchRequest
+from crossgap_index.server.settings import ServeSettings
+
+QUERY_KINDS = ("text", "vector", "image_base64", "item_id")
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class BatchKey:
+    """Everything that changes how a batch is searched: queries in one batch share it."""
+
+    target: str
+    k: int
+    mode: str
+    merge: str
+    alpha: float
+    rrf_k: int
+    inversion: InversionConfig | None
+    use_cache: bool
+
+
+class SearchService:
+    def __init__(self, index: CrossGapIndex, settings: ServeSettings, metrics: Metrics):
+        self.index = index
+        self.settings = settings
+        self.metrics = metrics
+        self.lock = ReadWriteLock()  # process-local: searches share the index, writes have it alone
+        self._pool = ThreadPoolExecutor(settings.search_threads, thread_name_prefix="cgx-search")
+        self._batcher = MicroBatcher(
+            self._run_batch, settings.batch_window_ms / 1000.0, settings.max_batch, metrics.inversion_batch.observe
+        )
+
+    @property
+    def modes(self) -> list[str]:
+        return list(MODE_NAMES)
+
+    def close(self) -> None:
+        """Finish queued work, then release threads (the index is closed by its owner)."""
+        self._batcher.close()
+        self._pool.shutdown(wait=True)
+
+    # -- searching ------------------------------------------------------------------------
+    async def search(self, request: SearchRequest, upload: bytes | None = None) -> dict[str, Any]:
+        start = time.perf_counter()
+        self._check(request, upload)
+        inversion = self._inversion(request)
+        item_modality = None
+        if request.item_id is not None:  # a catalog read: in the pool, never blocking the event loop on a write
+            item_modality = await self._in_pool(lambda: self._item_modality(request.item_id))
+        if self._batched(request, item_modality):
+            query = await self._in_pool(lambda: self._library_query(request, upload))
+            prepared = time.perf_counter()
+            key = BatchKey(
+                request.target,
+                request.k,
+                request.mode,
+                request.merge,
+                request.alpha,
+                request.rrf_k,
+                inversion,
+                request.use_cache,
+            )
+            with self.metrics.in_flight.labels("batched").track_inprogress():
+                result: BatchResult = await self._bounded(asyncio.wrap_future(self._batcher.submit(key, query)))
+            hits, library = result.value
+            timings: dict[str, float | int] = {
+                "prepare_ms": _ms(prepared - start),
+                "queue_ms": _ms(result.wait_s),
+                "batch_ms": _ms(result.run_s),
+                "batch_queries": result.batch_size,
+                **library,
+            }
+            self.metrics.queries.labels(request.mode, "batched").inc()
+        else:  # one hop to a worker thread: decode (if any) and search there
+            with self.metrics.in_flight.labels("direct").track_inprogress():
+                hits, timings = await self._in_pool(lambda: self._search_one(request, upload, inversion))
+            self.metrics.queries.labels(request.mode, "direct").inc()
+        timings["total_ms"] = _ms(time.perf_counter() - start)
+        return {"hits": [hit_json(h) for h in hits], "mode": request.mode, "timings": timings}
+
+    async def search_many(self, requests: list[SearchRequest]) -> list[dict[str, Any]]:
+        """All queries at once: the inverting ones meet in the batcher."""
+        if len(requests) > self.settings.max_batch_queries:
+            raise ApiError(413, f"{len(requests)} queries is over the limit of {self.settings.max_batch_queries}")
+
+        async def one(i: int, request: SearchRequest) -> dict[str, Any]:
+            try:
+                return await self.search(request)
+            except ApiError as exc:
+                raise ApiError(exc.status, f"queries[{i}]: {exc.message}") from None
+            except CrossGapError as exc:
+                raise ApiError(status_of(exc), f"queries[{i}]: {exc}") from None
+
+        return list(await asyncio.gather(*(one(i, r) for i, r in enumerate(requests))))
+
+    def _check(self, request: SearchRequest, upload: bytes | None) -> None:
+        given = [name for name in QUERY_KINDS if getattr(request, name) is not None] + (["image"] if upload else [])
+        if len(given) != 1:
+            kinds = ", ".join((*QUERY_KINDS, "an uploaded image"))
+            raise ApiError(400, f"give exactly one query: {kinds} (got {', '.join(given) or 'none'})")
+        s = self.settings
+        if request.k > s.max_k:
+            raise ApiError(400, f"k={request.k} is over the limit of {s.max_k}")
+        if request.mode not in MODE_NAMES:
+            raise ApiError(400, f"unknown mode '{request.mode}': use one of {', '.join(MODE_NAMES)}")
+        if request.steps is not None and request.steps > s.max_steps:
+            raise ApiError(400, f"steps={request.steps} is over the limit of {s.max_steps}")
+        if request.text is not None and len(request.text) > s.max_text_chars:
+            raise ApiError(413, f"text of {len(request.text)} characters is over the limit of {s.max_text_chars}")
+        if request.modality is not None and request.vector is None:
+            raise ApiError(400, "modality names what a raw vector is; it goes with vector only")
+
+    def _item_modality(self, item_id: int) -> str:
+        with self.lock.reading():
+            row = self.index.item(item_id)
+        if row is None:
+            raise ApiError(404, f"no item with id {item_id}")
+        return row.modality
+
+    def _batched(self, request: SearchRequest, item_modality: str | None) -> bool:
+        """Queries whose mode inverts them (image -> images, text -> texts): these are micro-batched."""
+        if request.text is not None:
+            modality = "text"
+        elif request.vector is not None:
+            modality = request.modality or "vector"
+        else:
+            modality = item_modality or "image"
+        if modality != {"images": "image", "texts": "text"}[request.target]:
+            return False  # inter-modal already: the library answers directly (or refuses an inversion)
+        return self.index.served_mode(request.mode, modality, request.target).inverts
+
+    def _library_query(self, request: SearchRequest, upload: bytes | None) -> dict[str, Any]:
+        """The query as search_batch() takes it; images decoded here under the server's limits."""
+        if request.text is not None:
+            return {"text": request.text}
+        if request.vector is not None:
+            return {"vector": request.vector, **({"modality": request.modality} if request.modality else {})}
+        if request.item_id is not None:
+            return {"item": request.item_id}  # the catalog's own vector for that id
+        data = upload if upload is not None else _b64decode(request.image_base64 or "", self.settings.max_upload_bytes)
+        if len(data) > self.settings.max_upload_bytes:
+            raise ApiError(413, f"image of {len(data)} bytes is over the limit of {self.settings.max_upload_bytes}")
+        try:
+            return {"image": decode_rgb(data, self.settings.max_megapixels)}
+        except DecodeError as exc:
+            raise ApiError(415, f"not a usable image: {exc}") from None
+
+    @staticmethod
+    def _inversion(request: SearchRequest) -> InversionConfig | None:
+        """The request's inversion settings, or None for the index's served defaults."""
+        changes: dict[str, Any] = {}
+        if request.steps is not None:
+            changes.update(oti_steps=request.steps, ovi_steps=request.steps)
+        if request.tokens is not None:
+            changes["n_tokens"] = request.tokens
+        if request.patches is not None:
+            changes["n_patches"] = request.patches
+        if request.lr is not None:
+            changes["lr"] = request.lr
+        return InversionConfig(**changes) if changes else None
+
+    def _search_one(
+        self, request: SearchRequest, upload: bytes | None, inversion: InversionConfig | None
+    ) -> tuple[list[Hit], dict[str, float | int]]:
+        query = self._library_query(request, upload)
+        timings: dict[str, float | int] = {}
+        with self.lock.reading():
+            hits = self.index.search_batch(
+                [query],
+                target=request.target,
+                k=request.k,
+                mode=request.mode,
+                merge=request.merge,
+                alpha=request.alpha,
+                rrf_k=request.rrf_k,
+                inversion=inversion,
+                use_cache=request.use_cache,
+                timings=timings,
+            )[0]
+        return hits, _rounded(timings)
+
+    def _run_batch(self, key: Hashable, queries: list[dict[str, Any]]) -> list[tuple[list[Hit], dict]]:
+        assert isinstance(key, BatchKey)
+        timings: dict[str, float | int] = {}
+        with self.lock.reading():
+            results = self.index.search_batch(
+                queries,
+                target=key.target,
+                k=key.k,
+                mode=key.mode,
+                merge=key.merge,
+                alpha=key.alpha,
+                rrf_k=key.rrf_k,
+                inversion=key.inversion,
+                use_cache=key.use_cache,
+                timings=timings,
+            )
+        shared = _rounded(timings)
+        return [(hits, shared) for hits in results]
+
+    # -- other reads and writes -------------------------------------------------------------
+    async def item(self, item_id: int):
+        def read():
+            with self.lock.reading():
+                return self.index.item(item_id)
+
+        row = await self._in_pool(read)
+        if row is None:
+            raise ApiError(404, f"no item with id {item_id}")
+        return row
+
+    async def item_image(self, item_id: int) -> tuple[bytes, str]:
+        row = await self.item(item_id)
+        if row.modality != "image" or row.path is None:
+            raise ApiError(404, f"item {item_id} is a text, not an image")
+        return await self._in_pool(lambda: read_item_file(row.path, self.settings.max_upload_bytes)), row.path
+
+    async def info(self) -> dict[str, Any]:
+        def read():
+            with self.lock.reading():
+                return dataclasses.asdict(self.index.info())
+
+        s = self.settings
+        return {
+            **await self._in_pool(read),
+            "modes": self.modes,
+            "limits": {
+                "max_k": s.max_k,
+                "max_batch_queries": s.max_batch_queries,
+                "max_texts": s.max_texts,
+                "max_request_bytes": s.max_request_bytes,
+                "max_upload_bytes": s.max_upload_bytes,
+                "max_megapixels": s.max_megapixels,
+                "max_steps": s.max_steps,
+            },
+            "batching": {"window_ms": s.batch_window_ms, "max_batch": s.max_batch},
+        }
+
+    async def add_texts(self, request: AddTextsRequest) -> dict[str, int]:
+        s = self.settings
+        if len(request.texts) > s.max_texts:
+            raise ApiError(413, f"{len(request.texts)} texts is over the limit of {s.max_texts}")
+        if request.ids is not None and len(request.ids) != len(request.texts):
+            raise ApiError(400, "texts and ids differ in length")
+        for i, text in enumerate(request.texts):
+            if not text.strip():
+                raise ApiError(400, f"texts[{i}] is empty")
+            if len(text) > s.max_text_chars:
+                raise ApiError(413, f"texts[{i}] has {len(text)} characters, over the limit of {s.max_text_chars}")
+
+        def write():
+            with self.lock.writing():
+                return self.index.add_texts(request.texts, request.ids)
+
+        report = await self._in_pool(write)
+        return {"added": report.added, "duplicates": report.duplicates}
+
+    # -- plumbing ---------------------------------------------------------------------------
+    async def _in_pool(self, fn: Callable[[], T]) -> T:
+        return await self._bounded(asyncio.get_running_loop().run_in_executor(self._pool, fn))
+
+    async def _bounded(self, awaitable):
+        try:
+            return await asyncio.wait_for(awaitable, self.settings.request_timeout_s)
+        except TimeoutError:
+            raise ApiError(504, f"the query took longer than {self.settings.request_timeout_s:g} s") from None
+
+
+def hit_json(hit: Hit) -> dict[str, Any]:
+    doc: dict[str, Any] = {"id": hit.id, "score": hit.score, "modality": hit.modality}
+    if hit.modality == "image":
+        doc["path"] = hit.path
+    else:
+        doc["text"] = hit.text
+    if hit.external_id is not None:
+        doc["external_id"] = hit.external_id
+    doc["ranks"] = hit.ranks
+    doc["scores"] = hit.scores
+    return doc
+
+
+def _rounded(timings: dict[str, float | int]) -> dict[str, float | int]:
+    return {k: round(v, 3) if isinstance(v, float) else v for k, v in timings.items()}
+
+
+def _b64decode(text: str, max_bytes: int) -> bytes:
+    if len(text) > (max_bytes + 2) // 3 * 4 + 4:  # before decoding
+        raise ApiError(413, f"image of more than {max_bytes} bytes is over the limit")
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise ApiError(400, "image_base64 is not valid base64") from None
+
+
+def _ms(seconds: float) -> float:
+    return round(seconds * 1000.0, 3)

@@ -1,0 +1,124 @@
+"""`check`: verify an index directory the way `git fsck` / SQLite's integrity_check do, and repair
+what is derived (the FAISS files) from what is true (the catalog).
+
+What is checked: the catalog file (PRAGMA integrity_check), every stored vector unit-norm, each
+FAISS file present, matching the manifest's size and crc32 and generation, holding exactly the
+catalog's ids (and, for exact indexes, the catalog's vectors), and that indexed image files exist.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from dataclasses import dataclass, field
+
+import faiss
+import numpy as np
+
+from crossgap_index.store.directory import DERIVED, Store
+from crossgap_index.store.vectors import VectorIndex, file_record
+
+NORM_TOLERANCE = 1e-3
+VECTOR_TOLERANCE = 1e-5
+
+
+@dataclass
+class CheckReport:
+    """``problems``: what is wrong now; ``repaired``: what was wrong and has been rebuilt."""
+
+    ok: bool
+    counts: dict[str, int]
+    problems: list[str] = field(default_factory=list)
+    repaired: list[str] = field(default_factory=list)
+    missing_files: list[str] = field(default_factory=list)
+
+
+def check_store(store: Store, repair: bool = False, files: bool = True) -> CheckReport:
+    try:
+        return _check(store, repair, files)
+    except sqlite3.DatabaseError as exc:  # a damaged catalog can fail any query
+        problems = [f"catalog.sqlite: {exc} (the catalog is damaged; restore it from a backup)"]
+        return CheckReport(ok=False, counts={}, problems=problems)
+
+
+def _check(store: Store, repair: bool, files: bool) -> CheckReport:
+    catalog = store.catalog
+    problems = [f"catalog.sqlite: {msg}" for msg in catalog.integrity_check()[:20]]
+    counts = {name: store.stored_count(name) for name in store.manifest.factories}
+    for name in store.manifest.factories:
+        problems += _vector_norm_problems(store, name)
+    derived = {name: _faiss_problem(store, name) for name in store.manifest.factories}
+    repaired = [f"{name}.faiss: rebuilt from the catalog on open" for name in store.rebuilt if not derived[name]]
+    broken = [name for name, problem in derived.items() if problem]
+    if repair and broken and not store.readonly:
+        with store.writing():
+            for name in broken:
+                store.rebuild(name)
+            store.save()
+        for name in broken:
+            after = _faiss_problem(store, name)
+            if after:
+                problems.append(f"{name}.faiss: {after} (still, after repair)")
+            else:
+                repaired.append(f"{name}.faiss: {derived[name]}; rebuilt from the catalog")
+    else:
+        problems += [f"{name}.faiss: {derived[name]}" for name in broken]
+    missing: list[str] = []
+    if files:
+        missing = sorted(r.path for r in catalog.images().values() if not os.path.isfile(r.path))
+        if missing:
+            problems.append(f"{len(missing)} indexed image files are gone (`cgx remove --missing` prunes them)")
+    return CheckReport(ok=not problems, counts=counts, problems=problems, repaired=repaired, missing_files=missing)
+
+
+def _faiss_problem(store: Store, name: str) -> str | None:
+    """What is wrong with one FAISS file on disk, judged against the manifest and the catalog; None: sound."""
+    path = store.path / f"{name}.faiss"
+    manifest, catalog = store.manifest, store.catalog
+    if not path.is_file():
+        return "missing"
+    if manifest.generation != catalog.generation:
+        return f"stale (saved at generation {manifest.generation}, the catalog is at {catalog.generation})"
+    expected = manifest.files.get(name)
+    if expected is None:
+        return "no checksum in the manifest"
+    try:
+        actual = file_record(path)
+    except OSError as exc:
+        return f"unreadable ({exc.strerror or exc})"
+    if actual["size"] != expected["size"]:
+        return f"size {actual['size']} bytes, the manifest records {expected['size']} (truncated or replaced)"
+    if actual["crc32"] != expected["crc32"]:
+        return "checksum differs from the manifest (damaged)"
+    index = VectorIndex.load(path, manifest.dim, manifest.factories[name], expected)
+    if index is None:
+        return "FAISS cannot read it"
+    stored_ids = _catalog_ids(store, name)
+    if index.ntotal != len(stored_ids):
+        return f"holds {index.ntotal} vectors, the catalog {len(stored_ids)}"
+    faiss_ids = np.sort(faiss.vector_to_array(index.index.id_map))
+    if not np.array_equal(faiss_ids, stored_ids):
+        return "holds other ids than the catalog"
+    inner = faiss.downcast_index(index.index.index)
+    if isinstance(inner, faiss.IndexFlat) and index.ntotal:
+        order = np.argsort(faiss.vector_to_array(index.index.id_map), kind="stable")
+        held = inner.reconstruct_n(0, index.ntotal)[order]
+        _, vectors = store.ids_and_vectors(name)
+        if not np.allclose(held, vectors, atol=VECTOR_TOLERANCE):
+            return "holds other vectors than the catalog"
+    return None
+
+
+def _catalog_ids(store: Store, name: str) -> np.ndarray:
+    return store.catalog.ids(name, derived=name in DERIVED)
+
+
+def _vector_norm_problems(store: Store, name: str) -> list[str]:
+    ids, vectors = store.ids_and_vectors(name)
+    if not len(ids):
+        return []
+    bad = ids[np.abs(np.linalg.norm(vectors, axis=1) - 1.0) > NORM_TOLERANCE]
+    if not len(bad):
+        return []
+    shown = ", ".join(map(str, bad[:5].tolist()))
+    return [f"{name}: {len(bad)} stored vectors are not unit-norm (ids {shown}); remove and re-add those items"]

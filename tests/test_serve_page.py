@@ -1,0 +1,119 @@
+"""The search page in a real browser: Playwright driving Debian's chromium against a real uvicorn server."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from urllib.parse import parse_qs, urlparse
+
+import pytest
+
+from crossgap_index import CrossGapIndex
+from crossgap_index.server.settings import ServeSettings
+from tests.serve_support import build_index, running_server
+
+SCREENSHOT = os.environ.get("CGX_PAGE_SCREENSHOT")  # set to refresh docs/serve-page.png
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+pytestmark = pytest.mark.skipif(
+    CHROMIUM is None, reason="needs Debian's chromium: apt-get update && apt-get install -y chromium"
+)
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    index_path, photos = build_index(tmp_path_factory.mktemp("page"))
+    with CrossGapIndex.open(index_path, device="cpu") as cgx, running_server(cgx, ServeSettings()) as url:
+        yield url, sorted(photos.rglob("*.png"))
+
+
+@pytest.fixture
+def page(served):
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        try:
+            yield browser.new_page(viewport={"width": 1100, "height": 800})
+        finally:
+            browser.close()
+
+
+def test_switching_mode_searches_again_through_inversion(served, page):
+    url, photos = served
+    page.goto(url + "/")
+    page.wait_for_selector("body[data-ready=true]")
+    page.set_input_files("#photo", str(photos[4]))
+    page.wait_for_selector("#results .hit")
+    # switching mode searches the same photo again through inversion, each hit shows both lists' ranks
+    page.select_option("#mode", "fused")
+    page.wait_for_selector("#results .hit .rank[data-list=cross]")
+    assert "mode fused" in page.inner_text("#status")
+    assert query_of(page.url)["mode"] == ["fused"]
+    assert "inversion batch of 1" in page.inner_text("#status")
+
+
+def query_of(url: str) -> dict[str, list[str]]:
+    return parse_qs(urlparse(url).query)
+
+
+def test_search_page_end_to_end(served, page, tmp_path):
+    url, photos = served
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(url + "/")
+    page.wait_for_selector("body[data-ready=true]")
+    assert "48 images" in page.inner_text("#status")
+    modes = page.eval_on_selector_all("#mode option", "options => options.map(o => o.value)")
+    assert {"intra", "cross", "fused"} <= set(modes)
+
+    # a text query: thumbnails of indexed images, each with its score and rank
+    page.fill("#q", "a red circle")
+    page.click("#go")
+    page.wait_for_selector("#results .hit img")
+    cards = page.query_selector_all("#results .hit")
+    assert len(cards) == 12
+    first_img = cards[0].query_selector("img")
+    page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=first_img)
+    assert first_img.evaluate("img => img.naturalWidth") == 64  # the indexed file, served by id
+    assert cards[0].query_selector(".rank[data-list=intra]").inner_text() == "intra #1"
+    assert query_of(page.url)["q"] == ["a red circle"] and query_of(page.url)["mode"] == ["intra"]
+
+    # upload a photo: the photo itself comes back first
+    page.set_input_files("#photo", str(photos[4]))
+    page.wait_for_selector("#query-view img")
+    page.wait_for_function("path => document.querySelector('#results .hit')?.title === path", arg=str(photos[4]))
+    assert float(page.inner_text("#results .hit .score")) == pytest.approx(1.0, abs=1e-3)
+
+    # click a hit: "more like this" by item id, carried in the address
+    third = page.query_selector_all("#results .hit")[2]
+    clicked_id = third.get_attribute("data-id")
+    third.click()
+    page.wait_for_function("id => document.querySelector('#results .hit')?.dataset.id === id", arg=clicked_id)
+    assert query_of(page.url)["item"] == [clicked_id]
+    assert "more like item" in page.inner_text("#query-view")
+
+    # the address alone reproduces a result page
+    page.goto(url + "/?q=a+blue+star&target=texts&k=5")
+    page.wait_for_selector("#results .hit .text")
+    assert len(page.query_selector_all("#results .hit")) == 5
+    assert page.input_value("#q") == "a blue star"
+
+    # a query the library refuses shows the server's one-line error
+    page.select_option("#target", "images")
+    page.wait_for_selector("#results .hit img")
+    page.select_option("#mode", "cross")
+    page.wait_for_selector("#status.error")
+    assert "already inter-modal" in page.inner_text("#status")
+
+    page.screenshot(path=str(tmp_path / "serve-page.png"), full_page=True)
+    if SCREENSHOT:  # the README's picture: a photo searched in fused mode, both lists' ranks on each hit
+        page.goto(url + "/?mode=fused&k=18")
+        page.wait_for_selector("body[data-ready=true]")
+        page.set_input_files("#photo", str(photos[4]))
+        page.wait_for_selector("#results .hit .rank[data-list=cross]")
+        page.wait_for_function(
+            "() => document.querySelectorAll('#results .hit img').length === 18 &&"
+            " [...document.images].every(i => i.complete && i.naturalWidth > 0)"
+        )
+        page.screenshot(path=SCREENSHOT)
+    assert (tmp_path / "serve-page.png").stat().st_size > 10_000
+    assert errors == []
