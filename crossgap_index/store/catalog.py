@@ -289,7 +289,8 @@ class Catalog:
         params: tuple = ()
         if modality is not None:
             sql, params = sql + " WHERE modality = ?", (modality,)
-        return [ItemRow(*r) for r in self.conn.execute(sql + " ORDER BY id", params)]
+        rows = self.conn.execute(sql + " ORDER BY id", params)
+        return [ItemRow(r[0], r[1], path_from_db(r[2]), *r[3:]) for r in rows]
 
     def ids(self, name: str, derived: bool = False) -> np.ndarray:
         """Stored ids of a modality (or of a derived collection), sorted."""
