@@ -31,7 +31,7 @@ MODE_NAMES = ("auto", "intra", "cross", "fused", "cross-gallery", "span", "iso",
 DEFAULT_CROSS = {"name": "span"}
 # OTI settings that modes use unless told otherwise: quality peaks early (research notes section 6), so
 # the served default is 25 steps, not the published 150.
-SERVED_OTI_STEPS = 25
+SERVED_OTI_STEPS = InversionConfig.oti_steps
 # warm: the inverter's tokens refined by a couple of gentle OTI steps (measured on development seeds)
 WARM_SETTINGS = {"oti_steps": 2, "lr": 5e-3}
 
@@ -115,7 +115,15 @@ class Mode:
 
 
 def _short(params: dict) -> str:
-    return ",".join(f"{k}={v}" for k, v in sorted(params.items()) if k not in ("vocabulary",))
+    """The settings that differ from the defaults (a vocabulary by its size)."""
+    defaults = dataclasses.asdict(InversionConfig())
+    shown = []
+    for key, value in sorted(params.items()):
+        if key == "vocabulary" and not isinstance(value, str):
+            shown.append(f"vocabulary={len(value)} names")
+        elif defaults.get(key, object()) != value:
+            shown.append(f"{key}={value}")
+    return ",".join(shown)
 
 
 def resolve_mode(
@@ -156,8 +164,11 @@ def resolve_mode(
 
 
 def _inversion_params(inversion: InversionConfig | None) -> dict:
-    """The non-default inversion settings, with the served step count unless steps were given."""
+    """Every setting that changes the inverted feature, so a stored (tuned) mode does not move when a later
+    release changes a default; None: the defaults (an empty dict)."""
     if inversion is None:
-        return {"oti_steps": SERVED_OTI_STEPS}
-    defaults = dataclasses.asdict(InversionConfig())
-    return {k: v for k, v in dataclasses.asdict(inversion).items() if defaults[k] != v}
+        return {}
+    return {k: v for k, v in dataclasses.asdict(inversion).items() if k not in _SPEED_ONLY}
+
+
+_SPEED_ONLY = ("batch_size", "compile", "fast")
