@@ -114,7 +114,7 @@ def threads_bench(path: Path, n_queries: int, k: int, threads: int) -> dict:
     with CrossGapIndex.open(path) as index:
         oracle = [[h.id for h in index.search(vector=q, k=k)] for q in queries[:8]]
         out: dict = {"queries": n_queries, "k": k}
-        for n_threads in (1, threads):
+        for n_threads in sorted({1, 2, threads}):
             shares = np.array_split(np.arange(n_queries), n_threads)
             wrong = []
 
@@ -169,7 +169,7 @@ def table(results: dict) -> str:
         "| queries/s | results differing from the 1-query oracle |",
         "|---|---:|---:|---:|",
     ]
-    for key in ("1_threads", f"{results['threads_n']}_threads"):
+    for key in sorted((k for k in t if k.endswith("_threads")), key=lambda k: int(k.split("_")[0])):
         r = t[key]
         lines.append(f"| {key.replace('_', ' ')} | {r['seconds']:.2f} | {r['queries_per_s']:.1f} | {len(r['wrong'])} |")
     lines.append(f"\nSpeed-up of {results['threads_n']} threads over 1: {t['speedup']:.2f}x on {m['cores']} cores.")
