@@ -245,7 +245,8 @@ def section_map(args, device: torch.device) -> dict:
             result = evaluate(
                 spec, args.map_model, device=str(device), precision=precision, config=config, tasks=["images"]
             )
-            modes = result.tasks["images"].modes
+            (task,) = result.tasks.values()  # image-to-image only
+            modes = task.modes
             row[precision] = {
                 "map_percent": {name: 100 * mode.metrics["map"] for name, mode in modes.items()},
                 "seconds": time.perf_counter() - start,
