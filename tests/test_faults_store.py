@@ -546,3 +546,19 @@ def test_check_reports_stale_files_and_non_unit_vectors(index, gallery):
     assert not report.ok
     assert any("stale" in p for p in report.problems)
     assert any("not unit-norm" in p and str(ids[0]) in p for p in report.problems)
+
+
+def test_ls_remove_and_check_keep_non_utf8_file_names(tmp_path):
+    folder = photos(tmp_path / "photos", 3)
+    odd = Path(os.fsdecode(bytes(folder) + b"/\xff\xfe-caf\xe9.png"))  # latin-1 bytes, not UTF-8
+    shutil.copy(folder / "p0000.png", odd)
+    index = tmp_path / "idx"
+    build(index, folder)
+    listed = cli("ls", "--index", index)
+    assert listed.exit_code == 0, listed.output
+    assert b"\xff\xfe-caf\xe9.png\n" in listed.stdout_bytes  # the name's own bytes, not mangled
+    odd.unlink()
+    missing = cli("check", "--index", index)
+    assert missing.exit_code == 1 and b"missing: " + os.fsencode(odd) in missing.stdout_bytes
+    assert cli("remove", odd, "--index", index).exit_code == 0  # a vanished non-UTF-8 path, by name
+    assert_consistent(index, folder)
