@@ -156,7 +156,7 @@ def info_table(info: IndexInfo) -> Table:
     table.add_column("key", style="bold")
     table.add_column("value")
     table.add_row("model", info.model)
-    table.add_row("dim / metric", f"{info.dim} / {info.metric}")
+    table.add_row("dim / metric / precision", f"{info.dim} / {info.metric} / {info.precision}")
     for name, count in info.counts.items():
         if count == 0 and name not in ("image", "text"):
             continue  # optional derived collections appear once built

@@ -311,10 +311,15 @@ class CrossGapIndex:
     def invert_gallery(self, config: InversionConfig | None = None, progress: ProgressFn | None = None) -> int:
         """Store each gallery image's OTI text-space feature (collection ``image-oti``), so image queries
         can be compared inter-modally with no optimisation at query time (mode ``cross-gallery``).
-        Resumable: only images without a stored feature are inverted. Returns how many were."""
+        Resumable: only images without a stored feature are inverted. Returns how many were. ``config``
+        None: the settings the gallery was inverted with (kept current), else the defaults."""
         with self._store.writing():
-            config = (config or InversionConfig()).resolved(self.encoder.device)
-            return invert_gallery_images(self._store, self.encoder.loaded, config, progress)
+            stored = self._store.manifest.gallery_inversion
+            if config is None:
+                config = InversionConfig(**stored) if stored else InversionConfig()
+            return invert_gallery_images(
+                self._store, self.encoder.loaded, config.resolved(self.encoder.device), progress
+            )
 
     # -- reading --------------------------------------------------------------------------
     @property
