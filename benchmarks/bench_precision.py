@@ -29,7 +29,7 @@ from crossgap_index.precision import bf16_native, dtype_of
 SECTIONS = ("roofline", "embed", "oti", "map", "build")
 PRECISIONS = ("fp32", "bf16")
 DEFAULT_OUT = Path("benchmarks/out/precision.json")
-DEFAULT_TABLE = Path("benchmarks/RESULTS_precision.md")
+DEFAULT_TABLE = Path("benchmarks/out/precision.md")  # copied into RESULTS.md by hand
 
 
 def main() -> None:

@@ -7,7 +7,7 @@ so that the shared machine's load changes hit both. Cross queries are image -> i
 ``--steps`` steps, inversion cache off, each query a different photo; intra queries are text -> images.
 Batching off is ``--max-batch 1`` (queries inverted one by one in the same worker).
 
-    python benchmarks/bench_serve.py --out benchmarks/out/serve.json --table benchmarks/RESULTS_serve.md
+    python benchmarks/bench_serve.py --out benchmarks/out/serve.json --table benchmarks/out/serve.md
 """
 
 from __future__ import annotations

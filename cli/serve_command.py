@@ -48,7 +48,7 @@ def serve_command(
     # The batch worker, the search pool and the event loop share the GIL; with the default 5 ms switch
     # interval a thread back from a torch op or a socket waits up to 5 ms per hand-off. Measured on 2 shared
     # cores, 32 clients of cross queries: a batched call took 1.9 s of wall time for 0.7 s of library work
-    # at 5 ms, and 0.49 s for 0.49 s at 0.5 ms (benchmarks/RESULTS_serve.md).
+    # at 5 ms, and 0.49 s for 0.49 s at 0.5 ms (benchmarks/RESULTS.md).
     sys.setswitchinterval(0.0005)
     with CrossGapIndex.open(index, device=device) as cgx:
         _ = cgx.encoder  # load the model before the first request, not during it
