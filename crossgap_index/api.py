@@ -349,7 +349,10 @@ class CrossGapIndex:
         if query.modality not in ("image", "text"):
             raise QueryError("inversion needs an image or text query, not a raw vector")
         mode = resolve_mode("cross", inversion=config or InversionConfig())
-        transformer = self.searcher.transformer if use_cache else self._uncached_transformer(progress)
+        searcher = self.searcher
+        if not use_cache or progress is not None:
+            searcher = searcher.with_options(_CatalogCache(self._store) if use_cache else None, progress)
+        transformer = searcher.transformer
         batch = Queries(query.feature[None, :], query.modality, (query.digest,))
         return transformer.search_vectors(mode.legs[0], batch, query.modality)[0]
 
@@ -422,15 +425,7 @@ class CrossGapIndex:
         and the inversion batch size."""
         searcher = self.searcher
         if not use_cache or progress is not None:
-            searcher = Searcher(
-                self._store,
-                self._store.manifest.model,
-                lambda: self.encoder,
-                searcher.transformer._inverter,
-                _CatalogCache(self._store) if use_cache else None,
-                progress=progress,
-                gallery=searcher.gallery,
-            )
+            searcher = searcher.with_options(_CatalogCache(self._store) if use_cache else None, progress)
         return searcher.search_batch(
             queries,
             target=target,
@@ -475,11 +470,6 @@ class CrossGapIndex:
         """The mode a query of ``query_modality`` is served with (``auto`` resolved), as data and as one line."""
         chosen = self.searcher.resolve(mode, query_modality, collection_of(target), **settings)
         return {"name": chosen.name, "summary": chosen.describe(), **chosen.to_dict()}
-
-    def _uncached_transformer(self, progress: InversionProgressFn | None):
-        return Searcher(
-            self._store, self._store.manifest.model, lambda: self.encoder, None, None, progress=progress
-        ).transformer
 
     @property
     def tuned_mode(self) -> dict | None:

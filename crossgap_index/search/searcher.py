@@ -77,6 +77,7 @@ class Searcher:
     ):
         self._store = store
         self._encoder = encoder
+        self._model_name, self._inverter = model_name, inverter
         self.gallery = gallery or StoreGallery(store)
         self.transformer = ModelTransformer(
             model_name,
@@ -85,6 +86,12 @@ class Searcher:
             inverter=inverter,
             projection_dir=store.path / "derived",
             progress=progress,
+        )
+
+    def with_options(self, cache, progress: Callable | None) -> Searcher:
+        """The same index, gallery and inverter with another cache (None: none) or an inversion progress callback."""
+        return Searcher(
+            self._store, self._model_name, self._encoder, self._inverter, cache, progress=progress, gallery=self.gallery
         )
 
     # -- queries ------------------------------------------------------------------------------
