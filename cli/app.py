@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 import warnings
 from dataclasses import asdict
@@ -102,6 +103,18 @@ def fails_cleanly(command):
         except KeyboardInterrupt:
             print("cgx: interrupted; work done so far is saved, re-run to resume", file=sys.stderr)
             raise typer.Exit(130) from None
+        except OSError as exc:  # the file system said no (a path that is a file, a full disk, permissions)
+            where = f" {exc.filename}" if exc.filename else ""
+            print(f"cgx: error:{where}: {exc.strerror or exc}", file=sys.stderr)
+            raise typer.Exit(1) from None
+        except Exception as exc:  # a bug: still one line, the traceback on request
+            if os.environ.get("CGX_DEBUG"):
+                raise
+            print(
+                f"cgx: internal error: {type(exc).__name__}: {_one_line(exc)} (CGX_DEBUG=1 shows the traceback)",
+                file=sys.stderr,
+            )
+            raise typer.Exit(2) from None
 
     return wrapper
 
@@ -326,6 +339,11 @@ def query(
         projection["components"] = span_components
     if vocab is not None:
         projection["vocabulary"] = read_vocab(vocab)
+    if mode.value == "auto" and (given or projection) and not quiet:
+        err.print(
+            "cgx: note: --cross serves the tuned mode (or the default) as stored; --steps, --tokens, --vocab and "
+            "--span-components apply to an explicit --mode"
+        )
     with (
         CrossGapIndex.open(index, device=device, precision=precision) as cgx,
         inversion_bar(enabled=not (quiet or json_out)) as progress,
@@ -344,7 +362,9 @@ def query(
             use_cache=not no_cache,
             progress=progress,
         )
-        served = cgx.describe_mode(mode.value, "image" if is_image else "text", target.value, inversion=config)
+        served = cgx.describe_mode(
+            mode.value, "image" if is_image else "text", target.value, inversion=config, projection=projection or None
+        )
         held = cgx.info().counts[COLLECTIONS[target]] if len(hits) < top_k else len(hits)
     if mode.value == "auto" and served["name"] == "intra" and (is_image != (target is Target.images)) and not quiet:
         err.print("cgx: note: this query is already inter-modal (--cross turns image->images, text->texts): intra")

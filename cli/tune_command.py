@@ -59,6 +59,12 @@ def tune_command(
         "stored in the index: `cgx query IMAGE --cross` now uses it",
         highlight=False,
     )
+    if rep["delta_map"] < 0:
+        err.print(
+            "cgx: note: on the report half the chosen mode lost to intra: the selection half was too small or "
+            "unrepresentative; tune on more labelled items, or serve intra (`cgx query` without --cross)",
+            highlight=False,
+        )
 
 
 def train_inverter_command(

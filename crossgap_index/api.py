@@ -479,6 +479,8 @@ class CrossGapIndex:
     def set_tuned_mode(self, record: dict | None) -> None:
         """Store (or with None clear) the mode that ``mode="auto"`` and ``cgx query --cross`` serve."""
         if record is not None:
+            if not isinstance(record, dict) or not isinstance(record.get("mode"), dict):
+                raise QueryError("a tuned-mode record is a dict with a 'mode' (see cgx tune)")
             Mode.from_dict(record["mode"])  # refuse a malformed record before it is saved
         with self._store.writing():
             self._store.manifest.tuned_mode = record
@@ -571,7 +573,7 @@ class CrossGapIndex:
 
 
 def _index_path(path: str | Path | None) -> Path:
-    return Path(path).expanduser() if path else default_index_path()
+    return (Path(path).expanduser() if path else default_index_path()).absolute()
 
 
 def _query(image=None, text=None, vector=None, item: int | None = None) -> dict:

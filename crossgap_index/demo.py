@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from crossgap_index.errors import QueryError
+
 if TYPE_CHECKING:  # the CLI imports DEMO_MODEL for its help text; the stack loads when the demo runs
     from crossgap_index.api import BuildReport, Hit, ProgressFn
 
@@ -51,6 +53,8 @@ def run_demo(
     from crossgap_index.datasets.synthetic import export_folder, make_item
 
     out = Path(out_dir).expanduser().resolve()
+    if out.exists() and not out.is_dir():
+        raise QueryError(f"{out} is a file: give a folder for the demo's images, index and contact sheet")
     folder = export_folder(out / "images", DEMO_SEED, n_images)
     with CrossGapIndex.open_or_create(out / "index", model=model, device=device) as index:
         build = index.index_folders([folder], progress=progress)

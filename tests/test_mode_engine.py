@@ -251,3 +251,37 @@ def test_an_index_from_before_the_mode_engine_opens_and_serves(tmp_path, labelle
         assert [h.id for h in cgx.search(image=query, k=5)] == expected
         assert len(cgx.search(image=query, k=5, mode="auto")) == 5
         assert cgx.info().tuned_mode is None
+
+
+def test_relative_index_path_serves_inversion_modes(tmp_path, labelled, monkeypatch):
+    """A relative --index once broke the inversion cache (a file URI needs an absolute path)."""
+    runner = CliRunner()
+    monkeypatch.chdir(tmp_path)
+    assert runner.invoke(app, ["build-index", str(labelled), "--index", "rel", "--model", MODEL, "-q"]).exit_code == 0
+    query = str(sorted(labelled.rglob("*.png"))[0])
+    for mode in ("cross", "fused"):
+        result = runner.invoke(app, ["query", query, "--index", "rel", "--mode", mode, "--steps", "2", "--json"])
+        assert result.exit_code == 0, result.output
+        assert len(json.loads(result.stdout)["hits"]) == 10
+
+
+def test_warm_follows_the_inverters_token_count(tmp_path, labelled):
+    with CrossGapIndex.create(tmp_path / "idx", model=MODEL, device="cpu") as cgx:
+        cgx.index_folders([labelled])
+        cgx.train_inverter(InverterConfig(n_tokens=4, steps=2, batch_size=8))
+        hits = cgx.search(image=sorted(labelled.rglob("*.png"))[0], mode="warm", k=3)
+    assert len(hits) == 3
+
+
+def test_tune_on_captions_splits_by_group(tmp_path, labelled):
+    with CrossGapIndex.create(tmp_path / "idx", model=MODEL, device="cpu") as cgx:
+        cgx.add_texts(["a red circle", "a blue square"])
+        result = cgx.tune(str(labelled / "captions.jsonl"), inversion=False)
+    assert result.record["task"] == "text-to-text"
+    assert result.record["selection"]["queries"] + result.record["report"]["queries"] == N
+
+
+def test_demo_into_a_file_is_one_line(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    result = CliRunner().invoke(app, ["demo", str(tmp_path / "afile"), "--model", MODEL, "-q"])
+    assert result.exit_code == 1 and "is a file" in result.stderr and "Traceback" not in result.output

@@ -101,7 +101,9 @@ def render(result: EvalResult) -> Group:
         )
     if result.sweep:
         parts.append(sweep_table(result))
-    times = ", ".join(f"{name} {seconds:.1f}s" for name, seconds in result.timings.items())
+    times = ", ".join(
+        f"{name} {seconds:.1f}s" for name, seconds in result.timings.items() if not name.endswith("_ms_per_image")
+    )
     parts.append(Text(f"wall time: {times}", style="dim"))
     parts += [Text(f"note: {note}", style="yellow") for note in result.dataset.get("notes", [])]
     return Group(*parts)

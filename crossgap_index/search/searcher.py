@@ -209,7 +209,8 @@ class Searcher:
             turns = leg.transform in ("invert", "inverter", "warm") or leg.gallery == "inverted"
             if turns and modality != collection:
                 raise QueryError(
-                    f"a {modality} query against {collection}s is already inter-modal; mode {mode.name} applies "
+                    f"{'an' if modality == 'image' else 'a'} {modality} query against {collection}s is already "
+                    f"inter-modal; mode {mode.name} applies "
                     "to image -> images and text -> texts (a vector query can name its modality)"
                 )
             if leg.gallery == "inverted":

@@ -7,6 +7,7 @@ projection queries on a warm index never touch the optimiser, and an intra query
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import threading
@@ -92,7 +93,10 @@ class ModelTransformer:
         if leg.transform == "inverter":
             return network.text_features(self._encoder().loaded, queries.features)
         init = network.tokens(queries.features)
-        return self._invert(queries, leg.inversion(), "oti", init=init, tag=f"warm:{network.fingerprint}")
+        config = dataclasses.replace(
+            leg.inversion(), n_tokens=network.config.n_tokens, template=network.config.template
+        )  # the network's tokens fill the network's prompt
+        return self._invert(queries, config, "oti", init=init, tag=f"warm:{network.fingerprint}")
 
     def projection(self, leg: Leg, collection: str) -> FeatureMap | None:
         """The span, iso or concept map a ``project`` leg uses, built once per settings and kept."""

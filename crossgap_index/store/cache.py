@@ -22,7 +22,7 @@ class InversionCache:
     it never fails a search (a read-only index directory, a damaged cache file)."""
 
     def __init__(self, directory: Path, writable: bool, legacy_catalog: Path | None = None):
-        self.path = directory / CACHE_NAME
+        self.path = (directory / CACHE_NAME).absolute()  # as_uri needs an absolute path
         self._writable = writable
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None

@@ -211,7 +211,7 @@ def _split(data: EvalDataset, encoder, task: str, seed: int, report) -> tuple[Fe
     queries = encoder.encode_texts(texts.query_texts)
     gallery = encoder.encode_texts(texts.gallery_texts)
     digests = tuple(content_hash(t.encode("utf-8", "surrogatepass")) for t in texts.query_texts)
-    halves = _halves(texts.query_groups, seed)
+    halves = _halves(np.zeros(len(texts.query_groups), np.int64), seed)  # each query is its own group: deal them
     out = []
     for rows in halves:
         keep = np.isin(texts.gallery_groups, texts.query_groups[rows])
@@ -236,7 +236,7 @@ def _halves(labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
         first += rows[0::2].tolist()
         second += rows[1::2].tolist()
     if len(first) < 2 or len(second) < 2:
-        raise InputFileError("tuning needs at least 4 labelled items (2 per half)")
+        raise InputFileError("tuning needs at least 4 labelled items (2 per half): give more images or caption groups")
     return np.sort(first), np.sort(second)
 
 
