@@ -108,8 +108,8 @@ def fails_cleanly(command):
             print(f"cgx: error:{where}: {exc.strerror or exc}", file=sys.stderr)
             raise typer.Exit(1) from None
         except Exception as exc:  # a bug: still one line, the traceback on request
-            if os.environ.get("CGX_DEBUG"):
-                raise
+            if hasattr(exc, "exit_code") or os.environ.get("CGX_DEBUG"):
+                raise  # typer's own exits and usage errors, or a debugging user
             print(
                 f"cgx: internal error: {type(exc).__name__}: {_one_line(exc)} (CGX_DEBUG=1 shows the traceback)",
                 file=sys.stderr,

@@ -54,7 +54,7 @@ class Projection:
 
     def apply(self, features: np.ndarray) -> np.ndarray:
         """Unit float32 rows ``normalise(f @ M.T)``."""
-        feats = _rows(features, self.matrix.shape[1])
+        feats = _rows(features, self.matrix.shape[1]).astype(np.float32)
         mapped = feats @ self.matrix.T
         norms = np.linalg.norm(mapped, axis=1, keepdims=True)
         return np.ascontiguousarray(mapped / np.maximum(norms, 1e-12), dtype=np.float32)
@@ -147,7 +147,7 @@ class ConceptMap:
 
     def apply(self, features: np.ndarray) -> np.ndarray:
         """Unit float32 rows: the square root of each feature's concept distribution."""
-        feats = _rows(features, self.vocabulary_features.shape[1]).astype(np.float64)
+        feats = _rows(features, self.vocabulary_features.shape[1])
         logits = feats @ self.vocabulary_features.T.astype(np.float64)
         logits = (logits - logits.max(axis=1, keepdims=True)) / self.tau
         weights = np.exp(logits)
@@ -156,8 +156,8 @@ class ConceptMap:
 
 
 def _rows(features, dim: int) -> np.ndarray:
-    """Finite float32 rows of dimension ``dim``, or a one-line QueryError."""
-    feats = np.atleast_2d(np.asarray(features, np.float32))
+    """Finite float64 rows of dimension ``dim``, or a one-line QueryError."""
+    feats = np.atleast_2d(np.asarray(features, np.float64))
     if feats.ndim != 2 or feats.shape[1] != dim:
         raise QueryError(f"features must be rows of dimension {dim}, got shape {feats.shape}")
     if not np.isfinite(feats).all():
