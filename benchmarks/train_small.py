@@ -97,8 +97,7 @@ def _normalise(pixels: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> t
 
 
 @torch.no_grad()
-def _quick_zero_shot(model: open_clip.CLIP, images: torch.Tensor, labels: torch.Tensor,
-                     prompts: torch.Tensor) -> float:
+def _quick_zero_shot(model: open_clip.CLIP, images: torch.Tensor, labels: torch.Tensor, prompts: torch.Tensor) -> float:
     model.eval()
     img = F.normalize(model.encode_image(images), dim=-1)
     txt = F.normalize(encode_text_prefix(model, prompts), dim=-1)
@@ -137,7 +136,9 @@ def train(args: argparse.Namespace, out: Path) -> dict:
     decay = [p for n, p in model.named_parameters() if not any(p is q for q in no_decay)]
     optimizer = torch.optim.AdamW(
         [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": args.wd}],
-        lr=args.lr, betas=(0.9, 0.98), eps=1e-6,
+        lr=args.lr,
+        betas=(0.9, 0.98),
+        eps=1e-6,
     )
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, args.warmup, args.steps))
     loss_fn = open_clip.ClipLoss()
@@ -186,15 +187,22 @@ def train(args: argparse.Namespace, out: Path) -> dict:
     state = {k: v.detach().half().contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(out / "open_clip_model.safetensors"))
     return {
-        "train_seed": TRAIN_SEED, "n_train_images": args.n_train, "captions_per_image": per_item,
-        "steps": args.steps, "batch": args.per_class * len(CLASS_NAMES), "batching": "class-balanced",
-        "lr": args.lr, "warmup": args.warmup, "weight_decay": args.wd,
+        "train_seed": TRAIN_SEED,
+        "n_train_images": args.n_train,
+        "captions_per_image": per_item,
+        "steps": args.steps,
+        "batch": args.per_class * len(CLASS_NAMES),
+        "batching": "class-balanced",
+        "lr": args.lr,
+        "warmup": args.warmup,
+        "weight_decay": args.wd,
         "optimizer": "AdamW(betas=(0.9, 0.98), eps=1e-6), linear warmup + cosine to 0",
         "loss": "open_clip.ClipLoss, learnable logit_scale clamped to <= 100",
         "augmentation": "none (fresh caption sampled per visit)",
         "params": sum(p.numel() for p in model.parameters()),
         "weights_bytes": (out / "open_clip_model.safetensors").stat().st_size,
-        "data_s": round(data_s, 1), "train_s": round(train_s, 1),
+        "data_s": round(data_s, 1),
+        "train_s": round(train_s, 1),
         "machine": f"{platform.machine()} {_cpu_name()}, torch {torch.__version__}, 1 thread",
         "history": history,
     }
@@ -218,8 +226,12 @@ def _cpu_name() -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", type=Path, default=BUNDLED / "open_clip_config.json",
-                        help="open_clip_config.json to train (default: the bundled crossgap-small)")
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=BUNDLED / "open_clip_config.json",
+        help="open_clip_config.json to train (default: the bundled crossgap-small)",
+    )
     parser.add_argument("--steps", type=int, default=1300)
     parser.add_argument("--per-class", type=int, default=2, help="images per class in a batch")
     parser.add_argument("--n-train", type=int, default=20000)

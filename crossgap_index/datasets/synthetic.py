@@ -80,8 +80,9 @@ def _unit_polygon(shape: str) -> np.ndarray:
         return np.stack([r * np.cos(t), r * np.sin(t)], 1)
     if shape == "cross":
         a, b = 0.3, 0.95
-        return np.array([(-a, -b), (a, -b), (a, -a), (b, -a), (b, a), (a, a),
-                         (a, b), (-a, b), (-a, a), (-b, a), (-b, -a), (-a, -a)])
+        return np.array(
+            [(-a, -b), (a, -b), (a, -a), (b, -a), (b, a), (a, a), (a, b), (-a, b), (-a, a), (-b, a), (-b, -a), (-a, -a)]
+        )
     if shape == "heart":
         t = np.linspace(0, 2 * np.pi, 48, endpoint=False)
         x = 16 * np.sin(t) ** 3
@@ -126,8 +127,9 @@ def _background(rng: np.random.Generator, rgb: tuple[int, int, int], texture: st
     return base + shade * mix
 
 
-def _draw(draw: ImageDraw.ImageDraw, shape: str, centre: np.ndarray, radius: float, angle: float,
-          rgb: tuple[int, int, int]) -> None:
+def _draw(
+    draw: ImageDraw.ImageDraw, shape: str, centre: np.ndarray, radius: float, angle: float, rgb: tuple[int, int, int]
+) -> None:
     rot = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
     points = _POLYGONS[shape] @ rot.T * radius + centre
     draw.polygon([tuple(p) for p in points], fill=rgb)
@@ -155,8 +157,16 @@ def _position_phrase(centre: np.ndarray) -> str:
     return f"in the {row} {col}" if col != "centre" else f"at the {row}"
 
 
-def _captions(rng: np.random.Generator, colour: str, shape: str, size: str | None, position: str,
-              background: str, texture: str, distractor: str | None) -> list[str]:
+def _captions(
+    rng: np.random.Generator,
+    colour: str,
+    shape: str,
+    size: str | None,
+    position: str,
+    background: str,
+    texture: str,
+    distractor: str | None,
+) -> list[str]:
     """Several web-like captions: always the dominant colour + shape, sometimes a nuisance."""
 
     def obj() -> str:
@@ -200,9 +210,7 @@ def make_item(seed: int, index: int) -> SyntheticItem:
     colour, shape = CLASS_NAMES[label].split(" ")
     background = list(_BACKGROUND_RGB)[rng.integers(len(_BACKGROUND_RGB))]
     texture = _TEXTURES[rng.integers(len(_TEXTURES))]
-    canvas = Image.fromarray(
-        np.clip(_background(rng, _BACKGROUND_RGB[background], texture), 0, 255).astype(np.uint8)
-    )
+    canvas = Image.fromarray(np.clip(_background(rng, _BACKGROUND_RGB[background], texture), 0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(canvas)
 
     rel = rng.uniform(0.22, 0.40)
@@ -215,8 +223,7 @@ def make_item(seed: int, index: int) -> SyntheticItem:
         d_radius = rng.uniform(0.08, 0.12) * _RENDER
         candidates = rng.uniform(d_radius, _RENDER - d_radius, (8, 2))
         d_centre = candidates[np.argmax(np.linalg.norm(candidates - centre, axis=1))]
-        _draw(draw, d_shape, d_centre, d_radius, rng.uniform(0, 2 * np.pi),
-              _jitter(rng, _COLOUR_RGB[d_colour], 20))
+        _draw(draw, d_shape, d_centre, d_radius, rng.uniform(0, 2 * np.pi), _jitter(rng, _COLOUR_RGB[d_colour], 20))
         distractor = f"{d_colour} {d_shape}"
     _draw(draw, shape, centre, radius, rng.uniform(0, 2 * np.pi), _jitter(rng, _COLOUR_RGB[colour], 20))
 
