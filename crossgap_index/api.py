@@ -577,10 +577,8 @@ def _index_path(path: str | Path | None) -> Path:
 
 
 def _query(image=None, text=None, vector=None, item: int | None = None) -> dict:
-    given = {k: v for k, v in (("image", image), ("text", text), ("vector", vector), ("item", item)) if v is not None}
-    if len(given) != 1:
-        raise QueryError("give exactly one of image=, text=, vector= or item=")
-    return given
+    """The keyword arguments as one query dict; the searcher checks that exactly one was given."""
+    return {k: v for k, v in (("image", image), ("text", text), ("vector", vector), ("item", item)) if v is not None}
 
 
 class _CatalogCache:

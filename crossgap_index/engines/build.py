@@ -220,7 +220,7 @@ def invert_gallery_images(store, loaded, config: InversionConfig, progress: Prog
     ids, vectors = catalog.ids_and_vectors("image", manifest.dim)
     done = catalog.derived_ids(GALLERY_OTI)
     todo = [i for i, item_id in enumerate(ids.tolist()) if item_id not in done]
-    seeds = [seed_from_digest(h) for h in catalog.content_hashes(ids[todo].tolist())]
+    seeds = [seed_from_digest(h) for h in catalog.content_hashes_of(ids[todo].tolist())]
     if progress:
         progress(0, len(todo))
     try:

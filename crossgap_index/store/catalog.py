@@ -67,6 +67,10 @@ class ItemRow:
     external_id: str | None
 
 
+# ids per `IN (...)` query: under SQLite's limit on bound parameters (999 in older builds)
+_ID_CHUNK = 900
+
+
 class Catalog:
     """Thin typed wrapper over one SQLite file, with one connection per thread.
 
@@ -235,18 +239,16 @@ class Catalog:
     def clear_derived(self, kind: str) -> None:
         self.conn.execute("DELETE FROM derived_vectors WHERE kind = ?", (kind,))
 
-    def content_hashes(self, ids: Sequence[int]) -> list[str]:
-        """Content hashes of ``ids``, in order."""
-        found = dict(self.conn.execute("SELECT id, content_hash FROM items WHERE modality = 'image'"))
-        return [found[int(i)] for i in ids]
-
     def content_hashes_of(self, ids: Sequence[int]) -> list[str]:
-        """Content hashes of items of any modality, in the order of ``ids``."""
-        marks = ",".join("?" * len(ids))
-        found = dict(
-            self.conn.execute(f"SELECT id, content_hash FROM items WHERE id IN ({marks})", [int(i) for i in ids])
-        )
-        return [found[int(i)] for i in ids]
+        """Content hashes of items of any modality, in the order of ``ids`` (any number of them: queried in
+        chunks that stay under SQLite's limit on bound parameters)."""
+        wanted = [int(i) for i in ids]
+        found: dict[int, str] = {}
+        for first in range(0, len(wanted), _ID_CHUNK):
+            chunk = wanted[first : first + _ID_CHUNK]
+            marks = ",".join("?" * len(chunk))
+            found.update(self.conn.execute(f"SELECT id, content_hash FROM items WHERE id IN ({marks})", chunk))
+        return [found[i] for i in wanted]
 
     def count_derived(self, kind: str) -> int:
         return self.conn.execute("SELECT COUNT(*) FROM derived_vectors WHERE kind = ?", (kind,)).fetchone()[0]
