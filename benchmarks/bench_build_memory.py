@@ -57,7 +57,7 @@ def make_photos(folder: Path, n: int, size: tuple[int, int], seed: int = 0) -> i
 def peak_build(folder: Path, index: Path, code_root: Path, model: str, batch_size: int) -> dict:
     """Build an index of ``folder`` in a fresh process; its peak RSS (MB) and wall time."""
     env = {**os.environ, "PYTHONPATH": str(code_root)}
-    cmd = ["/usr/bin/time", "-f", "MAXRSS_KB %M", sys.executable, "-m", "cli", "build-index", str(folder)]
+    cmd = ["/usr/bin/time", "-f", "MAXRSS_KB %M", sys.executable, "-m", "crossgap_index", "build-index", str(folder)]
     cmd += ["--index", str(index), "--model", model, "--device", "cpu", "--batch-size", str(batch_size), "-q"]
     start = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=code_root)

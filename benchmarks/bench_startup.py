@@ -109,8 +109,8 @@ def main() -> None:
             build_index(indexes[model], model)
         first = indexes[args.models.split(",")[0]]
         fast = {
-            "cgx --help": [sys.executable, "-m", "cli", "--help"],
-            "cgx info": [sys.executable, "-m", "cli", "info", "--index", str(first)],
+            "cgx --help": [sys.executable, "-m", "crossgap_index", "--help"],
+            "cgx info": [sys.executable, "-m", "crossgap_index", "info", "--index", str(first)],
         }
         # On a shared machine the load moves: take each figure in rounds, one run per tree per round.
         samples: dict = {label: {name: [] for name in fast} for label in trees}
@@ -128,7 +128,7 @@ def main() -> None:
             empty = Path(tmp) / f"empty-{label}"
             empty.mkdir()
             results["commands"][label]["build-index, uncached pretrained model, no network"] = wall(
-                [sys.executable, "-m", "cli", "build-index", str(empty), "--index", str(Path(tmp) / f"off-{label}"),
+                [sys.executable, "-m", "crossgap_index", "build-index", str(empty), "--index", str(Path(tmp) / f"off-{label}"),
                  "--model", "ViT-B-32/laion2b_s34b_b79k"],
                 root, 1, expect=1, env=offline_env,
             )  # fmt: skip

@@ -9,7 +9,7 @@ import sys
 import pytest
 from typer.testing import CliRunner
 
-from cli.app import app
+from crossgap_index.cli.app import app
 from tests.conftest import MODEL, write_broken_files, write_photo
 
 runner = CliRunner()
@@ -168,7 +168,7 @@ def test_installed_cgx_runs_as_a_subprocess(tmp_path, photo_folder):
         [
             sys.executable,
             "-m",
-            "cli",
+            "crossgap_index",
             "build-index",
             photo_folder,
             "--index",

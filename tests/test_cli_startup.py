@@ -12,7 +12,7 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from cli.app import app
+from crossgap_index.cli.app import app
 from crossgap_index import CrossGapIndex
 from tests.conftest import MODEL, write_photo
 
@@ -32,7 +32,7 @@ def run_python(code: str, *args: str, env: dict | None = None) -> subprocess.Com
 # Runs the real entry point, then reports which modules it imported on the last stderr line.
 CGX_AND_MODULES = """
 import json, sys
-from cli.app import main
+from crossgap_index.cli.app import main
 try:
     main()
 except SystemExit as exc:
@@ -49,7 +49,7 @@ def cgx_modules(*args: str) -> tuple[dict, subprocess.CompletedProcess]:
 
 
 def test_importing_the_cli_imports_no_torch():
-    proc = run_python("import sys, json, cli.app; print(json.dumps(sorted(sys.modules)))")
+    proc = run_python("import sys, json, crossgap_index.cli.app; print(json.dumps(sorted(sys.modules)))")
     modules = set(json.loads(proc.stdout))
     assert proc.returncode == 0, proc.stderr
     assert not modules & set(HEAVY)
@@ -150,7 +150,7 @@ def test_tables_keep_whole_paths_when_not_a_terminal(tmp_path):
 
 
 def test_help_states_the_library_rrf_constant():
-    from cli.app import RRF_K_DEFAULT
+    from crossgap_index.cli.app import RRF_K_DEFAULT
     from crossgap_index.search.merge import RRF_K
 
     assert RRF_K_DEFAULT == RRF_K  # stated in the CLI so that --help imports no numpy

@@ -3,7 +3,7 @@
 from PIL import Image
 from typer.testing import CliRunner
 
-from cli.app import app
+from crossgap_index.cli.app import app
 from crossgap_index.demo import DEMO_MODES, run_demo
 
 

@@ -124,7 +124,7 @@ def test_interrupted_driver_resumes_in_the_index_precision(tmp_path, folder):
 def test_cli_engine_ray_builds_and_unknown_engine_is_one_line(tmp_path, folder):
     from typer.testing import CliRunner
 
-    from cli.app import app
+    from crossgap_index.cli.app import app
 
     runner = CliRunner()
     args = ["build-index", str(folder), "--model", MODEL, "--device", "cpu", "--max-image-megapixels", "5", "-q"]

@@ -8,7 +8,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from cli.eval_command import eval_command
+from crossgap_index.cli.eval_command import eval_command
 from crossgap_index.datasets.synthetic import CLASS_NAMES, export_folder
 from crossgap_index.errors import CrossGapError, InputFileError, QueryError
 from crossgap_index.evaluation.data import load_dataset, read_vocab

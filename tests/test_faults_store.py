@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from cli.app import app
+from crossgap_index.cli.app import app
 from crossgap_index import CrossGapIndex
 from crossgap_index.errors import StoreError
 from crossgap_index.inversion import InversionConfig
@@ -85,7 +85,7 @@ def cgx_process(*args, **kwargs) -> subprocess.Popen:
     """The real `cgx` in its own process, running this worktree's code."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     return subprocess.Popen(
-        [sys.executable, "-m", "cli", *map(str, args)],
+        [sys.executable, "-m", "crossgap_index", *map(str, args)],
         cwd=REPO,
         env=env,
         stdout=subprocess.PIPE,
@@ -332,7 +332,7 @@ import json, os, sys
 from crossgap_index import CrossGapIndex
 omp = os.environ.get("OMP_WAIT_POLICY")
 from typer.testing import CliRunner
-from cli.app import app
+from crossgap_index.cli.app import app
 from crossgap_index.errors import StoreError
 from crossgap_index.inversion import InversionConfig
 index, query = sys.argv[1], sys.argv[2]

@@ -10,7 +10,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from cli.app import app
+from crossgap_index.cli.app import app
 from crossgap_index import CrossGapIndex
 from crossgap_index.datasets.synthetic import export_folder
 from crossgap_index.errors import IncompatibleModelError, StoreError

@@ -16,7 +16,7 @@ from open_clip.tokenizer import SimpleTokenizer
 from PIL import Image
 from typer.testing import CliRunner
 
-from cli.app import app
+from crossgap_index.cli.app import app
 from crossgap_index import CrossGapIndex
 from crossgap_index import precision as precision_module
 from crossgap_index.inversion import InversionConfig, oti, ovi

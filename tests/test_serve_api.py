@@ -414,7 +414,7 @@ def test_binding_beyond_loopback_needs_a_token():
     env = {k: v for k, v in os.environ.items() if k != "CGX_TOKEN"}
     env["PYTHONPATH"] = str(REPO)
     done = subprocess.run(
-        [sys.executable, "-m", "cli", "serve", "--host", "0.0.0.0", "--index", "/nonexistent"],
+        [sys.executable, "-m", "crossgap_index", "serve", "--host", "0.0.0.0", "--index", "/nonexistent"],
         capture_output=True,
         text=True,
         env=env,
@@ -428,7 +428,7 @@ def test_binding_beyond_loopback_needs_a_token():
 def test_sigterm_finishes_the_request_in_flight(built):
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "cli", "serve", "--index", str(built[0]), "--port", "0", "--device", "cpu"],
+        [sys.executable, "-m", "crossgap_index", "serve", "--index", str(built[0]), "--port", "0", "--device", "cpu"],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

@@ -17,12 +17,12 @@ from rich.markup import escape
 
 # Start-up stays light: only torch-free modules here. The library, rich rendering, numpy, FAISS and
 # torch load inside the commands that use them (`cgx --help` and `cgx info` never import torch).
-from cli.eval_command import eval_command
-from cli.export_command import export_command
-from cli.maintenance import NoWaitOpt, check_command, ls_command, remove_command
-from cli.query_arg import query_kind
-from cli.serve_command import serve_command
-from cli.tune_command import train_inverter_command, tune_command
+from crossgap_index.cli.eval_command import eval_command
+from crossgap_index.cli.export_command import export_command
+from crossgap_index.cli.maintenance import NoWaitOpt, check_command, ls_command, remove_command
+from crossgap_index.cli.query_arg import query_kind
+from crossgap_index.cli.serve_command import serve_command
+from crossgap_index.cli.tune_command import train_inverter_command, tune_command
 from crossgap_index import __version__
 from crossgap_index.demo import DEMO_MODEL
 from crossgap_index.errors import CrossGapError, CrossGapWarning
@@ -178,7 +178,7 @@ def build_index(
 ) -> None:
     """Embed the images under FOLDERS into the index. Incremental: unchanged files are skipped,
     changed ones re-embedded, deleted ones removed, renamed or duplicate files reuse stored vectors."""
-    from cli.render import build_summary, err, printable, progress_bar
+    from crossgap_index.cli.render import build_summary, err, printable, progress_bar
     from crossgap_index import CrossGapIndex
     from crossgap_index.engines import get_engine
     from crossgap_index.ingest.discover import resolve_roots
@@ -227,7 +227,7 @@ def add_texts(
     quiet: QuietOpt = False,
 ) -> None:
     """Add a text corpus beside the images; exact duplicates are stored once."""
-    from cli.render import err, progress_bar
+    from crossgap_index.cli.render import err, progress_bar
     from crossgap_index import CrossGapIndex
     from crossgap_index.ingest.texts import read_text_corpus
 
@@ -318,7 +318,7 @@ def query(
 
     QUERY is an image when it names an existing image file, else text; an argument with an image
     extension that names no file is an error (use --text to search for such text)."""
-    from cli.render import err, inversion_bar, print_hits
+    from crossgap_index.cli.render import err, inversion_bar, print_hits
     from crossgap_index import CrossGapIndex
     from crossgap_index.evaluation.data import read_vocab
 
@@ -384,7 +384,7 @@ def info(
     json_out: Annotated[bool, typer.Option("--json", help="One JSON document on stdout.")] = False,
 ) -> None:
     """Model, dimension, counts, FAISS factories and sizes on disk of an index."""
-    from cli.render import info_table, out
+    from crossgap_index.cli.render import info_table, out
     from crossgap_index import CrossGapIndex
 
     with CrossGapIndex.open(index) as cgx:
@@ -412,7 +412,7 @@ def demo(
     """Offline demo: generate labelled synthetic photos, index them with the bundled crossgap-small model,
     tune the index on other labelled photos, and show a held-out query where the tuned mode changes the
     top results, beside plain intra-modal search, with a contact sheet."""
-    from cli.render import build_summary, err, hits_table, out, progress_bar
+    from crossgap_index.cli.render import build_summary, err, hits_table, out, progress_bar
     from crossgap_index.demo import run_demo
 
     with progress_bar("embedding", "img", enabled=not quiet) as progress:

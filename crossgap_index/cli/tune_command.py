@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from cli.render import err, out, progress_bar
+from crossgap_index.cli.render import err, out, progress_bar
 
 
 def tune_command(
@@ -97,6 +97,6 @@ def train_inverter_command(
 
 
 def _stages(enabled: bool):
-    from cli.eval_command import _progress
+    from crossgap_index.cli.eval_command import _progress
 
     return _progress(enabled)

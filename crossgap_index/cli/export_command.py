@@ -30,7 +30,7 @@ def export_command(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No summary on stderr.")] = False,
 ) -> None:
     """Write the stored vectors (unit float32, inner product) with ids, paths, texts and external ids."""
-    from cli.render import err
+    from crossgap_index.cli.render import err
     from crossgap_index.export import export_index
     from crossgap_index.store.directory import default_index_path
 

@@ -98,7 +98,7 @@ def eval_command(
     the index's tuned mode; plus zero-shot accuracy as a control. Metrics: mAP (headline), mAP@R,
     R-precision, Recall@1.
     """
-    from cli.render import err, out
+    from crossgap_index.cli.render import err, out
     from crossgap_index.evaluation.data import load_dataset, read_vocab
     from crossgap_index.evaluation.protocol import evaluate
     from crossgap_index.evaluation.report import render, write_plots
@@ -164,7 +164,7 @@ def _progress(enabled: bool) -> Iterator[EvalProgress]:
     """A ``progress(stage, done, total)`` callback: one bar per stage on stderr, started on first use."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from cli.render import err
+    from crossgap_index.cli.render import err
 
     bar = Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=err
