@@ -172,7 +172,8 @@ class _server:
 
     def __init__(self, index_path: Path, batching: bool, args):
         self.cmd = [
-            sys.executable, "-m", "crossgap_index", "serve", "--index", str(index_path), "--port", "0", "--device", "cpu",
+            sys.executable, "-m", "crossgap_index", "serve", "--index", str(index_path),
+            "--port", "0", "--device", "cpu",
             "--max-batch", str(args.max_batch if batching else 1),
             "--batch-window-ms", str(args.window_ms if batching else 0.0),
         ]  # fmt: skip

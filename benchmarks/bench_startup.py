@@ -128,7 +128,8 @@ def main() -> None:
             empty = Path(tmp) / f"empty-{label}"
             empty.mkdir()
             results["commands"][label]["build-index, uncached pretrained model, no network"] = wall(
-                [sys.executable, "-m", "crossgap_index", "build-index", str(empty), "--index", str(Path(tmp) / f"off-{label}"),
+                [sys.executable, "-m", "crossgap_index", "build-index", str(empty),
+                 "--index", str(Path(tmp) / f"off-{label}"),
                  "--model", "ViT-B-32/laion2b_s34b_b79k"],
                 root, 1, expect=1, env=offline_env,
             )  # fmt: skip

@@ -15,11 +15,21 @@ _LAZY = {
     "CrossGapIndex": "crossgap_index.api",
     "Hit": "crossgap_index.api",
     "IndexInfo": "crossgap_index.api",
+    "SearchOptions": "crossgap_index.search.options",
     "TextReport": "crossgap_index.api",
     "CrossGapError": "crossgap_index.errors",
 }
 
-__all__ = ["BuildReport", "CrossGapError", "CrossGapIndex", "Hit", "IndexInfo", "TextReport", "__version__"]
+__all__ = [
+    "BuildReport",
+    "CrossGapError",
+    "CrossGapIndex",
+    "Hit",
+    "IndexInfo",
+    "SearchOptions",
+    "TextReport",
+    "__version__",
+]
 
 
 def __getattr__(name: str):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,8 +23,9 @@ from crossgap_index.inversion import InversionConfig
 from crossgap_index.models import check_device, default_model_spec, local_weights, parse_spec
 from crossgap_index.precision import after_write, check_setting, precision_for_index, precision_for_new_index
 from crossgap_index.search.engine import Queries
-from crossgap_index.search.modes import FUSION_DEPTH, RRF_K, Mode, resolve_mode
-from crossgap_index.search.searcher import Hit, QueryTransform, Searcher, collection_of
+from crossgap_index.search.modes import Mode, resolve_mode
+from crossgap_index.search.options import SearchOptions
+from crossgap_index.search.searcher import Hit, QueryTransform, Searcher
 from crossgap_index.store.catalog import ItemRow
 from crossgap_index.store.check import CheckReport, check_store
 from crossgap_index.store.directory import IndexExistsError, Store, default_index_path
@@ -35,7 +37,7 @@ if TYPE_CHECKING:  # torch loads with the first model, inside the methods that n
     from crossgap_index.models import Encoder
 
 INVERTER_FILE = "inverter.safetensors"
-__all__ = ["BuildReport", "CrossGapIndex", "Hit", "IndexInfo", "Query", "QueryTransform", "TextReport"]
+__all__ = ["BuildReport", "CrossGapIndex", "Hit", "IndexInfo", "Query", "QueryTransform", "SearchOptions", "TextReport"]
 
 # progress(done, total): called as files (or gallery images) are processed.
 ProgressFn = Callable[[int, int], None]
@@ -94,6 +96,8 @@ class CrossGapIndex:
         self._encoder: Encoder | None = None
         self._searcher: Searcher | None = None
         self._inverter_net: Inverter | None = None
+        # The model, searcher and inverter load on first use; threads that arrive together build them once.
+        self._loading = threading.RLock()
 
     # -- lifecycle ------------------------------------------------------------------------
     @classmethod
@@ -207,20 +211,26 @@ class CrossGapIndex:
     @property
     def encoder(self) -> Encoder:
         if self._encoder is None:
-            from crossgap_index.models import Encoder, load_model
-
-            loaded = load_model(self._store.manifest.model, self._device)
-            stored, where = self._store.manifest.precision, f"index at {self.path}"
-            agreement = lambda: self._agreement(loaded)  # noqa: E731 - measured only when precisions differ
-            precision = precision_for_index(self._precision, stored, loaded.device, agreement, where)
-            encoder = Encoder(loaded, precision=precision)
-            if encoder.dim != self._store.manifest.dim:
-                raise StoreError(
-                    f"{self.path / 'manifest.json'}: model '{self._store.manifest.model}' makes {encoder.dim}-d "
-                    f"vectors, the index holds {self._store.manifest.dim}-d ones"
-                )
-            self._encoder = encoder
+            with self._loading:
+                if self._encoder is None:
+                    self._encoder = self._load_encoder()
         return self._encoder
+
+    def _load_encoder(self) -> Encoder:
+        """The index's model in the precision its vectors admit; refuses a model of another dimension."""
+        from crossgap_index.models import Encoder, load_model
+
+        loaded = load_model(self._store.manifest.model, self._device)
+        stored, where = self._store.manifest.precision, f"index at {self.path}"
+        agreement = lambda: self._agreement(loaded)  # noqa: E731 - measured only when precisions differ
+        precision = precision_for_index(self._precision, stored, loaded.device, agreement, where)
+        encoder = Encoder(loaded, precision=precision)
+        if encoder.dim != self._store.manifest.dim:
+            raise StoreError(
+                f"{self.path / 'manifest.json'}: model '{self._store.manifest.model}' makes {encoder.dim}-d "
+                f"vectors, the index holds {self._store.manifest.dim}-d ones"
+            )
+        return encoder
 
     def _agreement(self, loaded) -> float:
         """The model's fp32/bf16 probe agreement, measured once per index and kept in its manifest."""
@@ -326,10 +336,16 @@ class CrossGapIndex:
     def searcher(self) -> Searcher:
         """The read side (search/searcher.py); one per opened index, shared by every thread."""
         if self._searcher is None:
-            inverter = self._inverter if (self.path / INVERTER_FILE).is_file() else None
-            self._searcher = Searcher(
-                self._store, self._store.manifest.model, lambda: self.encoder, inverter, _CatalogCache(self._store)
-            )
+            with self._loading:
+                if self._searcher is None:
+                    inverter = self._inverter if (self.path / INVERTER_FILE).is_file() else None
+                    self._searcher = Searcher(
+                        self._store,
+                        self._store.manifest.model,
+                        lambda: self.encoder,
+                        inverter,
+                        _CatalogCache(self._store),
+                    )
         return self._searcher
 
     def embed_query(self, image: str | Path | Image.Image | None = None, text: str | None = None, vector=None) -> Query:
@@ -363,92 +379,50 @@ class CrossGapIndex:
         vector=None,
         *,
         item: int | None = None,
-        target: str = "images",
-        k: int = 10,
-        mode: str = "intra",
-        merge: str = "rrf",
-        alpha: float = 0.5,
-        rrf_k: int = RRF_K,
-        depth: int = FUSION_DEPTH,
-        inversion: InversionConfig | None = None,
-        projection: dict | None = None,
-        use_cache: bool = True,
+        options: SearchOptions | None = None,
         progress: InversionProgressFn | None = None,
+        **settings,
     ) -> list[Hit]:
         """Top-k items of ``target`` ('images' or 'texts') for one query (image, text, vector or stored item).
 
-        Modes (search/modes.py): ``intra`` the query's own embedding; ``cross`` OTI/OVI inversion into the
-        other modality; ``fused`` intra and cross merged (``merge`` rrf with ``rrf_k`` or score with the cross
-        weight ``alpha``, each list ``depth`` deep); ``cross-gallery`` against the gallery's stored OTI
-        features; ``span`` / ``iso`` zero-cost projections of query and gallery (``projection`` settings);
-        ``inverter`` / ``warm`` the trained inversion network, alone or as the start of a few OTI steps;
-        ``auto`` the mode ``cgx tune`` stored, else the documented default. ``inversion`` overrides the
-        served OTI/OVI settings (default: 25 OTI steps).
+        How to search is one ``SearchOptions`` (search/options.py), or its fields as keywords
+        (``target``, ``k``, ``mode``, ``merge``, ``alpha``, ``rrf_k``, ``depth``, ``inversion``, ``projection``,
+        ``use_cache``), which override ``options``. Modes (search/modes.py): ``intra`` the query's own embedding;
+        ``cross`` OTI/OVI inversion into the other modality; ``fused`` intra and cross merged; ``cross-gallery``
+        against the gallery's stored OTI features; ``span`` / ``iso`` / ``concept`` zero-cost maps of query and
+        gallery; ``inverter`` / ``warm`` the trained inversion network, alone or as the start of a few OTI
+        steps; ``auto`` the mode ``cgx tune`` stored, else the documented default. A query that is already
+        inter-modal (text against images) is served as it is by every mode that would turn it.
         """
         query = _query(image, text, vector, item)
-        return self.search_batch(
-            [query],
-            target=target,
-            k=k,
-            mode=mode,
-            merge=merge,
-            alpha=alpha,
-            rrf_k=rrf_k,
-            depth=depth,
-            inversion=inversion,
-            projection=projection,
-            use_cache=use_cache,
-            progress=progress,
-        )[0]
+        return self.search_batch([query], options, progress=progress, **settings)[0]
 
     @_reads
     def search_batch(
         self,
         queries: Sequence[dict],
+        options: SearchOptions | None = None,
         *,
-        target: str = "images",
-        k: int = 10,
-        mode: str | Mode = "intra",
-        merge: str = "rrf",
-        alpha: float = 0.5,
-        rrf_k: int = RRF_K,
-        depth: int = FUSION_DEPTH,
-        inversion: InversionConfig | None = None,
-        projection: dict | None = None,
-        use_cache: bool = True,
         progress: InversionProgressFn | None = None,
         timings: dict | None = None,
+        **settings,
     ) -> list[list[Hit]]:
         """Hits for many queries at once, each a dict with one of ``image``, ``text``, ``vector`` (optionally
-        with ``modality``) or ``item`` (a stored item's id). Inversions of the batch run together; each
-        query's hits equal its solo ``search``. ``timings``, when given, receives embed/search milliseconds
-        and the inversion batch size."""
-        searcher = self.searcher
-        if not use_cache or progress is not None:
-            searcher = searcher.with_options(_CatalogCache(self._store) if use_cache else None, progress)
-        return searcher.search_batch(
-            queries,
-            target=target,
-            k=k,
-            mode=mode,
-            timings=timings,
-            merge=merge,
-            alpha=alpha,
-            rrf_k=rrf_k,
-            depth=depth,
-            inversion=inversion,
-            projection=projection,
-        )
+        with ``modality``) or ``item`` (a stored item's id); ``options``/``settings`` as for ``search``.
+        Inversions of the batch run together; each query's hits equal its solo ``search``. ``timings``, when
+        given, receives embed/search milliseconds and the inversion batch size."""
+        chosen = SearchOptions.of(options, **settings)
+        return self.searcher.search_batch(queries, chosen, progress=progress, timings=timings)
 
     @_reads
     def item(self, item_id: int) -> ItemRow | None:
         """The stored item with this id (modality, path or text, external id), or None."""
         return self._store.catalog.rows([item_id]).get(item_id)
 
-    def served_mode(self, mode: str, query_modality: str, target: str = "images") -> Mode:
-        """The Mode ``mode`` runs for a query of ``query_modality`` against ``target`` (``auto``: the tuned
-        one); e.g. ``.inverts`` tells a server which queries to batch."""
-        return self.searcher.resolve(mode, query_modality, collection_of(target))
+    def served_mode(self, options: SearchOptions, query_modality: str) -> Mode:
+        """The Mode a query of ``query_modality`` asked with ``options`` runs (``auto``: the tuned one);
+        e.g. ``.inverts`` tells a server which queries to batch."""
+        return self.searcher.served(options, query_modality)
 
     @_reads
     def transform_query(
@@ -458,17 +432,17 @@ class CrossGapIndex:
         vector=None,
         *,
         item: int | None = None,
-        target: str = "images",
-        mode: str = "auto",
+        options: SearchOptions | None = None,
         **settings,
     ) -> QueryTransform:
-        """The vector(s) ``mode`` searches with, and whether the gallery must be projected: so any vector
-        database can be queried the way ``search`` would."""
-        return self.searcher.transform_query(_query(image, text, vector, item), target=target, mode=mode, **settings)
+        """The vector(s) a mode (default ``auto``) searches with, and whether the gallery must be mapped: so
+        any vector database can be queried the way ``search`` would."""
+        chosen = SearchOptions.of(options or SearchOptions(mode="auto"), **settings)
+        return self.searcher.transform_query(_query(image, text, vector, item), chosen)
 
-    def describe_mode(self, mode: str, query_modality: str, target: str = "images", **settings) -> dict:
+    def describe_mode(self, query_modality: str, options: SearchOptions | None = None, **settings) -> dict:
         """The mode a query of ``query_modality`` is served with (``auto`` resolved), as data and as one line."""
-        chosen = self.searcher.resolve(mode, query_modality, collection_of(target), **settings)
+        chosen = self.served_mode(SearchOptions.of(options, **settings), query_modality)
         return {"name": chosen.name, "summary": chosen.describe(), **chosen.to_dict()}
 
     @property
@@ -519,9 +493,11 @@ class CrossGapIndex:
         if self._inverter_net is None:
             from crossgap_index.inversion.inverter import Inverter
 
-            self._inverter_net = Inverter.load(
-                self.path / INVERTER_FILE, self._store.manifest.model, self.encoder.device
-            )
+            with self._loading:
+                if self._inverter_net is None:
+                    self._inverter_net = Inverter.load(
+                        self.path / INVERTER_FILE, self._store.manifest.model, self.encoder.device
+                    )
         return self._inverter_net
 
     def info(self) -> IndexInfo:

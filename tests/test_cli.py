@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -87,7 +88,6 @@ def test_texts_then_text_query_and_info(built, tmp_path):
         (["build-index", "{tmp}", "--index", "{tmp}/new2", "--model", MODEL, "--factory", "Bogus"], "invalid FAISS"),
         (["build-index", "{tmp}", "--index", "{tmp}/new3", "--model", "ViT-B-32/nope"], "unknown pretrained tag"),
         (["info", "--index", "{tmp}/missing"], "no crossgap index"),
-        (["query", "a red bicycle", "--mode", "cross", "--index", "{idx}"], "already inter-modal"),
         (["query", "{tmp}/ok.png", "--mode", "cross-gallery", "--index", "{idx}"], "no OTI feature yet"),
         (["query", "{tmp}/ok.png", "--cross", "--template", "no placeholder", "--index", "{idx}"], "template"),
     ],
@@ -148,7 +148,9 @@ def test_invert_gallery_then_cross_gallery(built, photo_folder):
 
 
 def test_installed_cgx_runs_as_a_subprocess(tmp_path, photo_folder):
-    exe = shutil.which("cgx") or pytest.fail("the cgx console script is not installed")
+    # beside this interpreter (a virtual environment need not be on PATH), else on PATH
+    exe = shutil.which("cgx", path=str(Path(sys.executable).parent)) or shutil.which("cgx")
+    exe = exe or pytest.fail("the cgx console script is not installed")
     env = {**os.environ, "CGX_INDEX": str(tmp_path / "idx"), "CGX_MODEL": MODEL, "HF_HUB_OFFLINE": "1"}
     build = subprocess.run(
         [exe, "build-index", photo_folder, "--device", "cpu"], capture_output=True, text=True, env=env

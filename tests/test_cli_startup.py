@@ -12,8 +12,8 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from crossgap_index.cli.app import app
 from crossgap_index import CrossGapIndex
+from crossgap_index.cli.app import app
 from tests.conftest import MODEL, write_photo
 
 REPO = Path(__file__).resolve().parents[1]

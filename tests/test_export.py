@@ -10,8 +10,8 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from crossgap_index.cli.app import app
 from crossgap_index import CrossGapIndex
+from crossgap_index.cli.app import app
 from crossgap_index.errors import QueryError
 from crossgap_index.export import export_index
 from crossgap_index.inversion import InversionConfig

@@ -18,8 +18,8 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from crossgap_index.cli.app import app
 from crossgap_index import CrossGapIndex
+from crossgap_index.cli.app import app
 from crossgap_index.errors import ModelUnavailableError, QueryError
 from crossgap_index.ingest.decode import DecodeError, SkippedFile, _draft, decode_rgb, read_file
 from crossgap_index.ingest.pipeline import decode_side
@@ -39,7 +39,11 @@ def run_cgx(*args: object, timeout: float = 120) -> subprocess.CompletedProcess:
     """The real `cgx` entry point in a child process (this worktree's code first)."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     return subprocess.run(
-        [sys.executable, "-m", "crossgap_index", *map(str, args)], capture_output=True, env=env, timeout=timeout, cwd=REPO
+        [sys.executable, "-m", "crossgap_index", *map(str, args)],
+        capture_output=True,
+        env=env,
+        timeout=timeout,
+        cwd=REPO,
     )
 
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from crossgap_index.cli.query_arg import query_kind
 from crossgap_index import CrossGapIndex
+from crossgap_index.cli.query_arg import query_kind
 from crossgap_index.errors import ModelUnavailableError, QueryError
 from crossgap_index.inversion import InversionConfig
 from tests.conftest import MODEL
@@ -24,7 +24,12 @@ LONG_TEXT = "a small red bicycle leaning on a wall " * 12  # 456 bytes, about 10
 def run_cgx(*args: object) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     return subprocess.run(
-        [sys.executable, "-m", "crossgap_index", *map(str, args)], capture_output=True, text=True, env=env, timeout=120, cwd=REPO
+        [sys.executable, "-m", "crossgap_index", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        cwd=REPO,
     )
 
 

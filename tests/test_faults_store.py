@@ -25,8 +25,8 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from crossgap_index.cli.app import app
 from crossgap_index import CrossGapIndex
+from crossgap_index.cli.app import app
 from crossgap_index.errors import StoreError
 from crossgap_index.inversion import InversionConfig
 from crossgap_index.store.lock import IndexLock

@@ -69,3 +69,55 @@ def test_adapter_hits_equal_index_search(world, kind, target, mode, merge, backe
     assert [h.path for h in got] == [h.path for h in expected] and [h.text for h in got] == [h.text for h in expected]
     np.testing.assert_allclose([h.score for h in got], [h.score for h in expected], rtol=1e-4, atol=1e-5)
     assert [h.ranks for h in got] == [h.ranks for h in expected]
+
+
+def _hybrid(world, reranker, text: str):
+    from crossgap_index.integrations.lancedb import PLAIN_COLUMN
+
+    plain = world.cgx.embed_query(text=text).feature
+    return (
+        world.table.search(query_type="hybrid", vector_column_name=PLAIN_COLUMN)
+        .vector(plain)
+        .text(text)
+        .where("modality = 'text'", prefilter=True)
+        .limit(DEPTH)
+        .rerank(reranker)
+        .to_arrow()
+    )
+
+
+@pytest.fixture(scope="module")
+def fts(world):
+    from lancedb.index import FTS
+
+    world.table.create_index("text", config=FTS())
+    return world
+
+
+def test_lancedb_hybrid_search_reranks_the_union_like_index_search(fts):
+    from crossgap_index import SearchOptions
+    from crossgap_index.integrations.lancedb import CrossGapReranker, hits_of
+
+    options = SearchOptions(target="texts", mode="cross", inversion=CONFIG, depth=DEPTH)
+    reranker = CrossGapReranker(index=fts.cgx, options=options)
+    results = _hybrid(fts, reranker, "two red shapes")
+    expected = fts.cgx.search(text="two red shapes", options=options, k=K)
+    got = hits_of(results, reranker.transform_for("two red shapes"), K)
+    assert [h.id for h in got] == [h.id for h in expected]
+    assert [h.ranks for h in got] == [h.ranks for h in expected]
+
+
+def test_one_lancedb_reranker_serves_concurrent_queries(fts):
+    """Nothing per query lives on the instance: threads sharing one reranker each get their own answer."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from crossgap_index import SearchOptions
+    from crossgap_index.integrations.lancedb import CrossGapReranker
+
+    reranker = CrossGapReranker(index=fts.cgx, options=SearchOptions(target="texts", mode="span", depth=DEPTH))
+    queries = [f"{n} {c} shapes" for n in ("two", "many") for c in ("red", "blue", "green")] * 2
+    alone = {q: _hybrid(fts, reranker, q).column("id").to_pylist() for q in set(queries)}
+    assert len({tuple(v) for v in alone.values()}) > 1  # the queries really differ
+    with ThreadPoolExecutor(8) as pool:
+        together = list(pool.map(lambda q: _hybrid(fts, reranker, q).column("id").to_pylist(), queries))
+    assert together == [alone[q] for q in queries]

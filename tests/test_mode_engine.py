@@ -10,8 +10,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from crossgap_index.cli.app import app
 from crossgap_index import CrossGapIndex
+from crossgap_index.cli.app import app
 from crossgap_index.datasets.synthetic import export_folder
 from crossgap_index.errors import IncompatibleModelError, StoreError
 from crossgap_index.inversion import InversionConfig

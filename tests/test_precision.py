@@ -16,9 +16,9 @@ from open_clip.tokenizer import SimpleTokenizer
 from PIL import Image
 from typer.testing import CliRunner
 
-from crossgap_index.cli.app import app
 from crossgap_index import CrossGapIndex
 from crossgap_index import precision as precision_module
+from crossgap_index.cli.app import app
 from crossgap_index.inversion import InversionConfig, oti, ovi
 from crossgap_index.inversion.family import text_tower
 from crossgap_index.inversion.text import fast_text_features, reference_text_features, tokenize_prompt

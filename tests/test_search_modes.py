@@ -71,9 +71,11 @@ def test_text_to_texts_cross_uses_ovi(index):
     assert len(hits) == 4 and all(h.modality == "text" for h in hits)
 
 
-def test_cross_is_refused_when_already_inter_modal(index):
-    with pytest.raises(QueryError, match="already inter-modal"):
-        index.search(text="a red circle", target="images", mode="cross")
+def test_a_query_already_inter_modal_is_served_as_it_is(index):
+    """A text query against images is the cross search already: modes that would turn it serve it plain."""
+    plain = [h.id for h in index.search(text="a red circle", target="images", mode="intra")]
+    for mode in ("cross", "fused", "auto"):
+        assert [h.id for h in index.search(text="a red circle", target="images", mode=mode)] == plain
     with pytest.raises(QueryError, match="unknown mode"):
         index.search(text="x", mode="sideways")
 

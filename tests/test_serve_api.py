@@ -218,7 +218,7 @@ def test_bad_queries(client):
     refused(client.post("/search", json={"text": "x", "k": 0}), 422, "k")
     refused(client.post("/search", json={"text": "x", "mode": "cross", "steps": 10**6}), 400, "steps")
     refused(client.post("/search", json={"vector": [0.1, 0.2]}), 400, "dim")
-    refused(client.post("/search", json={"vector": [0.1] * 128, "mode": "cross"}), 400, "inter-modal")
+    refused(client.post("/search", json={"vector": [0.1] * 128, "mode": "cross"}), 400, "name its modality")
     refused(client.post("/search", json={"text": "x", "modality": "text"}), 400, "vector only")
     refused(client.post("/search", json={"image_base64": "%%% not base64"}), 400, "base64")
     refused(client.post("/search", content=b"text=x", headers={"content-type": "text/plain"}), 415)

@@ -100,9 +100,9 @@ def test_search_page_end_to_end(served, page, tmp_path):
     # a query the library refuses shows the server's one-line error
     page.select_option("#target", "images")
     page.wait_for_selector("#results .hit img")
-    page.select_option("#mode", "cross")
+    page.goto(url + "/?q=a+blue+star&k=100000")
     page.wait_for_selector("#status.error")
-    assert "already inter-modal" in page.inner_text("#status")
+    assert "limit" in page.inner_text("#status")
 
     page.screenshot(path=str(tmp_path / "serve-page.png"), full_page=True)
     if SCREENSHOT:  # the README's picture: a photo searched in fused mode, both lists' ranks on each hit

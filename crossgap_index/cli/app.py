@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 import sys
 import warnings
@@ -15,6 +16,8 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
+from crossgap_index import __version__
+
 # Start-up stays light: only torch-free modules here. The library, rich rendering, numpy, FAISS and
 # torch load inside the commands that use them (`cgx --help` and `cgx info` never import torch).
 from crossgap_index.cli.eval_command import eval_command
@@ -23,7 +26,6 @@ from crossgap_index.cli.maintenance import NoWaitOpt, check_command, ls_command,
 from crossgap_index.cli.query_arg import query_kind
 from crossgap_index.cli.serve_command import serve_command
 from crossgap_index.cli.tune_command import train_inverter_command, tune_command
-from crossgap_index import __version__
 from crossgap_index.demo import DEMO_MODEL
 from crossgap_index.errors import CrossGapError, CrossGapWarning
 from crossgap_index.ingest.limits import DEFAULT_MAX_FILE_MB, DEFAULT_MAX_MEGAPIXELS
@@ -55,6 +57,11 @@ def _main(
     ] = False,
 ) -> None:
     warnings.showwarning = _show_note  # library notes (e.g. a truncated query text) as one line
+    # The command owns its process (the library never touches process-wide state): Pillow's fixed 89 MP bomb
+    # warning is hidden here, --max-image-megapixels being the limit that applies.
+    warnings.filterwarnings("ignore", message=r"Image size \(\d+ pixels\) exceeds limit")
+    # open_clip logs its loading chatter on the root logger ("no pretrained weights" for random models).
+    logging.getLogger().addFilter(lambda record: "open_clip" not in record.pathname)
 
 
 IndexOpt = Annotated[
@@ -178,8 +185,8 @@ def build_index(
 ) -> None:
     """Embed the images under FOLDERS into the index. Incremental: unchanged files are skipped,
     changed ones re-embedded, deleted ones removed, renamed or duplicate files reuse stored vectors."""
-    from crossgap_index.cli.render import build_summary, err, printable, progress_bar
     from crossgap_index import CrossGapIndex
+    from crossgap_index.cli.render import build_summary, err, printable, progress_bar
     from crossgap_index.engines import get_engine
     from crossgap_index.ingest.discover import resolve_roots
 
@@ -227,8 +234,8 @@ def add_texts(
     quiet: QuietOpt = False,
 ) -> None:
     """Add a text corpus beside the images; exact duplicates are stored once."""
-    from crossgap_index.cli.render import err, progress_bar
     from crossgap_index import CrossGapIndex
+    from crossgap_index.cli.render import err, progress_bar
     from crossgap_index.ingest.texts import read_text_corpus
 
     corpus = read_text_corpus(file)
@@ -318,8 +325,8 @@ def query(
 
     QUERY is an image when it names an existing image file, else text; an argument with an image
     extension that names no file is an error (use --text to search for such text)."""
+    from crossgap_index import CrossGapIndex, SearchOptions
     from crossgap_index.cli.render import err, inversion_bar, print_hits
-    from crossgap_index import CrossGapIndex
     from crossgap_index.evaluation.data import read_vocab
 
     is_image = query_kind(query, as_image, as_text) == "image"
@@ -344,30 +351,31 @@ def query(
             "cgx: note: --cross serves the tuned mode (or the default) as stored; --steps, --tokens, --vocab and "
             "--span-components apply to an explicit --mode"
         )
+    options = SearchOptions(
+        target=target.value,
+        k=top_k,
+        mode=mode.value,
+        merge="rrf" if merge is Merge.none else merge.value,
+        alpha=alpha,
+        rrf_k=rrf_k,
+        depth=max(depth, top_k),
+        inversion=config,
+        projection=projection or None,
+        use_cache=not no_cache,
+    )
     with (
         CrossGapIndex.open(index, device=device, precision=precision) as cgx,
         inversion_bar(enabled=not (quiet or json_out)) as progress,
     ):
-        hits = cgx.search(
-            **({"image": query} if is_image else {"text": query}),
-            target=target.value,
-            k=top_k,
-            mode=mode.value,
-            merge="rrf" if merge is Merge.none else merge.value,
-            alpha=alpha,
-            rrf_k=rrf_k,
-            depth=max(depth, top_k),
-            inversion=config,
-            projection=projection or None,
-            use_cache=not no_cache,
-            progress=progress,
-        )
-        served = cgx.describe_mode(
-            mode.value, "image" if is_image else "text", target.value, inversion=config, projection=projection or None
-        )
+        hits = cgx.search(**({"image": query} if is_image else {"text": query}), options=options, progress=progress)
+        served = cgx.describe_mode("image" if is_image else "text", options)
         held = cgx.info().counts[COLLECTIONS[target]] if len(hits) < top_k else len(hits)
-    if mode.value == "auto" and served["name"] == "intra" and (is_image != (target is Target.images)) and not quiet:
-        err.print("cgx: note: this query is already inter-modal (--cross turns image->images, text->texts): intra")
+    inter_modal = is_image != (target is Target.images)
+    if inter_modal and mode.value != "intra" and served["name"] == "intra" and not quiet:
+        err.print(
+            "cgx: note: this query is already inter-modal (cross search turns image->images, text->texts): "
+            "served as it is"
+        )
     if len(hits) < top_k and not quiet:
         reason = f"the index holds {held} {target.value}" if held <= len(hits) else "the merged lists ran short"
         err.print(f"cgx: note: {len(hits)} hits, fewer than -k {top_k}: {reason}", highlight=False)
@@ -384,8 +392,8 @@ def info(
     json_out: Annotated[bool, typer.Option("--json", help="One JSON document on stdout.")] = False,
 ) -> None:
     """Model, dimension, counts, FAISS factories and sizes on disk of an index."""
-    from crossgap_index.cli.render import info_table, out
     from crossgap_index import CrossGapIndex
+    from crossgap_index.cli.render import info_table, out
 
     with CrossGapIndex.open(index) as cgx:
         details = cgx.info()

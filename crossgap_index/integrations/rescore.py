@@ -11,7 +11,7 @@ from typing import Protocol
 
 import numpy as np
 
-from crossgap_index.search.merge import reciprocal_rank_fusion, score_fusion
+from crossgap_index.search.merge import fuse
 from crossgap_index.search.ranking import Ranked
 from crossgap_index.search.searcher import Hit, collection_of
 
@@ -50,21 +50,15 @@ def rescore(transform: Transform, ids: np.ndarray, gallery: dict[str, np.ndarray
 
 
 def combine(transform: Transform, lists: dict[str, Ranked]) -> tuple[Ranked, dict[str, Ranked]]:
-    """Merge per-list rankings of one candidate pool as the mode engine does: one list as it is; several
-    each cut to the transform's depth and merged by rrf, or by score fusion over the union with each
-    list's exact scores (weight alpha on the second list). Returns the ranking and the lists shown in hits."""
+    """Merge per-list rankings of one candidate pool as the mode engine does (search.merge.fuse): one list
+    as it is; several each cut to the transform's depth and fused. Returns the ranking and the lists shown
+    in hits."""
     if len(lists) == 1 or transform.fusion is None:
         name, only = next(iter(lists.items()))
         return only, {name: only}
     heads = {name: Ranked(r.ids[: transform.depth], r.scores[: transform.depth]) for name, r in lists.items()}
     method, parameter = transform.fusion
-    if method == "rrf":
-        return reciprocal_rank_fusion(heads, int(parameter)), heads
-    candidates = np.unique(np.concatenate([h.ids for h in heads.values()]))
-    exact = {name: _scores_of(r, candidates) for name, r in lists.items()}
-    second = list(lists)[1]
-    weights = {name: parameter if name == second else 1.0 - parameter for name in lists}
-    return score_fusion(candidates, exact, weights), heads
+    return fuse(heads, method, parameter, lambda name, ids: _scores_of(lists[name], ids)), heads
 
 
 def _scores_of(full: Ranked, candidates: np.ndarray) -> np.ndarray:

@@ -12,10 +12,8 @@ Spec forms:
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import io
-import logging
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +47,7 @@ class LoadedModel:
     tokenizer: Callable  # list[str] -> (n, context_length) int64 tensor
     device: torch.device
     _casts: dict[str, torch.nn.Module] = field(default_factory=dict, repr=False)
+    _casting: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
     def embed_dim(self) -> int:
@@ -58,9 +57,10 @@ class LoadedModel:
         """The model with its weights in ``precision`` ('fp32' or 'bf16'): cast once, then kept beside ``model``."""
         if precision == "fp32":
             return self.model
-        if precision not in self._casts:
-            self._casts[precision] = copy.deepcopy(self.model).to(dtype_of(precision))
-        return self._casts[precision]
+        with self._casting:  # threads that arrive together cast once
+            if precision not in self._casts:
+                self._casts[precision] = copy.deepcopy(self.model).to(dtype_of(precision))
+            return self._casts[precision]
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -94,7 +94,7 @@ def load_model(spec: str | ModelSpec, device: str | torch.device = "auto") -> Lo
                 "or give ARCH::/path/to/weights"
             )
     try:
-        with _quiet_open_clip(), torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[]):
             torch.manual_seed(RANDOM_INIT_SEED)
             model, _, preprocess = open_clip.create_model_and_transforms(
                 model_name, pretrained=pretrained, device=dev, weights_only=True
@@ -115,19 +115,6 @@ def _unavailable_message(spec: ModelSpec, exc: Exception) -> str:
         f"a bundled model ({', '.join(bundled_names())}), weights already in the Hugging Face cache "
         "(HF_HOME, HF_HUB_OFFLINE=1), or a local file/folder (ARCH::/path/to/weights)"
     )
-
-
-@contextlib.contextmanager
-def _quiet_open_clip():
-    """open_clip logs and prints download chatter; keep stdout clean for piping."""
-    logger = logging.getLogger()
-    level = logger.level
-    logger.setLevel(logging.CRITICAL)
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            yield
-    finally:
-        logger.setLevel(level)
 
 
 def _has_text_proj(model: torch.nn.Module) -> bool:

@@ -17,9 +17,9 @@ from typing import Protocol
 
 import numpy as np
 
-from crossgap_index.search.merge import reciprocal_rank_fusion, score_fusion
+from crossgap_index.search.merge import fuse
 from crossgap_index.search.modes import Leg, Mode
-from crossgap_index.search.projections import FeatureMap as Projection
+from crossgap_index.search.projections import FeatureMap
 from crossgap_index.search.ranking import Ranked
 
 
@@ -46,10 +46,10 @@ class Result:
 class Gallery(Protocol):
     """Where legs are ranked: named collections of unit vectors, optionally seen through a projection."""
 
-    def top_k(self, collection: str, queries: np.ndarray, k: int, projection: Projection | None) -> list[Ranked]:
+    def top_k(self, collection: str, queries: np.ndarray, k: int, projection: FeatureMap | None) -> list[Ranked]:
         """Best ``k`` per query row, best first."""
 
-    def scores(self, collection: str, query: np.ndarray, ids: np.ndarray, projection: Projection | None) -> np.ndarray:
+    def scores(self, collection: str, query: np.ndarray, ids: np.ndarray, projection: FeatureMap | None) -> np.ndarray:
         """Exact scores of one query with the given items."""
 
 
@@ -58,7 +58,7 @@ class Transformer(Protocol):
 
     def search_vectors(self, leg: Leg, queries: Queries, collection: str) -> np.ndarray: ...
 
-    def projection(self, leg: Leg, collection: str) -> Projection | None: ...
+    def projection(self, leg: Leg, collection: str) -> FeatureMap | None: ...
 
 
 def gallery_collection(leg: Leg, collection: str) -> str:
@@ -97,17 +97,14 @@ def run_mode(
     results = []
     for row in range(n):
         named = {leg.name: ranked[row] for (leg, *_), ranked in zip(legs, lists, strict=True)}
-        if mode.fusion == "rrf":
-            fused = reciprocal_rank_fusion(named, mode.rrf_k)
-        else:
-            candidates = np.unique(np.concatenate([r.ids for r in named.values()]))
-            exact = {
-                leg.name: gallery.scores(coll, vectors[row], candidates, projection)
-                for leg, vectors, coll, projection in legs
-            }
-            second = legs[1][0].name
-            weights = {name: (mode.alpha if name == second else 1.0 - mode.alpha) for name in exact}
-            fused = score_fusion(candidates, exact, weights)
+        parameter = mode.rrf_k if mode.fusion == "rrf" else mode.alpha
+        by_name = {leg.name: (coll, vectors[row], projection) for leg, vectors, coll, projection in legs}
+
+        def exact(name: str, ids: np.ndarray, by_name=by_name) -> np.ndarray:
+            collection, vector, projection = by_name[name]
+            return gallery.scores(collection, vector, ids, projection)
+
+        fused = fuse(named, mode.fusion, parameter, exact)
         if fill is not None:
             fused = _continue(fused, fill[row])
         results.append(Result(Ranked(fused.ids[:k], fused.scores[:k]), named))
@@ -119,7 +116,7 @@ def _ranked(
     collection: str,
     vectors: np.ndarray,
     k: int,
-    projection: Projection | None,
+    projection: FeatureMap | None,
     exclude: np.ndarray | None,
 ) -> list[Ranked]:
     if exclude is None:

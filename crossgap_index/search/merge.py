@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from crossgap_index.search.ranking import Ranked
@@ -27,6 +29,21 @@ def score_fusion(candidates: np.ndarray, exact: dict[str, np.ndarray], weights: 
         normalised = (scores - scores.min()) / span if span > 0 else np.ones_like(scores)
         total += weights[name] * normalised
     return _sorted(dict(zip(candidates.tolist(), total.tolist(), strict=True)))
+
+
+def fuse(
+    heads: dict[str, Ranked], method: str, parameter: float, exact: Callable[[str, np.ndarray], np.ndarray]
+) -> Ranked:
+    """Merge two or more lists' heads (each already cut to the fusion depth), in order: ``rrf`` with
+    ``parameter`` as its constant, or ``score`` over the union of the heads with each list's exact scores
+    (``exact(name, candidates)``), weight ``parameter`` on the second list. The mode engine and the
+    database adapters both merge through here, so a fused list is the same wherever it is made."""
+    if method == "rrf":
+        return reciprocal_rank_fusion(heads, int(parameter))
+    candidates = np.unique(np.concatenate([r.ids for r in heads.values()]))
+    names = list(heads)
+    weights = {name: (parameter if name == names[1] else 1.0 - parameter) for name in names}
+    return score_fusion(candidates, {name: exact(name, candidates) for name in names}, weights)
 
 
 def _sorted(scores: dict[int, float]) -> Ranked:

@@ -20,6 +20,7 @@ from crossgap_index.ingest.texts import check_query_text
 from crossgap_index.search.engine import Queries, Result, gallery_collection, run_mode
 from crossgap_index.search.gallery import StoreGallery
 from crossgap_index.search.modes import Mode, resolve_mode
+from crossgap_index.search.options import SearchOptions
 from crossgap_index.search.projections import FeatureMap
 from crossgap_index.search.ranking import Ranked
 from crossgap_index.search.transforms import ModelTransformer
@@ -77,7 +78,7 @@ class Searcher:
     ):
         self._store = store
         self._encoder = encoder
-        self._model_name, self._inverter = model_name, inverter
+        self._model_name, self._inverter, self._cache = model_name, inverter, cache
         self.gallery = gallery or StoreGallery(store)
         self.transformer = ModelTransformer(
             model_name,
@@ -93,6 +94,12 @@ class Searcher:
         return Searcher(
             self._store, self._model_name, self._encoder, self._inverter, cache, progress=progress, gallery=self.gallery
         )
+
+    def _serving(self, options: SearchOptions, progress: Callable | None) -> Searcher:
+        """This searcher, or one without the cache (``use_cache=False``) or reporting inversion progress."""
+        if options.use_cache and progress is None:
+            return self
+        return self.with_options(self._cache if options.use_cache else None, progress)
 
     # -- queries ------------------------------------------------------------------------------
     def embed(self, queries: Sequence[dict]) -> list[tuple[np.ndarray, str, str]]:
@@ -168,34 +175,34 @@ class Searcher:
     def search_batch(
         self,
         queries: Sequence[dict],
+        options: SearchOptions,
         *,
-        target: str = "images",
-        k: int = 10,
-        mode: str | Mode = "intra",
+        progress: Callable | None = None,
         timings: dict | None = None,
-        **settings,
     ) -> list[list[Hit]]:
-        """Hits per query; queries that share a modality run together (one inversion call per batch)."""
-        collection = collection_of(target)
-        if k < 1:
-            raise QueryError(f"k must be >= 1, got {k}")
+        """Hits per query; queries that share a modality run together (one inversion call per batch).
+
+        A mode that turns the query into the other modality (cross, fused, inverter, ...) serves a query
+        that is already inter-modal (a text query against images) as it is: that query is the cross search.
+        """
+        searcher = self._serving(options, progress)
+        collection = collection_of(options.target)
         if self._store.indexes[collection].ntotal == 0:
             raise StoreError(f"the {collection} index at {self._store.path} is empty")
         begin = time.perf_counter()
-        embedded = self.embed(queries)
+        embedded = searcher.embed(queries)
         embed_s = time.perf_counter() - begin
         results: list[list[Hit] | None] = [None] * len(queries)
         inversion_batch = 0
         for modality in sorted({m for _, m, _ in embedded}):
             rows = [i for i, (_, m, _) in enumerate(embedded) if m == modality]
-            chosen = self.resolve(mode, modality, collection, **settings)
-            self._check(chosen, modality, collection)
+            chosen = searcher.served(options, modality)
             batch = Queries(np.stack([embedded[i][0] for i in rows]), modality, tuple(embedded[i][2] for i in rows))
-            for i, result in zip(
-                rows, run_mode(chosen, batch, collection, k, self.gallery, self.transformer), strict=True
-            ):
-                results[i] = self.hits(result)
-            inversion_batch = max(inversion_batch, self.transformer.last_inversion_batch if chosen.inverts else 0)
+            ran = run_mode(chosen, batch, collection, options.k, searcher.gallery, searcher.transformer)
+            for i, result in zip(rows, ran, strict=True):
+                results[i] = searcher.hits(result)
+            if chosen.inverts:
+                inversion_batch = max(inversion_batch, searcher.transformer.last_inversion_batch)
         if timings is not None:
             timings.update(
                 embed_ms=embed_s * 1e3,
@@ -204,14 +211,21 @@ class Searcher:
             )
         return results  # type: ignore[return-value]
 
+    def served(self, options: SearchOptions, query_modality: str) -> Mode:
+        """The Mode that answers a query of ``query_modality`` asked with ``options``, checked against the index."""
+        collection = collection_of(options.target)
+        chosen = self.resolve(options.mode, query_modality, collection, **options.mode_settings())
+        if query_modality in ("image", "text") and query_modality != collection and turns(chosen):
+            chosen = resolve_mode("intra")  # already inter-modal: the query itself is the cross search
+        self._check(chosen, query_modality, collection)
+        return chosen
+
     def _check(self, mode: Mode, modality: str, collection: str) -> None:
         for leg in mode.legs:
-            turns = leg.transform in ("invert", "inverter", "warm") or leg.gallery == "inverted"
-            if turns and modality != collection:
+            if _leg_turns(leg) and modality != collection:
                 raise QueryError(
-                    f"{'an' if modality == 'image' else 'a'} {modality} query against {collection}s is already "
-                    f"inter-modal; mode {mode.name} applies "
-                    "to image -> images and text -> texts (a vector query can name its modality)"
+                    f"mode {mode.name} turns a query into the other modality, and a raw vector has none: "
+                    "name its modality (image or text)"
                 )
             if leg.gallery == "inverted":
                 inverted = gallery_collection(leg, collection)
@@ -224,18 +238,18 @@ class Searcher:
                         "--invert-gallery` (library: invert_gallery())"
                     )
 
-    def transform_query(self, query: dict, *, target: str = "images", mode: str | Mode = "auto", **settings):
-        """The vectors ``mode`` searches with for one query, for another vector database (see QueryTransform)."""
-        collection = collection_of(target)
-        feature, modality, digest = self.embed([query])[0]
-        chosen = self.resolve(mode, modality, collection, **settings)
-        self._check(chosen, modality, collection)
+    def transform_query(self, query: dict, options: SearchOptions) -> QueryTransform:
+        """The vectors ``options.mode`` searches with for one query, for another vector database (QueryTransform)."""
+        searcher = self._serving(options, None)
+        collection = collection_of(options.target)
+        feature, modality, digest = searcher.embed([query])[0]
+        chosen = searcher.served(options, modality)
         batch = Queries(feature[None, :], modality, (digest,))
         lists, gallery_map = {}, None
         for leg in chosen.legs:
-            vector = self.transformer.search_vectors(leg, batch, collection)[0]
+            vector = searcher.transformer.search_vectors(leg, batch, collection)[0]
             lists[leg.name] = (vector, gallery_collection(leg, collection))
-            projection = self.transformer.projection(leg, collection)
+            projection = searcher.transformer.projection(leg, collection)
             if projection is not None:
                 gallery_map = projection
         fusion = None
@@ -270,6 +284,15 @@ class Searcher:
                 )
             )
         return hits
+
+
+def turns(mode: Mode) -> bool:
+    """Whether ``mode`` turns the query into the other modality (an inversion, or the inverted gallery)."""
+    return any(_leg_turns(leg) for leg in mode.legs)
+
+
+def _leg_turns(leg) -> bool:
+    return leg.transform in ("invert", "inverter", "warm") or leg.gallery == "inverted"
 
 
 def collection_of(target: str) -> str:

@@ -10,7 +10,6 @@ import dataclasses
 import time
 from collections.abc import Callable, Hashable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from crossgap_index.api import CrossGapIndex, Hit
@@ -19,10 +18,10 @@ from crossgap_index.ingest.decode import DecodeError, decode_rgb
 from crossgap_index.ingest.pipeline import decode_side
 from crossgap_index.inversion import InversionConfig
 from crossgap_index.search.modes import MODE_NAMES
+from crossgap_index.search.options import SearchOptions
 from crossgap_index.server.batcher import BatchResult, MicroBatcher
 from crossgap_index.server.errors import ApiError, status_of
 from crossgap_index.server.files import read_item_file
-from crossgap_index.server.locks import ReadWriteLock
 from crossgap_index.server.metrics import Metrics
 from crossgap_index.server.models import AddTextsRequest, SearchRequest
 from crossgap_index.server.settings import ServeSettings
@@ -32,26 +31,11 @@ QUERY_KINDS = ("text", "vector", "image_base64", "item_id")
 T = TypeVar("T")
 
 
-@dataclass(frozen=True)
-class BatchKey:
-    """Everything that changes how a batch is searched: queries in one batch share it."""
-
-    target: str
-    k: int
-    mode: str
-    merge: str
-    alpha: float
-    rrf_k: int
-    inversion: InversionConfig | None
-    use_cache: bool
-
-
 class SearchService:
     def __init__(self, index: CrossGapIndex, settings: ServeSettings, metrics: Metrics):
         self.index = index
         self.settings = settings
         self.metrics = metrics
-        self.lock = ReadWriteLock()  # process-local: searches share the index, writes have it alone
         self._pool = ThreadPoolExecutor(settings.search_threads, thread_name_prefix="cgx-search")
         self._batcher = MicroBatcher(
             self._run_batch, settings.batch_window_ms / 1000.0, settings.max_batch, metrics.inversion_batch.observe
@@ -70,25 +54,15 @@ class SearchService:
     async def search(self, request: SearchRequest, upload: bytes | None = None) -> dict[str, Any]:
         start = time.perf_counter()
         self._check(request, upload)
-        inversion = self._inversion(request)
+        options = self._options(request)
         item_modality = None
         if request.item_id is not None:  # a catalog read: in the pool, never blocking the event loop on a write
             item_modality = await self._in_pool(lambda: self._item_modality(request.item_id))
-        if self._batched(request, item_modality):
+        if self._batched(request, options, item_modality):
             query = await self._in_pool(lambda: self._library_query(request, upload))
             prepared = time.perf_counter()
-            key = BatchKey(
-                request.target,
-                request.k,
-                request.mode,
-                request.merge,
-                request.alpha,
-                request.rrf_k,
-                inversion,
-                request.use_cache,
-            )
-            with self.metrics.in_flight.labels("batched").track_inprogress():
-                result: BatchResult = await self._bounded(asyncio.wrap_future(self._batcher.submit(key, query)))
+            with self.metrics.in_flight.labels("batched").track_inprogress():  # queries asked alike meet in a batch
+                result: BatchResult = await self._bounded(asyncio.wrap_future(self._batcher.submit(options, query)))
             hits, library = result.value
             timings: dict[str, float | int] = {
                 "prepare_ms": _ms(prepared - start),
@@ -100,7 +74,7 @@ class SearchService:
             self.metrics.queries.labels(request.mode, "batched").inc()
         else:  # one hop to a worker thread: decode (if any) and search there
             with self.metrics.in_flight.labels("direct").track_inprogress():
-                hits, timings = await self._in_pool(lambda: self._search_one(request, upload, inversion))
+                hits, timings = await self._in_pool(lambda: self._search_one(request, upload, options))
             self.metrics.queries.labels(request.mode, "direct").inc()
         timings["total_ms"] = _ms(time.perf_counter() - start)
         return {"hits": [hit_json(h) for h in hits], "mode": request.mode, "timings": timings}
@@ -138,13 +112,12 @@ class SearchService:
             raise ApiError(400, "modality names what a raw vector is; it goes with vector only")
 
     def _item_modality(self, item_id: int) -> str:
-        with self.lock.reading():
-            row = self.index.item(item_id)
+        row = self.index.item(item_id)
         if row is None:
             raise ApiError(404, f"no item with id {item_id}")
         return row.modality
 
-    def _batched(self, request: SearchRequest, item_modality: str | None) -> bool:
+    def _batched(self, request: SearchRequest, options: SearchOptions, item_modality: str | None) -> bool:
         """Queries whose mode inverts them (image -> images, text -> texts): these are micro-batched."""
         if request.text is not None:
             modality = "text"
@@ -154,7 +127,7 @@ class SearchService:
             modality = item_modality or "image"
         if modality != {"images": "image", "texts": "text"}[request.target]:
             return False  # inter-modal already: the library answers directly (or refuses an inversion)
-        return self.index.served_mode(request.mode, modality, request.target).inverts
+        return self.index.served_mode(options, modality).inverts
 
     def _library_query(self, request: SearchRequest, upload: bytes | None) -> dict[str, Any]:
         """The query as search_batch() takes it; images decoded here under the server's limits."""
@@ -174,8 +147,8 @@ class SearchService:
         return {"image": data}  # bytes: seeded and cached by their hash, as `cgx query photo.jpg` is
 
     @staticmethod
-    def _inversion(request: SearchRequest) -> InversionConfig | None:
-        """The request's inversion settings, or None for the index's served defaults."""
+    def _options(request: SearchRequest) -> SearchOptions:
+        """How the request asks to search, as the library takes it (inversion settings left out: the served ones)."""
         changes: dict[str, Any] = {}
         if request.steps is not None:
             changes.update(oti_steps=request.steps, ovi_steps=request.steps)
@@ -187,54 +160,35 @@ class SearchService:
             changes["lr"] = request.lr
         if request.precision is not None:
             changes["precision"] = request.precision
-        return InversionConfig(**changes) if changes else None
+        return SearchOptions(
+            target=request.target,
+            k=request.k,
+            mode=request.mode,
+            merge=request.merge,
+            alpha=request.alpha,
+            rrf_k=request.rrf_k,
+            inversion=InversionConfig(**changes) if changes else None,
+            use_cache=request.use_cache,
+        )
 
     def _search_one(
-        self, request: SearchRequest, upload: bytes | None, inversion: InversionConfig | None
+        self, request: SearchRequest, upload: bytes | None, options: SearchOptions
     ) -> tuple[list[Hit], dict[str, float | int]]:
         query = self._library_query(request, upload)
         timings: dict[str, float | int] = {}
-        with self.lock.reading():
-            hits = self.index.search_batch(
-                [query],
-                target=request.target,
-                k=request.k,
-                mode=request.mode,
-                merge=request.merge,
-                alpha=request.alpha,
-                rrf_k=request.rrf_k,
-                inversion=inversion,
-                use_cache=request.use_cache,
-                timings=timings,
-            )[0]
+        hits = self.index.search_batch([query], options, timings=timings)[0]
         return hits, _rounded(timings)
 
     def _run_batch(self, key: Hashable, queries: list[dict[str, Any]]) -> list[tuple[list[Hit], dict]]:
-        assert isinstance(key, BatchKey)
+        assert isinstance(key, SearchOptions)
         timings: dict[str, float | int] = {}
-        with self.lock.reading():
-            results = self.index.search_batch(
-                queries,
-                target=key.target,
-                k=key.k,
-                mode=key.mode,
-                merge=key.merge,
-                alpha=key.alpha,
-                rrf_k=key.rrf_k,
-                inversion=key.inversion,
-                use_cache=key.use_cache,
-                timings=timings,
-            )
+        results = self.index.search_batch(queries, key, timings=timings)
         shared = _rounded(timings)
         return [(hits, shared) for hits in results]
 
     # -- other reads and writes -------------------------------------------------------------
     async def item(self, item_id: int):
-        def read():
-            with self.lock.reading():
-                return self.index.item(item_id)
-
-        row = await self._in_pool(read)
+        row = await self._in_pool(lambda: self.index.item(item_id))
         if row is None:
             raise ApiError(404, f"no item with id {item_id}")
         return row
@@ -246,13 +200,9 @@ class SearchService:
         return await self._in_pool(lambda: read_item_file(row.path, self.settings.max_upload_bytes)), row.path
 
     async def info(self) -> dict[str, Any]:
-        def read():
-            with self.lock.reading():
-                return dataclasses.asdict(self.index.info())
-
         s = self.settings
         return {
-            **await self._in_pool(read),
+            **await self._in_pool(lambda: dataclasses.asdict(self.index.info())),
             "modes": self.modes,
             "limits": {
                 "max_k": s.max_k,
@@ -278,11 +228,7 @@ class SearchService:
             if len(text) > s.max_text_chars:
                 raise ApiError(413, f"texts[{i}] has {len(text)} characters, over the limit of {s.max_text_chars}")
 
-        def write():
-            with self.lock.writing():
-                return self.index.add_texts(request.texts, request.ids)
-
-        report = await self._in_pool(write)
+        report = await self._in_pool(lambda: self.index.add_texts(request.texts, request.ids))
         return {"added": report.added, "duplicates": report.duplicates}
 
     # -- plumbing ---------------------------------------------------------------------------
