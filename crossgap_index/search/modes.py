@@ -58,11 +58,6 @@ class Leg:
             raise QueryError("a projection applies to query and gallery alike")
 
     @property
-    def needs_model(self) -> bool:
-        """Whether the query side runs the model (beyond embedding the query)."""
-        return self.transform in ("invert", "inverter", "warm")
-
-    @property
     def inverts(self) -> bool:
         return self.transform in ("invert", "warm")
 
