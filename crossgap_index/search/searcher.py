@@ -113,13 +113,15 @@ class Searcher:
             else:
                 out[i] = self._item(query["item"])
         if images:
-            feats = self._encoder().encode_images([img for _, img, _ in images])
+            encoder = self._encoder()  # query_batch_size: a query's vector never depends on its neighbours
+            feats = encoder.encode_images([img for _, img, _ in images], encoder.query_batch_size)
             for (i, _, digest), feat in zip(images, feats, strict=True):
                 out[i] = (feat, "image", digest)
         if texts:
             for _, text in texts:
                 self._encoder().note_truncation(text)  # a one-line note when the model's context cuts it
-            feats = self._encoder().encode_texts([t for _, t in texts])
+            encoder = self._encoder()
+            feats = encoder.encode_texts([t for _, t in texts], encoder.query_batch_size)
             for (i, text), feat in zip(texts, feats, strict=True):
                 out[i] = (feat, "text", content_hash(text.encode("utf-8", "surrogatepass")))
         return out  # type: ignore[return-value]
