@@ -193,11 +193,10 @@ class Searcher:
             chosen = self.resolve(mode, modality, collection, **settings)
             self._check(chosen, modality, collection)
             batch = Queries(np.stack([embedded[i][0] for i in rows]), modality, tuple(embedded[i][2] for i in rows))
-            for i, result in zip(
-                rows, run_mode(chosen, batch, collection, k, self.gallery, self.transformer), strict=True
-            ):
-                results[i] = self.hits(result)
+            ranked = run_mode(chosen, batch, collection, k, self.gallery, self.transformer)
             inversion_batch = max(inversion_batch, self.transformer.last_inversion_batch if chosen.inverts else 0)
+            for i, hits in zip(rows, self._backfilled(chosen, batch, collection, k, ranked), strict=True):
+                results[i] = hits
         if timings is not None:
             timings.update(
                 embed_ms=embed_s * 1e3,
@@ -205,6 +204,24 @@ class Searcher:
                 inversion_batch_size=inversion_batch,
             )
         return results  # type: ignore[return-value]
+
+    def _backfilled(self, mode: Mode, batch: Queries, collection: str, k: int, ranked: list[Result]) -> list[list[Hit]]:
+        """Hits per query, ``k`` of them wherever the index holds that many live items. A reader whose FAISS
+        files predate another process's removal ranks ids the catalog no longer holds: those are dropped,
+        and the query is ranked again deeper (same vectors, same seeds) until ``k`` live hits fill it or the
+        ranking runs out. The hits are then the best live items of the state this reader loaded."""
+        out = [self.hits(result) for result in ranked]
+        fetch = k
+        while True:
+            short = [j for j, hits in enumerate(out) if len(hits) < k and len(ranked[j].ranked) >= fetch]
+            if not short:
+                return out
+            fetch = 2 * fetch + max(k - len(out[j]) for j in short)
+            again = Queries(batch.features[short], batch.modality, tuple(batch.digests[j] for j in short))
+            deeper = run_mode(mode, again, collection, fetch, self.gallery, self.transformer)
+            for j, result in zip(short, deeper, strict=True):
+                ranked[j] = result
+                out[j] = self.hits(result)[:k]
 
     def _check(self, mode: Mode, modality: str, collection: str) -> None:
         for leg in mode.legs:
