@@ -54,7 +54,10 @@ class HostCheck:
         hosts = [value for name, value in scope["headers"] if name == b"host"]
         if len(hosts) != 1:
             return await send_error(send, 400, "send exactly one Host header")
-        if host_name(hosts[0]) not in LOCAL_HOSTS:
+        name = host_name(hosts[0])
+        if name is None:
+            return await send_error(send, 400, "malformed Host header")
+        if name not in LOCAL_HOSTS:
             return await send_error(
                 send, 421, "this server answers only Host 127.0.0.1, localhost or [::1] (start it with --token)"
             )
