@@ -76,6 +76,7 @@ def test_the_cache_holds_the_same_whichever_batch_filled_it(built, photos, tmp_p
     assert _answers(cached) == _answers(solo)
 
 
+@pytest.mark.slow
 def test_a_reader_that_has_not_refreshed_returns_k_live_hits(built, tmp_path):
     copy = tmp_path / "index"
     shutil.copytree(built[0], copy)

@@ -370,6 +370,7 @@ def test_docs_load_nothing_from_elsewhere(client):
 
 
 # -- item 7: micro-batches equal solo queries at the default precision -----------------------------------
+@pytest.mark.slow
 def test_micro_batches_equal_solo_at_the_default_precision(client, index, photos):
     precision = None if resolve("auto", torch.device("cpu")) == "bf16" else "bf16"  # bf16 either way
     extra = {"precision": precision} if precision else {}
