@@ -351,6 +351,7 @@ def test_a_wrong_token_in_the_address_does_not_replace_the_cookie(token_url):
         assert c.get("/info").status_code == 200  # the cookie still carries the right token
         assert c.get("/?token=").status_code == 401
         assert c.get(f"/?token={TOKEN}&token=ANY").status_code == 401
+        assert c.get("/?token=%E2%82%AC%FF").status_code == 401
 
 
 # -- item 26: /docs offline ------------------------------------------------------------------------------

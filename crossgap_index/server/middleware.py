@@ -127,7 +127,7 @@ class TokenAuth:
             query = parse_qs(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
             if "token" in query:  # a token in the address must be right: the page would store it in the cookie
                 presented = query["token"]
-                return len(presented) == 1 and hmac.compare_digest(presented[0].encode("latin-1"), self.token)
+                return len(presented) == 1 and hmac.compare_digest(presented[0].encode(), self.token)
         cookie = SimpleCookie(headers.get(b"cookie", b"").decode("latin-1"))
         return TOKEN_COOKIE in cookie and hmac.compare_digest(cookie[TOKEN_COOKIE].value.encode(), self.token)
 
