@@ -26,7 +26,7 @@ from crossgap_index.search.engine import Queries
 from crossgap_index.search.modes import Mode, resolve_mode
 from crossgap_index.search.options import SearchOptions
 from crossgap_index.search.searcher import Hit, QueryTransform, Searcher
-from crossgap_index.store.catalog import ItemRow
+from crossgap_index.store.catalog import ImageRecord, ItemRow
 from crossgap_index.store.check import CheckReport, check_store
 from crossgap_index.store.directory import IndexExistsError, Store, default_index_path
 from crossgap_index.store.prune import select_for_removal
@@ -311,9 +311,10 @@ class CrossGapIndex:
         if ids is not None and len(ids) != len(texts):
             raise QueryError("add_texts: texts and ids differ in length")
         for i, text in enumerate(texts):
-            problem = unicode_problem(text) or (unicode_problem(ids[i]) if ids is not None else None)
-            if problem:
+            if problem := unicode_problem(text):
                 raise QueryError(f"add_texts: text {i} {problem}")
+            if ids is not None and (problem := unicode_problem(ids[i])):
+                raise QueryError(f"add_texts: id {i} {problem}")
         with self._store.writing():
             return add_text_items(self._store, self.encoder, texts, ids, self._record_precision, progress)
 
@@ -418,6 +419,11 @@ class CrossGapIndex:
     def item(self, item_id: int) -> ItemRow | None:
         """The stored item with this id (modality, path or text, external id), or None."""
         return self._store.catalog.rows([item_id]).get(item_id)
+
+    def image_record(self, item_id: int) -> ImageRecord | None:
+        """An image item's file as the catalog recorded it (path, content hash, size, mtime), or None: what
+        a server checks the file against before serving it."""
+        return self._store.catalog.image_record(item_id)
 
     def served_mode(self, options: SearchOptions, query_modality: str) -> Mode:
         """The Mode a query of ``query_modality`` asked with ``options`` runs (``auto``: the tuned one);

@@ -445,7 +445,7 @@ def test_sigterm_finishes_the_request_in_flight(built):
         body = b'{"text": "a red circle", "k": 3}'
         with socket.create_connection(("127.0.0.1", port), timeout=30) as conn:
             conn.sendall(
-                b"POST /search HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                f"POST /search HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n".encode()
                 + f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
                 + body[:10]
             )

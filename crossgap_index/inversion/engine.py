@@ -3,6 +3,14 @@
 Each query gets its own init, drawn from a generator seeded with the query's int seed, and
 its own loss term (the batch loss is their sum); AdamW is element-wise. So a query's result
 does not depend on its batch neighbours, and batching is a speed choice only.
+
+Rounding, too: bf16 matmul kernels round a row differently with the batch's shape (its row count),
+which made a query's bf16 result depend on how many neighbours it came with (6 of 64 top-5 lists
+changed). In bf16 every query therefore runs in a chunk of exactly ``lane`` rows, the last chunk
+padded with copies of its last query: same shape, same rounding, whatever the batch. The lanes are
+sized by cost (ViT-B-32 bf16 on CPU, benchmarks/results/server.md): the text tower gains from
+batching (8 rows cost 1.6x one), the image tower does not (its cost grows linearly with rows).
+fp32 runs in ``batch_size`` chunks; its batch-to-batch differences are ~1e-7.
 """
 
 from __future__ import annotations
@@ -23,6 +31,8 @@ from crossgap_index.models.factory import LoadedModel
 from crossgap_index.precision import dtype_of
 
 Progress = Callable[[int, float], None]
+OTI_LANE = 8  # bf16 rows per OTI chunk (the text tower)
+OVI_LANE = 1  # bf16 rows per OVI chunk (the image tower)
 
 
 @torch.inference_mode(False)  # callers may sit in inference mode; inversion needs autograd
@@ -38,7 +48,8 @@ def oti(
 
     ``seeds`` holds one int per query (derive it from the query's content so that the result
     is reproducible). ``progress(step, mean_loss)`` is called after every optimisation step,
-    with ``step`` counted across batches up to ``ceil(n / batch_size) * oti_steps``.
+    with ``step`` counted across chunks up to ``ceil(n / chunk) * oti_steps`` (chunk: ``batch_size`` in fp32,
+    ``OTI_LANE`` in bf16).
     ``init`` (n, R, token width), when given, replaces the random start (an inverter's output: mode warm).
     ``final_losses(result, image_features)`` gives each query's loss at the returned feature.
     """
@@ -50,7 +61,9 @@ def oti(
     shape = (config.n_tokens, tower.token_embedding.embedding_dim)
     if init is not None and tuple(np.shape(init)) != (len(image_features), *shape):
         raise QueryError(f"OTI init must have shape {(len(image_features), *shape)}, got {tuple(np.shape(init))}")
-    return _invert(features, shape, image_features, config, config.oti_steps, seeds, loaded.device, progress, init)
+    return _invert(
+        features, shape, image_features, config, config.oti_steps, seeds, loaded.device, progress, init, OTI_LANE
+    )
 
 
 @torch.inference_mode(False)
@@ -70,7 +83,9 @@ def ovi(
     with torch.no_grad():
         features = fast_image_features(tower, index) if config.fast else reference_image_features(tower, index)
     shape = (n_patches, tower.width)
-    return _invert(features, shape, text_features, config, config.ovi_steps, seeds, loaded.device, progress)
+    return _invert(
+        features, shape, text_features, config, config.ovi_steps, seeds, loaded.device, progress, lane=OVI_LANE
+    )
 
 
 def oti_reference(
@@ -116,8 +131,11 @@ def _invert(
     device: torch.device,
     progress: Progress | None,
     init: np.ndarray | None = None,
+    lane: int = 1,
 ) -> np.ndarray:
-    """Split the queries into batches and run the shared loop on each (from ``init`` when given)."""
+    """Split the queries into chunks and run the shared loop on each (from ``init`` when given).
+
+    In bf16 every chunk has exactly ``lane`` rows (padded), so a query's rounding is batch-independent."""
     targets = np.asarray(targets, dtype=np.float32)
     if targets.ndim != 2:
         raise QueryError(f"inversion targets must be an (n, d) array, got shape {targets.shape}")
@@ -125,17 +143,22 @@ def _invert(
         raise QueryError(f"got {len(seeds)} seeds for {len(targets)} queries; give one seed per query")
     if config.compiles(device):
         features = torch.compile(features)
-    dtype = dtype_of(config.precision_on(device))
+    precision = config.precision_on(device)
+    dtype = dtype_of(precision)
+    chunk = lane if precision == "bf16" else config.batch_size
     out = []
-    for first in range(0, len(targets), config.batch_size):
-        batch = slice(first, first + config.batch_size)
+    for first in range(0, len(targets), chunk):
+        batch = slice(first, first + chunk)
         if init is None:
             start = torch.stack([_init(seed, shape, config.init_std) for seed in seeds[batch]]).to(device)
         else:
             start = torch.as_tensor(np.asarray(init[batch], np.float32), device=device)
         target = F.normalize(torch.from_numpy(targets[batch].copy()).to(device), dim=-1)
-        offset = (first // config.batch_size) * steps
-        out.append(_optimise(features, start, target, config, steps, dtype, progress, offset))
+        real = len(target)
+        if precision == "bf16" and real < chunk:  # pad to the lane: the same shape for every query
+            start, target = _padded(start, chunk), _padded(target, chunk)
+        offset = (first // chunk) * steps
+        out.append(_optimise(features, start, target, config, steps, dtype, progress, offset, real))
     if not out:
         return np.zeros((0, targets.shape[1]), np.float32)
     return np.ascontiguousarray(torch.cat(out).cpu().numpy(), dtype=np.float32)
@@ -150,8 +173,10 @@ def _optimise(
     dtype: torch.dtype,
     progress: Progress | None,
     offset: int,
+    real: int,
 ) -> torch.Tensor:
-    """AdamW on the per-query sum of 1 - cos(feature(v), target); returns the last step's unit features.
+    """AdamW on the per-query sum of 1 - cos(feature(v), target); returns the last step's unit features
+    of the first ``real`` rows (the rest pad the chunk to its lane).
 
     ``params`` are the fp32 master copy AdamW updates; the model sees them cast to ``dtype``.
     """
@@ -164,9 +189,9 @@ def _optimise(
             losses.sum().backward()
             optimizer.step()
             if progress is not None:
-                progress(offset + step, float(losses.detach().mean()))
+                progress(offset + step, float(losses.detach()[:real].mean()))
         with torch.no_grad():
-            return F.normalize(features(params.to(dtype)).float(), dim=-1)
+            return F.normalize(features(params.to(dtype)).float(), dim=-1)[:real]
 
 
 def _losses(features: FeatureFn, params: torch.Tensor, target: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -175,6 +200,11 @@ def _losses(features: FeatureFn, params: torch.Tensor, target: torch.Tensor, dty
     if out.shape != target.shape:
         raise QueryError(f"inversion targets have dimension {target.shape[1]}, the model's features {out.shape[1]}")
     return 1.0 - (F.normalize(out, dim=-1) * target).sum(dim=-1)
+
+
+def _padded(rows: torch.Tensor, size: int) -> torch.Tensor:
+    """``rows`` followed by copies of its last row, ``size`` rows in all."""
+    return torch.cat([rows, rows[-1:].expand(size - len(rows), *rows.shape[1:])])
 
 
 def _init(seed: int, shape: tuple[int, int], std: float) -> torch.Tensor:

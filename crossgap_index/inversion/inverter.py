@@ -98,9 +98,13 @@ class Inverter:
 
     @torch.inference_mode()
     def tokens(self, features: np.ndarray) -> np.ndarray:
-        """Pseudo-token embeddings (n, R, width) for unit image features (n, d)."""
-        x = torch.from_numpy(np.ascontiguousarray(features, np.float32))
-        return self.net(x.to(next(self.net.parameters()).device)).float().cpu().numpy()
+        """Pseudo-token embeddings (n, R, width) for unit image features (n, d). Row by row (a row of this
+        small network costs microseconds), so a row's rounding, and the warm mode's start, never depend on
+        the batch it came in."""
+        x = torch.from_numpy(np.ascontiguousarray(features, np.float32)).to(next(self.net.parameters()).device)
+        if len(x) == 0:
+            return self.net(x).float().cpu().numpy()
+        return torch.cat([self.net(x[i : i + 1]) for i in range(len(x))]).float().cpu().numpy()
 
     @torch.inference_mode()
     def text_features(self, loaded: LoadedModel, features: np.ndarray) -> np.ndarray:

@@ -45,6 +45,12 @@ class Encoder:
         self._encode_text = _text_encoder(self.model, loaded.spec.canonical)
 
     @property
+    def query_batch_size(self) -> int:
+        """Rows embedded together for search queries. bf16 kernels round a row differently with the batch's
+        shape, so there each query is embedded alone: its vector never depends on its neighbours."""
+        return 1 if self.precision == "bf16" else self.batch_size
+
+    @property
     def device(self) -> torch.device:
         return self.loaded.device
 
@@ -86,24 +92,26 @@ class Encoder:
         return torch.stack([self.loaded.preprocess(img) for img in images])
 
     @torch.inference_mode()
-    def encode_pixels(self, pixels: torch.Tensor) -> np.ndarray:
-        """Embed an already preprocessed (n, 3, H, W) batch."""
+    def encode_pixels(self, pixels: torch.Tensor, batch_size: int | None = None) -> np.ndarray:
+        """Embed an already preprocessed (n, 3, H, W) batch, ``batch_size`` rows at a time (default: the encoder's)."""
+        step = batch_size or self.batch_size
         out = [
-            self.model.encode_image(pixels[i : i + self.batch_size].to(self.device, self._dtype)).float()
-            for i in range(0, len(pixels), self.batch_size)
+            self.model.encode_image(pixels[i : i + step].to(self.device, self._dtype)).float()
+            for i in range(0, len(pixels), step)
         ]
         return _unit_rows(out, self.dim)
 
-    def encode_images(self, images: Sequence[Image.Image]) -> np.ndarray:
+    def encode_images(self, images: Sequence[Image.Image], batch_size: int | None = None) -> np.ndarray:
         if not images:
             return np.zeros((0, self.dim), np.float32)
-        return self.encode_pixels(self.image_tensor(images))
+        return self.encode_pixels(self.image_tensor(images), batch_size)
 
     @torch.inference_mode()
-    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+    def encode_texts(self, texts: Sequence[str], batch_size: int | None = None) -> np.ndarray:
         out = []
-        for i in range(0, len(texts), self.batch_size):
-            tokens = self.loaded.tokenizer(list(texts[i : i + self.batch_size]))
+        step = batch_size or self.batch_size
+        for i in range(0, len(texts), step):
+            tokens = self.loaded.tokenizer(list(texts[i : i + step]))
             out.append(self._encode_text(tokens.to(self.device)).float())
         return _unit_rows(out, self.dim)
 

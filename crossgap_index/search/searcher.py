@@ -120,13 +120,15 @@ class Searcher:
             else:
                 out[i] = self._item(query["item"])
         if images:
-            feats = self._encoder().encode_images([img for _, img, _ in images])
+            encoder = self._encoder()  # query_batch_size: a query's vector never depends on its neighbours
+            feats = encoder.encode_images([img for _, img, _ in images], encoder.query_batch_size)
             for (i, _, digest), feat in zip(images, feats, strict=True):
                 out[i] = (feat, "image", digest)
         if texts:
             for _, text in texts:
                 self._encoder().note_truncation(text)  # a one-line note when the model's context cuts it
-            feats = self._encoder().encode_texts([t for _, t in texts])
+            encoder = self._encoder()
+            feats = encoder.encode_texts([t for _, t in texts], encoder.query_batch_size)
             for (i, text), feat in zip(texts, feats, strict=True):
                 out[i] = (feat, "text", content_hash(text.encode("utf-8", "surrogatepass")))
         return out  # type: ignore[return-value]
@@ -198,11 +200,12 @@ class Searcher:
             rows = [i for i, (_, m, _) in enumerate(embedded) if m == modality]
             chosen = searcher.served(options, modality)
             batch = Queries(np.stack([embedded[i][0] for i in rows]), modality, tuple(embedded[i][2] for i in rows))
-            ran = run_mode(chosen, batch, collection, options.k, searcher.gallery, searcher.transformer)
-            for i, result in zip(rows, ran, strict=True):
-                results[i] = searcher.hits(result)
+            ranked = run_mode(chosen, batch, collection, options.k, searcher.gallery, searcher.transformer)
             if chosen.inverts:
                 inversion_batch = max(inversion_batch, searcher.transformer.last_inversion_batch)
+            backfilled = searcher._backfilled(chosen, batch, collection, options.k, ranked)
+            for i, hits in zip(rows, backfilled, strict=True):
+                results[i] = hits
         if timings is not None:
             timings.update(
                 embed_ms=embed_s * 1e3,
@@ -219,6 +222,24 @@ class Searcher:
             chosen = resolve_mode("intra")  # already inter-modal: the query itself is the cross search
         self._check(chosen, query_modality, collection)
         return chosen
+
+    def _backfilled(self, mode: Mode, batch: Queries, collection: str, k: int, ranked: list[Result]) -> list[list[Hit]]:
+        """Hits per query, ``k`` of them wherever the index holds that many live items. A reader whose FAISS
+        files predate another process's removal ranks ids the catalog no longer holds: those are dropped,
+        and the query is ranked again deeper (same vectors, same seeds) until ``k`` live hits fill it or the
+        ranking runs out. The hits are then the best live items of the state this reader loaded."""
+        out = [self.hits(result) for result in ranked]
+        fetch = k
+        while True:
+            short = [j for j, hits in enumerate(out) if len(hits) < k and len(ranked[j].ranked) >= fetch]
+            if not short:
+                return out
+            fetch = 2 * fetch + max(k - len(out[j]) for j in short)
+            again = Queries(batch.features[short], batch.modality, tuple(batch.digests[j] for j in short))
+            deeper = run_mode(mode, again, collection, fetch, self.gallery, self.transformer)
+            for j, result in zip(short, deeper, strict=True):
+                ranked[j] = result
+                out[j] = self.hits(result)[:k]
 
     def _check(self, mode: Mode, modality: str, collection: str) -> None:
         for leg in mode.legs:

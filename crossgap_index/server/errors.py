@@ -11,6 +11,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from crossgap_index.errors import CrossGapError, StoreError
 from crossgap_index.server.files import ItemFileError
+from crossgap_index.server.responses import SafeJSONResponse
 
 log = logging.getLogger("crossgap_index.server")
 
@@ -25,7 +26,7 @@ class ApiError(Exception):
 
 
 def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status, headers=headers)
+    return SafeJSONResponse({"error": message}, status_code=status, headers=headers)
 
 
 def status_of(exc: CrossGapError) -> int:

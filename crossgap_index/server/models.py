@@ -13,7 +13,7 @@ class SearchRequest(BaseModel):
     """One query: exactly one of ``text``, ``vector``, ``image_base64``, ``item_id`` (or a multipart
     ``image`` upload), plus how to search. Inversion settings left out take the library defaults."""
 
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)  # strict: `k: true` is no 1
 
     text: str | None = Field(None, min_length=1, description="A text query.")
     vector: list[float] | None = Field(None, max_length=8192, description="A raw query embedding.")
@@ -37,7 +37,7 @@ class SearchRequest(BaseModel):
 
 
 class BatchSearchRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     queries: list[SearchRequest] = Field(..., min_length=1)
 
@@ -72,7 +72,7 @@ class ItemOut(BaseModel):
 
 
 class AddTextsRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     texts: list[str] = Field(..., min_length=1)
     ids: list[str | None] | None = Field(None, description="External ids, one per text.")

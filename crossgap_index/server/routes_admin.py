@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import Response
+from starlette.concurrency import run_in_threadpool
 
+from crossgap_index.server.bodies import parse_counted
 from crossgap_index.server.deps import MetricsDep, Service
+from crossgap_index.server.errors import ApiError
 from crossgap_index.server.models import AddTextsRequest, AddTextsResponse, ErrorOut
 
 router = APIRouter(tags=["service"])
@@ -34,8 +37,20 @@ async def metrics(metrics: MetricsDep) -> Response:
 @router.post(
     "/texts",
     response_model=AddTextsResponse,
-    responses={code: {"model": ErrorOut} for code in (400, 401, 413, 422)},
+    responses={code: {"model": ErrorOut} for code in (400, 401, 413, 415, 422)},
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/AddTextsRequest"}}},
+        }
+    },
 )
-async def add_texts(body: AddTextsRequest, service: Service) -> dict[str, int]:
-    """Embed and store texts (exact duplicates are stored once)."""
-    return await service.add_texts(body)
+async def add_texts(request: Request, service: Service) -> dict[str, int]:
+    """Embed and store texts (exact duplicates are stored once). The counts are checked first, and the
+    body parsed off the event loop."""
+    if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
+        raise ApiError(415, "send application/json")
+    body = await request.body()
+    limit = service.settings.max_texts
+    parsed = await run_in_threadpool(parse_counted, AddTextsRequest, body, {"texts": limit, "ids": limit})
+    return await service.add_texts(parsed)

@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Path
+from fastapi import APIRouter
 from fastapi.responses import Response
 
 from crossgap_index.server.deps import Service
 from crossgap_index.server.files import media_type
 from crossgap_index.server.models import ErrorOut, ItemOut
+from crossgap_index.server.params import ItemId
 
 router = APIRouter(prefix="/items", tags=["items"])
 
-ItemId = Annotated[int, Path(ge=1, le=2**63 - 1, description="A catalog id, as search hits carry it.")]
 _ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorOut} for code in (401, 404, 410, 422)}
 
 

@@ -16,6 +16,7 @@ from crossgap_index.api import CrossGapIndex, Hit
 from crossgap_index.errors import CrossGapError
 from crossgap_index.ingest.decode import DecodeError, decode_rgb
 from crossgap_index.ingest.pipeline import decode_side
+from crossgap_index.ingest.texts import unicode_problem
 from crossgap_index.inversion import InversionConfig
 from crossgap_index.search.modes import MODE_NAMES
 from crossgap_index.search.options import SearchOptions
@@ -95,7 +96,8 @@ class SearchService:
         return list(await asyncio.gather(*(one(i, r) for i, r in enumerate(requests))))
 
     def _check(self, request: SearchRequest, upload: bytes | None) -> None:
-        given = [name for name in QUERY_KINDS if getattr(request, name) is not None] + (["image"] if upload else [])
+        given = [name for name in QUERY_KINDS if getattr(request, name) is not None]
+        given += ["image"] if upload is not None else []
         if len(given) != 1:
             kinds = ", ".join((*QUERY_KINDS, "an uploaded image"))
             raise ApiError(400, f"give exactly one query: {kinds} (got {', '.join(given) or 'none'})")
@@ -194,10 +196,19 @@ class SearchService:
         return row
 
     async def item_image(self, item_id: int) -> tuple[bytes, str]:
+        """The file of an image item, only while it is the file indexed (see files.read_item_file)."""
         row = await self.item(item_id)
         if row.modality != "image" or row.path is None:
             raise ApiError(404, f"item {item_id} is a text, not an image")
-        return await self._in_pool(lambda: read_item_file(row.path, self.settings.max_upload_bytes)), row.path
+
+        def read() -> bytes:
+            with self.lock.reading():
+                record = self.index.image_record(item_id)
+            if record is None:
+                raise ApiError(404, f"no item with id {item_id}")
+            return read_item_file(record, self.settings.max_upload_bytes)
+
+        return await self._in_pool(read), row.path
 
     async def info(self) -> dict[str, Any]:
         s = self.settings
@@ -227,6 +238,13 @@ class SearchService:
                 raise ApiError(400, f"texts[{i}] is empty")
             if len(text) > s.max_text_chars:
                 raise ApiError(413, f"texts[{i}] has {len(text)} characters, over the limit of {s.max_text_chars}")
+            if problem := unicode_problem(text):
+                raise ApiError(400, f"texts[{i}] {problem}")
+        for i, external_id in enumerate(request.ids or []):
+            if external_id is not None and len(external_id) > s.max_text_chars:
+                raise ApiError(413, f"ids[{i}] has {len(external_id)} characters, over the limit of {s.max_text_chars}")
+            if problem := unicode_problem(external_id):
+                raise ApiError(400, f"ids[{i}] {problem}")
 
         report = await self._in_pool(lambda: self.index.add_texts(request.texts, request.ids))
         return {"added": report.added, "duplicates": report.duplicates}

@@ -172,6 +172,14 @@ class Catalog:
         records = (ImageRecord(r[0], path_from_db(r[1]), *r[2:]) for r in rows)
         return {r.path: r for r in records}
 
+    def image_record(self, item_id: int) -> ImageRecord | None:
+        """One image's file as indexed (path, content hash, size, mtime), or None."""
+        row = self.conn.execute(
+            "SELECT id, path, content_hash, size, mtime_ns FROM items WHERE id = ? AND modality = 'image'",
+            (int(item_id),),
+        ).fetchone()
+        return ImageRecord(row[0], path_from_db(row[1]), *row[2:]) if row else None
+
     def vector_by_hash(self, content_hash: str) -> np.ndarray | None:
         row = self.conn.execute("SELECT vector FROM items WHERE content_hash = ? LIMIT 1", (content_hash,)).fetchone()
         return _to_vector(row[0]) if row else None

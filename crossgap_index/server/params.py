@@ -1,0 +1,25 @@
+"""Path parameters taken strictly: an item id is written as digits only (no sign, space, decimal point)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Path
+
+from crossgap_index.server.errors import ApiError
+
+ID_PATTERN = r"^[1-9][0-9]{0,18}$"
+MAX_ID = 2**63 - 1
+
+
+def item_id(
+    item_id: Annotated[str, Path(pattern=ID_PATTERN, description="A catalog id (digits), as search hits carry it.")],
+) -> int:
+    """The id as an int. ``+1``, `` 1`` and ``1.0`` are refused (422), as is anything over SQLite's range."""
+    value = int(item_id)
+    if value > MAX_ID:
+        raise ApiError(422, f"item_id: {item_id} is over the largest id {MAX_ID}")
+    return value
+
+
+ItemId = Annotated[int, Depends(item_id)]
