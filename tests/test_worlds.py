@@ -69,19 +69,16 @@ def test_fashion_mnist_missing_package_is_one_line(tmp_path, monkeypatch):
             load_dataset(bad)
 
 
-@pytest.mark.slow
-def test_cgx_eval_refuses_missing_fashion_mnist_in_one_line(tmp_path):
-    run = subprocess.run(
-        [sys.executable, "-m", "crossgap_index", "eval", "fashion-mnist:test:20", "--model", MODEL, "--quiet"],
-        capture_output=True,
-        text=True,
-        env=_env(CGX_FASHION_MNIST_DIR=str(tmp_path)),
-        timeout=120,
-    )
-    assert run.returncode == 1
-    assert "Traceback" not in run.stderr
-    lines = run.stderr.strip().splitlines()
-    assert len(lines) == 1 and "dataset-fashion-mnist" in lines[0]
+def test_cgx_eval_refuses_missing_fashion_mnist_in_one_line(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from crossgap_index.cli.app import app
+
+    monkeypatch.setenv(fashion_mnist.DIR_ENV, str(tmp_path))
+    result = CliRunner().invoke(app, ["eval", "fashion-mnist:test:20", "--model", MODEL, "--quiet"])
+    assert result.exit_code == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "dataset-fashion-mnist" in lines[0] and "Traceback" not in result.stderr
 
 
 def test_plain_synthetic_spec_is_unchanged():
