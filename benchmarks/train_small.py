@@ -417,6 +417,8 @@ def evaluate_labelled(model_dir: Path, spec: str, template: str | None) -> dict:
     names = data.images.class_names
     images = encoder.encode_images([decode_rgb(data.images.read(i)) for i in range(len(data.images.items))])
     labels = data.images.labels
+    prompts = encoder.encode_texts(concept_prompts(names))
+    predicted = (images @ prompts.T).argmax(1)
     report = {
         "model": str(model_dir),
         "dataset": spec,
@@ -424,22 +426,15 @@ def evaluate_labelled(model_dir: Path, spec: str, template: str | None) -> dict:
         "classes": len(names),
         "chance": 1 / len(names),
         "zero_shot_prompt": "a photo of {a|an} {class name} (cgx eval's)",
-        "zero_shot_acc": _accuracy(images, encoder.encode_texts(concept_prompts(names)), labels),
-        "modality_gap": None,
+        "zero_shot_acc": float((predicted == labels).mean()),
+        "per_class_acc": {name: float((predicted[labels == c] == c).mean()) for c, name in enumerate(names)},
+        # the unit image features' mean against the mean of the captions they were taught with
+        "modality_gap": float(np.linalg.norm(images.mean(0) - prompts[labels].mean(0))),
     }
     if template is not None:
-        report["zero_shot_acc_training_template"] = _accuracy(
-            images, encoder.encode_texts(captions_for(names, template)), labels
-        )
-    per_class = (images @ encoder.encode_texts(concept_prompts(names)).T).argmax(1)
-    report["per_class_acc"] = {name: float((per_class[labels == c] == c).mean()) for c, name in enumerate(names)}
-    texts = encoder.encode_texts(concept_prompts(names))
-    report["modality_gap"] = float(np.linalg.norm(images.mean(0) - texts[labels].mean(0)))
+        taught = encoder.encode_texts(captions_for(names, template))
+        report["zero_shot_acc_training_template"] = float(((images @ taught.T).argmax(1) == labels).mean())
     return report
-
-
-def _accuracy(images: np.ndarray, prompts: np.ndarray, labels: np.ndarray) -> float:
-    return float(((images @ prompts.T).argmax(1) == labels).mean())
 
 
 def _optimizer(model: open_clip.CLIP, args: argparse.Namespace) -> torch.optim.Optimizer:

@@ -213,3 +213,26 @@ def test_trainer_writes_a_model_that_loads_and_beats_chance(tmp_path):
     assert doc["zero_shot"]["chance"] == 0.25
     assert doc["zero_shot"]["accuracy"] >= 0.6  # chance is 0.25 on 100 held-out test-split images
     assert doc["tasks"][IMAGES]["modes"]["intra"]["metrics"]["map"] > 0.4
+
+
+def test_deduplicated_clip_loss_is_clip_loss_when_captions_are_distinct():
+    import open_clip
+    import torch
+
+    from benchmarks.train_small import deduplicated_clip_loss
+
+    generator = torch.Generator().manual_seed(0)
+    images = torch.nn.functional.normalize(torch.randn(6, 8, generator=generator), dim=-1)
+    texts = torch.nn.functional.normalize(torch.randn(6, 8, generator=generator), dim=-1)
+    scale = torch.tensor(14.0)
+    ours = deduplicated_clip_loss(images, texts, torch.arange(6), scale)
+    assert torch.allclose(ours, open_clip.ClipLoss()(images, texts, scale), atol=1e-6)
+    # shared captions: image-to-text over the 2 distinct captions, text-to-image averaged over each caption's images
+    targets = torch.tensor([0, 1, 0, 1, 1, 0])
+    logits = scale * images @ texts[:2].T
+    by_caption = logits.T.log_softmax(1)
+    reference = (
+        torch.nn.functional.cross_entropy(logits, targets)
+        - (by_caption[0, targets == 0].mean() + by_caption[1, targets == 1].mean()) / 2
+    ) / 2
+    assert torch.allclose(deduplicated_clip_loss(images, texts[:2], targets, scale), reference, atol=1e-6)
