@@ -199,15 +199,13 @@ def test_trainer_writes_a_model_that_loads_and_beats_chance(tmp_path):
     assert trained.returncode == 0, trained.stderr[-2000:]
     assert {p.name for p in out.iterdir()} == {"open_clip_config.json", "open_clip_model.safetensors"}
 
-    run = subprocess.run(
-        [sys.executable, "-m", "crossgap_index", "eval", str(held_out), "--model", str(out), "--task", "images"]
-        + ["--steps", "1", "--json", "--quiet"],
-        capture_output=True,
-        text=True,
-        env=_env(),
-        timeout=300,
-    )
-    assert run.returncode == 0, run.stderr[-2000:]
+    from typer.testing import CliRunner
+
+    from crossgap_index.cli.app import app
+
+    args = ["eval", str(held_out), "--model", str(out), "--task", "images", "--steps", "1", "--json", "--quiet"]
+    run = CliRunner().invoke(app, args)
+    assert run.exit_code == 0, run.stderr[-2000:]
     doc = json.loads(run.stdout)
     assert doc["dataset"]["classes"] == 4 and doc["dataset"]["images"] == 100
     assert doc["zero_shot"]["chance"] == 0.25
