@@ -64,7 +64,8 @@ def test_fashion_mnist_missing_package_is_one_line(tmp_path, monkeypatch):
         load_dataset("fashion-mnist:test:20")
     message = str(caught.value)
     assert "dataset-fashion-mnist" in message and str(tmp_path) in message and "\n" not in message
-    for bad in ("fashion-mnist:valid", "fashion-mnist:test:x", "fashion-mnist:test:1", "fashion-mnist:test:5:k=v"):
+    bad_specs = ["fashion-mnist:valid", "fashion-mnist:test:x", "fashion-mnist:test:1", "fashion-mnist:test:5:k=v"]
+    for bad in [*bad_specs, "fashion-mnist:test:5:seed=-1", "fashion-mnist:test:5:seed=x"]:
         with pytest.raises(InputFileError):
             load_dataset(bad)
 

@@ -184,7 +184,9 @@ def _fashion(spec: str, limit: int | None) -> EvalDataset:
     try:
         seed = int(options.get("seed", 0))
     except ValueError:
-        raise InputFileError(f"bad Fashion-MNIST dataset '{spec}': seed must be an integer") from None
+        seed = -1
+    if seed < 0:
+        raise InputFileError(f"bad Fashion-MNIST dataset '{spec}': seed must be an integer >= 0")
     pixels, labels = fashion_mnist.load_split(split)
     chosen = fashion_mnist.stratified_subset(labels, n, seed) if n is not None else np.arange(len(labels))
     keep = chosen[_subsample(len(chosen), limit)]
