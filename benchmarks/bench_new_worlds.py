@@ -1,7 +1,7 @@
 """`cgx eval` on the worlds the project did not fit: Fashion-MNIST's test split, held-out-vocabulary and multi-axis
-synthetic worlds. Writes benchmarks/out/worlds.json and prints a markdown table (benchmarks/results/worlds.md).
+synthetic worlds. Writes benchmarks/out/new-worlds.json and prints a markdown table (benchmarks/results/worlds.md).
 
-    python -m benchmarks.bench_worlds [--n 480] [--fashion-n 1000] [--steps 5]
+    python -m benchmarks.bench_new_worlds [--n 480] [--fashion-n 1000] [--steps 5]
 
 Every world is evaluated through ``crossgap_index.evaluation.protocol.evaluate``, the function behind
 ``cgx eval``, image-to-image only. ``--steps``: OTI/OVI steps of the cross and fused modes (few, for speed:
@@ -72,7 +72,7 @@ def main() -> None:
             flush=True,
         )
     OUT.mkdir(exist_ok=True)
-    (OUT / "worlds.json").write_text(json.dumps(docs, indent=2))
+    (OUT / "new-worlds.json").write_text(json.dumps(docs, indent=2))
     print("| world | relevant | mode | mAP | ΔmAP vs intra (95%) | ms/query |")
     print("|---|---|---|---|---|---|")
     print("\n".join(rows))
