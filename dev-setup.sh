@@ -6,7 +6,7 @@ cd "$(dirname "$0")"
 python3 -m pip install -e ".[dev]"
 if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1; then
     if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
-        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium dataset-fashion-mnist >/dev/null
     else
         echo "dev-setup: no chromium found; install Debian's 'chromium' package to run the page tests" >&2
     fi

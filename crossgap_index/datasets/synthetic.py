@@ -10,6 +10,7 @@ Item ``i`` depends only on ``(seed, i)``, so any prefix of a dataset is reproduc
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +40,36 @@ SHAPE_SYNONYMS: dict[str, tuple[str, ...]] = {
     "heart": ("heart", "heart shape"),
 }
 CLASS_NAMES: list[str] = [f"{c} {s}" for c in COLOUR_SYNONYMS for s in SHAPE_SYNONYMS]
+
+# Held-out vocabulary: the 48 colour-shape combinations split in a checkerboard over (colour, shape), so each
+# half has 24 classes, every colour (3 shapes each) and every shape (4 colours each). The model knows every
+# word from both halves, but no class name of one half is a class name of the other: a vocabulary stored by
+# tuning on "tune" cannot name a "test" class.
+VOCAB_SPLITS = ("tune", "test")
+# Multi-axis relevance: what "relevant" means for the same images. "both" is the class (colour and shape).
+RELEVANCE_AXES = ("shape", "colour", "both")
+
+
+def vocabulary_split(part: str) -> list[str]:
+    """The class names of one half of the held-out-vocabulary split ("tune" or "test"), in label order."""
+    if part not in VOCAB_SPLITS:
+        raise ValueError(f"unknown vocabulary split {part!r}: use {' or '.join(VOCAB_SPLITS)}")
+    parity = VOCAB_SPLITS.index(part)
+    return [
+        f"{c} {s}" for i, c in enumerate(COLOUR_SYNONYMS) for j, s in enumerate(SHAPE_SYNONYMS) if (i + j) % 2 == parity
+    ]
+
+
+def axis_name(class_name: str, axis: str) -> str:
+    """What an item of ``class_name`` is called when relevance is judged on ``axis`` alone."""
+    colour, shape = class_name.split(" ")
+    return {"shape": shape, "colour": colour, "both": class_name}[axis]
+
+
+def axis_names(axis: str, classes: Sequence[str] = CLASS_NAMES) -> list[str]:
+    """The distinct names on ``axis`` of ``classes``, in first-appearance order."""
+    return list(dict.fromkeys(axis_name(name, axis) for name in classes))
+
 
 _COLOUR_RGB = {
     "red": (215, 35, 35),
@@ -203,10 +234,16 @@ def _captions(
     return [templates[k]() for k in order]
 
 
-def make_item(seed: int, index: int) -> SyntheticItem:
-    """Item ``index`` of the dataset ``seed``; a pure function of the two integers."""
+def make_item(seed: int, index: int, classes: Sequence[str] | None = None) -> SyntheticItem:
+    """Item ``index`` of the dataset ``seed``; a pure function of the two integers (and ``classes``).
+
+    ``classes``: draw the dominant object from these class names only (a held-out-vocabulary world);
+    None draws from all 48, and gives exactly the items it always has."""
     rng = np.random.default_rng([seed, index])
-    label = int(rng.integers(len(CLASS_NAMES)))
+    if classes is None:
+        label = int(rng.integers(len(CLASS_NAMES)))
+    else:
+        label = CLASS_NAMES.index(classes[int(rng.integers(len(classes)))])
     colour, shape = CLASS_NAMES[label].split(" ")
     background = list(_BACKGROUND_RGB)[rng.integers(len(_BACKGROUND_RGB))]
     texture = _TEXTURES[rng.integers(len(_TEXTURES))]
@@ -241,9 +278,11 @@ def class_prompts(template: str = "a photo of {}") -> list[str]:
     return [template.format(_article(name)) for name in CLASS_NAMES]
 
 
-def generate(seed: int, n: int) -> list[SyntheticItem]:
-    """The first ``n`` items of dataset ``seed`` (so ``generate(s, 10)[:5] == generate(s, 5)``)."""
-    return [make_item(seed, i) for i in range(n)]
+def generate(seed: int, n: int, classes: Sequence[str] | None = None) -> list[SyntheticItem]:
+    """The first ``n`` items of dataset ``seed`` (so ``generate(s, 10)[:5] == generate(s, 5)``).
+
+    ``classes``: only these class names occur (see ``vocabulary_split``); labels stay indices into ``CLASS_NAMES``."""
+    return [make_item(seed, i, classes) for i in range(n)]
 
 
 def export_folder(out_dir: str | Path, seed: int, n: int) -> Path:

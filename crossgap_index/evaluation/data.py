@@ -6,11 +6,17 @@ Forms of the dataset argument:
     ``crossgap_index.datasets.synthetic.export_folder`` writes) adds the text-to-text task;
   * a ``.jsonl`` file of ``{"text", "group", "label"?}`` lines (text-to-text): each group's first
     caption is a query, its other captions are gallery items, relevant = same group;
-  * ``synthetic:SEED:N``: N items of the synthetic world, generated in memory, both tasks.
+  * ``synthetic:SEED:N``: N items of the synthetic world, generated in memory, both tasks. Options may follow,
+    ``:vocab=tune|test`` (only that half of the held-out-vocabulary split of the 48 classes occurs: the two
+    halves share no class name) and ``:relevance=shape|colour|both`` (the same images, relevant = same shape,
+    same colour, or same class), e.g. ``synthetic:7:480:vocab=test:relevance=shape``;
+  * ``fashion-mnist:SPLIT[:N][:seed=S]``: Fashion-MNIST's train or test split from Debian's
+    ``dataset-fashion-mnist``, or a class-stratified subset of N images drawn with seed S (default 0).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 from dataclasses import dataclass, field
@@ -18,13 +24,24 @@ from pathlib import Path
 
 import numpy as np
 
-from crossgap_index.datasets.synthetic import CLASS_NAMES, generate
+from crossgap_index.datasets import fashion_mnist
+from crossgap_index.datasets.synthetic import (
+    CLASS_NAMES,
+    RELEVANCE_AXES,
+    VOCAB_SPLITS,
+    axis_name,
+    axis_names,
+    generate,
+    vocabulary_split,
+)
 from crossgap_index.errors import InputFileError
 from crossgap_index.ingest.decode import content_hash
 from crossgap_index.ingest.discover import SKIPPED_DIRS, find_images, is_image_path
 from crossgap_index.ingest.texts import read_utf8_lines
 
 SYNTHETIC_PREFIX = "synthetic:"
+FASHION_PREFIX = "fashion-mnist:"
+_RELEVANT = {"shape": "same shape", "colour": "same colour", "both": "same colour and shape"}
 CAPTIONS_FILE = "captions.jsonl"
 _SUBSAMPLE_SEED = 0  # --limit picks the same items on every run
 
@@ -36,6 +53,7 @@ class ImageSet:
     items: list[Path | bytes]
     labels: np.ndarray
     class_names: list[str]
+    relevance: str = "same class"  # what makes a gallery image relevant to a query (the task's "relevant")
 
     def read(self, i: int) -> bytes:
         item = self.items[i]
@@ -63,7 +81,7 @@ class EvalDataset:
     """What ``evaluate`` runs on; ``notes`` says what was left out of the input and why."""
 
     spec: str
-    kind: str  # "folder" | "jsonl" | "synthetic"
+    kind: str  # "folder" | "jsonl" | "synthetic" | "fashion-mnist"
     images: ImageSet | None
     texts: TextSet | None
     notes: list[str] = field(default_factory=list)
@@ -80,6 +98,7 @@ class EvalDataset:
         if self.images is not None:
             doc["images"] = len(self.images.items)
             doc["classes"] = len(self.images.class_names)
+            doc["relevance"] = self.images.relevance
         if self.texts is not None:
             doc["text_queries"] = len(self.texts.query_texts)
             doc["text_gallery"] = len(self.texts.gallery_texts)
@@ -93,6 +112,8 @@ def load_dataset(spec: str, limit: int | None = None) -> EvalDataset:
         raise InputFileError(f"--limit must be at least 2, got {limit}")
     if spec.startswith(SYNTHETIC_PREFIX):
         return _synthetic(spec, limit)
+    if spec.startswith(FASHION_PREFIX):
+        return _fashion(spec, limit)
     path = Path(spec).expanduser()
     if path.is_dir():
         return _folder(spec, path, limit)
@@ -103,7 +124,7 @@ def load_dataset(spec: str, limit: int | None = None) -> EvalDataset:
         raise InputFileError(f"{path}: expected a folder with one subfolder per class, or a .jsonl caption file")
     raise InputFileError(
         f"no such dataset '{spec}': give a folder with one subfolder per class, a .jsonl caption file, "
-        "or synthetic:SEED:N"
+        "synthetic:SEED:N or fashion-mnist:test[:N]"
     )
 
 
@@ -118,20 +139,73 @@ def read_vocab(path: str | Path) -> list[str]:
 
 
 def _synthetic(spec: str, limit: int | None) -> EvalDataset:
+    usage = "use synthetic:SEED:N[:vocab=tune|test][:relevance=shape|colour|both], e.g. synthetic:1001:480"
     parts = spec[len(SYNTHETIC_PREFIX) :].split(":")
     try:
-        seed, n = (int(p) for p in parts)
+        seed, n = (int(p) for p in parts[:2])
     except ValueError:
-        raise InputFileError(f"bad synthetic dataset '{spec}': use synthetic:SEED:N, e.g. synthetic:1001:480") from None
+        raise InputFileError(f"bad synthetic dataset '{spec}': {usage}") from None
     if seed < 0 or n < 2:
         raise InputFileError(f"bad synthetic dataset '{spec}': SEED must be >= 0 and N >= 2")
-    items = generate(seed, n)
+    options = _options(spec, parts[2:], {"vocab": VOCAB_SPLITS, "relevance": RELEVANCE_AXES}, usage)
+    classes = vocabulary_split(options["vocab"]) if "vocab" in options else None
+    axis = options.get("relevance")
+    items = generate(seed, n, classes)
     keep = _subsample(n, limit)
     encoded = [_png(items[i].image) for i in keep]
-    images = _image_set(encoded, [items[i].class_name for i in keep], CLASS_NAMES)
+    world = classes or CLASS_NAMES
+    if axis is None:
+        images = _image_set(encoded, [items[i].class_name for i in keep], world)
+    else:
+        names = [axis_name(items[i].class_name, axis) for i in keep]
+        images = dataclasses.replace(_image_set(encoded, names, axis_names(axis, world)), relevance=_RELEVANT[axis])
     records = [(text, i, items[i].class_name) for i in keep for text in items[i].captions]
     texts, notes = _text_set(records, None, spec)
     return EvalDataset(spec, "synthetic", images, texts, notes)
+
+
+def _fashion(spec: str, limit: int | None) -> EvalDataset:
+    """Fashion-MNIST as 28x28 RGB PNGs in memory; image-to-image only (the set has no captions)."""
+    usage = "use fashion-mnist:test[:N][:seed=S] or fashion-mnist:train[:N][:seed=S]"
+    parts = spec[len(FASHION_PREFIX) :].split(":")
+    split, rest = parts[0], parts[1:]
+    if split not in fashion_mnist.SPLITS:
+        raise InputFileError(f"bad Fashion-MNIST dataset '{spec}': {usage}")
+    n = None
+    if rest and "=" not in rest[0]:
+        try:
+            n = int(rest[0])
+        except ValueError:
+            raise InputFileError(f"bad Fashion-MNIST dataset '{spec}': N must be an integer; {usage}") from None
+        if n < 2:
+            raise InputFileError(f"bad Fashion-MNIST dataset '{spec}': N must be >= 2")
+        rest = rest[1:]
+    options = _options(spec, rest, {"seed": None}, usage)
+    try:
+        seed = int(options.get("seed", 0))
+    except ValueError:
+        seed = -1
+    if seed < 0:
+        raise InputFileError(f"bad Fashion-MNIST dataset '{spec}': seed must be an integer >= 0")
+    pixels, labels = fashion_mnist.load_split(split)
+    chosen = fashion_mnist.stratified_subset(labels, n, seed) if n is not None else np.arange(len(labels))
+    keep = chosen[_subsample(len(chosen), limit)]
+    encoded = [_png(fashion_mnist.to_rgb(pixels[i])) for i in keep]
+    names = fashion_mnist.CLASS_NAMES
+    images = _image_set(encoded, [names[labels[i]] for i in keep], names)
+    return EvalDataset(spec, "fashion-mnist", images, None, [])
+
+
+def _options(spec: str, parts: list[str], allowed: dict[str, tuple[str, ...] | None], usage: str) -> dict[str, str]:
+    """``key=value`` suffixes of a dataset spec, each key at most once, values from ``allowed`` (None: any)."""
+    options: dict[str, str] = {}
+    for part in parts:
+        key, sep, value = part.partition("=")
+        choices = allowed.get(key, ())
+        if not sep or key not in allowed or key in options or (choices is not None and value not in choices):
+            raise InputFileError(f"bad dataset '{spec}': cannot read '{part}'; {usage}")
+        options[key] = value
+    return options
 
 
 def _folder(spec: str, root: Path, limit: int | None) -> EvalDataset:

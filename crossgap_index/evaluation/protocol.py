@@ -398,7 +398,9 @@ def _run_images(
     extra = {"image-oti": gallery_oti}
     modes = eval_modes(IMAGES, ctx.config, ctx.names, ctx.span_components, ctx.rrf_k, ctx.alpha)
     modes.update({name: (mode, mode.describe()) for name, mode in ctx.extra_modes.items()})
-    intra_ap = _task(IMAGES, "same class", modes, features, transformer, make_transformer, "image", extra, result, ctx)
+    intra_ap = _task(
+        IMAGES, data.images.relevance, modes, features, transformer, make_transformer, "image", extra, result, ctx
+    )
 
     prompts = encoder.encode_texts(concept_prompts(data.images.class_names))
     accuracy = float(((features.gallery @ prompts.T).argmax(axis=1) == features.gallery_labels).mean())

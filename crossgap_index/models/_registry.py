@@ -2,7 +2,9 @@
 
 Each bundled model is an open_clip ``local-dir`` folder (``open_clip_config.json`` and,
 when trained, ``open_clip_model.safetensors``) under ``models/bundled/``, so it loads
-through exactly the code path of a downloaded open_clip checkpoint.
+through exactly the code path of a downloaded open_clip checkpoint. A folder here is registered by
+existing: ``crossgap-small`` (the synthetic world), ``crossgap-fashion`` (Fashion-MNIST's train split; both
+trained by ``benchmarks/train_small.py``, see their MODEL_CARD.md) and ``tiny-random`` (a config only).
 """
 
 from __future__ import annotations
