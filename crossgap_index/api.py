@@ -420,6 +420,7 @@ class CrossGapIndex:
         """The stored item with this id (modality, path or text, external id), or None."""
         return self._store.catalog.rows([item_id]).get(item_id)
 
+    @_reads
     def image_record(self, item_id: int) -> ImageRecord | None:
         """An image item's file as the catalog recorded it (path, content hash, size, mtime), or None: what
         a server checks the file against before serving it."""

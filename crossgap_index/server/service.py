@@ -202,8 +202,7 @@ class SearchService:
             raise ApiError(404, f"item {item_id} is a text, not an image")
 
         def read() -> bytes:
-            with self.lock.reading():
-                record = self.index.image_record(item_id)
+            record = self.index.image_record(item_id)
             if record is None:
                 raise ApiError(404, f"no item with id {item_id}")
             return read_item_file(record, self.settings.max_upload_bytes)
