@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 import sys
 import warnings
@@ -25,7 +26,7 @@ from crossgap_index.cli.serve_command import serve_command
 from crossgap_index.cli.tune_command import train_inverter_command, tune_command
 from crossgap_index import __version__
 from crossgap_index.demo import DEMO_MODEL
-from crossgap_index.errors import CrossGapError, CrossGapWarning
+from crossgap_index.errors import CrossGapError, CrossGapWarning, is_disk_full
 from crossgap_index.ingest.limits import DEFAULT_MAX_FILE_MB, DEFAULT_MAX_MEGAPIXELS
 from crossgap_index.inversion import InversionConfig
 from crossgap_index.models import DEFAULT_MODEL
@@ -55,6 +56,28 @@ def _main(
     ] = False,
 ) -> None:
     warnings.showwarning = _show_note  # library notes (e.g. a truncated query text) as one line
+    _plain_library_log()
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is when a record arrives (a test runner may swap it)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr
+        super().emit(record)
+
+
+def _plain_library_log() -> None:
+    """The library's log lines (e.g. waiting for another writer) on stderr as they are, without a
+    ``WARNING:crossgap_index:`` prefix, whatever another package did to the root logger."""
+    logger = logging.getLogger("crossgap_index")
+    if not any(getattr(h, "_cgx", False) for h in logger.handlers):
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        handler._cgx = True
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
 
 
 IndexOpt = Annotated[
@@ -104,12 +127,16 @@ def fails_cleanly(command):
             print("cgx: interrupted; work done so far is saved, re-run to resume", file=sys.stderr)
             raise typer.Exit(130) from None
         except OSError as exc:  # the file system said no (a path that is a file, a full disk, permissions)
-            where = f" {exc.filename}" if exc.filename else ""
-            print(f"cgx: error:{where}: {exc.strerror or exc}", file=sys.stderr)
+            where = f" {exc.filename}:" if exc.filename else ""
+            full = " disk full:" if is_disk_full(exc) else ""
+            print(f"cgx: error:{full}{where} {exc.strerror or exc}", file=sys.stderr)
             raise typer.Exit(1) from None
         except Exception as exc:  # a bug: still one line, the traceback on request
             if hasattr(exc, "exit_code") or os.environ.get("CGX_DEBUG"):
                 raise  # typer's own exits and usage errors, or a debugging user
+            if is_disk_full(exc):  # SQLite or FAISS out of space outside the store's writes (e.g. a cache)
+                print(f"cgx: error: disk full: {_one_line(exc)}; free some space and re-run", file=sys.stderr)
+                raise typer.Exit(1) from None
             print(
                 f"cgx: internal error: {type(exc).__name__}: {_one_line(exc)} (CGX_DEBUG=1 shows the traceback)",
                 file=sys.stderr,
