@@ -29,6 +29,7 @@ from crossgap_index.demo import DEMO_MODEL
 from crossgap_index.errors import CrossGapError, CrossGapWarning, is_disk_full
 from crossgap_index.ingest.limits import DEFAULT_MAX_FILE_MB, DEFAULT_MAX_MEGAPIXELS
 from crossgap_index.inversion import InversionConfig
+from crossgap_index.inversion.config import LR_MAX
 from crossgap_index.models import DEFAULT_MODEL
 from crossgap_index.search.modes import MODE_NAMES, SERVED_OTI_STEPS
 
@@ -250,6 +251,9 @@ def add_texts(
     index: IndexOpt = None,
     model: ModelOpt = None,
     device: DeviceOpt = "auto",
+    max_file_mb: Annotated[
+        float, typer.Option(min=0.0, help="Refuse a corpus file larger than this many MB without reading it.")
+    ] = DEFAULT_MAX_FILE_MB,
     no_wait: NoWaitOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -258,7 +262,7 @@ def add_texts(
     from crossgap_index import CrossGapIndex
     from crossgap_index.ingest.texts import read_text_corpus
 
-    corpus = read_text_corpus(file)
+    corpus = read_text_corpus(file, max_bytes=int(max_file_mb * 1e6))
     with (
         CrossGapIndex.open_or_create(index, model=model, device=device, wait=not no_wait) as cgx,
         progress_bar("embedding texts", "txt", enabled=not quiet) as progress,
@@ -321,7 +325,9 @@ def query(
     ] = None,
     tokens: Annotated[int | None, typer.Option(min=1, help="OTI pseudo-tokens R [default: 1].")] = None,
     patches: Annotated[int | None, typer.Option(min=1, help="OVI pseudo-patches P [default: per model].")] = None,
-    lr: Annotated[float | None, typer.Option(help="Inversion learning rate (AdamW) [default: 0.02].")] = None,
+    lr: Annotated[
+        float | None, typer.Option(help=f"Inversion learning rate (AdamW), at most {LR_MAX:g} [default: 0.02].")
+    ] = None,
     template: Annotated[
         str | None, typer.Option(help="OTI prompt; {} marks the pseudo-tokens [default: 'a photo of {}'].")
     ] = None,

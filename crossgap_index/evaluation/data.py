@@ -22,10 +22,11 @@ from crossgap_index.datasets.synthetic import CLASS_NAMES, generate
 from crossgap_index.errors import InputFileError
 from crossgap_index.ingest.decode import content_hash
 from crossgap_index.ingest.discover import SKIPPED_DIRS, find_images, is_image_path
-from crossgap_index.ingest.texts import read_utf8_lines
+from crossgap_index.ingest.texts import MAX_LINE_CHARS, read_utf8_lines
 
 SYNTHETIC_PREFIX = "synthetic:"
 CAPTIONS_FILE = "captions.jsonl"
+MAX_VOCAB_MB = 16.0  # a concept list (ImageNet's 1000 names: 12 kB); larger files are refused unread
 _SUBSAMPLE_SEED = 0  # --limit picks the same items on every run
 
 
@@ -110,7 +111,10 @@ def load_dataset(spec: str, limit: int | None = None) -> EvalDataset:
 def read_vocab(path: str | Path) -> list[str]:
     """Concept names for span projection: one per line, blank lines skipped, duplicates kept once."""
     path = Path(path).expanduser()
-    lines = read_utf8_lines(path, "vocabulary ")
+    lines = read_utf8_lines(path, "vocabulary ", int(MAX_VOCAB_MB * 1e6), "--vocab file")
+    long = next((i for i, line in enumerate(lines, 1) if len(line) > MAX_LINE_CHARS), None)
+    if long is not None:
+        raise InputFileError(f"vocabulary {path}: line {long} is longer than {MAX_LINE_CHARS} characters")
     names = list(dict.fromkeys(line.strip() for line in lines if line.strip()))
     if len(names) < 2:
         raise InputFileError(f"vocabulary {path} needs at least 2 names (one per line), found {len(names)}")
