@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from crossgap_index.datasets.synthetic import CLASS_NAMES, generate
+from crossgap_index.datasets.synthetic import CLASS_NAMES, make_item
 from crossgap_index.errors import InputFileError
 from crossgap_index.ingest.decode import content_hash
 from crossgap_index.ingest.discover import SKIPPED_DIRS, find_images, is_image_path
@@ -26,8 +27,12 @@ from crossgap_index.ingest.texts import MAX_LINE_CHARS, read_utf8_lines
 
 SYNTHETIC_PREFIX = "synthetic:"
 CAPTIONS_FILE = "captions.jsonl"
+MAX_SYNTHETIC_ITEMS = 100_000  # synthetic:SEED:N; ~10 ms and ~7 kB (PNG) per item here
 MAX_VOCAB_MB = 16.0  # a concept list (ImageNet's 1000 names: 12 kB); larger files are refused unread
 _SUBSAMPLE_SEED = 0  # --limit picks the same items on every run
+
+
+StageProgress = Callable[[str, int, int], None]  # progress(stage, done, total)
 
 
 @dataclass(frozen=True)
@@ -88,12 +93,13 @@ class EvalDataset:
         return doc
 
 
-def load_dataset(spec: str, limit: int | None = None) -> EvalDataset:
-    """Parse a dataset argument; ``limit`` keeps a fixed random subset of N images and N text groups."""
+def load_dataset(spec: str, limit: int | None = None, progress: StageProgress | None = None) -> EvalDataset:
+    """Parse a dataset argument; ``limit`` keeps a fixed random subset of N images and N text groups;
+    ``progress(stage, done, total)`` follows the generation of a synthetic set."""
     if limit is not None and limit < 2:
         raise InputFileError(f"--limit must be at least 2, got {limit}")
     if spec.startswith(SYNTHETIC_PREFIX):
-        return _synthetic(spec, limit)
+        return _synthetic(spec, limit, progress)
     path = Path(spec).expanduser()
     if path.is_dir():
         return _folder(spec, path, limit)
@@ -121,7 +127,8 @@ def read_vocab(path: str | Path) -> list[str]:
     return names
 
 
-def _synthetic(spec: str, limit: int | None) -> EvalDataset:
+def synthetic_size(spec: str) -> tuple[int, int]:
+    """SEED and N of ``synthetic:SEED:N``, checked (N capped) before anything is generated or loaded."""
     parts = spec[len(SYNTHETIC_PREFIX) :].split(":")
     try:
         seed, n = (int(p) for p in parts)
@@ -129,11 +136,27 @@ def _synthetic(spec: str, limit: int | None) -> EvalDataset:
         raise InputFileError(f"bad synthetic dataset '{spec}': use synthetic:SEED:N, e.g. synthetic:1001:480") from None
     if seed < 0 or n < 2:
         raise InputFileError(f"bad synthetic dataset '{spec}': SEED must be >= 0 and N >= 2")
-    items = generate(seed, n)
+    if n > MAX_SYNTHETIC_ITEMS:
+        raise InputFileError(
+            f"synthetic dataset '{spec}': N is at most {MAX_SYNTHETIC_ITEMS} (each item is generated and held in "
+            "memory); use a smaller N, or --limit with an image folder for larger evaluations"
+        )
+    return seed, n
+
+
+def _synthetic(spec: str, limit: int | None, progress: StageProgress | None = None) -> EvalDataset:
+    seed, n = synthetic_size(spec)
     keep = _subsample(n, limit)
-    encoded = [_png(items[i].image) for i in keep]
-    images = _image_set(encoded, [items[i].class_name for i in keep], CLASS_NAMES)
-    records = [(text, i, items[i].class_name) for i in keep for text in items[i].captions]
+    report = progress or (lambda stage, done, total: None)
+    encoded, names, records = [], [], []
+    for done, i in enumerate(keep):  # one item at a time: only its PNG bytes and captions are kept
+        item = make_item(seed, i)
+        encoded.append(_png(item.image))
+        names.append(item.class_name)
+        records += [(text, i, item.class_name) for text in item.captions]
+        if done % 64 == 0 or done + 1 == len(keep):
+            report("generating synthetic items", done + 1, len(keep))
+    images = _image_set(encoded, names, CLASS_NAMES)
     texts, notes = _text_set(records, None, spec)
     return EvalDataset(spec, "synthetic", images, texts, notes)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -55,6 +56,9 @@ class InverterConfig:
             raise QueryError("inverter: lr must be > 0, dropout in [0, 1), weight_decay >= 0")
         if self.template.count("{}") != 1:
             raise QueryError(f"inverter: template must contain '{{}}' exactly once, got {self.template!r}")
+        seconds = self.max_seconds
+        if seconds is not None and (isinstance(seconds, bool) or not math.isfinite(seconds) or seconds <= 0):
+            raise QueryError(f"inverter: max_seconds must be a positive number of seconds, got {seconds!r}")
 
 
 class InverterNet(nn.Module):
@@ -88,6 +92,11 @@ class Inverter:
         self.model = model
         self.config = config
         self.stats = stats or {}
+
+    @property
+    def cut_short(self) -> bool:
+        """Whether training stopped (``max_seconds``) before the steps it was asked for."""
+        return self.stats.get("steps", self.config.steps) < self.config.steps
 
     @property
     def fingerprint(self) -> str:
