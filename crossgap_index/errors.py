@@ -29,8 +29,8 @@ def is_disk_full(exc: BaseException) -> bool:
 
     if isinstance(exc, DiskFullError):
         return True
-    if isinstance(exc, OSError):
-        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
     if getattr(exc, "sqlite_errorcode", None) == 13:  # SQLITE_FULL
         return True
     text = str(exc)

@@ -120,13 +120,12 @@ def export_index(
                     continue
                 chunks = item_chunks(manifest, catalog, name, chunk)
                 files = (
-                    _write_parquet(manifest, name, chunks, out)
+                    _write_parquet(manifest, name, chunks, out, staged)
                     if fmt == "parquet"
-                    else _write_npy(manifest, name, n, chunks, out)
+                    else _write_npy(manifest, name, n, chunks, out, staged)
                 )
-                staged += files
                 report.counts[name] = n
-                report.files.extend(str(final) for _, final in files)
+                report.files.extend(str(final) for final in files)
             summary = {"model": manifest.model, "dim": manifest.dim, "metric": manifest.metric, "counts": report.counts}
             summary_file = _beside(out / "export.json")
             staged.append((summary_file, out / "export.json"))
@@ -149,7 +148,9 @@ def printable_path(path: str | None) -> str | None:
     return None if path is None else path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
-def _write_parquet(manifest: Manifest, name: str, chunks: Iterator[ItemChunk], out: Path) -> Staged:
+def _write_parquet(manifest: Manifest, name: str, chunks: Iterator[ItemChunk], out: Path, staged: Staged) -> list[Path]:
+    """``NAME.parquet``, written beside (registered in ``staged`` before the first byte, so a failure
+    anywhere removes it)."""
     _require_pyarrow()
     import pyarrow.parquet as pq
 
@@ -157,10 +158,11 @@ def _write_parquet(manifest: Manifest, name: str, chunks: Iterator[ItemChunk], o
         {"crossgap.model": manifest.model, "crossgap.collection": name, "crossgap.metric": manifest.metric}
     )
     path = out / f"{name}.parquet"
+    staged.append((_beside(path), path))
     with pq.ParquetWriter(_beside(path), schema) as writer:
         for chunk in chunks:
             writer.write_batch(arrow_batch(chunk, schema))
-    return [(_beside(path), path)]
+    return [path]
 
 
 def arrow_schema(dim: int):
@@ -199,13 +201,15 @@ def _require_pyarrow() -> None:
         raise QueryError('Parquet export needs pyarrow: pip install "crossgap-index[export]"') from exc
 
 
-def _write_npy(manifest: Manifest, name: str, n: int, chunks: Iterator[ItemChunk], out: Path) -> Staged:
+def _write_npy(
+    manifest: Manifest, name: str, n: int, chunks: Iterator[ItemChunk], out: Path, staged: Staged
+) -> list[Path]:
     paths = [out / f"{name}.vectors.npy", out / f"{name}.ids.npy", out / f"{name}.items.jsonl"]
-    staged = [(_beside(p), p) for p in paths]
-    vectors = np.lib.format.open_memmap(staged[0][0], mode="w+", dtype=np.float32, shape=(n, manifest.dim))
-    ids = np.lib.format.open_memmap(staged[1][0], mode="w+", dtype=np.int64, shape=(n,))
+    staged += [(_beside(p), p) for p in paths]
+    vectors = np.lib.format.open_memmap(_beside(paths[0]), mode="w+", dtype=np.float32, shape=(n, manifest.dim))
+    ids = np.lib.format.open_memmap(_beside(paths[1]), mode="w+", dtype=np.int64, shape=(n,))
     done = 0
-    with staged[2][0].open("wb") as items:
+    with _beside(paths[2]).open("wb") as items:
         for chunk in chunks:
             end = done + len(chunk.ids)
             if end > n:
@@ -220,7 +224,7 @@ def _write_npy(manifest: Manifest, name: str, n: int, chunks: Iterator[ItemChunk
     del vectors, ids
     if done != n:
         raise StoreError(f"the {name} collection shrank during the export; run it again")
-    return staged
+    return paths
 
 
 def _json_line(row: dict) -> bytes:
