@@ -130,8 +130,12 @@ class Inverter:
             "stats": json.dumps(self.stats),
         }
         tmp = path.with_name(path.name + ".tmp")
-        save_file({k: v.detach().cpu().contiguous() for k, v in self.net.state_dict().items()}, str(tmp), meta)
-        tmp.replace(path)
+        try:
+            save_file({k: v.detach().cpu().contiguous() for k, v in self.net.state_dict().items()}, str(tmp), meta)
+            tmp.replace(path)
+        except BaseException:  # a full disk: the stored network stays, no .tmp is left
+            tmp.unlink(missing_ok=True)
+            raise
 
     @classmethod
     def load(cls, path: Path, model: str, device: torch.device | str = "cpu") -> Inverter:
