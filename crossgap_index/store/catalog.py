@@ -127,6 +127,11 @@ class Catalog:
             conn = sqlite3.connect(f"{uri}?mode=ro", uri=True, check_same_thread=False, timeout=30)
             conn.execute("SELECT 1 FROM sqlite_master LIMIT 1")
         except sqlite3.OperationalError:  # WAL needs a -shm file it cannot make in a read-only directory
+            if header_shortfall(self.path) and wal_has_frames(self.path):  # immutable reads skip the WAL
+                raise StoreError(
+                    f"{self.path}: a checkpoint was interrupted (a full disk?) and its pages are in the WAL, which "
+                    "cannot be read where the directory is read-only; run `cgx check --repair` where it can be written"
+                ) from None
             conn = sqlite3.connect(f"{uri}?immutable=1", uri=True, check_same_thread=False)
         return conn
 
