@@ -482,16 +482,24 @@ class CrossGapIndex:
         return result
 
     # -- inversion network ----------------------------------------------------------------
-    def train_inverter(self, config: InverterConfig | None = None, progress=None) -> Inverter:
-        """Train the one-pass inversion network on this index's image vectors and save it beside the index."""
+    def train_inverter(self, config: InverterConfig | None = None, progress=None, replace: bool = False) -> Inverter:
+        """Train the one-pass inversion network on this index's image vectors and save it beside the index.
+        A network that ``max_seconds`` cut short of its steps does not replace a stored one unless
+        ``replace``: the stored one is kept and a StoreError says so (nothing is replaced silently)."""
         from crossgap_index.inversion.inverter import train_inverter
 
         _, vectors = self._store.ids_and_vectors("image")
         if len(vectors) < 2:
             raise StoreError(f"the image index at {self.path} needs at least 2 images to train an inverter")
         network = train_inverter(self.encoder.loaded, vectors, config, progress)
+        stored = self.path / INVERTER_FILE
+        if network.cut_short and stored.exists() and not replace:
+            raise StoreError(
+                f"training stopped by max_seconds after {network.stats['steps']} of {network.config.steps} steps; "
+                f"the inverter stored at {stored} is kept (replace it with --replace)"
+            )
         with self._store.writing():
-            network.save(self.path / INVERTER_FILE)
+            network.save(stored)
         self._inverter_net = network
         self._searcher = None
         return network

@@ -17,6 +17,26 @@ class StoreError(CrossGapError):
     """An index directory is missing, empty, built with another model, or from a newer schema."""
 
 
+class DiskFullError(StoreError):
+    """The file system ran out of space mid-write: what was committed before is kept; free space and re-run."""
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` says the disk (or quota) is full: an OSError's errno, SQLite's SQLITE_FULL, or a
+    FAISS write error, which carries the C library's message."""
+    import errno
+    import os
+
+    if isinstance(exc, DiskFullError):
+        return True
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    if getattr(exc, "sqlite_errorcode", None) == 13:  # SQLITE_FULL
+        return True
+    text = str(exc)
+    return "database or disk is full" in text or os.strerror(errno.ENOSPC) in text
+
+
 class QueryError(CrossGapError):
     """A query cannot be run as given (unreadable image, conflicting options)."""
 

@@ -8,6 +8,7 @@ chunk of vectors in memory, whatever the index size. Opens only the manifest and
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from crossgap_index.store.manifest import Manifest
 
 FORMATS = ("parquet", "npy")
 COLLECTIONS = (*MODALITIES, *DERIVED)
+Staged = list[tuple[Path, Path]]  # (file written beside, its final name)
 CHUNK = 8192  # rows per read; also bounds the SQL "IN (...)" of the metadata look-up
 
 
@@ -107,29 +109,48 @@ def export_index(
         raise QueryError(f"unknown export format '{fmt}': use one of {', '.join(FORMATS)}")
     check_collections(collections or [])
     out = Path(out_dir).expanduser()
-    with open_catalog(index_path) as (manifest, catalog):
-        out.mkdir(parents=True, exist_ok=True)
-        report = ExportReport(manifest.model, manifest.dim)
-        for name in collections or COLLECTIONS:
-            n = stored_count(catalog, name)
-            if n == 0 and not collections:
-                continue
-            chunks = item_chunks(manifest, catalog, name, chunk)
-            files = (
-                _write_parquet(manifest, name, chunks, out)
-                if fmt == "parquet"
-                else _write_npy(manifest, name, n, chunks, out)
-            )
-            report.counts[name] = n
-            report.files.extend(str(f) for f in files)
-        summary = {"model": manifest.model, "dim": manifest.dim, "metric": manifest.metric, "counts": report.counts}
-        (out / "export.json").write_text(
-            json.dumps({**summary, "files": [Path(f).name for f in report.files]}, indent=2)
-        )
+    staged: Staged = []  # renamed only once every file is complete
+    try:
+        with open_catalog(index_path) as (manifest, catalog):
+            out.mkdir(parents=True, exist_ok=True)
+            report = ExportReport(manifest.model, manifest.dim)
+            for name in collections or COLLECTIONS:
+                n = stored_count(catalog, name)
+                if n == 0 and not collections:
+                    continue
+                chunks = item_chunks(manifest, catalog, name, chunk)
+                files = (
+                    _write_parquet(manifest, name, chunks, out, staged)
+                    if fmt == "parquet"
+                    else _write_npy(manifest, name, n, chunks, out, staged)
+                )
+                report.counts[name] = n
+                report.files.extend(str(final) for final in files)
+            summary = {"model": manifest.model, "dim": manifest.dim, "metric": manifest.metric, "counts": report.counts}
+            summary_file = _beside(out / "export.json")
+            staged.append((summary_file, out / "export.json"))
+            summary_file.write_text(json.dumps({**summary, "files": [Path(f).name for f in report.files]}, indent=2))
+        for tmp, final in staged:
+            os.replace(tmp, final)
+    finally:
+        for tmp, _ in staged:
+            tmp.unlink(missing_ok=True)
     return report
 
 
-def _write_parquet(manifest: Manifest, name: str, chunks: Iterator[ItemChunk], out: Path) -> list[Path]:
+def _beside(path: Path) -> Path:
+    """Where ``path`` is written before it is complete (a hidden name in the same folder, renamed over it)."""
+    return path.with_name(f".{path.name}.tmp")
+
+
+def printable_path(path: str | None) -> str | None:
+    """A file name as valid UTF-8 text: bytes that are not UTF-8 (surrogate-escaped by os) as ``\\xNN``."""
+    return None if path is None else path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def _write_parquet(manifest: Manifest, name: str, chunks: Iterator[ItemChunk], out: Path, staged: Staged) -> list[Path]:
+    """``NAME.parquet``, written beside (registered in ``staged`` before the first byte, so a failure
+    anywhere removes it)."""
     _require_pyarrow()
     import pyarrow.parquet as pq
 
@@ -137,7 +158,8 @@ def _write_parquet(manifest: Manifest, name: str, chunks: Iterator[ItemChunk], o
         {"crossgap.model": manifest.model, "crossgap.collection": name, "crossgap.metric": manifest.metric}
     )
     path = out / f"{name}.parquet"
-    with pq.ParquetWriter(path, schema) as writer:
+    staged.append((_beside(path), path))
+    with pq.ParquetWriter(_beside(path), schema) as writer:
         for chunk in chunks:
             writer.write_batch(arrow_batch(chunk, schema))
     return [path]
@@ -150,7 +172,8 @@ def arrow_schema(dim: int):
         [
             ("id", pa.int64()),
             ("modality", pa.string()),
-            ("path", pa.string()),
+            ("path", pa.string()),  # as text: a name that is not UTF-8 shows its odd bytes as \xNN
+            ("path_bytes", pa.binary()),  # the file name's own bytes (null for texts)
             ("text", pa.string()),
             ("external_id", pa.string()),
             ("vector", pa.list_(pa.float32(), dim)),
@@ -164,7 +187,9 @@ def arrow_batch(chunk: ItemChunk, schema):
 
     dim = chunk.vectors.shape[1]
     vectors = pa.FixedSizeListArray.from_arrays(pa.array(np.ascontiguousarray(chunk.vectors).reshape(-1)), dim)
-    columns = [pa.array(chunk.ids), pa.array(chunk.modality), pa.array(chunk.path, pa.string())]
+    raw = [None if p is None else os.fsencode(p) for p in chunk.path]
+    columns = [pa.array(chunk.ids), pa.array(chunk.modality), pa.array([printable_path(p) for p in chunk.path])]
+    columns.append(pa.array(raw, pa.binary()))
     columns += [pa.array(chunk.text, pa.string()), pa.array(chunk.external_id, pa.string()), vectors]
     return pa.RecordBatch.from_arrays(columns, schema=schema)
 
@@ -176,12 +201,15 @@ def _require_pyarrow() -> None:
         raise QueryError('Parquet export needs pyarrow: pip install "crossgap-index[export]"') from exc
 
 
-def _write_npy(manifest: Manifest, name: str, n: int, chunks: Iterator[ItemChunk], out: Path) -> list[Path]:
+def _write_npy(
+    manifest: Manifest, name: str, n: int, chunks: Iterator[ItemChunk], out: Path, staged: Staged
+) -> list[Path]:
     paths = [out / f"{name}.vectors.npy", out / f"{name}.ids.npy", out / f"{name}.items.jsonl"]
-    vectors = np.lib.format.open_memmap(paths[0], mode="w+", dtype=np.float32, shape=(n, manifest.dim))
-    ids = np.lib.format.open_memmap(paths[1], mode="w+", dtype=np.int64, shape=(n,))
+    staged += [(_beside(p), p) for p in paths]
+    vectors = np.lib.format.open_memmap(_beside(paths[0]), mode="w+", dtype=np.float32, shape=(n, manifest.dim))
+    ids = np.lib.format.open_memmap(_beside(paths[1]), mode="w+", dtype=np.int64, shape=(n,))
     done = 0
-    with paths[2].open("w", encoding="utf-8") as items:
+    with _beside(paths[2]).open("wb") as items:
         for chunk in chunks:
             end = done + len(chunk.ids)
             if end > n:
@@ -189,10 +217,20 @@ def _write_npy(manifest: Manifest, name: str, n: int, chunks: Iterator[ItemChunk
             vectors[done:end], ids[done:end] = chunk.vectors, chunk.ids
             for i, item_id in enumerate(chunk.ids.tolist()):
                 row = {"id": item_id, "modality": chunk.modality[i], "path": chunk.path[i], "text": chunk.text[i]}
-                items.write(json.dumps({**row, "external_id": chunk.external_id[i]}, ensure_ascii=False) + "\n")
+                items.write(_json_line({**row, "external_id": chunk.external_id[i]}))
             done = end
     vectors.flush()
     ids.flush()
+    del vectors, ids
     if done != n:
         raise StoreError(f"the {name} collection shrank during the export; run it again")
     return paths
+
+
+def _json_line(row: dict) -> bytes:
+    """One JSON line in UTF-8; a file name that is not UTF-8 is written with ``\\udcNN`` escapes, which
+    json.loads turns back into the surrogate-escaped str that ``os.fsencode`` maps to the name's bytes."""
+    try:
+        return (json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8")
+    except UnicodeEncodeError:
+        return (json.dumps(row) + "\n").encode("ascii")

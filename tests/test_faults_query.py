@@ -83,7 +83,9 @@ def test_query_kind_never_asks_the_file_system_about_text(tmp_path):
     assert query_kind(str(image), as_text=True) == "text"
     assert query_kind(str(tmp_path / "readme.txt")) == "text"
     os.mkfifo(tmp_path / "pipe.png")
-    assert query_kind(str(tmp_path / "pipe.png")) == "text"  # not a regular file: never opened as an image
+    with pytest.raises(QueryError, match=r"not a regular file \(a FIFO\)"):  # never opened, never text (issue 14)
+        query_kind(str(tmp_path / "pipe.png"))
+    assert query_kind(str(tmp_path / "pipe.png"), as_text=True) == "text"
     with pytest.raises(QueryError, match="no such image file"):
         query_kind(str(tmp_path / "missing.webp"))
     with pytest.raises(QueryError, match="exclude each other"):
@@ -105,8 +107,8 @@ def test_library_refuses_blank_text_and_fifo_query_images(index, tmp_path):
     [
         (["--lr", "nan"], "lr must be a finite number, got nan"),
         (["--lr", "inf"], "lr must be a finite number, got inf"),
-        (["--lr", "0"], "lr and init_std must be > 0"),
-        (["--lr=-1"], "lr and init_std must be > 0"),
+        (["--lr", "0"], "lr must be > 0 and <= 10"),
+        (["--lr=-1"], "lr must be > 0 and <= 10"),
         (["--template", "no braces"], "template must contain '{}' exactly once"),
         (["--template", "{} and {}"], "template must contain '{}' exactly once"),
         (["--device", "banana"], "unknown device 'banana'"),

@@ -27,9 +27,10 @@ from crossgap_index.cli.query_arg import query_kind
 from crossgap_index.cli.serve_command import serve_command
 from crossgap_index.cli.tune_command import train_inverter_command, tune_command
 from crossgap_index.demo import DEMO_MODEL
-from crossgap_index.errors import CrossGapError, CrossGapWarning
+from crossgap_index.errors import CrossGapError, CrossGapWarning, is_disk_full
 from crossgap_index.ingest.limits import DEFAULT_MAX_FILE_MB, DEFAULT_MAX_MEGAPIXELS
 from crossgap_index.inversion import InversionConfig
+from crossgap_index.inversion.config import LR_MAX
 from crossgap_index.models import DEFAULT_MODEL
 from crossgap_index.search.modes import MODE_NAMES, SERVED_OTI_STEPS
 
@@ -62,6 +63,28 @@ def _main(
     warnings.filterwarnings("ignore", message=r"Image size \(\d+ pixels\) exceeds limit")
     # open_clip logs its loading chatter on the root logger ("no pretrained weights" for random models).
     logging.getLogger().addFilter(lambda record: "open_clip" not in record.pathname)
+    _plain_library_log()
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is when a record arrives (a test runner may swap it)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr
+        super().emit(record)
+
+
+def _plain_library_log() -> None:
+    """The library's log lines (e.g. waiting for another writer) on stderr as they are, without a
+    ``WARNING:crossgap_index:`` prefix, whatever another package did to the root logger."""
+    logger = logging.getLogger("crossgap_index")
+    if not any(getattr(h, "_cgx", False) for h in logger.handlers):
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        handler._cgx = True
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
 
 
 IndexOpt = Annotated[
@@ -111,12 +134,16 @@ def fails_cleanly(command):
             print("cgx: interrupted; work done so far is saved, re-run to resume", file=sys.stderr)
             raise typer.Exit(130) from None
         except OSError as exc:  # the file system said no (a path that is a file, a full disk, permissions)
-            where = f" {exc.filename}" if exc.filename else ""
-            print(f"cgx: error:{where}: {exc.strerror or exc}", file=sys.stderr)
+            where = f" {exc.filename}:" if exc.filename else ""
+            full = " disk full:" if is_disk_full(exc) else ""
+            print(f"cgx: error:{full}{where} {exc.strerror or exc}", file=sys.stderr)
             raise typer.Exit(1) from None
         except Exception as exc:  # a bug: still one line, the traceback on request
             if hasattr(exc, "exit_code") or os.environ.get("CGX_DEBUG"):
                 raise  # typer's own exits and usage errors, or a debugging user
+            if is_disk_full(exc):  # SQLite or FAISS out of space outside the store's writes (e.g. a cache)
+                print(f"cgx: error: disk full: {_one_line(exc)}; free some space and re-run", file=sys.stderr)
+                raise typer.Exit(1) from None
             print(
                 f"cgx: internal error: {type(exc).__name__}: {_one_line(exc)} (CGX_DEBUG=1 shows the traceback)",
                 file=sys.stderr,
@@ -230,6 +257,9 @@ def add_texts(
     index: IndexOpt = None,
     model: ModelOpt = None,
     device: DeviceOpt = "auto",
+    max_file_mb: Annotated[
+        float, typer.Option(min=0.0, help="Refuse a corpus file larger than this many MB without reading it.")
+    ] = DEFAULT_MAX_FILE_MB,
     no_wait: NoWaitOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -238,7 +268,7 @@ def add_texts(
     from crossgap_index.cli.render import err, progress_bar
     from crossgap_index.ingest.texts import read_text_corpus
 
-    corpus = read_text_corpus(file)
+    corpus = read_text_corpus(file, max_bytes=int(max_file_mb * 1e6))
     with (
         CrossGapIndex.open_or_create(index, model=model, device=device, wait=not no_wait) as cgx,
         progress_bar("embedding texts", "txt", enabled=not quiet) as progress,
@@ -301,7 +331,9 @@ def query(
     ] = None,
     tokens: Annotated[int | None, typer.Option(min=1, help="OTI pseudo-tokens R [default: 1].")] = None,
     patches: Annotated[int | None, typer.Option(min=1, help="OVI pseudo-patches P [default: per model].")] = None,
-    lr: Annotated[float | None, typer.Option(help="Inversion learning rate (AdamW) [default: 0.02].")] = None,
+    lr: Annotated[
+        float | None, typer.Option(help=f"Inversion learning rate (AdamW), at most {LR_MAX:g} [default: 0.02].")
+    ] = None,
     template: Annotated[
         str | None, typer.Option(help="OTI prompt; {} marks the pseudo-tokens [default: 'a photo of {}'].")
     ] = None,

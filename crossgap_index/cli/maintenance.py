@@ -87,7 +87,8 @@ def check_command(
         _write(json.dumps(dataclasses.asdict(report), indent=2) + "\n")
     else:
         counts = ", ".join(f"{name} {n}" for name, n in report.counts.items())
-        lines = [f"repaired: {line}" for line in report.repaired] + [f"problem: {line}" for line in report.problems]
+        lines = [f"repaired: {line}" for line in report.repaired] + [f"note: {line}" for line in report.notes]
+        lines += [f"problem: {line}" for line in report.problems]
         lines += [f"missing: {_one_line(path)}" for path in report.missing_files[:20]]
         lines.append(f"{'ok' if report.ok else 'NOT OK'} ({counts})")
         _write("".join(line + "\n" for line in lines))

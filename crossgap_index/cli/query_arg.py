@@ -12,7 +12,7 @@ import stat
 from pathlib import Path
 
 from crossgap_index.errors import QueryError
-from crossgap_index.ingest.discover import is_image_path
+from crossgap_index.ingest.discover import file_kind, is_image_path
 
 NAME_MAX_BYTES = 255  # longest file name component on common file systems
 PATH_MAX_BYTES = 4096
@@ -30,12 +30,16 @@ def query_kind(arg: str, as_image: bool = False, as_text: bool = False) -> str:
         return "text"
     path = Path(arg).expanduser()
     try:
-        is_file = stat.S_ISREG(os.stat(path).st_mode)
-        exists = True
+        mode = os.stat(path).st_mode
+        is_file, exists = stat.S_ISREG(mode), True
     except (OSError, ValueError):  # missing, too long, a NUL byte: not a file we could read
         is_file = exists = False
     if is_file and is_image_path(path):
         return "image"
+    if exists and is_image_path(path):  # a FIFO or device named like an image: never opened, never text
+        raise QueryError(
+            f"{arg} is not a regular file ({file_kind(mode)}); give an image file, or --text to search for this text"
+        )
     if not exists and is_image_path(path):
         raise QueryError(f"no such image file: {arg}; use --text to search for this text")
     return "text"

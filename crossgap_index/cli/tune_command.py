@@ -35,7 +35,10 @@ def tune_command(
     """Find the mode that wins on your labelled data and store it in the index: `cgx query --cross` and
     library mode="auto" then serve it. Half of each class selects, the other half reports."""
     from crossgap_index import CrossGapIndex
+    from crossgap_index.evaluation.data import SYNTHETIC_PREFIX, synthetic_size
 
+    if dataset.startswith(SYNTHETIC_PREFIX):
+        synthetic_size(dataset)  # a bad or oversized spec is one line before the model loads
     with CrossGapIndex.open(index, device=device) as cgx, _stages(not quiet) as progress:
         result = cgx.tune(dataset, inversion=inversion, seed=seed, progress=progress)
     record = result.record
@@ -75,7 +78,13 @@ def train_inverter_command(
     steps: Annotated[int, typer.Option(min=1, help="Optimisation steps: a quality knob, see --help.")] = 48,
     tokens: Annotated[int, typer.Option(min=1, help="Pseudo-tokens R the network predicts.")] = 1,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per step.")] = 128,
-    max_seconds: Annotated[float | None, typer.Option(help="Stop after this long.")] = None,
+    max_seconds: Annotated[
+        float | None,
+        typer.Option(help="Stop after this many seconds (> 0); a network cut short does not replace a stored one."),
+    ] = None,
+    replace: Annotated[
+        bool, typer.Option("--replace", help="Replace the stored network even with one --max-seconds cut short.")
+    ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar on stderr.")] = False,
 ) -> None:
     """Train the one-pass inversion network (modes inverter and warm) on the index's own images, no labels.
@@ -86,12 +95,13 @@ def train_inverter_command(
 
     config = InverterConfig(n_tokens=tokens, steps=steps, batch_size=batch_size, max_seconds=max_seconds)
     with CrossGapIndex.open(index, device=device) as cgx, progress_bar("training", "step", not quiet) as bar:
-        network = cgx.train_inverter(config, progress=lambda step, total, loss: bar(step, total))
+        network = cgx.train_inverter(config, progress=lambda step, total, loss: bar(step, total), replace=replace)
     if not quiet:
         stats = network.stats
+        short = f" (stopped by --max-seconds, of {steps} asked)" if network.cut_short else ""
         err.print(
-            f"trained on {stats['images']} images: {stats['steps']} steps in {stats['seconds']:.1f} s, final loss "
-            f"{stats['final_loss']:.4f}; saved to {cgx.path / 'inverter.safetensors'}",
+            f"trained on {stats['images']} images: {stats['steps']} steps{short} in {stats['seconds']:.1f} s, final "
+            f"loss {stats['final_loss']:.4f}; saved to {cgx.path / 'inverter.safetensors'}",
             highlight=False,
         )
 

@@ -47,9 +47,15 @@ def get_engine(engine: str | Engine, ray_address: str | None = None) -> Engine:
 
         return LocalEngine()
     if engine == "ray":
+        from crossgap_index.engines.ray_address import check_reachable
+
+        check_reachable(ray_address)  # seconds, before Ray loads and before an index is created
         try:
             from crossgap_index.engines.ray_data import RayEngine
         except ImportError as exc:
             raise QueryError(f'the ray engine needs Ray Data: pip install "crossgap-index[ray]" ({exc})') from exc
-        return RayEngine(address=ray_address)
+        engine = RayEngine(address=ray_address)
+        if ray_address is not None:
+            engine.connect()  # a cluster that is not there fails here, before an index folder is made
+        return engine
     raise QueryError(f"unknown engine '{engine}': use one of {', '.join(ENGINES)}")

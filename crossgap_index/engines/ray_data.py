@@ -12,7 +12,9 @@ crossgap_index, so on a multi-node cluster it must be installed on every node (o
 from __future__ import annotations
 
 import functools
+import logging
 import math
+import os
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -22,6 +24,7 @@ import ray.data
 import torch
 from PIL import Image
 
+from crossgap_index.engines.ray_address import CONNECT_TIMEOUT_S
 from crossgap_index.errors import QueryError
 from crossgap_index.ingest.decode import FileBytes
 from crossgap_index.ingest.pipeline import Prepared, ReadLimits, prepare
@@ -111,14 +114,18 @@ class RayEngine:
         self.actor_cpus = actor_cpus
         self.embedder = embedder
 
-    def _connect(self) -> None:
+    def connect(self) -> None:
+        """Start or join Ray (once). An explicit address that answers TCP but not as a Ray cluster is given
+        up after about CONNECT_TIMEOUT_S (Ray's own default retries for 20 s, 120 s with RocksDB) unless
+        the user set ``RAY_gcs_server_port_wait_time_s``."""
         if ray.is_initialized():
             return
+        os.environ.setdefault("RAY_gcs_server_port_wait_time_s", str(math.ceil(CONNECT_TIMEOUT_S)))
         try:
             if self.address is None:
-                ray.init(include_dashboard=False, log_to_driver=False)
+                ray.init(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
             else:
-                ray.init(address=self.address, log_to_driver=False)
+                ray.init(address=self.address, log_to_driver=False, logging_level=logging.WARNING)
         except (ConnectionError, ValueError, RuntimeError) as exc:
             raise QueryError(f"cannot start or reach Ray at {self.address or 'a new local instance'}: {exc}") from exc
 
@@ -136,7 +143,7 @@ class RayEngine:
     ) -> Iterator[list[Prepared]]:
         if not paths:
             return
-        self._connect()
+        self.connect()
         resources = ray.cluster_resources()
         gpus = int(resources.get("GPU", 0)) if device != "cpu" else 0
         blocks = max(1, math.ceil(len(paths) / batch_size))

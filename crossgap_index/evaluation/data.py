@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,19 +32,24 @@ from crossgap_index.datasets.synthetic import (
     VOCAB_SPLITS,
     axis_name,
     axis_names,
-    generate,
+    make_item,
     vocabulary_split,
 )
 from crossgap_index.errors import InputFileError
 from crossgap_index.ingest.decode import content_hash
 from crossgap_index.ingest.discover import SKIPPED_DIRS, find_images, is_image_path
-from crossgap_index.ingest.texts import read_utf8_lines
+from crossgap_index.ingest.texts import MAX_LINE_CHARS, read_utf8_lines
 
 SYNTHETIC_PREFIX = "synthetic:"
 FASHION_PREFIX = "fashion-mnist:"
 _RELEVANT = {"shape": "same shape", "colour": "same colour", "both": "same colour and shape"}
 CAPTIONS_FILE = "captions.jsonl"
+MAX_SYNTHETIC_ITEMS = 100_000  # synthetic:SEED:N; ~10 ms and ~7 kB (PNG) per item here
+MAX_VOCAB_MB = 16.0  # a concept list (ImageNet's 1000 names: 12 kB); larger files are refused unread
 _SUBSAMPLE_SEED = 0  # --limit picks the same items on every run
+
+
+StageProgress = Callable[[str, int, int], None]  # progress(stage, done, total)
 
 
 @dataclass(frozen=True)
@@ -106,12 +112,13 @@ class EvalDataset:
         return doc
 
 
-def load_dataset(spec: str, limit: int | None = None) -> EvalDataset:
-    """Parse a dataset argument; ``limit`` keeps a fixed random subset of N images and N text groups."""
+def load_dataset(spec: str, limit: int | None = None, progress: StageProgress | None = None) -> EvalDataset:
+    """Parse a dataset argument; ``limit`` keeps a fixed random subset of N images and N text groups;
+    ``progress(stage, done, total)`` follows the generation of a synthetic set."""
     if limit is not None and limit < 2:
         raise InputFileError(f"--limit must be at least 2, got {limit}")
     if spec.startswith(SYNTHETIC_PREFIX):
-        return _synthetic(spec, limit)
+        return _synthetic(spec, limit, progress)
     if spec.startswith(FASHION_PREFIX):
         return _fashion(spec, limit)
     path = Path(spec).expanduser()
@@ -131,35 +138,58 @@ def load_dataset(spec: str, limit: int | None = None) -> EvalDataset:
 def read_vocab(path: str | Path) -> list[str]:
     """Concept names for span projection: one per line, blank lines skipped, duplicates kept once."""
     path = Path(path).expanduser()
-    lines = read_utf8_lines(path, "vocabulary ")
+    lines = read_utf8_lines(path, "vocabulary ", int(MAX_VOCAB_MB * 1e6), "--vocab file")
+    long = next((i for i, line in enumerate(lines, 1) if len(line) > MAX_LINE_CHARS), None)
+    if long is not None:
+        raise InputFileError(f"vocabulary {path}: line {long} is longer than {MAX_LINE_CHARS} characters")
     names = list(dict.fromkeys(line.strip() for line in lines if line.strip()))
     if len(names) < 2:
         raise InputFileError(f"vocabulary {path} needs at least 2 names (one per line), found {len(names)}")
     return names
 
 
-def _synthetic(spec: str, limit: int | None) -> EvalDataset:
-    usage = "use synthetic:SEED:N[:vocab=tune|test][:relevance=shape|colour|both], e.g. synthetic:1001:480"
+SYNTHETIC_USAGE = "use synthetic:SEED:N[:vocab=tune|test][:relevance=shape|colour|both], e.g. synthetic:1001:480"
+
+
+def synthetic_size(spec: str) -> tuple[int, int]:
+    """SEED and N of ``synthetic:SEED:N[:...]``, checked (N capped) before anything is generated or loaded."""
     parts = spec[len(SYNTHETIC_PREFIX) :].split(":")
     try:
         seed, n = (int(p) for p in parts[:2])
     except ValueError:
-        raise InputFileError(f"bad synthetic dataset '{spec}': {usage}") from None
+        raise InputFileError(f"bad synthetic dataset '{spec}': {SYNTHETIC_USAGE}") from None
     if seed < 0 or n < 2:
         raise InputFileError(f"bad synthetic dataset '{spec}': SEED must be >= 0 and N >= 2")
-    options = _options(spec, parts[2:], {"vocab": VOCAB_SPLITS, "relevance": RELEVANCE_AXES}, usage)
+    if n > MAX_SYNTHETIC_ITEMS:
+        raise InputFileError(
+            f"synthetic dataset '{spec}': N is at most {MAX_SYNTHETIC_ITEMS} (each item is generated and held in "
+            "memory); use a smaller N, or --limit with an image folder for larger evaluations"
+        )
+    return seed, n
+
+
+def _synthetic(spec: str, limit: int | None, progress: StageProgress | None = None) -> EvalDataset:
+    seed, n = synthetic_size(spec)
+    parts = spec[len(SYNTHETIC_PREFIX) :].split(":")
+    options = _options(spec, parts[2:], {"vocab": VOCAB_SPLITS, "relevance": RELEVANCE_AXES}, SYNTHETIC_USAGE)
     classes = vocabulary_split(options["vocab"]) if "vocab" in options else None
     axis = options.get("relevance")
-    items = generate(seed, n, classes)
     keep = _subsample(n, limit)
-    encoded = [_png(items[i].image) for i in keep]
+    report = progress or (lambda stage, done, total: None)
+    encoded, class_names, records = [], [], []
+    for done, i in enumerate(keep):  # one item at a time: only its PNG bytes and captions are kept
+        item = make_item(seed, i, classes)
+        encoded.append(_png(item.image))
+        class_names.append(item.class_name)
+        records += [(text, i, item.class_name) for text in item.captions]
+        if done % 64 == 0 or done + 1 == len(keep):
+            report("generating synthetic items", done + 1, len(keep))
     world = classes or CLASS_NAMES
     if axis is None:
-        images = _image_set(encoded, [items[i].class_name for i in keep], world)
+        images = _image_set(encoded, class_names, world)
     else:
-        names = [axis_name(items[i].class_name, axis) for i in keep]
+        names = [axis_name(name, axis) for name in class_names]
         images = dataclasses.replace(_image_set(encoded, names, axis_names(axis, world)), relevance=_RELEVANT[axis])
-    records = [(text, i, items[i].class_name) for i in keep for text in items[i].captions]
     texts, notes = _text_set(records, None, spec)
     return EvalDataset(spec, "synthetic", images, texts, notes)
 

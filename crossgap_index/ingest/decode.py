@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from crossgap_index.ingest.discover import file_kind
 from crossgap_index.ingest.limits import (
     DEFAULT_MAX_FILE_MB,
     DEFAULT_MAX_MEGAPIXELS,
@@ -58,19 +59,19 @@ def content_hash(data: bytes) -> str:
     return hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
-def read_file(path: Path, max_bytes: int = DEFAULT_MAX_FILE_BYTES) -> FileBytes:
+def read_file(path: Path, max_bytes: int = DEFAULT_MAX_FILE_BYTES, setting: str = MAX_FILE_MB_SETTING) -> FileBytes:
     """Read a regular file once: its bytes, hash and stat (taken before reading, for change detection).
 
     Raises SkippedFile for anything that is not a regular file or is over ``max_bytes``, OSError when
-    it cannot be read. The file is checked by ``stat`` before it is opened (opening some devices has
-    effects) and again by ``fstat`` on the descriptor, which is opened non-blocking, so a FIFO swapped
-    in between cannot hang the read.
+    it cannot be read; ``setting`` is how the cap is named in the reason. The file is checked by
+    ``stat`` before it is opened (opening some devices has effects) and again by ``fstat`` on the
+    descriptor, which is opened non-blocking, so a FIFO swapped in between cannot hang the read.
     """
-    _check(os.stat(path), max_bytes)  # follows symlinks: a link counts as what it points to
+    _check(os.stat(path), max_bytes, setting)  # follows symlinks: a link counts as what it points to
     fd = os.open(path, _OPEN_FLAGS)
     try:
         info = os.fstat(fd)
-        _check(info, max_bytes)
+        _check(info, max_bytes, setting)
         with open(fd, "rb", closefd=False) as file:
             data = file.read(info.st_size + 1)
     finally:
@@ -80,24 +81,11 @@ def read_file(path: Path, max_bytes: int = DEFAULT_MAX_FILE_BYTES) -> FileBytes:
     return FileBytes(path, data, content_hash(data), info.st_size, info.st_mtime_ns)
 
 
-def _check(info: os.stat_result, max_bytes: int) -> None:
+def _check(info: os.stat_result, max_bytes: int, setting: str) -> None:
     if not stat.S_ISREG(info.st_mode):
-        raise SkippedFile(f"not a regular file ({_file_kind(info.st_mode)})")
+        raise SkippedFile(f"not a regular file ({file_kind(info.st_mode)})")
     if info.st_size > max_bytes:
-        raise SkippedFile(
-            f"{info.st_size / 1e6:.0f} MB is over the {MAX_FILE_MB_SETTING} limit of {max_bytes / 1e6:g} MB"
-        )
-
-
-def _file_kind(mode: int) -> str:
-    kinds = (
-        (stat.S_ISFIFO, "a FIFO"),
-        (stat.S_ISCHR, "a character device"),
-        (stat.S_ISBLK, "a block device"),
-        (stat.S_ISSOCK, "a socket"),
-        (stat.S_ISDIR, "a directory"),
-    )
-    return next((name for test, name in kinds if test(mode)), "a special file")
+        raise SkippedFile(f"{info.st_size / 1e6:.0f} MB is over the {setting} limit of {max_bytes / 1e6:g} MB")
 
 
 def decode_rgb(data: bytes, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS, min_side: int | None = None) -> Image.Image:

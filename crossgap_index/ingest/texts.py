@@ -6,10 +6,15 @@ Bad lines are reported with their line numbers and the rest are kept.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from crossgap_index.errors import InputFileError, QueryError
+from crossgap_index.ingest.limits import DEFAULT_MAX_FILE_MB, MAX_FILE_MB_SETTING
+
+DEFAULT_MAX_TEXT_BYTES = int(DEFAULT_MAX_FILE_MB * 1e6)  # a text file is capped as an image file is
+MAX_LINE_CHARS = 100_000  # one document; the model reads its first tokens only (77 for CLIP)
 
 
 @dataclass
@@ -19,17 +24,20 @@ class TextCorpus:
     bad_lines: list[tuple[int, str]] = field(default_factory=list)
 
 
-def read_text_corpus(path: str | Path) -> TextCorpus:
+def read_text_corpus(path: str | Path, max_bytes: int = DEFAULT_MAX_TEXT_BYTES) -> TextCorpus:
+    """The documents of a corpus file. Read as images are: a regular file only, at most ``max_bytes``
+    (``--max-file-mb``); a line longer than MAX_LINE_CHARS or nested too deeply is one bad line."""
     path = Path(path).expanduser()
     if path.suffix.lower() not in (".txt", ".jsonl"):
         raise InputFileError(f"{path}: expected a .txt (one document per line) or .jsonl file")
-    lines = read_utf8_lines(path)
     corpus = TextCorpus()
     parse = _parse_jsonl_line if path.suffix.lower() == ".jsonl" else _parse_txt_line
-    for lineno, line in enumerate(lines, 1):
+    for lineno, line in enumerate(iter_utf8_lines(path, max_bytes=max_bytes), 1):
         if not line.strip():
             continue
         try:
+            if len(line) > MAX_LINE_CHARS:
+                raise ValueError(f"longer than {MAX_LINE_CHARS} characters ({len(line)})")
             text, ext_id = parse(line)
         except ValueError as exc:
             corpus.bad_lines.append((lineno, str(exc)))
@@ -39,14 +47,39 @@ def read_text_corpus(path: str | Path) -> TextCorpus:
     return corpus
 
 
-def read_utf8_lines(path: Path, what: str = "") -> list[str]:
-    """The lines of a UTF-8 text file; unreadable or undecodable files are one-line InputFileErrors."""
+def read_utf8_lines(
+    path: Path, what: str = "", max_bytes: int = DEFAULT_MAX_TEXT_BYTES, setting: str = MAX_FILE_MB_SETTING
+) -> list[str]:
+    """The lines of a UTF-8 text file (see ``iter_utf8_lines``)."""
+    return list(iter_utf8_lines(path, what, max_bytes, setting))
+
+
+def iter_utf8_lines(
+    path: Path, what: str = "", max_bytes: int = DEFAULT_MAX_TEXT_BYTES, setting: str = MAX_FILE_MB_SETTING
+) -> Iterator[str]:
+    """The lines of a UTF-8 text file, one at a time. The file is read with the checks images get
+    (ingest/decode.read_file): a regular file (a FIFO, device, or a link to /dev/zero is refused before
+    a byte is read) of at most ``max_bytes``, so memory is bounded by the cap, not by the input.
+    Anything else is a one-line InputFileError naming ``what`` and the ``setting`` that caps it."""
+    from crossgap_index.ingest.decode import SkippedFile, read_file
+
     try:
-        return path.read_text(encoding="utf-8").splitlines()
+        data = read_file(path, max_bytes, setting).data
+    except SkippedFile as exc:
+        raise InputFileError(f"cannot read {what}{path}: {exc}") from exc
     except OSError as exc:
         raise InputFileError(f"cannot read {what}{path}: {exc.strerror or exc}") from exc
+    try:
+        text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise InputFileError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+    del data
+    start = 0
+    while start < len(text):
+        end = text.find("\n", start)
+        end = len(text) if end < 0 else end
+        yield text[start:end].removesuffix("\r")
+        start = end + 1
 
 
 def unicode_problem(text: object) -> str | None:
@@ -81,6 +114,8 @@ def _parse_jsonl_line(line: str) -> tuple[str, str | None]:
         record = json.loads(line)
     except json.JSONDecodeError as exc:
         raise ValueError(f"invalid JSON ({exc.msg})") from exc
+    except RecursionError as exc:  # e.g. 100,000 nested brackets: Python's parser gives up, the line is bad
+        raise ValueError("invalid JSON (nested too deeply)") from exc
     if not isinstance(record, dict):
         raise ValueError("expected a JSON object")
     text = record.get("text")

@@ -14,6 +14,14 @@ if TYPE_CHECKING:  # torch is imported by the methods that need it: building a c
 
 from crossgap_index.precision import PRECISIONS, resolve  # noqa: E402
 
+# The one definition of the numeric bounds of inversion settings: InversionConfig enforces them for the
+# library and the CLI, and the server's request model declares the same numbers from here. Beyond them
+# the optimisation diverges (a learning rate of 1e30 turns every feature into NaN: no hits at all) or the
+# prompt stops fitting the text tower's context.
+LR_MAX = 10.0
+N_TOKENS_MAX = 16
+N_PATCHES_MAX = 64
+
 
 @dataclass(frozen=True)
 class InversionConfig:
@@ -56,16 +64,18 @@ class InversionConfig:
             raise QueryError("invalid inversion settings: " + "; ".join(problems))
         if self.oti_steps < 0 or self.ovi_steps < 0:
             problems.append("steps must be >= 0")
-        if self.n_tokens < 1:
-            problems.append("n_tokens must be >= 1")
-        if self.n_patches is not None and self.n_patches < 1:
-            problems.append("n_patches must be >= 1")
+        if not 1 <= self.n_tokens <= N_TOKENS_MAX:
+            problems.append(f"n_tokens must be between 1 and {N_TOKENS_MAX}, got {self.n_tokens}")
+        if self.n_patches is not None and not 1 <= self.n_patches <= N_PATCHES_MAX:
+            problems.append(f"n_patches must be between 1 and {N_PATCHES_MAX}, got {self.n_patches}")
         if not isinstance(self.template, str) or self.template.count("{}") != 1:
             problems.append(f"template must contain '{{}}' exactly once, got {self.template!r}")
         if self.batch_size < 1:
             problems.append("batch_size must be >= 1")
-        if self.lr <= 0 or self.init_std <= 0 or self.weight_decay < 0:
-            problems.append("lr and init_std must be > 0, weight_decay >= 0")
+        if not 0 < self.lr <= LR_MAX:
+            problems.append(f"lr must be > 0 and <= {LR_MAX:g}, got {self.lr:g}")
+        if self.init_std <= 0 or self.weight_decay < 0:
+            problems.append("init_std must be > 0, weight_decay >= 0")
         if self.precision not in PRECISIONS:
             problems.append(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if not self.fast and (self.precision == "bf16" or self.compile):

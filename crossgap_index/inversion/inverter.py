@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -55,6 +56,9 @@ class InverterConfig:
             raise QueryError("inverter: lr must be > 0, dropout in [0, 1), weight_decay >= 0")
         if self.template.count("{}") != 1:
             raise QueryError(f"inverter: template must contain '{{}}' exactly once, got {self.template!r}")
+        seconds = self.max_seconds
+        if seconds is not None and (isinstance(seconds, bool) or not math.isfinite(seconds) or seconds <= 0):
+            raise QueryError(f"inverter: max_seconds must be a positive number of seconds, got {seconds!r}")
 
 
 class InverterNet(nn.Module):
@@ -88,6 +92,11 @@ class Inverter:
         self.model = model
         self.config = config
         self.stats = stats or {}
+
+    @property
+    def cut_short(self) -> bool:
+        """Whether training stopped (``max_seconds``) before the steps it was asked for."""
+        return self.stats.get("steps", self.config.steps) < self.config.steps
 
     @property
     def fingerprint(self) -> str:
@@ -125,8 +134,12 @@ class Inverter:
             "stats": json.dumps(self.stats),
         }
         tmp = path.with_name(path.name + ".tmp")
-        save_file({k: v.detach().cpu().contiguous() for k, v in self.net.state_dict().items()}, str(tmp), meta)
-        tmp.replace(path)
+        try:
+            save_file({k: v.detach().cpu().contiguous() for k, v in self.net.state_dict().items()}, str(tmp), meta)
+            tmp.replace(path)
+        except BaseException:  # a full disk: the stored network stays, no .tmp is left
+            tmp.unlink(missing_ok=True)
+            raise
 
     @classmethod
     def load(cls, path: Path, model: str, device: torch.device | str = "cpu") -> Inverter:

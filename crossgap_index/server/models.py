@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from crossgap_index.inversion.config import LR_MAX, N_PATCHES_MAX, N_TOKENS_MAX
 from crossgap_index.search.merge import RRF_K
 
 
@@ -27,9 +28,9 @@ class SearchRequest(BaseModel):
     alpha: float = Field(0.5, ge=0.0, le=1.0, description="Weight of the cross list for merge=score.")
     rrf_k: int = Field(RRF_K, ge=1)
     steps: int | None = Field(None, ge=0, description="Inversion steps (OTI for images, OVI for texts).")
-    tokens: int | None = Field(None, ge=1, le=16, description="OTI pseudo-tokens.")
-    patches: int | None = Field(None, ge=1, le=64, description="OVI pseudo-patches.")
-    lr: float | None = Field(None, gt=0.0, le=10.0, description="Inversion learning rate.")
+    tokens: int | None = Field(None, ge=1, le=N_TOKENS_MAX, description="OTI pseudo-tokens.")
+    patches: int | None = Field(None, ge=1, le=N_PATCHES_MAX, description="OVI pseudo-patches.")
+    lr: float | None = Field(None, gt=0.0, le=LR_MAX, description="Inversion learning rate.")
     precision: Literal["auto", "fp32", "bf16"] | None = Field(
         None, description="Inversion arithmetic (auto: bf16 where the device runs it natively)."
     )

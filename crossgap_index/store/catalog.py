@@ -127,6 +127,11 @@ class Catalog:
             conn = sqlite3.connect(f"{uri}?mode=ro", uri=True, check_same_thread=False, timeout=30)
             conn.execute("SELECT 1 FROM sqlite_master LIMIT 1")
         except sqlite3.OperationalError:  # WAL needs a -shm file it cannot make in a read-only directory
+            if header_shortfall(self.path) and wal_has_frames(self.path):  # immutable reads skip the WAL
+                raise StoreError(
+                    f"{self.path}: a checkpoint was interrupted (a full disk?) and its pages are in the WAL, which "
+                    "cannot be read where the directory is read-only; run `cgx check --repair` where it can be written"
+                ) from None
             conn = sqlite3.connect(f"{uri}?immutable=1", uri=True, check_same_thread=False)
         return conn
 
@@ -144,6 +149,12 @@ class Catalog:
 
     def rollback(self) -> None:
         self.conn.rollback()
+
+    def checkpoint(self) -> bool:
+        """Write every page of the WAL into the main file and empty the WAL (what an interrupted
+        checkpoint left undone); False when a reader kept it from completing."""
+        busy, _, _ = self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        return busy == 0
 
     def integrity_check(self) -> list[str]:
         """SQLite's own verdict on the file: ``[]`` when sound, else its messages."""
@@ -344,15 +355,28 @@ def _stack(rows: list[tuple[int, bytes]], dim: int) -> tuple[np.ndarray, np.ndar
 
 def check_header(path: Path) -> None:
     """Fail in one line on a file that is not an SQLite database or was cut short (SQLite itself
-    would only notice later, mid-query): the header's page count must fit in the file."""
+    would only notice later, mid-query): the header's page count must fit in the file, unless the
+    write-ahead log still holds pages (a checkpoint interrupted by a full disk leaves the header ahead
+    of the file; SQLite reads those pages from the WAL, and the next checkpoint writes them)."""
+    shortfall = header_shortfall(path)
+    if shortfall and not wal_has_frames(path):
+        size = path.stat().st_size
+        raise StoreError(
+            f"{path}: damaged catalog (truncated: {size} bytes, the header promises {size + shortfall}); "
+            "restore it from a backup"
+        )
+
+
+def header_shortfall(path: Path) -> int:
+    """How many bytes the header's page count promises beyond the file's size (0: whole, or new)."""
     try:
         size = path.stat().st_size
         if size == 0:
-            return  # a new database
+            return 0  # a new database
         with path.open("rb") as f:
             header = f.read(100)
     except FileNotFoundError:
-        return
+        return 0
     except OSError as exc:
         raise StoreError(f"{path}: cannot read the catalog ({exc.strerror or exc})") from exc
     if len(header) < 100 or not header.startswith(_SQLITE_MAGIC):
@@ -362,8 +386,15 @@ def check_header(path: Path) -> None:
     pages = int.from_bytes(header[28:32], "big")
     valid_for = int.from_bytes(header[92:96], "big")
     change_counter = int.from_bytes(header[24:28], "big")
-    if valid_for == change_counter and pages * page_size > size:
-        raise StoreError(
-            f"{path}: damaged catalog (truncated: {size} bytes, the header promises {pages * page_size}); "
-            "restore it from a backup"
-        )
+    if valid_for != change_counter:
+        return 0  # the page count is not maintained (a legacy writer): nothing to compare
+    return max(0, pages * page_size - size)
+
+
+def wal_has_frames(path: Path) -> bool:
+    """Whether the catalog's write-ahead log holds pages not yet checkpointed into the file (a header
+    of 32 bytes plus at least one frame)."""
+    try:
+        return os.stat(f"{path}-wal").st_size > 32
+    except OSError:
+        return False

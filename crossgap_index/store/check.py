@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import faiss
 import numpy as np
 
+from crossgap_index.store.catalog import header_shortfall, wal_has_frames
 from crossgap_index.store.directory import DERIVED, Store
 from crossgap_index.store.vectors import VectorIndex, file_record
 
@@ -24,13 +25,16 @@ VECTOR_TOLERANCE = 1e-5
 
 @dataclass
 class CheckReport:
-    """``problems``: what is wrong now; ``repaired``: what was wrong and has been rebuilt."""
+    """``problems``: what is wrong now; ``repaired``: what was wrong and has been rebuilt; ``notes``:
+    what is behind but loses nothing (derived files a killed writer left stale, rebuilt on the next
+    open; a checkpoint a full disk interrupted): not problems, ``ok`` stays true."""
 
     ok: bool
     counts: dict[str, int]
     problems: list[str] = field(default_factory=list)
     repaired: list[str] = field(default_factory=list)
     missing_files: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
 
 def check_store(store: Store, repair: bool = False, files: bool = True) -> CheckReport:
@@ -44,12 +48,32 @@ def check_store(store: Store, repair: bool = False, files: bool = True) -> Check
 def _check(store: Store, repair: bool, files: bool) -> CheckReport:
     catalog = store.catalog
     problems = [f"catalog.sqlite: {msg}" for msg in catalog.integrity_check()[:20]]
+    notes: list[str] = []
+    repaired: list[str] = []
+    cannot_repair = repair and store.readonly
+    if header_shortfall(catalog.path) and wal_has_frames(catalog.path):
+        if repair and not store.readonly and catalog.checkpoint():
+            repaired.append("catalog.sqlite: completed the checkpoint a full disk interrupted (the WAL's pages)")
+        else:
+            notes.append(
+                "catalog.sqlite: a checkpoint was interrupted (a full disk?); its pages are safe in the WAL "
+                "and are read from there; `cgx check --repair` writes them into the file"
+            )
     counts = {name: store.stored_count(name) for name in store.manifest.factories}
     for name in store.manifest.factories:
         problems += _vector_norm_problems(store, name)
     derived = {name: _faiss_problem(store, name) for name in store.manifest.factories}
-    repaired = [f"{name}.faiss: rebuilt from the catalog on open" for name in store.rebuilt if not derived[name]]
+    repaired += [f"{name}.faiss: rebuilt from the catalog on open" for name in store.rebuilt if not derived[name]]
     broken = [name for name, problem in derived.items() if problem]
+    if not repair:  # a killed writer leaves the files a generation behind: nothing is lost, the next open rebuilds
+        stale = [name for name in broken if _stale(derived[name])]
+        notes += [f"{name}.faiss: {derived[name]}; will be rebuilt on next open" for name in stale]
+        broken = [name for name in broken if not _stale(derived[name])]
+    if cannot_repair and (broken or notes):
+        problems.append(
+            f"cannot repair: the index directory {store.path} cannot be written here (read-only); "
+            "searches rebuild damaged or stale files in memory"
+        )
     if repair and broken and not store.readonly:
         with store.writing():
             for name in broken:
@@ -68,7 +92,13 @@ def _check(store: Store, repair: bool, files: bool) -> CheckReport:
         missing = sorted(r.path for r in catalog.images().values() if not os.path.isfile(r.path))
         if missing:
             problems.append(f"{len(missing)} indexed image files are gone (`cgx remove --missing` prunes them)")
-    return CheckReport(ok=not problems, counts=counts, problems=problems, repaired=repaired, missing_files=missing)
+    return CheckReport(
+        ok=not problems, counts=counts, problems=problems, repaired=repaired, missing_files=missing, notes=notes
+    )
+
+
+def _stale(problem: str | None) -> bool:
+    return bool(problem) and problem.startswith("stale")
 
 
 def _faiss_problem(store: Store, name: str) -> str | None:

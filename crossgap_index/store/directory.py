@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import platformdirs
 
-from crossgap_index.errors import StoreError
+from crossgap_index.errors import DiskFullError, StoreError, is_disk_full
 from crossgap_index.store.cache import InversionCache
 from crossgap_index.store.catalog import Catalog
 from crossgap_index.store.lock import IndexLock, ReadWriteLock
@@ -112,6 +112,8 @@ class Store:
         if path.exists() and not path.is_dir():
             raise StoreError(f"{path} is a file, not an index directory")
         manifest = Manifest.load(path)
+        for factory in set(manifest.factories.values()):  # a hand-edited factory: one line, not a crash later
+            validate_factory(factory, manifest.dim, where=f"{path / MANIFEST_NAME}: ")
         if readonly is None:
             readonly = not _writable(path)
         catalog = Catalog(path / CATALOG_NAME, readonly=readonly)
@@ -192,10 +194,15 @@ class Store:
                 if self._write_depth == 1:
                     self.refresh()
                 yield
-            except BaseException:
+            except BaseException as exc:
                 if self._write_depth == 1:
                     self.catalog.rollback()
                     self._pending.clear()
+                if is_disk_full(exc) and not isinstance(exc, DiskFullError):
+                    raise DiskFullError(
+                        f"disk full while writing the index at {self.path}: free some space and re-run "
+                        "(everything committed before is kept)"
+                    ) from exc
                 raise
             finally:
                 self._write_depth -= 1

@@ -38,14 +38,19 @@ class Manifest:
     crossgap_version: str = __version__
 
     def save(self, directory: Path) -> None:
-        """Atomic and durable: written beside, flushed to disk, then renamed over."""
+        """Atomic and durable: written beside, flushed to disk, then renamed over; a failed write (a full
+        disk) leaves the old manifest and no ``.tmp``."""
         self.crossgap_version = __version__
         tmp = directory / (MANIFEST_NAME + ".tmp")
-        with tmp.open("w") as f:
-            f.write(json.dumps(asdict(self), indent=2, sort_keys=True) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, directory / MANIFEST_NAME)
+        try:
+            with tmp.open("w") as f:
+                f.write(json.dumps(asdict(self), indent=2, sort_keys=True) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, directory / MANIFEST_NAME)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
 
     @classmethod
     def load(cls, directory: Path) -> Manifest:

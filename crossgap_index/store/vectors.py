@@ -6,9 +6,12 @@ which is also how approximate indexes are (re)trained and how HNSW "removes" ite
 
 from __future__ import annotations
 
+import errno
+import functools
 import math
 import mmap
 import os
+import re
 import zlib
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, nullcontext
@@ -17,7 +20,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from crossgap_index.errors import StoreError
+from crossgap_index.errors import DiskFullError, StoreError, is_disk_full
 
 # Below this many vectors exact search is both fast enough and exact; above it, IVF.
 EXACT_SEARCH_LIMIT = 100_000
@@ -27,6 +30,7 @@ AUTO = "auto"
 TRAIN_POINTS_PER_LIST = 256
 TRAIN_POINTS_OTHER = 65_536  # trainable non-IVF factories (PQ, PCA, ...)
 TRAIN_SEED = 1234
+_PROBE_VECTORS = 64  # vectors of the tiny index a factory string is tried on
 
 Chunks = Callable[[], Iterator[tuple[np.ndarray, np.ndarray]]]  # a fresh pass of (ids, vectors) chunks
 
@@ -48,14 +52,45 @@ def default_search_params(factory: str) -> str:
     return ""
 
 
-def validate_factory(factory: str, dim: int) -> None:
-    """Fail early, with one line, on a factory string FAISS does not understand."""
+def validate_factory(factory: str, dim: int, where: str = "") -> None:
+    """Fail early, with one line, on a factory string this store cannot use: one FAISS does not parse,
+    one that wraps ids itself (the store adds IDMap2), or one whose index cannot add, search and be
+    written and read back: a tiny index is built with it once (per factory and dim) before it is accepted."""
     if factory == AUTO:
         return
+    problem = _factory_problem(factory, dim)
+    if problem:
+        raise StoreError(f"{where}invalid FAISS factory string '{factory}': {problem}")
+
+
+@functools.lru_cache(maxsize=64)
+def _factory_problem(factory: str, dim: int) -> str | None:
+    if any(part.strip().startswith("IDMap") for part in factory.split(",")):
+        return "the store adds IDMap2 itself; give the factory without IDMap"
     try:
         faiss.index_factory(dim, f"IDMap2,{factory}", faiss.METRIC_INNER_PRODUCT)
-    except RuntimeError as exc:
-        raise StoreError(f"invalid FAISS factory string '{factory}'") from exc
+    except RuntimeError:
+        return "FAISS does not understand it"
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((_PROBE_VECTORS, dim)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    ids = np.arange(1, _PROBE_VECTORS + 1, dtype=np.int64)
+    try:
+        probe = VectorIndex(dim, factory)
+        probe.build(ids, vectors)
+        probe.search(vectors[:2], 3)
+        back = faiss.deserialize_index(faiss.serialize_index(probe.index))
+    except (RuntimeError, ValueError, TypeError) as exc:
+        return f"a small index built with it fails ({_first_line(exc)})"
+    if not isinstance(back, faiss.IndexIDMap2) or back.ntotal != _PROBE_VECTORS:
+        return "a small index built with it does not read back as written"
+    return None
+
+
+def _first_line(exc: BaseException) -> str:
+    """FAISS's own reason without its C++ signature and source location."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return re.split(r"\.(?:cpp|h):\d+: ", text)[-1][:160]
 
 
 def gpu_count() -> int:
@@ -208,11 +243,17 @@ class VectorIndex:
 
     def save(self, path: Path) -> dict[str, int]:
         """Atomic and durable: write beside, flush, rename over. Returns the file's size and crc32
-        for the manifest."""
+        for the manifest. A failed write (a full disk) leaves no ``.tmp`` behind and names the cause."""
         tmp = path.with_name(path.name + ".tmp")
-        faiss.write_index(self.index, str(tmp))
-        record = file_record(tmp, fsync=True)
-        os.replace(tmp, path)
+        try:
+            faiss.write_index(self.index, str(tmp))
+            record = file_record(tmp, fsync=True)
+            os.replace(tmp, path)
+        except BaseException as exc:
+            tmp.unlink(missing_ok=True)
+            if is_disk_full(exc):
+                raise DiskFullError(f"disk full: cannot write {path} ({os.strerror(errno.ENOSPC)})") from exc
+            raise
         return record
 
     @classmethod

@@ -75,7 +75,7 @@ def tune(
     """Choose a mode on ``dataset`` with ``encoder`` (the index's model). Returns the result and the trained
     inverter when an inverter mode won (the caller saves it beside the index), else None."""
     report = progress or (lambda stage, done, total: None)
-    data = load_dataset(dataset) if isinstance(dataset, str) else dataset
+    data = load_dataset(dataset, progress=report) if isinstance(dataset, str) else dataset
     task = task or (IMAGES if data.images is not None else TEXTS)
     selection, held_out, collection = _split(data, encoder, task, seed, report)
     names = sorted(set(data.class_names))
