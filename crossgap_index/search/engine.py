@@ -83,7 +83,14 @@ def run_mode(
     legs = []
     for leg in mode.legs:
         vectors = transformer.search_vectors(leg, queries, collection)
-        legs.append((leg, vectors, gallery_collection(leg, collection), transformer.projection(leg, collection)))
+        projection = transformer.projection(leg, collection)
+        if leg.transform == "adapt" or mode.post is not None:  # peers: maps fitted on the gallery (search/peers.py)
+            from crossgap_index.search.peers import adapt_leg
+
+            vectors, projection = adapt_leg(leg, mode.post, vectors, projection, gallery, collection, queries.modality)
+        legs.append((leg, vectors, gallery_collection(leg, collection), projection))
+    if mode.post is not None and mode.post["kind"] in ("aqe", "qbnorm"):
+        return _post_step(mode.post, legs[0], queries.modality, collection, k, gallery, exclude)
     if mode.fusion is None:
         leg, vectors, coll, projection = legs[0]
         ranked = _ranked(gallery, coll, vectors, k, projection, exclude)
@@ -112,6 +119,25 @@ def run_mode(
             fused = _continue(fused, fill[row])
         results.append(Result(Ranked(fused.ids[:k], fused.scores[:k]), named))
     return results
+
+
+def _post_step(
+    post: dict, leg: tuple, modality: str, collection: str, k: int, gallery: Gallery, exclude: np.ndarray | None
+) -> list[Result]:
+    """A one-leg mode followed by aqe or qbnorm (search/post.py), ranked through the leg's own gallery side."""
+    from crossgap_index.search import post as steps
+
+    leg_, vectors, coll, projection = leg
+
+    def rank(rows: np.ndarray, depth: int) -> list[Ranked]:
+        return _ranked(gallery, coll, rows, depth, projection, exclude)
+
+    if post["kind"] == "aqe":
+        ranked = steps.alpha_query_expansion(post, rank, gallery, coll, vectors, k, projection)
+    else:
+        bank = {"image": "image", "text": "text"}.get(modality, collection)
+        ranked = steps.dynamic_inverted_softmax(post, rank, gallery, coll, bank, vectors, k, projection)
+    return [Result(r, {leg_.name: r}) for r in ranked]
 
 
 def _ranked(

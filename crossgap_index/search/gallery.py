@@ -54,6 +54,21 @@ class MatrixGallery:
         position = {int(i): p for p, i in enumerate(all_ids.tolist())}
         return vectors[[position[int(i)] for i in ids]] @ np.asarray(query, np.float32)
 
+    # -- what the peers (search/peers.py, search/post.py) read: the vectors themselves and their version ----------
+    def vectors(self, collection: str) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, plain vectors) of a whole collection."""
+        return self._collections[collection]
+
+    def vectors_of(self, collection: str, ids: np.ndarray, projection: Projection | None) -> np.ndarray:
+        """The rows of ``ids`` as the gallery is searched (through ``projection``)."""
+        all_ids, vectors = self._vectors(collection, projection)
+        position = {int(i): p for p, i in enumerate(all_ids.tolist())}
+        return vectors[[position[int(i)] for i in ids]]
+
+    def version(self, collection: str) -> int:
+        """Statistics fitted on a collection stay valid while this is unchanged (in memory: always)."""
+        return 0
+
 
 class StoreGallery:
     """An index's stored collections, plus derived projected collections built on first use."""
@@ -89,6 +104,20 @@ class StoreGallery:
         if projection is not None:
             vectors = projection.apply(vectors)
         return vectors @ np.asarray(query, np.float32)
+
+    # -- what the peers (search/peers.py, search/post.py) read: the vectors themselves and their version ----------
+    def vectors(self, collection: str) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, stored vectors) of a whole collection, from the catalog."""
+        return self._store.ids_and_vectors(collection)
+
+    def vectors_of(self, collection: str, ids: np.ndarray, projection: Projection | None) -> np.ndarray:
+        """The rows of ``ids`` as the gallery is searched (through ``projection``)."""
+        vectors = self._store.catalog_vectors(collection, ids)
+        return vectors if projection is None else projection.apply(vectors)
+
+    def version(self, collection: str) -> int:
+        """The catalog generation: statistics fitted on the gallery are refitted when it moves on."""
+        return self._store.generation
 
     def refresh(self, collection: str, projection: Projection) -> None:
         """Bring a projected collection in line with the catalog now (after a build), not at the next query."""
