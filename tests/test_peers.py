@@ -201,7 +201,8 @@ def test_mode_names_round_trip_and_bad_names_are_one_line():
         assert Mode.from_dict(json.loads(json.dumps(mode.to_dict()))) == mode, name
         assert mode.describe().startswith(name)
     composed = resolve_mode("cross+qbnorm", peer={"beta": 10})
-    assert composed.legs == resolve_mode("cross").legs and composed.post == {"kind": "qbnorm", "beta": 10.0, "depth": 100}
+    assert composed.legs == resolve_mode("cross").legs
+    assert composed.post == {"kind": "qbnorm", "beta": 10.0, "depth": 100}
     assert "then qbnorm" in composed.describe()
     for bad in ("span+dba", "fused+aqe", "aqe+span", "span+aqe+nnn", "spam"):
         with pytest.raises(QueryError):
@@ -273,3 +274,39 @@ def test_tune_candidates_cover_every_peer_and_compose_with_bases():
     assert kinds == {"aqe", "dba", "nnn", "qbnorm", "center"}
     assert candidates["span[imagenet,8]+aqe"].name == "span+aqe"
     assert all(Mode.from_dict(m.to_dict()) == m for m in candidates.values())
+
+
+def test_transform_query_exports_the_fitted_peers(index):
+    """dba, center and nnn have a vector form for another database (the gallery rows through the fitted map);
+    aqe and qbnorm re-rank inside the index and say so in one line."""
+    query = {"vector": _query(index, 4).tolist(), "modality": "image"}
+    for name in ("dba", "center", "nnn", "span+nnn"):
+        mode = resolve_mode(name, projection=SPAN if "span" in name else None)
+        transform = index.searcher.transform_query(query, mode=mode)
+        ((vector, collection),) = transform.lists.values()
+        ids, gallery = index._store.ids_and_vectors(collection)
+        rows = transform.gallery_map.apply(gallery)
+        brute = ids[np.argsort(-(rows @ vector), kind="stable")][:5]
+        assert brute.tolist() == [h.id for h in index.search_batch([query], k=5, mode=mode)[0]], name
+    for name in ("aqe", "span+qbnorm"):
+        with pytest.raises(QueryError, match="re-ranks inside the index"):
+            index.searcher.transform_query(query, mode=name)
+
+
+def test_the_server_serves_a_composition_over_http(index):
+    import httpx
+
+    from crossgap_index.server.settings import ServeSettings
+    from tests.serve_support import running_server
+
+    q = _query(index, 5)
+    with running_server(index, ServeSettings()) as base:
+        modes = httpx.get(f"{base}/info").json()["modes"]
+        assert {"aqe", "dba", "nnn", "qbnorm", "center", "span+aqe", "cross+qbnorm"} <= set(modes)
+        body = {"vector": q.tolist(), "modality": "image", "k": 5, "mode": "center+aqe"}
+        reply = httpx.post(f"{base}/search", json=body)
+        assert reply.status_code == 200, reply.text
+        served = [h.id for h in _served(index, "center+aqe", q, k=5)]
+        assert [h["id"] for h in reply.json()["hits"]] == served
+        bad = httpx.post(f"{base}/search", json={**body, "mode": "span+dba"})
+        assert bad.status_code == 400 and "unknown mode" in bad.json()["error"]

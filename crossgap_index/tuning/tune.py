@@ -32,6 +32,7 @@ from crossgap_index.ingest.decode import content_hash
 from crossgap_index.inversion import InversionConfig
 from crossgap_index.search.engine import Queries
 from crossgap_index.search.modes import Leg, Mode, resolve_mode
+from crossgap_index.search.peers import tune_candidates
 from crossgap_index.search.transforms import ModelTransformer
 
 SPLIT_SEED = 0
@@ -156,6 +157,7 @@ def _candidates(task: str, names: list[str], dim: int, inversion: bool) -> list[
     for top, bottom in ISO_FRACTIONS:
         params = {"modality": modality, "k_top": round(dim * top), "k_bottom": round(dim * bottom)}
         out.append(Candidate(f"iso[{params['k_top']},{params['k_bottom']}]", resolve_mode("iso", projection=params)))
+    out += [Candidate(name, mode) for name, mode in tune_candidates()]  # the peers, label-free (search/peers.py)
     if inversion and task == IMAGES:
         for tokens in OTI_TOKENS:
             for steps in OTI_STEPS:
