@@ -1,0 +1,136 @@
+"""The peers (aqe, dba, nnn, qbnorm, center) and compositions against intra on held-out synthetic seeds, and our
+nnn side by side with the external ``nnn-retrieval`` package on the same vectors and settings (issue 17, item 2).
+
+Quality: ``evaluate`` (what ``cgx eval synthetic:SEED:N --model crossgap-small --task images`` runs: every mode
+through the engine a query is served by, leave-one-out, paired per-query differences against intra), plus a few
+compositions with the OTI inversion. Independent check: ``nnn.NNNRanker`` (pip install nnn-retrieval; a
+benchmark-only tool, never a dependency of the package) with the gallery as its retrieval and reference set,
+k = 128, w = 0.75, on the very features our eval ranks; its rankings minus each query itself give its mAP.
+
+    python -m benchmarks.bench_peers                              # the results/peers.md run
+    python -m benchmarks.bench_peers --seeds 3001 --n 96          # quick look
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from benchmarks.machine import machine_info, write_json
+from crossgap_index.evaluation.data import load_dataset
+from crossgap_index.evaluation.metrics import retrieval_metrics
+from crossgap_index.evaluation.protocol import IMAGES, SERVED_INVERSION, evaluate, image_features, measure_mode
+from crossgap_index.models import Encoder, load_model
+from crossgap_index.search.modes import resolve_mode
+from crossgap_index.search.peers import DEFAULTS
+from crossgap_index.search.transforms import ModelTransformer
+
+MODEL = "crossgap-small"
+# The modes whose vocabulary comes from the evaluated data's class names; every other mode here uses no labels
+# (the inverter is trained on the evaluated images without their labels).
+LABEL_INFORMED = ("span", "concept")
+
+
+def main() -> None:
+    args = _parse()
+    torch.set_num_threads(args.threads)
+    extra = {
+        "cross+aqe": resolve_mode("cross+aqe", inversion=SERVED_INVERSION),
+        "cross+nnn": resolve_mode("cross+nnn", inversion=SERVED_INVERSION),
+        "cross+qbnorm": resolve_mode("cross+qbnorm", inversion=SERVED_INVERSION),
+        "iso+nnn": resolve_mode("iso+nnn"),
+    }
+    doc = {"machine": machine_info(), "settings": {**vars(args), "peers": DEFAULTS}, "seeds": {}, "nnn_check": {}}
+    encoder = Encoder(load_model(MODEL, "cpu"))
+    for seed in args.seeds:
+        spec = f"synthetic:{seed}:{args.n}"
+        begin = time.perf_counter()
+        result = evaluate(spec, MODEL, device="cpu", tasks=["images"], extra_modes=extra)
+        task = result.tasks[IMAGES]
+        doc["seeds"][spec] = {
+            name: {
+                "map": m.metrics["map"],
+                "delta_map": m.map_vs_intra,
+                "delta_map_se": m.map_vs_intra_se,
+                "ms_per_query": m.ms_per_query,
+                "label_free": name not in LABEL_INFORMED,
+            }
+            for name, m in task.modes.items()
+        }
+        print(f"{spec}: eval {time.perf_counter() - begin:.0f} s", flush=True)
+        doc["nnn_check"][spec] = nnn_side_by_side(spec, encoder, args.k, args.w)
+        print(f"{spec}: nnn check {doc['nnn_check'][spec]}", flush=True)
+    doc["uptime_after"] = Path("/proc/loadavg").read_text().split()[:3]
+    write_json(Path(args.out), doc)
+    print(table(doc))
+
+
+def nnn_side_by_side(spec: str, encoder: Encoder, k: int, w: float) -> dict:
+    """mAP of our nnn mode and of nnn-retrieval's NNNRanker on the same features, leave-one-out alike."""
+    from nnn import NNNRanker, NNNRetriever
+
+    features = image_features(load_dataset(spec), encoder, [], lambda *a: None)
+    transformer = ModelTransformer(MODEL, lambda: encoder)
+    ours = measure_mode(resolve_mode("nnn", peer={"k": k, "w": w}), features, transformer, "image")
+    gallery = np.ascontiguousarray(features.gallery, np.float32)
+    n = len(gallery)
+    begin = time.perf_counter()
+    ks = min(k, n)  # the package needs k <= the bank size; ours clips to it the same way
+    ranker = NNNRanker(NNNRetriever(gallery.shape[1]), gallery, gallery, alternate_ks=ks, alternate_weight=w)
+    _, order = ranker.search(gallery, n)
+    seconds = time.perf_counter() - begin
+    scores = np.full((n, n), -np.inf)
+    for row in range(n):
+        ranking = [int(i) for i in order[row] if i != row]  # leave the query out, as our eval does
+        scores[row, ranking] = np.arange(len(ranking), 0, -1)
+    theirs = retrieval_metrics(scores, features.query_labels, features.gallery_labels, np.eye(n, dtype=bool))
+    ours_ap, theirs_ap = ours.per_query["map"], theirs.per_query["map"]
+    valid = ~np.isnan(ours_ap)
+    return {
+        "ours_map": float(np.nanmean(ours_ap)),
+        "nnn_retrieval_map": float(np.nanmean(theirs_ap)),
+        "abs_diff_map": float(abs(np.nanmean(ours_ap) - np.nanmean(theirs_ap))),
+        "queries_with_equal_ap": int(np.isclose(ours_ap[valid], theirs_ap[valid], atol=1e-9).sum()),
+        "queries": int(valid.sum()),
+        "nnn_retrieval_seconds": seconds,
+        "k": k,
+        "w": w,
+    }
+
+
+def table(doc: dict) -> str:
+    """Markdown: per mode, mAP difference vs intra per seed (paired 95% interval) and the mean, and ms/query."""
+    seeds = list(doc["seeds"])
+    modes = list(doc["seeds"][seeds[0]])
+    head = "| mode | label-free | " + " | ".join(f"ΔmAP {s} (95% CI)" for s in seeds) + " | mean ΔmAP | ms/query |"
+    lines = [head, "|" + "---|" * (len(seeds) + 4)]
+    for mode in modes:
+        cells = []
+        for s in seeds:
+            r = doc["seeds"][s][mode]
+            half = 1.96 * (r["delta_map_se"] or 0.0) * 100
+            cells.append(f"{r['delta_map'] * 100:+.1f} ± {half:.1f}")
+        mean = np.mean([doc["seeds"][s][mode]["delta_map"] for s in seeds]) * 100
+        ms = np.mean([doc["seeds"][s][mode]["ms_per_query"] for s in seeds])
+        free = "yes" if doc["seeds"][seeds[0]][mode]["label_free"] else "no"
+        lines.append(f"| {mode} | {free} | " + " | ".join(cells) + f" | {mean:+.1f} | {ms:.2f} |")
+    return "\n".join(lines)
+
+
+def _parse() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[3001, 3002, 3003])
+    parser.add_argument("--n", type=int, default=240)
+    parser.add_argument("--k", type=int, default=DEFAULTS["nnn"]["k"])
+    parser.add_argument("--w", type=float, default=DEFAULTS["nnn"]["w"])
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", default="benchmarks/out/peers.json")
+    return parser.parse_args()
+
+
+if __name__ == "__main__":
+    main()
