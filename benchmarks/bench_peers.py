@@ -9,6 +9,7 @@ k = 128, w = 0.75, on the very features our eval ranks; its rankings minus each 
 
     python -m benchmarks.bench_peers                              # the results/peers.md run
     python -m benchmarks.bench_peers --seeds 3001 --n 96          # quick look
+    python -m benchmarks.bench_peers --sweep                      # also each peer over a grid of its settings
 """
 
 from __future__ import annotations
@@ -64,6 +65,8 @@ def main() -> None:
         print(f"{spec}: eval {time.perf_counter() - begin:.0f} s", flush=True)
         doc["nnn_check"][spec] = nnn_side_by_side(spec, encoder, args.k, args.w)
         print(f"{spec}: nnn check {doc['nnn_check'][spec]}", flush=True)
+    if args.sweep:
+        doc["sweep"] = sweep([f"synthetic:{seed}:{args.n}" for seed in args.seeds], encoder)
     doc["uptime_after"] = Path("/proc/loadavg").read_text().split()[:3]
     write_json(Path(args.out), doc)
     print(table(doc))
@@ -102,6 +105,32 @@ def nnn_side_by_side(spec: str, encoder: Encoder, k: int, w: float) -> dict:
     }
 
 
+SWEEP = {
+    "aqe": [{"n": n, "alpha": a} for n in (1, 2, 3, 10) for a in (1.0, 3.0)],
+    "dba": [{"n": n, "alpha": a} for n in (2, 3, 10) for a in (1.0, 3.0)],
+    "nnn": [{"k": k, "w": w} for k in (8, 32, 128) for w in (0.25, 0.75, 1.0)],
+    "qbnorm": [{"beta": b} for b in (5.0, 10.0, 20.0, 50.0)],
+    "center": [{"lam": lam} for lam in (0.25, 0.5, 1.0)],
+}
+
+
+def sweep(specs: list[str], encoder: Encoder) -> dict:
+    """Mean mAP difference vs intra of each peer over a grid of its settings (chosen on these seeds: an upper
+    bound of what tuning a peer could give here, not a held-out number)."""
+    out = {}
+    transformer = ModelTransformer(MODEL, lambda: encoder)
+    sets = [image_features(load_dataset(spec), encoder, [], lambda *a: None) for spec in specs]
+    intra = [measure_mode(resolve_mode("intra"), f, transformer, "image").means()["map"] for f in sets]
+    for kind, grid in SWEEP.items():
+        for settings in grid:
+            mode = resolve_mode(kind, peer=settings)
+            maps = [measure_mode(mode, f, transformer, "image").means()["map"] for f in sets]
+            name = f"{kind}[{','.join(f'{k}={v}' for k, v in settings.items())}]"
+            out[name] = float(np.mean(np.subtract(maps, intra)))
+            print(f"sweep {name}: {out[name] * 100:+.2f}", flush=True)
+    return out
+
+
 def table(doc: dict) -> str:
     """Markdown: per mode, mAP difference vs intra per seed (paired 95% interval) and the mean, and ms/query."""
     seeds = list(doc["seeds"])
@@ -128,6 +157,7 @@ def _parse() -> argparse.Namespace:
     parser.add_argument("--k", type=int, default=DEFAULTS["nnn"]["k"])
     parser.add_argument("--w", type=float, default=DEFAULTS["nnn"]["w"])
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--sweep", action="store_true", help="also each peer over a grid of its settings")
     parser.add_argument("--out", default="benchmarks/out/peers.json")
     return parser.parse_args()
 

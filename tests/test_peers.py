@@ -255,6 +255,13 @@ def test_derived_collections_follow_the_catalog(tmp_path):
             _check_ranking(_served(cgx, name, q, k=20), ids, reference(q, g))
     with CrossGapIndex.open(tmp_path / "index") as cgx:  # another process: the saved collections, same answers
         _check_ranking(_served(cgx, "nnn", q, k=20), ids, ref_nnn(q, g))
+        cgx.add_texts(["a red circle", "a blue square", "a green star", "two yellow triangles", "a purple cross"])
+        _, texts = cgx._store.ids_and_vectors("text")
+        text_query = [{"vector": _unit(texts[0] + texts[1]).tolist(), "modality": "text"}]
+        served = cgx.search_batch(text_query, k=20, mode="nnn")[0]  # a text query's bank: the index's texts
+        bias = np.sort(texts.astype(np.float64) @ g.T, axis=0)[-128:].mean(axis=0)
+        _check_ranking(served, ids, g @ np.asarray(text_query[0]["vector"]) - 0.75 * bias)
+        _check_ranking(_served(cgx, "nnn", q, k=20), ids, ref_nnn(q, g))  # and an image query's is still the images
 
 
 def test_cli_query_takes_a_composition(index):

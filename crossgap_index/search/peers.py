@@ -223,7 +223,7 @@ def adapt_leg(
         base = _cached(gallery, coll, key, lambda: PeerMap(kind, settings, None, dim, loaders))
         vectors = base.query(vectors)
     if post is not None and post["kind"] == "nnn":
-        settings = {"k": post["k"]}
+        settings = {"k": post["k"], "bank": bank_collection}  # in the fingerprint: one derived collection per bank
         loaders = {"bank": lambda: _bank_vectors(gallery, bank_collection, "nnn")}
         key = ("nnn", coll, bank_collection, post["k"], _fingerprint(base))
         nnn = _cached(gallery, coll, key, lambda: PeerMap("nnn", settings, base, vectors.shape[1] + 1, loaders))
@@ -235,9 +235,12 @@ def adapt_leg(
 def bank_of(gallery, projection, coll: str, bank_collection: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(gallery ids, gallery rows, bank rows with their ids) in the leg's space, for qbnorm's statistics."""
     ids, vectors = gallery.vectors(coll)
-    bank_ids, bank = gallery.vectors(bank_collection)
+    try:
+        bank_ids, bank = gallery.vectors(bank_collection)
+    except KeyError:
+        bank_ids, bank = np.zeros(0, np.int64), np.zeros((0, 0), np.float32)
     if len(bank) == 0:
-        raise QueryError(f"qbnorm: the reference bank is empty (no {bank_collection} vectors in the index)")
+        raise QueryError(f"qbnorm: the index has no {bank_collection} vectors to draw its statistics from")
     if projection is not None:
         vectors, bank = projection.apply(vectors), projection.apply(bank)
     return ids, np.asarray(vectors, np.float32), (np.asarray(bank_ids), np.asarray(bank, np.float32))
