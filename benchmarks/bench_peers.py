@@ -65,6 +65,10 @@ def main() -> None:
         print(f"{spec}: eval {time.perf_counter() - begin:.0f} s", flush=True)
         doc["nnn_check"][spec] = nnn_side_by_side(spec, encoder, args.k, args.w)
         print(f"{spec}: nnn check {doc['nnn_check'][spec]}", flush=True)
+    if args.text_to_image:
+        doc["text_to_image"] = {
+            f"synthetic:{seed}:{args.n}": text_to_image(seed, args.n, encoder) for seed in args.seeds
+        }
     if args.sweep:
         doc["sweep"] = sweep([f"synthetic:{seed}:{args.n}" for seed in args.seeds], encoder)
     doc["uptime_after"] = Path("/proc/loadavg").read_text().split()[:3]
@@ -103,6 +107,56 @@ def nnn_side_by_side(spec: str, encoder: Encoder, k: int, w: float) -> dict:
         "k": k,
         "w": w,
     }
+
+
+IMAGENET = {"vocabulary": "imagenet"}
+TEXT_TO_IMAGE = {  # label -> (mode name, projection settings, peer settings)
+    "intra": ("intra", None, None),
+    "aqe": ("aqe", None, None),
+    "dba": ("dba", None, None),
+    "nnn": ("nnn", None, None),
+    "qbnorm": ("qbnorm", None, None),
+    "center": ("center", None, None),
+    "center-dn": ("center", None, {"lam": 0.25}),
+    "span-imagenet": ("span", IMAGENET, None),
+    "span-imagenet+nnn": ("span+nnn", IMAGENET, None),
+    "span-imagenet+qbnorm": ("span+qbnorm", IMAGENET, None),
+    "center+aqe": ("center+aqe", None, None),
+}
+
+
+def text_to_image(seed: int, n: int, encoder: Encoder) -> dict:
+    """Text -> image on synthetic items (the NNN / QB-Norm / DN papers' direction): each item's first caption
+    queries the N images, relevant = same class. The index's text collection, which is the bank of nnn and
+    qbnorm and the text mean of center, holds every item's second caption (so never the query itself)."""
+    from crossgap_index.datasets.synthetic import make_item
+    from crossgap_index.evaluation.protocol import paired_difference
+    from crossgap_index.search.engine import Queries, run_mode
+    from crossgap_index.search.gallery import MatrixGallery
+
+    items = [make_item(seed, i) for i in range(n)]
+    labels = np.array([item.label for item in items])
+    images = encoder.encode_images([item.image for item in items])
+    queries = encoder.encode_texts([item.captions[0] for item in items])
+    corpus = encoder.encode_texts([item.captions[1] for item in items])
+    gallery = MatrixGallery({"image": (np.arange(n), images), "text": (np.arange(n, 2 * n), corpus)})
+    transformer = ModelTransformer(MODEL, lambda: encoder)
+    batch = Queries(queries, "text", tuple(f"q{i}" for i in range(n)))
+    out, base = {}, None
+    for label, (name, projection, peer) in TEXT_TO_IMAGE.items():
+        mode = resolve_mode(name, projection=projection, peer=peer)
+        begin = time.perf_counter()
+        results = run_mode(mode, batch, "image", n, gallery, transformer)
+        seconds = time.perf_counter() - begin
+        scores = np.full((n, n), -np.inf)
+        for row, result in enumerate(results):
+            scores[row, result.ranked.ids] = np.arange(len(result.ranked.ids), 0, -1)
+        ap = retrieval_metrics(scores, labels, labels).per_query["map"]
+        base = ap if base is None else base
+        delta, se = paired_difference(ap, base)
+        out[label] = {"map": float(np.nanmean(ap)), "delta_map": delta, "delta_map_se": se, "batch_seconds": seconds}
+        print(f"text->image seed {seed} {label}: {out[label]['map'] * 100:.1f} ({delta * 100:+.1f})", flush=True)
+    return out
 
 
 SWEEP = {
@@ -158,6 +212,7 @@ def _parse() -> argparse.Namespace:
     parser.add_argument("--w", type=float, default=DEFAULTS["nnn"]["w"])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--sweep", action="store_true", help="also each peer over a grid of its settings")
+    parser.add_argument("--text-to-image", action="store_true", help="also caption -> image retrieval")
     parser.add_argument("--out", default="benchmarks/out/peers.json")
     return parser.parse_args()
 
