@@ -317,3 +317,19 @@ def test_the_server_serves_a_composition_over_http(index):
         assert [h["id"] for h in reply.json()["hits"]] == served
         bad = httpx.post(f"{base}/search", json={**body, "mode": "span+dba"})
         assert bad.status_code == 400 and "unknown mode" in bad.json()["error"]
+
+
+@pytest.mark.slow
+def test_tune_measures_peers_and_compositions():
+    """cgx tune's candidates include every peer, and the two best one-leg modes each followed by each post-step
+    (a winner among them is stored like any mode: see test_a_stored_composition_is_served_by_auto)."""
+    from crossgap_index.models import Encoder, load_model
+    from crossgap_index.tuning.tune import tune
+
+    encoder = Encoder(load_model(MODEL, "cpu"))
+    result, _ = tune("synthetic:5:96", encoder, inversion=False)
+    names = [c["name"] for c in result.candidates]
+    assert {"aqe[n=5]", "dba[n=5]", "nnn[k=128]", "qbnorm", "center[lam=1.0]"} <= set(names)
+    composed = [n for n in names if n.endswith(("+aqe", "+nnn", "+qbnorm"))]
+    assert len(composed) == 6, names
+    assert all(np.isfinite(c["selection_map"]) for c in result.candidates)

@@ -273,6 +273,7 @@ def query(
     mode: Annotated[
         Mode | None,
         typer.Option(
+            metavar="MODE",
             help="intra (default): plain embeddings; cross: OTI/OVI inversion; fused: intra + cross merged "
             "(--merge); cross-gallery: against the gallery's stored OTI; span / iso / concept: zero-cost "
             "projections of query and gallery; inverter / warm: the trained inversion network "

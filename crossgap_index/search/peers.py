@@ -313,6 +313,12 @@ def tune_candidates(base_modes: Sequence[tuple[str, Mode]] = ()) -> list[tuple[s
     out.append(("qbnorm", resolve_mode("qbnorm")))
     for lam in (0.25, 1.0):
         out.append((f"center[lam={lam}]", resolve_mode("center", peer={"lam": lam})))
+    return out + post_candidates(base_modes)
+
+
+def post_candidates(base_modes: Sequence[tuple[str, Mode]]) -> list[tuple[str, Mode]]:
+    """Each given one-leg mode (fusions and modes with a post-step are skipped) followed by each post-step."""
+    out = []
     for label, base in base_modes:
         if len(base.legs) != 1 or base.post is not None:
             continue

@@ -32,7 +32,7 @@ from crossgap_index.ingest.decode import content_hash
 from crossgap_index.inversion import InversionConfig
 from crossgap_index.search.engine import Queries
 from crossgap_index.search.modes import Leg, Mode, resolve_mode
-from crossgap_index.search.peers import tune_candidates
+from crossgap_index.search.peers import post_candidates, tune_candidates
 from crossgap_index.search.transforms import ModelTransformer
 
 SPLIT_SEED = 0
@@ -101,6 +101,9 @@ def tune(
         candidate.selection_map = _mean_map(candidate.mode, selection, transformer, collection)
     report("candidates (selection half)", len(candidates), len(candidates))
     fused = _fusions(candidates)
+    one_leg = [c for c in candidates if len(c.mode.legs) == 1 and c.mode.legs[0].transform in ("project", "invert")]
+    bases = [(c.name, c.mode) for c in sorted(one_leg, key=lambda c: -c.selection_map)[:2]]  # then a post-step
+    fused += [Candidate(name, mode) for name, mode in post_candidates(bases)]
     for candidate in fused:
         transformer = _transformer(encoder, cache, None)
         candidate.selection_map = _mean_map(candidate.mode, selection, transformer, collection)
