@@ -132,8 +132,8 @@ class PeerMap:
             mean = self._stat("gallery_mean", lambda: _mean(self._loaders["gallery"]()))
             return _unit(rows - self.settings["lam"] * mean)
         if self.kind == "dba":
-            bank = self._stat("bank", lambda: np.asarray(self._loaders["gallery"](), np.float32))
-            return dba_rows(rows, bank, self.settings["n"], self.settings["alpha"])
+            neighbours = self._stat("neighbours", lambda: np.asarray(self._loaders["gallery"](), np.float32))
+            return dba_rows(rows, neighbours, self.settings["n"], self.settings["alpha"])
         mapped = self._based(rows)  # nnn: [g, bias_g]
         bias = top_k_mean(mapped, self._bank(), self.settings["k"])
         return np.ascontiguousarray(np.hstack([mapped, bias[:, None]]), dtype=np.float32)
@@ -220,20 +220,20 @@ def adapt_leg(
         }
         kind, dim = leg.params["kind"], vectors.shape[1]
         key = (kind, coll, bank_collection, json.dumps(settings, sort_keys=True))
-        base = _cached(gallery, coll, key, lambda: PeerMap(kind, settings, None, dim, loaders))
+        base = fitted(gallery, coll, key, lambda: PeerMap(kind, settings, None, dim, loaders))
         vectors = base.query(vectors)
     if post is not None and post["kind"] == "nnn":
         settings = {"k": post["k"], "bank": bank_collection}  # in the fingerprint: one derived collection per bank
         loaders = {"bank": lambda: _bank_vectors(gallery, bank_collection, "nnn")}
         key = ("nnn", coll, bank_collection, post["k"], _fingerprint(base))
-        nnn = _cached(gallery, coll, key, lambda: PeerMap("nnn", settings, base, vectors.shape[1] + 1, loaders))
+        nnn = fitted(gallery, coll, key, lambda: PeerMap("nnn", settings, base, vectors.shape[1] + 1, loaders))
         vectors = np.hstack([vectors, np.full((len(vectors), 1), -post["w"], np.float32)])
         return np.ascontiguousarray(vectors, np.float32), nnn
     return vectors, base
 
 
-def bank_of(gallery, projection, coll: str, bank_collection: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(gallery ids, gallery rows, bank rows with their ids) in the leg's space, for qbnorm's statistics."""
+def bank_of(gallery, projection, coll: str, bank_collection: str) -> tuple[np.ndarray, ...]:
+    """(gallery ids, gallery rows, bank ids, bank rows), rows in the leg's space: qbnorm's inputs."""
     ids, vectors = gallery.vectors(coll)
     try:
         bank_ids, bank = gallery.vectors(bank_collection)
@@ -243,7 +243,7 @@ def bank_of(gallery, projection, coll: str, bank_collection: str) -> tuple[np.nd
         raise QueryError(f"qbnorm: the index has no {bank_collection} vectors to draw its statistics from")
     if projection is not None:
         vectors, bank = projection.apply(vectors), projection.apply(bank)
-    return ids, np.asarray(vectors, np.float32), (np.asarray(bank_ids), np.asarray(bank, np.float32))
+    return ids, np.asarray(vectors, np.float32), np.asarray(bank_ids), np.asarray(bank, np.float32)
 
 
 def _bank_vectors(gallery, collection: str, kind: str) -> np.ndarray:
@@ -256,21 +256,18 @@ def _bank_vectors(gallery, collection: str, kind: str) -> np.ndarray:
     return np.asarray(vectors, np.float32)
 
 
-def _cached(gallery, collection: str, key: tuple, make: Callable[[], object]):
-    """One fitted object per gallery, key and catalog generation (a gallery that changes gets fresh ones)."""
+def fitted(gallery, collection: str, key: tuple, make: Callable[[], object]):
+    """One fitted object per gallery, key and catalog generation (a gallery that changes gets fresh ones).
+    ``make`` runs outside the lock: two threads may fit the same thing once each, never block each other."""
     version = gallery.version(collection)
     with _FITTED_LOCK:
-        held = _FITTED.setdefault(gallery, {})
-        entry = held.get(key)
-        if entry is None or entry[0] != version:
-            entry = (version, make())
-            held[key] = entry
+        entry = _FITTED.setdefault(gallery, {}).get(key)
+    if entry is not None and entry[0] == version:
         return entry[1]
-
-
-def cached_stat(gallery, collection: str, key: tuple, make: Callable[[], object]):
-    """``_cached`` for post-steps (qbnorm's per-item statistics)."""
-    return _cached(gallery, collection, key, make)
+    value = make()
+    with _FITTED_LOCK:
+        _FITTED[gallery][key] = (version, value)
+    return value
 
 
 # -- what eval and tune measure ------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from crossgap_index.search.peers import bank_of, cached_stat
+from crossgap_index.search.peers import bank_of, fitted
 from crossgap_index.search.ranking import Ranked
 
 # rank(vectors, k) -> the leg's top-k per row (exclusions applied)
@@ -82,12 +82,11 @@ def dynamic_inverted_softmax(
     """The leg's ranking with the top ``depth`` re-scored for queries whose top-1 is in the activation set."""
     beta, depth = float(post["beta"]), int(post["depth"])
     key = ("qbnorm", coll, bank_collection, beta, None if projection is None else projection.fingerprint)
-    stats = cached_stat(
-        gallery,
-        coll,
-        key,
-        lambda: bank_statistics(*_split(bank_of(gallery, projection, coll, bank_collection)), beta),
-    )
+
+    def statistics() -> BankStatistics:
+        return bank_statistics(*bank_of(gallery, projection, coll, bank_collection), beta)
+
+    stats = fitted(gallery, coll, key, statistics)
     out = []
     for ranked in rank(vectors, max(k, depth)):
         head = Ranked(ranked.ids[:depth], ranked.scores[:depth])
@@ -103,8 +102,3 @@ def dynamic_inverted_softmax(
         ids = np.concatenate([head.ids, tail.ids])[:k]
         out.append(Ranked(ids, np.concatenate([head.scores, tail.scores])[:k].astype(np.float32)))
     return out
-
-
-def _split(fitted: tuple) -> tuple:
-    ids, rows, (bank_ids, bank) = fitted
-    return ids, rows, bank_ids, bank
