@@ -333,3 +333,18 @@ def test_tune_measures_peers_and_compositions():
     composed = [n for n in names if n.endswith(("+aqe", "+nnn", "+qbnorm"))]
     assert len(composed) == 6, names
     assert all(np.isfinite(c["selection_map"]) for c in result.candidates)
+
+
+def test_peers_over_an_approximate_factory_rescore_exactly(tmp_path):
+    """With an approximate FAISS factory (HNSW) the derived collections are approximate too, and their
+    candidates are re-scored exactly through the fitted map: scores equal the references."""
+    folder = tmp_path / "photos"
+    for i in range(24):
+        write_photo(folder / f"img{i}.png", seed=500 + i)
+    with CrossGapIndex.create(tmp_path / "index", model=MODEL, device="cpu", factory="HNSW32") as cgx:
+        cgx.index_folders([folder])
+        assert cgx._store.indexes["image"].resolved_factory == "HNSW32"
+        ids, g = _gallery(cgx)
+        q = _query(cgx, 3)
+        for name, reference in (("dba", ref_dba), ("nnn", ref_nnn), ("center", ref_center), ("aqe", ref_aqe)):
+            _check_ranking(_served(cgx, name, q, k=8), ids, reference(q, g))
