@@ -100,6 +100,15 @@ def _served(index, mode, q, k=N):
     return index.search_batch([{"vector": q.astype(np.float32).tolist(), "modality": "image"}], k=k, mode=mode)[0]
 
 
+def _in_memory(index, name, q, k=None):
+    """Ids ``name`` ranks for the vector query ``q`` through the engine over in-memory features (as eval does)."""
+    ids, vectors = index._store.ids_and_vectors("image")
+    query = Queries(q[None].astype(np.float32), "image", ("q",))
+    memory = MatrixGallery({"image": (ids, vectors)})
+    mode = resolve_mode(name)
+    return run_mode(mode, query, "image", k or len(ids), memory, index.searcher.transformer)[0].ranked.ids.tolist()
+
+
 def _check_ranking(hits, ids, scores, atol=2e-5):
     order = np.argsort(-scores, kind="stable")
     got_ids = [h.id for h in hits]
@@ -253,8 +262,16 @@ def test_derived_collections_follow_the_catalog(tmp_path):
         assert len(ids) == 20
         for name, reference in (("dba", ref_dba), ("nnn", ref_nnn), ("center", ref_center)):
             _check_ranking(_served(cgx, name, q, k=20), ids, reference(q, g))
+        qbnorm = _served(cgx, "qbnorm", q, k=20)
+        assert [h.id for h in qbnorm] == _in_memory(cgx, "qbnorm", q)
+        kept = sorted((tmp_path / "index" / "derived").glob("*.npz"))  # qbnorm's statistics, center's means
+        assert {p.name.split("-")[0] for p in kept} >= {"image@qbnorm", "image@mean.npz"}
+        for path in kept:  # one cut short, the others not an archive at all
+            path.write_bytes(path.read_bytes()[:100] if "qbnorm" in path.name else b"damaged")
     with CrossGapIndex.open(tmp_path / "index") as cgx:  # another process: the saved collections, same answers
         _check_ranking(_served(cgx, "nnn", q, k=20), ids, ref_nnn(q, g))
+        assert [h.id for h in _served(cgx, "qbnorm", q, k=20)] == [h.id for h in qbnorm]  # damaged: refitted
+        _check_ranking(_served(cgx, "center", q, k=20), ids, ref_center(q, g))
         cgx.add_texts(["a red circle", "a blue square", "a green star", "two yellow triangles", "a purple cross"])
         _, texts = cgx._store.ids_and_vectors("text")
         text_query = [{"vector": _unit(texts[0] + texts[1]).tolist(), "modality": "text"}]

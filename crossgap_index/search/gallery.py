@@ -14,6 +14,8 @@ from __future__ import annotations
 import json
 import os
 import threading
+import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -69,6 +71,10 @@ class MatrixGallery:
         """Statistics fitted on a collection stay valid while this is unchanged (in memory: always)."""
         return 0
 
+    def keep(self, name: str, make: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+        """Statistics fitted on the gallery (in memory: computed by the caller's cache, nothing kept on disk)."""
+        return make()
+
 
 class StoreGallery:
     """An index's stored collections, plus derived projected collections built on first use."""
@@ -118,6 +124,27 @@ class StoreGallery:
     def version(self, collection: str) -> int:
         """The catalog generation: statistics fitted on the gallery are refitted when it moves on."""
         return self._store.generation
+
+    def keep(self, name: str, make: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+        """Arrays fitted on the gallery (qbnorm's per-item statistics, center's means), kept under ``derived/``
+        for later processes while the catalog generation is the one they were fitted at."""
+        generation = self._store.generation
+        path = self._store.path / DERIVED_DIR / f"{name}.npz"
+        try:
+            with np.load(path, allow_pickle=False) as saved:
+                if int(saved["generation"]) == generation:
+                    return {key: saved[key] for key in saved.files if key != "generation"}
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+            pass  # missing, damaged or from another generation: fit again
+        arrays = make()
+        tmp = path.with_name(path.name + ".tmp.npz")
+        try:
+            path.parent.mkdir(exist_ok=True)
+            np.savez(tmp, generation=np.int64(generation), **arrays)
+            os.replace(tmp, path)
+        except OSError:  # a read-only index keeps them in memory only
+            tmp.unlink(missing_ok=True)
+        return arrays
 
     def refresh(self, collection: str, projection: Projection) -> None:
         """Bring a projected collection in line with the catalog now (after a build), not at the next query."""

@@ -129,7 +129,7 @@ class PeerMap:
     def apply(self, rows: np.ndarray) -> np.ndarray:
         rows = np.atleast_2d(np.asarray(rows, np.float32))
         if self.kind == "center":
-            mean = self._stat("gallery_mean", lambda: _mean(self._loaders["gallery"]()))
+            mean = self._stat("gallery_mean", lambda: self._loaders["gallery_mean"]())
             return _unit(rows - self.settings["lam"] * mean)
         if self.kind == "dba":
             neighbours = self._stat("neighbours", lambda: np.asarray(self._loaders["gallery"](), np.float32))
@@ -142,7 +142,7 @@ class PeerMap:
         """A leg's query vectors as this map searches with them."""
         vectors = np.atleast_2d(np.asarray(vectors, np.float32))
         if self.kind == "center":
-            mean = self._stat("query_mean", lambda: _mean(self._loaders["query"]()))
+            mean = self._stat("query_mean", lambda: self._loaders["query_mean"]())
             return _unit(vectors - self.settings["lam"] * mean)
         if self.kind == "dba":
             return vectors
@@ -154,9 +154,13 @@ def _fingerprint(feature_map) -> str | None:
     return None if feature_map is None else feature_map.fingerprint
 
 
-def _mean(vectors: np.ndarray) -> np.ndarray:
-    vectors = np.asarray(vectors, np.float64)
-    return vectors.mean(axis=0).astype(np.float32)
+def _kept_mean(gallery, collection: str, vectors: Callable[[], np.ndarray]) -> np.ndarray:
+    """A collection's mean vector, kept by the gallery between processes (reading every vector is the cost)."""
+
+    def fit() -> dict[str, np.ndarray]:
+        return {"mean": np.asarray(vectors(), np.float64).mean(axis=0).astype(np.float32)}
+
+    return gallery.keep(f"{collection}@mean", fit)["mean"]
 
 
 def _unit(rows: np.ndarray) -> np.ndarray:
@@ -216,7 +220,10 @@ def adapt_leg(
         settings = {k: v for k, v in leg.params.items() if k != "kind"}
         loaders = {
             "gallery": lambda: gallery.vectors(coll)[1],
-            "query": lambda: _bank_vectors(gallery, bank_collection, leg.params["kind"]),
+            "gallery_mean": lambda: _kept_mean(gallery, coll, lambda: gallery.vectors(coll)[1]),
+            "query_mean": lambda: _kept_mean(
+                gallery, bank_collection, lambda: _bank_vectors(gallery, bank_collection, leg.params["kind"])
+            ),
         }
         kind, dim = leg.params["kind"], vectors.shape[1]
         key = (kind, coll, bank_collection, json.dumps(settings, sort_keys=True))

@@ -14,6 +14,7 @@ the engine's ranking function, so a served query and ``cgx eval`` run the same s
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -84,7 +85,11 @@ def dynamic_inverted_softmax(
     key = ("qbnorm", coll, bank_collection, beta, None if projection is None else projection.fingerprint)
 
     def statistics() -> BankStatistics:
-        return bank_statistics(*bank_of(gallery, projection, coll, bank_collection), beta)
+        def fit() -> dict[str, np.ndarray]:
+            stats = bank_statistics(*bank_of(gallery, projection, coll, bank_collection), beta)
+            return {"ids": stats.ids, "log_z": stats.log_z, "active": stats.active}
+
+        return BankStatistics(**gallery.keep(f"{coll}@qbnorm-{_digest(key)}", fit))
 
     stats = fitted(gallery, coll, key, statistics)
     out = []
@@ -102,3 +107,7 @@ def dynamic_inverted_softmax(
         ids = np.concatenate([head.ids, tail.ids])[:k]
         out.append(Ranked(ids, np.concatenate([head.scores, tail.scores])[:k].astype(np.float32)))
     return out
+
+
+def _digest(key: tuple) -> str:
+    return hashlib.blake2b(repr(key).encode(), digest_size=8).hexdigest()
