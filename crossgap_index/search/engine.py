@@ -12,6 +12,7 @@ top-k (search) agree on their common prefix.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -51,6 +52,19 @@ class Gallery(Protocol):
 
     def scores(self, collection: str, query: np.ndarray, ids: np.ndarray, projection: Projection | None) -> np.ndarray:
         """Exact scores of one query with the given items."""
+
+    # What the peers (search/peers.py, search/post.py) fit their statistics on:
+    def vectors(self, collection: str) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, plain vectors) of a whole collection."""
+
+    def vectors_of(self, collection: str, ids: np.ndarray, projection: Projection | None) -> np.ndarray:
+        """The rows of ``ids`` as the gallery is searched (through ``projection``)."""
+
+    def version(self, collection: str) -> int:
+        """Changes whenever the collections do: fitted statistics are valid for one version."""
+
+    def keep(self, name: str, make: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+        """Arrays fitted on the gallery, ``make``-d once per version (and kept between processes where it can)."""
 
 
 class Transformer(Protocol):
