@@ -53,7 +53,9 @@ class Gallery(Protocol):
     def scores(self, collection: str, query: np.ndarray, ids: np.ndarray, projection: Projection | None) -> np.ndarray:
         """Exact scores of one query with the given items."""
 
-    # What the peers (search/peers.py, search/post.py) fit their statistics on:
+    # What the peers (search/peers.py, search/post.py) fit their statistics on, and where they hold them:
+    fitted: dict
+
     def vectors(self, collection: str) -> tuple[np.ndarray, np.ndarray]:
         """(ids, plain vectors) of a whole collection."""
 

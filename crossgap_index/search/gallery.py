@@ -34,6 +34,7 @@ class MatrixGallery:
     def __init__(self, collections: dict[str, tuple[np.ndarray, np.ndarray]]):
         self._collections = collections
         self._projected: dict[tuple[str, str], np.ndarray] = {}
+        self.fitted: dict = {}  # the peers' fitted maps and statistics (search/peers.py), by key: (version, value)
 
     def _vectors(self, collection: str, projection: Projection | None) -> tuple[np.ndarray, np.ndarray]:
         ids, vectors = self._collections[collection]
@@ -83,6 +84,7 @@ class StoreGallery:
         self._store = store
         self._derived: dict[tuple[str, str], object] = {}
         self._lock = threading.Lock()
+        self.fitted: dict = {}  # the peers' fitted maps and statistics (search/peers.py), by key: (version, value)
 
     def top_k(self, collection: str, queries: np.ndarray, k: int, projection: Projection | None) -> list[Ranked]:
         if projection is None:

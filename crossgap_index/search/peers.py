@@ -30,7 +30,6 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
-import weakref
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -196,7 +195,6 @@ def dba_rows(rows: np.ndarray, bank: np.ndarray, n: int, alpha: float) -> np.nda
 
 # -- fitting a leg's map against a gallery, cached per gallery and catalog generation -------------------------
 
-_FITTED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _FITTED_LOCK = threading.Lock()
 
 
@@ -264,16 +262,17 @@ def _bank_vectors(gallery, collection: str, kind: str) -> np.ndarray:
 
 
 def fitted(gallery, collection: str, key: tuple, make: Callable[[], object]):
-    """One fitted object per gallery, key and catalog generation (a gallery that changes gets fresh ones).
+    """One fitted object per gallery, key and catalog generation (a gallery that changes gets fresh ones), held
+    by the gallery itself, so it lives exactly as long as the gallery.
     ``make`` runs outside the lock: two threads may fit the same thing once each, never block each other."""
     version = gallery.version(collection)
     with _FITTED_LOCK:
-        entry = _FITTED.setdefault(gallery, {}).get(key)
+        entry = gallery.fitted.get(key)
     if entry is not None and entry[0] == version:
         return entry[1]
     value = make()
     with _FITTED_LOCK:
-        _FITTED[gallery][key] = (version, value)
+        gallery.fitted[key] = (version, value)
     return value
 
 
