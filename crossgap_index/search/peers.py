@@ -100,7 +100,7 @@ class PeerMap:
         self.settings = settings
         self.base = base  # the leg's own map (span, iso, concept, dba, center) or None
         self._out_dim = out_dim
-        self._loaders = loaders  # name -> plain vectors of a collection (the gallery, the bank)
+        self._loaders = loaders  # name -> what a statistic is computed from (vectors, a mean), read on first use
         self._stats: dict[str, np.ndarray] = {}
         self._lock = threading.Lock()
 
