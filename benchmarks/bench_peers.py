@@ -7,14 +7,16 @@ compositions with the OTI inversion. Independent check: ``nnn.NNNRanker`` (pip i
 benchmark-only tool, never a dependency of the package) with the gallery as its retrieval and reference set,
 k = 128, w = 0.75, on the very features our eval ranks; its rankings minus each query itself give its mAP.
 
-    python -m benchmarks.bench_peers                              # the results/peers.md run
+    python -m benchmarks.bench_peers                              # image -> image and the nnn check
     python -m benchmarks.bench_peers --seeds 3001 --n 96          # quick look
-    python -m benchmarks.bench_peers --sweep                      # also each peer over a grid of its settings
+    python -m benchmarks.bench_peers --text-to-image --sweep      # the results/peers.md run (all three tables)
+    python -m benchmarks.bench_peers --tables benchmarks/out/peers.json   # the markdown of a finished run
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 
@@ -38,6 +40,9 @@ LABEL_INFORMED = ("span", "concept")
 
 def main() -> None:
     args = _parse()
+    if args.tables:
+        print(markdown(json.loads(Path(args.tables).read_text())))
+        return
     torch.set_num_threads(args.threads)
     extra = {
         "cross+aqe": resolve_mode("cross+aqe", inversion=SERVED_INVERSION),
@@ -73,7 +78,40 @@ def main() -> None:
         doc["sweep"] = sweep([f"synthetic:{seed}:{args.n}" for seed in args.seeds], encoder)
     doc["uptime_after"] = Path("/proc/loadavg").read_text().split()[:3]
     write_json(Path(args.out), doc)
-    print(table(doc))
+    print(markdown(doc))
+
+
+def markdown(doc: dict) -> str:
+    """Every table results/peers.md shows, from the JSON this benchmark writes."""
+    parts = [table(doc)]
+    if doc.get("text_to_image"):
+        parts.append(_t2i_table(doc["text_to_image"]))
+    if doc.get("sweep"):
+        parts.append("\n".join(f"| {name} | {delta * 100:+.2f} |" for name, delta in doc["sweep"].items()))
+    rows = [
+        f"| {spec} | {c['ours_map'] * 100:.3f} | {c['nnn_retrieval_map'] * 100:.3f} | {c['abs_diff_map'] * 100:.3f}"
+        f" | {c['queries_with_equal_ap']} / {c['queries']} |"
+        for spec, c in doc["nnn_check"].items()
+    ]
+    parts.append("\n".join(rows))
+    return "\n\n".join(parts)
+
+
+def _t2i_table(results: dict) -> str:
+    seeds = list(results)
+    lines = [
+        "| mode | " + " | ".join(f"ΔmAP {s.split(':')[1]} (95% CI)" for s in seeds) + " | mean mAP | mean ΔmAP |",
+        "|" + "---|" * (len(seeds) + 3),
+    ]
+    for mode in results[seeds[0]]:
+        cells = [
+            f"{results[s][mode]['delta_map'] * 100:+.1f} ± {1.96 * (results[s][mode]['delta_map_se'] or 0) * 100:.1f}"
+            for s in seeds
+        ]
+        mean_map = np.mean([results[s][mode]["map"] for s in seeds]) * 100
+        mean_delta = np.mean([results[s][mode]["delta_map"] for s in seeds]) * 100
+        lines.append(f"| {mode} | " + " | ".join(cells) + f" | {mean_map:.1f} | {mean_delta:+.1f} |")
+    return "\n".join(lines)
 
 
 def nnn_side_by_side(spec: str, encoder: Encoder, k: int, w: float) -> dict:
@@ -207,12 +245,13 @@ def table(doc: dict) -> str:
 def _parse() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[3001, 3002, 3003])
-    parser.add_argument("--n", type=int, default=240)
+    parser.add_argument("--n", type=int, default=480)
     parser.add_argument("--k", type=int, default=DEFAULTS["nnn"]["k"])
     parser.add_argument("--w", type=float, default=DEFAULTS["nnn"]["w"])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--sweep", action="store_true", help="also each peer over a grid of its settings")
     parser.add_argument("--text-to-image", action="store_true", help="also caption -> image retrieval")
+    parser.add_argument("--tables", metavar="JSON", help="only print the markdown tables of a finished run")
     parser.add_argument("--out", default="benchmarks/out/peers.json")
     return parser.parse_args()
 
