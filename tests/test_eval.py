@@ -21,11 +21,15 @@ from tests.conftest import MODEL
 
 SEED, N = 3, 40
 FEW_STEPS = InversionConfig(oti_steps=2, ovi_steps=2)
+PEER_MODES = [
+    "aqe", "dba", "nnn", "qbnorm", "center", "center-dn", "dba+aqe", "span-imagenet+aqe", "span-imagenet+nnn",
+    "span-imagenet+qbnorm",
+]  # fmt: skip
 IMAGE_MODES = [
     "intra", "cross", "fused-rrf", "fused-score", "cross-gallery", "span", "concept", "span-imagenet", "iso",
-    "inverter", "warm",
+    *PEER_MODES, "inverter", "warm",
 ]  # fmt: skip
-TEXT_MODES = ["intra", "cross", "fused-rrf", "fused-score", "span", "concept", "span-imagenet", "iso"]
+TEXT_MODES = ["intra", "cross", "fused-rrf", "fused-score", "span", "concept", "span-imagenet", "iso", *PEER_MODES]
 
 
 @pytest.fixture(scope="module")

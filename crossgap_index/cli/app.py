@@ -310,10 +310,12 @@ def query(
     mode: Annotated[
         Mode | None,
         typer.Option(
+            metavar="MODE",
             help="intra (default): plain embeddings; cross: OTI/OVI inversion; fused: intra + cross merged "
             "(--merge); cross-gallery: against the gallery's stored OTI; span / iso / concept: zero-cost "
             "projections of query and gallery; inverter / warm: the trained inversion network "
-            "(cgx train-inverter); auto: the tuned mode."
+            "(cgx train-inverter); aqe / dba / nnn / qbnorm / center: the training-free peers; MODE+POST "
+            "(e.g. span+aqe): a one-leg mode followed by aqe, nnn or qbnorm; auto: the tuned mode.",
         ),
     ] = None,
     merge: Annotated[

@@ -26,6 +26,7 @@ from crossgap_index.models import Encoder, default_model_spec, load_model
 from crossgap_index.search.engine import Queries, run_mode
 from crossgap_index.search.gallery import MatrixGallery
 from crossgap_index.search.modes import RRF_K, SERVED_OTI_STEPS, Mode, resolve_mode
+from crossgap_index.search.peers import eval_modes as peer_eval_modes
 from crossgap_index.search.transforms import ModelTransformer
 from crossgap_index.search.vocabulary import PROMPT, concept_prompts
 
@@ -278,6 +279,7 @@ def eval_modes(
         "span over the ImageNet-1k names (no labels needed)",
     )
     modes["iso"] = (resolve_mode("iso"), "IsoCLIP projector-spectrum truncation")
+    modes.update(peer_eval_modes(task))  # aqe, dba, nnn, qbnorm, center and a few compositions (search/peers.py)
     if task == IMAGES:
         modes["inverter"] = (resolve_mode("inverter"), "one-pass inversion network")
         modes["warm"] = (resolve_mode("warm"), "inverter output + a few OTI steps")

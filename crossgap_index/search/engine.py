@@ -12,6 +12,7 @@ top-k (search) agree on their common prefix.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -52,6 +53,21 @@ class Gallery(Protocol):
     def scores(self, collection: str, query: np.ndarray, ids: np.ndarray, projection: FeatureMap | None) -> np.ndarray:
         """Exact scores of one query with the given items."""
 
+    # What the peers (search/peers.py, search/post.py) fit their statistics on, and where they hold them:
+    fitted: dict
+
+    def vectors(self, collection: str) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, plain vectors) of a whole collection."""
+
+    def vectors_of(self, collection: str, ids: np.ndarray, projection: FeatureMap | None) -> np.ndarray:
+        """The rows of ``ids`` as the gallery is searched (through ``projection``)."""
+
+    def version(self, collection: str) -> int:
+        """Changes whenever the collections do: fitted statistics are valid for one version."""
+
+    def keep(self, name: str, make: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+        """Arrays fitted on the gallery, ``make``-d once per version (and kept between processes where it can)."""
+
 
 class Transformer(Protocol):
     """Turns a batch of queries into one leg's search vectors, and names the projection a leg uses."""
@@ -83,7 +99,14 @@ def run_mode(
     legs = []
     for leg in mode.legs:
         vectors = transformer.search_vectors(leg, queries, collection)
-        legs.append((leg, vectors, gallery_collection(leg, collection), transformer.projection(leg, collection)))
+        projection = transformer.projection(leg, collection)
+        if leg.transform == "adapt" or mode.post is not None:  # peers: maps fitted on the gallery (search/peers.py)
+            from crossgap_index.search.peers import adapt_leg
+
+            vectors, projection = adapt_leg(leg, mode.post, vectors, projection, gallery, collection, queries.modality)
+        legs.append((leg, vectors, gallery_collection(leg, collection), projection))
+    if mode.post is not None and mode.post["kind"] in ("aqe", "qbnorm"):
+        return _post_step(mode.post, legs[0], queries.modality, collection, k, gallery, exclude)
     if mode.fusion is None:
         leg, vectors, coll, projection = legs[0]
         ranked = _ranked(gallery, coll, vectors, k, projection, exclude)
@@ -109,6 +132,25 @@ def run_mode(
             fused = _continue(fused, fill[row])
         results.append(Result(Ranked(fused.ids[:k], fused.scores[:k]), named))
     return results
+
+
+def _post_step(
+    post: dict, leg: tuple, modality: str, collection: str, k: int, gallery: Gallery, exclude: np.ndarray | None
+) -> list[Result]:
+    """A one-leg mode followed by aqe or qbnorm (search/post.py), ranked through the leg's own gallery side."""
+    from crossgap_index.search import post as steps
+
+    leg_, vectors, coll, projection = leg
+
+    def rank(rows: np.ndarray, depth: int) -> list[Ranked]:
+        return _ranked(gallery, coll, rows, depth, projection, exclude)
+
+    if post["kind"] == "aqe":
+        ranked = steps.alpha_query_expansion(post, rank, gallery, coll, vectors, k, projection)
+    else:
+        bank = {"image": "image", "text": "text"}.get(modality, collection)
+        ranked = steps.dynamic_inverted_softmax(post, rank, gallery, coll, bank, vectors, k, projection)
+    return [Result(r, {leg_.name: r}) for r in ranked]
 
 
 def _ranked(

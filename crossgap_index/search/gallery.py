@@ -14,6 +14,8 @@ from __future__ import annotations
 import json
 import os
 import threading
+import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +34,7 @@ class MatrixGallery:
     def __init__(self, collections: dict[str, tuple[np.ndarray, np.ndarray]]):
         self._collections = collections
         self._projected: dict[tuple[str, str], np.ndarray] = {}
+        self.fitted: dict = {}  # the peers' fitted maps and statistics (search/peers.py), by key: (version, value)
 
     def _vectors(self, collection: str, projection: Projection | None) -> tuple[np.ndarray, np.ndarray]:
         ids, vectors = self._collections[collection]
@@ -54,6 +57,25 @@ class MatrixGallery:
         position = {int(i): p for p, i in enumerate(all_ids.tolist())}
         return vectors[[position[int(i)] for i in ids]] @ np.asarray(query, np.float32)
 
+    # -- what the peers (search/peers.py, search/post.py) read: the vectors themselves and their version ----------
+    def vectors(self, collection: str) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, plain vectors) of a whole collection."""
+        return self._collections[collection]
+
+    def vectors_of(self, collection: str, ids: np.ndarray, projection: Projection | None) -> np.ndarray:
+        """The rows of ``ids`` as the gallery is searched (through ``projection``)."""
+        all_ids, vectors = self._vectors(collection, projection)
+        position = {int(i): p for p, i in enumerate(all_ids.tolist())}
+        return vectors[[position[int(i)] for i in ids]]
+
+    def version(self, collection: str) -> int:
+        """Statistics fitted on a collection stay valid while this is unchanged (in memory: always)."""
+        return 0
+
+    def keep(self, name: str, make: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+        """Statistics fitted on the gallery (in memory: computed by the caller's cache, nothing kept on disk)."""
+        return make()
+
 
 class StoreGallery:
     """An index's stored collections, plus derived projected collections built on first use."""
@@ -62,6 +84,7 @@ class StoreGallery:
         self._store = store
         self._derived: dict[tuple[str, str], object] = {}
         self._lock = threading.Lock()
+        self.fitted: dict = {}  # the peers' fitted maps and statistics (search/peers.py), by key: (version, value)
 
     def top_k(self, collection: str, queries: np.ndarray, k: int, projection: Projection | None) -> list[Ranked]:
         if projection is None:
@@ -89,6 +112,41 @@ class StoreGallery:
         if projection is not None:
             vectors = projection.apply(vectors)
         return vectors @ np.asarray(query, np.float32)
+
+    # -- what the peers (search/peers.py, search/post.py) read: the vectors themselves and their version ----------
+    def vectors(self, collection: str) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, stored vectors) of a whole collection, from the catalog."""
+        return self._store.ids_and_vectors(collection)
+
+    def vectors_of(self, collection: str, ids: np.ndarray, projection: Projection | None) -> np.ndarray:
+        """The rows of ``ids`` as the gallery is searched (through ``projection``)."""
+        vectors = self._store.catalog_vectors(collection, ids)
+        return vectors if projection is None else projection.apply(vectors)
+
+    def version(self, collection: str) -> int:
+        """The catalog generation: statistics fitted on the gallery are refitted when it moves on."""
+        return self._store.generation
+
+    def keep(self, name: str, make: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+        """Arrays fitted on the gallery (qbnorm's per-item statistics, center's means), kept under ``derived/``
+        for later processes while the catalog generation is the one they were fitted at."""
+        generation = self._store.generation
+        path = self._store.path / DERIVED_DIR / f"{name}.npz"
+        try:
+            with np.load(path, allow_pickle=False) as saved:
+                if int(saved["generation"]) == generation:
+                    return {key: saved[key] for key in saved.files if key != "generation"}
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+            pass  # missing, damaged or from another generation: fit again
+        arrays = make()
+        tmp = path.with_name(path.name + ".tmp.npz")
+        try:
+            path.parent.mkdir(exist_ok=True)
+            np.savez(tmp, generation=np.int64(generation), **arrays)
+            os.replace(tmp, path)
+        except OSError:  # a read-only index keeps them in memory only
+            tmp.unlink(missing_ok=True)
+        return arrays
 
     def refresh(self, collection: str, projection: Projection) -> None:
         """Bring a projected collection in line with the catalog now (after a build), not at the next query."""

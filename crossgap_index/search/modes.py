@@ -3,8 +3,10 @@
     query feature --transform--> search vector --against--> gallery side --fusion--> hits
 
     transform  identity | invert (OTI/OVI) | project (span / iso / concept) | inverter | warm (inverter + N steps)
-    gallery    plain collection | mapped derived collection | the gallery's stored OTI features
+               | adapt (a map fitted on the gallery itself: dba, center; search/peers.py)
+    gallery    plain collection | mapped derived collection | the gallery's stored OTI features | adapted
     fusion     none | rrf | score, over the top ``depth`` of each leg
+    post       none | aqe | nnn | qbnorm: a training-free re-ranker after a one-leg mode (``span+aqe``)
 
 Modes serialise to plain dicts (``to_dict`` / ``from_dict``) so a tuned mode can live in the manifest,
 and ``resolve_mode`` turns a mode name plus settings into one. ``search.engine.run_mode`` is the one
@@ -19,13 +21,24 @@ from dataclasses import dataclass, field
 from crossgap_index.errors import QueryError
 from crossgap_index.inversion import InversionConfig
 
-TRANSFORMS = ("identity", "invert", "project", "inverter", "warm")
-GALLERIES = ("plain", "projected", "inverted")
+TRANSFORMS = ("identity", "invert", "project", "inverter", "warm", "adapt")
+GALLERIES = ("plain", "projected", "inverted", "adapted")
 FUSIONS = ("rrf", "score")
 RRF_K = 60
 FUSION_DEPTH = 100
 # Modes a user can name; "auto" resolves to the index's tuned mode, else DEFAULT_MODE.
-MODE_NAMES = ("auto", "intra", "cross", "fused", "cross-gallery", "span", "iso", "concept", "inverter", "warm")
+BASE_MODE_NAMES = ("auto", "intra", "cross", "fused", "cross-gallery", "span", "iso", "concept", "inverter", "warm")
+# The training-free re-rankers a search engineer tries first (search/peers.py, research notes section 7): dba and
+# center adapt the gallery (a leg), aqe, nnn and qbnorm follow any one-leg mode as its post-step (``span+aqe``).
+PEER_NAMES = ("aqe", "dba", "nnn", "qbnorm", "center")
+POST_STEPS = ("aqe", "nnn", "qbnorm")
+COMPOSABLE = ("cross", "cross-gallery", "span", "iso", "concept", "inverter", "warm", "dba", "center")
+# Every name the library, `cgx query --mode`, the server and the page accept: the one list they validate against.
+MODE_NAMES = (
+    *BASE_MODE_NAMES,
+    *PEER_NAMES,
+    *(f"{base}+{post}" for base in COMPOSABLE for post in POST_STEPS),
+)
 # What an untuned index serves for --cross / mode="auto": span over the ImageNet-1k names, d/16 directions, the
 # best label-free zero-cost mode on the development seeds (benchmarks/RESULTS.md, "Choosing the defaults").
 DEFAULT_CROSS = {"name": "span"}
@@ -56,6 +69,8 @@ class Leg:
             raise QueryError(f"unknown gallery side '{self.gallery}'")
         if (self.transform == "project") != (self.gallery == "projected"):
             raise QueryError("a projection applies to query and gallery alike")
+        if (self.transform == "adapt") != (self.gallery == "adapted"):
+            raise QueryError("an adapted gallery goes with the adapt transform")
 
     @property
     def inverts(self) -> bool:
@@ -77,10 +92,16 @@ class Mode:
     rrf_k: int = RRF_K
     alpha: float = 0.5  # weight of the second leg for score fusion
     depth: int = FUSION_DEPTH
+    post: dict | None = None  # a peer post-step after a one-leg mode: {"kind": "aqe"|"nnn"|"qbnorm", ...settings}
 
     def __post_init__(self) -> None:
         if not 1 <= len(self.legs) <= 2:
             raise QueryError("a mode has one leg, or two that are fused")
+        if self.post is not None:
+            if not isinstance(self.post, dict) or self.post.get("kind") not in POST_STEPS:
+                raise QueryError(f"a post-step is a dict whose kind is one of {', '.join(POST_STEPS)}")
+            if len(self.legs) != 1:
+                raise QueryError("a post-step follows a one-leg mode, not a fusion")
         if (len(self.legs) == 2) != (self.fusion is not None):
             raise QueryError("two legs need a fusion (rrf or score), one leg none")
         if self.fusion is not None and self.fusion not in FUSIONS:
@@ -106,7 +127,11 @@ class Mode:
     def describe(self) -> str:
         """One line for tables and logs, e.g. 'fused(rrf): intra + cross[oti_steps=25]'."""
         parts = [leg.name + (f"[{_short(leg.params)}]" if leg.params else "") for leg in self.legs]
-        return f"{self.name}" + (f"({self.fusion}): " if self.fusion else ": ") + " + ".join(parts)
+        line = f"{self.name}" + (f"({self.fusion}): " if self.fusion else ": ") + " + ".join(parts)
+        if self.post is not None:
+            settings = {k: v for k, v in self.post.items() if k != "kind"}
+            line += f" then {self.post['kind']}" + (f"[{_short(settings)}]" if settings else "")
+        return line
 
 
 def _short(params: dict) -> str:
@@ -131,11 +156,20 @@ def resolve_mode(
     depth: int = FUSION_DEPTH,
     projection: dict | None = None,
     tuned: dict | None = None,
+    peer: dict | None = None,
 ) -> Mode:
     """The Mode for a user-facing name. ``inversion`` overrides the served OTI/OVI settings; ``projection``
-    the span/iso settings; ``tuned`` is the index's stored mode, used by ``auto``."""
+    the span/iso settings; ``tuned`` is the index's stored mode, used by ``auto``; ``peer`` the settings of a
+    peer (e.g. ``{"n": 5, "alpha": 3}`` for aqe or dba, ``{"lam": 0.25}`` for center), which for a composition
+    ``BASE+POST`` go to its post-step."""
     if name not in MODE_NAMES:
-        raise QueryError(f"unknown mode '{name}': use one of {', '.join(MODE_NAMES)}")
+        raise QueryError(f"unknown mode '{name}': use one of {', '.join(BASE_MODE_NAMES + PEER_NAMES)} or BASE+POST")
+    if name in PEER_NAMES or "+" in name:
+        from crossgap_index.search.peers import peer_mode
+
+        base, _, post = name.rpartition("+") if "+" in name else ("", "", name)
+        kwargs = dict(inversion=inversion, merge=merge, alpha=alpha, rrf_k=rrf_k, depth=depth, projection=projection)
+        return peer_mode(name, resolve_mode(base, **kwargs) if base else None, post, peer or {})
     if name == "auto":
         return Mode.from_dict(tuned) if tuned else resolve_mode(DEFAULT_CROSS["name"])
     invert_params = _inversion_params(inversion)

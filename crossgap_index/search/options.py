@@ -24,7 +24,8 @@ class SearchOptions:
 
     ``mode``: a mode name (search/modes.py) or a Mode; ``merge``/``alpha``/``rrf_k``/``depth``: how a fused
     mode merges its lists; ``inversion``: OTI/OVI settings overriding the served ones; ``projection``:
-    span/iso/concept settings; ``use_cache``: read and write the index's inversion cache.
+    span/iso/concept settings; ``peer``: a peer re-ranker's settings (search/peers.py, e.g. ``{"n": 5}`` for aqe);
+    ``use_cache``: read and write the index's inversion cache.
     """
 
     target: str = "images"
@@ -36,6 +37,7 @@ class SearchOptions:
     depth: int = FUSION_DEPTH
     inversion: InversionConfig | None = None
     projection: dict | None = None
+    peer: dict | None = None
     use_cache: bool = True
 
     def __post_init__(self) -> None:
@@ -53,6 +55,8 @@ class SearchOptions:
             raise QueryError("inversion settings are an InversionConfig (crossgap_index.inversion)")
         if self.projection is not None and not isinstance(self.projection, dict):
             raise QueryError("projection settings are a dict, e.g. {'components': 16}")
+        if self.peer is not None and not isinstance(self.peer, dict):
+            raise QueryError("peer settings are a dict, e.g. {'n': 5, 'alpha': 3}")
 
     @classmethod
     def of(cls, options: SearchOptions | None = None, **settings) -> SearchOptions:
@@ -72,4 +76,5 @@ class SearchOptions:
             "rrf_k": self.rrf_k,
             "depth": self.depth,
             "projection": self.projection,
+            "peer": self.peer,
         }

@@ -266,11 +266,18 @@ class Searcher:
         feature, modality, digest = searcher.embed([query])[0]
         chosen = searcher.served(options, modality)
         batch = Queries(feature[None, :], modality, (digest,))
+        if chosen.post is not None and chosen.post["kind"] != "nnn":
+            raise QueryError(f"mode {chosen.name} re-ranks inside the index: no vector form for another database")
         lists, gallery_map = {}, None
         for leg in chosen.legs:
             vector = searcher.transformer.search_vectors(leg, batch, collection)[0]
-            lists[leg.name] = (vector, gallery_collection(leg, collection))
             projection = searcher.transformer.projection(leg, collection)
+            if leg.transform == "adapt" or chosen.post is not None:  # dba, center, nnn: maps fitted on the gallery
+                from crossgap_index.search.peers import adapt_leg
+
+                adapted = adapt_leg(leg, chosen.post, vector[None], projection, searcher.gallery, collection, modality)
+                vector, projection = adapted[0][0], adapted[1]
+            lists[leg.name] = (vector, gallery_collection(leg, collection))
             if projection is not None:
                 gallery_map = projection
         fusion = None

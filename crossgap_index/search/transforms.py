@@ -79,7 +79,7 @@ class ModelTransformer:
 
     # -- the engine's Transformer protocol -------------------------------------------------
     def search_vectors(self, leg: Leg, queries: Queries, collection: str) -> np.ndarray:
-        if leg.transform == "identity":
+        if leg.transform in ("identity", "adapt"):  # adapt: the engine applies the gallery-fitted map (peers.py)
             return queries.features
         if leg.transform == "project":
             return self.projection(leg, collection).apply(queries.features)

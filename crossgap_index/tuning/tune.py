@@ -32,6 +32,7 @@ from crossgap_index.ingest.decode import content_hash
 from crossgap_index.inversion import InversionConfig
 from crossgap_index.search.engine import Queries
 from crossgap_index.search.modes import Leg, Mode, resolve_mode
+from crossgap_index.search.peers import post_candidates, tune_candidates
 from crossgap_index.search.transforms import ModelTransformer
 
 SPLIT_SEED = 0
@@ -100,6 +101,9 @@ def tune(
         candidate.selection_map = _mean_map(candidate.mode, selection, transformer, collection)
     report("candidates (selection half)", len(candidates), len(candidates))
     fused = _fusions(candidates)
+    one_leg = [c for c in candidates if len(c.mode.legs) == 1 and c.mode.legs[0].transform in ("project", "invert")]
+    bases = [(c.name, c.mode) for c in sorted(one_leg, key=lambda c: -c.selection_map)[:2]]  # then a post-step
+    fused += [Candidate(name, mode) for name, mode in post_candidates(bases)]
     for candidate in fused:
         transformer = _transformer(encoder, cache, None)
         candidate.selection_map = _mean_map(candidate.mode, selection, transformer, collection)
@@ -156,6 +160,7 @@ def _candidates(task: str, names: list[str], dim: int, inversion: bool) -> list[
     for top, bottom in ISO_FRACTIONS:
         params = {"modality": modality, "k_top": round(dim * top), "k_bottom": round(dim * bottom)}
         out.append(Candidate(f"iso[{params['k_top']},{params['k_bottom']}]", resolve_mode("iso", projection=params)))
+    out += [Candidate(name, mode) for name, mode in tune_candidates()]  # the peers, label-free (search/peers.py)
     if inversion and task == IMAGES:
         for tokens in OTI_TOKENS:
             for steps in OTI_STEPS:
