@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from crossgap_index.search.projections import FeatureMap as Projection
+from crossgap_index.search.projections import FeatureMap
 from crossgap_index.search.ranking import Ranked, top_k_batch
 
 DERIVED_DIR = "derived"
@@ -36,7 +36,7 @@ class MatrixGallery:
         self._projected: dict[tuple[str, str], np.ndarray] = {}
         self.fitted: dict = {}  # the peers' fitted maps and statistics (search/peers.py), by key: (version, value)
 
-    def _vectors(self, collection: str, projection: Projection | None) -> tuple[np.ndarray, np.ndarray]:
+    def _vectors(self, collection: str, projection: FeatureMap | None) -> tuple[np.ndarray, np.ndarray]:
         ids, vectors = self._collections[collection]
         if projection is None:
             return ids, vectors
@@ -45,14 +45,14 @@ class MatrixGallery:
             self._projected[key] = projection.apply(vectors)
         return ids, self._projected[key]
 
-    def top_k(self, collection: str, queries: np.ndarray, k: int, projection: Projection | None) -> list[Ranked]:
+    def top_k(self, collection: str, queries: np.ndarray, k: int, projection: FeatureMap | None) -> list[Ranked]:
         ids, vectors = self._vectors(collection, projection)
         scores = np.asarray(queries, np.float32) @ vectors.T
         k = min(k, len(ids))
         order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
         return [Ranked(ids[row], scores[i, row]) for i, row in enumerate(order)]
 
-    def scores(self, collection: str, query: np.ndarray, ids: np.ndarray, projection: Projection | None) -> np.ndarray:
+    def scores(self, collection: str, query: np.ndarray, ids: np.ndarray, projection: FeatureMap | None) -> np.ndarray:
         all_ids, vectors = self._vectors(collection, projection)
         position = {int(i): p for p, i in enumerate(all_ids.tolist())}
         return vectors[[position[int(i)] for i in ids]] @ np.asarray(query, np.float32)
@@ -62,7 +62,7 @@ class MatrixGallery:
         """(ids, plain vectors) of a whole collection."""
         return self._collections[collection]
 
-    def vectors_of(self, collection: str, ids: np.ndarray, projection: Projection | None) -> np.ndarray:
+    def vectors_of(self, collection: str, ids: np.ndarray, projection: FeatureMap | None) -> np.ndarray:
         """The rows of ``ids`` as the gallery is searched (through ``projection``)."""
         all_ids, vectors = self._vectors(collection, projection)
         position = {int(i): p for p, i in enumerate(all_ids.tolist())}
@@ -86,7 +86,7 @@ class StoreGallery:
         self._lock = threading.Lock()
         self.fitted: dict = {}  # the peers' fitted maps and statistics (search/peers.py), by key: (version, value)
 
-    def top_k(self, collection: str, queries: np.ndarray, k: int, projection: Projection | None) -> list[Ranked]:
+    def top_k(self, collection: str, queries: np.ndarray, k: int, projection: FeatureMap | None) -> list[Ranked]:
         if projection is None:
             return top_k_batch(self._store, collection, queries, k)
         index = self._projected(collection, projection)
@@ -107,7 +107,7 @@ class StoreGallery:
             out.append(Ranked(row_ids[:k], row_scores[:k].astype(np.float32)))
         return out
 
-    def scores(self, collection: str, query: np.ndarray, ids: np.ndarray, projection: Projection | None) -> np.ndarray:
+    def scores(self, collection: str, query: np.ndarray, ids: np.ndarray, projection: FeatureMap | None) -> np.ndarray:
         vectors = self._store.catalog_vectors(collection, ids)
         if projection is not None:
             vectors = projection.apply(vectors)
@@ -118,7 +118,7 @@ class StoreGallery:
         """(ids, stored vectors) of a whole collection, from the catalog."""
         return self._store.ids_and_vectors(collection)
 
-    def vectors_of(self, collection: str, ids: np.ndarray, projection: Projection | None) -> np.ndarray:
+    def vectors_of(self, collection: str, ids: np.ndarray, projection: FeatureMap | None) -> np.ndarray:
         """The rows of ``ids`` as the gallery is searched (through ``projection``)."""
         vectors = self._store.catalog_vectors(collection, ids)
         return vectors if projection is None else projection.apply(vectors)
@@ -148,11 +148,11 @@ class StoreGallery:
             tmp.unlink(missing_ok=True)
         return arrays
 
-    def refresh(self, collection: str, projection: Projection) -> None:
+    def refresh(self, collection: str, projection: FeatureMap) -> None:
         """Bring a projected collection in line with the catalog now (after a build), not at the next query."""
         self._projected(collection, projection)
 
-    def _projected(self, collection: str, projection: Projection):
+    def _projected(self, collection: str, projection: FeatureMap):
         """The derived FAISS collection ``collection`` seen through ``projection``, current with the catalog."""
         from crossgap_index.store.vectors import VectorIndex
 
