@@ -100,11 +100,14 @@ class Encoder:
         return self.encode_pixels(self.image_tensor(images))
 
     @torch.inference_mode()
-    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+    def encode_texts(self, texts: Sequence[str], *, normalize: bool = True) -> np.ndarray:
+        """Unit rows; ``normalize=False``: the text tower's raw output (the published span code centres that)."""
         out = []
         for i in range(0, len(texts), self.batch_size):
             tokens = self.loaded.tokenizer(list(texts[i : i + self.batch_size]))
             out.append(self._encode_text(tokens.to(self.device)).float())
+        if not normalize and out:
+            return np.ascontiguousarray(torch.cat(out).cpu().numpy(), dtype=np.float32)
         return _unit_rows(out, self.dim)
 
 
