@@ -148,7 +148,8 @@ def _non_class_folder(root):
 def test_tune_on_non_class_folders_stores_nothing_and_says_why(tmp_path):
     folder = _non_class_folder(tmp_path / "photos")
     index = tmp_path / "idx"
-    assert runner.invoke(app, ["build-index", str(folder), "--index", str(index), "--model", MODEL, "-q"]).exit_code == 0
+    built = runner.invoke(app, ["build-index", str(folder), "--index", str(index), "--model", MODEL, "-q"])
+    assert built.exit_code == 0, built.output
     result = runner.invoke(app, ["tune", str(folder), "--index", str(index), "--no-inversion", "-q"])
     assert result.exit_code == 0, result.output
     assert "stored nothing" in result.stdout and f"at least {MIN_CLASSES} such classes" in result.stdout
@@ -207,7 +208,8 @@ def test_eval_reports_default_and_uses_labels(tmp_path):
 def test_cli_eval_json_and_info_say_what_cross_runs(tmp_path):
     folder = export_folder(tmp_path / "labelled", seed=9, n=24)
     index = tmp_path / "idx"
-    assert runner.invoke(app, ["build-index", str(folder), "--index", str(index), "--model", MODEL, "-q"]).exit_code == 0
+    built = runner.invoke(app, ["build-index", str(folder), "--index", str(index), "--model", MODEL, "-q"])
+    assert built.exit_code == 0, built.output
     info = json.loads(runner.invoke(app, ["info", "--index", str(index), "--json"]).stdout)
     assert info["cross"]["source"] == "published" and info["cross"]["default"]["settings"]["components"] == "d/2"
     assert "--cross runs" in runner.invoke(app, ["info", "--index", str(index)]).stdout
