@@ -291,10 +291,10 @@ def eval_modes(
             resolve_mode("concept", projection={"vocabulary": vocabulary}),
             "both as distributions over the vocabulary's concepts",
         )
-    default_span = {"vocabulary": "imagenet", "components": span_components}
+    published = {"preset": "published", "components": span_components}
     modes["span-imagenet"] = (
-        resolve_mode("span", projection=default_span),
-        "span over the ImageNet-1k names (no labels needed)",
+        resolve_mode("span", projection=published),
+        "span over the ImageNet-1k names, the published PCA<- (bare names, raw features, d/2; no labels needed)",
     )
     modes["iso"] = (resolve_mode("iso"), "IsoCLIP projector-spectrum truncation")
     if task == IMAGES:
