@@ -38,6 +38,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tasks", nargs="+", default=["images", "texts"])
     parser.add_argument("--limit", type=int, default=None, help="Items per world (as cgx eval --limit).")
     parser.add_argument("--steps", type=int, default=None, help="OTI steps of cross/fused [default: served].")
+    parser.add_argument("--ovi-steps", type=int, default=None, help="OVI steps (text cross) [default: served].")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--md", type=Path, default=RESULTS / "worlds-table.md")
     parser.add_argument("--plot", type=Path, default=RESULTS / "worlds-table.png")
@@ -49,7 +50,10 @@ def main(argv: list[str] | None = None) -> None:
     from crossgap_index.evaluation.protocol import SERVED_INVERSION, evaluate
     from crossgap_index.inversion import InversionConfig
 
-    config = SERVED_INVERSION if args.steps is None else InversionConfig(oti_steps=args.steps)
+    config = InversionConfig(
+        oti_steps=SERVED_INVERSION.oti_steps if args.steps is None else args.steps,
+        ovi_steps=SERVED_INVERSION.ovi_steps if args.ovi_steps is None else args.ovi_steps,
+    )
     rows, notes, runs = [], [], []
     begin = time.perf_counter()
     load_start = os.getloadavg()
@@ -100,6 +104,7 @@ def main(argv: list[str] | None = None) -> None:
         "tasks": args.tasks,
         "limit": args.limit,
         "oti_steps": config.oti_steps,
+        "ovi_steps": config.ovi_steps,
         "machine": machine_info(),
         "load_average": {"start": load_start, "end": os.getloadavg()},
         "seconds": time.perf_counter() - begin,
@@ -124,9 +129,12 @@ def render_markdown(doc: dict, plot: Path) -> str:
         "# Every world x task x mode",
         "",
         f"`python -m benchmarks.bench_worlds --model {doc['model']} --datasets {' '.join(doc['datasets'])} "
-        f"--tasks {' '.join(doc['tasks'])}" + (f" --limit {doc['limit']}" if doc["limit"] else "") + "`",
+        f"--tasks {' '.join(doc['tasks'])}"
+        + (f" --limit {doc['limit']}" if doc["limit"] else "")
+        + f" --steps {doc['oti_steps']} --ovi-steps {doc['ovi_steps']}`",
         "",
-        f"Model {doc['model']}; OTI {doc['oti_steps']} steps; machine: {_machine(doc['machine'])}; load average "
+        f"Model {doc['model']}; OTI {doc['oti_steps']} steps, OVI {doc['ovi_steps']} steps; "
+        f"machine: {_machine(doc['machine'])}; load average "
         f"{load['start'][0]:.1f} at start, {load['end'][0]:.1f} at end; {doc['seconds']:.0f} s in all.",
         "",
         "ΔmAP: mean per-query AP difference against intra on the same queries, in points, with its paired 95% "
