@@ -299,7 +299,7 @@ def query(
         str | None, typer.Option(help="OTI prompt; {} marks the pseudo-tokens [default: 'a photo of {}'].")
     ] = None,
     span_components: Annotated[
-        int | None, typer.Option(min=1, help="Directions kept by --mode span [default: d/16].")
+        int | None, typer.Option(min=1, help="Directions kept by --mode span [default: the model's rule, cgx info].")
     ] = None,
     vocab: Annotated[
         Path | None,

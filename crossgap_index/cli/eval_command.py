@@ -50,7 +50,9 @@ def eval_command(
     ] = None,
     span_components: Annotated[
         int | None,
-        typer.Option("--span-components", min=1, help="Directions kept by span projection [default: d/16]."),
+        typer.Option(
+            "--span-components", min=1, help="Directions kept by span projection [default: the model's rule]."
+        ),
     ] = None,
     task: Annotated[Task, typer.Option("--task", help="Evaluate images, texts, or all the dataset has.")] = Task.all,
     steps: Annotated[
