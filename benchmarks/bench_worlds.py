@@ -194,10 +194,14 @@ def write_plot(rows: list[dict], path: Path, model: str) -> None:
 
     panels = list(dict.fromkeys((r["world"], r["task"]) for r in rows))
     modes = list(dict.fromkeys(r["mode"] for r in rows))
-    fig = Figure(figsize=(3.4 * len(panels), 0.32 * len(modes) + 1.8))
+    columns = min(4, len(panels))
+    grid_rows = -(-len(panels) // columns)
+    fig = Figure(figsize=(3.4 * columns, (0.32 * len(modes) + 1.4) * grid_rows + 0.4))
     FigureCanvasAgg(fig)
-    axes = np.atleast_1d(fig.subplots(1, len(panels), sharey=True, squeeze=False)[0])
-    for ax, (world, task) in zip(axes, panels, strict=True):
+    axes = fig.subplots(grid_rows, columns, sharey=True, squeeze=False).ravel()
+    for ax in axes[len(panels) :]:
+        ax.set_visible(False)
+    for ax, (world, task) in zip(axes, panels, strict=False):
         cell = {r["mode"]: r for r in rows if r["world"] == world and r["task"] == task}
         for y, mode in enumerate(modes):
             r = cell.get(mode)
