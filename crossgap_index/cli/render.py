@@ -176,7 +176,7 @@ def info_table(info: IndexInfo) -> Table:
         source = {"tuned": "tuned", "bundled": "the model's measured default", "published": "published setting"}
         table.add_row(
             "--cross runs",
-            f"{escape(info.cross['summary'])}\n[{source.get(info.cross['source'], info.cross['source'])}] "
+            f"{escape(info.cross['summary'])}\nsource: {source.get(info.cross['source'], info.cross['source'])}: "
             f"{escape(info.cross['detail'])}",
         )
     if info.inverter:
