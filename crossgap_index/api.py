@@ -23,7 +23,7 @@ from crossgap_index.inversion import InversionConfig
 from crossgap_index.models import check_device, default_model_spec, local_weights, parse_spec
 from crossgap_index.precision import after_write, check_setting, precision_for_index, precision_for_new_index
 from crossgap_index.search.engine import Queries
-from crossgap_index.search.modes import Mode, resolve_mode
+from crossgap_index.search.modes import Mode, describe_cross, resolve_mode
 from crossgap_index.search.options import SearchOptions
 from crossgap_index.search.searcher import Hit, QueryTransform, Searcher
 from crossgap_index.store.catalog import ImageRecord, ItemRow
@@ -69,6 +69,7 @@ class IndexInfo:
     tuned_mode: dict | None = None
     inverter: dict | None = None
     precision: str = "fp32"
+    cross: dict | None = None  # what --cross runs and where that choice came from (search.modes.describe_cross)
 
 
 def _reads(method: Callable) -> Callable:
@@ -470,10 +471,14 @@ class CrossGapIndex:
 
     def tune(self, dataset, *, inversion: bool = True, seed: int = 0, progress=None):
         """Choose the mode that wins on labelled ``dataset`` (the forms ``cgx eval`` takes) and store it:
-        ``mode="auto"`` and ``cgx query --cross`` serve it from then on. Returns the TuneResult."""
+        ``mode="auto"`` and ``cgx query --cross`` serve it from then on. Stores nothing when the data is below
+        tune's minimum or the winner's held-out gain is not above noise (``result.stored``, ``result.reason``).
+        Returns the TuneResult."""
         from crossgap_index.tuning import tune
 
         result, network = tune(dataset, self.encoder, inversion=inversion, seed=seed, progress=progress)
+        if not result.stored:
+            return result
         with self._store.writing():
             if network is not None:
                 network.save(self.path / INVERTER_FILE)
@@ -531,6 +536,7 @@ class CrossGapIndex:
             tuned_mode=m.tuned_mode,
             inverter=self._inverter().stats if (self.path / INVERTER_FILE).is_file() else None,
             precision=m.precision,
+            cross=describe_cross(m.model, m.tuned_mode),
         )
 
     # -- maintenance (remove, ls, check) ------------------------------------------------------

@@ -31,8 +31,10 @@ class DemoResult:
     build: BuildReport
     hits: dict[str, list[Hit]]
     sheet: Path
-    tuned: dict  # the tune record: mode, selection and report mAP
+    tuned: dict | None  # the tune record: mode, selection and report mAP (None: below tune's minimum)
     correct: dict[str, int]  # same-class hits in the top k, per mode, for the shown query
+    tune_stored: bool = True  # False: tune stored nothing (tune_reason says why) and "tuned" is the default
+    tune_reason: str = ""
 
 
 def run_demo(
@@ -58,7 +60,7 @@ def run_demo(
     folder = export_folder(out / "images", DEMO_SEED, n_images)
     with CrossGapIndex.open_or_create(out / "index", model=model, device=device) as index:
         build = index.index_folders([folder], progress=progress)
-        tuned = index.tune(f"synthetic:{TUNE_SEED}:{tune_images}", inversion=inversion).record
+        tune = index.tune(f"synthetic:{TUNE_SEED}:{tune_images}", inversion=inversion)
         best = None
         for i in range(QUERY_CANDIDATES):
             item = make_item(DEMO_SEED, n_images + i)  # the next items of the same world: not in the gallery
@@ -79,7 +81,19 @@ def run_demo(
         out / "contact_sheet.png",
         label_of=lambda p: item.class_name if p == query else p.parent.name.replace("_", " "),
     )
-    return DemoResult(folder, out / "index", query, item.class_name, build, hits, sheet, tuned, correct)
+    return DemoResult(
+        folder,
+        out / "index",
+        query,
+        item.class_name,
+        build,
+        hits,
+        sheet,
+        tune.record,
+        correct,
+        tune.stored,
+        tune.reason,
+    )
 
 
 def _label(hit: Hit) -> str:

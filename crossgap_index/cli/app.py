@@ -340,7 +340,7 @@ def query(
         str | None, typer.Option(help="OTI prompt; {} marks the pseudo-tokens [default: 'a photo of {}'].")
     ] = None,
     span_components: Annotated[
-        int | None, typer.Option(min=1, help="Directions kept by --mode span [default: d/16].")
+        int | None, typer.Option(min=1, help="Directions kept by --mode span [default: the model's rule, cgx info].")
     ] = None,
     vocab: Annotated[
         Path | None,
@@ -470,13 +470,20 @@ def demo(
         )
     tuned = result.tuned
     for mode, hits in result.hits.items():
-        name = f"tuned = {escape(tuned['candidate'])}" if mode == "tuned" else mode
+        name = mode
+        if mode == "tuned":
+            name = f"tuned = {escape(tuned['candidate'])}" if result.tune_stored else "--cross (untuned default)"
         title = f"{name}: query {result.query} (a {result.query_label}), {result.correct[mode]}/{top_k} same class"
         out.print(hits_table(hits, title, label_of=lambda h: Path(h.path).parent.name.replace("_", " ")))
-    rep = tuned["report"]
+    if tuned is not None:
+        rep = tuned["report"]
+        out.print(
+            f"tune chose {escape(tuned['candidate'])}: mAP {rep['map'] * 100:.2f} vs intra "
+            f"{rep['intra_map'] * 100:.2f} ({rep['delta_map'] * 100:+.2f}) on held-out labelled photos",
+            highlight=False,
+        )
     out.print(
-        f"tune chose {escape(tuned['candidate'])}: mAP {rep['map'] * 100:.2f} vs intra {rep['intra_map'] * 100:.2f} "
-        f"({rep['delta_map'] * 100:+.2f}) on held-out labelled photos; `cgx query PHOTO --cross` serves it",
+        "`cgx query PHOTO --cross` serves it" if result.tune_stored else f"tune: {escape(result.tune_reason)}",
         highlight=False,
     )
     if not quiet:

@@ -50,7 +50,9 @@ def eval_command(
     ] = None,
     span_components: Annotated[
         int | None,
-        typer.Option("--span-components", min=1, help="Directions kept by span projection [default: d/16]."),
+        typer.Option(
+            "--span-components", min=1, help="Directions kept by span projection [default: the model's rule]."
+        ),
     ] = None,
     task: Annotated[Task, typer.Option("--task", help="Evaluate images, texts, or all the dataset has.")] = Task.all,
     steps: Annotated[
@@ -114,14 +116,18 @@ def eval_command(
         batch_size=batch_size,
         precision=precision,
     )
-    extra = {}
+    extra, labelled = {}, []
     if index is not None:
         from crossgap_index import CrossGapIndex
         from crossgap_index.search.modes import resolve_mode
 
         with CrossGapIndex.open(index) as cgx:
             model = cgx.info().model
-            extra["tuned"] = resolve_mode("auto", tuned=(cgx.tuned_mode or {}).get("mode"))
+            tuned = cgx.tuned_mode or {}
+        if tuned:  # an untuned index's --cross is the `default` row already
+            extra["tuned"] = resolve_mode("auto", tuned=tuned["mode"], model=model)
+            if tuned.get("dataset", {}).get("spec") == data.spec:
+                labelled.append("tuned")  # chosen on this very data's labels
     with _progress(enabled=not quiet) as progress:
         result = evaluate(
             data,
@@ -136,6 +142,7 @@ def eval_command(
             span_components=span_components,
             extra_modes=extra,
             progress=progress,
+            labelled_modes=labelled,
         )
     if vocab is not None:
         result.settings["span"]["vocabulary"] = str(vocab)

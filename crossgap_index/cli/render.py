@@ -171,7 +171,14 @@ def info_table(info: IndexInfo) -> Table:
             f"on the report half of {escape(tuned['dataset']['spec'])} ({tuned['date']})",
         )
     else:
-        table.add_row("tuned mode (--cross)", "none: --cross serves the default (span, ImageNet names); see cgx tune")
+        table.add_row("tuned mode (--cross)", "none (see cgx tune)")
+    if info.cross:
+        source = {"tuned": "tuned", "bundled": "the model's measured default", "published": "published setting"}
+        table.add_row(
+            "--cross runs",
+            f"{escape(info.cross['summary'])}\nsource: {source.get(info.cross['source'], info.cross['source'])}: "
+            f"{escape(info.cross['detail'])}",
+        )
     if info.inverter:
         table.add_row("inverter", f"trained on {info.inverter['images']} images, {info.inverter['steps']} steps")
     table.add_row("schema / version", f"{info.schema_version} / crossgap-index {info.crossgap_version}")

@@ -33,7 +33,9 @@ def tune_command(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars on stderr.")] = False,
 ) -> None:
     """Find the mode that wins on your labelled data and store it in the index: `cgx query --cross` and
-    library mode="auto" then serve it. Half of each class selects, the other half reports."""
+    library mode="auto" then serve it. Half of each class selects, the other half reports; a mode is stored
+    only when its report-half gain over intra has a 95% interval above 0, otherwise nothing is (exit 0).
+    Needs at least 8 classes (one subfolder each) with 8 or more images each; smaller classes are left out."""
     from crossgap_index import CrossGapIndex
     from crossgap_index.evaluation.data import SYNTHETIC_PREFIX, synthetic_size
 
@@ -43,31 +45,58 @@ def tune_command(
         result = cgx.tune(dataset, inversion=inversion, seed=seed, progress=progress)
     record = result.record
     if json_out:
-        print(json.dumps({"tuned": record, "candidates": result.candidates}, indent=2))
+        doc = {
+            "tuned": record if result.stored else None,
+            "stored": result.stored,
+            "reason": result.reason,
+            "measured": record,
+            "classes": result.classes,
+            "left_out": result.left_out,
+            "skipped": result.skipped,
+            "minimum": result.minimum,
+            "candidates": result.candidates,
+        }
+        print(json.dumps(doc, indent=2))
         return
-    table = Table(
-        title=f"candidates on the selection half ({record['selection']['queries']} queries)", title_justify="left"
-    )
-    table.add_column("candidate")
-    table.add_column("mAP", justify="right")
-    for row in result.candidates[:15]:
-        table.add_row(escape(row["name"]), f"{row['selection_map'] * 100:.2f}")
-    out.print(table)
-    rep = record["report"]
-    se = f" ± {rep['delta_map_se'] * 100:.2f}" if rep["delta_map_se"] is not None else ""
-    out.print(
-        f"tuned: {escape(record['candidate'])} ({escape(record['summary'])})\n"
-        f"report half ({rep['queries']} queries, not used to choose): mAP {rep['map'] * 100:.2f} vs intra "
-        f"{rep['intra_map'] * 100:.2f} ({rep['delta_map'] * 100:+.2f}{se})\n"
-        "stored in the index: `cgx query IMAGE --cross` now uses it",
-        highlight=False,
-    )
-    if rep["delta_map"] < 0:
-        err.print(
-            "cgx: note: on the report half the chosen mode lost to intra: the selection half was too small or "
-            "unrepresentative; tune on more labelled items, or serve intra (`cgx query` without --cross)",
+    _print_data(result)
+    if record is not None:
+        table = Table(
+            title=f"candidates on the selection half ({record['selection']['queries']} queries)",
+            title_justify="left",
+        )
+        table.add_column("candidate")
+        table.add_column("mAP", justify="right")
+        for row in result.candidates[:15]:
+            table.add_row(escape(row["name"]), f"{row['selection_map'] * 100:.2f}")
+        out.print(table)
+        rep = record["report"]
+        low, high = rep["delta_map_ci95"]
+        out.print(
+            f"winner: {escape(record['candidate'])} ({escape(record['summary'])})\n"
+            f"report half ({rep['queries']} queries, not used to choose): mAP {rep['map'] * 100:.2f} vs intra "
+            f"{rep['intra_map'] * 100:.2f} ({rep['delta_map'] * 100:+.2f}, 95% interval "
+            f"[{low * 100:+.2f}, {high * 100:+.2f}])",
             highlight=False,
         )
+    if result.stored:
+        out.print("stored in the index: `cgx query IMAGE --cross` now uses it", highlight=False)
+    else:
+        out.print(f"stored nothing: {escape(result.reason)}", highlight=False)
+
+
+def _print_data(result) -> None:
+    """The classes tune found (and left out) and the files it skipped, so a wrong folder shows at once."""
+    found = ", ".join(f"{escape(name)} {n}" for name, n in result.classes.items())
+    out.print(f"found: {found}", highlight=False)
+    minimum = result.minimum
+    if result.left_out:
+        out.print(
+            f"left out ({len(result.left_out)} classes below {minimum['items_per_class']} items): "
+            + ", ".join(escape(c) for c in result.left_out),
+            highlight=False,
+        )
+    for note in result.skipped:
+        err.print(f"cgx: skipped: {escape(note)}", highlight=False)
 
 
 def train_inverter_command(

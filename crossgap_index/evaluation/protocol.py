@@ -25,7 +25,7 @@ from crossgap_index.inversion import InversionConfig
 from crossgap_index.models import Encoder, default_model_spec, load_model
 from crossgap_index.search.engine import Queries, run_mode
 from crossgap_index.search.gallery import MatrixGallery
-from crossgap_index.search.modes import RRF_K, SERVED_OTI_STEPS, Mode, resolve_mode
+from crossgap_index.search.modes import RRF_K, SERVED_OTI_STEPS, Mode, default_cross, resolve_mode
 from crossgap_index.search.peers import eval_modes as peer_eval_modes
 from crossgap_index.search.transforms import ModelTransformer
 from crossgap_index.search.vocabulary import PROMPT, concept_prompts
@@ -54,6 +54,9 @@ class ModeResult:
     ``ms_per_query``: the mode's own work for one query at batch 1 with no cache (transform, ranking,
     fusion over the in-memory gallery), to add to the model's query embedding time (``timings``).
     ``seconds``: the whole batch of queries, caches allowed (the cost of the evaluation itself).
+    ``map_vs_intra_ci95``: the paired 95% interval of ``map_vs_intra`` (t over queries). ``uses_labels``: the
+    mode's vocabulary, fit or selection used the evaluated data's labels or class names (``uses_labels``), so
+    its gain is not one a user without those labels gets.
     """
 
     mode: str
@@ -64,6 +67,8 @@ class ModeResult:
     seconds: float
     ms_per_query: float | None = None
     settings: dict = field(default_factory=dict)
+    uses_labels: bool = False
+    map_vs_intra_ci95: tuple[float, float] | None = None
 
 
 @dataclass
@@ -160,6 +165,7 @@ def evaluate(
     extra_modes: dict[str, Mode] | None = None,
     inverter=None,
     progress: EvalProgress | None = None,
+    labelled_modes: Sequence[str] = (),
 ) -> EvalResult:
     """Run every retrieval mode on ``dataset`` (an ``EvalDataset`` or a spec for ``load_dataset``).
 
@@ -167,8 +173,10 @@ def evaluate(
     inversion settings of the cross and fused modes (default: the served ones). ``vocab``: concept names for
     the span and concept maps (default: the dataset's class names). ``sweep_steps`` x ``sweep_tokens``: also
     measure the image cross mode (OTI) at these step counts and pseudo-token counts. ``span_components``:
-    directions kept by the span map (default: the served d/16). ``extra_modes``: more named modes to
-    measure, e.g. an index's tuned mode as ``tuned``. ``inverter``: a trained ``Inverter`` for the
+    directions kept by the span maps (default: the model's default span rule, ``default_cross``).
+    ``extra_modes``: more named modes to measure (image-to-image), e.g. an index's tuned mode as ``tuned``;
+    ``labelled_modes``: which of them were fitted or chosen on this data's labels (e.g. ``tuned`` when tuned
+    on the same dataset). ``inverter``: a trained ``Inverter`` for the
     inverter and warm modes (default: one trained here on the evaluated images, without their labels).
     ``precision``: the embedding model's (auto, fp32, bf16); inversion follows ``config.precision``.
     """
@@ -195,6 +203,8 @@ def evaluate(
     if vocab is not None and len(names) < 2:
         raise QueryError(f"a span vocabulary needs at least 2 names, got {len(names)}")
     config = config.resolved(encoder.device)
+    default = default_cross(encoder.loaded.spec.canonical)
+    span_defaults = default.span_settings()
     settings = {
         "precision": encoder.precision,
         "inversion": dataclasses.asdict(config),
@@ -202,9 +212,11 @@ def evaluate(
         "span": {
             "vocabulary": "given" if vocab is not None else "dataset class names",
             "size": len(names),
-            "prompt": PROMPT.format("{a|an} {name}"),
-            "components": span_components or "d/16",
+            "prompt": PROMPT.format("{a|an} {name}") if span_defaults["prompt"] == "photo" else "{name}",
+            "features": span_defaults["features"],
+            "components": span_components or span_defaults["components"],
         },
+        "default": {"mode": default.name, "projection": default.projection, "source": default.source},
         "ties": TIES,
     }
     result = EvalResult(
@@ -218,7 +230,9 @@ def evaluate(
         sweep=[],
         timings=timings,
     )
-    context = _Context(encoder, config, names, span_components, rrf_k, alpha, extra_modes or {}, inverter, report)
+    context = _Context(
+        encoder, config, names, span_components, rrf_k, alpha, extra_modes or {}, inverter, report, set(labelled_modes)
+    )
     if IMAGES in wanted:
         _run_images(data, context, sweep_steps, sweep_tokens, result)
     if TEXTS in wanted:
@@ -240,6 +254,7 @@ class _Context:
     extra_modes: dict[str, Mode]
     inverter: object
     report: EvalProgress
+    labelled_modes: set[str] = field(default_factory=set)
 
 
 def eval_modes(
@@ -249,11 +264,15 @@ def eval_modes(
     span_components: int | None = None,
     rrf_k: int = RRF_K,
     alpha: float = DEFAULT_ALPHA,
+    model: str | None = None,
 ) -> dict[str, tuple[Mode, str]]:
-    """The modes ``cgx eval`` measures for ``task``, each with a one-line description."""
+    """The modes ``cgx eval`` measures for ``task``, each with a one-line description; ``default`` is what an
+    untuned ``--cross`` serves with ``model``."""
     vocabulary = list(names) if len(names) >= 2 else None
+    default = default_cross(model)
     modes: dict[str, tuple[Mode, str]] = {
         "intra": (resolve_mode("intra"), "query vs gallery, plain embeddings"),
+        "default": (default.mode(), f"the untuned --cross ({default.source} default)"),
         "cross": (resolve_mode("cross", inversion=config), "inverted query (OTI / OVI) vs gallery"),
         "fused-rrf": (
             resolve_mode("fused", inversion=config, merge="rrf", rrf_k=rrf_k),
@@ -273,10 +292,10 @@ def eval_modes(
             resolve_mode("concept", projection={"vocabulary": vocabulary}),
             "both as distributions over the vocabulary's concepts",
         )
-    default_span = {"vocabulary": "imagenet", "components": span_components}
+    published = {"preset": "published", "components": span_components}
     modes["span-imagenet"] = (
-        resolve_mode("span", projection=default_span),
-        "span over the ImageNet-1k names (no labels needed)",
+        resolve_mode("span", projection=published),
+        "span over the ImageNet-1k names, the published PCA<- (bare names, raw features, d/2; no labels needed)",
     )
     modes["iso"] = (resolve_mode("iso"), "IsoCLIP projector-spectrum truncation")
     modes.update(peer_eval_modes(task))  # aqe, dba, nnn, qbnorm, center and a few compositions (search/peers.py)
@@ -348,6 +367,49 @@ def paired_difference(values: np.ndarray, base: np.ndarray) -> tuple[float, floa
     return float(diff.mean()), se
 
 
+def uses_labels(mode: Mode, class_names: Sequence[str]) -> bool:
+    """Whether a projection leg of ``mode`` has a vocabulary holding one of the evaluated data's class names
+    (case and spaces aside): concept or span over the labels. A fixed vocabulary (``imagenet``) is not
+    chosen from the labels; a mode fitted or chosen on this data is flagged by the caller."""
+    known = {" ".join(str(n).lower().split()) for n in class_names}
+    for leg in mode.legs:
+        vocabulary = leg.params.get("vocabulary") if leg.transform == "project" else None
+        named = set() if vocabulary is None or isinstance(vocabulary, str) else set(vocabulary)
+        if known & {" ".join(str(n).lower().split()) for n in named}:
+            return True
+    return False
+
+
+def paired_interval(values: np.ndarray, base: np.ndarray) -> tuple[float, float, float]:
+    """(low, mean, high): the mean per-query difference ``values - base`` with its paired 95% t-interval over
+    the queries that count (an interval of NaN with fewer than 2). Queries share one gallery, so the
+    interval is a yardstick for noise, not an exact test."""
+    valid = ~np.isnan(base)
+    diff = values[valid] - base[valid]
+    if len(diff) < 2:
+        mean = float(diff.mean()) if len(diff) else float("nan")
+        return float("nan"), mean, float("nan")
+    half = t_quantile_975(len(diff) - 1) * diff.std(ddof=1) / np.sqrt(len(diff))
+    mean = float(diff.mean())
+    return mean - float(half), mean, mean + float(half)
+
+
+def t_quantile_975(dof: int) -> float:
+    """Student's t 0.975 quantile: tabled for 1-4 degrees of freedom, else the Cornish-Fisher expansion around
+    the normal quantile (within 3e-3 from 5 degrees of freedom on; numpy has no t distribution)."""
+    if dof < 1:
+        raise ValueError("degrees of freedom must be >= 1")
+    if dof <= 4:
+        return (12.7062047, 4.30265273, 3.18244631, 2.77644511)[dof - 1]
+    z, v = 1.959963985, float(dof)
+    return (
+        z
+        + (z**3 + z) / (4 * v)
+        + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * v**2)
+        + (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / (384 * v**3)
+    )
+
+
 def _tasks(data: EvalDataset, asked: Sequence[str] | None) -> list[str]:
     available = {IMAGES: data.images is not None, TEXTS: data.texts is not None}
     if asked is None:
@@ -398,10 +460,22 @@ def _run_images(
         gallery_oti = transformer.search_vectors(cross_leg, features.queries, "image")
     ctx.report(stage, 1, 1)
     extra = {"image-oti": gallery_oti}
-    modes = eval_modes(IMAGES, ctx.config, ctx.names, ctx.span_components, ctx.rrf_k, ctx.alpha)
+    model = encoder.loaded.spec.canonical
+    modes = eval_modes(IMAGES, ctx.config, ctx.names, ctx.span_components, ctx.rrf_k, ctx.alpha, model)
     modes.update({name: (mode, mode.describe()) for name, mode in ctx.extra_modes.items()})
+    labels = data.images.class_names
     intra_ap = _task(
-        IMAGES, data.images.relevance, modes, features, transformer, make_transformer, "image", extra, result, ctx
+        IMAGES,
+        data.images.relevance,
+        modes,
+        features,
+        transformer,
+        make_transformer,
+        "image",
+        extra,
+        result,
+        ctx,
+        labels,
     )
 
     prompts = encoder.encode_texts(concept_prompts(data.images.class_names))
@@ -437,13 +511,15 @@ def _run_texts(data: EvalDataset, ctx: _Context, result: EvalResult) -> None:
     def make_transformer(cache=None) -> ModelTransformer:
         return ModelTransformer(encoder.loaded.spec.canonical, lambda: encoder, cache=cache)
 
-    modes = eval_modes(TEXTS, ctx.config, ctx.names, ctx.span_components, ctx.rrf_k, ctx.alpha)
+    model = encoder.loaded.spec.canonical
+    modes = eval_modes(TEXTS, ctx.config, ctx.names, ctx.span_components, ctx.rrf_k, ctx.alpha, model)
     transformer = make_transformer(MemoryCache())
     ctx.report(f"OVI, {len(queries)} texts", 0, 1)
     with _timed(timings, "ovi"):
         transformer.search_vectors(modes["cross"][0].legs[0], features.queries, "text")  # fills the cache
     ctx.report(f"OVI, {len(queries)} texts", 1, 1)
-    _task(TEXTS, "same group", modes, features, transformer, make_transformer, "text", {}, result, ctx)
+    labels = data.class_names
+    _task(TEXTS, "same group", modes, features, transformer, make_transformer, "text", {}, result, ctx, labels)
 
 
 def _task(
@@ -457,8 +533,10 @@ def _task(
     extra: dict[str, np.ndarray],
     result: EvalResult,
     ctx: _Context,
+    class_names: Sequence[str] = (),
 ) -> np.ndarray:
-    """Every mode's metrics and cost on one task; returns intra's per-query AP, the base of every difference."""
+    """Every mode's metrics and cost on one task; returns intra's per-query AP, the base of every difference.
+    ``class_names``: the evaluated data's labels (a mode whose vocabulary holds one of them uses labels)."""
     measured: dict[str, tuple[RetrievalMetrics, float, float | None]] = {}
     stage = f"modes ({name})"
     for i, (mode_name, (mode, _)) in enumerate(modes.items()):
@@ -482,8 +560,18 @@ def _task(
     for mode_name, (metrics, seconds, cost) in measured.items():
         delta = paired_difference(metrics.per_query["map"], intra_ap)
         mode, description = modes[mode_name]
+        low, _, high = paired_interval(metrics.per_query["map"], intra_ap)
+        labelled = mode_name in ctx.labelled_modes or uses_labels(mode, class_names)
         task.modes[mode_name] = ModeResult(
-            mode_name, description, metrics.means(), *delta, seconds, cost, {"legs": mode.to_dict()["legs"]}
+            mode_name,
+            description,
+            metrics.means(),
+            *delta,
+            seconds,
+            cost,
+            {"legs": mode.to_dict()["legs"]},
+            labelled,
+            None if np.isnan(low) else (low, high),
         )
     result.tasks[name] = task
     return intra_ap
@@ -524,7 +612,8 @@ def _embed_images(
         feats.append(encoder.encode_images(decoded))
         report("embedding images", min(first + _EMBED_BATCH, total), total)
     if bad:
-        notes.append(f"{len(bad)} undecodable images left out: {'; '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}")
+        shown = "; ".join(bad[:20]) + (f"; ... ({len(bad) - 20} more)" if len(bad) > 20 else "")
+        notes.append(f"{len(bad)} undecodable images left out: {shown}")
     labels = images.labels[kept]
     if len(np.unique(labels)) < 2:
         raise InputFileError("image-to-image evaluation needs at least 2 classes with decodable images")

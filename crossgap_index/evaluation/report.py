@@ -37,7 +37,7 @@ def task_table(task: TaskResult, caption: str = "") -> Table:
         cells = [Text(f"{mode.metrics[m] * 100:.2f}", style=_BEST if best[m] == name else "") for m in METRICS]
         delta = "" if name == "intra" else _delta(mode.map_vs_intra, mode.map_vs_intra_se)
         cost = "" if mode.ms_per_query is None else f"{mode.ms_per_query:.1f}"
-        table.add_row(name, *cells, delta, cost)
+        table.add_row(name + (" ‡" if mode.uses_labels else ""), *cells, delta, cost)
     return table
 
 
@@ -77,7 +77,8 @@ def render(result: EvalResult) -> Group:
         f"OVI {inv['ovi_steps']} steps; fusion rrf_k={result.settings['fusion']['rrf_k']}, "
         f"score alpha={result.settings['fusion']['alpha_cross']}; span: {span['components']} components from "
         f"{span['size']} names ({span['vocabulary']}). Metrics in %, best per metric in green; ΔmAP: mean "
-        "per-query AP difference against intra ± its standard error over queries. ms/query: the mode's own work "
+        "per-query AP difference against intra ± its standard error over queries; ‡: the mode used the evaluated "
+        "data's labels or class names (its gain needs them). ms/query: the mode's own work "
         "for one query at batch 1, no cache"
         + (
             f", on top of {result.timings['embed_ms_per_image']:.1f} ms to embed the query image"

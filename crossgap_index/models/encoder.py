@@ -107,12 +107,17 @@ class Encoder:
         return self.encode_pixels(self.image_tensor(images), batch_size)
 
     @torch.inference_mode()
-    def encode_texts(self, texts: Sequence[str], batch_size: int | None = None) -> np.ndarray:
+    def encode_texts(
+        self, texts: Sequence[str], batch_size: int | None = None, *, normalize: bool = True
+    ) -> np.ndarray:
+        """Unit rows; ``normalize=False``: the text tower's raw output (the published span code centres that)."""
         out = []
         step = batch_size or self.batch_size
         for i in range(0, len(texts), step):
             tokens = self.loaded.tokenizer(list(texts[i : i + step]))
             out.append(self._encode_text(tokens.to(self.device)).float())
+        if not normalize and out:
+            return np.ascontiguousarray(torch.cat(out).cpu().numpy(), dtype=np.float32)
         return _unit_rows(out, self.dim)
 
 

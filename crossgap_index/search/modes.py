@@ -39,9 +39,11 @@ MODE_NAMES = (
     *PEER_NAMES,
     *(f"{base}+{post}" for base in COMPOSABLE for post in POST_STEPS),
 )
-# What an untuned index serves for --cross / mode="auto": span over the ImageNet-1k names, d/16 directions, the
-# best label-free zero-cost mode on the development seeds (benchmarks/RESULTS.md, "Choosing the defaults").
-DEFAULT_CROSS = {"name": "span"}
+# What an untuned index serves for --cross / mode="auto" with a model that carries no measured default: the
+# published real-CLIP evidence, Herzog & Wang's span (PCA<-) over the ImageNet-1k names, d/2 directions.
+DEFAULT_CROSS = {"name": "span", "projection": {"preset": "published"}}
+# A model folder (bundled or local) may carry its own measured default for --cross in this file.
+DEFAULTS_FILE = "cgx_defaults.json"
 # OTI settings that modes use unless told otherwise: quality peaks early (research notes section 6), so
 # the served default is 25 steps, not the published 150.
 SERVED_OTI_STEPS = InversionConfig.oti_steps
@@ -157,21 +159,24 @@ def resolve_mode(
     projection: dict | None = None,
     tuned: dict | None = None,
     peer: dict | None = None,
+    model: str | None = None,
 ) -> Mode:
     """The Mode for a user-facing name. ``inversion`` overrides the served OTI/OVI settings; ``projection``
-    the span/iso settings; ``tuned`` is the index's stored mode, used by ``auto``; ``peer`` the settings of a
-    peer (e.g. ``{"n": 5, "alpha": 3}`` for aqe or dba, ``{"lam": 0.25}`` for center), which for a composition
-    ``BASE+POST`` go to its post-step."""
+    the span/iso settings; ``tuned`` is the index's stored mode, used by ``auto``, else ``model``'s default
+    (``default_cross``); ``peer`` the settings of a peer (e.g. ``{"n": 5, "alpha": 3}`` for aqe or dba,
+    ``{"lam": 0.25}`` for center), which for a composition ``BASE+POST`` go to its post-step."""
     if name not in MODE_NAMES:
         raise QueryError(f"unknown mode '{name}': use one of {', '.join(BASE_MODE_NAMES + PEER_NAMES)} or BASE+POST")
     if name in PEER_NAMES or "+" in name:
         from crossgap_index.search.peers import peer_mode
 
         base, _, post = name.rpartition("+") if "+" in name else ("", "", name)
-        kwargs = dict(inversion=inversion, merge=merge, alpha=alpha, rrf_k=rrf_k, depth=depth, projection=projection)
+        kwargs = dict(
+            inversion=inversion, merge=merge, alpha=alpha, rrf_k=rrf_k, depth=depth, projection=projection, model=model
+        )
         return peer_mode(name, resolve_mode(base, **kwargs) if base else None, post, peer or {})
     if name == "auto":
-        return Mode.from_dict(tuned) if tuned else resolve_mode(DEFAULT_CROSS["name"])
+        return Mode.from_dict(tuned) if tuned else default_cross(model).mode()
     invert_params = _inversion_params(inversion)
     intra = Leg("intra")
     if name == "intra":
@@ -201,3 +206,77 @@ def _inversion_params(inversion: InversionConfig | None) -> dict:
 
 
 _SPEED_ONLY = ("batch_size", "compile", "fast")
+
+
+@dataclass(frozen=True)
+class DefaultCross:
+    """What ``--cross`` serves on an untuned index of a model, and why: ``source`` is ``bundled`` (the model
+    folder's measured default, ``DEFAULTS_FILE``) or ``published`` (the published real-CLIP setting)."""
+
+    name: str
+    projection: dict
+    source: str
+    evidence: str
+
+    def mode(self) -> Mode:
+        return resolve_mode(self.name, projection=self.projection or None)
+
+    def span_settings(self) -> dict:
+        """The span settings a span leg falls back to for this model (a non-span default: the published)."""
+        from crossgap_index.search.span import PRESETS, span_settings
+
+        if self.name != "span":
+            return dict(PRESETS["published"])
+        return span_settings(self.projection, PRESETS["published"])
+
+
+def default_cross(model: str | None) -> DefaultCross:
+    """The untuned ``--cross`` for ``model`` (a canonical spec): its folder's measured default where it has
+    one (bundled models ship theirs), else the published span (ImageNet names, raw, d/2)."""
+    import json
+    from pathlib import Path
+
+    from crossgap_index.models._registry import bundled_dir
+
+    folder = bundled_dir(model) if model else None
+    if folder is None and model and Path(model).is_dir():
+        folder = Path(model)
+    if folder is not None and (folder / DEFAULTS_FILE).is_file():
+        try:
+            record = json.loads((folder / DEFAULTS_FILE).read_text("utf-8"))["cross"]
+            found = DefaultCross(record["name"], dict(record.get("projection") or {}), "bundled", record["evidence"])
+            found.mode()  # refuse a malformed file here, not at query time
+            return found
+        except (OSError, ValueError, KeyError, TypeError, QueryError) as exc:
+            raise QueryError(f"{folder / DEFAULTS_FILE}: malformed default ({exc})") from exc
+    return DefaultCross(
+        DEFAULT_CROSS["name"],
+        dict(DEFAULT_CROSS["projection"]),
+        "published",
+        "Herzog & Wang's span (PCA<-) on real CLIP: ImageNet-1k names embedded bare, raw text features centred, "
+        "d/2 principal directions; no measurement for this model says otherwise",
+    )
+
+
+def describe_cross(model: str, tuned: dict | None) -> dict:
+    """What ``--cross`` runs on an index of ``model`` with this tuned record, and where the choice came from:
+    ``source`` is ``tuned`` (cgx tune stored it), ``bundled`` (the model's own measured default) or
+    ``published`` (the published real-CLIP setting). ``default`` is the untuned choice either way."""
+    default = default_cross(model)
+    settings = default.span_settings() if default.name == "span" else default.projection
+    untuned = {
+        "mode": default.name,
+        "settings": settings,
+        "source": default.source,
+        "evidence": default.evidence,
+        "summary": default.mode().describe(),
+    }
+    if tuned:
+        where = tuned.get("dataset", {}).get("spec", "?")
+        detail = f"cgx tune chose {tuned.get('candidate', '?')} on {where} ({tuned.get('date', '?')})"
+        task = tuned.get("task")
+        if task:
+            detail += f", for {task} queries (other queries get the default)"
+        summary = Mode.from_dict(tuned["mode"]).describe()
+        return {"summary": summary, "source": "tuned", "detail": detail, "default": untuned}
+    return {"summary": untuned["summary"], "source": default.source, "detail": default.evidence, "default": untuned}

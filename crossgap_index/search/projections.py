@@ -23,15 +23,26 @@ and one is not:
 from __future__ import annotations
 
 import hashlib
+import weakref
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from crossgap_index.errors import IncompatibleModelError, QueryError
-from crossgap_index.search.span import SpanProjection
+from crossgap_index.search.span import SpanProjection, span_settings
+from crossgap_index.search.vocabulary import vocabulary_names, vocabulary_texts
 
-# IsoCLIP's published OpenAI ViT-B/32 setting (of r = 512 directions), kept as fractions of r for other models.
+# IsoCLIP's published OpenAI ViT-B/32 setting (of r = 512 directions), kept as fractions of r for models the
+# paper gives no setting for.
 ISO_DEFAULTS = {"image": (150 / 512, 50 / 512), "text": (20 / 512, 100 / 512)}
+# (k_top, k_bottom) as the IsoCLIP paper publishes them, per model (canonical spec) and query modality.
+ISO_PUBLISHED = {
+    "ViT-B-32/openai": {"image": (150, 50), "text": (20, 100)},
+    "ViT-B-32-quickgelu/openai": {"image": (150, 50), "text": (20, 100)},
+    "ViT-B-32/datacomp_xl_s13b_b90k": {"image": (50, 50)},
+    "ViT-L-14/openai": {"image": (250, 200)},
+    "ViT-L-14-quickgelu/openai": {"image": (250, 200)},
+}
 
 
 @dataclass(frozen=True)
@@ -60,15 +71,50 @@ class Projection:
         return np.ascontiguousarray(mapped / np.maximum(norms, 1e-12), dtype=np.float32)
 
 
-def span_projection(vocabulary_features: np.ndarray, n_components: int | None = None, **settings) -> Projection:
-    """The projector onto the top ``n_components`` principal directions of a vocabulary's text features."""
+def span_projection(vocabulary_features: np.ndarray, n_components: int | str | None = None, **settings) -> Projection:
+    """The projector onto the top principal directions of a vocabulary's text features (``n_components``: a
+    count, ``"d/N"`` or ``"ev:P"``, see ``search.span``)."""
     try:
         span = SpanProjection().fit(vocabulary_features, n_components)
     except ValueError as exc:
         raise QueryError(f"span projection: {exc}") from exc
     components = span.components.astype(np.float64)
     matrix = (components.T @ components).astype(np.float32)
-    return Projection("span", matrix, {"components": span.n_components, **settings})
+    fitted = {"n_components": span.n_components, "explained": round(span.explained, 6)}
+    return Projection("span", matrix, {"components": span.n_components, **settings, **fitted})
+
+
+def fit_span(encoder, params: dict, defaults: dict) -> Projection:
+    """The span map a leg's ``params`` ask for, with ``encoder`` (the model's text tower); settings missing
+    from ``params`` (and its ``preset``) come from ``defaults``. The map's settings record every explicit value."""
+    try:
+        settings = span_settings(params, defaults)
+    except ValueError as exc:
+        raise QueryError(f"span projection: {exc}") from exc
+    names = vocabulary_names(settings["vocabulary"])
+    features = _vocabulary_features(encoder, names, settings["prompt"], settings["features"] == "unit")
+    return span_projection(features, settings["components"], **{**params, **settings})
+
+
+_VOCABULARY_FEATURES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _vocabulary_features(encoder, names: list[str], prompt: str, normalize: bool) -> np.ndarray:
+    """The vocabulary's text features, embedded once per encoder: span variants differ in components only."""
+    key = (prompt, normalize, hashlib.blake2b("\n".join(names).encode(), digest_size=16).hexdigest())
+    try:
+        known = _VOCABULARY_FEATURES.setdefault(encoder, {})
+    except TypeError:  # an encoder that cannot be weakly referenced: embed every time
+        known = {}
+    if key not in known:
+        known[key] = encoder.encode_texts(vocabulary_texts(names, prompt), normalize=normalize)
+    return known[key]
+
+
+def iso_published(model_name: str, modality: str) -> tuple[int, int] | None:
+    """IsoCLIP's published (k_top, k_bottom) for this model and query modality, or None where the paper
+    gives none (then the OpenAI B/32 setting is scaled to the model's rank)."""
+    return ISO_PUBLISHED.get(model_name, {}).get(modality)
 
 
 def projection_weights(model, modality: str, name: str = "the model") -> np.ndarray:

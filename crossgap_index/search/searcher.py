@@ -172,7 +172,7 @@ class Searcher:
         tuned = self._store.manifest.tuned_mode
         if tuned and _TASK_MODALITY.get(tuned.get("task")) not in (None, query_modality):
             tuned = None  # tuned for the other modality's queries: the default serves this one
-        return resolve_mode(mode, tuned=tuned["mode"] if tuned else None, **settings)
+        return resolve_mode(mode, tuned=tuned["mode"] if tuned else None, model=self._model_name, **settings)
 
     def search_batch(
         self,

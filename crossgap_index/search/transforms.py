@@ -21,20 +21,20 @@ from crossgap_index.errors import IncompatibleModelError, QueryError
 from crossgap_index.inversion.config import InversionConfig
 from crossgap_index.inversion.keys import cache_key, seed_from_digest
 from crossgap_index.search.engine import Queries
-from crossgap_index.search.modes import Leg
+from crossgap_index.search.modes import Leg, default_cross
 from crossgap_index.search.projections import (
     ConceptMap,
     FeatureMap,
     Projection,
+    fit_span,
     iso_projection,
+    iso_published,
     projection_weights,
-    span_projection,
 )
 from crossgap_index.search.vocabulary import IMAGENET, concept_prompts, vocabulary_names
 
-# Measured defaults (benchmarks/RESULTS.md, "Choosing the defaults"): span keeps d/16 principal directions of
-# the prompted vocabulary (the critique's d/2 lost mAP on the development seeds); concept uses tau = 0.02.
-SPAN_COMPONENTS_FRACTION = 1 / 16
+# Measured default (benchmarks/RESULTS.md, "Choosing the defaults"): concept uses tau = 0.02. Span settings a
+# leg leaves out come from the model's default (search.modes.default_cross).
 CONCEPT_TAU = 0.02
 
 # progress(step, mean_loss) of an inversion
@@ -166,19 +166,23 @@ class ModelTransformer:
     def _fit(self, params: dict) -> FeatureMap:
         encoder = self._encoder()
         kind = params.get("kind")
-        if kind in ("span", "concept"):
+        if kind == "span":
+            return fit_span(encoder, params, default_cross(self.model_name).span_settings())
+        if kind == "concept":
             names = vocabulary_names(params.get("vocabulary", IMAGENET))
             features = encoder.encode_texts(concept_prompts(names))
-            if kind == "concept":
-                return ConceptMap(features, float(params.get("tau", CONCEPT_TAU)), params)
-            components = params.get("components") or max(1, round(encoder.dim * SPAN_COMPONENTS_FRACTION))
-            return span_projection(features, min(components, encoder.dim), **params)
+            return ConceptMap(features, float(params.get("tau", CONCEPT_TAU)), params)
         if kind == "iso":
             model = encoder.loaded.model
             name = self.model_name
             weights = (projection_weights(model, "image", name), projection_weights(model, "text", name))
-            projection = iso_projection(*weights, params["modality"], params.get("k_top"), params.get("k_bottom"))
-            return Projection("iso", projection.matrix, {**params, **projection.settings})
+            k_top, k_bottom = params.get("k_top"), params.get("k_bottom")
+            published = iso_published(name, params["modality"]) if k_top is None and k_bottom is None else None
+            if published is not None:
+                k_top, k_bottom = published
+            projection = iso_projection(*weights, params["modality"], k_top, k_bottom)
+            source = "published for this model" if published else "given" if k_top is not None else "scaled B/32"
+            return Projection("iso", projection.matrix, {**params, **projection.settings, "source": source})
         raise IncompatibleModelError(f"unknown projection kind {kind!r}")
 
 

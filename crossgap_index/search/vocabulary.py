@@ -27,3 +27,13 @@ def vocabulary_names(vocabulary: str | Sequence[str]) -> list[str]:
 def concept_prompts(names: Sequence[str]) -> list[str]:
     """Prompts 'a photo of a/an {name}': the zero-shot classifier and the span and concept vocabularies."""
     return [PROMPT.format(("an " if name[:1].lower() in "aeiou" else "a ") + name) for name in names]
+
+
+def vocabulary_texts(names: Sequence[str], prompt: str = "photo") -> list[str]:
+    """What the text tower embeds for each name: the bare name (``raw``, as the published span code does) or
+    the photo prompt (``photo``)."""
+    if prompt == "raw":
+        return list(names)
+    if prompt == "photo":
+        return concept_prompts(names)
+    raise QueryError(f"unknown vocabulary prompt {prompt!r}: use raw or photo")

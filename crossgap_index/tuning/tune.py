@@ -1,10 +1,17 @@
-"""`cgx tune`: pick the mode that wins on the user's labelled data and store it in the index.
+"""`cgx tune`: pick the mode that wins on the user's labelled data and store it in the index, or nothing.
 
 The labelled items are split by item within each class (fixed seed) into a selection half and a report
 half. Every candidate mode (projections with their settings, OTI pseudo-tokens x steps, the inverter at a
-few training lengths, fusions of the best of each) is measured on the selection half with the same engine
-that serves queries; the winner is then measured once on the report half, which took no part in the
-choice, so its number is an honest estimate. The record goes into the manifest, where ``mode="auto"`` and
+few training lengths, fusions of the best of each, the peer re-rankers and their compositions) is measured on
+the selection half with the same engine that serves queries; the winner is then measured once on the
+report half, which took no part in the choice, as a paired difference against intra with its 95% interval
+over the report queries.
+
+Tune cannot store noise. It first enforces a minimum (``MIN_CLASSES`` classes with ``MIN_ITEMS_PER_CLASS``
+items each; smaller classes are left out and listed), then stores the winner only when the interval's lower
+bound is above 0; otherwise it stores nothing and says why. The minimum comes from a measured noise floor
+(``benchmarks/bench_tune_floor.py``, benchmarks/results/defaults.md): below it the report half's interval is
+wider than the gains a mode can bring. A stored record goes into the manifest, where ``mode="auto"`` and
 ``cgx query --cross`` find it.
 """
 
@@ -12,7 +19,7 @@ from __future__ import annotations
 
 import datetime
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -27,6 +34,7 @@ from crossgap_index.evaluation.protocol import (
     image_features,
     measure_mode,
     paired_difference,
+    paired_interval,
 )
 from crossgap_index.ingest.decode import content_hash
 from crossgap_index.inversion import InversionConfig
@@ -36,10 +44,20 @@ from crossgap_index.search.peers import post_candidates, tune_candidates
 from crossgap_index.search.transforms import ModelTransformer
 
 SPLIT_SEED = 0
+# The minimum tune accepts: classes with at least MIN_ITEMS_PER_CLASS labelled items (others are left out),
+# and at least MIN_CLASSES of them; caption data needs MIN_TEXT_QUERIES caption groups. Measured noise floor:
+# benchmarks/results/defaults.md, "How much labelled data tune needs".
+MIN_CLASSES = 8
+MIN_ITEMS_PER_CLASS = 8
+MIN_TEXT_QUERIES = MIN_CLASSES * MIN_ITEMS_PER_CLASS
 # The grid: small enough for a CPU in minutes with a small model; --no-inversion drops the costly part.
 SPAN_COMPONENTS = (4, 6, 8, 12, 16, 24, 32, 64)
+# Span over the fixed ImageNet names (label-free): the published prompt and features, with fixed fractions of
+# d and the explained-variance rule.
+IMAGENET_SPAN_COMPONENTS = ("d/32", "d/16", "d/8", "d/4", "d/2", "ev:0.9", "ev:0.95")
 CONCEPT_TAUS = (0.01, 0.02, 0.05)
-ISO_FRACTIONS = ((150 / 512, 50 / 512), (0.1, 0.1), (0.05, 0.2), (0.2, 0.0))
+# None: the model's published IsoCLIP setting where the paper gives one, else the OpenAI B/32 one scaled.
+ISO_FRACTIONS = (None, (0.1, 0.1), (0.05, 0.2), (0.2, 0.0))
 OTI_TOKENS = (1, 2, 4)
 OTI_STEPS = (5, 10, 17, 25, 50)
 INVERTER_STEPS = (32, 48, 64)
@@ -58,9 +76,21 @@ class Candidate:
 
 @dataclass
 class TuneResult:
-    """The chosen mode with its selection and report numbers, and every candidate's selection mAP."""
+    """What tune found and whether it stored it.
 
-    record: dict
+    ``record``: the winner with its selection and report numbers (None when the data was below the
+    minimum and nothing was measured); ``stored``: whether it goes into the index; ``reason``: why not (or
+    what was stored); ``classes``: items per class found (those below the minimum marked in ``left_out``);
+    ``skipped``: files and folders left out of the data; ``candidates``: every candidate's selection mAP.
+    """
+
+    record: dict | None
+    stored: bool
+    reason: str
+    classes: dict[str, int] = field(default_factory=dict)
+    left_out: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    minimum: dict = field(default_factory=dict)
     candidates: list[dict] = field(default_factory=list)
 
 
@@ -72,32 +102,41 @@ def tune(
     inversion: bool = True,
     seed: int = SPLIT_SEED,
     progress: TuneProgress | None = None,
+    extra_candidates: Iterable[tuple[str, Mode]] = (),
 ) -> tuple[TuneResult, object]:
     """Choose a mode on ``dataset`` with ``encoder`` (the index's model). Returns the result and the trained
-    inverter when an inverter mode won (the caller saves it beside the index), else None."""
+    inverter when an inverter mode won and is stored (the caller saves it beside the index), else None.
+    ``extra_candidates``: more (name, Mode) pairs to choose among, beside the grid and the peers."""
     report = progress or (lambda stage, done, total: None)
     data = load_dataset(dataset, progress=report) if isinstance(dataset, str) else dataset
     task = task or (IMAGES if data.images is not None else TEXTS)
-    selection, held_out, collection = _split(data, encoder, task, seed, report)
+    skipped = list(data.notes)
+    features, collection, classes = _features(data, encoder, task, skipped, report)
+    minimum = {
+        "classes": MIN_CLASSES,
+        "items_per_class": MIN_ITEMS_PER_CLASS,
+        "text_queries": MIN_TEXT_QUERIES,
+        "confidence": 0.95,
+    }
+    features, left_out, refusal = _enforce_minimum(features, task, classes)
+    if refusal:
+        return TuneResult(None, False, refusal, classes, left_out, skipped, minimum), None
+    selection, held_out = _split(features, task, seed)
     names = sorted(set(data.class_names))
     candidates = _candidates(task, names, encoder.dim, inversion)
-    inverters = {}
+    candidates += [Candidate(name, mode) for name, mode in extra_candidates]
     if inversion and task == IMAGES:
         from crossgap_index.inversion.inverter import InverterConfig, train_inverter
 
         for i, steps in enumerate(INVERTER_STEPS):
             report("training inverters", i, len(INVERTER_STEPS))
-            inverters[steps] = train_inverter(encoder.loaded, selection.gallery, InverterConfig(steps=steps))
-        report("training inverters", len(INVERTER_STEPS), len(INVERTER_STEPS))
-        for steps, network in inverters.items():
+            network = train_inverter(encoder.loaded, selection.gallery, InverterConfig(steps=steps))
             candidates.append(Candidate(f"inverter[steps={steps}]", resolve_mode("inverter"), inverter=network))
-    intra_selection = measure_mode(resolve_mode("intra"), selection, _transformer(encoder, None, None), collection)
-    if intra_selection.n_queries == 0:
-        raise InputFileError("tuning: no class has 2 items in each half; give at least 4 labelled items per class")
-    cache = MemoryCache()
+        report("training inverters", len(INVERTER_STEPS), len(INVERTER_STEPS))
+    shared = _transformer(encoder, MemoryCache(), None)  # one transformer: each projection is fitted once
     for i, candidate in enumerate(candidates):
         report("candidates (selection half)", i, len(candidates))
-        transformer = _transformer(encoder, cache, candidate.inverter)
+        transformer = shared if candidate.inverter is None else _transformer(encoder, MemoryCache(), candidate.inverter)
         candidate.selection_map = _mean_map(candidate.mode, selection, transformer, collection)
     report("candidates (selection half)", len(candidates), len(candidates))
     fused = _fusions(candidates)
@@ -105,17 +144,15 @@ def tune(
     bases = [(c.name, c.mode) for c in sorted(one_leg, key=lambda c: -c.selection_map)[:2]]  # then a post-step
     fused += [Candidate(name, mode) for name, mode in post_candidates(bases)]
     for candidate in fused:
-        transformer = _transformer(encoder, cache, None)
-        candidate.selection_map = _mean_map(candidate.mode, selection, transformer, collection)
+        candidate.selection_map = _mean_map(candidate.mode, selection, shared, collection)
     candidates += fused
     intra = next(c for c in candidates if c.name == "intra")
     best = max(candidates, key=lambda c: c.selection_map)
-    transformer = _transformer(encoder, MemoryCache(), best.inverter)
+    transformer = shared if best.inverter is None else _transformer(encoder, MemoryCache(), best.inverter)
     chosen = measure_mode(best.mode, held_out, transformer, collection)
     base = measure_mode(intra.mode, held_out, transformer, collection)
-    if base.n_queries == 0:
-        raise InputFileError("tuning: no class has 2 items in each half; give at least 4 labelled items per class")
     delta, se = paired_difference(chosen.per_query["map"], base.per_query["map"])
+    low, _, high = paired_interval(chosen.per_query["map"], base.per_query["map"])
     record = {
         "mode": best.mode.to_dict(),
         "candidate": best.name,
@@ -125,40 +162,119 @@ def tune(
             "map": best.selection_map,
             "intra_map": intra.selection_map,
             "queries": len(selection.queries),
+            "candidates": len(candidates),
         },
         "report": {
             "map": chosen.means()["map"],
             "intra_map": base.means()["map"],
             "delta_map": delta,
             "delta_map_se": se,
+            "delta_map_ci95": [low, high],
             "queries": len(held_out.queries),
         },
-        "dataset": {"spec": data.spec, "fingerprint": _fingerprint(selection, held_out), "split_seed": seed},
+        "dataset": {
+            "spec": data.spec,
+            "fingerprint": _fingerprint(selection, held_out),
+            "split_seed": seed,
+            "classes": len(classes) - len(left_out),
+        },
         "model": encoder.loaded.spec.canonical,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
+    stored, reason = _verdict(best.name, delta, low, high)
     table = [
         {"name": c.name, "summary": c.mode.describe(), "selection_map": c.selection_map}
         for c in sorted(candidates, key=lambda c: -c.selection_map)
     ]
-    return TuneResult(record, table), best.inverter
+    result = TuneResult(record, stored, reason, classes, left_out, skipped, minimum, table)
+    return result, best.inverter if stored else None
+
+
+def _verdict(name: str, delta: float, low: float, high: float) -> tuple[bool, str]:
+    """Store only a winner whose report-half gain over intra has a 95% interval above 0."""
+    if name == "intra":
+        return False, "intra won on the selection half: no mode beat plain search on this data, nothing stored"
+    interval = f"{delta * 100:+.2f} mAP, 95% interval [{low * 100:+.2f}, {high * 100:+.2f}]"
+    if not low > 0:  # NaN (too few report queries) stores nothing too
+        return False, (
+            f"{name}'s gain on the report half ({interval}) is not distinguishable from noise (the interval "
+            "reaches 0): nothing stored; --cross keeps serving the default. Tune on more labelled items"
+        )
+    return True, f"stored {name}: report-half gain {interval}"
+
+
+def _features(
+    data: EvalDataset, encoder, task: str, skipped: list[str], report
+) -> tuple[FeatureSet, str, dict[str, int]]:
+    """The task's embedded items, its collection, and the items found per class (images) or the caption
+    groups (texts, one 'class' each)."""
+    if task == IMAGES:
+        if data.images is None:
+            raise InputFileError(f"dataset {data.spec} has no images to tune on")
+        features = image_features(data, encoder, skipped, report)
+        names = data.images.class_names
+        counts = np.bincount(features.gallery_labels, minlength=len(names))
+        return features, "image", {name: int(n) for name, n in zip(names, counts, strict=True) if n > 0}
+    if data.texts is None:
+        raise InputFileError(f"dataset {data.spec} has no captions to tune on")
+    texts = data.texts
+    queries = encoder.encode_texts(texts.query_texts)
+    gallery = encoder.encode_texts(texts.gallery_texts)
+    digests = tuple(content_hash(t.encode("utf-8", "surrogatepass")) for t in texts.query_texts)
+    features = FeatureSet(Queries(queries, "text", digests), texts.query_groups, gallery, texts.gallery_groups, False)
+    return features, "text", {"caption groups": len(texts.query_texts)}
+
+
+def _enforce_minimum(
+    features: FeatureSet, task: str, classes: dict[str, int]
+) -> tuple[FeatureSet, list[str], str | None]:
+    """The items of the classes that meet the minimum, the classes left out, and why tune refuses (or None)."""
+    if task == TEXTS:
+        found = classes["caption groups"]
+        if found < MIN_TEXT_QUERIES:
+            return (
+                features,
+                [],
+                (
+                    f"found {found} caption groups with 2+ captions; tune needs at least {MIN_TEXT_QUERIES} to tell "
+                    "a gain from noise: nothing stored"
+                ),
+            )
+        return features, [], None
+    left_out = [f"{name} ({n} items)" for name, n in classes.items() if n < MIN_ITEMS_PER_CLASS]
+    kept = np.flatnonzero(np.bincount(features.gallery_labels) >= MIN_ITEMS_PER_CLASS)
+    if len(kept) < MIN_CLASSES:
+        return (
+            features,
+            left_out,
+            (
+                f"found {len(kept)} classes with at least {MIN_ITEMS_PER_CLASS} labelled items ({len(classes)} classes "
+                f"in all); tune needs at least {MIN_CLASSES} such classes to tell a gain from noise: nothing stored. "
+                "Give one subfolder per class, each with 8 or more images"
+            ),
+        )
+    rows = np.flatnonzero(np.isin(features.gallery_labels, kept))
+    return _subset(features, rows), left_out, None
 
 
 def _candidates(task: str, names: list[str], dim: int, inversion: bool) -> list[Candidate]:
     out = [Candidate("intra", resolve_mode("intra"))]
     if len(names) >= 2:
         for k in sorted({min(k, dim) for k in SPAN_COMPONENTS}):
-            mode = resolve_mode("span", projection={"vocabulary": names, "components": k})
-            out.append(Candidate(f"span[labels,{k}]", mode))
+            settings = {"vocabulary": names, "prompt": "photo", "features": "unit", "components": k}
+            out.append(Candidate(f"span[labels,{k}]", resolve_mode("span", projection=settings)))
         for tau in CONCEPT_TAUS:
             mode = resolve_mode("concept", projection={"vocabulary": names, "tau": tau})
             out.append(Candidate(f"concept[labels,tau={tau}]", mode))
-    for k in sorted({max(1, dim // d) for d in (32, 16, 8, 4, 2)}):
-        mode = resolve_mode("span", projection={"vocabulary": "imagenet", "components": k})
-        out.append(Candidate(f"span[imagenet,{k}]", mode))
+    for rule in IMAGENET_SPAN_COMPONENTS:
+        settings = {"vocabulary": "imagenet", "prompt": "raw", "features": "raw", "components": rule}
+        out.append(Candidate(f"span[imagenet,{rule}]", resolve_mode("span", projection=settings)))
     modality = "image" if task == IMAGES else "text"
-    for top, bottom in ISO_FRACTIONS:
-        params = {"modality": modality, "k_top": round(dim * top), "k_bottom": round(dim * bottom)}
+    for fractions in ISO_FRACTIONS:
+        if fractions is None:
+            out.append(Candidate("iso[default]", resolve_mode("iso", projection={"modality": modality})))
+            continue
+        params = {"modality": modality, "k_top": round(dim * fractions[0]), "k_bottom": round(dim * fractions[1])}
         out.append(Candidate(f"iso[{params['k_top']},{params['k_bottom']}]", resolve_mode("iso", projection=params)))
     out += [Candidate(name, mode) for name, mode in tune_candidates()]  # the peers, label-free (search/peers.py)
     if inversion and task == IMAGES:
@@ -202,34 +318,18 @@ def _mean_map(mode: Mode, features: FeatureSet, transformer: ModelTransformer, c
     return float(measure_mode(mode, features, transformer, collection).means()["map"])
 
 
-def _split(data: EvalDataset, encoder, task: str, seed: int, report) -> tuple[FeatureSet, FeatureSet, str]:
-    """Selection and report halves, split by item within each class (labels) or group (texts)."""
+def _split(features: FeatureSet, task: str, seed: int) -> tuple[FeatureSet, FeatureSet]:
+    """Selection and report halves, split by item within each class (images) or by caption group (texts)."""
     if task == IMAGES:
-        if data.images is None:
-            raise InputFileError(f"dataset {data.spec} has no images to tune on")
-        features = image_features(data, encoder, [], report)
-        halves = _halves(features.gallery_labels, seed)
-        return (*(_subset(features, rows) for rows in halves), "image")
-    if data.texts is None:
-        raise InputFileError(f"dataset {data.spec} has no captions to tune on")
-    texts = data.texts
-    queries = encoder.encode_texts(texts.query_texts)
-    gallery = encoder.encode_texts(texts.gallery_texts)
-    digests = tuple(content_hash(t.encode("utf-8", "surrogatepass")) for t in texts.query_texts)
-    halves = _halves(np.zeros(len(texts.query_groups), np.int64), seed)  # each query is its own group: deal them
+        return tuple(_subset(features, rows) for rows in _halves(features.gallery_labels, seed))
+    groups = features.query_labels
     out = []
-    for rows in halves:
-        keep = np.isin(texts.gallery_groups, texts.query_groups[rows])
-        out.append(
-            FeatureSet(
-                Queries(queries[rows], "text", tuple(digests[i] for i in rows)),
-                texts.query_groups[rows],
-                gallery[keep],
-                texts.gallery_groups[keep],
-                False,
-            )
-        )
-    return out[0], out[1], "text"
+    for rows in _halves(np.zeros(len(groups), np.int64), seed):  # each query is its own group: deal them
+        keep = np.isin(features.gallery_labels, groups[rows])
+        q = features.queries
+        queries = Queries(q.features[rows], q.modality, tuple(q.digests[i] for i in rows))
+        out.append(FeatureSet(queries, groups[rows], features.gallery[keep], features.gallery_labels[keep], False))
+    return out[0], out[1]
 
 
 def _halves(labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
