@@ -15,6 +15,7 @@ from crossgap_index.errors import QueryError
 from crossgap_index.search.engine import Queries, run_mode
 from crossgap_index.search.gallery import MatrixGallery
 from crossgap_index.search.modes import MODE_NAMES, Mode, resolve_mode
+from crossgap_index.search.options import SearchOptions
 from crossgap_index.search.peers import tune_candidates
 from tests.conftest import MODEL, write_photo
 
@@ -233,7 +234,7 @@ def test_a_stored_composition_is_served_by_auto(index, tmp_path):
     try:
         served = _served(index, "auto", q, k=10)
         assert [h.id for h in served] == [h.id for h in _served(index, mode, q, k=10)]
-        assert index.describe_mode("auto", "image")["name"] == "span+qbnorm"
+        assert index.describe_mode("image", mode="auto")["name"] == "span+qbnorm"
         reopened = CrossGapIndex.open(index.path)
         again = _served(reopened, "auto", q, k=10)
         assert [h.id for h in again] == [h.id for h in served]
@@ -306,7 +307,7 @@ def test_transform_query_exports_the_fitted_peers(index):
     query = {"vector": _query(index, 4).tolist(), "modality": "image"}
     for name in ("dba", "center", "nnn", "span+nnn"):
         mode = resolve_mode(name, projection=SPAN if "span" in name else None)
-        transform = index.searcher.transform_query(query, mode=mode)
+        transform = index.searcher.transform_query(query, SearchOptions(mode=mode))
         ((vector, collection),) = transform.lists.values()
         ids, gallery = index._store.ids_and_vectors(collection)
         rows = transform.gallery_map.apply(gallery)
@@ -314,7 +315,7 @@ def test_transform_query_exports_the_fitted_peers(index):
         assert brute.tolist() == [h.id for h in index.search_batch([query], k=5, mode=mode)[0]], name
     for name in ("aqe", "span+qbnorm"):
         with pytest.raises(QueryError, match="re-ranks inside the index"):
-            index.searcher.transform_query(query, mode=name)
+            index.searcher.transform_query(query, SearchOptions(mode=name))
 
 
 def test_the_server_serves_a_composition_over_http(index):
@@ -344,7 +345,7 @@ def test_tune_measures_peers_and_compositions():
     from crossgap_index.tuning.tune import tune
 
     encoder = Encoder(load_model(MODEL, "cpu"))
-    result, _ = tune("synthetic:5:96", encoder, inversion=False)
+    result, _ = tune("synthetic:5:480", encoder, inversion=False)  # over tune's minimum
     names = [c["name"] for c in result.candidates]
     assert {"aqe[n=5]", "dba[n=5]", "nnn[k=128]", "qbnorm", "center[lam=1.0]"} <= set(names)
     composed = [n for n in names if n.endswith(("+aqe", "+nnn", "+qbnorm"))]
