@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ from crossgap_index.ingest.pipeline import ReadLimits
 from crossgap_index.ingest.texts import unicode_problem
 from crossgap_index.inversion import InversionConfig
 from crossgap_index.models import check_device, default_model_spec, local_weights, parse_spec
+from crossgap_index.models.spec import MODEL_ENV_VAR
 from crossgap_index.precision import after_write, check_setting, precision_for_index, precision_for_new_index
 from crossgap_index.search.engine import Queries
 from crossgap_index.search.modes import FUSION_DEPTH, RRF_K, Mode, resolve_mode
@@ -113,6 +115,10 @@ class CrossGapIndex:
         local_weights(spec)  # bad settings fail before torch is even imported
         check_device(device)
         check_setting(precision)
+        if spec.kind == "pretrained":  # a download that cannot happen fails now, not after loading torch
+            from crossgap_index.models.offline import refuse_download_offline
+
+            refuse_download_offline(spec.canonical, defaulted=model is None and not os.environ.get(MODEL_ENV_VAR))
         from crossgap_index.models import Encoder, load_model
         from crossgap_index.models.encoder import precision_agreement
 
@@ -444,6 +450,23 @@ class CrossGapIndex:
     def item(self, item_id: int) -> ItemRow | None:
         """The stored item with this id (modality, path or text, external id), or None."""
         return self._store.catalog.rows([item_id]).get(item_id)
+
+    @_reads
+    def model_note(self) -> str | None:
+        """One line when most of the index's images lie outside its bundled model's world (a small model
+        trained on synthetic shapes, used on real photos), else None. Reads stored vectors only (no model):
+        the rule is in crossgap_index.models.world."""
+        from crossgap_index.models.world import SAMPLE, outside_mask, world_note, world_reference
+
+        model = self._store.manifest.model
+        reference = world_reference(model)
+        if reference is None:
+            return None
+        ids = self._store.catalog.ids("image")
+        if len(ids) > SAMPLE:
+            ids = ids[np.linspace(0, len(ids) - 1, SAMPLE).round().astype(int)]
+        vectors = self._store.catalog.vectors_for(ids, self._store.manifest.dim)
+        return world_note(model, int(outside_mask(vectors, reference).sum()), len(ids))
 
     def served_mode(self, mode: str, query_modality: str, target: str = "images") -> Mode:
         """The Mode ``mode`` runs for a query of ``query_modality`` against ``target`` (``auto``: the tuned

@@ -205,6 +205,7 @@ def build_index(
             config = InversionConfig(oti_steps=steps, precision=precision) if invert_gallery else None
             with progress_bar("inverting gallery", "img", enabled=not quiet) as gallery_progress:
                 cgx.invert_gallery(config, progress=gallery_progress)
+        note = cgx.model_note()
     if report is not None:
         lines = "".join(f"{path}\t{reason}\n" for path, reason in result.skipped)
         report.write_bytes(lines.encode("utf-8", "surrogateescape"))  # file names as their own bytes
@@ -214,6 +215,8 @@ def build_index(
             shown = "; ".join(f"{printable(p)} ({r})" for p, r in result.skipped[:5])
             more = f" and {len(result.skipped) - 5} more" if len(result.skipped) > 5 else ""
             err.print(f"skipped {len(result.skipped)} unreadable files: {shown}{more}", highlight=False)
+        if note:
+            err.print(f"cgx: note: {note}", highlight=False)
 
 
 @app.command("add-texts")
@@ -366,6 +369,9 @@ def query(
             mode.value, "image" if is_image else "text", target.value, inversion=config, projection=projection or None
         )
         held = cgx.info().counts[COLLECTIONS[target]] if len(hits) < top_k else len(hits)
+        note = cgx.model_note() if target is Target.images else None
+    if note and not quiet:
+        err.print(f"cgx: note: {note}", highlight=False)
     if mode.value == "auto" and served["name"] == "intra" and (is_image != (target is Target.images)) and not quiet:
         err.print("cgx: note: this query is already inter-modal (--cross turns image->images, text->texts): intra")
     if len(hits) < top_k and not quiet:
