@@ -92,8 +92,10 @@ def main() -> None:
             "outside_share": float(outside_mask(vectors, reference).mean()),
             "nearest_cosine_median": float(np.median(nearest)),
         }
-        print(f"{name:36s} outside {rows[name]['outside_share']:.2f}  median nearest cosine "
-              f"{rows[name]['nearest_cosine_median']:.3f}")
+        print(
+            f"{name:36s} outside {rows[name]['outside_share']:.2f}  median nearest cosine "
+            f"{rows[name]['nearest_cosine_median']:.3f}"
+        )
     OUT.parent.mkdir(exist_ok=True)
     doc = {"machine": machine_info(), "cut": OUTSIDE_COSINE, "reference_bytes": os.path.getsize(target), "sets": rows}
     OUT.write_text(json.dumps(doc, indent=2))
