@@ -578,11 +578,12 @@ class CrossGapIndex:
         return chosen
 
     @_reads
-    def ls(self, modality: str | None = None) -> list[ItemRow]:
-        """Every stored item (id, modality, path or text, external id), by id; ``modality``: 'image' or 'text'."""
+    def ls(self, modality: str | None = None, *, after: int = 0, limit: int | None = None) -> list[ItemRow]:
+        """Every stored item (id, modality, path or text, external id), by id; ``modality``: 'image' or 'text'.
+        ``after`` / ``limit`` give one page (the items with ids above ``after``), for browsing large indexes."""
         if modality not in (None, "image", "text"):
             raise QueryError(f"unknown modality '{modality}': use image or text")
-        return self._store.catalog.items(modality)
+        return self._store.catalog.items(modality, after, -1 if limit is None else limit)
 
     def check(self, repair: bool = False, files: bool = True) -> CheckReport:
         """Verify the catalog (SQLite integrity_check, unit-norm vectors), every FAISS file against it
