@@ -171,7 +171,16 @@ def run_session(file: Path, tmp_path: Path) -> subprocess.CompletedProcess:
     env.pop("CGX_MODEL", None)
     if file.name == "serve.md":  # its examples search an index the README made: make one the same way
         subprocess.run(
-            [sys.executable, "-m", "crossgap_index", "build-index", home / "Pictures", "--model", "crossgap-small", "-q"],
+            [
+                sys.executable,
+                "-m",
+                "crossgap_index",
+                "build-index",
+                home / "Pictures",
+                "--model",
+                "crossgap-small",
+                "-q",
+            ],
             env=env,
             check=True,
             cwd=cwd,
