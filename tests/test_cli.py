@@ -147,6 +147,7 @@ def test_invert_gallery_then_cross_gallery(built, photo_folder):
     assert result.exit_code == 0 and len(json.loads(result.stdout)["hits"]) == 6
 
 
+@pytest.mark.slow  # four fresh interpreters; the built wheel's cgx is also checked by .ci/wheel-check
 def test_installed_cgx_runs_as_a_subprocess(tmp_path, photo_folder):
     exe = shutil.which("cgx") or pytest.fail("the cgx console script is not installed")
     env = {**os.environ, "CGX_INDEX": str(tmp_path / "idx"), "CGX_MODEL": MODEL, "HF_HUB_OFFLINE": "1"}
