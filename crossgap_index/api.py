@@ -115,10 +115,12 @@ class CrossGapIndex:
         local_weights(spec)  # bad settings fail before torch is even imported
         check_device(device)
         check_setting(precision)
-        if spec.kind == "pretrained":  # a download that cannot happen fails now, not after loading torch
+        if spec.kind == "pretrained" and model is None and not os.environ.get(MODEL_ENV_VAR):
+            # the default is a download: offline, a stranger's first build fails now, before torch loads (an
+            # explicit ARCH/TAG goes on to open_clip, which also names an unknown tag)
             from crossgap_index.models.offline import refuse_download_offline
 
-            refuse_download_offline(spec.canonical, defaulted=model is None and not os.environ.get(MODEL_ENV_VAR))
+            refuse_download_offline(spec.canonical)
         from crossgap_index.models import Encoder, load_model
         from crossgap_index.models.encoder import precision_agreement
 

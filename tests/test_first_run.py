@@ -95,12 +95,12 @@ def test_offline_refusal_defers_to_open_clip_when_weights_are_cached(tmp_path, m
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert not any_cached_weights()
     with pytest.raises(Exception, match="Offline options"):
-        refuse_download_offline("RN50/openai", defaulted=False)
+        refuse_download_offline("RN50/openai")
     snapshot = tmp_path / "hf" / "hub" / "models--timm--some-clip" / "snapshots" / "abc"
     snapshot.mkdir(parents=True)
     (snapshot / "open_clip_model.safetensors").write_bytes(b"")
     assert any_cached_weights()
-    refuse_download_offline("RN50/openai", defaulted=False)  # no error: open_clip decides
+    refuse_download_offline("RN50/openai")  # no error: open_clip decides
 
 
 def test_world_rule_separates_its_own_world_from_real_photos(photo_crops):

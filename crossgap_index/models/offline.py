@@ -72,8 +72,8 @@ def any_cached_weights() -> bool:
     return next(cached, None) is not None or (clip_cache.is_dir() and any(clip_cache.iterdir()))
 
 
-def refuse_download_offline(canonical: str, defaulted: bool) -> None:
-    """Fail at once, before torch loads, when a pretrained model must be downloaded and cannot be.
+def refuse_download_offline(canonical: str) -> None:
+    """Fail at once, before torch loads, when the default model must be downloaded and cannot be.
 
     The rule is deliberately conservative: offline (HF_HUB_OFFLINE set, or the hub unreachable) *and* no
     open_clip weights cached at all. With some cached weights, open_clip decides (cached ones load)."""
@@ -82,10 +82,9 @@ def refuse_download_offline(canonical: str, defaulted: bool) -> None:
         offline = go_offline_if_unreachable()
     if not offline or any_cached_weights():
         return
-    why = " (the default when no --model is given)" if defaulted else ""
     raise ModelUnavailableError(
-        f"cannot load model '{canonical}'{why}: it is a download, the Hugging Face hub cannot be reached from "
-        f"here and no weights are cached ({hub_cache()}). Offline options: a bundled model (--model "
-        f"{' or --model '.join(bundled_names())}) or local weights (--model ARCH::/path/to/weights.safetensors, "
-        "or --model /path/to/open_clip-folder)"
+        f"cannot load model '{canonical}' (the default when no --model is given): it is a download, the Hugging "
+        f"Face hub cannot be reached from here and no weights are cached ({hub_cache()}). Offline options: a "
+        f"bundled model (--model {' or --model '.join(bundled_names())}) or local weights "
+        "(--model ARCH::/path/to/weights.safetensors, or --model /path/to/open_clip-folder)"
     )
