@@ -44,6 +44,7 @@ def page(served):
             browser.close()
 
 
+@pytest.mark.slow  # over 3 s on a loaded 2-core machine (benchmarks/results/setup.md)
 def test_switching_mode_searches_again_through_inversion(served, page):
     url, photos, tiff = served
     page.goto(url + "/")
