@@ -100,7 +100,7 @@ def test_search_page_end_to_end(served, page, tmp_path):
     # a text query: thumbnails of indexed images, each with its score and rank
     page.fill("#q", "a red circle")
     page.click("#go")
-    page.wait_for_selector("#results .hit img")
+    page.wait_for_selector("#results .hit .score")  # search hits (browse cards carry no score)
     cards = page.query_selector_all("#results .hit")
     assert len(cards) == 12
     first_img = cards[0].query_selector("img")
