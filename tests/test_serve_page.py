@@ -50,7 +50,7 @@ def test_switching_mode_searches_again_through_inversion(served, page):
     page.goto(url + "/")
     page.wait_for_selector("body[data-ready=true]")
     page.set_input_files("#photo", str(photos[4]))
-    page.wait_for_selector("#results .hit")
+    page.wait_for_selector("#results .hit .score")  # the photo's hits, not the browse cards
     # switching mode searches the same photo again through inversion, each hit shows both lists' ranks
     page.select_option("#mode", "fused")
     page.wait_for_selector("#results .hit .rank[data-list=cross]")
