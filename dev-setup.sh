@@ -1,13 +1,30 @@
 #!/usr/bin/env bash
-# One command for a development machine (and CI): the package with every extra the tests use, and a real
-# browser for the page tests (Debian's chromium; Playwright's own browser download cannot work offline).
+# One command for a development machine (and CI): a virtual environment at .venv with the package and
+# every extra the tests use, and, as root, Debian's chromium (the page tests' real browser; Playwright's
+# own browser download cannot work offline) and dataset-fashion-mnist (real photos for the first-run
+# tests and benchmarks). Run the tests with `.venv/bin/python -m pytest -q`: no activation needed.
+#
+# Why the environment is large (about 6.8 GB): torch from PyPI is the CUDA build (3.2 GB of it NVIDIA
+# libraries) even on a CPU-only machine. The CPU-only build lives on PyTorch's own index, which is not
+# reachable here; a CPU torch wheel beside PyPI's torchvision fails to import ("operator torchvision::nms
+# does not exist"), and open_clip needs torchvision. See benchmarks/results/setup.md.
 set -euo pipefail
 cd "$(dirname "$0")"
-python3 -m pip install -e ".[dev]"
-if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1; then
+PYTHON="${PYTHON:-python3}"
+if [ ! -x .venv/bin/python ]; then
+    "$PYTHON" -m venv .venv
+fi
+.venv/bin/python -m pip install -e ".[dev]"
+
+missing=()
+command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || missing+=(chromium)
+[ -d /usr/share/datasets/fashion-mnist ] || missing+=(dataset-fashion-mnist)
+if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
-        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium dataset-fashion-mnist >/dev/null
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
     else
-        echo "dev-setup: no chromium found; install Debian's 'chromium' package to run the page tests" >&2
+        echo "dev-setup: missing Debian packages ${missing[*]} (the page tests and real-photo checks skip without them):" \
+             "sudo apt-get install ${missing[*]}" >&2
     fi
 fi
+echo "dev-setup: ready; run the tests with .venv/bin/python -m pytest -q" >&2

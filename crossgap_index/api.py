@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from crossgap_index.ingest.pipeline import ReadLimits
 from crossgap_index.ingest.texts import unicode_problem
 from crossgap_index.inversion import InversionConfig
 from crossgap_index.models import check_device, default_model_spec, local_weights, parse_spec
+from crossgap_index.models.spec import MODEL_ENV_VAR
 from crossgap_index.precision import after_write, check_setting, precision_for_index, precision_for_new_index
 from crossgap_index.search.engine import Queries
 from crossgap_index.search.modes import Mode, describe_cross, resolve_mode
@@ -118,6 +120,12 @@ class CrossGapIndex:
         local_weights(spec)  # bad settings fail before torch is even imported
         check_device(device)
         check_setting(precision)
+        if spec.kind == "pretrained" and model is None and not os.environ.get(MODEL_ENV_VAR):
+            # the default is a download: offline, a stranger's first build fails now, before torch loads (an
+            # explicit ARCH/TAG goes on to open_clip, which also names an unknown tag)
+            from crossgap_index.models.offline import refuse_download_offline
+
+            refuse_download_offline(spec.canonical)
         from crossgap_index.models import Encoder, load_model
         from crossgap_index.models.encoder import precision_agreement
 
@@ -427,6 +435,22 @@ class CrossGapIndex:
         a server checks the file against before serving it."""
         return self._store.catalog.image_record(item_id)
 
+    def model_note(self) -> str | None:
+        """One line when most of the index's images lie outside its bundled model's world (a small model
+        trained on synthetic shapes, used on real photos), else None. Reads stored vectors only (no model):
+        the rule is in crossgap_index.models.world."""
+        from crossgap_index.models.world import SAMPLE, outside_mask, world_note, world_reference
+
+        model = self._store.manifest.model
+        reference = world_reference(model)
+        if reference is None:
+            return None
+        ids = self._store.catalog.ids("image")
+        if len(ids) > SAMPLE:
+            ids = ids[np.linspace(0, len(ids) - 1, SAMPLE).round().astype(int)]
+        vectors = self._store.catalog.vectors_for(ids, self._store.manifest.dim)
+        return world_note(model, int(outside_mask(vectors, reference).sum()), len(ids))
+
     def served_mode(self, options: SearchOptions, query_modality: str) -> Mode:
         """The Mode a query of ``query_modality`` asked with ``options`` runs (``auto``: the tuned one);
         e.g. ``.inverts`` tells a server which queries to batch."""
@@ -552,11 +576,12 @@ class CrossGapIndex:
         return chosen
 
     @_reads
-    def ls(self, modality: str | None = None) -> list[ItemRow]:
-        """Every stored item (id, modality, path or text, external id), by id; ``modality``: 'image' or 'text'."""
+    def ls(self, modality: str | None = None, *, after: int = 0, limit: int | None = None) -> list[ItemRow]:
+        """Every stored item (id, modality, path or text, external id), by id; ``modality``: 'image' or 'text'.
+        ``after`` / ``limit`` give one page (the items with ids above ``after``), for browsing large indexes."""
         if modality not in (None, "image", "text"):
             raise QueryError(f"unknown modality '{modality}': use image or text")
-        return self._store.catalog.items(modality)
+        return self._store.catalog.items(modality, after, -1 if limit is None else limit)
 
     def check(self, repair: bool = False, files: bool = True) -> CheckReport:
         """Verify the catalog (SQLite integrity_check, unit-norm vectors), every FAISS file against it

@@ -1,5 +1,6 @@
 """The offline demo runs end to end and draws its contact sheet."""
 
+import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -19,6 +20,7 @@ def test_run_demo_writes_index_tables_and_sheet(tmp_path):
         assert sheet.width > 3 * 96 and sheet.height > len(DEMO_MODES) * 96
 
 
+@pytest.mark.slow  # over 3 s on a loaded 2-core machine (benchmarks/results/setup.md)
 def test_demo_command(tmp_path):
     result = CliRunner().invoke(
         app,

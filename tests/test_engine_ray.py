@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 ray = pytest.importorskip("ray")
+pytestmark = pytest.mark.slow  # a Ray instance and its workers: 10-12 s a test (fast tier: test_engine_ray_fast.py)
 
 from crossgap_index import CrossGapIndex  # noqa: E402
 from crossgap_index.engines.ray_data import ImageEmbedder, RayEngine  # noqa: E402

@@ -75,6 +75,7 @@ def test_result_is_one_json_document(result):
     assert doc["dataset"]["images"] == N and doc["timings"]["total"] > 0
 
 
+@pytest.mark.slow  # over 3 s on a loaded 2-core machine (benchmarks/results/setup.md)
 def test_folder_and_jsonl_forms_measure_the_same_as_synthetic(exported):
     """export_folder writes the same PNG bytes, so content hashes, OTI seeds and every metric agree: the
     gallery is put in content-hash order, so ties fall alike although the folder lists images by class.
@@ -107,6 +108,7 @@ def test_span_projection_keeps_unit_norm_in_a_half_dimension_subspace():
     or not (bundled_dir("crossgap-small") / "open_clip_model.safetensors").is_file(),
     reason="crossgap-small weights not trained yet",
 )
+@pytest.mark.slow  # over 3 s on a loaded 2-core machine (benchmarks/results/setup.md)
 def test_crossgap_small_beats_chance():
     got = evaluate("synthetic:3:96", "crossgap-small", device="cpu", config=FEW_STEPS, tasks=["images"])
     task = got.tasks[IMAGES]
@@ -173,6 +175,7 @@ def cli():
     return lambda *args: CliRunner().invoke(app, [*args, "--model", MODEL, "--device", "cpu"])
 
 
+@pytest.mark.slow  # over 3 s on a loaded 2-core machine (benchmarks/results/setup.md)
 def test_cli_json_and_plots(cli, tmp_path):
     run = cli(
         f"synthetic:{SEED}:{N}",

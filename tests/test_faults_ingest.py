@@ -113,6 +113,7 @@ def test_cli_prints_non_utf8_and_newline_names_without_failing(tmp_path, photo_f
 
 
 # -- defect 3: only regular files are read, and not too much of them -------------------------------
+@pytest.mark.slow  # over 3 s on a loaded 2-core machine (benchmarks/results/setup.md)
 def test_fifo_devices_and_dangling_links_are_skipped_not_read(tmp_path, photo_folder):
     os.mkfifo(photo_folder / "a.png")  # reading it would block forever
     (photo_folder / "z.jpg").symlink_to("/dev/zero")  # reading it would never end

@@ -65,6 +65,7 @@ def test_empty_text_is_refused(index, text):
     assert "empty text query" in one_line(run_cgx("query", text, "--index", index))
 
 
+@pytest.mark.slow  # over 3 s on a loaded 2-core machine (benchmarks/results/setup.md)
 def test_long_text_is_searched_with_a_truncation_note(index):
     proc = run_cgx("query", LONG_TEXT, "--index", index, "--target", "texts", "-k", "2", "--paths-only")
     note = one_line(proc, exit_code=0)

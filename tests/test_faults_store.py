@@ -351,6 +351,7 @@ print(json.dumps(out))
 """
 
 
+@pytest.mark.slow  # over 3 s on a loaded 2-core machine (benchmarks/results/setup.md)
 def test_read_only_index_directory_is_searchable(index, gallery):
     if shutil.which("unshare") is None or subprocess.run(["unshare", "-m", "true"]).returncode != 0:
         pytest.skip("needs unshare -m for a real read-only bind mount")
@@ -377,6 +378,7 @@ def test_read_only_index_directory_is_searchable(index, gallery):
 
 
 # -- defect 8: the writer lock ------------------------------------------------------------------
+@pytest.mark.slow  # over 3 s on a loaded 2-core machine (benchmarks/results/setup.md)
 def test_concurrent_writers_wait_for_the_lock_or_fail_in_one_line_with_no_wait(tmp_path):
     """Three builds of one folder into one new index start together while the lock is held: the --no-wait
     one fails in one line, the two others say they wait, then run one after the other; all is stored once."""
@@ -407,6 +409,7 @@ def _stored_images(index: Path) -> int:
         conn.close()
 
 
+@pytest.mark.slow  # over 3 s on a loaded 2-core machine (benchmarks/results/setup.md)
 def test_writer_killed_mid_build_then_resumed_loses_and_doubles_nothing(tmp_path):
     folder = photos(tmp_path / "photos", 150, size=(160, 120))
     index = tmp_path / "idx"
@@ -435,6 +438,7 @@ def test_writer_killed_mid_build_then_resumed_loses_and_doubles_nothing(tmp_path
 
 
 # -- defect 6: one opened index, many threads, another process writing ----------------------------
+@pytest.mark.slow  # over 3 s on a loaded 2-core machine (benchmarks/results/setup.md)
 def test_eight_threads_search_one_index_while_another_process_builds_into_it(built, tmp_path, gallery, clean):
     index = Path(shutil.copytree(built, tmp_path / "idx"))
     extra = photos(tmp_path / "extra", 16, first_seed=1000)
@@ -471,6 +475,7 @@ def test_eight_threads_search_one_index_while_another_process_builds_into_it(bui
     assert_consistent(index, gallery, extra)
 
 
+@pytest.mark.slow  # over 3 s on a loaded 2-core machine (benchmarks/results/setup.md)
 def test_threads_search_while_a_thread_of_the_same_process_writes(index, gallery, clean, tmp_path):
     extra = photos(tmp_path / "extra", 12, first_seed=2000)
     final = clean_results(tmp_path, gallery, extra)

@@ -208,6 +208,7 @@ def test_transform_query_reproduces_search(index, labelled):
         assert brute.tolist() == [h.id for h in index.search(image=query, k=5, mode=mode, **settings)]
 
 
+@pytest.mark.slow  # over 3 s on a loaded 2-core machine (benchmarks/results/setup.md)
 def test_tune_stores_the_mode_that_cross_then_serves(tmp_path, labelled):
     """crossgap-small, whose label-informed modes win by a margin tune's interval gate lets through."""
     path = tmp_path / "tuned"
@@ -276,6 +277,7 @@ def test_warm_follows_the_inverters_token_count(tmp_path, labelled):
     assert len(hits) == 3
 
 
+@pytest.mark.slow  # over 3 s on a loaded 2-core machine (benchmarks/results/setup.md)
 def test_tune_on_captions_splits_by_group(tmp_path, labelled):
     captions = export_folder(tmp_path / "more", seed=6, n=64) / "captions.jsonl"  # tune's minimum: 64 groups
     with CrossGapIndex.create(tmp_path / "idx", model=MODEL, device="cpu") as cgx:

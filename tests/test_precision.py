@@ -150,6 +150,7 @@ def test_op_by_op_text_path_matches_encode_text(tiny: LoadedModel, siglip_small:
     assert _text_path_agreement(siglip_small) >= EXACT  # bidirectional, 'last' pooling, full length
 
 
+@pytest.mark.slow  # over 3 s on a loaded 2-core machine (benchmarks/results/setup.md)
 def test_tiny_and_siglip_family_agree_in_bf16(tiny: LoadedModel, siglip_small: LoadedModel) -> None:
     assert precision_agreement(tiny) >= MIX_MIN_COSINE
     assert _embedding_agreement(siglip_small) >= MIX_MIN_COSINE

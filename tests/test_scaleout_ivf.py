@@ -47,6 +47,7 @@ def test_training_sample_takes_seeded_rows_across_uneven_chunks():
     assert training_sample(((None, c) for c in chunks), 1000, 5000).shape == (1000, 4)
 
 
+@pytest.mark.slow  # over 3 s on a loaded 2-core machine (benchmarks/results/setup.md)
 def test_ivf_recall_on_200k_vectors_trained_on_a_sample(tmp_path):
     """IVF256 over 200k clustered 32-d unit vectors: trained on 256 * 256 = 65,536 sampled rows,
     filled from SQLite in chunks; with the default re-scoring recall@10 against exact >= 0.99."""

@@ -299,6 +299,7 @@ def test_openapi_docs_are_served(client):
 
 
 # -- inversion through the micro-batcher ---------------------------------------------------------
+@pytest.mark.slow  # over 3 s on a loaded 2-core machine (benchmarks/results/setup.md)
 def test_concurrent_cross_queries_equal_sequential_and_are_batched(client, index, photos):
     queries = [
         {
@@ -351,6 +352,7 @@ def test_batch_api_inverts_together(client):
     assert [ids(r) for r in doc["results"]] == [ids(d) for d in solo]
 
 
+@pytest.mark.slow  # over 3 s on a loaded 2-core machine (benchmarks/results/setup.md)
 def test_intra_queries_do_not_wait_for_inversions(client):
     slow = {
         "text": "a purple triangle",
@@ -371,6 +373,7 @@ def test_intra_queries_do_not_wait_for_inversions(client):
         assert inverting.result(120).status_code == 200
 
 
+@pytest.mark.slow  # over 3 s on a loaded 2-core machine (benchmarks/results/setup.md)
 def test_slow_queries_time_out(index, photos):
     settings = ServeSettings(request_timeout_s=0.2)
     with running_server(index, settings) as base, httpx.Client(base_url=base, timeout=60) as c:
@@ -425,6 +428,7 @@ def test_binding_beyond_loopback_needs_a_token():
 
 
 # -- a real `cgx serve` process ------------------------------------------------------------------------
+@pytest.mark.slow  # over 3 s on a loaded 2-core machine (benchmarks/results/setup.md)
 def test_sigterm_finishes_the_request_in_flight(built):
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(

@@ -6,7 +6,9 @@ import os
 import shutil
 from urllib.parse import parse_qs, urlparse
 
+import httpx
 import pytest
+from PIL import Image
 
 from crossgap_index import CrossGapIndex
 from crossgap_index.server.settings import ServeSettings
@@ -22,8 +24,13 @@ pytestmark = pytest.mark.skipif(
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     index_path, photos = build_index(tmp_path_factory.mktemp("page"))
-    with CrossGapIndex.open(index_path, device="cpu") as cgx, running_server(cgx, ServeSettings()) as url:
-        yield url, sorted(photos.rglob("*.png"))
+    tiff = photos / "extra" / "cmyk.tif"  # a format browsers do not show: the page gets server-side thumbnails
+    tiff.parent.mkdir()
+    Image.open(sorted(photos.rglob("*.png"))[0]).convert("CMYK").save(tiff)
+    with CrossGapIndex.open(index_path, device="cpu") as cgx:
+        cgx.add_images([tiff])
+        with running_server(cgx, ServeSettings()) as url:
+            yield url, sorted(photos.rglob("*.png")), tiff
 
 
 @pytest.fixture
@@ -37,16 +44,17 @@ def page(served):
             browser.close()
 
 
+@pytest.mark.slow  # over 3 s on a loaded 2-core machine (benchmarks/results/setup.md)
 def test_switching_mode_searches_again_through_inversion(served, page):
-    url, photos = served
+    url, photos, tiff = served
     page.goto(url + "/")
     page.wait_for_selector("body[data-ready=true]")
     page.set_input_files("#photo", str(photos[4]))
-    page.wait_for_selector("#results .hit")
+    page.wait_for_selector("#results .hit .score")  # the photo's hits, not the browse cards
     # switching mode searches the same photo again through inversion, each hit shows both lists' ranks
     page.select_option("#mode", "fused")
     page.wait_for_selector("#results .hit .rank[data-list=cross]")
-    assert "mode fused" in page.inner_text("#status")
+    assert "Plain + translated" in page.inner_text("#status")
     assert query_of(page.url)["mode"] == ["fused"]
     assert "inversion batch of 1" in page.inner_text("#status")
 
@@ -55,27 +63,53 @@ def query_of(url: str) -> dict[str, list[str]]:
     return parse_qs(urlparse(url).query)
 
 
+def tiff_card_id(url: str, tiff) -> int:
+    """The catalog id of the TIFF item, through the API's own browsing."""
+    doc = httpx.get(f"{url}/browse", params={"limit": 200}).json()
+    return next(item["id"] for item in doc["items"] if item["path"] == str(tiff))
+
+
 def test_search_page_end_to_end(served, page, tmp_path):
-    url, photos = served
+    url, photos, tiff = served
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
     page.goto(url + "/")
     page.wait_for_selector("body[data-ready=true]")
-    assert "48 images" in page.inner_text("#status")
-    modes = page.eval_on_selector_all("#mode option", "options => options.map(o => o.value)")
-    assert {"intra", "cross", "fused"} <= set(modes)
+    assert "49 images" in page.inner_text("#status")
+    # the mode offered first is what --cross serves, named by what it resolves to; only servable modes
+    assert page.input_value("#mode") == "auto"
+    assert page.inner_text("#mode option[value=auto]") == "Best for this index: Word directions"
+    options = page.eval_on_selector_all(
+        "#mode option", "options => options.map(o => [o.value, o.textContent, o.title])"
+    )
+    modes = {value for value, _, _ in options}
+    assert {"intra", "cross", "fused", "span", "concept", "iso"} <= modes
+    assert not modes & {"inverter", "warm", "cross-gallery"}  # no inverter, no gallery inversion in this index
+    assert all(title and text != value for value, text, title in options if value != "auto")
+
+    # no query yet: the stored images, as server-made thumbnails, TIFF included
+    page.wait_for_selector("#results .hit.browse img")
+    assert len(page.query_selector_all("#results .hit.browse")) == 48
+    assert "browsing" in page.inner_text("#status")
+    page.click("#more")
+    page.wait_for_function("() => document.querySelectorAll('#results .hit.browse').length === 49")
+    page.wait_for_function("() => [...document.images].every(i => i.complete && i.naturalWidth > 0)")
+    tiff_card = page.query_selector(f"#results .hit[title='{tiff}']")
+    assert tiff_card.query_selector("img").evaluate("img => img.naturalWidth") == 64
 
     # a text query: thumbnails of indexed images, each with its score and rank
     page.fill("#q", "a red circle")
     page.click("#go")
-    page.wait_for_selector("#results .hit img")
+    page.wait_for_selector("#results .hit .score")  # search hits (browse cards carry no score)
     cards = page.query_selector_all("#results .hit")
     assert len(cards) == 12
     first_img = cards[0].query_selector("img")
     page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=first_img)
-    assert first_img.evaluate("img => img.naturalWidth") == 64  # the indexed file, served by id
-    assert cards[0].query_selector(".rank[data-list=intra]").inner_text() == "intra #1"
-    assert query_of(page.url)["q"] == ["a red circle"] and query_of(page.url)["mode"] == ["intra"]
+    assert first_img.evaluate("img => img.naturalWidth") == 64  # a thumbnail of the indexed file, by id
+    assert first_img.get_attribute("src").endswith("/thumb")
+    assert cards[0].query_selector(".rank[data-list=intra]").inner_text() == "Plain similarity #1"
+    assert "already across" in page.inner_text("#status")  # auto on a text query for images: plain
+    assert query_of(page.url)["q"] == ["a red circle"] and query_of(page.url)["mode"] == ["auto"]
 
     # upload a photo: the photo itself comes back first
     page.set_input_files("#photo", str(photos[4]))
@@ -89,7 +123,18 @@ def test_search_page_end_to_end(served, page, tmp_path):
     third.click()
     page.wait_for_function("id => document.querySelector('#results .hit')?.dataset.id === id", arg=clicked_id)
     assert query_of(page.url)["item"] == [clicked_id]
-    assert "more like item" in page.inner_text("#query-view")
+    assert "more like this" in page.inner_text("#query-view")
+    query_img = page.wait_for_selector("#query-view img")
+    assert query_img.get_attribute("src") == f"/items/{clicked_id}/thumb"
+    page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=query_img)
+    assert "Word directions" in page.inner_text("#status")  # auto, image -> images: the default span
+
+    # the TIFF item as a query, by address: its thumbnail shows, though browsers cannot show TIFF
+    tiff_id = tiff_card_id(url, tiff)
+    page.goto(f"{url}/?item={tiff_id}")
+    page.wait_for_function("id => document.querySelector('#results .hit')?.dataset.id === id", arg=str(tiff_id))
+    query_img = page.wait_for_selector("#query-view img")
+    page.wait_for_function("img => img.complete && img.naturalWidth === 64", arg=query_img)
 
     # the address alone reproduces a result page
     page.goto(url + "/?q=a+blue+star&target=texts&k=5")
@@ -105,11 +150,11 @@ def test_search_page_end_to_end(served, page, tmp_path):
     assert "limit" in page.inner_text("#status")
 
     page.screenshot(path=str(tmp_path / "serve-page.png"), full_page=True)
-    if SCREENSHOT:  # the README's picture: a photo searched in fused mode, both lists' ranks on each hit
-        page.goto(url + "/?mode=fused&k=18")
+    if SCREENSHOT:  # the README's picture: a photo searched the default way (what --cross serves)
+        page.goto(url + "/?k=18")
         page.wait_for_selector("body[data-ready=true]")
         page.set_input_files("#photo", str(photos[4]))
-        page.wait_for_selector("#results .hit .rank[data-list=cross]")
+        page.wait_for_selector("#results .hit .rank[data-list=span]")
         page.wait_for_function(
             "() => document.querySelectorAll('#results .hit img').length === 18 &&"
             " [...document.images].every(i => i.complete && i.naturalWidth > 0)"

@@ -239,6 +239,7 @@ def build_index(
             config = InversionConfig(oti_steps=steps, precision=precision) if invert_gallery else None
             with progress_bar("inverting gallery", "img", enabled=not quiet) as gallery_progress:
                 cgx.invert_gallery(config, progress=gallery_progress)
+        note = cgx.model_note()
     if report is not None:
         lines = "".join(f"{path}\t{reason}\n" for path, reason in result.skipped)
         report.write_bytes(lines.encode("utf-8", "surrogateescape"))  # file names as their own bytes
@@ -248,6 +249,8 @@ def build_index(
             shown = "; ".join(f"{printable(p)} ({r})" for p, r in result.skipped[:5])
             more = f" and {len(result.skipped) - 5} more" if len(result.skipped) > 5 else ""
             err.print(f"skipped {len(result.skipped)} unreadable files: {shown}{more}", highlight=False)
+        if note:
+            err.print(f"cgx: note: {note}", highlight=False)
 
 
 @app.command("add-texts")
@@ -404,6 +407,9 @@ def query(
         hits = cgx.search(**({"image": query} if is_image else {"text": query}), options=options, progress=progress)
         served = cgx.describe_mode("image" if is_image else "text", options)
         held = cgx.info().counts[COLLECTIONS[target]] if len(hits) < top_k else len(hits)
+        note = cgx.model_note() if target is Target.images else None
+    if note and not quiet:
+        err.print(f"cgx: note: {note}", highlight=False)
     inter_modal = is_image != (target is Target.images)
     if inter_modal and mode.value != "intra" and served["name"] == "intra" and not quiet:
         err.print(

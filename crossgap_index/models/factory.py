@@ -107,13 +107,11 @@ def load_model(spec: str | ModelSpec, device: str | torch.device = "auto") -> Lo
 
 
 def _unavailable_message(spec: ModelSpec, exc: Exception) -> str:
-    first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    if len(first_line) > 200:
-        first_line = first_line[:200].rsplit(" ", 1)[0] + " ..."
+    cause = " ".join(str(exc).split()) or type(exc).__name__  # whole, on one line
     return (
-        f"cannot load model '{spec.canonical}': {first_line}. Offline options: "
+        f"cannot load model '{spec.canonical}': {cause}. Offline options: "
         f"a bundled model ({', '.join(bundled_names())}), weights already in the Hugging Face cache "
-        "(HF_HOME, HF_HUB_OFFLINE=1), or a local file/folder (ARCH::/path/to/weights)"
+        "(HF_HOME, HF_HUB_OFFLINE=1), or local weights (--model ARCH::/path/to/weights.safetensors)"
     )
 
 

@@ -10,7 +10,7 @@ from fastapi import FastAPI
 
 from crossgap_index import __version__
 from crossgap_index.api import CrossGapIndex
-from crossgap_index.server import routes_admin, routes_items, routes_page, routes_search
+from crossgap_index.server import routes_admin, routes_gallery, routes_items, routes_page, routes_search
 from crossgap_index.server.docs import install_docs
 from crossgap_index.server.errors import install_error_handlers
 from crossgap_index.server.metrics import Metrics
@@ -47,7 +47,13 @@ def create_app(index: CrossGapIndex, settings: ServeSettings | None = None) -> F
     app.state.metrics = metrics
     app.state.settings = settings
     install_error_handlers(app)
-    for router in (routes_search.router, routes_items.router, routes_admin.router, routes_page.router):
+    for router in (
+        routes_search.router,
+        routes_items.router,
+        routes_gallery.router,
+        routes_admin.router,
+        routes_page.router,
+    ):
         app.include_router(router)
     install_docs(app)
     _document_bodies(app)

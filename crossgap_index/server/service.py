@@ -7,6 +7,7 @@ import asyncio
 import base64
 import binascii
 import dataclasses
+import os
 import time
 from collections.abc import Callable, Hashable
 from concurrent.futures import ThreadPoolExecutor
@@ -18,14 +19,16 @@ from crossgap_index.ingest.decode import DecodeError, decode_rgb
 from crossgap_index.ingest.pipeline import decode_side
 from crossgap_index.ingest.texts import unicode_problem
 from crossgap_index.inversion import InversionConfig
-from crossgap_index.search.modes import MODE_NAMES
+from crossgap_index.search.labels import MODE_LABELS, mode_help, mode_label
+from crossgap_index.search.modes import BASE_MODE_NAMES, MODE_NAMES, PEER_NAMES
 from crossgap_index.search.options import SearchOptions
 from crossgap_index.server.batcher import BatchResult, MicroBatcher
 from crossgap_index.server.errors import ApiError, status_of
-from crossgap_index.server.files import read_item_file
+from crossgap_index.server.files import ItemFileError, read_item_file
 from crossgap_index.server.metrics import Metrics
 from crossgap_index.server.models import AddTextsRequest, SearchRequest
 from crossgap_index.server.settings import ServeSettings
+from crossgap_index.server.thumbnails import ThumbnailCache, make_thumbnail
 
 QUERY_KINDS = ("text", "vector", "image_base64", "item_id")
 
@@ -37,6 +40,7 @@ class SearchService:
         self.index = index
         self.settings = settings
         self.metrics = metrics
+        self._thumbs = ThumbnailCache()
         self._pool = ThreadPoolExecutor(settings.search_threads, thread_name_prefix="cgx-search")
         self._batcher = MicroBatcher(
             self._run_batch, settings.batch_window_ms / 1000.0, settings.max_batch, metrics.inversion_batch.observe
@@ -45,6 +49,27 @@ class SearchService:
     @property
     def modes(self) -> list[str]:
         return list(MODE_NAMES)
+
+    def servable_modes(self) -> list[str]:
+        """The modes this index can serve (the page offers only these): the inverter's modes need a trained
+        inverter, cross-gallery the gallery's stored inversions, iso a model with linear projections."""
+        from crossgap_index.errors import IncompatibleModelError
+        from crossgap_index.search.projections import projection_weights
+
+        info = self.index.info()
+        unavailable = set()
+        if info.inverter is None:
+            unavailable |= {"inverter", "warm"}
+        if info.gallery_inversion is None:
+            unavailable.add("cross-gallery")
+        try:
+            for modality in ("image", "text"):
+                projection_weights(self.index.encoder.loaded.model, modality)
+        except IncompatibleModelError:
+            unavailable.add("iso")
+        # The page offers the named modes and the peers; compositions (span+aqe) stay reachable through the API.
+        offered = (*BASE_MODE_NAMES, *PEER_NAMES)
+        return [name for name in offered if name not in unavailable]
 
     def close(self) -> None:
         """Finish queued work, then release threads (the index is closed by its owner)."""
@@ -209,10 +234,60 @@ class SearchService:
 
         return await self._in_pool(read), row.path
 
+    async def thumbnail(self, item_id: int) -> bytes:
+        """A small JPEG of an image item, whatever its format; cached by id and the file's size and mtime."""
+        row = await self.item(item_id)
+        if row.modality != "image" or row.path is None:
+            raise ApiError(404, f"item {item_id} is a text, not an image")
+
+        def make() -> bytes:
+            record = self.index.image_record(item_id)
+            if record is None:
+                raise ApiError(404, f"no item with id {item_id}")
+            try:  # a cached thumbnail is served only while the file still has the indexed size
+                stat = os.lstat(record.path)
+            except OSError as exc:
+                raise ItemFileError(f"the indexed file is not readable: {exc.strerror or exc}") from exc
+            if stat.st_size != record.size:
+                raise ItemFileError("the indexed file changed since it was indexed (its size differs): re-index it")
+            key = (item_id, record.content_hash)
+            cached = self._thumbs.get(key)
+            if cached is None:
+                data = read_item_file(record, self.settings.max_upload_bytes)  # every component, size and hash
+                try:
+                    cached = make_thumbnail(data, self.settings.max_megapixels)
+                except DecodeError as exc:
+                    raise ApiError(415, f"item {item_id} is not a usable image: {exc}") from None
+                self._thumbs.put(key, cached)
+            return cached
+
+        return await self._in_pool(make)
+
+    async def browse(self, after: int, limit: int) -> dict[str, Any]:
+        """One page of the stored images by id (the page's view before any query)."""
+
+        rows = await self._in_pool(lambda: self.index.ls("image", after=after, limit=limit))
+        items = [{"id": r.id, "path": r.path} for r in rows]
+        return {"items": items, "next_after": rows[-1].id if len(rows) == limit else None}
+
+    def page_info(self) -> dict[str, Any]:
+        """What the page shows besides hits: the modes it may offer, in plain words, what ``auto`` (the CLI's
+        --cross) resolves to per query modality, and a note when the model does not know these images."""
+        auto_serves = {
+            m: self.index.served_mode(SearchOptions(mode="auto", target=f"{m}s"), m).name for m in ("image", "text")
+        }
+        return {
+            "mode_choices": [{"name": n, "label": mode_label(n), "help": mode_help(n)} for n in self.servable_modes()],
+            "auto_serves": auto_serves,
+            "tuned": self.index.tuned_mode is not None,
+            "list_labels": {name: label for name, (label, _) in MODE_LABELS.items()},
+            "model_note": self.index.model_note(),
+        }
+
     async def info(self) -> dict[str, Any]:
         s = self.settings
         return {
-            **await self._in_pool(lambda: dataclasses.asdict(self.index.info())),
+            **await self._in_pool(lambda: {**dataclasses.asdict(self.index.info()), "page": self.page_info()}),
             "modes": self.modes,
             "limits": {
                 "max_k": s.max_k,

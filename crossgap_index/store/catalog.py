@@ -305,12 +305,13 @@ class Catalog:
         return {r[0]: _to_vector(r[1]) for r in self.conn.execute(sql, [kind, *(int(i) for i in ids)])}
 
     # -- listing (ls, remove, check) --------------------------------------------------------
-    def items(self, modality: str | None = None) -> list[ItemRow]:
-        sql = "SELECT id, modality, path, text, external_id FROM items"
-        params: tuple = ()
+    def items(self, modality: str | None = None, after: int = 0, limit: int = -1) -> list[ItemRow]:
+        """Items by id; ``after`` and ``limit`` page through them (keyset: ids above ``after``, -1: no limit)."""
+        sql = "SELECT id, modality, path, text, external_id FROM items WHERE id > ?"
+        params: tuple = (after,)
         if modality is not None:
-            sql, params = sql + " WHERE modality = ?", (modality,)
-        rows = self.conn.execute(sql + " ORDER BY id", params)
+            sql, params = sql + " AND modality = ?", (after, modality)
+        rows = self.conn.execute(sql + " ORDER BY id LIMIT ?", (*params, limit))
         return [ItemRow(r[0], r[1], path_from_db(r[2]), *r[3:]) for r in rows]
 
     def ids(self, name: str, derived: bool = False) -> np.ndarray:

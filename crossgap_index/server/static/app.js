@@ -1,12 +1,35 @@
 // The search page: one query at a time (text, an uploaded photo, or a stored item), results as a grid.
-// The address bar carries text and item queries (/?q=...&mode=...&target=...&k=..., /?item=ID&mode=...).
+// With no query it browses the stored images. The address bar carries text and item queries
+// (/?q=...&mode=...&target=...&k=..., /?item=ID&mode=...). Modes show in plain words; the default is
+// "auto", what `cgx query --cross` serves, labelled with the mode it resolves to.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-let current = null; // {kind: "text" | "item" | "photo", value}
+let current = null; // {kind: "text" | "item" | "photo", value, modality?}
+let page = null; // GET /info's "page": mode choices, what auto serves, list labels, model note
+let summary = "";
 
 function settings() {
   return { mode: $("mode").value, target: $("target").value, k: Number($("k").value) || 12 };
+}
+
+function label(name) {
+  return (page && page.list_labels[name]) || name;
+}
+
+function queryModality(query) {
+  if (query.kind === "text") return "text";
+  if (query.kind === "item") return query.modality || "image";
+  return "image";
+}
+
+// What a request's mode is served as, in words: auto resolves per query modality; a query that is
+// already inter-modal (text -> images) is served plainly.
+function servedLabel(query, mode) {
+  if (mode !== "auto") return label(mode);
+  const modality = queryModality(query);
+  if (modality !== settings().target.slice(0, -1)) return `${label("intra")} (the query is already across)`;
+  return `${label("auto")}: ${label(page.auto_serves[modality])}`;
 }
 
 function setStatus(text, isError = false) {
@@ -26,14 +49,18 @@ function remember(query) {
   if (location.pathname + location.search !== url) history.pushState(null, "", url);
 }
 
-async function post(body) {
-  const init = body instanceof FormData
-    ? { method: "POST", body }
-    : { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body) };
-  const response = await fetch("/search", init);
+async function getJson(url, init) {
+  const response = await fetch(url, init);
   const doc = await response.json().catch(() => ({ error: `HTTP ${response.status}` }));
   if (!response.ok) throw new Error(doc.error || `HTTP ${response.status}`);
   return doc;
+}
+
+function post(body) {
+  const init = body instanceof FormData
+    ? { method: "POST", body }
+    : { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body) };
+  return getJson("/search", init);
 }
 
 async function run(query, { record = true } = {}) {
@@ -52,14 +79,22 @@ async function run(query, { record = true } = {}) {
   setStatus("searching…");
   try {
     const doc = await post(body);
-    render(doc);
+    render(doc.hits);
     const t = doc.timings;
     const batch = t.inversion_batch_size ? `, inversion batch of ${t.inversion_batch_size}` : "";
-    setStatus(`${doc.hits.length} hits · mode ${doc.mode} · ${t.total_ms.toFixed(1)} ms${batch}`);
+    setStatus(`${doc.hits.length} hits · ${servedLabel(query, doc.mode)} · ${t.total_ms.toFixed(1)} ms${batch}`);
   } catch (err) {
     $("results").replaceChildren();
     setStatus(err.message, true);
   }
+}
+
+function thumbnail(id, alt) {
+  const img = document.createElement("img");
+  img.src = `/items/${id}/thumb`;
+  img.alt = alt;
+  img.loading = "lazy";
+  return img;
 }
 
 function showQuery(query) {
@@ -71,27 +106,36 @@ function showQuery(query) {
     img.alt = "query photo";
     view.append(img);
   } else if (query.kind === "item") {
-    view.textContent = `more like item ${query.value}`;
+    if (queryModality(query) === "image") view.append(thumbnail(query.value, `item ${query.value}`));
+    const words = document.createElement("span");
+    words.textContent = `more like this (item ${query.value})`;
+    view.append(words);
   }
 }
 
-function render(doc) {
-  const cards = doc.hits.map((hit) => {
-    const card = document.createElement("article");
-    card.className = "hit";
-    card.dataset.id = String(hit.id);
-    card.title = hit.path || hit.text || "";
-    if (hit.modality === "image") {
-      const img = document.createElement("img");
-      img.src = `/items/${hit.id}/image`;
-      img.alt = hit.path ? hit.path.split("/").pop() : `item ${hit.id}`;
-      card.append(img);
-    } else {
-      const text = document.createElement("div");
-      text.className = "text";
-      text.textContent = hit.text;
-      card.append(text);
-    }
+function card(item) {
+  const card = document.createElement("article");
+  card.className = "hit";
+  card.dataset.id = String(item.id);
+  card.title = item.path || item.text || "";
+  if (item.modality === "image") {
+    card.append(thumbnail(item.id, item.path ? item.path.split("/").pop() : `item ${item.id}`));
+  } else {
+    const text = document.createElement("div");
+    text.className = "text";
+    text.textContent = item.text;
+    card.append(text);
+  }
+  card.addEventListener("click", () => {
+    $("q").value = "";
+    run({ kind: "item", value: item.id, modality: item.modality });
+  });
+  return card;
+}
+
+function render(hits) {
+  const cards = hits.map((hit) => {
+    const c = card(hit);
     const meta = document.createElement("div");
     meta.className = "meta";
     const score = document.createElement("span");
@@ -106,17 +150,39 @@ function render(doc) {
       const r = document.createElement("span");
       r.className = "rank";
       r.dataset.list = list;
-      r.textContent = `${list} #${rank}`;
+      r.textContent = `${label(list)} #${rank}`;
       ranks.append(r);
     }
-    card.append(meta, ranks);
-    card.addEventListener("click", () => {
-      $("q").value = "";
-      run({ kind: "item", value: hit.id });
-    });
-    return card;
+    c.append(meta, ranks);
+    return c;
   });
   $("results").replaceChildren(...cards);
+}
+
+// No query yet: the stored images, a page at a time; clicking one searches for more like it.
+async function browse(after = 0) {
+  if (after === 0) {
+    current = null;
+    $("query-view").replaceChildren();
+    $("results").replaceChildren();
+  }
+  $("more")?.remove();
+  try {
+    const doc = await getJson(`/browse?after=${after}&limit=48`);
+    const cards = doc.items.map((item) => card({ ...item, modality: "image" }));
+    for (const c of cards) c.classList.add("browse");
+    $("results").append(...cards);
+    setStatus(`${summary} · browsing: click a photo for more like it, or describe what you are looking for`);
+    if (doc.next_after !== null) {
+      const more = document.createElement("button");
+      more.id = "more";
+      more.textContent = "show more";
+      more.addEventListener("click", () => browse(doc.next_after));
+      $("results").after(more);
+    }
+  } catch (err) {
+    setStatus(err.message, true);
+  }
 }
 
 function fromAddress() {
@@ -126,7 +192,12 @@ function fromAddress() {
     $("q").value = params.get("q");
     run({ kind: "text", value: params.get("q") }, { record: false });
   } else if (params.get("item")) {
-    run({ kind: "item", value: Number(params.get("item")) }, { record: false });
+    const id = Number(params.get("item"));
+    getJson(`/items/${id}`)
+      .then((item) => run({ kind: "item", value: id, modality: item.modality }, { record: false }))
+      .catch((err) => setStatus(err.message, true));
+  } else {
+    browse();
   }
 }
 
@@ -136,15 +207,33 @@ function searchPhoto(file) {
   run({ kind: "photo", value: file });
 }
 
+function offerModes() {
+  for (const choice of page.mode_choices) {
+    const text = choice.name === "auto"
+      ? `${choice.label}: ${label(page.auto_serves.image)}${page.tuned ? " (tuned)" : ""}`
+      : choice.label;
+    const option = new Option(text, choice.name);
+    option.title = choice.help;
+    $("mode").append(option);
+  }
+  $("mode").value = "auto"; // what `cgx query --cross` serves
+  const explain = () => { $("mode").title = $("mode").selectedOptions[0]?.title || ""; };
+  $("mode").addEventListener("change", explain);
+  explain();
+}
+
 async function start() {
   try {
-    const response = await fetch("/info");
-    const info = await response.json();
-    if (!response.ok) throw new Error(info.error || `HTTP ${response.status}`);
-    for (const mode of info.modes) $("mode").append(new Option(mode, mode));
-    $("mode").value = "intra"; // the API's default; "auto" is the index's tuned (or default) cross mode
+    const info = await getJson("/info");
+    page = info.page;
+    offerModes();
     $("k").max = String(info.limits.max_k);
-    setStatus(`${info.counts.image || 0} images, ${info.counts.text || 0} texts · model ${info.model}`);
+    summary = `${info.counts.image || 0} images, ${info.counts.text || 0} texts · model ${info.model}`;
+    setStatus(summary);
+    if (page.model_note) {
+      $("note").textContent = page.model_note;
+      $("note").hidden = false;
+    }
   } catch (err) {
     setStatus(`cannot reach the server: ${err.message}`, true);
     return;
@@ -154,6 +243,7 @@ async function start() {
     const text = $("q").value.trim();
     if (text) run({ kind: "text", value: text });
     else if (current) run(current);
+    else browse();
   });
   $("photo").addEventListener("change", () => searchPhoto($("photo").files[0]));
   for (const key of ["mode", "target"]) $(key).addEventListener("change", () => current && run(current));
