@@ -148,7 +148,7 @@ def test_bundled_model_on_real_photos_says_so_in_cli_library_and_page(tmp_path, 
     with CrossGapIndex.open(index, device="cpu") as cgx:
         note = cgx.model_note()
         assert note is not None and note == notes[0].removeprefix("cgx: note: ")
-        with TestClient(create_app(cgx)) as client:
+        with TestClient(create_app(cgx), base_url="http://127.0.0.1:8000") as client:  # a loopback Host
             assert client.get("/info").json()["page"]["model_note"] == note
 
 
