@@ -1,7 +1,9 @@
 """`check`: verify an index directory the way `git fsck` / SQLite's integrity_check do, and repair
 what is derived (the FAISS files) from what is true (the catalog).
 
-What is checked: the catalog file (PRAGMA integrity_check), every stored vector unit-norm, each
+What is checked: the catalog file (PRAGMA integrity_check), each vector shard's size and crc32
+against the catalog's record (a damaged shard cannot be repaired from derived data: it is reported,
+with what to do), every stored vector unit-norm, each
 FAISS file present, matching the manifest's size and crc32 and generation, holding exactly the
 catalog's ids (and, for exact indexes, the catalog's vectors), and that indexed image files exist.
 """
@@ -15,7 +17,7 @@ from dataclasses import dataclass, field
 import faiss
 import numpy as np
 
-from crossgap_index.store.directory import DERIVED, Store
+from crossgap_index.store.directory import DERIVED, SHARD_ADVICE, Store
 from crossgap_index.store.vectors import VectorIndex, file_record
 
 NORM_TOLERANCE = 1e-3
@@ -45,11 +47,13 @@ def _check(store: Store, repair: bool, files: bool) -> CheckReport:
     catalog = store.catalog
     problems = [f"catalog.sqlite: {msg}" for msg in catalog.integrity_check()[:20]]
     counts = {name: store.stored_count(name) for name in store.manifest.factories}
-    for name in store.manifest.factories:
+    shard_problems = catalog.shard_problems(full=True)
+    problems += [f"{p} ({SHARD_ADVICE})" for p in shard_problems]
+    for name in store.manifest.factories if not shard_problems else ():
         problems += _vector_norm_problems(store, name)
     derived = {name: _faiss_problem(store, name) for name in store.manifest.factories}
     repaired = [f"{name}.faiss: rebuilt from the catalog on open" for name in store.rebuilt if not derived[name]]
-    broken = [name for name, problem in derived.items() if problem]
+    broken = [name for name, problem in derived.items() if problem and not shard_problems]
     if repair and broken and not store.readonly:
         with store.writing():
             for name in broken:
@@ -114,10 +118,11 @@ def _catalog_ids(store: Store, name: str) -> np.ndarray:
 
 
 def _vector_norm_problems(store: Store, name: str) -> list[str]:
-    ids, vectors = store.ids_and_vectors(name)
-    if not len(ids):
-        return []
-    bad = ids[np.abs(np.linalg.norm(vectors, axis=1) - 1.0) > NORM_TOLERANCE]
+    """Stored vectors that are not unit-norm, a chunk at a time (memory: one chunk at any index size)."""
+    bad = np.concatenate(
+        [np.zeros(0, np.int64)]
+        + [ids[np.abs(np.linalg.norm(v, axis=1) - 1.0) > NORM_TOLERANCE] for ids, v in store.vector_chunks(name)]
+    )
     if not len(bad):
         return []
     shown = ", ".join(map(str, bad[:5].tolist()))
