@@ -307,8 +307,10 @@ class Catalog:
         return self.conn.execute("SELECT COUNT(*) FROM items WHERE modality = ?", (modality,)).fetchone()[0]
 
     def images(self) -> dict[str, ImageRecord]:
-        """Every stored image keyed by its absolute path."""
-        rows = self.conn.execute("SELECT id, path, content_hash, size, mtime_ns FROM items WHERE modality = 'image'")
+        """Every stored image file keyed by its absolute path (imported rows without a path are not files)."""
+        rows = self.conn.execute(
+            "SELECT id, path, content_hash, size, mtime_ns FROM items WHERE modality = 'image' AND path IS NOT NULL"
+        )
         records = (ImageRecord(r[0], path_from_db(r[1]), *r[2:]) for r in rows)
         return {r.path: r for r in records}
 
@@ -331,26 +333,29 @@ class Catalog:
         return int(cur.lastrowid)
 
     def add_images(
-        self, paths: Sequence[str], content_hashes: Sequence[str], vectors: np.ndarray, ids: Sequence[int] | None = None
-    ) -> list[int]:
-        """Many image rows at once (imports): one shard append, one executemany. ``ids``: given ids, else
-        the next ones. Rows carry no file stat (size, mtime 0): they were not read from files here."""
+        self,
+        paths: Sequence[str | None],
+        content_hashes: Sequence[str],
+        vectors: np.ndarray,
+        ids: Sequence[int],
+        captions: Sequence[str | None] | None = None,
+    ) -> None:
+        """Many image rows under given ids at once (imports): one shard append, one executemany. The rows
+        carry no file stat (size, mtime 0: not read from files here); a caption goes in ``text``."""
         first = self._append(ITEMS_STREAM, vectors)
-        slots = range(first, first + len(paths))
-        stored = [path_to_db(p) for p in paths]
-        if ids is None:
-            cur = self.conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'items'").fetchone()
-            start = max(int(cur[0]) if cur else 0, self.max_id()) + 1
-            ids = range(start, start + len(paths))
-        self.conn.executemany(
-            "INSERT INTO items (id, modality, path, content_hash, size, mtime_ns, slot) "
-            "VALUES (?, 'image', ?, ?, 0, 0, ?)",
-            zip([int(i) for i in ids], stored, content_hashes, slots, strict=True),
+        rows = zip(
+            [int(i) for i in ids],
+            [path_to_db(p) if p is not None else None for p in paths],
+            captions if captions is not None else [None] * len(paths),
+            content_hashes,
+            range(first, first + len(paths)),
+            strict=True,
         )
-        return [int(i) for i in ids]
-
-    def max_id(self) -> int:
-        return int(self.conn.execute("SELECT COALESCE(MAX(id), 0) FROM items").fetchone()[0])
+        self.conn.executemany(
+            "INSERT INTO items (id, modality, path, text, content_hash, size, mtime_ns, slot) "
+            "VALUES (?, 'image', ?, ?, ?, 0, 0, ?)",
+            rows,
+        )
 
     def update_stat(self, item_id: int, size: int, mtime_ns: int) -> None:
         self.conn.execute("UPDATE items SET size = ?, mtime_ns = ? WHERE id = ?", (size, mtime_ns, item_id))
