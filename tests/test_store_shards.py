@@ -20,6 +20,7 @@ from crossgap_index.errors import StoreError
 from crossgap_index.inversion import InversionConfig
 from crossgap_index.store import catalog as catalog_module
 from crossgap_index.store import shards as shards_module
+from crossgap_index.store import vectors as vectors_module
 from crossgap_index.store.directory import Store
 from tests.conftest import MODEL, write_photo
 from tests.legacy_index import to_legacy
@@ -254,4 +255,30 @@ def test_an_interrupted_migration_leaves_the_old_index_whole_and_is_redone(index
         assert not cgx._store.catalog.legacy and answers(cgx) == before
     manifest = json.loads((index / "manifest.json").read_text())
     assert manifest["counts"]["image"] == 11
+    assert cli("check", "--index", index).exit_code == 0
+
+
+@pytest.mark.parametrize("damaged", [False, True])
+def test_a_large_faiss_file_is_verified_in_the_background_and_never_served_unverified(index, monkeypatch, damaged):
+    with CrossGapIndex.open(index, readonly=True) as cgx:
+        before = answers(cgx)
+    monkeypatch.setattr(vectors_module, "LAZY_VERIFY_BYTES", 0)  # every file counts as large
+    if damaged:
+        data = bytearray((index / "image.faiss").read_bytes())
+        data[len(data) - 200] ^= 0x10  # inside the stored vectors: FAISS would parse it and rank wrongly
+        (index / "image.faiss").write_bytes(bytes(data))
+    with CrossGapIndex.open(index, readonly=True) as cgx:
+        assert answers(cgx) == before  # the first search waited for the verdict (and the rebuild)
+        assert cgx._store.rebuilt == (["image"] if damaged else [])
+        assert cgx._store.indexes["image"].ready and cgx._store.indexes["text"].ready
+        assert cgx._store.indexes["image"]._mapped is not damaged  # a sound file is served from its mapping
+
+
+def test_a_mapped_index_is_copied_into_memory_before_it_changes(index, built):
+    with CrossGapIndex.open(index) as cgx:
+        image = cgx._store.indexes["image"]
+        assert image._mapped  # loaded from its verified file without copying it
+        cgx.remove(ids=[2])  # FAISS cannot shrink a mapped index: it is copied first
+        assert not image._mapped and image.ntotal == 10
+        assert 2 not in [h.id for h in cgx.search(vector=unit(np.random.default_rng(1), 1, 64)[0], k=20)]
     assert cli("check", "--index", index).exit_code == 0

@@ -28,6 +28,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import platformdirs
@@ -39,6 +40,9 @@ from crossgap_index.store.lock import IndexLock, ReadWriteLock
 from crossgap_index.store.manifest import MANIFEST_NAME, Manifest
 from crossgap_index.store.shards import ITEMS_STREAM, VECTORS_DIR
 from crossgap_index.store.vectors import AUTO, VectorIndex, validate_factory
+
+if TYPE_CHECKING:
+    import faiss
 
 INDEX_ENV_VAR = "CGX_INDEX"
 MODALITIES = ("image", "text")
@@ -180,20 +184,33 @@ class Store:
             raise StoreError(f"{self.path}: {problems[0]}; {SHARD_ADVICE}")
 
     def _load_indexes(self) -> None:
-        """Load every collection, verified against the manifest (size, crc32, generation, count)."""
+        """Load every collection, verified against the manifest (size, crc32, generation, count); a large
+        file is verified in the background and waited for on first use (store/vectors.py)."""
         generation = self.catalog.generation
         self.rebuilt = []
         for name, factory in self.manifest.factories.items():
             expected = self.manifest.files.get(name) if self.manifest.generation == generation else None
-            index = VectorIndex.load(self.path / f"{name}.faiss", self.manifest.dim, factory, expected)
             count = self.manifest.counts.get(name) if expected is not None else None
-            if index is None or index.ntotal != (count if count is not None else self.stored_count(name)):
-                index = VectorIndex(self.manifest.dim, factory)
-                self.verify_vectors(name)
-                index.build_chunked(self.stored_count(name), lambda name=name: self.vector_chunks(name))
-                self.rebuilt.append(name)
+            index = VectorIndex.load(
+                self.path / f"{name}.faiss",
+                self.manifest.dim,
+                factory,
+                expected,
+                count if count is not None else self.stored_count(name),
+                fallback=lambda name=name, factory=factory: self._rebuilt_index(name, factory),
+            )
+            if index is None:
+                index = VectorIndex(self.manifest.dim, factory, self._rebuilt_index(name, factory))
             self.indexes[name] = index
         self._loaded_generation = generation
+
+    def _rebuilt_index(self, name: str, factory: str) -> faiss.Index:
+        """A collection's FAISS index built from its verified shards (when its file cannot be used)."""
+        self.verify_vectors(name)
+        fresh = VectorIndex(self.manifest.dim, factory)
+        fresh.build_chunked(self.stored_count(name), lambda: self.vector_chunks(name))
+        self.rebuilt.append(name)
+        return fresh.index
 
     def _save_repaired(self) -> None:
         """Write the rebuilt files back, if no writer holds the lock (an opener never waits)."""
