@@ -45,8 +45,8 @@ def import_command(
 ) -> None:
     """Import existing embeddings; ids 1..N in file order unless an id column names them. Running it
     again changes nothing; the model's weights are not loaded."""
-    from crossgap_index.cli.render import err, progress_bar
     from crossgap_index import CrossGapIndex
+    from crossgap_index.cli.render import err, progress_bar
     from crossgap_index.store.directory import default_index_path
 
     with progress_bar("importing", "vec", enabled=not quiet) as progress:

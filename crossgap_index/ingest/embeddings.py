@@ -280,14 +280,16 @@ def _clip_retrieval(folder: Path) -> Source:
 
 # -- the import ----------------------------------------------------------------------------
 def unit_rows(vectors: np.ndarray, first_row: int, name: str) -> np.ndarray:
-    """Rows scaled to unit length (inner product = cosine); a zero or non-finite row is refused."""
-    vectors = np.asarray(vectors, np.float32)
-    norms = np.linalg.norm(vectors, axis=1)
+    """Rows scaled to unit length (inner product = cosine), as a new float32 array; a zero or non-finite
+    row is refused."""
+    vectors = np.array(vectors, np.float32)
+    norms = np.sqrt(np.einsum("ij,ij->i", vectors, vectors))
     bad = ~np.isfinite(norms) | (norms < _NORM_FLOOR)
     if bad.any():
         row = first_row + int(np.flatnonzero(bad)[0])
         raise InputFileError(f"{name}: row {row} is zero or not finite; it cannot be searched by cosine")
-    return vectors / norms[:, None]
+    vectors /= norms[:, None]
+    return vectors
 
 
 def import_source(

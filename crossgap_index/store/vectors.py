@@ -30,11 +30,17 @@ from crossgap_index.errors import StoreError
 
 # Below this many vectors exact search is both fast enough and exact; above it, IVF.
 EXACT_SEARCH_LIMIT = 100_000
+# Above this many, auto stores 8-bit scalar codes (a quarter of fp32's bytes) and re-scores candidates exactly
+# from the shards (search/ranking.py); see docs/scaling.md for the measurement behind it.
+COMPRESSED_ABOVE = 2_000_000
 AUTO = "auto"
 # Training rows per IVF list: FAISS's k-means subsamples to 256 per centroid anyway (max_points_per_centroid),
 # so a random sample of that size trains the same index without reading every vector into memory.
 TRAIN_POINTS_PER_LIST = 256
 TRAIN_POINTS_OTHER = 65_536  # trainable non-IVF factories (PQ, PCA, ...)
+# IVF over compressed codes: candidates are re-scored exactly, so a coarser k-means (64 rows per list, above
+# FAISS's warning floor of 39) does; it is a quarter of the training time, which is nlist x rows x d.
+TRAIN_POINTS_PER_LIST_COMPRESSED = 64
 TRAIN_SEED = 1234
 
 Chunks = Callable[[], Iterator[tuple[np.ndarray, np.ndarray]]]  # a fresh pass of (ids, vectors) chunks
@@ -44,10 +50,15 @@ LAZY_VERIFY_BYTES = 128 << 20
 
 def auto_factory(n: int) -> str:
     """The documented default: ``Flat`` (exact) up to EXACT_SEARCH_LIMIT vectors, then ``IVF{c},Flat``
-    with c = 4 * sqrt(n) rounded to a power of two (the FAISS wiki's rule of thumb)."""
+    with c = 4 * sqrt(n) rounded to a power of two (the FAISS wiki's rule of thumb); above
+    COMPRESSED_ABOVE, ``IVF{c}_HNSW32,SQ8`` with c = sqrt(n) rounded to a power of two: 8-bit codes
+    (exact re-scoring from the shards keeps recall), an HNSW coarse quantizer (assigning 10M vectors to
+    lists by brute force would take an hour on 2 cores), and lists few enough to train on a CPU."""
     if n <= EXACT_SEARCH_LIMIT:
         return "Flat"
-    return f"IVF{2 ** round(math.log2(4 * math.sqrt(n)))},Flat"
+    if n <= COMPRESSED_ABOVE:
+        return f"IVF{2 ** round(math.log2(4 * math.sqrt(n)))},Flat"
+    return f"IVF{2 ** round(math.log2(math.sqrt(n)))}_HNSW32,SQ8"
 
 
 def default_search_params(factory: str) -> str:
@@ -228,7 +239,11 @@ class VectorIndex:
     def _current_type(self) -> str:
         inner = faiss.downcast_index(self.index.index)
         if isinstance(inner, faiss.IndexIVF):
-            return f"IVF{inner.nlist},Flat"
+            coarse = "_HNSW32" if isinstance(faiss.downcast_index(inner.quantizer), faiss.IndexHNSW) else ""
+            codes = "Flat" if isinstance(inner, faiss.IndexIVFFlat) else "SQ8"
+            if not isinstance(inner, faiss.IndexIVFFlat | faiss.IndexIVFScalarQuantizer):
+                codes = "other"
+            return f"IVF{inner.nlist}{coarse},{codes}"
         if isinstance(inner, faiss.IndexFlat):
             return "Flat"
         return "other"
@@ -384,10 +399,12 @@ def _reserve(index: faiss.Index, n: int) -> None:
 
 
 def training_size(index: faiss.Index, n: int) -> int:
-    """How many rows train ``index``: TRAIN_POINTS_PER_LIST per IVF list, capped at ``n``."""
+    """How many rows train ``index``: TRAIN_POINTS_PER_LIST per IVF-Flat list (..._COMPRESSED for IVF over
+    codes, whose candidates are re-scored exactly), capped at ``n``."""
     inner = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap2) else index
     if isinstance(inner, faiss.IndexIVF):
-        return min(n, TRAIN_POINTS_PER_LIST * int(inner.nlist))
+        per_list = TRAIN_POINTS_PER_LIST if isinstance(inner, faiss.IndexIVFFlat) else TRAIN_POINTS_PER_LIST_COMPRESSED
+        return min(n, per_list * int(inner.nlist))
     return min(n, TRAIN_POINTS_OTHER)
 
 
