@@ -18,6 +18,7 @@ from crossgap_index import CrossGapIndex
 from crossgap_index.cli.app import app
 from crossgap_index.errors import StoreError
 from crossgap_index.inversion import InversionConfig
+from crossgap_index.search.ranking import top_k
 from crossgap_index.store import catalog as catalog_module
 from crossgap_index.store import shards as shards_module
 from crossgap_index.store import vectors as vectors_module
@@ -282,3 +283,27 @@ def test_a_mapped_index_is_copied_into_memory_before_it_changes(index, built):
         assert not image._mapped and image.ntotal == 10
         assert 2 not in [h.id for h in cgx.search(vector=unit(np.random.default_rng(1), 1, 64)[0], k=20)]
     assert cli("check", "--index", index).exit_code == 0
+
+
+def test_auto_above_the_compressed_limit_uses_sq8_codes_rescored_exactly_from_the_shards(tmp_path, monkeypatch):
+    """The compressed tier of `auto` (limits scaled down: 20,000 vectors count as "above 2M"): IVF over
+    8-bit codes with an HNSW coarse quantizer; re-scored from the shards, recall@10 >= 0.95 vs exact."""
+    monkeypatch.setattr(vectors_module, "EXACT_SEARCH_LIMIT", 1_000)
+    monkeypatch.setattr(vectors_module, "COMPRESSED_ABOVE", 5_000)
+    rng = np.random.default_rng(4)
+    centres = unit(rng, 200, 32)
+    vectors = centres[rng.integers(0, 200, 20_000)] + rng.normal(0, 0.1, (20_000, 32)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    store = Store.create(tmp_path / "idx", "synthetic", 32, "auto")
+    with store.writing():
+        store.catalog.add_images([None] * 20_000, [f"h{i}" for i in range(20_000)], vectors, range(1, 20_001))
+        store.save()
+    index = store.indexes["image"]
+    assert index.resolved_factory == "IVF128_HNSW32,SQ8" and not index.needs_rebuild()
+    queries = vectors[rng.integers(0, 20_000, 50)] + rng.normal(0, 0.05, (50, 32)).astype(np.float32)
+    exact = np.argsort(-(queries @ vectors.T), axis=1)[:, :10] + 1
+    found = [top_k(store, "image", q, 10) for q in queries]
+    recall = np.mean([len(np.intersect1d(f.ids, e)) / 10 for f, e in zip(found, exact, strict=True)])
+    assert recall >= 0.95, recall
+    np.testing.assert_allclose(found[0].scores, vectors[found[0].ids - 1] @ queries[0], rtol=1e-5)  # exact scores
+    store.close()
