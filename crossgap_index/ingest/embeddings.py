@@ -18,8 +18,10 @@ its dimension comes from its open_clip config, its weights are never loaded.
 from __future__ import annotations
 
 import json
+import queue
 import re
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -300,14 +302,14 @@ def import_source(
     start = time.perf_counter()
     report = ImportReport(rows=source.rows, dim=source.dim)
     catalog, done = store.catalog, 0
-    for batch in source.batches(batch_rows or BATCH_ROWS):
+    for batch in _ahead(_unit_batches(source, batch_rows or BATCH_ROWS)):
         n = len(batch.vectors)
         ids = batch.ids if batch.ids is not None else np.arange(done + 1, done + n + 1, dtype=np.int64)
         if len(np.unique(ids)) != n:
             raise InputFileError(f"{source.name}: the same id twice within rows {done + 1}..{done + n}")
         fresh = _fresh_rows(catalog, ids, source.name)
         if fresh.any():
-            vectors = unit_rows(batch.vectors[fresh], done, source.name)
+            vectors = batch.vectors if fresh.all() else batch.vectors[fresh]
             chosen = np.flatnonzero(fresh)
             paths = [batch.paths[i] for i in chosen] if batch.paths is not None else [None] * len(chosen)
             captions = [batch.captions[i] for i in chosen] if batch.captions is not None else None
@@ -324,6 +326,50 @@ def import_source(
             progress(done, source.rows)
     report.seconds = time.perf_counter() - start
     return report
+
+
+def _unit_batches(source: Source, size: int) -> Iterator[Batch]:
+    """The source's batches with unit float32 rows."""
+    done = 0
+    for batch in source.batches(size):
+        batch.vectors = unit_rows(batch.vectors, done, source.name)
+        done += len(batch.vectors)
+        yield batch
+
+
+_END = object()
+
+
+def _ahead(items: Iterator[Batch]) -> Iterator[Batch]:
+    """``items``, produced one ahead on a thread: reading and converting the next batch (numpy, which
+    releases the GIL) overlaps writing this one (SQLite and the shard file, which do too)."""
+    ready: queue.Queue = queue.Queue(maxsize=1)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        ready.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            ready.put(_END)
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the consuming thread
+            ready.put(exc)
+
+    thread = threading.Thread(target=produce, name="import reader", daemon=True)
+    thread.start()
+    try:
+        while (item := ready.get()) is not _END:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
 
 
 def imported_hash(item_id: int) -> str:
