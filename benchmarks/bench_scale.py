@@ -83,6 +83,20 @@ def phase_import(index: str, embeddings: str, factory: str) -> dict:
     }
 
 
+def phase_rows(index: str, embeddings: str) -> dict:
+    """Only the rows half of an import (vectors into shards, rows into the catalog), no FAISS build:
+    how the write path scales where building the FAISS index would not fit the session."""
+    from crossgap_index.ingest.embeddings import import_source, model_dim, open_source
+    from crossgap_index.store.directory import Store
+
+    source = open_source(Path(embeddings))
+    store = Store.create(Path(index), MODEL, model_dim(MODEL), "auto", vector_dtype=source.dtype)
+    with store.writing():
+        report = import_source(store, source)
+    store.close()
+    return {"rows": report.rows, "rows_seconds": report.seconds, "rows_per_second": report.rows_per_second}
+
+
 def phase_open(index: str, queries: str) -> dict:
     """Open time alone, then the first query (which waits for any background verification)."""
     from crossgap_index.search.ranking import top_k
@@ -176,6 +190,7 @@ def main() -> None:
     parser.add_argument("--batch1", type=int, default=200, help="batch-1 queries timed (all are used for recall)")
     parser.add_argument("--opens", type=int, default=3)
     parser.add_argument("--work", type=Path, default=None, help="folder for the data and index (default: a temp dir)")
+    parser.add_argument("--rows-only", action="store_true", help="only the rows half of the import (no FAISS)")
     parser.add_argument("--reuse", action="store_true", help="keep the vectors --work already holds")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "out" / "scale.json")
     args = parser.parse_args()
@@ -186,12 +201,21 @@ def main() -> None:
     result["load_average_at_start"] = os.getloadavg()
     start = time.perf_counter()
     embeddings, queries = work / "emb.npy", work / "queries.npy"
-    if not (args.reuse and (work / "truth.npy").exists()):
+    if not (args.reuse and embeddings.exists()):
         generate(work, args.vectors, args.clusters, args.noise, args.queries)
+    if not args.rows_only and not (args.reuse and (work / "truth.npy").exists()):
         np.save(work / "truth.npy", exact_top10(embeddings, np.load(queries)))
     result["generate_seconds"] = time.perf_counter() - start
     index = work / "idx"
     shutil.rmtree(index, ignore_errors=True)
+    if args.rows_only:
+        result["rows"] = child("rows", str(index), str(embeddings))
+        result["disk_bytes_per_vector"] = disk_bytes(index) / args.vectors
+        result["load_average_at_end"] = os.getloadavg()
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+        print(json.dumps(result, indent=2))
+        return
     result["import"] = child("import", str(index), str(embeddings), args.factory)
     result["disk_bytes"] = disk_bytes(index)
     result["disk_bytes_per_vector"] = result["disk_bytes"] / args.vectors
