@@ -399,12 +399,13 @@ def _reserve(index: faiss.Index, n: int) -> None:
 
 
 def training_size(index: faiss.Index, n: int) -> int:
-    """How many rows train ``index``: TRAIN_POINTS_PER_LIST per IVF-Flat list (..._COMPRESSED for IVF over
-    codes, whose candidates are re-scored exactly), capped at ``n``."""
+    """How many rows train ``index``: TRAIN_POINTS_PER_LIST per IVF-Flat list; for IVF over codes (whose
+    candidates are re-scored exactly) ..._COMPRESSED per list but at least TRAIN_POINTS_OTHER; capped at ``n``."""
     inner = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap2) else index
+    if isinstance(inner, faiss.IndexIVFFlat):
+        return min(n, TRAIN_POINTS_PER_LIST * int(inner.nlist))
     if isinstance(inner, faiss.IndexIVF):
-        per_list = TRAIN_POINTS_PER_LIST if isinstance(inner, faiss.IndexIVFFlat) else TRAIN_POINTS_PER_LIST_COMPRESSED
-        return min(n, per_list * int(inner.nlist))
+        return min(n, max(TRAIN_POINTS_PER_LIST_COMPRESSED * int(inner.nlist), TRAIN_POINTS_OTHER))
     return min(n, TRAIN_POINTS_OTHER)
 
 
