@@ -5,8 +5,11 @@ every bad input refused in one line."""
 from __future__ import annotations
 
 import json
+import signal
+import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -202,3 +205,51 @@ def test_ids_of_built_images_are_not_overwritten(tmp_path, photo_folder):
     assert result.exit_code == 1 and "id 1 belongs to an item of the index that was not imported" in result.stderr
     other = cli("import", tmp_path / "emb.npy", "--index", index, "--model", "crossgap-small")
     assert other.exit_code == 1 and "64-d embeddings, but model 'crossgap-small' makes 128-d" in other.stderr
+
+
+def _stored(index: Path) -> int:
+    conn = sqlite3.connect(f"{(index / 'catalog.sqlite').as_uri()}?mode=ro", uri=True)
+    try:
+        return conn.execute("SELECT COUNT(*) FROM items").fetchone()[0]
+    finally:
+        conn.close()
+
+
+@pytest.mark.slow
+def test_an_import_killed_mid_write_keeps_whole_batches_and_resumes(tmp_path):
+    """kill -9 of the importing process: every row visible afterwards has its vector (the shards are
+    checked), dead bytes past the last commit are cut off, and the re-run adds exactly the rest."""
+    vectors = rows(400_000, seed=5, dtype=np.float16)
+    np.save(tmp_path / "emb.npy", vectors)
+    index = tmp_path / "idx"
+    code = (
+        "import sys; from crossgap_index.ingest import embeddings as e; e.BATCH_ROWS = 5000; "
+        "from crossgap_index import CrossGapIndex; "
+        f"CrossGapIndex.import_embeddings({str(tmp_path / 'emb.npy')!r}, {str(index)!r}, {MODEL!r})"
+    )
+    writer = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stderr=subprocess.PIPE)
+    stored, deadline = 0, time.monotonic() + 240
+    while time.monotonic() < deadline and writer.poll() is None:
+        try:
+            stored = _stored(index) if (index / "catalog.sqlite").exists() else 0
+        except sqlite3.Error:
+            stored = 0
+        if stored >= 50_000:
+            break
+        time.sleep(0.02)
+    writer.send_signal(signal.SIGKILL)
+    writer.communicate()
+    assert 50_000 <= stored < 400_000, "the importer was not caught mid-import"
+    with CrossGapIndex.open(index, readonly=True) as cgx:  # rows and shards agree, byte for byte
+        assert cgx._store.catalog.shard_problems(full=True) == []
+        kept = cgx._store.catalog.count("image")
+        assert kept % 5000 == 0 and kept >= stored
+        last = cgx._store.catalog_vectors("image", [kept])
+        np.testing.assert_allclose(last, unit(vectors[kept - 1 : kept]), atol=1e-3)
+    report = CrossGapIndex.import_embeddings(tmp_path / "emb.npy", index, MODEL)
+    assert (report.added, report.unchanged) == (400_000 - kept, kept)
+    with CrossGapIndex.open(index, readonly=True) as cgx:
+        assert cgx.check(files=False).ok
+        assert cgx.search(vector=unit(vectors[-1:])[0], k=1)[0].id == 400_000
+    shard_bytes = sum(p.stat().st_size for p in (index / "vectors").iterdir())
+    assert shard_bytes == 400_000 * DIM * 2  # no dead tail left behind, no row written twice
