@@ -307,3 +307,21 @@ def test_auto_above_the_compressed_limit_uses_sq8_codes_rescored_exactly_from_th
     assert recall >= 0.95, recall
     np.testing.assert_allclose(found[0].scores, vectors[found[0].ids - 1] @ queries[0], rtol=1e-5)  # exact scores
     store.close()
+
+
+def test_check_repair_writes_a_bit_flipped_shard_again_from_an_uncompressed_faiss_file(index):
+    with CrossGapIndex.open(index, readonly=True) as cgx:
+        before = answers(cgx)
+    for name in ("items-000000.f32", "image-oti-000000.f32"):
+        shard = index / "vectors" / name
+        data = bytearray(shard.read_bytes())
+        data[5 * 64 * 4 + 17] ^= 0x10  # inside a live row
+        shard.write_bytes(bytes(data))
+    assert cli("check", "--index", index).exit_code == 1
+    repaired = cli("check", "--repair", "--index", index)
+    assert repaired.exit_code == 0, repaired.output
+    assert "repaired: vectors/items-000000.f32: checksum differs" in repaired.stdout
+    assert "written again from the FAISS files" in repaired.stdout
+    assert cli("check", "--index", index).exit_code == 0
+    with CrossGapIndex.open(index, readonly=True) as cgx:
+        assert answers(cgx) == before and cgx._store.rebuilt == []  # same vectors: FAISS files still current

@@ -18,6 +18,7 @@ import faiss
 import numpy as np
 
 from crossgap_index.store.directory import DERIVED, SHARD_ADVICE, Store
+from crossgap_index.store.shards import ShardRecord
 from crossgap_index.store.vectors import VectorIndex, file_record
 
 NORM_TOLERANCE = 1e-3
@@ -48,11 +49,14 @@ def _check(store: Store, repair: bool, files: bool) -> CheckReport:
     problems = [f"catalog.sqlite: {msg}" for msg in catalog.integrity_check()[:20]]
     counts = {name: store.stored_count(name) for name in store.manifest.factories}
     shard_problems = catalog.shard_problems(full=True)
+    repaired: list[str] = []
+    if repair and shard_problems and not store.readonly:
+        repaired, shard_problems = _recover_shards(store)
     problems += [f"{p} ({SHARD_ADVICE})" for p in shard_problems]
     for name in store.manifest.factories if not shard_problems else ():
         problems += _vector_norm_problems(store, name)
     derived = {name: _faiss_problem(store, name) for name in store.manifest.factories}
-    repaired = [f"{name}.faiss: rebuilt from the catalog on open" for name in store.rebuilt if not derived[name]]
+    repaired += [f"{name}.faiss: rebuilt from the catalog on open" for name in store.rebuilt if not derived[name]]
     broken = [name for name, problem in derived.items() if problem and not shard_problems]
     if repair and broken and not store.readonly:
         with store.writing():
@@ -73,6 +77,33 @@ def _check(store: Store, repair: bool, files: bool) -> CheckReport:
         if missing:
             problems.append(f"{len(missing)} indexed image files are gone (`cgx remove --missing` prunes them)")
     return CheckReport(ok=not problems, counts=counts, problems=problems, repaired=repaired, missing_files=missing)
+
+
+def _recover_shards(store: Store) -> tuple[list[str], list[str]]:
+    """Damaged shards written again from uncompressed FAISS files (store/recover.py): (repaired, still wrong)."""
+    from crossgap_index.errors import StoreError
+    from crossgap_index.store.recover import recover_shard
+
+    repaired, problems = [], []
+    with store.writing():
+        for record in store.catalog.shard_records():
+            problem = store.catalog.shards().verify(record)
+            if problem is None:
+                continue
+            try:
+                repaired.append(f"{problem}; {recover_shard(store, record)}")
+            except StoreError as exc:
+                problems.append(f"{problem}; {exc}")
+                continue
+            after = store.catalog.shards().verify(_current_record(store, record))
+            if after:
+                problems.append(f"{after} (still, after repair)")
+    return repaired, problems
+
+
+def _current_record(store: Store, record: ShardRecord) -> ShardRecord:
+    """The shard's record as the catalog now has it."""
+    return next(r for r in store.catalog.shard_records() if (r.stream, r.number) == (record.stream, record.number))
 
 
 def _faiss_problem(store: Store, name: str) -> str | None:

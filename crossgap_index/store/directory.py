@@ -359,8 +359,9 @@ class Store:
 
 
 SHARD_ADVICE = (
-    "the shards hold the index's vectors (catalog rows + verified shards are its truth): "
-    "restore the index directory from a backup, or build it again from its images or embeddings"
+    "the shards hold the index's vectors (catalog rows + verified shards are its truth): `cgx check --repair` "
+    "writes a damaged one again when an uncompressed FAISS file still holds its vectors; else restore the index "
+    "directory from a backup, or build it again from its images or embeddings"
 )
 
 

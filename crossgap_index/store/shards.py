@@ -70,6 +70,16 @@ class ShardStore:
         self._pending: dict[str, _Pending] = {}
         self._verified: dict[tuple[str, int], tuple[int, int]] = {}  # shard -> (rows, crc32) checked here
 
+    @property
+    def numpy_dtype(self) -> type:
+        return self._np
+
+    def forget(self, stream: str, number: int) -> None:
+        """Drop what this process knows of a shard (its map, its verified prefix): it was replaced."""
+        with self._maps_lock:
+            self._maps.pop((stream, number), None)
+        self._verified.pop((stream, number), None)
+
     def path(self, stream: str, number: int) -> Path:
         return self.directory / f"{stream}-{number:06d}.{self._ext}"
 
@@ -119,7 +129,7 @@ class ShardStore:
         """Write ``data`` at ``offset`` (the committed length), cutting off any dead tail, and fsync."""
         if not self.directory.is_dir():
             self.directory.mkdir()
-            _fsync_dir(self.directory.parent)
+            fsync_dir(self.directory.parent)
         new = not path.exists()
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -135,7 +145,7 @@ class ShardStore:
         finally:
             os.close(fd)
         if new:
-            _fsync_dir(self.directory)
+            fsync_dir(self.directory)
 
     # -- reads ----------------------------------------------------------------------------
     def gather(self, stream: str, slots: np.ndarray) -> np.ndarray:
@@ -233,7 +243,7 @@ def _short(path: Path, size: int, want: int, named: bool = False) -> str:
     return f"{what}: truncated ({size} bytes, the catalog records {want})"
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: Path) -> None:
     """Make a new file's directory entry durable (a no-op where directories cannot be opened)."""
     try:
         fd = os.open(directory, os.O_RDONLY)
