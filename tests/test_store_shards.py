@@ -1,7 +1,9 @@
 """Vectors in append-only memory-mapped shards (store/shards.py): what the catalog points at is what
 was written, across shard boundaries, removals, float16, pending rows, a killed writer's dead tail;
-damaged shards are refused in one line; an index of the previous release (vectors as BLOBs in the
-catalog) serves read-only as it is and migrates once on a writable open, with the same answers."""
+damaged shards are refused in one line (or written again by check --repair from an uncompressed FAISS
+file); an index of the previous release (vectors as BLOBs in the catalog) serves read-only as it is and
+migrates once on a writable open, with the same answers; large FAISS files are verified in the
+background and never served unverified; auto's compressed tier keeps recall through exact re-scoring."""
 
 from __future__ import annotations
 

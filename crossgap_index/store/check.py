@@ -2,8 +2,9 @@
 what is derived (the FAISS files) from what is true (the catalog).
 
 What is checked: the catalog file (PRAGMA integrity_check), each vector shard's size and crc32
-against the catalog's record (a damaged shard cannot be repaired from derived data: it is reported,
-with what to do), every stored vector unit-norm, each
+against the catalog's record (``--repair`` writes a damaged shard again only from a current, verified,
+uncompressed FAISS file, store/recover.py; else it is reported with what to do), every stored vector
+unit-norm, each
 FAISS file present, matching the manifest's size and crc32 and generation, holding exactly the
 catalog's ids (and, for exact indexes, the catalog's vectors), and that indexed image files exist.
 """
