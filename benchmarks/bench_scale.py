@@ -203,8 +203,12 @@ def main() -> None:
     embeddings, queries = work / "emb.npy", work / "queries.npy"
     if not (args.reuse and embeddings.exists()):
         generate(work, args.vectors, args.clusters, args.noise, args.queries)
-    if not args.rows_only and not (args.reuse and (work / "truth.npy").exists()):
-        np.save(work / "truth.npy", exact_top10(embeddings, np.load(queries)))
+    used = np.load(queries)[: args.queries]  # --reuse with fewer queries than were generated: the first ones
+    queries = work / f"queries-{len(used)}.npy"
+    np.save(queries, used)
+    truth = work / f"truth-{len(used)}.npy"
+    if not args.rows_only and not (args.reuse and truth.exists()):
+        np.save(truth, exact_top10(embeddings, used))
     result["generate_seconds"] = time.perf_counter() - start
     index = work / "idx"
     shutil.rmtree(index, ignore_errors=True)
@@ -220,7 +224,7 @@ def main() -> None:
     result["disk_bytes"] = disk_bytes(index)
     result["disk_bytes_per_vector"] = result["disk_bytes"] / args.vectors
     result["opens"] = [child("open", str(index), str(queries)) for _ in range(args.opens)]
-    result["serve"] = child("serve", str(index), str(queries), str(work / "truth.npy"), str(args.batch1))
+    result["serve"] = child("serve", str(index), str(queries), str(truth), str(args.batch1))
     result["load_average_at_end"] = os.getloadavg()
     result["machine"] = {"cores": os.cpu_count(), "python": sys.version.split()[0]}
     result["bench_peak_rss_gb"] = peak_rss_gb()
