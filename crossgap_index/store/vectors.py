@@ -14,7 +14,6 @@ grow a mapped one).
 from __future__ import annotations
 
 import math
-import mmap
 import os
 import threading
 import zlib
@@ -356,17 +355,22 @@ def _verified_read(path: Path, dim: int, expected: dict[str, int], count: int | 
 
 
 def file_record(path: Path, fsync: bool = False) -> dict[str, int]:
-    """Size and crc32 of a file, over a read-only memory map (no copy; ~1 GB/s here): a bit flip
-    anywhere shows, and the file is judged before FAISS parses a byte of it."""
-    with path.open("rb") as f:
+    """Size and crc32 of a file, read in blocks into one reused buffer (~3 GB/s here): a bit flip anywhere
+    shows, and the file is judged before FAISS parses a byte of it. Not through a memory map: the mapped
+    pages would count against this process's resident set beside FAISS's own map of the same file."""
+    crc = 0
+    buffer = bytearray(_CRC_BLOCK)
+    view = memoryview(buffer)
+    with path.open("rb", buffering=0) as f:
         size = os.fstat(f.fileno()).st_size
-        crc = 0
-        if size:
-            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
-                crc = zlib.crc32(mapped)
+        while read := f.readinto(buffer):
+            crc = zlib.crc32(view[:read], crc)
         if fsync:
             os.fsync(f.fileno())
     return {"size": size, "crc32": crc}
+
+
+_CRC_BLOCK = 8 << 20
 
 
 def min_training_vectors(index: faiss.Index) -> int:
