@@ -1,4 +1,4 @@
-"""Append-only vector shards: an index's vectors, apart from the catalog, read through ``numpy.memmap``.
+"""Append-only vector shards: an index's vectors, apart from the catalog, read with pread per run of rows.
 
     vectors/items-000000.f32       the items' vectors (images and texts share one id space, one stream)
     vectors/image-oti-000000.f32   one stream per derived collection (``.f16`` when stored as float16)
@@ -33,7 +33,7 @@ VECTORS_DIR = "vectors"
 ITEMS_STREAM = "items"
 DTYPES = {"float32": ("f32", np.float32), "float16": ("f16", np.float16)}
 _VERIFY_BLOCK = 64 << 20  # bytes per crc32 step: the whole shard is never one Python bytes object
-READ_RUN_ROWS = 256  # consecutive rows read with pread rather than through the map (re-scoring reads ~100 rows)
+READ_RUN_ROWS = 1  # gathers of at least this many rows per shard use pread; fewer (tests: all) the memory map
 
 
 @dataclass(frozen=True)
@@ -164,22 +164,26 @@ class ShardStore:
         for number in np.unique(numbers[in_file]):
             rows = np.flatnonzero(in_file & (numbers == number))
             within = slots[rows] - number * SHARD_ROWS
-            if len(rows) >= READ_RUN_ROWS and np.all(np.diff(within) == 1):
-                out[rows] = self._read_run(stream, int(number), int(within[0]), len(rows))
-            else:
+            if len(rows) < READ_RUN_ROWS:  # the twin: fancy indexing into the shard's memory map
                 out[rows] = self._map(stream, int(number), int(within.max()) + 1)[within]
+                continue
+            order = np.argsort(within, kind="stable")
+            ordered = within[order]
+            runs = np.split(np.arange(len(order)), np.flatnonzero(np.diff(ordered) != 1) + 1)
+            path = self.path(stream, int(number))
+            try:
+                with path.open("rb", buffering=0) as f:
+                    for run in runs:
+                        out[rows[order[run]]] = self._read_run(f.fileno(), path, int(ordered[run[0]]), len(run))
+            except OSError as exc:
+                raise StoreError(f"{path}: cannot read a vector shard ({exc.strerror or exc})") from exc
         return out
 
-    def _read_run(self, stream: str, number: int, first: int, count: int) -> np.ndarray:
-        """Consecutive rows (a rebuild's or an export's chunk) with one pread, not through the map: a full
-        pass would otherwise leave every shard page in this process's resident set."""
-        path = self.path(stream, number)
+    def _read_run(self, fd: int, path: Path, first: int, count: int) -> np.ndarray:
+        """Consecutive rows with one pread. Reads rather than a memory map: mapped pages (and the kernel's
+        fault-around neighbours of every re-scored row) would pile up in this process's resident set."""
         want = count * self.row_bytes
-        try:
-            with path.open("rb", buffering=0) as f:
-                data = os.pread(f.fileno(), want, first * self.row_bytes)
-        except OSError as exc:
-            raise StoreError(f"{path}: cannot read a vector shard ({exc.strerror or exc})") from exc
+        data = os.pread(fd, want, first * self.row_bytes)
         if len(data) < want:
             raise StoreError(_short(path, first * self.row_bytes + len(data), (first + count) * self.row_bytes))
         return np.frombuffer(data, self._np).reshape(count, self.dim)
