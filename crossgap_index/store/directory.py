@@ -4,7 +4,7 @@
                          generation and each FAISS file's size and crc32
     catalog.sqlite       items (id, modality, path or text, hash, size, mtime, vector slot), and each
                          vector shard's committed rows and crc32
-    vectors/             append-only vector shards (float32 or float16), memory-mapped (store/shards.py);
+    vectors/             append-only vector shards (float32 or float16), read by row (store/shards.py);
                          catalog rows + the shard bytes they point at, verified: the truth
     cache.sqlite         inversion cache (writing it never marks FAISS files stale)
     image.faiss          IDMap2 over the chosen factory, unit vectors, inner product
@@ -170,8 +170,8 @@ class Store:
             self.catalog.migrate_to_shards(self.manifest.dim)
 
     def _check_shards(self) -> None:
-        """Every shard at least as long as its committed rows (one stat each): a shorter one would fault
-        under a memory map, so the index is refused in one line."""
+        """Every shard at least as long as its committed rows (one stat each): a shorter one has lost
+        committed vectors, so the index is refused in one line."""
         problems = self.catalog.shard_problems()
         if problems:
             raise StoreError(f"{self.path}: {problems[0]}; {SHARD_ADVICE}")

@@ -54,7 +54,7 @@ class _Pending:
 
 
 class ShardStore:
-    """The shard files of one index directory: pending appends of the writer, memory maps for readers.
+    """The shard files of one index directory: pending appends of the writer, row reads for readers.
 
     Thread-safe for readers; appends come from the one writing thread."""
 
