@@ -53,11 +53,8 @@ def bench_build(model: str, n_images: int, image_size: int, batch_size: int) -> 
 def fill_store(path: Path, vectors: np.ndarray) -> None:
     """Write random unit vectors as text items straight through the store (no model needed)."""
     store = Store.create(path, model="bench-random-vectors", dim=vectors.shape[1], factory="Flat")
-    conn = store.catalog.conn
-    conn.executemany(
-        "INSERT INTO items (modality, text, content_hash, vector) VALUES ('text', ?, ?, ?)",
-        ((f"doc {i}", f"h{i}", v.tobytes()) for i, v in enumerate(vectors)),
-    )
+    for i, v in enumerate(vectors):  # vectors live in the shards: the catalog's own writer places them
+        store.catalog.add_text(f"doc {i}", f"h{i}", None, v)
     store.save()
     store.close()
 

@@ -40,15 +40,14 @@ def fill(path: Path, n: int, chunk: int = 50_000) -> float:
 
     start = time.perf_counter()
     store = Store.create(path, model=MODEL, dim=DIM, factory="Flat")
-    conn = store.catalog.conn
     rng = np.random.default_rng(0)
     for first in range(0, n, chunk):
         vectors = rng.standard_normal((min(chunk, n - first), DIM), dtype=np.float32)
         vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-        conn.executemany(
-            "INSERT INTO items (modality, path, content_hash, size, mtime_ns, vector) VALUES ('image', ?, ?, 0, 0, ?)",
-            ((f"/bench/img{first + i:07d}.jpg", f"h{first + i}", v.tobytes()) for i, v in enumerate(vectors)),
-        )
+        rows = range(first, first + len(vectors))  # vectors go to the shards, rows point at them
+        paths, hashes = [f"/bench/img{i:07d}.jpg" for i in rows], [f"h{i}" for i in rows]
+        store.catalog.add_images(paths, hashes, vectors, [i + 1 for i in rows])
+        store.catalog.commit()
     store.save()
     store.close()
     Image.fromarray(rng.integers(0, 256, (224, 224, 3), dtype=np.uint8)).save(path / "query.png")

@@ -35,6 +35,7 @@ from crossgap_index.store.prune import select_for_removal
 from crossgap_index.store.vectors import AUTO
 
 if TYPE_CHECKING:  # torch loads with the first model, inside the methods that need one
+    from crossgap_index.ingest.embeddings import ImportReport
     from crossgap_index.inversion.inverter import Inverter, InverterConfig
     from crossgap_index.models import Encoder
 
@@ -194,6 +195,33 @@ class CrossGapIndex:
             except IndexExistsError:
                 pass  # another process made it meanwhile
         return cls.open(path, model=model, device=device, wait=wait, precision=precision)
+
+    @staticmethod
+    def import_embeddings(
+        embeddings: str | Path,
+        path: str | Path | None = None,
+        model: str | None = None,
+        *,
+        meta: str | Path | None = None,
+        factory: str = AUTO,
+        vector_dtype: str | None = None,
+        wait: bool = True,
+        progress: ProgressFn | None = None,
+    ) -> ImportReport:
+        """Import embeddings made elsewhere into the index at ``path`` (created for ``model`` when missing);
+        the model's weights are not loaded. See crossgap_index.ingest.embeddings."""
+        from crossgap_index.ingest.embeddings import import_embeddings
+
+        return import_embeddings(
+            _index_path(path),
+            Path(embeddings).expanduser(),
+            model or default_model_spec(),
+            meta=Path(meta).expanduser() if meta is not None else None,
+            factory=factory,
+            vector_dtype=vector_dtype,
+            wait=wait,
+            progress=progress,
+        )
 
     def save(self) -> None:
         self._store.save()

@@ -31,14 +31,17 @@ def index(tmp_path, photo_folder):
 
 
 def stored(index, collection):
-    """(ids, vectors) straight from SQLite, the oracle for the export."""
+    """(ids, vectors) straight from SQLite and the shard files, the oracle for the export."""
+    stream = "image-oti" if collection == "image-oti" else "items"
     with sqlite3.connect(index / "catalog.sqlite") as conn:
         if collection == "image-oti":
-            sql, args = "SELECT item_id, vector FROM derived_vectors WHERE kind = ? ORDER BY item_id", ("image-oti",)
+            sql, args = "SELECT item_id, slot FROM derived_vectors WHERE kind = ? ORDER BY item_id", ("image-oti",)
         else:
-            sql, args = "SELECT id, vector FROM items WHERE modality = ? ORDER BY id", (collection,)
+            sql, args = "SELECT id, slot FROM items WHERE modality = ? ORDER BY id", (collection,)
         rows = conn.execute(sql, args).fetchall()
-    return np.array([r[0] for r in rows]), np.stack([np.frombuffer(r[1], np.float32) for r in rows])
+    dim = json.loads((index / "manifest.json").read_text())["dim"]
+    shard = np.fromfile(index / "vectors" / f"{stream}-000000.f32", np.float32).reshape(-1, dim)
+    return np.array([r[0] for r in rows]), np.stack([shard[r[1]] for r in rows])
 
 
 @pytest.mark.parametrize("chunk", [2, 8192])  # 2: many chunks, keyset pagination across them

@@ -542,9 +542,9 @@ def test_check_reports_stale_files_and_non_unit_vectors(index, gallery):
         ids = [item.id for item in cgx.ls()]
         catalog = cgx._store.catalog
         with cgx._store.writing():
-            catalog.conn.execute(
-                "UPDATE items SET vector = ? WHERE id = ?", (np.full(64, 0.5, np.float32).tobytes(), ids[0])
-            )
+            row = catalog.images()[cgx.ls()[0].path]
+            catalog.remove([ids[0]])  # the same item again, with a vector that is not unit-norm
+            catalog.add_images([row.path], [row.content_hash], np.full((1, 64), 0.5, np.float32), ids=[ids[0]])
             catalog.commit()  # as a writer killed between its catalog commit and its FAISS save leaves it
     with CrossGapIndex.open(index, readonly=True) as cgx:
         report = cgx.check()

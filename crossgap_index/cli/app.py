@@ -22,6 +22,7 @@ from crossgap_index import __version__
 # torch load inside the commands that use them (`cgx --help` and `cgx info` never import torch).
 from crossgap_index.cli.eval_command import eval_command
 from crossgap_index.cli.export_command import export_command
+from crossgap_index.cli.import_command import import_command
 from crossgap_index.cli.maintenance import NoWaitOpt, check_command, ls_command, remove_command
 from crossgap_index.cli.query_arg import query_kind
 from crossgap_index.cli.serve_command import serve_command
@@ -499,6 +500,7 @@ def demo(
 
 app.command("eval")(fails_cleanly(eval_command))
 app.command("export")(fails_cleanly(export_command))
+app.command("import")(fails_cleanly(import_command))
 app.command("tune")(fails_cleanly(tune_command))
 app.command("train-inverter")(fails_cleanly(train_inverter_command))
 for _name, _command in (("remove", remove_command), ("ls", ls_command), ("check", check_command)):

@@ -1,13 +1,21 @@
-"""SQLite catalog: the source of truth for what an index holds.
+"""SQLite catalog: what an index holds, and where each vector lives.
 
-Every item (image file or text) has a stable int64 id, its content hash, file stat
-and its unit vector. FAISS indexes are derived from this table and can always be
-rebuilt from it, so a crash between a catalog commit and a FAISS save loses nothing.
+Every item (image file or text) has a stable int64 id, its content hash, file stat and its vector's
+*slot* in the append-only shard files under ``vectors/`` (store/shards.py); the catalog's ``shards``
+table records each shard's committed rows and crc32, in the same transaction as the rows that point
+into it. The source of truth is the catalog's rows plus the shard bytes they point at, verified against
+those records. FAISS indexes are derived from it and can always be rebuilt from it, so a crash between
+a catalog commit and a FAISS save loses nothing.
+
+Indexes written before the shards (catalog schema 1) kept each vector as a BLOB in its row. Such a
+catalog is still read as it is (read-only mounts serve without change) and is migrated once, under the
+writer lock, by ``migrate_to_shards`` on the first writable open.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import sqlite3
 import threading
 from collections.abc import Iterable, Iterator, Sequence
@@ -17,12 +25,12 @@ from pathlib import Path
 import numpy as np
 
 from crossgap_index.errors import StoreError
+from crossgap_index.store.shards import ITEMS_STREAM, SHARD_ROWS, VECTORS_DIR, ShardRecord, ShardStore
 
-CATALOG_SCHEMA_VERSION = 1
+CATALOG_SCHEMA_VERSION = 2  # 1: vectors as BLOBs in the rows; 2: vectors in shards, rows hold slots
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS items (
+_ITEMS_TABLE = """
+CREATE TABLE {name} (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     modality TEXT NOT NULL CHECK (modality IN ('image', 'text')),
     path TEXT,
@@ -31,20 +39,29 @@ CREATE TABLE IF NOT EXISTS items (
     content_hash TEXT NOT NULL,
     size INTEGER,
     mtime_ns INTEGER,
-    vector BLOB NOT NULL
-);
-CREATE UNIQUE INDEX IF NOT EXISTS items_image_path ON items (path) WHERE modality = 'image';
-CREATE UNIQUE INDEX IF NOT EXISTS items_text_hash ON items (content_hash) WHERE modality = 'text';
-CREATE INDEX IF NOT EXISTS items_hash ON items (content_hash);
-CREATE INDEX IF NOT EXISTS items_modality ON items (modality);
-CREATE TABLE IF NOT EXISTS derived_vectors (
+    slot INTEGER NOT NULL
+)"""
+_DERIVED_TABLE = """
+CREATE TABLE {name} (
     kind TEXT NOT NULL,
     item_id INTEGER NOT NULL REFERENCES items (id) ON DELETE CASCADE,
-    vector BLOB NOT NULL,
+    slot INTEGER NOT NULL,
     PRIMARY KEY (kind, item_id)
-);
-"""
+)"""
+_ITEM_INDEXES = (
+    "CREATE UNIQUE INDEX IF NOT EXISTS items_image_path ON items (path) WHERE modality = 'image'",
+    "CREATE UNIQUE INDEX IF NOT EXISTS items_text_hash ON items (content_hash) WHERE modality = 'text'",
+    "CREATE INDEX IF NOT EXISTS items_hash ON items (content_hash)",
+    "CREATE INDEX IF NOT EXISTS items_modality ON items (modality)",
+)
+_COMMON = (
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS shards (stream TEXT NOT NULL, number INTEGER NOT NULL, "
+    "rows INTEGER NOT NULL, crc32 INTEGER NOT NULL, PRIMARY KEY (stream, number))",
+)
 _SQLITE_MAGIC = b"SQLite format 3\x00"
+DEFAULT_DTYPE = "float32"
+MIGRATE_CHUNK = 16_384  # rows per read while moving an old catalog's vectors into shards
 
 
 @dataclass(frozen=True)
@@ -72,11 +89,13 @@ _ID_CHUNK = 900
 
 
 class Catalog:
-    """Thin typed wrapper over one SQLite file, with one connection per thread.
+    """Thin typed wrapper over one SQLite file, with one connection per thread, and the shard files
+    its rows point into.
 
     Each thread reads through its own connection (WAL: readers see committed data and never block);
-    the writing thread sees its own uncommitted rows. ``readonly`` opens the file read-only (an index
-    directory that cannot be written: no -wal/-shm can be made there either, so it is opened immutable).
+    the writing thread sees its own uncommitted rows (and their vectors, queued until ``commit``).
+    ``readonly`` opens the file read-only (an index directory that cannot be written: no -wal/-shm can
+    be made there either, so it is opened immutable).
     """
 
     def __init__(self, path: Path, readonly: bool = False):
@@ -85,14 +104,20 @@ class Catalog:
         self._local = threading.local()
         self._conns: list[sqlite3.Connection] = []
         self._conns_lock = threading.Lock()
+        self._shards: ShardStore | None = None
         check_header(path)
         try:
             if not readonly:
                 self.conn.execute("PRAGMA journal_mode = WAL")
-                self.conn.executescript(_SCHEMA)
+                if not self._tables():
+                    self._create_schema()
+                for sql in _COMMON:
+                    self.conn.execute(sql)
+                self.conn.commit()
+            self.legacy = "vector" in self._columns("items")
             version = self.get_meta("schema_version")
             if version is None and not readonly:
-                self.set_meta("schema_version", str(CATALOG_SCHEMA_VERSION))
+                self.set_meta("schema_version", "1" if self.legacy else str(CATALOG_SCHEMA_VERSION))
                 self.set_meta("generation", "0")
                 self.conn.commit()
             elif version is None or not version.isdigit():
@@ -105,6 +130,18 @@ class Catalog:
         except sqlite3.DatabaseError as exc:
             self.close()
             raise StoreError(f"{path}: damaged catalog ({exc}); restore it from a backup") from exc
+
+    def _tables(self) -> set[str]:
+        return {r[0] for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+
+    def _columns(self, table: str) -> set[str]:
+        return {r[1] for r in self.conn.execute(f"PRAGMA table_info({table})")}
+
+    def _create_schema(self) -> None:
+        self.conn.execute(_ITEMS_TABLE.format(name="items"))
+        for sql in _ITEM_INDEXES:
+            self.conn.execute(sql)
+        self.conn.execute(_DERIVED_TABLE.format(name="derived_vectors"))
 
     @property
     def conn(self) -> sqlite3.Connection:
@@ -141,14 +178,21 @@ class Catalog:
         for conn in conns:  # the last connection to close checkpoints the WAL into catalog.sqlite
             conn.close()
         self._local = threading.local()
+        if self._shards is not None:
+            self._shards.close()
 
     def commit(self) -> None:
-        """Commit pending writes and bump the generation the FAISS files are checked against."""
+        """Make queued vectors durable in their shards, then commit the rows pointing at them together
+        with the shards' new lengths and checksums, and bump the generation the FAISS files are checked
+        against."""
+        self._flush_shards()
         self.set_meta("generation", str(self.generation + 1))
         self.conn.commit()
 
     def rollback(self) -> None:
         self.conn.rollback()
+        if self._shards is not None:
+            self._shards.discard()
 
     def checkpoint(self) -> bool:
         """Write every page of the WAL into the main file and empty the WAL (what an interrupted
@@ -173,13 +217,111 @@ class Catalog:
     def generation(self) -> int:
         return int(self.get_meta("generation") or 0)
 
+    # -- vector storage -------------------------------------------------------------------
+    @property
+    def vectors_dir(self) -> Path:
+        return self.path.parent / VECTORS_DIR
+
+    def set_vector_format(self, dim: int, dtype: str = DEFAULT_DTYPE) -> None:
+        """Fix the shards' row width and number type (float32, or float16 at half the bytes); set once,
+        before the first vector (committed with the caller's next commit)."""
+        if self.get_meta("vector_dim") is None:
+            ShardStore(self.vectors_dir, dim, dtype)  # validates dtype
+            self.set_meta("vector_dim", str(dim))
+            self.set_meta("vector_dtype", dtype)
+
+    def vector_dtype(self) -> str:
+        return "float32" if self.legacy else self.get_meta("vector_dtype") or DEFAULT_DTYPE
+
+    def stored_dim(self) -> int | None:
+        """Width of the stored vectors (None: nothing says yet)."""
+        if self.legacy:
+            row = self.conn.execute("SELECT length(vector) FROM items LIMIT 1").fetchone()
+            return row[0] // 4 if row else None
+        dim = self.get_meta("vector_dim")
+        return int(dim) if dim is not None else None
+
+    def shards(self, dim: int | None = None) -> ShardStore:
+        """The shard files (made on first use; ``dim`` fixes the format of a catalog without one)."""
+        if self._shards is None:
+            if self.get_meta("vector_dim") is None:
+                if dim is None:
+                    raise StoreError(f"{self.path}: no vector format recorded and no vector to infer it from")
+                self.set_vector_format(dim)
+            self._shards = ShardStore(self.vectors_dir, int(self.get_meta("vector_dim")), self.vector_dtype())
+        return self._shards
+
+    def shard_records(self) -> list[ShardRecord]:
+        if self.legacy:
+            return []
+        rows = self.conn.execute("SELECT stream, number, rows, crc32 FROM shards ORDER BY stream, number")
+        return [ShardRecord(*r) for r in rows]
+
+    def shard_problems(self, full: bool = False, streams: Iterable[str] | None = None) -> list[str]:
+        """What is wrong with the shard files: sizes only (cheap, on open), or ``full``: their checksums."""
+        records = self.shard_records()
+        if streams is not None:
+            wanted = set(streams)
+            records = [r for r in records if r.stream in wanted]
+        if not records:
+            return []
+        shards = self.shards()
+        check = shards.verify if full else shards.size_problem
+        return [p for p in map(check, records) if p]
+
+    def _append(self, stream: str, vectors: np.ndarray) -> int:
+        """Queue vectors for ``stream``'s shards; returns the first one's slot."""
+        if self.legacy:
+            raise StoreError(f"{self.path}: an old catalog (vectors inside it) is written only after migrating")
+        vectors = np.atleast_2d(np.asarray(vectors, np.float32))
+        shards = self.shards(vectors.shape[1])
+        next_slot = 0
+        if not shards.has_pending(stream):
+            row = self.conn.execute(
+                "SELECT number, rows FROM shards WHERE stream = ? ORDER BY number DESC LIMIT 1", (stream,)
+            ).fetchone()
+            next_slot = row[0] * SHARD_ROWS + row[1] if row else 0
+        return shards.append(stream, vectors, next_slot)
+
+    def _flush_shards(self) -> None:
+        if self._shards is None:
+            return
+        committed = {(r.stream, r.number): (r.rows, r.crc32) for r in self.shard_records()}
+        records = self._shards.flush(committed)
+        self.conn.executemany(
+            "INSERT OR REPLACE INTO shards (stream, number, rows, crc32) VALUES (?, ?, ?, ?)",
+            [(r.stream, r.number, r.rows, r.crc32) for r in records],
+        )
+
+    @property
+    def _col(self) -> str:
+        return "vector" if self.legacy else "slot"
+
+    def _gather(self, stream: str, refs: Sequence, dim: int | None = None) -> np.ndarray:
+        """Vectors of ``refs`` (slots; BLOBs in an old catalog) in their order, as float32."""
+        if self.legacy:
+            if not refs:
+                return np.zeros((0, dim or 0), np.float32)
+            return np.frombuffer(b"".join(refs), dtype=np.float32).reshape(len(refs), -1)
+        if not refs:
+            return np.zeros((0, dim if dim is not None else (self.stored_dim() or 0)), np.float32)
+        return self.shards().gather(stream, np.fromiter(refs, np.int64, count=len(refs)))
+
+    def _stack(self, stream: str, rows: list[tuple[int, object]], dim: int) -> tuple[np.ndarray, np.ndarray]:
+        if not rows:
+            return np.zeros(0, np.int64), np.zeros((0, dim), np.float32)
+        ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+        return ids, self._gather(stream, [r[1] for r in rows], dim)
+
     # -- items --------------------------------------------------------------------------
     def count(self, modality: str) -> int:
         return self.conn.execute("SELECT COUNT(*) FROM items WHERE modality = ?", (modality,)).fetchone()[0]
 
     def images(self) -> dict[str, ImageRecord]:
-        """Every stored image keyed by its absolute path."""
-        rows = self.conn.execute("SELECT id, path, content_hash, size, mtime_ns FROM items WHERE modality = 'image'")
+        """Every stored image file keyed by its absolute path (imported rows without a path are not files)."""
+        rows = self.conn.execute(
+            "SELECT id, path, content_hash, size, mtime_ns FROM items WHERE modality = 'image' AND path IS NOT NULL"
+        )
         records = (ImageRecord(r[0], path_from_db(r[1]), *r[2:]) for r in rows)
         return {r.path: r for r in records}
 
@@ -192,31 +334,61 @@ class Catalog:
         return ImageRecord(row[0], path_from_db(row[1]), *row[2:]) if row else None
 
     def vector_by_hash(self, content_hash: str) -> np.ndarray | None:
-        row = self.conn.execute("SELECT vector FROM items WHERE content_hash = ? LIMIT 1", (content_hash,)).fetchone()
-        return _to_vector(row[0]) if row else None
+        row = self.conn.execute(
+            f"SELECT {self._col} FROM items WHERE content_hash = ? LIMIT 1", (content_hash,)
+        ).fetchone()
+        return self._gather(ITEMS_STREAM, [row[0]])[0] if row else None
 
     def known_hashes(self, modality: str) -> set[str]:
         rows = self.conn.execute("SELECT content_hash FROM items WHERE modality = ?", (modality,))
         return {r[0] for r in rows}
 
     def add_image(self, path: str, content_hash: str, size: int, mtime_ns: int, vector: np.ndarray) -> int:
+        slot = self._append(ITEMS_STREAM, vector)
         cur = self.conn.execute(
-            "INSERT INTO items (modality, path, content_hash, size, mtime_ns, vector) VALUES ('image', ?, ?, ?, ?, ?)",
-            (path_to_db(path), content_hash, size, mtime_ns, _to_blob(vector)),
+            "INSERT INTO items (modality, path, content_hash, size, mtime_ns, slot) VALUES ('image', ?, ?, ?, ?, ?)",
+            (path_to_db(path), content_hash, size, mtime_ns, slot),
         )
         return int(cur.lastrowid)
+
+    def add_images(
+        self,
+        paths: Sequence[str | None],
+        content_hashes: Sequence[str],
+        vectors: np.ndarray,
+        ids: Sequence[int],
+        captions: Sequence[str | None] | None = None,
+    ) -> None:
+        """Many image rows under given ids at once (imports): one shard append, one executemany. The rows
+        carry no file stat (size, mtime 0: not read from files here); a caption goes in ``text``."""
+        first = self._append(ITEMS_STREAM, vectors)
+        rows = zip(
+            [int(i) for i in ids],
+            [path_to_db(p) if p is not None else None for p in paths],
+            captions if captions is not None else [None] * len(paths),
+            content_hashes,
+            range(first, first + len(paths)),
+            strict=True,
+        )
+        self.conn.executemany(
+            "INSERT INTO items (id, modality, path, text, content_hash, size, mtime_ns, slot) "
+            "VALUES (?, 'image', ?, ?, ?, 0, 0, ?)",
+            rows,
+        )
 
     def update_stat(self, item_id: int, size: int, mtime_ns: int) -> None:
         self.conn.execute("UPDATE items SET size = ?, mtime_ns = ? WHERE id = ?", (size, mtime_ns, item_id))
 
     def add_text(self, text: str, content_hash: str, external_id: str | None, vector: np.ndarray) -> int:
+        slot = self._append(ITEMS_STREAM, vector)
         cur = self.conn.execute(
-            "INSERT INTO items (modality, text, external_id, content_hash, vector) VALUES ('text', ?, ?, ?, ?)",
-            (text, external_id, content_hash, _to_blob(vector)),
+            "INSERT INTO items (modality, text, external_id, content_hash, slot) VALUES ('text', ?, ?, ?, ?)",
+            (text, external_id, content_hash, slot),
         )
         return int(cur.lastrowid)
 
     def remove(self, ids: Iterable[int]) -> None:
+        """Delete rows (their shard rows stay, as dead bytes: shards are append-only)."""
         self.conn.executemany("DELETE FROM items WHERE id = ?", [(int(i),) for i in ids])
 
     def rows(self, ids: Sequence[int]) -> dict[int, ItemRow]:
@@ -230,29 +402,37 @@ class Catalog:
         return {r[0]: ItemRow(r[0], r[1], path_from_db(r[2]), *r[3:]) for r in cur}
 
     def ids_and_vectors(self, modality: str, dim: int) -> tuple[np.ndarray, np.ndarray]:
-        rows = self.conn.execute("SELECT id, vector FROM items WHERE modality = ? ORDER BY id", (modality,)).fetchall()
-        return _stack(rows, dim)
+        rows = self.conn.execute(
+            f"SELECT id, {self._col} FROM items WHERE modality = ? ORDER BY id", (modality,)
+        ).fetchall()
+        return self._stack(ITEMS_STREAM, rows, dim)
 
     def vectors_for(self, ids: Sequence[int], dim: int, kind: str | None = None) -> np.ndarray:
         """Vectors of ``ids`` in the given order (for exact re-ranking of candidates): the items' own,
         or with ``kind`` their derived vectors."""
         if len(ids) == 0:
             return np.zeros((0, dim), np.float32)
-        marks = ",".join("?" * len(ids))
-        params: list = [int(i) for i in ids]
-        if kind is None:
-            sql = f"SELECT id, vector FROM items WHERE id IN ({marks})"
-        else:
-            sql = f"SELECT item_id, vector FROM derived_vectors WHERE kind = ? AND item_id IN ({marks})"
-            params.insert(0, kind)
-        found = dict(self.conn.execute(sql, params))
-        return np.stack([_to_vector(found[int(i)]) for i in ids])
+        wanted = [int(i) for i in ids]
+        found: dict[int, object] = {}
+        for first in range(0, len(wanted), _ID_CHUNK):
+            chunk = wanted[first : first + _ID_CHUNK]
+            marks = ",".join("?" * len(chunk))
+            if kind is None:
+                sql, params = f"SELECT id, {self._col} FROM items WHERE id IN ({marks})", chunk
+            else:
+                sql = f"SELECT item_id, {self._col} FROM derived_vectors WHERE kind = ? AND item_id IN ({marks})"
+                params = [kind, *chunk]
+            found.update(self.conn.execute(sql, params))
+        return self._gather(kind or ITEMS_STREAM, [found[i] for i in wanted], dim)
 
     # -- vectors derived from items (e.g. each gallery image's OTI feature) ---------------
     def set_derived(self, kind: str, item_ids: Sequence[int], vectors: np.ndarray) -> None:
+        if len(item_ids) == 0:
+            return
+        first = self._append(kind, vectors)
         self.conn.executemany(
-            "INSERT OR REPLACE INTO derived_vectors (kind, item_id, vector) VALUES (?, ?, ?)",
-            [(kind, int(i), _to_blob(v)) for i, v in zip(item_ids, vectors, strict=True)],
+            "INSERT OR REPLACE INTO derived_vectors (kind, item_id, slot) VALUES (?, ?, ?)",
+            [(kind, int(i), first + n) for n, i in enumerate(item_ids)],
         )
 
     def clear_derived(self, kind: str) -> None:
@@ -277,23 +457,25 @@ class Catalog:
 
     def derived_ids_and_vectors(self, kind: str, dim: int) -> tuple[np.ndarray, np.ndarray]:
         rows = self.conn.execute(
-            "SELECT item_id, vector FROM derived_vectors WHERE kind = ? ORDER BY item_id", (kind,)
+            f"SELECT item_id, {self._col} FROM derived_vectors WHERE kind = ? ORDER BY item_id", (kind,)
         ).fetchall()
-        return _stack(rows, dim)
+        return self._stack(kind, rows, dim)
 
     def vector_chunks(self, name: str, derived: bool, dim: int, size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """(ids, vectors) of a modality's items (or, ``derived``, of one kind of derived vector) in id order,
         ``size`` rows at a time: keyset pagination, so memory stays at one chunk whatever the index size."""
+        col = self._col
         if derived:
-            sql = "SELECT item_id, vector FROM derived_vectors WHERE kind = ? AND item_id > ? ORDER BY item_id LIMIT ?"
+            sql = f"SELECT item_id, {col} FROM derived_vectors WHERE kind = ? AND item_id > ? ORDER BY item_id LIMIT ?"
         else:
-            sql = "SELECT id, vector FROM items WHERE modality = ? AND id > ? ORDER BY id LIMIT ?"
+            sql = f"SELECT id, {col} FROM items WHERE modality = ? AND id > ? ORDER BY id LIMIT ?"
+        stream = name if derived else ITEMS_STREAM
         last = -1
         while True:
             rows = self.conn.execute(sql, (name, last, size)).fetchall()
             if not rows:
                 return
-            yield _stack(rows, dim)
+            yield self._stack(stream, rows, dim)
             last = rows[-1][0]
 
     def derived_for(self, kind: str, ids: Sequence[int]) -> dict[int, np.ndarray]:
@@ -301,8 +483,10 @@ class Catalog:
         if len(ids) == 0:
             return {}
         marks = ",".join("?" * len(ids))
-        sql = f"SELECT item_id, vector FROM derived_vectors WHERE kind = ? AND item_id IN ({marks})"
-        return {r[0]: _to_vector(r[1]) for r in self.conn.execute(sql, [kind, *(int(i) for i in ids)])}
+        sql = f"SELECT item_id, {self._col} FROM derived_vectors WHERE kind = ? AND item_id IN ({marks})"
+        rows = self.conn.execute(sql, [kind, *(int(i) for i in ids)]).fetchall()
+        vectors = self._gather(kind, [r[1] for r in rows])
+        return {r[0]: v for r, v in zip(rows, vectors, strict=True)}
 
     # -- listing (ls, remove, check) --------------------------------------------------------
     def items(self, modality: str | None = None, after: int = 0, limit: int = -1) -> list[ItemRow]:
@@ -322,6 +506,91 @@ class Catalog:
             cur = self.conn.execute("SELECT id FROM items WHERE modality = ? ORDER BY id", (name,))
         return np.fromiter((r[0] for r in cur), dtype=np.int64)
 
+    # -- migration from schema 1 (vectors as BLOBs in the rows) ----------------------------
+    def migrate_to_shards(self, dim: int, dtype: str = DEFAULT_DTYPE) -> int:
+        """Move an old catalog's vectors into shards, once (the caller holds the writer lock). Shards are
+        written and fsynced first, then one SQLite transaction swaps the tables; a crash before it leaves
+        the old catalog as it was (and the next try starts the shards over). The generation is kept: the
+        FAISS files hold the same ids and vectors and stay valid. Returns how many vectors moved."""
+        self.conn.commit()
+        self.legacy = "vector" in self._columns("items")
+        if not self.legacy:
+            return 0  # another process migrated it meanwhile
+        shutil.rmtree(self.vectors_dir, ignore_errors=True)  # an interrupted migration's shards: unreferenced
+        shards = ShardStore(self.vectors_dir, dim, dtype)
+        committed: dict[tuple[str, int], tuple[int, int]] = {}
+        records: dict[tuple[str, int], ShardRecord] = {}
+        moved = 0
+        kinds = [r[0] for r in self.conn.execute("SELECT DISTINCT kind FROM derived_vectors ORDER BY kind")]
+        derived_sql = (
+            "SELECT item_id, vector FROM derived_vectors WHERE kind = ? AND item_id > ? ORDER BY item_id LIMIT ?"
+        )
+        sources = [(ITEMS_STREAM, "SELECT id, vector FROM items WHERE id > ? ORDER BY id LIMIT ?", ())]
+        sources += [(kind, derived_sql, (kind,)) for kind in kinds]
+        for stream, sql, params in sources:
+            last, count = -1, 0
+            while rows := self.conn.execute(sql, (*params, last, MIGRATE_CHUNK)).fetchall():
+                blobs = [r[1] for r in rows]
+                if any(len(b) != 4 * dim for b in blobs):
+                    raise StoreError(f"{self.path}: holds vectors that are not {dim}-d; the catalog is damaged")
+                shards.append(stream, np.frombuffer(b"".join(blobs), np.float32).reshape(-1, dim), count)
+                for record in shards.flush(committed):
+                    records[(record.stream, record.number)] = record
+                count += len(rows)
+                last = rows[-1][0]
+            moved += count
+        self._swap_tables(list(records.values()), dim, dtype)
+        self.legacy = False
+        self._shards = None
+        return moved
+
+    def _swap_tables(self, records: list[ShardRecord], dim: int, dtype: str) -> None:
+        """One transaction: tables with slots (slot = rank in id order per stream, the order the shards
+        were written in) replace the tables with BLOBs; then VACUUM gives the BLOBs' space back."""
+        conn = self.conn
+        conn.execute("PRAGMA foreign_keys = OFF")  # dropping the old items table must not cascade
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            seq = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'items'").fetchone()
+            conn.execute(_ITEMS_TABLE.format(name="items_v2"))
+            conn.execute(
+                "INSERT INTO items_v2 (id, modality, path, text, external_id, content_hash, size, mtime_ns, slot) "
+                "SELECT id, modality, path, text, external_id, content_hash, size, mtime_ns, "
+                "ROW_NUMBER() OVER (ORDER BY id) - 1 FROM items"
+            )
+            conn.execute(_DERIVED_TABLE.format(name="derived_v2"))
+            conn.execute(
+                "INSERT INTO derived_v2 (kind, item_id, slot) "
+                "SELECT kind, item_id, ROW_NUMBER() OVER (PARTITION BY kind ORDER BY item_id) - 1 FROM derived_vectors"
+            )
+            conn.execute("DROP TABLE derived_vectors")
+            conn.execute("DROP TABLE items")
+            conn.execute("ALTER TABLE items_v2 RENAME TO items")
+            conn.execute("ALTER TABLE derived_v2 RENAME TO derived_vectors")
+            for sql in _ITEM_INDEXES:
+                conn.execute(sql)
+            conn.execute("DELETE FROM sqlite_sequence WHERE name IN ('items', 'items_v2')")
+            if seq is not None:  # ids of removed items are never handed out again
+                conn.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('items', ?)", (seq[0],))
+            conn.execute("DELETE FROM shards")
+            conn.executemany(
+                "INSERT INTO shards (stream, number, rows, crc32) VALUES (?, ?, ?, ?)",
+                [(r.stream, r.number, r.rows, r.crc32) for r in records],
+            )
+            for key, value in (
+                ("schema_version", CATALOG_SCHEMA_VERSION),
+                ("vector_dim", dim),
+                ("vector_dtype", dtype),
+            ):
+                self.set_meta(key, str(value))
+            conn.commit()
+        except BaseException:
+            conn.rollback()
+            raise
+        finally:
+            conn.execute("PRAGMA foreign_keys = ON")
+        conn.execute("VACUUM")
+
 
 def path_to_db(path: str) -> str | bytes:
     """A file name as SQLite can hold it: UTF-8 text, or the name's own bytes (a BLOB) when it is not
@@ -336,22 +605,6 @@ def path_to_db(path: str) -> str | bytes:
 def path_from_db(value: str | bytes | None) -> str | None:
     """The inverse of ``path_to_db``: ``os.fsencode`` of the result gives the file name's bytes back."""
     return os.fsdecode(value) if isinstance(value, bytes) else value
-
-
-def _to_blob(vector: np.ndarray) -> bytes:
-    return np.ascontiguousarray(vector, dtype=np.float32).tobytes()
-
-
-def _to_vector(blob: bytes) -> np.ndarray:
-    return np.frombuffer(blob, dtype=np.float32)
-
-
-def _stack(rows: list[tuple[int, bytes]], dim: int) -> tuple[np.ndarray, np.ndarray]:
-    if not rows:
-        return np.zeros(0, np.int64), np.zeros((0, dim), np.float32)
-    ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
-    vectors = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(len(rows), dim)
-    return ids, vectors
 
 
 def check_header(path: Path) -> None:

@@ -1,7 +1,10 @@
 """`check`: verify an index directory the way `git fsck` / SQLite's integrity_check do, and repair
 what is derived (the FAISS files) from what is true (the catalog).
 
-What is checked: the catalog file (PRAGMA integrity_check), every stored vector unit-norm, each
+What is checked: the catalog file (PRAGMA integrity_check), each vector shard's size and crc32
+against the catalog's record (``--repair`` writes a damaged shard again only from a current, verified,
+uncompressed FAISS file, store/recover.py; else it is reported with what to do), every stored vector
+unit-norm, each
 FAISS file present, matching the manifest's size and crc32 and generation, holding exactly the
 catalog's ids (and, for exact indexes, the catalog's vectors), and that indexed image files exist.
 """
@@ -16,7 +19,8 @@ import faiss
 import numpy as np
 
 from crossgap_index.store.catalog import header_shortfall, wal_has_frames
-from crossgap_index.store.directory import DERIVED, Store
+from crossgap_index.store.directory import DERIVED, SHARD_ADVICE, Store
+from crossgap_index.store.shards import ShardRecord
 from crossgap_index.store.vectors import VectorIndex, file_record
 
 NORM_TOLERANCE = 1e-3
@@ -60,16 +64,21 @@ def _check(store: Store, repair: bool, files: bool) -> CheckReport:
                 "and are read from there; `cgx check --repair` writes them into the file"
             )
     counts = {name: store.stored_count(name) for name in store.manifest.factories}
-    for name in store.manifest.factories:
+    shard_problems = catalog.shard_problems(full=True)
+    if repair and shard_problems and not store.readonly:
+        recovered, shard_problems = _recover_shards(store)
+        repaired += recovered
+    problems += [f"{p} ({SHARD_ADVICE})" for p in shard_problems]
+    for name in store.manifest.factories if not shard_problems else ():
         problems += _vector_norm_problems(store, name)
     derived = {name: _faiss_problem(store, name) for name in store.manifest.factories}
     repaired += [f"{name}.faiss: rebuilt from the catalog on open" for name in store.rebuilt if not derived[name]]
-    broken = [name for name, problem in derived.items() if problem]
+    broken = [name for name, problem in derived.items() if problem and not shard_problems]
     if not repair:  # a killed writer leaves the files a generation behind: nothing is lost, the next open rebuilds
         stale = [name for name in broken if _stale(derived[name])]
         notes += [f"{name}.faiss: {derived[name]}; will be rebuilt on next open" for name in stale]
         broken = [name for name in broken if not _stale(derived[name])]
-    if cannot_repair and (broken or notes):
+    if cannot_repair and (broken or notes or shard_problems):
         problems.append(
             f"cannot repair: the index directory {store.path} cannot be written here (read-only); "
             "searches rebuild damaged or stale files in memory"
@@ -99,6 +108,33 @@ def _check(store: Store, repair: bool, files: bool) -> CheckReport:
 
 def _stale(problem: str | None) -> bool:
     return bool(problem) and problem.startswith("stale")
+
+
+def _recover_shards(store: Store) -> tuple[list[str], list[str]]:
+    """Damaged shards written again from uncompressed FAISS files (store/recover.py): (repaired, still wrong)."""
+    from crossgap_index.errors import StoreError
+    from crossgap_index.store.recover import recover_shard
+
+    repaired, problems = [], []
+    with store.writing():
+        for record in store.catalog.shard_records():
+            problem = store.catalog.shards().verify(record)
+            if problem is None:
+                continue
+            try:
+                repaired.append(f"{problem}; {recover_shard(store, record)}")
+            except StoreError as exc:
+                problems.append(f"{problem}; {exc}")
+                continue
+            after = store.catalog.shards().verify(_current_record(store, record))
+            if after:
+                problems.append(f"{after} (still, after repair)")
+    return repaired, problems
+
+
+def _current_record(store: Store, record: ShardRecord) -> ShardRecord:
+    """The shard's record as the catalog now has it."""
+    return next(r for r in store.catalog.shard_records() if (r.stream, r.number) == (record.stream, record.number))
 
 
 def _faiss_problem(store: Store, name: str) -> str | None:
@@ -144,10 +180,11 @@ def _catalog_ids(store: Store, name: str) -> np.ndarray:
 
 
 def _vector_norm_problems(store: Store, name: str) -> list[str]:
-    ids, vectors = store.ids_and_vectors(name)
-    if not len(ids):
-        return []
-    bad = ids[np.abs(np.linalg.norm(vectors, axis=1) - 1.0) > NORM_TOLERANCE]
+    """Stored vectors that are not unit-norm, a chunk at a time (memory: one chunk at any index size)."""
+    bad = np.concatenate(
+        [np.zeros(0, np.int64)]
+        + [ids[np.abs(np.linalg.norm(v, axis=1) - 1.0) > NORM_TOLERANCE] for ids, v in store.vector_chunks(name)]
+    )
     if not len(bad):
         return []
     shown = ", ".join(map(str, bad[:5].tolist()))

@@ -2,7 +2,10 @@
 
     manifest.json        schema version, model spec, dim, metric, factory per collection, counts,
                          generation and each FAISS file's size and crc32
-    catalog.sqlite       items (id, modality, path or text, hash, size, mtime, vector): the truth
+    catalog.sqlite       items (id, modality, path or text, hash, size, mtime, vector slot), and each
+                         vector shard's committed rows and crc32
+    vectors/             append-only vector shards (float32 or float16), read by row (store/shards.py);
+                         catalog rows + the shard bytes they point at, verified: the truth
     cache.sqlite         inversion cache (writing it never marks FAISS files stale)
     image.faiss          IDMap2 over the chosen factory, unit vectors, inner product
     text.faiss
@@ -11,34 +14,42 @@
 
 The store knows nothing about models: it keeps vectors under ids and answers top-k.
 FAISS files are derived: one that is missing, damaged, or from another generation than the
-catalog is never read; it is rebuilt from the catalog. Writers hold the lock and replace files
+catalog is never read; it is rebuilt from the catalog and the shards (after verifying the shards'
+checksums: a damaged shard is refused in one line, never indexed). Writers hold the lock and replace files
 atomically, the manifest last, so a reader that opens mid-write sees a consistent state.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import platformdirs
 
 from crossgap_index.errors import DiskFullError, StoreError, is_disk_full
 from crossgap_index.store.cache import InversionCache
-from crossgap_index.store.catalog import Catalog
+from crossgap_index.store.catalog import DEFAULT_DTYPE, Catalog
 from crossgap_index.store.lock import IndexLock, ReadWriteLock
 from crossgap_index.store.manifest import MANIFEST_NAME, Manifest
+from crossgap_index.store.shards import ITEMS_STREAM, VECTORS_DIR
 from crossgap_index.store.vectors import AUTO, VectorIndex, validate_factory
+
+if TYPE_CHECKING:
+    import faiss
 
 INDEX_ENV_VAR = "CGX_INDEX"
 MODALITIES = ("image", "text")
 # Collections of vectors derived from items: name -> modality of the items they belong to.
 DERIVED = {"image-oti": "image"}
 CATALOG_NAME = "catalog.sqlite"
+log = logging.getLogger("crossgap_index")
 
 
 def default_index_path() -> Path:
@@ -86,8 +97,17 @@ class Store:
 
     @classmethod
     def create(
-        cls, path: Path, model: str, dim: int, factory: str = AUTO, wait: bool = True, precision: str = "fp32"
+        cls,
+        path: Path,
+        model: str,
+        dim: int,
+        factory: str = AUTO,
+        wait: bool = True,
+        precision: str = "fp32",
+        vector_dtype: str = DEFAULT_DTYPE,
     ) -> Store:
+        """A new index; ``vector_dtype``: how the shards store vectors (float32, or float16: half the
+        bytes, ~1e-3 relative rounding, which exact re-scoring then works on)."""
         validate_factory(factory, dim)
         _make_directory(path)
         lock = IndexLock(path)
@@ -97,6 +117,7 @@ class Store:
             names = (*MODALITIES, *DERIVED)
             manifest = Manifest(model=model, dim=dim, factories=dict.fromkeys(names, factory), precision=precision)
             catalog = Catalog(path / CATALOG_NAME)
+            catalog.set_vector_format(dim, vector_dtype)
             indexes = {n: VectorIndex(dim, factory) for n in names}
             store = cls(path, manifest, catalog, indexes, readonly=False, lock=lock)
             store.wait = wait
@@ -108,7 +129,8 @@ class Store:
     def open(cls, path: Path, readonly: bool | None = None) -> Store:
         """Open an index; FAISS files that fail verification are rebuilt in memory (and saved again when
         the directory is writable and no writer is busy). ``readonly`` None: decided by whether the
-        directory can be written; True: nothing is written."""
+        directory can be written; True: nothing is written. An index of the previous layout (vectors in
+        the catalog) is migrated to shards here when writable, and served as it is when not."""
         if path.exists() and not path.is_dir():
             raise StoreError(f"{path} is a file, not an index directory")
         manifest = Manifest.load(path)
@@ -120,6 +142,9 @@ class Store:
         try:
             store = cls(path, manifest, catalog, {}, readonly)
             store._check_dim()
+            if catalog.legacy and not readonly:
+                store._migrate()
+            store._check_shards()
             store._load_indexes()
         except sqlite3.DatabaseError as exc:
             catalog.close()
@@ -132,26 +157,62 @@ class Store:
         return store
 
     def _check_dim(self) -> None:
-        row = self.catalog.conn.execute("SELECT length(vector) FROM items LIMIT 1").fetchone()
-        if row is not None and row[0] != 4 * self.manifest.dim:
+        stored = self.catalog.stored_dim()
+        if stored is not None and stored != self.manifest.dim:
             raise StoreError(
                 f"{self.path / MANIFEST_NAME}: says dim {self.manifest.dim} (model {self.manifest.model}) but the "
-                f"catalog holds {row[0] // 4}-d vectors; the manifest does not belong to this catalog"
+                f"catalog holds {stored}-d vectors; the manifest does not belong to this catalog"
             )
 
+    def _migrate(self) -> None:
+        """Move an old index's vectors out of the catalog into shards, once, under the writer lock."""
+        with self.lock.hold(self.wait):
+            count = self.catalog.count("image") + self.catalog.count("text")
+            log.warning("cgx: moving the %d vectors of %s into vector shards (once) ...", count, self.path)
+            self.catalog.migrate_to_shards(self.manifest.dim)
+
+    def _check_shards(self) -> None:
+        """Every shard at least as long as its committed rows (one stat each): a shorter one has lost
+        committed vectors, so the index is refused in one line."""
+        problems = self.catalog.shard_problems()
+        if problems:
+            raise StoreError(f"{self.path}: {problems[0]}; {SHARD_ADVICE}")
+
+    def verify_vectors(self, name: str) -> None:
+        """Checksums of the shards a collection's vectors live in (each shard's unverified part, once per
+        process), before they are read in full into a FAISS index. Raises StoreError in one line."""
+        problems = self.catalog.shard_problems(full=True, streams=[_stream(name)])
+        if problems:
+            raise StoreError(f"{self.path}: {problems[0]}; {SHARD_ADVICE}")
+
     def _load_indexes(self) -> None:
-        """Load every collection, verified against the manifest (size, crc32, generation, count)."""
+        """Load every collection, verified against the manifest (size, crc32, generation, count); a large
+        file is verified in the background and waited for on first use (store/vectors.py)."""
         generation = self.catalog.generation
         self.rebuilt = []
         for name, factory in self.manifest.factories.items():
             expected = self.manifest.files.get(name) if self.manifest.generation == generation else None
-            index = VectorIndex.load(self.path / f"{name}.faiss", self.manifest.dim, factory, expected)
-            if index is None or index.ntotal != self.stored_count(name):
-                index = VectorIndex(self.manifest.dim, factory)
-                index.build(*self.ids_and_vectors(name))
-                self.rebuilt.append(name)
+            count = self.manifest.counts.get(name) if expected is not None else None
+            index = VectorIndex.load(
+                self.path / f"{name}.faiss",
+                self.manifest.dim,
+                factory,
+                expected,
+                count if count is not None else self.stored_count(name),
+                fallback=lambda name=name, factory=factory: self._rebuilt_index(name, factory),
+            )
+            if index is None:
+                index = VectorIndex(self.manifest.dim, factory, self._rebuilt_index(name, factory))
             self.indexes[name] = index
         self._loaded_generation = generation
+
+    def _rebuilt_index(self, name: str, factory: str) -> faiss.Index:
+        """A collection's FAISS index built from its verified shards (when its file cannot be used)."""
+        self.verify_vectors(name)
+        fresh = VectorIndex(self.manifest.dim, factory)
+        fresh.build_chunked(self.stored_count(name), lambda: self.vector_chunks(name))
+        self.rebuilt.append(name)
+        return fresh.index
 
     def _save_repaired(self) -> None:
         """Write the rebuilt files back, if no writer holds the lock (an opener never waits)."""
@@ -224,6 +285,7 @@ class Store:
     def rebuild(self, name: str) -> None:
         """From the catalog, a chunk at a time (training on a sample when the factory needs it); searches
         go on against the old index until the new one is swapped in."""
+        self.verify_vectors(name)
         self.indexes[name].build_chunked(self.stored_count(name), lambda: self.vector_chunks(name), self._rw.write)
 
     # -- writes (inside writing()) ----------------------------------------------------------
@@ -295,7 +357,24 @@ class Store:
         return self.manifest.generation
 
     def disk_sizes(self) -> dict[str, int]:
-        return {p.name: p.stat().st_size for p in sorted(self.path.iterdir()) if p.is_file()}
+        """Bytes per file; the vector shards summed as ``vectors/``."""
+        sizes = {p.name: p.stat().st_size for p in sorted(self.path.iterdir()) if p.is_file()}
+        shards = self.path / VECTORS_DIR
+        if shards.is_dir():
+            sizes[f"{VECTORS_DIR}/"] = sum(p.stat().st_size for p in shards.iterdir() if p.is_file())
+        return sizes
+
+
+SHARD_ADVICE = (
+    "the shards hold the index's vectors (catalog rows + verified shards are its truth): `cgx check --repair` "
+    "writes a damaged one again when an uncompressed FAISS file still holds its vectors; else restore the index "
+    "directory from a backup, or build it again from its images or embeddings"
+)
+
+
+def _stream(name: str) -> str:
+    """The shard stream a collection's vectors live in: the items' one, or the derived collection's own."""
+    return name if name in DERIVED else ITEMS_STREAM
 
 
 def _writable(path: Path) -> bool:

@@ -2,6 +2,13 @@
 
 The index is derived data: ``build`` recreates it from (ids, vectors) held by the catalog,
 which is also how approximate indexes are (re)trained and how HNSW "removes" items.
+
+A saved file is verified (size, crc32) before FAISS parses a byte of it, then memory-mapped
+(``IO_FLAG_MMAP_IFC``: codes and inverted lists stay in the page cache, not copied). A file over
+LAZY_VERIFY_BYTES is verified and mapped on a background thread started at open; the first use
+of the index waits for it, and an index that fails is rebuilt then: no search ever runs on an
+unverified file. A mapped index is copied into memory before its first change (FAISS cannot
+grow a mapped one).
 """
 
 from __future__ import annotations
@@ -9,11 +16,12 @@ from __future__ import annotations
 import errno
 import functools
 import math
-import mmap
 import os
 import re
+import threading
 import zlib
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
@@ -24,23 +32,36 @@ from crossgap_index.errors import DiskFullError, StoreError, is_disk_full
 
 # Below this many vectors exact search is both fast enough and exact; above it, IVF.
 EXACT_SEARCH_LIMIT = 100_000
+# Above this many, auto stores 8-bit scalar codes (a quarter of fp32's bytes) and re-scores candidates exactly
+# from the shards (search/ranking.py); see docs/scaling.md for the measurement behind it.
+COMPRESSED_ABOVE = 2_000_000
 AUTO = "auto"
 # Training rows per IVF list: FAISS's k-means subsamples to 256 per centroid anyway (max_points_per_centroid),
 # so a random sample of that size trains the same index without reading every vector into memory.
 TRAIN_POINTS_PER_LIST = 256
 TRAIN_POINTS_OTHER = 65_536  # trainable non-IVF factories (PQ, PCA, ...)
+# IVF over compressed codes: candidates are re-scored exactly, so a coarser k-means (64 rows per list, above
+# FAISS's warning floor of 39) does; it is a quarter of the training time, which is nlist x rows x d.
+TRAIN_POINTS_PER_LIST_COMPRESSED = 64
 TRAIN_SEED = 1234
 _PROBE_VECTORS = 64  # vectors of the tiny index a factory string is tried on
 
 Chunks = Callable[[], Iterator[tuple[np.ndarray, np.ndarray]]]  # a fresh pass of (ids, vectors) chunks
+# FAISS files larger than this are verified (crc32, ~3 GB/s here) and mapped in the background after open.
+LAZY_VERIFY_BYTES = 128 << 20
 
 
 def auto_factory(n: int) -> str:
     """The documented default: ``Flat`` (exact) up to EXACT_SEARCH_LIMIT vectors, then ``IVF{c},Flat``
-    with c = 4 * sqrt(n) rounded to a power of two (the FAISS wiki's rule of thumb)."""
+    with c = 4 * sqrt(n) rounded to a power of two (the FAISS wiki's rule of thumb); above
+    COMPRESSED_ABOVE, ``IVF{c}_HNSW32,SQ8`` with c = sqrt(n) rounded to a power of two: 8-bit codes
+    (exact re-scoring from the shards keeps recall), an HNSW coarse quantizer (assigning 10M vectors to
+    lists by brute force would take an hour on 2 cores), and lists few enough to train on a CPU."""
     if n <= EXACT_SEARCH_LIMIT:
         return "Flat"
-    return f"IVF{2 ** round(math.log2(4 * math.sqrt(n)))},Flat"
+    if n <= COMPRESSED_ABOVE:
+        return f"IVF{2 ** round(math.log2(4 * math.sqrt(n)))},Flat"
+    return f"IVF{2 ** round(math.log2(math.sqrt(n)))}_HNSW32,SQ8"
 
 
 def default_search_params(factory: str) -> str:
@@ -105,13 +126,70 @@ class VectorIndex:
     opened) searches go to a GPU copy of the inner index, made on first search after each change;
     index types FAISS cannot put on a GPU (HNSW) stay on the CPU. Not exercised here: no GPU."""
 
-    def __init__(self, dim: int, factory: str, index: faiss.Index | None = None):
+    def __init__(
+        self,
+        dim: int,
+        factory: str,
+        index: faiss.Index | None = None,
+        mapped: bool = False,
+        loading: tuple[Future, Callable[[], faiss.Index], int] | None = None,
+    ):
+        """``mapped``: ``index`` reads a memory-mapped file. ``loading``: (the background load's future,
+        the rebuild to fall back on, the count the file must hold) instead of an index."""
         self.dim = dim
         self.factory = factory
         self.use_gpu = gpu_count() > 0
         self._gpu: tuple | None = None  # (resources, GPU inner index, position -> id) once made
-        self.index = index if index is not None else self._empty(0)
-        self.search_params = default_search_params(self.resolved_factory)
+        self._mapped = mapped
+        self._loading = loading
+        self._load_lock = threading.Lock()
+        self._search_params = ""
+        if loading is None:
+            self._index = index if index is not None else self._empty(0)
+            self.search_params = default_search_params(self.resolved_factory)
+
+    @property
+    def index(self) -> faiss.Index:
+        """The FAISS index; while a background load runs, waits for it (and rebuilds if the file failed)."""
+        if self._loading is not None:
+            self._finish_loading()
+        return self._index
+
+    @index.setter
+    def index(self, index: faiss.Index) -> None:
+        """A new (built) index: in memory, and it replaces whatever a background load would have given."""
+        with self._load_lock:
+            self._index, self._mapped, self._loading = index, False, None
+
+    def _finish_loading(self) -> None:
+        with self._load_lock:
+            if self._loading is None:
+                return
+            future, fallback, _ = self._loading
+            try:
+                loaded = future.result()
+            except (OSError, RuntimeError):
+                loaded = None
+            if loaded is None:
+                self._index, self._mapped = fallback(), False
+            else:
+                self._index, self._mapped = loaded, True
+            self._loading = None
+            self.search_params = default_search_params(self.resolved_factory)
+
+    @property
+    def ready(self) -> bool:
+        """Whether the index is in hand (no background load pending)."""
+        return self._loading is None
+
+    def _owned(self) -> faiss.Index:
+        """The index, copied into memory first if it reads a mapped file (FAISS aborts growing a mapped one)."""
+        index = self.index
+        if self._mapped:
+            index = faiss.deserialize_index(faiss.serialize_index(index))
+            self._index, self._mapped = index, False
+            self.search_params = self._search_params
+        return index
 
     @property
     def search_params(self) -> str:
@@ -122,7 +200,7 @@ class VectorIndex:
         """Applied to the index once here (and on rebuild), not parsed again on every query."""
         self._search_params = params
         self._gpu = None
-        if params:
+        if params and self._loading is None:
             faiss.ParameterSpace().set_index_parameters(self.index, params)
 
     @property
@@ -133,6 +211,8 @@ class VectorIndex:
 
     @property
     def ntotal(self) -> int:
+        if self._loading is not None:
+            return self._loading[2]  # what the file is verified to hold (or the rebuild, from the same catalog)
         return int(self.index.ntotal)
 
     def _empty(self, n: int) -> faiss.Index:
@@ -193,7 +273,11 @@ class VectorIndex:
     def _current_type(self) -> str:
         inner = faiss.downcast_index(self.index.index)
         if isinstance(inner, faiss.IndexIVF):
-            return f"IVF{inner.nlist},Flat"
+            coarse = "_HNSW32" if isinstance(faiss.downcast_index(inner.quantizer), faiss.IndexHNSW) else ""
+            codes = "Flat" if isinstance(inner, faiss.IndexIVFFlat) else "SQ8"
+            if not isinstance(inner, faiss.IndexIVFFlat | faiss.IndexIVFScalarQuantizer):
+                codes = "other"
+            return f"IVF{inner.nlist}{coarse},{codes}"
         if isinstance(inner, faiss.IndexFlat):
             return "Flat"
         return "other"
@@ -203,13 +287,13 @@ class VectorIndex:
 
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         self._gpu = None
-        self.index.add_with_ids(np.ascontiguousarray(vectors, np.float32), ids.astype(np.int64))
+        self._owned().add_with_ids(np.ascontiguousarray(vectors, np.float32), ids.astype(np.int64))
 
     def remove(self, ids: np.ndarray) -> bool:
         """Remove ids in place; False when the index type cannot (HNSW): the caller rebuilds."""
         self._gpu = None
         try:
-            self.index.remove_ids(ids.astype(np.int64))
+            self._owned().remove_ids(ids.astype(np.int64))
         except RuntimeError:
             return False
         return True
@@ -257,32 +341,77 @@ class VectorIndex:
         return record
 
     @classmethod
-    def load(cls, path: Path, dim: int, factory: str, expected: dict[str, int] | None) -> VectorIndex | None:
+    def load(
+        cls,
+        path: Path,
+        dim: int,
+        factory: str,
+        expected: dict[str, int] | None,
+        count: int | None = None,
+        fallback: Callable[[], faiss.Index] | None = None,
+    ) -> VectorIndex | None:
         """The saved index, or None when the file is missing, differs from the manifest's record
-        (truncated, bit-flipped, replaced), or FAISS cannot read it: the caller rebuilds from the catalog."""
+        (truncated, bit-flipped, replaced), holds another ``count`` than given, or FAISS cannot read it:
+        the caller rebuilds from the catalog. With ``fallback`` (and ``count``), a file over
+        LAZY_VERIFY_BYTES of the right size is verified and mapped in the background: returned at once,
+        the index waits for it on first use and takes ``fallback()`` (a rebuild) if it fails."""
         try:
-            if expected is None or file_record(path) != {"size": expected.get("size"), "crc32": expected.get("crc32")}:
+            if expected is None or path.stat().st_size != expected.get("size"):
                 return None
-            index = faiss.read_index(str(path))
-        except (OSError, RuntimeError):
+        except OSError:
             return None
-        if index.d != dim or not isinstance(index, faiss.IndexIDMap2):
+        if fallback is not None and count is not None and expected["size"] > LAZY_VERIFY_BYTES:
+            future: Future = Future()
+
+            def verify_then_map() -> None:
+                try:
+                    future.set_result(_verified_read(path, dim, expected, count))
+                except BaseException as exc:  # noqa: BLE001 - handed to the thread that waits for it
+                    future.set_exception(exc)
+
+            threading.Thread(target=verify_then_map, name=f"verify {path.name}", daemon=True).start()
+            return cls(dim, factory, loading=(future, fallback, count))
+        index = _verified_read(path, dim, expected, count)
+        return cls(dim, factory, index, mapped=True) if index is not None else None
+
+
+def _verified_read(path: Path, dim: int, expected: dict[str, int], count: int | None) -> faiss.Index | None:
+    """The file at ``path`` memory-mapped by FAISS, only after its size and crc32 match ``expected``
+    (and it is the same file afterwards: a writer renaming another over it in between is caught)."""
+    try:
+        before = path.stat()
+        if file_record(path) != {"size": expected.get("size"), "crc32": expected.get("crc32")}:
             return None
-        return cls(dim, factory, index)
+        index = faiss.read_index(str(path), faiss.IO_FLAG_MMAP_IFC)
+        after = path.stat()
+    except (OSError, RuntimeError):
+        return None
+    if (before.st_ino, before.st_mtime_ns) != (after.st_ino, after.st_mtime_ns):
+        return None
+    if index.d != dim or not isinstance(index, faiss.IndexIDMap2):
+        return None
+    if count is not None and index.ntotal != count:
+        return None
+    return index
 
 
 def file_record(path: Path, fsync: bool = False) -> dict[str, int]:
-    """Size and crc32 of a file, over a read-only memory map (no copy; ~1 GB/s here): a bit flip
-    anywhere shows, and the file is judged before FAISS parses a byte of it."""
-    with path.open("rb") as f:
+    """Size and crc32 of a file, read in blocks into one reused buffer (~3 GB/s here): a bit flip anywhere
+    shows, and the file is judged before FAISS parses a byte of it. Not through a memory map: the mapped
+    pages would count against this process's resident set beside FAISS's own map of the same file."""
+    crc = 0
+    buffer = bytearray(_CRC_BLOCK)
+    view = memoryview(buffer)
+    with path.open("rb", buffering=0) as f:
         size = os.fstat(f.fileno()).st_size
-        crc = 0
-        if size:
-            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
-                crc = zlib.crc32(mapped)
+        while read := f.readinto(buffer):
+            crc = zlib.crc32(view[:read], crc)
         if fsync:
             os.fsync(f.fileno())
     return {"size": size, "crc32": crc}
+
+
+_CRC_BLOCK = 8 << 20
 
 
 def min_training_vectors(index: faiss.Index) -> int:
@@ -315,10 +444,13 @@ def _reserve(index: faiss.Index, n: int) -> None:
 
 
 def training_size(index: faiss.Index, n: int) -> int:
-    """How many rows train ``index``: TRAIN_POINTS_PER_LIST per IVF list, capped at ``n``."""
+    """How many rows train ``index``: TRAIN_POINTS_PER_LIST per IVF-Flat list; for IVF over codes (whose
+    candidates are re-scored exactly) ..._COMPRESSED per list but at least TRAIN_POINTS_OTHER; capped at ``n``."""
     inner = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap2) else index
-    if isinstance(inner, faiss.IndexIVF):
+    if isinstance(inner, faiss.IndexIVFFlat):
         return min(n, TRAIN_POINTS_PER_LIST * int(inner.nlist))
+    if isinstance(inner, faiss.IndexIVF):
+        return min(n, max(TRAIN_POINTS_PER_LIST_COMPRESSED * int(inner.nlist), TRAIN_POINTS_OTHER))
     return min(n, TRAIN_POINTS_OTHER)
 
 

@@ -1,0 +1,68 @@
+"""`cgx import`: embeddings computed elsewhere (.npy, parquet, clip-retrieval's folder) into an index."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+class Dtype(str, Enum):
+    float32 = "float32"
+    float16 = "float16"
+
+
+def import_command(
+    embeddings: Annotated[
+        Path,
+        typer.Argument(
+            help="N x d .npy (float32/float16), a .parquet file or folder with an 'embedding' column, "
+            "or clip-retrieval's output folder (img_emb/ + metadata/)."
+        ),
+    ],
+    index: Annotated[
+        Path | None,
+        typer.Option("--index", envvar="CGX_INDEX", help="Index directory [default: $CGX_INDEX or the user data dir]."),
+    ] = None,
+    model: Annotated[
+        str,
+        typer.Option(
+            "--model", envvar="CGX_MODEL", help="The model that made the embeddings (its dimension is checked)."
+        ),
+    ] = ...,
+    meta: Annotated[
+        Path | None,
+        typer.Option(help="For an .npy: one row per embedding, .jsonl or .parquet (id, path, caption; optional)."),
+    ] = None,
+    factory: Annotated[str, typer.Option(help="FAISS factory for a new index (auto: by size).")] = "auto",
+    dtype: Annotated[
+        Dtype | None, typer.Option(help="How a new index stores vectors [default: the embeddings' own].")
+    ] = None,
+    no_wait: Annotated[bool, typer.Option("--no-wait", help="Fail at once if another process is writing.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress or summary on stderr.")] = False,
+) -> None:
+    """Import existing embeddings; ids 1..N in file order unless an id column names them. Running it
+    again changes nothing; the model's weights are not loaded."""
+    from crossgap_index import CrossGapIndex
+    from crossgap_index.cli.render import err, progress_bar
+    from crossgap_index.store.directory import default_index_path
+
+    with progress_bar("importing", "vec", enabled=not quiet) as progress:
+        report = CrossGapIndex.import_embeddings(
+            embeddings,
+            index or default_index_path(),
+            model,
+            meta=meta,
+            factory=factory,
+            vector_dtype=dtype.value if dtype else None,
+            wait=not no_wait,
+            progress=progress,
+        )
+    if not quiet:
+        err.print(
+            f"imported {report.added} vectors ({report.unchanged} already there), dim {report.dim}: "
+            f"{report.rows_per_second:,.0f} rows/s, then {report.index_seconds:.1f} s building the index",
+            highlight=False,
+        )

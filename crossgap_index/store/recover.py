@@ -1,0 +1,85 @@
+"""Recover a vector shard whose bytes no longer match their checksum, from FAISS files that still hold
+the same vectors uncompressed.
+
+Shards are the index's truth, not derived data, so in general a damaged one can only be restored from a
+backup. But a FAISS file that verifies against the manifest at the catalog's current generation was
+built from exactly the shards' vectors; when it is ``Flat`` or ``IVF-Flat`` it holds them as they were
+(float32: the float16 values of a float16 shard exactly), so the live rows of the shard can be written
+again from it. Anything less (compressed codes, a stale or damaged FAISS file, a live row no file holds)
+is refused, and the shard stays as found.
+"""
+
+from __future__ import annotations
+
+import os
+import zlib
+
+import faiss
+import numpy as np
+
+from crossgap_index.errors import StoreError
+from crossgap_index.store.directory import Store
+from crossgap_index.store.shards import ITEMS_STREAM, SHARD_ROWS, ShardRecord, fsync_dir
+from crossgap_index.store.vectors import VectorIndex
+
+
+def recover_shard(store: Store, record: ShardRecord) -> str:
+    """Rewrite the live rows of a damaged shard from verified uncompressed FAISS files; returns what was done.
+    The caller holds ``store.writing()``. Raises StoreError (one line) when the rows cannot all be recovered."""
+    catalog, shards = store.catalog, store.catalog.shards()
+    path = shards.path(record.stream, record.number)
+    first = record.number * SHARD_ROWS
+    if record.stream == ITEMS_STREAM:
+        sql = "SELECT id, slot, modality FROM items WHERE slot >= ? AND slot < ?"
+        live = catalog.conn.execute(sql, (first, first + record.rows)).fetchall()
+    else:
+        sql = "SELECT item_id, slot, kind FROM derived_vectors WHERE kind = ? AND slot >= ? AND slot < ?"
+        live = catalog.conn.execute(sql, (record.stream, first, first + record.rows)).fetchall()
+    data = np.zeros((record.rows, shards.dim), shards.numpy_dtype)
+    if path.exists():
+        old = np.fromfile(path, shards.numpy_dtype, count=record.rows * shards.dim)
+        data.reshape(-1)[: len(old)] = old  # dead rows keep their bytes; live ones are all written below
+    for name in sorted({r[2] for r in live}):
+        ids = np.array([r[0] for r in live if r[2] == name], np.int64)
+        slots = np.array([r[1] for r in live if r[2] == name], np.int64)
+        data[slots - first] = _held_vectors(store, name, ids).astype(shards.numpy_dtype)
+    content = memoryview(np.ascontiguousarray(data)).cast("B")
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("wb") as f:
+        f.write(content)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+    crc = zlib.crc32(content)
+    catalog.conn.execute(
+        "UPDATE shards SET crc32 = ? WHERE stream = ? AND number = ?", (crc, record.stream, record.number)
+    )
+    catalog.conn.commit()  # the vectors are the ones FAISS was built from: the generation stays, files stay valid
+    shards.forget(record.stream, record.number)
+    return f"{path.parent.name}/{path.name}: {len(live)} vectors written again from the FAISS files"
+
+
+def _held_vectors(store: Store, name: str, ids: np.ndarray) -> np.ndarray:
+    """The vectors of ``ids`` as a verified, current, uncompressed FAISS file of ``name`` holds them."""
+    manifest = store.manifest
+    where = f"{name}.faiss"
+    expected = manifest.files.get(name) if manifest.generation == store.catalog.generation else None
+    count = store.stored_count(name)
+    index = VectorIndex.load(store.path / where, manifest.dim, manifest.factories[name], expected, count)
+    if index is None:
+        raise StoreError(f"{where} is missing, stale or damaged: it cannot restore the shard ({_ADVICE})")
+    inner = faiss.downcast_index(index.index.index)
+    if not isinstance(inner, faiss.IndexFlat | faiss.IndexIVFFlat):
+        raise StoreError(f"{where} holds compressed codes, not the vectors: it cannot restore the shard ({_ADVICE})")
+    position = {int(i): p for p, i in enumerate(faiss.vector_to_array(index.index.id_map))}
+    missing = [int(i) for i in ids if int(i) not in position]
+    if missing:
+        raise StoreError(f"{where} does not hold item {missing[0]}: it cannot restore the shard ({_ADVICE})")
+    if isinstance(inner, faiss.IndexIVFFlat):
+        inner = faiss.downcast_index(faiss.deserialize_index(faiss.serialize_index(inner)))  # owned, not mapped
+        inner.make_direct_map()
+    return np.stack([inner.reconstruct(position[int(i)]) for i in ids])
+
+
+_ADVICE = "restore the index directory from a backup, or build it again"
