@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 from pathlib import Path
@@ -42,12 +43,14 @@ def build(index: Path, folder: Path, engine, precision: str = "auto", **kwargs):
 
 
 def catalog_rows(index: Path) -> tuple[list[tuple], np.ndarray]:
-    """(id, path, hash, size, mtime) of every image, and their vectors, in id order."""
+    """(id, path, hash, size, mtime) of every image, and their vectors (from the shard files), in id order."""
     with sqlite3.connect(index / "catalog.sqlite") as conn:
         rows = conn.execute(
-            "SELECT id, path, content_hash, size, mtime_ns, vector FROM items WHERE modality = 'image' ORDER BY id"
+            "SELECT id, path, content_hash, size, mtime_ns, slot FROM items WHERE modality = 'image' ORDER BY id"
         ).fetchall()
-    vectors = np.stack([np.frombuffer(r[5], np.float32) for r in rows]) if rows else np.zeros((0, 0))
+    dim = json.loads((index / "manifest.json").read_text())["dim"]
+    shard = np.fromfile(index / "vectors" / "items-000000.f32", np.float32).reshape(-1, dim)
+    vectors = np.stack([shard[r[5]] for r in rows]) if rows else np.zeros((0, 0))
     return [r[:5] for r in rows], vectors
 
 
