@@ -15,6 +15,8 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
+from crossgap_index import __version__
+
 # Start-up stays light: only torch-free modules here. The library, rich rendering, numpy, FAISS and
 # torch load inside the commands that use them (`cgx --help` and `cgx info` never import torch).
 from crossgap_index.cli.eval_command import eval_command
@@ -23,7 +25,6 @@ from crossgap_index.cli.maintenance import NoWaitOpt, check_command, ls_command,
 from crossgap_index.cli.query_arg import query_kind
 from crossgap_index.cli.serve_command import serve_command
 from crossgap_index.cli.tune_command import train_inverter_command, tune_command
-from crossgap_index import __version__
 from crossgap_index.demo import DEMO_MODEL
 from crossgap_index.errors import CrossGapError, CrossGapWarning
 from crossgap_index.ingest.limits import DEFAULT_MAX_FILE_MB, DEFAULT_MAX_MEGAPIXELS
@@ -178,8 +179,8 @@ def build_index(
 ) -> None:
     """Embed the images under FOLDERS into the index. Incremental: unchanged files are skipped,
     changed ones re-embedded, deleted ones removed, renamed or duplicate files reuse stored vectors."""
-    from crossgap_index.cli.render import build_summary, err, printable, progress_bar
     from crossgap_index import CrossGapIndex
+    from crossgap_index.cli.render import build_summary, err, printable, progress_bar
     from crossgap_index.engines import get_engine
     from crossgap_index.ingest.discover import resolve_roots
 
@@ -223,12 +224,20 @@ def add_texts(
     index: IndexOpt = None,
     model: ModelOpt = None,
     device: DeviceOpt = "auto",
+    invert_gallery: Annotated[
+        bool,
+        typer.Option(
+            help="Also store each text's OVI feature for text queries with --mode cross-gallery "
+            "(one inversion per text; kept current on later additions)."
+        ),
+    ] = False,
+    ovi_steps: Annotated[int, typer.Option(min=0, help="OVI steps for --invert-gallery.")] = InversionConfig.ovi_steps,
     no_wait: NoWaitOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Add a text corpus beside the images; exact duplicates are stored once."""
-    from crossgap_index.cli.render import err, progress_bar
     from crossgap_index import CrossGapIndex
+    from crossgap_index.cli.render import err, progress_bar
     from crossgap_index.ingest.texts import read_text_corpus
 
     corpus = read_text_corpus(file)
@@ -237,6 +246,10 @@ def add_texts(
         progress_bar("embedding texts", "txt", enabled=not quiet) as progress,
     ):
         result = cgx.add_texts(corpus.texts, corpus.ids, progress=progress)
+        if invert_gallery or cgx.text_gallery_inversion is not None:
+            config = InversionConfig(ovi_steps=ovi_steps) if invert_gallery else None
+            with progress_bar("inverting texts", "txt", enabled=not quiet) as gallery_progress:
+                cgx.invert_gallery(config, progress=gallery_progress, modality="text")
     if not quiet:
         err.print(f"added {result.added} texts, {result.duplicates} duplicates, {len(corpus.bad_lines)} bad lines")
         for lineno, reason in corpus.bad_lines[:10]:
@@ -318,8 +331,8 @@ def query(
 
     QUERY is an image when it names an existing image file, else text; an argument with an image
     extension that names no file is an error (use --text to search for such text)."""
-    from crossgap_index.cli.render import err, inversion_bar, print_hits
     from crossgap_index import CrossGapIndex
+    from crossgap_index.cli.render import err, inversion_bar, print_hits
     from crossgap_index.evaluation.data import read_vocab
 
     is_image = query_kind(query, as_image, as_text) == "image"
@@ -384,8 +397,8 @@ def info(
     json_out: Annotated[bool, typer.Option("--json", help="One JSON document on stdout.")] = False,
 ) -> None:
     """Model, dimension, counts, FAISS factories and sizes on disk of an index."""
-    from crossgap_index.cli.render import info_table, out
     from crossgap_index import CrossGapIndex
+    from crossgap_index.cli.render import info_table, out
 
     with CrossGapIndex.open(index) as cgx:
         details = cgx.info()

@@ -7,6 +7,7 @@
     image.faiss          IDMap2 over the chosen factory, unit vectors, inner product
     text.faiss
     image-oti.faiss      optional: each gallery image's OTI text-space feature
+    text-ovi.faiss       optional: each stored text's OVI image-space feature
     lock                 advisory writer lock (store/lock.py)
 
 The store knows nothing about models: it keeps vectors under ids and answers top-k.
@@ -37,7 +38,7 @@ from crossgap_index.store.vectors import AUTO, VectorIndex, validate_factory
 INDEX_ENV_VAR = "CGX_INDEX"
 MODALITIES = ("image", "text")
 # Collections of vectors derived from items: name -> modality of the items they belong to.
-DERIVED = {"image-oti": "image"}
+DERIVED = {"image-oti": "image", "text-ovi": "text"}
 CATALOG_NAME = "catalog.sqlite"
 
 
@@ -141,13 +142,17 @@ class Store:
         """Load every collection, verified against the manifest (size, crc32, generation, count)."""
         generation = self.catalog.generation
         self.rebuilt = []
+        introduced = [name for name in DERIVED if name not in self.manifest.factories]
+        for name in introduced:  # a derived collection newer than the index: its owner's factory, saved by a write
+            self.manifest.factories[name] = self.manifest.factories.get(DERIVED[name], AUTO)
         for name, factory in self.manifest.factories.items():
             expected = self.manifest.files.get(name) if self.manifest.generation == generation else None
             index = VectorIndex.load(self.path / f"{name}.faiss", self.manifest.dim, factory, expected)
             if index is None or index.ntotal != self.stored_count(name):
                 index = VectorIndex(self.manifest.dim, factory)
                 index.build(*self.ids_and_vectors(name))
-                self.rebuilt.append(name)
+                if name not in introduced:
+                    self.rebuilt.append(name)
             self.indexes[name] = index
         self._loaded_generation = generation
 
