@@ -402,9 +402,13 @@ def paired_difference(values: np.ndarray, base: np.ndarray) -> tuple[float, floa
 
 
 def _tasks(data: EvalDataset, asked: Sequence[str] | None) -> list[str]:
-    available = {IMAGES: data.images is not None, TEXTS: data.texts is not None}
-    if asked is None:
-        return [t for t, ok in available.items() if ok]
+    available = {
+        IMAGES: data.images is not None,
+        TEXTS: data.texts is not None,
+        TEXT_TO_IMAGE: data.images is not None and bool(data.captions),
+    }
+    if asked is None:  # text-to-image when asked for (--task text-to-image): the default run keeps its cost
+        return [t for t, ok in available.items() if ok and t != TEXT_TO_IMAGE]
     unknown = [t for t in asked if t not in TASKS]
     if unknown:
         raise QueryError(f"unknown task '{unknown[0]}': use {' or '.join(TASKS)}")

@@ -167,7 +167,7 @@ class Inverter:
                 raise StoreError(f"{path}: inverter trained for model '{meta.get('model')}', index uses '{model}'")
             config = InverterConfig(**json.loads(meta["config"]))
             if config.direction != direction:
-                raise StoreError(f"{path}: a {config.direction.upper()} inverter, not the {direction.upper()} one")
+                raise StoreError(f"{path}: inverter trained for {config.direction.upper()}, not {direction.upper()}")
             n_out = int(meta.get("n_out", config.n_tokens or 0))
             net = InverterNet(int(meta["dim"]), int(meta["width"]), n_out, config.dropout)
             net.load_state_dict(weights)

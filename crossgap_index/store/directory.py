@@ -79,6 +79,7 @@ class Store:
         self.lock = lock or IndexLock(path)
         self.wait = True  # what a writer does when another process holds the lock
         self.rebuilt: list[str] = []  # collections rebuilt from the catalog on open (damaged, stale, missing)
+        self.introduced: list[str] = []  # derived collections this release has and the index did not (added empty)
         self._rw = ReadWriteLock()
         self._writer = threading.RLock()
         self._write_depth = 0
@@ -126,7 +127,7 @@ class Store:
         except BaseException:
             catalog.close()
             raise
-        if store.rebuilt and not readonly:
+        if (store.rebuilt or store.introduced) and not readonly:
             store._save_repaired()
         return store
 
@@ -143,7 +144,8 @@ class Store:
         generation = self.catalog.generation
         self.rebuilt = []
         introduced = [name for name in DERIVED if name not in self.manifest.factories]
-        for name in introduced:  # a derived collection newer than the index: its owner's factory, saved by a write
+        self.introduced = introduced
+        for name in introduced:  # a derived collection newer than the index: its owner's factory, saved on open
             self.manifest.factories[name] = self.manifest.factories.get(DERIVED[name], AUTO)
         for name, factory in self.manifest.factories.items():
             expected = self.manifest.files.get(name) if self.manifest.generation == generation else None
