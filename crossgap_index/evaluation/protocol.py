@@ -331,6 +331,12 @@ def eval_modes(
     elif task == TEXTS:
         modes["inverter"] = (resolve_mode("inverter"), "one-pass inversion network (OVI)")
         modes["warm"] = (resolve_mode("warm"), "inverter output + a few OVI steps")
+        span_leg = modes["span-imagenet"][0].legs[0]
+        for name, leg in (("cross", modes["cross"][0].legs[0]), ("inverter", modes["inverter"][0].legs[0])):
+            modes[f"fused-span-{name}"] = (
+                Mode("fused", (span_leg, leg), "rrf", rrf_k),
+                f"span over ImageNet names + {name}, reciprocal rank fusion (label-free)",
+            )
     return modes
 
 
