@@ -140,6 +140,7 @@ def test_ovi_sweep_path_equals_separate_runs():
         np.testing.assert_allclose(features, alone, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_eval_index_measures_the_stored_inverter_as_search_serves_it(index, captions, gallery_texts):
     """`cgx eval --index`: the inverter mode is the index's own network, and its mAP is the mAP of the
     library's search with that mode over the index's texts."""
@@ -171,6 +172,7 @@ def test_eval_index_measures_the_stored_inverter_as_search_serves_it(index, capt
     assert "inverter-transductive" in json.loads(transductive.stdout)["tasks"][TEXTS]["modes"]
 
 
+@pytest.mark.slow
 def test_tune_keeps_one_mode_per_task_and_cross_picks_by_query_modality(tmp_path, captions, gallery_texts):
     path = tmp_path / "idx"
     image_record = {"mode": resolve_mode("iso").to_dict(), "task": "image-to-image", "candidate": "iso[x]"}
@@ -196,6 +198,7 @@ def test_tune_keeps_one_mode_per_task_and_cross_picks_by_query_modality(tmp_path
     assert "image-to-image" in info.stdout and "text-to-text" in info.stdout and text["candidate"] in info.stdout
 
 
+@pytest.mark.slow
 def test_an_index_with_a_single_tuned_record_from_the_previous_release_opens_and_serves(tmp_path, gallery_texts):
     path = tmp_path / "old"
     record = _report({"mode": resolve_mode("iso").to_dict(), "task": "text-to-text", "candidate": "iso[old]"})
@@ -219,6 +222,7 @@ def test_an_index_with_a_single_tuned_record_from_the_previous_release_opens_and
         assert len(cgx.search(text="a red circle", target="texts", k=5, mode="cross-gallery")) == 5
 
 
+@pytest.mark.slow
 def test_text_to_image_is_a_task(captions):
     result = evaluate(
         "synthetic:7:24", MODEL, device="cpu", config=FEW, tasks=["text-to-image"], span_components=4
