@@ -548,13 +548,14 @@ class CrossGapIndex:
         (OVI: the stored texts through the image tower). ``config.direction`` follows ``modality``."""
         import dataclasses
 
-        from crossgap_index.inversion.inverter import InverterConfig, train_inverter
+        from crossgap_index.inversion.inverter import DEFAULT_STEPS, InverterConfig, train_inverter
 
         if modality not in _INVERTERS:
             raise QueryError(f"unknown modality '{modality}': use image or text")
         file, direction = _INVERTERS[modality]
         if config is None:
-            config = InverterConfig(direction=direction, n_tokens=None if direction == "ovi" else 1)
+            n_tokens = None if direction == "ovi" else 1
+            config = InverterConfig(direction=direction, n_tokens=n_tokens, steps=DEFAULT_STEPS[direction])
         config = dataclasses.replace(config, direction=direction)
         _, vectors = self._store.ids_and_vectors(modality)
         if len(vectors) < 2:
