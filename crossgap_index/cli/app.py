@@ -287,9 +287,9 @@ def query(
         Mode | None,
         typer.Option(
             help="intra (default): plain embeddings; cross: OTI/OVI inversion; fused: intra + cross merged "
-            "(--merge); cross-gallery: against the gallery's stored OTI; span / iso / concept: zero-cost "
-            "projections of query and gallery; inverter / warm: the trained inversion network "
-            "(cgx train-inverter); auto: the tuned mode."
+            "(--merge); cross-gallery: against the gallery's stored OTI (images) / OVI (texts); span / iso / concept: "
+            "zero-cost projections of query and gallery; inverter / warm: the trained inversion network "
+            "(cgx train-inverter [--modality texts]); auto: the mode tuned for the query's task."
         ),
     ] = None,
     merge: Annotated[
@@ -303,7 +303,7 @@ def query(
     rrf_k: Annotated[int, typer.Option(min=1, help="RRF constant.")] = RRF_K_DEFAULT,
     depth: Annotated[int, typer.Option(min=1, help="How deep each merged list is taken (at least -k).")] = 100,
     steps: Annotated[
-        int | None, typer.Option(min=0, help="Inversion steps [default: OTI 25 (served), OVI 1000].")
+        int | None, typer.Option(min=0, help="Inversion steps [default: 25, OTI and OVI; the paper: 150 and 1000].")
     ] = None,
     tokens: Annotated[int | None, typer.Option(min=1, help="OTI pseudo-tokens R [default: 1].")] = None,
     patches: Annotated[int | None, typer.Option(min=1, help="OVI pseudo-patches P [default: per model].")] = None,
