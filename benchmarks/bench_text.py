@@ -91,8 +91,9 @@ def _cost(args) -> dict:
         index = CrossGapIndex.create(Path(tmp) / "idx", model="ViT-B-32/random", device="cpu", precision="fp32")
         index.add_texts(texts)
         index.train_inverter(InverterConfig(direction="ovi", n_tokens=None, steps=2, batch_size=16), modality="text")
-        queries = [f"a photo of query {i} {texts[i % len(texts)]}" for i in range(args.cost_rounds * 40)]
         modes = ["intra", "span", "inverter", "warm", "cross"]
+        needed = 1 + args.cost_rounds * len(modes) * 33  # every timed query is a new one: no cache can answer it
+        queries = [f"a photo of query {i} {texts[i % len(texts)]}" for i in range(needed)]
         times: dict[str, dict[int, list[float]]] = {m: {1: [], 32: []} for m in modes}
         for mode in modes:  # warm-up: loads the inverter, fits maps
             index.search(text=queries[0], target="texts", k=10, mode=mode, use_cache=False)
@@ -146,7 +147,7 @@ def _cpu() -> float:
 
 def _parse() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[2001])
+    parser.add_argument("--seeds", type=int, nargs="*", default=[2001])
     parser.add_argument("--n", type=int, default=480)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--sweep-steps", type=int, nargs="*", default=[])
