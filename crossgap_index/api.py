@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image
 
 from crossgap_index.engines import Engine, get_engine
-from crossgap_index.engines.build import BuildReport, ImageBuild, TextReport, add_text_items, invert_gallery_images
+from crossgap_index.engines.build import BuildReport, ImageBuild, TextReport, add_text_items, invert_gallery_items
 from crossgap_index.errors import QueryError, StoreError
 from crossgap_index.ingest.decode import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_MEGAPIXELS
 from crossgap_index.ingest.discover import find_images, resolve_roots
@@ -31,6 +31,7 @@ from crossgap_index.search.searcher import Hit, QueryTransform, Searcher
 from crossgap_index.store.catalog import ImageRecord, ItemRow
 from crossgap_index.store.check import CheckReport, check_store
 from crossgap_index.store.directory import IndexExistsError, Store, default_index_path
+from crossgap_index.store.manifest import tuned_task
 from crossgap_index.store.prune import select_for_removal
 from crossgap_index.store.vectors import AUTO
 
@@ -39,7 +40,10 @@ if TYPE_CHECKING:  # torch loads with the first model, inside the methods that n
     from crossgap_index.inversion.inverter import Inverter, InverterConfig
     from crossgap_index.models import Encoder
 
-INVERTER_FILE = "inverter.safetensors"
+INVERTER_FILE = "inverter.safetensors"  # the OTI network: image queries
+TEXT_INVERTER_FILE = "text-inverter.safetensors"  # the OVI network: text queries
+# query modality -> (file, direction, items it trains on)
+_INVERTERS = {"image": (INVERTER_FILE, "oti"), "text": (TEXT_INVERTER_FILE, "ovi")}
 __all__ = ["BuildReport", "CrossGapIndex", "Hit", "IndexInfo", "Query", "QueryTransform", "SearchOptions", "TextReport"]
 
 # progress(done, total): called as files (or gallery images) are processed.
@@ -69,10 +73,13 @@ class IndexInfo:
     schema_version: int
     crossgap_version: str
     gallery_inversion: dict | None = None
-    tuned_mode: dict | None = None
+    tuned_mode: dict | None = None  # the record stored last (what releases before per-task records show)
     inverter: dict | None = None
     precision: str = "fp32"
-    cross: dict | None = None  # what --cross runs and where that choice came from (search.modes.describe_cross)
+    tuned_modes: dict | None = None  # task (image-to-image, text-to-text, text-to-image, any) -> record
+    text_inverter: dict | None = None
+    text_gallery_inversion: dict | None = None
+    cross: dict | None = None  # per query modality: what --cross runs and why (search.modes.describe_cross)
 
 
 def _reads(method: Callable) -> Callable:
@@ -99,8 +106,8 @@ class CrossGapIndex:
         self._precision = check_setting(precision)
         self._encoder: Encoder | None = None
         self._searcher: Searcher | None = None
-        self._inverter_net: Inverter | None = None
-        # The model, searcher and inverter load on first use; threads that arrive together build them once.
+        self._inverter_nets: dict[str, Inverter] = {}
+        # The model, searcher and inverters load on first use; threads that arrive together build them once.
         self._loading = threading.RLock()
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -246,6 +253,11 @@ class CrossGapIndex:
         return self._store.manifest.gallery_inversion
 
     @property
+    def text_gallery_inversion(self) -> dict | None:
+        """The InversionConfig (as a dict) of the stored texts' OVI features, or None when not inverted."""
+        return self._store.manifest.text_gallery_inversion
+
+    @property
     def encoder(self) -> Encoder:
         if self._encoder is None:
             with self._loading:
@@ -356,17 +368,23 @@ class CrossGapIndex:
             return add_text_items(self._store, self.encoder, texts, ids, self._record_precision, progress)
 
     # -- gallery-side inversion ------------------------------------------------------------
-    def invert_gallery(self, config: InversionConfig | None = None, progress: ProgressFn | None = None) -> int:
-        """Store each gallery image's OTI text-space feature (collection ``image-oti``), so image queries
-        can be compared inter-modally with no optimisation at query time (mode ``cross-gallery``).
-        Resumable: only images without a stored feature are inverted. Returns how many were. ``config``
-        None: the settings the gallery was inverted with (kept current), else the defaults."""
+    def invert_gallery(
+        self, config: InversionConfig | None = None, progress: ProgressFn | None = None, modality: str = "image"
+    ) -> int:
+        """Store each gallery item's inverted feature, so queries of its modality can be compared inter-modally
+        with no optimisation at query time (mode ``cross-gallery``): each image's OTI text-space feature
+        (collection ``image-oti``), or with ``modality="text"`` each stored text's OVI image-space feature
+        (``text-ovi``). Resumable: only items without a stored feature are inverted. Returns how many were.
+        ``config`` None: the settings the gallery was inverted with (kept current), else the defaults."""
+        if modality not in _INVERTERS:
+            raise QueryError(f"unknown modality '{modality}': use image or text")
         with self._store.writing():
-            stored = self._store.manifest.gallery_inversion
+            manifest = self._store.manifest
+            stored = manifest.gallery_inversion if modality == "image" else manifest.text_gallery_inversion
             if config is None:
                 config = InversionConfig(**stored) if stored else InversionConfig()
-            return invert_gallery_images(
-                self._store, self.encoder.loaded, config.resolved(self.encoder.device), progress
+            return invert_gallery_items(
+                self._store, self.encoder.loaded, config.resolved(self.encoder.device), modality, progress
             )
 
     # -- reading --------------------------------------------------------------------------
@@ -376,13 +394,15 @@ class CrossGapIndex:
         if self._searcher is None:
             with self._loading:
                 if self._searcher is None:
-                    inverter = self._inverter if (self.path / INVERTER_FILE).is_file() else None
+                    image = self.path / INVERTER_FILE
+                    text = self.path / TEXT_INVERTER_FILE
                     self._searcher = Searcher(
                         self._store,
                         self._store.manifest.model,
                         lambda: self.encoder,
-                        inverter,
+                        functools.partial(self.inverter, "image") if image.is_file() else None,
                         _CatalogCache(self._store),
+                        text_inverter=functools.partial(self.inverter, "text") if text.is_file() else None,
                     )
         return self._searcher
 
@@ -507,49 +527,79 @@ class CrossGapIndex:
 
     @property
     def tuned_mode(self) -> dict | None:
-        """What ``cgx tune`` stored: the mode, its selection and report mAPs, the dataset, the date."""
+        """The record ``cgx tune`` stored last: the mode, its task, selection and report mAPs, the dataset, the date."""
         return self._store.manifest.tuned_mode
 
-    def set_tuned_mode(self, record: dict | None) -> None:
-        """Store (or with None clear) the mode that ``mode="auto"`` and ``cgx query --cross`` serve."""
+    @property
+    def tuned_modes(self) -> dict[str, dict]:
+        """Every stored tune record by task (image-to-image, text-to-text, text-to-image; ``any``: a record
+        that names no task). ``mode="auto"`` serves a query the record of its task."""
+        return dict(self._store.manifest.tuned_modes)
+
+    def set_tuned_mode(self, record: dict | None, task: str | None = None) -> None:
+        """Store the mode that ``mode="auto"`` and ``cgx query --cross`` serve for the record's task (its
+        ``task`` field; none: every query), replacing only that task's record. ``None`` clears ``task``'s
+        record, or with no ``task`` every record."""
         if record is not None:
             if not isinstance(record, dict) or not isinstance(record.get("mode"), dict):
                 raise QueryError("a tuned-mode record is a dict with a 'mode' (see cgx tune)")
             Mode.from_dict(record["mode"])  # refuse a malformed record before it is saved
         with self._store.writing():
-            self._store.manifest.tuned_mode = record
+            manifest = self._store.manifest
+            if record is not None:
+                manifest.tuned_modes[tuned_task(record)] = record
+            elif task is None:
+                manifest.tuned_modes.clear()
+            else:
+                manifest.tuned_modes.pop(task, None)
+            manifest.tuned_mode = record if record is not None else next(reversed(manifest.tuned_modes.values()), None)
             self._store.save()
         self._searcher = None
 
-    def tune(self, dataset, *, inversion: bool = True, seed: int = 0, progress=None):
-        """Choose the mode that wins on labelled ``dataset`` (the forms ``cgx eval`` takes) and store it:
-        ``mode="auto"`` and ``cgx query --cross`` serve it from then on. Stores nothing when the data is below
-        tune's minimum or the winner's held-out gain is not above noise (``result.stored``, ``result.reason``).
-        Returns the TuneResult."""
+    def tune(self, dataset, *, inversion: bool = True, seed: int = 0, progress=None, task: str | None = None):
+        """Choose the mode that wins on labelled ``dataset`` (the forms ``cgx eval`` takes) and store it for
+        the task tuned (``task``: image-to-image or text-to-text; default: images when the dataset has them):
+        ``mode="auto"`` and ``cgx query --cross`` serve it to that task's queries. Stores nothing when the data
+        is below tune's minimum or the winner's held-out gain is not above noise (``result.stored``,
+        ``result.reason``). Returns the TuneResult."""
         from crossgap_index.tuning import tune
 
-        result, network = tune(dataset, self.encoder, inversion=inversion, seed=seed, progress=progress)
+        kwargs = {"task": task} if task is not None else {}
+        result, network = tune(dataset, self.encoder, inversion=inversion, seed=seed, progress=progress, **kwargs)
         if not result.stored:
             return result
         with self._store.writing():
             if network is not None:
-                network.save(self.path / INVERTER_FILE)
-                self._inverter_net = network
+                network.save(self.path / _INVERTERS[network.query_modality][0])
+                self._inverter_nets[network.query_modality] = network
             self.set_tuned_mode(result.record)
         return result
 
-    # -- inversion network ----------------------------------------------------------------
-    def train_inverter(self, config: InverterConfig | None = None, progress=None, replace: bool = False) -> Inverter:
-        """Train the one-pass inversion network on this index's image vectors and save it beside the index.
-        A network that ``max_seconds`` cut short of its steps does not replace a stored one unless
-        ``replace``: the stored one is kept and a StoreError says so (nothing is replaced silently)."""
-        from crossgap_index.inversion.inverter import train_inverter
+    # -- inversion networks ---------------------------------------------------------------
+    def train_inverter(
+        self, config: InverterConfig | None = None, progress=None, modality: str = "image", replace: bool = False
+    ) -> Inverter:
+        """Train the one-pass inversion network for ``modality`` queries on this index's own items, no labels,
+        and save it beside the index: ``image`` (OTI: the image vectors through the text tower) or ``text``
+        (OVI: the stored texts through the image tower). ``config.direction`` follows ``modality``. A network
+        that ``max_seconds`` cut short of its steps does not replace a stored one unless ``replace``: the
+        stored one is kept and a StoreError says so (nothing is replaced silently)."""
+        import dataclasses
 
-        _, vectors = self._store.ids_and_vectors("image")
+        from crossgap_index.inversion.inverter import DEFAULT_STEPS, InverterConfig, train_inverter
+
+        if modality not in _INVERTERS:
+            raise QueryError(f"unknown modality '{modality}': use image or text")
+        file, direction = _INVERTERS[modality]
+        if config is None:
+            n_tokens = None if direction == "ovi" else 1
+            config = InverterConfig(direction=direction, n_tokens=n_tokens, steps=DEFAULT_STEPS[direction])
+        config = dataclasses.replace(config, direction=direction)
+        _, vectors = self._store.ids_and_vectors(modality)
         if len(vectors) < 2:
-            raise StoreError(f"the image index at {self.path} needs at least 2 images to train an inverter")
+            raise StoreError(f"the {modality} index at {self.path} needs at least 2 items to train an inverter")
         network = train_inverter(self.encoder.loaded, vectors, config, progress)
-        stored = self.path / INVERTER_FILE
+        stored = self.path / file
         if network.cut_short and stored.exists() and not replace:
             raise StoreError(
                 f"training stopped by max_seconds after {network.stats['steps']} of {network.config.steps} steps; "
@@ -557,20 +607,27 @@ class CrossGapIndex:
             )
         with self._store.writing():
             network.save(stored)
-        self._inverter_net = network
+        self._inverter_nets[modality] = network
         self._searcher = None
         return network
 
-    def _inverter(self) -> Inverter:
-        if self._inverter_net is None:
+    def inverter(self, modality: str = "image") -> Inverter:
+        """The saved network for ``modality`` queries (image: OTI, text: OVI); StoreError when there is none,
+        or when the file is another model's or another direction's."""
+        if modality not in _INVERTERS:
+            raise QueryError(f"unknown modality '{modality}': use image or text")
+        if modality not in self._inverter_nets:
             from crossgap_index.inversion.inverter import Inverter
 
+            file, direction = _INVERTERS[modality]
             with self._loading:
-                if self._inverter_net is None:
-                    self._inverter_net = Inverter.load(
-                        self.path / INVERTER_FILE, self._store.manifest.model, self.encoder.device
+                if modality not in self._inverter_nets:
+                    if not (self.path / file).is_file():
+                        raise StoreError(f"no {modality} inverter at {self.path}: train one with `cgx train-inverter`")
+                    self._inverter_nets[modality] = Inverter.load(
+                        self.path / file, self._store.manifest.model, self.encoder.device, direction
                     )
-        return self._inverter_net
+        return self._inverter_nets[modality]
 
     def info(self) -> IndexInfo:
         m = self._store.manifest
@@ -586,9 +643,12 @@ class CrossGapIndex:
             crossgap_version=m.crossgap_version,
             gallery_inversion=self.gallery_inversion,
             tuned_mode=m.tuned_mode,
-            inverter=self._inverter().stats if (self.path / INVERTER_FILE).is_file() else None,
+            inverter=_inverter_stats(self.path / INVERTER_FILE),
             precision=m.precision,
-            cross=describe_cross(m.model, m.tuned_mode),
+            tuned_modes=dict(m.tuned_modes),
+            text_inverter=_inverter_stats(self.path / TEXT_INVERTER_FILE),
+            text_gallery_inversion=m.text_gallery_inversion,
+            cross={q: describe_cross(m.model, self.searcher.tuned_record(q, q)) for q in ("image", "text")},
         )
 
     # -- maintenance (remove, ls, check) ------------------------------------------------------
@@ -620,6 +680,23 @@ class CrossGapIndex:
     def refresh(self) -> bool:
         """See other processes' writes since open (True when there were any)."""
         return self._store.refresh()
+
+
+def _inverter_stats(path: Path) -> dict | None:
+    """A saved inverter's training stats, read from the safetensors header alone (no torch: `cgx info` stays
+    light); None when there is no such file, or one line when it is not an inverter."""
+    import json
+    import struct
+
+    if not path.is_file():
+        return None
+    try:
+        with path.open("rb") as f:
+            (size,) = struct.unpack("<Q", f.read(8))
+            meta = json.loads(f.read(min(size, 1 << 24)))["__metadata__"]
+        return json.loads(meta["stats"])
+    except (OSError, struct.error, ValueError, KeyError, TypeError) as exc:
+        raise StoreError(f"{path}: unreadable inverter ({exc})") from exc
 
 
 def _index_path(path: str | Path | None) -> Path:

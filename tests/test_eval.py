@@ -30,7 +30,8 @@ IMAGE_MODES = [
     *PEER_MODES, "inverter", "warm",
 ]  # fmt: skip
 TEXT_MODES = [
-    "intra", "default", "cross", "fused-rrf", "fused-score", "span", "concept", "span-imagenet", "iso", *PEER_MODES,
+    "intra", "default", "cross", "fused-rrf", "fused-score", "cross-gallery", "span", "concept", "span-imagenet", "iso",
+    *PEER_MODES, "inverter", "warm", "fused-span-cross", "fused-span-inverter",
 ]  # fmt: skip
 
 
@@ -64,8 +65,10 @@ def test_every_mode_runs_on_both_tasks(result):
 
 
 def test_sweep_point_at_the_configured_steps_is_the_cross_mode(result):
-    assert [p.steps for p in result.sweep] == [0, 2]
-    assert result.sweep[1].metrics == result.tasks[IMAGES].modes["cross"].metrics
+    for task in (IMAGES, TEXTS):  # OTI on image queries, OVI on text queries
+        points = [p for p in result.sweep if p.task == task]
+        assert [p.steps for p in points] == [0, 2]
+        assert points[1].metrics == result.tasks[task].modes["cross"].metrics
 
 
 def test_result_is_one_json_document(result):
@@ -158,8 +161,8 @@ def test_bad_options_give_one_line_errors(tmp_path, exported):
     with pytest.raises(InputFileError, match="at least 2 names"):
         read_vocab(vocab)
     jsonl = str(exported / "captions.jsonl")
-    with pytest.raises(QueryError, match="sweep-steps"):
-        evaluate(jsonl, MODEL, device="cpu", sweep_steps=[5])
+    with pytest.raises(QueryError, match="sweep patches"):
+        evaluate(jsonl, MODEL, device="cpu", sweep_steps=[5], sweep_patches=[0])
     with pytest.raises(InputFileError, match="no images"):
         evaluate(jsonl, MODEL, device="cpu", tasks=["images"])
     with pytest.raises(QueryError, match="span components"):
@@ -196,13 +199,14 @@ def test_cli_json_and_plots(cli, tmp_path):
     doc = json.loads(run.stdout)
     assert set(doc) >= {"dataset", "model", "settings", "tasks", "zero_shot", "sweep", "timings"}
     assert list(doc["tasks"][IMAGES]["modes"]) == IMAGE_MODES
-    assert [p["steps"] for p in doc["sweep"]] == [0, 2]
+    assert [(p["task"], p["steps"]) for p in doc["sweep"]] == [(IMAGES, 0), (IMAGES, 2), (TEXTS, 0), (TEXTS, 2)]
     assert doc["settings"]["span"]["components"] == 8
     pngs = sorted(p.name for p in (tmp_path / "plots").glob("*.png"))
     assert pngs == [
         "image-to-image-metrics.png",
         "image-to-image-quality-vs-cost.png",
         "oti-steps-sweep.png",
+        "ovi-steps-sweep.png",
         "text-to-text-metrics.png",
         "text-to-text-quality-vs-cost.png",
     ]

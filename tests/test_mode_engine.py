@@ -69,7 +69,7 @@ def test_served_mode_equals_the_engine_over_memory(index, labelled, name):
     gallery_oti = store.ids_and_vectors("image-oti")
     memory = MatrixGallery({"image": (ids, vectors), "image-oti": gallery_oti})
     feature, modality, digest = index.searcher.embed([{"image": query}])[0]
-    inverter = index._inverter
+    inverter = lambda: index.inverter("image")  # noqa: E731
     transformer = ModelTransformer(MODEL, lambda: index.encoder, inverter=inverter)
     result = run_mode(mode, Queries(feature[None], modality, (digest,)), "image", N, memory, transformer)[0]
     assert [h.id for h in served] == result.ranked.ids.tolist()
@@ -173,7 +173,7 @@ def test_inverter_trains_and_round_trips(tmp_path):
     network.save(path)
     again = Inverter.load(path, loaded.spec.canonical)
     np.testing.assert_array_equal(again.tokens(feats), network.tokens(feats))
-    np.testing.assert_allclose(again.text_features(loaded, feats), network.text_features(loaded, feats), atol=1e-6)
+    np.testing.assert_allclose(again.features(loaded, feats), network.features(loaded, feats), atol=1e-6)
     with pytest.raises(StoreError, match="trained for model"):
         Inverter.load(path, "crossgap-small")
     (tmp_path / "bad.safetensors").write_bytes(b"\x00" * 64)

@@ -264,6 +264,14 @@ def add_texts(
     max_file_mb: Annotated[
         float, typer.Option(min=0.0, help="Refuse a corpus file larger than this many MB without reading it.")
     ] = DEFAULT_MAX_FILE_MB,
+    invert_gallery: Annotated[
+        bool,
+        typer.Option(
+            help="Also store each text's OVI feature for text queries with --mode cross-gallery "
+            "(one inversion per text; kept current on later additions)."
+        ),
+    ] = False,
+    ovi_steps: Annotated[int, typer.Option(min=0, help="OVI steps for --invert-gallery.")] = InversionConfig.ovi_steps,
     no_wait: NoWaitOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -278,6 +286,10 @@ def add_texts(
         progress_bar("embedding texts", "txt", enabled=not quiet) as progress,
     ):
         result = cgx.add_texts(corpus.texts, corpus.ids, progress=progress)
+        if invert_gallery or cgx.text_gallery_inversion is not None:
+            config = InversionConfig(ovi_steps=ovi_steps) if invert_gallery else None
+            with progress_bar("inverting texts", "txt", enabled=not quiet) as gallery_progress:
+                cgx.invert_gallery(config, progress=gallery_progress, modality="text")
     if not quiet:
         err.print(f"added {result.added} texts, {result.duplicates} duplicates, {len(corpus.bad_lines)} bad lines")
         for lineno, reason in corpus.bad_lines[:10]:
@@ -316,10 +328,11 @@ def query(
         typer.Option(
             metavar="MODE",
             help="intra (default): plain embeddings; cross: OTI/OVI inversion; fused: intra + cross merged "
-            "(--merge); cross-gallery: against the gallery's stored OTI; span / iso / concept: zero-cost "
-            "projections of query and gallery; inverter / warm: the trained inversion network "
-            "(cgx train-inverter); aqe / dba / nnn / qbnorm / center: the training-free peers; MODE+POST "
-            "(e.g. span+aqe): a one-leg mode followed by aqe, nnn or qbnorm; auto: the tuned mode.",
+            "(--merge); cross-gallery: against the gallery's stored OTI (images) / OVI (texts); span / iso / "
+            "concept: zero-cost projections of query and gallery; inverter / warm: the trained inversion network "
+            "(cgx train-inverter [--modality texts]); aqe / dba / nnn / qbnorm / center: the training-free peers; "
+            "MODE+POST (e.g. span+aqe): a one-leg mode followed by aqe, nnn or qbnorm; auto: the mode tuned for "
+            "the query's task.",
         ),
     ] = None,
     merge: Annotated[
@@ -333,7 +346,7 @@ def query(
     rrf_k: Annotated[int, typer.Option(min=1, help="RRF constant.")] = RRF_K_DEFAULT,
     depth: Annotated[int, typer.Option(min=1, help="How deep each merged list is taken (at least -k).")] = 100,
     steps: Annotated[
-        int | None, typer.Option(min=0, help="Inversion steps [default: OTI 25 (served), OVI 1000].")
+        int | None, typer.Option(min=0, help="Inversion steps [default: 25, OTI and OVI; the paper: 150 and 1000].")
     ] = None,
     tokens: Annotated[int | None, typer.Option(min=1, help="OTI pseudo-tokens R [default: 1].")] = None,
     patches: Annotated[int | None, typer.Option(min=1, help="OVI pseudo-patches P [default: per model].")] = None,

@@ -24,6 +24,7 @@ class Task(str, Enum):
     all = "all"
     images = "images"
     texts = "texts"
+    text_to_image = "text-to-image"
 
 
 def eval_command(
@@ -54,30 +55,64 @@ def eval_command(
             "--span-components", min=1, help="Directions kept by span projection [default: the model's rule]."
         ),
     ] = None,
-    task: Annotated[Task, typer.Option("--task", help="Evaluate images, texts, or all the dataset has.")] = Task.all,
+    task: Annotated[
+        Task,
+        typer.Option(
+            "--task",
+            help="images (image-to-image), texts (text-to-text), text-to-image (each caption queries the images), "
+            "or all: image-to-image and text-to-text, whichever the dataset has.",
+        ),
+    ] = Task.all,
     steps: Annotated[
         int | None, typer.Option("--steps", min=0, help="OTI steps of the cross and fused modes [default: 25, served].")
     ] = None,
     tokens: Annotated[int, typer.Option("--tokens", min=1, help="OTI pseudo-tokens R.")] = InversionConfig.n_tokens,
     ovi_steps: Annotated[
-        int, typer.Option("--ovi-steps", min=0, help="OVI steps (text queries).")
+        int,
+        typer.Option("--ovi-steps", min=0, help="OVI steps (text queries; the paper publishes 1000)."),
     ] = InversionConfig.ovi_steps,
+    patches: Annotated[
+        int | None, typer.Option("--patches", min=1, help="OVI pseudo-patches P [default: 1 for /32 ViTs, else 4].")
+    ] = None,
     batch_size: Annotated[
         int, typer.Option("--batch-size", min=1, help="Queries inverted together (speed only).")
     ] = InversionConfig.batch_size,
     sweep_steps: Annotated[
         str | None,
         typer.Option(
-            "--sweep-steps", help="Also measure the OTI cross mode at these step counts, e.g. 10,25,50,100,150."
+            "--sweep-steps",
+            help="Also measure the cross mode (OTI on images, OVI on texts) at these step counts, e.g. 5,10,25,50. "
+            "One inversion run per setting serves every count.",
         ),
     ] = None,
     sweep_tokens: Annotated[
-        str, typer.Option("--sweep-tokens", help="Pseudo-token counts R for --sweep-steps, e.g. 1,2,4.")
+        str, typer.Option("--sweep-tokens", help="Pseudo-token counts R for --sweep-steps (OTI), e.g. 1,2,4.")
     ] = "1",
+    sweep_patches: Annotated[
+        str | None,
+        typer.Option("--sweep-patches", help="Pseudo-patch counts P for --sweep-steps (OVI), e.g. 1,4,16."),
+    ] = None,
+    sweep_lr: Annotated[
+        str | None,
+        typer.Option("--sweep-lr", help="Learning rates for --sweep-steps, e.g. 0.01,0.02,0.05 [default: --lr]."),
+    ] = None,
+    lr: Annotated[
+        float, typer.Option("--lr", min=0.0, help="Inversion learning rate (OTI and OVI).")
+    ] = InversionConfig.lr,
     index: Annotated[
         Path | None,
-        typer.Option("--index", help="Also measure this index's tuned mode (as 'tuned'), with the index's model."),
+        typer.Option(
+            "--index",
+            help="Evaluate what this index serves, with its model: its tuned mode per task (as 'tuned') and its "
+            "stored inverters as they are (not retrained).",
+        ),
     ] = None,
+    transductive: Annotated[
+        bool,
+        typer.Option(
+            help="With --index: also measure inverters trained here on the evaluated items (inverter-transductive)."
+        ),
+    ] = False,
     limit: Annotated[
         int | None, typer.Option("--limit", min=2, help="Use a fixed random subset of N images and N caption groups.")
     ] = None,
@@ -107,27 +142,33 @@ def eval_command(
 
     sweep = _parse_steps(sweep_steps, "--sweep-steps") if sweep_steps else []
     sweep_r = _parse_steps(sweep_tokens, "--sweep-tokens")
+    sweep_p = _parse_steps(sweep_patches, "--sweep-patches") if sweep_patches else [patches]
+    sweep_lrs = _parse_rates(sweep_lr) if sweep_lr else []
     data = load_dataset(dataset, limit)
     names = read_vocab(vocab) if vocab is not None else None
     config = InversionConfig(
         oti_steps=SERVED_OTI_STEPS if steps is None else steps,
         n_tokens=tokens,
         ovi_steps=ovi_steps,
+        n_patches=patches,
+        lr=lr,
         batch_size=batch_size,
         precision=precision,
     )
-    extra, labelled = {}, []
+    labelled: list[str] = []
+    served: dict = {}
+    if transductive and index is None:
+        raise QueryError("--transductive compares with an index's own inverters: give --index IDX")
     if index is not None:
         from crossgap_index import CrossGapIndex
-        from crossgap_index.search.modes import resolve_mode
 
-        with CrossGapIndex.open(index) as cgx:
-            model = cgx.info().model
-            tuned = cgx.tuned_mode or {}
-        if tuned:  # an untuned index's --cross is the `default` row already
-            extra["tuned"] = resolve_mode("auto", tuned=tuned["mode"], model=model)
-            if tuned.get("dataset", {}).get("spec") == data.spec:
-                labelled.append("tuned")  # chosen on this very data's labels
+        with CrossGapIndex.open(index, device=device) as cgx:
+            served = _served(cgx)
+            info = cgx.info()
+            model = info.model
+        records = (info.tuned_modes or {}).values()
+        if any(record.get("dataset", {}).get("spec") == data.spec for record in records):
+            labelled.append("tuned")  # chosen on this very data's labels
     with _progress(enabled=not quiet) as progress:
         result = evaluate(
             data,
@@ -139,10 +180,13 @@ def eval_command(
             tasks=None if task is Task.all else [task.value],
             sweep_steps=sweep,
             sweep_tokens=sweep_r,
+            sweep_patches=sweep_p,
+            sweep_lrs=sweep_lrs,
             span_components=span_components,
-            extra_modes=extra,
+            transductive=transductive,
             progress=progress,
             labelled_modes=labelled,
+            **served,
         )
     if vocab is not None:
         result.settings["span"]["vocabulary"] = str(vocab)
@@ -154,6 +198,37 @@ def eval_command(
         for path in write_plots(result, plots):
             if not quiet:
                 err.print(f"wrote {path}", highlight=False)
+
+
+def _served(cgx) -> dict:
+    """What an index serves, as ``evaluate`` keywords: its tuned mode for each task (the default where none
+    is stored) as ``tuned``, and its stored inverters as they are."""
+    from crossgap_index.evaluation.protocol import IMAGES, TEXT_TO_IMAGE, TEXTS
+    from crossgap_index.search.options import SearchOptions
+
+    targets = {IMAGES: ("image", "images"), TEXTS: ("text", "texts"), TEXT_TO_IMAGE: ("text", "images")}
+    task_modes = {
+        task: {"tuned": cgx.served_mode(SearchOptions(mode="auto", target=target), modality)}
+        for task, (modality, target) in targets.items()
+    }
+    info, networks = cgx.info(), {}
+    for modality, keyword, stats in (
+        ("image", "inverter", info.inverter),
+        ("text", "text_inverter", info.text_inverter),
+    ):
+        if stats is not None:  # else none is stored: one is trained here, transductively, as without --index
+            networks[keyword] = cgx.inverter(modality)
+    return {"task_modes": task_modes, **networks}
+
+
+def _parse_rates(text: str) -> list[float]:
+    try:
+        rates = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise QueryError(f"--sweep-lr takes comma-separated numbers, e.g. 0.01,0.02; got {text!r}") from None
+    if not rates or min(rates) <= 0:
+        raise QueryError(f"--sweep-lr needs one or more rates > 0, got {text!r}")
+    return rates
 
 
 def _parse_steps(text: str, option: str) -> list[int]:

@@ -162,25 +162,30 @@ def info_table(info: IndexInfo) -> Table:
             continue  # optional derived collections appear once built
         table.add_row(f"{name}", f"{count} vectors, factory {info.factories[name]}")
     table.add_row("on disk", ", ".join(f"{name} {_human(size)}" for name, size in info.disk_bytes.items()))
-    tuned = info.tuned_mode
-    if tuned:
+    tuned_modes = info.tuned_modes or ({"any": info.tuned_mode} if info.tuned_mode else {})
+    for task, tuned in sorted(tuned_modes.items()):
         rep = tuned["report"]
         table.add_row(
-            "tuned mode (--cross)",
+            f"tuned mode (--cross), {task}",
             f"{escape(tuned['candidate'])}: mAP {rep['map'] * 100:.2f} vs intra {rep['intra_map'] * 100:.2f} "
             f"on the report half of {escape(tuned['dataset']['spec'])} ({tuned['date']})",
         )
-    else:
+    if not tuned_modes:
         table.add_row("tuned mode (--cross)", "none (see cgx tune)")
-    if info.cross:
-        source = {"tuned": "tuned", "bundled": "the model's measured default", "published": "published setting"}
+    source = {"tuned": "tuned", "bundled": "the model's measured default", "published": "published setting"}
+    for modality, cross in (info.cross or {}).items():
         table.add_row(
-            "--cross runs",
-            f"{escape(info.cross['summary'])}\nsource: {source.get(info.cross['source'], info.cross['source'])}: "
-            f"{escape(info.cross['detail'])}",
+            f"--cross runs, {modality} queries",
+            f"{escape(cross['summary'])}\nsource: {source.get(cross['source'], cross['source'])}: "
+            f"{escape(cross['detail'])}",
         )
     if info.inverter:
-        table.add_row("inverter", f"trained on {info.inverter['images']} images, {info.inverter['steps']} steps")
+        table.add_row(
+            "inverter (images)", f"trained on {info.inverter['images']} images, {info.inverter['steps']} steps"
+        )
+    if info.text_inverter:
+        text = info.text_inverter
+        table.add_row("inverter (texts)", f"trained on {text['texts']} texts, {text['steps']} steps")
     table.add_row("schema / version", f"{info.schema_version} / crossgap-index {info.crossgap_version}")
     return table
 

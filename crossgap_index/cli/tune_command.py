@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
@@ -99,14 +100,33 @@ def _print_data(result) -> None:
         err.print(f"cgx: skipped: {escape(note)}", highlight=False)
 
 
+class Modality(str, Enum):
+    images = "images"
+    texts = "texts"
+
+
 def train_inverter_command(
     index: Annotated[
         Path | None, typer.Option("--index", envvar="CGX_INDEX", help="Index to train for [default: $CGX_INDEX].")
     ] = None,
+    modality: Annotated[
+        Modality,
+        typer.Option(
+            "--modality",
+            help="images: the OTI network for image queries (trained on the index's images); texts: the OVI "
+            "network for text queries (trained on the index's texts).",
+        ),
+    ] = Modality.images,
     device: Annotated[str, typer.Option("--device", help="auto (CUDA when available), cpu or cuda.")] = "auto",
-    steps: Annotated[int, typer.Option(min=1, help="Optimisation steps: a quality knob, see --help.")] = 48,
-    tokens: Annotated[int, typer.Option(min=1, help="Pseudo-tokens R the network predicts.")] = 1,
-    batch_size: Annotated[int, typer.Option(min=1, help="Images per step.")] = 128,
+    steps: Annotated[
+        int | None,
+        typer.Option(min=1, help="Optimisation steps: a quality knob, see --help [default: the measured best]."),
+    ] = None,
+    tokens: Annotated[
+        int | None,
+        typer.Option(min=1, help="Pseudo-tokens R (images) or pseudo-patches P (texts) the network predicts."),
+    ] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="Items per step.")] = 128,
     max_seconds: Annotated[
         float | None,
         typer.Option(help="Stop after this many seconds (> 0); a network cut short does not replace a stored one."),
@@ -116,21 +136,34 @@ def train_inverter_command(
     ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar on stderr.")] = False,
 ) -> None:
-    """Train the one-pass inversion network (modes inverter and warm) on the index's own images, no labels.
-    Trained long it learns to reproduce the image feature and stops helping: the default step count is the
-    measured best (benchmarks/RESULTS.md); `cgx tune` tries several."""
+    """Train a one-pass inversion network (modes inverter and warm) on the index's own items, no labels:
+    for image queries (OTI through the text tower) or, with --modality texts, for text queries (OVI through
+    the image tower). Trained long it learns to reproduce the query's feature and stops helping: the default
+    step count is the measured best (benchmarks/RESULTS.md); `cgx tune` tries several."""
     from crossgap_index import CrossGapIndex
-    from crossgap_index.inversion.inverter import InverterConfig
+    from crossgap_index.api import INVERTER_FILE, TEXT_INVERTER_FILE
+    from crossgap_index.inversion.inverter import DEFAULT_STEPS, InverterConfig
 
-    config = InverterConfig(n_tokens=tokens, steps=steps, batch_size=batch_size, max_seconds=max_seconds)
+    direction = "oti" if modality is Modality.images else "ovi"
+    config = InverterConfig(
+        n_tokens=tokens if tokens is not None or direction == "ovi" else 1,
+        steps=steps or DEFAULT_STEPS[direction],
+        batch_size=batch_size,
+        max_seconds=max_seconds,
+        direction=direction,
+    )
+    kind = modality.value[:-1]
     with CrossGapIndex.open(index, device=device) as cgx, progress_bar("training", "step", not quiet) as bar:
-        network = cgx.train_inverter(config, progress=lambda step, total, loss: bar(step, total), replace=replace)
+        network = cgx.train_inverter(
+            config, progress=lambda step, total, loss: bar(step, total), modality=kind, replace=replace
+        )
     if not quiet:
         stats = network.stats
-        short = f" (stopped by --max-seconds, of {steps} asked)" if network.cut_short else ""
+        file = INVERTER_FILE if kind == "image" else TEXT_INVERTER_FILE
+        short = f" (stopped by --max-seconds, of {config.steps} asked)" if network.cut_short else ""
         err.print(
-            f"trained on {stats['images']} images: {stats['steps']} steps{short} in {stats['seconds']:.1f} s, final "
-            f"loss {stats['final_loss']:.4f}; saved to {cgx.path / 'inverter.safetensors'}",
+            f"trained on {stats[modality.value]} {modality.value}: {stats['steps']} steps{short} in "
+            f"{stats['seconds']:.1f} s, final loss {stats['final_loss']:.4f}; saved to {cgx.path / file}",
             highlight=False,
         )
 

@@ -22,6 +22,12 @@ from crossgap_index.inversion.config import InversionConfig
 from crossgap_index.inversion.keys import seed_from_digest, settings_fingerprint
 
 GALLERY_OTI = "image-oti"
+GALLERY_OVI = "text-ovi"
+# modality -> (derived collection, inversion direction, the manifest field recording its settings)
+GALLERY_INVERTED = {
+    "image": (GALLERY_OTI, "oti", "gallery_inversion"),
+    "text": (GALLERY_OVI, "ovi", "text_gallery_inversion"),
+}
 TEXT_CHUNK = 256
 
 # progress(done, total): called as files (or texts, or gallery images) are processed.
@@ -207,28 +213,39 @@ def add_text_items(
 
 
 def invert_gallery_images(store, loaded, config: InversionConfig, progress: ProgressFn | None = None) -> int:
-    """Store each gallery image's OTI feature (collection ``image-oti``); resumable: only images without one
-    are inverted, and other settings than the stored ones start over. Returns how many were inverted."""
-    from crossgap_index.inversion import oti
+    """Store each gallery image's OTI feature (collection ``image-oti``); see ``invert_gallery_items``."""
+    return invert_gallery_items(store, loaded, config, "image", progress)
+
+
+def invert_gallery_items(
+    store, loaded, config: InversionConfig, modality: str, progress: ProgressFn | None = None
+) -> int:
+    """Store each gallery item's inverted feature: an image's OTI text-space feature (``image-oti``) or a
+    text's OVI image-space feature (``text-ovi``). Resumable: only items without one are inverted, and
+    other settings than the stored ones start over. Returns how many were inverted."""
+    from crossgap_index.inversion import oti, ovi
 
     manifest, catalog = store.manifest, store.catalog
+    kind, direction, record = GALLERY_INVERTED[modality]
     settings = dataclasses.asdict(config)
-    if manifest.gallery_inversion is not None and _fingerprint(manifest.gallery_inversion) != _fingerprint(settings):
-        catalog.clear_derived(GALLERY_OTI)  # other settings: the stored features no longer apply
-        store.rebuild(GALLERY_OTI)
-    manifest.gallery_inversion = settings
-    ids, vectors = catalog.ids_and_vectors("image", manifest.dim)
-    done = catalog.derived_ids(GALLERY_OTI)
+    stored = getattr(manifest, record)
+    if stored is not None and _fingerprint(stored, direction) != _fingerprint(settings, direction):
+        catalog.clear_derived(kind)  # other settings: the stored features no longer apply
+        store.rebuild(kind)
+    setattr(manifest, record, settings)
+    ids, vectors = catalog.ids_and_vectors(modality, manifest.dim)
+    done = catalog.derived_ids(kind)
     todo = [i for i, item_id in enumerate(ids.tolist()) if item_id not in done]
     seeds = [seed_from_digest(h) for h in catalog.content_hashes_of(ids[todo].tolist())]
+    invert = oti if direction == "oti" else ovi
     if progress:
         progress(0, len(todo))
     try:
         for first in range(0, len(todo), config.batch_size):
             rows = todo[first : first + config.batch_size]
-            inverted = oti(loaded, vectors[rows], config, seeds[first : first + len(rows)])
-            catalog.set_derived(GALLERY_OTI, ids[rows].tolist(), inverted)
-            store.add(GALLERY_OTI, ids[rows].tolist(), inverted)
+            inverted = invert(loaded, vectors[rows], config, seeds[first : first + len(rows)])
+            catalog.set_derived(kind, ids[rows].tolist(), inverted)
+            store.add(kind, ids[rows].tolist(), inverted)
             store.commit()
             if progress:
                 progress(first + len(rows), len(todo))
@@ -242,5 +259,5 @@ def _under_any(path: str, roots: list[Path]) -> bool:
     return any(p == r or r in p.parents for r in roots)
 
 
-def _fingerprint(settings: dict) -> str:
-    return settings_fingerprint(InversionConfig(**settings), "oti")
+def _fingerprint(settings: dict, direction: str) -> str:
+    return settings_fingerprint(InversionConfig(**settings), direction)

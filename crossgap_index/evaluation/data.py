@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -82,15 +82,52 @@ class TextSet:
     labels: list[str]  # distinct labels given with the captions (a default span vocabulary); may be empty
 
 
+@dataclass(frozen=True)
+class CaptionLinks:
+    """Text-to-image: every caption that names an image class (``relevant`` = "same class") or, when the
+    captions carry no labels, its own image (``relevant`` = "same item": its group is the image's file stem,
+    or the item's position for the synthetic world). ``labels``: per caption, the class index or item code."""
+
+    texts: list[str]
+    labels: np.ndarray
+    relevant: str
+    item_codes: dict[str, int] = field(default_factory=dict)  # image content hash -> item code ("same item")
+
+    def image_labels(self, class_labels: np.ndarray, digests: Sequence[str]) -> np.ndarray:
+        """The evaluated images' labels in this task's terms (their class, or their item code; -1: no caption)."""
+        if self.relevant == "same class":
+            return class_labels
+        return np.array([self.item_codes.get(d, -1) for d in digests], np.int64)
+
+
 @dataclass
 class EvalDataset:
-    """What ``evaluate`` runs on; ``notes`` says what was left out of the input and why."""
+    """What ``evaluate`` runs on; ``notes`` says what was left out of the input and why.
+    ``captions``: every (text, group, label) read, for text-to-image."""
 
     spec: str
     kind: str  # "folder" | "jsonl" | "synthetic" | "fashion-mnist"
     images: ImageSet | None
     texts: TextSet | None
     notes: list[str] = field(default_factory=list)
+    captions: list[tuple[str, str, str | None]] = field(default_factory=list)
+
+    def caption_image_labels(self) -> CaptionLinks:
+        """How captions relate to the images (see CaptionLinks); one line when they do not."""
+        if self.images is None or not self.captions:
+            raise InputFileError(f"text-to-image evaluation needs images and captions; {self.spec} lacks one")
+        index = {name: i for i, name in enumerate(self.images.class_names)}
+        labelled = [(text, index[label]) for text, _, label in self.captions if label in index]
+        if labelled:
+            return CaptionLinks([t for t, _ in labelled], np.array([c for _, c in labelled], np.int64), "same class")
+        stems = {_item_key(item, i): i for i, item in enumerate(self.images.items)}
+        linked = [(text, stems[group]) for text, group, _ in self.captions if group in stems]
+        if not linked:
+            raise InputFileError(
+                f"{self.spec}: no caption names an image class (label) or an image (group = file name stem)"
+            )
+        codes = {content_hash(self.images.read(i)): i for i in sorted({c for _, c in linked})}
+        return CaptionLinks([t for t, _ in linked], np.array([c for _, c in linked], np.int64), "same item", codes)
 
     @property
     def class_names(self) -> list[str]:
@@ -125,7 +162,7 @@ def load_dataset(spec: str, limit: int | None = None, progress: StageProgress | 
     if path.is_dir():
         return _folder(spec, path, limit)
     if path.is_file() and path.suffix.lower() == ".jsonl":
-        texts, notes = _caption_file(path, limit)
+        texts, notes, _ = _caption_file(path, limit)
         return EvalDataset(spec, "jsonl", None, texts, notes)
     if path.exists():
         raise InputFileError(f"{path}: expected a folder with one subfolder per class, or a .jsonl caption file")
@@ -191,7 +228,7 @@ def _synthetic(spec: str, limit: int | None, progress: StageProgress | None = No
         names = [axis_name(name, axis) for name in class_names]
         images = dataclasses.replace(_image_set(encoded, names, axis_names(axis, world)), relevance=_RELEVANT[axis])
     texts, notes = _text_set(records, None, spec)
-    return EvalDataset(spec, "synthetic", images, texts, notes)
+    return EvalDataset(spec, "synthetic", images, texts, notes, [(t, str(g), label) for t, g, label in records])
 
 
 def _fashion(spec: str, limit: int | None) -> EvalDataset:
@@ -255,11 +292,11 @@ def _folder(spec: str, root: Path, limit: int | None) -> EvalDataset:
         notes.append(f"{len(loose)} images directly in {root} (outside class folders) left out")
     keep = _subsample(len(paths), limit)
     images = _image_set([paths[i] for i in keep], [names[i] for i in keep], sorted(set(names)), str(root))
-    texts = None
+    texts, captions = None, []
     if (root / CAPTIONS_FILE).is_file():
-        texts, text_notes = _caption_file(root / CAPTIONS_FILE, limit)
+        texts, text_notes, captions = _caption_file(root / CAPTIONS_FILE, limit)
         notes += text_notes
-    return EvalDataset(spec, "folder", images, texts, notes)
+    return EvalDataset(spec, "folder", images, texts, notes, captions)
 
 
 def _image_set(items: list[Path | bytes], names: list[str], class_names: list[str], where: str = "") -> ImageSet:
@@ -273,10 +310,15 @@ def _image_set(items: list[Path | bytes], names: list[str], class_names: list[st
     return ImageSet(items, np.array([index[n] for n in names], np.int64), list(class_names))
 
 
-def _caption_file(path: Path, limit: int | None) -> tuple[TextSet, list[str]]:
+def _caption_file(path: Path, limit: int | None) -> tuple[TextSet, list[str], list[tuple]]:
     lines = read_utf8_lines(path)
     records = [_caption_record(line, path, n) for n, line in enumerate(lines, 1) if line.strip()]
-    return _text_set(records, limit, str(path))
+    return (*_text_set(records, limit, str(path)), records)
+
+
+def _item_key(item: Path | bytes, position: int) -> str:
+    """What a caption's group names an image by: its file name stem, or (in memory) its position."""
+    return item.stem if isinstance(item, Path) else str(position)
 
 
 def _caption_record(line: str, path: Path, lineno: int) -> tuple[str, str, str | None]:

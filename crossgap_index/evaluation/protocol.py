@@ -2,15 +2,18 @@
 
 Research notes, section 3: image-to-image, each image queries all the others (leave-one-out),
 relevant = same class; text-to-text, each group's first caption queries the other captions,
-relevant = same group. Every mode runs through the search engine's ``run_mode`` (search/engine.py)
-over the dataset's features held in memory, with the same transforms, fusion and fusion depth a
-served query gets; each query's full ranking (the fused head, then the first leg's order) is then
-scored by the metrics module. So an eval number is the number ``cgx query`` serves.
+relevant = same group; text-to-image, every caption queries the images, relevant = an image of the
+caption's class (captions labelled with the images' class names), else the caption's own image.
+Every mode runs through the search engine's ``run_mode`` (search/engine.py) over the dataset's
+features held in memory, with the same transforms, fusion and fusion depth a served query gets;
+each query's full ranking (the fused head, then the first leg's order) is then scored by the
+metrics module. So an eval number is the number ``cgx query`` serves.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -30,8 +33,9 @@ from crossgap_index.search.peers import eval_modes as peer_eval_modes
 from crossgap_index.search.transforms import ModelTransformer
 from crossgap_index.search.vocabulary import PROMPT, concept_prompts
 
-IMAGES, TEXTS = "image-to-image", "text-to-text"
-TASKS = {"images": IMAGES, "texts": TEXTS}
+IMAGES, TEXTS, TEXT_TO_IMAGE = "image-to-image", "text-to-text", "text-to-image"
+TASKS = {"images": IMAGES, "texts": TEXTS, "text-to-image": TEXT_TO_IMAGE}
+COST_BATCH = 32  # the second batch size every mode's cost is measured at (the first is 1)
 DEFAULT_ALPHA = 0.5
 # cross / fused modes at the served default step count, unless the caller gives an InversionConfig
 SERVED_INVERSION = InversionConfig(oti_steps=SERVED_OTI_STEPS)
@@ -53,6 +57,7 @@ class ModeResult:
     error over queries (paired: same queries, same gallery), so a reader can tell a win from noise.
     ``ms_per_query``: the mode's own work for one query at batch 1 with no cache (transform, ranking,
     fusion over the in-memory gallery), to add to the model's query embedding time (``timings``).
+    ``ms_per_query_batch``: the same per query when ``COST_BATCH`` queries run together (one inversion call).
     ``seconds``: the whole batch of queries, caches allowed (the cost of the evaluation itself).
     ``map_vs_intra_ci95``: the paired 95% interval of ``map_vs_intra`` (t over queries). ``uses_labels``: the
     mode's vocabulary, fit or selection used the evaluated data's labels or class names (``uses_labels``), so
@@ -67,6 +72,7 @@ class ModeResult:
     seconds: float
     ms_per_query: float | None = None
     settings: dict = field(default_factory=dict)
+    ms_per_query_batch: float | None = None
     uses_labels: bool = False
     map_vs_intra_ci95: tuple[float, float] | None = None
 
@@ -90,7 +96,9 @@ class TaskResult:
 
 @dataclass
 class SweepPoint:
-    """Cross-mode (OTI, image-to-image) metrics after ``steps`` inversion steps with ``tokens`` pseudo-tokens."""
+    """Cross-mode metrics after ``steps`` inversion steps: OTI on image-to-image with ``tokens`` pseudo-tokens,
+    or OVI on text-to-text (``task``) with ``patches`` pseudo-patches; ``lr`` the inversion's learning rate.
+    ``seconds``: the inversion run the point came from (one run per R or P and lr serves every step count)."""
 
     steps: int
     metrics: dict[str, float]
@@ -98,6 +106,9 @@ class SweepPoint:
     map_vs_intra_se: float | None
     seconds: float
     tokens: int = 1
+    task: str = IMAGES
+    patches: int | None = None
+    lr: float | None = None
 
 
 @dataclass
@@ -159,11 +170,16 @@ def evaluate(
     tasks: Sequence[str] | None = None,
     sweep_steps: Sequence[int] = (),
     sweep_tokens: Sequence[int] = (1,),
+    sweep_patches: Sequence[int | None] = (None,),
+    sweep_lrs: Sequence[float] = (),
     span_components: int | None = None,
     rrf_k: int = RRF_K,
     alpha: float = DEFAULT_ALPHA,
     extra_modes: dict[str, Mode] | None = None,
+    task_modes: dict[str, dict[str, Mode]] | None = None,
     inverter=None,
+    text_inverter=None,
+    transductive: bool = False,
     progress: EvalProgress | None = None,
     labelled_modes: Sequence[str] = (),
 ) -> EvalResult:
@@ -172,22 +188,29 @@ def evaluate(
     ``tasks``: a subset of ``("images", "texts")`` (default: whichever the dataset has). ``config``: the
     inversion settings of the cross and fused modes (default: the served ones). ``vocab``: concept names for
     the span and concept maps (default: the dataset's class names). ``sweep_steps`` x ``sweep_tokens``: also
-    measure the image cross mode (OTI) at these step counts and pseudo-token counts. ``span_components``:
-    directions kept by the span maps (default: the model's default span rule, ``default_cross``).
-    ``extra_modes``: more named modes to measure (image-to-image), e.g. an index's tuned mode as ``tuned``;
-    ``labelled_modes``: which of them were fitted or chosen on this data's labels (e.g. ``tuned`` when tuned
-    on the same dataset). ``inverter``: a trained ``Inverter`` for the
-    inverter and warm modes (default: one trained here on the evaluated images, without their labels).
+    measure the image cross mode (OTI) at these step counts and pseudo-token counts, and ``sweep_steps`` x
+    ``sweep_patches`` (None: the model's P) the text cross mode (OVI), each at every rate of ``sweep_lrs``
+    (default: the config's). ``span_components``: directions kept by the span maps (default: the model's
+    default span rule, ``default_cross``).
+    ``extra_modes``: more named modes to measure on image-to-image, e.g. an index's tuned mode as ``tuned``;
+    ``task_modes``: task -> named modes to measure on that task. ``inverter`` / ``text_inverter``: trained
+    networks for the inverter and warm modes of image / text queries, measured as they are (an index's own:
+    what it serves); None: one trained here on the evaluated items, without their labels (transductive).
+    ``transductive``: with given networks, also measure freshly trained ones as ``inverter-transductive``.
+    ``labelled_modes``: which named modes were fitted or chosen on this data's labels (e.g. ``tuned`` when
+    tuned on the same dataset).
     ``precision``: the embedding model's (auto, fp32, bf16); inversion follows ``config.precision``.
     """
     start = time.perf_counter()
     config = config or SERVED_INVERSION
     data = load_dataset(dataset) if isinstance(dataset, str) else dataset
     wanted = _tasks(data, tasks)
-    if sweep_steps and IMAGES not in wanted:
-        raise QueryError("--sweep-steps measures OTI on image-to-image: the dataset (or --task) has no images")
+    if sweep_steps and IMAGES not in wanted and TEXTS not in wanted:
+        raise QueryError("--sweep-steps measures OTI on image-to-image or OVI on text-to-text: neither is evaluated")
     if any(s < 0 for s in sweep_steps) or any(r < 1 for r in sweep_tokens):
         raise QueryError("sweep steps must be >= 0 and sweep tokens >= 1")
+    if any(p is not None and p < 1 for p in sweep_patches) or any(not lr > 0 for lr in sweep_lrs):
+        raise QueryError("sweep patches must be >= 1 and sweep learning rates > 0")
     if span_components is not None and span_components < 1:
         raise QueryError(f"span components must be >= 1, got {span_components}")
     if not 0.0 <= alpha <= 1.0 or rrf_k < 1:
@@ -230,13 +253,20 @@ def evaluate(
         sweep=[],
         timings=timings,
     )
+    modes_by_task = {task: dict(modes) for task, modes in (task_modes or {}).items()}
+    modes_by_task.setdefault(IMAGES, {}).update(extra_modes or {})
     context = _Context(
-        encoder, config, names, span_components, rrf_k, alpha, extra_modes or {}, inverter, report, set(labelled_modes)
+        encoder, config, names, span_components, rrf_k, alpha, modes_by_task, inverter, report, text_inverter
     )
+    context.transductive = transductive
+    context.labelled_modes = set(labelled_modes)
+    sweep = _Sweep(list(sweep_steps), list(sweep_tokens), list(sweep_patches), list(sweep_lrs) or [config.lr])
     if IMAGES in wanted:
-        _run_images(data, context, sweep_steps, sweep_tokens, result)
+        _run_images(data, context, sweep, result)
     if TEXTS in wanted:
-        _run_texts(data, context, result)
+        _run_texts(data, context, sweep, result)
+    if TEXT_TO_IMAGE in wanted:
+        _run_text_to_image(data, context, result)
     if len(names) < 2:
         result.dataset["notes"].append("no vocabulary (the captions carry no labels): give --vocab FILE")
     timings["total"] = time.perf_counter() - start
@@ -251,10 +281,23 @@ class _Context:
     span_components: int | None
     rrf_k: int
     alpha: float
-    extra_modes: dict[str, Mode]
+    task_modes: dict[str, dict[str, Mode]]
     inverter: object
     report: EvalProgress
+    text_inverter: object = None
+    transductive: bool = False
     labelled_modes: set[str] = field(default_factory=set)
+
+    def extra(self, task: str) -> dict[str, tuple[Mode, str]]:
+        return {name: (mode, mode.describe()) for name, mode in self.task_modes.get(task, {}).items()}
+
+
+@dataclass
+class _Sweep:
+    steps: list[int]
+    tokens: list[int]
+    patches: list[int | None]
+    lrs: list[float]
 
 
 def eval_modes(
@@ -283,8 +326,15 @@ def eval_modes(
             "intra + cross, min-max normalised score sum",
         ),
     }
-    if task == IMAGES:
+    if task == TEXT_TO_IMAGE:  # already inter-modal: the plain embeddings, and what maps both sides alike
+        modes = {
+            "intra": (resolve_mode("intra"), "caption vs images, plain embeddings"),
+            "default": (resolve_mode("intra"), "the untuned --cross: a caption against images is served as it is"),
+        }
+    elif task == IMAGES:
         modes["cross-gallery"] = (resolve_mode("cross-gallery"), "query vs OTI(gallery), same OTI settings")
+    else:
+        modes["cross-gallery"] = (resolve_mode("cross-gallery"), "query vs OVI(gallery texts), same OVI settings")
     if vocabulary:
         span = {"vocabulary": vocabulary, "components": span_components}
         modes["span"] = (resolve_mode("span", projection=span), "both projected onto the vocabulary's text span")
@@ -300,8 +350,17 @@ def eval_modes(
     modes["iso"] = (resolve_mode("iso"), "IsoCLIP projector-spectrum truncation")
     modes.update(peer_eval_modes(task))  # aqe, dba, nnn, qbnorm, center and a few compositions (search/peers.py)
     if task == IMAGES:
-        modes["inverter"] = (resolve_mode("inverter"), "one-pass inversion network")
+        modes["inverter"] = (resolve_mode("inverter"), "one-pass inversion network (OTI)")
         modes["warm"] = (resolve_mode("warm"), "inverter output + a few OTI steps")
+    elif task == TEXTS:
+        modes["inverter"] = (resolve_mode("inverter"), "one-pass inversion network (OVI)")
+        modes["warm"] = (resolve_mode("warm"), "inverter output + a few OVI steps")
+        span_leg = modes["span-imagenet"][0].legs[0]
+        for name, leg in (("cross", modes["cross"][0].legs[0]), ("inverter", modes["inverter"][0].legs[0])):
+            modes[f"fused-span-{name}"] = (
+                Mode("fused", (span_leg, leg), "rrf", rrf_k),
+                f"span over ImageNet names + {name}, reciprocal rank fusion (label-free)",
+            )
     return modes
 
 
@@ -337,8 +396,10 @@ def query_cost_ms(
     collection: str,
     extra_collections: dict[str, np.ndarray] | None = None,
     samples: int = 3,
+    batch: int = 1,
 ) -> float:
-    """Median milliseconds of one query's mode work at batch 1, no cache (transform, ranking, fusion)."""
+    """Median milliseconds per query of the mode's work with ``batch`` queries run together, no cache
+    (transform, ranking, fusion); a batch larger than the queries left repeats them (as distinct queries)."""
     ids = np.arange(len(features.gallery))
     collections = {collection: (ids, features.gallery)}
     for name, vectors in (extra_collections or {}).items():
@@ -346,11 +407,14 @@ def query_cost_ms(
     gallery = MatrixGallery(collections)
     transformer = make_transformer()
     run_mode(mode, _take(features.queries, [0]), collection, 10, gallery, transformer)  # warm-up: fits maps
+    n = len(features.queries)
     times = []
-    for i in range(1, 1 + min(samples, len(features.queries) - 1)):
+    rounds = min(samples, n - 1) if batch == 1 else max(1, samples // 2)
+    for r in range(rounds):
+        rows = [1 + (r * batch + j) % max(n - 1, 1) for j in range(batch)] if n > 1 else [0] * batch
         begin = time.perf_counter()
-        run_mode(mode, _take(features.queries, [i]), collection, 10, gallery, transformer)
-        times.append(time.perf_counter() - begin)
+        run_mode(mode, _take(features.queries, rows), collection, 10, gallery, transformer)
+        times.append((time.perf_counter() - begin) / batch)
     return float(np.median(times) * 1e3) if times else float("nan")
 
 
@@ -411,9 +475,13 @@ def t_quantile_975(dof: int) -> float:
 
 
 def _tasks(data: EvalDataset, asked: Sequence[str] | None) -> list[str]:
-    available = {IMAGES: data.images is not None, TEXTS: data.texts is not None}
-    if asked is None:
-        return [t for t, ok in available.items() if ok]
+    available = {
+        IMAGES: data.images is not None,
+        TEXTS: data.texts is not None,
+        TEXT_TO_IMAGE: data.images is not None and bool(data.captions),
+    }
+    if asked is None:  # text-to-image when asked for (--task text-to-image): the default run keeps its cost
+        return [t for t, ok in available.items() if ok and t != TEXT_TO_IMAGE]
     unknown = [t for t in asked if t not in TASKS]
     if unknown:
         raise QueryError(f"unknown task '{unknown[0]}': use {' or '.join(TASKS)}")
@@ -429,30 +497,20 @@ def image_features(data: EvalDataset, encoder: Encoder, notes: list[str], report
     return FeatureSet(Queries(feats, "image", tuple(digests)), labels, feats, labels, True)
 
 
-def _run_images(
-    data: EvalDataset,
-    ctx: _Context,
-    sweep_steps: Sequence[int],
-    sweep_tokens: Sequence[int],
-    result: EvalResult,
-) -> None:
+def _run_images(data: EvalDataset, ctx: _Context, sweep: _Sweep, result: EvalResult) -> None:
     timings, encoder = result.timings, ctx.encoder
     with _timed(timings, "embed_images"):
         notes = list(data.notes)
         features = image_features(data, encoder, notes, ctx.report)
     result.dataset.update(notes=notes, images_evaluated=len(features.gallery))
     timings["embed_ms_per_image"] = _embed_cost_ms(encoder, data)
-    inverter = ctx.inverter
-    if inverter is None:
-        from crossgap_index.inversion.inverter import train_inverter
+    inverter, transductive = _inverters(ctx.inverter, ctx.transductive, "oti", features.gallery, ctx, timings)
 
-        with _timed(timings, "train_inverter"):
-            inverter = train_inverter(encoder.loaded, features.gallery)
+    def make_transformer(cache=None, network=inverter) -> ModelTransformer:
+        return ModelTransformer(encoder.loaded.spec.canonical, lambda: encoder, cache=cache, inverter=lambda: network)
 
-    def make_transformer(cache=None) -> ModelTransformer:
-        return ModelTransformer(encoder.loaded.spec.canonical, lambda: encoder, cache=cache, inverter=lambda: inverter)
-
-    transformer = make_transformer(MemoryCache())
+    cache = MemoryCache()
+    transformer = make_transformer(cache)
     stage = f"OTI, {len(features.gallery)} images"
     ctx.report(stage, 0, 1)
     with _timed(timings, "oti"):
@@ -462,21 +520,14 @@ def _run_images(
     extra = {"image-oti": gallery_oti}
     model = encoder.loaded.spec.canonical
     modes = eval_modes(IMAGES, ctx.config, ctx.names, ctx.span_components, ctx.rrf_k, ctx.alpha, model)
-    modes.update({name: (mode, mode.describe()) for name, mode in ctx.extra_modes.items()})
+    modes.update(ctx.extra(IMAGES))
+    factories = {name: make_transformer for name in modes}
+    if transductive is not None:
+        modes["inverter-transductive"] = (resolve_mode("inverter"), "an inverter trained here on these images")
+        factories["inverter-transductive"] = functools.partial(make_transformer, network=transductive)
     labels = data.images.class_names
-    intra_ap = _task(
-        IMAGES,
-        data.images.relevance,
-        modes,
-        features,
-        transformer,
-        make_transformer,
-        "image",
-        extra,
-        result,
-        ctx,
-        labels,
-    )
+    relevant = data.images.relevance
+    intra_ap = _task(IMAGES, relevant, modes, features, transformer, factories, "image", extra, result, ctx, labels)
 
     prompts = encoder.encode_texts(concept_prompts(data.images.class_names))
     accuracy = float(((features.gallery @ prompts.T).argmax(axis=1) == features.gallery_labels).mean())
@@ -486,18 +537,82 @@ def _run_images(
         "classes": len(data.images.class_names),
         "prompt": PROMPT.format("{a|an} {class name}"),
     }
-    for tokens in sweep_tokens:
-        for steps in sweep_steps:
-            begin = time.perf_counter()
-            config = dataclasses.replace(ctx.config, oti_steps=steps, n_tokens=tokens)
-            ctx.report(f"sweep: OTI R={tokens}, {steps} steps", 0, 1)
-            metrics = measure_mode(resolve_mode("cross", inversion=config), features, transformer, "image")
-            ctx.report(f"sweep: OTI R={tokens}, {steps} steps", 1, 1)
+    if sweep.steps:
+        settings = [{"n_tokens": tokens, "lr": lr} for tokens in sweep.tokens for lr in sweep.lrs]
+        _sweep(IMAGES, "oti", settings, sweep.steps, features, transformer, cache, intra_ap, ctx, result)
+
+
+def _sweep(
+    task: str,
+    direction: str,
+    settings: list[dict],
+    steps: list[int],
+    features: FeatureSet,
+    transformer: ModelTransformer,
+    cache: MemoryCache,
+    intra_ap: np.ndarray,
+    ctx: _Context,
+    result: EvalResult,
+) -> None:
+    """The cross mode at every step count of ``steps`` for each of ``settings``: one inversion run per
+    setting (``inversion_path``), its snapshots put in the cache under the keys a served query of those
+    settings has, then measured through the same engine as every mode."""
+    from crossgap_index.inversion.engine import inversion_path
+    from crossgap_index.inversion.keys import cache_key, seed_from_digest
+
+    encoder, queries = ctx.encoder, features.queries
+    collection = "image" if direction == "oti" else "text"
+    seeds = [seed_from_digest(d) for d in queries.digests]
+    for setting in settings:
+        base = dataclasses.replace(ctx.config, **setting)
+        names = {"n_tokens": "R", "n_patches": "P"}
+        label = ", ".join(f"{names.get(k, k)}={'default' if v is None else v}" for k, v in setting.items())
+        stage = f"sweep: {direction.upper()} {label}, {max(steps)} steps"
+        ctx.report(stage, 0, 1)
+        begin = time.perf_counter()
+        path = inversion_path(encoder.loaded, queries.features, base, seeds, direction, steps)
+        seconds = time.perf_counter() - begin
+        ctx.report(stage, 1, 1)
+        for step, vectors in path.items():
+            field_name = "oti_steps" if direction == "oti" else "ovi_steps"
+            config = dataclasses.replace(base, **{field_name: step})
+            keyed = config.resolved(encoder.device)
+            model = encoder.loaded.spec.canonical
+            cache.put_many({cache_key(model, direction, keyed, d): vectors[i] for i, d in enumerate(queries.digests)})
+            metrics = measure_mode(resolve_mode("cross", inversion=config), features, transformer, collection)
             delta = paired_difference(metrics.per_query["map"], intra_ap)
-            result.sweep.append(SweepPoint(steps, metrics.means(), *delta, time.perf_counter() - begin, tokens))
+            result.sweep.append(
+                SweepPoint(
+                    step,
+                    metrics.means(),
+                    *delta,
+                    seconds,
+                    tokens=config.n_tokens,
+                    task=task,
+                    patches=config.n_patches if direction == "ovi" else None,
+                    lr=config.lr,
+                )
+            )
 
 
-def _run_texts(data: EvalDataset, ctx: _Context, result: EvalResult) -> None:
+def _inverters(given, transductive: bool, direction: str, items: np.ndarray, ctx: _Context, timings: dict):
+    """(the network the inverter/warm modes use, a freshly trained one to compare or None). A given network
+    (an index's own) is measured as it is; without one, one is trained here on ``items`` (no labels)."""
+    from crossgap_index.inversion.inverter import DEFAULT_STEPS, InverterConfig, train_inverter
+
+    def train():
+        config = InverterConfig(
+            direction=direction, n_tokens=1 if direction == "oti" else None, steps=DEFAULT_STEPS[direction]
+        )
+        with _timed(timings, f"train_inverter_{direction}"):
+            return train_inverter(ctx.encoder.loaded, items, config)
+
+    if given is None:
+        return train(), None
+    return given, train() if transductive else None
+
+
+def _run_texts(data: EvalDataset, ctx: _Context, sweep: _Sweep, result: EvalResult) -> None:
     texts, timings, encoder = data.texts, result.timings, ctx.encoder
     with _timed(timings, "embed_texts"):
         ctx.report("embedding texts", 0, 2)
@@ -507,19 +622,64 @@ def _run_texts(data: EvalDataset, ctx: _Context, result: EvalResult) -> None:
         ctx.report("embedding texts", 2, 2)
     digests = tuple(content_hash(t.encode("utf-8", "surrogatepass")) for t in texts.query_texts)
     features = FeatureSet(Queries(queries, "text", digests), texts.query_groups, gallery, texts.gallery_groups, False)
+    own_texts = np.concatenate([queries, gallery])  # every evaluated text, as an index holding them would train on
+    inverter, transductive = _inverters(ctx.text_inverter, ctx.transductive, "ovi", own_texts, ctx, timings)
+
+    def make_transformer(cache=None, network=inverter) -> ModelTransformer:
+        model = encoder.loaded.spec.canonical
+        return ModelTransformer(model, lambda: encoder, cache=cache, text_inverter=lambda: network)
+
+    model = encoder.loaded.spec.canonical
+    modes = eval_modes(TEXTS, ctx.config, ctx.names, ctx.span_components, ctx.rrf_k, ctx.alpha, model)
+    modes.update(ctx.extra(TEXTS))
+    factories = {name: make_transformer for name in modes}
+    if transductive is not None:
+        modes["inverter-transductive"] = (resolve_mode("inverter"), "an inverter trained here on these texts")
+        factories["inverter-transductive"] = functools.partial(make_transformer, network=transductive)
+    cache = MemoryCache()
+    transformer = make_transformer(cache)
+    cross_leg = modes["cross"][0].legs[0]
+    ctx.report(f"OVI, {len(queries)} texts", 0, 1)
+    with _timed(timings, "ovi"):
+        transformer.search_vectors(cross_leg, features.queries, "text")  # fills the cache
+    ctx.report(f"OVI, {len(queries)} texts", 1, 1)
+    stage = f"OVI of the gallery, {len(gallery)} texts"
+    ctx.report(stage, 0, 1)
+    with _timed(timings, "ovi_gallery"):
+        gallery_digests = tuple(content_hash(t.encode("utf-8", "surrogatepass")) for t in texts.gallery_texts)
+        gallery_ovi = transformer.search_vectors(cross_leg, Queries(gallery, "text", gallery_digests), "text")
+    ctx.report(stage, 1, 1)
+    extra = {"text-ovi": gallery_ovi}
+    labels = data.class_names
+    intra_ap = _task(TEXTS, "same group", modes, features, transformer, factories, "text", extra, result, ctx, labels)
+    if sweep.steps:
+        settings = [{"n_patches": patches, "lr": lr} for patches in sweep.patches for lr in sweep.lrs]
+        _sweep(TEXTS, "ovi", settings, sweep.steps, features, transformer, cache, intra_ap, ctx, result)
+
+
+def _run_text_to_image(data: EvalDataset, ctx: _Context, result: EvalResult) -> None:
+    """Every caption queries the images: relevant = an image of its class (or its own image, see data)."""
+    timings, encoder = result.timings, ctx.encoder
+    pairs = data.caption_image_labels()
+    with _timed(timings, "embed_images"):
+        notes = result.dataset.setdefault("notes", list(data.notes))
+        images = image_features(data, encoder, notes, ctx.report)
+    with _timed(timings, "embed_texts"):
+        captions = encoder.encode_texts(pairs.texts)
+    digests = tuple(content_hash(t.encode("utf-8", "surrogatepass")) for t in pairs.texts)
+    image_labels = pairs.image_labels(images.gallery_labels, images.queries.digests)
+    features = FeatureSet(Queries(captions, "text", digests), pairs.labels, images.gallery, image_labels, False)
 
     def make_transformer(cache=None) -> ModelTransformer:
         return ModelTransformer(encoder.loaded.spec.canonical, lambda: encoder, cache=cache)
 
     model = encoder.loaded.spec.canonical
-    modes = eval_modes(TEXTS, ctx.config, ctx.names, ctx.span_components, ctx.rrf_k, ctx.alpha, model)
+    modes = eval_modes(TEXT_TO_IMAGE, ctx.config, ctx.names, ctx.span_components, ctx.rrf_k, ctx.alpha, model)
+    modes.update(ctx.extra(TEXT_TO_IMAGE))
+    factories = {name: make_transformer for name in modes}
     transformer = make_transformer(MemoryCache())
-    ctx.report(f"OVI, {len(queries)} texts", 0, 1)
-    with _timed(timings, "ovi"):
-        transformer.search_vectors(modes["cross"][0].legs[0], features.queries, "text")  # fills the cache
-    ctx.report(f"OVI, {len(queries)} texts", 1, 1)
     labels = data.class_names
-    _task(TEXTS, "same group", modes, features, transformer, make_transformer, "text", {}, result, ctx, labels)
+    _task(TEXT_TO_IMAGE, pairs.relevant, modes, features, transformer, factories, "image", {}, result, ctx, labels)
 
 
 def _task(
@@ -528,7 +688,7 @@ def _task(
     modes: dict[str, tuple[Mode, str]],
     features: FeatureSet,
     transformer: ModelTransformer,
-    make_transformer: Callable,
+    factories: dict[str, Callable],
     collection: str,
     extra: dict[str, np.ndarray],
     result: EvalResult,
@@ -536,20 +696,24 @@ def _task(
     class_names: Sequence[str] = (),
 ) -> np.ndarray:
     """Every mode's metrics and cost on one task; returns intra's per-query AP, the base of every difference.
+    ``factories``: mode name -> ``make_transformer(cache)`` (the inverter a mode uses rides in it).
     ``class_names``: the evaluated data's labels (a mode whose vocabulary holds one of them uses labels)."""
-    measured: dict[str, tuple[RetrievalMetrics, float, float | None]] = {}
+    measured: dict[str, tuple[RetrievalMetrics, float, float | None, float | None]] = {}
     stage = f"modes ({name})"
     for i, (mode_name, (mode, _)) in enumerate(modes.items()):
         ctx.report(stage, i, len(modes))
         begin = time.perf_counter()
+        own = transformer if factories[mode_name] is factories["intra"] else factories[mode_name](MemoryCache())
         try:
-            metrics = measure_mode(mode, features, transformer, collection, extra)
+            metrics = measure_mode(mode, features, own, collection, extra)
         except CrossGapError as exc:  # a mode this model or data cannot run: say so, measure the rest
             result.dataset["notes"].append(f"{name}: mode {mode_name} left out: {exc}")
             continue
         seconds = time.perf_counter() - begin
-        cost = query_cost_ms(mode, features, lambda: make_transformer(None), collection, extra)
-        measured[mode_name] = (metrics, seconds, cost)
+        make = functools.partial(factories[mode_name], None)
+        cost = query_cost_ms(mode, features, make, collection, extra)
+        cost_batch = query_cost_ms(mode, features, make, collection, extra, batch=COST_BATCH)
+        measured[mode_name] = (metrics, seconds, cost, cost_batch)
     ctx.report(stage, len(modes), len(modes))
     base = measured["intra"][0]
     if base.n_queries == 0:
@@ -557,11 +721,10 @@ def _task(
     n_gallery = len(features.gallery) - (1 if features.leave_one_out else 0)
     task = TaskResult(name, relevant, base.n_queries, n_gallery, base.n_skipped, features.leave_one_out)
     intra_ap = base.per_query["map"]
-    for mode_name, (metrics, seconds, cost) in measured.items():
+    for mode_name, (metrics, seconds, cost, cost_batch) in measured.items():
         delta = paired_difference(metrics.per_query["map"], intra_ap)
         mode, description = modes[mode_name]
         low, _, high = paired_interval(metrics.per_query["map"], intra_ap)
-        labelled = mode_name in ctx.labelled_modes or uses_labels(mode, class_names)
         task.modes[mode_name] = ModeResult(
             mode_name,
             description,
@@ -570,8 +733,9 @@ def _task(
             seconds,
             cost,
             {"legs": mode.to_dict()["legs"]},
-            labelled,
-            None if np.isnan(low) else (low, high),
+            cost_batch,
+            uses_labels=mode_name in ctx.labelled_modes or uses_labels(mode, class_names),
+            map_vs_intra_ci95=None if np.isnan(low) else (low, high),
         )
     result.tasks[name] = task
     return intra_ap

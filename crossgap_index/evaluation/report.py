@@ -11,7 +11,7 @@ from rich.table import Table
 from rich.text import Text
 
 from crossgap_index.evaluation.metrics import METRIC_TITLES, METRICS
-from crossgap_index.evaluation.protocol import EvalResult, TaskResult
+from crossgap_index.evaluation.protocol import COST_BATCH, EvalResult, TaskResult
 
 _BEST = "bold green"
 
@@ -32,34 +32,42 @@ def task_table(task: TaskResult, caption: str = "") -> Table:
         table.add_column(METRIC_TITLES[metric], justify="right")
     table.add_column("ΔmAP ± se", justify="right")
     table.add_column("ms/query", justify="right")
+    table.add_column(f"ms/query at {COST_BATCH}", justify="right")
     best = task.best()
     for name, mode in task.modes.items():
         cells = [Text(f"{mode.metrics[m] * 100:.2f}", style=_BEST if best[m] == name else "") for m in METRICS]
         delta = "" if name == "intra" else _delta(mode.map_vs_intra, mode.map_vs_intra_se)
         cost = "" if mode.ms_per_query is None else f"{mode.ms_per_query:.1f}"
-        table.add_row(name + (" ‡" if mode.uses_labels else ""), *cells, delta, cost)
+        batched = "" if mode.ms_per_query_batch is None else f"{mode.ms_per_query_batch:.1f}"
+        table.add_row(name + (" ‡" if mode.uses_labels else ""), *cells, delta, cost, batched)
     return table
 
 
-def sweep_table(result: EvalResult) -> Table:
-    """Cross-mode (OTI) metrics against inversion steps, beside the intra mAP."""
-    base = result.tasks.get("image-to-image")
+def sweep_table(result: EvalResult, task: str = "image-to-image") -> Table:
+    """Cross-mode metrics against inversion steps (OTI for image-to-image, OVI for text-to-text), beside intra."""
+    base = result.tasks.get(task)
     intra = base.modes["intra"].metrics["map"] if base else float("nan")
+    points = [p for p in result.sweep if p.task == task]
+    ovi = task != "image-to-image"
     table = Table(
-        title=f"OTI sweep (pseudo-tokens R x steps), image-to-image cross mode (intra mAP {intra * 100:.2f})",
+        title=f"{'OVI' if ovi else 'OTI'} sweep (pseudo-{'patches P' if ovi else 'tokens R'} x learning rate x steps), "
+        f"{task} cross mode (intra mAP {intra * 100:.2f})",
         title_justify="left",
     )
-    table.add_column("R", justify="right")
+    table.add_column("P" if ovi else "R", justify="right")
+    table.add_column("lr", justify="right")
     table.add_column("steps", justify="right")
     for metric in METRICS:
         table.add_column(METRIC_TITLES[metric], justify="right")
     table.add_column("ΔmAP vs intra ± se", justify="right")
-    table.add_column("OTI seconds", justify="right")
-    best = max(result.sweep, key=lambda p: p.metrics["map"])
-    for point in result.sweep:
+    table.add_column("run seconds", justify="right")
+    best = max(points, key=lambda p: p.metrics["map"])
+    for point in points:
         cells = [f"{point.metrics[m] * 100:.2f}" for m in METRICS]
+        count = (point.patches or "default") if ovi else point.tokens
         table.add_row(
-            str(point.tokens),
+            str(count),
+            f"{point.lr:g}" if point.lr is not None else "",
             Text(str(point.steps), style=_BEST if point is best else ""),
             *cells,
             _delta(point.map_vs_intra, point.map_vs_intra_se),
@@ -79,7 +87,7 @@ def render(result: EvalResult) -> Group:
         f"{span['size']} names ({span['vocabulary']}). Metrics in %, best per metric in green; ΔmAP: mean "
         "per-query AP difference against intra ± its standard error over queries; ‡: the mode used the evaluated "
         "data's labels or class names (its gain needs them). ms/query: the mode's own work "
-        "for one query at batch 1, no cache"
+        f"for one query at batch 1 (and per query at batch {COST_BATCH}), no cache"
         + (
             f", on top of {result.timings['embed_ms_per_image']:.1f} ms to embed the query image"
             if "embed_ms_per_image" in result.timings
@@ -100,8 +108,8 @@ def render(result: EvalResult) -> Group:
                 f"{z['classes']} classes (chance {z['chance'] * 100:.2f}%)"
             )
         )
-    if result.sweep:
-        parts.append(sweep_table(result))
+    for task in dict.fromkeys(p.task for p in result.sweep):
+        parts.append(sweep_table(result, task))
     times = ", ".join(
         f"{name} {seconds:.1f}s" for name, seconds in result.timings.items() if not name.endswith("_ms_per_image")
     )
@@ -121,8 +129,8 @@ def write_plots(result: EvalResult, folder: str | Path) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     written = [_metrics_plot(task, result.model, folder) for task in result.tasks.values()]
     written += [_cost_plot(task, result, folder) for task in result.tasks.values()]
-    if result.sweep:
-        written.append(_sweep_plot(result, folder))
+    for task in dict.fromkeys(p.task for p in result.sweep):
+        written.append(_sweep_plot(result, folder, task))
     return written
 
 
@@ -149,23 +157,27 @@ def _metrics_plot(task: TaskResult, model: str, folder: Path) -> Path:
     return path
 
 
-def _sweep_plot(result: EvalResult, folder: Path) -> Path:
+def _sweep_plot(result: EvalResult, folder: Path, task_name: str = "image-to-image") -> Path:
     fig = Figure(figsize=(6, 4))
     FigureCanvasAgg(fig)
     ax = fig.subplots()
-    for tokens in sorted({p.tokens for p in result.sweep}):
-        points = [p for p in result.sweep if p.tokens == tokens]
-        ax.plot([p.steps for p in points], [p.metrics["map"] * 100 for p in points], "o-", label=f"cross, R={tokens}")
-    task = result.tasks["image-to-image"]
+    ovi = task_name != "image-to-image"
+    points = [p for p in result.sweep if p.task == task_name]
+    for key in dict.fromkeys((p.patches if ovi else p.tokens, p.lr) for p in points):
+        line = [p for p in points if (p.patches if ovi else p.tokens, p.lr) == key]
+        name = f"{'P' if ovi else 'R'}={key[0] or 'default'}, lr={key[1]:g}" if key[1] is not None else f"R={key[0]}"
+        ax.plot([p.steps for p in line], [p.metrics["map"] * 100 for p in line], "o-", label=f"cross, {name}")
+    task = result.tasks[task_name]
     for mode, colour in (("intra", "tab:gray"), ("span", "tab:purple"), ("concept", "tab:green")):
         if mode in task.modes:
             ax.axhline(task.modes[mode].metrics["map"] * 100, color=colour, linestyle=":", label=f"{mode} mAP")
-    ax.set_xlabel("OTI steps")
+    kind = "OVI" if ovi else "OTI"
+    ax.set_xlabel(f"{kind} steps")
     ax.set_ylabel("%")
-    ax.set_title(f"image-to-image: OTI steps ({result.model})")
+    ax.set_title(f"{task_name}: {kind} steps ({result.model})")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    path = folder / "oti-steps-sweep.png"
+    path = folder / f"{kind.lower()}-steps-sweep.png"
     fig.savefig(path, dpi=110)
     return path
 

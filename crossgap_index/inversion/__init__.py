@@ -9,6 +9,7 @@ from crossgap_index.inversion.config import InversionConfig
 
 _LAZY = {
     "final_losses": "crossgap_index.inversion.engine",
+    "inversion_path": "crossgap_index.inversion.engine",
     "oti": "crossgap_index.inversion.engine",
     "oti_reference": "crossgap_index.inversion.engine",
     "ovi": "crossgap_index.inversion.engine",
@@ -22,6 +23,7 @@ __all__ = [
     "InversionConfig",
     "detect_family",
     "final_losses",
+    "inversion_path",
     "oti",
     "oti_reference",
     "ovi",

@@ -34,12 +34,13 @@ class InversionConfig:
     ``precision``: the fast path runs the model cast to bf16 where ``auto`` finds it native
     (see ``crossgap_index.precision``); the loss, AdamW and its pseudo-token master copy stay fp32.
     ``batch_size`` and ``fast`` change speed only: each query's result depends on its own seed.
-    The paper publishes 150 OTI steps; the default is 25, where retrieval quality peaks on our
-    development data (benchmarks/RESULTS.md, the OTI sweep). Everything else is the published setting.
+    The paper publishes 150 OTI steps and 1000 OVI steps; the defaults are 25 each, where retrieval quality
+    peaks on our development data (benchmarks/RESULTS.md, the OTI sweep; benchmarks/results/text.md, the OVI
+    sweep: 1000 steps gave no more and cost 40x). Everything else is the published setting.
     """
 
     oti_steps: int = 25
-    ovi_steps: int = 1000
+    ovi_steps: int = 25
     n_tokens: int = 1  # R pseudo-tokens (OTI)
     n_patches: int | None = None  # P pseudo-patches (OVI); None: 1 for patch-32 ViTs, 4 otherwise
     template: str = "a photo of {}"

@@ -53,12 +53,7 @@ def oti(
     ``init`` (n, R, token width), when given, replaces the random start (an inverter's output: mode warm).
     ``final_losses(result, image_features)`` gives each query's loss at the returned feature.
     """
-    name = loaded.spec.canonical
-    tower = text_tower(loaded.model_in(config.precision_on(loaded.device)), name)
-    with torch.no_grad():
-        prompt = tokenize_prompt(loaded.tokenizer, config.template, config.n_tokens, tower, name, loaded.device)
-        features = fast_text_features(tower, prompt) if config.fast else reference_text_features(tower, prompt)
-    shape = (config.n_tokens, tower.token_embedding.embedding_dim)
+    features, shape = _oti_setup(loaded, config)
     if init is not None and tuple(np.shape(init)) != (len(image_features), *shape):
         raise QueryError(f"OTI init must have shape {(len(image_features), *shape)}, got {tuple(np.shape(init))}")
     return _invert(
@@ -73,8 +68,49 @@ def ovi(
     config: InversionConfig,
     seeds: Sequence[int],
     progress: Progress | None = None,
+    init: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Invert text features into image features (float32 unit rows) to search texts inter-modally; as ``oti``."""
+    """Invert text features into image features (float32 unit rows) to search texts inter-modally; as ``oti``.
+
+    ``init`` (n, P, patch width), when given, replaces the random start (a text inverter's output: mode warm).
+    """
+    features, shape = _ovi_setup(loaded, config)
+    if init is not None and tuple(np.shape(init)) != (len(text_features), *shape):
+        raise QueryError(f"OVI init must have shape {(len(text_features), *shape)}, got {tuple(np.shape(init))}")
+    return _invert(
+        features, shape, text_features, config, config.ovi_steps, seeds, loaded.device, progress, init, OVI_LANE
+    )
+
+
+@torch.inference_mode(False)
+def inversion_path(
+    loaded: LoadedModel,
+    targets: np.ndarray,
+    config: InversionConfig,
+    seeds: Sequence[int],
+    direction: str,
+    steps: Sequence[int],
+) -> dict[int, np.ndarray]:
+    """The features an OTI (``direction`` 'oti') or OVI ('ovi') run passes through at each of ``steps``.
+
+    One optimisation up to ``max(steps)``: AdamW has no schedule, so the feature at step s is exactly what
+    a run with s steps returns (same seeds, same init). A step sweep then costs one run, not one per point.
+    """
+    wanted = sorted({int(s) for s in steps})
+    if not wanted or wanted[0] < 0:
+        raise QueryError("inversion_path needs step counts >= 0")
+    if direction == "ovi":
+        (features, shape), lane = _ovi_setup(loaded, config), OVI_LANE
+    elif direction == "oti":
+        (features, shape), lane = _oti_setup(loaded, config), OTI_LANE
+    else:
+        raise QueryError(f"unknown inversion direction {direction!r}: use oti or ovi")
+    # the served lanes, so that a sweep point equals what a query with that many steps is served
+    return _invert(features, shape, targets, config, wanted[-1], seeds, loaded.device, None, None, lane, wanted)
+
+
+def _ovi_setup(loaded: LoadedModel, config: InversionConfig) -> tuple[FeatureFn, tuple[int, int]]:
+    """OVI's feature function (fast path or oracle) and the shape of one query's pseudo-patches."""
     tower = vision_tower(loaded.model_in(config.precision_on(loaded.device)), loaded.spec.canonical)
     n_patches = config.n_patches or tower.default_patches
     if n_patches > tower.n_grid:
@@ -82,10 +118,17 @@ def ovi(
     index = fill_index(n_patches, tower.n_grid, loaded.device)
     with torch.no_grad():
         features = fast_image_features(tower, index) if config.fast else reference_image_features(tower, index)
-    shape = (n_patches, tower.width)
-    return _invert(
-        features, shape, text_features, config, config.ovi_steps, seeds, loaded.device, progress, lane=OVI_LANE
-    )
+    return features, (n_patches, tower.width)
+
+
+def _oti_setup(loaded: LoadedModel, config: InversionConfig) -> tuple[FeatureFn, tuple[int, int]]:
+    """OTI's feature function (fast path or oracle) and the shape of one query's pseudo-tokens."""
+    name = loaded.spec.canonical
+    tower = text_tower(loaded.model_in(config.precision_on(loaded.device)), name)
+    with torch.no_grad():
+        prompt = tokenize_prompt(loaded.tokenizer, config.template, config.n_tokens, tower, name, loaded.device)
+        features = fast_text_features(tower, prompt) if config.fast else reference_text_features(tower, prompt)
+    return features, (config.n_tokens, tower.token_embedding.embedding_dim)
 
 
 def oti_reference(
@@ -132,10 +175,12 @@ def _invert(
     progress: Progress | None,
     init: np.ndarray | None = None,
     lane: int = 1,
-) -> np.ndarray:
+    snapshots: Sequence[int] | None = None,
+):
     """Split the queries into chunks and run the shared loop on each (from ``init`` when given).
 
-    In bf16 every chunk has exactly ``lane`` rows (padded), so a query's rounding is batch-independent."""
+    In bf16 every chunk has exactly ``lane`` rows (padded), so a query's rounding is batch-independent.
+    With ``snapshots``: a dict step -> features at that step (``steps`` is the last of them)."""
     targets = np.asarray(targets, dtype=np.float32)
     if targets.ndim != 2:
         raise QueryError(f"inversion targets must be an (n, d) array, got shape {targets.shape}")
@@ -158,10 +203,18 @@ def _invert(
         if precision == "bf16" and real < chunk:  # pad to the lane: the same shape for every query
             start, target = _padded(start, chunk), _padded(target, chunk)
         offset = (first // chunk) * steps
-        out.append(_optimise(features, start, target, config, steps, dtype, progress, offset, real))
-    if not out:
-        return np.zeros((0, targets.shape[1]), np.float32)
-    return np.ascontiguousarray(torch.cat(out).cpu().numpy(), dtype=np.float32)
+        out.append(
+            _optimise(features, start, target, config, steps, dtype, progress, offset, real, snapshots or [steps])
+        )
+    if snapshots is None:
+        return _stack([batch[steps] for batch in out], targets.shape[1])
+    return {s: _stack([batch[s] for batch in out], targets.shape[1]) for s in snapshots}
+
+
+def _stack(parts: list[torch.Tensor], dim: int) -> np.ndarray:
+    if not parts:
+        return np.zeros((0, dim), np.float32)
+    return np.ascontiguousarray(torch.cat(parts).cpu().numpy(), dtype=np.float32)
 
 
 def _optimise(
@@ -174,15 +227,24 @@ def _optimise(
     progress: Progress | None,
     offset: int,
     real: int,
-) -> torch.Tensor:
-    """AdamW on the per-query sum of 1 - cos(feature(v), target); returns the last step's unit features
-    of the first ``real`` rows (the rest pad the chunk to its lane).
+    snapshots: Sequence[int],
+) -> dict[int, torch.Tensor]:
+    """AdamW on the per-query sum of 1 - cos(feature(v), target); the unit features of the first ``real``
+    rows (the rest pad the chunk to its lane) after each step of ``snapshots`` (the last step's among them).
 
     ``params`` are the fp32 master copy AdamW updates; the model sees them cast to ``dtype``.
     """
+    taken: dict[int, torch.Tensor] = {}
+
+    def snapshot(step: int) -> None:
+        if step in snapshots:
+            with torch.no_grad():
+                taken[step] = F.normalize(features(params.to(dtype)).float(), dim=-1)[:real]
+
     with torch.enable_grad():
         params = init.clone().requires_grad_(True)
         optimizer = torch.optim.AdamW([params], lr=config.lr, weight_decay=config.weight_decay)
+        snapshot(0)
         for step in range(1, steps + 1):
             losses = _losses(features, params, target, dtype)
             optimizer.zero_grad(set_to_none=True)
@@ -190,8 +252,8 @@ def _optimise(
             optimizer.step()
             if progress is not None:
                 progress(offset + step, float(losses.detach()[:real].mean()))
-        with torch.no_grad():
-            return F.normalize(features(params.to(dtype)).float(), dim=-1)[:real]
+            snapshot(step)
+    return taken
 
 
 def _losses(features: FeatureFn, params: torch.Tensor, target: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

@@ -1,10 +1,15 @@
-"""Amortised OTI: a small network that predicts an image's pseudo-tokens in one forward pass.
+"""Amortised inversion: a small network that predicts a query's pseudo-tokens (or pseudo-patches) in one pass.
 
 Implemented from the SEARLE paper's description (Baldrati et al., ICCV 2023), not from its code: an MLP
-phi: image feature (d) -> 4d -> 4d -> R pseudo-token embeddings, GELU, dropout 0.5, trained end to end
-through the frozen text tower with the OTI objective 1 - cos(text_feature(phi(f)), f) on the gallery's own
-image features (no labels). Modes: ``inverter`` (phi's tokens through the text tower: one forward pass) and
-``warm`` (phi's tokens as the start of a few OTI steps). Weights and settings live in one safetensors file.
+phi: feature (d) -> 4d -> 4d -> R x width, GELU, dropout 0.5, trained end to end through a frozen tower
+with the inversion objective on the index's own features (no labels). Two directions, mirror images:
+  * ``oti`` (image queries): phi(image feature) are R pseudo-token embeddings; the frozen text tower turns
+    them into a text feature; loss 1 - cos(text_feature(phi(f)), f) over the gallery's images;
+  * ``ovi`` (text queries): phi(text feature) are P pseudo-patches filling the ViT's patch grid (as OVI's);
+    the frozen image tower turns them into an image feature; loss 1 - cos(image_feature(phi(t)), t) over
+    the index's texts.
+Modes: ``inverter`` (phi's output through the tower: one forward pass) and ``warm`` (phi's output as the
+start of a few OTI / OVI steps). Weights, direction and settings live in one safetensors file.
 """
 
 from __future__ import annotations
@@ -24,11 +29,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from crossgap_index.errors import QueryError, StoreError
-from crossgap_index.inversion.family import text_tower
+from crossgap_index.inversion.family import FeatureFn, text_tower, vision_tower
 from crossgap_index.inversion.text import fast_text_features, tokenize_prompt
+from crossgap_index.inversion.vision import fast_image_features, fill_index
 from crossgap_index.models.factory import LoadedModel
 
 FORMAT = "crossgap-inverter/1"
+DIRECTIONS = ("oti", "ovi")  # image -> text-space (pseudo-tokens), text -> image-space (pseudo-patches)
+# Training steps (of 128 items) measured on development seeds: the OTI network peaks at 48 and then decays
+# (benchmarks/RESULTS.md); the OVI network was still improving at 128 (16: -22.7, 48: -1.1, 128: +1.2 mAP over
+# intra on seed 21, benchmarks/results/text.md), so 128, where its training stays near 2 minutes of CPU.
+DEFAULT_STEPS = {"oti": 48, "ovi": 128}
 # progress(step, total_steps, mean_loss)
 TrainProgress = Callable[[int, int, float], None]
 
@@ -37,9 +48,11 @@ TrainProgress = Callable[[int, int, float], None]
 class InverterConfig:
     """Training settings. ``steps`` is a quality knob, as OTI's step count is: trained long, phi learns to
     reproduce the image feature itself and retrieval falls back to intra-modal quality, so training stops
-    after a measured number of steps (benchmarks/RESULTS.md). ``max_seconds`` bounds the time besides."""
+    after a measured number of steps (benchmarks/RESULTS.md). ``max_seconds`` bounds the time besides.
+    ``direction``: ``oti`` (image queries; ``n_tokens`` pseudo-tokens spliced into ``template``) or ``ovi``
+    (text queries; ``n_tokens`` pseudo-patches, None: the model's OVI default; ``template`` unused)."""
 
-    n_tokens: int = 1
+    n_tokens: int | None = 1
     template: str = "a photo of {}"
     steps: int = 48
     batch_size: int = 128
@@ -48,9 +61,14 @@ class InverterConfig:
     dropout: float = 0.5
     seed: int = 0
     max_seconds: float | None = None
+    direction: str = "oti"
 
     def __post_init__(self) -> None:
-        if self.n_tokens < 1 or self.steps < 1 or self.batch_size < 1:
+        if self.direction not in DIRECTIONS:
+            raise QueryError(f"inverter: direction must be one of {', '.join(DIRECTIONS)}, got {self.direction!r}")
+        if self.n_tokens is None and self.direction == "oti":
+            raise QueryError("inverter: an OTI inverter needs n_tokens >= 1")
+        if (self.n_tokens is not None and self.n_tokens < 1) or self.steps < 1 or self.batch_size < 1:
             raise QueryError("inverter: n_tokens, steps and batch_size must be >= 1")
         if not self.lr > 0 or not 0.0 <= self.dropout < 1.0 or self.weight_decay < 0:
             raise QueryError("inverter: lr must be > 0, dropout in [0, 1), weight_decay >= 0")
@@ -85,7 +103,7 @@ class InverterNet(nn.Module):
 
 
 class Inverter:
-    """A trained phi for one model, with the settings it was trained with."""
+    """A trained phi for one model, with the settings it was trained with (``config.direction`` says which way)."""
 
     def __init__(self, net: InverterNet, model: str, config: InverterConfig, stats: dict | None = None):
         self.net = net.eval()
@@ -105,20 +123,29 @@ class Inverter:
             digest.update(tensor.detach().cpu().numpy().tobytes())
         return digest.hexdigest()
 
+    @property
+    def direction(self) -> str:
+        return self.config.direction
+
+    @property
+    def query_modality(self) -> str:
+        """The queries this network inverts: ``image`` (OTI) or ``text`` (OVI)."""
+        return "image" if self.direction == "oti" else "text"
+
     @torch.inference_mode()
     def tokens(self, features: np.ndarray) -> np.ndarray:
-        """Pseudo-token embeddings (n, R, width) for unit image features (n, d). Row by row (a row of this
-        small network costs microseconds), so a row's rounding, and the warm mode's start, never depend on
-        the batch it came in."""
+        """Pseudo-tokens (n, R, width) for unit image features, or pseudo-patches (n, P, width) for text ones.
+        Row by row (a row of this small network costs microseconds), so a row's rounding, and the warm mode's
+        start, never depend on the batch it came in."""
         x = torch.from_numpy(np.ascontiguousarray(features, np.float32)).to(next(self.net.parameters()).device)
         if len(x) == 0:
             return self.net(x).float().cpu().numpy()
         return torch.cat([self.net(x[i : i + 1]) for i in range(len(x))]).float().cpu().numpy()
 
     @torch.inference_mode()
-    def text_features(self, loaded: LoadedModel, features: np.ndarray) -> np.ndarray:
-        """One pass: phi's tokens through the frozen text tower; unit float32 text-space features (n, d)."""
-        feature_fn = _feature_fn(loaded, self.config)
+    def features(self, loaded: LoadedModel, features: np.ndarray) -> np.ndarray:
+        """One pass: phi's output through the other frozen tower; unit float32 features of the other modality."""
+        feature_fn, _ = _feature_fn(loaded, self.config)
         tokens = torch.from_numpy(self.tokens(features)).to(loaded.device)
         return np.ascontiguousarray(F.normalize(feature_fn(tokens).float(), dim=-1).cpu().numpy(), np.float32)
 
@@ -131,6 +158,7 @@ class Inverter:
             "config": json.dumps(dataclasses.asdict(self.config)),
             "dim": str(self.net.layers[0].in_features),
             "width": str(self.net.width),
+            "n_out": str(self.net.n_tokens),
             "stats": json.dumps(self.stats),
         }
         tmp = path.with_name(path.name + ".tmp")
@@ -142,8 +170,9 @@ class Inverter:
             raise
 
     @classmethod
-    def load(cls, path: Path, model: str, device: torch.device | str = "cpu") -> Inverter:
-        """Load a saved inverter; refuses (one line) a file for another model or in another format."""
+    def load(cls, path: Path, model: str, device: torch.device | str = "cpu", direction: str = "oti") -> Inverter:
+        """Load a saved inverter; refuses (one line) a file for another model, another direction (files from
+        before the text inverter carry none: they are OTI) or in another format."""
         from safetensors import SafetensorError
         from safetensors.torch import load_file, safe_open
 
@@ -156,40 +185,54 @@ class Inverter:
             if meta.get("model") != model:
                 raise StoreError(f"{path}: inverter trained for model '{meta.get('model')}', index uses '{model}'")
             config = InverterConfig(**json.loads(meta["config"]))
-            net = InverterNet(int(meta["dim"]), int(meta["width"]), config.n_tokens, config.dropout)
+            if config.direction != direction:
+                raise StoreError(f"{path}: inverter trained for {config.direction.upper()}, not {direction.upper()}")
+            n_out = int(meta.get("n_out", config.n_tokens or 0))
+            net = InverterNet(int(meta["dim"]), int(meta["width"]), n_out, config.dropout)
             net.load_state_dict(weights)
         except (OSError, SafetensorError, KeyError, ValueError, RuntimeError, TypeError) as exc:
             raise StoreError(f"{path}: unreadable inverter ({str(exc).splitlines()[0][:200]})") from exc
         return cls(net.to(device), model, config, json.loads(meta.get("stats", "{}")))
 
 
-def _feature_fn(loaded: LoadedModel, config: InverterConfig):
-    tower = text_tower(loaded.model, loaded.spec.canonical)
+def _feature_fn(loaded: LoadedModel, config: InverterConfig) -> tuple[FeatureFn, tuple[int, int]]:
+    """The frozen tower phi's output goes through, and the (count, width) of that output per query."""
+    name = loaded.spec.canonical
+    if config.direction == "ovi":
+        vision = vision_tower(loaded.model, name)
+        n_patches = config.n_tokens or vision.default_patches
+        if n_patches > vision.n_grid:
+            raise QueryError(f"inverter: {n_patches} pseudo-patches exceed the {vision.n_grid} patches of {name}")
+        with torch.no_grad():
+            return fast_image_features(vision, fill_index(n_patches, vision.n_grid, loaded.device)), (
+                n_patches,
+                vision.width,
+            )
+    tower = text_tower(loaded.model, name)
     with torch.no_grad():
-        prompt = tokenize_prompt(
-            loaded.tokenizer, config.template, config.n_tokens, tower, loaded.spec.canonical, loaded.device
-        )
-        return fast_text_features(tower, prompt)
+        prompt = tokenize_prompt(loaded.tokenizer, config.template, config.n_tokens, tower, name, loaded.device)
+        return fast_text_features(tower, prompt), (config.n_tokens, tower.token_embedding.embedding_dim)
 
 
 @torch.inference_mode(False)
 def train_inverter(
     loaded: LoadedModel,
-    image_features: np.ndarray,
+    features: np.ndarray,
     config: InverterConfig | None = None,
     progress: TrainProgress | None = None,
 ) -> Inverter:
-    """Train phi on unit image features (n, d) with the OTI objective through the frozen text tower."""
+    """Train phi on unit features (n, d) of the queries' modality (images for ``oti``, texts for ``ovi``) with
+    the inversion objective through the other, frozen tower."""
     config = config or InverterConfig()
-    feats = np.array(image_features, np.float32)  # a writable copy for torch
+    feats = np.array(features, np.float32)  # a writable copy for torch
+    kind = "image" if config.direction == "oti" else "text"
     if feats.ndim != 2 or len(feats) < 2:
-        raise QueryError(f"inverter training needs at least 2 image features, got shape {feats.shape}")
+        raise QueryError(f"inverter training needs at least 2 {kind} features, got shape {feats.shape}")
     device = loaded.device
     generator = torch.Generator().manual_seed(config.seed)
     torch.manual_seed(config.seed)
-    feature_fn = _feature_fn(loaded, config)
-    tower = text_tower(loaded.model, loaded.spec.canonical)
-    net = InverterNet(feats.shape[1], tower.token_embedding.embedding_dim, config.n_tokens, config.dropout).to(device)
+    feature_fn, (n_out, width) = _feature_fn(loaded, config)
+    net = InverterNet(feats.shape[1], width, n_out, config.dropout).to(device)
     optimizer = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     data = torch.from_numpy(feats).to(device)
     start, losses = time.perf_counter(), []
@@ -216,6 +259,7 @@ def train_inverter(
         "steps": len(losses),
         "final_loss": losses[-1] if losses else None,
         "seconds": round(time.perf_counter() - start, 3),
-        "images": len(feats),
+        "images" if kind == "image" else "texts": len(feats),
+        "direction": config.direction,
     }
     return Inverter(net.eval(), loaded.spec.canonical, config, stats)

@@ -77,9 +77,13 @@ class Transformer(Protocol):
     def projection(self, leg: Leg, collection: str) -> FeatureMap | None: ...
 
 
+# The stored inverted gallery of each modality: images' OTI (text-space) features, texts' OVI (image-space) ones.
+INVERTED_GALLERY = {"image": "image-oti", "text": "text-ovi"}
+
+
 def gallery_collection(leg: Leg, collection: str) -> str:
-    """The stored collection a leg is compared with: the plain one, or the gallery's OTI features."""
-    return f"{collection}-oti" if leg.gallery == "inverted" else collection
+    """The stored collection a leg is compared with: the plain one, or the gallery's inverted features."""
+    return INVERTED_GALLERY[collection] if leg.gallery == "inverted" else collection
 
 
 def run_mode(

@@ -47,8 +47,8 @@ DEFAULTS_FILE = "cgx_defaults.json"
 # OTI settings that modes use unless told otherwise: quality peaks early (research notes section 6), so
 # the served default is 25 steps, not the published 150.
 SERVED_OTI_STEPS = InversionConfig.oti_steps
-# warm: the inverter's tokens refined by a couple of gentle OTI steps (measured on development seeds)
-WARM_SETTINGS = {"oti_steps": 2, "lr": 5e-3}
+# warm: the inverter's output refined by a couple of gentle OTI (image queries) or OVI (text queries) steps
+WARM_SETTINGS = {"oti_steps": 2, "ovi_steps": 2, "lr": 5e-3}
 
 
 @dataclass(frozen=True)

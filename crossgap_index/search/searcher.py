@@ -24,10 +24,12 @@ from crossgap_index.search.options import SearchOptions
 from crossgap_index.search.projections import FeatureMap
 from crossgap_index.search.ranking import Ranked
 from crossgap_index.search.transforms import ModelTransformer
+from crossgap_index.store.manifest import ANY_TASK
 
 TARGETS = {"images": "image", "texts": "text"}
 QUERY_KINDS = ("image", "text", "vector", "item")
-_TASK_MODALITY = {"image-to-image": "image", "text-to-text": "text"}
+# (query modality, target collection) -> the task whose tuned mode serves it
+TASK_OF = {("image", "image"): "image-to-image", ("text", "text"): "text-to-text", ("text", "image"): "text-to-image"}
 
 
 @dataclass(frozen=True)
@@ -75,24 +77,34 @@ class Searcher:
         *,
         progress: Callable | None = None,
         gallery: StoreGallery | None = None,
+        text_inverter: Callable | None = None,
     ):
         self._store = store
         self._encoder = encoder
-        self._model_name, self._inverter, self._cache = model_name, inverter, cache
+        self._model_name, self._inverter, self._text_inverter = model_name, inverter, text_inverter
+        self._cache = cache
         self.gallery = gallery or StoreGallery(store)
         self.transformer = ModelTransformer(
             model_name,
             encoder,
             cache=cache,
             inverter=inverter,
+            text_inverter=text_inverter,
             projection_dir=store.path / "derived",
             progress=progress,
         )
 
     def with_options(self, cache, progress: Callable | None) -> Searcher:
-        """The same index, gallery and inverter with another cache (None: none) or an inversion progress callback."""
+        """The same index, gallery and inverters with another cache (None: none) or an inversion progress callback."""
         return Searcher(
-            self._store, self._model_name, self._encoder, self._inverter, cache, progress=progress, gallery=self.gallery
+            self._store,
+            self._model_name,
+            self._encoder,
+            self._inverter,
+            cache,
+            progress=progress,
+            gallery=self.gallery,
+            text_inverter=self._text_inverter,
         )
 
     def _serving(self, options: SearchOptions, progress: Callable | None) -> Searcher:
@@ -167,12 +179,21 @@ class Searcher:
         """The Mode to run for a query of ``query_modality`` against ``collection``."""
         if isinstance(mode, Mode):
             return mode
-        if mode == "auto" and query_modality != collection:
-            return resolve_mode("intra")  # already inter-modal: nothing to turn around
-        tuned = self._store.manifest.tuned_mode
-        if tuned and _TASK_MODALITY.get(tuned.get("task")) not in (None, query_modality):
-            tuned = None  # tuned for the other modality's queries: the default serves this one
+        tuned = self.tuned_record(query_modality, collection)
+        if mode == "auto" and query_modality != collection and tuned is None:
+            return resolve_mode("intra")  # already inter-modal and nothing tuned for it: nothing to turn around
         return resolve_mode(mode, tuned=tuned["mode"] if tuned else None, model=self._model_name, **settings)
+
+    def tuned_record(self, query_modality: str, collection: str) -> dict | None:
+        """The tune record serving ``query_modality`` queries against ``collection``: the one tuned for that
+        task, else one that names no task (served to every query, as single records always were), else None.
+        Each query modality can win with a different mode, so each task keeps its own."""
+        records = self._store.manifest.tuned_modes
+        task = TASK_OF.get((query_modality, collection))
+        record = records.get(task) if task else None
+        if record is None and query_modality == collection:
+            record = records.get(ANY_TASK)
+        return record
 
     def search_batch(
         self,
@@ -250,13 +271,16 @@ class Searcher:
                 )
             if leg.gallery == "inverted":
                 inverted = gallery_collection(leg, collection)
-                if inverted not in self._store.indexes:
-                    raise QueryError(f"mode {mode.name} is for image queries against images")
                 missing = self._store.indexes[collection].ntotal - self._store.indexes[inverted].ntotal
-                if missing:
+                if missing and collection == "image":
                     raise QueryError(
                         f"{missing} gallery images have no OTI feature yet: run `cgx build-index DIR "
                         "--invert-gallery` (library: invert_gallery())"
+                    )
+                if missing:
+                    raise QueryError(
+                        f"{missing} stored texts have no OVI feature yet: run `cgx add-texts FILE --invert-gallery` "
+                        "(library: invert_gallery(modality='text'))"
                     )
 
     def transform_query(self, query: dict, options: SearchOptions) -> QueryTransform:

@@ -50,11 +50,12 @@ class VectorCache(Protocol):
 
 
 class ModelTransformer:
-    """The engine's ``Transformer`` over a loaded model (lazily), an optional cache and an optional inverter.
+    """The engine's ``Transformer`` over a loaded model (lazily), an optional cache and optional inverters.
 
-    ``encoder``: returns the Encoder (loads the model on first call). ``inverter``: returns the trained
-    inverter or raises. ``projection_dir``: where projection matrices are kept between processes (None:
-    memory only). ``tuned_projection``: settings -> matrix already known (e.g. stored with the tuned mode).
+    ``encoder``: returns the Encoder (loads the model on first call). ``inverter`` / ``text_inverter``: return
+    the trained network for image queries (OTI) / text queries (OVI), or raise. ``projection_dir``: where
+    projection matrices are kept between processes (None: memory only). ``tuned_projection``: settings ->
+    matrix already known (e.g. stored with the tuned mode).
     """
 
     def __init__(
@@ -64,6 +65,7 @@ class ModelTransformer:
         *,
         cache: VectorCache | None = None,
         inverter: Callable | None = None,
+        text_inverter: Callable | None = None,
         projection_dir: Path | None = None,
         progress: InversionProgress | None = None,
     ):
@@ -71,6 +73,7 @@ class ModelTransformer:
         self._encoder = encoder
         self._cache = cache
         self._inverter = inverter
+        self._text_inverter = text_inverter
         self._projection_dir = projection_dir
         self._progress = progress
         self._projections: dict[str, Projection] = {}
@@ -87,16 +90,18 @@ class ModelTransformer:
             raise QueryError(f"{leg.name} turns an {collection} query into the other modality: give an {collection}")
         if leg.transform == "invert":
             return self._invert(queries, leg.inversion(), "oti" if collection == "image" else "ovi")
-        if collection != "image":
-            raise QueryError(f"mode {leg.name} inverts images (OTI); for texts use cross (OVI)")
-        network = self._load_inverter()
+        network = self._load_inverter(collection)
         if leg.transform == "inverter":
-            return network.text_features(self._encoder().loaded, queries.features)
+            return network.features(self._encoder().loaded, queries.features)
         init = network.tokens(queries.features)
-        config = dataclasses.replace(
-            leg.inversion(), n_tokens=network.config.n_tokens, template=network.config.template
-        )  # the network's tokens fill the network's prompt
-        return self._invert(queries, config, "oti", init=init, tag=f"warm:{network.fingerprint}")
+        if collection == "image":  # the network's tokens fill the network's prompt
+            config = dataclasses.replace(
+                leg.inversion(), n_tokens=network.config.n_tokens, template=network.config.template
+            )
+        else:  # and its pseudo-patches the network's grid
+            config = dataclasses.replace(leg.inversion(), n_patches=init.shape[1])
+        direction = "oti" if collection == "image" else "ovi"
+        return self._invert(queries, config, direction, init=init, tag=f"warm:{network.fingerprint}")
 
     def projection(self, leg: Leg, collection: str) -> FeatureMap | None:
         """The span, iso or concept map a ``project`` leg uses, built once per settings and kept."""
@@ -143,10 +148,15 @@ class ModelTransformer:
             self.last_inversion_batch = 0
         return out
 
-    def _load_inverter(self):
-        if self._inverter is None:
-            raise QueryError("no inverter for this index: train one with `cgx train-inverter`")
-        return self._inverter()
+    def _load_inverter(self, modality: str):
+        """The network that inverts ``modality`` queries (image: OTI, text: OVI), or a one-line refusal."""
+        if modality == "image":
+            if self._inverter is None:
+                raise QueryError("no inverter for this index: train one with `cgx train-inverter`")
+            return self._inverter()
+        if self._text_inverter is None:
+            raise QueryError("no text inverter for this index: train one with `cgx train-inverter --modality texts`")
+        return self._text_inverter()
 
     # -- projections -------------------------------------------------------------------------
     def _load_or_fit(self, key: str, params: dict) -> FeatureMap:

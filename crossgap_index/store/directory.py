@@ -10,6 +10,7 @@
     image.faiss          IDMap2 over the chosen factory, unit vectors, inner product
     text.faiss
     image-oti.faiss      optional: each gallery image's OTI text-space feature
+    text-ovi.faiss       optional: each stored text's OVI image-space feature
     lock                 advisory writer lock (store/lock.py)
 
 The store knows nothing about models: it keeps vectors under ids and answers top-k.
@@ -47,7 +48,7 @@ if TYPE_CHECKING:
 INDEX_ENV_VAR = "CGX_INDEX"
 MODALITIES = ("image", "text")
 # Collections of vectors derived from items: name -> modality of the items they belong to.
-DERIVED = {"image-oti": "image"}
+DERIVED = {"image-oti": "image", "text-ovi": "text"}
 CATALOG_NAME = "catalog.sqlite"
 log = logging.getLogger("crossgap_index")
 
@@ -89,6 +90,7 @@ class Store:
         self.lock = lock or IndexLock(path)
         self.wait = True  # what a writer does when another process holds the lock
         self.rebuilt: list[str] = []  # collections rebuilt from the catalog on open (damaged, stale, missing)
+        self.introduced: list[str] = []  # derived collections this release has and the index did not (added empty)
         self._rw = ReadWriteLock()
         self._writer = threading.RLock()
         self._write_depth = 0
@@ -152,7 +154,7 @@ class Store:
         except BaseException:
             catalog.close()
             raise
-        if store.rebuilt and not readonly:
+        if (store.rebuilt or store.introduced) and not readonly:
             store._save_repaired()
         return store
 
@@ -190,6 +192,10 @@ class Store:
         file is verified in the background and waited for on first use (store/vectors.py)."""
         generation = self.catalog.generation
         self.rebuilt = []
+        introduced = [name for name in DERIVED if name not in self.manifest.factories]
+        self.introduced = introduced
+        for name in introduced:  # a derived collection newer than the index: its owner's factory, saved on open
+            self.manifest.factories[name] = self.manifest.factories.get(DERIVED[name], AUTO)
         for name, factory in self.manifest.factories.items():
             expected = self.manifest.files.get(name) if self.manifest.generation == generation else None
             count = self.manifest.counts.get(name) if expected is not None else None
@@ -211,7 +217,8 @@ class Store:
         self.verify_vectors(name)
         fresh = VectorIndex(self.manifest.dim, factory)
         fresh.build_chunked(self.stored_count(name), lambda: self.vector_chunks(name))
-        self.rebuilt.append(name)
+        if name not in self.introduced:  # a collection new to this index is made, not repaired
+            self.rebuilt.append(name)
         return fresh.index
 
     def _save_repaired(self) -> None:

@@ -25,7 +25,12 @@ class Manifest:
     generation: int = 0
     # InversionConfig (as a dict) the gallery's OTI features were made with, once --invert-gallery is used.
     gallery_inversion: dict | None = None
-    # The mode `cgx tune` chose: {"mode": Mode.to_dict(), "selection", "report", "dataset", "date"}
+    # InversionConfig (as a dict) the stored texts' OVI features were made with (collection text-ovi).
+    text_gallery_inversion: dict | None = None
+    # The modes `cgx tune` chose, one per task (image-to-image, text-to-text, text-to-image; "any" for a record
+    # that names no task): {"mode": Mode.to_dict(), "task", "selection", "report", "dataset", "date"}.
+    tuned_modes: dict[str, dict] = field(default_factory=dict)
+    # The record stored last, as releases before per-task records read it (they ignore tuned_modes).
     tuned_mode: dict | None = None
     # Each FAISS file as last saved: {"image": {"size": bytes, "crc32": int}}; verified on open.
     files: dict[str, dict[str, int]] = field(default_factory=dict)
@@ -73,7 +78,18 @@ class Manifest:
         if problem:
             raise StoreError(f"{path}: damaged manifest ({problem})")
         known = set(cls.__dataclass_fields__)
+        if "tuned_modes" not in data and data.get("tuned_mode"):  # one record, from before per-task records
+            data["tuned_modes"] = {tuned_task(data["tuned_mode"]): data["tuned_mode"]}
         return cls(**{k: v for k, v in data.items() if k in known})
+
+
+ANY_TASK = "any"
+
+
+def tuned_task(record: dict) -> str:
+    """The task slot a tune record fills: its ``task``, or ``any`` (served to every query) when it names none."""
+    task = record.get("task")
+    return task if isinstance(task, str) and task else ANY_TASK
 
 
 def _is_int(value: object) -> bool:
@@ -82,6 +98,10 @@ def _is_int(value: object) -> bool:
 
 def _is_map(value: object, check: Callable[[object], bool]) -> bool:
     return isinstance(value, dict) and all(isinstance(k, str) and check(v) for k, v in value.items())
+
+
+def _is_record(value: object) -> bool:
+    return isinstance(value, dict) and isinstance(value.get("mode"), dict)
 
 
 def _is_file_record(value: object) -> bool:
@@ -99,11 +119,9 @@ _FIELDS: dict[str, tuple[bool, Callable[[object], bool], str]] = {
     "gallery_inversion": (False, lambda v: v is None or isinstance(v, dict), "null or an object"),
     "precision": (False, lambda v: isinstance(v, str), "a precision name"),
     "precision_agreement": (False, lambda v: v is None or isinstance(v, int | float), "null or a number"),
-    "tuned_mode": (
-        False,
-        lambda v: v is None or (isinstance(v, dict) and isinstance(v.get("mode"), dict)),
-        "null or a tune record",
-    ),
+    "tuned_mode": (False, lambda v: v is None or _is_record(v), "null or a tune record"),
+    "tuned_modes": (False, lambda v: _is_map(v, _is_record), "tasks -> tune records"),
+    "text_gallery_inversion": (False, lambda v: v is None or isinstance(v, dict), "null or an object"),
     "files": (False, lambda v: _is_map(v, _is_file_record), "names -> {size, crc32}"),
     "schema_version": (False, lambda v: _is_int(v) and v >= 0, "an integer"),
     "crossgap_version": (False, lambda v: isinstance(v, str), "a string"),
