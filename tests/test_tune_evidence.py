@@ -211,7 +211,9 @@ def test_cli_eval_json_and_info_say_what_cross_runs(tmp_path):
     built = runner.invoke(app, ["build-index", str(folder), "--index", str(index), "--model", MODEL, "-q"])
     assert built.exit_code == 0, built.output
     info = json.loads(runner.invoke(app, ["info", "--index", str(index), "--json"]).stdout)
-    assert info["cross"]["source"] == "published" and info["cross"]["default"]["settings"]["components"] == "d/2"
+    for modality in ("image", "text"):  # per query modality: what --cross runs and where that came from
+        cross = info["cross"][modality]
+        assert cross["source"] == "published" and cross["default"]["settings"]["components"] == "d/2"
     assert "--cross runs" in runner.invoke(app, ["info", "--index", str(index)]).stdout
     ran = runner.invoke(
         app, ["eval", str(folder / "captions.jsonl"), "--model", MODEL, "--ovi-steps", "1", "--json", "-q"]
