@@ -46,8 +46,8 @@ def main(argv: list[str] | None = None) -> None:
         paired_interval,
     )
     from crossgap_index.models import Encoder, load_model
-    from crossgap_index.search.engine import Queries
     from crossgap_index.search.modes import resolve_mode
+    from crossgap_index.search.run import Queries
     from crossgap_index.search.transforms import ModelTransformer
 
     encoder = Encoder(load_model(args.model, "cpu"), precision="fp32")

@@ -46,8 +46,8 @@ def main(argv: list[str] | None = None) -> None:
         paired_interval,
     )
     from crossgap_index.models import Encoder, load_model
-    from crossgap_index.search.engine import Queries
     from crossgap_index.search.modes import Mode, resolve_mode
+    from crossgap_index.search.run import Queries
     from crossgap_index.search.transforms import ModelTransformer
 
     tune_module = importlib.import_module("crossgap_index.tuning.tune")  # the module, not the function

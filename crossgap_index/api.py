@@ -24,9 +24,9 @@ from crossgap_index.inversion import InversionConfig
 from crossgap_index.models import check_device, default_model_spec, local_weights, parse_spec
 from crossgap_index.models.spec import MODEL_ENV_VAR
 from crossgap_index.precision import after_write, check_setting, precision_for_index, precision_for_new_index
-from crossgap_index.search.engine import Queries
 from crossgap_index.search.modes import Mode, describe_cross, resolve_mode
 from crossgap_index.search.options import SearchOptions
+from crossgap_index.search.run import Queries
 from crossgap_index.search.searcher import Hit, QueryTransform, Searcher
 from crossgap_index.store.catalog import ImageRecord, ItemRow
 from crossgap_index.store.check import CheckReport, check_store

@@ -17,10 +17,10 @@ from crossgap_index.errors import IncompatibleModelError, StoreError
 from crossgap_index.inversion import InversionConfig
 from crossgap_index.inversion.inverter import Inverter, InverterConfig, train_inverter
 from crossgap_index.models import Encoder, load_model
-from crossgap_index.search.engine import Queries, run_mode
 from crossgap_index.search.gallery import MatrixGallery
 from crossgap_index.search.modes import Mode, resolve_mode
 from crossgap_index.search.projections import ConceptMap, iso_projection, projection_weights, span_projection
+from crossgap_index.search.run import Queries, run_mode
 from crossgap_index.search.transforms import ModelTransformer
 from tests.conftest import MODEL
 

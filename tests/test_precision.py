@@ -20,11 +20,11 @@ from crossgap_index import CrossGapIndex
 from crossgap_index import precision as precision_module
 from crossgap_index.cli.app import app
 from crossgap_index.inversion import InversionConfig, oti, ovi
-from crossgap_index.inversion.family import text_tower
-from crossgap_index.inversion.text import fast_text_features, reference_text_features, tokenize_prompt
 from crossgap_index.models import Encoder, load_model
 from crossgap_index.models.encoder import precision_agreement
 from crossgap_index.models.factory import LoadedModel, ModelSpec
+from crossgap_index.models.family import text_tower
+from crossgap_index.models.text_tower import fast_text_features, reference_text_features, tokenize_prompt
 from crossgap_index.precision import MIX_MIN_COSINE, PrecisionError
 from tests.conftest import MODEL, write_photo
 

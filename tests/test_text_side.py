@@ -17,12 +17,12 @@ from crossgap_index.errors import StoreError
 from crossgap_index.evaluation.metrics import retrieval_metrics
 from crossgap_index.evaluation.protocol import TEXT_TO_IMAGE, TEXTS, evaluate
 from crossgap_index.inversion import InversionConfig, ovi
-from crossgap_index.inversion.engine import inversion_path
 from crossgap_index.inversion.inverter import Inverter, InverterConfig, train_inverter
+from crossgap_index.inversion.optimise import inversion_path
 from crossgap_index.models import Encoder, load_model
-from crossgap_index.search.engine import Queries, run_mode
 from crossgap_index.search.gallery import MatrixGallery
 from crossgap_index.search.modes import resolve_mode
+from crossgap_index.search.run import Queries, run_mode
 from crossgap_index.search.transforms import ModelTransformer
 from tests.conftest import MODEL
 

@@ -4,7 +4,7 @@ Research notes, section 3: image-to-image, each image queries all the others (le
 relevant = same class; text-to-text, each group's first caption queries the other captions,
 relevant = same group; text-to-image, every caption queries the images, relevant = an image of the
 caption's class (captions labelled with the images' class names), else the caption's own image.
-Every mode runs through the search engine's ``run_mode`` (search/engine.py) over the dataset's
+Every mode runs through the search engine's ``run_mode`` (search/run.py) over the dataset's
 features held in memory, with the same transforms, fusion and fusion depth a served query gets;
 each query's full ranking (the fused head, then the first leg's order) is then scored by the
 metrics module. So an eval number is the number ``cgx query`` serves.
@@ -26,10 +26,10 @@ from crossgap_index.evaluation.metrics import METRICS, RetrievalMetrics, retriev
 from crossgap_index.ingest.decode import DecodeError, content_hash, decode_rgb
 from crossgap_index.inversion import InversionConfig
 from crossgap_index.models import Encoder, default_model_spec, load_model
-from crossgap_index.search.engine import Queries, run_mode
 from crossgap_index.search.gallery import MatrixGallery
 from crossgap_index.search.modes import RRF_K, SERVED_OTI_STEPS, Mode, default_cross, resolve_mode
 from crossgap_index.search.peers import eval_modes as peer_eval_modes
+from crossgap_index.search.run import Queries, run_mode
 from crossgap_index.search.transforms import ModelTransformer
 from crossgap_index.search.vocabulary import PROMPT, concept_prompts
 
@@ -557,8 +557,8 @@ def _sweep(
     """The cross mode at every step count of ``steps`` for each of ``settings``: one inversion run per
     setting (``inversion_path``), its snapshots put in the cache under the keys a served query of those
     settings has, then measured through the same engine as every mode."""
-    from crossgap_index.inversion.engine import inversion_path
     from crossgap_index.inversion.keys import cache_key, seed_from_digest
+    from crossgap_index.inversion.optimise import inversion_path
 
     encoder, queries = ctx.encoder, features.queries
     collection = "image" if direction == "oti" else "text"

@@ -1,6 +1,8 @@
 """Modality inversion: OTI (image -> text feature) and OVI (text -> image feature), with fast paths.
 
-``InversionConfig`` is torch-free and imported eagerly; the engine loads on first use (PEP 562).
+``InversionConfig`` is torch-free and imported eagerly; the optimisation loop (optimise.py) loads on first
+use (PEP 562). What runs a tower with pseudo-tokens or pseudo-patches (family, attention, the text and vision
+tower paths) lives in crossgap_index.models: this package only optimises.
 """
 
 from importlib import import_module
@@ -8,14 +10,14 @@ from importlib import import_module
 from crossgap_index.inversion.config import InversionConfig
 
 _LAZY = {
-    "final_losses": "crossgap_index.inversion.engine",
-    "inversion_path": "crossgap_index.inversion.engine",
-    "oti": "crossgap_index.inversion.engine",
-    "oti_reference": "crossgap_index.inversion.engine",
-    "ovi": "crossgap_index.inversion.engine",
-    "ovi_reference": "crossgap_index.inversion.engine",
-    "Family": "crossgap_index.inversion.family",
-    "detect_family": "crossgap_index.inversion.family",
+    "final_losses": "crossgap_index.inversion.optimise",
+    "inversion_path": "crossgap_index.inversion.optimise",
+    "oti": "crossgap_index.inversion.optimise",
+    "oti_reference": "crossgap_index.inversion.optimise",
+    "ovi": "crossgap_index.inversion.optimise",
+    "ovi_reference": "crossgap_index.inversion.optimise",
+    "Family": "crossgap_index.models.family",
+    "detect_family": "crossgap_index.models.family",
 }
 
 __all__ = [

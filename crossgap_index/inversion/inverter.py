@@ -29,10 +29,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from crossgap_index.errors import QueryError, StoreError
-from crossgap_index.inversion.family import FeatureFn, text_tower, vision_tower
-from crossgap_index.inversion.text import fast_text_features, tokenize_prompt
-from crossgap_index.inversion.vision import fast_image_features, fill_index
 from crossgap_index.models.factory import LoadedModel
+from crossgap_index.models.family import FeatureFn, text_tower, vision_tower
+from crossgap_index.models.text_tower import fast_text_features, tokenize_prompt
+from crossgap_index.models.vision_tower import fast_image_features, fill_index
 
 FORMAT = "crossgap-inverter/1"
 DIRECTIONS = ("oti", "ovi")  # image -> text-space (pseudo-tokens), text -> image-space (pseudo-patches)

@@ -32,6 +32,6 @@ def settings_fingerprint(config: InversionConfig, direction: str) -> str:
 def cache_key(model: str, direction: str, config: InversionConfig, digest: str) -> str:
     """Key of one inverted feature; give ``config.resolved(device)`` so the key names the precision it ran in."""
     payload = f"{model}\n{settings_fingerprint(config, direction)}\n{digest}"
-    if config.precision == "bf16":  # bf16 results are batch-independent since lanes (engine.py): older ones were not
+    if config.precision == "bf16":  # bf16 results are batch-independent since lanes (optimise.py): older ones were not
         payload += "\nlanes"
     return hashlib.blake2b(payload.encode(), digest_size=16).hexdigest()

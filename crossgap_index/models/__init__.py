@@ -1,4 +1,6 @@
-"""Model layer: spec parsing, loading through open_clip, and the Encoder.
+"""Model layer: spec parsing, loading through open_clip, the Encoder, and what runs a tower: the family
+adapters (family.py), attention op by op (attention.py), the text and vision tower paths that take
+pseudo-tokens / pseudo-patches (text_tower.py, vision_tower.py) and that inversion optimises through.
 
 Spec parsing is torch-free and imported eagerly; ``Encoder``, ``load_model`` and the other names
 that need torch load on first use (PEP 562), so importing this package stays cheap.

@@ -123,9 +123,9 @@ class Encoder:
 
 def _text_encoder(model: torch.nn.Module, name: str) -> Callable[[torch.Tensor], torch.Tensor]:
     """``model.encode_text``, or the same function op by op where the text tower allows it (faster on CPU)."""
-    from crossgap_index.inversion.attention import decomposable
-    from crossgap_index.inversion.family import detect_family, text_tower
-    from crossgap_index.inversion.text import text_features_op_by_op
+    from crossgap_index.models.attention import decomposable
+    from crossgap_index.models.family import detect_family, text_tower
+    from crossgap_index.models.text_tower import text_features_op_by_op
 
     if detect_family(model).text is None:
         return model.encode_text

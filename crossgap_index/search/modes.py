@@ -9,13 +9,14 @@
     post       none | aqe | nnn | qbnorm: a training-free re-ranker after a one-leg mode (``span+aqe``)
 
 Modes serialise to plain dicts (``to_dict`` / ``from_dict``) so a tuned mode can live in the manifest,
-and ``resolve_mode`` turns a mode name plus settings into one. ``search.engine.run_mode`` is the one
+and ``resolve_mode`` turns a mode name plus settings into one. ``search.run.run_mode`` is the one
 function that runs any of them, for ``CrossGapIndex.search``, ``cgx eval`` and the server alike.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 
 from crossgap_index.errors import QueryError
@@ -168,8 +169,6 @@ def resolve_mode(
     if name not in MODE_NAMES:
         raise QueryError(f"unknown mode '{name}': use one of {', '.join(BASE_MODE_NAMES + PEER_NAMES)} or BASE+POST")
     if name in PEER_NAMES or "+" in name:
-        from crossgap_index.search.peers import peer_mode
-
         base, _, post = name.rpartition("+") if "+" in name else ("", "", name)
         kwargs = dict(
             inversion=inversion, merge=merge, alpha=alpha, rrf_k=rrf_k, depth=depth, projection=projection, model=model
@@ -280,3 +279,57 @@ def describe_cross(model: str, tuned: dict | None) -> dict:
         summary = Mode.from_dict(tuned["mode"]).describe()
         return {"summary": summary, "source": "tuned", "detail": detail, "default": untuned}
     return {"summary": untuned["summary"], "source": default.source, "detail": default.evidence, "default": untuned}
+
+
+# Defaults from the papers: alpha-QE / alpha-DBA (Radenović et al.: alpha = 3, n a handful), NNN (k = 128,
+# w = 0.75), QB-Norm's dynamic inverted softmax (beta = 20, re-scoring the top 100), GR-CLIP's full mean.
+PEER_DEFAULTS: dict[str, dict] = {
+    "aqe": {"n": 5, "alpha": 3.0},
+    "dba": {"n": 5, "alpha": 3.0},
+    "nnn": {"k": 128, "w": 0.75},
+    "qbnorm": {"beta": 20.0, "depth": 100},
+    "center": {"lam": 1.0},
+}
+
+
+def peer_mode(name: str, base: Mode | None, kind: str, settings: dict) -> Mode:
+    """The Mode ``name``: the peer ``kind`` alone (dba, center: an adapted leg; aqe, nnn, qbnorm: after intra),
+    or after ``base`` (a composition ``BASE+POST``); ``settings`` override the peer's defaults."""
+    if kind not in PEER_DEFAULTS:
+        raise QueryError(f"unknown peer '{kind}': use one of {', '.join(PEER_DEFAULTS)}")
+    unknown = set(settings) - set(PEER_DEFAULTS[kind])
+    if unknown:
+        raise QueryError(f"{kind} has no setting {sorted(unknown)[0]!r}: use {', '.join(PEER_DEFAULTS[kind])}")
+    params = {"kind": kind, **_peer_settings(kind, {**PEER_DEFAULTS[kind], **settings})}
+    if kind not in POST_STEPS:
+        if base is not None:
+            raise QueryError(f"{kind} adapts the gallery; it follows no mode (post-steps: {', '.join(POST_STEPS)})")
+        return Mode(name, (Leg(kind, "adapt", "adapted", params),))
+    if base is None:
+        base = Mode("intra", (Leg("intra"),))
+    if len(base.legs) != 1 or base.post is not None:
+        raise QueryError(f"{kind} follows a one-leg mode ({', '.join(COMPOSABLE)}), not {base.name}")
+    return Mode(name, base.legs, post=params)
+
+
+def _peer_settings(kind: str, params: dict) -> dict:
+    """Settings as plain numbers, or a one-line QueryError."""
+    try:
+        out = {key: (int(value) if key in ("n", "k", "depth") else float(value)) for key, value in params.items()}
+    except (TypeError, ValueError) as exc:
+        raise QueryError(f"{kind}: settings must be numbers: {exc}") from exc
+    if any(not math.isfinite(v) for v in out.values()):
+        raise QueryError(f"{kind}: settings must be finite")
+    if any(out.get(key, 1) < 1 for key in ("n", "k", "depth")):
+        raise QueryError(f"{kind}: n, k and depth must be >= 1")
+    if out.get("alpha", 0) < 0 or out.get("beta", 1) <= 0 or out.get("lam", 0) < 0:
+        raise QueryError(f"{kind}: alpha and lam must be >= 0, beta > 0")
+    return out
+
+
+INVERTED_GALLERY = {"image": "image-oti", "text": "text-ovi"}
+
+
+def gallery_collection(leg: Leg, collection: str) -> str:
+    """The stored collection a leg is compared with: the plain one, or the gallery's inverted features."""
+    return INVERTED_GALLERY[collection] if leg.gallery == "inverted" else collection

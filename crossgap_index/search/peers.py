@@ -35,54 +35,10 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from crossgap_index.errors import QueryError
-from crossgap_index.search.modes import COMPOSABLE, POST_STEPS, Leg, Mode
+from crossgap_index.search.modes import POST_STEPS, Leg, Mode, gallery_collection, peer_mode
 
-# Defaults from the papers: alpha-QE / alpha-DBA (Radenović et al.: alpha = 3, n a handful), NNN (k = 128,
-# w = 0.75), QB-Norm's dynamic inverted softmax (beta = 20, re-scoring the top 100), GR-CLIP's full mean.
-DEFAULTS: dict[str, dict] = {
-    "aqe": {"n": 5, "alpha": 3.0},
-    "dba": {"n": 5, "alpha": 3.0},
-    "nnn": {"k": 128, "w": 0.75},
-    "qbnorm": {"beta": 20.0, "depth": 100},
-    "center": {"lam": 1.0},
-}
 _CHUNK = 1024  # rows of a similarity block: memory CHUNK x N floats
 _COLLECTION_OF = {"image": "image", "text": "text"}
-
-
-def peer_mode(name: str, base: Mode | None, kind: str, settings: dict) -> Mode:
-    """The Mode ``name``: the peer ``kind`` alone (dba, center: an adapted leg; aqe, nnn, qbnorm: after intra),
-    or after ``base`` (a composition ``BASE+POST``); ``settings`` override the peer's defaults."""
-    if kind not in DEFAULTS:
-        raise QueryError(f"unknown peer '{kind}': use one of {', '.join(DEFAULTS)}")
-    unknown = set(settings) - set(DEFAULTS[kind])
-    if unknown:
-        raise QueryError(f"{kind} has no setting {sorted(unknown)[0]!r}: use {', '.join(DEFAULTS[kind])}")
-    params = {"kind": kind, **_checked(kind, {**DEFAULTS[kind], **settings})}
-    if kind not in POST_STEPS:
-        if base is not None:
-            raise QueryError(f"{kind} adapts the gallery; it follows no mode (post-steps: {', '.join(POST_STEPS)})")
-        return Mode(name, (Leg(kind, "adapt", "adapted", params),))
-    if base is None:
-        base = Mode("intra", (Leg("intra"),))
-    if len(base.legs) != 1 or base.post is not None:
-        raise QueryError(f"{kind} follows a one-leg mode ({', '.join(COMPOSABLE)}), not {base.name}")
-    return Mode(name, base.legs, post=params)
-
-
-def _checked(kind: str, params: dict) -> dict:
-    """Settings as plain numbers, or a one-line QueryError."""
-    try:
-        out = {key: (int(value) if key in ("n", "k", "depth") else float(value)) for key, value in params.items()}
-    except (TypeError, ValueError) as exc:
-        raise QueryError(f"{kind}: settings must be numbers: {exc}") from exc
-    if any(not np.isfinite(v) for v in out.values()):
-        raise QueryError(f"{kind}: settings must be finite")
-    if any(out.get(key, 1) < 1 for key in ("n", "k", "depth")):
-        raise QueryError(f"{kind}: n, k and depth must be >= 1")
-    if out.get("alpha", 0) < 0 or out.get("beta", 1) <= 0 or out.get("lam", 0) < 0:
-        raise QueryError(f"{kind}: alpha and lam must be >= 0, beta > 0")
-    return out
 
 
 # -- the maps the gallery is seen through ------------------------------------------------------------------
@@ -209,7 +165,6 @@ def adapt_leg(
 ) -> tuple[np.ndarray, object]:
     """A leg's search vectors and gallery map once its peers are applied: an adapted leg (dba, center) gets its
     fitted map, and a ``nnn`` post-step wraps the leg's map into the one-extra-dimension map."""
-    from crossgap_index.search.engine import gallery_collection
 
     coll = gallery_collection(leg, collection)
     bank_collection = _COLLECTION_OF.get(query_modality, collection)

@@ -17,12 +17,12 @@ from crossgap_index.errors import QueryError, StoreError
 from crossgap_index.ingest.decode import DecodeError, SkippedFile, content_hash, decode_rgb, read_file
 from crossgap_index.ingest.pipeline import decode_side
 from crossgap_index.ingest.texts import check_query_text
-from crossgap_index.search.engine import Queries, Result, gallery_collection, run_mode
 from crossgap_index.search.gallery import StoreGallery
 from crossgap_index.search.modes import Mode, resolve_mode
 from crossgap_index.search.options import SearchOptions
 from crossgap_index.search.projections import FeatureMap
 from crossgap_index.search.ranking import Ranked
+from crossgap_index.search.run import Queries, Result, gallery_collection, run_mode
 from crossgap_index.search.transforms import ModelTransformer
 from crossgap_index.store.manifest import ANY_TASK
 

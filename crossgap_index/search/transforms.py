@@ -20,7 +20,6 @@ import numpy as np
 from crossgap_index.errors import IncompatibleModelError, QueryError
 from crossgap_index.inversion.config import InversionConfig
 from crossgap_index.inversion.keys import cache_key, seed_from_digest
-from crossgap_index.search.engine import Queries
 from crossgap_index.search.modes import Leg, default_cross
 from crossgap_index.search.projections import (
     ConceptMap,
@@ -31,6 +30,7 @@ from crossgap_index.search.projections import (
     iso_published,
     projection_weights,
 )
+from crossgap_index.search.run import Queries
 from crossgap_index.search.vocabulary import IMAGENET, concept_prompts, vocabulary_names
 
 # Measured default (benchmarks/RESULTS.md, "Choosing the defaults"): concept uses tau = 0.02. Span settings a

@@ -38,9 +38,9 @@ from crossgap_index.evaluation.protocol import (
 )
 from crossgap_index.ingest.decode import content_hash
 from crossgap_index.inversion import InversionConfig
-from crossgap_index.search.engine import Queries
 from crossgap_index.search.modes import Leg, Mode, resolve_mode
 from crossgap_index.search.peers import post_candidates, tune_candidates
+from crossgap_index.search.run import Queries
 from crossgap_index.search.transforms import ModelTransformer
 
 SPLIT_SEED = 0

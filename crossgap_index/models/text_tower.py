@@ -18,8 +18,8 @@ import torch
 from open_clip.transformer import text_global_pool
 
 from crossgap_index.errors import IncompatibleModelError, QueryError
-from crossgap_index.inversion.attention import KeyValue, block_forward, decomposable
-from crossgap_index.inversion.family import FeatureFn, TextTower
+from crossgap_index.models.attention import KeyValue, block_forward, decomposable
+from crossgap_index.models.family import FeatureFn, TextTower
 
 PLACEHOLDERS = ("*", "#")  # two single-token words; the positions where their tokenizations differ
 

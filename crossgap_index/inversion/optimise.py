@@ -24,10 +24,10 @@ import torch.nn.functional as F
 
 from crossgap_index.errors import QueryError
 from crossgap_index.inversion.config import InversionConfig
-from crossgap_index.inversion.family import FeatureFn, text_tower, vision_tower
-from crossgap_index.inversion.text import fast_text_features, reference_text_features, tokenize_prompt
-from crossgap_index.inversion.vision import fast_image_features, fill_index, reference_image_features
 from crossgap_index.models.factory import LoadedModel
+from crossgap_index.models.family import FeatureFn, text_tower, vision_tower
+from crossgap_index.models.text_tower import fast_text_features, reference_text_features, tokenize_prompt
+from crossgap_index.models.vision_tower import fast_image_features, fill_index, reference_image_features
 from crossgap_index.precision import dtype_of
 
 Progress = Callable[[int, float], None]

@@ -12,8 +12,8 @@ from __future__ import annotations
 import torch
 from open_clip.transformer import _expand_token
 
-from crossgap_index.inversion.attention import block_forward, decomposable
-from crossgap_index.inversion.family import TIMM_VIT, FeatureFn, VisionTower
+from crossgap_index.models.attention import block_forward, decomposable
+from crossgap_index.models.family import TIMM_VIT, FeatureFn, VisionTower
 
 
 def fill_index(n_patches: int, n_grid: int, device: torch.device) -> torch.Tensor:

@@ -19,7 +19,7 @@ from typing import Protocol
 import numpy as np
 
 from crossgap_index.search.merge import fuse
-from crossgap_index.search.modes import Leg, Mode
+from crossgap_index.search.modes import Leg, Mode, gallery_collection
 from crossgap_index.search.projections import FeatureMap
 from crossgap_index.search.ranking import Ranked
 
@@ -78,14 +78,6 @@ class Transformer(Protocol):
 
 
 # The stored inverted gallery of each modality: images' OTI (text-space) features, texts' OVI (image-space) ones.
-INVERTED_GALLERY = {"image": "image-oti", "text": "text-ovi"}
-
-
-def gallery_collection(leg: Leg, collection: str) -> str:
-    """The stored collection a leg is compared with: the plain one, or the gallery's inverted features."""
-    return INVERTED_GALLERY[collection] if leg.gallery == "inverted" else collection
-
-
 def run_mode(
     mode: Mode,
     queries: Queries,
