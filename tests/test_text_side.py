@@ -180,12 +180,15 @@ def test_tune_keeps_one_mode_per_task_and_cross_picks_by_query_modality(tmp_path
         cgx.add_texts(gallery_texts.gallery_texts)
         cgx.add_images([_png(tmp_path / "a.png", 1), _png(tmp_path / "b.png", 2)])
         cgx.set_tuned_mode(_report(image_record))
-        text = json.loads(json.dumps(cgx.tune(str(captions), inversion=False).record))
-        assert text["task"] == "text-to-text"
+        refused = cgx.tune(str(captions), inversion=False)  # 24 caption groups: under tune's minimum
+        assert not refused.stored and set(cgx.tuned_modes) == {"image-to-image"}  # the image record stays
+        text_record = {"mode": resolve_mode("span").to_dict(), "task": "text-to-text", "candidate": "span[x]"}
+        cgx.set_tuned_mode(_report(text_record))
+        text = json.loads(json.dumps(cgx.tuned_modes["text-to-text"]))
         assert set(cgx.tuned_modes) == {"image-to-image", "text-to-text"}
-        assert _plain(cgx.describe_mode("auto", "image")["legs"]) == _plain(image_record["mode"]["legs"])
-        assert _plain(cgx.describe_mode("auto", "text", target="texts")["legs"]) == text["mode"]["legs"]
-        assert cgx.describe_mode("auto", "text")["name"] == "intra"  # text -> images: nothing tuned for it
+        assert _plain(cgx.describe_mode("image", mode="auto")["legs"]) == _plain(image_record["mode"]["legs"])
+        assert _plain(cgx.describe_mode("text", mode="auto", target="texts")["legs"]) == text["mode"]["legs"]
+        assert cgx.describe_mode("text", mode="auto")["name"] == "intra"  # text -> images: nothing tuned for it
     runner = CliRunner()
     served = runner.invoke(
         app, ["query", "a red circle", "--target", "texts", "--index", str(path), "--cross", "--json"]
@@ -216,7 +219,7 @@ def test_an_index_with_a_single_tuned_record_from_the_previous_release_opens_and
     with CrossGapIndex.open(path, device="cpu") as cgx:
         assert cgx.tuned_modes == {"text-to-text": _plain(record)}
         assert [h.id for h in cgx.search(text="a red circle", target="texts", k=5, mode="auto")] == expected
-        assert cgx.describe_mode("auto", "image")["name"] == "span"  # image queries: the default
+        assert cgx.describe_mode("image", mode="auto")["name"] == "span"  # image queries: the default
         assert cgx.check().ok
         assert cgx.invert_gallery(FEW, modality="text") == len(gallery_texts.gallery_texts)
         assert len(cgx.search(text="a red circle", target="texts", k=5, mode="cross-gallery")) == 5
