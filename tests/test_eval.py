@@ -213,6 +213,7 @@ def test_cli_json_and_plots(cli, tmp_path):
     assert all((tmp_path / "plots" / name).read_bytes()[:4] == b"\x89PNG" for name in pngs)
 
 
+@pytest.mark.slow  # over 3 s (a CLI eval of every mode or a fresh interpreter): the full suite runs it
 def test_cli_table_with_vocab_and_errors(cli, tmp_path, exported):
     vocab = tmp_path / "vocab.txt"
     vocab.write_text("red circle\nblue square\ngreen star\n")

@@ -126,6 +126,7 @@ print(json.dumps(report), file=sys.stderr)
 """
 
 
+@pytest.mark.slow  # over 3 s (a CLI eval of every mode or a fresh interpreter): the full suite runs it
 def test_cold_start_from_eight_threads_loads_once_and_leaves_the_host_alone(built):
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(

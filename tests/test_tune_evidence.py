@@ -189,6 +189,7 @@ def test_tune_on_a_proper_labelled_set_stores_a_mode_that_gains_held_out(tmp_pat
     assert report["delta_map_ci95"][0] > 0 and report["delta_map"] > 0
 
 
+@pytest.mark.slow  # over 3 s (a CLI eval of every mode or a fresh interpreter): the full suite runs it
 def test_eval_reports_default_and_uses_labels(tmp_path):
     result = evaluate(
         "synthetic:3:24", MODEL, device="cpu", tasks=["texts"], config=InversionConfig(ovi_steps=1, oti_steps=1)
@@ -205,6 +206,7 @@ def test_eval_reports_default_and_uses_labels(tmp_path):
             assert low <= mode.map_vs_intra <= high
 
 
+@pytest.mark.slow  # over 3 s (a CLI eval of every mode or a fresh interpreter): the full suite runs it
 def test_cli_eval_json_and_info_say_what_cross_runs(tmp_path):
     folder = export_folder(tmp_path / "labelled", seed=9, n=24)
     index = tmp_path / "idx"
