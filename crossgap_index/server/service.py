@@ -29,6 +29,7 @@ from crossgap_index.server.metrics import Metrics
 from crossgap_index.server.models import AddTextsRequest, SearchRequest
 from crossgap_index.server.settings import ServeSettings
 from crossgap_index.server.thumbnails import ThumbnailCache, make_thumbnail
+from crossgap_index.store.catalog import ImageRecord
 
 QUERY_KINDS = ("text", "vector", "image_base64", "item_id")
 
@@ -223,27 +224,27 @@ class SearchService:
     async def item_image(self, item_id: int) -> tuple[bytes, str]:
         """The file of an image item, only while it is the file indexed (see files.read_item_file)."""
         row = await self.item(item_id)
-        if row.modality != "image" or row.path is None:
-            raise ApiError(404, f"item {item_id} is a text, not an image")
 
         def read() -> bytes:
-            record = self.index.image_record(item_id)
-            if record is None:
-                raise ApiError(404, f"no item with id {item_id}")
-            return read_item_file(record, self.settings.max_upload_bytes)
+            return read_item_file(self._image_record(row), self.settings.max_upload_bytes)
 
         return await self._in_pool(read), row.path
+
+    def _image_record(self, row) -> ImageRecord:
+        """The catalog's record of an image item's file (404 for a text item, or one removed meanwhile)."""
+        if row.modality != "image" or row.path is None:
+            raise ApiError(404, f"item {row.id} is a text, not an image")
+        record = self.index.image_record(row.id)
+        if record is None:
+            raise ApiError(404, f"no item with id {row.id}")
+        return record
 
     async def thumbnail(self, item_id: int) -> bytes:
         """A small JPEG of an image item, whatever its format; cached by id and the file's size and mtime."""
         row = await self.item(item_id)
-        if row.modality != "image" or row.path is None:
-            raise ApiError(404, f"item {item_id} is a text, not an image")
 
         def make() -> bytes:
-            record = self.index.image_record(item_id)
-            if record is None:
-                raise ApiError(404, f"no item with id {item_id}")
+            record = self._image_record(row)
             try:  # a cached thumbnail is served only while the file still has the indexed size
                 stat = os.lstat(record.path)
             except OSError as exc:
