@@ -423,10 +423,7 @@ class CrossGapIndex:
         if query.modality not in ("image", "text"):
             raise QueryError("inversion needs an image or text query, not a raw vector")
         mode = resolve_mode("cross", inversion=config or InversionConfig())
-        searcher = self.searcher
-        if not use_cache or progress is not None:
-            searcher = searcher.with_options(_CatalogCache(self._store) if use_cache else None, progress)
-        transformer = searcher.transformer
+        transformer = self.searcher.serving(SearchOptions(use_cache=use_cache), progress).transformer
         batch = Queries(query.feature[None, :], query.modality, (query.digest,))
         return transformer.search_vectors(mode.legs[0], batch, query.modality)[0]
 

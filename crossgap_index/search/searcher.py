@@ -107,7 +107,7 @@ class Searcher:
             text_inverter=self._text_inverter,
         )
 
-    def _serving(self, options: SearchOptions, progress: Callable | None) -> Searcher:
+    def serving(self, options: SearchOptions, progress: Callable | None) -> Searcher:
         """This searcher, or one without the cache (``use_cache=False``) or reporting inversion progress."""
         if options.use_cache and progress is None:
             return self
@@ -208,7 +208,7 @@ class Searcher:
         A mode that turns the query into the other modality (cross, fused, inverter, ...) serves a query
         that is already inter-modal (a text query against images) as it is: that query is the cross search.
         """
-        searcher = self._serving(options, progress)
+        searcher = self.serving(options, progress)
         collection = collection_of(options.target)
         if self._store.indexes[collection].ntotal == 0:
             raise StoreError(f"the {collection} index at {self._store.path} is empty")
@@ -285,7 +285,7 @@ class Searcher:
 
     def transform_query(self, query: dict, options: SearchOptions) -> QueryTransform:
         """The vectors ``options.mode`` searches with for one query, for another vector database (QueryTransform)."""
-        searcher = self._serving(options, None)
+        searcher = self.serving(options, None)
         collection = collection_of(options.target)
         feature, modality, digest = searcher.embed([query])[0]
         chosen = searcher.served(options, modality)
