@@ -32,12 +32,13 @@ def main() -> None:
     parser.add_argument("--texts", type=int, default=16)
     parser.add_argument("--k", type=int, default=5)
     parser.add_argument("--steps", type=int, default=25)
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, auto")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         photos = export_folder(Path(tmp) / "photos", seed=11, n=args.images)
         captions = [json.loads(line)["text"] for line in (photos / "captions.jsonl").read_text().splitlines()]
-        with CrossGapIndex.create(Path(tmp) / "index", model="crossgap-small", device="cpu") as cgx:
+        with CrossGapIndex.create(Path(tmp) / "index", model="crossgap-small", device=args.device) as cgx:
             cgx.index_folders([photos])
             cgx.add_texts(captions)
             inv = InversionConfig(oti_steps=args.steps, ovi_steps=args.steps)  # precision auto

@@ -40,7 +40,7 @@ def main() -> None:
     args = _parse()
     if args.threads:
         torch.set_num_threads(args.threads)
-    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() and not args.cpu_only else [])
+    devices = args.devices or ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     report = {
         "machine": _machine(),
         "model": f"{ARCH}, open_clip random init (seed 0), fp32 weights",
@@ -72,7 +72,9 @@ def _parse() -> argparse.Namespace:
     parser.add_argument("--timed-batch1", type=int, default=15, help="timed steps per run at batch 1")
     parser.add_argument("--repeats", type=int, default=2, help="runs per path and configuration")
     parser.add_argument("--compile", action="store_true", help="torch.compile the fast path (CUDA only)")
-    parser.add_argument("--cpu-only", action="store_true")
+    parser.add_argument(
+        "--devices", nargs="+", choices=["cpu", "cuda"], help="where to measure [default: cpu, and cuda when present]"
+    )
     return parser.parse_args()
 
 
@@ -223,7 +225,7 @@ def _print(report: dict) -> None:
     print(
         "\nms/step (mean of the best run, and the fastest single step) and fixed s are measured; full s "
         "(one whole inversion: fixed + steps x per-step; batch 1: the per-query latency) and queries/s "
-        "are extrapolated to the default steps (OTI 150, OVI 1000)."
+        f"are extrapolated to the default steps (OTI {DEFAULT_STEPS['oti']}, OVI {DEFAULT_STEPS['ovi']})."
     )
     print(
         f"\n{'device':6} {'method':6} {'batch':>5} {'speedup (mean)':>15} {'speedup (min)':>14} {'full run (mean)':>16}"

@@ -57,7 +57,25 @@ def block_forward(
         batch = x.shape[0]
         keys = torch.cat([past[0].expand(batch, -1, -1, -1), k], dim=2)
         values = torch.cat([past[1].expand(batch, -1, -1, -1), v], dim=2)
-    out = F.scaled_dot_product_attention(q, keys, values, attn_mask=None if mask is None else mask.to(q.dtype))
+    out = F.scaled_dot_product_attention(q, keys, values, attn_mask=None if mask is None else aligned_mask(mask, q))
     x = x + block.ls_1(attn.out_proj(out.transpose(1, 2).flatten(2)))
     x = x + block.ls_2(block.mlp(block.ln_2(x)))
     return x, (k, v)
+
+
+def aligned_mask(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``mask`` in ``like``'s dtype, in memory SDPA's CUDA kernels can read.
+
+    The memory-efficient CUDA kernel reads the additive mask in 16-byte vectors. PyTorch pads a mask whose row
+    stride is unaligned, but not one whose data starts mid-row, and the fast paths slice the causal mask
+    (rows ``start:``, the last row only): in bf16 on an H200 that faulted with "misaligned address". A fresh
+    buffer with rows padded to 8 elements is aligned; an aligned mask (and any mask on the CPU) is used as is,
+    so callers that align once (the cached masks of the fast paths) pay nothing per step.
+    """
+    mask = mask.to(like.dtype)
+    if like.device.type != "cuda" or (mask.storage_offset() % 8 == 0 and mask.stride(-2) % 8 == 0):
+        return mask
+    cols = mask.shape[-1]
+    padded = mask.new_zeros(*mask.shape[:-1], -(-cols // 8) * 8)
+    padded[..., :cols] = mask
+    return padded[..., :cols]

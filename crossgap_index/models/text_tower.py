@@ -18,7 +18,7 @@ import torch
 from open_clip.transformer import text_global_pool
 
 from crossgap_index.errors import IncompatibleModelError, QueryError
-from crossgap_index.models.attention import KeyValue, block_forward, decomposable
+from crossgap_index.models.attention import KeyValue, aligned_mask, block_forward, decomposable
 from crossgap_index.models.family import FeatureFn, TextTower
 
 PLACEHOLDERS = ("*", "#")  # two single-token words; the positions where their tokenizations differ
@@ -112,8 +112,8 @@ class _CausalText:
             self.placeholder_positions = positions[prompt.start : prompt.stop].detach()
             self.tail = embedded[prompt.stop :].detach()
             mask = tower.attn_mask[:end, :end]
-            self.mask = mask[prompt.start :]
-            self.last_mask = mask[end - 1 :]
+            self.mask = aligned_mask(mask[prompt.start :], embedded)  # aligned once, not per step
+            self.last_mask = aligned_mask(mask[end - 1 :], embedded)
             self.cache: list[KeyValue | None] = [None] * len(tower.transformer.resblocks)
             if prompt.start > 0:
                 x = embedded[: prompt.start].unsqueeze(0)
