@@ -1,0 +1,117 @@
+"""Peak memory of rebuilding a FAISS index from what the index stores (the path an open takes when a FAISS
+file is missing, as `cgx check --repair` / ``Store.rebuild`` do), one phase per process so each phase's
+VmHWM is its own. Run each phase with PYTHONPATH pointing at the release to measure:
+
+    PYTHONPATH=/work/wt/prev python -m benchmarks.bench_rebuild_memory make-legacy DIR --n 1000000
+    PYTHONPATH=/work/wt/prev python -m benchmarks.bench_rebuild_memory rebuild DIR      # previous release
+    PYTHONPATH=$PWD          python -m benchmarks.bench_rebuild_memory migrate DIR      # this release
+    PYTHONPATH=$PWD          python -m benchmarks.bench_rebuild_memory rebuild DIR
+
+``make-legacy`` creates the index with the previous release's Store (catalog schema 1, vectors as BLOBs)
+and inserts random unit vectors straight into its catalog, then bumps the generation and deletes the
+FAISS files, so the next open rebuilds every collection from the catalog. Prints one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sqlite3
+import time
+from pathlib import Path
+
+import numpy as np
+
+CHUNK = 16_384
+
+
+def vm_hwm_kib() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    return -1
+
+
+def make_legacy(path: Path, n: int, dim: int, factory: str) -> dict:
+    from crossgap_index.store.directory import Store
+
+    store = Store.create(path, "synthetic", dim, factory)
+    store.close()
+    conn = sqlite3.connect(path / "catalog.sqlite")
+    columns = {r[1] for r in conn.execute("PRAGMA table_info(items)")}
+    assert "vector" in columns, "make-legacy needs the previous release on PYTHONPATH"
+    rng = np.random.default_rng(0)
+    for first in range(0, n, CHUNK):
+        v = rng.standard_normal((min(CHUNK, n - first), dim)).astype(np.float32)
+        v /= np.linalg.norm(v, axis=1, keepdims=True)
+        conn.executemany(
+            "INSERT INTO items (modality, path, content_hash, size, mtime_ns, vector) VALUES ('image', ?, ?, 1, 1, ?)",
+            ((f"/v/{first + i}", f"{first + i:032x}", row.tobytes()) for i, row in enumerate(v)),
+        )
+        conn.commit()
+    conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation'")
+    conn.commit()
+    conn.close()
+    for faiss_file in path.glob("*.faiss"):
+        faiss_file.unlink()
+    return {"rows": n, "dim": dim, "factory": factory}
+
+
+def rebuild(path: Path) -> dict:
+    from crossgap_index.store.directory import Store
+
+    for faiss_file in path.glob("*.faiss"):  # the path a missing FAISS file takes
+        faiss_file.unlink()
+    start = time.perf_counter()
+    store = Store.open(path, readonly=True)
+    seconds = time.perf_counter() - start
+    out = {
+        "rebuilt": store.rebuilt,
+        "ntotal": store.indexes["image"].ntotal,
+        "factory": store.indexes["image"].resolved_factory,
+        "seconds": round(seconds, 1),
+    }
+    store.close()
+    return out
+
+
+def migrate(path: Path, dim: int) -> dict:
+    from crossgap_index.store.catalog import Catalog
+    from crossgap_index.store.lock import IndexLock
+
+    start = time.perf_counter()
+    with IndexLock(path).hold():
+        catalog = Catalog(path / "catalog.sqlite")
+        moved = catalog.migrate_to_shards(dim)
+        catalog.close()
+    return {"moved": moved, "seconds": round(time.perf_counter() - start, 1)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("phase", choices=["make-legacy", "rebuild", "migrate"])
+    parser.add_argument("index", type=Path)
+    parser.add_argument("--n", type=int, default=1_000_000)
+    parser.add_argument("--dim", type=int, default=512)
+    parser.add_argument("--factory", default="Flat")
+    args = parser.parse_args()
+    if args.phase == "make-legacy":
+        result = make_legacy(args.index, args.n, args.dim, args.factory)
+    elif args.phase == "rebuild":
+        result = rebuild(args.index)
+    else:
+        result = migrate(args.index, args.dim)
+    import crossgap_index
+
+    result.update(
+        phase=args.phase,
+        code=os.path.dirname(os.path.dirname(crossgap_index.__file__)),
+        vm_hwm_mib=round(vm_hwm_kib() / 1024, 1),
+        load=os.getloadavg()[0],
+    )
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
