@@ -25,7 +25,6 @@ from crossgap_index import CrossGapIndex
 from crossgap_index.cli.app import app
 from crossgap_index.errors import StoreError
 from crossgap_index.store import catalog as catalog_module
-from crossgap_index.store import compact as compact_module
 from crossgap_index.store import shards as shards_module
 from crossgap_index.store.compact import CRASH_ENV, shard_use
 from crossgap_index.store.directory import Store
@@ -44,7 +43,7 @@ def unit(rng: np.random.Generator, n: int) -> np.ndarray:
 @pytest.fixture
 def small_shards(monkeypatch):
     """Shards of 64 rows, so a few hundred vectors span many shard files."""
-    for module in (shards_module, catalog_module, compact_module):
+    for module in (shards_module, catalog_module):
         monkeypatch.setattr(module, "SHARD_ROWS", 64)
     return 64
 

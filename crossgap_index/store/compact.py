@@ -33,8 +33,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from crossgap_index.errors import StoreError
+from crossgap_index.store import shards as shard_files  # SHARD_ROWS read at call time (tests shrink it)
 from crossgap_index.store.catalog import Catalog
-from crossgap_index.store.shards import ITEMS_STREAM, SHARD_ROWS, ShardRecord, ShardStore, fsync_dir
+from crossgap_index.store.shards import ITEMS_STREAM, ShardRecord, ShardStore, fsync_dir
 
 DEFAULT_MIN_DEAD = 0.2  # `cgx compact`: shards at least a fifth dead
 AUTO_MIN_DEAD = 0.5  # after a removal: shards at least half dead (copies no more rows than it frees)
@@ -72,9 +73,9 @@ def shard_use(catalog: Catalog) -> list[ShardUse]:
     """Every committed shard with its live row count (one pass over the items and one over derived rows)."""
     live: dict[tuple[str, int], int] = {}
     sql = "SELECT slot / ?, COUNT(*) FROM items GROUP BY 1"
-    live.update(((ITEMS_STREAM, n), c) for n, c in catalog.conn.execute(sql, (SHARD_ROWS,)))
+    live.update(((ITEMS_STREAM, n), c) for n, c in catalog.conn.execute(sql, (shard_files.SHARD_ROWS,)))
     sql = "SELECT kind, slot / ?, COUNT(*) FROM derived_vectors GROUP BY 1, 2"
-    live.update(((k, n), c) for k, n, c in catalog.conn.execute(sql, (SHARD_ROWS,)))
+    live.update(((k, n), c) for k, n, c in catalog.conn.execute(sql, (shard_files.SHARD_ROWS,)))
     return [ShardUse(r, live.get((r.stream, r.number), 0)) for r in catalog.shard_records()]
 
 
@@ -183,7 +184,7 @@ def _copy_live(
     catalog: Catalog, shards: ShardStore, record: ShardRecord, out: _NewShards
 ) -> tuple[np.ndarray, np.ndarray]:
     """Append one shard's live rows (in slot order) to ``out``; returns their ids and new slots."""
-    first = record.number * SHARD_ROWS
+    first = record.number * shard_files.SHARD_ROWS
     if record.stream == ITEMS_STREAM:
         sql, params = "SELECT id, slot FROM items WHERE slot >= ? AND slot < ? ORDER BY slot", ()
     else:
@@ -222,17 +223,17 @@ class _NewShards:
         while done < len(rows):
             if self._fd is None:
                 self._open()
-            take = min(len(rows) - done, SHARD_ROWS - self._rows)
+            take = min(len(rows) - done, shard_files.SHARD_ROWS - self._rows)
             chunk = memoryview(np.ascontiguousarray(rows[done : done + take])).cast("B")
             written = 0
             while written < len(chunk):
                 written += os.write(self._fd, chunk[written:])
             self._crc = zlib.crc32(chunk, self._crc)
-            slots[done : done + take] = self._number * SHARD_ROWS + self._rows + np.arange(take)
+            slots[done : done + take] = self._number * shard_files.SHARD_ROWS + self._rows + np.arange(take)
             self._rows += take
             done += take
             _crash_point("writing")
-            if self._rows == SHARD_ROWS:
+            if self._rows == shard_files.SHARD_ROWS:
                 self._finish()
         return slots
 
