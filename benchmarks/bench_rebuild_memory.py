@@ -2,10 +2,12 @@
 file is missing, as `cgx check --repair` / ``Store.rebuild`` do), one phase per process so each phase's
 VmHWM is its own. Run each phase with PYTHONPATH pointing at the release to measure:
 
-    PYTHONPATH=/work/wt/prev python -m benchmarks.bench_rebuild_memory make-legacy DIR --n 1000000
-    PYTHONPATH=/work/wt/prev python -m benchmarks.bench_rebuild_memory rebuild DIR      # previous release
-    PYTHONPATH=$PWD          python -m benchmarks.bench_rebuild_memory migrate DIR      # this release
-    PYTHONPATH=$PWD          python -m benchmarks.bench_rebuild_memory rebuild DIR
+    PYTHONPATH=/work/wt/prev python benchmarks/bench_rebuild_memory.py make-legacy DIR --n 1000000
+    PYTHONPATH=/work/wt/prev python benchmarks/bench_rebuild_memory.py rebuild DIR      # previous release
+    PYTHONPATH=$PWD          python benchmarks/bench_rebuild_memory.py migrate DIR      # this release
+    PYTHONPATH=$PWD          python benchmarks/bench_rebuild_memory.py rebuild DIR
+    (and ``store-rebuild DIR`` under either: ``Store.rebuild`` alone, FAISS files not loaded;
+    ``compact DIR --remove 0.3`` under this release: remove 30% of the items at random, then compact)
 
 ``make-legacy`` creates the index with the previous release's Store (catalog schema 1, vectors as BLOBs)
 and inserts random unit vectors straight into its catalog, then bumps the generation and deletes the
@@ -76,6 +78,65 @@ def rebuild(path: Path) -> dict:
     return out
 
 
+def store_rebuild(path: Path) -> dict:
+    """``Store.rebuild("image")`` (what `cgx check --repair` runs on a damaged file, and a removal that FAISS
+    cannot apply) on a Store whose FAISS files were not loaded: only the rebuild's own memory counts."""
+    from crossgap_index.store.directory import Store
+    from crossgap_index.store.vectors import VectorIndex
+
+    def empty(self: Store) -> None:
+        self.indexes = {n: VectorIndex(self.manifest.dim, f) for n, f in self.manifest.factories.items()}
+        self._loaded_generation = self.catalog.generation
+
+    Store._load_indexes = empty
+    store = Store.open(path, readonly=True)
+    before = vm_hwm_kib()
+    start = time.perf_counter()
+    store.rebuild("image")
+    out = {
+        "ntotal": store.indexes["image"].ntotal,
+        "factory": store.indexes["image"].resolved_factory,
+        "seconds": round(time.perf_counter() - start, 1),
+        "vm_hwm_before_rebuild_mib": round(before / 1024, 1),
+    }
+    store.close()
+    return out
+
+
+def compact(path: Path, fraction: float) -> dict:
+    """Remove ``fraction`` of the items at random (catalog rows only), then ``Store.compact(0.2)``; FAISS
+    files are not loaded, so the figures are the compaction's own."""
+    from crossgap_index.store.directory import Store
+    from crossgap_index.store.vectors import VectorIndex
+
+    def empty(self: Store) -> None:
+        self.indexes = {n: VectorIndex(self.manifest.dim, f) for n, f in self.manifest.factories.items()}
+        self._loaded_generation = self.catalog.generation
+
+    Store._load_indexes = empty
+    store = Store.open(path)
+    ids = store.catalog.ids("image")
+    gone = np.random.default_rng(1).choice(ids, int(len(ids) * fraction), replace=False)
+    with store.writing():
+        store.catalog.conn.executemany("DELETE FROM items WHERE id = ?", ((int(i),) for i in gone))
+        store.catalog.conn.commit()
+    shards = path / "vectors"
+    before = sum(p.stat().st_size for p in shards.iterdir())
+    start = time.perf_counter()
+    report = store.compact(0.2)
+    seconds = time.perf_counter() - start
+    problems = store.catalog.shard_problems(full=True)
+    store.close()
+    return {
+        "removed": len(gone),
+        "rows_copied": report.rows_copied,
+        "seconds": round(seconds, 1),
+        "vectors_bytes_before": before,
+        "vectors_bytes_after": sum(p.stat().st_size for p in shards.iterdir()),
+        "crc32_problems_after": problems,
+    }
+
+
 def migrate(path: Path, dim: int) -> dict:
     from crossgap_index.store.catalog import Catalog
     from crossgap_index.store.lock import IndexLock
@@ -90,16 +151,21 @@ def migrate(path: Path, dim: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("phase", choices=["make-legacy", "rebuild", "migrate"])
+    parser.add_argument("phase", choices=["make-legacy", "rebuild", "store-rebuild", "migrate", "compact"])
     parser.add_argument("index", type=Path)
     parser.add_argument("--n", type=int, default=1_000_000)
     parser.add_argument("--dim", type=int, default=512)
     parser.add_argument("--factory", default="Flat")
+    parser.add_argument("--remove", type=float, default=0.3, help="compact: fraction of items removed first")
     args = parser.parse_args()
     if args.phase == "make-legacy":
         result = make_legacy(args.index, args.n, args.dim, args.factory)
     elif args.phase == "rebuild":
         result = rebuild(args.index)
+    elif args.phase == "store-rebuild":
+        result = store_rebuild(args.index)
+    elif args.phase == "compact":
+        result = compact(args.index, args.remove)
     else:
         result = migrate(args.index, args.dim)
     import crossgap_index

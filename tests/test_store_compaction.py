@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 import zlib
 from pathlib import Path
 
@@ -233,20 +234,29 @@ def test_readers_keep_answering_while_compaction_runs(tmp_path, small_shards):
     other = CrossGapIndex.open(index, readonly=True)  # its own Store and lock: as another process would be
     errors: list[BaseException] = []
     stop = threading.Event()
+    rounds = [0, 0, 0]
 
-    def read(cgx: CrossGapIndex) -> None:
+    def read(n: int, cgx: CrossGapIndex) -> None:
         try:
             while not stop.is_set():
                 got = [[(h.id, h.score) for h in cgx.search(vector=q, k=10)] for q in queries]
                 assert got == expected
+                rounds[n] += 1
         except BaseException as exc:  # noqa: BLE001 - reported by the main thread
             errors.append(exc)
+            stop.set()
 
-    readers = [threading.Thread(target=read, args=(cgx,)) for cgx in (writer, writer, other)]
+    def wait_for_rounds(least: list[int]) -> None:
+        while not stop.is_set() and any(r < w for r, w in zip(rounds, least, strict=True)):
+            time.sleep(0.005)
+
+    readers = [threading.Thread(target=read, args=(n, cgx)) for n, cgx in enumerate((writer, writer, other))]
     for thread in readers:
         thread.start()
     try:
+        wait_for_rounds([1, 1, 1])  # every reader is searching before the compaction starts
         report = writer.compact(min_dead=0.2)
+        wait_for_rounds([r + 1 for r in rounds])  # and after it ends
     finally:
         stop.set()
         for thread in readers:
