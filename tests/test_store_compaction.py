@@ -26,6 +26,7 @@ from crossgap_index import CrossGapIndex
 from crossgap_index.cli.app import app
 from crossgap_index.errors import StoreError
 from crossgap_index.store import catalog as catalog_module
+from crossgap_index.store import compact as compact_module
 from crossgap_index.store import shards as shards_module
 from crossgap_index.store.compact import CRASH_ENV, shard_use
 from crossgap_index.store.directory import Store
@@ -331,3 +332,25 @@ def test_unrecorded_shard_files_are_noted_by_check_and_deleted_by_repair(tmp_pat
         report = cgx.check(repair=True, files=False)
     assert not stray.exists() and report.ok
     assert any("items-000007.f32: not in the catalog" in line for line in report.repaired)
+
+
+def test_a_failed_compaction_removes_its_new_files_and_keeps_the_old_shards(tmp_path, small_shards, monkeypatch):
+    index = tmp_path / "idx"
+    ids = make_index(index, 200)
+    remove(index, ids[:25] + ids[64:90])
+    before, names = answers(index), sorted(os.listdir(index / "vectors"))
+    write = compact_module._NewShards.write
+    calls = []
+
+    def full_after_one(self, rows):
+        if calls:
+            raise OSError(28, "No space left on device")
+        calls.append(1)
+        return write(self, rows)
+
+    monkeypatch.setattr(compact_module._NewShards, "write", full_after_one)
+    with CrossGapIndex.open(index) as cgx, pytest.raises(StoreError, match="disk full"):
+        cgx.compact(min_dead=0.2)
+    assert sorted(os.listdir(index / "vectors")) == names  # the written new file is gone
+    assert_same(before, answers(index))
+    assert_checksums(index)

@@ -116,53 +116,78 @@ def compact(
         problem = shards.verify(use.record)
         if problem:
             raise StoreError(f"cannot compact: {problem}; run `cgx check --repair` first")
+    try:
+        moves, written = _write_new_shards(catalog, shards, uses, chosen)
+        _crash_point("written")
+        _swap(catalog, shards, chosen, moves, written, exclusive)
+    except BaseException:
+        catalog.conn.rollback()  # a no-op once committed: then the new shards are the truth, and an old file
+        if catalog.shard_records() == [u.record for u in uses]:  # left over goes with the next writer
+            with suppress(OSError):
+                remove_unrecorded(catalog)  # not committed: the new files go, the old shards stay as they were
+        raise
+    report.compacted = [shards.path(u.record.stream, u.record.number).name for u in chosen]
+    report.written = [shards.path(r.stream, r.number).name for r in written]
+    report.rows_copied = sum(u.live for u in chosen)
+    report.rows_freed = sum(u.record.rows - u.live for u in chosen)
+    report.bytes_after = _bytes(shards, catalog.shard_records())
+    return report
+
+
+def _write_new_shards(
+    catalog: Catalog, shards: ShardStore, uses: list[ShardUse], chosen: list[ShardUse]
+) -> tuple[list[tuple[str, np.ndarray, np.ndarray]], list[ShardRecord]]:
+    """The chosen shards' live rows copied into new files after each stream's highest shard: the moves
+    (stream, ids, new slots) and the new shards' records."""
     highest: dict[str, int] = {}
     for use in uses:
         highest[use.record.stream] = max(highest.get(use.record.stream, -1), use.record.number)
-    moves: list[tuple[str, np.ndarray, np.ndarray]] = []  # (stream, ids, new slots)
+    moves: list[tuple[str, np.ndarray, np.ndarray]] = []
     written: list[ShardRecord] = []
-    streams = sorted({u.record.stream for u in chosen})
-    for stream in streams:
+    for stream in sorted({u.record.stream for u in chosen}):
         mine = [u for u in chosen if u.record.stream == stream]
-        log.info(
-            "cgx: compacting %s: %d shards, %d live rows of %d ...",
-            stream,
-            len(mine),
-            sum(u.live for u in mine),
-            sum(u.record.rows for u in mine),
-        )
+        live, rows = sum(u.live for u in mine), sum(u.record.rows for u in mine)
+        log.info("cgx: compacting %s: %d shards, %d live rows of %d ...", stream, len(mine), live, rows)
         out = _NewShards(shards, stream, highest[stream] + 1)
-        keep_number = any(u.record.number == highest[stream] for u in mine)
         try:
             for n, use in enumerate(mine, 1):
                 ids, slots = _copy_live(catalog, shards, use.record, out)
+                if len(ids) != use.live:
+                    raise StoreError(f"{shards.path(stream, use.record.number)}: live rows changed while compacting")
                 moves.append((stream, ids, slots))
-                name = shards.path(stream, use.record.number).name
-                log.info("cgx: compacted %s (%d of %d shards)", name, n, len(mine))
-            written += out.close(keep_number)
-        finally:
-            out.abandon()  # after a failure: the file is unrecorded, the next writer removes it
-    _crash_point("written")
-    conn = catalog.conn
-    try:
-        for stream, ids, slots in moves:
-            if stream == ITEMS_STREAM:
-                conn.executemany(
-                    "UPDATE items SET slot = ? WHERE id = ?", zip(slots.tolist(), ids.tolist(), strict=True)
+                log.info(
+                    "cgx: compacted %s (%d of %d shards)", shards.path(stream, use.record.number).name, n, len(mine)
                 )
-            else:
-                sql = "UPDATE derived_vectors SET slot = ? WHERE kind = ? AND item_id = ?"
-                conn.executemany(sql, ((s, stream, i) for s, i in zip(slots.tolist(), ids.tolist(), strict=True)))
-        conn.executemany(
-            "DELETE FROM shards WHERE stream = ? AND number = ?", [(u.record.stream, u.record.number) for u in chosen]
-        )
-        conn.executemany(
-            "INSERT INTO shards (stream, number, rows, crc32) VALUES (?, ?, ?, ?)",
-            [(r.stream, r.number, r.rows, r.crc32) for r in written],
-        )
-    except BaseException:
-        conn.rollback()
-        raise
+            written += out.close(keep_number=any(u.record.number == highest[stream] for u in mine))
+        finally:
+            out.abandon()
+    return moves, written
+
+
+def _swap(
+    catalog: Catalog,
+    shards: ShardStore,
+    chosen: list[ShardUse],
+    moves: list[tuple[str, np.ndarray, np.ndarray]],
+    written: list[ShardRecord],
+    exclusive: Callable[[], AbstractContextManager],
+) -> None:
+    """One transaction points the rows at their new slots and swaps the shard records; then the old files go."""
+    conn = catalog.conn
+    for stream, ids, slots in moves:
+        pairs = zip(slots.tolist(), ids.tolist(), strict=True)
+        if stream == ITEMS_STREAM:
+            conn.executemany("UPDATE items SET slot = ? WHERE id = ?", pairs)
+        else:
+            sql = "UPDATE derived_vectors SET slot = ? WHERE kind = ? AND item_id = ?"
+            conn.executemany(sql, ((s, stream, i) for s, i in pairs))
+    conn.executemany(
+        "DELETE FROM shards WHERE stream = ? AND number = ?", [(u.record.stream, u.record.number) for u in chosen]
+    )
+    conn.executemany(
+        "INSERT INTO shards (stream, number, rows, crc32) VALUES (?, ?, ?, ?)",
+        [(r.stream, r.number, r.rows, r.crc32) for r in written],
+    )
     with exclusive():
         conn.commit()  # the generation stays: the same ids hold the same vectors, so FAISS files stay valid
         _crash_point("committed")
@@ -172,12 +197,6 @@ def compact(
             if n == 0:
                 _crash_point("deleting")
         fsync_dir(shards.directory)
-    report.compacted = [shards.path(u.record.stream, u.record.number).name for u in chosen]
-    report.written = [shards.path(r.stream, r.number).name for r in written]
-    report.rows_copied = sum(u.live for u in chosen)
-    report.rows_freed = sum(u.record.rows - u.live for u in chosen)
-    report.bytes_after = _bytes(shards, catalog.shard_records())
-    return report
 
 
 def _copy_live(
