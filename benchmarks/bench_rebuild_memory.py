@@ -7,7 +7,8 @@ VmHWM is its own. Run each phase with PYTHONPATH pointing at the release to meas
     PYTHONPATH=$PWD          python benchmarks/bench_rebuild_memory.py migrate DIR      # this release
     PYTHONPATH=$PWD          python benchmarks/bench_rebuild_memory.py rebuild DIR
     (and ``store-rebuild DIR`` under either: ``Store.rebuild`` alone, FAISS files not loaded;
-    ``compact DIR --remove 0.3`` under this release: remove 30% of the items at random, then compact)
+    ``compact DIR --remove 0.3`` under this release: remove 30% of the items at random, then compact;
+    ``save DIR`` then ``check DIR``: `cgx check`'s memory with the FAISS files saved)
 
 ``make-legacy`` creates the index with the previous release's Store (catalog schema 1, vectors as BLOBs)
 and inserts random unit vectors straight into its catalog, then bumps the generation and deletes the
@@ -137,6 +138,29 @@ def compact(path: Path, fraction: float) -> dict:
     }
 
 
+def save(path: Path) -> dict:
+    """A writable open: migrates an old index, rebuilds missing FAISS files and saves them."""
+    from crossgap_index.store.directory import Store
+
+    start = time.perf_counter()
+    store = Store.open(path)
+    out = {"rebuilt": store.rebuilt, "seconds": round(time.perf_counter() - start, 1)}
+    store.close()
+    return out
+
+
+def check(path: Path) -> dict:
+    """`cgx check` (read-only, without the image-file walk) on an index whose FAISS files are saved."""
+    from crossgap_index.store.check import check_store
+    from crossgap_index.store.directory import Store
+
+    start = time.perf_counter()
+    store = Store.open(path, readonly=True)
+    report = check_store(store, files=False)
+    store.close()
+    return {"ok": report.ok, "problems": report.problems[:3], "seconds": round(time.perf_counter() - start, 1)}
+
+
 def migrate(path: Path, dim: int) -> dict:
     from crossgap_index.store.catalog import Catalog
     from crossgap_index.store.lock import IndexLock
@@ -151,7 +175,8 @@ def migrate(path: Path, dim: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("phase", choices=["make-legacy", "rebuild", "store-rebuild", "migrate", "compact"])
+    phases = ["make-legacy", "rebuild", "store-rebuild", "migrate", "compact", "save", "check"]
+    parser.add_argument("phase", choices=phases)
     parser.add_argument("index", type=Path)
     parser.add_argument("--n", type=int, default=1_000_000)
     parser.add_argument("--dim", type=int, default=512)
@@ -166,6 +191,10 @@ def main() -> None:
         result = store_rebuild(args.index)
     elif args.phase == "compact":
         result = compact(args.index, args.remove)
+    elif args.phase == "save":
+        result = save(args.index)
+    elif args.phase == "check":
+        result = check(args.index)
     else:
         result = migrate(args.index, args.dim)
     import crossgap_index

@@ -354,3 +354,33 @@ def test_a_failed_compaction_removes_its_new_files_and_keeps_the_old_shards(tmp_
     assert sorted(os.listdir(index / "vectors")) == names  # the written new file is gone
     assert_same(before, answers(index))
     assert_checksums(index)
+
+
+def test_check_compares_an_exact_faiss_file_with_the_shards_a_chunk_at_a_time(tmp_path, monkeypatch):
+    index = tmp_path / "idx"
+    ids = make_index(index, 300)
+    with CrossGapIndex.open(index) as cgx:  # positions out of id order: a re-added id sits last in FAISS
+        store = cgx._store
+        held = store.indexes["image"]
+        moved = store.catalog_vectors("image", [ids[5]])
+        held.remove(np.array([ids[5]]))
+        held.add(np.array([ids[5]]), moved)
+        store.manifest.files["image"] = held.save(index / "image.faiss")
+        store.manifest.save(index)
+    monkeypatch.setattr(
+        Store,
+        "vector_chunks",
+        lambda self, name, size=16_384: self.catalog.vector_chunks(name, name == "image-oti", DIM, 64),
+    )
+    with CrossGapIndex.open(index, readonly=True) as cgx:
+        assert cgx.check(files=False).ok
+    with CrossGapIndex.open(index) as cgx:  # now one vector differs, the ids and checksums agree
+        store = cgx._store
+        held = store.indexes["image"]
+        held.remove(np.array([ids[200]]))
+        held.add(np.array([ids[200]]), -store.catalog_vectors("image", [ids[200]]))
+        store.manifest.files["image"] = held.save(index / "image.faiss")
+        store.manifest.save(index)
+    with CrossGapIndex.open(index, readonly=True) as cgx:
+        report = cgx.check(files=False)
+    assert "image.faiss: holds other vectors than the catalog" in report.problems

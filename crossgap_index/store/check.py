@@ -200,11 +200,15 @@ def _faiss_problem(store: Store, name: str) -> str | None:
         return "holds other ids than the catalog"
     inner = faiss.downcast_index(index.index.index)
     if isinstance(inner, faiss.IndexFlat) and index.ntotal:
+        # a chunk at a time (memory: one chunk of each side, not two copies of every vector): the k-th
+        # smallest id sits at position order[k], and the catalog's chunks come in id order
         order = np.argsort(faiss.vector_to_array(index.index.id_map), kind="stable")
-        held = inner.reconstruct_n(0, index.ntotal)[order]
-        _, vectors = store.ids_and_vectors(name)
-        if not np.allclose(held, vectors, atol=VECTOR_TOLERANCE):
-            return "holds other vectors than the catalog"
+        done = 0
+        for ids, vectors in store.vector_chunks(name):
+            held = inner.reconstruct_batch(order[done : done + len(ids)])
+            if not np.allclose(held, vectors, atol=VECTOR_TOLERANCE):
+                return "holds other vectors than the catalog"
+            done += len(ids)
     return None
 
 
