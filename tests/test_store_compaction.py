@@ -290,6 +290,13 @@ def test_a_reader_whose_slots_moved_under_it_reads_them_again(tmp_path, small_sh
     shards.gather = gather_after_a_compaction
     np.testing.assert_array_equal(reader._store.catalog_vectors("image", live), truth)
     assert len(calls) == 2  # the first read met the missing shard; the second read the moved slots
+    remove(index, ids[64:84])  # and the chunked reads of exports and rebuilds
+    live = reader._store.catalog.ids("image")
+    truth, calls[:] = reader._store.catalog_vectors("image", live), []
+    chunks = list(reader._store.catalog.vector_chunks("image", False, DIM, 50))
+    np.testing.assert_array_equal(np.concatenate([c[0] for c in chunks]), live)
+    np.testing.assert_array_equal(np.concatenate([c[1] for c in chunks]), truth)
+    assert len(calls) == len(chunks) + 1
     reader.close()
 
 

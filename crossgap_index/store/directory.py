@@ -40,7 +40,7 @@ from crossgap_index.store.catalog import DEFAULT_DTYPE, Catalog
 from crossgap_index.store.compact import AUTO_MIN_DEAD, DEFAULT_MIN_DEAD, CompactReport, compact, remove_unrecorded
 from crossgap_index.store.lock import IndexLock, ReadWriteLock
 from crossgap_index.store.manifest import MANIFEST_NAME, Manifest
-from crossgap_index.store.shards import ITEMS_STREAM, VECTORS_DIR, ShardGoneError
+from crossgap_index.store.shards import ITEMS_STREAM, SHARD_GONE_RETRIES, VECTORS_DIR, ShardGoneError
 from crossgap_index.store.vectors import AUTO, VectorIndex, validate_factory
 
 if TYPE_CHECKING:
@@ -402,7 +402,7 @@ class Store:
         """The stored (uncompressed) vectors of ``ids`` in collection ``name``, in order."""
         kind = name if name in DERIVED else None
         wanted = np.asarray(ids).tolist()
-        for _ in range(_SHARD_GONE_RETRIES):
+        for _ in range(SHARD_GONE_RETRIES):
             try:
                 return self.catalog.vectors_for(wanted, self.manifest.dim, kind)
             except ShardGoneError:  # another process compacted between reading the slots and the shard: again
@@ -423,7 +423,6 @@ class Store:
         return sizes
 
 
-_SHARD_GONE_RETRIES = 3
 SHARD_ADVICE = (
     "the shards hold the index's vectors (catalog rows + verified shards are its truth): `cgx check --repair` "
     "writes a damaged one again when an uncompressed FAISS file still holds its vectors; else restore the index "

@@ -36,6 +36,7 @@ VECTORS_DIR = "vectors"
 ITEMS_STREAM = "items"
 DTYPES = {"float32": ("f32", np.float32), "float16": ("f16", np.float16)}
 _VERIFY_BLOCK = 64 << 20  # bytes per crc32 step: the whole shard is never one Python bytes object
+SHARD_GONE_RETRIES = 3  # reads again of slots that a compaction in another process moved meanwhile
 READ_RUN_ROWS = 1  # gathers of at least this many rows per shard use pread; fewer (tests: all) the memory map
 
 
