@@ -126,7 +126,8 @@ def compact_command(
             f"vectors/ {report.bytes_before} -> {report.bytes_after} bytes\n"
         )
     else:
-        _write(f"nothing to compact: no vector shard is at least {min_dead:g} dead ({report.bytes_after} bytes)\n")
+        which = f"is at least {min_dead:g} dead" if min_dead > 0 else "has a dead row"
+        _write(f"nothing to compact: no vector shard {which} ({report.bytes_after} bytes)\n")
 
 
 def _one_line(value: str | None) -> str:
