@@ -30,6 +30,7 @@ from crossgap_index.search.run import Queries
 from crossgap_index.search.searcher import Hit, QueryTransform, Searcher
 from crossgap_index.store.catalog import ImageRecord, ItemRow
 from crossgap_index.store.check import CheckReport, check_store
+from crossgap_index.store.compact import DEFAULT_MIN_DEAD, CompactReport
 from crossgap_index.store.directory import IndexExistsError, Store, default_index_path
 from crossgap_index.store.manifest import tuned_task
 from crossgap_index.store.prune import select_for_removal
@@ -673,6 +674,12 @@ class CrossGapIndex:
         (present, checksum, count, ids) and, with ``files``, that indexed image files exist. ``repair``
         rebuilds the derived FAISS files from the catalog. Like ``git fsck``: a report, not an exception."""
         return check_store(self._store, repair=repair, files=files)
+
+    def compact(self, min_dead: float = DEFAULT_MIN_DEAD) -> CompactReport:
+        """Give back the bytes of removed items' vectors: shards at least ``min_dead`` dead are rewritten with
+        their live rows only (a kill at any point leaves an index that opens and answers the same; searches go
+        on meanwhile). Writes after removals do this by themselves for shards at least half dead."""
+        return self._store.compact(min_dead)
 
     def refresh(self) -> bool:
         """See other processes' writes since open (True when there were any)."""

@@ -23,7 +23,7 @@ from crossgap_index import __version__
 from crossgap_index.cli.eval_command import eval_command
 from crossgap_index.cli.export_command import export_command
 from crossgap_index.cli.import_command import import_command
-from crossgap_index.cli.maintenance import NoWaitOpt, check_command, ls_command, remove_command
+from crossgap_index.cli.maintenance import NoWaitOpt, check_command, compact_command, ls_command, remove_command
 from crossgap_index.cli.query_arg import query_kind
 from crossgap_index.cli.serve_command import serve_command
 from crossgap_index.cli.tune_command import train_inverter_command, tune_command
@@ -516,7 +516,12 @@ app.command("export")(fails_cleanly(export_command))
 app.command("import")(fails_cleanly(import_command))
 app.command("tune")(fails_cleanly(tune_command))
 app.command("train-inverter")(fails_cleanly(train_inverter_command))
-for _name, _command in (("remove", remove_command), ("ls", ls_command), ("check", check_command)):
+for _name, _command in (
+    ("remove", remove_command),
+    ("ls", ls_command),
+    ("check", check_command),
+    ("compact", compact_command),
+):
     app.command(_name)(fails_cleanly(_command))
 app.command("serve")(fails_cleanly(serve_command))
 

@@ -25,7 +25,15 @@ from pathlib import Path
 import numpy as np
 
 from crossgap_index.errors import StoreError
-from crossgap_index.store.shards import ITEMS_STREAM, SHARD_ROWS, VECTORS_DIR, ShardRecord, ShardStore
+from crossgap_index.store.shards import (
+    ITEMS_STREAM,
+    SHARD_GONE_RETRIES,
+    SHARD_ROWS,
+    VECTORS_DIR,
+    ShardGoneError,
+    ShardRecord,
+    ShardStore,
+)
 
 CATALOG_SCHEMA_VERSION = 2  # 1: vectors as BLOBs in the rows; 2: vectors in shards, rows hold slots
 
@@ -470,13 +478,20 @@ class Catalog:
         else:
             sql = f"SELECT id, {col} FROM items WHERE modality = ? AND id > ? ORDER BY id LIMIT ?"
         stream = name if derived else ITEMS_STREAM
-        last = -1
+        last, tries = -1, 0
         while True:
             rows = self.conn.execute(sql, (name, last, size)).fetchall()
             if not rows:
                 return
-            yield self._stack(stream, rows, dim)
-            last = rows[-1][0]
+            try:
+                chunk = self._stack(stream, rows, dim)
+            except ShardGoneError:  # a compaction elsewhere moved these rows after the query: read them again
+                tries += 1
+                if tries > SHARD_GONE_RETRIES:
+                    raise
+                continue
+            yield chunk
+            last, tries = rows[-1][0], 0
 
     def derived_for(self, kind: str, ids: Sequence[int]) -> dict[int, np.ndarray]:
         """The ``kind`` vectors of those of ``ids`` that have one (exports of partly inverted galleries)."""

@@ -19,6 +19,7 @@ import faiss
 import numpy as np
 
 from crossgap_index.store.catalog import header_shortfall, wal_has_frames
+from crossgap_index.store.compact import remove_unrecorded, shard_use
 from crossgap_index.store.directory import DERIVED, SHARD_ADVICE, Store
 from crossgap_index.store.shards import ShardRecord
 from crossgap_index.store.vectors import VectorIndex, file_record
@@ -69,6 +70,9 @@ def _check(store: Store, repair: bool, files: bool) -> CheckReport:
         recovered, shard_problems = _recover_shards(store)
         repaired += recovered
     problems += [f"{p} ({SHARD_ADVICE})" for p in shard_problems]
+    shard_notes, shard_repairs = _shard_leftovers(store, repair)
+    notes += shard_notes
+    repaired += shard_repairs
     for name in store.manifest.factories if not shard_problems else ():
         problems += _vector_norm_problems(store, name)
     derived = {name: _faiss_problem(store, name) for name in store.manifest.factories}
@@ -132,6 +136,35 @@ def _recover_shards(store: Store) -> tuple[list[str], list[str]]:
     return repaired, problems
 
 
+def _shard_leftovers(store: Store, repair: bool) -> tuple[list[str], list[str]]:
+    """Shard files no record names (an interrupted compaction's; never read) and dead rows (removed items'
+    bytes): notes, not problems; ``repair`` deletes the unrecorded files. (notes, repaired)"""
+    catalog = store.catalog
+    if catalog.legacy or catalog.get_meta("vector_dim") is None:
+        return [], []
+    notes, repaired = [], []
+    unrecorded = catalog.shards().unrecorded(catalog.shard_records())
+    if unrecorded and repair and not store.readonly:
+        with store.writing():
+            repaired += [
+                f"{name}: not in the catalog (an interrupted compaction's); deleted"
+                for name in remove_unrecorded(catalog)
+            ]
+    elif unrecorded:
+        names = ", ".join(f"{p.parent.name}/{p.name}" for p in unrecorded[:5])
+        notes.append(
+            f"{names}: not in the catalog (left by an interrupted compaction, never read); the next writer deletes it"
+        )
+    uses = shard_use(catalog)
+    dead = sum(u.record.rows - u.live for u in uses)
+    if dead:
+        total = sum(u.record.rows for u in uses)
+        notes.append(
+            f"vectors/: {dead} of {total} shard rows belong to removed items; `cgx compact` gives their bytes back"
+        )
+    return notes, repaired
+
+
 def _current_record(store: Store, record: ShardRecord) -> ShardRecord:
     """The shard's record as the catalog now has it."""
     return next(r for r in store.catalog.shard_records() if (r.stream, r.number) == (record.stream, record.number))
@@ -167,11 +200,15 @@ def _faiss_problem(store: Store, name: str) -> str | None:
         return "holds other ids than the catalog"
     inner = faiss.downcast_index(index.index.index)
     if isinstance(inner, faiss.IndexFlat) and index.ntotal:
+        # a chunk at a time (memory: one chunk of each side, not two copies of every vector): the k-th
+        # smallest id sits at position order[k], and the catalog's chunks come in id order
         order = np.argsort(faiss.vector_to_array(index.index.id_map), kind="stable")
-        held = inner.reconstruct_n(0, index.ntotal)[order]
-        _, vectors = store.ids_and_vectors(name)
-        if not np.allclose(held, vectors, atol=VECTOR_TOLERANCE):
-            return "holds other vectors than the catalog"
+        done = 0
+        for ids, vectors in store.vector_chunks(name):
+            held = inner.reconstruct_batch(order[done : done + len(ids)])
+            if not np.allclose(held, vectors, atol=VECTOR_TOLERANCE):
+                return "holds other vectors than the catalog"
+            done += len(ids)
     return None
 
 

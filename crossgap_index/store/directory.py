@@ -37,9 +37,10 @@ import platformdirs
 from crossgap_index.errors import DiskFullError, StoreError, is_disk_full
 from crossgap_index.store.cache import InversionCache
 from crossgap_index.store.catalog import DEFAULT_DTYPE, Catalog
+from crossgap_index.store.compact import AUTO_MIN_DEAD, DEFAULT_MIN_DEAD, CompactReport, compact, remove_unrecorded
 from crossgap_index.store.lock import IndexLock, ReadWriteLock
 from crossgap_index.store.manifest import MANIFEST_NAME, Manifest
-from crossgap_index.store.shards import ITEMS_STREAM, VECTORS_DIR
+from crossgap_index.store.shards import ITEMS_STREAM, SHARD_GONE_RETRIES, VECTORS_DIR, ShardGoneError
 from crossgap_index.store.vectors import AUTO, VectorIndex, validate_factory
 
 if TYPE_CHECKING:
@@ -96,6 +97,7 @@ class Store:
         self._write_depth = 0
         self._pending: list[tuple[str, str, np.ndarray, np.ndarray | None]] = []
         self._loaded_generation = -1
+        self._removed = False  # items were removed since the last save: it looks for shards to compact
 
     @classmethod
     def create(
@@ -147,6 +149,8 @@ class Store:
             if catalog.legacy and not readonly:
                 store._migrate()
             store._check_shards()
+            if not readonly:
+                store._remove_unrecorded()
             store._load_indexes()
         except sqlite3.DatabaseError as exc:
             catalog.close()
@@ -179,6 +183,19 @@ class Store:
         problems = self.catalog.shard_problems()
         if problems:
             raise StoreError(f"{self.path}: {problems[0]}; {SHARD_ADVICE}")
+
+    def _remove_unrecorded(self) -> None:
+        """Shard files an interrupted compaction (or write) left that no catalog record names: deleted when
+        no writer holds the lock (one may be writing such a file right now), else left for a later writer."""
+        if self.catalog.legacy or self.catalog.get_meta("vector_dim") is None:
+            return
+        if not self.catalog.shards().unrecorded(self.catalog.shard_records()):
+            return
+        try:
+            with self.lock.hold(wait=False):
+                remove_unrecorded(self.catalog)
+        except StoreError:
+            pass  # a writer is busy: unrecorded files are never read, and it or a later writer removes them
 
     def verify_vectors(self, name: str) -> None:
         """Checksums of the shards a collection's vectors live in (each shard's unverified part, once per
@@ -308,6 +325,7 @@ class Store:
             return
         self.catalog.remove(ids)
         self._pending.append(("remove", "", np.asarray(ids, np.int64), None))
+        self._removed = True
 
     def commit(self) -> None:
         """Commit the catalog and apply the pending FAISS changes, as one step for readers."""
@@ -330,6 +348,33 @@ class Store:
         with self.writing():
             self.commit()
             self._write_files()
+            if self._removed:
+                self._removed = False
+                self._compact_after_removal()
+
+    def compact(self, min_dead: float = DEFAULT_MIN_DEAD) -> CompactReport:
+        """Rewrite the live rows of shards at least ``min_dead`` dead into new shards and delete the old
+        files (store/compact.py); searches go on meanwhile and the FAISS files stay valid."""
+        with self.writing():
+            if self._pending:
+                self.commit()
+            return compact(self.catalog, self._rw.write, min_dead)
+
+    def _compact_after_removal(self) -> None:
+        """The automatic compaction after a write that removed items: shards at least half dead only (it
+        copies no more rows than it frees). A failure here is a note: the write itself has succeeded."""
+        try:
+            report = compact(self.catalog, self._rw.write, AUTO_MIN_DEAD)
+        except (StoreError, OSError) as exc:
+            log.warning("cgx: note: shards not compacted (%s); `cgx compact` retries", exc)
+            return
+        if report.compacted:
+            log.info(
+                "cgx: compacted %d vector shards: %d rows copied, %d dead rows freed",
+                len(report.compacted),
+                report.rows_copied,
+                report.rows_freed,
+            )
 
     def _write_files(self) -> None:
         """Each FAISS file, then the manifest naming their sizes and checksums (last: the commit point)."""
@@ -356,7 +401,13 @@ class Store:
     def catalog_vectors(self, name: str, ids: np.ndarray) -> np.ndarray:
         """The stored (uncompressed) vectors of ``ids`` in collection ``name``, in order."""
         kind = name if name in DERIVED else None
-        return self.catalog.vectors_for(np.asarray(ids).tolist(), self.manifest.dim, kind)
+        wanted = np.asarray(ids).tolist()
+        for _ in range(SHARD_GONE_RETRIES):
+            try:
+                return self.catalog.vectors_for(wanted, self.manifest.dim, kind)
+            except ShardGoneError:  # another process compacted between reading the slots and the shard: again
+                continue
+        return self.catalog.vectors_for(wanted, self.manifest.dim, kind)
 
     @property
     def generation(self) -> int:

@@ -4,7 +4,9 @@
     vectors/image-oti-000000.f32   one stream per derived collection (``.f16`` when stored as float16)
 
 A vector's place is its *slot*: shard ``slot // SHARD_ROWS``, row ``slot % SHARD_ROWS``. Slots are handed
-out in append order and never reused (a removed item's row stays as dead bytes). What is committed is
+out in append order and never reused (a removed item's row stays as dead bytes until compaction,
+store/compact.py, copies a shard's live rows into a new shard with a higher number and deletes the old file:
+shard numbers only grow, so a number once deleted never names other bytes). What is committed is
 what the catalog's ``shards`` table says, per shard: rows and the crc32 of those rows' bytes, committed
 in the same SQLite transaction as the catalog rows that point into it. The writer (one, under the index
 lock) writes pending rows at the end of the committed bytes, fsyncs, and only then lets the catalog
@@ -19,6 +21,7 @@ shard prefix (``verify``).
 from __future__ import annotations
 
 import os
+import re
 import threading
 import zlib
 from dataclasses import dataclass, field
@@ -33,7 +36,13 @@ VECTORS_DIR = "vectors"
 ITEMS_STREAM = "items"
 DTYPES = {"float32": ("f32", np.float32), "float16": ("f16", np.float16)}
 _VERIFY_BLOCK = 64 << 20  # bytes per crc32 step: the whole shard is never one Python bytes object
+SHARD_GONE_RETRIES = 3  # reads again of slots that a compaction in another process moved meanwhile
 READ_RUN_ROWS = 1  # gathers of at least this many rows per shard use pread; fewer (tests: all) the memory map
+
+
+class ShardGoneError(StoreError):
+    """A shard file the caller's slots pointed into is gone: a compaction in another process moved its rows
+    (and committed) after the caller read the slots; reading the slots again finds them."""
 
 
 @dataclass(frozen=True)
@@ -84,6 +93,16 @@ class ShardStore:
     def path(self, stream: str, number: int) -> Path:
         return self.directory / f"{stream}-{number:06d}.{self._ext}"
 
+    def unrecorded(self, records: list[ShardRecord]) -> list[Path]:
+        """Shard-named files (and their ``.tmp`` siblings) no committed record points at: new shards of a
+        compaction killed before its commit, old ones of one killed after it, a repair's leftover. Only a
+        writer holding the lock may delete them (another writer's uncommitted shard would look the same)."""
+        if not self.directory.is_dir():
+            return []
+        named = re.compile(rf"^[\w.-]+-\d{{6}}\.{self._ext}(\.tmp)?$")
+        recorded = {self.path(r.stream, r.number).name for r in records}
+        return sorted(p for p in self.directory.iterdir() if named.match(p.name) and p.name not in recorded)
+
     # -- writes ---------------------------------------------------------------------------
     def append(self, stream: str, vectors: np.ndarray, next_slot: int) -> int:
         """Queue rows for the next flush; returns the first one's slot. ``next_slot``: the stream's first
@@ -99,6 +118,10 @@ class ShardStore:
 
     def has_pending(self, stream: str) -> bool:
         return stream in self._pending
+
+    def has_pending_rows(self) -> bool:
+        """Whether any stream has rows queued for the next flush."""
+        return bool(self._pending)
 
     def discard(self) -> None:
         """Forget rows not flushed yet (the transaction they belonged to rolled back)."""
@@ -175,6 +198,8 @@ class ShardStore:
                 with path.open("rb", buffering=0) as f:
                     for run in runs:
                         out[rows[order[run]]] = self._read_run(f.fileno(), path, int(ordered[run[0]]), len(run))
+            except FileNotFoundError as exc:
+                raise ShardGoneError(f"{path}: vector shard missing ({exc.strerror or exc})") from exc
             except OSError as exc:
                 raise StoreError(f"{path}: cannot read a vector shard ({exc.strerror or exc})") from exc
         return out
@@ -197,6 +222,8 @@ class ShardStore:
                 path = self.path(stream, number)
                 try:
                     size = path.stat().st_size
+                except FileNotFoundError as exc:
+                    raise ShardGoneError(f"{path}: vector shard missing ({exc.strerror or exc})") from exc
                 except OSError as exc:
                     raise StoreError(f"{path}: cannot read a vector shard ({exc.strerror or exc})") from exc
                 rows = min(size // self.row_bytes, SHARD_ROWS)
@@ -205,6 +232,16 @@ class ShardStore:
                 mapped = np.memmap(path, self._np, "r", shape=(rows, self.dim))
                 self._maps[key] = mapped
             return mapped
+
+    def read_window(self, stream: str, number: int, first: int, count: int) -> np.ndarray:
+        """Rows ``first``..``first + count`` of one shard as stored (float16 stays float16), one pread:
+        compaction copies bytes, never converts them."""
+        path = self.path(stream, number)
+        try:
+            with path.open("rb", buffering=0) as f:
+                return self._read_run(f.fileno(), path, first, count)
+        except OSError as exc:
+            raise StoreError(f"{path}: cannot read a vector shard ({exc.strerror or exc})") from exc
 
     def close(self) -> None:
         with self._maps_lock:
