@@ -70,7 +70,8 @@ class Engine(Protocol):
         loaded: LoadedFn,
     ) -> Iterator[np.ndarray]:
         """Per block of (unit target features, one seed per row), in order: ``oti`` (``direction`` 'oti') or
-        ``ovi`` of the rows with ``config`` (resolved by ``inversion_config``) and those seeds."""
+        ``ovi`` of the rows with ``config`` (resolved by ``inversion_config``) and those seeds. A generator: the
+        driver closes it when it stops early, and the engine's workers are released then."""
         ...
 
     def map_vectors(self, projection: FeatureMap, blocks: Iterable[np.ndarray]) -> Iterator[np.ndarray]:

@@ -7,6 +7,7 @@ what it finished and the next run resumes from there.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from collections.abc import Callable, Sequence
@@ -244,17 +245,18 @@ def invert_gallery_items(
     blocks = ((vectors[todo[first : first + size]], seeds[first : first + size]) for first in starts)
     if progress:
         progress(0, len(todo))
+    inverted_blocks = engine.invert(
+        blocks, direction=direction, config=config, model=manifest.model, device=device, loaded=loaded
+    )
     try:
-        inverted_blocks = engine.invert(
-            blocks, direction=direction, config=config, model=manifest.model, device=device, loaded=loaded
-        )
-        for first, inverted in zip(starts, inverted_blocks, strict=True):
-            rows = ids[todo[first : first + size]].tolist()
-            catalog.set_derived(kind, rows, inverted)
-            store.add(kind, rows, inverted)
-            store.commit()
-            if progress:
-                progress(first + len(rows), len(todo))
+        with contextlib.closing(inverted_blocks):  # stopping early (Ctrl-C) releases the engine's workers at once
+            for first, inverted in zip(starts, inverted_blocks, strict=True):
+                rows = ids[todo[first : first + size]].tolist()
+                catalog.set_derived(kind, rows, inverted)
+                store.add(kind, rows, inverted)
+                store.commit()
+                if progress:
+                    progress(first + len(rows), len(todo))
     finally:
         store.save()
     return len(todo)
