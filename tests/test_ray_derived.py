@@ -147,7 +147,7 @@ def test_ray_gallery_oti_equals_local_resumes_and_serves_the_same(tmp_path, base
 def test_ray_derived_equals_the_lazy_one_survives_a_killed_worker_and_is_current(
     tmp_path, base_index, ray_instance, monkeypatch
 ):
-    from crossgap_index.engines.ray_data import VectorMapper
+    from crossgap_index.engines.work import VectorMapper
 
     photos, base = base_index
     lazy, distributed = copy_of(base, tmp_path, "lazy"), copy_of(base, tmp_path, "ray")

@@ -35,7 +35,7 @@ from PIL import Image
 
 from crossgap_index.engines import LoadedFn
 from crossgap_index.engines.ray_address import CONNECT_TIMEOUT_S
-from crossgap_index.engines.work import invert_rows
+from crossgap_index.engines.work import GalleryInverter, VectorMapper
 from crossgap_index.errors import QueryError
 from crossgap_index.ingest.decode import FileBytes
 from crossgap_index.ingest.pipeline import Prepared, ReadLimits, prepare
@@ -106,27 +106,6 @@ class ImageEmbedder:
         batch["vector"] = vectors
         batch["embedded"] = np.array([len(px) > 0 for px in pixels], bool)
         return batch
-
-
-class GalleryInverter:
-    """Actor: the index's model, loaded once; inverts blocks with the driver's settings and seeds."""
-
-    def __init__(self, model: str, device: str, direction: str, config: InversionConfig):
-        self.loaded = load_model(model, device)
-        self.direction, self.config = direction, config
-
-    def run(self, targets: np.ndarray, seeds: Sequence[int]) -> np.ndarray:
-        return invert_rows(self.loaded, self.direction, targets, seeds, self.config)
-
-
-class VectorMapper:
-    """Actor: one feature map (shipped once); maps blocks of stored vectors into a derived collection's rows."""
-
-    def __init__(self, projection: FeatureMap):
-        self.projection = projection
-
-    def run(self, block: np.ndarray) -> np.ndarray:
-        return self.projection.apply(block)
 
 
 def _resolved(config: InversionConfig, device: str) -> InversionConfig:

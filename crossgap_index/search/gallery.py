@@ -4,6 +4,8 @@
 first search with a projection builds a derived FAISS collection from the catalog's vectors, saves it
 beside the index (``derived/``) and rebuilds it whenever the catalog has moved on (its generation) or
 the projection changed (its fingerprint): derived data never goes stale and never needs re-encoding.
+``make_derived`` is the one builder: a query calls it with the map applied here, a build (``refresh`` after
+``cgx build-index``) with the map applied by the build engine (engines/derived.py), so both save the same file.
 
 ``MatrixGallery`` ranks in-memory features exactly (ties by gallery position): ``cgx eval`` and
 ``cgx tune`` use it with the same ``run_mode`` a query goes through.
@@ -164,7 +166,8 @@ class StoreGallery:
             if held is not None and held[0] == generation:
                 return False
             name = derived_name(collection, projection)
-            if _meta_current(self._store.path / DERIVED_DIR, name, generation, self._store.indexes[collection].ntotal):
+            count = self._store.indexes[collection].ntotal
+            if _current_meta(self._store.path / DERIVED_DIR, name, generation, count) is not None:
                 return False
             self._derived[key] = (generation, make_derived(self._store, collection, projection, map_blocks))
             return True
@@ -218,30 +221,32 @@ def make_derived(store, collection: str, projection: FeatureMap, map_blocks: Map
     return index
 
 
-def _meta_current(folder: Path, name: str, generation: int, count: int) -> bool:
-    """Whether the saved derived collection's record says it was made at ``generation`` with ``count`` vectors and
-    its file has the recorded size (its checksum is verified when it is loaded)."""
+def _current_meta(folder: Path, name: str, generation: int, count: int) -> dict | None:
+    """The saved derived collection's record when it says it was made at ``generation`` with ``count`` vectors and
+    its file has the recorded size (the checksum is verified when the file is loaded), else None. A current one is
+    marked recently used (kept by ``_prune``)."""
+    meta_file = folder / f"{name}.json"
     try:
-        meta = json.loads((folder / f"{name}.json").read_text())
-        current = meta.get("generation") == generation and meta.get("count") == count
-        return current and meta.get("size") == (folder / f"{name}.faiss").stat().st_size
+        meta = json.loads(meta_file.read_text())
+        if meta.get("generation") != generation or meta.get("count") != count:
+            return None
+        if meta.get("size") != (folder / f"{name}.faiss").stat().st_size:
+            return None
+        os.utime(meta_file)
     except (OSError, ValueError, AttributeError):
-        return False
+        return None
+    return meta
 
 
 def _load_current(folder: Path, name: str, generation: int, count: int, dim: int, factory: str):
     """The saved derived collection when it was made at ``generation`` with ``count`` vectors, else None."""
     from crossgap_index.store.vectors import VectorIndex
 
-    meta_file, index_file = folder / f"{name}.json", folder / f"{name}.faiss"
+    meta = _current_meta(folder, name, generation, count)
+    if meta is None:
+        return None
     try:
-        meta = json.loads(meta_file.read_text())
-        if meta.get("generation") != generation or meta.get("count") != count:
-            return None
-        if meta.get("size") != index_file.stat().st_size:
-            return None
-        index = VectorIndex.load(index_file, dim, factory, meta)  # None unless size and crc32 match
-        os.utime(meta_file)  # recently used: kept by _prune
+        index = VectorIndex.load(folder / f"{name}.faiss", dim, factory, meta)  # None unless size and crc32 match
     except (OSError, ValueError, RuntimeError, AttributeError):
         return None
     return index if index is not None and index.ntotal == count else None
