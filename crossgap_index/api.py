@@ -370,23 +370,40 @@ class CrossGapIndex:
 
     # -- gallery-side inversion ------------------------------------------------------------
     def invert_gallery(
-        self, config: InversionConfig | None = None, progress: ProgressFn | None = None, modality: str = "image"
+        self,
+        config: InversionConfig | None = None,
+        progress: ProgressFn | None = None,
+        modality: str = "image",
+        engine: str | Engine = "local",
     ) -> int:
         """Store each gallery item's inverted feature, so queries of its modality can be compared inter-modally
         with no optimisation at query time (mode ``cross-gallery``): each image's OTI text-space feature
         (collection ``image-oti``), or with ``modality="text"`` each stored text's OVI image-space feature
         (``text-ovi``). Resumable: only items without a stored feature are inverted. Returns how many were.
-        ``config`` None: the settings the gallery was inverted with (kept current), else the defaults."""
+        ``config`` None: the settings the gallery was inverted with (kept current), else the defaults.
+        ``engine``: where the inversions run (``local``: this process; ``ray``: an actor pool); this process
+        writes them either way."""
         if modality not in _INVERTERS:
             raise QueryError(f"unknown modality '{modality}': use image or text")
+        engine = get_engine(engine)
         with self._store.writing():
             manifest = self._store.manifest
             stored = manifest.gallery_inversion if modality == "image" else manifest.text_gallery_inversion
             if config is None:
                 config = InversionConfig(**stored) if stored else InversionConfig()
-            return invert_gallery_items(
-                self._store, self.encoder.loaded, config.resolved(self.encoder.device), modality, progress
-            )
+            loaded = lambda: self.encoder.loaded  # noqa: E731 - the local engine's model, loaded on first use
+            return invert_gallery_items(self._store, config, modality, engine, loaded, self._device, progress)
+
+    def build_derived(self, engine: str | Engine = "local") -> list[str]:
+        """Build now the derived collections (span, iso, concept, peer maps) that ``--cross`` (mode ``auto``)
+        searches against, so the first query finds them current instead of building them. ``engine``: where the
+        maps are applied (``ray``: an actor pool, vectors in blocks). Returns the names of those built (none when
+        they were current, or the served modes need none)."""
+        from crossgap_index.engines.derived import build_served_derived
+
+        engine = get_engine(engine)
+        with self._store.writing():
+            return build_served_derived(self._store, self.searcher, engine)
 
     # -- reading --------------------------------------------------------------------------
     @property

@@ -169,6 +169,11 @@ def _show_note(message, category, filename, lineno, file=None, line=None) -> Non
 _python_showwarning = warnings.showwarning
 
 
+RayAddressOpt = Annotated[
+    str | None, typer.Option(help="--engine ray: auto, or a cluster address [default: a new local instance].")
+]
+
+
 @app.command("build-index")
 @fails_cleanly
 def build_index(
@@ -202,11 +207,13 @@ def build_index(
     ] = False,
     steps: Annotated[int, typer.Option(help="OTI steps for --invert-gallery.")] = InversionConfig.oti_steps,
     engine: Annotated[
-        str, typer.Option(help="local (threads + this process) or ray (Ray Data: decode tasks, embedding actors).")
+        str,
+        typer.Option(
+            help="local (threads + this process) or ray (Ray Data: decode tasks, embedding actors; --invert-gallery "
+            "and the derived collections --cross searches run in a Ray actor pool too). This process writes the index."
+        ),
     ] = "local",
-    ray_address: Annotated[
-        str | None, typer.Option(help="--engine ray: auto, or a cluster address [default: a new local instance].")
-    ] = None,
+    ray_address: RayAddressOpt = None,
     no_wait: NoWaitOpt = False,
     precision: PrecisionOpt = "auto",
     quiet: QuietOpt = False,
@@ -239,13 +246,16 @@ def build_index(
         if invert_gallery or cgx.gallery_inversion is not None:
             config = InversionConfig(oti_steps=steps, precision=precision) if invert_gallery else None
             with progress_bar("inverting gallery", "img", enabled=not quiet) as gallery_progress:
-                cgx.invert_gallery(config, progress=gallery_progress)
+                cgx.invert_gallery(config, progress=gallery_progress, engine=build_engine)
+        derived = cgx.build_derived(engine=build_engine)
         note = cgx.model_note()
     if report is not None:
         lines = "".join(f"{path}\t{reason}\n" for path, reason in result.skipped)
         report.write_bytes(lines.encode("utf-8", "surrogateescape"))  # file names as their own bytes
     if not quiet:
         err.print(build_summary(result), highlight=False)
+        if derived:
+            err.print(f"built {len(derived)} derived collection(s) for --cross: {', '.join(derived)}", highlight=False)
         if result.skipped:
             shown = "; ".join(f"{printable(p)} ({r})" for p, r in result.skipped[:5])
             more = f" and {len(result.skipped) - 5} more" if len(result.skipped) > 5 else ""
@@ -272,15 +282,25 @@ def add_texts(
         ),
     ] = False,
     ovi_steps: Annotated[int, typer.Option(min=0, help="OVI steps for --invert-gallery.")] = InversionConfig.ovi_steps,
+    engine: Annotated[
+        str,
+        typer.Option(
+            help="Where --invert-gallery and the derived collections --cross searches run: local (this process) or "
+            "ray (a Ray actor pool). Texts are embedded here either way; this process writes the index."
+        ),
+    ] = "local",
+    ray_address: RayAddressOpt = None,
     no_wait: NoWaitOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Add a text corpus beside the images; exact duplicates are stored once."""
     from crossgap_index import CrossGapIndex
     from crossgap_index.cli.render import err, progress_bar
+    from crossgap_index.engines import get_engine
     from crossgap_index.ingest.texts import read_text_corpus
 
     corpus = read_text_corpus(file, max_bytes=int(max_file_mb * 1e6))
+    gallery_engine = get_engine(engine, ray_address)
     with (
         CrossGapIndex.open_or_create(index, model=model, device=device, wait=not no_wait) as cgx,
         progress_bar("embedding texts", "txt", enabled=not quiet) as progress,
@@ -289,9 +309,12 @@ def add_texts(
         if invert_gallery or cgx.text_gallery_inversion is not None:
             config = InversionConfig(ovi_steps=ovi_steps) if invert_gallery else None
             with progress_bar("inverting texts", "txt", enabled=not quiet) as gallery_progress:
-                cgx.invert_gallery(config, progress=gallery_progress, modality="text")
+                cgx.invert_gallery(config, progress=gallery_progress, modality="text", engine=gallery_engine)
+        derived = cgx.build_derived(engine=gallery_engine)
     if not quiet:
         err.print(f"added {result.added} texts, {result.duplicates} duplicates, {len(corpus.bad_lines)} bad lines")
+        if derived:
+            err.print(f"built {len(derived)} derived collection(s) for --cross: {', '.join(derived)}", highlight=False)
         for lineno, reason in corpus.bad_lines[:10]:
             err.print(f"  {file}:{lineno}: {reason}", highlight=False)
 

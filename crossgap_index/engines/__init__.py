@@ -1,19 +1,34 @@
-"""Build engines: where reading, decoding and embedding of new files run.
+"""Build engines: where reading, decoding and embedding of new files run, and the gallery-side work after them.
 
 The driver (CrossGapIndex.index_folders) decides which files go out and writes what comes back;
 an engine turns paths into batches of ``Prepared`` items in input order. ``local`` decodes in
 threads and leaves embedding to the driver's encoder; ``ray`` runs both on a Ray cluster and
 returns items that carry their vectors.
+
+The same split holds for the gallery side: gallery inversion (OTI/OVI of every stored item, ``invert``) and
+derived collections (a feature map applied to every stored vector, ``map_vectors``) go out in blocks and come
+back in order; the driver keeps every write (catalog rows, FAISS files, the derived files) and the resume.
+``local`` runs the blocks in this process, ``ray`` in an actor pool; both call the same functions.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+import numpy as np
 
 from crossgap_index.errors import QueryError
 from crossgap_index.ingest.pipeline import Prepared, ReadLimits
+from crossgap_index.inversion.config import InversionConfig
+
+if TYPE_CHECKING:  # torch loads with the first model
+    from crossgap_index.models.factory import LoadedModel
+    from crossgap_index.search.projections import FeatureMap
+
+# The driver's loaded model, loaded on first call (an engine that runs the model elsewhere never calls it).
+LoadedFn = Callable[[], "LoadedModel"]
 
 ENGINES = ("local", "ray")
 
@@ -35,6 +50,32 @@ class Engine(Protocol):
         whose vectors are stored (it grows while the driver writes); such files are not embedded.
         ``precision``: what an engine that embeds must embed in (the driver's, from the index's rule);
         ``limits``: the size caps and the side images are decoded to."""
+        ...
+
+    def inversion_config(
+        self, config: InversionConfig, *, model: str, device: str, loaded: LoadedFn
+    ) -> InversionConfig:
+        """``config`` with ``auto`` precision replaced by what it means where this engine inverts (the driver's
+        device, or the actors'): the setting recorded with the stored features and their resume."""
+        ...
+
+    def invert(
+        self,
+        blocks: Iterable[tuple[np.ndarray, Sequence[int]]],
+        *,
+        direction: str,
+        config: InversionConfig,
+        model: str,
+        device: str,
+        loaded: LoadedFn,
+    ) -> Iterator[np.ndarray]:
+        """Per block of (unit target features, one seed per row), in order: ``oti`` (``direction`` 'oti') or
+        ``ovi`` of the rows with ``config`` (resolved by ``inversion_config``) and those seeds. A generator: the
+        driver closes it when it stops early, and the engine's workers are released then."""
+        ...
+
+    def map_vectors(self, projection: FeatureMap, blocks: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+        """Per block of stored vectors, in order: ``projection.apply(block)`` (a derived collection's rows)."""
         ...
 
 

@@ -7,6 +7,7 @@ what it finished and the next run resumes from there.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from collections.abc import Callable, Sequence
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from crossgap_index.engines import Engine
+from crossgap_index.engines import Engine, LoadedFn
 from crossgap_index.ingest.decode import content_hash
 from crossgap_index.ingest.pipeline import Prepared, ReadLimits, decode_side, prepare
 from crossgap_index.inversion.config import InversionConfig
@@ -212,21 +213,23 @@ def add_text_items(
     return report
 
 
-def invert_gallery_images(store, loaded, config: InversionConfig, progress: ProgressFn | None = None) -> int:
-    """Store each gallery image's OTI feature (collection ``image-oti``); see ``invert_gallery_items``."""
-    return invert_gallery_items(store, loaded, config, "image", progress)
-
-
 def invert_gallery_items(
-    store, loaded, config: InversionConfig, modality: str, progress: ProgressFn | None = None
+    store,
+    config: InversionConfig,
+    modality: str,
+    engine: Engine,
+    loaded: LoadedFn,
+    device: str,
+    progress: ProgressFn | None = None,
 ) -> int:
     """Store each gallery item's inverted feature: an image's OTI text-space feature (``image-oti``) or a
     text's OVI image-space feature (``text-ovi``). Resumable: only items without one are inverted, and
-    other settings than the stored ones start over. Returns how many were inverted."""
-    from crossgap_index.inversion import oti, ovi
-
+    other settings than the stored ones start over. The engine inverts blocks of ``config.batch_size`` rows
+    (in this process or its actor pool) and hands them back in order; each block is written and committed
+    here as it arrives, so an interrupted run keeps what came back. Returns how many were inverted."""
     manifest, catalog = store.manifest, store.catalog
     kind, direction, record = GALLERY_INVERTED[modality]
+    config = engine.inversion_config(config, model=manifest.model, device=device, loaded=loaded)
     settings = dataclasses.asdict(config)
     stored = getattr(manifest, record)
     if stored is not None and _fingerprint(stored, direction) != _fingerprint(settings, direction):
@@ -237,18 +240,23 @@ def invert_gallery_items(
     done = catalog.derived_ids(kind)
     todo = [i for i, item_id in enumerate(ids.tolist()) if item_id not in done]
     seeds = [seed_from_digest(h) for h in catalog.content_hashes_of(ids[todo].tolist())]
-    invert = oti if direction == "oti" else ovi
+    size = config.batch_size
+    starts = range(0, len(todo), size)
+    blocks = ((vectors[todo[first : first + size]], seeds[first : first + size]) for first in starts)
     if progress:
         progress(0, len(todo))
+    inverted_blocks = engine.invert(
+        blocks, direction=direction, config=config, model=manifest.model, device=device, loaded=loaded
+    )
     try:
-        for first in range(0, len(todo), config.batch_size):
-            rows = todo[first : first + config.batch_size]
-            inverted = invert(loaded, vectors[rows], config, seeds[first : first + len(rows)])
-            catalog.set_derived(kind, ids[rows].tolist(), inverted)
-            store.add(kind, ids[rows].tolist(), inverted)
-            store.commit()
-            if progress:
-                progress(first + len(rows), len(todo))
+        with contextlib.closing(inverted_blocks):  # stopping early (Ctrl-C) releases the engine's workers at once
+            for first, inverted in zip(starts, inverted_blocks, strict=True):
+                rows = ids[todo[first : first + size]].tolist()
+                catalog.set_derived(kind, rows, inverted)
+                store.add(kind, rows, inverted)
+                store.commit()
+                if progress:
+                    progress(first + len(rows), len(todo))
     finally:
         store.save()
     return len(todo)

@@ -1,11 +1,21 @@
-"""The in-process engine: decoding threads a window ahead; the driver's encoder embeds."""
+"""The in-process engine: decoding threads a window ahead; the driver's encoder embeds, inverts and maps."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import numpy as np
+
+from crossgap_index.engines import LoadedFn
+from crossgap_index.engines.work import invert_rows
 from crossgap_index.ingest.pipeline import Prepared, ReadLimits, prepared_batches
+from crossgap_index.inversion.config import InversionConfig
+from crossgap_index.search.gallery import apply_here
+
+if TYPE_CHECKING:
+    from crossgap_index.search.projections import FeatureMap
 
 
 class LocalEngine:
@@ -22,3 +32,24 @@ class LocalEngine:
         limits: ReadLimits,
     ) -> Iterator[list[Prepared]]:
         return prepared_batches(paths, known.__contains__, batch_size, workers, limits)
+
+    def inversion_config(
+        self, config: InversionConfig, *, model: str, device: str, loaded: LoadedFn
+    ) -> InversionConfig:
+        return config.resolved(loaded().device)
+
+    def invert(
+        self,
+        blocks: Iterable[tuple[np.ndarray, Sequence[int]]],
+        *,
+        direction: str,
+        config: InversionConfig,
+        model: str,
+        device: str,
+        loaded: LoadedFn,
+    ) -> Iterator[np.ndarray]:
+        for targets, seeds in blocks:
+            yield invert_rows(loaded(), direction, targets, seeds, config)
+
+    def map_vectors(self, projection: FeatureMap, blocks: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+        return apply_here(projection, blocks)

@@ -7,16 +7,25 @@ worker process dies. With GPUs the stages stay apart (decode tasks on CPUs, embe
 GPUs); on a CPU-only cluster Ray Data fuses the decode map into the embedding actors (same resources),
 so each actor decodes and embeds its own batches and no pixels cross the object store. Workers import
 crossgap_index, so on a multi-node cluster it must be installed on every node (or in a runtime_env).
+
+Gallery-side work (gallery OTI/OVI, derived collections) runs in a pool of Ray actors (``actor_pool``): each
+loads its model (or feature map) once, blocks go out round-robin with at most ``IN_FLIGHT`` per actor and come
+back in input order, so the driver writes block i while later blocks are still computing and neither side
+holds more than a window of them. Actors are restarted and their blocks retried when a worker dies. Inverting
+actors take one GPU each where the cluster has GPUs (else ``actor_cpus`` CPUs); mapping actors run numpy and
+take CPUs.
 """
 
 from __future__ import annotations
 
+import collections
 import functools
 import logging
 import math
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import ray
@@ -24,13 +33,18 @@ import ray.data
 import torch
 from PIL import Image
 
+from crossgap_index.engines import LoadedFn
 from crossgap_index.engines.ray_address import CONNECT_TIMEOUT_S
+from crossgap_index.engines.work import GalleryInverter, VectorMapper
 from crossgap_index.errors import QueryError
 from crossgap_index.ingest.decode import FileBytes
 from crossgap_index.ingest.pipeline import Prepared, ReadLimits, prepare
+from crossgap_index.inversion.config import InversionConfig
 from crossgap_index.models import Encoder, load_model
+from crossgap_index.search.projections import ConceptMap, FeatureMap, Projection
 
 HASH_DTYPE = "S32"  # content_hash: 16-byte blake2b as hex
+IN_FLIGHT = 2  # blocks queued per gallery actor: one computing, one waiting, so an actor never idles
 
 
 @functools.lru_cache(maxsize=2)
@@ -94,12 +108,18 @@ class ImageEmbedder:
         return batch
 
 
+def _resolved(config: InversionConfig, device: str) -> InversionConfig:
+    """Remote: what ``auto`` precision means on the device an inverting actor gets."""
+    return config.resolved(torch.device(device))
+
+
 class RayEngine:
     """Runs on the Ray cluster at ``address`` (None: the running one, else a new local instance).
 
-    ``actors``: embedding actors (default: one per GPU, else one per ``actor_cpus`` CPUs; never more
-    than there are batches);
-    ``actor_cpus``: CPUs reserved per actor on CPU-only clusters; ``embedder``: the actor class.
+    ``actors``: embedding (and gallery) actors (default: one per GPU, else one per ``actor_cpus`` CPUs;
+    never more than there are batches);
+    ``actor_cpus``: CPUs reserved per actor on CPU-only clusters; ``embedder``, ``inverter``, ``mapper``:
+    the actor classes.
     """
 
     def __init__(
@@ -108,11 +128,15 @@ class RayEngine:
         actors: int | None = None,
         actor_cpus: float = 1.0,
         embedder: type = ImageEmbedder,
+        inverter: type = GalleryInverter,
+        mapper: type = VectorMapper,
     ):
         self.address = address
         self.actors = actors
         self.actor_cpus = actor_cpus
         self.embedder = embedder
+        self.inverter = inverter
+        self.mapper = mapper
 
     def connect(self) -> None:
         """Start or join Ray (once). An explicit address that answers TCP but not as a Ray cluster is given
@@ -182,6 +206,83 @@ class RayEngine:
                 yield [_prepared(rows, i) for i in range(len(rows["path"]))]
         finally:
             context.execution_options.preserve_order, context.enable_progress_bars = saved
+
+    # -- gallery-side work ----------------------------------------------------------------------
+    def inversion_config(
+        self, config: InversionConfig, *, model: str, device: str, loaded: LoadedFn
+    ) -> InversionConfig:
+        """Resolved where the actors run: a task with an inverting actor's resources answers (a GPU's bf16
+        support, or a worker CPU's), not the driver, which may have neither."""
+        if config.precision != "auto":
+            return config
+        self.connect()
+        resources, worker_device = self._model_resources(device)
+        return ray.get(ray.remote(_resolved).options(**resources).remote(config, worker_device))
+
+    def invert(
+        self,
+        blocks: Iterable[tuple[np.ndarray, Sequence[int]]],
+        *,
+        direction: str,
+        config: InversionConfig,
+        model: str,
+        device: str,
+        loaded: LoadedFn,
+    ) -> Iterator[np.ndarray]:
+        self.connect()
+        resources, worker_device = self._model_resources(device)
+        args = (model, worker_device, direction, config)
+        calls = ((np.ascontiguousarray(targets, np.float32), list(seeds)) for targets, seeds in blocks)
+        yield from actor_pool(self.inverter, args, calls, self._pool_size(resources), resources)
+
+    def map_vectors(self, projection: FeatureMap, blocks: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+        """Linear and concept maps (plain arrays) go to CPU actors; a peer map (dba, nnn, center) reads the
+        index's own statistics through the driver's store, so it is applied here by the same ``apply``."""
+        if not isinstance(projection, Projection | ConceptMap):
+            yield from (projection.apply(block) for block in blocks)
+            return
+        self.connect()
+        resources = {"num_cpus": self.actor_cpus}
+        calls = ((np.ascontiguousarray(block, np.float32),) for block in blocks)
+        yield from actor_pool(self.mapper, (ray.put(projection),), calls, self._pool_size(resources), resources)
+
+    def _model_resources(self, device: str) -> tuple[dict[str, float], str]:
+        """An inverting actor's resources and device: one GPU each where the cluster has GPUs (unless the index
+        runs on the CPU), else ``actor_cpus`` CPUs, as the embedding actors."""
+        gpus = int(ray.cluster_resources().get("GPU", 0)) if device != "cpu" else 0
+        return ({"num_gpus": 1, "num_cpus": 0}, "cuda") if gpus else ({"num_cpus": self.actor_cpus}, "cpu")
+
+    def _pool_size(self, resources: dict[str, float]) -> int:
+        if self.actors:
+            return self.actors
+        cluster = ray.cluster_resources()
+        if resources.get("num_gpus"):
+            return max(1, int(cluster.get("GPU", 1)))
+        return max(1, int(cluster.get("CPU", 1) // max(self.actor_cpus, 1e-9)))
+
+
+def actor_pool(
+    actor_class: type, args: tuple, calls: Iterable[tuple], size: int, resources: dict[str, Any]
+) -> Iterator[np.ndarray]:
+    """``actor.run(*call)`` for each call, on up to ``size`` actors of ``actor_class(*args)`` made as calls arrive
+    (never more than there are calls), round-robin with at most ``IN_FLIGHT`` calls per actor outstanding;
+    results are yielded in call order. A dead actor is restarted and its calls retried (``max_restarts``,
+    ``max_task_retries``); the actors are killed when the stream ends or is abandoned."""
+    remote = ray.remote(actor_class).options(max_restarts=-1, max_task_retries=-1, **resources)
+    actors: list = []
+    pending: collections.deque = collections.deque()
+    try:
+        for i, call in enumerate(calls):
+            if len(actors) < size:
+                actors.append(remote.remote(*args))
+            pending.append(actors[i % size].run.remote(*call))
+            if len(pending) >= IN_FLIGHT * size:
+                yield np.array(ray.get(pending.popleft()), np.float32)
+        while pending:
+            yield np.array(ray.get(pending.popleft()), np.float32)
+    finally:
+        for actor in actors:
+            ray.kill(actor)
 
 
 def _prepared(rows: dict[str, np.ndarray], i: int) -> Prepared:

@@ -4,6 +4,8 @@
 first search with a projection builds a derived FAISS collection from the catalog's vectors, saves it
 beside the index (``derived/``) and rebuilds it whenever the catalog has moved on (its generation) or
 the projection changed (its fingerprint): derived data never goes stale and never needs re-encoding.
+``make_derived`` is the one builder: a query calls it with the map applied here, a build (``refresh`` after
+``cgx build-index``) with the map applied by the build engine (engines/derived.py), so both save the same file.
 
 ``MatrixGallery`` ranks in-memory features exactly (ties by gallery position): ``cgx eval`` and
 ``cgx tune`` use it with the same ``run_mode`` a query goes through.
@@ -15,7 +17,7 @@ import json
 import os
 import threading
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +28,10 @@ from crossgap_index.search.ranking import Ranked, top_k_batch
 DERIVED_DIR = "derived"
 # Derived collections kept on disk; the least recently used beyond this are deleted (rebuilt if used again).
 KEEP_DERIVED = 6
+# Rows a derived collection's vectors are mapped in (a block of the actor pool's work under --engine ray).
+DERIVED_BLOCK = 4096
+# map_blocks(feature map, blocks of vectors) -> the mapped blocks, in order: in this process or a build engine's pool.
+MapBlocks = Callable[[FeatureMap, Iterable[np.ndarray]], Iterator[np.ndarray]]
 
 
 class MatrixGallery:
@@ -148,14 +154,26 @@ class StoreGallery:
             tmp.unlink(missing_ok=True)
         return arrays
 
-    def refresh(self, collection: str, projection: FeatureMap) -> None:
-        """Bring a projected collection in line with the catalog now (after a build), not at the next query."""
-        self._projected(collection, projection)
+    def refresh(self, collection: str, projection: FeatureMap, map_blocks: MapBlocks | None = None) -> bool:
+        """Bring a projected collection in line with the catalog now (after a build), not at the next query.
+        ``map_blocks`` applies the map (a build engine's actor pool; None: in this process). A collection
+        whose saved file is already current is left on disk (the first query loads and verifies it).
+        Returns whether it was built."""
+        key = (collection, projection.fingerprint)
+        generation = self._store.generation
+        with self._lock:
+            held = self._derived.get(key)
+            if held is not None and held[0] == generation:
+                return False
+            name = derived_name(collection, projection)
+            count = self._store.indexes[collection].ntotal
+            if _current_meta(self._store.path / DERIVED_DIR, name, generation, count) is not None:
+                return False
+            self._derived[key] = (generation, make_derived(self._store, collection, projection, map_blocks))
+            return True
 
     def _projected(self, collection: str, projection: FeatureMap):
         """The derived FAISS collection ``collection`` seen through ``projection``, current with the catalog."""
-        from crossgap_index.store.vectors import VectorIndex
-
         key = (collection, projection.fingerprint)
         generation = self._store.generation
         with self._lock:
@@ -163,32 +181,72 @@ class StoreGallery:
             if held is not None and held[0] == generation:
                 return held[1]
             base = self._store.indexes[collection]
-            name = f"{collection}@{projection.fingerprint}"
             folder = self._store.path / DERIVED_DIR
-            dim = projection.out_dim
-            index = _load_current(folder, name, generation, base.ntotal, dim, base.factory)
+            name = derived_name(collection, projection)
+            index = _load_current(folder, name, generation, base.ntotal, projection.out_dim, base.factory)
             if index is None:
-                ids, vectors = self._store.ids_and_vectors(collection)
-                index = VectorIndex(dim, base.factory)
-                index.build(ids, projection.apply(vectors) if len(ids) else np.zeros((0, dim), np.float32))
-                _save_quietly(folder, name, index, generation)
+                index = make_derived(self._store, collection, projection)
             self._derived[key] = (generation, index)
             return index
+
+
+def derived_name(collection: str, projection: FeatureMap) -> str:
+    """The file stem of ``collection`` seen through ``projection`` under ``derived/``."""
+    return f"{collection}@{projection.fingerprint}"
+
+
+def apply_here(projection: FeatureMap, blocks: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+    """``MapBlocks`` in this process: each block through ``projection.apply``."""
+    return (projection.apply(block) for block in blocks)
+
+
+def make_derived(store, collection: str, projection: FeatureMap, map_blocks: MapBlocks | None = None):
+    """The one builder of a derived collection: the catalog's vectors of ``collection``, ``DERIVED_BLOCK`` rows at
+    a time, through ``map_blocks`` (in this process, or a build engine's actor pool; blocks come back in order),
+    indexed with the collection's factory and saved under ``derived/`` at the catalog generation. Returns the
+    index (kept in memory even where the index directory is read-only)."""
+    from crossgap_index.store.vectors import VectorIndex
+
+    generation = store.generation
+    base = store.indexes[collection]
+    dim = projection.out_dim
+    ids, vectors = store.ids_and_vectors(collection)
+    blocks = (vectors[first : first + DERIVED_BLOCK] for first in range(0, len(ids), DERIVED_BLOCK))
+    mapped = list((map_blocks or apply_here)(projection, blocks))
+    if sum(len(block) for block in mapped) != len(ids):
+        raise RuntimeError(f"derived {collection}: {len(ids)} vectors went out, {sum(map(len, mapped))} came back")
+    index = VectorIndex(dim, base.factory)
+    index.build(ids, np.concatenate(mapped) if mapped else np.zeros((0, dim), np.float32))
+    _save_quietly(store.path / DERIVED_DIR, derived_name(collection, projection), index, generation)
+    return index
+
+
+def _current_meta(folder: Path, name: str, generation: int, count: int) -> dict | None:
+    """The saved derived collection's record when it says it was made at ``generation`` with ``count`` vectors and
+    its file has the recorded size (the checksum is verified when the file is loaded), else None. A current one is
+    marked recently used (kept by ``_prune``)."""
+    meta_file = folder / f"{name}.json"
+    try:
+        meta = json.loads(meta_file.read_text())
+        if meta.get("generation") != generation or meta.get("count") != count:
+            return None
+        if meta.get("size") != (folder / f"{name}.faiss").stat().st_size:
+            return None
+        os.utime(meta_file)
+    except (OSError, ValueError, AttributeError):
+        return None
+    return meta
 
 
 def _load_current(folder: Path, name: str, generation: int, count: int, dim: int, factory: str):
     """The saved derived collection when it was made at ``generation`` with ``count`` vectors, else None."""
     from crossgap_index.store.vectors import VectorIndex
 
-    meta_file, index_file = folder / f"{name}.json", folder / f"{name}.faiss"
+    meta = _current_meta(folder, name, generation, count)
+    if meta is None:
+        return None
     try:
-        meta = json.loads(meta_file.read_text())
-        if meta.get("generation") != generation or meta.get("count") != count:
-            return None
-        if meta.get("size") != index_file.stat().st_size:
-            return None
-        index = VectorIndex.load(index_file, dim, factory, meta)  # None unless size and crc32 match
-        os.utime(meta_file)  # recently used: kept by _prune
+        index = VectorIndex.load(folder / f"{name}.faiss", dim, factory, meta)  # None unless size and crc32 match
     except (OSError, ValueError, RuntimeError, AttributeError):
         return None
     return index if index is not None and index.ntotal == count else None
