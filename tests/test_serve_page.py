@@ -70,6 +70,7 @@ def tiff_card_id(url: str, tiff) -> int:
     return next(item["id"] for item in doc["items"] if item["path"] == str(tiff))
 
 
+@pytest.mark.slow  # a browser launch and a dozen page loads: 12 s at load about 1 (2026-11-26); full suite only
 def test_search_page_end_to_end(served, page, tmp_path):
     url, photos, tiff = served
     errors: list[str] = []
