@@ -48,7 +48,12 @@ def write_broken_files(folder: Path) -> dict[str, Path]:
 
 @pytest.fixture
 def photo_folder(tmp_path: Path) -> Path:
-    folder = tmp_path / "photos"
+    return make_photo_folder(tmp_path)
+
+
+def make_photo_folder(root: Path) -> Path:
+    """``root``/photos: six photos to index (one with an upper-case extension) beside files to skip."""
+    folder = root / "photos"
     for i in range(5):
         write_photo(folder / "a" / f"img{i}.png", seed=i)
     write_photo(folder / "b" / "IMG5.JPG", seed=5)  # upper-case extension
@@ -56,3 +61,12 @@ def photo_folder(tmp_path: Path) -> Path:
     write_photo(folder / "node_modules" / "dep.png", seed=7)  # junk folder: skipped
     (folder / "readme.txt").write_text("not an image extension, ignored")
     return folder
+
+
+@pytest.fixture(scope="session")
+def serve_template(tmp_path_factory) -> tuple[Path, Path]:
+    """The serve tests' crossgap-small index and photos (``tests.serve_support.build_index``), built once per
+    run and never opened: each module serves its own copy (``tests.serve_support.copy_index``)."""
+    from tests.serve_support import build_index  # uvicorn and the server load only where a test serves
+
+    return build_index(tmp_path_factory.mktemp("serve-template"))

@@ -1,9 +1,11 @@
-"""Helpers for the `cgx serve` tests: a small crossgap-small index and a real uvicorn server on a free
-loopback port (real HTTP)."""
+"""Helpers for the `cgx serve` tests: a small crossgap-small index (built once per run: conftest's
+``serve_template``; each module gets its own copy) and a real uvicorn server on a free loopback port (real
+HTTP)."""
 
 from __future__ import annotations
 
 import json
+import shutil
 import threading
 import time
 from collections.abc import Iterator
@@ -30,6 +32,14 @@ def build_index(root: Path) -> tuple[Path, Path]:
         cgx.index_folders([photos])
         cgx.add_texts(captions[:N_TEXTS])
     return root / "index", photos
+
+
+def copy_index(template: tuple[Path, Path], root: Path) -> tuple[Path, Path]:
+    """A module's own copy of the session's serve index under ``root``, so what one module writes (texts,
+    removals, caches) no other sees; returns (index, photos). The photos stay shared: the catalog names them,
+    and a test that moves one puts it back."""
+    shutil.copytree(template[0], root / "index")
+    return root / "index", template[1]
 
 
 @contextmanager

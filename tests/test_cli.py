@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from crossgap_index.cli.app import app
-from tests.conftest import MODEL, write_broken_files, write_photo
+from tests.conftest import MODEL, make_photo_folder, write_broken_files, write_photo
 
 runner = CliRunner()
 
@@ -20,15 +20,23 @@ def cgx(*args):
     return runner.invoke(app, [str(a) for a in args])
 
 
-@pytest.fixture
-def built(tmp_path, photo_folder):
-    index = tmp_path / "idx"
-    write_broken_files(photo_folder / "broken")
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory) -> Path:
+    """conftest's photo folder plus one broken file of each kind, made once: no test writes into it."""
+    folder = make_photo_folder(tmp_path_factory.mktemp("cli"))
+    write_broken_files(folder / "broken")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def template(photos) -> Path:
+    """The module's index of ``photos``, built once by `cgx build-index` (its skip report beside it)."""
+    root = photos.parent
     result = cgx(
         "build-index",
-        photo_folder,
+        photos,
         "--index",
-        index,
+        root / "idx",
         "--model",
         MODEL,
         "--device",
@@ -36,19 +44,26 @@ def built(tmp_path, photo_folder):
         "--max-image-megapixels",
         5,
         "--report",
-        tmp_path / "skipped.tsv",
+        root / "skipped.tsv",
     )
     assert result.exit_code == 0, result.output
-    return index
+    return root
 
 
-def test_build_summary_and_report(built, tmp_path):
-    lines = (tmp_path / "skipped.tsv").read_text().splitlines()
+@pytest.fixture
+def built(template, tmp_path) -> Path:
+    """Each test's own copy of the module's index: tests add texts and invert its gallery."""
+    shutil.copytree(template / "idx", tmp_path / "idx")
+    return tmp_path / "idx"
+
+
+def test_build_summary_and_report(template):
+    lines = (template / "skipped.tsv").read_text().splitlines()
     assert len(lines) == 5 and all("\t" in line for line in lines)
 
 
-def test_query_json_shape(built, photo_folder):
-    query = photo_folder / "a" / "img1.png"
+def test_query_json_shape(built, photos):
+    query = photos / "a" / "img1.png"
     result = cgx("query", query, "--index", built, "-k", 3, "--json")
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)
@@ -59,8 +74,8 @@ def test_query_json_shape(built, photo_folder):
     assert doc["hits"][0]["path"] == str(query.resolve())
 
 
-def test_paths_only_pipes(built, photo_folder):
-    result = cgx("query", photo_folder / "a" / "img1.png", "--index", built, "-k", 2, "--paths-only")
+def test_paths_only_pipes(built, photos):
+    result = cgx("query", photos / "a" / "img1.png", "--index", built, "-k", 2, "--paths-only")
     lines = result.stdout.splitlines()
     assert len(lines) == 2 and lines[0].endswith("img1.png")
 
@@ -103,8 +118,8 @@ def test_error_paths_are_one_line_and_nonzero(built, tmp_path, args, message):
     assert "Traceback" not in result.output
 
 
-def test_fused_query_json_carries_both_lists(built, photo_folder):
-    query = photo_folder / "a" / "img2.png"
+def test_fused_query_json_carries_both_lists(built, photos):
+    query = photos / "a" / "img2.png"
     result = cgx("query", query, "--index", built, "--mode", "fused", "--steps", 3, "-k", 4, "--json")
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)
@@ -119,18 +134,18 @@ def test_fused_query_json_carries_both_lists(built, photo_folder):
     assert all(set(h["ranks"]) == {"cross"} for h in only_cross["hits"])
 
 
-def test_cross_flag_serves_the_untuned_default(built, photo_folder):
+def test_cross_flag_serves_the_untuned_default(built, photos):
     """--cross on an index nobody tuned: the documented default (span over the ImageNet names)."""
-    result = cgx("query", photo_folder / "a" / "img2.png", "--index", built, "--cross", "-k", 3, "--json")
+    result = cgx("query", photos / "a" / "img2.png", "--index", built, "--cross", "-k", 3, "--json")
     assert result.exit_code == 0, result.output
     served = json.loads(result.stdout)["settings"]["served"]
     assert served["name"] == "span" and served["legs"][0]["transform"] == "project"
 
 
-def test_invert_gallery_then_cross_gallery(built, photo_folder):
+def test_invert_gallery_then_cross_gallery(built, photos):
     result = cgx(
         "build-index",
-        photo_folder,
+        photos,
         "--index",
         built,
         "--invert-gallery",
@@ -143,7 +158,7 @@ def test_invert_gallery_then_cross_gallery(built, photo_folder):
     assert result.exit_code == 0, result.output
     info = json.loads(cgx("info", "--index", built, "--json").stdout)
     assert info["counts"]["image-oti"] == 6 and info["gallery_inversion"]["oti_steps"] == 2
-    result = cgx("query", photo_folder / "a" / "img0.png", "--index", built, "--mode", "cross-gallery", "--json")
+    result = cgx("query", photos / "a" / "img0.png", "--index", built, "--mode", "cross-gallery", "--json")
     assert result.exit_code == 0 and len(json.loads(result.stdout)["hits"]) == 6
 
 

@@ -17,7 +17,7 @@ import torch
 from crossgap_index import CrossGapIndex
 from crossgap_index.inversion import InversionConfig
 from crossgap_index.precision import resolve
-from tests.serve_support import build_index
+from tests.serve_support import copy_index
 
 REPO = Path(__file__).resolve().parents[1]
 # The default precision where it is bf16; elsewhere bf16 asked for explicitly (the rounding under test).
@@ -26,8 +26,8 @@ FEW_STEPS = InversionConfig(oti_steps=4, ovi_steps=4, precision=PRECISION)
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    return build_index(tmp_path_factory.mktemp("consistency"))
+def built(serve_template, tmp_path_factory):
+    return copy_index(serve_template, tmp_path_factory.mktemp("consistency"))
 
 
 @pytest.fixture(scope="module")

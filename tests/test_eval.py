@@ -13,14 +13,17 @@ from crossgap_index.datasets.synthetic import CLASS_NAMES, export_folder
 from crossgap_index.errors import CrossGapError, InputFileError, QueryError
 from crossgap_index.evaluation.data import load_dataset, read_vocab
 from crossgap_index.evaluation.metrics import METRICS, retrieval_metrics
-from crossgap_index.evaluation.protocol import IMAGES, TEXTS, evaluate
+from crossgap_index.evaluation.protocol import IMAGES, TEXTS, eval_modes, evaluate
 from crossgap_index.inversion import InversionConfig
+from crossgap_index.inversion.inverter import DEFAULT_STEPS
 from crossgap_index.models._registry import bundled_dir
-from crossgap_index.search.span import SpanProjection
+from crossgap_index.search.modes import default_cross
+from crossgap_index.search.span import PRESETS, SpanProjection, span_settings
 from tests.conftest import MODEL
 
-SEED, N = 3, 40
+SEED, N = 3, 24  # enough for every mode to run and report: these tests check plumbing, not quality
 FEW_STEPS = InversionConfig(oti_steps=2, ovi_steps=2)
+INVERTER_STEPS = 4
 PEER_MODES = [
     "aqe", "dba", "nnn", "qbnorm", "center", "center-dn", "dba+aqe", "span-imagenet+aqe", "span-imagenet+nnn",
     "span-imagenet+qbnorm",
@@ -37,7 +40,12 @@ TEXT_MODES = [
 
 @pytest.fixture(scope="module")
 def result():
-    return evaluate(f"synthetic:{SEED}:{N}", MODEL, device="cpu", config=FEW_STEPS, sweep_steps=[0, 2])
+    # These tests check that every mode runs and reports, not how good an inverter gets: the transductive
+    # inverters train a few steps (as FEW_STEPS cuts OTI/OVI), not their 48 / 128 (most of the fixture's time).
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(DEFAULT_STEPS, "oti", INVERTER_STEPS)
+        patch.setitem(DEFAULT_STEPS, "ovi", INVERTER_STEPS)
+        return evaluate(f"synthetic:{SEED}:{N}", MODEL, device="cpu", config=FEW_STEPS, sweep_steps=[0, 2])
 
 
 @pytest.fixture(scope="module")
@@ -104,6 +112,24 @@ def test_span_projection_keeps_unit_norm_in_a_half_dimension_subspace():
     np.testing.assert_allclose(span.apply(projected), projected, atol=1e-6)  # a projection: idempotent
     few = SpanProjection().fit(rng.normal(size=(10, 64)))  # 10 names span 9 centred directions
     assert few.n_components == 9
+
+
+def test_fused_span_text_modes_fuse_with_the_models_default_span():
+    """fused-span-cross / -inverter fuse the span leg the model's untuned --cross projects with (crossgap-small:
+    its measured default, not the published d/2) with the cross / inverter leg; --span-components still sets
+    the directions."""
+    for model in ("crossgap-small", MODEL):
+        modes = eval_modes(TEXTS, FEW_STEPS, [], model=model)
+        for name, second in (("fused-span-cross", "cross"), ("fused-span-inverter", "inverter")):
+            mode = modes[name][0]
+            assert (mode.name, mode.fusion) == ("fused", "rrf")
+            assert mode.legs[1] == modes[second][0].legs[0]
+            assert span_settings(mode.legs[0].params, {}) == default_cross(model).span_settings()
+    small = eval_modes(TEXTS, FEW_STEPS, [], model="crossgap-small")["fused-span-cross"][0].legs[0]
+    assert span_settings(small.params, {})["components"] == "ev:0.95"
+    assert span_settings(small.params, {}) != PRESETS["published"]
+    given = eval_modes(TEXTS, FEW_STEPS, [], span_components=5, model="crossgap-small")["fused-span-inverter"][0]
+    assert given.legs[0].params["components"] == 5
 
 
 @pytest.mark.skipif(

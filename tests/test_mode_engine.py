@@ -17,12 +17,10 @@ from crossgap_index.errors import IncompatibleModelError, StoreError
 from crossgap_index.inversion import InversionConfig
 from crossgap_index.inversion.inverter import Inverter, InverterConfig, train_inverter
 from crossgap_index.models import Encoder, load_model
-from crossgap_index.search.gallery import MatrixGallery
-from crossgap_index.search.modes import Mode, resolve_mode
+from crossgap_index.search.modes import Mode
 from crossgap_index.search.projections import ConceptMap, iso_projection, projection_weights, span_projection
-from crossgap_index.search.run import Queries, run_mode
-from crossgap_index.search.transforms import ModelTransformer
 from tests.conftest import MODEL
+from tests.mode_support import assert_serves_what_eval_measures, inverted_index, served_modes
 
 N = 36
 FEW = InversionConfig(oti_steps=3)
@@ -36,26 +34,13 @@ def labelled(tmp_path_factory):
 @pytest.fixture(scope="module")
 def index(tmp_path_factory, labelled):
     path = tmp_path_factory.mktemp("idx") / "index"
-    cgx = CrossGapIndex.create(path, model=MODEL, device="cpu")
-    cgx.index_folders([labelled])
-    cgx.invert_gallery(FEW)
-    cgx.train_inverter(InverterConfig(steps=8, batch_size=16))
+    fill = lambda cgx: cgx.index_folders([labelled])  # noqa: E731
+    cgx = inverted_index(path, fill, FEW, InverterConfig(steps=8, batch_size=16), "image")
     yield cgx
     cgx.close()
 
 
-MODES = {
-    "intra": resolve_mode("intra"),
-    "cross": resolve_mode("cross", inversion=FEW),
-    "fused-rrf": resolve_mode("fused", inversion=FEW, merge="rrf", depth=10),
-    "fused-score": resolve_mode("fused", inversion=FEW, merge="score", alpha=0.3, depth=10),
-    "cross-gallery": resolve_mode("cross-gallery"),
-    "span": resolve_mode("span", projection={"vocabulary": "imagenet", "components": 6}),
-    "concept": resolve_mode("concept", projection={"vocabulary": ["red circle", "blue square", "green star"]}),
-    "iso": resolve_mode("iso"),
-    "inverter": resolve_mode("inverter"),
-    "warm": resolve_mode("warm"),
-}
+MODES = served_modes(FEW)
 
 
 @pytest.mark.parametrize("name", list(MODES))
@@ -64,16 +49,7 @@ def test_served_mode_equals_the_engine_over_memory(index, labelled, name):
     mode = MODES[name]
     query = sorted(labelled.rglob("*.png"))[7]
     served = index.search(image=query, k=N, mode=mode.name, **_settings(mode))
-    store = index._store
-    ids, vectors = store.ids_and_vectors("image")
-    gallery_oti = store.ids_and_vectors("image-oti")
-    memory = MatrixGallery({"image": (ids, vectors), "image-oti": gallery_oti})
-    feature, modality, digest = index.searcher.embed([{"image": query}])[0]
-    inverter = lambda: index.inverter("image")  # noqa: E731
-    transformer = ModelTransformer(MODEL, lambda: index.encoder, inverter=inverter)
-    result = run_mode(mode, Queries(feature[None], modality, (digest,)), "image", N, memory, transformer)[0]
-    assert [h.id for h in served] == result.ranked.ids.tolist()
-    np.testing.assert_allclose([h.score for h in served], result.ranked.scores, rtol=1e-4, atol=1e-5)
+    assert_serves_what_eval_measures(index, served, {"image": query}, mode, N)
     assert set().union(*(h.ranks for h in served)) == {leg.name for leg in mode.legs}
 
 

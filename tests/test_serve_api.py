@@ -27,7 +27,7 @@ from crossgap_index import CrossGapIndex
 from crossgap_index.errors import CrossGapError
 from crossgap_index.inversion import InversionConfig
 from crossgap_index.server.settings import ServeSettings, check_bind
-from tests.serve_support import N_IMAGES, N_TEXTS, build_index, running_server
+from tests.serve_support import N_IMAGES, N_TEXTS, copy_index, running_server
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS = 3  # cheap inversion: the tests check plumbing and equality, not quality
@@ -44,8 +44,8 @@ LIMITS = ServeSettings(
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    return build_index(tmp_path_factory.mktemp("serve"))
+def built(serve_template, tmp_path_factory):
+    return copy_index(serve_template, tmp_path_factory.mktemp("serve"))
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,7 @@ from crossgap_index.server.app import body_limits
 from crossgap_index.server.middleware import METRIC_METHODS
 from crossgap_index.server.settings import ServeSettings
 from tests.conftest import write_photo
-from tests.serve_support import build_index, running_server
+from tests.serve_support import copy_index, running_server
 
 LIMITS = ServeSettings(max_k=50, max_batch_queries=8, max_texts=20, batch_window_ms=100.0, max_batch=16)
 TOKEN = "s3cret-token"
@@ -33,9 +33,9 @@ ODD_NAME = b"caf\xe9 \xff.png"  # not UTF-8: Linux file names are bytes
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory):
+def built(serve_template, tmp_path_factory):
     root = tmp_path_factory.mktemp("hardening")
-    index_path, photos = build_index(root)
+    index_path, photos = copy_index(serve_template, root)
     odd = root / "odd"
     odd.mkdir()
     write_photo(Path(os.fsdecode(bytes(odd) + b"/" + ODD_NAME)), seed=4242, size=(64, 64))

@@ -12,7 +12,7 @@ from PIL import Image
 
 from crossgap_index import CrossGapIndex
 from crossgap_index.server.settings import ServeSettings
-from tests.serve_support import build_index, running_server
+from tests.serve_support import copy_index, running_server
 
 SCREENSHOT = os.environ.get("CGX_PAGE_SCREENSHOT")  # set to refresh docs/serve-page.png
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -22,9 +22,10 @@ pytestmark = pytest.mark.skipif(
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory):
-    index_path, photos = build_index(tmp_path_factory.mktemp("page"))
-    tiff = photos / "extra" / "cmyk.tif"  # a format browsers do not show: the page gets server-side thumbnails
+def served(serve_template, tmp_path_factory):
+    root = tmp_path_factory.mktemp("page")
+    index_path, photos = copy_index(serve_template, root)
+    tiff = root / "extra" / "cmyk.tif"  # a format browsers do not show: the page gets server-side thumbnails
     tiff.parent.mkdir()
     Image.open(sorted(photos.rglob("*.png"))[0]).convert("CMYK").save(tiff)
     with CrossGapIndex.open(index_path, device="cpu") as cgx:
@@ -69,6 +70,7 @@ def tiff_card_id(url: str, tiff) -> int:
     return next(item["id"] for item in doc["items"] if item["path"] == str(tiff))
 
 
+@pytest.mark.slow  # a browser launch and a dozen page loads: 12 s at load about 1 (2026-11-26); full suite only
 def test_search_page_end_to_end(served, page, tmp_path):
     url, photos, tiff = served
     errors: list[str] = []

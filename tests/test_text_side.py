@@ -20,11 +20,9 @@ from crossgap_index.inversion import InversionConfig, ovi
 from crossgap_index.inversion.inverter import Inverter, InverterConfig, train_inverter
 from crossgap_index.inversion.optimise import inversion_path
 from crossgap_index.models import Encoder, load_model
-from crossgap_index.search.gallery import MatrixGallery
 from crossgap_index.search.modes import resolve_mode
-from crossgap_index.search.run import Queries, run_mode
-from crossgap_index.search.transforms import ModelTransformer
 from tests.conftest import MODEL
+from tests.mode_support import assert_serves_what_eval_measures, inverted_index, served_modes
 
 FEW = InversionConfig(ovi_steps=3, precision="fp32")
 TEXT_INVERTER = InverterConfig(direction="ovi", n_tokens=None, steps=8, batch_size=16)
@@ -55,26 +53,13 @@ def gallery_texts(captions):
 @pytest.fixture(scope="module")
 def index(tmp_path_factory, gallery_texts):
     path = tmp_path_factory.mktemp("texts") / "index"
-    cgx = CrossGapIndex.create(path, model=MODEL, device="cpu")
-    cgx.add_texts(gallery_texts.gallery_texts)
-    cgx.invert_gallery(FEW, modality="text")
-    cgx.train_inverter(TEXT_INVERTER, modality="text")
+    fill = lambda cgx: cgx.add_texts(gallery_texts.gallery_texts)  # noqa: E731
+    cgx = inverted_index(path, fill, FEW, TEXT_INVERTER, "text")
     yield cgx
     cgx.close()
 
 
-MODES = {
-    "intra": resolve_mode("intra"),
-    "cross": resolve_mode("cross", inversion=FEW),
-    "fused-rrf": resolve_mode("fused", inversion=FEW, merge="rrf", depth=10),
-    "fused-score": resolve_mode("fused", inversion=FEW, merge="score", alpha=0.3, depth=10),
-    "cross-gallery": resolve_mode("cross-gallery"),
-    "span": resolve_mode("span", projection={"vocabulary": "imagenet", "components": 6}),
-    "concept": resolve_mode("concept", projection={"vocabulary": ["red circle", "blue square", "green star"]}),
-    "iso": resolve_mode("iso"),
-    "inverter": resolve_mode("inverter"),
-    "warm": resolve_mode("warm"),
-}
+MODES = served_modes(FEW)
 
 
 @pytest.mark.parametrize("name", list(MODES))
@@ -84,13 +69,7 @@ def test_every_text_mode_serves_what_eval_measures(index, gallery_texts, name):
     query = gallery_texts.query_texts[3]
     n = len(gallery_texts.gallery_texts)
     served = index.search(text=query, target="texts", k=n, mode=mode, use_cache=False)
-    store = index._store
-    memory = MatrixGallery({"text": store.ids_and_vectors("text"), "text-ovi": store.ids_and_vectors("text-ovi")})
-    feature, modality, digest = index.searcher.embed([{"text": query}])[0]
-    transformer = ModelTransformer(MODEL, lambda: index.encoder, text_inverter=lambda: index.inverter("text"))
-    result = run_mode(mode, Queries(feature[None], modality, (digest,)), "text", n, memory, transformer)[0]
-    assert [h.id for h in served] == result.ranked.ids.tolist()
-    np.testing.assert_allclose([h.score for h in served], result.ranked.scores, rtol=1e-4, atol=1e-5)
+    assert_serves_what_eval_measures(index, served, {"text": query}, mode, n)
 
 
 def test_text_inverter_trains_round_trips_and_refuses_other_files(tmp_path):

@@ -355,11 +355,17 @@ def eval_modes(
     elif task == TEXTS:
         modes["inverter"] = (resolve_mode("inverter"), "one-pass inversion network (OVI)")
         modes["warm"] = (resolve_mode("warm"), "inverter output + a few OVI steps")
-        span_leg = modes["span-imagenet"][0].legs[0]
+        # The span leg is the model's default span (what its untuned --cross projects with), not the published
+        # one: on a model whose measured default differs, fusing with the published leg fuses with a weak leg.
+        span = default.span_settings()
+        if span_components is not None:
+            span["components"] = span_components
+        span_leg = resolve_mode("span", projection=span).legs[0]
+        settings = ", ".join(f"{key} {value}" for key, value in span.items())
         for name, leg in (("cross", modes["cross"][0].legs[0]), ("inverter", modes["inverter"][0].legs[0])):
             modes[f"fused-span-{name}"] = (
                 Mode("fused", (span_leg, leg), "rrf", rrf_k),
-                f"span over ImageNet names + {name}, reciprocal rank fusion (label-free)",
+                f"the model's default span ({default.source}: {settings}) + {name}, rank fusion (label-free)",
             )
     return modes
 
