@@ -148,7 +148,14 @@ def phase_rows(index: str, embeddings: str) -> dict:
     with store.writing():
         report = import_source(store, source)
     store.close()
-    return {"rows": report.rows, "rows_seconds": report.seconds, "rows_per_second": report.rows_per_second}
+    cpu = time.process_time()  # both threads of the import (reader and writer), start-up included
+    return {
+        "rows": report.rows,
+        "rows_seconds": report.seconds,
+        "rows_per_second": report.rows_per_second,
+        "process_cpu_seconds": cpu,
+        "load_average_after": os.getloadavg(),
+    }
 
 
 def phase_open(index: str, queries: str) -> dict:
