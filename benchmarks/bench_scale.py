@@ -177,12 +177,16 @@ def phase_open(index: str, queries: str) -> dict:
     return {"open_seconds": opened, "open_plus_first_query_seconds": first, "factory": factory}
 
 
-def phase_serve(index: str, queries: str, truth: str, batch1: int) -> dict:
+def phase_serve(index: str, queries: str, truth: str, batch1: int, params: str = "") -> dict:
+    """``params``: FAISS search parameters in place of the store's default (e.g. ``nprobe=16``)."""
     from crossgap_index.search.ranking import top_k_batch
     from crossgap_index.store.directory import Store
 
     q, exact = np.load(queries), np.load(truth)
     store = Store.open(Path(index), readonly=True)
+    if params:
+        store.indexes["image"].search_params = params
+    used_params = store.indexes["image"].search_params
 
     def run(rows: np.ndarray) -> list:
         with store.reading():
@@ -214,6 +218,7 @@ def phase_serve(index: str, queries: str, truth: str, batch1: int) -> dict:
         "batch32_per_query_p50_ms": ms(batched, 50) / 32,
         "recall_at_10": recall,
         "queries": len(q),
+        "search_params": used_params,
     }
 
 
@@ -246,6 +251,21 @@ def disk_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
+def serve_only(args: argparse.Namespace) -> None:
+    """Open and serve an index a full run left in ``--work`` again (another nprobe, a quieter machine)."""
+    if args.work is None:
+        raise SystemExit("--serve-only needs the --work folder of an earlier run")
+    index = args.work / "idx"
+    queries, truth = args.work / f"queries-{args.queries}.npy", args.work / f"truth-{args.queries}.npy"
+    result: dict = {"vectors": args.vectors, "serve_only": True, "load_average_at_start": os.getloadavg()}
+    result["opens"] = [child("open", str(index), str(queries)) for _ in range(args.opens)]
+    result["serve"] = child("serve", str(index), str(queries), str(truth), str(args.batch1), args.search_params)
+    result["load_average_at_end"] = os.getloadavg()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--vectors", type=int, default=1_000_000)
@@ -259,8 +279,19 @@ def main() -> None:
     parser.add_argument("--rows-only", action="store_true", help="only the rows half of the import (no FAISS)")
     parser.add_argument("--reuse", action="store_true", help="keep the vectors --work already holds")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "out" / "scale.json")
+    parser.add_argument(
+        "--serve-only",
+        action="store_true",
+        help="only open and serve the index --work holds (its vectors, queries and exact top-10 kept)",
+    )
+    parser.add_argument(
+        "--search-params", default="", help="FAISS search parameters for the serve phase (default: the store's)"
+    )
     args = parser.parse_args()
 
+    if args.serve_only:
+        serve_only(args)
+        return
     work = args.work or Path(tempfile.mkdtemp(prefix="cgx-scale-"))
     work.mkdir(parents=True, exist_ok=True)
     result: dict = {"vectors": args.vectors, "dim": DIM, "factory_setting": args.factory, "clusters": args.clusters}
@@ -307,7 +338,7 @@ def main() -> None:
         np.save(truth, exact_top10(embeddings, used))
         result["exact_seconds"] = time.perf_counter() - began
         _log(f"exact top-10 of {len(used)} queries: {result['exact_seconds']:.1f} s")
-    result["serve"] = child("serve", str(index), str(queries), str(truth), str(args.batch1))
+    result["serve"] = child("serve", str(index), str(queries), str(truth), str(args.batch1), args.search_params)
     result["load_average_at_end"] = os.getloadavg()
     result["machine"] = {"cores": os.cpu_count(), "python": sys.version.split()[0]}
     result["bench_peak_rss_gb"] = peak_rss_gb()
