@@ -185,6 +185,7 @@ def phase_serve(index: str, queries: str, truth: str, batch1: int, params: str =
     q, exact = np.load(queries), np.load(truth)
     store = Store.open(Path(index), readonly=True)
     if params:
+        store.indexes["image"].index  # noqa: B018 - waits for the background load, which sets the default params
         store.indexes["image"].search_params = params
     used_params = store.indexes["image"].search_params
 
