@@ -72,15 +72,69 @@ def exact_top10(embeddings: Path, queries: np.ndarray) -> np.ndarray:
 def phase_import(index: str, embeddings: str, factory: str) -> dict:
     from crossgap_index import CrossGapIndex
 
+    build = _time_build_steps()
     start = time.perf_counter()
-    report = CrossGapIndex.import_embeddings(embeddings, index, MODEL, factory=factory)
+    report = CrossGapIndex.import_embeddings(embeddings, index, MODEL, factory=factory, progress=_progress())
     return {
         "rows": report.rows,
         "rows_seconds": report.seconds,
         "rows_per_second": report.rows_per_second,
         "index_seconds": report.index_seconds,
+        "index_steps_seconds": build,
         "total_seconds": time.perf_counter() - start,
+        "cpu_seconds": time.process_time(),
     }
+
+
+def _log(message: str) -> None:
+    print(f"{time.strftime('%H:%M:%S')} {message}", file=sys.stderr, flush=True)
+
+
+def _progress():
+    """A progress callback that logs every ~1M rows (the benchmark runs for an hour at 10M)."""
+    last = [0]
+
+    def report(done: int, total: int) -> None:
+        if done - last[0] >= 1_000_000 or done == total:
+            last[0] = done
+            _log(f"rows {done:,}/{total:,}")
+
+    return report
+
+
+def _time_build_steps() -> dict:
+    """Seconds of the FAISS build's steps (sampling the training rows, k-means, adding), filled in as they
+    run and logged: wraps the store's functions in this benchmark process only."""
+    from crossgap_index.store import vectors
+
+    steps: dict = {"sample": 0.0, "train": 0.0, "add": 0.0}
+
+    def timed(name: str, fn):
+        def run(*args, **kwargs):
+            began = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                steps[name] += time.perf_counter() - began
+                if name != "add":
+                    _log(f"build: {name} {steps[name]:.1f} s")
+
+        return run
+
+    vectors.training_sample = timed("sample", vectors.training_sample)
+    idmap = vectors.faiss.IndexIDMap2
+    idmap.train = timed("train", idmap.train)
+    add = timed("add", idmap.add_with_ids)
+    added = [0]
+
+    def add_logged(self, x, ids):
+        add(self, x, ids)
+        added[0] += len(x)
+        if added[0] % 1_048_576 < len(x):
+            _log(f"build: added {added[0]:,} in {steps['add']:.1f} s")
+
+    idmap.add_with_ids = add_logged
+    return steps
 
 
 def phase_rows(index: str, embeddings: str) -> dict:
@@ -92,9 +146,18 @@ def phase_rows(index: str, embeddings: str) -> dict:
     source = open_source(Path(embeddings))
     store = Store.create(Path(index), MODEL, model_dim(MODEL), "auto", vector_dtype=source.dtype)
     with store.writing():
+        cpu = time.process_time()  # both threads of the import (reader and writer)
         report = import_source(store, source)
+        cpu = time.process_time() - cpu
     store.close()
-    return {"rows": report.rows, "rows_seconds": report.seconds, "rows_per_second": report.rows_per_second}
+    return {
+        "rows": report.rows,
+        "rows_seconds": report.seconds,
+        "rows_per_second": report.rows_per_second,
+        "cpu_seconds": cpu,
+        "rows_per_cpu_second": report.rows / cpu,
+        "load_average_after": os.getloadavg(),
+    }
 
 
 def phase_open(index: str, queries: str) -> dict:
@@ -114,12 +177,17 @@ def phase_open(index: str, queries: str) -> dict:
     return {"open_seconds": opened, "open_plus_first_query_seconds": first, "factory": factory}
 
 
-def phase_serve(index: str, queries: str, truth: str, batch1: int) -> dict:
+def phase_serve(index: str, queries: str, truth: str, batch1: int, params: str = "") -> dict:
+    """``params``: FAISS search parameters in place of the store's default (e.g. ``nprobe=16``)."""
     from crossgap_index.search.ranking import top_k_batch
     from crossgap_index.store.directory import Store
 
     q, exact = np.load(queries), np.load(truth)
     store = Store.open(Path(index), readonly=True)
+    if params:
+        store.indexes["image"].index  # noqa: B018 - waits for the background load, which sets the default params
+        store.indexes["image"].search_params = params
+    used_params = store.indexes["image"].search_params
 
     def run(rows: np.ndarray) -> list:
         with store.reading():
@@ -151,6 +219,7 @@ def phase_serve(index: str, queries: str, truth: str, batch1: int) -> dict:
         "batch32_per_query_p50_ms": ms(batched, 50) / 32,
         "recall_at_10": recall,
         "queries": len(q),
+        "search_params": used_params,
     }
 
 
@@ -162,10 +231,13 @@ def child(phase: str, *args: str) -> dict:
         "r = getattr(b, 'phase_' + sys.argv[1])(*sys.argv[2:]); "
         "r['peak_rss_gb'] = b.peak_rss_gb(); print(json.dumps(r))"
     )
-    done = subprocess.run([sys.executable, "-c", code, phase, *args], env=env, capture_output=True, text=True)
+    _log(f"phase {phase} starts")
+    done = subprocess.run([sys.executable, "-c", code, phase, *args], env=env, stdout=subprocess.PIPE, text=True)
     if done.returncode != 0:
-        raise SystemExit(f"phase {phase} failed:\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+        raise SystemExit(f"phase {phase} failed (its stderr is above)")
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    _log(f"phase {phase}: {json.dumps(result)}")
+    return result
 
 
 def peak_rss_gb() -> float:
@@ -178,6 +250,21 @@ def peak_rss_gb() -> float:
 
 def disk_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def serve_only(args: argparse.Namespace) -> None:
+    """Open and serve an index a full run left in ``--work`` again (another nprobe, a quieter machine)."""
+    if args.work is None:
+        raise SystemExit("--serve-only needs the --work folder of an earlier run")
+    index = args.work / "idx"
+    queries, truth = args.work / f"queries-{args.queries}.npy", args.work / f"truth-{args.queries}.npy"
+    result: dict = {"vectors": args.vectors, "serve_only": True, "load_average_at_start": os.getloadavg()}
+    result["opens"] = [child("open", str(index), str(queries)) for _ in range(args.opens)]
+    result["serve"] = child("serve", str(index), str(queries), str(truth), str(args.batch1), args.search_params)
+    result["load_average_at_end"] = os.getloadavg()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
 
 
 def main() -> None:
@@ -193,8 +280,19 @@ def main() -> None:
     parser.add_argument("--rows-only", action="store_true", help="only the rows half of the import (no FAISS)")
     parser.add_argument("--reuse", action="store_true", help="keep the vectors --work already holds")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "out" / "scale.json")
+    parser.add_argument(
+        "--serve-only",
+        action="store_true",
+        help="only open and serve the index --work holds (its vectors, queries and exact top-10 kept)",
+    )
+    parser.add_argument(
+        "--search-params", default="", help="FAISS search parameters for the serve phase (default: the store's)"
+    )
     args = parser.parse_args()
 
+    if args.serve_only:
+        serve_only(args)
+        return
     work = args.work or Path(tempfile.mkdtemp(prefix="cgx-scale-"))
     work.mkdir(parents=True, exist_ok=True)
     result: dict = {"vectors": args.vectors, "dim": DIM, "factory_setting": args.factory, "clusters": args.clusters}
@@ -207,29 +305,45 @@ def main() -> None:
     queries = work / f"queries-{len(used)}.npy"
     np.save(queries, used)
     truth = work / f"truth-{len(used)}.npy"
-    if not args.rows_only and not (args.reuse and truth.exists()):
-        np.save(truth, exact_top10(embeddings, used))
     result["generate_seconds"] = time.perf_counter() - start
     index = work / "idx"
     shutil.rmtree(index, ignore_errors=True)
+
+    def checkpoint() -> None:
+        """The results so far, written after every phase: a run cut short still leaves what it measured."""
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+
     if args.rows_only:
         result["rows"] = child("rows", str(index), str(embeddings))
         result["disk_bytes_per_vector"] = disk_bytes(index) / args.vectors
         result["load_average_at_end"] = os.getloadavg()
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2) + "\n")
+        checkpoint()
         print(json.dumps(result, indent=2))
         return
     result["import"] = child("import", str(index), str(embeddings), args.factory)
+    result["load_average_after_import"] = os.getloadavg()
     result["disk_bytes"] = disk_bytes(index)
     result["disk_bytes_per_vector"] = result["disk_bytes"] / args.vectors
-    result["opens"] = [child("open", str(index), str(queries)) for _ in range(args.opens)]
-    result["serve"] = child("serve", str(index), str(queries), str(truth), str(args.batch1))
+    result["disk_bytes_by_part"] = {
+        part: disk_bytes(index / part) if (index / part).is_dir() else (index / part).stat().st_size
+        for part in sorted(p.name for p in index.iterdir())
+    }
+    checkpoint()
+    result["opens"] = []
+    for _ in range(args.opens):
+        result["opens"].append(child("open", str(index), str(queries)))
+        checkpoint()
+    if not (args.reuse and truth.exists()):  # after the import: what the targets are about comes first
+        began = time.perf_counter()
+        np.save(truth, exact_top10(embeddings, used))
+        result["exact_seconds"] = time.perf_counter() - began
+        _log(f"exact top-10 of {len(used)} queries: {result['exact_seconds']:.1f} s")
+    result["serve"] = child("serve", str(index), str(queries), str(truth), str(args.batch1), args.search_params)
     result["load_average_at_end"] = os.getloadavg()
     result["machine"] = {"cores": os.cpu_count(), "python": sys.version.split()[0]}
     result["bench_peak_rss_gb"] = peak_rss_gb()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    checkpoint()
     print(json.dumps(result, indent=2))
 
 

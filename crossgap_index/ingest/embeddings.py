@@ -17,6 +17,7 @@ its dimension comes from its open_clip config, its weights are never loaded.
 
 from __future__ import annotations
 
+import functools
 import json
 import queue
 import re
@@ -34,6 +35,13 @@ from crossgap_index.errors import InputFileError, StoreError
 BATCH_ROWS = 65_536  # rows per read and per catalog commit: a quarter of a shard
 ProgressFn = Callable[[int, int], None]
 _NORM_FLOOR = 1e-6
+# A float16 row bound for float16 shards whose norm is within this of 1 is stored as given. Re-normalising
+# it would move each element by less than one float16 step (this is float16's unit roundoff, 2**-11), a
+# precision the stored row cannot hold anyway; `cgx check` flags norms off by more than 1e-3. Rows further
+# off are normalised exactly as ``unit_rows`` does.
+HALF_UNIT_TOLERANCE = 2.0**-11
+_NORM_CHUNK = 1024  # rows per step of the float16 norms (their squares stay in cache)
+IMPORTED_PREFIX = "import:"
 
 
 @dataclass
@@ -305,6 +313,47 @@ def unit_rows(vectors: np.ndarray, first_row: int, name: str) -> np.ndarray:
     return vectors
 
 
+def unit_rows_as(vectors: np.ndarray, dtype: np.dtype, first_row: int, name: str) -> np.ndarray:
+    """``unit_rows`` in the shards' ``dtype``, without its float32 round trip where it changes nothing:
+    float16 rows for float16 shards keep their values when their norm is within HALF_UNIT_TOLERANCE of 1
+    (the norms come from a table of every float16's square, a chunk of rows at a time); the rows off by
+    more, and every other dtype pairing, are what ``unit_rows`` makes, cast to ``dtype``."""
+    if vectors.dtype != np.float16 or np.dtype(dtype) != np.float16:
+        return unit_rows(vectors, first_row, name).astype(dtype, copy=False)
+    vectors = np.ascontiguousarray(vectors)
+    norms = _half_norms(vectors)
+    bad = ~np.isfinite(norms) | (norms < _NORM_FLOOR)
+    if bad.any():
+        unit_rows(vectors[bad], first_row + int(np.flatnonzero(bad)[0]), name)  # raises its one-line error
+    off = np.flatnonzero(np.abs(norms - 1.0) > HALF_UNIT_TOLERANCE)
+    if len(off):
+        vectors = vectors.copy()  # the source's array may be read-only (a mapped file, an Arrow buffer)
+        vectors[off] = unit_rows(vectors[off], first_row, name).astype(np.float16)
+    return vectors
+
+
+def _half_norms(vectors: np.ndarray) -> np.ndarray:
+    """Euclidean norms of float16 rows, summed in float32 (as ``unit_rows`` does after converting), without
+    converting the rows: each element's square is looked up by its 16 bits."""
+    squares = _half_squares()
+    bits = vectors.view(np.uint16)
+    sums = np.empty(len(vectors), np.float32)
+    step = np.empty((min(_NORM_CHUNK, len(vectors)), vectors.shape[1]), np.float32)  # reused: stays in cache
+    for first in range(0, len(vectors), _NORM_CHUNK):
+        chunk = bits[first : first + _NORM_CHUNK]
+        np.take(squares, chunk, out=step[: len(chunk)])
+        np.sum(step[: len(chunk)], axis=1, out=sums[first : first + len(chunk)])
+    return np.sqrt(sums)
+
+
+@functools.cache
+def _half_squares() -> np.ndarray:
+    """float32 square of each of the 65,536 float16 bit patterns (inf and nan square to inf and nan)."""
+    values = np.arange(1 << 16, dtype=np.uint16).view(np.float16).astype(np.float32)
+    with np.errstate(invalid="ignore", over="ignore"):
+        return values * values
+
+
 def import_source(
     store, source: Source, progress: ProgressFn | None = None, batch_rows: int | None = None
 ) -> ImportReport:
@@ -313,20 +362,24 @@ def import_source(
     start = time.perf_counter()
     report = ImportReport(rows=source.rows, dim=source.dim)
     catalog, done = store.catalog, 0
-    for batch in _ahead(_unit_batches(source, batch_rows or BATCH_ROWS)):
+    dtype = np.dtype(catalog.vector_dtype())
+    for batch in _ahead(_unit_batches(source, batch_rows or BATCH_ROWS, dtype)):
         n = len(batch.vectors)
         ids = batch.ids if batch.ids is not None else np.arange(done + 1, done + n + 1, dtype=np.int64)
-        if len(np.unique(ids)) != n:
+        if batch.ids is not None and len(np.unique(ids)) != n:  # numbered rows are distinct by construction
             raise InputFileError(f"{source.name}: the same id twice within rows {done + 1}..{done + n}")
         fresh = _fresh_rows(catalog, ids, source.name)
         if fresh.any():
             vectors = batch.vectors if fresh.all() else batch.vectors[fresh]
             chosen = np.flatnonzero(fresh)
-            paths = [batch.paths[i] for i in chosen] if batch.paths is not None else [None] * len(chosen)
-            captions = [batch.captions[i] for i in chosen] if batch.captions is not None else None
-            hashes = [imported_hash(int(i)) for i in ids[chosen]]
             try:
-                catalog.add_images(paths, hashes, vectors, ids[chosen], captions)
+                if batch.paths is None and batch.captions is None:
+                    catalog.add_imported(ids[chosen], vectors, IMPORTED_PREFIX)
+                else:
+                    paths = [batch.paths[i] for i in chosen] if batch.paths is not None else [None] * len(chosen)
+                    captions = [batch.captions[i] for i in chosen] if batch.captions is not None else None
+                    hashes = [imported_hash(int(i)) for i in ids[chosen]]
+                    catalog.add_images(paths, hashes, vectors, ids[chosen], captions)
             except sqlite3.IntegrityError as exc:
                 raise StoreError(f"{source.name}: a path in rows {done + 1}..{done + n} is indexed already") from exc
             store.commit()
@@ -339,11 +392,11 @@ def import_source(
     return report
 
 
-def _unit_batches(source: Source, size: int) -> Iterator[Batch]:
-    """The source's batches with unit float32 rows."""
+def _unit_batches(source: Source, size: int, dtype: np.dtype) -> Iterator[Batch]:
+    """The source's batches with unit rows in the shards' ``dtype``."""
     done = 0
     for batch in source.batches(size):
-        batch.vectors = unit_rows(batch.vectors, done, source.name)
+        batch.vectors = unit_rows_as(batch.vectors, dtype, done, source.name)
         done += len(batch.vectors)
         yield batch
 
@@ -385,7 +438,7 @@ def _ahead(items: Iterator[Batch]) -> Iterator[Batch]:
 
 def imported_hash(item_id: int) -> str:
     """An imported row's content hash: its id (the vector came without the content it was made from)."""
-    return f"import:{item_id}"
+    return f"{IMPORTED_PREFIX}{item_id}"
 
 
 def _fresh_rows(catalog, ids: np.ndarray, name: str) -> np.ndarray:

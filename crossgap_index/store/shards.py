@@ -107,12 +107,14 @@ class ShardStore:
     def append(self, stream: str, vectors: np.ndarray, next_slot: int) -> int:
         """Queue rows for the next flush; returns the first one's slot. ``next_slot``: the stream's first
         free slot as committed (asked only for the first append of a transaction)."""
-        vectors = np.asarray(vectors, np.float32).reshape(-1, self.dim)
+        vectors = np.asarray(vectors).reshape(-1, self.dim)
+        if vectors.dtype != self._np:
+            vectors = vectors.astype(np.float32, copy=False)
         pending = self._pending.get(stream)
         if pending is None:
             pending = self._pending[stream] = _Pending(next_slot)
         slot = pending.start + pending.rows
-        pending.arrays.append(vectors.astype(self._np))
+        pending.arrays.append(vectors.astype(self._np))  # a copy: the caller may reuse its array
         pending.rows += len(vectors)
         return slot
 

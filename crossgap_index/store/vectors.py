@@ -44,6 +44,12 @@ TRAIN_POINTS_OTHER = 65_536  # trainable non-IVF factories (PQ, PCA, ...)
 # FAISS's warning floor of 39) does; it is a quarter of the training time, which is nlist x rows x d.
 TRAIN_POINTS_PER_LIST_COMPRESSED = 64
 TRAIN_SEED = 1234
+# efSearch of an HNSW coarse quantizer (auto's IVF{c}_HNSW32 above COMPRESSED_ABOVE): it picks the list each
+# vector is added to, and a wrong list is never probed by the queries near it. FAISS's default of 16 put 3.4%
+# of 10M clustered rows in a list other than their nearest centroid's, and recall@10 stayed at 0.949-0.951
+# for nprobe 32 to 128 and 100 to 400 re-scored candidates; 64 finds the nearest centroid for 99.95% of them
+# (benchmarks/results/store.md, session 2026-11-26). Saved with the index, so queries search it at 64 too.
+COARSE_EF_SEARCH = 64
 _PROBE_VECTORS = 64  # vectors of the tiny index a factory string is tried on
 
 Chunks = Callable[[], Iterator[tuple[np.ndarray, np.ndarray]]]  # a fresh pass of (ids, vectors) chunks
@@ -217,7 +223,9 @@ class VectorIndex:
 
     def _empty(self, n: int) -> faiss.Index:
         factory = auto_factory(n) if self.factory == AUTO else self.factory
-        return faiss.index_factory(self.dim, f"IDMap2,{factory}", faiss.METRIC_INNER_PRODUCT)
+        index = faiss.index_factory(self.dim, f"IDMap2,{factory}", faiss.METRIC_INNER_PRODUCT)
+        _set_coarse_ef_search(index)
+        return index
 
     def build(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         """Recreate the index from scratch (training it on ``vectors`` when the factory needs it).
@@ -428,6 +436,17 @@ def min_training_vectors(index: faiss.Index) -> int:
     if pq is not None:
         need = max(need, 1 << pq.nbits)
     return need
+
+
+def _set_coarse_ef_search(index: faiss.Index) -> None:
+    """COARSE_EF_SEARCH for an IVF index whose coarse quantizer is an HNSW graph (see the constant)."""
+    try:
+        ivf = faiss.extract_index_ivf(index)
+    except RuntimeError:
+        return  # not an IVF index
+    quantizer = faiss.downcast_index(ivf.quantizer)
+    if isinstance(quantizer, faiss.IndexHNSW):
+        quantizer.hnsw.efSearch = max(int(quantizer.hnsw.efSearch), COARSE_EF_SEARCH)
 
 
 def _flat(dim: int) -> faiss.Index:
