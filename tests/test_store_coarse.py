@@ -36,3 +36,20 @@ def test_hnsw_coarse_quantizer_adds_and_searches_at_coarse_ef_search(tmp_path):
     assert record == file_record(tmp_path / "image.faiss")
     loaded = VectorIndex.load(tmp_path / "image.faiss", DIM, "IVF32_HNSW32,SQ8", record, count=3000)
     assert loaded is not None and coarse_ef(loaded.index) == COARSE_EF_SEARCH
+
+
+def test_search_parameters_set_while_the_file_loads_in_the_background_are_kept(tmp_path, monkeypatch):
+    from crossgap_index.store import vectors as vectors_module
+
+    rng = np.random.default_rng(1)
+    vectors = rng.standard_normal((600, DIM)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    ids = np.arange(1, 601, dtype=np.int64)
+    index = VectorIndex(DIM, "IVF16,Flat")
+    index.build(ids, vectors)
+    record = index.save(tmp_path / "image.faiss")
+    monkeypatch.setattr(vectors_module, "LAZY_VERIFY_BYTES", 0)  # every file counts as large: loaded in background
+    loaded = VectorIndex.load(tmp_path / "image.faiss", DIM, "IVF16,Flat", record, count=600, fallback=lambda: None)
+    assert loaded is not None
+    loaded.search_params = "nprobe=5"  # may land before the load finishes
+    assert faiss.extract_index_ivf(loaded.index).nprobe == 5 and loaded.search_params == "nprobe=5"

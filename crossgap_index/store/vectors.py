@@ -181,7 +181,8 @@ class VectorIndex:
             else:
                 self._index, self._mapped = loaded, True
             self._loading = None
-            self.search_params = default_search_params(self.resolved_factory)
+            # parameters set while the file loaded (a library user's nprobe) win over the defaults
+            self.search_params = self._search_params or default_search_params(self.resolved_factory)
 
     @property
     def ready(self) -> bool:
