@@ -41,6 +41,7 @@ from crossgap_index.ingest.decode import FileBytes
 from crossgap_index.ingest.pipeline import Prepared, ReadLimits, prepare
 from crossgap_index.inversion.config import InversionConfig
 from crossgap_index.models import Encoder, load_model
+from crossgap_index.search.gallery import apply_here
 from crossgap_index.search.projections import ConceptMap, FeatureMap, Projection
 
 HASH_DTYPE = "S32"  # content_hash: 16-byte blake2b as hex
@@ -239,7 +240,7 @@ class RayEngine:
         """Linear and concept maps (plain arrays) go to CPU actors; a peer map (dba, nnn, center) reads the
         index's own statistics through the driver's store, so it is applied here by the same ``apply``."""
         if not isinstance(projection, Projection | ConceptMap):
-            yield from (projection.apply(block) for block in blocks)
+            yield from apply_here(projection, blocks)
             return
         self.connect()
         resources = {"num_cpus": self.actor_cpus}

@@ -29,12 +29,11 @@ import numpy as np
 from crossgap_index.errors import StoreError
 from crossgap_index.store.shards import (
     ITEMS_STREAM,
-    SHARD_GONE_RETRIES,
     SHARD_ROWS,
     VECTORS_DIR,
-    ShardGoneError,
     ShardRecord,
     ShardStore,
+    read_again_if_moved,
 )
 
 CATALOG_SCHEMA_VERSION = 2  # 1: vectors as BLOBs in the rows; 2: vectors in shards, rows hold slots
@@ -283,9 +282,7 @@ class Catalog:
         """Queue vectors for ``stream``'s shards; returns the first one's slot."""
         if self.legacy:
             raise StoreError(f"{self.path}: an old catalog (vectors inside it) is written only after migrating")
-        vectors = np.atleast_2d(np.asarray(vectors))
-        if vectors.dtype != np.float16:  # float16 rows go to the shards as they are (no round trip via float32)
-            vectors = vectors.astype(np.float32, copy=False)
+        vectors = np.atleast_2d(np.asarray(vectors))  # the shards cast to their dtype (float16 rows as they are)
         shards = self.shards(vectors.shape[1])
         next_slot = 0
         if not shards.has_pending(stream):
@@ -500,20 +497,18 @@ class Catalog:
         else:
             sql = f"SELECT id, {col} FROM items WHERE modality = ? AND id > ? ORDER BY id LIMIT ?"
         stream = name if derived else ITEMS_STREAM
-        last, tries = -1, 0
-        while True:
+        last = -1
+
+        def next_chunk() -> tuple[list, tuple[np.ndarray, np.ndarray] | None]:
             rows = self.conn.execute(sql, (name, last, size)).fetchall()
+            return rows, (self._stack(stream, rows, dim) if rows else None)
+
+        while True:
+            rows, chunk = read_again_if_moved(next_chunk)  # a compaction elsewhere may move rows after the query
             if not rows:
                 return
-            try:
-                chunk = self._stack(stream, rows, dim)
-            except ShardGoneError:  # a compaction elsewhere moved these rows after the query: read them again
-                tries += 1
-                if tries > SHARD_GONE_RETRIES:
-                    raise
-                continue
             yield chunk
-            last, tries = rows[-1][0], 0
+            last = rows[-1][0]
 
     def derived_for(self, kind: str, ids: Sequence[int]) -> dict[int, np.ndarray]:
         """The ``kind`` vectors of those of ``ids`` that have one (exports of partly inverted galleries)."""

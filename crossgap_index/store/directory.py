@@ -40,7 +40,7 @@ from crossgap_index.store.catalog import DEFAULT_DTYPE, Catalog
 from crossgap_index.store.compact import AUTO_MIN_DEAD, DEFAULT_MIN_DEAD, CompactReport, compact, remove_unrecorded
 from crossgap_index.store.lock import IndexLock, ReadWriteLock
 from crossgap_index.store.manifest import MANIFEST_NAME, Manifest
-from crossgap_index.store.shards import ITEMS_STREAM, SHARD_GONE_RETRIES, VECTORS_DIR, ShardGoneError
+from crossgap_index.store.shards import ITEMS_STREAM, VECTORS_DIR, read_again_if_moved
 from crossgap_index.store.vectors import AUTO, VectorIndex, validate_factory
 
 if TYPE_CHECKING:
@@ -402,12 +402,7 @@ class Store:
         """The stored (uncompressed) vectors of ``ids`` in collection ``name``, in order."""
         kind = name if name in DERIVED else None
         wanted = np.asarray(ids).tolist()
-        for _ in range(SHARD_GONE_RETRIES):
-            try:
-                return self.catalog.vectors_for(wanted, self.manifest.dim, kind)
-            except ShardGoneError:  # another process compacted between reading the slots and the shard: again
-                continue
-        return self.catalog.vectors_for(wanted, self.manifest.dim, kind)
+        return read_again_if_moved(lambda: self.catalog.vectors_for(wanted, self.manifest.dim, kind))
 
     @property
     def generation(self) -> int:

@@ -24,12 +24,16 @@ import os
 import re
 import threading
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
 from crossgap_index.errors import StoreError
+
+T = TypeVar("T")
 
 SHARD_ROWS = 1 << 18  # 262,144 rows: 256 MiB per shard at d=512 in float16, 512 MiB in float32
 VECTORS_DIR = "vectors"
@@ -43,6 +47,17 @@ READ_RUN_ROWS = 1  # gathers of at least this many rows per shard use pread; few
 class ShardGoneError(StoreError):
     """A shard file the caller's slots pointed into is gone: a compaction in another process moved its rows
     (and committed) after the caller read the slots; reading the slots again finds them."""
+
+
+def read_again_if_moved(read: Callable[[], T]) -> T:
+    """``read()`` (slots from the catalog, then their shard rows), run again up to SHARD_GONE_RETRIES times
+    while a compaction in another process moves the rows between the two steps."""
+    for _ in range(SHARD_GONE_RETRIES):
+        try:
+            return read()
+        except ShardGoneError:
+            continue
+    return read()
 
 
 @dataclass(frozen=True)
