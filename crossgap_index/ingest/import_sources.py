@@ -321,7 +321,8 @@ def _vector_column(parquet, file: Path) -> str:
     return found[0]
 
 
-def _parquet(files: list[Path], name: str) -> Source:
+def _parquet(files: list[Path], name: str, derived: bool = False) -> Source:
+    """Parquet files as one source; ``derived``: an export's gallery inversion, read as what it is."""
     import pyarrow as pa
 
     opened = [_parquet_file(f) for f in files]
@@ -329,7 +330,7 @@ def _parquet(files: list[Path], name: str) -> Source:
     columns: list[str] = []
     for file, parquet in zip(files, opened, strict=True):
         collection = (parquet.schema_arrow.metadata or {}).get(b"crossgap.collection", b"").decode(errors="replace")
-        if collection in DERIVED_OWNERS:
+        if collection in DERIVED_OWNERS and not derived:
             _refuse_derived_file(Path(f"{collection}.parquet"))
         column = _vector_column(parquet, file)
         columns.append(column)
@@ -419,7 +420,7 @@ def _export_folder(folder: Path) -> Source:
     for collection in counts:
         parquet, npy = folder / f"{collection}.parquet", folder / f"{collection}.vectors.npy"
         if parquet.exists():
-            sources[collection] = _parquet([parquet], collection)
+            sources[collection] = _parquet([parquet], collection, collection in DERIVED_OWNERS)
         elif npy.exists():
             sources[collection] = _npy([npy], [folder / f"{collection}.items.jsonl"], collection)
         else:
