@@ -38,7 +38,6 @@ MODALITIES = ("image", "text")
 # Collections of vectors derived from items (as store/directory.DERIVED, without importing the store here).
 DERIVED_OWNERS = {"image-oti": "image", "text-ovi": "text"}
 VECTOR_COLUMNS = ("embedding", "vector")
-_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 
 @dataclass
@@ -71,11 +70,6 @@ class Source:
     derived: dict[str, Source] = field(default_factory=dict)  # gallery inversions of an export folder
     inversions: dict[str, dict] = field(default_factory=dict)  # their settings, by manifest record
     model: str | None = None  # the model an export folder names
-
-
-def is_url(path: str) -> bool:
-    """Whether a stored path is a reference (http://, s3://, ...) rather than a local file."""
-    return bool(_URL.match(path))
 
 
 def open_source(path: Path, meta: Path | None = None) -> Source:
