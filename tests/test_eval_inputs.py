@@ -56,3 +56,22 @@ def test_cgx_eval_finishes_on_a_hostile_folder_in_bounded_memory(hostile_folder)
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     assert "left out, as build-index leaves them out" in done.stdout + done.stderr
+
+
+def test_fashion_mnist_files_are_regular_and_bounded(tmp_path, monkeypatch):
+    import gzip
+
+    monkeypatch.setenv("CGX_FASHION_MNIST_DIR", str(tmp_path))
+    os.mkfifo(tmp_path / "t10k-images-idx3-ubyte.gz")
+    (tmp_path / "t10k-labels-idx1-ubyte.gz").symlink_to("/dev/zero")
+    with pytest.raises(InputFileError) as caught:
+        load_dataset("fashion-mnist:test")
+    assert "t10k-images-idx3-ubyte.gz: not a regular file (a FIFO)" in str(caught.value)
+    (tmp_path / "t10k-images-idx3-ubyte.gz").unlink()
+    with gzip.open(tmp_path / "t10k-images-idx3-ubyte.gz", "wb") as bomb:  # 70 MB of zeros in a 70 kB file
+        bomb.write(bytes([0, 0, 8, 3]) + (10_000).to_bytes(4, "big") + (28).to_bytes(4, "big") * 2)
+        for _ in range(70):
+            bomb.write(bytes(1_000_000))
+    with pytest.raises(InputFileError) as caught:
+        load_dataset("fashion-mnist:test")
+    assert "unpacks to over 64,000,000 bytes" in str(caught.value)
