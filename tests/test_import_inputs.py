@@ -35,7 +35,8 @@ def cgx_import(tmp: Path, *args) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "crossgap_index", "import", *map(str, args)]
     command += ["--index", str(tmp / "idx"), "--model", MODEL, "-q"]
     limit = "import resource; resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))"
-    code = f"{limit}; import runpy, sys; sys.argv = {command[2:]!r}; runpy.run_module('crossgap_index', run_name='__main__')"
+    run = "runpy.run_module('crossgap_index', run_name='__main__')"
+    code = f"{limit}; import runpy, sys; sys.argv = {command[2:]!r}; {run}"
     return subprocess.run(
         [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120, env=os.environ
     )
