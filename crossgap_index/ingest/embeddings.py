@@ -165,46 +165,46 @@ class Plan:
     first_new: int
     new_rows: int
     fingerprint: str
+    resumed: bool  # an interrupted run of this source is resumed: rows with new ids may be stored already
 
 
 def plan_import(catalog, source: Source, size: int) -> Plan:
     """Read the source's metadata once and settle every row's id; refuse what the import could only do
     in part (see the module docstring), before anything is written."""
-    ids = np.zeros(source.rows, np.int64)
-    keyed = False
-    path_keys = np.zeros(source.rows, np.uint64)  # 0: no path; else a 64-bit hash of it (for duplicates)
+    ids: np.ndarray | None = None  # made at the first row with an id or a path (an id-less .npy needs none)
+    path_keys: np.ndarray | None = None  # 0: no path; else a 64-bit hash of it (for duplicates)
     done = 0
     for batch in source.batches(size, vectors=False):
         n = len(batch)
         if done + n > source.rows:
             raise InputFileError(f"{source.name}: the source grew while it was read; run the import again")
+        has_paths = batch.paths is not None and any(p is not None for p in batch.paths)
+        if ids is None and (batch.ids is not None or has_paths):
+            ids, path_keys = np.zeros(source.rows, np.int64), np.zeros(source.rows, np.uint64)
         if batch.ids is not None:
             ids[done : done + n] = batch.ids
-            keyed = True
-        if batch.paths is not None and any(p is not None for p in batch.paths):
-            keyed = True
+        if has_paths:
             _match_paths(catalog, batch, ids[done : done + n], path_keys[done : done + n], source.name, done)
         done += n
     if done != source.rows:
         raise InputFileError(f"{source.name}: {done} rows read of the {source.rows} it held; did it change?")
-    if keyed:
+    if ids is not None:
         _refuse_duplicates(path_keys, source.name, "path")
         _refuse_duplicates(ids, source.name, "id")
         _refuse_built(catalog, np.unique(ids[ids > 0]), source.name)
     fingerprint = _fingerprint(source)
-    new_rows = int((ids == 0).sum())
-    first_new = max(catalog.max_item_id(), int(ids.max()) if len(ids) else 0) + 1
-    resumed = catalog.get_meta(RESUME_KEY)
-    if resumed:
-        marker = json.loads(resumed)
-        if marker.get("source") == fingerprint:
-            first_new = int(marker["first_new"])  # the interrupted run's new rows keep their ids
+    new_rows = int((ids == 0).sum()) if ids is not None else source.rows
+    first_new = max(catalog.max_item_id(), int(ids.max()) if ids is not None and len(ids) else 0) + 1
+    resumed = False
+    marker = catalog.get_meta(RESUME_KEY)
+    if marker and json.loads(marker).get("source") == fingerprint:
+        first_new, resumed = int(json.loads(marker)["first_new"]), True  # the interrupted run's new rows keep ids
     if new_rows and first_new + new_rows - 1 > MAX_IMPORT_ID:
         raise StoreError(
             f"{source.name}: its {new_rows} rows without ids would need ids up to {first_new + new_rows - 1}, "
             f"over the largest an import may use ({MAX_IMPORT_ID}, 2**53 - 1); import into a new index"
         )
-    return Plan(ids if keyed else None, first_new, new_rows, fingerprint)
+    return Plan(ids, first_new, new_rows, fingerprint, resumed)
 
 
 def _match_paths(catalog, batch: Batch, ids: np.ndarray, keys: np.ndarray, name: str, done: int) -> None:
@@ -296,7 +296,13 @@ def import_source(
             new = ids == 0
             ids[new] = plan.first_new + new_seen + np.arange(int(new.sum()))
             new_seen += int(new.sum())
-        changed = _write_batch(catalog, batch, ids, report)
+        if plan.resumed:
+            may_exist = None  # rows given new ids by the interrupted run may be stored
+        elif plan.ids is None:
+            may_exist = np.zeros(n, bool)
+        else:
+            may_exist = plan.ids[done : done + n] > 0
+        changed = _write_batch(catalog, batch, ids, report, may_exist)
         last = done + n == source.rows
         if changed or (last and marker and catalog.get_meta(RESUME_KEY)):
             if marker:
@@ -316,9 +322,11 @@ def import_source(
     return report
 
 
-def _write_batch(catalog, batch: Batch, ids: np.ndarray, report: ImportReport) -> bool:
-    """Add the batch's new rows, replace its changed ones; whether anything was written."""
-    stored = catalog.stored_rows(ids.tolist())
+def _write_batch(catalog, batch: Batch, ids: np.ndarray, report: ImportReport, may_exist: np.ndarray | None) -> bool:
+    """Add the batch's new rows, replace its changed ones; whether anything was written. ``may_exist``: the
+    rows that may be stored already (None: any), the only ones looked up."""
+    candidates = ids if may_exist is None else ids[may_exist]
+    stored = catalog.stored_rows(candidates.tolist()) if len(candidates) else {}
     fresh = np.fromiter((int(i) not in stored for i in ids), bool, count=len(ids))
     written = False
     if fresh.any():
