@@ -114,10 +114,7 @@ def _npy(files: list[Path], metas: list[Path] | None, name: str) -> Source:
     if len(dims) != 1:
         raise InputFileError(f"{name}: arrays of different widths ({', '.join(map(str, sorted(dims)))})")
     dim = dims.pop()
-    pairs = list(zip(arrays, metas or [None] * len(arrays), strict=True))
-    for _, meta in pairs:
-        if meta is not None and meta.suffix not in (".jsonl", ".parquet"):
-            raise InputFileError(f"{meta}: metadata must be a .jsonl or .parquet file")
+    pairs = list(zip(arrays, metas or [None] * len(arrays), strict=True))  # metadata: .parquet, else JSON lines
 
     def batches(size: int, vectors: bool = True) -> Iterator[Batch]:
         for array, meta in pairs:
