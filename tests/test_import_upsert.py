@@ -172,6 +172,31 @@ def test_an_interrupted_import_of_rows_without_ids_resumes_with_the_same_ids(tmp
     assert (report.added, report.unchanged) == (50, 0) and stored_ids(index)[-1] == 102
 
 
+def test_an_interrupted_import_is_not_resumed_over_rows_written_since(tmp_path, monkeypatch):
+    monkeypatch.setattr(embeddings_module, "BATCH_ROWS", 10)
+    np.save(tmp_path / "a.npy", rows(50, 20))
+    index = tmp_path / "idx"
+
+    def stop_after_two_batches(done: int, total: int) -> None:
+        if done == 20:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        CrossGapIndex.import_embeddings(tmp_path / "a.npy", index, MODEL, progress=stop_after_two_batches)
+    pq.write_table(table(rows(2, 21), id=[30, 31]), tmp_path / "b.parquet")  # ids the resumed run would take
+    assert CrossGapIndex.import_embeddings(tmp_path / "b.parquet", index, MODEL).added == 2
+    report = CrossGapIndex.import_embeddings(tmp_path / "a.npy", index, MODEL)
+    assert (report.added, report.updated, report.unchanged) == (50, 0, 0)
+    assert stored_ids(index) == [*range(1, 21), 30, 31, *range(32, 82)]
+    with pytest.raises(KeyboardInterrupt):
+        CrossGapIndex.import_embeddings(tmp_path / "a.npy", index, MODEL, progress=stop_after_two_batches)
+    with CrossGapIndex.open(index) as cgx:  # a build between the runs takes the next id: not taken over
+        cgx.add_texts(["a text built between the runs"])
+    report = CrossGapIndex.import_embeddings(tmp_path / "a.npy", index, MODEL)
+    assert (report.added, report.updated, report.unchanged) == (50, 0, 0)
+    assert len(stored_ids(index)) == 20 + 2 + 50 + 20 + 1 + 50
+
+
 def test_ids_are_bounded_and_a_full_autoincrement_is_not_a_full_disk(tmp_path):
     index = tmp_path / "idx"
     for value, kind in ((MAX_IMPORT_ID + 1, pa.int64()), (2**63, pa.uint64()), (2**64 - 1, pa.uint64())):

@@ -210,7 +210,9 @@ def plan_import(catalog, source: Source, size: int) -> Plan:
     resumed = False
     marker = catalog.get_meta(RESUME_KEY)
     if marker and json.loads(marker).get("source") == fingerprint:
-        first_new, resumed = int(json.loads(marker)["first_new"]), True  # the interrupted run's new rows keep ids
+        earlier = int(json.loads(marker)["first_new"])
+        if not catalog.built_ids_between(earlier, earlier + new_rows - 1, IMPORTED_PREFIX):  # no build took them
+            first_new, resumed = earlier, True  # the interrupted run's new rows keep their ids
     if new_rows and first_new + new_rows - 1 > MAX_IMPORT_ID:
         raise StoreError(
             f"{source.name}: its {new_rows} rows without ids would need ids up to {first_new + new_rows - 1}, "
@@ -288,7 +290,7 @@ def import_source(
 ) -> ImportReport:
     """Write ``source``'s rows into ``store`` (the caller holds ``store.writing()``), ``batch_rows`` (default
     BATCH_ROWS) per commit, after ``plan_import``'s checks; the FAISS indexes are brought in line by the
-    caller's save (``touched``: the collections whose vectors changed in place)."""
+    caller's save (which rebuilds them all when rows were replaced in place)."""
     start = time.perf_counter()
     size = batch_rows or BATCH_ROWS
     report = ImportReport(rows=source.rows, dim=source.dim)
@@ -316,12 +318,13 @@ def import_source(
             may_exist = plan.ids[done : done + n] > 0
         changed = _write_batch(catalog, batch, ids, report, may_exist)
         last = done + n == source.rows
-        if changed or (last and marker and catalog.get_meta(RESUME_KEY)):
-            if marker:
-                if last:
-                    catalog.conn.execute("DELETE FROM meta WHERE key = ?", (RESUME_KEY,))
-                else:
-                    catalog.set_meta(RESUME_KEY, marker)
+        if changed or (last and catalog.get_meta(RESUME_KEY) is not None):
+            # An interrupted run is resumable until another import writes: this one's marker replaces any
+            # other (whose new ids this import's rows may now hold), and goes with this import's last batch.
+            if marker and not last:
+                catalog.set_meta(RESUME_KEY, marker)
+            else:
+                catalog.conn.execute("DELETE FROM meta WHERE key = ?", (RESUME_KEY,))
             store.commit()
         done += n
         if progress:

@@ -415,6 +415,12 @@ class Catalog:
         without an id then fails with SQLITE_FULL, which is not a full disk."""
         return self.max_item_id() >= 2**63 - 1
 
+    def built_ids_between(self, first: int, last: int, hash_prefix: str) -> int:
+        """How many items with ids ``first``..``last`` were not imported (their content hash is not
+        ``hash_prefix`` + id): ids an interrupted import may not take up again."""
+        sql = "SELECT COUNT(*) FROM items WHERE id BETWEEN ? AND ? AND content_hash != ? || id"
+        return int(self.conn.execute(sql, (first, last, hash_prefix)).fetchone()[0])
+
     def content_hashes_for(self, ids: Sequence[int]) -> dict[int, str]:
         """Content hashes of those of ``ids`` that are stored (any number of them: queried in chunks)."""
         found: dict[int, str] = {}
