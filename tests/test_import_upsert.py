@@ -216,3 +216,8 @@ def test_ids_are_bounded_and_a_full_autoincrement_is_not_a_full_disk(tmp_path):
     with CrossGapIndex.open(index) as cgx, pytest.raises(StoreError) as caught:
         cgx.add_texts(["one more"])
     assert "holds id 2**63 - 1" in str(caught.value) and "the disk is not full" in str(caught.value)
+
+
+def test_the_help_states_the_upsert_and_the_id_bound():
+    text = " ".join(cli("import", "--help").output.split())
+    assert "an upsert keyed by id" in text and "over 2**53 - 1" in text and "refused before anything" in text
