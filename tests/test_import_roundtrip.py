@@ -5,6 +5,7 @@ what cannot come back on its own (a gallery inversion's file without its items) 
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -14,7 +15,7 @@ from typer.testing import CliRunner
 from crossgap_index import CrossGapIndex
 from crossgap_index.cli.app import app
 from crossgap_index.inversion import InversionConfig
-from tests.conftest import MODEL
+from tests.conftest import MODEL, write_photo
 
 runner = CliRunner()
 
@@ -105,3 +106,22 @@ def test_an_export_of_another_model_is_refused(tmp_path, index):
     assert cli("export", "--index", index, "--out", out, "-q").exit_code == 0
     result = cli("import", out, "--index", tmp_path / "new", "--model", "crossgap-small")
     assert result.exit_code == 1 and f"exported from an index of model '{MODEL}', not 'crossgap-small'" in result.stderr
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "npy"])
+def test_a_file_name_that_is_not_utf8_comes_back_byte_for_byte(tmp_path, fmt):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    odd = folder / os.fsdecode(b"caf\xe9-\xff.png")
+    write_photo(odd, seed=1)
+    write_photo(folder / "plain.png", seed=2)
+    with CrossGapIndex.create(tmp_path / "idx", model=MODEL, device="cpu") as cgx:
+        cgx.index_folders([folder])
+    out = tmp_path / "out"
+    assert cli("export", "--index", tmp_path / "idx", "--format", fmt, "--out", out, "-q").exit_code == 0
+    result = cli("import", out, "--index", tmp_path / "again", "--model", MODEL)
+    assert result.exit_code == 0, result.output
+    with CrossGapIndex.open(tmp_path / "again", readonly=True) as cgx:
+        paths = sorted(os.fsencode(i.path) for i in cgx.ls("image"))
+        assert paths == sorted([os.fsencode(odd.resolve()), os.fsencode((folder / "plain.png").resolve())])
+        assert cgx.check().ok  # the files are found under their own names
