@@ -360,7 +360,7 @@ def _write_batch(catalog, batch: Batch, ids: np.ndarray, report: ImportReport, m
         before = [stored[i] for i in held_ids]
         meta = _metadata(batch, held, before)
         old = catalog.vectors_for(held_ids, batch.vectors.shape[1])
-        new = batch.vectors[held].astype(np.float32)
+        new = (batch.vectors if len(held) == len(ids) else batch.vectors[held]).astype(np.float32, copy=False)
         same_vector = (old == new).all(axis=1)
         same_meta = np.array([tuple(m[j] for m in meta) == before[j][:4] for j in range(len(held))], bool)
         changed = ~(same_vector & same_meta)
