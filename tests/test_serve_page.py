@@ -164,3 +164,19 @@ def test_search_page_end_to_end(served, page, tmp_path):
         page.screenshot(path=SCREENSHOT)
     assert (tmp_path / "serve-page.png").stat().st_size > 10_000
     assert errors == []
+
+
+@pytest.mark.slow  # a browser launch and Swagger UI's 1.5 MB script on a loaded machine
+def test_docs_render_the_operations_offline(served, page):
+    """/docs is Swagger UI reading the server's OpenAPI 3.1 document: the operations list appears, and the
+    page asks nothing of any other host."""
+    url, _, _ = served
+    requested: list[str] = []
+    page.on("request", lambda request: requested.append(request.url))
+    page.goto(url + "/docs")
+    page.wait_for_selector(".opblock-summary-path", timeout=60_000)
+    paths = page.eval_on_selector_all(".opblock-summary-path", "els => els.map(e => e.dataset.path || e.innerText)")
+    assert {"/search", "/search/batch", "/items/{item_id}", "/texts"} <= {p.replace("\u200b", "") for p in paths}
+    assert "Unable to render this definition" not in page.inner_text("body")
+    assert "3.1" in page.inner_text(".information-container, .info")  # the OAS version badge
+    assert requested and all(u.startswith(url) or u.startswith("data:") for u in requested)
