@@ -29,6 +29,7 @@ from crossgap_index.cli.serve_command import serve_command
 from crossgap_index.cli.tune_command import train_inverter_command, tune_command
 from crossgap_index.demo import DEMO_MODEL
 from crossgap_index.errors import CrossGapError, CrossGapWarning, is_disk_full
+from crossgap_index.ingest.discover import DEFAULT_EXCLUDES
 from crossgap_index.ingest.limits import DEFAULT_MAX_FILE_MB, DEFAULT_MAX_MEGAPIXELS
 from crossgap_index.inversion import InversionConfig
 from crossgap_index.inversion.config import LR_MAX
@@ -189,6 +190,15 @@ def build_index(
         ),
     ] = "auto",
     include_hidden: Annotated[bool, typer.Option(help="Also index hidden files and folders.")] = False,
+    exclude: Annotated[
+        list[str] | None,
+        typer.Option(
+            metavar="GLOB",
+            help="Leave out folders and files matching GLOB (repeatable): a name pattern (raw, *.tmp.jpg) matches "
+            "any name on the way, one with / the path under the folder (2019/drafts/*). Files indexed before and "
+            f"excluded now leave the index. Always left out: {', '.join(DEFAULT_EXCLUDES)}.",
+        ),
+    ] = None,
     max_image_megapixels: Annotated[
         float, typer.Option(min=0.0, help="Skip images larger than this (decompression-bomb guard).")
     ] = DEFAULT_MAX_MEGAPIXELS,
@@ -236,6 +246,7 @@ def build_index(
         result = cgx.index_folders(
             folders,
             include_hidden=include_hidden,
+            exclude=exclude or (),
             max_megapixels=max_image_megapixels,
             max_file_bytes=int(max_file_mb * 1e6),
             batch_size=batch_size,
