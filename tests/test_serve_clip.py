@@ -144,3 +144,19 @@ def test_refusals_are_one_line(served, http):
     refused({"image": "not base64!"}, 400, "base64")
     typed = httpx.post(f"{url}/knn-service", content=b'{"text": "x"}', headers={"content-type": "text/plain"})
     assert typed.status_code == 415  # a declared non-JSON type is still refused (only a missing one is taken)
+
+
+def test_errors_name_the_index_not_its_server_path(served, http):
+    """An index with no texts: the refusal names the index by its folder, not where it lies on the server."""
+    _, cgx, _ = served
+    removed = cgx.ls("text")
+    if removed:
+        cgx.remove([row.id for row in removed])
+    try:
+        response = http.post("/search", json={"text": "a red circle", "target": "texts"})
+        assert response.status_code == 409
+        message = response.json()["error"]
+        assert "'index'" in message and str(cgx.path) not in message, message
+    finally:
+        if removed:
+            cgx.add_texts([row.text for row in removed])
