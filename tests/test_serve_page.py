@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
 import httpx
@@ -195,7 +196,7 @@ def test_cards_name_their_files_and_open_the_originals(served, page, tmp_path):
         assert link.inner_text() == path.rsplit("/", 1)[-1]
         assert link.get_attribute("href") == f"/items/{c.get_attribute('data-id')}/image"
         original = httpx.get(url + link.get_attribute("href"), timeout=30)
-        assert original.status_code == 200 and original.content == open(path, "rb").read()
+        assert original.status_code == 200 and original.content == Path(path).read_bytes()
     # following the link opens the original, not "more like this"
     with page.context.expect_page() as opened:
         cards[0].query_selector(".name a").click()
