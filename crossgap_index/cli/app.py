@@ -508,10 +508,13 @@ def demo(
     """Offline demo: generate labelled synthetic photos, index them with the bundled crossgap-small model,
     tune the index on other labelled photos, and show a held-out query where the tuned mode changes the
     top results, beside plain intra-modal search, with a contact sheet."""
+    import shlex
+
+    from crossgap_index.cli.eval_command import _progress
     from crossgap_index.cli.render import build_summary, err, hits_table, out, progress_bar
     from crossgap_index.demo import run_demo
 
-    with progress_bar("embedding", "img", enabled=not quiet) as progress:
+    with progress_bar("embedding", "img", enabled=not quiet) as progress, _progress(not quiet) as tune_progress:
         result = run_demo(
             folder,
             model=model,
@@ -521,6 +524,7 @@ def demo(
             inversion=inversion,
             device=device,
             progress=progress,
+            tune_progress=tune_progress,
         )
     tuned = result.tuned
     for mode, hits in result.hits.items():
@@ -536,10 +540,10 @@ def demo(
             f"{rep['intra_map'] * 100:.2f} ({rep['delta_map'] * 100:+.2f}) on held-out labelled photos",
             highlight=False,
         )
-    out.print(
-        "`cgx query PHOTO --cross` serves it" if result.tune_stored else f"tune: {escape(result.tune_reason)}",
-        highlight=False,
-    )
+    if not result.tune_stored:
+        out.print(f"tune: {escape(result.tune_reason)}", highlight=False)
+    try_it = f"cgx query {shlex.quote(str(result.query))} --cross --index {shlex.quote(str(result.index))}"
+    out.print(f"try it: {escape(try_it)}", highlight=False, soft_wrap=True)
     if not quiet:
         err.print(build_summary(result.build), highlight=False)
         err.print(f"contact sheet: {result.sheet}", highlight=False)
