@@ -33,7 +33,7 @@ from crossgap_index.ingest.discover import DEFAULT_EXCLUDES
 from crossgap_index.ingest.limits import DEFAULT_MAX_FILE_MB, DEFAULT_MAX_MEGAPIXELS
 from crossgap_index.inversion import InversionConfig
 from crossgap_index.inversion.config import LR_MAX
-from crossgap_index.models import DEFAULT_MODEL
+from crossgap_index.models import DEFAULT_MODEL, bundled_names
 from crossgap_index.search.modes import MODE_NAMES, SERVED_OTI_STEPS
 
 RRF_K_DEFAULT = 60  # crossgap_index.search.merge.RRF_K, stated here so that --help needs no numpy
@@ -99,10 +99,13 @@ ModelOpt = Annotated[
         "--model",
         envvar="CGX_MODEL",
         help=f"Model spec: ARCH/TAG (default {DEFAULT_MODEL}), ARCH::/path/weights, a model folder, "
-        "or a bundled name (tiny-random, crossgap-small). New indexes only; an existing index keeps its model.",
+        f"or a bundled name ({', '.join(bundled_names())}). New indexes only; an existing index keeps its model.",
     ),
 ]
-DeviceOpt = Annotated[str, typer.Option("--device", help="auto (CUDA when available), cpu or cuda.")]
+DeviceOpt = Annotated[
+    str,
+    typer.Option("--device", help="auto (CUDA when available), cpu, cuda, cuda:N (the Nth GPU) or mps (Apple GPU)."),
+]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or summaries on stderr.")]
 PrecisionOpt = Annotated[
     str,

@@ -24,7 +24,12 @@ def serve_command(
         str | None,
         typer.Option(envvar="CGX_TOKEN", help="Bearer token required on every request but /healthz."),
     ] = None,
-    device: Annotated[str, typer.Option("--device", help="auto (CUDA when available), cpu or cuda.")] = "auto",
+    device: Annotated[
+        str,
+        typer.Option(
+            "--device", help="auto (CUDA when available), cpu, cuda, cuda:N (the Nth GPU) or mps (Apple GPU)."
+        ),
+    ] = "auto",
     batch_window_ms: Annotated[
         float, typer.Option(min=0.0, help="How long an inversion query waits for others to batch with.")
     ] = ServeSettings.batch_window_ms,
