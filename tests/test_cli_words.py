@@ -89,3 +89,16 @@ def test_a_device_torch_lacks_is_a_device_error(one_photo_index):
 def test_a_cuda_number_without_cuda_is_a_device_error(one_photo_index):
     result = runner.invoke(app, ["query", "a red circle", "--index", str(one_photo_index), "--device", "cuda:1"])
     assert result.exit_code == 1 and "torch sees no CUDA device" in result.output
+
+
+def test_headings_use_the_plain_mode_names(one_photo_index):
+    photo = one_photo_index.parent / "photo.png"
+    plain = runner.invoke(app, ["query", str(photo), "--index", str(one_photo_index), "--device", "cpu"])
+    assert plain.exit_code == 0, plain.output
+    assert "· Plain similarity (intra)" in plain.stdout
+    args = ["query", str(photo), "--index", str(one_photo_index), "--mode", "fused", "--steps", "2", "-q"]
+    fused = runner.invoke(app, [*args, "--device", "cpu"], terminal_width=250)
+    assert fused.exit_code == 0, fused.output
+    words = " ".join(fused.stdout.split())
+    assert "· Plain + translated (fused)" in words and "[" not in words.splitlines()[0]
+    assert "merged" in words and "Plain similarity rank/score" in words and "Translate the query rank/score" in words

@@ -234,7 +234,7 @@ def build_index(
     """Embed the images under FOLDERS into the index. Incremental: unchanged files are skipped,
     changed ones re-embedded, deleted ones removed, renamed or duplicate files reuse stored vectors."""
     from crossgap_index import CrossGapIndex
-    from crossgap_index.cli.render import build_summary, err, printable, progress_bar
+    from crossgap_index.cli.render import build_summary, err, first_time_for_index, printable, progress_bar
     from crossgap_index.engines import get_engine
     from crossgap_index.ingest.discover import resolve_roots
 
@@ -262,7 +262,8 @@ def build_index(
             with progress_bar("inverting gallery", "img", enabled=not quiet) as gallery_progress:
                 cgx.invert_gallery(config, progress=gallery_progress, engine=build_engine)
         derived = cgx.build_derived(engine=build_engine)
-        note = cgx.model_note()
+        note = None if quiet else cgx.model_note()
+        note = note if note and first_time_for_index(cgx.path) else None
     if report is not None:
         lines = "".join(f"{path}\t{reason}\n" for path, reason in result.skipped)
         report.write_bytes(lines.encode("utf-8", "surrogateescape"))  # file names as their own bytes
@@ -414,7 +415,7 @@ def query(
     QUERY is an image when it names an existing image file, else text; an argument with an image
     extension that names no file is an error (use --text to search for such text)."""
     from crossgap_index import CrossGapIndex, SearchOptions
-    from crossgap_index.cli.render import err, inversion_bar, print_hits
+    from crossgap_index.cli.render import err, first_time_for_index, inversion_bar, print_hits
     from crossgap_index.evaluation.data import read_vocab
 
     is_image = query_kind(query, as_image, as_text) == "image"
@@ -458,7 +459,8 @@ def query(
         hits = cgx.search(**({"image": query} if is_image else {"text": query}), options=options, progress=progress)
         served = cgx.describe_mode("image" if is_image else "text", options)
         held = cgx.info().counts[COLLECTIONS[target]] if len(hits) < top_k else len(hits)
-        note = cgx.model_note() if target is Target.images else None
+        note = cgx.model_note() if target is Target.images and not quiet else None
+        note = note if note and first_time_for_index(cgx.path) else None
     if note and not quiet:
         err.print(f"cgx: note: {note}", highlight=False)
     inter_modal = is_image != (target is Target.images)
