@@ -102,3 +102,23 @@ def test_headings_use_the_plain_mode_names(one_photo_index):
     words = " ".join(fused.stdout.split())
     assert "· Plain + translated (fused)" in words and "[" not in words.splitlines()[0]
     assert "merged" in words and "Plain similarity rank/score" in words and "Translate the query rank/score" in words
+
+
+def test_the_inversion_bar_knows_its_total(one_photo_index):
+    """`cgx query` draws "inverting 7/25", not "7/?": the total is the served mode's step count."""
+    from crossgap_index import CrossGapIndex
+    from crossgap_index.cli.app import inversion_steps
+    from crossgap_index.inversion import InversionConfig
+    from crossgap_index.search.options import SearchOptions
+
+    served_default = InversionConfig()
+    with CrossGapIndex.open(one_photo_index, device="cpu") as cgx:
+
+        def total(modality: str, config: InversionConfig = served_default, **options) -> int | None:
+            return inversion_steps(cgx.describe_mode(modality, SearchOptions(**options)), config, modality == "image")
+
+        assert total("image", mode="cross") == served_default.oti_steps
+        assert total("image", InversionConfig(oti_steps=7), mode="fused") == 7
+        assert total("text", InversionConfig(ovi_steps=9), mode="cross", target="texts") == 9
+        assert total("image", mode="intra") is None and total("image", mode="span") is None
+        assert total("text", mode="cross") is None  # text -> images is already across: served plainly

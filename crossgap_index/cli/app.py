@@ -452,12 +452,11 @@ def query(
         projection=projection or None,
         use_cache=not no_cache,
     )
-    with (
-        CrossGapIndex.open(index, device=device, precision=precision) as cgx,
-        inversion_bar(enabled=not (quiet or json_out)) as progress,
-    ):
-        hits = cgx.search(**({"image": query} if is_image else {"text": query}), options=options, progress=progress)
+    with CrossGapIndex.open(index, device=device, precision=precision) as cgx:
         served = cgx.describe_mode("image" if is_image else "text", options)
+        total = inversion_steps(served, config or InversionConfig(), is_image)
+        with inversion_bar(total, enabled=not (quiet or json_out)) as progress:
+            hits = cgx.search(**({"image": query} if is_image else {"text": query}), options=options, progress=progress)
         held = cgx.info().counts[COLLECTIONS[target]] if len(hits) < top_k else len(hits)
         note = cgx.model_note() if target is Target.images and not quiet else None
         note = note if note and first_time_for_index(cgx.path) else None
@@ -476,6 +475,18 @@ def query(
     query_doc = {"kind": "image" if is_image else "text", "value": query}
     settings = {"target": target.value, "k": top_k, "mode": mode.value, "served": served}
     print_hits(hits, query_doc, settings, fmt, separator=b"\0" if null else b"\n")
+
+
+def inversion_steps(served: dict, config: InversionConfig, is_image: bool) -> int | None:
+    """How many steps the served mode's inversion runs (its leg's own setting, else the query's), for the
+    progress bar's total; None when no leg inverts by steps."""
+    key = "oti_steps" if is_image else "ovi_steps"
+    for leg in served["legs"]:
+        if key in leg["params"]:
+            return int(leg["params"][key])
+        if leg["transform"] == "invert":
+            return getattr(config, key)
+    return None
 
 
 @app.command()

@@ -58,8 +58,10 @@ def serve_command(
     # cores, 32 clients of cross queries: a batched call took 1.9 s of wall time for 0.7 s of library work
     # at 5 ms, and 0.49 s for 0.49 s at 0.5 ms (benchmarks/RESULTS.md).
     sys.setswitchinterval(0.0005)
+    print("cgx serve: opening the index and loading its model...", file=sys.stderr, flush=True)  # seconds of it
     with CrossGapIndex.open(index, device=device) as cgx:
         _ = cgx.encoder  # load the model before the first request, not during it
+        print(f"cgx serve: {cgx.info().counts.get('image', 0)} images, model {cgx.info().model}", file=sys.stderr)
         uvicorn.run(create_app(cgx, settings), host=host, port=port, log_level="info", timeout_graceful_shutdown=60)
 
 
