@@ -107,6 +107,9 @@ DeviceOpt = Annotated[
     typer.Option("--device", help="auto (CUDA when available), cpu, cuda, cuda:N (the Nth GPU) or mps (Apple GPU)."),
 ]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or summaries on stderr.")]
+VerboseOpt = Annotated[
+    bool, typer.Option("--verbose", help="Also show the engine's own logs (Ray's INFO/WARNING lines).")
+]
 PrecisionOpt = Annotated[
     str,
     typer.Option(
@@ -230,6 +233,7 @@ def build_index(
     no_wait: NoWaitOpt = False,
     precision: PrecisionOpt = "auto",
     quiet: QuietOpt = False,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Embed the images under FOLDERS into the index. Incremental: unchanged files are skipped,
     changed ones re-embedded, deleted ones removed, renamed or duplicate files reuse stored vectors."""
@@ -239,7 +243,7 @@ def build_index(
     from crossgap_index.ingest.discover import resolve_roots
 
     folders = resolve_roots(folders)  # before an index is created for a typo
-    build_engine = get_engine(engine, ray_address)
+    build_engine = get_engine(engine, ray_address, verbose=verbose)
     with (
         CrossGapIndex.open_or_create(
             index, model=model, device=device, factory=factory, wait=not no_wait, precision=precision
@@ -307,6 +311,7 @@ def add_texts(
     ray_address: RayAddressOpt = None,
     no_wait: NoWaitOpt = False,
     quiet: QuietOpt = False,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Add a text corpus beside the images; exact duplicates are stored once."""
     from crossgap_index import CrossGapIndex
@@ -315,7 +320,7 @@ def add_texts(
     from crossgap_index.ingest.texts import read_text_corpus
 
     corpus = read_text_corpus(file, max_bytes=int(max_file_mb * 1e6))
-    gallery_engine = get_engine(engine, ray_address)
+    gallery_engine = get_engine(engine, ray_address, verbose=verbose)
     with (
         CrossGapIndex.open_or_create(index, model=model, device=device, wait=not no_wait) as cgx,
         progress_bar("embedding texts", "txt", enabled=not quiet) as progress,
