@@ -139,7 +139,9 @@ def test_refusals_are_one_line(served, http):
     refused({"text": "a red circle", "embedding_input": [0.1] * 4}, 400, "exactly one of")
     refused({"modality": "image"}, 400, "got none")
     refused({"text": "a red circle", "num_images": 51}, 400, "limit of 50")
-    refused({"text": "a red circle", "mode": "bogus"}, 400, "unknown mode")
+    refused({"text": "a red circle", "mode": "bogus"}, 400, "unknown mode 'bogus'")
+    named = http.post("/knn-service", json={"text": "a red circle", "mode": "bogus"}).json()["error"]
+    assert "span, iso" in named and "+aqe" not in named and "GET /info" in named  # the named modes, not all 42
     refused({"text": "a red circle", "modality": "video"}, 422, "modality")
     refused({"image": "not base64!"}, 400, "base64")
     typed = httpx.post(f"{url}/knn-service", content=b'{"text": "x"}', headers={"content-type": "text/plain"})
