@@ -310,15 +310,18 @@ class CrossGapIndex:
         workers: int = 4,
         progress: ProgressFn | None = None,
         engine: str | Engine = "local",
+        retry_failed: bool = False,
     ) -> BuildReport:
         """Bring the index in line with the image files under ``roots``: new and changed files are
-        embedded (or reuse a stored vector with the same content), files gone from disk leave.
-        Only regular files up to ``max_file_bytes`` are read; any other file is skipped with a reason.
+        embedded (or reuse a stored vector with the same content), files gone from disk leave; ids follow
+        files (an edit keeps the id, so does a move; README "Ids"). Only regular files up to ``max_file_bytes``
+        are read; any other file is skipped with a reason. A file that failed to decode is not read again
+        while its size and mtime stay the same, unless ``retry_failed``.
         ``engine``: ``local``, ``ray`` (a Ray cluster; see crossgap_index.engines) or an engine object."""
         roots = resolve_roots(roots)
         paths = find_images(roots, include_hidden=include_hidden)
         return self._ingest(
-            paths, roots, max_megapixels, max_file_bytes, batch_size, workers, progress, get_engine(engine)
+            paths, roots, max_megapixels, max_file_bytes, batch_size, workers, progress, get_engine(engine), retry_failed
         )
 
     def add_images(
@@ -344,11 +347,12 @@ class CrossGapIndex:
         workers: int,
         progress: ProgressFn | None,
         engine: Engine,
+        retry_failed: bool = False,
     ) -> BuildReport:
         with self._store.writing():
             limits = ReadLimits(max_megapixels, max_file_bytes, None)
             build = ImageBuild(self._store, lambda: self.encoder, self._record_precision, self._device)
-            return build.run(paths, prune_roots, limits, batch_size, workers, engine, progress)
+            return build.run(paths, prune_roots, limits, batch_size, workers, engine, progress, retry_failed)
 
     def add_texts(
         self,

@@ -198,6 +198,10 @@ def build_index(
     batch_size: Annotated[int, typer.Option(min=1, help="Images per embedding batch.")] = 64,
     workers: Annotated[int, typer.Option(min=1, help="Decoding threads.")] = 4,
     report: Annotated[Path | None, typer.Option(help="Write every skipped file and its reason to this file.")] = None,
+    retry_failed: Annotated[
+        bool,
+        typer.Option(help="Read again files that failed to decode before (by default not while unchanged)."),
+    ] = False,
     invert_gallery: Annotated[
         bool,
         typer.Option(
@@ -242,6 +246,7 @@ def build_index(
             workers=workers,
             progress=progress,
             engine=build_engine,
+            retry_failed=retry_failed,
         )
         if invert_gallery or cgx.gallery_inversion is not None:
             config = InversionConfig(oti_steps=steps, precision=precision) if invert_gallery else None
@@ -256,10 +261,11 @@ def build_index(
         err.print(build_summary(result), highlight=False)
         if derived:
             err.print(f"built {len(derived)} derived collection(s) for --cross: {', '.join(derived)}", highlight=False)
-        if result.skipped:
-            shown = "; ".join(f"{printable(p)} ({r})" for p, r in result.skipped[:5])
-            more = f" and {len(result.skipped) - 5} more" if len(result.skipped) > 5 else ""
-            err.print(f"skipped {len(result.skipped)} unreadable files: {shown}{more}", highlight=False)
+        new_failures = result.skipped[result.known_failures :]
+        if new_failures:
+            shown = "; ".join(f"{printable(p)} ({r})" for p, r in new_failures[:5])
+            more = f" and {len(new_failures) - 5} more" if len(new_failures) > 5 else ""
+            err.print(f"skipped {len(new_failures)} unreadable files: {shown}{more}", highlight=False)
         if note:
             err.print(f"cgx: note: {note}", highlight=False)
 

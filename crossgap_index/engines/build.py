@@ -42,7 +42,7 @@ class BuildReport:
     """What a build did. ``embedded`` counts images that went through the model; ``moved``: files found under
     a new path with the content of one gone from its old path (they keep their ids); ``adopted``: imported rows
     whose files were read for the first time (ids, captions and vectors kept); ``known_failures``: files that
-    failed before and are unchanged since (not read again; they are in ``skipped`` too)."""
+    failed before and are unchanged since (not read again; the first ``known_failures`` of ``skipped``)."""
 
     added: int = 0
     updated: int = 0
@@ -82,6 +82,7 @@ class BuildPlan:
     unchanged: int = 0
     known_failures: list[tuple[str, str]] = field(default_factory=list)  # (path, reason) not read again
     unreadable: list[tuple[str, str]] = field(default_factory=list)  # (path, reason): stat failed
+    vanished_failures: list[str] = field(default_factory=list)  # remembered failures no longer on disk
 
 
 def plan_build(
@@ -93,7 +94,7 @@ def plan_build(
     present size and mtime, under the same read limits, is not read again unless ``retry_failed``."""
     plan = BuildPlan()
     records = catalog.images()
-    failed = {} if retry_failed else catalog.failed_files()
+    failed = catalog.failed_files()
     key = limits_key(limits)
     for path in paths:
         record = records.get(str(path))
@@ -105,7 +106,7 @@ def plan_build(
         failure = failed.get(str(path))
         if record and record.size == stat.st_size and record.mtime_ns == stat.st_mtime_ns:
             plan.unchanged += 1
-        elif failure is not None and failure[:3] == (stat.st_size, stat.st_mtime_ns, key):
+        elif not retry_failed and failure is not None and failure[:3] == (stat.st_size, stat.st_mtime_ns, key):
             plan.known_failures.append((str(path), failure[3]))
         elif record is not None and record.content_hash.startswith(IMPORTED_PREFIX):
             plan.adopt.append(path)
@@ -113,6 +114,7 @@ def plan_build(
             plan.todo.append(path)
     on_disk = {str(p) for p in paths}
     plan.gone = [r for p, r in records.items() if p not in on_disk and _under_any(p, prune_roots)]
+    plan.vanished_failures = [p for p in failed if p not in on_disk and _under_any(p, prune_roots)]
     return plan
 
 
@@ -151,8 +153,8 @@ class ImageBuild:
         catalog = self._store.catalog
         plan = plan_build(catalog, paths, prune_roots, limits, retry_failed)
         report.unchanged = plan.unchanged
-        report.skipped.extend(plan.unreadable)
         report.skipped.extend(plan.known_failures)
+        report.skipped.extend(plan.unreadable)
         report.known_failures = len(plan.known_failures)
         records = catalog.images()
         gone_by_hash: dict[str, list[ImageRecord]] = {}
@@ -188,7 +190,7 @@ class ImageBuild:
             moved_ids = {r.id for r in plan.gone} - {r.id for rs in gone_by_hash.values() for r in rs}
             gone = [r.id for r in plan.gone if r.id not in moved_ids]
             self._store.remove(gone)
-            catalog.forget_failures(r.path for r in plan.gone if r.id not in moved_ids)
+            catalog.forget_failures(plan.vanished_failures)
             report.removed = len(gone)
         finally:
             if report.changed:
