@@ -321,7 +321,15 @@ class CrossGapIndex:
         roots = resolve_roots(roots)
         paths = find_images(roots, include_hidden=include_hidden)
         return self._ingest(
-            paths, roots, max_megapixels, max_file_bytes, batch_size, workers, progress, get_engine(engine), retry_failed
+            paths,
+            roots,
+            max_megapixels,
+            max_file_bytes,
+            batch_size,
+            workers,
+            progress,
+            get_engine(engine),
+            retry_failed,
         )
 
     def add_images(
