@@ -345,6 +345,27 @@ class CrossGapIndex:
         files = [Path(p).expanduser().resolve() for p in paths]
         return self._ingest(files, [], max_megapixels, max_file_bytes, batch_size, 4, progress, get_engine("local"))
 
+    def sync_paths(
+        self,
+        changed: Iterable[str | Path],
+        roots: Iterable[str | Path],
+        *,
+        include_hidden: bool = False,
+        max_megapixels: float = DEFAULT_MAX_MEGAPIXELS,
+        max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
+        batch_size: int = 64,
+        workers: int = 4,
+        progress: ProgressFn | None = None,
+    ) -> BuildReport:
+        """``index_folders`` limited to ``changed`` paths under ``roots`` (what a file watcher reports): image
+        files among them, or under folders among them, are added or updated; paths gone from disk (files, or
+        folders with all under them) leave; a file moved from one to another keeps its id."""
+        from crossgap_index.ingest.watch import paths_to_sync
+
+        files, prune = paths_to_sync([Path(p) for p in changed], resolve_roots(roots), include_hidden)
+        engine = get_engine("local")
+        return self._ingest(files, prune, max_megapixels, max_file_bytes, batch_size, workers, progress, engine)
+
     def _ingest(
         self,
         paths: list[Path],

@@ -27,6 +27,7 @@ from crossgap_index.cli.maintenance import NoWaitOpt, check_command, compact_com
 from crossgap_index.cli.query_arg import query_kind
 from crossgap_index.cli.serve_command import serve_command
 from crossgap_index.cli.tune_command import train_inverter_command, tune_command
+from crossgap_index.cli.watch_command import watch_command
 from crossgap_index.demo import DEMO_MODEL
 from crossgap_index.errors import CrossGapError, CrossGapWarning, is_disk_full
 from crossgap_index.ingest.limits import DEFAULT_MAX_FILE_MB, DEFAULT_MAX_MEGAPIXELS
@@ -553,6 +554,7 @@ for _name, _command in (
 ):
     app.command(_name)(fails_cleanly(_command))
 app.command("serve")(fails_cleanly(serve_command))
+app.command("watch")(fails_cleanly(watch_command))
 
 
 def main() -> None:

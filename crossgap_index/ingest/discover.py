@@ -42,16 +42,33 @@ def find_images(roots: Iterable[Path], include_hidden: bool = False) -> list[Pat
             continue
         for dirpath, dirnames, filenames in os.walk(root):
             dirnames[:] = [d for d in dirnames if _keep_dir(d, include_hidden)]
-            for name in filenames:
-                if (include_hidden or not name.startswith(".")) and is_image_path(Path(name)):
-                    found.add(Path(dirpath) / name)
+            found.update(Path(dirpath) / name for name in filenames if _keep_file(name, include_hidden))
     return sorted(found)
+
+
+def would_find(path: Path, roots: Iterable[Path], include_hidden: bool = False, folder: bool = False) -> bool:
+    """Whether ``find_images(roots)`` finds the absolute ``path`` (``folder``: walks into it), by name alone: the
+    rule a watcher applies to one changed path without walking the roots again."""
+    for root in roots:
+        if path == root:
+            return folder or is_image_path(path)
+        if root in path.parents:
+            parts = path.relative_to(root).parts
+            folders, name = (parts, None) if folder else (parts[:-1], parts[-1])
+            return all(_keep_dir(d, include_hidden) for d in folders) and (
+                name is None or _keep_file(name, include_hidden)
+            )
+    return False
 
 
 def _keep_dir(name: str, include_hidden: bool) -> bool:
     if name in SKIPPED_DIRS:
         return False
     return include_hidden or not name.startswith(".")
+
+
+def _keep_file(name: str, include_hidden: bool) -> bool:
+    return (include_hidden or not name.startswith(".")) and is_image_path(Path(name))
 
 
 def resolve_roots(roots: Iterable[str | Path]) -> list[Path]:
