@@ -142,10 +142,11 @@ def test_a_burst_of_files_is_written_in_batches(tmp_path):
     with WatcherThread(index, folder) as watching:
         for source in sources:
             shutil.copy(source, folder / source.name)
-        wait_for(lambda: len(stored(index)) == 200, "all 200 files to be indexed", timeout=300)
+        added = lambda: sum(b.report.added for b in watching.batches if b.changes)  # noqa: E731
+        wait_for(lambda: added() == 200, "batches that add all 200 files", timeout=300)
         batches = [b for b in watching.batches if b.changes]
     assert 1 <= len(batches) < 200  # debounced: many files per batch
-    assert sum(b.report.added for b in batches) == 200
+    assert len(stored(index)) == 200
     with CrossGapIndex.open(index, device="cpu") as cgx:
         assert cgx.check().ok and cgx.info().counts["image"] == 200
 
@@ -189,7 +190,6 @@ def test_a_watcher_killed_mid_batch_resumes_and_ctrl_c_stops_it_cleanly(tmp_path
     finally:
         if first.poll() is None:
             first.kill()
-    assert len(stored(index)) < 120 or True  # how far it got depends on the machine; resuming must not
 
     second = cgx_process(*args)
     try:
