@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 
+import pytest
 from typer.testing import CliRunner
 
 from crossgap_index import CrossGapIndex
@@ -100,6 +101,7 @@ def test_a_touched_file_updates_its_stat_without_a_new_generation(tmp_path, phot
     assert report.unchanged == 6 and not loaded
 
 
+@pytest.mark.slow
 def test_cli_says_nothing_to_do_and_builds_no_derived_collection_again(tmp_path, photo_folder):
     write_broken_files(photo_folder / "broken")
     args = ["build-index", str(photo_folder), "--index", str(tmp_path / "idx"), "--model", MODEL, "--device", "cpu"]
@@ -117,6 +119,7 @@ def test_cli_says_nothing_to_do_and_builds_no_derived_collection_again(tmp_path,
     assert sorted(p.name for p in (tmp_path / "idx" / "derived").iterdir()) == derived
 
 
+@pytest.mark.slow
 def test_a_noop_rebuild_of_an_inverted_gallery_inverts_nothing(tmp_path, photo_folder):
     from crossgap_index.inversion import InversionConfig
 

@@ -102,6 +102,7 @@ def test_paths_to_sync_follows_the_build_rules(tmp_path):
     assert files == [root / ".hidden" / "c.png"]
 
 
+@pytest.mark.slow
 def test_watch_follows_new_edited_moved_and_deleted_files(tmp_path):
     folder, index = tmp_path / "photos", tmp_path / "idx"
     write_photo(folder / "before.png", seed=1)  # there before the watcher: the catch-up indexes it
