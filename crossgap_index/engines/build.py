@@ -76,6 +76,7 @@ class TextReport:
 class BuildPlan:
     """The diff of files on disk against the catalog, from stat alone (no file is read to make it)."""
 
+    records: dict[str, ImageRecord] = field(default_factory=dict)  # the catalog's image files by path
     todo: list[Path] = field(default_factory=list)  # new or changed files: read, hashed, embedded when new content
     adopt: list[Path] = field(default_factory=list)  # files behind imported rows: read and hashed only
     gone: list[ImageRecord] = field(default_factory=list)  # indexed files no longer on disk under the pruned roots
@@ -92,8 +93,8 @@ def plan_build(
 
     A file is unchanged when its size and mtime are the recorded ones; a file that failed to decode at its
     present size and mtime, under the same read limits, is not read again unless ``retry_failed``."""
-    plan = BuildPlan()
     records = catalog.images()
+    plan = BuildPlan(records=records)
     failed = catalog.failed_files()
     key = limits_key(limits)
     for path in paths:
@@ -156,7 +157,7 @@ class ImageBuild:
         report.skipped.extend(plan.known_failures)
         report.skipped.extend(plan.unreadable)
         report.known_failures = len(plan.known_failures)
-        records = catalog.images()
+        records = plan.records
         gone_by_hash: dict[str, list[ImageRecord]] = {}
         for record in plan.gone:
             gone_by_hash.setdefault(record.content_hash, []).append(record)
