@@ -100,8 +100,9 @@ def test_a_deleted_file_added_back_gets_a_new_id_and_ids_are_never_reused(tmp_pa
 
 
 def test_a_build_over_imported_rows_keeps_their_ids_captions_and_vectors(tmp_path, folder):
-    """Imported rows whose paths are files: the build adopts the files (hash and stat recorded); ids, captions
-    and the imported vectors stay. A later edit of such a file re-embeds it under the same id."""
+    """Imported rows whose paths are files: the build adopts the files (their stat recorded, nothing read); ids,
+    captions and the imported vectors stay, the same import runs again changing nothing, and a later edit of
+    such a file re-embeds it under the same id."""
     index = tmp_path / "idx"
     paths = sorted(str(p.resolve()) for p in folder.glob("*.png"))[:4]
     vectors = np.random.default_rng(0).standard_normal((4, 64)).astype(np.float32)
@@ -124,6 +125,9 @@ def test_a_build_over_imported_rows_keeps_their_ids_captions_and_vectors(tmp_pat
         assert cgx.check().ok
     again = build(index, folder)  # the adopted files are unchanged now
     assert (again.unchanged, again.adopted, again.embedded) == (6, 0, 0)
+    reimport = CrossGapIndex.import_embeddings(tmp_path / "emb.npy", index, MODEL, meta=tmp_path / "meta.jsonl")
+    assert (reimport.added, reimport.unchanged) == (0, 4)
+    assert [ids_by_path(index)[p] for p in paths] == [1000, 1001, 1002, 1003]
 
     write_photo(folder / "p0.png", seed=500)  # an edit after adoption: embedded by the index's model, same id
     edited = build(index, folder)

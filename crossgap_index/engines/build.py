@@ -19,7 +19,7 @@ import numpy as np
 from crossgap_index.engines import Engine, LoadedFn
 from crossgap_index.ingest.decode import content_hash
 from crossgap_index.ingest.embeddings import IMPORTED_PREFIX
-from crossgap_index.ingest.pipeline import Prepared, ReadLimits, decode_side, prepare, prepared_batches
+from crossgap_index.ingest.pipeline import Prepared, ReadLimits, decode_side, prepare
 from crossgap_index.inversion.config import InversionConfig
 from crossgap_index.inversion.keys import seed_from_digest, settings_fingerprint
 from crossgap_index.store.catalog import ImageRecord
@@ -41,8 +41,9 @@ ProgressFn = Callable[[int, int], None]
 class BuildReport:
     """What a build did. ``embedded`` counts images that went through the model; ``moved``: files found under
     a new path with the content of one gone from its old path (they keep their ids); ``adopted``: imported rows
-    whose files were read for the first time (ids, captions and vectors kept); ``known_failures``: files that
-    failed before and are unchanged since (not read again; the first ``known_failures`` of ``skipped``)."""
+    whose files a build saw for the first time (their stat recorded; ids, captions and vectors kept);
+    ``known_failures``: files that failed before and are unchanged since (not read again; the first
+    ``known_failures`` of ``skipped``)."""
 
     added: int = 0
     updated: int = 0
@@ -78,7 +79,7 @@ class BuildPlan:
 
     records: dict[str, ImageRecord] = field(default_factory=dict)  # the catalog's image files by path
     todo: list[Path] = field(default_factory=list)  # new or changed files: read, hashed, embedded when new content
-    adopt: list[Path] = field(default_factory=list)  # files behind imported rows: read and hashed only
+    adopt: list[tuple[int, int, int]] = field(default_factory=list)  # (id, size, mtime): files behind imported rows
     gone: list[ImageRecord] = field(default_factory=list)  # indexed files no longer on disk under the pruned roots
     unchanged: int = 0
     known_failures: list[tuple[str, str]] = field(default_factory=list)  # (path, reason) not read again
@@ -109,8 +110,8 @@ def plan_build(
             plan.unchanged += 1
         elif not retry_failed and failure is not None and failure[:3] == (stat.st_size, stat.st_mtime_ns, key):
             plan.known_failures.append((str(path), failure[3]))
-        elif record is not None and record.content_hash.startswith(IMPORTED_PREFIX):
-            plan.adopt.append(path)
+        elif record is not None and record.content_hash.startswith(IMPORTED_PREFIX) and record.mtime_ns == 0:
+            plan.adopt.append((record.id, stat.st_size, stat.st_mtime_ns))  # imported without a stat: first seen
         else:
             plan.todo.append(path)
     on_disk = {str(p) for p in paths}
@@ -130,7 +131,8 @@ class ImageBuild:
 
     Ids follow files: an edited file keeps its id (its vector is replaced), a file found under a new path with
     the content of one gone from its old path keeps that one's id, and an imported row's file keeps the row's
-    id, caption and vector. Nothing is committed as a new generation when nothing searchable changed."""
+    id, caption and vector (its stat is recorded, nothing is read) until the file changes, which is an edit.
+    Nothing is committed as a new generation when nothing searchable changed."""
 
     def __init__(self, store, encoder: Callable, before_embedding: Callable[[], None], device: str):
         self._store = store
@@ -162,7 +164,9 @@ class ImageBuild:
         for record in plan.gone:
             gone_by_hash.setdefault(record.content_hash, []).append(record)
         todo = plan.todo
-        self._adopt(plan.adopt, records, limits, batch_size, workers, report)
+        for record_id, size, mtime_ns in plan.adopt:  # the imported vector stays the one searched
+            catalog.adopt_file(record_id, size, mtime_ns)
+        report.adopted = len(plan.adopt)
 
         known = catalog.known_hashes("image")
         if todo:  # decode no larger than the model's input: memory follows the model, not the photos
@@ -206,27 +210,6 @@ class ImageBuild:
             self._store.commit()
         else:
             self._store.catalog.commit_bookkeeping()
-
-    def _adopt(
-        self,
-        paths: list[Path],
-        records: dict[str, ImageRecord],
-        limits: ReadLimits,
-        batch_size: int,
-        workers: int,
-        report: BuildReport,
-    ) -> None:
-        """Record the hash and stat of the files behind imported rows; their ids, captions and vectors stay."""
-        catalog = self._store.catalog
-        for batch in prepared_batches(paths, lambda _: True, batch_size, workers, limits):  # hashed, never decoded
-            for item in batch:
-                if item.error is not None:
-                    report.skipped.append((str(item.path), item.error))
-                    continue
-                file = item.file
-                catalog.adopt_file(records[str(item.path)].id, file.content_hash, file.size, file.mtime_ns)
-                report.adopted += 1
-            catalog.commit_bookkeeping()
 
     def _store_batch(
         self,

@@ -434,13 +434,10 @@ class Catalog:
             (path_to_db(path), size, mtime_ns, int(item_id)),
         )
 
-    def adopt_file(self, item_id: int, content_hash: str, size: int, mtime_ns: int) -> None:
-        """An imported row's file, read by a build: its hash and stat are recorded (its vector stays), so later
-        builds see it unchanged, and a change to the file from then on is an edit."""
-        self.conn.execute(
-            "UPDATE items SET content_hash = ?, size = ?, mtime_ns = ? WHERE id = ?",
-            (content_hash, size, mtime_ns, int(item_id)),
-        )
+    def adopt_file(self, item_id: int, size: int, mtime_ns: int) -> None:
+        """An imported row's file, seen by a build: its stat is recorded (its content hash, the import's, and
+        its vector stay), so later builds see it unchanged, and a change to the file from then on is an edit."""
+        self.conn.execute("UPDATE items SET size = ?, mtime_ns = ? WHERE id = ?", (size, mtime_ns, int(item_id)))
 
     # -- files a build could not use ---------------------------------------------------------
     def failed_files(self) -> dict[str, tuple[int, int, str, str]]:
