@@ -197,12 +197,15 @@ class ImageBuild:
             self._store.remove(gone)
             catalog.forget_failures(plan.vanished_failures)
             report.removed = len(gone)
-        finally:
+        except BaseException:
             if report.changed:
-                self._store.save()
-            else:  # nothing searchable changed: the generation, FAISS files and derived collections stay
-                catalog.commit_bookkeeping()
-            report.seconds = time.perf_counter() - start
+                self._store.save()  # what finished is kept: the next build resumes from it
+            raise
+        if report.changed:
+            self._store.save()
+        else:  # nothing searchable changed: the generation, FAISS files and derived collections stay
+            catalog.commit_bookkeeping()
+        report.seconds = time.perf_counter() - start
         return report
 
     def _commit(self, changed: bool) -> None:
