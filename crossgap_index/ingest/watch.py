@@ -132,6 +132,8 @@ class FolderWatcher:
 
     def _sync(self, changed: set[Path]) -> None:
         s = self.settings
+        if paths_to_sync(changed, self.roots, s.include_hidden) == ([], []):
+            return  # no image and nothing indexed among them (a text file, the index's own files): no write
         start = time.perf_counter()
         report = self.index.sync_paths(
             changed,
