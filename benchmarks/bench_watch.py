@@ -81,7 +81,10 @@ def serve_watch_latency(tmp: Path, trials: int) -> list[float]:
         cgx.index_folders([make_photos(tmp / "served-base", 20, seed=3)[0].parent])
     command = [sys.executable, "-m", "crossgap_index", "serve", "--index", str(index), "--port", "0"]
     server = subprocess.Popen(
-        [*command, "--device", "cpu", "--watch", str(incoming)], stderr=subprocess.PIPE, text=True
+        [*command, "--device", "cpu", "--watch", str(incoming)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     latencies = []
     try:

@@ -24,10 +24,12 @@ def ids_by_path(index_path) -> dict[str, int]:
         return {item.path: item.id for item in cgx.ls("image")}
 
 
-def top_hit(index_path, image) -> tuple[int, float]:
+def top_hit(index_path, image, files: bool = True) -> tuple[int, float]:
+    """The top hit of ``image`` (id, score), after `cgx check` says the index is sound (``files``: and every
+    indexed file is on disk)."""
     with CrossGapIndex.open(index_path, device="cpu") as cgx:
         hit = cgx.search(image=image, k=1)[0]
-        assert cgx.check(files=True).ok
+        assert cgx.check(files=files).ok
     return hit.id, hit.score
 
 
@@ -105,7 +107,8 @@ def test_a_build_over_imported_rows_keeps_their_ids_captions_and_vectors(tmp_pat
     such a file re-embeds it under the same id."""
     index = tmp_path / "idx"
     paths = sorted(str(p.resolve()) for p in folder.glob("*.png"))[:4]
-    vectors = np.random.default_rng(0).standard_normal((4, 64)).astype(np.float32)
+    paths.append(str(folder.resolve() / "elsewhere" / "not-here.png"))  # a file of the import's, not on this disk
+    vectors = np.random.default_rng(0).standard_normal((5, 64)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     np.save(tmp_path / "emb.npy", vectors)
     with (tmp_path / "meta.jsonl").open("w") as f:
@@ -117,23 +120,23 @@ def test_a_build_over_imported_rows_keeps_their_ids_captions_and_vectors(tmp_pat
     assert (report.adopted, report.added, report.embedded, report.removed) == (4, 2, 2, 0)
     with CrossGapIndex.open(index, device="cpu") as cgx:
         items = {item.path: item for item in cgx.ls("image")}
-        assert [items[p].id for p in paths] == [1000, 1001, 1002, 1003]
-        assert [items[p].text for p in paths] == [f"caption {i}" for i in range(4)]
-        for i in range(4):  # the imported vectors are the ones stored
+        assert [items[p].id for p in paths] == [1000, 1001, 1002, 1003, 1004]  # the one not on disk stays too
+        assert [items[p].text for p in paths] == [f"caption {i}" for i in range(5)]
+        for i in range(5):  # the imported vectors are the ones stored
             hit = cgx.search(vector=vectors[i], k=1)[0]
             assert hit.id == 1000 + i and hit.score == pytest.approx(1.0, abs=1e-5)
-        assert cgx.check().ok
+        assert cgx.check(files=False).ok
     again = build(index, folder)  # the adopted files are unchanged now
     assert (again.unchanged, again.adopted, again.embedded) == (6, 0, 0)
     reimport = CrossGapIndex.import_embeddings(tmp_path / "emb.npy", index, MODEL, meta=tmp_path / "meta.jsonl")
-    assert (reimport.added, reimport.unchanged) == (0, 4)
-    assert [ids_by_path(index)[p] for p in paths] == [1000, 1001, 1002, 1003]
+    assert (reimport.added, reimport.unchanged) == (0, 5)
+    assert [ids_by_path(index)[p] for p in paths] == [1000, 1001, 1002, 1003, 1004]
 
     write_photo(folder / "p0.png", seed=500)  # an edit after adoption: embedded by the index's model, same id
     edited = build(index, folder)
     assert (edited.updated, edited.embedded) == (1, 1)
     assert ids_by_path(index)[paths[0]] == 1000
-    assert top_hit(index, folder / "p0.png") == (1000, pytest.approx(1.0, abs=1e-5))
+    assert top_hit(index, folder / "p0.png", files=False) == (1000, pytest.approx(1.0, abs=1e-5))
 
 
 def test_an_edit_replaces_the_gallery_inversion_of_that_item(tmp_path, folder):

@@ -110,14 +110,23 @@ def plan_build(
             plan.unchanged += 1
         elif not retry_failed and failure is not None and failure[:3] == (stat.st_size, stat.st_mtime_ns, key):
             plan.known_failures.append((str(path), failure[3]))
-        elif record is not None and record.content_hash.startswith(IMPORTED_PREFIX) and record.mtime_ns == 0:
-            plan.adopt.append((record.id, stat.st_size, stat.st_mtime_ns))  # imported without a stat: first seen
+        elif record is not None and _never_seen_import(record):
+            plan.adopt.append((record.id, stat.st_size, stat.st_mtime_ns))
         else:
             plan.todo.append(path)
     on_disk = {str(p) for p in paths}
-    plan.gone = [r for p, r in records.items() if p not in on_disk and _under_any(p, prune_roots)]
+    plan.gone = [
+        r
+        for p, r in records.items()
+        if p not in on_disk and _under_any(p, prune_roots) and not _never_seen_import(r)  # imports name, not own
+    ]
     plan.vanished_failures = [p for p in failed if p not in on_disk and _under_any(p, prune_roots)]
     return plan
+
+
+def _never_seen_import(record: ImageRecord) -> bool:
+    """An imported row whose file no build has seen yet (imports record no stat)."""
+    return record.content_hash.startswith(IMPORTED_PREFIX) and record.mtime_ns == 0
 
 
 def limits_key(limits: ReadLimits) -> str:
@@ -226,9 +235,13 @@ class ImageBuild:
         catalog = self._store.catalog
         key = limits_key(limits)
         failures, succeeded = [], []
-        moved = [item for item in batch if self._move(item, records, gone_by_hash, report)]  # need no vector
-        succeeded.extend(str(item.path) for item in moved)
-        batch = [item for item in batch if not any(item is m for m in moved)]
+        remaining = []
+        for item in batch:  # moves first: they need no vector
+            if self._move(item, records, gone_by_hash, report):
+                succeeded.append(str(item.path))
+            else:
+                remaining.append(item)
+        batch = remaining
         vectors: dict[str, np.ndarray] = {}
         for i, item in enumerate(batch):
             if item.error is not None:
