@@ -86,6 +86,18 @@ class WatcherThread:
         assert not self.thread.is_alive() and not self.errors, self.errors
 
 
+def test_watching_a_file_is_one_line(tmp_path):
+    write_photo(tmp_path / "a.png", seed=1)
+    done = subprocess.run(
+        [sys.executable, "-m", "crossgap_index", "watch", str(tmp_path / "a.png"), "--index", str(tmp_path / "i")],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert done.returncode == 1
+    assert done.stderr.strip() == f"cgx: error: cannot watch {tmp_path / 'a.png'}: not a folder"
+
+
 def test_paths_to_sync_follows_the_build_rules(tmp_path):
     root = tmp_path / "root"
     write_photo(root / "a.png", seed=1)
@@ -126,9 +138,17 @@ def test_watch_follows_new_edited_moved_and_deleted_files(tmp_path):
         wait_for(lambda: moved_path in stored(index) and new_path not in stored(index), "the move")
         assert stored(index)[moved_path] == new_id
 
+        os.rename(folder / "sub", folder / "album")  # a whole folder renamed
+        in_album = str((folder / "album" / "renamed.png").resolve())
+        wait_for(lambda: in_album in stored(index) and moved_path not in stored(index), "the folder's move")
+        assert stored(index)[in_album] == new_id
+
         (folder / "before.png").unlink()  # deleted
         wait_for(lambda: str((folder / "before.png").resolve()) not in stored(index), "the deletion")
         assert list(stored(index).values()) == [new_id]
+        (folder / "notes.txt").write_text("not an image")  # no write for it
+        shutil.rmtree(folder / "album")  # a folder deleted with what it holds
+        wait_for(lambda: not stored(index), "the folder's deletion")
         assert all(batch.changes for batch in watching.batches[1:])  # every batch after the catch-up had events
     with CrossGapIndex.open(index, device="cpu") as cgx:
         assert cgx.check().ok

@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from crossgap_index.errors import QueryError
 from crossgap_index.server.settings import ServeSettings, check_bind
 
 
@@ -75,7 +76,7 @@ def _watched_roots(folders: list[Path]) -> list[Path]:
     roots = resolve_roots(folders)
     for root in roots:
         if not root.is_dir():
-            raise typer.BadParameter(f"{root} is not a folder", param_hint="--watch")
+            raise QueryError(f"cannot watch {root}: not a folder")
     return roots
 
 

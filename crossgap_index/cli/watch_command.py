@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 
+from crossgap_index.errors import QueryError
 from crossgap_index.ingest.limits import DEFAULT_MAX_FILE_MB, DEFAULT_MAX_MEGAPIXELS
 from crossgap_index.ingest.watch import WatchSettings
 
@@ -48,7 +49,7 @@ def watch_command(
     roots = resolve_roots(folders)
     for root in roots:
         if not root.is_dir():
-            raise typer.BadParameter(f"{root} is not a folder", param_hint="FOLDERS")
+            raise QueryError(f"cannot watch {root}: not a folder")
     settings = WatchSettings(
         include_hidden=include_hidden,
         debounce_ms=debounce_ms,
