@@ -266,6 +266,13 @@ class CrossGapIndex:
                     self._encoder = self._load_encoder()
         return self._encoder
 
+    def share_model(self, other: CrossGapIndex) -> None:
+        """Embed with ``other``'s model (loaded there if not yet) instead of loading a copy: the same index opened
+        twice in one process, e.g. a server and the watcher writing into it. The encoder is thread-safe."""
+        if other.path != self.path:
+            raise QueryError(f"share_model: {other.path} is another index than {self.path}")
+        self._encoder = other.encoder
+
     def _load_encoder(self) -> Encoder:
         """The index's model in the precision its vectors admit; refuses a model of another dimension."""
         from crossgap_index.models import Encoder, load_model

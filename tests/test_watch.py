@@ -263,3 +263,21 @@ def test_serve_watch_serves_a_file_copied_into_the_watched_folder(serve_template
         finally:
             if server.poll() is None:
                 server.kill()
+
+
+@pytest.mark.slow
+def test_a_second_handle_shares_the_first_ones_model(tmp_path, photo_folder):
+    from crossgap_index.errors import QueryError
+
+    with CrossGapIndex.create(tmp_path / "idx", model=MODEL, device="cpu") as served:
+        served.index_folders([photo_folder])
+        with CrossGapIndex.open(tmp_path / "idx", device="cpu") as writer:
+            writer.share_model(served)
+            assert writer.encoder is served.encoder
+            write_photo(photo_folder / "a" / "img0.png", seed=70)
+            assert writer.index_folders([photo_folder]).updated == 1  # embeds with the shared model
+            with (
+                CrossGapIndex.create(tmp_path / "other", model=MODEL, device="cpu") as other,
+                pytest.raises(QueryError, match="another index"),
+            ):
+                other.share_model(served)

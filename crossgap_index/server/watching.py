@@ -50,6 +50,7 @@ class ServedWatch:
 
         try:
             with CrossGapIndex.open(self.served.path, device=self.device) as writer:
+                writer.share_model(self.served)  # one copy of the model in the process
                 watcher = FolderWatcher(writer, self.roots, self.settings, on_batch=self._published)
                 print(f"cgx serve: watching {', '.join(map(str, self.roots))}", file=sys.stderr, flush=True)
                 watcher.run(self._stop)
