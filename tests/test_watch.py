@@ -63,7 +63,10 @@ class WatcherThread:
         self.handle = CrossGapIndex.open_or_create(index, model=MODEL, device="cpu")
         self.batches = []
         self.stop = threading.Event()
-        self.watcher = FolderWatcher(self.handle, [folder.resolve()], settings, on_batch=self.batches.append)
+        self.problems: list[str] = []
+        self.watcher = FolderWatcher(
+            self.handle, [folder.resolve()], settings, on_batch=self.batches.append, on_problem=self.problems.append
+        )
         self.errors: list[BaseException] = []
         self.thread = threading.Thread(target=self._run, daemon=True)
 
@@ -152,6 +155,19 @@ def test_watch_follows_new_edited_moved_and_deleted_files(tmp_path):
         assert all(batch.changes for batch in watching.batches[1:])  # every batch after the catch-up had events
     with CrossGapIndex.open(index, device="cpu") as cgx:
         assert cgx.check().ok
+
+
+@pytest.mark.slow
+def test_a_file_name_that_is_not_utf8_is_indexed_and_the_watcher_goes_on(tmp_path):
+    folder, index = tmp_path / "photos", tmp_path / "idx"
+    folder.mkdir()
+    raw = os.path.join(os.fsencode(folder), b"caf\xe9.png")  # Latin-1: watchfiles cannot report this name
+    with WatcherThread(index, folder) as watching:
+        shutil.copy(write_photo(tmp_path / "staging" / "a.png", seed=5), raw)
+        wait_for(lambda: os.fsdecode(raw) in stored(index), "the non-UTF-8 name to be indexed")
+        assert watching.problems and "catching up" in watching.problems[0]
+        shutil.copy(write_photo(tmp_path / "staging" / "b.png", seed=6), folder / "b.png")  # still watching
+        wait_for(lambda: str(folder / "b.png") in stored(index), "a later file to be indexed")
 
 
 @pytest.mark.slow

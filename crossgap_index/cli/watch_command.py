@@ -63,8 +63,12 @@ def watch_command(
         if not quiet:
             print(batch_line(batch), file=sys.stderr, flush=True)
 
+    def note(problem: str) -> None:
+        if not quiet:
+            print(f"cgx watch: note: {problem}", file=sys.stderr, flush=True)
+
     with CrossGapIndex.open_or_create(index, model=model, device=device) as cgx:
-        watcher = FolderWatcher(cgx, roots, settings, on_batch=tell)
+        watcher = FolderWatcher(cgx, roots, settings, on_batch=tell, on_problem=note)
         if not quiet:
             print(f"cgx watch: watching {', '.join(map(str, roots))} into {cgx.path}", file=sys.stderr, flush=True)
         signal.signal(signal.SIGTERM, _interrupt)  # a service manager's stop ends like Ctrl-C

@@ -77,7 +77,8 @@ class WatchBatch:
 class FolderWatcher:
     """Watches ``roots`` and writes each batch of changes into ``index`` (its writer: it holds the index lock
     while a batch is written, like any build). ``on_batch`` hears of every batch once it is committed and its
-    derived collections are current: a server swaps its searches to that state there."""
+    derived collections are current: a server swaps its searches to that state there; ``on_problem`` hears
+    of events the watcher could not report (it caught up with a full build instead)."""
 
     def __init__(
         self,
@@ -85,23 +86,37 @@ class FolderWatcher:
         roots: Sequence[Path],
         settings: WatchSettings = WatchSettings(),
         on_batch: Callable[[WatchBatch], None] | None = None,
+        on_problem: Callable[[str], None] | None = None,
     ):
         self.index = index
         self.roots = list(roots)
         self.settings = settings
         self.on_batch = on_batch
+        self.on_problem = on_problem  # told, in one line, when the watcher had to listen again
         self.listening = threading.Event()  # set once events are being recorded and the catch-up is done
 
     def run(self, stop: threading.Event | None = None) -> None:
         """Watch until ``stop`` is set (or KeyboardInterrupt). The first wake-up (events or not) runs the
-        catch-up build, so nothing changed before the watcher listened is missed."""
+        catch-up build, so nothing changed before the watcher listened is missed. A change the watcher cannot
+        report (a file name that is not UTF-8: watchfiles gives up on the whole batch) makes it listen again and
+        catch up with a full build, which reads such names as any build does."""
         try:
             import watchfiles
+            from watchfiles._rust_notify import WatchfilesRustInternalError
         except ImportError as exc:
             raise QueryError(f'watching folders needs watchfiles: pip install "crossgap-index[watch]" ({exc})') from exc
 
+        while True:
+            try:
+                self._watch(watchfiles.watch, stop)
+                return
+            except WatchfilesRustInternalError as exc:
+                if self.on_problem is not None:
+                    self.on_problem(f"{' '.join(str(exc).split())}; catching up with a full build")
+
+    def _watch(self, watch: Callable, stop: threading.Event | None) -> None:
         caught_up = False
-        for changes in watchfiles.watch(
+        for changes in watch(
             *self.roots,
             watch_filter=None,  # the build's own rules decide (would_find), hidden folders and all
             debounce=self.settings.debounce_ms,

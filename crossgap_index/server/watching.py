@@ -51,12 +51,16 @@ class ServedWatch:
         try:
             with CrossGapIndex.open(self.served.path, device=self.device) as writer:
                 writer.share_model(self.served)  # one copy of the model in the process
-                watcher = FolderWatcher(writer, self.roots, self.settings, on_batch=self._published)
+                watcher = FolderWatcher(writer, self.roots, self.settings, self._published, self._note)
                 print(f"cgx serve: watching {', '.join(map(str, self.roots))}", file=sys.stderr, flush=True)
                 watcher.run(self._stop)
         except Exception as exc:  # noqa: BLE001 - the server goes on serving what was written; one line says why
             message = " ".join(str(exc).split())
             print(f"cgx serve: error: watching stopped: {type(exc).__name__}: {message}", file=sys.stderr, flush=True)
+
+    @staticmethod
+    def _note(problem: str) -> None:
+        print(f"cgx serve: watch: note: {problem}", file=sys.stderr, flush=True)
 
     def _published(self, batch: WatchBatch) -> None:
         if batch.report.changed:
