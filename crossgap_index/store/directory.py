@@ -332,6 +332,14 @@ class Store:
         self._pending.append(("remove", "", np.asarray(ids, np.int64), None))
         self._removed = True
 
+    def replace(self, name: str, ids: list[int], vectors: np.ndarray) -> None:
+        """Index new vectors under ids whose catalog rows the caller has rewritten (edited files keep their ids):
+        at commit the old vectors leave every FAISS index (the derived ones too) and the new ones join ``name``."""
+        if len(ids):
+            ids = np.asarray(ids, np.int64)
+            self._pending.append(("remove", "", ids, None))
+            self._pending.append(("add", name, ids, np.asarray(vectors, np.float32)))
+
     def commit(self) -> None:
         """Commit the catalog and apply the pending FAISS changes, as one step for readers."""
         with self._rw.write():
