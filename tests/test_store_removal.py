@@ -74,7 +74,7 @@ def test_random_removals_and_readds_keep_every_id_on_its_vector_through_saves(tm
     removed: set[int] = set()
     with store.writing():
         first = unit(rng, 700)
-        live.update(zip(add(store, first, "a"), first))
+        live.update(zip(add(store, first, "a"), first, strict=True))
         store.save()
     assert store.indexes["image"].resolved_factory == factory  # trained: the factory itself, not exact fallback
     for round_ in range(5):
@@ -88,7 +88,7 @@ def test_random_removals_and_readds_keep_every_id_on_its_vector_through_saves(tm
             if round_ % 2:  # a commit between the removal and the re-add (the in-memory index changes twice)
                 store.commit()
             fresh = np.concatenate([readd, unit(rng, int(rng.integers(0, 40)))])
-            live.update(zip(add(store, fresh, f"r{round_}"), fresh))
+            live.update(zip(add(store, fresh, f"r{round_}"), fresh, strict=True))
             store.save()
         assert_each_finds_itself(store, live, removed, rng)
         store.close()
@@ -248,5 +248,5 @@ def test_check_finds_ids_moved_onto_other_vectors_by_its_self_search_and_repairs
     store = Store.open(path)
     repaired = check_store(store, repair=True, files=False)
     assert repaired.ok and any(r.startswith("image.faiss: ids no longer match") for r in repaired.repaired)
-    assert_each_finds_itself(store, dict(zip(range(1, 401), vectors)), set(), rng)
+    assert_each_finds_itself(store, dict(zip(range(1, 401), vectors, strict=True)), set(), rng)
     store.close()
