@@ -249,7 +249,8 @@ def _self_search_problem(store: Store, name: str, index: VectorIndex, stored_ids
         own = found == ids[:, None]
         if exact:  # its own id, scored as well as the best (an equal vector may come first)
             own &= scores >= scores[:, :1] - SELF_SCORE_TOLERANCE
-        missed.append(ids[~own.any(axis=1)])
+        tied = scores[:, -1] >= scores[:, 0] - SELF_SCORE_TOLERANCE  # all k equal vectors: its own may be further
+        missed.append(ids[~(own.any(axis=1) | tied)])
     lost = np.concatenate(missed)
     allowed = 0 if exact else int(SELF_SEARCH_APPROXIMATE_MISSES * len(sample))
     if len(lost) <= allowed:
