@@ -256,10 +256,11 @@ def test_check_counts_many_equal_vectors_as_finding_themselves(tmp_path):
     """40 items with one vector (the same photo under 40 paths) tie at the top of any search of it: the
     self-search of a sound file does not call that a moved id."""
     rng = np.random.default_rng(9)
-    store = Store.create(tmp_path / "idx", "synthetic", DIM, "Flat")
+    store = Store.create(tmp_path / "idx", "synthetic", DIM, "IVF4,Flat")  # searched exactly: the top 32 only
     with store.writing():
         add(store, np.concatenate([np.repeat(unit(rng, 1), 40, axis=0), unit(rng, 60)]), "a")
         store.save()
+    assert store.indexes["image"].resolved_factory == "IVF4,Flat"
     report = check_store(store, files=False)
     assert report.ok, report.problems
     store.close()
