@@ -96,13 +96,21 @@ def main() -> None:
             print(row, flush=True)
     result["load_average_at_end"] = os.getloadavg()
     write_json(RESULTS / "store-check.json", result)
+    write_table(result, args.repeats)
+
+
+def loads(values) -> str:
+    return ", ".join(f"{x:.1f}" for x in values)
+
+
+def write_table(result: dict, repeats: int) -> None:
     m = result["machine"]
     lines = [
         "# `cgx check` on a large index: the self-search and the IVF list check",
         "",
-        f"benchmarks/bench_check.py --vectors {args.vectors}: {m['cpu']}, {m['cores']} cores, faiss {m['faiss']}; "
-        f"load average at start {m['load_average_at_start']}, at end {result['load_average_at_end']}. "
-        f"Random unit {DIM}-d vectors; best of {args.repeats}; `check --no-files`, read-only.",
+        f"benchmarks/bench_check.py --vectors {result['vectors']}: {m['cpu']}, {m['cores']} cores, faiss {m['faiss']}; "
+        f"load average at start {loads(m['load_average_at_start'])}, at end {loads(result['load_average_at_end'])}. "
+        f"Random unit {DIM}-d vectors; best of {repeats}; `check --no-files`, read-only.",
         "",
         "A Flat file's check compares every vector exactly instead of the self-search (timed here beside it).",
         "",
@@ -113,8 +121,7 @@ def main() -> None:
     for r in result["rows"]:
         lines.append(
             f"| {r['resolved']} | {r['vectors']:,} | {r['search_params'] or '-'} | {r['check_s']:.2f} | "
-            f"{r['self_search_s']:.2f} | {r['sample']} | {r['ivf_lists_s']:.3f} | "
-            f"{', '.join(f'{x:.1f}' for x in r['load_average'])} |"
+            f"{r['self_search_s']:.2f} | {r['sample']} | {r['ivf_lists_s']:.3f} | {loads(r['load_average'])} |"
         )
     (RESULTS / "store-check.md").write_text("\n".join(lines) + "\n")
 

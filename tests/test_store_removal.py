@@ -264,3 +264,19 @@ def test_check_counts_many_equal_vectors_as_finding_themselves(tmp_path):
     report = check_store(store, files=False)
     assert report.ok, report.problems
     store.close()
+
+
+@pytest.mark.slow
+def test_a_writable_open_of_an_index_damaged_by_the_old_removal_rebuilds_and_saves_it(tmp_path, ivf_import):
+    import shutil
+
+    index = Path(shutil.copytree(ivf_import[0], tmp_path / "idx"))
+    old_removal(index, [1, 2, 3])
+    with CrossGapIndex.open(index, readonly=True) as cgx_index:  # read-only: rebuilt in memory, answers right
+        assert cgx_index._store.rebuilt == ["image"]
+        assert cgx_index.search(vector=ivf_import[1][3999], k=1)[0].id == 4000
+    with CrossGapIndex.open(index) as cgx_index:  # writable: rebuilt and saved
+        assert cgx_index._store.rebuilt == ["image"]
+    with CrossGapIndex.open(index, readonly=True) as cgx_index:
+        assert cgx_index._store.rebuilt == [] and cgx_index.check(files=False).ok
+        assert cgx_index.search(vector=ivf_import[1][3999], k=1)[0].id == 4000
