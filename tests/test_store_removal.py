@@ -280,3 +280,19 @@ def test_a_writable_open_of_an_index_damaged_by_the_old_removal_rebuilds_and_sav
     with CrossGapIndex.open(index, readonly=True) as cgx_index:
         assert cgx_index._store.rebuilt == [] and cgx_index.check(files=False).ok
         assert cgx_index.search(vector=ivf_import[1][3999], k=1)[0].id == 4000
+
+
+@pytest.mark.parametrize(
+    "factory", ["IVF64,Flat", "IVF16_HNSW32,SQ8", "IVF16,PQ8x4", "PQ8x4", "HNSW32,PQ8x4", "RQ2x4", "PCA16,IVF8,Flat"]
+)
+def test_training_on_few_rows_prints_nothing_of_faiss(capfd, factory):
+    """FAISS's k-means writes its "WARNING clustering N points to K centroids" to the process's stderr itself
+    (fd 2): the factory probe (64 rows) and small collections train that way, and no command shows it."""
+    from crossgap_index.store.vectors import _factory_problem
+
+    _factory_problem.cache_clear()
+    rng = np.random.default_rng(10)
+    index = VectorIndex(DIM, factory)
+    index.build(np.arange(1, 301), unit(rng, 300))
+    assert _factory_problem(factory, DIM) is None
+    assert "WARNING" not in capfd.readouterr().err

@@ -543,7 +543,11 @@ def _quiet_training(index: faiss.Index) -> None:
     ``min_points_per_centroid`` (39) rows per centroid, as small collections and the factory probe do. The
     threshold only gates that message (the clustering itself is the same), so it is lowered to 1."""
     inner = _unwrapped(index.index) if isinstance(index, faiss.IndexIDMap2) else _unwrapped(index)
-    for holder in (inner if isinstance(inner, faiss.IndexIVF) else None, getattr(inner, "pq", None)):
+    if isinstance(inner, faiss.IndexHNSW) and inner.storage is not None:
+        inner = faiss.downcast_index(inner.storage)  # HNSW over PQ codes trains its storage's quantizer
+    holders = [inner if isinstance(inner, faiss.IndexIVF) else None, getattr(inner, "pq", None)]
+    holders.append(getattr(inner, "rq", None))  # residual quantizers (RQ, IVF-RQ)
+    for holder in holders:
         if holder is not None:
             holder.cp.min_points_per_centroid = 1
 
