@@ -217,9 +217,9 @@ def _faiss_problem(store: Store, name: str, read_shards: bool) -> str | None:
     faiss_ids = np.sort(faiss.vector_to_array(index.index.id_map))
     if not np.array_equal(faiss_ids, stored_ids):
         return "holds other ids than the catalog"
-    inner = faiss.downcast_index(index.index.index)
     if not read_shards:
         return None
+    inner = faiss.downcast_index(index.index.index)
     if isinstance(inner, faiss.IndexFlat) and index.ntotal:
         # a chunk at a time (memory: one chunk of each side, not two copies of every vector): the k-th
         # smallest id sits at position order[k], and the catalog's chunks come in id order

@@ -389,26 +389,22 @@ class VectorIndex:
 
             def verify_then_map() -> None:
                 try:
-                    future.set_result(_verified_read(path, dim, expected, count))
+                    future.set_result(read_verified(path, dim, expected, count)[0])
                 except BaseException as exc:  # noqa: BLE001 - handed to the thread that waits for it
                     future.set_exception(exc)
 
             threading.Thread(target=verify_then_map, name=f"verify {path.name}", daemon=True).start()
             return cls(dim, factory, loading=(future, fallback, count))
-        index = _verified_read(path, dim, expected, count)
+        index = read_verified(path, dim, expected, count)[0]
         return cls(dim, factory, index, mapped=True) if index is not None else None
-
-
-def _verified_read(path: Path, dim: int, expected: dict[str, int], count: int | None) -> faiss.Index | None:
-    """The file at ``path`` memory-mapped by FAISS, only after its size and crc32 match ``expected``
-    (and it is the same file afterwards: a writer renaming another over it in between is caught)."""
-    return read_verified(path, dim, expected, count)[0]
 
 
 def read_verified(
     path: Path, dim: int, expected: dict[str, int], count: int | None = None
 ) -> tuple[faiss.Index | None, str | None]:
-    """``_verified_read`` with the reason a file is refused: (index, None) or (None, why)."""
+    """The file at ``path`` memory-mapped by FAISS, only after its size and crc32 match ``expected``
+    (and it is the same file afterwards: a writer renaming another over it in between is caught), holding
+    ``count`` vectors each under its own id: (index, None), or (None, why it is refused)."""
     try:
         before = path.stat()
         if file_record(path) != {"size": expected.get("size"), "crc32": expected.get("crc32")}:
