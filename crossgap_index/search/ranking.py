@@ -42,13 +42,11 @@ def faiss_scores_exact(store: Store, collection: str) -> bool:
     re-scoring from the shards would change nothing: the index under IDMap2 is a Flat or an IVF-Flat (no
     pre-transform: its codes are the float32 vectors) and the shards store float32 (float16 shards are
     the reference, and FAISS holds the vectors as they were added)."""
-    if store.catalog.vector_dtype() != "float32":
-        return False
     index = store.indexes[collection].index
     if not isinstance(index, faiss.IndexIDMap2):
         return False
     inner = faiss.downcast_index(index.index)
-    return isinstance(inner, faiss.IndexFlat | faiss.IndexIVFFlat)
+    return isinstance(inner, faiss.IndexFlat | faiss.IndexIVFFlat) and store.catalog.vector_dtype() == "float32"
 
 
 def top_k_batch(
