@@ -355,7 +355,7 @@ def query(
             "concept: zero-cost projections of query and gallery; inverter / warm: the trained inversion network "
             "(cgx train-inverter [--modality texts]); aqe / dba / nnn / qbnorm / center: the training-free peers; "
             "MODE+POST (e.g. span+aqe): a one-leg mode followed by aqe, nnn or qbnorm; auto: the mode tuned for "
-            "the query's task.",
+            "the query's task. Every mode orders equal scores (within 1e-6) by the intra score, then by id.",
         ),
     ] = None,
     merge: Annotated[
