@@ -4,6 +4,7 @@ stored, and a mode that collapses scores reported with its ties and never chosen
 
 from __future__ import annotations
 
+import importlib
 import io
 
 import numpy as np
@@ -15,7 +16,8 @@ from crossgap_index.evaluation.data import EvalDataset, ImageSet
 from crossgap_index.evaluation.stats import class_interval, paired_interval, t_quantile_975
 from crossgap_index.models import Encoder, load_model
 from crossgap_index.search.modes import resolve_mode
-from crossgap_index.tuning import tune as tune_module
+
+tune_module = importlib.import_module("crossgap_index.tuning.tune")  # the module (the package exports the function)
 
 
 def test_class_interval_is_t_over_class_means():
@@ -40,6 +42,9 @@ def test_class_interval_is_t_over_class_means():
     low_c, _, high_c = class_interval(noisy, noise_base, np.repeat(np.arange(8), 10))
     low_q, _, high_q = paired_interval(noisy, noise_base)
     assert high_c - low_c > 2 * (high_q - low_q)
+
+
+NOISE_SEED = 0
 
 
 def _noise_set(seed: int, classes: int = 8, items: int = 8) -> EvalDataset:

@@ -220,11 +220,16 @@ class DefaultCross:
     def mode(self) -> Mode:
         return resolve_mode(self.name, projection=self.projection or None)
 
+    @property
+    def spans(self) -> bool:
+        """Whether the default's leg is a span projection (``span`` alone or followed by a post-step)."""
+        return self.name.partition("+")[0] == "span"
+
     def span_settings(self) -> dict:
-        """The span settings a span leg falls back to for this model (a non-span default: the published)."""
+        """The span settings a span leg falls back to for this model (a default without span: the published)."""
         from crossgap_index.search.span import PRESETS, span_settings
 
-        if self.name != "span":
+        if not self.spans:
             return dict(PRESETS["published"])
         return span_settings(self.projection, PRESETS["published"])
 
@@ -262,7 +267,7 @@ def describe_cross(model: str, tuned: dict | None) -> dict:
     ``source`` is ``tuned`` (cgx tune stored it), ``bundled`` (the model's own measured default) or
     ``published`` (the published real-CLIP setting). ``default`` is the untuned choice either way."""
     default = default_cross(model)
-    settings = default.span_settings() if default.name == "span" else default.projection
+    settings = default.span_settings() if default.spans else default.projection
     untuned = {
         "mode": default.name,
         "settings": settings,

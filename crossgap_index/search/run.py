@@ -101,7 +101,7 @@ def run_mode(
     results = _run(mode, queries, collection, k + 1, gallery, transformer, exclude)
     depth = k + 1
     while depth < k + TIE_WINDOW:
-        crossing = [row for row, r in enumerate(results) if _tied_at_cut(r.ranked, k)]
+        crossing = [row for row, r in enumerate(results) if _tied_past_end(r.ranked, k, depth)]
         if not crossing:
             break
         depth = min(4 * depth, k + TIE_WINDOW)
@@ -114,15 +114,23 @@ def run_mode(
     return [_ordered(result, queries.features[row], collection, k, gallery) for row, result in enumerate(results)]
 
 
-def _tied_at_cut(ranked: Ranked, k: int) -> bool:
-    return k >= 1 and len(ranked) > k and abs(float(ranked.scores[k]) - float(ranked.scores[k - 1])) <= TIE_TOLERANCE
+def _tied_past_end(ranked: Ranked, k: int, depth: int) -> bool:
+    """Whether the tied run holding the k-th hit runs to the end of a ``depth``-deep list (more may follow)."""
+    if k < 1 or len(ranked) < depth or len(ranked) <= k:
+        return False
+    return bool((np.abs(np.diff(ranked.scores[k - 1 :].astype(np.float64))) <= TIE_TOLERANCE).all())
 
 
 def _ordered(result: Result, query: np.ndarray, collection: str, k: int, gallery: Gallery) -> Result:
     """``result`` cut to ``k`` with its tied runs ordered by the intra score; a one-leg mode's own list with it."""
     ranked = result.ranked
     if has_ties(ranked):
-        ranked = break_ties(ranked, gallery.scores(collection, query, ranked.ids, None))
+        try:
+            intra = gallery.scores(collection, query, ranked.ids, None)
+        except KeyError:  # a reader whose FAISS files predate a removal: the searcher drops the stale ids and
+            intra = None  # ranks again (searcher._backfilled), which orders the live items' ties
+        if intra is not None:
+            ranked = break_ties(ranked, intra)
     ranked = Ranked(ranked.ids[:k], ranked.scores[:k])
     lists = {name: (ranked if own is result.ranked else own) for name, own in result.lists.items()}
     return Result(ranked, lists)

@@ -28,6 +28,7 @@ import datetime
 import hashlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -123,10 +124,12 @@ def tune(
     seed: int = SPLIT_SEED,
     progress: TuneProgress | None = None,
     extra_candidates: Iterable[tuple[str, Mode]] = (),
+    maps_dir: Path | None = None,
 ) -> tuple[TuneResult, object]:
     """Choose a mode on ``dataset`` with ``encoder`` (the index's model). Returns the result and the trained
     inverter when an inverter mode won and is stored (the caller saves it beside the index), else None.
-    ``extra_candidates``: more (name, Mode) pairs to choose among, beside the grid and the peers."""
+    ``extra_candidates``: more (name, Mode) pairs to choose among, beside the grid and the peers. ``maps_dir``:
+    where fitted projection maps are kept between runs (they depend on the model and settings only)."""
     report = progress or (lambda stage, done, total: None)
     data = load_dataset(dataset, progress=report) if isinstance(dataset, str) else dataset
     task = task or (IMAGES if data.images is not None else TEXTS)
@@ -153,10 +156,11 @@ def tune(
             network = train_inverter(encoder.loaded, selection.gallery, InverterConfig(steps=steps))
             candidates.append(Candidate(f"inverter[steps={steps}]", resolve_mode("inverter"), inverter=network))
         report("training inverters", len(INVERTER_STEPS), len(INVERTER_STEPS))
-    shared = _transformer(encoder, MemoryCache(), None)  # one transformer: each projection is fitted once
+    shared = _transformer(encoder, MemoryCache(), None, maps_dir)  # one transformer: each projection fitted once
     for i, candidate in enumerate(candidates):
         report("candidates (selection half)", i, len(candidates))
-        transformer = shared if candidate.inverter is None else _transformer(encoder, MemoryCache(), candidate.inverter)
+        own = candidate.inverter
+        transformer = shared if own is None else _transformer(encoder, MemoryCache(), own, maps_dir)
         _measure(candidate, selection, transformer, collection)
     report("candidates (selection half)", len(candidates), len(candidates))
     fused = _fusions(candidates)
@@ -168,7 +172,7 @@ def tune(
     candidates += fused
     intra = next(c for c in candidates if c.name == "intra")
     best = max((c for c in candidates if not c.collapses), key=lambda c: c.selection_map)
-    transformer = shared if best.inverter is None else _transformer(encoder, MemoryCache(), best.inverter)
+    transformer = shared if best.inverter is None else _transformer(encoder, MemoryCache(), best.inverter, maps_dir)
     chosen = measure_mode(best.mode, held_out, transformer, collection)
     base = measure_mode(intra.mode, held_out, transformer, collection)
     delta, _ = paired_difference(chosen.per_query["map"], base.per_query["map"])
@@ -337,12 +341,13 @@ def _fusions(candidates: list[Candidate]) -> list[Candidate]:
     return out
 
 
-def _transformer(encoder, cache: MemoryCache, inverter) -> ModelTransformer:
+def _transformer(encoder, cache: MemoryCache, inverter, maps_dir: Path | None) -> ModelTransformer:
     return ModelTransformer(
         encoder.loaded.spec.canonical,
         lambda: encoder,
         cache=cache,
         inverter=(lambda: inverter) if inverter is not None else None,
+        projection_dir=maps_dir,
     )
 
 
