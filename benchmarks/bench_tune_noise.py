@@ -24,6 +24,7 @@ import io
 import json
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -67,11 +68,11 @@ def noise_folder(seed: int):
     return EvalDataset(f"noise#{seed}:{k}x{m}@{size}px", "folder", ImageSet(items, labels, names), None)
 
 
-def run(data, encoder) -> dict:
+def run(data, encoder, maps: Path) -> dict:
     from crossgap_index.tuning.tune import tune
 
     begin = time.perf_counter()
-    result, _ = tune(data, encoder, inversion=False)
+    result, _ = tune(data, encoder, inversion=False, maps_dir=maps)
     rep = result.record["report"]
     per_query = rep.get("per_query_ci95", [float("nan")] * 2)
     return {
@@ -102,15 +103,16 @@ def main(argv: list[str] | None = None) -> None:
     started = time.perf_counter()
     doc: dict = {"machine": machine_info(), "argv": " ".join(sys.argv[1:]), "noise": [], "real": []}
     small = Encoder(load_model("crossgap-small", "cpu"), precision="fp32")
+    maps = Path(tempfile.mkdtemp(prefix="cgx-tune-maps-"))  # fitted maps depend on model + settings only
     for seed in range(args.folders):
-        row = run(noise_folder(seed), small)
+        row = run(noise_folder(seed), small, maps)
         doc["noise"].append(row)
         print(json.dumps(row), file=sys.stderr, flush=True)
     if not args.skip_real:
         fashion = Encoder(load_model("crossgap-fashion", "cpu"), precision="fp32")
         plan = [(args.fashion, fashion, "crossgap-fashion")] + [(w, small, "crossgap-small") for w in args.worlds]
         for spec, encoder, model in plan:
-            row = {**run(load_dataset(spec), encoder), "model": model}
+            row = {**run(load_dataset(spec), encoder, maps), "model": model}
             doc["real"].append(row)
             print(json.dumps(row), file=sys.stderr, flush=True)
     doc["seconds"] = time.perf_counter() - started
