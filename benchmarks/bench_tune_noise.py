@@ -8,7 +8,7 @@ a user's folder. Any mode tune stores on them is a false store. For each folder 
 previous rule, ``per_query_ci95``) on the same winner.
 
 Real data: Fashion-MNIST's test split with crossgap-fashion, and the bundled synthetic world's labelled folders
-(seeds 7 and 9) with crossgap-small, where a winner is known (the label-based span and concept modes, see
+(synthetic:7:480 and synthetic:9:480) with crossgap-small, where a winner is known (the label-based span and concept modes, see
 benchmarks/results/worlds.md).
 
 Inversion candidates are left out (``inversion=False``): they cost OTI per query on a CPU; every other candidate
@@ -73,6 +73,8 @@ def run(data, encoder, maps: Path) -> dict:
 
     begin = time.perf_counter()
     result, _ = tune(data, encoder, inversion=False, maps_dir=maps)
+    if result.record is None:  # below tune's minimum: nothing measured
+        raise SystemExit(f"{data.spec}: {result.reason}")
     rep = result.record["report"]
     per_query = rep.get("per_query_ci95", [float("nan")] * 2)
     return {
@@ -92,7 +94,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--folders", type=int, default=40)
     parser.add_argument("--fashion", default="fashion-mnist:test:400")
-    parser.add_argument("--worlds", nargs="+", default=["synthetic:7:480", "synthetic:9:240"])
+    parser.add_argument("--worlds", nargs="+", default=["synthetic:7:480", "synthetic:9:480"])
     parser.add_argument("--skip-real", action="store_true")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/tune-noise.json"))
     args = parser.parse_args(argv)

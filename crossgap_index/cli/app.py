@@ -342,8 +342,8 @@ def query(
         bool,
         typer.Option(
             "--cross",
-            help="Search the way that wins on this index: the mode `cgx tune` stored, else the default "
-            "(span projection over the ImageNet names). Same as --mode auto.",
+            help="Search the way that wins on this index: the mode `cgx tune` stored, else the model's default "
+            "(chosen on development data; cgx info says which). Same as --mode auto.",
         ),
     ] = False,
     mode: Annotated[

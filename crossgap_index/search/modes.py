@@ -210,12 +210,14 @@ _SPEED_ONLY = ("batch_size", "compile", "fast")
 @dataclass(frozen=True)
 class DefaultCross:
     """What ``--cross`` serves on an untuned index of a model, and why: ``source`` is ``bundled`` (the model
-    folder's measured default, ``DEFAULTS_FILE``) or ``published`` (the published real-CLIP setting)."""
+    folder's measured default, ``DEFAULTS_FILE``) or ``published`` (the published real-CLIP setting).
+    ``span``: the model's span rule where the default itself is not a span (what ``--mode span`` falls back to)."""
 
     name: str
     projection: dict
     source: str
     evidence: str
+    span: dict = field(default_factory=dict)
 
     def mode(self) -> Mode:
         return resolve_mode(self.name, projection=self.projection or None)
@@ -230,7 +232,7 @@ class DefaultCross:
         from crossgap_index.search.span import PRESETS, span_settings
 
         if not self.spans:
-            return dict(PRESETS["published"])
+            return span_settings(self.span, PRESETS["published"]) if self.span else dict(PRESETS["published"])
         return span_settings(self.projection, PRESETS["published"])
 
 
@@ -248,7 +250,8 @@ def default_cross(model: str | None) -> DefaultCross:
     if folder is not None and (folder / DEFAULTS_FILE).is_file():
         try:
             record = json.loads((folder / DEFAULTS_FILE).read_text("utf-8"))["cross"]
-            found = DefaultCross(record["name"], dict(record.get("projection") or {}), "bundled", record["evidence"])
+            projection, span = dict(record.get("projection") or {}), dict(record.get("span") or {})
+            found = DefaultCross(record["name"], projection, "bundled", record["evidence"], span)
             found.mode()  # refuse a malformed file here, not at query time
             return found
         except (OSError, ValueError, KeyError, TypeError, QueryError) as exc:
