@@ -304,6 +304,7 @@ class CrossGapIndex:
         roots: Iterable[str | Path],
         *,
         include_hidden: bool = False,
+        exclude: Iterable[str] = (),
         max_megapixels: float = DEFAULT_MAX_MEGAPIXELS,
         max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
         batch_size: int = 64,
@@ -314,9 +315,10 @@ class CrossGapIndex:
         """Bring the index in line with the image files under ``roots``: new and changed files are
         embedded (or reuse a stored vector with the same content), files gone from disk leave.
         Only regular files up to ``max_file_bytes`` are read; any other file is skipped with a reason.
-        ``engine``: ``local``, ``ray`` (a Ray cluster; see crossgap_index.engines) or an engine object."""
+        ``engine``: ``local``, ``ray`` (a Ray cluster; see crossgap_index.engines) or an engine object.
+        ``exclude``: glob patterns of folders and files to leave out, beside DEFAULT_EXCLUDES (discover.py)."""
         roots = resolve_roots(roots)
-        paths = find_images(roots, include_hidden=include_hidden)
+        paths = find_images(roots, include_hidden=include_hidden, exclude=exclude)
         return self._ingest(
             paths, roots, max_megapixels, max_file_bytes, batch_size, workers, progress, get_engine(engine)
         )
