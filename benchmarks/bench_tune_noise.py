@@ -8,8 +8,8 @@ a user's folder. Any mode tune stores on them is a false store. For each folder 
 previous rule, ``per_query_ci95``) on the same winner.
 
 Real data: Fashion-MNIST's test split with crossgap-fashion, and the bundled synthetic world's labelled folders
-(synthetic:7:480 and synthetic:9:480) with crossgap-small, where a winner is known (the label-based span and concept modes, see
-benchmarks/results/worlds.md).
+(synthetic:7:480 and synthetic:9:480) with crossgap-small, where a winner is known (the label-based span and
+concept modes, see benchmarks/results/worlds.md).
 
 Inversion candidates are left out (``inversion=False``): they cost OTI per query on a CPU; every other candidate
 (projections over the labels and over ImageNet names, iso, the peers and their compositions) runs.
