@@ -27,6 +27,7 @@ from crossgap_index.cli.maintenance import NoWaitOpt, check_command, compact_com
 from crossgap_index.cli.query_arg import query_kind
 from crossgap_index.cli.serve_command import serve_command
 from crossgap_index.cli.tune_command import train_inverter_command, tune_command
+from crossgap_index.cli.watch_command import watch_command
 from crossgap_index.demo import DEMO_MODEL
 from crossgap_index.errors import CrossGapError, CrossGapWarning, is_disk_full
 from crossgap_index.ingest.discover import DEFAULT_EXCLUDES
@@ -214,6 +215,10 @@ def build_index(
     batch_size: Annotated[int, typer.Option(min=1, help="Images per embedding batch.")] = 64,
     workers: Annotated[int, typer.Option(min=1, help="Decoding threads.")] = 4,
     report: Annotated[Path | None, typer.Option(help="Write every skipped file and its reason to this file.")] = None,
+    retry_failed: Annotated[
+        bool,
+        typer.Option(help="Read again files that failed to decode before (by default not while unchanged)."),
+    ] = False,
     invert_gallery: Annotated[
         bool,
         typer.Option(
@@ -260,6 +265,7 @@ def build_index(
             workers=workers,
             progress=progress,
             engine=build_engine,
+            retry_failed=retry_failed,
         )
         if invert_gallery or cgx.gallery_inversion is not None:
             config = InversionConfig(oti_steps=steps, precision=precision) if invert_gallery else None
@@ -275,10 +281,11 @@ def build_index(
         err.print(build_summary(result), highlight=False)
         if derived:
             err.print(f"built {len(derived)} derived collection(s) for --cross: {', '.join(derived)}", highlight=False)
-        if result.skipped:
-            shown = "; ".join(f"{printable(p)} ({r})" for p, r in result.skipped[:5])
-            more = f" and {len(result.skipped) - 5} more" if len(result.skipped) > 5 else ""
-            err.print(f"skipped {len(result.skipped)} unreadable files: {shown}{more}", highlight=False)
+        new_failures = result.skipped[result.known_failures :]
+        if new_failures:
+            shown = "; ".join(f"{printable(p)} ({r})" for p, r in new_failures[:5])
+            more = f" and {len(new_failures) - 5} more" if len(new_failures) > 5 else ""
+            err.print(f"skipped {len(new_failures)} unreadable files: {shown}{more}", highlight=False)
         if note:
             err.print(f"cgx: note: {note}", highlight=False)
 
@@ -583,6 +590,7 @@ for _name, _command in (
 ):
     app.command(_name)(fails_cleanly(_command))
 app.command("serve")(fails_cleanly(serve_command))
+app.command("watch")(fails_cleanly(watch_command))
 
 
 def main() -> None:

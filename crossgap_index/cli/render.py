@@ -170,10 +170,16 @@ def first_time_for_index(index_path: Path, marker: str = MODEL_NOTE_SHOWN) -> bo
 
 
 def build_summary(report: BuildReport) -> str:
+    known = report.known_failures
+    retry = f"; {known} files that failed before are unchanged and were not read (--retry-failed reads them)"
+    if not report.changed and not report.adopted and len(report.skipped) == known:
+        return f"nothing to do: {report.unchanged} files unchanged{retry if known else ''}"
+    moves = f"moved {report.moved}, " if report.moved else ""
+    adopted = f"adopted {report.adopted} imported, " if report.adopted else ""
     return (
-        f"added {report.added}, updated {report.updated}, removed {report.removed}, reused {report.reused}, "
-        f"unchanged {report.unchanged}, skipped {len(report.skipped)} in {report.seconds:.1f} s "
-        f"({report.images_per_second:.1f} images/s embedded)"
+        f"added {report.added}, updated {report.updated}, {moves}removed {report.removed}, reused {report.reused}, "
+        f"{adopted}unchanged {report.unchanged}, skipped {len(report.skipped)} in {report.seconds:.1f} s "
+        f"({report.images_per_second:.1f} images/s embedded){retry if known else ''}"
     )
 
 

@@ -293,10 +293,10 @@ def actor_pool(
 
 def _prepared(rows: dict[str, np.ndarray], i: int) -> Prepared:
     path = Path(rows["path"][i])
-    if rows["error"][i]:
-        return Prepared(None, path, error=str(rows["error"][i]))
     # The bytes stay on the worker: the driver re-reads a file only in the rare case it must embed it itself.
     file = FileBytes(path, b"", str(rows["content_hash"][i]), int(rows["size"][i]), int(rows["mtime_ns"][i]))
+    if rows["error"][i]:  # a file read but not decoded keeps its stat: the build remembers the failure by it
+        return Prepared(file if file.size >= 0 else None, path, error=str(rows["error"][i]))
     if rows["embedded"][i]:
         return Prepared(file, path, vector=np.array(rows["vector"][i], np.float32))
     return Prepared(file, path, reused=bool(rows["reused"][i]))

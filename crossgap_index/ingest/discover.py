@@ -85,17 +85,46 @@ def find_images(roots: Iterable[Path], include_hidden: bool = False, exclude: It
             dirnames[:] = [
                 d for d in dirnames if _keep_dir(d, include_hidden) and not is_excluded(prefix + d, patterns)
             ]
-            for name in filenames:
-                visible = include_hidden or not name.startswith(".")
-                if visible and is_image_path(Path(name)) and not is_excluded(prefix + name, patterns):
-                    found.add(Path(dirpath) / name)
+            found.update(
+                Path(dirpath) / name
+                for name in filenames
+                if _keep_file(name, include_hidden) and not is_excluded(prefix + name, patterns)
+            )
     return sorted(found)
+
+
+def would_find(
+    path: Path,
+    roots: Iterable[Path],
+    include_hidden: bool = False,
+    folder: bool = False,
+    exclude: Iterable[str] = (),
+) -> bool:
+    """Whether ``find_images(roots, include_hidden, exclude)`` finds the absolute ``path`` (``folder``: walks
+    into it), by name alone: the rule a watcher applies to one changed path without walking the roots again."""
+    patterns = (*DEFAULT_EXCLUDES, *exclude)
+    for root in roots:
+        if path == root:
+            return folder or is_image_path(path)
+        if root in path.parents:
+            parts = path.relative_to(root).parts
+            folders, name = (parts, None) if folder else (parts[:-1], parts[-1])
+            if is_excluded("/".join(parts), patterns):
+                return False
+            return all(_keep_dir(d, include_hidden) for d in folders) and (
+                name is None or _keep_file(name, include_hidden)
+            )
+    return False
 
 
 def _keep_dir(name: str, include_hidden: bool) -> bool:
     if name in SKIPPED_DIRS:
         return False
     return include_hidden or not name.startswith(".")
+
+
+def _keep_file(name: str, include_hidden: bool) -> bool:
+    return (include_hidden or not name.startswith(".")) and is_image_path(Path(name))
 
 
 def resolve_roots(roots: Iterable[str | Path]) -> list[Path]:
