@@ -38,7 +38,11 @@ def cgx(*args, timeout: float = 300) -> subprocess.CompletedProcess:
     """The real `cgx` in its own process (this worktree's code)."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     done = subprocess.run(
-        [sys.executable, "-m", "crossgap_index", *map(str, args)], capture_output=True, text=True, env=env, timeout=timeout
+        [sys.executable, "-m", "crossgap_index", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
     )
     assert done.returncode == 0, done.stderr
     return done
