@@ -526,8 +526,8 @@ class CrossGapIndex:
         ids = self._store.catalog.ids("image")
         if len(ids) > SAMPLE:
             ids = ids[np.linspace(0, len(ids) - 1, SAMPLE).round().astype(int)]
-        vectors = self._store.catalog.vectors_for(ids, self._store.manifest.dim)
-        return world_note(model, int(outside_mask(vectors, reference).sum()), len(ids))
+        _, vectors = self._store.live_vectors("image", ids)  # another process may remove some meanwhile
+        return world_note(model, int(outside_mask(vectors, reference).sum()), len(vectors))
 
     def served_mode(self, options: SearchOptions, query_modality: str) -> Mode:
         """The Mode a query of ``query_modality`` asked with ``options`` runs (``auto``: the tuned one);

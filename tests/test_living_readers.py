@@ -24,7 +24,7 @@ from crossgap_index import CrossGapIndex
 from crossgap_index.datasets.synthetic import export_folder
 from crossgap_index.inversion import InversionConfig
 from crossgap_index.server.settings import ServeSettings
-from tests.living_writer import removals, removed_before
+from tests.living_writer import removals, removed_before, wait_until_ready
 from tests.serve_support import SERVE_MODEL, copy_index, running_server
 
 REPO = Path(__file__).resolve().parents[1]
@@ -156,7 +156,7 @@ def test_a_running_server_returns_an_image_another_process_added_in_every_mode(t
 
 
 # -- many readers against a writer looping remove / re-add / compact --------------------------------------------
-CYCLES = 12
+CYCLES = 6
 THREAD_MODES = ("intra", "aqe", "qbnorm", "span", "dba", "nnn", "cross", "fused")
 
 
@@ -184,7 +184,7 @@ def test_eight_threads_and_a_server_never_fail_while_another_process_writes(temp
         running_server(served, ServeSettings(follow_interval_s=0.2)) as url,
     ):
         for mode in THREAD_MODES:  # the first inversions and fits, before the clock of the writer starts
-            library.search(vector=queries[0], modality="image", mode=mode, k=K, inversion=FEW)
+            library.search_batch([{"vector": queries[0], "modality": "image"}], mode=mode, k=K, inversion=FEW)
         env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
         writer = subprocess.Popen(
             [sys.executable, "-m", "tests.living_writer", str(index), str(log), str(CYCLES)],
@@ -193,6 +193,8 @@ def test_eight_threads_and_a_server_never_fail_while_another_process_writes(temp
             stderr=subprocess.PIPE,
             text=True,
         )
+
+        wait_until_ready(log, writer)
 
         def library_reader(n: int) -> None:
             step = n
@@ -203,7 +205,8 @@ def test_eight_threads_and_a_server_never_fail_while_another_process_writes(temp
                 try:
                     if n == 0 and step % 4 == 0:
                         library.refresh()  # swaps under the other seven threads' searches
-                    hits = library.search(vector=query, modality="image", mode=mode, k=K, inversion=FEW)
+                    query_dict = {"vector": query, "modality": "image"}
+                    hits = library.search_batch([query_dict], mode=mode, k=K, inversion=FEW)[0]
                     check(f"library {mode}", [h.id for h in hits], start)
                 except Exception as exc:  # noqa: BLE001 - every failure is collected and reported
                     problems.append(f"library {mode}: {type(exc).__name__}: {exc}")

@@ -30,6 +30,9 @@ DERIVED_DIR = "derived"
 KEEP_DERIVED = 6
 # Rows a derived collection's vectors are mapped in (a block of the actor pool's work under --engine ray).
 DERIVED_BLOCK = 4096
+# numpy parses .npy headers with ast.literal_eval, which threads can break on CPython 3.11 ("AST constructor
+# recursion depth mismatch", python/cpython#106905): saved statistics are read one thread at a time.
+_HEADER_LOCK = threading.Lock()
 # map_blocks(feature map, blocks of vectors) -> the mapped blocks, in order: in this process or a build engine's pool.
 MapBlocks = Callable[[FeatureMap, Iterable[np.ndarray]], Iterator[np.ndarray]]
 
@@ -160,7 +163,7 @@ class StoreGallery:
         generation = self._store.generation
         path = self._store.path / DERIVED_DIR / f"{name}.npz"
         try:
-            with np.load(path, allow_pickle=False) as saved:
+            with _HEADER_LOCK, np.load(path, allow_pickle=False) as saved:
                 if int(saved["generation"]) == generation:
                     return {key: saved[key] for key in saved.files if key != "generation"}
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):

@@ -52,9 +52,9 @@ class BankStatistics:
     def lookup(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(log Z, active) per id; an id the statistics lack (removed by another process before they were
         fitted) is inactive with the largest log Z: ranked last in the head, and dropped from the hits."""
-        positions = np.minimum(np.searchsorted(self.ids, ids), max(len(self.ids) - 1, 0))
         if not len(self.ids):
             return np.zeros(len(ids)), np.zeros(len(ids), bool)
+        positions = np.minimum(np.searchsorted(self.ids, ids), len(self.ids) - 1)
         known = self.ids[positions] == ids
         worst = float(self.log_z[np.isfinite(self.log_z)].max(initial=0.0))
         return np.where(known, self.log_z[positions], worst), self.active[positions] & known

@@ -99,6 +99,8 @@ class Store:
         self._pending: list[tuple[str, str, np.ndarray, np.ndarray | None]] = []
         self._loaded_generation = -1
         self._removed = False  # items were removed since the last save: it looks for shards to compact
+        self._held: dict[str, tuple[tuple, np.ndarray]] = {}  # collection -> (state, its sorted ids): held_ids
+        self._held_lock = threading.Lock()
 
     @classmethod
     def create(
@@ -348,9 +350,10 @@ class Store:
         return self.catalog.count(name)
 
     def ids_and_vectors(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """Every (id, stored vector) of a collection, read again when a compaction elsewhere moved the rows."""
         if name in DERIVED:
-            return self.catalog.derived_ids_and_vectors(name, self.manifest.dim)
-        return self.catalog.ids_and_vectors(name, self.manifest.dim)
+            return read_again_if_moved(lambda: self.catalog.derived_ids_and_vectors(name, self.manifest.dim))
+        return read_again_if_moved(lambda: self.catalog.ids_and_vectors(name, self.manifest.dim))
 
     def vector_chunks(self, name: str, size: int = 16_384) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """(ids, vectors) of a collection in id order, ``size`` at a time (exports, large builds)."""
@@ -466,16 +469,16 @@ class Store:
     def held_items(self, modality: str | None, after: int, limit: int) -> list[ItemRow]:
         """``catalog.items`` as this store's state has them: rows of items its FAISS collections hold (one another
         process added since joins when the state is swapped; one it removed has left both). Pages stay full."""
-        held = {name: self.indexes[name].ids() for name in MODALITIES if modality in (None, name)}
+        held = [name for name in MODALITIES if modality in (None, name)]
         out: list[ItemRow] = []
         while limit < 0 or len(out) < limit:
             want = -1 if limit < 0 else limit - len(out)
             rows = self.catalog.items(modality, after, want)
             ids = np.fromiter((r.id for r in rows), np.int64, count=len(rows))
             kept = np.zeros(len(rows), bool)
-            for name, own in held.items():
+            for name in held:
                 of_name = np.fromiter((r.modality == name for r in rows), bool, count=len(rows))
-                kept |= of_name & np.isin(ids, own)
+                kept |= of_name & self.held_ids(name, ids)
             out += [row for row, keep in zip(rows, kept.tolist(), strict=True) if keep]
             if want < 0 or len(rows) < want:
                 break
@@ -483,8 +486,21 @@ class Store:
         return out
 
     def held_ids(self, name: str, ids: np.ndarray) -> np.ndarray:
-        """The mask of ``ids`` that collection ``name`` holds in this store's state (its FAISS index)."""
-        return np.isin(np.asarray(ids, np.int64), self.indexes[name].ids())
+        """The mask of ``ids`` that collection ``name`` holds in this store's state (its FAISS index). The index's
+        ids are sorted once per state: the in-memory indexes change only with the generation (a commit, a swap)."""
+        key = (self._loaded_generation, id(self.indexes[name]))
+        with self._held_lock:
+            cached = self._held.get(name)
+        if cached is None or cached[0] != key:
+            cached = (key, np.sort(self.indexes[name].ids()))
+            with self._held_lock:
+                self._held[name] = cached
+        own = cached[1]
+        ids = np.asarray(ids, np.int64)
+        if not len(own):
+            return np.zeros(len(ids), bool)
+        positions = np.minimum(np.searchsorted(own, ids), len(own) - 1)
+        return own[positions] == ids
 
     @property
     def generation(self) -> int:
