@@ -35,7 +35,9 @@ def remove_command(
         list[Path] | None, typer.Argument(help="Files or folders (they may be gone) whose images to remove.")
     ] = None,
     missing: Annotated[bool, typer.Option("--missing", help="Remove every image whose file is gone.")] = False,
-    ids: Annotated[list[int] | None, typer.Option("--id", help="Remove the item with this id (repeatable).")] = None,
+    ids: Annotated[
+        list[int] | None, typer.Option("--id", metavar="ID", help="Remove the item with this id (repeatable).")
+    ] = None,
     index: IndexOpt = None,
     no_wait: NoWaitOpt = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No summary on stderr.")] = False,

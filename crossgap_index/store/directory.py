@@ -335,6 +335,11 @@ class Store:
                 if self._write_depth == 1:
                     self.catalog.rollback()
                     self._pending.clear()
+                if is_disk_full(exc) and not isinstance(exc, DiskFullError) and self.catalog.ids_exhausted():
+                    raise StoreError(  # SQLite says SQLITE_FULL when AUTOINCREMENT has no id left to give
+                        f"the index at {self.path} holds id 2**63 - 1, the largest SQLite has, so no new item can "
+                        "get an id (the disk is not full); add new items to a new index (imports now stop at 2**53 - 1)"
+                    ) from exc
                 if is_disk_full(exc) and not isinstance(exc, DiskFullError):
                     raise DiskFullError(
                         f"disk full while writing the index at {self.path}: free some space and re-run "
@@ -379,6 +384,14 @@ class Store:
         self.catalog.remove(ids)
         self._pending.append(("remove", "", np.asarray(ids, np.int64), None))
         self._removed = True
+
+    def replace(self, name: str, ids: list[int], vectors: np.ndarray) -> None:
+        """Index new vectors under ids whose catalog rows the caller has rewritten (edited files keep their ids):
+        at commit the old vectors leave every FAISS index (the derived ones too) and the new ones join ``name``."""
+        if len(ids):
+            ids = np.asarray(ids, np.int64)
+            self._pending.append(("remove", "", ids, None))
+            self._pending.append(("add", name, ids, np.asarray(vectors, np.float32)))
 
     def commit(self) -> None:
         """Commit the catalog and apply the pending FAISS changes, as one step for readers."""
