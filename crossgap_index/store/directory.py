@@ -101,6 +101,7 @@ class Store:
         self._removed = False  # items were removed since the last save: it looks for shards to compact
         self._held: dict[str, tuple[tuple, np.ndarray]] = {}  # collection -> (state, its sorted ids): held_ids
         self._held_lock = threading.Lock()
+        self._refreshing = threading.Lock()
 
     @classmethod
     def create(
@@ -257,23 +258,28 @@ class Store:
         Nothing happens while this process writes (its writer keeps the state current) or when the saved state
         is not newer than the one held. A file replaced by a writer between the manifest and the file is caught
         by its checksum: the manifest is read again; after a few tries the state is loaded the writer's way."""
-        if not self._writer.acquire(blocking=False):
-            return False  # a write of this process is under way: it brings the store up to date itself
-        try:
-            for _ in range(SAVED_STATE_TRIES):
-                manifest = Manifest.load(self.path)
-                if manifest.generation <= self._loaded_generation:
-                    return False
-                indexes = self._saved_indexes(manifest)
-                if indexes is not None:
-                    with self._rw.write():
-                        self.manifest, self.indexes = manifest, indexes
-                        self._pending.clear()
-                        self._loaded_generation = manifest.generation
-                    return True
-            return self._catch_up()
-        finally:
-            self._writer.release()
+        with self._refreshing:  # two callers (a follower, a watcher's publish): the second sees the first's state
+            if not self._writer.acquire(blocking=False):
+                return False  # a write of this process is under way: it brings the store up to date itself
+            try:
+                return self._swap_to_saved()
+            finally:
+                self._writer.release()
+
+    def _swap_to_saved(self) -> bool:
+        """``refresh`` once its locks are held."""
+        for _ in range(SAVED_STATE_TRIES):
+            manifest = Manifest.load(self.path)
+            if manifest.generation <= self._loaded_generation:
+                return False
+            indexes = self._saved_indexes(manifest)
+            if indexes is not None:
+                with self._rw.write():
+                    self.manifest, self.indexes = manifest, indexes
+                    self._pending.clear()
+                    self._loaded_generation = manifest.generation
+                return True
+        return self._catch_up()
 
     def saved_generation(self) -> int:
         """The generation of the newest saved state (one small file read): what a follower polls."""
