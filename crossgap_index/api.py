@@ -163,14 +163,15 @@ class CrossGapIndex:
         wait: bool = True,
         readonly: bool | None = None,
         precision: str = "auto",
+        for_check: bool = False,
     ) -> CrossGapIndex:
         """Open an existing index; ``model``, when given, must be the one the index was built with.
         ``wait``: what writes do while another process writes (wait, or fail at once); ``readonly``:
         None opens read-only when the directory cannot be written. Safe to share between threads.
         An explicit ``precision`` is checked against the index's vectors when the model first loads;
-        ``auto`` never refuses."""
+        ``auto`` never refuses. ``for_check``: opened for ``check`` only, damaged shards are not refused."""
         path = _index_path(path)
-        store = Store.open(path, readonly=readonly)
+        store = Store.open(path, readonly=readonly, for_check=for_check)
         store.wait = wait
         if model is not None and parse_spec(model).canonical != store.manifest.model:
             store.close()

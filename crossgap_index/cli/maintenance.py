@@ -83,7 +83,8 @@ def check_command(
     from crossgap_index import CrossGapIndex
 
     # Without --repair nothing is written: opened read-only, damaged files stay as found and are reported.
-    with CrossGapIndex.open(index, wait=not no_wait, readonly=None if repair else True) as cgx:
+    # Opened for check: a short or missing shard is reported (and with --repair written again), not refused.
+    with CrossGapIndex.open(index, wait=not no_wait, readonly=None if repair else True, for_check=True) as cgx:
         report = cgx.check(repair=repair, files=files)
     if json_out:
         _write(json.dumps(dataclasses.asdict(report), indent=2) + "\n")

@@ -102,6 +102,7 @@ class Store:
         self._held: dict[str, tuple[tuple, np.ndarray]] = {}  # collection -> (state, its sorted ids): held_ids
         self._held_lock = threading.Lock()
         self._refreshing = threading.Lock()
+        self._for_check = False  # opened for `check`: damaged shards leave a collection empty, not refused
 
     @classmethod
     def create(
@@ -134,11 +135,13 @@ class Store:
         return store
 
     @classmethod
-    def open(cls, path: Path, readonly: bool | None = None) -> Store:
+    def open(cls, path: Path, readonly: bool | None = None, for_check: bool = False) -> Store:
         """Open an index; FAISS files that fail verification are rebuilt in memory (and saved again when
         the directory is writable and no writer is busy). ``readonly`` None: decided by whether the
         directory can be written; True: nothing is written. An index of the previous layout (vectors in
-        the catalog) is migrated to shards here when writable, and served as it is when not."""
+        the catalog) is migrated to shards here when writable, and served as it is when not.
+        ``for_check``: short or missing shards are not refused (`cgx check` reports them, and ``--repair``
+        writes them again); a collection that would be rebuilt from them is left empty in memory."""
         if path.exists() and not path.is_dir():
             raise StoreError(f"{path} is a file, not an index directory")
         manifest = Manifest.load(path)
@@ -149,10 +152,12 @@ class Store:
         catalog = Catalog(path / CATALOG_NAME, readonly=readonly)
         try:
             store = cls(path, manifest, catalog, {}, readonly)
+            store._for_check = for_check
             store._check_dim()
             if catalog.legacy and not readonly:
                 store._migrate()
-            store._check_shards()
+            if not for_check:
+                store._check_shards()
             if not readonly:
                 store._remove_unrecorded()
             store._load_indexes()
@@ -235,8 +240,13 @@ class Store:
 
     def _rebuilt_index(self, name: str, factory: str) -> faiss.Index:
         """A collection's FAISS index built from its verified shards (when its file cannot be used)."""
-        self.verify_vectors(name)
         fresh = VectorIndex(self.manifest.dim, factory)
+        try:
+            self.verify_vectors(name)
+        except StoreError:
+            if self._for_check:
+                return fresh.index  # `check` reports the shard; nothing is searched here
+            raise
         fresh.build_chunked(self.stored_count(name), lambda: self.vector_chunks(name))
         if name not in self.introduced:  # a collection new to this index is made, not repaired
             self.rebuilt.append(name)
