@@ -30,6 +30,9 @@ DERIVED_DIR = "derived"
 KEEP_DERIVED = 6
 # Rows a derived collection's vectors are mapped in (a block of the actor pool's work under --engine ray).
 DERIVED_BLOCK = 4096
+# numpy parses .npy headers with ast.literal_eval, which threads can break on CPython 3.11 ("AST constructor
+# recursion depth mismatch", python/cpython#106905): saved statistics are read one thread at a time.
+_HEADER_LOCK = threading.Lock()
 # map_blocks(feature map, blocks of vectors) -> the mapped blocks, in order: in this process or a build engine's pool.
 MapBlocks = Callable[[FeatureMap, Iterable[np.ndarray]], Iterator[np.ndarray]]
 
@@ -106,28 +109,49 @@ class StoreGallery:
         for row in range(len(queries)):
             keep = ids[row] >= 0
             row_ids, row_scores = ids[row][keep], scores[row][keep]
-            if not exact and len(row_ids):
-                row_scores = self.scores(collection, queries[row], row_ids, projection)
+            if not exact and len(row_ids):  # candidates removed by another process since this state are dropped
+                live, row_scores = self._live_scores(collection, queries[row], row_ids, projection)
+                row_ids = row_ids[live]
                 order = np.argsort(-row_scores, kind="stable")
                 row_ids, row_scores = row_ids[order], row_scores[order]
             out.append(Ranked(row_ids[:k], row_scores[:k].astype(np.float32)))
         return out
 
     def scores(self, collection: str, query: np.ndarray, ids: np.ndarray, projection: FeatureMap | None) -> np.ndarray:
-        vectors = self._store.catalog_vectors(collection, ids)
-        if projection is not None:
+        """Exact scores of ``ids``; one removed by another process since this state (no row left) gets the lowest
+        live score, so a fusion's min-max scaling of the live ones is unchanged (the hit is dropped later)."""
+        live, found = self._live_scores(collection, query, ids, projection)
+        scores = np.full(len(live), found.min() if len(found) else 0.0, np.float32)
+        scores[live] = found
+        return scores
+
+    def _live_scores(
+        self, collection: str, query: np.ndarray, ids: np.ndarray, projection: FeatureMap | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(mask of ``ids`` the catalog still holds, their exact scores)."""
+        live, vectors = self._store.live_vectors(collection, ids)
+        if projection is not None and len(vectors):
             vectors = projection.apply(vectors)
-        return vectors @ np.asarray(query, np.float32)
+        return live, (vectors @ np.asarray(query, np.float32)).astype(np.float32)
 
     # -- what the peers (search/peers.py, search/post.py) read: the vectors themselves and their version ----------
     def vectors(self, collection: str) -> tuple[np.ndarray, np.ndarray]:
-        """(ids, stored vectors) of a whole collection, from the catalog."""
-        return self._store.ids_and_vectors(collection)
+        """(ids, stored vectors) of a whole collection: the catalog's rows of the items the held state's FAISS
+        collection has (a newer write by another process joins at the swap to its state, never before)."""
+        ids, vectors = self._store.ids_and_vectors(collection)
+        held = self._store.held_ids(collection, ids)
+        return (ids, vectors) if held.all() else (ids[held], vectors[held])
 
     def vectors_of(self, collection: str, ids: np.ndarray, projection: FeatureMap | None) -> np.ndarray:
-        """The rows of ``ids`` as the gallery is searched (through ``projection``)."""
-        vectors = self._store.catalog_vectors(collection, ids)
-        return vectors if projection is None else projection.apply(vectors)
+        """The rows of ``ids`` as the gallery is searched (through ``projection``); a row removed by another
+        process since this state is zeros (an expansion's neighbour that adds nothing)."""
+        live, found = self._store.live_vectors(collection, ids)
+        if projection is not None and len(found):
+            found = projection.apply(found)
+        width = projection.out_dim if projection is not None else self._store.manifest.dim
+        vectors = np.zeros((len(live), width), np.float32)
+        vectors[live] = found
+        return vectors
 
     def version(self, collection: str) -> int:
         """The catalog generation: statistics fitted on the gallery are refitted when it moves on."""
@@ -139,7 +163,7 @@ class StoreGallery:
         generation = self._store.generation
         path = self._store.path / DERIVED_DIR / f"{name}.npz"
         try:
-            with np.load(path, allow_pickle=False) as saved:
+            with _HEADER_LOCK, np.load(path, allow_pickle=False) as saved:
                 if int(saved["generation"]) == generation:
                     return {key: saved[key] for key in saved.files if key != "generation"}
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
@@ -211,13 +235,16 @@ def make_derived(store, collection: str, projection: FeatureMap, map_blocks: Map
     base = store.indexes[collection]
     dim = projection.out_dim
     ids, vectors = store.ids_and_vectors(collection)
+    held = store.held_ids(collection, ids)  # the items of the state this store holds, as the catalog has them now
+    ids, vectors = (ids, vectors) if held.all() else (ids[held], vectors[held])
     blocks = (vectors[first : first + DERIVED_BLOCK] for first in range(0, len(ids), DERIVED_BLOCK))
     mapped = list((map_blocks or apply_here)(projection, blocks))
     if sum(len(block) for block in mapped) != len(ids):
         raise RuntimeError(f"derived {collection}: {len(ids)} vectors went out, {sum(map(len, mapped))} came back")
     index = VectorIndex(dim, base.factory)
     index.build(ids, np.concatenate(mapped) if mapped else np.zeros((0, dim), np.float32))
-    _save_quietly(store.path / DERIVED_DIR, derived_name(collection, projection), index, generation)
+    if index.ntotal == base.ntotal:  # the whole state: later processes may load it (a part is kept in memory only)
+        _save_quietly(store.path / DERIVED_DIR, derived_name(collection, projection), index, generation)
     return index
 
 

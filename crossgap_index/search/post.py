@@ -50,8 +50,14 @@ class BankStatistics:
     active: np.ndarray
 
     def lookup(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        positions = np.searchsorted(self.ids, ids)
-        return self.log_z[positions], self.active[positions]
+        """(log Z, active) per id; an id the statistics lack (removed by another process before they were
+        fitted) is inactive with the largest log Z: ranked last in the head, and dropped from the hits."""
+        if not len(self.ids):
+            return np.zeros(len(ids)), np.zeros(len(ids), bool)
+        positions = np.minimum(np.searchsorted(self.ids, ids), len(self.ids) - 1)
+        known = self.ids[positions] == ids
+        worst = float(self.log_z[np.isfinite(self.log_z)].max(initial=0.0))
+        return np.where(known, self.log_z[positions], worst), self.active[positions] & known
 
 
 def bank_statistics(ids: np.ndarray, gallery: np.ndarray, bank_ids: np.ndarray, bank: np.ndarray, beta: float):

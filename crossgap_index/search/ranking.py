@@ -85,8 +85,9 @@ def top_k_batch(store: Store, collection: str, queries: np.ndarray, k: int) -> l
     for row in range(len(queries)):
         keep = ids[row] >= 0
         row_ids, row_scores = ids[row][keep], scores[row][keep]
-        if not exact and len(row_ids):
-            row_scores = store.exact_rerank(collection, queries[row], row_ids)
+        if not exact and len(row_ids):  # candidates removed by another process since this state are dropped
+            live, row_scores = store.exact_rerank(collection, queries[row], row_ids)
+            row_ids = row_ids[live]
             order = np.argsort(-row_scores, kind="stable")
             row_ids, row_scores = row_ids[order], row_scores[order]
         out.append(Ranked(row_ids[:k], row_scores[:k].astype(np.float32)))

@@ -25,6 +25,7 @@ from crossgap_index.search.options import SearchOptions
 from crossgap_index.server.batcher import BatchResult, MicroBatcher
 from crossgap_index.server.errors import ApiError, status_of
 from crossgap_index.server.files import ItemFileError, read_item_file
+from crossgap_index.server.follower import IndexFollower
 from crossgap_index.server.metrics import Metrics
 from crossgap_index.server.models import AddTextsRequest, SearchRequest
 from crossgap_index.server.settings import ServeSettings
@@ -46,6 +47,9 @@ class SearchService:
         self._batcher = MicroBatcher(
             self._run_batch, settings.batch_window_ms / 1000.0, settings.max_batch, metrics.inversion_batch.observe
         )
+        # Other writers' saved states, swapped in whole (server/follower.py): check_now() after a write, or the loop.
+        self.follower = IndexFollower(index, settings.follow_interval_s)
+        self.follower.start()
 
     @property
     def modes(self) -> list[str]:
@@ -74,6 +78,7 @@ class SearchService:
 
     def close(self) -> None:
         """Finish queued work, then release threads (the index is closed by its owner)."""
+        self.follower.stop()
         self._batcher.close()
         self._pool.shutdown(wait=True)
 
