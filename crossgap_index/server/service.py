@@ -7,7 +7,6 @@ import asyncio
 import base64
 import binascii
 import dataclasses
-import os
 import time
 from collections.abc import Callable, Hashable
 from concurrent.futures import ThreadPoolExecutor
@@ -24,11 +23,11 @@ from crossgap_index.search.modes import BASE_MODE_NAMES, MODE_NAMES, PEER_NAMES
 from crossgap_index.search.options import SearchOptions
 from crossgap_index.server.batcher import BatchResult, MicroBatcher
 from crossgap_index.server.errors import ApiError, status_of
-from crossgap_index.server.files import ItemFileError, read_item_file
+from crossgap_index.server.files import read_item_file
 from crossgap_index.server.metrics import Metrics
 from crossgap_index.server.models import AddTextsRequest, SearchRequest
 from crossgap_index.server.settings import ServeSettings
-from crossgap_index.server.thumbnails import ThumbnailCache, make_thumbnail
+from crossgap_index.server.thumbnails import ThumbnailCache, file_state, make_thumbnail
 from crossgap_index.store.catalog import ImageRecord
 
 QUERY_KINDS = ("text", "vector", "image_base64", "item_id")
@@ -240,18 +239,12 @@ class SearchService:
         return record
 
     async def thumbnail(self, item_id: int) -> bytes:
-        """A small JPEG of an image item, whatever its format; cached by id and the file's size and mtime."""
+        """A small JPEG of an image item, whatever its format; cached by id and the file's state (file_state)."""
         row = await self.item(item_id)
 
         def make() -> bytes:
             record = self._image_record(row)
-            try:  # a cached thumbnail is served only while the file still has the indexed size
-                stat = os.lstat(record.path)
-            except OSError as exc:
-                raise ItemFileError(f"the indexed file is not readable: {exc.strerror or exc}") from exc
-            if stat.st_size != record.size:
-                raise ItemFileError("the indexed file changed since it was indexed (its size differs): re-index it")
-            key = (item_id, record.content_hash)
+            key = (item_id, record.content_hash, file_state(record))  # revalidated: any change makes a new key
             cached = self._thumbs.get(key)
             if cached is None:
                 data = read_item_file(record, self.settings.max_upload_bytes)  # every component, size and hash
