@@ -153,10 +153,18 @@ def train_inverter_command(
         direction=direction,
     )
     kind = modality.value[:-1]
-    with CrossGapIndex.open(index, device=device) as cgx, progress_bar("training", "step", not quiet) as bar:
-        network = cgx.train_inverter(
-            config, progress=lambda step, total, loss: bar(step, total), modality=kind, replace=replace
+    try:
+        with CrossGapIndex.open(index, device=device) as cgx, progress_bar("training", "step", not quiet) as bar:
+            network = cgx.train_inverter(
+                config, progress=lambda step, total, loss: bar(step, total), modality=kind, replace=replace
+            )
+    except KeyboardInterrupt:  # training keeps no checkpoint: the generic "re-run to resume" would not be true
+        err.print(
+            "cgx: interrupted; no network was saved (one is saved only when its training ends, and a stored one "
+            "is kept as it was): re-run to train from the start",
+            highlight=False,
         )
+        raise typer.Exit(130) from None
     if not quiet:
         stats = network.stats
         file = INVERTER_FILE if kind == "image" else TEXT_INVERTER_FILE
