@@ -21,6 +21,7 @@ from crossgap_index.ingest.decode import content_hash
 from crossgap_index.ingest.pipeline import Prepared, ReadLimits, decode_side, prepare
 from crossgap_index.inversion.config import InversionConfig
 from crossgap_index.inversion.keys import seed_from_digest, settings_fingerprint
+from crossgap_index.pause_points import pause_point
 
 GALLERY_OTI = "image-oti"
 GALLERY_OVI = "text-ovi"
@@ -118,6 +119,7 @@ class ImageBuild:
             for batch in batches:
                 self._store_batch(batch, records, known, report, limits)
                 self._store.commit()
+                pause_point("build-committed")
                 done += len(batch)
                 if progress:
                     progress(done, len(todo))

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from crossgap_index.errors import InputFileError, StoreError
+from crossgap_index.pause_points import pause_point
 
 BATCH_ROWS = 65_536  # rows per read and per catalog commit: a quarter of a shard
 ProgressFn = Callable[[int, int], None]
@@ -382,6 +383,7 @@ def import_source(
                     catalog.add_images(paths, hashes, vectors, ids[chosen], captions)
             except sqlite3.IntegrityError as exc:
                 raise StoreError(f"{source.name}: a path in rows {done + 1}..{done + n} is indexed already") from exc
+            pause_point("import-written")  # the batch's vectors are in the shards, its rows not committed yet
             store.commit()
         report.added += int(fresh.sum())
         report.unchanged += n - int(fresh.sum())
