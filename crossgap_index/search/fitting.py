@@ -9,8 +9,8 @@ Who runs it depends on who asked:
 
 * ``FitRunner`` (the library, the CLI, eval and tune): in the caller's thread; a fit of at least LOUD_ROWS rows
   says how far it is on stderr (the ``crossgap_index`` logger) every LOUD_EVERY_S seconds.
-* ``BackgroundFits`` (the server): on one worker thread of its own, one fit at a time, at a lower CPU priority
-  than the searches, never in the pool that answers them. A request whose fit is not ready gets ``FitPending``
+* ``BackgroundFits`` (the server): on one worker thread of its own, one fit at a time, at the lowest CPU priority
+  (SCHED_IDLE), never in the pool that answers them. A request whose fit is not ready gets ``FitPending``
   (the job, its progress and an estimate of the time left); the server waits for the job without holding a
   search thread, within the request's timeout, then answers 503 with Retry-After. The job goes on after the
   request gave up, so that the next request finds the fit done; closing the runner cancels it.
@@ -35,7 +35,7 @@ from crossgap_index.pause_points import pause_point
 FIT_BLOCK = 2048  # rows of a fit's block: memory FIT_BLOCK x (bank block) floats
 LOUD_ROWS = 50_000  # fits over at least this many rows report progress on stderr
 LOUD_EVERY_S = 2.0
-FIT_NICENESS = 10  # the background fit thread's nice increment: searches keep the CPU first
+FIT_NICENESS = 10  # the background fit thread's nice increment where SCHED_IDLE is not to be had
 
 log = logging.getLogger("crossgap_index")
 T = TypeVar("T")
@@ -166,10 +166,15 @@ def _run_job(job: FitJob, work: Callable[[FitProgress], object]) -> None:
 
 
 def _background_thread() -> None:
-    """The fit thread yields the CPU to searches: a higher nice value for this thread alone (Linux), and FAISS
-    and BLAS in this thread use one core (OpenMP's thread count is per calling thread)."""
-    with contextlib.suppress(AttributeError, OSError):
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), FIT_NICENESS)
+    """The fit thread yields the CPU to searches: SCHED_IDLE for this thread alone (Linux: it runs on the time
+    the process's other threads leave), else a higher nice value; and FAISS and BLAS in this thread use one core
+    (OpenMP's thread count is per calling thread)."""
+    thread = threading.get_native_id()
+    try:
+        os.sched_setscheduler(thread, os.SCHED_IDLE, os.sched_param(0))
+    except (AttributeError, OSError):
+        with contextlib.suppress(AttributeError, OSError):
+            os.setpriority(os.PRIO_PROCESS, thread, FIT_NICENESS)
     import faiss
 
     faiss.omp_set_num_threads(1)
