@@ -15,9 +15,10 @@ import numpy as np
 import pytest
 
 from crossgap_index import CrossGapIndex
+from crossgap_index.errors import QueryError
 from crossgap_index.pause_points import PAUSE_ENV
 from crossgap_index.search import fitting
-from crossgap_index.search.fitting import FitCancelled, FitPending
+from crossgap_index.search.fitting import BackgroundFits, FitCancelled, FitPending
 from crossgap_index.search.gallery import MatrixGallery
 from crossgap_index.search.peers import _kept_mean, dba_rows, dba_rows_blocked, top_k_mean, top_k_mean_blocked
 from crossgap_index.search.post import bank_statistics, bank_statistics_blocked
@@ -70,6 +71,28 @@ def test_the_blocked_mean_equals_numpys():
 
 
 # -- the server: fits in the background, never in the search pool ---------------------------------------------
+def test_a_failed_background_fit_answers_with_its_error_until_the_gallery_changes():
+    runs = []
+
+    def work(progress):
+        runs.append(progress)
+        raise QueryError("nnn: the index has no text vectors to draw its statistics from")
+
+    fits = BackgroundFits()
+    try:
+        with pytest.raises(FitPending) as pending:
+            fits.run("slot", 1, "nnn", 0, work)
+        assert isinstance(pending.value.job.future.exception(timeout=60), QueryError)
+        for _ in range(3):  # not fitted again and again: the error, at once
+            with pytest.raises(QueryError, match="no text vectors"):
+                fits.run("slot", 1, "nnn", 0, work)
+        assert len(runs) == 1
+        with pytest.raises(FitPending):  # a new gallery version is fitted afresh
+            fits.run("slot", 2, "nnn", 0, work)
+    finally:
+        fits.close()
+
+
 @pytest.fixture
 def index_dir(serve_template, tmp_path):
     return copy_index(serve_template, tmp_path)[0]

@@ -138,22 +138,18 @@ class BackgroundFits(FitRunner):
             if self._cancel.is_set():
                 raise FitCancelled(f"{label}: not fitted, the server is shutting down")
             job = self._jobs.get(slot)
-            if job is None or job.version != version or _failed(job):
+            if job is None or job.version != version:
                 job = FitJob(version, label, total, self._cancel)
                 self._jobs[slot] = job
                 self._worker.submit(_run_job, job, work)
         if job.future.done():
-            return job.future.result()  # the fit's own error, if it failed (the next request fits again)
+            return job.future.result()  # or the fit's own error, for every request until the gallery changes
         raise FitPending(job)
 
     def close(self) -> None:
         """Stop the running fit at its next block and drop the queued ones."""
         self._cancel.set()
         self._worker.shutdown(wait=True, cancel_futures=True)
-
-
-def _failed(job: FitJob) -> bool:
-    return job.future.done() and job.future.exception() is not None
 
 
 def _run_job(job: FitJob, work: Callable[[FitProgress], object]) -> None:

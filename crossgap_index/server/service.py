@@ -99,7 +99,7 @@ class SearchService:
             await asyncio.wait_for(waiting, max(0.0, deadline - time.monotonic()))
         except TimeoutError:
             raise HTTPException(503, str(FitPending(job)), headers={"Retry-After": str(job.retry_after_s)}) from None
-        except Exception:  # noqa: BLE001 - the fit failed: the search asked again raises its error
+        except Exception:  # noqa: BLE001 - the fit failed: the search asked again answers with its error
             return
 
     async def _search(self, request: SearchRequest, upload: bytes | None) -> dict[str, Any]:
