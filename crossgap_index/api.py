@@ -627,7 +627,8 @@ class CrossGapIndex:
         _, vectors = self._store.ids_and_vectors(modality)
         if len(vectors) < 2:
             raise StoreError(f"the {modality} index at {self.path} needs at least 2 items to train an inverter")
-        network = train_inverter(self.encoder.loaded, vectors, config, progress)
+        partial = self.path / f"{file}.partial"  # Ctrl-C between steps keeps the run here; the same run resumes
+        network = train_inverter(self.encoder.loaded, vectors, config, progress, checkpoint=partial)
         stored = self.path / file
         if network.cut_short and stored.exists() and not replace:
             raise StoreError(
