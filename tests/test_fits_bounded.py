@@ -5,6 +5,7 @@ and reported on stderr when large."""
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import threading
@@ -73,22 +74,31 @@ def test_the_blocked_mean_equals_numpys():
 # -- the server: fits in the background, never in the search pool ---------------------------------------------
 def test_a_failed_background_fit_answers_with_its_error_until_the_gallery_changes():
     runs = []
+    release = {1: threading.Event(), 2: threading.Event()}  # each fit fails once the test has seen it pending
 
-    def work(progress):
-        runs.append(progress)
-        raise QueryError("nnn: the index has no text vectors to draw its statistics from")
+    def work(version: int):
+        def fit(progress):
+            runs.append(version)
+            release[version].wait(60)
+            raise QueryError("nnn: the index has no text vectors to draw its statistics from")
+
+        return fit
 
     fits = BackgroundFits()
     try:
         with pytest.raises(FitPending) as pending:
-            fits.run("slot", 1, "nnn", 0, work)
+            fits.run("slot", 1, "nnn", 0, work(1))
+        release[1].set()
         assert isinstance(pending.value.job.future.exception(timeout=60), QueryError)
         for _ in range(3):  # not fitted again and again: the error, at once
             with pytest.raises(QueryError, match="no text vectors"):
-                fits.run("slot", 1, "nnn", 0, work)
-        assert len(runs) == 1
-        with pytest.raises(FitPending):  # a new gallery version is fitted afresh
-            fits.run("slot", 2, "nnn", 0, work)
+                fits.run("slot", 1, "nnn", 0, work(1))
+        assert runs == [1]
+        with pytest.raises(FitPending) as pending:  # a new gallery version is fitted afresh
+            fits.run("slot", 2, "nnn", 0, work(2))
+        release[2].set()
+        assert isinstance(pending.value.job.future.exception(timeout=60), QueryError)
+        assert runs == [1, 2]
     finally:
         fits.close()
 
@@ -118,8 +128,17 @@ def _served_while_held(client: httpx.Client, fifo, expected: list[int]) -> None:
     before = client.post("/search", json=QUERY)
     assert before.status_code == 200, before.text
     intra_before = before.json()["hits"]
-    first = client.post("/search", json={**QUERY, "mode": "dba"})
-    held = wait_until_paused(None, fifo)  # the fit thread waits at its first block
+    deadline = time.monotonic() + 300
+    while True:  # the map's own fit, then the derived build: asked until the fit thread waits at its first block
+        first = client.post("/search", json={**QUERY, "mode": "dba"})
+        assert first.status_code == 503, first.text
+        try:
+            held = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)  # ENXIO until the fit thread has it open
+            break
+        except OSError as exc:
+            if exc.errno != errno.ENXIO:
+                raise
+        assert time.monotonic() < deadline, "the dba fit never reached its first block"
     try:
         assert first.status_code == 503, first.text
         assert int(first.headers["retry-after"]) >= 1
