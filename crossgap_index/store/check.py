@@ -21,6 +21,7 @@ import numpy as np
 from crossgap_index.store.catalog import header_shortfall, wal_has_frames
 from crossgap_index.store.compact import remove_unrecorded, shard_use
 from crossgap_index.store.directory import DERIVED, SHARD_ADVICE, Store
+from crossgap_index.store.prune import is_reference
 from crossgap_index.store.shards import ShardRecord
 from crossgap_index.store.vectors import VectorIndex, file_record
 
@@ -102,7 +103,9 @@ def _check(store: Store, repair: bool, files: bool) -> CheckReport:
         problems += [f"{name}.faiss: {derived[name]}" for name in broken]
     missing: list[str] = []
     if files:
-        missing = sorted(r.path for r in catalog.images().values() if not os.path.isfile(r.path))
+        missing = sorted(
+            r.path for r in catalog.images().values() if not is_reference(r.path) and not os.path.isfile(r.path)
+        )
         if missing:
             problems.append(f"{len(missing)} indexed image files are gone (`cgx remove --missing` prunes them)")
     return CheckReport(

@@ -283,6 +283,11 @@ class Store:
                 if self._write_depth == 1:
                     self.catalog.rollback()
                     self._pending.clear()
+                if is_disk_full(exc) and not isinstance(exc, DiskFullError) and self.catalog.ids_exhausted():
+                    raise StoreError(  # SQLite says SQLITE_FULL when AUTOINCREMENT has no id left to give
+                        f"the index at {self.path} holds id 2**63 - 1, the largest SQLite has, so no new item can "
+                        "get an id (the disk is not full); add new items to a new index (imports now stop at 2**53 - 1)"
+                    ) from exc
                 if is_disk_full(exc) and not isinstance(exc, DiskFullError):
                     raise DiskFullError(
                         f"disk full while writing the index at {self.path}: free some space and re-run "
