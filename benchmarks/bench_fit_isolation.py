@@ -4,8 +4,9 @@ A real `cgx serve` process over an index of N random unit vectors imported with 
 width, the factory `auto` picks for N). Phase 1 (idle): one client sends intra ``item_id`` searches, 20 ms apart;
 their p50 and the server's RSS are the baseline. Phase 2: another client sends the first ``mode=dba`` request and
 repeats it (each waits for the fit within the request timeout, then gets 503 with Retry-After) until it answers
-200, while the intra client goes on. Reported: intra p50/p95 in each phase and their ratio (target <= 2), the
-server's peak RSS in phase 2 over its RSS idle (target <= 2), the fit's duration and the dba client's statuses.
+200, while the intra client goes on; phase 3: idle again as long as phase 1 (a second baseline). Reported:
+intra p50/p95 in each phase and their ratio (target <= 2), the server's peak RSS in phase 2 over its RSS idle
+(target <= 2), the fit's duration and the dba client's statuses.
 
     nice python benchmarks/bench_fit_isolation.py --rows 200000 --out benchmarks/results/fit-isolation.json
 """
@@ -43,6 +44,7 @@ def main() -> None:
     parser.add_argument("--markdown", type=Path)
     args = parser.parse_args()
     env = {**os.environ}
+    load_at_start = os.getloadavg()
     with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_TMP")) as tmp:
         index = Path(tmp) / "index"
         rng = np.random.default_rng(0)
@@ -72,6 +74,7 @@ def main() -> None:
             proc.terminate()
             proc.wait(60)
     report.update(rows=args.rows, dim=DIM, model=MODEL, import_s=round(import_s, 1), machine=machine_info())
+    report["machine"]["load_average_at_start"] = load_at_start
     report["load_average_at_end"] = os.getloadavg()
     print(json.dumps({k: v for k, v in report.items() if k != "machine"}, indent=1))
     if args.out:
@@ -116,6 +119,7 @@ def run(base: str, pid: int, args) -> dict:
     idle_start = time.perf_counter()
     time.sleep(args.idle_s)
     fit_start = time.perf_counter()
+    load_at_fit_start = os.getloadavg()
     dba: list[dict] = []
     with httpx.Client(base_url=base, timeout=args.timeout_s + 600) as client:
         while time.perf_counter() - fit_start < args.max_fit_s:
@@ -133,6 +137,9 @@ def run(base: str, pid: int, args) -> dict:
             if response.status_code == 200:
                 break
     fit_end = time.perf_counter()
+    load_after_fit = os.getloadavg()
+    time.sleep(args.idle_s)  # idle again (dba fitted): a second baseline, in the machine's later conditions
+    after_end = time.perf_counter()
     stop.set()
     for thread in threads:
         thread.join()
@@ -147,13 +154,18 @@ def run(base: str, pid: int, args) -> dict:
             "p95_ms": round(percentile_ms(times, 95), 2) if times else None,
         }
 
-    idle, fitting = phase(idle_start, fit_start), phase(fit_start, fit_end)
+    idle, fitting, after = phase(idle_start, fit_start), phase(fit_start, fit_end), phase(fit_end, after_end)
     idle_rss = max(mb for t, mb in rss if idle_start <= t < fit_start)
-    fit_rss = max(mb for t, mb in rss if t >= fit_start)
+    fit_rss = max(mb for t, mb in rss if fit_start <= t < fit_end)
+    baseline = max(idle["p50_ms"], after["p50_ms"] or 0.0)
     return {
         "intra_idle": idle,
         "intra_while_fitting": fitting,
+        "intra_idle_after": after,
         "intra_p50_ratio": round(fitting["p50_ms"] / idle["p50_ms"], 2) if fitting["p50_ms"] else None,
+        "intra_p50_ratio_to_worse_idle": round(fitting["p50_ms"] / baseline, 2) if fitting["p50_ms"] else None,
+        "load_average_at_fit_start": load_at_fit_start,
+        "load_average_at_fit_end": load_after_fit,
         "rss_idle_mb": round(idle_rss, 1),
         "rss_peak_while_fitting_mb": round(fit_rss, 1),
         "rss_ratio": round(fit_rss / idle_rss, 2),
@@ -167,6 +179,7 @@ def run(base: str, pid: int, args) -> dict:
 
 def markdown(report: dict) -> str:
     m, idle, fit = report["machine"], report["intra_idle"], report["intra_while_fitting"]
+    after = report["intra_idle_after"]
     statuses = ", ".join(f"{r['status']} after {r['seconds']} s" for r in report["dba_requests"])
     return "\n".join(
         [
@@ -177,14 +190,18 @@ def markdown(report: dict) -> str:
             f"{report['server_timeout_s']:g} s, intra queries {report['probe_interval_ms']:g} ms apart. "
             f"Machine: {m['cpu']}, {m['cores']} cores, load average at start "
             f"{', '.join(f'{x:.1f}' for x in m['load_average_at_start'])}, at end "
-            f"{', '.join(f'{x:.1f}' for x in report['load_average_at_end'])}; run under `nice`.",
+            f"{', '.join(f'{x:.1f}' for x in report['load_average_at_end'])} (as the fit began "
+            f"{report['load_average_at_fit_start'][0]:.1f}, as it ended {report['load_average_at_fit_end'][0]:.1f}); "
+            "run under `nice`.",
             "",
             "| | intra queries | intra p50 ms | intra p95 ms | server RSS MB |",
             "|---|---|---|---|---|",
             f"| idle | {idle['queries']} | {idle['p50_ms']} | {idle['p95_ms']} | {report['rss_idle_mb']} |",
             f"| while dba is fitted | {fit['queries']} ({fit['failed']} failed) | {fit['p50_ms']} | {fit['p95_ms']} "
             f"| {report['rss_peak_while_fitting_mb']} (peak) |",
-            f"| ratio (target <= 2) | | {report['intra_p50_ratio']} | | {report['rss_ratio']} |",
+            f"| idle again, dba fitted | {after['queries']} | {after['p50_ms']} | {after['p95_ms']} | |",
+            f"| fitting / idle before (target <= 2) | | {report['intra_p50_ratio']} | | {report['rss_ratio']} |",
+            f"| fitting / the worse idle | | {report['intra_p50_ratio_to_worse_idle']} | | |",
             "",
             f"The dba fit took {report['fit_s']} s (done: {report['fit_done']}); the dba client's requests: "
             f"{statuses}.",
