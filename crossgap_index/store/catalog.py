@@ -67,6 +67,10 @@ _COMMON = (
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
     "CREATE TABLE IF NOT EXISTS shards (stream TEXT NOT NULL, number INTEGER NOT NULL, "
     "rows INTEGER NOT NULL, crc32 INTEGER NOT NULL, PRIMARY KEY (stream, number))",
+    # Files a build could not use, with the stat and read limits they failed under: an unchanged one is not
+    # read again. A table of its own (made on any writable open), so older releases read the catalog as before.
+    "CREATE TABLE IF NOT EXISTS failed_files (path TEXT PRIMARY KEY, size INTEGER NOT NULL, "
+    "mtime_ns INTEGER NOT NULL, limits TEXT NOT NULL, reason TEXT NOT NULL)",
 )
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 DEFAULT_DTYPE = "float32"
@@ -196,6 +200,13 @@ class Catalog:
         against."""
         self._flush_shards()
         self.set_meta("generation", str(self.generation + 1))
+        self.conn.commit()
+
+    def commit_bookkeeping(self) -> None:
+        """Commit rows that change no vector and no search result (a touched file's stat, an imported row's
+        file hash, failure records): the generation stays, so FAISS files and derived collections stay current."""
+        if self._shards is not None and self._shards.has_pending_rows():
+            raise StoreError(f"{self.path}: vectors are queued; they are committed by commit()")
         self.conn.commit()
 
     def rollback(self) -> None:
@@ -510,6 +521,46 @@ class Catalog:
 
     def update_stat(self, item_id: int, size: int, mtime_ns: int) -> None:
         self.conn.execute("UPDATE items SET size = ?, mtime_ns = ? WHERE id = ?", (size, mtime_ns, item_id))
+
+    def replace_image(self, item_id: int, content_hash: str, size: int, mtime_ns: int, vector: np.ndarray) -> None:
+        """An edited file: the item keeps its id, path and caption; its vector (a new slot), hash and stat are
+        replaced, and what was derived from the old vector (gallery inversions) is deleted, to be made again."""
+        slot = self._append(ITEMS_STREAM, vector)
+        self.conn.execute(
+            "UPDATE items SET content_hash = ?, size = ?, mtime_ns = ?, slot = ? WHERE id = ?",
+            (content_hash, size, mtime_ns, slot, int(item_id)),
+        )
+        self.conn.execute("DELETE FROM derived_vectors WHERE item_id = ?", (int(item_id),))
+
+    def move_image(self, item_id: int, path: str, size: int, mtime_ns: int) -> None:
+        """A moved or renamed file with the same content: the item keeps its id and vector under the new path."""
+        self.conn.execute(
+            "UPDATE items SET path = ?, size = ?, mtime_ns = ? WHERE id = ?",
+            (path_to_db(path), size, mtime_ns, int(item_id)),
+        )
+
+    def adopt_file(self, item_id: int, size: int, mtime_ns: int) -> None:
+        """An imported row's file, seen by a build: its stat is recorded (its content hash, the import's, and
+        its vector stay), so later builds see it unchanged, and a change to the file from then on is an edit."""
+        self.conn.execute("UPDATE items SET size = ?, mtime_ns = ? WHERE id = ?", (size, mtime_ns, int(item_id)))
+
+    # -- files a build could not use ---------------------------------------------------------
+    def failed_files(self) -> dict[str, tuple[int, int, str, str]]:
+        """path -> (size, mtime_ns, limits, reason) of files that failed to decode at that stat."""
+        if "failed_files" not in self._tables():  # a read-only catalog older than the table
+            return {}
+        rows = self.conn.execute("SELECT path, size, mtime_ns, limits, reason FROM failed_files")
+        return {path_from_db(r[0]): tuple(r[1:]) for r in rows}
+
+    def record_failures(self, failures: Iterable[tuple[str, int, int, str, str]]) -> None:
+        """Remember (path, size, mtime_ns, limits, reason) of files that failed (committed by the caller)."""
+        self.conn.executemany(
+            "INSERT OR REPLACE INTO failed_files (path, size, mtime_ns, limits, reason) VALUES (?, ?, ?, ?, ?)",
+            [(path_to_db(p), *rest) for p, *rest in failures],
+        )
+
+    def forget_failures(self, paths: Iterable[str]) -> None:
+        self.conn.executemany("DELETE FROM failed_files WHERE path = ?", [(path_to_db(p),) for p in paths])
 
     def add_text(self, text: str, content_hash: str, external_id: str | None, vector: np.ndarray) -> int:
         slot = self._append(ITEMS_STREAM, vector)
