@@ -24,6 +24,7 @@ from crossgap_index.inversion import InversionConfig
 from crossgap_index.models import check_device, default_model_spec, local_weights, parse_spec
 from crossgap_index.models.spec import MODEL_ENV_VAR
 from crossgap_index.precision import after_write, check_setting, precision_for_index, precision_for_new_index
+from crossgap_index.search.gallery import StoreGallery
 from crossgap_index.search.modes import Mode, describe_cross, resolve_mode
 from crossgap_index.search.options import SearchOptions
 from crossgap_index.search.run import Queries
@@ -108,6 +109,7 @@ class CrossGapIndex:
         self._encoder: Encoder | None = None
         self._searcher: Searcher | None = None
         self._inverter_nets: dict[str, Inverter] = {}
+        self._fits = None  # who runs gallery fits (search/fitting.py): this thread unless fit_in_background()
         # The model, searcher and inverters load on first use; threads that arrive together build them once.
         self._loading = threading.RLock()
 
@@ -479,8 +481,20 @@ class CrossGapIndex:
                         functools.partial(self.inverter, "image") if image.is_file() else None,
                         _CatalogCache(self._store),
                         text_inverter=functools.partial(self.inverter, "text") if text.is_file() else None,
+                        gallery=StoreGallery(self._store, self._fits),
                     )
         return self._searcher
+
+    def fit_in_background(self):
+        """From now on, gallery fits (dba, nnn, qbnorm, center, derived collections) run on a background thread of
+        their own, and a query whose fit is not ready raises FitPending instead of computing it (the server's
+        way: search/fitting.py). Returns the runner; closing it stops a running fit."""
+        from crossgap_index.search.fitting import BackgroundFits
+
+        with self._loading:
+            self._fits = BackgroundFits()
+            self._searcher = None
+        return self._fits
 
     def embed_query(self, image: str | Path | Image.Image | None = None, text: str | None = None, vector=None) -> Query:
         """The query's unit feature, its modality and its content hash."""
@@ -671,7 +685,8 @@ class CrossGapIndex:
         _, vectors = self._store.ids_and_vectors(modality)
         if len(vectors) < 2:
             raise StoreError(f"the {modality} index at {self.path} needs at least 2 items to train an inverter")
-        network = train_inverter(self.encoder.loaded, vectors, config, progress)
+        partial = self.path / f"{file}.partial"  # Ctrl-C between steps keeps the run here; the same run resumes
+        network = train_inverter(self.encoder.loaded, vectors, config, progress, checkpoint=partial)
         stored = self.path / file
         if network.cut_short and stored.exists() and not replace:
             raise StoreError(
