@@ -24,6 +24,7 @@ from crossgap_index.inversion import InversionConfig
 from crossgap_index.models import check_device, default_model_spec, local_weights, parse_spec
 from crossgap_index.models.spec import MODEL_ENV_VAR
 from crossgap_index.precision import after_write, check_setting, precision_for_index, precision_for_new_index
+from crossgap_index.search.gallery import StoreGallery
 from crossgap_index.search.modes import Mode, describe_cross, resolve_mode
 from crossgap_index.search.options import SearchOptions
 from crossgap_index.search.run import Queries
@@ -108,6 +109,7 @@ class CrossGapIndex:
         self._encoder: Encoder | None = None
         self._searcher: Searcher | None = None
         self._inverter_nets: dict[str, Inverter] = {}
+        self._fits = None  # who runs gallery fits (search/fitting.py): this thread unless fit_in_background()
         # The model, searcher and inverters load on first use; threads that arrive together build them once.
         self._loading = threading.RLock()
 
@@ -448,6 +450,21 @@ class CrossGapIndex:
         with self._store.writing():
             return build_served_derived(self._store, self.searcher, engine)
 
+    @_reads
+    def prepare_derived(self) -> list[str]:
+        """Bring the derived collections ``--cross`` (mode ``auto``) searches up to date with the state this handle
+        holds, now and in this process (no writer lock: a reader after ``refresh``), so the first query finds them
+        current. Returns the names built (those already current on disk are loaded by the first query)."""
+        from crossgap_index.engines.derived import served_maps
+        from crossgap_index.search.gallery import derived_name
+
+        gallery = self.searcher.gallery
+        return [
+            derived_name(collection, projection)
+            for collection, projection in served_maps(self._store, self.searcher)
+            if gallery.refresh(collection, projection)
+        ]
+
     # -- reading --------------------------------------------------------------------------
     @property
     def searcher(self) -> Searcher:
@@ -464,8 +481,20 @@ class CrossGapIndex:
                         functools.partial(self.inverter, "image") if image.is_file() else None,
                         _CatalogCache(self._store),
                         text_inverter=functools.partial(self.inverter, "text") if text.is_file() else None,
+                        gallery=StoreGallery(self._store, self._fits),
                     )
         return self._searcher
+
+    def fit_in_background(self):
+        """From now on, gallery fits (dba, nnn, qbnorm, center, derived collections) run on a background thread of
+        their own, and a query whose fit is not ready raises FitPending instead of computing it (the server's
+        way: search/fitting.py). Returns the runner; closing it stops a running fit."""
+        from crossgap_index.search.fitting import BackgroundFits
+
+        with self._loading:
+            self._fits = BackgroundFits()
+            self._searcher = None
+        return self._fits
 
     def embed_query(self, image: str | Path | Image.Image | None = None, text: str | None = None, vector=None) -> Query:
         """The query's unit feature, its modality and its content hash."""
@@ -554,8 +583,8 @@ class CrossGapIndex:
         ids = self._store.catalog.ids("image")
         if len(ids) > SAMPLE:
             ids = ids[np.linspace(0, len(ids) - 1, SAMPLE).round().astype(int)]
-        vectors = self._store.catalog.vectors_for(ids, self._store.manifest.dim)
-        return world_note(model, int(outside_mask(vectors, reference).sum()), len(ids))
+        _, vectors = self._store.live_vectors("image", ids)  # another process may remove some meanwhile
+        return world_note(model, int(outside_mask(vectors, reference).sum()), len(vectors))
 
     def served_mode(self, options: SearchOptions, query_modality: str) -> Mode:
         """The Mode a query of ``query_modality`` asked with ``options`` runs (``auto``: the tuned one);
@@ -656,7 +685,8 @@ class CrossGapIndex:
         _, vectors = self._store.ids_and_vectors(modality)
         if len(vectors) < 2:
             raise StoreError(f"the {modality} index at {self.path} needs at least 2 items to train an inverter")
-        network = train_inverter(self.encoder.loaded, vectors, config, progress)
+        partial = self.path / f"{file}.partial"  # Ctrl-C between steps keeps the run here; the same run resumes
+        network = train_inverter(self.encoder.loaded, vectors, config, progress, checkpoint=partial)
         stored = self.path / file
         if network.cut_short and stored.exists() and not replace:
             raise StoreError(
@@ -687,14 +717,16 @@ class CrossGapIndex:
                     )
         return self._inverter_nets[modality]
 
+    @_reads
     def info(self) -> IndexInfo:
+        """What the index holds in the state this handle reads (its counts are those of the held generation)."""
         m = self._store.manifest
         return IndexInfo(
             path=str(self.path),
             model=m.model,
             dim=m.dim,
             metric=m.metric,
-            counts={n: self._store.stored_count(n) for n in self._store.indexes},
+            counts={n: idx.ntotal for n, idx in self._store.indexes.items()},
             factories={n: idx.resolved_factory for n, idx in self._store.indexes.items()},
             disk_bytes=self._store.disk_sizes(),
             schema_version=m.schema_version,
@@ -727,7 +759,7 @@ class CrossGapIndex:
         ``after`` / ``limit`` give one page (the items with ids above ``after``), for browsing large indexes."""
         if modality not in (None, "image", "text"):
             raise QueryError(f"unknown modality '{modality}': use image or text")
-        return self._store.catalog.items(modality, after, -1 if limit is None else limit)
+        return self._store.held_items(modality, after, -1 if limit is None else limit)
 
     def check(self, repair: bool = False, files: bool = True) -> CheckReport:
         """Verify the catalog (SQLite integrity_check, unit-norm vectors), every FAISS file against it
@@ -742,8 +774,24 @@ class CrossGapIndex:
         return self._store.compact(min_dead)
 
     def refresh(self) -> bool:
-        """See other processes' writes since open (True when there were any)."""
-        return self._store.refresh()
+        """Move this handle to the newest state another process saved (True when it moved). A handle reads one
+        committed state (FAISS collections, derived collections, catalog rows, ``ls``/``info``) from open until
+        it refreshes; the new state is loaded aside and swapped in whole, so a search running meanwhile sees the
+        old state or the new one, never a mix. Cheap when nothing changed (one small file read): call it as
+        often as a long-lived handle should follow (``cgx serve`` does, by itself, about twice a second)."""
+        moved = self._store.refresh()
+        if moved:
+            self._searcher = None  # tuned modes and inverter files of the new state
+        return moved
+
+    @property
+    def generation(self) -> int:
+        """The catalog generation of the state this handle reads."""
+        return self._store.loaded_generation
+
+    def saved_generation(self) -> int:
+        """The generation of the newest state saved in the index directory (a follower compares the two)."""
+        return self._store.saved_generation()
 
 
 def _inverter_stats(path: Path) -> dict | None:

@@ -19,7 +19,6 @@ import sqlite3
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +38,7 @@ from crossgap_index.inversion.inverter import InverterConfig
 from crossgap_index.store.catalog import header_shortfall, wal_has_frames
 from crossgap_index.store.lock import IndexLock
 from tests.conftest import MODEL, write_photo
+from tests.pause_support import pause_env, wait_until_paused
 
 REPO = Path(__file__).resolve().parents[1]
 runner = CliRunner()
@@ -418,26 +418,23 @@ def test_synthetic_generation_reports_progress_and_equals_the_full_generation():
 def test_check_after_a_killed_writer_reports_stale_files_as_rebuilt_on_next_open(tmp_path):
     photo_dir = photos(tmp_path / "photos", 60)
     index = tmp_path / "idx"
+    pause, fifo = pause_env(tmp_path, "build-committed", 3)  # held after its third commit: 6 images stored
     writer = subprocess.Popen(
         [sys.executable, "-m", "crossgap_index", "build-index", str(photo_dir), "--index", str(index)]
         + ["--model", MODEL, "--device", "cpu", "--batch-size", "2", "--workers", "1"],
         cwd=REPO,
-        env=cgx_env(),
+        env={**cgx_env(), **pause},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    deadline, stored = time.monotonic() + 240, 0
-    while time.monotonic() < deadline and writer.poll() is None and stored < 6:
-        try:
-            conn = sqlite3.connect(f"{(index / 'catalog.sqlite').as_uri()}?mode=ro", uri=True)
-            stored = conn.execute("SELECT COUNT(*) FROM items").fetchone()[0]
-            conn.close()
-        except sqlite3.Error:
-            stored = 0
-        time.sleep(0.05)
+    held = wait_until_paused(writer, fifo)
     writer.kill()
     writer.wait()
-    assert 6 <= stored < 60, "the writer was not caught mid-build"
+    os.close(held)
+    conn = sqlite3.connect(f"{(index / 'catalog.sqlite').as_uri()}?mode=ro", uri=True)
+    stored = conn.execute("SELECT COUNT(*) FROM items").fetchone()[0]
+    conn.close()
+    assert stored == 6, "the writer was not caught mid-build"
 
     checked = cli("check", "--index", index)
     assert checked.exit_code == 0, checked.output  # was: exit 1 with "problem: ... stale"

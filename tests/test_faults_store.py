@@ -31,6 +31,7 @@ from crossgap_index.errors import StoreError
 from crossgap_index.inversion import InversionConfig
 from crossgap_index.store.lock import IndexLock
 from tests.conftest import MODEL, write_photo
+from tests.pause_support import pause_env, wait_until_paused
 
 REPO = Path(__file__).resolve().parents[1]
 FEW_STEPS = InversionConfig(oti_steps=3, ovi_steps=3)
@@ -410,26 +411,23 @@ def _stored_images(index: Path) -> int:
 
 
 @pytest.mark.slow  # over 3 s on a loaded 2-core machine (benchmarks/results/setup.md)
-def test_writer_killed_mid_build_then_resumed_loses_and_doubles_nothing(tmp_path):
+def test_writer_killed_mid_build_then_resumed_loses_and_doubles_nothing(tmp_path, monkeypatch):
     folder = photos(tmp_path / "photos", 150, size=(160, 120))
     index = tmp_path / "idx"
-    writer = cgx_process(
-        "build-index", folder, "--index", index, "--model", MODEL, "--device", "cpu", "--batch-size", 2, "--workers", 1
-    )
-    stored = 0
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and writer.poll() is None:
-        if (index / "catalog.sqlite").exists():
-            try:
-                stored = _stored_images(index)
-            except sqlite3.Error:
-                stored = 0
-            if stored >= 10:
-                break
-        time.sleep(0.05)
+    pause, fifo = pause_env(tmp_path, "build-committed", 5)  # held after its fifth commit: 10 images stored
+    with monkeypatch.context() as patched:
+        for name, value in pause.items():
+            patched.setenv(name, value)
+        writer = cgx_process(
+            "build-index", folder, "--index", index, "--model", MODEL, "--device", "cpu", "--batch-size", 2,
+            "--workers", 1,
+        )  # fmt: skip
+    held = wait_until_paused(writer, fifo)
     writer.send_signal(signal.SIGKILL)
     writer.communicate()
-    assert 10 <= stored < 150, "the writer was not caught mid-build"
+    os.close(held)
+    stored = _stored_images(index)
+    assert stored == 10, "the writer was not caught mid-build"
     with CrossGapIndex.open(index) as cgx:  # resumed by a writer in this process: the lock was freed by the kill
         report = cgx.index_folders([folder], batch_size=16)
     assert report.unchanged >= stored and report.unchanged + report.added == 150
@@ -463,6 +461,10 @@ def test_eight_threads_search_one_index_while_another_process_builds_into_it(bui
             thread.start()
         writer = cgx_process("build-index", extra, "--index", index, "--device", "cpu", "--batch-size", 4)
         _, writer_err = writer.communicate(timeout=300)
+        deadline = time.monotonic() + 120
+        while len(answers) < 8 and not failures:  # enough searches of the opened state, however busy the machine
+            assert time.monotonic() < deadline, "the searching threads never ran"
+            time.sleep(0.01)
         stop.set()
         for thread in threads:
             thread.join()
@@ -495,14 +497,17 @@ def test_threads_search_while_a_thread_of_the_same_process_writes(index, gallery
         for thread in threads:
             thread.start()
         cgx.index_folders([extra], batch_size=64)  # one batch: the index is either before or after it
-        time.sleep(0.2)
+        written, deadline = len(seen), time.monotonic() + 120
+        while final not in seen[written:] and not failures:  # until a search begun after the write has ended
+            assert time.monotonic() < deadline, "no search saw the finished write"
+            time.sleep(0.01)
         stop.set()
         for thread in threads:
             thread.join()
     assert failures == []
     # Each search sees one committed state: before the batch landed, or after (a set of searches may span it).
     assert all(answer[i] in (clean[i], final[i]) for answer in seen for i in range(len(answer)))
-    assert seen[-1] == final
+    assert final in seen[written:]
     assert_consistent(index, gallery, extra)
 
 

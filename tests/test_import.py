@@ -5,11 +5,11 @@ every bad input refused in one line."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +22,7 @@ from crossgap_index import CrossGapIndex
 from crossgap_index.cli.app import app
 from crossgap_index.ingest import embeddings as embeddings_module
 from tests.conftest import MODEL
+from tests.pause_support import pause_env, wait_until_paused
 
 REPO = Path(__file__).resolve().parents[1]
 DIM = 64  # tiny-random's embed_dim
@@ -234,23 +235,19 @@ def test_an_import_killed_mid_write_keeps_whole_batches_and_resumes(tmp_path):
         "from crossgap_index import CrossGapIndex; "
         f"CrossGapIndex.import_embeddings({str(tmp_path / 'emb.npy')!r}, {str(index)!r}, {MODEL!r})"
     )
-    writer = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stderr=subprocess.PIPE)
-    stored, deadline = 0, time.monotonic() + 240
-    while time.monotonic() < deadline and writer.poll() is None:
-        try:
-            stored = _stored(index) if (index / "catalog.sqlite").exists() else 0
-        except sqlite3.Error:
-            stored = 0
-        if stored >= 50_000:
-            break
-        time.sleep(0.02)
+    # held when its 11th batch is in the shards but not committed: 10 batches committed, a dead tail after them
+    pause, fifo = pause_env(tmp_path, "import-written", 11)
+    env = {**os.environ, **pause}
+    writer = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stderr=subprocess.PIPE, env=env)
+    held = wait_until_paused(writer, fifo)
+    assert _stored(index) == 50_000
     writer.send_signal(signal.SIGKILL)
     writer.communicate()
-    assert 50_000 <= stored < 400_000, "the importer was not caught mid-import"
+    os.close(held)
     with CrossGapIndex.open(index, readonly=True) as cgx:  # rows and shards agree, byte for byte
         assert cgx._store.catalog.shard_problems(full=True) == []
         kept = cgx._store.catalog.count("image")
-        assert kept % 5000 == 0 and kept >= stored
+        assert kept == 50_000
         last = cgx._store.catalog_vectors("image", [kept])
         np.testing.assert_allclose(last, unit(vectors[kept - 1 : kept]), atol=1e-3)
     report = CrossGapIndex.import_embeddings(tmp_path / "emb.npy", index, MODEL)

@@ -45,7 +45,8 @@ def one_by_one(store: Store, queries: np.ndarray, k: int) -> list[tuple[np.ndarr
     out = []
     for row, query in enumerate(queries):
         row_ids = ids[row][ids[row] >= 0]
-        exact = store.exact_rerank("image", query, row_ids)
+        live, exact = store.exact_rerank("image", query, row_ids)
+        row_ids = row_ids[live]
         order = np.argsort(-exact, kind="stable")
         out.append((row_ids[order][:k], exact[order][:k]))
     return out

@@ -428,6 +428,20 @@ def test_binding_beyond_loopback_needs_a_token():
 
 
 # -- a real `cgx serve` process ------------------------------------------------------------------------
+def _wait_until_read(server_port: int, client_port: int, timeout: float = 60) -> None:
+    """Until the server's end of the connection 127.0.0.1:client_port -> server_port has no unread bytes in its
+    kernel receive queue (/proc/net/tcp): the server process has read what the client sent."""
+    local, remote = f"0100007F:{server_port:04X}", f"0100007F:{client_port:04X}"
+    deadline = time.monotonic() + timeout
+    while True:
+        for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[1] == local and fields[2] == remote and int(fields[4].split(":")[1], 16) == 0:
+                return
+        assert time.monotonic() < deadline, "the server never read the request"
+        time.sleep(0.01)  # polling a condition, bounded by the deadline
+
+
 @pytest.mark.slow  # over 3 s on a loaded 2-core machine (benchmarks/results/setup.md)
 def test_sigterm_finishes_the_request_in_flight(built):
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
@@ -457,9 +471,11 @@ def test_sigterm_finishes_the_request_in_flight(built):
                 + f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
                 + body[:10]
             )
-            time.sleep(0.5)  # the request is in flight, its body half sent
+            # in flight: the server has read the headers and half the body (its receive queue is empty)
+            _wait_until_read(port, conn.getsockname()[1])
             proc.send_signal(signal.SIGTERM)
-            time.sleep(0.5)
+            while "Shutting down" not in (line := proc.stdout.readline()):  # uvicorn has begun to shut down
+                assert line, "cgx serve ended without shutting down gracefully"
             conn.sendall(body[10:])
             reply = b""
             while chunk := conn.recv(65536):

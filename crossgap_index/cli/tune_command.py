@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import signal
+import threading
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
@@ -126,6 +128,20 @@ class Modality(str, Enum):
 INVERTER_STEPS_DEFAULT = {"oti": 48, "ovi": 128}
 
 
+def _stop_between_steps() -> threading.Event:
+    """The first Ctrl-C sets the event (training stops after the step it is in, and saves); a second one
+    interrupts at once."""
+    stop = threading.Event()
+
+    def on_sigint(signum, frame) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+
+    signal.signal(signal.SIGINT, on_sigint)
+    return stop
+
+
 def train_inverter_command(
     index: Annotated[
         Path | None, typer.Option("--index", envvar="CGX_INDEX", help="Index to train for [default: $CGX_INDEX].")
@@ -172,6 +188,7 @@ def train_inverter_command(
     step count is the measured best (benchmarks/RESULTS.md); `cgx tune` tries several."""
     from crossgap_index import CrossGapIndex
     from crossgap_index.api import INVERTER_FILE, TEXT_INVERTER_FILE
+    from crossgap_index.inversion.checkpoint import TrainingInterrupted
     from crossgap_index.inversion.inverter import DEFAULT_STEPS, InverterConfig
 
     direction = "oti" if modality is Modality.images else "ovi"
@@ -183,10 +200,30 @@ def train_inverter_command(
         direction=direction,
     )
     kind = modality.value[:-1]
-    with CrossGapIndex.open(index, device=device) as cgx, progress_bar("training", "step", not quiet) as bar:
-        network = cgx.train_inverter(
-            config, progress=lambda step, total, loss: bar(step, total), modality=kind, replace=replace
+    stop = _stop_between_steps()
+
+    def step_done(step: int, total: int, loss: float) -> None:
+        bar(step, total)
+        if stop.is_set():  # Ctrl-C: stop here, between two steps, where the run can be saved whole
+            raise KeyboardInterrupt
+
+    try:
+        with CrossGapIndex.open(index, device=device) as cgx, progress_bar("training", "step", not quiet) as bar:
+            network = cgx.train_inverter(config, progress=step_done, modality=kind, replace=replace)
+    except TrainingInterrupted as stopped:
+        err.print(
+            f"cgx: interrupted after step {stopped.step} of {stopped.steps}; the training so far is saved "
+            f"({stopped.path.name}): re-run the same command to resume",
+            highlight=False,
         )
+        raise typer.Exit(130) from None
+    except KeyboardInterrupt:  # before the first step ended: there is nothing to keep
+        err.print(
+            "cgx: interrupted before a training step ended; no network was saved (a stored one is kept as it "
+            "was): re-run to train",
+            highlight=False,
+        )
+        raise typer.Exit(130) from None
     if not quiet:
         stats = network.stats
         file = INVERTER_FILE if kind == "image" else TEXT_INVERTER_FILE

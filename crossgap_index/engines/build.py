@@ -22,6 +22,7 @@ from crossgap_index.ingest.embeddings import IMPORTED_PREFIX
 from crossgap_index.ingest.pipeline import Prepared, ReadLimits, decode_side, prepare
 from crossgap_index.inversion.config import InversionConfig
 from crossgap_index.inversion.keys import seed_from_digest, settings_fingerprint
+from crossgap_index.pause_points import pause_point
 from crossgap_index.store.catalog import ImageRecord
 
 GALLERY_OTI = "image-oti"
@@ -198,6 +199,7 @@ class ImageBuild:
                 before = (report.added, report.updated, report.moved)
                 self._store_batch(batch, records, known, gone_by_hash, report, limits)
                 self._commit((report.added, report.updated, report.moved) != before)
+                pause_point("build-committed")
                 done += len(batch)
                 if progress:
                     progress(done, len(todo))

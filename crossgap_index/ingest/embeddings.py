@@ -41,6 +41,7 @@ from crossgap_index.ingest.import_sources import (
     Source,
     open_source,
 )
+from crossgap_index.pause_points import pause_point
 
 __all__ = ["MAX_IMPORT_ID", "Batch", "ImportReport", "Source", "import_embeddings", "import_source", "open_source"]
 
@@ -325,6 +326,7 @@ def import_source(
                 catalog.set_meta(RESUME_KEY, marker)
             else:
                 catalog.conn.execute("DELETE FROM meta WHERE key = ?", (RESUME_KEY,))
+            pause_point("import-written")  # the batch's vectors are in the shards, its rows not committed yet
             store.commit()
         done += n
         if progress:

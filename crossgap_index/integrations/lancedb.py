@@ -21,7 +21,7 @@ from lancedb.rerankers import Reranker
 
 from crossgap_index.api import CrossGapIndex
 from crossgap_index.export import CHUNK, arrow_batch, arrow_schema, item_chunks, open_catalog
-from crossgap_index.integrations.rescore import Transform, hits, rescore, target_modality
+from crossgap_index.integrations.rescore import Transform, checked_query, hits, rescore, target_modality
 from crossgap_index.search.options import SearchOptions
 from crossgap_index.search.ranking import Ranked
 from crossgap_index.search.searcher import Hit
@@ -103,6 +103,8 @@ class CrossGapReranker(Reranker):
         return self._rerank(self.transform_for(query), fts_results)
 
     def _rerank(self, transform: Transform, candidates: pa.Table) -> pa.Table:
+        if candidates.num_rows == 0:  # nothing to re-score: the result's columns, no rows
+            return _empty_result(transform, self._keep_relevance_score(candidates))
         ids = candidates.column("id").to_numpy()
         gallery = {
             collection: _matrix(candidates.column(column_for(collection))) for _, collection in transform.lists.values()
@@ -129,9 +131,12 @@ def search_lancedb(
     depth: int = 100,
 ) -> list[Hit]:
     """Top ``k`` of ``target``: ``depth`` candidates by the plain query vector (``index.embed_query``),
-    re-scored and merged. Equal to ``CrossGapIndex.search`` when the candidates hold each list's top."""
+    re-scored and merged. Equal to ``CrossGapIndex.search`` when the candidates hold each list's top; no
+    candidates: no hits. A NaN or wrongly sized query vector, or ``k``/``depth`` below 1: AdapterQueryError."""
+    dim = table.schema.field(PLAIN_COLUMN).type.list_size
+    vector = checked_query(query_vector, dim, k, depth, transform)
     results = (
-        table.search(np.asarray(query_vector, np.float32), vector_column_name=PLAIN_COLUMN)
+        table.search(vector, vector_column_name=PLAIN_COLUMN)
         .distance_type("dot")
         .where(f"modality = '{target_modality(target)}'", prefilter=True)
         .limit(depth)
@@ -154,6 +159,14 @@ def hits_of(results: pa.Table, transform: Transform, k: int) -> list[Hit]:
         order = np.argsort(ranks[held].astype(np.int64), kind="stable")
         lists[name] = Ranked(ids[held][order], scores[held][order].astype(np.float32))
     return hits(fused, lists, rows, k)
+
+
+def _empty_result(transform: Transform, candidates: pa.Table) -> pa.Table:
+    """A CrossGapReranker result with no rows: the candidates' columns, each list's and the relevance score."""
+    for name in transform.lists:
+        candidates = candidates.append_column(f"_rank_{name}", pa.array([], pa.int64()))
+        candidates = candidates.append_column(f"_score_{name}", pa.array([], pa.float32()))
+    return candidates.append_column("_relevance_score", pa.array([], pa.float32()))
 
 
 def _matrix(column: pa.ChunkedArray) -> np.ndarray:

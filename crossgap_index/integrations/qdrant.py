@@ -20,7 +20,15 @@ from qdrant_client import QdrantClient, models
 
 from crossgap_index.api import CrossGapIndex
 from crossgap_index.export import item_chunks, open_catalog
-from crossgap_index.integrations.rescore import Transform, combine, hits, ranked, rescore, target_modality
+from crossgap_index.integrations.rescore import (
+    Transform,
+    checked_query,
+    combine,
+    hits,
+    ranked,
+    rescore,
+    target_modality,
+)
 from crossgap_index.search.searcher import Hit
 from crossgap_index.store.directory import DERIVED, MODALITIES
 
@@ -74,15 +82,19 @@ def search_qdrant(
 ) -> list[Hit]:
     """Top ``k`` of ``target``: ``depth`` candidates by the plain query vector (``index.embed_query``),
     re-scored by Qdrant with each transformed vector (client-side when the transform maps the gallery
-    side), then merged. Equal to ``CrossGapIndex.search`` when the candidates hold each list's top."""
+    side), then merged. Equal to ``CrossGapIndex.search`` when the candidates hold each list's top; no
+    candidates: no hits. A NaN or wrongly sized query vector, or ``k``/``depth`` below 1: AdapterQueryError."""
     only = models.Filter(
         must=[models.FieldCondition(key="modality", match=models.MatchValue(value=target_modality(target)))]
     )
-    plain = np.asarray(query_vector, np.float32).tolist()
+    dim = client.get_collection(collection_name).config.params.vectors[PLAIN].size
+    plain = checked_query(query_vector, dim, k, depth, transform).tolist()
     if transform.gallery_map is not None:  # Qdrant cannot map stored vectors: score the candidates here
         found = client.query_points(
             collection_name, query=plain, using=PLAIN, query_filter=only, limit=depth, with_vectors=True
         ).points
+        if not found:
+            return []
         ids = np.array([p.id for p in found], np.int64)
         gallery = {c: _matrix(found, vector_name(c)) for _, c in transform.lists.values()}
         fused, lists = rescore(transform, ids, gallery)
@@ -98,6 +110,8 @@ def search_qdrant(
                 limit=depth,
             ).points
             lists[name] = ranked(np.array([p.id for p in points], np.int64), np.array([p.score for p in points]))
+        if not any(len(r) for r in lists.values()):
+            return []
         fused, lists = combine(transform, lists)
     top = fused.ids[:k].tolist()
     rows = {p.id: p.payload for p in client.retrieve(collection_name, ids=top, with_payload=True)}

@@ -11,6 +11,7 @@ from typing import Protocol
 
 import numpy as np
 
+from crossgap_index.errors import QueryError
 from crossgap_index.search.merge import fuse
 from crossgap_index.search.ranking import Ranked
 from crossgap_index.search.searcher import Hit, collection_of
@@ -23,6 +24,39 @@ class Transform(Protocol):
     fusion: tuple[str, float] | None
     gallery_map: object | None  # a FeatureMap: .apply(vectors) -> unit rows
     depth: int
+
+
+class AdapterQueryError(QueryError, ValueError):
+    """A search through an adapter cannot run as asked (a NaN or wrongly sized query vector, ``k < 1``)."""
+
+
+def checked_query(query_vector, dim: int, k: int, depth: int, transform: Transform) -> np.ndarray:
+    """The plain query vector as float32 (d,), once the request is one the database can answer: ``k`` and
+    ``depth`` at least 1, the vector and every list's vector finite, the plain one ``dim`` wide (the stored
+    vectors'). Raises AdapterQueryError (one line) otherwise."""
+    for name, value in (("k", k), ("depth", depth)):
+        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+            raise AdapterQueryError(f"{name} must be an integer of at least 1, got {value!r}")
+    vector = _finite_row("the query vector", query_vector)
+    if len(vector) != dim:
+        raise AdapterQueryError(f"the query vector has {len(vector)} values, the stored vectors have {dim}")
+    for name, (list_vector, _) in transform.lists.items():
+        _finite_row(f"the transform's {name} vector", list_vector)
+    return vector
+
+
+def _finite_row(what: str, values) -> np.ndarray:
+    try:
+        row = np.asarray(values, np.float32)
+    except (TypeError, ValueError) as exc:
+        raise AdapterQueryError(f"{what} is not a list of numbers ({str(exc).splitlines()[0][:120]})") from None
+    if row.ndim == 2 and row.shape[0] == 1:
+        row = row[0]
+    if row.ndim != 1 or len(row) == 0:
+        raise AdapterQueryError(f"{what} must be one row of numbers, got shape {row.shape}")
+    if not np.isfinite(row).all():
+        raise AdapterQueryError(f"{what} holds NaN or infinite values")
+    return row
 
 
 def target_modality(target: str) -> str:

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from crossgap_index.errors import QueryError, StoreError
+from crossgap_index.inversion.checkpoint import TrainingInterrupted, TrainingState, load_state, run_identity, save_state
 from crossgap_index.models.factory import LoadedModel
 from crossgap_index.models.family import FeatureFn, text_tower, vision_tower
 from crossgap_index.models.text_tower import fast_text_features, tokenize_prompt
@@ -220,9 +221,12 @@ def train_inverter(
     features: np.ndarray,
     config: InverterConfig | None = None,
     progress: TrainProgress | None = None,
+    checkpoint: Path | None = None,
 ) -> Inverter:
     """Train phi on unit features (n, d) of the queries' modality (images for ``oti``, texts for ``ovi``) with
-    the inversion objective through the other, frozen tower."""
+    the inversion objective through the other, frozen tower. ``checkpoint``: where a run cut short by Ctrl-C
+    (KeyboardInterrupt) keeps its state, and where the same run (model, settings, features) resumes from; it is
+    removed once the network is trained (inversion/checkpoint.py)."""
     config = config or InverterConfig()
     feats = np.array(features, np.float32)  # a writable copy for torch
     kind = "image" if config.direction == "oti" else "text"
@@ -235,30 +239,55 @@ def train_inverter(
     net = InverterNet(feats.shape[1], width, n_out, config.dropout).to(device)
     optimizer = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     data = torch.from_numpy(feats).to(device)
-    start, losses = time.perf_counter(), []
+    start, losses, spent = time.perf_counter(), [], 0.0
     order = torch.randperm(len(data), generator=generator)
-    position = 0
+    position, first = 0, 1
+    run = {k: v for k, v in dataclasses.asdict(config).items() if k != "max_seconds"}  # a bound, not the run
+    identity = run_identity(loaded.spec.canonical, run, feats)
+    saved = load_state(checkpoint, identity) if checkpoint is not None else None
+    if saved is not None:  # the same run, cut short: on from where it stopped
+        net.load_state_dict(saved.net)
+        optimizer.load_state_dict(saved.optimizer)
+        generator.set_state(saved.generator)
+        torch.set_rng_state(saved.torch_rng)
+        order, position, losses, spent, first = saved.order, saved.position, saved.losses, saved.seconds, saved.step + 1
     net.train()
-    with torch.enable_grad():
-        for step in range(1, config.steps + 1):
-            if position + config.batch_size > len(order):  # a new epoch: reshuffle
-                order, position = torch.randperm(len(data), generator=generator), 0
-            batch = data[order[position : position + config.batch_size].to(device)]
-            position += config.batch_size
-            out = F.normalize(feature_fn(net(batch)).float(), dim=-1)
-            loss = (1.0 - (out * batch).sum(dim=-1)).mean()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            losses.append(float(loss.detach()))
-            if progress is not None:
-                progress(step, config.steps, losses[-1])
-            if config.max_seconds is not None and time.perf_counter() - start > config.max_seconds:
-                break
+    between_steps = True  # a checkpoint keeps only whole steps
+    try:
+        with torch.enable_grad():
+            for step in range(first, config.steps + 1):
+                between_steps = False
+                if position + config.batch_size > len(order):  # a new epoch: reshuffle
+                    order, position = torch.randperm(len(data), generator=generator), 0
+                batch = data[order[position : position + config.batch_size].to(device)]
+                position += config.batch_size
+                out = F.normalize(feature_fn(net(batch)).float(), dim=-1)
+                loss = (1.0 - (out * batch).sum(dim=-1)).mean()
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                losses.append(float(loss.detach()))
+                between_steps = True
+                if progress is not None:
+                    progress(step, config.steps, losses[-1])
+                if config.max_seconds is not None and time.perf_counter() - start + spent > config.max_seconds:
+                    break
+    except KeyboardInterrupt:
+        if checkpoint is None or not between_steps or not losses:
+            raise
+        seconds = time.perf_counter() - start + spent
+        state = TrainingState(
+            len(losses), position, order, losses, seconds, net.state_dict(), optimizer.state_dict(),
+            generator.get_state(), torch.get_rng_state(),
+        )  # fmt: skip
+        save_state(checkpoint, identity, state)
+        raise TrainingInterrupted(len(losses), config.steps, checkpoint) from None
+    if checkpoint is not None:
+        checkpoint.unlink(missing_ok=True)
     stats = {
         "steps": len(losses),
         "final_loss": losses[-1] if losses else None,
-        "seconds": round(time.perf_counter() - start, 3),
+        "seconds": round(time.perf_counter() - start + spent, 3),
         "images" if kind == "image" else "texts": len(feats),
         "direction": config.direction,
     }

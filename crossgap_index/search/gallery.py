@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from crossgap_index.search.fitting import FIT_BLOCK, FitProgress, FitRunner
 from crossgap_index.search.projections import FeatureMap
 from crossgap_index.search.ranking import Ranked, top_k_batch
 
@@ -30,6 +31,9 @@ DERIVED_DIR = "derived"
 KEEP_DERIVED = 6
 # Rows a derived collection's vectors are mapped in (a block of the actor pool's work under --engine ray).
 DERIVED_BLOCK = 4096
+# numpy parses .npy headers with ast.literal_eval, which threads can break on CPython 3.11 ("AST constructor
+# recursion depth mismatch", python/cpython#106905): saved statistics are read one thread at a time.
+_HEADER_LOCK = threading.Lock()
 # map_blocks(feature map, blocks of vectors) -> the mapped blocks, in order: in this process or a build engine's pool.
 MapBlocks = Callable[[FeatureMap, Iterable[np.ndarray]], Iterator[np.ndarray]]
 
@@ -41,6 +45,7 @@ class MatrixGallery:
         self._collections = collections
         self._projected: dict[tuple[str, str], np.ndarray] = {}
         self.fitted: dict = {}  # the peers' fitted maps and statistics (search/peers.py), by key: (version, value)
+        self.fits = FitRunner()  # fits run in the caller's thread (search/fitting.py)
 
     def _vectors(self, collection: str, projection: FeatureMap | None) -> tuple[np.ndarray, np.ndarray]:
         ids, vectors = self._collections[collection]
@@ -68,6 +73,14 @@ class MatrixGallery:
         """(ids, plain vectors) of a whole collection."""
         return self._collections[collection]
 
+    def vector_blocks(self, collection: str, size: int = FIT_BLOCK) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(ids, plain vectors) of a collection, ``size`` rows at a time."""
+        ids, vectors = self._collections[collection]
+        return ((ids[i : i + size], vectors[i : i + size]) for i in range(0, len(ids), size))
+
+    def count(self, collection: str) -> int:
+        return len(self._collections[collection][0]) if collection in self._collections else 0
+
     def vectors_of(self, collection: str, ids: np.ndarray, projection: FeatureMap | None) -> np.ndarray:
         """The rows of ``ids`` as the gallery is searched (through ``projection``)."""
         all_ids, vectors = self._vectors(collection, projection)
@@ -86,11 +99,12 @@ class MatrixGallery:
 class StoreGallery:
     """An index's stored collections, plus derived projected collections built on first use."""
 
-    def __init__(self, store):
+    def __init__(self, store, fits: FitRunner | None = None):
         self._store = store
         self._derived: dict[tuple[str, str], object] = {}
         self._lock = threading.Lock()
         self.fitted: dict = {}  # the peers' fitted maps and statistics (search/peers.py), by key: (version, value)
+        self.fits = fits or FitRunner()  # who runs fits and derived builds (search/fitting.py)
 
     def top_k(self, collection: str, queries: np.ndarray, k: int, projection: FeatureMap | None) -> list[Ranked]:
         if projection is None:
@@ -106,28 +120,60 @@ class StoreGallery:
         for row in range(len(queries)):
             keep = ids[row] >= 0
             row_ids, row_scores = ids[row][keep], scores[row][keep]
-            if not exact and len(row_ids):
-                row_scores = self.scores(collection, queries[row], row_ids, projection)
+            if not exact and len(row_ids):  # candidates removed by another process since this state are dropped
+                live, row_scores = self._live_scores(collection, queries[row], row_ids, projection)
+                row_ids = row_ids[live]
                 order = np.argsort(-row_scores, kind="stable")
                 row_ids, row_scores = row_ids[order], row_scores[order]
             out.append(Ranked(row_ids[:k], row_scores[:k].astype(np.float32)))
         return out
 
     def scores(self, collection: str, query: np.ndarray, ids: np.ndarray, projection: FeatureMap | None) -> np.ndarray:
-        vectors = self._store.catalog_vectors(collection, ids)
-        if projection is not None:
+        """Exact scores of ``ids``; one removed by another process since this state (no row left) gets the lowest
+        live score, so a fusion's min-max scaling of the live ones is unchanged (the hit is dropped later)."""
+        live, found = self._live_scores(collection, query, ids, projection)
+        scores = np.full(len(live), found.min() if len(found) else 0.0, np.float32)
+        scores[live] = found
+        return scores
+
+    def _live_scores(
+        self, collection: str, query: np.ndarray, ids: np.ndarray, projection: FeatureMap | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(mask of ``ids`` the catalog still holds, their exact scores)."""
+        live, vectors = self._store.live_vectors(collection, ids)
+        if projection is not None and len(vectors):
             vectors = projection.apply(vectors)
-        return vectors @ np.asarray(query, np.float32)
+        return live, (vectors @ np.asarray(query, np.float32)).astype(np.float32)
 
     # -- what the peers (search/peers.py, search/post.py) read: the vectors themselves and their version ----------
     def vectors(self, collection: str) -> tuple[np.ndarray, np.ndarray]:
-        """(ids, stored vectors) of a whole collection, from the catalog."""
-        return self._store.ids_and_vectors(collection)
+        """(ids, stored vectors) of a whole collection: the catalog's rows of the items the held state's FAISS
+        collection has (a newer write by another process joins at the swap to its state, never before)."""
+        ids, vectors = self._store.ids_and_vectors(collection)
+        held = self._store.held_ids(collection, ids)
+        return (ids, vectors) if held.all() else (ids[held], vectors[held])
+
+    def vector_blocks(self, collection: str, size: int = 16_384) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(ids, stored vectors) of a collection from the catalog, ``size`` rows at a time: the items the held
+        state's FAISS collection has, as ``vectors`` gives them."""
+        for ids, vectors in self._store.vector_chunks(collection, size):
+            held = self._store.held_ids(collection, ids)
+            yield (ids, vectors) if held.all() else (ids[held], vectors[held])
+
+    def count(self, collection: str) -> int:
+        index = self._store.indexes.get(collection)
+        return 0 if index is None else index.ntotal
 
     def vectors_of(self, collection: str, ids: np.ndarray, projection: FeatureMap | None) -> np.ndarray:
-        """The rows of ``ids`` as the gallery is searched (through ``projection``)."""
-        vectors = self._store.catalog_vectors(collection, ids)
-        return vectors if projection is None else projection.apply(vectors)
+        """The rows of ``ids`` as the gallery is searched (through ``projection``); a row removed by another
+        process since this state is zeros (an expansion's neighbour that adds nothing)."""
+        live, found = self._store.live_vectors(collection, ids)
+        if projection is not None and len(found):
+            found = projection.apply(found)
+        width = projection.out_dim if projection is not None else self._store.manifest.dim
+        vectors = np.zeros((len(live), width), np.float32)
+        vectors[live] = found
+        return vectors
 
     def version(self, collection: str) -> int:
         """The catalog generation: statistics fitted on the gallery are refitted when it moves on."""
@@ -139,7 +185,7 @@ class StoreGallery:
         generation = self._store.generation
         path = self._store.path / DERIVED_DIR / f"{name}.npz"
         try:
-            with np.load(path, allow_pickle=False) as saved:
+            with _HEADER_LOCK, np.load(path, allow_pickle=False) as saved:
                 if int(saved["generation"]) == generation:
                     return {key: saved[key] for key in saved.files if key != "generation"}
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
@@ -173,21 +219,29 @@ class StoreGallery:
             return True
 
     def _projected(self, collection: str, projection: FeatureMap):
-        """The derived FAISS collection ``collection`` seen through ``projection``, current with the catalog."""
+        """The derived FAISS collection ``collection`` seen through ``projection``, current with the catalog: held,
+        saved under ``derived/``, or built through the fit runner (here, or in the background: FitPending)."""
         key = (collection, projection.fingerprint)
         generation = self._store.generation
+        name = derived_name(collection, projection)
         with self._lock:
             held = self._derived.get(key)
             if held is not None and held[0] == generation:
                 return held[1]
             base = self._store.indexes[collection]
             folder = self._store.path / DERIVED_DIR
-            name = derived_name(collection, projection)
             index = _load_current(folder, name, generation, base.ntotal, projection.out_dim, base.factory)
-            if index is None:
-                index = make_derived(self._store, collection, projection)
+            if index is not None:
+                self._derived[key] = (generation, index)
+                return index
+
+        def build(progress: FitProgress):
+            return make_derived(self._store, collection, projection, progress=progress)
+
+        index = self.fits.run(("derived", key), generation, f"the derived collection {name}", base.ntotal, build)
+        with self._lock:
             self._derived[key] = (generation, index)
-            return index
+        return index
 
 
 def derived_name(collection: str, projection: FeatureMap) -> str:
@@ -200,24 +254,44 @@ def apply_here(projection: FeatureMap, blocks: Iterable[np.ndarray]) -> Iterator
     return (projection.apply(block) for block in blocks)
 
 
-def make_derived(store, collection: str, projection: FeatureMap, map_blocks: MapBlocks | None = None):
+def make_derived(
+    store,
+    collection: str,
+    projection: FeatureMap,
+    map_blocks: MapBlocks | None = None,
+    progress: FitProgress | None = None,
+):
     """The one builder of a derived collection: the catalog's vectors of ``collection``, ``DERIVED_BLOCK`` rows at
     a time, through ``map_blocks`` (in this process, or a build engine's actor pool; blocks come back in order),
-    indexed with the collection's factory and saved under ``derived/`` at the catalog generation. Returns the
-    index (kept in memory even where the index directory is read-only)."""
+    indexed with the collection's factory a block at a time (no concatenated copy) and saved under ``derived/``
+    at the catalog generation. ``progress`` advances per mapped block (and stops a cancelled build there).
+    Returns the index (kept in memory even where the index directory is read-only)."""
     from crossgap_index.store.vectors import VectorIndex
 
     generation = store.generation
     base = store.indexes[collection]
     dim = projection.out_dim
     ids, vectors = store.ids_and_vectors(collection)
+    held = store.held_ids(collection, ids)  # the items of the state this store holds, as the catalog has them now
+    ids, vectors = (ids, vectors) if held.all() else (ids[held], vectors[held])
     blocks = (vectors[first : first + DERIVED_BLOCK] for first in range(0, len(ids), DERIVED_BLOCK))
-    mapped = list((map_blocks or apply_here)(projection, blocks))
+    mapped = []
+    for block in (map_blocks or apply_here)(projection, blocks):
+        mapped.append(np.ascontiguousarray(block, np.float32))
+        if progress is not None:
+            progress.advance(len(block))
     if sum(len(block) for block in mapped) != len(ids):
         raise RuntimeError(f"derived {collection}: {len(ids)} vectors went out, {sum(map(len, mapped))} came back")
+    del vectors
+    starts = np.cumsum([0, *(len(block) for block in mapped)])
+
+    def chunks() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        return ((ids[starts[i] : starts[i + 1]], block) for i, block in enumerate(mapped))
+
     index = VectorIndex(dim, base.factory)
-    index.build(ids, np.concatenate(mapped) if mapped else np.zeros((0, dim), np.float32))
-    _save_quietly(store.path / DERIVED_DIR, derived_name(collection, projection), index, generation)
+    index.build_chunked(len(ids), chunks)
+    if index.ntotal == base.ntotal:  # the whole state: later processes may load it (a part is kept in memory only)
+        _save_quietly(store.path / DERIVED_DIR, derived_name(collection, projection), index, generation)
     return index
 
 

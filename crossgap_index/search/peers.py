@@ -35,6 +35,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from crossgap_index.errors import QueryError
+from crossgap_index.search.fitting import FitProgress, knn_blocks, runner_of
 from crossgap_index.search.modes import POST_STEPS, Leg, Mode, gallery_collection, peer_mode
 
 _CHUNK = 1024  # rows of a similarity block: memory CHUNK x N floats
@@ -81,6 +82,14 @@ class PeerMap:
     def _bank(self) -> np.ndarray:
         return self._stat("bank", lambda: self._based(self._loaders["bank"]()))
 
+    def prepared(self, progress: FitProgress | None = None) -> PeerMap:
+        """This map with the statistics a query reads fitted now (center's means), so that answering a query
+        never fits; dba's and nnn's work is the derived collection's build (``apply`` in blocks)."""
+        if self.kind == "center":
+            self._stat("gallery_mean", lambda: self._loaders["gallery_mean"]())
+            self._stat("query_mean", lambda: self._loaders["query_mean"]())
+        return self
+
     def apply(self, rows: np.ndarray) -> np.ndarray:
         rows = np.atleast_2d(np.asarray(rows, np.float32))
         if self.kind == "center":
@@ -88,9 +97,9 @@ class PeerMap:
             return _unit(rows - self.settings["lam"] * mean)
         if self.kind == "dba":
             neighbours = self._stat("neighbours", lambda: np.asarray(self._loaders["gallery"](), np.float32))
-            return dba_rows(rows, neighbours, self.settings["n"], self.settings["alpha"])
+            return dba_rows_blocked(rows, neighbours, self.settings["n"], self.settings["alpha"])
         mapped = self._based(rows)  # nnn: [g, bias_g]
-        bias = top_k_mean(mapped, self._bank(), self.settings["k"])
+        bias = top_k_mean_blocked(mapped, self._bank(), self.settings["k"])
         return np.ascontiguousarray(np.hstack([mapped, bias[:, None]]), dtype=np.float32)
 
     def query(self, vectors: np.ndarray) -> np.ndarray:
@@ -109,11 +118,18 @@ def _fingerprint(feature_map) -> str | None:
     return None if feature_map is None else feature_map.fingerprint
 
 
-def _kept_mean(gallery, collection: str, vectors: Callable[[], np.ndarray]) -> np.ndarray:
-    """A collection's mean vector, kept by the gallery between processes (reading every vector is the cost)."""
+def _kept_mean(gallery, collection: str, kind: str) -> np.ndarray:
+    """A collection's mean vector, summed a block at a time (float64) and kept by the gallery between processes
+    (reading every vector is the cost). QueryError when the collection is empty."""
 
     def fit() -> dict[str, np.ndarray]:
-        return {"mean": np.asarray(vectors(), np.float64).mean(axis=0).astype(np.float32)}
+        total, count = None, 0
+        for _, block in gallery.vector_blocks(collection):
+            part = np.asarray(block, np.float64).sum(axis=0)
+            total, count = (part if total is None else total + part), count + len(block)
+        if count == 0:
+            raise QueryError(f"{kind}: the index has no {collection} vectors to draw its statistics from")
+        return {"mean": (total / count).astype(np.float32)}
 
     return gallery.keep(f"{collection}@mean", fit)["mean"]
 
@@ -124,8 +140,28 @@ def _unit(rows: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(rows / np.maximum(norms, 1e-12), dtype=np.float32)
 
 
+def top_k_mean_blocked(rows: np.ndarray, bank: np.ndarray, k: int) -> np.ndarray:
+    """``top_k_mean`` by FAISS in blocks (fitting.knn_blocks): memory a block's top-k, never rows x bank."""
+    if len(bank) == 0:
+        raise QueryError("nnn: the reference bank is empty (no vectors of the query's modality in the index)")
+    out = np.zeros(len(rows), np.float32)
+    for first, scores, _ in knn_blocks(rows, bank, k):
+        out[first : first + len(scores)] = np.sort(scores, axis=1).mean(axis=1)  # ascending, as top_k_mean sums
+    return out
+
+
+def dba_rows_blocked(rows: np.ndarray, bank: np.ndarray, n: int, alpha: float) -> np.ndarray:
+    """``dba_rows`` by FAISS in blocks (fitting.knn_blocks): memory a block's top-n and their vectors."""
+    out = np.zeros_like(rows, dtype=np.float32)
+    for first, scores, positions in knn_blocks(rows, bank, n):
+        weights = np.maximum(scores, 0.0) ** alpha
+        out[first : first + len(scores)] = np.einsum("rn,rnd->rd", weights, bank[positions])
+    return _unit(out)
+
+
 def top_k_mean(rows: np.ndarray, bank: np.ndarray, k: int) -> np.ndarray:
-    """For each row, the mean of its ``k`` largest similarities to the bank's rows (all of them when fewer)."""
+    """For each row, the mean of its ``k`` largest similarities to the bank's rows (all of them when fewer).
+    The straightforward twin (a similarity matrix per chunk) that ``top_k_mean_blocked`` is tested against."""
     out = np.zeros(len(rows), np.float32)
     if len(bank) == 0:
         raise QueryError("nnn: the reference bank is empty (no vectors of the query's modality in the index)")
@@ -138,7 +174,8 @@ def top_k_mean(rows: np.ndarray, bank: np.ndarray, k: int) -> np.ndarray:
 
 
 def dba_rows(rows: np.ndarray, bank: np.ndarray, n: int, alpha: float) -> np.ndarray:
-    """Each row replaced by normalise(sum over its top-n bank neighbours of max(sim, 0)^alpha * neighbour)."""
+    """Each row replaced by normalise(sum over its top-n bank neighbours of max(sim, 0)^alpha * neighbour).
+    The straightforward twin (a similarity matrix per chunk) that ``dba_rows_blocked`` is tested against."""
     out = np.zeros_like(rows, dtype=np.float32)
     n = min(n, len(bank))
     for start in range(0, len(rows), _CHUNK):
@@ -171,22 +208,21 @@ def adapt_leg(
     base = projection
     if leg.transform == "adapt":
         settings = {k: v for k, v in leg.params.items() if k != "kind"}
+        kind, dim = leg.params["kind"], vectors.shape[1]
         loaders = {
             "gallery": lambda: gallery.vectors(coll)[1],
-            "gallery_mean": lambda: _kept_mean(gallery, coll, lambda: gallery.vectors(coll)[1]),
-            "query_mean": lambda: _kept_mean(
-                gallery, bank_collection, lambda: _bank_vectors(gallery, bank_collection, leg.params["kind"])
-            ),
+            "gallery_mean": lambda: _kept_mean(gallery, coll, kind),
+            "query_mean": lambda: _kept_mean(gallery, bank_collection, kind),
         }
-        kind, dim = leg.params["kind"], vectors.shape[1]
         key = (kind, coll, bank_collection, json.dumps(settings, sort_keys=True))
-        base = fitted(gallery, coll, key, lambda: PeerMap(kind, settings, None, dim, loaders))
+        base = fitted(gallery, coll, key, lambda progress: PeerMap(kind, settings, None, dim, loaders).prepared())
         vectors = base.query(vectors)
     if post is not None and post["kind"] == "nnn":
         settings = {"k": post["k"], "bank": bank_collection}  # in the fingerprint: one derived collection per bank
         loaders = {"bank": lambda: _bank_vectors(gallery, bank_collection, "nnn")}
         key = ("nnn", coll, bank_collection, post["k"], _fingerprint(base))
-        nnn = fitted(gallery, coll, key, lambda: PeerMap("nnn", settings, base, vectors.shape[1] + 1, loaders))
+        out_dim = vectors.shape[1] + 1
+        nnn = fitted(gallery, coll, key, lambda progress: PeerMap("nnn", settings, base, out_dim, loaders))
         vectors = np.hstack([vectors, np.full((len(vectors), 1), -post["w"], np.float32)])
         return np.ascontiguousarray(vectors, np.float32), nnn
     return vectors, base
@@ -216,16 +252,18 @@ def _bank_vectors(gallery, collection: str, kind: str) -> np.ndarray:
     return np.asarray(vectors, np.float32)
 
 
-def fitted(gallery, collection: str, key: tuple, make: Callable[[], object]):
+def fitted(gallery, collection: str, key: tuple, make: Callable[[FitProgress], object], total: int | None = None):
     """One fitted object per gallery, key and catalog generation (a gallery that changes gets fresh ones), held
-    by the gallery itself, so it lives exactly as long as the gallery.
-    ``make`` runs outside the lock: two threads may fit the same thing once each, never block each other."""
+    by the gallery itself, so it lives exactly as long as the gallery. ``make(progress)`` runs through the
+    gallery's fit runner (search/fitting.py): in this thread, or in the background with FitPending raised
+    here until it is done; ``total``: the rows it reads (for progress)."""
     version = gallery.version(collection)
     with _FITTED_LOCK:
         entry = gallery.fitted.get(key)
     if entry is not None and entry[0] == version:
         return entry[1]
-    value = make()
+    label = f"{key[0]} on the {collection} collection"
+    value = runner_of(gallery).run(("fitted", key), version, label, total or 0, make)
     with _FITTED_LOCK:
         gallery.fitted[key] = (version, value)
     return value

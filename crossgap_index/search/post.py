@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from crossgap_index.search.fitting import FIT_BLOCK, FitProgress
 from crossgap_index.search.peers import bank_of, fitted
 from crossgap_index.search.ranking import Ranked
 
@@ -50,12 +51,53 @@ class BankStatistics:
     active: np.ndarray
 
     def lookup(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        positions = np.searchsorted(self.ids, ids)
-        return self.log_z[positions], self.active[positions]
+        """(log Z, active) per id; an id the statistics lack (removed by another process before they were
+        fitted) is inactive with the largest log Z: ranked last in the head, and dropped from the hits."""
+        if not len(self.ids):
+            return np.zeros(len(ids)), np.zeros(len(ids), bool)
+        positions = np.minimum(np.searchsorted(self.ids, ids), len(self.ids) - 1)
+        known = self.ids[positions] == ids
+        worst = float(self.log_z[np.isfinite(self.log_z)].max(initial=0.0))
+        return np.where(known, self.log_z[positions], worst), self.active[positions] & known
+
+
+def bank_statistics_blocked(
+    ids: np.ndarray,
+    gallery: np.ndarray,
+    bank_ids: np.ndarray,
+    bank: np.ndarray,
+    beta: float,
+    progress: FitProgress | None = None,
+) -> BankStatistics:
+    """``bank_statistics`` in tiles of FIT_BLOCK bank rows x FIT_BLOCK gallery items: memory one tile, never a
+    bank-block x gallery matrix; ``progress`` advances (and may stop the fit) after each block of bank rows."""
+    ids = np.asarray(ids, np.int64)
+    bank_ids = np.asarray(bank_ids, np.int64)
+    log_z = np.full(len(ids), -np.inf)
+    hits = np.zeros(len(ids), bool)
+    for start in range(0, len(bank), FIT_BLOCK):
+        rows, row_ids = bank[start : start + FIT_BLOCK], bank_ids[start : start + FIT_BLOCK]
+        best = np.full(len(rows), -np.inf)
+        best_at = np.zeros(len(rows), np.int64)
+        for first in range(0, len(ids), FIT_BLOCK):
+            sims = (rows @ gallery[first : first + FIT_BLOCK].T).astype(np.float64)
+            sims[row_ids[:, None] == ids[None, first : first + FIT_BLOCK]] = -np.inf  # not its own query
+            part = log_z[first : first + FIT_BLOCK]
+            log_z[first : first + FIT_BLOCK] = np.logaddexp(part, _logsumexp_rows(beta * sims))
+            top = np.argmax(sims, axis=1)
+            value = sims[np.arange(len(sims)), top]
+            better = value > best  # strictly: the first of equal maxima wins, as one argmax over the row would
+            best[better], best_at[better] = value[better], first + top[better]
+        hits[best_at[np.isfinite(best)]] = True
+        if progress is not None:
+            progress.advance(len(rows))
+    order = np.argsort(ids, kind="stable")
+    return BankStatistics(ids[order], log_z[order], hits[order])
 
 
 def bank_statistics(ids: np.ndarray, gallery: np.ndarray, bank_ids: np.ndarray, bank: np.ndarray, beta: float):
-    """log Z_j = logsumexp_b(beta * b.g_j) and the activation set, each bank row leaving out the item it is."""
+    """log Z_j = logsumexp_b(beta * b.g_j) and the activation set, each bank row leaving out the item it is.
+    The straightforward twin (a bank-chunk x gallery matrix) that ``bank_statistics_blocked`` is tested against."""
     ids = np.asarray(ids, np.int64)
     log_z = np.full(len(ids), -np.inf)
     hits = np.zeros(len(ids), bool)
@@ -84,14 +126,14 @@ def dynamic_inverted_softmax(
     beta, depth = float(post["beta"]), int(post["depth"])
     key = ("qbnorm", coll, bank_collection, beta, None if projection is None else projection.fingerprint)
 
-    def statistics() -> BankStatistics:
+    def statistics(progress: FitProgress) -> BankStatistics:
         def fit() -> dict[str, np.ndarray]:
-            stats = bank_statistics(*bank_of(gallery, projection, coll, bank_collection), beta)
+            stats = bank_statistics_blocked(*bank_of(gallery, projection, coll, bank_collection), beta, progress)
             return {"ids": stats.ids, "log_z": stats.log_z, "active": stats.active}
 
         return BankStatistics(**gallery.keep(f"{coll}@qbnorm-{_digest(key)}", fit))
 
-    stats = fitted(gallery, coll, key, statistics)
+    stats = fitted(gallery, coll, key, statistics, total=gallery.count(bank_collection))
     out = []
     for ranked in rank(vectors, max(k, depth)):
         head = Ranked(ranked.ids[:depth], ranked.scores[:depth])

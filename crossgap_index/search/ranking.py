@@ -112,18 +112,23 @@ def _rescored(
     store: Store, collection: str, queries: np.ndarray, candidates: list[np.ndarray]
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """Each query's candidates ordered by their exact scores; the stored rows of every distinct candidate
-    in the batch are read once, in one catalog lookup and one shard pass."""
+    in the batch are read once, in one catalog lookup and one shard pass. Candidates removed by another
+    process since this state are dropped."""
     everyone = np.concatenate(candidates) if candidates else np.zeros(0, np.int64)
     distinct, where = np.unique(everyone, return_inverse=True)
-    vectors = store.catalog_vectors(collection, distinct) if len(distinct) else None
+    live, vectors = store.live_vectors(collection, distinct) if len(distinct) else (np.zeros(0, bool), None)
+    row_of = np.cumsum(live) - 1  # a live candidate's row in ``vectors``
     out = []
     start = 0
     for query, row_ids in zip(queries, candidates, strict=True):
+        positions = where[start : start + len(row_ids)]
+        start += len(row_ids)
+        kept = live[positions]
+        row_ids = row_ids[kept]
         if not len(row_ids):
             out.append((row_ids, np.zeros(0, np.float32)))
             continue
-        row_scores = vectors[where[start : start + len(row_ids)]] @ query
-        start += len(row_ids)
+        row_scores = vectors[row_of[positions[kept]]] @ query
         order = np.argsort(-row_scores, kind="stable")
         out.append((row_ids[order], row_scores[order]))
     return out

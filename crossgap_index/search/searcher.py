@@ -170,9 +170,14 @@ class Searcher:
         row = self._store.catalog.rows([item_id]).get(item_id)
         if row is None:
             raise QueryError(f"no item with id {item_id}")
-        vector = self._store.catalog_vectors(row.modality, np.asarray([item_id]))[0]
-        digest = self._store.catalog.content_hashes_of([item_id])[0]
-        return np.array(vector, np.float32), row.modality, digest
+        live, vectors = self._store.live_vectors(row.modality, np.asarray([item_id]))
+        try:
+            digest = self._store.catalog.content_hashes_of([item_id])[0] if live.all() else None
+        except KeyError:
+            digest = None
+        if digest is None:  # removed by another process between the reads
+            raise QueryError(f"no item with id {item_id}")
+        return np.array(vectors[0], np.float32), row.modality, digest
 
     # -- modes --------------------------------------------------------------------------------
     def resolve(self, mode: str | Mode, query_modality: str, collection: str, **settings) -> Mode:

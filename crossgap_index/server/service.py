@@ -7,11 +7,12 @@ import asyncio
 import base64
 import binascii
 import dataclasses
-import os
 import time
 from collections.abc import Callable, Hashable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
+
+from starlette.exceptions import HTTPException
 
 from crossgap_index.api import CrossGapIndex, Hit
 from crossgap_index.errors import CrossGapError
@@ -19,16 +20,18 @@ from crossgap_index.ingest.decode import DecodeError, decode_rgb
 from crossgap_index.ingest.pipeline import decode_side
 from crossgap_index.ingest.texts import unicode_problem
 from crossgap_index.inversion import InversionConfig
+from crossgap_index.search.fitting import FitPending
 from crossgap_index.search.labels import MODE_LABELS, mode_help, mode_label
 from crossgap_index.search.modes import BASE_MODE_NAMES, MODE_NAMES, PEER_NAMES
 from crossgap_index.search.options import SearchOptions
 from crossgap_index.server.batcher import BatchResult, MicroBatcher
 from crossgap_index.server.errors import ApiError, status_of
-from crossgap_index.server.files import ItemFileError, read_item_file
+from crossgap_index.server.files import read_item_file
+from crossgap_index.server.follower import IndexFollower
 from crossgap_index.server.metrics import Metrics
 from crossgap_index.server.models import AddTextsRequest, SearchRequest
 from crossgap_index.server.settings import ServeSettings
-from crossgap_index.server.thumbnails import ThumbnailCache, make_thumbnail
+from crossgap_index.server.thumbnails import ThumbnailCache, file_state, make_thumbnail
 from crossgap_index.store.catalog import ImageRecord
 
 QUERY_KINDS = ("text", "vector", "image_base64", "item_id")
@@ -42,10 +45,14 @@ class SearchService:
         self.settings = settings
         self.metrics = metrics
         self._thumbs = ThumbnailCache()
+        self._fits = index.fit_in_background()  # fits never run in the pool that answers searches
         self._pool = ThreadPoolExecutor(settings.search_threads, thread_name_prefix="cgx-search")
         self._batcher = MicroBatcher(
             self._run_batch, settings.batch_window_ms / 1000.0, settings.max_batch, metrics.inversion_batch.observe
         )
+        # Other writers' saved states, swapped in whole (server/follower.py): check_now() after a write, or the loop.
+        self.follower = IndexFollower(index, settings.follow_interval_s)
+        self.follower.start()
 
     @property
     def modes(self) -> list[str]:
@@ -73,12 +80,34 @@ class SearchService:
         return [name for name in offered if name not in unavailable]
 
     def close(self) -> None:
-        """Finish queued work, then release threads (the index is closed by its owner)."""
+        """Finish queued work, then release threads (the index is closed by its owner); a running fit stops."""
+        self.follower.stop()
+        self._fits.close()
         self._batcher.close()
         self._pool.shutdown(wait=True)
 
     # -- searching ------------------------------------------------------------------------
     async def search(self, request: SearchRequest, upload: bytes | None = None) -> dict[str, Any]:
+        """The hits of one request. A mode whose gallery fit is not ready waits for it (holding no search thread)
+        within the request's timeout, then answers 503 with Retry-After (search/fitting.py)."""
+        deadline = time.monotonic() + self.settings.request_timeout_s
+        while True:
+            try:
+                return await self._search(request, upload)
+            except FitPending as pending:
+                await self._wait_for_fit(pending, deadline)
+
+    async def _wait_for_fit(self, pending: FitPending, deadline: float) -> None:
+        job = pending.job
+        try:
+            waiting = asyncio.shield(asyncio.wrap_future(job.future))  # giving up on it leaves the fit running
+            await asyncio.wait_for(waiting, max(0.0, deadline - time.monotonic()))
+        except TimeoutError:
+            raise HTTPException(503, str(FitPending(job)), headers={"Retry-After": str(job.retry_after_s)}) from None
+        except Exception:  # noqa: BLE001 - the fit failed: the search asked again answers with its error
+            return
+
+    async def _search(self, request: SearchRequest, upload: bytes | None) -> dict[str, Any]:
         start = time.perf_counter()
         self._check(request, upload)
         options = self._options(request)
@@ -241,18 +270,12 @@ class SearchService:
         return record
 
     async def thumbnail(self, item_id: int) -> bytes:
-        """A small JPEG of an image item, whatever its format; cached by id and the file's size and mtime."""
+        """A small JPEG of an image item, whatever its format; cached by id and the file's state (file_state)."""
         row = await self.item(item_id)
 
         def make() -> bytes:
             record = self._image_record(row)
-            try:  # a cached thumbnail is served only while the file still has the indexed size
-                stat = os.lstat(record.path)
-            except OSError as exc:
-                raise ItemFileError(f"the indexed file is not readable: {exc.strerror or exc}") from exc
-            if stat.st_size != record.size:
-                raise ItemFileError("the indexed file changed since it was indexed (its size differs): re-index it")
-            key = (item_id, record.content_hash)
+            key = (item_id, record.content_hash, file_state(record))  # revalidated: any change makes a new key
             cached = self._thumbs.get(key)
             if cached is None:
                 data = read_item_file(record, self.settings.max_upload_bytes)  # every component, size and hash

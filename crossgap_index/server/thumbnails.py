@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import io
+import os
+import stat
 import threading
 from collections import OrderedDict
 from collections.abc import Hashable
@@ -11,6 +13,8 @@ from collections.abc import Hashable
 from PIL import Image
 
 from crossgap_index.ingest.decode import decode_rgb
+from crossgap_index.server.files import ItemFileError, open_without_links
+from crossgap_index.store.catalog import ImageRecord
 
 THUMB_SIDE = 256  # longest side, pixels
 THUMB_QUALITY = 85
@@ -28,10 +32,28 @@ def make_thumbnail(data: bytes, max_megapixels: float, side: int = THUMB_SIDE) -
     return out.getvalue()
 
 
+def file_state(record: ImageRecord) -> tuple[int, int, int, int, int]:
+    """The indexed file as it is now: (device, inode, size, mtime_ns, ctime_ns), opened the way ``/image`` opens
+    it (no symbolic links, never blocking on a FIFO). A cached thumbnail is kept under this state, so any change
+    to the file asks for a new one, made from bytes checked against the catalog's content hash: a rewrite at the
+    same size moves the ctime, which no user call can set back (``touch -r`` restores the mtime only).
+    Raises ItemFileError when the file is gone, not a regular file, or not the size indexed."""
+    fd = open_without_links(record.path)
+    try:
+        info = os.fstat(fd)
+    finally:
+        os.close(fd)
+    if not stat.S_ISREG(info.st_mode):
+        raise ItemFileError("the indexed file is no longer a regular file")
+    if info.st_size != record.size:
+        raise ItemFileError("the indexed file changed since it was indexed (its size differs): re-index it")
+    return info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns
+
+
 class ThumbnailCache:
     """Least-recently-used thumbnails up to ``max_bytes`` in total; safe to share between threads.
 
-    Keys carry the file's size and mtime, so a changed file gets a new thumbnail."""
+    Keys carry the file's state (``file_state``), so a changed file gets a new thumbnail."""
 
     def __init__(self, max_bytes: int = CACHE_BYTES):
         self.max_bytes = max_bytes

@@ -592,9 +592,17 @@ class Catalog:
 
     def vectors_for(self, ids: Sequence[int], dim: int, kind: str | None = None) -> np.ndarray:
         """Vectors of ``ids`` in the given order (for exact re-ranking of candidates): the items' own,
-        or with ``kind`` their derived vectors."""
+        or with ``kind`` their derived vectors. Every id must have a row (StoreError names one that has not)."""
         if len(ids) == 0:
             return np.zeros((0, dim), np.float32)
+        mask, vectors = self.vectors_found(ids, dim, kind)
+        if not mask.all():
+            raise StoreError(f"{self.path}: item {int(np.asarray(ids)[~mask][0])} has no row (removed meanwhile?)")
+        return vectors
+
+    def vectors_found(self, ids: Sequence[int], dim: int, kind: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(mask of ``ids`` that still have a row, their vectors in order): ``vectors_for`` for a reader whose
+        candidates come from FAISS files of an earlier generation, where another process may have removed some."""
         wanted = [int(i) for i in ids]
         found: dict[int, object] = {}
         for first in range(0, len(wanted), _ID_CHUNK):
@@ -606,7 +614,8 @@ class Catalog:
                 sql = f"SELECT item_id, {self._col} FROM derived_vectors WHERE kind = ? AND item_id IN ({marks})"
                 params = [kind, *chunk]
             found.update(self.conn.execute(sql, params))
-        return self._gather(kind or ITEMS_STREAM, [found[i] for i in wanted], dim)
+        mask = np.fromiter((i in found for i in wanted), bool, count=len(wanted))
+        return mask, self._gather(kind or ITEMS_STREAM, [found[i] for i in wanted if i in found], dim)
 
     # -- vectors derived from items (e.g. each gallery image's OTI feature) ---------------
     def set_derived(self, kind: str, item_ids: Sequence[int], vectors: np.ndarray) -> None:

@@ -328,6 +328,10 @@ class VectorIndex:
             return False
         return True
 
+    def ids(self) -> np.ndarray:
+        """Every id this index holds (IDMap2's table, in insertion order)."""
+        return faiss.vector_to_array(faiss.downcast_index(self.index).id_map).astype(np.int64, copy=False)
+
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Top-k (scores, ids) per query row; missing slots have id -1."""
         k = min(k, self.ntotal)
