@@ -99,3 +99,23 @@ def test_an_empty_collection_and_an_empty_batch_rank_nothing(tmp_path):
     assert [len(r) for r in top_k_batch(store, "image", unit(np.random.default_rng(0), 2), K)] == [0, 0]
     assert top_k_batch(store, "image", np.zeros((0, DIM), np.float32), K, rescore=True) == []
     store.close()
+
+
+def test_candidates_another_process_removed_are_dropped_from_the_batched_rescoring(tmp_path):
+    store, queries = make_store(tmp_path / "idx", "SQ8")
+    before = top_k_batch(store, "image", queries, K)
+    gone = sorted({int(r.ids[0]) for r in before} | {int(r.ids[3]) for r in before})
+    writer = Store.open(tmp_path / "idx")
+    with writer.writing():
+        writer.remove(gone)
+        writer.commit()
+        writer.save()
+    writer.close()
+    # ``store`` still searches the FAISS index of its own state, which holds the removed ids
+    assert set(gone) <= {int(i) for i in store.search("image", queries, 100)[1].ravel()}
+    batched = top_k_batch(store, "image", queries, K)
+    for ranked, (ids, scores) in zip(batched, one_by_one(store, queries, K), strict=True):
+        np.testing.assert_array_equal(ranked.ids, ids)
+        np.testing.assert_allclose(ranked.scores, scores, atol=1e-6, rtol=0)
+        assert not set(ranked.ids.tolist()) & set(gone) and len(ranked) == K
+    store.close()
