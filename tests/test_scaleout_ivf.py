@@ -49,7 +49,7 @@ def test_training_sample_takes_seeded_rows_across_uneven_chunks():
 
 @pytest.mark.slow  # over 3 s on a loaded 2-core machine (benchmarks/results/setup.md)
 def test_ivf_recall_on_200k_vectors_trained_on_a_sample(tmp_path):
-    """IVF256 over 200k clustered 32-d unit vectors: trained on 256 * 256 = 65,536 sampled rows,
+    """IVF256 over 200k clustered 32-d unit vectors: trained on TRAIN_POINTS_PER_LIST * 256 sampled rows,
     filled from SQLite in chunks; with the default re-scoring recall@10 against exact >= 0.99."""
     faiss.omp_set_num_threads(2)
     rng = np.random.default_rng(0)

@@ -43,9 +43,15 @@ EXACT_SEARCH_LIMIT = 100_000
 # from the shards (search/ranking.py); see docs/scaling.md for the measurement behind it.
 COMPRESSED_ABOVE = 2_000_000
 AUTO = "auto"
-# Training rows per IVF list: FAISS's k-means subsamples to 256 per centroid anyway (max_points_per_centroid),
-# so a random sample of that size trains the same index without reading every vector into memory.
-TRAIN_POINTS_PER_LIST = 256
+# Training rows per IVF-Flat list (a seeded random sample of at most this many per list; k-means time is
+# nlist x rows x d). The rule: fewer rows per list only where recall@10 stays within 0.001 of 256's (FAISS's
+# own max_points_per_centroid) on the same vectors. Measured (benchmarks/bench_train_floor.py, 200k clustered
+# 512-d vectors, results/train-floor-*.md): recall@10 was 1.000 at the default nprobe 32 for IVF1024,Flat at
+# 64, 100 and 256 rows per list and for IVF2048,Flat at 64 and 256 (100 is every row there); at nprobe 2
+# IVF1024 lost 0.0003 (64) and 0.0007 (100), and its build took 0.43x the time at 100. 100 is also
+# autofaiss's sample for this factory, which matched 256's recall at 1M (IVF4096,Flat, issue 26); 64 held
+# here too but has no measurement at 1M.
+TRAIN_POINTS_PER_LIST = 100
 TRAIN_POINTS_OTHER = 65_536  # trainable non-IVF factories (PQ, PCA, ...)
 # IVF over compressed codes: candidates are re-scored exactly, so a coarser k-means (64 rows per list, above
 # FAISS's warning floor of 39) does; it is a quarter of the training time, which is nlist x rows x d.

@@ -1,0 +1,116 @@
+"""How many rows per IVF list train an IVF-Flat index without losing recall (store/vectors.py's
+TRAIN_POINTS_PER_LIST): build time and recall@10 of the same vectors at several rows per list, side by side.
+
+The vectors and queries are bench_search_raw.py's (clustered random unit vectors x 512, queries = stored
+vectors + noise), read from its work folder. Each setting builds the index as the store does
+(``VectorIndex.build_chunked``: a seeded random training sample, then adds a chunk at a time) and searches it
+with the store's default parameters and with fewer lists probed (``LOW_NPROBES``: where a coarser clustering
+shows first); IVF-Flat's scores are exact, so its top-10 is what a search serves.
+A sample larger than the collection is the whole collection.
+
+    python benchmarks/bench_train_floor.py --vectors 200000 --factory auto --factory IVF1024,Flat
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.bench_search_raw import CHUNK, DIM, K, brute_force_ids, generate, make_queries, recall  # noqa: E402
+from benchmarks.machine import machine_info, write_json  # noqa: E402
+
+LOW_NPROBES = (2, 8)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--vectors", type=int, default=200_000)
+    parser.add_argument("--queries", type=int, default=300)
+    parser.add_argument("--factory", action="append", help="factories to build (default: auto)")
+    parser.add_argument("--rows-per-list", type=int, nargs="+", default=[64, 100, 256])
+    parser.add_argument("--work", type=Path, default=Path("/tmp/cgx-search-raw"))
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "train-floor.json")
+    args = parser.parse_args()
+
+    from crossgap_index.store import vectors
+
+    machine = machine_info()
+    work = args.work / str(args.vectors)
+    work.mkdir(parents=True, exist_ok=True)
+    embeddings = work / "emb.npy"
+    if not embeddings.exists():
+        generate(embeddings, args.vectors)
+    rows = np.load(embeddings, mmap_mode="r")
+    queries = make_queries(embeddings, args.queries)
+    truth = brute_force_ids(embeddings, queries)
+
+    def chunks():
+        for first in range(0, len(rows), CHUNK):
+            chunk = np.asarray(rows[first : first + CHUNK], np.float32)
+            yield np.arange(first + 1, first + len(chunk) + 1, dtype=np.int64), chunk
+
+    runs = []
+    for factory in args.factory or ["auto"]:
+        for per_list in args.rows_per_list:
+            vectors.TRAIN_POINTS_PER_LIST = per_list
+            index = vectors.VectorIndex(DIM, factory)
+            load = os.getloadavg()
+            began = time.perf_counter()
+            index.build_chunked(len(rows), chunks)
+            seconds = time.perf_counter() - began
+            default_params = index.search_params
+            recalls = {}
+            for params in [*(f"nprobe={n}" for n in LOW_NPROBES), default_params]:
+                index.search_params = params
+                recalls[params] = recall(list(index.search(queries, K)[1]), truth)
+            runs.append(
+                {
+                    "factory": index.resolved_factory,
+                    "rows_per_list": per_list,
+                    "training_rows": vectors.training_size(index._empty(len(rows)), len(rows)),
+                    "build_seconds": seconds,
+                    "recall_at_10": recalls[default_params],
+                    "recall_at_10_by_params": recalls,
+                    "search_params": default_params,
+                    "load_average_at_start": load,
+                }
+            )
+            print(runs[-1], flush=True)
+    result = {"machine": machine, "vectors": len(rows), "dim": DIM, "queries": len(queries), "runs": runs}
+    write_json(args.out, result)
+    lines = [
+        "# IVF training rows per list: build time and recall@10 (store/vectors.py TRAIN_POINTS_PER_LIST)",
+        "",
+        f"`benchmarks/bench_train_floor.py`: {len(rows):,} clustered random unit vectors x {DIM} "
+        f"(bench_search_raw.py's), {len(queries)} queries (stored vectors + noise), recall@10 against brute force "
+        f"(IVF-Flat's scores are exact: what a search serves). `VectorIndex.build_chunked` as the store builds. "
+        f"Machine: {machine['cpu']}, {machine['cores']} cores, FAISS {machine['faiss']}; load average at start "
+        f"{machine['load_average_at_start']}. Settings run one after another in one process.",
+        "",
+        "| factory | rows per list | training rows | build s | build / largest sample's | recall@10 (default) "
+        + "".join(f"| recall@10 nprobe={n} " for n in LOW_NPROBES)
+        + "| load (1 min) |",
+        "|---|---|---|---|---|---|" + "---|" * len(LOW_NPROBES) + "---|",
+    ]
+    for run in runs:
+        largest = max((r for r in runs if r["factory"] == run["factory"]), key=lambda r: r["rows_per_list"])
+        lines.append(
+            f"| `{run['factory']}` ({run['search_params']}) | {run['rows_per_list']} | {run['training_rows']:,} "
+            f"| {run['build_seconds']:.1f} | {run['build_seconds'] / largest['build_seconds']:.2f}x "
+            f"| {run['recall_at_10']:.4f} "
+            + "".join(f"| {run['recall_at_10_by_params'][f'nprobe={n}']:.4f} " for n in LOW_NPROBES)
+            + f"| {run['load_average_at_start'][0]:.1f} |"
+        )
+    args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print(args.out.with_suffix(".md").read_text())
+
+
+if __name__ == "__main__":
+    main()
