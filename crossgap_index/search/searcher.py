@@ -17,6 +17,7 @@ from crossgap_index.errors import QueryError, StoreError
 from crossgap_index.ingest.decode import DecodeError, SkippedFile, content_hash, decode_rgb, read_file
 from crossgap_index.ingest.pipeline import decode_side
 from crossgap_index.ingest.texts import check_query_text
+from crossgap_index.search.filters import Admit, admitter, check_filter_target
 from crossgap_index.search.gallery import StoreGallery
 from crossgap_index.search.modes import Mode, resolve_mode
 from crossgap_index.search.options import SearchOptions
@@ -210,6 +211,7 @@ class Searcher:
         """
         searcher = self.serving(options, progress)
         collection = collection_of(options.target)
+        check_filter_target(options.item_filter(), collection)
         if self._store.indexes[collection].ntotal == 0:
             raise StoreError(f"the {collection} index at {self._store.path} is empty")
         begin = time.perf_counter()
@@ -221,10 +223,13 @@ class Searcher:
             rows = [i for i, (_, m, _) in enumerate(embedded) if m == modality]
             chosen = searcher.served(options, modality)
             batch = Queries(np.stack([embedded[i][0] for i in rows]), modality, tuple(embedded[i][2] for i in rows))
-            ranked = run_mode(chosen, batch, collection, options.k, searcher.gallery, searcher.transformer)
+            admit = searcher.admit(options, [queries[i] for i in rows])
+            ranked = run_mode(chosen, batch, collection, options.k, searcher.gallery, searcher.transformer, admit=admit)
             if chosen.inverts:
                 inversion_batch = max(inversion_batch, searcher.transformer.last_inversion_batch)
-            backfilled = searcher._backfilled(chosen, batch, collection, options.k, ranked)
+            backfilled = searcher._backfilled(
+                chosen, batch, collection, options.k, ranked, options, [queries[i] for i in rows]
+            )
             for i, hits in zip(rows, backfilled, strict=True):
                 results[i] = hits
         if timings is not None:
@@ -244,7 +249,25 @@ class Searcher:
         self._check(chosen, query_modality, collection)
         return chosen
 
-    def _backfilled(self, mode: Mode, batch: Queries, collection: str, k: int, ranked: list[Result]) -> list[list[Hit]]:
+    def admit(self, options: SearchOptions, queries: Sequence[dict]) -> Admit | None:
+        """What ``options``' filter lets each of ``queries`` return (search/filters.py), or None when it is all.
+        A query made from stored items leaves them out unless ``exclude_query`` is False ("more like this")."""
+        item_filter = options.item_filter()
+        own = [query_items(q) if options.exclude_query is not False else set() for q in queries]
+        if item_filter.empty and not any(own):
+            return None
+        return admitter(item_filter, self._store.catalog.rows, own)
+
+    def _backfilled(
+        self,
+        mode: Mode,
+        batch: Queries,
+        collection: str,
+        k: int,
+        ranked: list[Result],
+        options: SearchOptions,
+        queries: Sequence[dict],
+    ) -> list[list[Hit]]:
         """Hits per query, ``k`` of them wherever the index holds that many live items. A reader whose FAISS
         files predate another process's removal ranks ids the catalog no longer holds: those are dropped,
         and the query is ranked again deeper (same vectors, same seeds) until ``k`` live hits fill it or the
@@ -257,7 +280,8 @@ class Searcher:
                 return out
             fetch = 2 * fetch + max(k - len(out[j]) for j in short)
             again = Queries(batch.features[short], batch.modality, tuple(batch.digests[j] for j in short))
-            deeper = run_mode(mode, again, collection, fetch, self.gallery, self.transformer)
+            admit = self.admit(options, [queries[j] for j in short])
+            deeper = run_mode(mode, again, collection, fetch, self.gallery, self.transformer, admit=admit)
             for j, result in zip(short, deeper, strict=True):
                 ranked[j] = result
                 out[j] = self.hits(result)[:k]
@@ -336,6 +360,12 @@ class Searcher:
                 )
             )
         return hits
+
+
+def query_items(query: dict) -> set[int]:
+    """The stored items a query is made from (an ``item`` query: that one)."""
+    item = query.get("item") if isinstance(query, dict) else None
+    return {int(item)} if item is not None else set()
 
 
 def turns(mode: Mode) -> bool:
