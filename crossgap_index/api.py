@@ -452,6 +452,7 @@ class CrossGapIndex:
         vector=None,
         *,
         item: int | None = None,
+        expression: str | None = None,
         options: SearchOptions | None = None,
         progress: InversionProgressFn | None = None,
         **settings,
@@ -466,8 +467,11 @@ class CrossGapIndex:
         gallery; ``inverter`` / ``warm`` the trained inversion network, alone or as the start of a few OTI
         steps; ``auto`` the mode ``cgx tune`` stored, else the documented default. A query that is already
         inter-modal (text against images) is served as it is by every mode that would turn it.
+
+        ``expression``: query arithmetic, e.g. ``'2:"red car" + ./photo.jpg - night + item:42'``: a weighted sum
+        of texts, image files and stored items searched as one query (search/arithmetic.py says what it means).
         """
-        query = _query(image, text, vector, item)
+        query = _query(image, text, vector, item, expression)
         return self.search_batch([query], options, progress=progress, **settings)[0]
 
     @_reads
@@ -527,13 +531,14 @@ class CrossGapIndex:
         vector=None,
         *,
         item: int | None = None,
+        expression: str | None = None,
         options: SearchOptions | None = None,
         **settings,
     ) -> QueryTransform:
         """The vector(s) a mode (default ``auto``) searches with, and whether the gallery must be mapped: so
         any vector database can be queried the way ``search`` would."""
         chosen = SearchOptions.of(options or SearchOptions(mode="auto"), **settings)
-        return self.searcher.transform_query(_query(image, text, vector, item), chosen)
+        return self.searcher.transform_query(_query(image, text, vector, item, expression), chosen)
 
     def describe_mode(self, query_modality: str, options: SearchOptions | None = None, **settings) -> dict:
         """The mode a query of ``query_modality`` is served with (``auto`` resolved), as data and as one line."""
@@ -724,9 +729,16 @@ def _index_path(path: str | Path | None) -> Path:
     return (Path(path).expanduser() if path else default_index_path()).absolute()
 
 
-def _query(image=None, text=None, vector=None, item: int | None = None) -> dict:
+def _query(image=None, text=None, vector=None, item: int | None = None, expression: str | None = None) -> dict:
     """The keyword arguments as one query dict; the searcher checks that exactly one was given."""
-    return {k: v for k, v in (("image", image), ("text", text), ("vector", vector), ("item", item)) if v is not None}
+    terms = None
+    if expression is not None:
+        from crossgap_index.cli.query_arg import query_kind
+        from crossgap_index.search.arithmetic import parse
+
+        terms = parse(expression, kind_of=query_kind)
+    given = (("image", image), ("text", text), ("vector", vector), ("item", item), ("terms", terms))
+    return {k: v for k, v in given if v is not None}
 
 
 class _CatalogCache:

@@ -17,6 +17,7 @@ from crossgap_index.errors import QueryError, StoreError
 from crossgap_index.ingest.decode import DecodeError, SkippedFile, content_hash, decode_rgb, read_file
 from crossgap_index.ingest.pipeline import decode_side
 from crossgap_index.ingest.texts import check_query_text
+from crossgap_index.search.arithmetic import check_terms, combine
 from crossgap_index.search.filters import Admit, admitter, check_filter_target
 from crossgap_index.search.gallery import StoreGallery
 from crossgap_index.search.modes import Mode, resolve_mode
@@ -28,7 +29,7 @@ from crossgap_index.search.transforms import ModelTransformer
 from crossgap_index.store.manifest import ANY_TASK
 
 TARGETS = {"images": "image", "texts": "text"}
-QUERY_KINDS = ("image", "text", "vector", "item")
+QUERY_KINDS = ("image", "text", "vector", "item", "terms")
 # (query modality, target collection) -> the task whose tuned mode serves it
 TASK_OF = {("image", "image"): "image-to-image", ("text", "text"): "text-to-text", ("text", "image"): "text-to-image"}
 
@@ -130,6 +131,8 @@ class Searcher:
                 texts.append((i, check_query_text(query["text"])))
             elif kind == "vector":
                 out[i] = self._vector(query)
+            elif kind == "terms":
+                out[i] = self._combined(query["terms"])
             else:
                 out[i] = self._item(query["item"])
         if images:
@@ -161,6 +164,12 @@ class Searcher:
         if modality not in ("image", "text", "vector"):
             raise QueryError(f"vector modality must be image, text or vector, got {modality!r}")
         unit = vec / norm
+        return unit, modality, content_hash(unit.tobytes())
+
+    def _combined(self, terms) -> tuple[np.ndarray, str, str]:
+        """A weighted sum of queries (search/arithmetic.py), searched as one query."""
+        pairs = check_terms(terms)
+        unit, modality = combine([w for w, _ in pairs], self.embed([q for _, q in pairs]))
         return unit, modality, content_hash(unit.tobytes())
 
     def _item(self, item_id) -> tuple[np.ndarray, str, str]:
@@ -290,8 +299,8 @@ class Searcher:
         for leg in mode.legs:
             if _leg_turns(leg) and modality != collection:
                 raise QueryError(
-                    f"mode {mode.name} turns a query into the other modality, and a raw vector has none: "
-                    "name its modality (image or text)"
+                    f"mode {mode.name} turns a query into the other modality, and a raw vector (or a sum of texts "
+                    "and images) has none: name a vector's modality (image or text), or combine one modality only"
                 )
             if leg.gallery == "inverted":
                 inverted = gallery_collection(leg, collection)
@@ -363,9 +372,12 @@ class Searcher:
 
 
 def query_items(query: dict) -> set[int]:
-    """The stored items a query is made from (an ``item`` query: that one)."""
-    item = query.get("item") if isinstance(query, dict) else None
-    return {int(item)} if item is not None else set()
+    """The stored items a query is made from (an ``item`` query: that one; a combined query: its item terms)."""
+    if not isinstance(query, dict):
+        return set()
+    if query.get("terms") is not None:
+        return set().union(*(query_items(term) for _, term in check_terms(query["terms"])))
+    return {int(query["item"])} if query.get("item") is not None else set()
 
 
 def turns(mode: Mode) -> bool:
@@ -388,7 +400,7 @@ def _kind(query: dict) -> str:
         raise QueryError("each query must be a dict with one of: image, text, vector, item")
     given = [k for k in QUERY_KINDS if query.get(k) is not None]
     if len(given) != 1:
-        raise QueryError("give exactly one of image=, text=, vector= or item=")
+        raise QueryError("give exactly one of image=, text=, vector=, item= or terms= (an expression)")
     return given[0]
 
 
