@@ -492,6 +492,14 @@ class CrossGapIndex:
         return self.searcher.search_batch(queries, chosen, progress=progress, timings=timings)
 
     @_reads
+    def duplicates(self, threshold: float | None = None) -> list[list[ItemRow]]:
+        """Groups of near-duplicate images: linked by pairs whose vectors score above ``threshold`` (default:
+        search/duplicates.py's measured DEFAULT_THRESHOLD), found by chunked FAISS range search, largest first."""
+        from crossgap_index.search.duplicates import DEFAULT_THRESHOLD, duplicate_rows
+
+        return duplicate_rows(self._store, DEFAULT_THRESHOLD if threshold is None else threshold)
+
+    @_reads
     def item(self, item_id: int) -> ItemRow | None:
         """The stored item with this id (modality, path or text, external id), or None."""
         return self._store.catalog.rows([item_id]).get(item_id)

@@ -20,6 +20,7 @@ from crossgap_index import __version__
 
 # Start-up stays light: only torch-free modules here. The library, rich rendering, numpy, FAISS and
 # torch load inside the commands that use them (`cgx --help` and `cgx info` never import torch).
+from crossgap_index.cli.duplicates_command import duplicates_command
 from crossgap_index.cli.eval_command import eval_command
 from crossgap_index.cli.export_command import export_command
 from crossgap_index.cli.import_command import import_command
@@ -585,6 +586,7 @@ def demo(
 
 app.command("eval")(fails_cleanly(eval_command))
 app.command("export")(fails_cleanly(export_command))
+app.command("duplicates")(fails_cleanly(duplicates_command))
 app.command("import")(fails_cleanly(import_command))
 app.command("tune")(fails_cleanly(tune_command))
 app.command("train-inverter")(fails_cleanly(train_inverter_command))

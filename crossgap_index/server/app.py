@@ -10,7 +10,14 @@ from fastapi import FastAPI
 
 from crossgap_index import __version__
 from crossgap_index.api import CrossGapIndex
-from crossgap_index.server import routes_admin, routes_gallery, routes_items, routes_page, routes_search
+from crossgap_index.server import (
+    routes_admin,
+    routes_duplicates,
+    routes_gallery,
+    routes_items,
+    routes_page,
+    routes_search,
+)
 from crossgap_index.server.docs import install_docs
 from crossgap_index.server.errors import install_error_handlers
 from crossgap_index.server.metrics import Metrics
@@ -50,6 +57,7 @@ def create_app(index: CrossGapIndex, settings: ServeSettings | None = None) -> F
     for router in (
         routes_search.router,
         routes_items.router,
+        routes_duplicates.router,
         routes_gallery.router,
         routes_admin.router,
         routes_page.router,
