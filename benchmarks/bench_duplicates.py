@@ -1,5 +1,5 @@
 """The default near-duplicate threshold (search/duplicates.py), measured: on the bundled synthetic world with
-crossgap-small, planted copies of photos (resized to 60%, re-encoded as JPEG quality 60, 4% cropped off each side)
+crossgap-small, planted copies of photos (resized to 60%, re-encoded as JPEG quality 75, 3% cropped off each side)
 against every pair of distinct photos. Writes benchmarks/results/duplicates.{json,md}.
 
     python -m benchmarks.bench_duplicates                      # 3 seeds x 300 photos, 40 planted groups each

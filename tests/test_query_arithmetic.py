@@ -70,9 +70,8 @@ def test_bad_expressions_are_one_line_errors(text, message):
         parse(text)
 
 
-def test_a_server_refuses_file_terms():
-    with pytest.raises(QueryError, match="names a file"):
-        parse("photo.jpg + cat", kind_of=lambda atom: "image" if atom.endswith(".jpg") else "text", images=False)
+def test_without_a_kind_rule_every_bare_term_is_text():
+    assert parse("photo.jpg + item:2") == [(1.0, {"text": "photo.jpg"}), (1.0, {"item": 2})]
 
 
 def test_the_expression_searches_the_renormalised_weighted_sum(built):

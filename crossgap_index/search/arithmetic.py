@@ -9,8 +9,9 @@ Grammar (``parse``)::
 
 ``+`` and ``-`` are operators only with white space on both sides (or, for a leading ``-``, at the start), so
 "t-shirt" and "blue-green" stay words. A quoted atom is always text; ``item:42`` is stored item 42's own vector;
-any other atom is an image when it names an image file (``cli/query_arg.py``'s rule), else text. A server gives
-``images=False``: a request never names a file to read.
+any other atom is what ``kind_of`` says: the CLI and the library pass ``cli/query_arg.py``'s rule (an image when it
+names an image file, else text); the server passes none, so there every bare atom is text (a request never names
+a file to read).
 
 Meaning (``combine``): the unit feature of every term, times its weight and sign, summed and re-normalised. When
 every term has one modality (all texts, or all images), the sum is a query of that modality, so every mode serves
@@ -49,9 +50,9 @@ def is_expression(text: str) -> bool:
     )
 
 
-def parse(text: str, kind_of: Callable[[str], str] | None = None, images: bool = True) -> list[tuple[float, dict]]:
+def parse(text: str, kind_of: Callable[[str], str] | None = None) -> list[tuple[float, dict]]:
     """(signed weight, query dict) per term of ``text``; a one-line QueryError naming the position of a problem.
-    ``kind_of(atom)``: 'image' or 'text' for an unquoted atom (default: text); ``images=False`` refuses images."""
+    ``kind_of(atom)``: 'image' or 'text' for an unquoted atom (default: text)."""
     terms: list[tuple[float, dict]] = []
     pos, sign = _skip(text, 0), 1.0
     if _operator_at(text, pos) and text[pos] == "-":
@@ -67,7 +68,7 @@ def parse(text: str, kind_of: Callable[[str], str] | None = None, images: bool =
                 raise QueryError(f"query expression: weight {text[pos : match.end() - 1]} must be a positive number")
             pos = match.end()
         atom, quoted, pos = _atom(text, pos)
-        terms.append((sign * weight, _term(atom, quoted, kind_of, images)))
+        terms.append((sign * weight, _term(atom, quoted, kind_of)))
         if len(terms) > MAX_TERMS:
             raise QueryError(f"query expression: more than {MAX_TERMS} terms")
         pos = _skip(text, pos)
@@ -91,7 +92,7 @@ def _atom(text: str, pos: int) -> tuple[str, bool, int]:
     return text[pos:end].strip(), False, end
 
 
-def _term(atom: str, quoted: bool, kind_of: Callable[[str], str] | None, images: bool) -> dict:
+def _term(atom: str, quoted: bool, kind_of: Callable[[str], str] | None) -> dict:
     if not atom.strip():
         raise QueryError("query expression: an empty term")
     if quoted:
@@ -101,10 +102,7 @@ def _term(atom: str, quoted: bool, kind_of: Callable[[str], str] | None, images:
         if not item.group(1).isdigit() or int(item.group(1)) < 1:
             raise QueryError(f"query expression: {atom!r} is not an item id (item:42)")
         return {"item": int(item.group(1))}
-    kind = kind_of(atom) if kind_of is not None else "text"
-    if kind == "image" and not images:
-        raise QueryError(f"query expression: {atom!r} names a file; here terms are texts and item:ID only")
-    return {kind: atom}
+    return {kind_of(atom) if kind_of is not None else "text": atom}
 
 
 def _operator_at(text: str, pos: int) -> bool:

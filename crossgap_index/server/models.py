@@ -42,7 +42,7 @@ class SearchRequest(BaseModel):
         None,
         min_length=1,
         description="Query arithmetic over texts and stored items: '2:\"red car\" - night + item:42' "
-        "(no file names: a request never names a file to read).",
+        "(every other term is text: a request never names a file to read).",
     )
     under: str | None = Field(None, min_length=1, description="Only images in this folder or below it.")
     glob: str | None = Field(None, min_length=1, description="Only images whose file name (or, with /, path) matches.")

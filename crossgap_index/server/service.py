@@ -171,7 +171,7 @@ class SearchService:
         if request.item_id is not None:
             return {"item": request.item_id}  # the catalog's own vector for that id
         if request.expression is not None:
-            return {"terms": parse_expression(request.expression, images=False)}
+            return {"terms": parse_expression(request.expression)}  # bare words are texts: no file is read
         data = upload if upload is not None else _b64decode(request.image_base64 or "", self.settings.max_upload_bytes)
         if len(data) > self.settings.max_upload_bytes:
             raise ApiError(413, f"image of {len(data)} bytes is over the limit of {self.settings.max_upload_bytes}")
