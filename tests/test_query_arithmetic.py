@@ -112,6 +112,8 @@ def test_cli_item_expression_and_filters(built):
     assert more.exit_code == 0, more.output
     doc = json.loads(more.stdout)
     assert doc["query"] == {"kind": "item", "value": 1} and 1 not in [h["id"] for h in doc["hits"]]
+    table = cli("query", "--item", 1, "--index", index, "-k", 3)
+    assert table.exit_code == 0 and "item query: 1" in table.stdout, table.output
     with CrossGapIndex.open(index, readonly=True) as cgx:
         assert [h["id"] for h in doc["hits"]] == [h.id for h in cgx.search(item=1, k=3)]
         expected = [h.id for h in cgx.search(expression="2:night - item:3", k=2, target="texts")]

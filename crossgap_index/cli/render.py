@@ -140,7 +140,7 @@ def print_hits(hits: list[Hit], query: dict, settings: dict, fmt: str, separator
     else:
         served = settings.get("served")
         mode = f" (mode {served['summary']})" if served else ""
-        out.print(hits_table(hits, Text(f"{query['kind']} query: {printable(query['value'])}{mode}")))
+        out.print(hits_table(hits, Text(f"{query['kind']} query: {printable(str(query['value']))}{mode}")))
 
 
 def build_summary(report: BuildReport) -> str:
