@@ -153,6 +153,12 @@ def test_a_filter_no_item_passes_returns_nothing(cgx):
     assert cgx.search(**_query(0), k=K, only_ids=[N + 10]) == []
 
 
+def test_a_vector_form_for_another_database_refuses_filters_rather_than_drop_them(cgx):
+    with pytest.raises(QueryError, match="apply inside this index"):
+        cgx.transform_query(**_query(0), mode="intra", under="/photos")
+    assert cgx.transform_query(**_query(0), mode="intra").mode == "intra"
+
+
 def test_filters_on_parts_the_target_lacks_are_one_line_errors(cgx):
     with pytest.raises(QueryError, match="external ids belong to texts"):
         cgx.search(**_query(0), external_ids=["a"])

@@ -318,6 +318,11 @@ class Searcher:
 
     def transform_query(self, query: dict, options: SearchOptions) -> QueryTransform:
         """The vectors ``options.mode`` searches with for one query, for another vector database (QueryTransform)."""
+        if not options.item_filter().empty:  # a vector form carries no filter: refused, never silently dropped
+            raise QueryError(
+                "filters (under, glob, ids, external ids) apply inside this index; in another database use its own "
+                "filter (LanceDB: where=, Qdrant: query_filter=)"
+            )
         searcher = self.serving(options, None)
         collection = collection_of(options.target)
         feature, modality, digest = searcher.embed([query])[0]
