@@ -52,6 +52,16 @@ def test_chunked_range_search_equals_the_brute_force_groups(tmp_path, factory):
         assert [[row.id for row in group] for group in groups] == brute_force_groups(ids, vectors, 0.9)
 
 
+def test_a_threshold_that_links_everything_is_refused_not_held(tmp_path, monkeypatch):
+    from crossgap_index.search import duplicates
+
+    np.save(tmp_path / "emb.npy", planted_vectors(300, 3)[0])
+    CrossGapIndex.import_embeddings(tmp_path / "emb.npy", tmp_path / "idx", MODEL)
+    monkeypatch.setattr(duplicates, "MAX_CHUNK_PAIRS", 1000)  # random vectors: about half of 300 x 300 score > 0
+    with CrossGapIndex.open(tmp_path / "idx", readonly=True) as cgx, pytest.raises(QueryError, match="raise the"):
+        cgx.duplicates(0.0001)
+
+
 def test_union_find_joins_chains_and_orders_groups():
     joined = UnionFind()
     for a, b in [(5, 6), (1, 2), (2, 3), (9, 8), (3, 1)]:

@@ -4,10 +4,11 @@ Pairs come from FAISS range search of the stored image vectors against the image
 time (``CHUNK`` queries), and are joined into groups by union-find: two images are in one group when a chain of
 pairs, each scoring above ``threshold`` (inner product of unit vectors), links them. No n x n matrix is made;
 memory is one chunk of vectors (``CHUNK`` x d floats), the range-search result of that chunk (its rows' pairs
-above the threshold: a few per row for near-duplicates), and the union-find table, one entry per image that has
-a pair. At 1M 512-d images with CHUNK 4096 that is 8 MB of vectors per chunk plus the pairs, whatever the
-collection's size; the time is the n^2 d inner products of the flat scan (or, for an IVF index, those of the
-probed lists).
+above the threshold: a few per row for near-duplicates) and the union-find table, one entry per image that has a
+pair. At 1M 512-d images with CHUNK 4096 that is 8 MB of vectors plus the chunk's pairs (12 bytes each) and at
+most 1M table entries, whatever the collection's size. A threshold so low that one chunk links more than
+MAX_CHUNK_PAIRS (8M pairs, 96 MB) is refused after that chunk: near-duplicates never come in such numbers. The
+time is the n^2 d inner products of the flat scan (or, for an IVF index, those of the probed lists).
 
 Approximate indexes (IVF, 8-bit codes) find pairs among the lists they probe; each pair's similarity is then
 computed exactly from the stored vectors before it is kept, so no pair below the threshold is reported (a pair
@@ -32,6 +33,9 @@ from crossgap_index.errors import QueryError
 
 DEFAULT_THRESHOLD = 0.95
 CHUNK = 4096
+# Pairs one chunk may link: near-duplicates are a few per image; a threshold linking more is not duplicate finding
+# (at 0.3 every image of a class pairs with every other) and would hold chunk x n pairs.
+MAX_CHUNK_PAIRS = 8_000_000
 
 
 class UnionFind:
@@ -85,6 +89,11 @@ def range_pairs(store, threshold: float, chunk: int = CHUNK) -> Iterator[tuple[n
     index = vector_index.index  # the CPU index: range search is not served by GPU replicas
     for ids, vectors in store.vector_chunks("image", chunk):
         result_lims, scores, found = index.range_search(np.ascontiguousarray(vectors, np.float32), float(threshold))
+        if len(found) > MAX_CHUNK_PAIRS:
+            raise QueryError(
+                f"threshold {threshold:g} links over {MAX_CHUNK_PAIRS:,} pairs among {len(ids)} images: "
+                "that is not near-duplicates; raise the threshold"
+            )
         rows = np.repeat(np.arange(len(ids)), np.diff(result_lims.astype(np.int64)))
         left = ids[rows]
         keep = (found >= 0) & (left < found)  # each pair once, never an image with itself (FAISS: score > threshold)
