@@ -91,7 +91,7 @@ def test_the_expression_searches_the_renormalised_weighted_sum(built):
         # one modality: the sum is a text query, so a turning mode inverts it (cross on texts is OVI)
         texts_only = cgx.search_batch([{"terms": [(2, {"text": "red car"}), (-1, {"text": "night"})]}], k=2)
         assert len(texts_only[0]) == 2
-        with pytest.raises(QueryError, match="a sum of texts and images"):
+        with pytest.raises(QueryError, match="a sum of texts and images has none"):
             cgx.search(expression=f'"red car" + {image}', target="texts", mode="cross", k=2)
         with pytest.raises(QueryError, match="cancel out"):
             cgx.search(expression="cat - cat", k=2)

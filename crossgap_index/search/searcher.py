@@ -299,8 +299,8 @@ class Searcher:
         for leg in mode.legs:
             if _leg_turns(leg) and modality != collection:
                 raise QueryError(
-                    f"mode {mode.name} turns a query into the other modality, and a raw vector (or a sum of texts "
-                    "and images) has none: name a vector's modality (image or text), or combine one modality only"
+                    f"mode {mode.name} turns a query into the other modality, and a raw vector has none: name its "
+                    "modality (image or text); a sum of texts and images has none either: combine one modality"
                 )
             if leg.gallery == "inverted":
                 inverted = gallery_collection(leg, collection)
