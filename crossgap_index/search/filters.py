@@ -6,13 +6,15 @@ API and the adapters filter alike. It is applied to every ranked list before any
 that pass, so ``k`` passing hits come back whenever the collection holds ``k`` passing items.
 
 How a filtered list is ranked (``filtered_top_k``): the unfiltered ranking is fetched deeper and deeper (``k + 1``
-first, then ``GROWTH`` times as deep) until ``k`` of its items pass or the collection is exhausted. This works the
-same over every gallery (the FAISS collections, derived projected ones, in-memory features) and keeps each index's
-own exact re-rank of approximate candidates. Its cost grows with how rare passing items are: a filter that passes
-a fraction f of the collection ranks about ``k / f`` items (at most the whole collection, once). FAISS's
-``IDSelector`` search parameters would avoid that for exact indexes, but they replace the parameters an IVF or
-HNSW index is searched with (nprobe, efSearch), are not supported on GPU replicas, and would need the allowed id
-set computed over the whole catalog first; one path for every gallery is what is served here.
+first, then ``GROWTH`` times as deep, or at once as deep as the pass rate seen so far says ``k`` need) until ``k``
+of its items pass or the collection is exhausted. This works the same over every gallery (the FAISS collections,
+derived projected ones, in-memory features) and keeps each index's own exact re-rank of approximate candidates.
+Its cost grows with how rare passing items are: a filter that passes a fraction f of the collection ranks about
+``k / f`` items (at most the whole collection). FAISS's ``IDSelector`` search parameters are faster on an exact
+index (benchmarks/results/filters.md: 2x at 50% passing, 11x at 5%, 20x at 0.5%, 130x at 0.05%; same hits), but they
+need the whole allowed id set first (a catalog scan for a path filter), replace the parameters an IVF or HNSW
+index is searched with (nprobe, efSearch), are not served by GPU replicas, and have no counterpart for derived or
+in-memory galleries; the one path here is correct for all of them.
 
 ``brute_force_top_k`` is the straightforward twin the tests hold it against: every item scored, those that fail
 masked out, the best ``k`` kept.
@@ -131,23 +133,26 @@ def admitter(item_filter: ItemFilter, rows_of: Callable[[list[int]], dict], quer
 
 
 def filtered_top_k(top_k: Callable[[np.ndarray, int], list[Ranked]], queries: np.ndarray, k: int, admit: Admit):
-    """The best ``k`` passing items per query row: ``top_k(rows, depth)`` ranked deeper (``k + 1``, then ``GROWTH``
-    times as deep) for the rows still short, until ``k`` pass or a ranking comes back shorter than asked (the
-    collection is exhausted)."""
+    """The best ``k`` passing items per query row: ``top_k(rows, depth)`` ranked deeper (``k + 1``, then at least
+    ``GROWTH`` times as deep) for the rows still short, until ``k`` pass or a ranking comes back shorter than asked
+    (the collection is exhausted)."""
     n = len(queries)
     out: list[Ranked | None] = [None] * n
     pending = list(range(n))
     depth = k + 1
     while pending:
         ranked = top_k(queries[pending], depth)
-        short = []
+        short, fewest = [], k
         for row, found in zip(pending, ranked, strict=True):
             keep = admit(row, found.ids)
-            if int(keep.sum()) >= k or len(found) < depth:
+            passed = int(keep.sum())
+            if passed >= k or len(found) < depth:
                 out[row] = Ranked(found.ids[keep][:k], found.scores[keep][:k])
             else:
                 short.append(row)
-        pending, depth = short, depth * GROWTH
+                fewest = min(fewest, passed)
+        # deeper by GROWTH, or at once to where the pass rate seen so far would give k (twice over)
+        pending, depth = short, max(depth * GROWTH, 2 * k * depth // max(fewest, 1))
     return out
 
 
