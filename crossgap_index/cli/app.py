@@ -403,7 +403,8 @@ def query(
     precision: PrecisionOpt = "auto",
     quiet: QuietOpt = False,
     item: Annotated[
-        int | None, typer.Option("--item", min=1, help="Search with stored item ID's own vector (more like this).")
+        int | None,
+        typer.Option("--item", min=1, metavar="ID", help="Search with stored item ID's own vector (more like this)."),
     ] = None,
     under: Annotated[
         Path | None, typer.Option("--under", metavar="FOLDER", help="Only images in FOLDER or below it.")

@@ -19,8 +19,9 @@ def duplicates_command(
         typer.Option(
             min=0.0,
             max=1.0,
+            metavar="T",
             help="Images whose vectors score above this (inner product of unit vectors, 1 = identical) are "
-            "duplicates; chains of such pairs make a group [default: 0.95; see README, Duplicates].",
+            "duplicates; chains of such pairs make a group [default: 0.95, measured: README, duplicates].",
         ),
     ] = None,
     json_out: Annotated[
