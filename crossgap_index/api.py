@@ -485,7 +485,8 @@ class CrossGapIndex:
         **settings,
     ) -> list[list[Hit]]:
         """Hits for many queries at once, each a dict with one of ``image``, ``text``, ``vector`` (optionally
-        with ``modality``) or ``item`` (a stored item's id); ``options``/``settings`` as for ``search``.
+        with ``modality``), ``item`` (a stored item's id) or ``terms`` (query arithmetic: (weight, query dict)
+        pairs, search/arithmetic.py); ``options``/``settings`` as for ``search``.
         Inversions of the batch run together; each query's hits equal its solo ``search``. ``timings``, when
         given, receives embed/search milliseconds and the inversion batch size."""
         chosen = SearchOptions.of(options, **settings)
