@@ -92,6 +92,7 @@ def photo_index(tmp_path_factory) -> tuple[Path, Path]:
     return root / "idx", photos
 
 
+@pytest.mark.slow
 def test_cli_table_json_and_sheet(photo_index, tmp_path):
     index, photos = photo_index
     args = ["duplicates", "--index", str(index), "--threshold", "0.9999", "--json", "--sheet", str(tmp_path / "d.png")]

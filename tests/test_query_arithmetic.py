@@ -74,6 +74,7 @@ def test_without_a_kind_rule_every_bare_term_is_text():
     assert parse("photo.jpg + item:2") == [(1.0, {"text": "photo.jpg"}), (1.0, {"item": 2})]
 
 
+@pytest.mark.slow
 def test_the_expression_searches_the_renormalised_weighted_sum(built):
     index, photos = built
     with CrossGapIndex.open(index, readonly=True) as cgx:
@@ -97,6 +98,7 @@ def test_the_expression_searches_the_renormalised_weighted_sum(built):
             cgx.search(expression="cat - cat", k=2)
 
 
+@pytest.mark.slow
 def test_item_terms_are_left_out_of_their_own_hits(built):
     index, _ = built
     with CrossGapIndex.open(index, readonly=True) as cgx:
@@ -106,6 +108,7 @@ def test_item_terms_are_left_out_of_their_own_hits(built):
         assert {1, 2} <= {h.id for h in kept}
 
 
+@pytest.mark.slow
 def test_cli_item_expression_and_filters(built):
     index, photos = built
     more = cli("query", "--item", 1, "--index", index, "--json", "-k", 3)
@@ -132,6 +135,7 @@ def test_cli_item_expression_and_filters(built):
     assert [h["external_id"] for h in json.loads(texts.stdout)["hits"]] == ["n"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "args, message",
     [
