@@ -15,6 +15,10 @@ if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv
 fi
 .venv/bin/python -m pip install -e ".[dev]"
+# clip-retrieval only for its ClipClient (tests/test_serve_clip.py talks to `cgx serve` with it): the client
+# needs only requests (in dev), while the package's own requirements (wandb, img2dataset, clip-anytorch,
+# sentence-transformers, ...) would pull gigabytes and pin other versions, so it comes without them.
+.venv/bin/python -m pip install --no-deps "clip-retrieval==2.45.0"
 
 missing=()
 command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || missing+=(chromium)

@@ -163,14 +163,15 @@ class CrossGapIndex:
         wait: bool = True,
         readonly: bool | None = None,
         precision: str = "auto",
+        for_check: bool = False,
     ) -> CrossGapIndex:
         """Open an existing index; ``model``, when given, must be the one the index was built with.
         ``wait``: what writes do while another process writes (wait, or fail at once); ``readonly``:
         None opens read-only when the directory cannot be written. Safe to share between threads.
         An explicit ``precision`` is checked against the index's vectors when the model first loads;
-        ``auto`` never refuses."""
+        ``auto`` never refuses. ``for_check``: opened for ``check`` only, damaged shards are not refused."""
         path = _index_path(path)
-        store = Store.open(path, readonly=readonly)
+        store = Store.open(path, readonly=readonly, for_check=for_check)
         store.wait = wait
         if model is not None and parse_spec(model).canonical != store.manifest.model:
             store.close()
@@ -266,6 +267,13 @@ class CrossGapIndex:
                     self._encoder = self._load_encoder()
         return self._encoder
 
+    def share_model(self, other: CrossGapIndex) -> None:
+        """Embed with ``other``'s model (loaded there if not yet) instead of loading a copy: the same index opened
+        twice in one process, e.g. a server and the watcher writing into it. The encoder is thread-safe."""
+        if other.path != self.path:
+            raise QueryError(f"share_model: {other.path} is another index than {self.path}")
+        self._encoder = other.encoder
+
     def _load_encoder(self) -> Encoder:
         """The index's model in the precision its vectors admit; refuses a model of another dimension."""
         from crossgap_index.models import Encoder, load_model
@@ -304,21 +312,34 @@ class CrossGapIndex:
         roots: Iterable[str | Path],
         *,
         include_hidden: bool = False,
+        exclude: Iterable[str] = (),
         max_megapixels: float = DEFAULT_MAX_MEGAPIXELS,
         max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
         batch_size: int = 64,
         workers: int = 4,
         progress: ProgressFn | None = None,
         engine: str | Engine = "local",
+        retry_failed: bool = False,
     ) -> BuildReport:
         """Bring the index in line with the image files under ``roots``: new and changed files are
-        embedded (or reuse a stored vector with the same content), files gone from disk leave.
-        Only regular files up to ``max_file_bytes`` are read; any other file is skipped with a reason.
-        ``engine``: ``local``, ``ray`` (a Ray cluster; see crossgap_index.engines) or an engine object."""
+        embedded (or reuse a stored vector with the same content), files gone from disk leave; ids follow
+        files (an edit keeps the id, so does a move; README "Ids"). Only regular files up to ``max_file_bytes``
+        are read; any other file is skipped with a reason. A file that failed to decode is not read again
+        while its size and mtime stay the same, unless ``retry_failed``.
+        ``engine``: ``local``, ``ray`` (a Ray cluster; see crossgap_index.engines) or an engine object.
+        ``exclude``: glob patterns of folders and files to leave out, beside DEFAULT_EXCLUDES (discover.py)."""
         roots = resolve_roots(roots)
-        paths = find_images(roots, include_hidden=include_hidden)
+        paths = find_images(roots, include_hidden=include_hidden, exclude=exclude)
         return self._ingest(
-            paths, roots, max_megapixels, max_file_bytes, batch_size, workers, progress, get_engine(engine)
+            paths,
+            roots,
+            max_megapixels,
+            max_file_bytes,
+            batch_size,
+            workers,
+            progress,
+            get_engine(engine),
+            retry_failed,
         )
 
     def add_images(
@@ -334,6 +355,27 @@ class CrossGapIndex:
         files = [Path(p).expanduser().resolve() for p in paths]
         return self._ingest(files, [], max_megapixels, max_file_bytes, batch_size, 4, progress, get_engine("local"))
 
+    def sync_paths(
+        self,
+        changed: Iterable[str | Path],
+        roots: Iterable[str | Path],
+        *,
+        include_hidden: bool = False,
+        max_megapixels: float = DEFAULT_MAX_MEGAPIXELS,
+        max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
+        batch_size: int = 64,
+        workers: int = 4,
+        progress: ProgressFn | None = None,
+    ) -> BuildReport:
+        """``index_folders`` limited to ``changed`` paths under ``roots`` (what a file watcher reports): image
+        files among them, or under folders among them, are added or updated; paths gone from disk (files, or
+        folders with all under them) leave; a file moved from one to another keeps its id."""
+        from crossgap_index.ingest.watch import paths_to_sync
+
+        files, prune = paths_to_sync([Path(p) for p in changed], resolve_roots(roots), include_hidden)
+        engine = get_engine("local")
+        return self._ingest(files, prune, max_megapixels, max_file_bytes, batch_size, workers, progress, engine)
+
     def _ingest(
         self,
         paths: list[Path],
@@ -344,11 +386,12 @@ class CrossGapIndex:
         workers: int,
         progress: ProgressFn | None,
         engine: Engine,
+        retry_failed: bool = False,
     ) -> BuildReport:
         with self._store.writing():
             limits = ReadLimits(max_megapixels, max_file_bytes, None)
             build = ImageBuild(self._store, lambda: self.encoder, self._record_precision, self._device)
-            return build.run(paths, prune_roots, limits, batch_size, workers, engine, progress)
+            return build.run(paths, prune_roots, limits, batch_size, workers, engine, progress, retry_failed)
 
     def add_texts(
         self,

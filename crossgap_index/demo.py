@@ -6,6 +6,7 @@ Everything it needs ships with the package, so it runs on a fresh machine with n
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -46,10 +47,12 @@ def run_demo(
     inversion: bool = False,
     device: str = "auto",
     progress: ProgressFn | None = None,
+    tune_progress: Callable[[str, int, int], None] | None = None,
 ) -> DemoResult:
     """Generate ``n_images`` synthetic photos (one folder per class) and index them; tune on
     ``tune_images`` other labelled photos (projections only unless ``inversion``); then show the held-out
-    photo, among a few, whose top ``k`` the tuned mode changes most, beside intra, in a contact sheet."""
+    photo, among a few, whose top ``k`` the tuned mode changes most, beside intra, in a contact sheet.
+    ``progress(done, total)`` follows the embedding, ``tune_progress(stage, done, total)`` tune's stages."""
     from crossgap_index.api import CrossGapIndex
     from crossgap_index.contact_sheet import contact_sheet
     from crossgap_index.datasets.synthetic import export_folder, make_item
@@ -60,7 +63,7 @@ def run_demo(
     folder = export_folder(out / "images", DEMO_SEED, n_images)
     with CrossGapIndex.open_or_create(out / "index", model=model, device=device) as index:
         build = index.index_folders([folder], progress=progress)
-        tune = index.tune(f"synthetic:{TUNE_SEED}:{tune_images}", inversion=inversion)
+        tune = index.tune(f"synthetic:{TUNE_SEED}:{tune_images}", inversion=inversion, progress=tune_progress)
         best = None
         for i in range(QUERY_CANDIDATES):
             item = make_item(DEMO_SEED, n_images + i)  # the next items of the same world: not in the gallery

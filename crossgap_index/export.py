@@ -7,6 +7,7 @@ chunk of vectors in memory, whatever the index size. Opens only the manifest and
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from collections.abc import Iterator, Sequence
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from crossgap_index.errors import QueryError, StoreError
+from crossgap_index.errors import DiskFullError, QueryError, StoreError, is_disk_full
 from crossgap_index.store.catalog import Catalog
 from crossgap_index.store.directory import CATALOG_NAME, DERIVED, MODALITIES
 from crossgap_index.store.manifest import Manifest
@@ -127,15 +128,31 @@ def export_index(
                 report.counts[name] = n
                 report.files.extend(str(final) for final in files)
             summary = {"model": manifest.model, "dim": manifest.dim, "metric": manifest.metric, "counts": report.counts}
+            summary["inversions"] = _inversions(manifest, report.counts)
             summary_file = _beside(out / "export.json")
             staged.append((summary_file, out / "export.json"))
             summary_file.write_text(json.dumps({**summary, "files": [Path(f).name for f in report.files]}, indent=2))
         for tmp, final in staged:
             os.replace(tmp, final)
+    except OSError as exc:
+        if is_disk_full(exc):
+            raise DiskFullError(f"disk full while writing the export to {out}: free some space and re-run") from exc
+        if exc.errno == errno.EFBIG:
+            where = exc.filename or out
+            raise StoreError(f"{where}: over the largest file this process may write (ulimit -f)") from exc
+        raise
     finally:
         for tmp, _ in staged:
             tmp.unlink(missing_ok=True)
     return report
+
+
+def _inversions(manifest: Manifest, counts: dict[str, int]) -> dict[str, dict]:
+    """The settings the exported gallery inversions were made with, by manifest record (an import restores
+    them, so that `cgx invert` goes on with the same ones)."""
+    records = {"image-oti": "gallery_inversion", "text-ovi": "text_gallery_inversion"}
+    found = {records[name]: getattr(manifest, records[name], None) for name in counts if name in records}
+    return {record: settings for record, settings in found.items() if settings is not None}
 
 
 def _beside(path: Path) -> Path:
@@ -204,27 +221,33 @@ def _require_pyarrow() -> None:
 def _write_npy(
     manifest: Manifest, name: str, n: int, chunks: Iterator[ItemChunk], out: Path, staged: Staged
 ) -> list[Path]:
+    """``NAME.vectors.npy``, ``NAME.ids.npy`` and ``NAME.items.jsonl``, written beside with ordinary buffered
+    writes (a full disk is an OSError here; a memory-mapped file would die of SIGBUS instead)."""
     paths = [out / f"{name}.vectors.npy", out / f"{name}.ids.npy", out / f"{name}.items.jsonl"]
     staged += [(_beside(p), p) for p in paths]
-    vectors = np.lib.format.open_memmap(_beside(paths[0]), mode="w+", dtype=np.float32, shape=(n, manifest.dim))
-    ids = np.lib.format.open_memmap(_beside(paths[1]), mode="w+", dtype=np.int64, shape=(n,))
     done = 0
-    with _beside(paths[2]).open("wb") as items:
-        for chunk in chunks:
-            end = done + len(chunk.ids)
-            if end > n:
-                raise StoreError(f"the {name} collection grew during the export; run it again")
-            vectors[done:end], ids[done:end] = chunk.vectors, chunk.ids
-            for i, item_id in enumerate(chunk.ids.tolist()):
-                row = {"id": item_id, "modality": chunk.modality[i], "path": chunk.path[i], "text": chunk.text[i]}
-                items.write(_json_line({**row, "external_id": chunk.external_id[i]}))
-            done = end
-    vectors.flush()
-    ids.flush()
-    del vectors, ids
+    with _beside(paths[0]).open("wb") as vectors, _beside(paths[1]).open("wb") as ids:
+        _npy_header(vectors, np.dtype("<f4"), (n, manifest.dim))
+        _npy_header(ids, np.dtype("<i8"), (n,))
+        with _beside(paths[2]).open("wb") as items:
+            for chunk in chunks:
+                end = done + len(chunk.ids)
+                if end > n:
+                    raise StoreError(f"the {name} collection grew during the export; run it again")
+                vectors.write(np.ascontiguousarray(chunk.vectors, "<f4").tobytes())
+                ids.write(np.ascontiguousarray(chunk.ids, "<i8").tobytes())
+                for i, item_id in enumerate(chunk.ids.tolist()):
+                    row = {"id": item_id, "modality": chunk.modality[i], "path": chunk.path[i], "text": chunk.text[i]}
+                    items.write(_json_line({**row, "external_id": chunk.external_id[i]}))
+                done = end
     if done != n:
         raise StoreError(f"the {name} collection shrank during the export; run it again")
     return paths
+
+
+def _npy_header(file, dtype: np.dtype, shape: tuple[int, ...]) -> None:
+    header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": shape}
+    np.lib.format.write_array_header_1_0(file, header)
 
 
 def _json_line(row: dict) -> bytes:

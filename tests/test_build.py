@@ -54,8 +54,8 @@ def test_rebuild_embeds_only_what_changed(tmp_path, photo_folder):
 
     report = build(index, photo_folder)
     assert report.embedded == 2  # new.png and the modified img0.png only
-    assert (report.added, report.updated, report.reused) == (3, 1, 2)
-    assert report.removed == 2  # img1 deleted, img2 moved away
+    assert (report.added, report.updated, report.reused, report.moved) == (2, 1, 1, 1)  # copy.png reuses img3's
+    assert report.removed == 1  # img1 deleted (img2 moved: it keeps its id)
     expected = sorted(
         str(p.resolve())
         for p in photo_folder.rglob("*")

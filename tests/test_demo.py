@@ -1,5 +1,7 @@
 """The offline demo runs end to end and draws its contact sheet."""
 
+import shlex
+
 import pytest
 from PIL import Image
 from typer.testing import CliRunner
@@ -43,3 +45,9 @@ def test_demo_command(tmp_path):
     assert "intra: query" in result.stdout and "--cross (untuned default)" in result.stdout
     assert "tune: found" in result.stdout
     assert "contact sheet:" in result.stderr and (tmp_path / "d" / "contact_sheet.png").is_file()
+    # the closing advice is a command that runs as printed, from any folder (it names the index)
+    advice = next(line for line in result.stdout.splitlines() if line.startswith("try it: "))
+    words = shlex.split(advice.removeprefix("try it: "))
+    assert words[0] == "cgx" and "--index" in words
+    again = CliRunner().invoke(app, [*words[1:], "--device", "cpu"])
+    assert again.exit_code == 0, again.output

@@ -79,7 +79,7 @@ def test_ray_build_equals_local_and_stays_incremental(tmp_path, folder):
     (folder / "d0" / "img03.png").rename(folder / "d0" / "moved.png")  # renamed: reuses its vector
     for index, engine in ((local, "local"), (distributed, ONE_ACTOR)):
         again = build(index, folder, engine)
-        assert (again.embedded, again.added, again.updated, again.reused, again.removed) == (2, 2, 1, 1, 1)
+        assert (again.embedded, again.added, again.updated, again.moved, again.removed) == (2, 1, 1, 1, 0)
     assert_same_index(local, distributed, [*queries, folder / "d1" / "new.png"])
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -136,10 +137,14 @@ def test_bundled_model_on_real_photos_says_so_in_cli_library_and_page(tmp_path, 
     assert "look unlike anything crossgap-small was trained on" in notes[0]
     assert "--model ViT-B-32/datacomp_xl_s13b_b90k" in notes[0] and "--model ViT-B-32::/path" in notes[0]
 
+    # once per index: the next commands on it do not repeat it; a new index is told again
     result = runner.invoke(app, ["query", "a cat", "--index", str(index), "-k", "3"])
-    assert result.exit_code == 0 and "look unlike anything crossgap-small" in result.stderr
-    result = runner.invoke(app, ["query", "a cat", "--index", str(index), "-k", "3", "--quiet"])
     assert result.exit_code == 0 and "cgx: note" not in result.stderr
+    shutil.copytree(index, tmp_path / "copy.cgx", ignore=shutil.ignore_patterns("model-note-shown", "lock"))
+    result = runner.invoke(app, ["query", "a cat", "--index", str(tmp_path / "copy.cgx"), "-k", "3", "--quiet"])
+    assert result.exit_code == 0 and "cgx: note" not in result.stderr  # --quiet: not told, not recorded
+    result = runner.invoke(app, ["query", "a cat", "--index", str(tmp_path / "copy.cgx"), "-k", "3"])
+    assert result.exit_code == 0 and "look unlike anything crossgap-small" in result.stderr
 
     from fastapi.testclient import TestClient
 

@@ -62,7 +62,7 @@ def test_npy_with_jsonl_metadata_gets_ids_in_file_order_and_reimport_changes_not
     index = tmp_path / "idx"
     result = cli("import", tmp_path / "emb.npy", "--meta", tmp_path / "meta.jsonl", "--index", index, "--model", MODEL)
     assert result.exit_code == 0, result.output
-    assert "imported 300 vectors (0 already there)" in result.stderr
+    assert "imported 300 rows: 300 added, 0 updated, 0 unchanged" in result.stderr
     assert sorted(p.name for p in (index / "vectors").iterdir()) == ["items-000000.f16"]  # float16 in, float16 kept
     with CrossGapIndex.open(index, readonly=True) as cgx:
         items = cgx.ls("image")
@@ -74,7 +74,7 @@ def test_npy_with_jsonl_metadata_gets_ids_in_file_order_and_reimport_changes_not
     generation = json.loads((index / "manifest.json").read_text())["generation"]
     before = {p.name: p.read_bytes() for p in index.rglob("*") if p.is_file() and "catalog" not in p.name}
     again = cli("import", tmp_path / "emb.npy", "--meta", tmp_path / "meta.jsonl", "--index", index, "--model", MODEL)
-    assert again.exit_code == 0 and "imported 0 vectors (300 already there)" in again.stderr
+    assert again.exit_code == 0 and "imported 300 rows: 0 added, 0 updated, 300 unchanged" in again.stderr
     after = {p.name: p.read_bytes() for p in index.rglob("*") if p.is_file() and "catalog" not in p.name}
     assert after == before and json.loads((index / "manifest.json").read_text())["generation"] == generation
 
@@ -147,7 +147,7 @@ def _bad_inputs(tmp: Path) -> dict[str, tuple[list, str]]:
     zero[3] = 0
     np.save(tmp / "zero.npy", zero)
     (tmp / "short.jsonl").write_text('{"path": "/a"}\n')
-    pq.write_table(pa.table({"vector": [[1.0] * DIM]}), tmp / "noemb.parquet")
+    pq.write_table(pa.table({"values": [[1.0] * DIM]}), tmp / "noemb.parquet")
     pq.write_table(embedding_table(rows(2), id=[4, 4]), tmp / "twice.parquet")
     pq.write_table(embedding_table(rows(2), id=[0, 1]), tmp / "zeroid.parquet")
     (tmp / "text.npy").write_text("not numpy")
@@ -155,12 +155,12 @@ def _bad_inputs(tmp: Path) -> dict[str, tuple[list, str]]:
         "wrong width": (["wide.npy"], "128-d embeddings, but model 'tiny-random' makes 64-d"),
         "three dims": (["cube.npy"], "needs N x d float32 or float16 rows"),
         "integers": (["ints.npy"], "needs N x d float32 or float16 rows"),
-        "a zero row": (["zero.npy"], "row 3 is zero or not finite"),
+        "a zero row": (["zero.npy"], "row 4 is all zeros or holds a value that is not finite"),
         "metadata count": (["ok.npy", "--meta", "short.jsonl"], "1 rows of metadata for the 5 rows"),
-        "no embedding column": (["noemb.parquet"], "no 'embedding' column"),
-        "an id twice": (["twice.parquet"], "the same id twice"),
-        "id zero": (["zeroid.parquet"], "ids must be positive integers"),
-        "not npy": (["text.npy"], "not a readable .npy array"),
+        "no embedding column": (["noemb.parquet"], "no 'embedding' or 'vector' column"),
+        "an id twice": (["twice.parquet"], "id 4 is given to rows 1 and 2"),
+        "id zero": (["zeroid.parquet"], "row 1: ids must be integers 1..9007199254740991 (2**53 - 1), found 0"),
+        "not npy": (["text.npy"], "text.npy: not an .npy array (its header says: the magic string is not correct"),
         "missing": (["nothing.npy"], "no such file or folder"),
         "other type": (["short.jsonl"], "not an .npy or .parquet file"),
     }
@@ -196,15 +196,22 @@ def test_bad_input_is_one_line(tmp_path, case):
     assert message in one_line_error(result.stderr)
 
 
-def test_ids_of_built_images_are_not_overwritten(tmp_path, photo_folder):
+def test_ids_of_built_images_are_not_overwritten_and_unnumbered_rows_come_after_them(tmp_path, photo_folder):
     index = tmp_path / "idx"
     with CrossGapIndex.create(index, model=MODEL, device="cpu") as cgx:
         cgx.index_folders([photo_folder])
+        built = [i.id for i in cgx.ls("image")]
+    pq.write_table(embedding_table(rows(3), id=[9, 1, 10]), tmp_path / "numbered.parquet")
+    result = cli("import", tmp_path / "numbered.parquet", "--index", index, "--model", MODEL)
+    assert "id 1 belongs to an item of the index that was not imported" in one_line_error(result.stderr)
+    assert result.exit_code == 1
     np.save(tmp_path / "emb.npy", rows(3))
-    result = cli("import", tmp_path / "emb.npy", "--index", index, "--model", MODEL)
-    assert result.exit_code == 1 and "id 1 belongs to an item of the index that was not imported" in result.stderr
     other = cli("import", tmp_path / "emb.npy", "--index", index, "--model", "crossgap-small")
     assert other.exit_code == 1 and "64-d embeddings, but model 'crossgap-small' makes 128-d" in other.stderr
+    added = cli("import", tmp_path / "emb.npy", "--index", index, "--model", MODEL)
+    assert added.exit_code == 0 and "3 added, 0 updated, 0 unchanged" in added.stderr
+    with CrossGapIndex.open(index, readonly=True) as cgx:
+        assert [i.id for i in cgx.ls("image")] == built + [max(built) + 1, max(built) + 2, max(built) + 3]
 
 
 def _stored(index: Path) -> int:

@@ -443,12 +443,16 @@ def test_sigterm_finishes_the_request_in_flight(built):
     )
     try:
         port = None
+        before: list[str] = []
         deadline = time.monotonic() + 120
         while port is None and time.monotonic() < deadline:
             line = proc.stdout.readline()
+            before.append(line)
             found = re.search(r"running on http://127\.0\.0\.1:(\d+)", line)
             port = int(found.group(1)) if found else None
         assert port, "cgx serve did not start"
+        assert before[0].startswith("cgx serve: opening the index and loading its model")  # no silent loading
+        assert any(line.startswith("cgx serve: 48 images, model crossgap-small") for line in before)
         body = b'{"text": "a red circle", "k": 3}'
         with socket.create_connection(("127.0.0.1", port), timeout=30) as conn:
             conn.sendall(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
 import httpx
@@ -168,3 +169,95 @@ def test_search_page_end_to_end(served, page, tmp_path):
         page.screenshot(path=SCREENSHOT)
     assert (tmp_path / "serve-page.png").stat().st_size > 10_000
     assert errors == []
+
+
+@pytest.mark.slow  # a browser launch and Swagger UI's 1.5 MB script on a loaded machine
+def test_docs_render_the_operations_offline(served, page):
+    """/docs is Swagger UI reading the server's OpenAPI 3.1 document: the operations list appears, and the
+    page asks nothing of any other host."""
+    url, _, _ = served
+    requested: list[str] = []
+    page.on("request", lambda request: requested.append(request.url))
+    page.goto(url + "/docs")
+    page.wait_for_selector(".opblock-summary-path", timeout=60_000)
+    paths = page.eval_on_selector_all(".opblock-summary-path", "els => els.map(e => e.dataset.path || e.innerText)")
+    assert {"/search", "/search/batch", "/items/{item_id}", "/texts"} <= {p.replace("\u200b", "") for p in paths}
+    assert "Unable to render this definition" not in page.inner_text("body")
+    assert "3.1" in page.inner_text(".information-container, .info")  # the OAS version badge
+    assert requested and all(u.startswith(url) or u.startswith("data:") for u in requested)
+
+
+@pytest.mark.slow  # a browser launch and several page loads
+def test_cards_name_their_files_and_open_the_originals(served, page, tmp_path):
+    url, photos, tiff = served
+    page.goto(url + "/")
+    page.wait_for_selector("#results .hit.browse .name a")
+    cards = page.query_selector_all("#results .hit.browse")
+    assert len(cards) == 48
+    for c in cards[:5]:
+        link = c.query_selector(".name a")
+        path = c.get_attribute("title")
+        assert link.inner_text() == path.rsplit("/", 1)[-1]
+        assert link.get_attribute("href") == f"/items/{c.get_attribute('data-id')}/image"
+        original = httpx.get(url + link.get_attribute("href"), timeout=30)
+        assert original.status_code == 200 and original.content == Path(path).read_bytes()
+    # following the link opens the original, not "more like this"
+    with page.context.expect_page() as opened:
+        cards[0].query_selector(".name a").click()
+    assert opened.value.url.endswith(cards[0].query_selector(".name a").get_attribute("href"))
+    assert "item" not in query_of(page.url)
+    # 49 images: one more page, then no "show more"
+    page.click("#more")
+    page.wait_for_function("() => document.querySelectorAll('#results .hit.browse').length === 49")
+    assert page.query_selector("#more") is None
+
+    # a merged ranking leads with the better list's similarity, not the RRF value
+    item = int(cards[4].get_attribute("data-id"))
+    page.goto(url + f"/?item={item}&mode=fused&k=8")
+    page.wait_for_selector("#results .hit .score[data-kind=best-list]")
+    doc = httpx.post(url + "/search", json={"item_id": item, "mode": "fused", "k": 8}, timeout=60).json()
+    shown = [float(s) for s in page.eval_on_selector_all("#results .hit .score", "els => els.map(e => e.textContent)")]
+    assert shown == [pytest.approx(max(h["scores"].values()), abs=1e-3) for h in doc["hits"]]
+    assert all(v > 0.05 for v in shown)  # similarities, not 1/(60 + rank)
+    assert httpx.get(url + "/favicon.ico").status_code == 204
+
+    # a file the browser cannot show: its name, no broken-image icon, the server's one-line refusal
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"not a picture at all")
+    page.set_input_files("#photo", str(bad))
+    page.wait_for_selector("#status.error")
+    assert "not a usable image" in page.inner_text("#status")
+    page.wait_for_function("() => !document.querySelector('#query-view img')")
+    assert "broken.png" in page.inner_text("#query-view")
+
+
+@pytest.mark.slow
+def test_a_mode_the_address_names_wrongly_falls_back_by_name(served, page):
+    url, _, _ = served
+    page.goto(url + "/?q=a+red+circle&mode=bogus")
+    page.wait_for_selector("#results .hit .score")
+    note = page.inner_text("#note")
+    assert "mode 'bogus' is not offered here: searching with Best for this index" in note
+    assert page.input_value("#mode") == "auto"
+    assert "error" not in (page.get_attribute("#status", "class") or "")
+    assert "unknown mode" not in page.inner_text("body")
+    page.goto(url + "/?q=a+red+circle&mode=span")  # a valid address: no note
+    page.wait_for_selector("#results .hit .score")
+    assert page.is_hidden("#note") or "not offered" not in page.inner_text("#note")
+
+
+@pytest.mark.slow  # builds its own small index without texts
+def test_texts_are_offered_only_when_the_index_holds_some(served, page, tmp_path):
+    _, photos, _ = served
+    with CrossGapIndex.create(tmp_path / "no-texts", model="crossgap-small", device="cpu") as cgx:
+        cgx.add_images(photos[:6])
+        with running_server(cgx, ServeSettings()) as url:
+            page.goto(url + "/")
+            page.wait_for_selector("body[data-ready=true]")
+            targets = page.eval_on_selector_all("#target option", "options => options.map(o => o.value)")
+            assert targets == ["images"]
+            page.goto(url + "/?q=a+red+circle&target=texts")
+            page.wait_for_selector("#results .hit .score")
+            assert "target 'texts' is not offered here (this index holds no texts)" in page.inner_text("#note")
+            words = page.inner_text("body")
+            assert str(tmp_path) not in words and "/no-texts" not in words  # no server path in any message

@@ -28,12 +28,14 @@ from crossgap_index.cli.maintenance import NoWaitOpt, check_command, compact_com
 from crossgap_index.cli.query_arg import query_modality, query_of
 from crossgap_index.cli.serve_command import serve_command
 from crossgap_index.cli.tune_command import train_inverter_command, tune_command
+from crossgap_index.cli.watch_command import watch_command
 from crossgap_index.demo import DEMO_MODEL
 from crossgap_index.errors import CrossGapError, CrossGapWarning, is_disk_full
+from crossgap_index.ingest.discover import DEFAULT_EXCLUDES
 from crossgap_index.ingest.limits import DEFAULT_MAX_FILE_MB, DEFAULT_MAX_MEGAPIXELS
 from crossgap_index.inversion import InversionConfig
 from crossgap_index.inversion.config import LR_MAX
-from crossgap_index.models import DEFAULT_MODEL
+from crossgap_index.models import DEFAULT_MODEL, bundled_names
 from crossgap_index.search.modes import MODE_NAMES, SERVED_OTI_STEPS
 
 RRF_K_DEFAULT = 60  # crossgap_index.search.merge.RRF_K, stated here so that --help needs no numpy
@@ -99,11 +101,17 @@ ModelOpt = Annotated[
         "--model",
         envvar="CGX_MODEL",
         help=f"Model spec: ARCH/TAG (default {DEFAULT_MODEL}), ARCH::/path/weights, a model folder, "
-        "or a bundled name (tiny-random, crossgap-small). New indexes only; an existing index keeps its model.",
+        f"or a bundled name ({', '.join(bundled_names())}). New indexes only; an existing index keeps its model.",
     ),
 ]
-DeviceOpt = Annotated[str, typer.Option("--device", help="auto (CUDA when available), cpu or cuda.")]
+DeviceOpt = Annotated[
+    str,
+    typer.Option("--device", help="auto (CUDA when available), cpu, cuda, cuda:N (the Nth GPU) or mps (Apple GPU)."),
+]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or summaries on stderr.")]
+VerboseOpt = Annotated[
+    bool, typer.Option("--verbose", help="Also show the engine's own logs (Ray's INFO/WARNING lines).")
+]
 PrecisionOpt = Annotated[
     str,
     typer.Option(
@@ -190,6 +198,15 @@ def build_index(
         ),
     ] = "auto",
     include_hidden: Annotated[bool, typer.Option(help="Also index hidden files and folders.")] = False,
+    exclude: Annotated[
+        list[str] | None,
+        typer.Option(
+            metavar="GLOB",
+            help="Leave out folders and files matching GLOB (repeatable): a name pattern (raw, *.tmp.jpg) matches "
+            "any name on the way, one with / the path under the folder (2019/drafts/*). Files indexed before and "
+            f"excluded now leave the index. Always left out: {', '.join(DEFAULT_EXCLUDES)}.",
+        ),
+    ] = None,
     max_image_megapixels: Annotated[
         float, typer.Option(min=0.0, help="Skip images larger than this (decompression-bomb guard).")
     ] = DEFAULT_MAX_MEGAPIXELS,
@@ -199,6 +216,10 @@ def build_index(
     batch_size: Annotated[int, typer.Option(min=1, help="Images per embedding batch.")] = 64,
     workers: Annotated[int, typer.Option(min=1, help="Decoding threads.")] = 4,
     report: Annotated[Path | None, typer.Option(help="Write every skipped file and its reason to this file.")] = None,
+    retry_failed: Annotated[
+        bool,
+        typer.Option(help="Read again files that failed to decode before (by default not while unchanged)."),
+    ] = False,
     invert_gallery: Annotated[
         bool,
         typer.Option(
@@ -218,16 +239,17 @@ def build_index(
     no_wait: NoWaitOpt = False,
     precision: PrecisionOpt = "auto",
     quiet: QuietOpt = False,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Embed the images under FOLDERS into the index. Incremental: unchanged files are skipped,
     changed ones re-embedded, deleted ones removed, renamed or duplicate files reuse stored vectors."""
     from crossgap_index import CrossGapIndex
-    from crossgap_index.cli.render import build_summary, err, printable, progress_bar
+    from crossgap_index.cli.render import build_summary, err, first_time_for_index, printable, progress_bar
     from crossgap_index.engines import get_engine
     from crossgap_index.ingest.discover import resolve_roots
 
     folders = resolve_roots(folders)  # before an index is created for a typo
-    build_engine = get_engine(engine, ray_address)
+    build_engine = get_engine(engine, ray_address, verbose=verbose)
     with (
         CrossGapIndex.open_or_create(
             index, model=model, device=device, factory=factory, wait=not no_wait, precision=precision
@@ -237,19 +259,22 @@ def build_index(
         result = cgx.index_folders(
             folders,
             include_hidden=include_hidden,
+            exclude=exclude or (),
             max_megapixels=max_image_megapixels,
             max_file_bytes=int(max_file_mb * 1e6),
             batch_size=batch_size,
             workers=workers,
             progress=progress,
             engine=build_engine,
+            retry_failed=retry_failed,
         )
         if invert_gallery or cgx.gallery_inversion is not None:
             config = InversionConfig(oti_steps=steps, precision=precision) if invert_gallery else None
             with progress_bar("inverting gallery", "img", enabled=not quiet) as gallery_progress:
                 cgx.invert_gallery(config, progress=gallery_progress, engine=build_engine)
         derived = cgx.build_derived(engine=build_engine)
-        note = cgx.model_note()
+        note = None if quiet else cgx.model_note()
+        note = note if note and first_time_for_index(cgx.path) else None
     if report is not None:
         lines = "".join(f"{path}\t{reason}\n" for path, reason in result.skipped)
         report.write_bytes(lines.encode("utf-8", "surrogateescape"))  # file names as their own bytes
@@ -257,10 +282,11 @@ def build_index(
         err.print(build_summary(result), highlight=False)
         if derived:
             err.print(f"built {len(derived)} derived collection(s) for --cross: {', '.join(derived)}", highlight=False)
-        if result.skipped:
-            shown = "; ".join(f"{printable(p)} ({r})" for p, r in result.skipped[:5])
-            more = f" and {len(result.skipped) - 5} more" if len(result.skipped) > 5 else ""
-            err.print(f"skipped {len(result.skipped)} unreadable files: {shown}{more}", highlight=False)
+        new_failures = result.skipped[result.known_failures :]
+        if new_failures:
+            shown = "; ".join(f"{printable(p)} ({r})" for p, r in new_failures[:5])
+            more = f" and {len(new_failures) - 5} more" if len(new_failures) > 5 else ""
+            err.print(f"skipped {len(new_failures)} unreadable files: {shown}{more}", highlight=False)
         if note:
             err.print(f"cgx: note: {note}", highlight=False)
 
@@ -293,6 +319,7 @@ def add_texts(
     ray_address: RayAddressOpt = None,
     no_wait: NoWaitOpt = False,
     quiet: QuietOpt = False,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Add a text corpus beside the images; exact duplicates are stored once."""
     from crossgap_index import CrossGapIndex
@@ -301,7 +328,7 @@ def add_texts(
     from crossgap_index.ingest.texts import read_text_corpus
 
     corpus = read_text_corpus(file, max_bytes=int(max_file_mb * 1e6))
-    gallery_engine = get_engine(engine, ray_address)
+    gallery_engine = get_engine(engine, ray_address, verbose=verbose)
     with (
         CrossGapIndex.open_or_create(index, model=model, device=device, wait=not no_wait) as cgx,
         progress_bar("embedding texts", "txt", enabled=not quiet) as progress,
@@ -440,7 +467,7 @@ def query(
     the terms' unit features (weights and signs) and searches the re-normalised sum as one query: texts
     only or images only can be inverted by --cross modes; a mix of both is searched as a raw vector."""
     from crossgap_index import CrossGapIndex, SearchOptions
-    from crossgap_index.cli.render import err, inversion_bar, print_hits
+    from crossgap_index.cli.render import err, first_time_for_index, inversion_bar, print_hits
     from crossgap_index.evaluation.data import read_vocab
 
     library_query = query_of(query, item, as_image, as_text)
@@ -483,16 +510,16 @@ def query(
         external_ids=tuple(external_id) if external_id else None,
         exclude_query=False if keep_query_item else None,
     )
-    with (
-        CrossGapIndex.open(index, device=device, precision=precision) as cgx,
-        inversion_bar(enabled=not (quiet or json_out)) as progress,
-    ):
-        hits = cgx.search_batch([library_query], options, progress=progress)[0]
+    with CrossGapIndex.open(index, device=device, precision=precision) as cgx:
         modality = query_modality(library_query, cgx.item)
         is_image = modality == "image"
         served = cgx.describe_mode(modality, options)
+        total = inversion_steps(served, config or InversionConfig(), is_image)
+        with inversion_bar(total, enabled=not (quiet or json_out)) as progress:
+            hits = cgx.search_batch([library_query], options, progress=progress)[0]
         held = cgx.info().counts[COLLECTIONS[target]] if len(hits) < top_k else len(hits)
-        note = cgx.model_note() if target is Target.images else None
+        note = cgx.model_note() if target is Target.images and not quiet else None
+        note = note if note and first_time_for_index(cgx.path) else None
     if note and not quiet:
         err.print(f"cgx: note: {note}", highlight=False)
     inter_modal = modality in ("image", "text") and is_image != (target is Target.images)
@@ -511,6 +538,18 @@ def query(
     query_doc = {"kind": kind, "value": query if item is None else item}
     settings = {"target": target.value, "k": top_k, "mode": mode.value, "served": served}
     print_hits(hits, query_doc, settings, fmt, separator=b"\0" if null else b"\n")
+
+
+def inversion_steps(served: dict, config: InversionConfig, is_image: bool) -> int | None:
+    """How many steps the served mode's inversion runs (its leg's own setting, else the query's), for the
+    progress bar's total; None when no leg inverts by steps."""
+    key = "oti_steps" if is_image else "ovi_steps"
+    for leg in served["legs"]:
+        if key in leg["params"]:
+            return int(leg["params"][key])
+        if leg["transform"] == "invert":
+            return getattr(config, key)
+    return None
 
 
 @app.command()
@@ -548,10 +587,13 @@ def demo(
     """Offline demo: generate labelled synthetic photos, index them with the bundled crossgap-small model,
     tune the index on other labelled photos, and show a held-out query where the tuned mode changes the
     top results, beside plain intra-modal search, with a contact sheet."""
+    import shlex
+
+    from crossgap_index.cli.eval_command import _progress
     from crossgap_index.cli.render import build_summary, err, hits_table, out, progress_bar
     from crossgap_index.demo import run_demo
 
-    with progress_bar("embedding", "img", enabled=not quiet) as progress:
+    with progress_bar("embedding", "img", enabled=not quiet) as progress, _progress(not quiet) as tune_progress:
         result = run_demo(
             folder,
             model=model,
@@ -561,6 +603,7 @@ def demo(
             inversion=inversion,
             device=device,
             progress=progress,
+            tune_progress=tune_progress,
         )
     tuned = result.tuned
     for mode, hits in result.hits.items():
@@ -576,10 +619,10 @@ def demo(
             f"{rep['intra_map'] * 100:.2f} ({rep['delta_map'] * 100:+.2f}) on held-out labelled photos",
             highlight=False,
         )
-    out.print(
-        "`cgx query PHOTO --cross` serves it" if result.tune_stored else f"tune: {escape(result.tune_reason)}",
-        highlight=False,
-    )
+    if not result.tune_stored:
+        out.print(f"tune: {escape(result.tune_reason)}", highlight=False)
+    try_it = f"cgx query {shlex.quote(str(result.query))} --cross --index {shlex.quote(str(result.index))}"
+    out.print(f"try it: {escape(try_it)}", highlight=False, soft_wrap=True)
     if not quiet:
         err.print(build_summary(result.build), highlight=False)
         err.print(f"contact sheet: {result.sheet}", highlight=False)
@@ -599,6 +642,7 @@ for _name, _command in (
 ):
     app.command(_name)(fails_cleanly(_command))
 app.command("serve")(fails_cleanly(serve_command))
+app.command("watch")(fails_cleanly(watch_command))
 
 
 def main() -> None:

@@ -16,6 +16,14 @@ from crossgap_index.inversion import InversionConfig
 from crossgap_index.models import DEFAULT_MODEL
 from crossgap_index.search.modes import SERVED_OTI_STEPS
 
+# The generated and shipped worlds evaluation.data reads, stated here so that --help needs no numpy
+# (a test checks them against that module's own usage lines).
+DATASET_SPECS = (
+    "synthetic:SEED:N, optionally with :vocab=tune|test and :relevance=shape|colour|both (e.g. "
+    "synthetic:1001:480:vocab=test), or fashion-mnist:test or fashion-mnist:train, optionally with :N and "
+    ":seed=S (Debian's dataset-fashion-mnist)"
+)
+
 if TYPE_CHECKING:  # the evaluation stack (torch, matplotlib) loads when the command runs
     from crossgap_index.evaluation.protocol import EvalProgress
 
@@ -32,7 +40,7 @@ def eval_command(
         str,
         typer.Argument(
             help="A folder with one subfolder per class (plus an optional captions.jsonl), a .jsonl of "
-            '{"text", "group", "label"?} captions, or synthetic:SEED:N.'
+            '{"text", "group", "label"?} captions, or a generated or shipped world: ' + DATASET_SPECS + "."
         ),
     ],
     model: Annotated[
@@ -44,7 +52,12 @@ def eval_command(
             "or a bundled name (tiny-random, crossgap-small).",
         ),
     ] = None,
-    device: Annotated[str, typer.Option("--device", help="auto (CUDA when available), cpu or cuda.")] = "auto",
+    device: Annotated[
+        str,
+        typer.Option(
+            "--device", help="auto (CUDA when available), cpu, cuda, cuda:N (the Nth GPU) or mps (Apple GPU)."
+        ),
+    ] = "auto",
     vocab: Annotated[
         Path | None,
         typer.Option("--vocab", help="Span projection concepts, one name per line (default: the class names)."),

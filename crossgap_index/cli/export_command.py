@@ -24,7 +24,9 @@ def export_command(
     ),
     collection: Annotated[
         list[str] | None,
-        typer.Option(help="image, text or image-oti (repeatable) [default: every non-empty collection]."),
+        typer.Option(
+            metavar="NAME", help="image, text or image-oti (repeatable) [default: every non-empty collection]."
+        ),
     ] = None,
     out: Annotated[Path, typer.Option(help="Folder to write into (created if missing).")] = Path("cgx-export"),
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No summary on stderr.")] = False,

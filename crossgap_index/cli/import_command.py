@@ -18,8 +18,8 @@ def import_command(
     embeddings: Annotated[
         Path,
         typer.Argument(
-            help="N x d .npy (float32/float16), a .parquet file or folder with an 'embedding' column, "
-            "or clip-retrieval's output folder (img_emb/ + metadata/)."
+            help="N x d .npy (float32/float16), a .parquet file or folder with an 'embedding' (or 'vector') "
+            "column, clip-retrieval's output folder (img_emb/ + metadata/), or a `cgx export` folder."
         ),
     ],
     index: Annotated[
@@ -34,7 +34,10 @@ def import_command(
     ] = ...,
     meta: Annotated[
         Path | None,
-        typer.Option(help="For an .npy: one row per embedding, .jsonl or .parquet (id, path, caption; optional)."),
+        typer.Option(
+            help="For an .npy: one row per embedding, .jsonl or .parquet (id, modality, path, caption or text, "
+            "external_id; all optional)."
+        ),
     ] = None,
     factory: Annotated[str, typer.Option(help="FAISS factory for a new index (auto: by size).")] = "auto",
     dtype: Annotated[
@@ -43,8 +46,11 @@ def import_command(
     no_wait: Annotated[bool, typer.Option("--no-wait", help="Fail at once if another process is writing.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress or summary on stderr.")] = False,
 ) -> None:
-    """Import existing embeddings; ids 1..N in file order unless an id column names them. Running it
-    again changes nothing; the model's weights are not loaded."""
+    """Import existing embeddings, an upsert keyed by id: a row whose id (or, without an id, whose path) is
+    stored replaces that item when its vector or metadata differ and changes nothing when identical; every
+    other row is added, rows without ids getting the ids after the largest the index has held. The same id
+    or path twice in one import, an id over 2**53 - 1, or an id of a built item is refused before anything
+    is written. An interrupted import resumes when run again; the model's weights are not loaded."""
     from crossgap_index import CrossGapIndex
     from crossgap_index.cli.render import err, progress_bar
     from crossgap_index.store.directory import default_index_path
@@ -62,7 +68,10 @@ def import_command(
         )
     if not quiet:
         err.print(
-            f"imported {report.added} vectors ({report.unchanged} already there), dim {report.dim}: "
+            f"imported {report.added + report.updated + report.unchanged} rows: {report.added} added, "
+            f"{report.updated} updated, {report.unchanged} unchanged"
+            + (f", {report.derived} derived vectors" if report.derived else "")
+            + f"; dim {report.dim}: "
             f"{report.rows_per_second:,.0f} rows/s, then {report.index_seconds:.1f} s building the index",
             highlight=False,
         )

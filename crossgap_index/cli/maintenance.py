@@ -35,7 +35,9 @@ def remove_command(
         list[Path] | None, typer.Argument(help="Files or folders (they may be gone) whose images to remove.")
     ] = None,
     missing: Annotated[bool, typer.Option("--missing", help="Remove every image whose file is gone.")] = False,
-    ids: Annotated[list[int] | None, typer.Option("--id", help="Remove the item with this id (repeatable).")] = None,
+    ids: Annotated[
+        list[int] | None, typer.Option("--id", metavar="ID", help="Remove the item with this id (repeatable).")
+    ] = None,
     index: IndexOpt = None,
     no_wait: NoWaitOpt = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No summary on stderr.")] = False,
@@ -81,7 +83,8 @@ def check_command(
     from crossgap_index import CrossGapIndex
 
     # Without --repair nothing is written: opened read-only, damaged files stay as found and are reported.
-    with CrossGapIndex.open(index, wait=not no_wait, readonly=None if repair else True) as cgx:
+    # Opened for check: a short or missing shard is reported (and with --repair written again), not refused.
+    with CrossGapIndex.open(index, wait=not no_wait, readonly=None if repair else True, for_check=True) as cgx:
         report = cgx.check(repair=repair, files=files)
     if json_out:
         _write(json.dumps(dataclasses.asdict(report), indent=2) + "\n")

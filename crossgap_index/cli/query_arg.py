@@ -66,14 +66,16 @@ def query_of(arg: str | None, item: int | None, as_image: bool = False, as_text:
 
 
 def query_modality(query: dict, item_of: Callable[[int], object]) -> str:
-    """What a query is, for the heading and notes: 'image', 'text' (all its terms one of them) or 'vector'.
-    ``item_of(id)``: the stored row (with ``modality``) or None."""
+    """What a query is, for the served mode, the heading and notes: 'image', 'text' (all its terms one of them) or
+    'vector'. ``item_of(id)``: the stored row (with ``modality``) or None (a one-line QueryError)."""
     if "terms" in query:
         kinds = {query_modality(term, item_of) for _, term in query["terms"]}
         return kinds.pop() if len(kinds) == 1 else "vector"
     if "item" in query:
         row = item_of(query["item"])
-        return row.modality if row is not None else "vector"
+        if row is None:
+            raise QueryError(f"no item with id {query['item']}")
+        return row.modality
     return next(iter(query))
 
 

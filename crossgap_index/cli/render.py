@@ -9,6 +9,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rich.console import Console
@@ -16,6 +17,8 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
+
+from crossgap_index.search.labels import mode_label
 
 if TYPE_CHECKING:
     from crossgap_index.api import BuildReport, Hit, IndexInfo
@@ -109,10 +112,10 @@ def hits_table(hits: list[Hit], title: str | Text, label_of=None) -> Table:
     lists = list(dict.fromkeys(name for h in hits for name in h.ranks))
     table = Table(title=title, title_justify="left")
     table.add_column("rank", justify="right")
-    table.add_column("score", justify="right")
+    table.add_column("score" if len(lists) <= 1 else "merged", justify="right")
     if len(lists) > 1:
         for name in lists:
-            table.add_column(f"{name} rank/score", justify="right")
+            table.add_column(f"{mode_label(name)} rank/score", justify="right")
     if label_of:
         table.add_column("label")
     table.add_column("item")
@@ -139,15 +142,44 @@ def print_hits(hits: list[Hit], query: dict, settings: dict, fmt: str, separator
         sys.stdout.buffer.flush()
     else:
         served = settings.get("served")
-        mode = f" (mode {served['summary']})" if served else ""
+        mode = f" · {served_heading(served['name'])}" if served else ""
         out.print(hits_table(hits, Text(f"{query['kind']} query: {printable(str(query['value']))}{mode}")))
 
 
+def served_heading(mode: str) -> str:
+    """How a heading names the mode a query was served by: the page's plain words, then the API's name
+    (``Word directions (span)``); the settings in full are in --json's ``served``."""
+    label = mode_label(mode)
+    return label if label == mode else f"{label} ({mode})"
+
+
+MODEL_NOTE_SHOWN = "model-note-shown"  # in the index folder: the bundled-model note was shown for it
+
+
+def first_time_for_index(index_path: Path, marker: str = MODEL_NOTE_SHOWN) -> bool:
+    """True the first time a note is shown for this index, recorded by a small file in the index folder (so
+    a new index at the same place is told again); always True where the folder cannot be written."""
+    try:
+        with open(index_path / marker, "x", encoding="utf-8") as f:
+            f.write("shown\n")
+    except FileExistsError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
 def build_summary(report: BuildReport) -> str:
+    known = report.known_failures
+    retry = f"; {known} files that failed before are unchanged and were not read (--retry-failed reads them)"
+    if not report.changed and not report.adopted and len(report.skipped) == known:
+        return f"nothing to do: {report.unchanged} files unchanged{retry if known else ''}"
+    moves = f"moved {report.moved}, " if report.moved else ""
+    adopted = f"adopted {report.adopted} imported, " if report.adopted else ""
     return (
-        f"added {report.added}, updated {report.updated}, removed {report.removed}, reused {report.reused}, "
-        f"unchanged {report.unchanged}, skipped {len(report.skipped)} in {report.seconds:.1f} s "
-        f"({report.images_per_second:.1f} images/s embedded)"
+        f"added {report.added}, updated {report.updated}, {moves}removed {report.removed}, reused {report.reused}, "
+        f"{adopted}unchanged {report.unchanged}, skipped {len(report.skipped)} in {report.seconds:.1f} s "
+        f"({report.images_per_second:.1f} images/s embedded){retry if known else ''}"
     )
 
 

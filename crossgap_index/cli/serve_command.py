@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import socket
 import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from crossgap_index.errors import CrossGapError, QueryError
 from crossgap_index.server.settings import ServeSettings, check_bind
 
 
@@ -22,7 +24,12 @@ def serve_command(
         str | None,
         typer.Option(envvar="CGX_TOKEN", help="Bearer token required on every request but /healthz."),
     ] = None,
-    device: Annotated[str, typer.Option("--device", help="auto (CUDA when available), cpu or cuda.")] = "auto",
+    device: Annotated[
+        str,
+        typer.Option(
+            "--device", help="auto (CUDA when available), cpu, cuda, cuda:N (the Nth GPU) or mps (Apple GPU)."
+        ),
+    ] = "auto",
     batch_window_ms: Annotated[
         float, typer.Option(min=0.0, help="How long an inversion query waits for others to batch with.")
     ] = ServeSettings.batch_window_ms,
@@ -33,10 +40,19 @@ def serve_command(
     timeout: Annotated[
         float, typer.Option(min=0.1, help="Seconds a query may run before the request fails (504).")
     ] = ServeSettings.request_timeout_s,
+    watch: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--watch",
+            help="A folder to keep indexed while serving (repeat for more): new, edited, moved and deleted images "
+            "are written in batches, as `cgx watch` does, and each batch is searchable as a whole once written.",
+        ),
+    ] = None,
 ) -> None:
     """Serve search over HTTP: JSON API (/docs), a search page at /, Prometheus /metrics.
     Concurrent inversion queries are micro-batched. Stops cleanly on SIGTERM / Ctrl-C."""
     check_bind(host, token)
+    check_port_free(host, port)  # before the index and the model load: a busy port fails at once
     settings = ServeSettings(
         token=token, batch_window_ms=batch_window_ms, max_batch=max_batch, max_k=max_k, request_timeout_s=timeout
     )
@@ -50,6 +66,53 @@ def serve_command(
     # cores, 32 clients of cross queries: a batched call took 1.9 s of wall time for 0.7 s of library work
     # at 5 ms, and 0.49 s for 0.49 s at 0.5 ms (benchmarks/RESULTS.md).
     sys.setswitchinterval(0.0005)
+    roots = _watched_roots(watch or [])
+    print("cgx serve: opening the index and loading its model...", file=sys.stderr, flush=True)  # seconds of it
     with CrossGapIndex.open(index, device=device) as cgx:
         _ = cgx.encoder  # load the model before the first request, not during it
-        uvicorn.run(create_app(cgx, settings), host=host, port=port, log_level="info", timeout_graceful_shutdown=60)
+        print(f"cgx serve: {cgx.info().counts.get('image', 0)} images, model {cgx.info().model}", file=sys.stderr)
+        watcher = _start_watching(cgx, roots, device)
+        try:
+            uvicorn.run(create_app(cgx, settings), host=host, port=port, log_level="info", timeout_graceful_shutdown=60)
+        finally:
+            if watcher is not None:
+                watcher.stop()
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Refuse a port something already listens on, in one line. The probe binds as uvicorn does
+    (SO_REUSEADDR, so a port left in TIME_WAIT by a server just stopped is free) and lets go at once."""
+    if port == 0:
+        return
+    address = host.strip("[]")
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((address, port))
+    except OSError as exc:
+        raise CrossGapError(
+            f"serve: cannot listen on {host}:{port}: {exc.strerror or exc} (another server? choose another --port)"
+        ) from None
+
+
+def _watched_roots(folders: list[Path]) -> list[Path]:
+    from crossgap_index.ingest.discover import resolve_roots
+
+    roots = resolve_roots(folders)
+    for root in roots:
+        if not root.is_dir():
+            raise QueryError(f"cannot watch {root}: not a folder")
+    return roots
+
+
+def _start_watching(cgx, roots: list[Path], device: str):
+    """The background watcher of ``--watch`` folders (None without any)."""
+    if not roots:
+        return None
+    from crossgap_index.ingest.watch import WatchSettings
+    from crossgap_index.server.watching import ServedWatch
+
+    watcher = ServedWatch(cgx, roots, WatchSettings(), device)
+    watcher.start()
+    return watcher

@@ -11,6 +11,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from crossgap_index.cli.eval_command import DATASET_SPECS
 from crossgap_index.cli.render import err, out, progress_bar
 
 
@@ -19,13 +20,18 @@ def tune_command(
         str,
         typer.Argument(
             help="Labelled data, as `cgx eval` takes it: a class-per-subfolder folder, a captions .jsonl, "
-            "or synthetic:SEED:N."
+            f"or a generated or shipped world: {DATASET_SPECS}."
         ),
     ],
     index: Annotated[
         Path | None, typer.Option("--index", envvar="CGX_INDEX", help="Index to tune [default: $CGX_INDEX].")
     ] = None,
-    device: Annotated[str, typer.Option("--device", help="auto (CUDA when available), cpu or cuda.")] = "auto",
+    device: Annotated[
+        str,
+        typer.Option(
+            "--device", help="auto (CUDA when available), cpu, cuda, cuda:N (the Nth GPU) or mps (Apple GPU)."
+        ),
+    ] = "auto",
     inversion: Annotated[
         bool, typer.Option(help="Also try OTI settings and the inverter (slower; --no-inversion: projections only).")
     ] = True,
@@ -105,6 +111,10 @@ class Modality(str, Enum):
     texts = "texts"
 
 
+# inversion.inverter.DEFAULT_STEPS, stated here so that --help needs no numpy (a test checks they agree)
+INVERTER_STEPS_DEFAULT = {"oti": 48, "ovi": 128}
+
+
 def train_inverter_command(
     index: Annotated[
         Path | None, typer.Option("--index", envvar="CGX_INDEX", help="Index to train for [default: $CGX_INDEX].")
@@ -117,10 +127,19 @@ def train_inverter_command(
             "network for text queries (trained on the index's texts).",
         ),
     ] = Modality.images,
-    device: Annotated[str, typer.Option("--device", help="auto (CUDA when available), cpu or cuda.")] = "auto",
+    device: Annotated[
+        str,
+        typer.Option(
+            "--device", help="auto (CUDA when available), cpu, cuda, cuda:N (the Nth GPU) or mps (Apple GPU)."
+        ),
+    ] = "auto",
     steps: Annotated[
         int | None,
-        typer.Option(min=1, help="Optimisation steps: a quality knob, see --help [default: the measured best]."),
+        typer.Option(
+            min=1,
+            help=f"Training steps [default: {INVERTER_STEPS_DEFAULT['oti']} for images, "
+            f"{INVERTER_STEPS_DEFAULT['ovi']} for texts, the measured best; trained longer the network stops helping].",
+        ),
     ] = None,
     tokens: Annotated[
         int | None,

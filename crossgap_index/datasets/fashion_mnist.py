@@ -37,6 +37,9 @@ CLASS_NAMES: list[str] = [
 _IDX_TYPES = {0x08: np.uint8}
 
 
+MAX_IDX_BYTES = 64_000_000  # the largest file, the train images, unpacks to 47,040,016 bytes
+
+
 def data_dir() -> Path:
     """Where the idx files are read from: ``$CGX_FASHION_MNIST_DIR``, else Debian's install path."""
     override = os.environ.get(DIR_ENV)
@@ -53,7 +56,7 @@ def load_split(split: str, root: Path | None = None) -> tuple[np.ndarray, np.nda
     root = root if root is not None else data_dir()
     images_path = root / f"{SPLITS[split]}-images-idx3-ubyte.gz"
     labels_path = root / f"{SPLITS[split]}-labels-idx1-ubyte.gz"
-    missing = [p.name for p in (images_path, labels_path) if not p.is_file()]
+    missing = [p.name for p in (images_path, labels_path) if not p.exists()]  # a FIFO is refused when opened
     if missing:
         raise InputFileError(
             f"Fashion-MNIST not found ({missing[0]} missing in {root}): install Debian's package "
@@ -92,11 +95,15 @@ def to_rgb(pixels: np.ndarray) -> Image.Image:
 
 def _read_idx(path: Path) -> np.ndarray:
     """Parse one gzip idx file: magic (0, 0, type, ndim), ndim big-endian uint32 sizes, then the data."""
+    from crossgap_index.ingest.import_files import open_regular
+
     try:
-        with gzip.open(path, "rb") as f:
-            raw = f.read()
+        with open_regular(path) as packed, gzip.open(packed, "rb") as f:
+            raw = f.read(MAX_IDX_BYTES + 1)
     except (OSError, EOFError) as exc:
         raise InputFileError(f"cannot read {path}: {exc}") from exc
+    if len(raw) > MAX_IDX_BYTES:
+        raise InputFileError(f"{path}: unpacks to over {MAX_IDX_BYTES:,} bytes, more than any Fashion-MNIST file")
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_TYPES:
         raise InputFileError(f"{path}: not an idx file of unsigned bytes")
     ndim = raw[3]

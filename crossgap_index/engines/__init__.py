@@ -79,8 +79,9 @@ class Engine(Protocol):
         ...
 
 
-def get_engine(engine: str | Engine, ray_address: str | None = None) -> Engine:
-    """An engine object from its name (``local`` or ``ray``), or ``engine`` itself."""
+def get_engine(engine: str | Engine, ray_address: str | None = None, verbose: bool = False) -> Engine:
+    """An engine object from its name (``local`` or ``ray``), or ``engine`` itself. ``verbose``: let Ray
+    print its own INFO/WARNING logs (quiet otherwise)."""
     if not isinstance(engine, str):
         return engine
     if engine == "local":
@@ -95,7 +96,7 @@ def get_engine(engine: str | Engine, ray_address: str | None = None) -> Engine:
             from crossgap_index.engines.ray_data import RayEngine
         except ImportError as exc:
             raise QueryError(f'the ray engine needs Ray Data: pip install "crossgap-index[ray]" ({exc})') from exc
-        engine = RayEngine(address=ray_address)
+        engine = RayEngine(address=ray_address, verbose=verbose)
         if ray_address is not None:
             engine.connect()  # a cluster that is not there fails here, before an index folder is made
         return engine

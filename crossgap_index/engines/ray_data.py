@@ -131,8 +131,10 @@ class RayEngine:
         embedder: type = ImageEmbedder,
         inverter: type = GalleryInverter,
         mapper: type = VectorMapper,
+        verbose: bool = False,
     ):
         self.address = address
+        self.verbose = verbose
         self.actors = actors
         self.actor_cpus = actor_cpus
         self.embedder = embedder
@@ -146,11 +148,14 @@ class RayEngine:
         if ray.is_initialized():
             return
         os.environ.setdefault("RAY_gcs_server_port_wait_time_s", str(math.ceil(CONNECT_TIMEOUT_S)))
+        level = logging.WARNING if self.verbose else logging.ERROR
+        if not self.verbose:
+            _quiet_ray()
         try:
             if self.address is None:
-                ray.init(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+                ray.init(include_dashboard=False, log_to_driver=False, logging_level=level)
             else:
-                ray.init(address=self.address, log_to_driver=False, logging_level=logging.WARNING)
+                ray.init(address=self.address, log_to_driver=False, logging_level=level)
         except (ConnectionError, ValueError, RuntimeError) as exc:
             raise QueryError(f"cannot start or reach Ray at {self.address or 'a new local instance'}: {exc}") from exc
 
@@ -288,10 +293,19 @@ def actor_pool(
 
 def _prepared(rows: dict[str, np.ndarray], i: int) -> Prepared:
     path = Path(rows["path"][i])
-    if rows["error"][i]:
-        return Prepared(None, path, error=str(rows["error"][i]))
     # The bytes stay on the worker: the driver re-reads a file only in the rare case it must embed it itself.
     file = FileBytes(path, b"", str(rows["content_hash"][i]), int(rows["size"][i]), int(rows["mtime_ns"][i]))
+    if rows["error"][i]:  # a file read but not decoded keeps its stat: the build remembers the failure by it
+        return Prepared(file if file.size >= 0 else None, path, error=str(rows["error"][i]))
     if rows["embedded"][i]:
         return Prepared(file, path, vector=np.array(rows["vector"][i], np.float32))
     return Prepared(file, path, reused=bool(rows["reused"][i]))
+
+
+def _quiet_ray() -> None:
+    """Keep Ray's own chatter off a successful run's terminal: its Python loggers (``ray``, ``ray.data``:
+    token notices, execution plans, "execution finished", the progress-bar notice) show errors only. Its
+    C++ core worker's lines are left as they are: RAY_BACKEND_LOG_LEVEL would silence them but prints a
+    line of its own saying so."""
+    for name in ("ray", "ray.data"):
+        logging.getLogger(name).setLevel(logging.ERROR)

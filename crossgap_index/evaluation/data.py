@@ -19,6 +19,8 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import os
+import stat
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,8 +38,8 @@ from crossgap_index.datasets.synthetic import (
     vocabulary_split,
 )
 from crossgap_index.errors import InputFileError
-from crossgap_index.ingest.decode import content_hash
-from crossgap_index.ingest.discover import SKIPPED_DIRS, find_images, is_image_path
+from crossgap_index.ingest.decode import DEFAULT_MAX_FILE_BYTES, SkippedFile, content_hash, read_file
+from crossgap_index.ingest.discover import SKIPPED_DIRS, file_kind, find_images, is_image_path
 from crossgap_index.ingest.texts import MAX_LINE_CHARS, read_utf8_lines
 
 SYNTHETIC_PREFIX = "synthetic:"
@@ -66,7 +68,9 @@ class ImageSet:
         if isinstance(item, bytes):
             return item
         try:
-            return item.read_bytes()
+            return read_file(item).data  # a regular file within --max-file-mb's default, as build-index reads
+        except SkippedFile as exc:
+            raise InputFileError(f"cannot read {item}: {exc}") from exc
         except OSError as exc:
             raise InputFileError(f"cannot read {item}: {exc.strerror or exc}") from exc
 
@@ -281,12 +285,16 @@ def _folder(spec: str, root: Path, limit: int | None) -> EvalDataset:
         d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".") and d.name not in SKIPPED_DIRS
     )
     paths, names = [], []
+    unreadable: list[str] = []
     for folder in classes:
-        found = find_images([folder])
+        found = _regular_files(find_images([folder]), unreadable)
         if not found:
             notes.append(f"class folder {folder.name!r} has no images: left out")
         paths += found
         names += [folder.name.replace("_", " ")] * len(found)
+    if unreadable:
+        shown = ", ".join(unreadable[:3]) + (f" and {len(unreadable) - 3} more" if len(unreadable) > 3 else "")
+        notes.append(f"{len(unreadable)} image files left out, as build-index leaves them out: {shown}")
     loose = [p for p in root.iterdir() if p.is_file() and is_image_path(p) and not p.name.startswith(".")]
     if loose:
         notes.append(f"{len(loose)} images directly in {root} (outside class folders) left out")
@@ -297,6 +305,25 @@ def _folder(spec: str, root: Path, limit: int | None) -> EvalDataset:
         texts, text_notes, captions = _caption_file(root / CAPTIONS_FILE, limit)
         notes += text_notes
     return EvalDataset(spec, "folder", images, texts, notes, captions)
+
+
+def _regular_files(paths: list[Path], unreadable: list[str]) -> list[Path]:
+    """The paths that are regular files within the size cap (a FIFO would hang the evaluation, a link to
+    /dev/zero would fill memory); each other one is added to ``unreadable`` with its reason."""
+    kept = []
+    for path in paths:
+        try:
+            info = os.stat(path)
+        except OSError as exc:
+            unreadable.append(f"{path.name} ({exc.strerror or exc})")
+            continue
+        if not stat.S_ISREG(info.st_mode):
+            unreadable.append(f"{path.name} (not a regular file: {file_kind(info.st_mode)})")
+        elif info.st_size > DEFAULT_MAX_FILE_BYTES:
+            unreadable.append(f"{path.name} ({info.st_size / 1e6:.0f} MB, over {DEFAULT_MAX_FILE_BYTES / 1e6:g} MB)")
+        else:
+            kept.append(path)
+    return kept
 
 
 def _image_set(items: list[Path | bytes], names: list[str], class_names: list[str], where: str = "") -> ImageSet:

@@ -512,17 +512,17 @@ def _run_images(data: EvalDataset, ctx: _Context, sweep: _Sweep, result: EvalRes
     timings["embed_ms_per_image"] = _embed_cost_ms(encoder, data)
     inverter, transductive = _inverters(ctx.inverter, ctx.transductive, "oti", features.gallery, ctx, timings)
 
-    def make_transformer(cache=None, network=inverter) -> ModelTransformer:
-        return ModelTransformer(encoder.loaded.spec.canonical, lambda: encoder, cache=cache, inverter=lambda: network)
+    def make_transformer(cache=None, network=inverter, progress=None) -> ModelTransformer:
+        model = encoder.loaded.spec.canonical
+        return ModelTransformer(model, lambda: encoder, cache=cache, inverter=lambda: network, progress=progress)
 
     cache = MemoryCache()
     transformer = make_transformer(cache)
     stage = f"OTI, {len(features.gallery)} images"
-    ctx.report(stage, 0, 1)
+    cross_leg = resolve_mode("cross", inversion=ctx.config).legs[0]
     with _timed(timings, "oti"):
-        cross_leg = resolve_mode("cross", inversion=ctx.config).legs[0]
-        gallery_oti = transformer.search_vectors(cross_leg, features.queries, "image")
-    ctx.report(stage, 1, 1)
+        stepping = _stepping(ctx, stage, len(features.queries.features), cross_leg, "oti")
+        gallery_oti = make_transformer(cache, progress=stepping).search_vectors(cross_leg, features.queries, "image")
     extra = {"image-oti": gallery_oti}
     model = encoder.loaded.spec.canonical
     modes = eval_modes(IMAGES, ctx.config, ctx.names, ctx.span_components, ctx.rrf_k, ctx.alpha, model)
@@ -618,6 +618,16 @@ def _inverters(given, transductive: bool, direction: str, items: np.ndarray, ctx
     return given, train() if transductive else None
 
 
+def _stepping(ctx: _Context, stage: str, n: int, leg, direction: str) -> Callable[[int, float], None]:
+    """An inversion progress callback reporting ``n`` queries' steps as ``stage`` (done of the total)."""
+    from crossgap_index.inversion.optimise import progress_total
+
+    device = ctx.encoder.device
+    total = progress_total(n, leg.inversion().resolved(device), device, direction)
+    ctx.report(stage, 0, total)
+    return lambda step, loss: ctx.report(stage, min(step, total), total)
+
+
 def _run_texts(data: EvalDataset, ctx: _Context, sweep: _Sweep, result: EvalResult) -> None:
     texts, timings, encoder = data.texts, result.timings, ctx.encoder
     with _timed(timings, "embed_texts"):
@@ -631,9 +641,9 @@ def _run_texts(data: EvalDataset, ctx: _Context, sweep: _Sweep, result: EvalResu
     own_texts = np.concatenate([queries, gallery])  # every evaluated text, as an index holding them would train on
     inverter, transductive = _inverters(ctx.text_inverter, ctx.transductive, "ovi", own_texts, ctx, timings)
 
-    def make_transformer(cache=None, network=inverter) -> ModelTransformer:
+    def make_transformer(cache=None, network=inverter, progress=None) -> ModelTransformer:
         model = encoder.loaded.spec.canonical
-        return ModelTransformer(model, lambda: encoder, cache=cache, text_inverter=lambda: network)
+        return ModelTransformer(model, lambda: encoder, cache=cache, text_inverter=lambda: network, progress=progress)
 
     model = encoder.loaded.spec.canonical
     modes = eval_modes(TEXTS, ctx.config, ctx.names, ctx.span_components, ctx.rrf_k, ctx.alpha, model)
@@ -645,16 +655,17 @@ def _run_texts(data: EvalDataset, ctx: _Context, sweep: _Sweep, result: EvalResu
     cache = MemoryCache()
     transformer = make_transformer(cache)
     cross_leg = modes["cross"][0].legs[0]
-    ctx.report(f"OVI, {len(queries)} texts", 0, 1)
     with _timed(timings, "ovi"):
-        transformer.search_vectors(cross_leg, features.queries, "text")  # fills the cache
-    ctx.report(f"OVI, {len(queries)} texts", 1, 1)
+        stepping = _stepping(ctx, f"OVI, {len(queries)} texts", len(queries), cross_leg, "ovi")
+        make_transformer(cache, progress=stepping).search_vectors(
+            cross_leg, features.queries, "text"
+        )  # fills the cache
     stage = f"OVI of the gallery, {len(gallery)} texts"
-    ctx.report(stage, 0, 1)
     with _timed(timings, "ovi_gallery"):
         gallery_digests = tuple(content_hash(t.encode("utf-8", "surrogatepass")) for t in texts.gallery_texts)
-        gallery_ovi = transformer.search_vectors(cross_leg, Queries(gallery, "text", gallery_digests), "text")
-    ctx.report(stage, 1, 1)
+        stepping = _stepping(ctx, stage, len(gallery), cross_leg, "ovi")
+        gallery_queries = Queries(gallery, "text", gallery_digests)
+        gallery_ovi = make_transformer(cache, progress=stepping).search_vectors(cross_leg, gallery_queries, "text")
     extra = {"text-ovi": gallery_ovi}
     labels = data.class_names
     intra_ap = _task(TEXTS, "same group", modes, features, transformer, factories, "text", extra, result, ctx, labels)

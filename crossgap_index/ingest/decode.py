@@ -5,11 +5,13 @@ symlink counts as its target), and never more than a size cap. Decoding is bound
 input size, not the photo's: JPEGs are decoded by libjpeg at the smallest DCT scale that still
 covers the model input, other formats are reduced right after decoding. EXIF orientation is
 applied; grayscale, palette, alpha, 16-bit and CMYK images become RGB (alpha composited on white);
-images above a pixel budget are refused before decoding.
+images above a pixel budget are refused before decoding. HEIC/HEIF photos decode through pillow-heif when
+it is installed (the `heif` extra), AVIF through Pillow's own plugin, under the same caps.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import math
@@ -20,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError, features
 
 from crossgap_index.ingest.discover import file_kind
 from crossgap_index.ingest.limits import (
@@ -98,6 +100,7 @@ def decode_rgb(data: bytes, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS, min_
     """
     if not data:
         raise DecodeError("empty file")
+    _register_plugins()
     try:
         # Pillow's own bomb warning (a fixed 89 MP) is left to the host's warning filters (the CLI hides it);
         # our limit is checked right after open.
@@ -118,9 +121,38 @@ def decode_rgb(data: bytes, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS, min_
     except Image.DecompressionBombError as exc:
         raise DecodeError(_bomb_reason(exc, max_megapixels)) from exc
     except UnidentifiedImageError as exc:
-        raise DecodeError("not a recognised image format") from exc
+        raise DecodeError(_missing_plugin(data) or "not a recognised image format") from exc
     except Exception as exc:  # noqa: BLE001 - a decoder fed hostile bytes may raise anything; one file is skipped
         raise DecodeError(_reason(exc)) from exc
+
+
+# ISO base media brands (bytes 8-12 after "ftyp") of HEIF stills and of AVIF
+_HEIF_BRANDS = frozenset({b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1"})
+_AVIF_BRANDS = frozenset({b"avif", b"avis"})
+
+
+@functools.cache
+def _register_plugins() -> None:
+    """Let Pillow open HEIC/HEIF through pillow-heif, when installed (once per process). libheif applies
+    the file's rotation itself and pillow-heif then reports EXIF orientation 1, so exif_transpose below
+    turns every format alike."""
+    try:
+        from pillow_heif import register_heif_opener
+    except ImportError:
+        return
+    register_heif_opener()
+
+
+def _missing_plugin(data: bytes) -> str | None:
+    """For a HEIF or AVIF file Pillow cannot open: what to install."""
+    if data[4:8] != b"ftyp":
+        return None
+    brand = data[8:12]
+    if brand in _AVIF_BRANDS and not features.check("avif"):
+        return "AVIF needs a Pillow built with libavif (Pillow 11.3 or later from PyPI)"
+    if brand in _HEIF_BRANDS:
+        return "HEIC/HEIF needs pillow-heif: pip install 'crossgap-index[heif]'"
+    return None
 
 
 def _draft(img: Image.Image, min_side: int) -> None:

@@ -1,27 +1,30 @@
-"""`cgx import`: embeddings made elsewhere (GPU jobs, clip-retrieval, img2dataset pipelines) into an index.
+"""`cgx import`: embeddings made elsewhere (GPU jobs, clip-retrieval, img2dataset pipelines, a `cgx export`)
+into an index. The sources and their fields are in ingest/import_sources.py; read a batch at a time.
 
-Sources, read a batch at a time (never the whole file in memory):
+An import is an upsert, keyed by id:
 
-* ``FILE.npy``: N x d float32 or float16 rows, memory-mapped; metadata optional (``--meta``): a
-  ``.jsonl`` with one object per row (``id``, ``path``, ``caption``; all optional) or a ``.parquet``
-  table with those columns, N rows in the same order;
-* ``FILE.parquet``, or a folder of them: an ``embedding`` column (list of floats) and optional
-  ``id``, ``path`` (or ``image_path``), ``caption`` columns;
-* clip-retrieval's output folder: ``img_emb/img_emb_K.npy`` beside ``metadata/metadata_K.parquet``.
+* a row with an ``id`` is that item: added when the index has no such id; when it has one (an item that
+  was imported), the row replaces it if its vector or metadata differ (its derived vectors, such as its
+  gallery inversion, are dropped with the old vector, to be made again) and changes nothing if identical;
+* a row without an id but with a path already imported is that item, the same way;
+* any other row is new: it gets the next id after the largest the index has ever held (ids are never
+  reused) and after every id of the import itself, in source order. Re-running an import that finished
+  adds such rows again; re-running one that was interrupted resumes it (the source's files are recognised
+  by name, size and modification time, and its new rows get the ids they got the first time).
 
-Rows become image items: ids 1..N in source order unless an ``id`` column names them; the path and
-caption when given. A row whose id is stored already, as an imported row, is left as it is, so running
-the same import again changes nothing (and an interrupted import resumes). The model is only named:
-its dimension comes from its open_clip config, its weights are never loaded.
+Before anything is written the whole source's metadata is read once: the same id twice (in any batch or
+file), the same path twice, an id or path held by an item that was not imported (a built file or text),
+and ids over MAX_IMPORT_ID are refused in one line. The model is only named: its dimension comes from
+its open_clip config, its weights are never loaded.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
+import os
 import queue
-import re
-import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -31,44 +34,38 @@ from pathlib import Path
 import numpy as np
 
 from crossgap_index.errors import InputFileError, StoreError
+from crossgap_index.ingest.import_sources import (
+    DERIVED_OWNERS,
+    MAX_IMPORT_ID,
+    Batch,
+    Source,
+    open_source,
+)
+
+__all__ = ["MAX_IMPORT_ID", "Batch", "ImportReport", "Source", "import_embeddings", "import_source", "open_source"]
 
 BATCH_ROWS = 65_536  # rows per read and per catalog commit: a quarter of a shard
 ProgressFn = Callable[[int, int], None]
-_NORM_FLOOR = 1e-6
-# A float16 row bound for float16 shards whose norm is within this of 1 is stored as given. Re-normalising
-# it would move each element by less than one float16 step (this is float16's unit roundoff, 2**-11), a
-# precision the stored row cannot hold anyway; `cgx check` flags norms off by more than 1e-3. Rows further
-# off are normalised exactly as ``unit_rows`` does.
+# A row whose norm is within this of 1 is stored as given. Re-normalising it would move each element by
+# about one step of its type (float16's unit roundoff is 2**-11; float32 rows this close to unit norm move
+# by an ulp or two), a change a search cannot see, and keeping them makes export -> import exact. `cgx
+# check` flags norms off by more than 1e-3. Rows further off are normalised.
 HALF_UNIT_TOLERANCE = 2.0**-11
+FLOAT_UNIT_TOLERANCE = 2.0**-20
+# float32 norms in this range are exact enough to normalise by (no square underflowed to 0 or overflowed to
+# inf on the way); a row outside it has its norm taken again in float64.
+EXACT_NORMS = (1e-15, 1e15)
 _NORM_CHUNK = 1024  # rows per step of the float16 norms (their squares stay in cache)
 IMPORTED_PREFIX = "import:"
-
-
-@dataclass
-class Batch:
-    """Consecutive rows of a source: vectors (n, d) and, where the source has them, ids/paths/captions."""
-
-    vectors: np.ndarray
-    ids: np.ndarray | None = None
-    paths: list[str | None] | None = None
-    captions: list[str | None] | None = None
-
-
-@dataclass
-class Source:
-    """An opened source: its row count and width, and a fresh pass of batches."""
-
-    name: str
-    rows: int
-    dim: int
-    dtype: str  # "float32" | "float16": what the rows are stored in
-    batches: Callable[[int], Iterator[Batch]]
+RESUME_KEY = "import_in_progress"  # catalog meta: the interrupted import's source and first new id
 
 
 @dataclass
 class ImportReport:
     added: int = 0
+    updated: int = 0
     unchanged: int = 0
+    derived: int = 0  # derived vectors (gallery inversions) written from an export folder
     rows: int = 0
     dim: int = 0
     seconds: float = 0.0  # writing rows (vectors into shards, rows into the catalog)
@@ -102,215 +99,31 @@ def model_dim(spec: str) -> int:
     return int(config["embed_dim"])
 
 
-# -- sources ------------------------------------------------------------------------------
-def open_source(path: Path, meta: Path | None = None) -> Source:
-    """The source at ``path`` (see the module docstring); one line on anything unusable."""
-    if not path.exists():
-        raise InputFileError(f"{path}: no such file or folder")
-    if path.is_dir():
-        if (path / "img_emb").is_dir():
-            return _clip_retrieval(path)
-        files = sorted(path.glob("*.parquet"))
-        if not files:
-            raise InputFileError(f"{path}: no .parquet files, and no img_emb/ folder (clip-retrieval's layout)")
-        return _parquet(files, path.name)
-    if path.suffix == ".npy":
-        return _npy([path], [meta] if meta is not None else None, path.name)
-    if path.suffix == ".parquet":
-        return _parquet([path], path.name)
-    raise InputFileError(f"{path}: not an .npy or .parquet file, nor a folder of them")
-
-
-def _load_npy(path: Path) -> np.ndarray:
-    try:
-        array = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (ValueError, OSError) as exc:
-        raise InputFileError(f"{path}: not a readable .npy array ({exc})") from exc
-    if array.ndim != 2 or array.dtype not in (np.float32, np.float16):
-        raise InputFileError(f"{path}: needs N x d float32 or float16 rows, not {array.dtype} of shape {array.shape}")
-    return array
-
-
-def _npy(files: list[Path], metas: list[Path] | None, name: str) -> Source:
-    arrays = [_load_npy(f) for f in files]
-    dims = {a.shape[1] for a in arrays}
-    if len(dims) != 1:
-        raise InputFileError(f"{name}: arrays of different widths ({', '.join(map(str, sorted(dims)))})")
-    for array, meta, file in zip(arrays, metas or [None] * len(files), files, strict=True):
-        if meta is not None and _count_meta(meta) != len(array):
-            raise InputFileError(f"{meta}: {_count_meta(meta)} rows of metadata for the {len(array)} rows of {file}")
-
-    def batches(size: int) -> Iterator[Batch]:
-        for array, meta, file in zip(arrays, metas or [None] * len(arrays), files, strict=True):
-            metadata = _meta_batches(meta, size) if meta is not None else None
-            for start in range(0, len(array), size):
-                vectors = _read_rows(file, array, start, size)
-                batch = next(metadata) if metadata is not None else Batch(vectors)
-                batch.vectors = vectors
-                yield batch
-
-    dtype = "float16" if all(a.dtype == np.float16 for a in arrays) else "float32"
-    return Source(name, sum(len(a) for a in arrays), dims.pop(), dtype, batches)
-
-
-def _read_rows(file: Path, array: np.ndarray, start: int, size: int) -> np.ndarray:
-    """Rows ``start``..``start+size`` of an .npy: read, not mapped, so the file's pages do not pile up in
-    this process's resident set (a 10 GB source would otherwise count 10 GB against it)."""
-    rows = min(size, len(array) - start)
-    if not isinstance(array, np.memmap) or not array.flags.c_contiguous:
-        return np.asarray(array[start : start + rows])
-    with file.open("rb") as f:
-        f.seek(array.offset + start * array.shape[1] * array.itemsize)
-        return np.fromfile(f, array.dtype, count=rows * array.shape[1]).reshape(rows, array.shape[1])
-
-
-def _count_meta(meta: Path) -> int:
-    if meta.suffix == ".parquet":
-        return _parquet_file(meta).metadata.num_rows
-    with meta.open("rb") as f:
-        return sum(1 for line in f if line.strip())
-
-
-def _meta_batches(meta: Path, size: int) -> Iterator[Batch]:
-    """Metadata rows (ids, paths, captions) ``size`` at a time, vectors left empty."""
-    if meta.suffix == ".parquet":
-        for table in _parquet_file(meta).iter_batches(batch_size=size):
-            yield _from_columns(table.to_pydict(), meta, None)
-        return
-    rows: list[dict] = []
-    with meta.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise InputFileError(f"{meta}:{lineno}: not JSON ({exc.msg})") from exc
-            if not isinstance(row, dict):
-                raise InputFileError(f"{meta}:{lineno}: needs a JSON object per line")
-            rows.append(row)
-            if len(rows) == size:
-                yield _from_columns(_columns(rows), meta, None)
-                rows = []
-    if rows:
-        yield _from_columns(_columns(rows), meta, None)
-
-
-def _columns(rows: list[dict]) -> dict[str, list]:
-    keys = {k for row in rows for k in row}
-    return {k: [row.get(k) for row in rows] for k in keys}
-
-
-def _from_columns(columns: dict[str, list], where: Path, vectors: np.ndarray | None) -> Batch:
-    ids = None
-    if columns.get("id") is not None:
-        raw = columns["id"]
-        if any(not isinstance(i, int) or isinstance(i, bool) or i < 1 for i in raw):
-            bad = next(i for i in raw if not isinstance(i, int) or isinstance(i, bool) or i < 1)
-            raise InputFileError(f"{where}: ids must be positive integers, found {bad!r}")
-        ids = np.asarray(raw, np.int64)
-    paths = columns.get("path", columns.get("image_path"))
-    captions = columns.get("caption")
-    return Batch(vectors if vectors is not None else np.zeros((0, 0), np.float32), ids, paths, captions)
-
-
-def _parquet_file(path: Path):
-    try:
-        import pyarrow.parquet as pq
-    except ImportError as exc:
-        raise InputFileError("reading parquet needs pyarrow: pip install 'crossgap-index[export]'") from exc
-    try:
-        return pq.ParquetFile(path)
-    except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
-        raise InputFileError(f"{path}: not a readable parquet file ({exc})") from exc
-
-
-def _parquet(files: list[Path], name: str) -> Source:
-    import pyarrow as pa
-
-    opened = [_parquet_file(f) for f in files]
-    dims = set()
-    for file, parquet in zip(files, opened, strict=True):
-        field_ = parquet.schema_arrow.field("embedding") if "embedding" in parquet.schema_arrow.names else None
-        if field_ is None:
-            raise InputFileError(f"{file}: no 'embedding' column (columns: {', '.join(parquet.schema_arrow.names)})")
-        kind = field_.type
-        if not (pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind)):
-            raise InputFileError(f"{file}: the 'embedding' column must hold lists of floats, not {kind}")
-        if parquet.metadata.num_rows:
-            first = next(parquet.iter_batches(batch_size=1, columns=["embedding"])).column(0)
-            dims.add(len(first[0]))
-    if len(dims) > 1:
-        raise InputFileError(f"{name}: embeddings of different widths ({', '.join(map(str, sorted(dims)))})")
-    dim = dims.pop() if dims else 0
-    wanted = ("embedding", "id", "path", "image_path", "caption")
-    half = all(pa.types.is_float16(p.schema_arrow.field("embedding").type.value_type) for p in opened)
-
-    def batches(size: int) -> Iterator[Batch]:
-        for file, parquet in zip(files, opened, strict=True):
-            columns = [c for c in wanted if c in parquet.schema_arrow.names]
-            for record in parquet.iter_batches(batch_size=size, columns=columns):
-                vectors = _list_column(record.column(0), dim, file)
-                others = {c: record.column(i).to_pylist() for i, c in enumerate(columns) if c != "embedding"}
-                yield _from_columns(others, file, vectors)
-
-    return Source(name, sum(p.metadata.num_rows for p in opened), dim, "float16" if half else "float32", batches)
-
-
-def _list_column(column, dim: int, where: Path) -> np.ndarray:
-    """A column of float lists as an (n, dim) array, without a Python object per value."""
-    import pyarrow as pa
-
-    if column.null_count:
-        raise InputFileError(f"{where}: {column.null_count} rows have no embedding")
-    if pa.types.is_fixed_size_list(column.type):
-        if column.type.list_size != dim:
-            raise InputFileError(f"{where}: {column.type.list_size}-d embeddings, the others are {dim}-d")
-        values = column.flatten()
-    else:
-        offsets = np.asarray(column.offsets)
-        lengths = np.diff(offsets)
-        if len(lengths) and (lengths.min() != dim or lengths.max() != dim):
-            raise InputFileError(f"{where}: embeddings of {lengths.min()} to {lengths.max()} values, expected {dim}")
-        values = column.flatten()
-    return values.to_numpy(zero_copy_only=False).reshape(len(column), dim)
-
-
-def _clip_retrieval(folder: Path) -> Source:
-    """clip-retrieval's ``img_emb/img_emb_K.npy`` with ``metadata/metadata_K.parquet`` (paired by K)."""
-
-    def numbered(sub: str, pattern: str) -> dict[int, Path]:
-        found = {}
-        for p in (folder / sub).glob("*"):
-            m = re.fullmatch(pattern, p.name)
-            if m:
-                found[int(m.group(1))] = p
-        return found
-
-    embeddings = numbered("img_emb", r"img_emb_(\d+)\.npy")
-    metadata = numbered("metadata", r"metadata_(\d+)\.parquet")
-    if not embeddings:
-        raise InputFileError(f"{folder / 'img_emb'}: no img_emb_K.npy files")
-    keys = sorted(embeddings)
-    missing = [k for k in keys if k not in metadata]
-    if metadata and missing:
-        raise InputFileError(f"{folder / 'metadata'}: no metadata_{missing[0]}.parquet for img_emb_{missing[0]}.npy")
-    metas = [metadata[k] for k in keys] if metadata else None
-    return _npy([embeddings[k] for k in keys], metas, folder.name)
-
-
-# -- the import ----------------------------------------------------------------------------
+# -- unit rows ----------------------------------------------------------------------------------
 def unit_rows(vectors: np.ndarray, first_row: int, name: str) -> np.ndarray:
-    """Rows scaled to unit length (inner product = cosine), as a new float32 array; a zero or non-finite
-    row is refused."""
-    vectors = np.array(vectors, np.float32)
-    norms = np.sqrt(np.einsum("ij,ij->i", vectors, vectors))
-    bad = ~np.isfinite(norms) | (norms < _NORM_FLOOR)
+    """Rows scaled to unit length (inner product = cosine), as a new float32 array; rows within
+    FLOAT_UNIT_TOLERANCE of unit norm are kept as given. A row is refused only when its norm, taken in
+    float64, is 0 or not finite: a row of 1e-30s is a direction like any other. Norms are taken in float32
+    first (five times faster), and again in float64 for the rows whose float32 squares may have underflowed
+    or overflowed (norms outside EXACT_NORMS)."""
+    out = np.array(vectors, np.float32)
+    norms = np.sqrt(np.einsum("ij,ij->i", out, out))
+    extreme = ~((norms > EXACT_NORMS[0]) & (norms < EXACT_NORMS[1]))
+    wide = out[extreme].astype(np.float64)
+    wide_norms = np.sqrt(np.einsum("ij,ij->i", wide, wide))
+    bad = ~np.isfinite(wide_norms) | (wide_norms == 0)
     if bad.any():
-        row = first_row + int(np.flatnonzero(bad)[0])
-        raise InputFileError(f"{name}: row {row} is zero or not finite; it cannot be searched by cosine")
-    vectors /= norms[:, None]
-    return vectors
+        row = first_row + int(np.flatnonzero(extreme)[np.flatnonzero(bad)[0]])
+        raise InputFileError(f"{name}: row {row} is all zeros or holds a value that is not finite (inf, nan)")
+    off = np.abs(norms - 1.0) > FLOAT_UNIT_TOLERANCE
+    off &= ~extreme
+    if off.all():
+        out /= norms[:, None]
+    elif off.any():
+        out[off] /= norms[off, None]
+    if extreme.any():
+        out[extreme] = (wide / wide_norms[:, None]).astype(np.float32)
+    return out
 
 
 def unit_rows_as(vectors: np.ndarray, dtype: np.dtype, first_row: int, name: str) -> np.ndarray:
@@ -322,12 +135,13 @@ def unit_rows_as(vectors: np.ndarray, dtype: np.dtype, first_row: int, name: str
         return unit_rows(vectors, first_row, name).astype(dtype, copy=False)
     vectors = np.ascontiguousarray(vectors)
     norms = _half_norms(vectors)
-    bad = ~np.isfinite(norms) | (norms < _NORM_FLOOR)
+    bad = ~np.isfinite(norms) | (norms == 0)
     if bad.any():
-        unit_rows(vectors[bad], first_row + int(np.flatnonzero(bad)[0]), name)  # raises its one-line error
+        first_bad = int(np.flatnonzero(bad)[0])
+        unit_rows(vectors[first_bad : first_bad + 1], first_row + first_bad, name)  # raises its one-line error
     off = np.flatnonzero(np.abs(norms - 1.0) > HALF_UNIT_TOLERANCE)
     if len(off):
-        vectors = vectors.copy()  # the source's array may be read-only (a mapped file, an Arrow buffer)
+        vectors = vectors.copy()  # the source's array may be read-only (a file's buffer, an Arrow buffer)
         vectors[off] = unit_rows(vectors[off], first_row, name).astype(np.float16)
     return vectors
 
@@ -354,49 +168,280 @@ def _half_squares() -> np.ndarray:
         return values * values
 
 
+# -- the plan: every row's id, checked before a row is written -------------------------------------
+@dataclass
+class Plan:
+    """Each row's id (given, or the stored id of its path; 0: new) and the first id new rows get."""
+
+    ids: np.ndarray | None  # None: every row is new (no id or path column anywhere)
+    first_new: int
+    new_rows: int
+    fingerprint: str
+    resumed: bool  # an interrupted run of this source is resumed: rows with new ids may be stored already
+
+
+def plan_import(catalog, source: Source, size: int) -> Plan:
+    """Read the source's metadata once and settle every row's id; refuse what the import could only do
+    in part (see the module docstring), before anything is written."""
+    ids: np.ndarray | None = None  # made at the first row with an id or a path (an id-less .npy needs none)
+    path_keys: np.ndarray | None = None  # 0: no path; else a 64-bit hash of it (for duplicates)
+    done = 0
+    for batch in source.batches(size, vectors=False):
+        n = len(batch)
+        if done + n > source.rows:
+            raise InputFileError(f"{source.name}: the source grew while it was read; run the import again")
+        has_paths = batch.paths is not None and any(p is not None for p in batch.paths)
+        if ids is None and (batch.ids is not None or has_paths):
+            ids, path_keys = np.zeros(source.rows, np.int64), np.zeros(source.rows, np.uint64)
+        if batch.ids is not None:
+            ids[done : done + n] = batch.ids
+        if has_paths:
+            _match_paths(catalog, batch, ids[done : done + n], path_keys[done : done + n], source.name, done)
+        done += n
+    if done != source.rows:
+        raise InputFileError(f"{source.name}: {done} rows read of the {source.rows} it held; did it change?")
+    if ids is not None:
+        _refuse_duplicates(path_keys, source.name, "path")
+        _refuse_duplicates(ids, source.name, "id")
+        _refuse_built(catalog, np.unique(ids[ids > 0]), source.name)
+    fingerprint = _fingerprint(source)
+    new_rows = int((ids == 0).sum()) if ids is not None else source.rows
+    first_new = max(catalog.max_item_id(), int(ids.max()) if ids is not None and len(ids) else 0) + 1
+    resumed = False
+    marker = catalog.get_meta(RESUME_KEY)
+    if marker and json.loads(marker).get("source") == fingerprint:
+        earlier = int(json.loads(marker)["first_new"])
+        if not catalog.built_ids_between(earlier, earlier + new_rows - 1, IMPORTED_PREFIX):  # no build took them
+            first_new, resumed = earlier, True  # the interrupted run's new rows keep their ids
+    if new_rows and first_new + new_rows - 1 > MAX_IMPORT_ID:
+        raise StoreError(
+            f"{source.name}: its {new_rows} rows without ids would need ids up to {first_new + new_rows - 1}, "
+            f"over the largest an import may use ({MAX_IMPORT_ID}, 2**53 - 1); import into a new index"
+        )
+    return Plan(ids, first_new, new_rows, fingerprint, resumed)
+
+
+def _match_paths(catalog, batch: Batch, ids: np.ndarray, keys: np.ndarray, name: str, done: int) -> None:
+    """An image row without an id whose path is stored is that item; a row whose id and stored path disagree,
+    or whose path belongs to a built image, is refused."""
+    modalities = batch.modalities or ["image"] * len(batch)
+    rows = [i for i, p in enumerate(batch.paths) if p is not None and modalities[i] == "image"]
+    stored = catalog.ids_of_paths([batch.paths[i] for i in rows])
+    for i in rows:
+        path = batch.paths[i]
+        keys[i] = int.from_bytes(hashlib.blake2b(os.fsencode(path), digest_size=8).digest(), "little") | 1
+        if path not in stored:
+            continue
+        held, content_hash = stored[path]
+        if content_hash != imported_hash(held):
+            raise StoreError(
+                f"{name}: row {done + i + 1}: {_printable(path)} is indexed already, as item {held} built from "
+                "the file; an import does not replace built items (remove it first, or import into a new index)"
+            )
+        if ids[i] == 0:
+            ids[i] = held
+        elif ids[i] != held:
+            raise StoreError(
+                f"{name}: row {done + i + 1}: {_printable(path)} is item {held} of the index, the row gives id "
+                f"{int(ids[i])}; a path belongs to one item"
+            )
+
+
+def _refuse_duplicates(keys: np.ndarray, name: str, what: str) -> None:
+    given = np.flatnonzero(keys)
+    if not len(given):
+        return
+    order = given[np.argsort(keys[given], kind="stable")]
+    twice = np.flatnonzero(keys[order[1:]] == keys[order[:-1]])
+    if len(twice):
+        first, second = sorted((int(order[twice[0]]), int(order[twice[0] + 1])))
+        shown = f"id {int(keys[first])}" if what == "id" else "the same path"
+        raise InputFileError(
+            f"{name}: {shown} is given to rows {first + 1} and {second + 1}; each {what} may appear once in "
+            "an import (nothing was written)"
+        )
+
+
+def _refuse_built(catalog, ids: np.ndarray, name: str) -> None:
+    for item_id, content_hash in catalog.content_hashes_for(ids.tolist()).items():
+        if content_hash != imported_hash(item_id):
+            raise StoreError(
+                f"{name}: id {item_id} belongs to an item of the index that was not imported; "
+                "give the rows other ids (an id column), or import into a new index"
+            )
+
+
+def _fingerprint(source: Source) -> str:
+    """The source's files by resolved name, size and modification time."""
+    parts = []
+    for file in source.files:
+        info = os.stat(file)
+        parts.append([str(file.resolve()), info.st_size, info.st_mtime_ns])
+    return json.dumps(parts)
+
+
+def _printable(path: str) -> str:
+    return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+# -- writing ------------------------------------------------------------------------------------
 def import_source(
     store, source: Source, progress: ProgressFn | None = None, batch_rows: int | None = None
 ) -> ImportReport:
     """Write ``source``'s rows into ``store`` (the caller holds ``store.writing()``), ``batch_rows`` (default
-    BATCH_ROWS) per commit; then the FAISS indexes are rebuilt once, from the shards, by the caller's save."""
+    BATCH_ROWS) per commit, after ``plan_import``'s checks; the FAISS indexes are brought in line by the
+    caller's save (which rebuilds them all when rows were replaced in place)."""
     start = time.perf_counter()
+    size = batch_rows or BATCH_ROWS
     report = ImportReport(rows=source.rows, dim=source.dim)
-    catalog, done = store.catalog, 0
+    catalog = store.catalog
+    plan = plan_import(catalog, source, size)
+    if source.derived:
+        _check_derived_ids(catalog, source, plan, size)
+    marker = json.dumps({"source": plan.fingerprint, "first_new": plan.first_new}) if plan.new_rows else None
     dtype = np.dtype(catalog.vector_dtype())
-    for batch in _ahead(_unit_batches(source, batch_rows or BATCH_ROWS, dtype)):
-        n = len(batch.vectors)
-        ids = batch.ids if batch.ids is not None else np.arange(done + 1, done + n + 1, dtype=np.int64)
-        if batch.ids is not None and len(np.unique(ids)) != n:  # numbered rows are distinct by construction
-            raise InputFileError(f"{source.name}: the same id twice within rows {done + 1}..{done + n}")
-        fresh = _fresh_rows(catalog, ids, source.name)
-        if fresh.any():
-            vectors = batch.vectors if fresh.all() else batch.vectors[fresh]
-            chosen = np.flatnonzero(fresh)
-            try:
-                if batch.paths is None and batch.captions is None:
-                    catalog.add_imported(ids[chosen], vectors, IMPORTED_PREFIX)
-                else:
-                    paths = [batch.paths[i] for i in chosen] if batch.paths is not None else [None] * len(chosen)
-                    captions = [batch.captions[i] for i in chosen] if batch.captions is not None else None
-                    hashes = [imported_hash(int(i)) for i in ids[chosen]]
-                    catalog.add_images(paths, hashes, vectors, ids[chosen], captions)
-            except sqlite3.IntegrityError as exc:
-                raise StoreError(f"{source.name}: a path in rows {done + 1}..{done + n} is indexed already") from exc
+    done, new_seen = 0, 0
+    for batch in _ahead(_unit_batches(source, size, dtype)):
+        n = len(batch)
+        if plan.ids is None:
+            ids = np.arange(plan.first_new + done, plan.first_new + done + n, dtype=np.int64)
+        else:
+            ids = plan.ids[done : done + n].copy()
+            new = ids == 0
+            ids[new] = plan.first_new + new_seen + np.arange(int(new.sum()))
+            new_seen += int(new.sum())
+        if plan.resumed:
+            may_exist = None  # rows given new ids by the interrupted run may be stored
+        elif plan.ids is None:
+            may_exist = np.zeros(n, bool)
+        else:
+            may_exist = plan.ids[done : done + n] > 0
+        changed = _write_batch(catalog, batch, ids, report, may_exist)
+        last = done + n == source.rows
+        if changed or (last and catalog.get_meta(RESUME_KEY) is not None):
+            # An interrupted run is resumable until another import writes: this one's marker replaces any
+            # other (whose new ids this import's rows may now hold), and goes with this import's last batch.
+            if marker and not last:
+                catalog.set_meta(RESUME_KEY, marker)
+            else:
+                catalog.conn.execute("DELETE FROM meta WHERE key = ?", (RESUME_KEY,))
             store.commit()
-        report.added += int(fresh.sum())
-        report.unchanged += n - int(fresh.sum())
         done += n
         if progress:
             progress(done, source.rows)
+    for kind, derived in source.derived.items():
+        report.derived += _write_derived(store, kind, derived, size)
+    if source.inversions:
+        _restore_inversion_records(store, source)
     report.seconds = time.perf_counter() - start
     return report
+
+
+def _write_batch(catalog, batch: Batch, ids: np.ndarray, report: ImportReport, may_exist: np.ndarray | None) -> bool:
+    """Add the batch's new rows, replace its changed ones; whether anything was written. ``may_exist``: the
+    rows that may be stored already (None: any), the only ones looked up."""
+    candidates = ids if may_exist is None else ids[may_exist]
+    stored = catalog.stored_rows(candidates.tolist()) if len(candidates) else {}
+    fresh = np.fromiter((int(i) not in stored for i in ids), bool, count=len(ids))
+    written = False
+    if fresh.any():
+        chosen = np.flatnonzero(fresh)
+        vectors = batch.vectors if fresh.all() else batch.vectors[chosen]
+        if batch.paths is None and batch.texts is None and batch.modalities is None and batch.external_ids is None:
+            catalog.add_imported(ids[chosen], vectors, IMPORTED_PREFIX)
+        else:
+            meta = _metadata(batch, chosen, None)
+            hashes = [imported_hash(int(i)) for i in ids[chosen]]
+            catalog.add_imported_rows(ids[chosen].tolist(), vectors, hashes, *meta)
+        written = True
+    held = np.flatnonzero(~fresh)
+    if len(held):
+        held_ids = ids[held].tolist()
+        before = [stored[i] for i in held_ids]
+        meta = _metadata(batch, held, before)
+        old = catalog.vectors_for(held_ids, batch.vectors.shape[1])
+        new = (batch.vectors if len(held) == len(ids) else batch.vectors[held]).astype(np.float32, copy=False)
+        same_vector = (old == new).all(axis=1)
+        same_meta = np.array([tuple(m[j] for m in meta) == before[j][:4] for j in range(len(held))], bool)
+        changed = ~(same_vector & same_meta)
+        if changed.any():
+            rows = np.flatnonzero(changed)
+            catalog.replace_imported_rows(
+                [held_ids[j] for j in rows],
+                batch.vectors[held[rows]],
+                *([m[j] for j in rows] for m in meta),
+                new_vectors=[not same_vector[j] for j in rows],
+            )
+            written = True
+        report.updated += int(changed.sum())
+        report.unchanged += int((~changed).sum())
+    report.added += int(fresh.sum())
+    return written
+
+
+def _metadata(batch: Batch, rows: np.ndarray, before: list[tuple] | None) -> tuple[list, list, list, list]:
+    """(modalities, paths, texts, external ids) of ``rows``; a field the source lacks keeps the stored value
+    (``before``) of an item already there, and is empty for a new one."""
+    out = []
+    fields = (batch.modalities, batch.paths, batch.texts, batch.external_ids)
+    for position, values in enumerate(fields):
+        if values is not None:
+            out.append([values[i] for i in rows])
+        elif before is not None:
+            out.append([row[position] for row in before])
+        else:
+            out.append(["image" if position == 0 else None] * len(rows))
+    return out[0], out[1], out[2], out[3]
+
+
+def _check_derived_ids(catalog, source: Source, plan: Plan, size: int) -> None:
+    """Each derived vector of an export folder belongs to an item of the import or of the index, once."""
+    known = set(plan.ids[plan.ids > 0].tolist()) if plan.ids is not None else set()
+    for kind, derived in source.derived.items():
+        ids = np.concatenate(
+            [b.ids if b.ids is not None else np.zeros(len(b), np.int64) for b in derived.batches(size, vectors=False)]
+            or [np.zeros(0, np.int64)]
+        )
+        if (ids == 0).any():
+            raise InputFileError(f"{derived.name}: {kind} rows need the id of the item they belong to")
+        _refuse_duplicates(ids, derived.name, "id")
+        outside = sorted(set(ids.tolist()) - known)
+        stored = catalog.content_hashes_for(outside)
+        missing = [i for i in outside if i not in stored]
+        if missing:
+            raise InputFileError(f"{derived.name}: id {missing[0]} is not an item of the import or the index")
+
+
+def _write_derived(store, kind: str, source: Source, size: int) -> int:
+    """An export's derived vectors (gallery inversions) for the items they belong to, replacing any stored."""
+    catalog, owner, written = store.catalog, DERIVED_OWNERS[kind], 0
+    dtype = np.dtype(catalog.vector_dtype())
+    for batch in _unit_batches(source, size, dtype):
+        ids = batch.ids.tolist()
+        rows = catalog.rows(ids)
+        wrong = [i for i in ids if rows[i].modality != owner]
+        if wrong:
+            raise InputFileError(f"{source.name}: id {wrong[0]} is not an {owner}; {kind} vectors belong to {owner}s")
+        catalog.set_derived(kind, ids, batch.vectors)
+        store.commit()
+        written += len(ids)
+    return written
+
+
+def _restore_inversion_records(store, source: Source) -> None:
+    """The settings the exported gallery inversions were made with, so that `cgx invert` keeps them."""
+    from crossgap_index.engines.build import GALLERY_INVERTED
+
+    for kind, _, record in GALLERY_INVERTED.values():
+        if kind in source.derived and record in source.inversions and getattr(store.manifest, record) is None:
+            setattr(store.manifest, record, source.inversions[record])
 
 
 def _unit_batches(source: Source, size: int, dtype: np.dtype) -> Iterator[Batch]:
     """The source's batches with unit rows in the shards' ``dtype``."""
     done = 0
     for batch in source.batches(size):
-        batch.vectors = unit_rows_as(batch.vectors, dtype, done, source.name)
+        batch.vectors = unit_rows_as(batch.vectors, dtype, done + 1, source.name)
         done += len(batch.vectors)
         yield batch
 
@@ -441,25 +486,6 @@ def imported_hash(item_id: int) -> str:
     return f"{IMPORTED_PREFIX}{item_id}"
 
 
-def _fresh_rows(catalog, ids: np.ndarray, name: str) -> np.ndarray:
-    """Which of ``ids`` are not stored yet; an id held by an item that was not imported is refused."""
-    stored = dict(
-        catalog.conn.execute(
-            "SELECT id, content_hash FROM items WHERE id BETWEEN ? AND ?", (int(ids.min()), int(ids.max()))
-        )
-    )
-    if not stored:
-        return np.ones(len(ids), bool)
-    held = np.fromiter((int(i) in stored for i in ids), bool, count=len(ids))
-    for i in ids[held]:
-        if stored[int(i)] != imported_hash(int(i)):
-            raise StoreError(
-                f"{name}: id {int(i)} belongs to an item of the index that was not imported; "
-                "give the rows other ids (an id column), or import into a new index"
-            )
-    return ~held
-
-
 def import_embeddings(
     index_path: Path,
     embeddings: Path,
@@ -479,6 +505,8 @@ def import_embeddings(
     canonical = parse_spec(model).canonical
     dim = model_dim(model)
     source = open_source(embeddings, meta)
+    if source.model is not None and source.model != canonical:
+        raise InputFileError(f"{embeddings}: exported from an index of model '{source.model}', not '{canonical}'")
     if source.rows and source.dim != dim:
         raise InputFileError(f"{embeddings}: {source.dim}-d embeddings, but model '{canonical}' makes {dim}-d vectors")
     store = None
@@ -498,8 +526,11 @@ def import_embeddings(
     try:
         with store.writing():
             report = import_source(store, source, progress)
-            if report.added or store.rebuilt:  # else nothing changed: not even the generation
+            if report.added or report.updated or report.derived or store.rebuilt:  # else not even the generation
                 began = time.perf_counter()
+                if report.updated or report.derived:  # vectors replaced in place: counts alone do not show it
+                    for name in store.indexes:
+                        store.rebuild(name)
                 store.save()  # the FAISS indexes, rebuilt once from the shards
                 report.index_seconds = time.perf_counter() - began
     finally:

@@ -190,7 +190,7 @@ def _invert(
         features = torch.compile(features)
     precision = config.precision_on(device)
     dtype = dtype_of(precision)
-    chunk = lane if precision == "bf16" else config.batch_size
+    chunk = _chunk_rows(config, device, lane)
     out = []
     for first in range(0, len(targets), chunk):
         batch = slice(first, first + chunk)
@@ -209,6 +209,19 @@ def _invert(
     if snapshots is None:
         return _stack([batch[steps] for batch in out], targets.shape[1])
     return {s: _stack([batch[s] for batch in out], targets.shape[1]) for s in snapshots}
+
+
+def _chunk_rows(config: InversionConfig, device: torch.device, lane: int) -> int:
+    """Queries inverted together: ``lane`` rows in bf16 (batch-independent rounding), else ``batch_size``."""
+    return lane if config.precision_on(device) == "bf16" else config.batch_size
+
+
+def progress_total(n: int, config: InversionConfig, device: torch.device, direction: str) -> int:
+    """The step count ``progress`` reaches when ``n`` queries invert (``direction`` oti or ovi): each chunk
+    of queries runs all its steps, one chunk after another."""
+    steps, lane = (config.oti_steps, OTI_LANE) if direction == "oti" else (config.ovi_steps, OVI_LANE)
+    chunk = _chunk_rows(config, device, lane)
+    return -(-n // chunk) * steps
 
 
 def _stack(parts: list[torch.Tensor], dim: int) -> np.ndarray:

@@ -68,8 +68,19 @@ def resolve_device(device: str = "auto") -> torch.device:
     check_device(device)
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ModelUnavailableError("--device cuda was asked for, but torch sees no CUDA device")
+    kind, _, number = device.partition(":")
+    if kind == "cuda":
+        if not torch.cuda.is_available():
+            raise ModelUnavailableError(f"--device {device} was asked for, but torch sees no CUDA device")
+        if number and int(number) >= torch.cuda.device_count():
+            count = torch.cuda.device_count()
+            raise ModelUnavailableError(
+                f"--device {device}: torch sees {count} CUDA device(s), cuda:0 to cuda:{count - 1}"
+            )
+    if kind == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ModelUnavailableError(f"--device {device} was asked for, but this torch has no MPS (Apple GPU) device")
+    if kind == "xpu" and not (hasattr(torch, "xpu") and torch.xpu.is_available()):
+        raise ModelUnavailableError(f"--device {device} was asked for, but torch sees no XPU device")
     return torch.device(device)
 
 

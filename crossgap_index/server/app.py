@@ -12,6 +12,7 @@ from crossgap_index import __version__
 from crossgap_index.api import CrossGapIndex
 from crossgap_index.server import (
     routes_admin,
+    routes_clip,
     routes_duplicates,
     routes_gallery,
     routes_items,
@@ -61,6 +62,7 @@ def create_app(index: CrossGapIndex, settings: ServeSettings | None = None) -> F
         routes_gallery.router,
         routes_admin.router,
         routes_page.router,
+        routes_clip.router,
     ):
         app.include_router(router)
     install_docs(app)
@@ -73,7 +75,7 @@ def create_app(index: CrossGapIndex, settings: ServeSettings | None = None) -> F
         chunk_timeout_s=settings.body_timeout_s,
         per_path=body_limits(settings),
     )
-    app.add_middleware(WriteContentType)
+    app.add_middleware(WriteContentType, untyped_reads=routes_clip.UNTYPED_READ_PATHS)
     app.add_middleware(TokenAuth, token=settings.token)
     app.add_middleware(HostCheck, token=settings.token)
     app.add_middleware(RequestMetrics, metrics=metrics)
@@ -86,6 +88,7 @@ def body_limits(settings: ServeSettings) -> dict[str, int]:
     one_query = max((settings.max_upload_bytes + 2) // 3 * 4, 8192 * 32, settings.max_text_chars * 12) + slack
     texts = settings.max_texts * (settings.max_text_chars * 12 + 1024) + slack  # \uXXXX escapes, an id each
     caps = {"/search": one_query, "/search/batch": one_query * settings.max_batch_queries, "/texts": texts}
+    caps |= {"/knn-service": one_query, "/metadata": slack + settings.max_k * 32}  # clip-retrieval's protocol
     return {path: min(cap, settings.max_request_bytes) for path, cap in caps.items()}
 
 
@@ -99,7 +102,7 @@ def _document_bodies(app: FastAPI) -> None:
             return app.openapi_schema
         schema = build()
         components = schema.setdefault("components", {}).setdefault("schemas", {})
-        for model in (BatchSearchRequest, AddTextsRequest):
+        for model in (BatchSearchRequest, AddTextsRequest, routes_clip.KnnRequest, routes_clip.MetadataRequest):
             doc = model.model_json_schema(ref_template="#/components/schemas/{model}")
             components.update(doc.pop("$defs", {}))
             components[model.__name__] = doc

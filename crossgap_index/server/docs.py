@@ -1,8 +1,11 @@
-"""GET /docs: Swagger UI served from the package ``swagger-ui-bundle`` (no CDN: it works offline and
-loads nothing from third parties). Without that package /docs is left out and /openapi.json remains."""
+"""GET /docs: Swagger UI from the assets the package ``fastapi-offline`` ships (Swagger UI 5, which reads the
+OpenAPI 3.1 document FastAPI writes; no CDN: it works offline and loads nothing from third parties). Only
+the asset files are used, found without importing the package. Without them /docs is left out and
+/openapi.json remains."""
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 from fastapi import FastAPI
@@ -12,18 +15,20 @@ from fastapi.responses import FileResponse, HTMLResponse
 ASSETS = {
     "swagger-ui-bundle.js": "text/javascript",
     "swagger-ui.css": "text/css",
-    "favicon-32x32.png": "image/png",
+    "favicon.png": "image/png",
 }
 
 
 def assets_dir() -> Path | None:
-    """Where swagger-ui-bundle keeps Swagger UI's files, or None when it is not installed."""
-    try:
-        from swagger_ui_bundle import swagger_ui_path
-    except ImportError:
+    """Where fastapi-offline keeps Swagger UI's files, or None when it is not installed."""
+    spec = importlib.util.find_spec("fastapi_offline")
+    if spec is None or not spec.submodule_search_locations:
         return None
-    folder = Path(str(swagger_ui_path))
-    return folder if all((folder / name).is_file() for name in ASSETS) else None
+    for location in spec.submodule_search_locations:
+        folder = Path(location) / "static"
+        if all((folder / name).is_file() for name in ASSETS):
+            return folder
+    return None
 
 
 def install_docs(app: FastAPI) -> bool:
@@ -39,7 +44,7 @@ def install_docs(app: FastAPI) -> bool:
             title=f"{app.title} API",
             swagger_js_url="/docs/assets/swagger-ui-bundle.js",
             swagger_css_url="/docs/assets/swagger-ui.css",
-            swagger_favicon_url="/docs/assets/favicon-32x32.png",
+            swagger_favicon_url="/docs/assets/favicon.png",
             oauth2_redirect_url=None,
         )
 

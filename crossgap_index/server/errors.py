@@ -51,7 +51,11 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(CrossGapError)
     async def _library_error(request: Request, exc: CrossGapError) -> JSONResponse:
-        return error_response(status_of(exc), str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        service = getattr(request.app.state, "service", None)
+        if service is not None:  # clients see the index by its folder name, not where it lies on the server
+            message = message.replace(str(service.index.path), f"'{service.index.path.name}'")
+        return error_response(status_of(exc), message)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -89,15 +89,20 @@ def host_name(value: bytes) -> str | None:
 class WriteContentType:
     """Requests that may change state (every method but GET, HEAD, OPTIONS) must say they carry JSON or a
     multipart form: a cross-site form or ``fetch`` without CORS can send neither, so no page can make
-    this server act on a plain-text body (415)."""
+    this server act on a plain-text body (415). ``untyped_reads``: POST routes that only read and take a body
+    that declares no type at all as JSON (clients that send none, such as clip-retrieval's)."""
 
-    def __init__(self, app: ASGIApp):
+    def __init__(self, app: ASGIApp, untyped_reads: frozenset[str] = frozenset()):
         self.app = app
+        self.untyped_reads = untyped_reads
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] in SAFE_METHODS:
             return await self.app(scope, receive, send)
-        declared = dict(scope["headers"]).get(b"content-type", b"").split(b";")[0].strip().lower()
+        headers = dict(scope["headers"])
+        if b"content-type" not in headers and scope["path"] in self.untyped_reads:
+            return await self.app(scope, receive, send)
+        declared = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
         if declared.decode("latin-1") not in WRITE_TYPES:
             return await send_error(send, 415, "send application/json or multipart/form-data")
         await self.app(scope, receive, send)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Path
+from fastapi import Depends, Path, Query
 
 from crossgap_index.server.errors import ApiError
 
@@ -23,3 +23,10 @@ def item_id(
 
 
 ItemId = Annotated[int, Depends(item_id)]
+
+
+# A page's start in /browse: an id, or 0 for the first page; bounded so a 23-digit value is a 422, not a 500
+# (SQLite integers stop at 2**63 - 1).
+BrowseAfter = Annotated[
+    int, Query(ge=0, le=MAX_ID, description="Only images with a larger id (the previous page's last).")
+]

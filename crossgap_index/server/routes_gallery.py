@@ -10,6 +10,7 @@ from fastapi.responses import Response
 
 from crossgap_index.server.deps import Service
 from crossgap_index.server.models import ErrorOut
+from crossgap_index.server.params import BrowseAfter
 
 router = APIRouter(tags=["items"])
 
@@ -36,7 +37,7 @@ async def get_item_thumbnail(item_id: ItemId, service: Service) -> Response:
 @router.get("/browse", responses={code: {"model": ErrorOut} for code in (401, 422)})
 async def browse(
     service: Service,
-    after: Annotated[int, Query(ge=0, description="Only images with a larger id (the previous page's last).")] = 0,
+    after: BrowseAfter = 0,
     limit: Annotated[int, Query(ge=1, le=MAX_BROWSE, description="Images per page.")] = 48,
 ) -> dict[str, Any]:
     """Stored images by id, a page at a time: ``next_after`` continues, null at the end."""

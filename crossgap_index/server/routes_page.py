@@ -27,6 +27,12 @@ async def page(request: Request) -> Response:
     return FileResponse(STATIC / "index.html", media_type="text/html")
 
 
+@router.get("/favicon.ico")
+async def favicon() -> Response:
+    """No icon: 204 rather than a 404 in every browser's console and the server's log."""
+    return Response(status_code=204)
+
+
 @router.get("/static/app.js")
 async def script() -> FileResponse:
     return FileResponse(STATIC / "app.js", media_type="text/javascript")

@@ -132,7 +132,8 @@ class SearchService:
         if request.k > s.max_k:
             raise ApiError(400, f"k={request.k} is over the limit of {s.max_k}")
         if request.mode not in MODE_NAMES:
-            raise ApiError(400, f"unknown mode '{request.mode}': use one of {', '.join(MODE_NAMES)}")
+            named = ", ".join((*BASE_MODE_NAMES, *PEER_NAMES))
+            raise ApiError(400, f"unknown mode '{request.mode}': use {named}, or BASE+POST (GET /info lists all)")
         if request.steps is not None and request.steps > s.max_steps:
             raise ApiError(400, f"steps={request.steps} is over the limit of {s.max_steps}")
         if request.expression is not None and len(request.expression) > s.max_text_chars:

@@ -67,6 +67,10 @@ _COMMON = (
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
     "CREATE TABLE IF NOT EXISTS shards (stream TEXT NOT NULL, number INTEGER NOT NULL, "
     "rows INTEGER NOT NULL, crc32 INTEGER NOT NULL, PRIMARY KEY (stream, number))",
+    # Files a build could not use, with the stat and read limits they failed under: an unchanged one is not
+    # read again. A table of its own (made on any writable open), so older releases read the catalog as before.
+    "CREATE TABLE IF NOT EXISTS failed_files (path TEXT PRIMARY KEY, size INTEGER NOT NULL, "
+    "mtime_ns INTEGER NOT NULL, limits TEXT NOT NULL, reason TEXT NOT NULL)",
 )
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 DEFAULT_DTYPE = "float32"
@@ -196,6 +200,13 @@ class Catalog:
         against."""
         self._flush_shards()
         self.set_meta("generation", str(self.generation + 1))
+        self.conn.commit()
+
+    def commit_bookkeeping(self) -> None:
+        """Commit rows that change no vector and no search result (a touched file's stat, an imported row's
+        file hash, failure records): the generation stays, so FAISS files and derived collections stay current."""
+        if self._shards is not None and self._shards.has_pending_rows():
+            raise StoreError(f"{self.path}: vectors are queued; they are committed by commit()")
         self.conn.commit()
 
     def rollback(self) -> None:
@@ -403,8 +414,153 @@ class Catalog:
             (hash_prefix, first, json.dumps(np.asarray(ids, np.int64).tolist())),
         )
 
+    # -- imports: rows under given ids, replaced in place (ingest/embeddings.py) ----------------
+    def max_item_id(self) -> int:
+        """The largest id the index has ever held (removed items' ids included: they are never reused)."""
+        largest = self.conn.execute("SELECT COALESCE(MAX(id), 0) FROM items").fetchone()[0]
+        seq = self.conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'items'").fetchone()
+        return max(int(largest), int(seq[0]) if seq else 0)
+
+    def ids_exhausted(self) -> bool:
+        """Whether SQLite's AUTOINCREMENT has handed out its last id (2**63 - 1): every later insert of a row
+        without an id then fails with SQLITE_FULL, which is not a full disk."""
+        return self.max_item_id() >= 2**63 - 1
+
+    def built_ids_between(self, first: int, last: int, hash_prefix: str) -> int:
+        """How many items with ids ``first``..``last`` were not imported (their content hash is not
+        ``hash_prefix`` + id): ids an interrupted import may not take up again."""
+        sql = "SELECT COUNT(*) FROM items WHERE id BETWEEN ? AND ? AND content_hash != ? || id"
+        return int(self.conn.execute(sql, (first, last, hash_prefix)).fetchone()[0])
+
+    def content_hashes_for(self, ids: Sequence[int]) -> dict[int, str]:
+        """Content hashes of those of ``ids`` that are stored (any number of them: queried in chunks)."""
+        found: dict[int, str] = {}
+        wanted = [int(i) for i in ids]
+        for first in range(0, len(wanted), _ID_CHUNK):
+            chunk = wanted[first : first + _ID_CHUNK]
+            marks = ",".join("?" * len(chunk))
+            found.update(self.conn.execute(f"SELECT id, content_hash FROM items WHERE id IN ({marks})", chunk))
+        return found
+
+    def ids_of_paths(self, paths: Sequence[str]) -> dict[str, tuple[int, str]]:
+        """(id, content hash) of the stored images among ``paths``."""
+        found: dict[str, tuple[int, str]] = {}
+        wanted = [path_to_db(p) for p in paths]
+        for first in range(0, len(wanted), _ID_CHUNK):
+            chunk = wanted[first : first + _ID_CHUNK]
+            marks = ",".join("?" * len(chunk))
+            sql = f"SELECT path, id, content_hash FROM items WHERE modality = 'image' AND path IN ({marks})"
+            found.update((path_from_db(r[0]), (r[1], r[2])) for r in self.conn.execute(sql, chunk))
+        return found
+
+    def stored_rows(self, ids: Sequence[int]) -> dict[int, tuple[str, str | None, str | None, str | None]]:
+        """(modality, path, text, external id) of those of ``ids`` that are stored."""
+        found = {}
+        wanted = [int(i) for i in ids]
+        for first in range(0, len(wanted), _ID_CHUNK):
+            chunk = wanted[first : first + _ID_CHUNK]
+            marks = ",".join("?" * len(chunk))
+            sql = f"SELECT id, modality, path, text, external_id FROM items WHERE id IN ({marks})"
+            found.update((r[0], (r[1], path_from_db(r[2]), r[3], r[4])) for r in self.conn.execute(sql, chunk))
+        return found
+
+    def add_imported_rows(
+        self,
+        ids: Sequence[int],
+        vectors: np.ndarray,
+        content_hashes: Sequence[str],
+        modalities: Sequence[str],
+        paths: Sequence[str | None],
+        texts: Sequence[str | None],
+        external_ids: Sequence[str | None],
+    ) -> None:
+        """Rows of either modality under given ids (an import's rows with metadata): one shard append, one
+        executemany. The rows carry no file stat (size, mtime 0: not read from files here)."""
+        first = self._append(ITEMS_STREAM, vectors)
+        rows = zip(
+            [int(i) for i in ids],
+            modalities,
+            [path_to_db(p) if p is not None else None for p in paths],
+            texts,
+            external_ids,
+            content_hashes,
+            range(first, first + len(ids)),
+            strict=True,
+        )
+        self.conn.executemany(
+            "INSERT INTO items (id, modality, path, text, external_id, content_hash, size, mtime_ns, slot) "
+            "VALUES (?, ?, ?, ?, ?, ?, 0, 0, ?)",
+            rows,
+        )
+
+    def replace_imported_rows(
+        self,
+        ids: Sequence[int],
+        vectors: np.ndarray,
+        modalities: Sequence[str],
+        paths: Sequence[str | None],
+        texts: Sequence[str | None],
+        external_ids: Sequence[str | None],
+        new_vectors: Sequence[bool],
+    ) -> None:
+        """Stored rows given new metadata and, where ``new_vectors``, a new vector (appended; the old one is a
+        dead shard row) whose derived vectors are dropped with the old one."""
+        changed = [j for j, flag in enumerate(new_vectors) if flag]
+        slots: dict[int, int] = {}
+        if changed:
+            first = self._append(ITEMS_STREAM, np.asarray(vectors)[changed])
+            slots = {int(ids[j]): first + n for n, j in enumerate(changed)}
+            self.conn.executemany("DELETE FROM derived_vectors WHERE item_id = ?", [(int(ids[j]),) for j in changed])
+        self.conn.executemany(
+            "UPDATE items SET modality = ?, path = ?, text = ?, external_id = ?, slot = COALESCE(?, slot) WHERE id = ?",
+            [
+                (m, path_to_db(p) if p is not None else None, t, e, slots.get(int(i)), int(i))
+                for i, m, p, t, e in zip(ids, modalities, paths, texts, external_ids, strict=True)
+            ],
+        )
+
     def update_stat(self, item_id: int, size: int, mtime_ns: int) -> None:
         self.conn.execute("UPDATE items SET size = ?, mtime_ns = ? WHERE id = ?", (size, mtime_ns, item_id))
+
+    def replace_image(self, item_id: int, content_hash: str, size: int, mtime_ns: int, vector: np.ndarray) -> None:
+        """An edited file: the item keeps its id, path and caption; its vector (a new slot), hash and stat are
+        replaced, and what was derived from the old vector (gallery inversions) is deleted, to be made again."""
+        slot = self._append(ITEMS_STREAM, vector)
+        self.conn.execute(
+            "UPDATE items SET content_hash = ?, size = ?, mtime_ns = ?, slot = ? WHERE id = ?",
+            (content_hash, size, mtime_ns, slot, int(item_id)),
+        )
+        self.conn.execute("DELETE FROM derived_vectors WHERE item_id = ?", (int(item_id),))
+
+    def move_image(self, item_id: int, path: str, size: int, mtime_ns: int) -> None:
+        """A moved or renamed file with the same content: the item keeps its id and vector under the new path."""
+        self.conn.execute(
+            "UPDATE items SET path = ?, size = ?, mtime_ns = ? WHERE id = ?",
+            (path_to_db(path), size, mtime_ns, int(item_id)),
+        )
+
+    def adopt_file(self, item_id: int, size: int, mtime_ns: int) -> None:
+        """An imported row's file, seen by a build: its stat is recorded (its content hash, the import's, and
+        its vector stay), so later builds see it unchanged, and a change to the file from then on is an edit."""
+        self.conn.execute("UPDATE items SET size = ?, mtime_ns = ? WHERE id = ?", (size, mtime_ns, int(item_id)))
+
+    # -- files a build could not use ---------------------------------------------------------
+    def failed_files(self) -> dict[str, tuple[int, int, str, str]]:
+        """path -> (size, mtime_ns, limits, reason) of files that failed to decode at that stat."""
+        if "failed_files" not in self._tables():  # a read-only catalog older than the table
+            return {}
+        rows = self.conn.execute("SELECT path, size, mtime_ns, limits, reason FROM failed_files")
+        return {path_from_db(r[0]): tuple(r[1:]) for r in rows}
+
+    def record_failures(self, failures: Iterable[tuple[str, int, int, str, str]]) -> None:
+        """Remember (path, size, mtime_ns, limits, reason) of files that failed (committed by the caller)."""
+        self.conn.executemany(
+            "INSERT OR REPLACE INTO failed_files (path, size, mtime_ns, limits, reason) VALUES (?, ?, ?, ?, ?)",
+            [(path_to_db(p), *rest) for p, *rest in failures],
+        )
+
+    def forget_failures(self, paths: Iterable[str]) -> None:
+        self.conn.executemany("DELETE FROM failed_files WHERE path = ?", [(path_to_db(p),) for p in paths])
 
     def add_text(self, text: str, content_hash: str, external_id: str | None, vector: np.ndarray) -> int:
         slot = self._append(ITEMS_STREAM, vector)

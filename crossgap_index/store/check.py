@@ -6,7 +6,9 @@ against the catalog's record (``--repair`` writes a damaged shard again only fro
 uncompressed FAISS file, store/recover.py; else it is reported with what to do), every stored vector
 unit-norm, each
 FAISS file present, matching the manifest's size and crc32 and generation, holding exactly the
-catalog's ids (and, for exact indexes, the catalog's vectors), and that indexed image files exist.
+catalog's ids (and, for exact indexes, the catalog's vectors), each id on its own vector (an IVF's lists
+numbered as its id table says, and a sampled self-search: a stored vector read from the shards finds its
+own id), and that indexed image files exist.
 """
 
 from __future__ import annotations
@@ -21,11 +23,26 @@ import numpy as np
 from crossgap_index.store.catalog import header_shortfall, wal_has_frames
 from crossgap_index.store.compact import remove_unrecorded, shard_use
 from crossgap_index.store.directory import DERIVED, SHARD_ADVICE, Store
+from crossgap_index.store.prune import is_reference
 from crossgap_index.store.shards import ShardRecord
-from crossgap_index.store.vectors import VectorIndex, file_record
+from crossgap_index.store.vectors import VectorIndex, file_record, read_verified
 
 NORM_TOLERANCE = 1e-3
 VECTOR_TOLERANCE = 1e-5
+# The self-search: this many stored vectors (seeded sample), searched in chunks of SELF_SEARCH_CHUNK, must
+# find their own ids; its cost is one search of the sample, bounded whatever the index's size.
+SELF_SEARCH_SAMPLE = 512
+SELF_SEARCH_CHUNK = 128
+SELF_SEARCH_SEED = 20261207
+# Where the index holds the vectors themselves and finds the nearest exactly (Flat; IVF-Flat probing its
+# own list first), a vector's own id is among the best-scored (ties: equal vectors) of SELF_SEARCH_EXACT_K.
+SELF_SEARCH_EXACT_K = 32
+SELF_SCORE_TOLERANCE = 1e-4
+# Elsewhere (codes, graphs) the search is approximate: a vector's own id must be among as many candidates
+# as search/ranking.py re-scores exactly, and a few misses are the approximation, not a wrong id: ids moved
+# onto other vectors miss far more than this fraction of the sample.
+SELF_SEARCH_CANDIDATES = 100
+SELF_SEARCH_APPROXIMATE_MISSES = 0.05
 
 
 @dataclass
@@ -75,7 +92,7 @@ def _check(store: Store, repair: bool, files: bool) -> CheckReport:
     repaired += shard_repairs
     for name in store.manifest.factories if not shard_problems else ():
         problems += _vector_norm_problems(store, name)
-    derived = {name: _faiss_problem(store, name) for name in store.manifest.factories}
+    derived = {name: _faiss_problem(store, name, not shard_problems) for name in store.manifest.factories}
     repaired += [f"{name}.faiss: rebuilt from the catalog on open" for name in store.rebuilt if not derived[name]]
     broken = [name for name, problem in derived.items() if problem and not shard_problems]
     if not repair:  # a killed writer leaves the files a generation behind: nothing is lost, the next open rebuilds
@@ -93,7 +110,7 @@ def _check(store: Store, repair: bool, files: bool) -> CheckReport:
                 store.rebuild(name)
             store.save()
         for name in broken:
-            after = _faiss_problem(store, name)
+            after = _faiss_problem(store, name, True)
             if after:
                 problems.append(f"{name}.faiss: {after} (still, after repair)")
             else:
@@ -102,7 +119,9 @@ def _check(store: Store, repair: bool, files: bool) -> CheckReport:
         problems += [f"{name}.faiss: {derived[name]}" for name in broken]
     missing: list[str] = []
     if files:
-        missing = sorted(r.path for r in catalog.images().values() if not os.path.isfile(r.path))
+        missing = sorted(
+            r.path for r in catalog.images().values() if not is_reference(r.path) and not os.path.isfile(r.path)
+        )
         if missing:
             problems.append(f"{len(missing)} indexed image files are gone (`cgx remove --missing` prunes them)")
     return CheckReport(
@@ -170,8 +189,10 @@ def _current_record(store: Store, record: ShardRecord) -> ShardRecord:
     return next(r for r in store.catalog.shard_records() if (r.stream, r.number) == (record.stream, record.number))
 
 
-def _faiss_problem(store: Store, name: str) -> str | None:
-    """What is wrong with one FAISS file on disk, judged against the manifest and the catalog; None: sound."""
+def _faiss_problem(store: Store, name: str, read_shards: bool) -> str | None:
+    """What is wrong with one FAISS file on disk, judged against the manifest and the catalog; None: sound.
+    ``read_shards``: also compare it with the shards' vectors (only when they are sound): an exact file's
+    every vector, and the self-search."""
     path = store.path / f"{name}.faiss"
     manifest, catalog = store.manifest, store.catalog
     if not path.is_file():
@@ -189,15 +210,18 @@ def _faiss_problem(store: Store, name: str) -> str | None:
         return f"size {actual['size']} bytes, the manifest records {expected['size']} (truncated or replaced)"
     if actual["crc32"] != expected["crc32"]:
         return "checksum differs from the manifest (damaged)"
-    index = VectorIndex.load(path, manifest.dim, manifest.factories[name], expected)
-    if index is None:
-        return "FAISS cannot read it"
+    read, why = read_verified(path, manifest.dim, expected)
+    if read is None:
+        return why
+    index = VectorIndex(manifest.dim, manifest.factories[name], read, mapped=True)
     stored_ids = _catalog_ids(store, name)
     if index.ntotal != len(stored_ids):
         return f"holds {index.ntotal} vectors, the catalog {len(stored_ids)}"
     faiss_ids = np.sort(faiss.vector_to_array(index.index.id_map))
     if not np.array_equal(faiss_ids, stored_ids):
         return "holds other ids than the catalog"
+    if not read_shards:
+        return None
     inner = faiss.downcast_index(index.index.index)
     if isinstance(inner, faiss.IndexFlat) and index.ntotal:
         # a chunk at a time (memory: one chunk of each side, not two copies of every vector): the k-th
@@ -209,7 +233,44 @@ def _faiss_problem(store: Store, name: str) -> str | None:
             if not np.allclose(held, vectors, atol=VECTOR_TOLERANCE):
                 return "holds other vectors than the catalog"
             done += len(ids)
-    return None
+        return None  # every id's own vector compared exactly: more than a self-search of a sample shows
+    return _self_search_problem(store, name, index, stored_ids)
+
+
+def _self_search_problem(store: Store, name: str, index: VectorIndex, stored_ids: np.ndarray) -> str | None:
+    """A seeded sample of stored vectors, read from the shards, searched in the index: each must find its own
+    id (see the SELF_SEARCH constants). None when they do."""
+    if not len(stored_ids):
+        return None
+    rng = np.random.default_rng(SELF_SEARCH_SEED)
+    sample = np.sort(rng.choice(stored_ids, min(len(stored_ids), SELF_SEARCH_SAMPLE), replace=False))
+    exact = _searches_exactly(index)
+    k = SELF_SEARCH_EXACT_K if exact else SELF_SEARCH_CANDIDATES
+    missed: list[np.ndarray] = []
+    for start in range(0, len(sample), SELF_SEARCH_CHUNK):
+        ids = sample[start : start + SELF_SEARCH_CHUNK]
+        scores, found = index.search(store.catalog_vectors(name, ids), k)
+        own = found == ids[:, None]
+        if exact:  # its own id, scored as well as the best (an equal vector may come first)
+            own &= scores >= scores[:, :1] - SELF_SCORE_TOLERANCE
+        tied = scores[:, -1] >= scores[:, 0] - SELF_SCORE_TOLERANCE  # all k equal vectors: its own may be further
+        missed.append(ids[~(own.any(axis=1) | tied)])
+    lost = np.concatenate(missed)
+    allowed = 0 if exact else int(SELF_SEARCH_APPROXIMATE_MISSES * len(sample))
+    if len(lost) <= allowed:
+        return None
+    return (
+        f"ids no longer match their vectors: {len(lost)} of {len(sample)} sampled stored vectors do not find "
+        f"their own id (item {lost[0]} first)"
+    )
+
+
+def _searches_exactly(index: VectorIndex) -> bool:
+    """Flat, or IVF-Flat over a flat quantizer: vectors held as they are, a vector's own list probed first."""
+    inner = faiss.downcast_index(index.index.index)
+    if isinstance(inner, faiss.IndexIVFFlat):
+        return isinstance(faiss.downcast_index(inner.quantizer), faiss.IndexFlat)
+    return isinstance(inner, faiss.IndexFlat)
 
 
 def _catalog_ids(store: Store, name: str) -> np.ndarray:

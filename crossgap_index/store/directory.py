@@ -98,6 +98,7 @@ class Store:
         self._pending: list[tuple[str, str, np.ndarray, np.ndarray | None]] = []
         self._loaded_generation = -1
         self._removed = False  # items were removed since the last save: it looks for shards to compact
+        self._for_check = False  # opened for `check`: damaged shards leave a collection empty, not refused
 
     @classmethod
     def create(
@@ -130,11 +131,13 @@ class Store:
         return store
 
     @classmethod
-    def open(cls, path: Path, readonly: bool | None = None) -> Store:
+    def open(cls, path: Path, readonly: bool | None = None, for_check: bool = False) -> Store:
         """Open an index; FAISS files that fail verification are rebuilt in memory (and saved again when
         the directory is writable and no writer is busy). ``readonly`` None: decided by whether the
         directory can be written; True: nothing is written. An index of the previous layout (vectors in
-        the catalog) is migrated to shards here when writable, and served as it is when not."""
+        the catalog) is migrated to shards here when writable, and served as it is when not.
+        ``for_check``: short or missing shards are not refused (`cgx check` reports them, and ``--repair``
+        writes them again); a collection that would be rebuilt from them is left empty in memory."""
         if path.exists() and not path.is_dir():
             raise StoreError(f"{path} is a file, not an index directory")
         manifest = Manifest.load(path)
@@ -145,10 +148,12 @@ class Store:
         catalog = Catalog(path / CATALOG_NAME, readonly=readonly)
         try:
             store = cls(path, manifest, catalog, {}, readonly)
+            store._for_check = for_check
             store._check_dim()
             if catalog.legacy and not readonly:
                 store._migrate()
-            store._check_shards()
+            if not for_check:
+                store._check_shards()
             if not readonly:
                 store._remove_unrecorded()
             store._load_indexes()
@@ -231,8 +236,13 @@ class Store:
 
     def _rebuilt_index(self, name: str, factory: str) -> faiss.Index:
         """A collection's FAISS index built from its verified shards (when its file cannot be used)."""
-        self.verify_vectors(name)
         fresh = VectorIndex(self.manifest.dim, factory)
+        try:
+            self.verify_vectors(name)
+        except StoreError:
+            if self._for_check:
+                return fresh.index  # `check` reports the shard; nothing is searched here
+            raise
         fresh.build_chunked(self.stored_count(name), lambda: self.vector_chunks(name))
         if name not in self.introduced:  # a collection new to this index is made, not repaired
             self.rebuilt.append(name)
@@ -283,6 +293,11 @@ class Store:
                 if self._write_depth == 1:
                     self.catalog.rollback()
                     self._pending.clear()
+                if is_disk_full(exc) and not isinstance(exc, DiskFullError) and self.catalog.ids_exhausted():
+                    raise StoreError(  # SQLite says SQLITE_FULL when AUTOINCREMENT has no id left to give
+                        f"the index at {self.path} holds id 2**63 - 1, the largest SQLite has, so no new item can "
+                        "get an id (the disk is not full); add new items to a new index (imports now stop at 2**53 - 1)"
+                    ) from exc
                 if is_disk_full(exc) and not isinstance(exc, DiskFullError):
                     raise DiskFullError(
                         f"disk full while writing the index at {self.path}: free some space and re-run "
@@ -326,6 +341,14 @@ class Store:
         self.catalog.remove(ids)
         self._pending.append(("remove", "", np.asarray(ids, np.int64), None))
         self._removed = True
+
+    def replace(self, name: str, ids: list[int], vectors: np.ndarray) -> None:
+        """Index new vectors under ids whose catalog rows the caller has rewritten (edited files keep their ids):
+        at commit the old vectors leave every FAISS index (the derived ones too) and the new ones join ``name``."""
+        if len(ids):
+            ids = np.asarray(ids, np.int64)
+            self._pending.append(("remove", "", ids, None))
+            self._pending.append(("add", name, ids, np.asarray(vectors, np.float32)))
 
     def commit(self) -> None:
         """Commit the catalog and apply the pending FAISS changes, as one step for readers."""

@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable
 from pathlib import Path
 
 from crossgap_index.errors import StoreError
 from crossgap_index.store.catalog import Catalog
+
+MAX_ID = 2**63 - 1  # SQLite's largest integer
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def is_reference(path: str) -> bool:
+    """Whether a stored path is a URL (http://, https://, s3://, gs://, ...): an imported row's reference to
+    where its content lives, not a local file, so it is never "missing" (`cgx check`, `remove --missing`)."""
+    return bool(_URL.match(path))
 
 
 def select_for_removal(
@@ -18,10 +28,14 @@ def select_for_removal(
     missing: bool = False,
 ) -> list[int]:
     """Ids to remove, sorted. An id that is not stored, or a path under which nothing is indexed, is an
-    error (a typo must not pass silently), raised before anything is removed."""
+    error (a typo must not pass silently), raised before anything is removed. ``missing``: image files that
+    are gone (URL paths are references, not files, and are kept)."""
     chosen: set[int] = set()
     if ids is not None:
         wanted = {int(i) for i in ids}
+        outside = sorted(i for i in wanted if not 1 <= i <= MAX_ID)
+        if outside:
+            raise StoreError(f"no item with id {outside[0]}: ids are integers 1..{MAX_ID} (2**63 - 1)")
         stored = {row.id for row in catalog.rows(sorted(wanted)).values()}
         unknown = sorted(wanted - stored)
         if unknown:
@@ -36,7 +50,7 @@ def select_for_removal(
             raise StoreError(f"nothing indexed at or under {_printable(target)}")
         chosen |= matched
     if missing:
-        chosen |= {r.id for p, r in images.items() if not os.path.isfile(p)}
+        chosen |= {r.id for p, r in images.items() if not is_reference(p) and not os.path.isfile(p)}
     return sorted(chosen)
 
 

@@ -69,17 +69,37 @@ def _held_vectors(store: Store, name: str, ids: np.ndarray) -> np.ndarray:
     index = VectorIndex.load(store.path / where, manifest.dim, manifest.factories[name], expected, count)
     if index is None:
         raise StoreError(f"{where} is missing, stale or damaged: it cannot restore the shard ({_ADVICE})")
+    table = faiss.vector_to_array(index.index.id_map)
+    order = np.argsort(table, kind="stable")
+    at = np.searchsorted(table, ids, sorter=order)
+    held = (at < len(table)) & (table[order[np.minimum(at, len(table) - 1)]] == ids)
+    if not held.all():
+        raise StoreError(f"{where} does not hold item {ids[~held][0]}: it cannot restore the shard ({_ADVICE})")
+    positions = order[at]
     inner = faiss.downcast_index(index.index.index)
-    if not isinstance(inner, faiss.IndexFlat | faiss.IndexIVFFlat):
-        raise StoreError(f"{where} holds compressed codes, not the vectors: it cannot restore the shard ({_ADVICE})")
-    position = {int(i): p for p, i in enumerate(faiss.vector_to_array(index.index.id_map))}
-    missing = [int(i) for i in ids if int(i) not in position]
-    if missing:
-        raise StoreError(f"{where} does not hold item {missing[0]}: it cannot restore the shard ({_ADVICE})")
+    if isinstance(inner, faiss.IndexFlat):
+        return inner.reconstruct_batch(positions)
     if isinstance(inner, faiss.IndexIVFFlat):
-        inner = faiss.downcast_index(faiss.deserialize_index(faiss.serialize_index(inner)))  # owned, not mapped
-        inner.make_direct_map()
-    return np.stack([inner.reconstruct(position[int(i)]) for i in ids])
+        return _ivf_flat_rows(inner, positions)
+    raise StoreError(f"{where} holds compressed codes, not the vectors: it cannot restore the shard ({_ADVICE})")
+
+
+def _ivf_flat_rows(ivf: faiss.IndexIVFFlat, positions: np.ndarray) -> np.ndarray:
+    """The float32 vectors an IVF-Flat holds at ``positions``, read from its lists' codes (an IVF-Flat code is
+    the vector itself) where they lie, mapped or not: one pass over the lists' ids, no copy of the index."""
+    row_of = np.full(int(ivf.ntotal), -1, np.int64)
+    row_of[positions] = np.arange(len(positions))
+    out = np.empty((len(positions), ivf.d), np.float32)
+    for number in range(ivf.nlist):
+        size = ivf.invlists.list_size(number)
+        if not size:
+            continue
+        rows = row_of[faiss.rev_swig_ptr(ivf.invlists.get_ids(number), size)]
+        wanted = rows >= 0
+        if wanted.any():
+            codes = faiss.rev_swig_ptr(ivf.invlists.get_codes(number), size * ivf.code_size)
+            out[rows[wanted]] = codes.view(np.float32).reshape(size, ivf.d)[wanted]
+    return out
 
 
 _ADVICE = "restore the index directory from a backup, or build it again"

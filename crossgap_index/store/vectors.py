@@ -3,6 +3,13 @@
 The index is derived data: ``build`` recreates it from (ids, vectors) held by the catalog,
 which is also how approximate indexes are (re)trained and how HNSW "removes" items.
 
+IDMap2 keeps the ids in a table by position and the wrapped index numbers its vectors by position. FAISS's
+``IndexIDMap2.remove_ids`` closes the gaps in the table, which is right only when the wrapped index closes
+them too: flat code arrays (Flat, PQ, SQ) do; IVF lists keep the positions they were added under. So an IVF
+removes by position in its lists and renumbers their entries (``_remove_from_ivf``); any other type is
+rebuilt. A saved IVF whose list entries are not exactly the positions 0..n-1 (written by a version that
+removed through IDMap2) is refused when read and rebuilt (``ivf_position_problem``).
+
 A saved file is verified (size, crc32) before FAISS parses a byte of it, then memory-mapped
 (``IO_FLAG_MMAP_IFC``: codes and inverted lists stay in the page cache, not copied). A file over
 LAZY_VERIFY_BYTES is verified and mapped on a background thread started at open; the first use
@@ -226,6 +233,7 @@ class VectorIndex:
         factory = auto_factory(n) if self.factory == AUTO else self.factory
         index = faiss.index_factory(self.dim, f"IDMap2,{factory}", faiss.METRIC_INNER_PRODUCT)
         _set_coarse_ef_search(index)
+        _quiet_training(index)
         return index
 
     def build(self, ids: np.ndarray, vectors: np.ndarray) -> None:
@@ -299,10 +307,17 @@ class VectorIndex:
         self._owned().add_with_ids(np.ascontiguousarray(vectors, np.float32), ids.astype(np.int64))
 
     def remove(self, ids: np.ndarray) -> bool:
-        """Remove ids in place; False when the index type cannot (HNSW): the caller rebuilds."""
+        """Remove ids in place, leaving every other id on its own vector; False when this index type cannot
+        (HNSW, a refined or fast-scan index, ...): the caller rebuilds."""
         self._gpu = None
+        index = self._owned()
+        ids = np.asarray(ids, np.int64)
+        if _ivf(index) is not None:
+            return _remove_from_ivf(index, ids)
+        if not isinstance(_unwrapped(index.index), faiss.IndexFlatCodes):
+            return False
         try:
-            self._owned().remove_ids(ids.astype(np.int64))
+            index.remove_ids(ids)
         except RuntimeError:
             return False
         return True
@@ -374,34 +389,68 @@ class VectorIndex:
 
             def verify_then_map() -> None:
                 try:
-                    future.set_result(_verified_read(path, dim, expected, count))
+                    future.set_result(read_verified(path, dim, expected, count)[0])
                 except BaseException as exc:  # noqa: BLE001 - handed to the thread that waits for it
                     future.set_exception(exc)
 
             threading.Thread(target=verify_then_map, name=f"verify {path.name}", daemon=True).start()
             return cls(dim, factory, loading=(future, fallback, count))
-        index = _verified_read(path, dim, expected, count)
+        index = read_verified(path, dim, expected, count)[0]
         return cls(dim, factory, index, mapped=True) if index is not None else None
 
 
-def _verified_read(path: Path, dim: int, expected: dict[str, int], count: int | None) -> faiss.Index | None:
+def read_verified(
+    path: Path, dim: int, expected: dict[str, int], count: int | None = None
+) -> tuple[faiss.Index | None, str | None]:
     """The file at ``path`` memory-mapped by FAISS, only after its size and crc32 match ``expected``
-    (and it is the same file afterwards: a writer renaming another over it in between is caught)."""
+    (and it is the same file afterwards: a writer renaming another over it in between is caught), holding
+    ``count`` vectors each under its own id: (index, None), or (None, why it is refused)."""
     try:
         before = path.stat()
         if file_record(path) != {"size": expected.get("size"), "crc32": expected.get("crc32")}:
-            return None
+            return None, "differs from the manifest's size and checksum"
         index = faiss.read_index(str(path), faiss.IO_FLAG_MMAP_IFC)
         after = path.stat()
     except (OSError, RuntimeError):
-        return None
+        return None, "FAISS cannot read it"
     if (before.st_ino, before.st_mtime_ns) != (after.st_ino, after.st_mtime_ns):
-        return None
+        return None, "was replaced while it was read"
     if index.d != dim or not isinstance(index, faiss.IndexIDMap2):
-        return None
+        return None, f"is not an IDMap2 index of {dim}-d vectors"
     if count is not None and index.ntotal != count:
+        return None, f"holds {index.ntotal} vectors, not {count}"
+    problem = ivf_position_problem(index)
+    if problem:
+        return None, problem
+    return index, None
+
+
+def ivf_position_problem(index: faiss.Index) -> str | None:
+    """For IDMap2 over an IVF: whether the lists' entries are exactly the positions 0..n-1 of the id table,
+    each once (what IDMap2 needs to name each vector's id); None when they are, or the index is no IVF.
+    One pass over the lists' ids: O(n) time, 8 bytes per vector."""
+    ivf = _ivf(index)
+    if ivf is None:
         return None
-    return index
+    n = int(index.ntotal)
+    sizes = [ivf.invlists.list_size(number) for number in range(ivf.nlist)]
+    if int(ivf.ntotal) != n or sum(sizes) != n:
+        return _MISNUMBERED
+    held = np.empty(n, np.int64)
+    filled = 0
+    for number, size in enumerate(sizes):
+        if size:
+            held[filled : filled + size] = faiss.rev_swig_ptr(ivf.invlists.get_ids(number), size)
+            filled += size
+    if n and (held.min() < 0 or held.max() >= n or np.bincount(held, minlength=n).max() != 1):
+        return _MISNUMBERED
+    return None
+
+
+_MISNUMBERED = (
+    "its IVF lists do not hold each vector under its own position (a removal by an earlier version moved "
+    "ids onto other items' vectors)"
+)
 
 
 def file_record(path: Path, fsync: bool = False) -> dict[str, int]:
@@ -437,6 +486,66 @@ def min_training_vectors(index: faiss.Index) -> int:
     if pq is not None:
         need = max(need, 1 << pq.nbits)
     return need
+
+
+def _unwrapped(index: faiss.Index) -> faiss.Index:
+    """The index under any pre-transforms (PCA, OPQ, ...), downcast to its own type."""
+    index = faiss.downcast_index(index)
+    while isinstance(index, faiss.IndexPreTransform):
+        index = faiss.downcast_index(index.index)
+    return index
+
+
+def _ivf(index: faiss.Index) -> faiss.IndexIVF | None:
+    """The IVF inside an IDMap2 (under pre-transforms), or None."""
+    inner = _unwrapped(index.index) if isinstance(index, faiss.IndexIDMap2) else _unwrapped(index)
+    return inner if isinstance(inner, faiss.IndexIVF) else None
+
+
+def _remove_from_ivf(index: faiss.IndexIDMap2, ids: np.ndarray) -> bool:
+    """Remove ``ids`` from IDMap2 over an in-memory IVF, keeping each remaining id on its own vector: the
+    lists drop the removed positions, then every entry is renumbered to its position in the shortened id
+    table (the position minus the removed positions below it), as IDMap2 shortens the table. False (nothing
+    changed) for lists this cannot renumber in place (not plain arrays, or a direct map to keep): rebuild."""
+    ivf = _ivf(index)
+    if not isinstance(faiss.downcast_InvertedLists(ivf.invlists), faiss.ArrayInvertedLists):
+        return False
+    if ivf.direct_map.type != faiss.DirectMap.NoMap:
+        return False
+    table = faiss.vector_to_array(index.id_map)
+    gone = np.isin(table, ids)
+    if not gone.any():
+        return True
+    positions = np.ascontiguousarray(np.flatnonzero(gone), np.int64)
+    try:
+        index.index.remove_ids(faiss.IDSelectorBatch(len(positions), faiss.swig_ptr(positions)))
+    except RuntimeError:  # an IVF type that cannot remove refuses before it changes anything
+        return False
+    renumbered = np.cumsum(~gone) - 1
+    for number in range(ivf.nlist):
+        size = ivf.invlists.list_size(number)
+        if size:
+            held = faiss.rev_swig_ptr(ivf.invlists.get_ids(number), size)  # the list's own (writable) array
+            held[:] = renumbered[held]
+    kept = table[~gone]
+    faiss.copy_array_to_vector(kept, index.id_map)
+    index.ntotal = len(kept)
+    index.construct_rev_map()
+    return True
+
+
+def _quiet_training(index: faiss.Index) -> None:
+    """No k-means warnings on the user's terminal: FAISS prints one whenever it trains with fewer than
+    ``min_points_per_centroid`` (39) rows per centroid, as small collections and the factory probe do. The
+    threshold only gates that message (the clustering itself is the same), so it is lowered to 1."""
+    inner = _unwrapped(index.index) if isinstance(index, faiss.IndexIDMap2) else _unwrapped(index)
+    if isinstance(inner, faiss.IndexHNSW) and inner.storage is not None:
+        inner = faiss.downcast_index(inner.storage)  # HNSW over PQ codes trains its storage's quantizer
+    holders = [inner if isinstance(inner, faiss.IndexIVF) else None, getattr(inner, "pq", None)]
+    holders.append(getattr(inner, "rq", None))  # residual quantizers (RQ, IVF-RQ)
+    for holder in holders:
+        if holder is not None:
+            holder.cp.min_points_per_centroid = 1
 
 
 def _set_coarse_ef_search(index: faiss.Index) -> None:

@@ -8,6 +8,8 @@ const $ = (id) => document.getElementById(id);
 let current = null; // {kind: "text" | "item" | "photo", value, modality?}
 let page = null; // GET /info's "page": mode choices, what auto serves, list labels, model note
 let summary = "";
+let counts = { image: 0, text: 0 };
+const BROWSE_PAGE = 48;
 
 function settings() {
   return { mode: $("mode").value, target: $("target").value, k: Number($("k").value) || 12 };
@@ -102,9 +104,13 @@ function showQuery(query) {
   view.replaceChildren();
   if (query.kind === "photo") {
     const img = document.createElement("img");
-    img.src = URL.createObjectURL(query.value);
     img.alt = "query photo";
-    view.append(img);
+    const name = document.createElement("span");
+    name.textContent = query.value.name || "";
+    // a photo this browser cannot show (HEIC, TIFF, a broken file): its name only, never a broken-image icon
+    img.addEventListener("error", () => img.remove());
+    img.src = URL.createObjectURL(query.value);
+    view.append(img, name);
   } else if (query.kind === "item") {
     if (queryModality(query) === "image") view.append(thumbnail(query.value, `item ${query.value}`));
     const words = document.createElement("span");
@@ -113,13 +119,30 @@ function showQuery(query) {
   }
 }
 
+function fileName(path) {
+  return path ? path.split("/").pop() : "";
+}
+
 function card(item) {
   const card = document.createElement("article");
   card.className = "hit";
   card.dataset.id = String(item.id);
   card.title = item.path || item.text || "";
   if (item.modality === "image") {
-    card.append(thumbnail(item.id, item.path ? item.path.split("/").pop() : `item ${item.id}`));
+    const name = fileName(item.path) || `item ${item.id}`;
+    card.append(thumbnail(item.id, name));
+    const caption = document.createElement("div");
+    caption.className = "name";
+    const original = document.createElement("a");
+    original.className = "original";
+    original.href = `/items/${item.id}/image`;
+    original.target = "_blank";
+    original.rel = "noopener";
+    original.title = "open the original file";
+    original.textContent = name;
+    original.addEventListener("click", (event) => event.stopPropagation()); // opens it, not "more like this"
+    caption.append(original);
+    card.append(caption);
   } else {
     const text = document.createElement("div");
     text.className = "text";
@@ -133,14 +156,30 @@ function card(item) {
   return card;
 }
 
+// The number a card leads with: the similarity, or for a merged ranking (whose own value, such as an RRF
+// 0.033, means nothing to a reader) the better of its lists' similarities; the merged value stays in the tooltip.
+function headline(hit, merged) {
+  const legs = Object.values(hit.scores || {});
+  if (!merged || legs.length === 0) return { text: hit.score.toFixed(3), title: "similarity" };
+  return {
+    text: Math.max(...legs).toFixed(3),
+    title: `best list's similarity (merged ranking value ${hit.score.toFixed(4)})`,
+  };
+}
+
 function render(hits) {
-  const cards = hits.map((hit) => {
+  const merged = hits.some((hit) => Object.keys(hit.ranks).length > 1);
+  const cards = hits.map((hit, position) => {
     const c = card(hit);
     const meta = document.createElement("div");
     meta.className = "meta";
     const score = document.createElement("span");
     score.className = "score";
-    score.textContent = hit.score.toFixed(3);
+    const shown = headline(hit, merged);
+    score.textContent = shown.text;
+    score.title = shown.title;
+    if (merged) score.dataset.kind = "best-list";
+    c.dataset.position = String(position + 1);
     const id = document.createElement("span");
     id.textContent = `#${hit.id}`;
     meta.append(score, id);
@@ -168,16 +207,18 @@ async function browse(after = 0) {
   }
   $("more")?.remove();
   try {
-    const doc = await getJson(`/browse?after=${after}&limit=48`);
-    const cards = doc.items.map((item) => card({ ...item, modality: "image" }));
+    // one more than a page: "show more" only when something is left to show
+    const doc = await getJson(`/browse?after=${after}&limit=${BROWSE_PAGE + 1}`);
+    const items = doc.items.slice(0, BROWSE_PAGE);
+    const cards = items.map((item) => card({ ...item, modality: "image" }));
     for (const c of cards) c.classList.add("browse");
     $("results").append(...cards);
     setStatus(`${summary} · browsing: click a photo for more like it, or describe what you are looking for`);
-    if (doc.next_after !== null) {
+    if (doc.items.length > BROWSE_PAGE) {
       const more = document.createElement("button");
       more.id = "more";
       more.textContent = "show more";
-      more.addEventListener("click", () => browse(doc.next_after));
+      more.addEventListener("click", () => browse(items[items.length - 1].id));
       $("results").after(more);
     }
   } catch (err) {
@@ -185,9 +226,25 @@ async function browse(after = 0) {
   }
 }
 
+// A value from the address the page does not offer (a mistyped mode, texts on an index with none) falls
+// back to the default, and the note says which value was not used and what is searched instead.
 function fromAddress() {
   const params = new URLSearchParams(location.search);
-  for (const key of ["mode", "target", "k"]) if (params.has(key)) $(key).value = params.get(key);
+  const notes = [];
+  for (const key of ["mode", "target", "k"]) {
+    if (!params.has(key)) continue;
+    const wanted = params.get(key);
+    const offered = key === "k" || [...$(key).options].some((o) => o.value === wanted && !o.disabled);
+    if (offered) {
+      $(key).value = wanted;
+    } else {
+      $(key).value = key === "mode" ? "auto" : "images";
+      const instead = $(key).selectedOptions[0]?.textContent || $(key).value;
+      const why = key === "target" && wanted === "texts" ? " (this index holds no texts)" : "";
+      notes.push(`${key} '${wanted}' is not offered here${why}: searching with ${instead}`);
+    }
+  }
+  showNotes(notes);
   if (params.get("q")) {
     $("q").value = params.get("q");
     run({ kind: "text", value: params.get("q") }, { record: false });
@@ -205,6 +262,18 @@ function searchPhoto(file) {
   if (!file) return;
   $("q").value = "";
   run({ kind: "photo", value: file });
+}
+
+function showNotes(extra = []) {
+  const lines = [...extra, ...(page && page.model_note ? [page.model_note] : [])];
+  $("note").textContent = lines.join(" · ");
+  $("note").hidden = lines.length === 0;
+}
+
+function offerTargets() {
+  // texts are offered only when the index holds some
+  const texts = [...$("target").options].find((o) => o.value === "texts");
+  if (!counts.text) texts.remove();
 }
 
 function offerModes() {
@@ -228,12 +297,11 @@ async function start() {
     page = info.page;
     offerModes();
     $("k").max = String(info.limits.max_k);
-    summary = `${info.counts.image || 0} images, ${info.counts.text || 0} texts · model ${info.model}`;
+    counts = { image: info.counts.image || 0, text: info.counts.text || 0 };
+    offerTargets();
+    summary = `${counts.image} images, ${counts.text} texts · model ${info.model}`;
     setStatus(summary);
-    if (page.model_note) {
-      $("note").textContent = page.model_note;
-      $("note").hidden = false;
-    }
+    showNotes();
   } catch (err) {
     setStatus(`cannot reach the server: ${err.message}`, true);
     return;
