@@ -167,7 +167,7 @@ def text_to_image(seed: int, n: int, encoder: Encoder) -> dict:
     queries the N images, relevant = same class. The index's text collection, which is the bank of nnn and
     qbnorm and the text mean of center, holds every item's second caption (so never the query itself)."""
     from crossgap_index.datasets.synthetic import make_item
-    from crossgap_index.evaluation.protocol import paired_difference
+    from crossgap_index.evaluation.stats import paired_difference
     from crossgap_index.search.gallery import MatrixGallery
     from crossgap_index.search.run import Queries, run_mode
 

@@ -43,8 +43,8 @@ def main(argv: list[str] | None = None) -> None:
         MemoryCache,
         image_features,
         measure_mode,
-        paired_interval,
     )
+    from crossgap_index.evaluation.stats import paired_interval
     from crossgap_index.models import Encoder, load_model
     from crossgap_index.search.modes import Mode, resolve_mode
     from crossgap_index.search.run import Queries

@@ -14,7 +14,8 @@ from typer.testing import CliRunner
 from crossgap_index import CrossGapIndex
 from crossgap_index.cli.app import app
 from crossgap_index.datasets.synthetic import export_folder
-from crossgap_index.evaluation.protocol import evaluate, paired_interval, t_quantile_975, uses_labels
+from crossgap_index.evaluation.protocol import evaluate, uses_labels
+from crossgap_index.evaluation.stats import paired_interval, t_quantile_975
 from crossgap_index.inversion import InversionConfig
 from crossgap_index.models import Encoder, load_model
 from crossgap_index.search.modes import default_cross, describe_cross, resolve_mode

@@ -377,8 +377,8 @@ def query(
         bool,
         typer.Option(
             "--cross",
-            help="Search the way that wins on this index: the mode `cgx tune` stored, else the default "
-            "(span projection over the ImageNet names). Same as --mode auto.",
+            help="Search the way that wins on this index: the mode `cgx tune` stored, else the model's default "
+            "(chosen on development data; cgx info says which). Same as --mode auto.",
         ),
     ] = False,
     mode: Annotated[
@@ -390,7 +390,7 @@ def query(
             "concept: zero-cost projections of query and gallery; inverter / warm: the trained inversion network "
             "(cgx train-inverter [--modality texts]); aqe / dba / nnn / qbnorm / center: the training-free peers; "
             "MODE+POST (e.g. span+aqe): a one-leg mode followed by aqe, nnn or qbnorm; auto: the mode tuned for "
-            "the query's task.",
+            "the query's task. Every mode orders equal scores (within 1e-6) by the intra score, then by id.",
         ),
     ] = None,
     merge: Annotated[

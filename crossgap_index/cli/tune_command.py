@@ -73,9 +73,20 @@ def tune_command(
         )
         table.add_column("candidate")
         table.add_column("mAP", justify="right")
+        table.add_column("tied hits", justify="right")
         for row in result.candidates[:15]:
-            table.add_row(escape(row["name"]), f"{row['selection_map'] * 100:.2f}")
+            ties = f"{row['tied_share'] * 100:.0f}%" + (" (collapses: not chosen)" if row["collapses"] else "")
+            table.add_row(escape(row["name"]), f"{row['selection_map'] * 100:.2f}", ties)
         out.print(table)
+        collapsing = [row["name"] for row in result.candidates if row["collapses"]]
+        if collapsing:
+            from crossgap_index.tuning.tune import COLLAPSE_SHARE, TIE_TOP_K
+
+            out.print(
+                f"not chosen, they collapse scores (one score for over {COLLAPSE_SHARE:.0%} of a top {TIE_TOP_K}): "
+                + ", ".join(escape(name) for name in collapsing),
+                highlight=False,
+            )
         rep = record["report"]
         low, high = rep["delta_map_ci95"]
         out.print(

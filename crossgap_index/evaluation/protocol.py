@@ -23,6 +23,7 @@ import numpy as np
 from crossgap_index.errors import CrossGapError, InputFileError, QueryError
 from crossgap_index.evaluation.data import EvalDataset, ImageSet, load_dataset
 from crossgap_index.evaluation.metrics import METRICS, RetrievalMetrics, retrieval_metrics
+from crossgap_index.evaluation.stats import paired_difference, paired_interval
 from crossgap_index.ingest.decode import DecodeError, content_hash, decode_rgb
 from crossgap_index.inversion import InversionConfig
 from crossgap_index.models import Encoder, default_model_spec, load_model
@@ -40,10 +41,13 @@ DEFAULT_ALPHA = 0.5
 # cross / fused modes at the served default step count, unless the caller gives an InversionConfig
 SERVED_INVERSION = InversionConfig(oti_steps=SERVED_OTI_STEPS)
 _EMBED_BATCH = 64
-# Exact ties are common in fused-rrf (equal reciprocal-rank sums) and for duplicate texts. The metrics and the
-# project's merges break them by gallery position, so the gallery is put in a content-hash order first: a class-
-# sorted folder would otherwise decide ties by label, and each dataset form (folder, synthetic) would differ.
-TIES = "broken by gallery position, the gallery ordered by content hash (independent of file order and labels)"
+# Ties: the engine (search/run.py) orders equal scores (within 1e-6) by the intra score, as it serves them; what
+# is still equal (duplicate items) goes by gallery position, the gallery put in content-hash order first so a
+# class-sorted folder does not decide by label and each dataset form (folder, synthetic) agrees.
+TIES = (
+    "equal scores (within 1e-6) ordered by the intra score, as served; then by gallery position, the gallery "
+    "ordered by content hash (independent of file order and labels)"
+)
 
 # progress(stage, done, total), e.g. ("OTI, 480 images", 300, 1200): drives the CLI's bars.
 EvalProgress = Callable[[str, int, int], None]
@@ -428,15 +432,6 @@ def _take(queries: Queries, rows: list[int]) -> Queries:
     return Queries(queries.features[rows], queries.modality, tuple(queries.digests[i] for i in rows))
 
 
-def paired_difference(values: np.ndarray, base: np.ndarray) -> tuple[float, float | None]:
-    """Mean of per-query ``values - base`` over the queries that count (not NaN) and its standard error
-    (None with a single query). Queries share one gallery, so read it as a yardstick, not a test."""
-    valid = ~np.isnan(base)
-    diff = values[valid] - base[valid]
-    se = float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else None
-    return float(diff.mean()), se
-
-
 def uses_labels(mode: Mode, class_names: Sequence[str]) -> bool:
     """Whether a projection leg of ``mode`` has a vocabulary holding one of the evaluated data's class names
     (case and spaces aside): concept or span over the labels. A fixed vocabulary (``imagenet``) is not
@@ -448,36 +443,6 @@ def uses_labels(mode: Mode, class_names: Sequence[str]) -> bool:
         if known & {" ".join(str(n).lower().split()) for n in named}:
             return True
     return False
-
-
-def paired_interval(values: np.ndarray, base: np.ndarray) -> tuple[float, float, float]:
-    """(low, mean, high): the mean per-query difference ``values - base`` with its paired 95% t-interval over
-    the queries that count (an interval of NaN with fewer than 2). Queries share one gallery, so the
-    interval is a yardstick for noise, not an exact test."""
-    valid = ~np.isnan(base)
-    diff = values[valid] - base[valid]
-    if len(diff) < 2:
-        mean = float(diff.mean()) if len(diff) else float("nan")
-        return float("nan"), mean, float("nan")
-    half = t_quantile_975(len(diff) - 1) * diff.std(ddof=1) / np.sqrt(len(diff))
-    mean = float(diff.mean())
-    return mean - float(half), mean, mean + float(half)
-
-
-def t_quantile_975(dof: int) -> float:
-    """Student's t 0.975 quantile: tabled for 1-4 degrees of freedom, else the Cornish-Fisher expansion around
-    the normal quantile (within 3e-3 from 5 degrees of freedom on; numpy has no t distribution)."""
-    if dof < 1:
-        raise ValueError("degrees of freedom must be >= 1")
-    if dof <= 4:
-        return (12.7062047, 4.30265273, 3.18244631, 2.77644511)[dof - 1]
-    z, v = 1.959963985, float(dof)
-    return (
-        z
-        + (z**3 + z) / (4 * v)
-        + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * v**2)
-        + (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / (384 * v**3)
-    )
 
 
 def _tasks(data: EvalDataset, asked: Sequence[str] | None) -> list[str]:

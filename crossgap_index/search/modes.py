@@ -210,22 +210,29 @@ _SPEED_ONLY = ("batch_size", "compile", "fast")
 @dataclass(frozen=True)
 class DefaultCross:
     """What ``--cross`` serves on an untuned index of a model, and why: ``source`` is ``bundled`` (the model
-    folder's measured default, ``DEFAULTS_FILE``) or ``published`` (the published real-CLIP setting)."""
+    folder's measured default, ``DEFAULTS_FILE``) or ``published`` (the published real-CLIP setting).
+    ``span``: the model's span rule where the default itself is not a span (what ``--mode span`` falls back to)."""
 
     name: str
     projection: dict
     source: str
     evidence: str
+    span: dict = field(default_factory=dict)
 
     def mode(self) -> Mode:
         return resolve_mode(self.name, projection=self.projection or None)
 
+    @property
+    def spans(self) -> bool:
+        """Whether the default's leg is a span projection (``span`` alone or followed by a post-step)."""
+        return self.name.partition("+")[0] == "span"
+
     def span_settings(self) -> dict:
-        """The span settings a span leg falls back to for this model (a non-span default: the published)."""
+        """The span settings a span leg falls back to for this model (a default without span: the published)."""
         from crossgap_index.search.span import PRESETS, span_settings
 
-        if self.name != "span":
-            return dict(PRESETS["published"])
+        if not self.spans:
+            return span_settings(self.span, PRESETS["published"]) if self.span else dict(PRESETS["published"])
         return span_settings(self.projection, PRESETS["published"])
 
 
@@ -243,7 +250,8 @@ def default_cross(model: str | None) -> DefaultCross:
     if folder is not None and (folder / DEFAULTS_FILE).is_file():
         try:
             record = json.loads((folder / DEFAULTS_FILE).read_text("utf-8"))["cross"]
-            found = DefaultCross(record["name"], dict(record.get("projection") or {}), "bundled", record["evidence"])
+            projection, span = dict(record.get("projection") or {}), dict(record.get("span") or {})
+            found = DefaultCross(record["name"], projection, "bundled", record["evidence"], span)
             found.mode()  # refuse a malformed file here, not at query time
             return found
         except (OSError, ValueError, KeyError, TypeError, QueryError) as exc:
@@ -262,7 +270,7 @@ def describe_cross(model: str, tuned: dict | None) -> dict:
     ``source`` is ``tuned`` (cgx tune stored it), ``bundled`` (the model's own measured default) or
     ``published`` (the published real-CLIP setting). ``default`` is the untuned choice either way."""
     default = default_cross(model)
-    settings = default.span_settings() if default.name == "span" else default.projection
+    settings = default.span_settings() if default.spans else default.projection
     untuned = {
         "mode": default.name,
         "settings": settings,

@@ -8,6 +8,11 @@ call per batch), each query's result is independent of its neighbours.
 Fusion: each leg is ranked ``depth`` deep and the union merged (rrf or score); when ``k`` asks for more
 than the union holds, the first leg's ranking continues the list, so a full-length ranking (eval) and a
 top-k (search) agree on their common prefix.
+
+Ties: every mode's final ranking orders hits with equal scores (within ``ranking.TIE_TOLERANCE``) by their intra
+score (plain query . plain gallery vector), then by id. A tied run that crosses the k-th hit is widened (up to
+``TIE_WINDOW`` more items) so the hits kept are the best of the run by intra. Eval ranks the whole gallery, so
+its numbers do not depend on the order items were stored in; a served top-k is the same list's prefix.
 """
 
 from __future__ import annotations
@@ -22,7 +27,9 @@ from crossgap_index.search.filters import Admit, filtered_top_k
 from crossgap_index.search.merge import fuse
 from crossgap_index.search.modes import Leg, Mode, gallery_collection
 from crossgap_index.search.projections import FeatureMap
-from crossgap_index.search.ranking import Ranked
+from crossgap_index.search.ranking import TIE_TOLERANCE, Ranked, break_ties, has_ties
+
+TIE_WINDOW = 4096  # how far past the k-th hit a tied run is followed to find its best items by intra
 
 
 @dataclass(frozen=True)
@@ -91,11 +98,57 @@ def run_mode(
 ) -> list[Result]:
     """Rank ``collection`` for every query under ``mode``; ``exclude`` (one id per query, or None) leaves
     that item out of the query's lists (leave-one-out evaluation); ``admit`` (search/filters.py) says which
-    items each query may return, and every list is ranked among those only, before any fusion or post-step."""
-    n = len(queries)
-    if n == 0:
+    items each query may return, and every list is ranked among those only, before any fusion or post-step.
+    Equal scores are ordered by intra (above)."""
+    if len(queries) == 0:
         return []
     admit = _with_exclusions(admit, exclude)
+    results = _run(mode, queries, collection, k + 1, gallery, transformer, admit)
+    depth = k + 1
+    while depth < k + TIE_WINDOW:
+        crossing = [row for row, r in enumerate(results) if _tied_past_end(r.ranked, k, depth)]
+        if not crossing:
+            break
+        depth = min(4 * depth, k + TIE_WINDOW)
+        subset = Queries(queries.features[crossing], queries.modality, tuple(queries.digests[i] for i in crossing))
+        wider = _run(mode, subset, collection, depth, gallery, transformer, _for_rows(admit, crossing))
+        for row, result in zip(crossing, wider, strict=True):
+            results[row] = result
+    return [_ordered(result, queries.features[row], collection, k, gallery) for row, result in enumerate(results)]
+
+
+def _tied_past_end(ranked: Ranked, k: int, depth: int) -> bool:
+    """Whether the tied run holding the k-th hit runs to the end of a ``depth``-deep list (more may follow)."""
+    if k < 1 or len(ranked) < depth or len(ranked) <= k:
+        return False
+    return bool((np.abs(np.diff(ranked.scores[k - 1 :].astype(np.float64))) <= TIE_TOLERANCE).all())
+
+
+def _ordered(result: Result, query: np.ndarray, collection: str, k: int, gallery: Gallery) -> Result:
+    """``result`` cut to ``k`` with its tied runs ordered by the intra score; a one-leg mode's own list with it."""
+    ranked = result.ranked
+    if has_ties(ranked):
+        try:
+            intra = gallery.scores(collection, query, ranked.ids, None)
+        except KeyError:  # a reader whose FAISS files predate a removal: the searcher drops the stale ids and
+            intra = None  # ranks again (searcher._backfilled), which orders the live items' ties
+        if intra is not None:
+            ranked = break_ties(ranked, intra)
+    ranked = Ranked(ranked.ids[:k], ranked.scores[:k])
+    lists = {name: (ranked if own is result.ranked else own) for name, own in result.lists.items()}
+    return Result(ranked, lists)
+
+
+def _run(
+    mode: Mode,
+    queries: Queries,
+    collection: str,
+    k: int,
+    gallery: Gallery,
+    transformer: Transformer,
+    admit: Admit | None,
+) -> list[Result]:
+    n = len(queries)
     legs = []
     for leg in mode.legs:
         vectors = transformer.search_vectors(leg, queries, collection)
@@ -164,6 +217,13 @@ def _ranked(
     if admit is None:
         return gallery.top_k(collection, vectors, k, projection)
     return filtered_top_k(lambda rows, depth: gallery.top_k(collection, rows, depth, projection), vectors, k, admit)
+
+
+def _for_rows(admit: Admit | None, rows: list[int]) -> Admit | None:
+    """``admit`` for a batch made of ``rows`` of the batch it was made for (its row i is their row rows[i])."""
+    if admit is None:
+        return None
+    return lambda row, ids: admit(rows[row], ids)
 
 
 def _with_exclusions(admit: Admit | None, exclude: np.ndarray | None) -> Admit | None:

@@ -4,8 +4,15 @@ The labelled items are split by item within each class (fixed seed) into a selec
 half. Every candidate mode (projections with their settings, OTI pseudo-tokens x steps, the inverter at a
 few training lengths, fusions of the best of each, the peer re-rankers and their compositions) is measured on
 the selection half with the same engine that serves queries; the winner is then measured once on the
-report half, which took no part in the choice, as a paired difference against intra with its 95% interval
-over the report queries.
+report half, which took no part in the choice, as a paired difference against intra with its 95% interval.
+The interval's unit is the class, not the query (``evaluation.stats.class_interval``): queries that share a
+class and a gallery move together, and an interval over them as independent samples stored a mode on pure
+noise. Measured false-store rate: benchmarks/bench_tune_noise.py.
+
+A candidate that collapses scores is not chosen: when, on the selection half, the longest run of equal scores
+in a query's top ``TIE_TOP_K`` is on average more than ``COLLAPSE_SHARE`` of it (concept over a short label
+list maps a whole class onto one point), the mode's ranking there is decided by the tie-break (intra), not by
+the mode. Every candidate's tied hits are reported.
 
 Tune cannot store noise. It first enforces a minimum (``MIN_CLASSES`` classes with ``MIN_ITEMS_PER_CLASS``
 items each; smaller classes are left out and listed), then stores the winner only when the interval's lower
@@ -21,6 +28,7 @@ import datetime
 import hashlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -33,14 +41,15 @@ from crossgap_index.evaluation.protocol import (
     MemoryCache,
     image_features,
     measure_mode,
-    paired_difference,
-    paired_interval,
 )
+from crossgap_index.evaluation.stats import class_interval, paired_difference, paired_interval, t_quantile_975
 from crossgap_index.ingest.decode import content_hash
 from crossgap_index.inversion import InversionConfig
+from crossgap_index.search.gallery import MatrixGallery
 from crossgap_index.search.modes import Leg, Mode, resolve_mode
 from crossgap_index.search.peers import post_candidates, tune_candidates
-from crossgap_index.search.run import Queries
+from crossgap_index.search.ranking import largest_tie, tied_share
+from crossgap_index.search.run import Queries, run_mode
 from crossgap_index.search.transforms import ModelTransformer
 
 SPLIT_SEED = 0
@@ -61,6 +70,11 @@ ISO_FRACTIONS = (None, (0.1, 0.1), (0.05, 0.2), (0.2, 0.0))
 OTI_TOKENS = (1, 2, 4)
 OTI_STEPS = (5, 10, 17, 25, 50)
 INVERTER_STEPS = (32, 48, 64)
+# Ties: how deep each query's ranking is looked at, and the longest run of equal scores (as a share of that
+# depth, averaged over queries) above which a candidate collapses scores and is not chosen. Rank fusion's chance
+# ties are pairs (2 of 100); concept over a 10-name list on Fashion-MNIST tied 31 of the top 100.
+TIE_TOP_K = 100
+COLLAPSE_SHARE = 0.1
 
 # progress(stage, done, total)
 TuneProgress = Callable[[str, int, int], None]
@@ -72,6 +86,12 @@ class Candidate:
     mode: Mode
     selection_map: float = float("nan")
     inverter: object = None  # the trained network an inverter/warm candidate uses
+    tied_share: float = 0.0  # share of top-k hits whose score equals a neighbour's (selection half, mean)
+    largest_tie_share: float = 0.0  # the longest equal-score run as a share of the top-k (mean over queries)
+
+    @property
+    def collapses(self) -> bool:
+        return self.largest_tie_share > COLLAPSE_SHARE
 
 
 @dataclass
@@ -81,7 +101,8 @@ class TuneResult:
     ``record``: the winner with its selection and report numbers (None when the data was below the
     minimum and nothing was measured); ``stored``: whether it goes into the index; ``reason``: why not (or
     what was stored); ``classes``: items per class found (those below the minimum marked in ``left_out``);
-    ``skipped``: files and folders left out of the data; ``candidates``: every candidate's selection mAP.
+    ``skipped``: files and folders left out of the data; ``candidates``: every candidate's selection mAP and
+    ties (``collapses``: left out of the choice, see the module docstring).
     """
 
     record: dict | None
@@ -103,10 +124,12 @@ def tune(
     seed: int = SPLIT_SEED,
     progress: TuneProgress | None = None,
     extra_candidates: Iterable[tuple[str, Mode]] = (),
+    maps_dir: Path | None = None,
 ) -> tuple[TuneResult, object]:
     """Choose a mode on ``dataset`` with ``encoder`` (the index's model). Returns the result and the trained
     inverter when an inverter mode won and is stored (the caller saves it beside the index), else None.
-    ``extra_candidates``: more (name, Mode) pairs to choose among, beside the grid and the peers."""
+    ``extra_candidates``: more (name, Mode) pairs to choose among, beside the grid and the peers. ``maps_dir``:
+    where fitted projection maps are kept between runs (they depend on the model and settings only)."""
     report = progress or (lambda stage, done, total: None)
     data = load_dataset(dataset, progress=report) if isinstance(dataset, str) else dataset
     task = task or (IMAGES if data.images is not None else TEXTS)
@@ -133,26 +156,29 @@ def tune(
             network = train_inverter(encoder.loaded, selection.gallery, InverterConfig(steps=steps))
             candidates.append(Candidate(f"inverter[steps={steps}]", resolve_mode("inverter"), inverter=network))
         report("training inverters", len(INVERTER_STEPS), len(INVERTER_STEPS))
-    shared = _transformer(encoder, MemoryCache(), None)  # one transformer: each projection is fitted once
+    shared = _transformer(encoder, MemoryCache(), None, maps_dir)  # one transformer: each projection fitted once
     for i, candidate in enumerate(candidates):
         report("candidates (selection half)", i, len(candidates))
-        transformer = shared if candidate.inverter is None else _transformer(encoder, MemoryCache(), candidate.inverter)
-        candidate.selection_map = _mean_map(candidate.mode, selection, transformer, collection)
+        own = candidate.inverter
+        transformer = shared if own is None else _transformer(encoder, MemoryCache(), own, maps_dir)
+        _measure(candidate, selection, transformer, collection)
     report("candidates (selection half)", len(candidates), len(candidates))
     fused = _fusions(candidates)
     one_leg = [c for c in candidates if len(c.mode.legs) == 1 and c.mode.legs[0].transform in ("project", "invert")]
     bases = [(c.name, c.mode) for c in sorted(one_leg, key=lambda c: -c.selection_map)[:2]]  # then a post-step
     fused += [Candidate(name, mode) for name, mode in post_candidates(bases)]
     for candidate in fused:
-        candidate.selection_map = _mean_map(candidate.mode, selection, shared, collection)
+        _measure(candidate, selection, shared, collection)
     candidates += fused
     intra = next(c for c in candidates if c.name == "intra")
-    best = max(candidates, key=lambda c: c.selection_map)
-    transformer = shared if best.inverter is None else _transformer(encoder, MemoryCache(), best.inverter)
+    best = max((c for c in candidates if not c.collapses), key=lambda c: c.selection_map)
+    transformer = shared if best.inverter is None else _transformer(encoder, MemoryCache(), best.inverter, maps_dir)
     chosen = measure_mode(best.mode, held_out, transformer, collection)
     base = measure_mode(intra.mode, held_out, transformer, collection)
-    delta, se = paired_difference(chosen.per_query["map"], base.per_query["map"])
-    low, _, high = paired_interval(chosen.per_query["map"], base.per_query["map"])
+    delta, _ = paired_difference(chosen.per_query["map"], base.per_query["map"])
+    low, centre, high = class_interval(chosen.per_query["map"], base.per_query["map"], held_out.query_labels)
+    units = len(np.unique(held_out.query_labels))
+    se = (high - centre) / t_quantile_975(units - 1) if units > 1 else None
     record = {
         "mode": best.mode.to_dict(),
         "candidate": best.name,
@@ -170,6 +196,9 @@ def tune(
             "delta_map": delta,
             "delta_map_se": se,
             "delta_map_ci95": [low, high],
+            "interval": f"95% t-interval over {units} classes' mean differences (a class is one unit)",
+            # the per-query interval, for comparison only: it treats queries sharing a gallery as independent
+            "per_query_ci95": list(paired_interval(chosen.per_query["map"], base.per_query["map"])[::2]),
             "queries": len(held_out.queries),
         },
         "dataset": {
@@ -183,7 +212,14 @@ def tune(
     }
     stored, reason = _verdict(best.name, delta, low, high)
     table = [
-        {"name": c.name, "summary": c.mode.describe(), "selection_map": c.selection_map}
+        {
+            "name": c.name,
+            "summary": c.mode.describe(),
+            "selection_map": c.selection_map,
+            "tied_share": c.tied_share,
+            "largest_tie_share": c.largest_tie_share,
+            "collapses": c.collapses,
+        }
         for c in sorted(candidates, key=lambda c: -c.selection_map)
     ]
     result = TuneResult(record, stored, reason, classes, left_out, skipped, minimum, table)
@@ -305,17 +341,33 @@ def _fusions(candidates: list[Candidate]) -> list[Candidate]:
     return out
 
 
-def _transformer(encoder, cache: MemoryCache, inverter) -> ModelTransformer:
+def _transformer(encoder, cache: MemoryCache, inverter, maps_dir: Path | None) -> ModelTransformer:
     return ModelTransformer(
         encoder.loaded.spec.canonical,
         lambda: encoder,
         cache=cache,
         inverter=(lambda: inverter) if inverter is not None else None,
+        projection_dir=maps_dir,
     )
 
 
-def _mean_map(mode: Mode, features: FeatureSet, transformer: ModelTransformer, collection: str) -> float:
-    return float(measure_mode(mode, features, transformer, collection).means()["map"])
+def _measure(candidate: Candidate, features: FeatureSet, transformer: ModelTransformer, collection: str) -> None:
+    """The candidate's selection-half mAP and how much its top-``TIE_TOP_K`` rankings tie."""
+    candidate.selection_map = float(measure_mode(candidate.mode, features, transformer, collection).means()["map"])
+    ids = np.arange(len(features.gallery))
+    exclude = features.exclude_ids()
+    k = min(TIE_TOP_K, len(ids) - (1 if exclude is not None else 0))
+    results = run_mode(
+        candidate.mode,
+        features.queries,
+        collection,
+        k,
+        MatrixGallery({collection: (ids, features.gallery)}),
+        transformer,
+        exclude,
+    )
+    candidate.tied_share = float(np.mean([tied_share(r.ranked) for r in results]))
+    candidate.largest_tie_share = float(np.mean([largest_tie(r.ranked) / max(len(r.ranked), 1) for r in results]))
 
 
 def _split(features: FeatureSet, task: str, seed: int) -> tuple[FeatureSet, FeatureSet]:
