@@ -524,6 +524,7 @@ class CrossGapIndex:
         vector=None,
         *,
         item: int | None = None,
+        expression: str | None = None,
         options: SearchOptions | None = None,
         progress: InversionProgressFn | None = None,
         **settings,
@@ -538,8 +539,11 @@ class CrossGapIndex:
         gallery; ``inverter`` / ``warm`` the trained inversion network, alone or as the start of a few OTI
         steps; ``auto`` the mode ``cgx tune`` stored, else the documented default. A query that is already
         inter-modal (text against images) is served as it is by every mode that would turn it.
+
+        ``expression``: query arithmetic, e.g. ``'2:"red car" + ./photo.jpg - night + item:42'``: a weighted sum
+        of texts, image files and stored items searched as one query (search/arithmetic.py says what it means).
         """
-        query = _query(image, text, vector, item)
+        query = _query(image, text, vector, item, expression)
         return self.search_batch([query], options, progress=progress, **settings)[0]
 
     @_reads
@@ -553,11 +557,20 @@ class CrossGapIndex:
         **settings,
     ) -> list[list[Hit]]:
         """Hits for many queries at once, each a dict with one of ``image``, ``text``, ``vector`` (optionally
-        with ``modality``) or ``item`` (a stored item's id); ``options``/``settings`` as for ``search``.
+        with ``modality``), ``item`` (a stored item's id) or ``terms`` (query arithmetic: (weight, query dict)
+        pairs, search/arithmetic.py); ``options``/``settings`` as for ``search``.
         Inversions of the batch run together; each query's hits equal its solo ``search``. ``timings``, when
         given, receives embed/search milliseconds and the inversion batch size."""
         chosen = SearchOptions.of(options, **settings)
         return self.searcher.search_batch(queries, chosen, progress=progress, timings=timings)
+
+    @_reads
+    def duplicates(self, threshold: float | None = None) -> list[list[ItemRow]]:
+        """Groups of near-duplicate images: linked by pairs whose vectors score above ``threshold`` (default:
+        search/duplicates.py's measured DEFAULT_THRESHOLD), found by chunked FAISS range search, largest first."""
+        from crossgap_index.search.duplicates import DEFAULT_THRESHOLD, duplicate_rows
+
+        return duplicate_rows(self._store, DEFAULT_THRESHOLD if threshold is None else threshold)
 
     @_reads
     def item(self, item_id: int) -> ItemRow | None:
@@ -599,13 +612,14 @@ class CrossGapIndex:
         vector=None,
         *,
         item: int | None = None,
+        expression: str | None = None,
         options: SearchOptions | None = None,
         **settings,
     ) -> QueryTransform:
         """The vector(s) a mode (default ``auto``) searches with, and whether the gallery must be mapped: so
         any vector database can be queried the way ``search`` would."""
         chosen = SearchOptions.of(options or SearchOptions(mode="auto"), **settings)
-        return self.searcher.transform_query(_query(image, text, vector, item), chosen)
+        return self.searcher.transform_query(_query(image, text, vector, item, expression), chosen)
 
     def describe_mode(self, query_modality: str, options: SearchOptions | None = None, **settings) -> dict:
         """The mode a query of ``query_modality`` is served with (``auto`` resolved), as data and as one line."""
@@ -815,9 +829,16 @@ def _index_path(path: str | Path | None) -> Path:
     return (Path(path).expanduser() if path else default_index_path()).absolute()
 
 
-def _query(image=None, text=None, vector=None, item: int | None = None) -> dict:
+def _query(image=None, text=None, vector=None, item: int | None = None, expression: str | None = None) -> dict:
     """The keyword arguments as one query dict; the searcher checks that exactly one was given."""
-    return {k: v for k, v in (("image", image), ("text", text), ("vector", vector), ("item", item)) if v is not None}
+    terms = None
+    if expression is not None:
+        from crossgap_index.cli.query_arg import query_kind
+        from crossgap_index.search.arithmetic import parse
+
+        terms = parse(expression, kind_of=query_kind)
+    given = (("image", image), ("text", text), ("vector", vector), ("item", item), ("terms", terms))
+    return {k: v for k, v in given if v is not None}
 
 
 class _CatalogCache:

@@ -55,3 +55,36 @@ def _paste(
     draw.rectangle((x, y, x + tile - 1, y + tile - 1), fill=frame)
     sheet.paste(thumb, (x + 3, y + 3))
     draw.text((x, y + tile + 2), text[:16], fill=(0, 0, 0))
+
+
+def group_sheet(groups: Sequence[Sequence[tuple[int, Path]]], out: Path, tile: int = 96) -> Path:
+    """Write a PNG with one row per group of (id, image path), e.g. near-duplicates (``cgx duplicates --sheet``).
+    A file that can no longer be read as an image (moved, changed, not a regular file) shows as a grey tile."""
+    columns = max((len(group) for group in groups), default=0)
+    pad, caption = 6, 16
+    width = pad + max(columns, 1) * (tile + pad) + 40
+    height = pad + max(len(groups), 1) * (tile + caption + pad)
+    sheet = Image.new("RGB", (width, height), (255, 255, 255))
+    draw = ImageDraw.Draw(sheet)
+    for r, group in enumerate(groups):
+        y = pad + r * (tile + caption + pad)
+        draw.text((pad, y + tile // 2), f"{r + 1}", fill=(0, 0, 0))
+        for c, (item_id, path) in enumerate(group):
+            x = 40 + c * (tile + pad)
+            draw.rectangle((x, y, x + tile - 1, y + tile - 1), fill=NEUTRAL)
+            thumb = _thumbnail(Path(path), tile - 6)
+            if thumb is not None:
+                sheet.paste(thumb, (x + 3, y + 3))
+            draw.text((x, y + tile + 2), f"{item_id} {Path(path).name}"[:16], fill=(0, 0, 0))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(out)
+    return out
+
+
+def _thumbnail(path: Path, side: int) -> Image.Image | None:
+    from crossgap_index.ingest.decode import DecodeError, SkippedFile, read_file
+
+    try:
+        return ImageOps.fit(decode_rgb(read_file(path).data), (side, side))
+    except (OSError, SkippedFile, DecodeError):
+        return None

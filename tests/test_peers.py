@@ -187,15 +187,17 @@ SERVED_AS_EVAL = {
 
 @pytest.mark.parametrize("name", list(SERVED_AS_EVAL))
 def test_served_equals_the_engine_over_memory(index, name):
-    """What eval measures (run_mode over in-memory features, leave-one-out included) is what search serves."""
+    """What eval measures (run_mode over in-memory features, leave-one-out included) is what search serves: a
+    query by a stored item leaves it out of its hits, as eval's leave-one-out does."""
     mode = SERVED_AS_EVAL[name]
     ids, vectors = index._store.ids_and_vectors("image")
     memory = MatrixGallery({"image": (ids, vectors)})
     transformer = index.searcher.transformer
     for item in (int(ids[3]), int(ids[20])):
-        served = index.search(item=item, k=N, mode=mode)
+        served = index.search(item=item, k=N - 1, mode=mode)
         feature, modality, digest = index.searcher.embed([{"item": item}])[0]
-        result = run_mode(mode, Queries(feature[None], modality, (digest,)), "image", N, memory, transformer)[0]
+        query = Queries(feature[None], modality, (digest,))
+        result = run_mode(mode, query, "image", N - 1, memory, transformer, np.array([item]))[0]
         assert [h.id for h in served] == result.ranked.ids.tolist()
         np.testing.assert_allclose([h.score for h in served], result.ranked.scores, rtol=1e-4, atol=2e-5)
     excluded = run_mode(mode, Queries(vectors[:2], "image", ("a", "b")), "image", N - 1, memory, transformer, ids[:2])

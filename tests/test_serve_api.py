@@ -133,11 +133,13 @@ def test_photo_upload_and_base64_find_the_photo(client, index, photos):
 
 def test_more_like_this_by_item_id(client, index, photos):
     item = index.search(image=photos[9], k=1)[0]
-    doc = client.post("/search", json={"item_id": item.id, "k": 5}).json()
+    doc = client.post("/search", json={"item_id": item.id, "k": 5, "exclude_query": False}).json()
     assert doc["hits"][0]["id"] == item.id and doc["hits"][0]["score"] == pytest.approx(1.0, abs=1e-4)
+    more = client.post("/search", json={"item_id": item.id, "k": 4}).json()  # more like this: itself left out
+    assert [h["id"] for h in more["hits"]] == [h["id"] for h in doc["hits"][1:]]
     text_item = index.search(text="a green square", target="texts", k=1)[0]
-    doc = client.post("/search", json={"item_id": text_item.id, "target": "texts", "k": 3}).json()
-    assert doc["hits"][0]["id"] == text_item.id
+    doc = client.post("/search", json={"item_id": text_item.id, "target": "texts", "k": 3, "exclude_query": False})
+    assert doc.json()["hits"][0]["id"] == text_item.id
     refused(client.post("/search", json={"item_id": 10**9}), 404, "no item")
 
 
@@ -183,7 +185,8 @@ def test_a_swapped_indexed_file_is_not_served(client, index, photos, tmp_path):
         photo.unlink()
         os.mkfifo(photo)  # would block a plain open(); must not hang
         refused(client.get(f"/items/{item.id}/image"), 410, "regular file")
-        assert ids(client.post("/search", json={"item_id": item.id, "k": 1}).json()) == [item.id]  # stored vector
+        same = client.post("/search", json={"item_id": item.id, "k": 1, "exclude_query": False})
+        assert ids(same.json()) == [item.id]  # the stored vector
         photo.unlink()
         photo.write_bytes(b"\0" * (LIMITS.max_upload_bytes + 1))
         refused(client.get(f"/items/{item.id}/image"), 410, "limit")

@@ -81,7 +81,7 @@ def test_a_collapsing_mode_is_served_in_intra_order_and_eval_agrees(world):
         top = np.sort(scores)[::-1][:20]
         assert (np.abs(top - top[0]) <= TIE_TOLERANCE).sum() >= 3  # the mode really ties at the top
         for k in (1, 3, 20):
-            served = world.search(item=item, k=k, mode=COLLAPSING)
+            served = world.search(item=item, k=k, mode=COLLAPSING, exclude_query=False)  # the item ranks too
             assert [h.id for h in served] == expected[:k]
             feature, modality, digest = world.searcher.embed([{"item": item}])[0]
             queries = Queries(feature[None], modality, (digest,))

@@ -20,11 +20,12 @@ from crossgap_index import __version__
 
 # Start-up stays light: only torch-free modules here. The library, rich rendering, numpy, FAISS and
 # torch load inside the commands that use them (`cgx --help` and `cgx info` never import torch).
+from crossgap_index.cli.duplicates_command import duplicates_command
 from crossgap_index.cli.eval_command import eval_command
 from crossgap_index.cli.export_command import export_command
 from crossgap_index.cli.import_command import import_command
 from crossgap_index.cli.maintenance import NoWaitOpt, check_command, compact_command, ls_command, remove_command
-from crossgap_index.cli.query_arg import query_kind
+from crossgap_index.cli.query_arg import query_modality, query_of
 from crossgap_index.cli.serve_command import serve_command
 from crossgap_index.cli.tune_command import train_inverter_command, tune_command
 from crossgap_index.cli.watch_command import watch_command
@@ -358,7 +359,14 @@ class Merge(str, Enum):
 @app.command()
 @fails_cleanly
 def query(
-    query: Annotated[str, typer.Argument(help="An image file, or else text.")],
+    query: Annotated[
+        str | None,
+        typer.Argument(
+            help="An image file, or else text; or query arithmetic: '2:\"red car\" + ./photo.jpg - night + item:42' "
+            "(weights N:, + and - between spaces, quoted texts, item:ID for a stored item).",
+            show_default=False,
+        ),
+    ] = None,
     index: IndexOpt = None,
     device: DeviceOpt = "auto",
     as_image: Annotated[bool, typer.Option("--image", help="Treat QUERY as an image path.")] = False,
@@ -421,16 +429,48 @@ def query(
     ] = False,
     precision: PrecisionOpt = "auto",
     quiet: QuietOpt = False,
+    item: Annotated[
+        int | None,
+        typer.Option("--item", min=1, metavar="ID", help="Search with stored item ID's own vector (more like this)."),
+    ] = None,
+    under: Annotated[
+        Path | None, typer.Option("--under", metavar="FOLDER", help="Only images in FOLDER or below it.")
+    ] = None,
+    glob: Annotated[
+        str | None,
+        typer.Option(
+            "--glob",
+            metavar="PATTERN",
+            help="Only images whose file name matches PATTERN ('*.jpg'; with a / the path).",
+        ),
+    ] = None,
+    only_id: Annotated[
+        list[int] | None, typer.Option("--only-id", metavar="ID", help="Only these item ids (repeatable).")
+    ] = None,
+    exclude_id: Annotated[
+        list[int] | None, typer.Option("--exclude-id", metavar="ID", help="Never these item ids (repeatable).")
+    ] = None,
+    external_id: Annotated[
+        list[str] | None,
+        typer.Option("--external-id", metavar="ID", help="Only texts added with these external ids (repeatable)."),
+    ] = None,
+    keep_query_item: Annotated[
+        bool,
+        typer.Option("--keep-query-item", help="With --item or item:ID terms: let the query's own items be hits."),
+    ] = False,
 ) -> None:
-    """Search the index with an image or a text, plainly or through modality inversion.
+    """Search the index with an image, a text, a stored item or a weighted sum of them, plainly or through
+    modality inversion; filters keep hits to a folder, a file-name pattern or given ids, and -k of those come back.
 
     QUERY is an image when it names an existing image file, else text; an argument with an image
-    extension that names no file is an error (use --text to search for such text)."""
+    extension that names no file is an error (use --text to search for such text). Query arithmetic sums
+    the terms' unit features (weights and signs) and searches the re-normalised sum as one query: texts
+    only or images only can be inverted by --cross modes; a mix of both is searched as a raw vector."""
     from crossgap_index import CrossGapIndex, SearchOptions
     from crossgap_index.cli.render import err, first_time_for_index, inversion_bar, print_hits
     from crossgap_index.evaluation.data import read_vocab
 
-    is_image = query_kind(query, as_image, as_text) == "image"
+    library_query = query_of(query, item, as_image, as_text)
     if mode is None:
         mode = Mode("cross" if merge is Merge.none else "auto") if cross else Mode("intra")
     elif mode.value == "fused" and merge is Merge.none:
@@ -463,18 +503,26 @@ def query(
         inversion=config,
         projection=projection or None,
         use_cache=not no_cache,
+        under=str(under.expanduser().resolve()) if under is not None else None,
+        glob=glob,
+        only_ids=tuple(only_id) if only_id else None,
+        exclude_ids=tuple(exclude_id or ()),
+        external_ids=tuple(external_id) if external_id else None,
+        exclude_query=False if keep_query_item else None,
     )
     with CrossGapIndex.open(index, device=device, precision=precision) as cgx:
-        served = cgx.describe_mode("image" if is_image else "text", options)
+        modality = query_modality(library_query, cgx.item)
+        is_image = modality == "image"
+        served = cgx.describe_mode(modality, options)
         total = inversion_steps(served, config or InversionConfig(), is_image)
         with inversion_bar(total, enabled=not (quiet or json_out)) as progress:
-            hits = cgx.search(**({"image": query} if is_image else {"text": query}), options=options, progress=progress)
+            hits = cgx.search_batch([library_query], options, progress=progress)[0]
         held = cgx.info().counts[COLLECTIONS[target]] if len(hits) < top_k else len(hits)
         note = cgx.model_note() if target is Target.images and not quiet else None
         note = note if note and first_time_for_index(cgx.path) else None
     if note and not quiet:
         err.print(f"cgx: note: {note}", highlight=False)
-    inter_modal = is_image != (target is Target.images)
+    inter_modal = modality in ("image", "text") and is_image != (target is Target.images)
     if inter_modal and mode.value != "intra" and served["name"] == "intra" and not quiet:
         err.print(
             "cgx: note: this query is already inter-modal (cross search turns image->images, text->texts): "
@@ -482,9 +530,12 @@ def query(
         )
     if len(hits) < top_k and not quiet:
         reason = f"the index holds {held} {target.value}" if held <= len(hits) else "the merged lists ran short"
+        if held > len(hits) and not options.item_filter().empty:
+            reason = f"only {len(hits)} {target.value} pass the filters"
         err.print(f"cgx: note: {len(hits)} hits, fewer than -k {top_k}: {reason}", highlight=False)
     fmt = "json" if json_out else "paths" if paths_only else "table"
-    query_doc = {"kind": "image" if is_image else "text", "value": query}
+    kind = "combined" if "terms" in library_query else next(iter(library_query))
+    query_doc = {"kind": kind, "value": query if item is None else item}
     settings = {"target": target.value, "k": top_k, "mode": mode.value, "served": served}
     print_hits(hits, query_doc, settings, fmt, separator=b"\0" if null else b"\n")
 
@@ -579,6 +630,7 @@ def demo(
 
 app.command("eval")(fails_cleanly(eval_command))
 app.command("export")(fails_cleanly(export_command))
+app.command("duplicates")(fails_cleanly(duplicates_command))
 app.command("import")(fails_cleanly(import_command))
 app.command("tune")(fails_cleanly(tune_command))
 app.command("train-inverter")(fails_cleanly(train_inverter_command))

@@ -143,7 +143,7 @@ def print_hits(hits: list[Hit], query: dict, settings: dict, fmt: str, separator
     else:
         served = settings.get("served")
         mode = f" · {served_heading(served['name'])}" if served else ""
-        out.print(hits_table(hits, Text(f"{query['kind']} query: {printable(query['value'])}{mode}")))
+        out.print(hits_table(hits, Text(f"{query['kind']} query: {printable(str(query['value']))}{mode}")))
 
 
 def served_heading(mode: str) -> str:

@@ -11,8 +11,11 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+import numpy as np
+
 from crossgap_index.errors import QueryError
 from crossgap_index.inversion import InversionConfig
+from crossgap_index.search.filters import ItemFilter
 from crossgap_index.search.modes import FUSION_DEPTH, FUSIONS, RRF_K, Mode
 
 TARGETS = ("images", "texts")
@@ -26,6 +29,11 @@ class SearchOptions:
     mode merges its lists; ``inversion``: OTI/OVI settings overriding the served ones; ``projection``:
     span/iso/concept settings; ``peer``: a peer re-ranker's settings (search/peers.py, e.g. ``{"n": 5}`` for aqe);
     ``use_cache``: read and write the index's inversion cache.
+
+    Filters (search/filters.py; every mode returns ``k`` hits that pass, when the collection holds that many):
+    ``under`` a folder the images lie in, ``glob`` a file-name (or, with ``/``, path) pattern, ``only_ids`` /
+    ``exclude_ids`` item ids, ``external_ids`` imported items' external ids; ``exclude_query`` leaves the stored
+    items a query is made from out of its hits (None: yes, the "more like this" default).
     """
 
     target: str = "images"
@@ -39,8 +47,15 @@ class SearchOptions:
     projection: dict | None = None
     peer: dict | None = None
     use_cache: bool = True
+    under: str | None = None
+    glob: str | None = None
+    only_ids: tuple[int, ...] | None = None
+    exclude_ids: tuple[int, ...] = ()
+    external_ids: tuple[str, ...] | None = None
+    exclude_query: bool | None = None
 
     def __post_init__(self) -> None:
+        self._check_filters()
         if self.target not in TARGETS:
             raise QueryError(f"unknown target '{self.target}': use one of {', '.join(TARGETS)}")
         if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1:
@@ -57,6 +72,39 @@ class SearchOptions:
             raise QueryError("projection settings are a dict, e.g. {'components': 16}")
         if self.peer is not None and not isinstance(self.peer, dict):
             raise QueryError("peer settings are a dict, e.g. {'n': 5, 'alpha': 3}")
+
+    def _check_filters(self) -> None:
+        """Id and text lists as sorted tuples (the value stays hashable: the server batches by it)."""
+        for name in ("only_ids", "exclude_ids"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if isinstance(value, str | bytes) or not hasattr(value, "__iter__"):
+                raise QueryError(f"{name} is a list of item ids, got {value!r}")
+            ids = tuple(value)
+            if any(isinstance(i, bool) or not isinstance(i, int | np.integer) for i in ids):
+                raise QueryError(f"{name} holds item ids (integers), got {list(ids)[:5]!r}")
+            object.__setattr__(self, name, tuple(sorted({int(i) for i in ids})))
+        if self.external_ids is not None:
+            if isinstance(self.external_ids, str) or not all(isinstance(e, str) for e in self.external_ids):
+                raise QueryError("external_ids is a list of strings")
+            object.__setattr__(self, "external_ids", tuple(sorted(set(self.external_ids))))
+        for name in ("under", "glob"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, str) or not value or "\0" in value):
+                raise QueryError(f"{name} must be a non-empty string, got {value!r}")
+        if self.exclude_query not in (None, True, False):
+            raise QueryError(f"exclude_query is true, false or unset, got {self.exclude_query!r}")
+
+    def item_filter(self) -> ItemFilter:
+        """The filter part of the options (search/filters.py)."""
+        return ItemFilter(
+            under=self.under,
+            glob=self.glob,
+            only_ids=None if self.only_ids is None else frozenset(self.only_ids),
+            exclude_ids=frozenset(self.exclude_ids),
+            external_ids=None if self.external_ids is None else frozenset(self.external_ids),
+        )
 
     @classmethod
     def of(cls, options: SearchOptions | None = None, **settings) -> SearchOptions:

@@ -23,6 +23,7 @@ from typing import Protocol
 
 import numpy as np
 
+from crossgap_index.search.filters import Admit, filtered_top_k
 from crossgap_index.search.merge import fuse
 from crossgap_index.search.modes import Leg, Mode, gallery_collection
 from crossgap_index.search.projections import FeatureMap
@@ -93,12 +94,16 @@ def run_mode(
     gallery: Gallery,
     transformer: Transformer,
     exclude: np.ndarray | None = None,
+    admit: Admit | None = None,
 ) -> list[Result]:
     """Rank ``collection`` for every query under ``mode``; ``exclude`` (one id per query, or None) leaves
-    that item out of the query's lists (leave-one-out evaluation). Equal scores are ordered by intra (above)."""
+    that item out of the query's lists (leave-one-out evaluation); ``admit`` (search/filters.py) says which
+    items each query may return, and every list is ranked among those only, before any fusion or post-step.
+    Equal scores are ordered by intra (above)."""
     if len(queries) == 0:
         return []
-    results = _run(mode, queries, collection, k + 1, gallery, transformer, exclude)
+    admit = _with_exclusions(admit, exclude)
+    results = _run(mode, queries, collection, k + 1, gallery, transformer, admit)
     depth = k + 1
     while depth < k + TIE_WINDOW:
         crossing = [row for row, r in enumerate(results) if _tied_past_end(r.ranked, k, depth)]
@@ -106,9 +111,7 @@ def run_mode(
             break
         depth = min(4 * depth, k + TIE_WINDOW)
         subset = Queries(queries.features[crossing], queries.modality, tuple(queries.digests[i] for i in crossing))
-        wider = _run(
-            mode, subset, collection, depth, gallery, transformer, None if exclude is None else exclude[crossing]
-        )
+        wider = _run(mode, subset, collection, depth, gallery, transformer, _for_rows(admit, crossing))
         for row, result in zip(crossing, wider, strict=True):
             results[row] = result
     return [_ordered(result, queries.features[row], collection, k, gallery) for row, result in enumerate(results)]
@@ -143,7 +146,7 @@ def _run(
     k: int,
     gallery: Gallery,
     transformer: Transformer,
-    exclude: np.ndarray | None,
+    admit: Admit | None,
 ) -> list[Result]:
     n = len(queries)
     legs = []
@@ -156,17 +159,17 @@ def _run(
             vectors, projection = adapt_leg(leg, mode.post, vectors, projection, gallery, collection, queries.modality)
         legs.append((leg, vectors, gallery_collection(leg, collection), projection))
     if mode.post is not None and mode.post["kind"] in ("aqe", "qbnorm"):
-        return _post_step(mode.post, legs[0], queries.modality, collection, k, gallery, exclude)
+        return _post_step(mode.post, legs[0], queries.modality, collection, k, gallery, admit)
     if mode.fusion is None:
         leg, vectors, coll, projection = legs[0]
-        ranked = _ranked(gallery, coll, vectors, k, projection, exclude)
+        ranked = _ranked(gallery, coll, vectors, k, projection, admit)
         return [Result(r, {leg.name: r}) for r in ranked]
     depth = max(mode.depth, 1)
-    lists = [_ranked(gallery, coll, vectors, depth, projection, exclude) for _, vectors, coll, projection in legs]
+    lists = [_ranked(gallery, coll, vectors, depth, projection, admit) for _, vectors, coll, projection in legs]
     fill = None
     if k > depth:  # the first leg continues the fused head
         first_leg = legs[0]
-        fill = _ranked(gallery, first_leg[2], first_leg[1], k, first_leg[3], exclude)
+        fill = _ranked(gallery, first_leg[2], first_leg[1], k, first_leg[3], admit)
     results = []
     for row in range(n):
         named = {leg.name: ranked[row] for (leg, *_), ranked in zip(legs, lists, strict=True)}
@@ -185,7 +188,7 @@ def _run(
 
 
 def _post_step(
-    post: dict, leg: tuple, modality: str, collection: str, k: int, gallery: Gallery, exclude: np.ndarray | None
+    post: dict, leg: tuple, modality: str, collection: str, k: int, gallery: Gallery, admit: Admit | None
 ) -> list[Result]:
     """A one-leg mode followed by aqe or qbnorm (search/post.py), ranked through the leg's own gallery side."""
     from crossgap_index.search import post as steps
@@ -193,7 +196,7 @@ def _post_step(
     leg_, vectors, coll, projection = leg
 
     def rank(rows: np.ndarray, depth: int) -> list[Ranked]:
-        return _ranked(gallery, coll, rows, depth, projection, exclude)
+        return _ranked(gallery, coll, rows, depth, projection, admit)
 
     if post["kind"] == "aqe":
         ranked = steps.alpha_query_expansion(post, rank, gallery, coll, vectors, k, projection)
@@ -209,16 +212,31 @@ def _ranked(
     vectors: np.ndarray,
     k: int,
     projection: FeatureMap | None,
-    exclude: np.ndarray | None,
+    admit: Admit | None,
 ) -> list[Ranked]:
-    if exclude is None:
+    if admit is None:
         return gallery.top_k(collection, vectors, k, projection)
-    ranked = gallery.top_k(collection, vectors, k + 1, projection)
-    out = []
-    for r, skip in zip(ranked, exclude.tolist(), strict=True):
-        keep = r.ids != skip
-        out.append(Ranked(r.ids[keep][:k], r.scores[keep][:k]))
-    return out
+    return filtered_top_k(lambda rows, depth: gallery.top_k(collection, rows, depth, projection), vectors, k, admit)
+
+
+def _for_rows(admit: Admit | None, rows: list[int]) -> Admit | None:
+    """``admit`` for a batch made of ``rows`` of the batch it was made for (its row i is their row rows[i])."""
+    if admit is None:
+        return None
+    return lambda row, ids: admit(rows[row], ids)
+
+
+def _with_exclusions(admit: Admit | None, exclude: np.ndarray | None) -> Admit | None:
+    """``admit`` that also refuses each query's ``exclude`` id."""
+    if exclude is None:
+        return admit
+    skip = exclude.tolist()
+
+    def admit_and_skip(row: int, ids: np.ndarray) -> np.ndarray:
+        keep = ids != skip[row]
+        return keep if admit is None else keep & admit(row, ids)
+
+    return admit_and_skip
 
 
 def _continue(head: Ranked, tail: Ranked) -> Ranked:

@@ -17,6 +17,8 @@ from crossgap_index.errors import QueryError, StoreError
 from crossgap_index.ingest.decode import DecodeError, SkippedFile, content_hash, decode_rgb, read_file
 from crossgap_index.ingest.pipeline import decode_side
 from crossgap_index.ingest.texts import check_query_text
+from crossgap_index.search.arithmetic import check_terms, combine
+from crossgap_index.search.filters import Admit, admitter, check_filter_target
 from crossgap_index.search.gallery import StoreGallery
 from crossgap_index.search.modes import Mode, resolve_mode
 from crossgap_index.search.options import SearchOptions
@@ -27,7 +29,7 @@ from crossgap_index.search.transforms import ModelTransformer
 from crossgap_index.store.manifest import ANY_TASK
 
 TARGETS = {"images": "image", "texts": "text"}
-QUERY_KINDS = ("image", "text", "vector", "item")
+QUERY_KINDS = ("image", "text", "vector", "item", "terms")
 # (query modality, target collection) -> the task whose tuned mode serves it
 TASK_OF = {("image", "image"): "image-to-image", ("text", "text"): "text-to-text", ("text", "image"): "text-to-image"}
 
@@ -129,6 +131,8 @@ class Searcher:
                 texts.append((i, check_query_text(query["text"])))
             elif kind == "vector":
                 out[i] = self._vector(query)
+            elif kind == "terms":
+                out[i] = self._combined(query["terms"])
             else:
                 out[i] = self._item(query["item"])
         if images:
@@ -160,6 +164,12 @@ class Searcher:
         if modality not in ("image", "text", "vector"):
             raise QueryError(f"vector modality must be image, text or vector, got {modality!r}")
         unit = vec / norm
+        return unit, modality, content_hash(unit.tobytes())
+
+    def _combined(self, terms) -> tuple[np.ndarray, str, str]:
+        """A weighted sum of queries (search/arithmetic.py), searched as one query."""
+        pairs = check_terms(terms)
+        unit, modality = combine([w for w, _ in pairs], self.embed([q for _, q in pairs]))
         return unit, modality, content_hash(unit.tobytes())
 
     def _item(self, item_id) -> tuple[np.ndarray, str, str]:
@@ -215,6 +225,7 @@ class Searcher:
         """
         searcher = self.serving(options, progress)
         collection = collection_of(options.target)
+        check_filter_target(options.item_filter(), collection)
         if self._store.indexes[collection].ntotal == 0:
             raise StoreError(f"the {collection} index at {self._store.path} is empty")
         begin = time.perf_counter()
@@ -226,10 +237,13 @@ class Searcher:
             rows = [i for i, (_, m, _) in enumerate(embedded) if m == modality]
             chosen = searcher.served(options, modality)
             batch = Queries(np.stack([embedded[i][0] for i in rows]), modality, tuple(embedded[i][2] for i in rows))
-            ranked = run_mode(chosen, batch, collection, options.k, searcher.gallery, searcher.transformer)
+            admit = searcher.admit(options, [queries[i] for i in rows])
+            ranked = run_mode(chosen, batch, collection, options.k, searcher.gallery, searcher.transformer, admit=admit)
             if chosen.inverts:
                 inversion_batch = max(inversion_batch, searcher.transformer.last_inversion_batch)
-            backfilled = searcher._backfilled(chosen, batch, collection, options.k, ranked)
+            backfilled = searcher._backfilled(
+                chosen, batch, collection, options.k, ranked, options, [queries[i] for i in rows]
+            )
             for i, hits in zip(rows, backfilled, strict=True):
                 results[i] = hits
         if timings is not None:
@@ -249,7 +263,25 @@ class Searcher:
         self._check(chosen, query_modality, collection)
         return chosen
 
-    def _backfilled(self, mode: Mode, batch: Queries, collection: str, k: int, ranked: list[Result]) -> list[list[Hit]]:
+    def admit(self, options: SearchOptions, queries: Sequence[dict]) -> Admit | None:
+        """What ``options``' filter lets each of ``queries`` return (search/filters.py), or None when it is all.
+        A query made from stored items leaves them out unless ``exclude_query`` is False ("more like this")."""
+        item_filter = options.item_filter()
+        own = [query_items(q) if options.exclude_query is not False else set() for q in queries]
+        if item_filter.empty and not any(own):
+            return None
+        return admitter(item_filter, self._store.catalog.rows, own)
+
+    def _backfilled(
+        self,
+        mode: Mode,
+        batch: Queries,
+        collection: str,
+        k: int,
+        ranked: list[Result],
+        options: SearchOptions,
+        queries: Sequence[dict],
+    ) -> list[list[Hit]]:
         """Hits per query, ``k`` of them wherever the index holds that many live items. A reader whose FAISS
         files predate another process's removal ranks ids the catalog no longer holds: those are dropped,
         and the query is ranked again deeper (same vectors, same seeds) until ``k`` live hits fill it or the
@@ -262,7 +294,8 @@ class Searcher:
                 return out
             fetch = 2 * fetch + max(k - len(out[j]) for j in short)
             again = Queries(batch.features[short], batch.modality, tuple(batch.digests[j] for j in short))
-            deeper = run_mode(mode, again, collection, fetch, self.gallery, self.transformer)
+            admit = self.admit(options, [queries[j] for j in short])
+            deeper = run_mode(mode, again, collection, fetch, self.gallery, self.transformer, admit=admit)
             for j, result in zip(short, deeper, strict=True):
                 ranked[j] = result
                 out[j] = self.hits(result)[:k]
@@ -271,8 +304,8 @@ class Searcher:
         for leg in mode.legs:
             if _leg_turns(leg) and modality != collection:
                 raise QueryError(
-                    f"mode {mode.name} turns a query into the other modality, and a raw vector has none: "
-                    "name its modality (image or text)"
+                    f"mode {mode.name} turns a query into the other modality, and a raw vector has none: name its "
+                    "modality (image or text); a sum of texts and images has none either: combine one modality"
                 )
             if leg.gallery == "inverted":
                 inverted = gallery_collection(leg, collection)
@@ -290,6 +323,11 @@ class Searcher:
 
     def transform_query(self, query: dict, options: SearchOptions) -> QueryTransform:
         """The vectors ``options.mode`` searches with for one query, for another vector database (QueryTransform)."""
+        if not options.item_filter().empty:  # a vector form carries no filter: refused, never silently dropped
+            raise QueryError(
+                "filters (under, glob, ids, external ids) apply inside this index; in another database use its own "
+                "filter (LanceDB: where=, Qdrant: query_filter=)"
+            )
         searcher = self.serving(options, None)
         collection = collection_of(options.target)
         feature, modality, digest = searcher.embed([query])[0]
@@ -343,6 +381,15 @@ class Searcher:
         return hits
 
 
+def query_items(query: dict) -> set[int]:
+    """The stored items a query is made from (an ``item`` query: that one; a combined query: its item terms)."""
+    if not isinstance(query, dict):
+        return set()
+    if query.get("terms") is not None:
+        return set().union(*(query_items(term) for _, term in check_terms(query["terms"])))
+    return {int(query["item"])} if query.get("item") is not None else set()
+
+
 def turns(mode: Mode) -> bool:
     """Whether ``mode`` turns the query into the other modality (an inversion, or the inverted gallery)."""
     return any(_leg_turns(leg) for leg in mode.legs)
@@ -363,7 +410,7 @@ def _kind(query: dict) -> str:
         raise QueryError("each query must be a dict with one of: image, text, vector, item")
     given = [k for k in QUERY_KINDS if query.get(k) is not None]
     if len(given) != 1:
-        raise QueryError("give exactly one of image=, text=, vector= or item=")
+        raise QueryError("give exactly one of image=, text=, vector=, item= or terms= (an expression)")
     return given[0]
 
 

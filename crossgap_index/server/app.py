@@ -13,6 +13,7 @@ from crossgap_index.api import CrossGapIndex
 from crossgap_index.server import (
     routes_admin,
     routes_clip,
+    routes_duplicates,
     routes_gallery,
     routes_items,
     routes_page,
@@ -57,6 +58,7 @@ def create_app(index: CrossGapIndex, settings: ServeSettings | None = None) -> F
     for router in (
         routes_search.router,
         routes_items.router,
+        routes_duplicates.router,
         routes_gallery.router,
         routes_admin.router,
         routes_page.router,

@@ -9,10 +9,13 @@ from pydantic import BaseModel, ConfigDict, Field
 from crossgap_index.inversion.config import LR_MAX, N_PATCHES_MAX, N_TOKENS_MAX
 from crossgap_index.search.merge import RRF_K
 
+MAX_FILTER_IDS = 100_000  # ids or external ids one filter may list
+
 
 class SearchRequest(BaseModel):
-    """One query: exactly one of ``text``, ``vector``, ``image_base64``, ``item_id`` (or a multipart
-    ``image`` upload), plus how to search. Inversion settings left out take the library defaults."""
+    """One query: exactly one of ``text``, ``vector``, ``image_base64``, ``item_id``, ``expression`` (or a
+    multipart ``image`` upload), plus how to search and which items may be returned (the filters).
+    Inversion settings left out take the library defaults."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)  # strict: `k: true` is no 1
 
@@ -35,6 +38,22 @@ class SearchRequest(BaseModel):
         None, description="Inversion arithmetic (auto: bf16 where the device runs it natively)."
     )
     use_cache: bool = True
+    expression: str | None = Field(
+        None,
+        min_length=1,
+        description="Query arithmetic over texts and stored items: '2:\"red car\" - night + item:42' "
+        "(every other term is text: a request never names a file to read).",
+    )
+    under: str | None = Field(None, min_length=1, description="Only images in this folder or below it.")
+    glob: str | None = Field(None, min_length=1, description="Only images whose file name (or, with /, path) matches.")
+    only_ids: list[int] | None = Field(None, max_length=MAX_FILTER_IDS, description="Only these item ids.")
+    exclude_ids: list[int] | None = Field(None, max_length=MAX_FILTER_IDS, description="Never these item ids.")
+    external_ids: list[str] | None = Field(
+        None, max_length=MAX_FILTER_IDS, description="Only texts added with these external ids."
+    )
+    exclude_query: bool | None = Field(
+        None, description="Leave the query's own stored items out of its hits (default: yes)."
+    )
 
 
 class BatchSearchRequest(BaseModel):

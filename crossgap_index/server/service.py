@@ -20,6 +20,7 @@ from crossgap_index.ingest.decode import DecodeError, decode_rgb
 from crossgap_index.ingest.pipeline import decode_side
 from crossgap_index.ingest.texts import unicode_problem
 from crossgap_index.inversion import InversionConfig
+from crossgap_index.search.arithmetic import parse as parse_expression
 from crossgap_index.search.fitting import FitPending
 from crossgap_index.search.labels import MODE_LABELS, mode_help, mode_label
 from crossgap_index.search.modes import BASE_MODE_NAMES, MODE_NAMES, PEER_NAMES
@@ -34,7 +35,7 @@ from crossgap_index.server.settings import ServeSettings
 from crossgap_index.server.thumbnails import ThumbnailCache, file_state, make_thumbnail
 from crossgap_index.store.catalog import ImageRecord
 
-QUERY_KINDS = ("text", "vector", "image_base64", "item_id")
+QUERY_KINDS = ("text", "vector", "image_base64", "item_id", "expression")
 
 T = TypeVar("T")
 
@@ -164,6 +165,8 @@ class SearchService:
             raise ApiError(400, f"unknown mode '{request.mode}': use {named}, or BASE+POST (GET /info lists all)")
         if request.steps is not None and request.steps > s.max_steps:
             raise ApiError(400, f"steps={request.steps} is over the limit of {s.max_steps}")
+        if request.expression is not None and len(request.expression) > s.max_text_chars:
+            raise ApiError(413, f"expression of {len(request.expression)} characters is over the limit")
         if request.text is not None and len(request.text) > s.max_text_chars:
             raise ApiError(413, f"text of {len(request.text)} characters is over the limit of {s.max_text_chars}")
         if request.modality is not None and request.vector is None:
@@ -177,6 +180,8 @@ class SearchService:
 
     def _batched(self, request: SearchRequest, options: SearchOptions, item_modality: str | None) -> bool:
         """Queries whose mode inverts them (image -> images, text -> texts): these are micro-batched."""
+        if request.expression is not None:
+            return False  # its terms' modality is known once they are embedded: answered directly
         if request.text is not None:
             modality = "text"
         elif request.vector is not None:
@@ -195,6 +200,8 @@ class SearchService:
             return {"vector": request.vector, **({"modality": request.modality} if request.modality else {})}
         if request.item_id is not None:
             return {"item": request.item_id}  # the catalog's own vector for that id
+        if request.expression is not None:
+            return {"terms": parse_expression(request.expression)}  # bare words are texts: no file is read
         data = upload if upload is not None else _b64decode(request.image_base64 or "", self.settings.max_upload_bytes)
         if len(data) > self.settings.max_upload_bytes:
             raise ApiError(413, f"image of {len(data)} bytes is over the limit of {self.settings.max_upload_bytes}")
@@ -227,6 +234,12 @@ class SearchService:
             rrf_k=request.rrf_k,
             inversion=InversionConfig(**changes) if changes else None,
             use_cache=request.use_cache,
+            under=request.under,
+            glob=request.glob,
+            only_ids=None if request.only_ids is None else tuple(request.only_ids),
+            exclude_ids=tuple(request.exclude_ids or ()),
+            external_ids=None if request.external_ids is None else tuple(request.external_ids),
+            exclude_query=request.exclude_query,
         )
 
     def _search_one(
@@ -245,6 +258,11 @@ class SearchService:
         return [(hits, shared) for hits in results]
 
     # -- other reads and writes -------------------------------------------------------------
+    async def duplicates(self, threshold: float | None) -> list[list[dict[str, Any]]]:
+        """Groups of near-duplicate images (CrossGapIndex.duplicates), each a list of {id, path}."""
+        groups = await self._in_pool(lambda: self.index.duplicates(threshold))
+        return [[{"id": row.id, "path": row.path} for row in group] for group in groups]
+
     async def item(self, item_id: int):
         row = await self._in_pool(lambda: self.index.item(item_id))
         if row is None:
