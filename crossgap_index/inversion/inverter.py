@@ -18,6 +18,8 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
+import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,6 +38,8 @@ from crossgap_index.models.text_tower import fast_text_features, tokenize_prompt
 from crossgap_index.models.vision_tower import fast_image_features, fill_index
 
 FORMAT = "crossgap-inverter/1"
+# A saved network is tens of MB (ViT-L/14: about 60 MB); a file far larger is not one, and is refused unread.
+MAX_INVERTER_BYTES = 1 << 30
 DIRECTIONS = ("oti", "ovi")  # image -> text-space (pseudo-tokens), text -> image-space (pseudo-patches)
 # Training steps (of 128 items) measured on development seeds: the OTI network peaks at 48 and then decays
 # (benchmarks/RESULTS.md); the OVI network was still improving at 128 (16: -22.7, 48: -1.1, 128: +1.2 mAP over
@@ -177,6 +181,7 @@ class Inverter:
         from safetensors import SafetensorError
         from safetensors.torch import load_file, safe_open
 
+        _check_inverter_file(path)
         try:
             with safe_open(str(path), "pt") as handle:
                 meta = handle.metadata() or {}
@@ -194,6 +199,19 @@ class Inverter:
         except (OSError, SafetensorError, KeyError, ValueError, RuntimeError, TypeError) as exc:
             raise StoreError(f"{path}: unreadable inverter ({str(exc).splitlines()[0][:200]})") from exc
         return cls(net.to(device), model, config, json.loads(meta.get("stats", "{}")))
+
+
+def _check_inverter_file(path: Path) -> None:
+    """Refuse, before any byte is read, what cannot be a saved network: a FIFO (opening it would wait for a
+    writer), a device or a link to one (/dev/zero), or a file over MAX_INVERTER_BYTES."""
+    try:
+        info = os.stat(path)  # follows links: a link to /dev/zero is a character device
+    except OSError as exc:
+        raise StoreError(f"{path}: unreadable inverter ({exc.strerror or exc})") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise StoreError(f"{path}: not a regular file, not read")
+    if info.st_size > MAX_INVERTER_BYTES:
+        raise StoreError(f"{path}: {info.st_size} bytes, more than an inverter file holds; not read")
 
 
 def _feature_fn(loaded: LoadedModel, config: InverterConfig) -> tuple[FeatureFn, tuple[int, int]]:
