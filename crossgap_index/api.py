@@ -363,6 +363,7 @@ class CrossGapIndex:
         roots: Iterable[str | Path],
         *,
         include_hidden: bool = False,
+        exclude: Iterable[str] = (),
         max_megapixels: float = DEFAULT_MAX_MEGAPIXELS,
         max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
         batch_size: int = 64,
@@ -371,10 +372,11 @@ class CrossGapIndex:
     ) -> BuildReport:
         """``index_folders`` limited to ``changed`` paths under ``roots`` (what a file watcher reports): image
         files among them, or under folders among them, are added or updated; paths gone from disk (files, or
-        folders with all under them) leave; a file moved from one to another keeps its id."""
+        folders with all under them) leave; a file moved from one to another keeps its id. ``exclude`` as in
+        ``index_folders``."""
         from crossgap_index.ingest.watch import paths_to_sync
 
-        files, prune = paths_to_sync([Path(p) for p in changed], resolve_roots(roots), include_hidden)
+        files, prune = paths_to_sync([Path(p) for p in changed], resolve_roots(roots), include_hidden, exclude)
         engine = get_engine("local")
         return self._ingest(files, prune, max_megapixels, max_file_bytes, batch_size, workers, progress, engine)
 

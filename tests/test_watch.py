@@ -117,6 +117,20 @@ def test_paths_to_sync_follows_the_build_rules(tmp_path):
     assert files == [root / ".hidden" / "c.png"]
 
 
+def test_paths_to_sync_leaves_out_what_build_index_excludes(tmp_path):
+    """The watcher's rule for one changed path is build-index's: the default NAS/system folders and the user's
+    --exclude patterns, for a changed file and for a changed folder walked."""
+    root = tmp_path / "root"
+    write_photo(root / "@eaDir" / "a.png", seed=1)
+    write_photo(root / "drafts" / "b.png", seed=2)
+    write_photo(root / "keep" / "c.png", seed=3)
+    write_photo(root / "keep" / "c.tmp.png", seed=4)
+    changed = [root / "@eaDir" / "a.png", root / "drafts" / "b.png", root / "keep"]
+    files, prune = paths_to_sync(changed, [root], include_hidden=False, exclude=("drafts", "*.tmp.png"))
+    assert files == [root / "keep" / "c.png"]
+    assert prune == [root / "keep"]
+
+
 @pytest.mark.slow
 def test_watch_follows_new_edited_moved_and_deleted_files(tmp_path):
     folder, index = tmp_path / "photos", tmp_path / "idx"

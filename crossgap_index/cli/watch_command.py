@@ -23,6 +23,14 @@ def watch_command(
     model: Annotated[str | None, typer.Option(help="Model of a new index (an existing index keeps its own).")] = None,
     device: Annotated[str, typer.Option("--device", help="auto (CUDA when available), cpu or cuda.")] = "auto",
     include_hidden: Annotated[bool, typer.Option(help="Also index hidden files and folders.")] = False,
+    exclude: Annotated[
+        list[str] | None,
+        typer.Option(
+            metavar="GLOB",
+            help="Leave out folders and files matching GLOB (repeatable), as `cgx build-index --exclude` does; "
+            "the NAS and system folders build-index always leaves out are left out here too.",
+        ),
+    ] = None,
     debounce_ms: Annotated[
         int, typer.Option(min=1, help="The longest a batch collects changes before it is written.")
     ] = WatchSettings.debounce_ms,
@@ -52,6 +60,7 @@ def watch_command(
             raise QueryError(f"cannot watch {root}: not a folder")
     settings = WatchSettings(
         include_hidden=include_hidden,
+        exclude=tuple(exclude or ()),
         debounce_ms=debounce_ms,
         step_ms=step_ms,
         max_megapixels=max_image_megapixels,

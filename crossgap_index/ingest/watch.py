@@ -32,19 +32,20 @@ WAKE_MS = 500
 
 
 def paths_to_sync(
-    changed: Iterable[Path], roots: Sequence[Path], include_hidden: bool
+    changed: Iterable[Path], roots: Sequence[Path], include_hidden: bool, exclude: Iterable[str] = ()
 ) -> tuple[list[Path], list[Path]]:
     """(image files to index, paths to prune under) for changed paths: an existing file that a build of
     ``roots`` would find; an existing folder, walked; a path gone from disk, pruned with everything under it."""
+    exclude = tuple(exclude)
     files: set[Path] = set()
     prune: list[Path] = []
     for path in changed:
         if path.is_dir():
-            if would_find(path, roots, include_hidden, folder=True):
-                files.update(find_images([path], include_hidden))
+            if would_find(path, roots, include_hidden, folder=True, exclude=exclude):
+                files.update(find_images([path], include_hidden, exclude))
                 prune.append(path)
         elif path.exists():
-            if would_find(path, roots, include_hidden):
+            if would_find(path, roots, include_hidden, exclude=exclude):
                 files.add(path)
                 prune.append(path)
         elif any(path == root or root in path.parents for root in roots):
@@ -55,6 +56,7 @@ def paths_to_sync(
 @dataclass(frozen=True)
 class WatchSettings:
     include_hidden: bool = False
+    exclude: tuple[str, ...] = ()  # glob patterns left out, beside discover.DEFAULT_EXCLUDES (as build-index)
     debounce_ms: int = 2000  # the longest a batch collects events
     step_ms: int = 300  # a batch closes once the folders are quiet this long
     max_megapixels: float = DEFAULT_MAX_MEGAPIXELS
@@ -138,6 +140,7 @@ class FolderWatcher:
         report = self.index.index_folders(
             self.roots,
             include_hidden=s.include_hidden,
+            exclude=s.exclude,
             max_megapixels=s.max_megapixels,
             max_file_bytes=s.max_file_bytes,
             batch_size=s.batch_size,
@@ -147,13 +150,14 @@ class FolderWatcher:
 
     def _sync(self, changed: set[Path]) -> None:
         s = self.settings
-        if paths_to_sync(changed, self.roots, s.include_hidden) == ([], []):
+        if paths_to_sync(changed, self.roots, s.include_hidden, s.exclude) == ([], []):
             return  # no image and nothing indexed among them (a text file, the index's own files): no write
         start = time.perf_counter()
         report = self.index.sync_paths(
             changed,
             self.roots,
             include_hidden=s.include_hidden,
+            exclude=s.exclude,
             max_megapixels=s.max_megapixels,
             max_file_bytes=s.max_file_bytes,
             batch_size=s.batch_size,
