@@ -51,6 +51,7 @@ class PassingOnly:
     def __init__(self, base, passes):
         self._base, self._passes = base, passes
         self.fitted = base.fitted
+        self.fits = base.fits
 
     def top_k(self, collection, queries, k, projection):
         ids, vectors = self._base.vectors(collection)
@@ -63,6 +64,12 @@ class PassingOnly:
 
     def vectors(self, collection):
         return self._base.vectors(collection)
+
+    def vector_blocks(self, collection, size=16_384):
+        return self._base.vector_blocks(collection, size)
+
+    def count(self, collection):
+        return self._base.count(collection)
 
     def vectors_of(self, collection, ids, projection):
         return self._base.vectors_of(collection, ids, projection)

@@ -74,7 +74,10 @@ class MatrixGallery:
         return self._collections[collection]
 
     def vector_blocks(self, collection: str, size: int = FIT_BLOCK) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """(ids, plain vectors) of a collection, ``size`` rows at a time."""
+        """(ids, plain vectors) of a collection, ``size`` rows at a time; none for a collection it does not hold
+        (as ``count`` says 0), so a fit over it finds no vectors instead of failing on a key."""
+        if collection not in self._collections:
+            return iter(())
         ids, vectors = self._collections[collection]
         return ((ids[i : i + size], vectors[i : i + size]) for i in range(0, len(ids), size))
 
