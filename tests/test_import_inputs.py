@@ -18,6 +18,8 @@ import pytest
 from crossgap_index import CrossGapIndex
 from tests.conftest import MODEL
 
+pytestmark = pytest.mark.slow  # dozens of `cgx import` runs in fresh interpreters (about 30 CPU-s)
+
 REPO = Path(__file__).resolve().parents[1]
 DIM = 64
 

@@ -72,6 +72,7 @@ def test_exact_factories_skip_rescoring_with_the_same_ids_and_scores(tmp_path, f
     store.close()
 
 
+@pytest.mark.slow  # a trained codebook per factory
 @pytest.mark.parametrize("factory", APPROXIMATE)
 def test_approximate_factories_are_rescored_with_unchanged_results(tmp_path, factory):
     store, queries = make_store(tmp_path / "idx", factory)

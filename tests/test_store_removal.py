@@ -282,6 +282,7 @@ def test_a_writable_open_of_an_index_damaged_by_the_old_removal_rebuilds_and_sav
         assert cgx_index.search(vector=ivf_import[1][3999], k=1)[0].id == 4000
 
 
+@pytest.mark.slow  # a trained codebook per factory
 @pytest.mark.parametrize(
     "factory", ["IVF64,Flat", "IVF16_HNSW32,SQ8", "IVF16,PQ8x4", "PQ8x4", "HNSW32,PQ8x4", "RQ2x4", "PCA16,IVF8,Flat"]
 )
