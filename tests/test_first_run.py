@@ -127,6 +127,7 @@ def test_world_rule_separates_its_own_world_from_real_photos(photo_crops):
     assert 0 < OUTSIDE_COSINE < 1
 
 
+@pytest.mark.slow  # builds and queries through the CLI
 def test_bundled_model_on_real_photos_says_so_in_cli_library_and_page(tmp_path, photo_crops):
     runner = CliRunner()
     index = tmp_path / "real.cgx"
@@ -157,6 +158,7 @@ def test_bundled_model_on_real_photos_says_so_in_cli_library_and_page(tmp_path, 
             assert client.get("/info").json()["page"]["model_note"] == note
 
 
+@pytest.mark.slow  # builds and queries through the CLI
 def test_no_note_inside_the_world(tmp_path):
     folder = export_folder(tmp_path / "photos", seed=8, n=24)
     result = CliRunner().invoke(

@@ -17,6 +17,8 @@ from crossgap_index.cli.app import app
 from crossgap_index.inversion import InversionConfig
 from tests.conftest import MODEL, write_photo
 
+pytestmark = pytest.mark.slow  # export -> import -> export through the CLI in fresh interpreters
+
 runner = CliRunner()
 
 

@@ -20,6 +20,8 @@ from crossgap_index.server.settings import ServeSettings
 from tests.conftest import MODEL
 from tests.serve_support import running_server
 
+pytestmark = pytest.mark.slow  # imports and every reader (ls, query, export, HTTP) in fresh interpreters
+
 DIM = 64
 runner = CliRunner()
 PATHS = ["https://example.com/a.jpg", "s3://bucket/b.jpg", "gs://bucket/c.jpg", "/nonexistent/gone.jpg"]
