@@ -52,6 +52,7 @@ def test_fast_path_on_one_thread_matches_the_oracle(small: LoadedModel, two_thre
     assert np.sum(got * want, axis=1).min() > 1 - 1e-5
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", sorted(METHODS))
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_threads_change_speed_only(small: LoadedModel, two_threads, method, precision) -> None:
@@ -65,6 +66,7 @@ def test_threads_change_speed_only(small: LoadedModel, two_threads, method, prec
         assert np.sum(results[0] * other, axis=1).min() > 1 - 1e-6
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_a_query_in_a_batch_equals_it_solo_under_the_rule(small: LoadedModel, two_threads, method) -> None:
     """bf16 chunks are whole lanes, so every chunk gets the same threads whatever the batch: bit for bit."""
@@ -125,3 +127,19 @@ def test_bad_thread_settings_are_refused_in_one_line(bad) -> None:
 def test_threads_stay_out_of_cache_keys() -> None:
     keys = {cache_key("m", "oti", InversionConfig(cpu_threads=n), "d") for n in (None, 1, 4)}
     assert len(keys) == 1
+
+
+@pytest.mark.slow
+def test_inverter_training_under_the_rule_equals_it_on_the_process_threads(small, two_threads, monkeypatch) -> None:
+    from crossgap_index.inversion import threads
+    from crossgap_index.inversion.inverter import InverterConfig, train_inverter
+
+    features = _targets(40, _dim(small), seed=3)
+    features /= np.linalg.norm(features, axis=1, keepdims=True)
+    config = InverterConfig(steps=3, batch_size=16)
+    ruled = train_inverter(small, features, config)  # OTI through crossgap-small's text tower: one thread
+    assert torch.get_num_threads() == 2
+    monkeypatch.setattr(threads, "SMALL_STEP_FLOPS", 0.0)  # every step on the process's threads
+    plain = train_inverter(small, features, config)
+    for name, tensor in ruled.net.state_dict().items():
+        torch.testing.assert_close(tensor, plain.net.state_dict()[name], rtol=0, atol=1e-6)
