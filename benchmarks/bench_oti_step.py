@@ -1,7 +1,9 @@
 """OTI / OVI step cost on the CPU, the thread rule (crossgap_index/inversion/threads.py) against today's path, and
 the text evaluation's CPU seconds with and without it.
 
-Two paths, alternated run by run in one process so that the machine's load falls alike on both:
+The rule applies where OpenMP's threads spin (``OMP_WAIT_POLICY`` unset or ACTIVE: a script that imports torch
+before crossgap_index); run this once with ``OMP_WAIT_POLICY=ACTIVE`` and once with ``PASSIVE`` (where both paths
+are one and the same: the pair then shows the noise). Two paths, alternated run by run in one process:
   * ``today``: every step on the process's intra-op threads (the rule switched off: ``SMALL_STEP_FLOPS = 0``);
   * ``fast``: the rule (steps below ``SMALL_STEP_FLOPS`` on one thread).
 Both use the fast feature functions and the precision ``auto`` picks here. Reported per (model, method, batch):
@@ -38,7 +40,9 @@ RULE = thread_rule.SMALL_STEP_FLOPS
 
 def main() -> None:
     args = _parse()
-    doc = {"machine": {**machine_info(), "nominal_peak_gflops": _nominal_peak()}, "settings": vars(args)}
+    machine = {**machine_info(), "nominal_peak_gflops": _nominal_peak()}
+    machine["omp_wait_policy"] = os.environ.get("OMP_WAIT_POLICY", "unset (spinning)")
+    doc = {"machine": machine, "settings": vars(args)}
     doc["steps"] = []
     for name in args.models:
         loaded = load_model(MODELS[name], "cpu")
@@ -167,7 +171,8 @@ def _markdown(doc: dict) -> str:
     lines = [
         "# OTI / OVI step on the CPU: the one-thread rule for small steps against today's path",
         "",
-        f"{m['cpu']}, {m['cores']} cores, torch {m['torch']} ({m['torch_threads']} threads), load average "
+        f"{m['cpu']}, {m['cores']} cores, torch {m['torch']} ({m['torch_threads']} threads), OMP_WAIT_POLICY "
+        f"{m['omp_wait_policy']}, load average "
         f"{m['load_average_at_start']} at start, {m.get('load_average_at_end')} at end. Nominal peak "
         f"{m['nominal_peak_gflops']['fp32']} GFLOP/s fp32, {m['nominal_peak_gflops']['bf16']} bf16 "
         f"({m['nominal_peak_gflops']['basis']}). Settings: {doc['settings']}. `today` and `fast` alternate run by "

@@ -25,8 +25,10 @@ def small() -> LoadedModel:
 
 
 @pytest.fixture
-def two_threads():
-    """The process set to 2 intra-op threads for the test (the development VM's default), restored after."""
+def two_threads(monkeypatch):
+    """The process set to 2 intra-op threads for the test (the development VM's default), restored after, with
+    OpenMP's wait policy read as spinning (the rule's case: a script that imported torch before crossgap_index)."""
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     yield
@@ -110,12 +112,14 @@ def test_concurrent_loops_share_one_setting_and_restore_it(two_threads) -> None:
     assert torch.get_num_threads() == 2
 
 
-def test_the_rule(two_threads) -> None:
+def test_the_rule(two_threads, monkeypatch) -> None:
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert step_threads(None, SMALL_STEP_FLOPS / 2, cpu) == 1
     assert step_threads(None, SMALL_STEP_FLOPS * 2, cpu) == 2  # large steps: the process's setting
     assert step_threads(3, SMALL_STEP_FLOPS / 2, cpu) == 3  # asked for: as asked
     assert step_threads(None, SMALL_STEP_FLOPS / 2, cuda) == 0  # another device: nothing changes
+    monkeypatch.setenv("OMP_WAIT_POLICY", "passive")
+    assert step_threads(None, SMALL_STEP_FLOPS / 2, cpu) == 2  # waiting threads sleep: the process's setting
 
 
 @pytest.mark.parametrize("bad", [0, -1, True, 1.5, "2"])

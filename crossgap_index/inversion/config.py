@@ -51,7 +51,7 @@ class InversionConfig:
     fast: bool = True
     precision: str = "auto"  # auto: bf16 where the device runs it natively (CPU or CUDA), else fp32
     compile: bool = False  # torch.compile the feature function; CUDA only, ignored on CPU
-    cpu_threads: int | None = None  # intra-op threads of the loop on the CPU; None: 1 for small steps (threads.py)
+    cpu_threads: int | None = None  # CPU intra-op threads of the loop; None: the rule of inversion/threads.py
 
     def __post_init__(self) -> None:
         problems = []
