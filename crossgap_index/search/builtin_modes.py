@@ -9,6 +9,7 @@ beside each row. numpy-free: the CLI reads this at start.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 from typing import TYPE_CHECKING
 
 from crossgap_index.inversion import InversionConfig
@@ -82,13 +83,12 @@ def _warm(options: SearchOptions, context: ModeContext) -> Mode:
     return Mode("warm", (Leg("warm", "warm", params=params),))
 
 
-def _peer(class_name: str):
-    """The loader of a peer class: search/peers.py (numpy) is imported when a peer runs, not at start."""
+def _peer(module: str, class_name: str):
+    """The loader of a peer class in ``crossgap_index.search.<module>``: imported when a peer runs (numpy), not at
+    start."""
 
     def load():
-        from crossgap_index.search import peers
-
-        return getattr(peers, class_name)()
+        return getattr(importlib.import_module(f"crossgap_index.search.{module}"), class_name)()
 
     return load
 
@@ -215,7 +215,7 @@ def _peer_entries() -> tuple[ModeEntry, ...]:
             cost="second-search",
             role="post",
             defaults={"n": 5, "alpha": 3.0},
-            implementation=_peer("AlphaQueryExpansion"),
+            implementation=_peer("post", "AlphaQueryExpansion"),
             eval_rows=(
                 EvalRow("dba+aqe", "DBA gallery, then alpha query expansion", mode="dba+aqe"),
                 EvalRow(
@@ -233,7 +233,7 @@ def _peer_entries() -> tuple[ModeEntry, ...]:
             role="adapt",
             composable=True,
             defaults={"n": 5, "alpha": 3.0},
-            implementation=_peer("DatabaseAugmentation"),
+            implementation=_peer("peers", "DatabaseAugmentation"),
         ),
         ModeEntry(
             "nnn",
@@ -244,7 +244,7 @@ def _peer_entries() -> tuple[ModeEntry, ...]:
             cost="gallery-fit",
             role="post",
             defaults={"k": 128, "w": 0.75},
-            implementation=_peer("NearestNeighbourNormalisation"),
+            implementation=_peer("peers", "NearestNeighbourNormalisation"),
             eval_rows=(
                 EvalRow(
                     "span-imagenet+nnn", "span over ImageNet names, then nnn", {"projection": IMAGENET_SPAN}, "span+nnn"
@@ -260,7 +260,7 @@ def _peer_entries() -> tuple[ModeEntry, ...]:
             cost="gallery-fit",
             role="post",
             defaults={"beta": 20.0, "depth": 100},
-            implementation=_peer("QueryBankNormalisation"),
+            implementation=_peer("post", "QueryBankNormalisation"),
             eval_rows=(
                 EvalRow(
                     "span-imagenet+qbnorm",
@@ -279,7 +279,7 @@ def _peer_entries() -> tuple[ModeEntry, ...]:
             role="adapt",
             composable=True,
             defaults={"lam": 1.0},
-            implementation=_peer("Centring"),
+            implementation=_peer("peers", "Centring"),
             eval_rows=(
                 EvalRow("center-dn", "a quarter of the mean removed (DN, lam = 0.25)", {"peer": {"lam": 0.25}}),
             ),
