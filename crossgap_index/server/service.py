@@ -19,7 +19,6 @@ from crossgap_index.errors import CrossGapError
 from crossgap_index.ingest.decode import DecodeError, decode_rgb
 from crossgap_index.ingest.pipeline import decode_side
 from crossgap_index.ingest.texts import unicode_problem
-from crossgap_index.inversion import InversionConfig
 from crossgap_index.search.arithmetic import parse as parse_expression
 from crossgap_index.search.fitting import FitPending
 from crossgap_index.search.labels import list_labels, mode_help, mode_label
@@ -212,17 +211,6 @@ class SearchService:
     @staticmethod
     def _options(request: SearchRequest) -> SearchOptions:
         """How the request asks to search, as the library takes it (inversion settings left out: the served ones)."""
-        changes: dict[str, Any] = {}
-        if request.steps is not None:
-            changes.update(oti_steps=request.steps, ovi_steps=request.steps)
-        if request.tokens is not None:
-            changes["n_tokens"] = request.tokens
-        if request.patches is not None:
-            changes["n_patches"] = request.patches
-        if request.lr is not None:
-            changes["lr"] = request.lr
-        if request.precision is not None:
-            changes["precision"] = request.precision
         return SearchOptions(
             target=request.target,
             k=request.k,
@@ -230,7 +218,7 @@ class SearchService:
             merge=request.merge,
             alpha=request.alpha,
             rrf_k=request.rrf_k,
-            inversion=InversionConfig(**changes) if changes else None,
+            inversion=request.inversion(),
             use_cache=request.use_cache,
             under=request.under,
             glob=request.glob,
