@@ -187,3 +187,18 @@ def test_resolve_mode_takes_options_whole_and_keywords_override():
     assert fused.legs[1].params["oti_steps"] == 3
     assert resolve_mode("fused", options, alpha=0.75).alpha == 0.75
     assert resolve_mode("dba+aqe", SearchOptions(peer={"n": 2})).post["n"] == 2  # peer settings go to the post-step
+
+
+def test_a_stored_mode_naming_an_unknown_peer_is_refused_before_it_is_served(index):
+    stored = {**resolve_mode("span+aqe").to_dict(), "post": {"kind": "telepathy"}}
+    with pytest.raises(QueryError, match="unknown post step 'telepathy'"):
+        resolve_mode("auto", tuned=stored)
+    with pytest.raises(QueryError, match="unknown post step"):
+        index.set_tuned_mode({"mode": stored, "task": "image-to-image"})
+    adapted = {**resolve_mode("dba").to_dict()}
+    adapted["legs"] = [{**adapted["legs"][0], "params": {"kind": "aqe"}}]  # a post-step is no adapted leg
+    with pytest.raises(QueryError, match="unknown adapt step 'aqe'"):
+        resolve_mode("auto", tuned=adapted)
+    with pytest.raises(QueryError, match="malformed mode record"):
+        resolve_mode("auto", tuned={})
+    assert index.tuned_mode is None

@@ -43,7 +43,7 @@ def _cross_leg(options: SearchOptions) -> Leg:
 
 
 def _auto(options: SearchOptions, context: ModeContext) -> Mode:
-    if context.tuned:
+    if context.tuned is not None:
         return Mode.from_dict(context.tuned)
     if context.default is None:
         raise ValueError("auto needs the model's default (search.modes.resolve_mode supplies it)")

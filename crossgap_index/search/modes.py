@@ -24,11 +24,13 @@ from crossgap_index.search.mode_spec import (
     gallery_collection,
 )
 from crossgap_index.search.registry import (
+    MODES,
     ModeContext,
     composable_names,
     is_mode_name,
     mode_entry,
     mode_names,
+    peer_names,
     post_steps,
     unknown_mode_message,
 )
@@ -48,6 +50,7 @@ __all__ = [
     "TRANSFORMS",
     "WARM_SETTINGS",
     "DefaultCross",
+    "checked",
     "Leg",
     "Mode",
     "default_cross",
@@ -87,7 +90,19 @@ def resolve_mode(
     if plus:
         return follow_with(resolve_mode(base, dataclasses.replace(options, peer=None)), post, options.peer)
     context = ModeContext(tuned, lambda: default_cross(model).mode())
-    return mode_entry(name).resolve(options, context)
+    return checked(mode_entry(name).resolve(options, context))
+
+
+def checked(mode: Mode) -> Mode:
+    """``mode`` if every peer it names (an adapted leg's kind, its post-step's) is a registered peer in that role;
+    a stored record naming another is refused here, in one line, before it is served."""
+    kinds = [(leg.params.get("kind"), "adapt") for leg in mode.legs if leg.transform == "adapt"]
+    kinds += [(mode.post["kind"], "post")] if mode.post is not None else []
+    for kind, role in kinds:
+        if kind not in MODES or MODES[kind].role != role:
+            named = post_steps() if role == "post" else tuple(n for n in peer_names() if MODES[n].role == "adapt")
+            raise QueryError(f"mode {mode.name}: unknown {role} step '{kind}': use one of {', '.join(named)}")
+    return mode
 
 
 def follow_with(base: Mode, post: str, settings: dict | None = None, name: str | None = None) -> Mode:
