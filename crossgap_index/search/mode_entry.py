@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from crossgap_index.errors import QueryError
+from crossgap_index.search.mode_spec import Leg, Mode
 
 if TYPE_CHECKING:
-    from crossgap_index.search.mode_spec import Mode
     from crossgap_index.search.options import SearchOptions
     from crossgap_index.search.peers import Peer
 
@@ -86,8 +86,6 @@ class ModeEntry:
 
     def resolve(self, options: SearchOptions, context: ModeContext) -> Mode:
         """This mode for a request's settings: a peer alone is an adapted leg (adapt) or a post-step after intra."""
-        from crossgap_index.search.mode_spec import Leg, Mode
-
         if self.build is not None:
             return self.build(options, context)
         params = {"kind": self.name, **self.peer_settings(options.peer)}
