@@ -12,17 +12,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from crossgap_index.errors import QueryError
-from crossgap_index.search.builtin_modes import SERVED_OTI_STEPS, WARM_SETTINGS
-from crossgap_index.search.mode_spec import (
-    FUSION_DEPTH,
-    FUSIONS,
-    GALLERIES,
-    INVERTED_GALLERY,
-    TRANSFORMS,
-    Leg,
-    Mode,
-    gallery_collection,
-)
+from crossgap_index.search.builtin_modes import SERVED_OTI_STEPS
+from crossgap_index.search.mode_spec import Leg, Mode
 from crossgap_index.search.registry import (
     MODES,
     ModeContext,
@@ -39,24 +30,19 @@ from crossgap_index.words import RRF_K
 if TYPE_CHECKING:
     from crossgap_index.search.options import SearchOptions
 
+# Leg, Mode (search/mode_spec.py), RRF_K (words.py) and SERVED_OTI_STEPS (search/builtin_modes.py) are read from
+# here by callers that name modes.
 __all__ = [
-    "FUSIONS",
-    "FUSION_DEPTH",
-    "GALLERIES",
-    "INVERTED_GALLERY",
     "MODE_NAMES",
     "RRF_K",
     "SERVED_OTI_STEPS",
-    "TRANSFORMS",
-    "WARM_SETTINGS",
     "DefaultCross",
-    "checked",
     "Leg",
     "Mode",
+    "checked",
     "default_cross",
     "describe_cross",
     "follow_with",
-    "gallery_collection",
     "resolve_mode",
 ]
 
