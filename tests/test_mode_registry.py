@@ -202,3 +202,27 @@ def test_a_stored_mode_naming_an_unknown_peer_is_refused_before_it_is_served(ind
     with pytest.raises(QueryError, match="malformed mode record"):
         resolve_mode("auto", tuned={})
     assert index.tuned_mode is None
+
+
+@pytest.mark.slow
+def test_the_server_offers_and_serves_what_the_registry_holds(index, negate):
+    """GET /info lists every registered name and offers (with label and help) each entry the index can serve,
+    the toy included once registered; a request names it like any mode; an unknown name is a 400."""
+    import httpx
+
+    from crossgap_index.server.settings import ServeSettings
+    from tests.serve_support import running_server
+
+    with running_server(index, ServeSettings()) as base:
+        info = httpx.get(base + "/info", timeout=60).json()
+        offered = {choice["name"]: choice for choice in info["page"]["mode_choices"]}
+        assert set(offered) == set(mode_names(compositions=False, offered_only=True))  # this index serves all
+        assert offered["negate"]["label"] == "Opposite" and offered["negate"]["help"] == NEGATE.help
+        assert info["page"]["list_labels"]["negate"] == "Opposite"
+        assert {"negate", "negate+aqe", "span+aqe"} <= set(info["modes"])
+        vector = index._store.ids_and_vectors("image")[1][0].tolist()
+        body = {"vector": vector, "modality": "image", "k": 3, "mode": "negate"}
+        hits = httpx.post(base + "/search", json=body, timeout=60).json()["hits"]
+        assert [h["id"] for h in hits] == [h.id for h in index.search(vector=vector, k=3, mode="negate")]
+        refused = httpx.post(base + "/search", json={**body, "mode": "negate+dba"}, timeout=60)
+        assert refused.status_code == 400 and "unknown mode 'negate+dba'" in refused.json()["error"]
