@@ -325,7 +325,7 @@ def import_source(
             if marker and not last:
                 catalog.set_meta(RESUME_KEY, marker)
             else:
-                catalog.conn.execute("DELETE FROM meta WHERE key = ?", (RESUME_KEY,))
+                catalog.delete_meta(RESUME_KEY)
             pause_point("import-written")  # the batch's vectors are in the shards, its rows not committed yet
             store.commit()
         done += n

@@ -154,8 +154,7 @@ class Store:
             store = cls(path, manifest, catalog, {}, readonly)
             store._for_check = for_check
             store._check_dim()
-            if catalog.legacy and not readonly:
-                store._migrate()
+            catalog.migrate_if_old(manifest.dim, lambda: store.lock.hold(store.wait))
             if not for_check:
                 store._check_shards()
             if not readonly:
@@ -179,13 +178,6 @@ class Store:
                 f"catalog holds {stored}-d vectors; the manifest does not belong to this catalog"
             )
 
-    def _migrate(self) -> None:
-        """Move an old index's vectors out of the catalog into shards, once, under the writer lock."""
-        with self.lock.hold(self.wait):
-            count = self.catalog.count("image") + self.catalog.count("text")
-            log.warning("cgx: moving the %d vectors of %s into vector shards (once) ...", count, self.path)
-            self.catalog.migrate_to_shards(self.manifest.dim)
-
     def _check_shards(self) -> None:
         """Every shard at least as long as its committed rows (one stat each): a shorter one has lost
         committed vectors, so the index is refused in one line."""
@@ -196,7 +188,7 @@ class Store:
     def _remove_unrecorded(self) -> None:
         """Shard files an interrupted compaction (or write) left that no catalog record names: deleted when
         no writer holds the lock (one may be writing such a file right now), else left for a later writer."""
-        if self.catalog.legacy or self.catalog.get_meta("vector_dim") is None:
+        if not self.catalog.uses_shards():
             return
         if not self.catalog.shards().unrecorded(self.catalog.shard_records()):
             return
