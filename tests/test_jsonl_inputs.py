@@ -112,15 +112,15 @@ def test_a_link_to_dev_zero_is_refused_unread(tmp_path, caller):
     assert "not a regular file (a character device)" in message or "expected a folder" in message
 
 
-def test_the_reader_itself_refuses_fifos_and_devices_before_reading(tmp_path):
+@pytest.mark.parametrize(
+    "make,kind", [(os.mkfifo, "a FIFO"), (lambda p: p.symlink_to("/dev/zero"), "a character device")]
+)
+def test_the_reader_itself_refuses_fifos_and_devices_before_reading(tmp_path, make, kind):
     """The eval caller turns a FIFO away before the reader sees it; the reader refuses it on its own too."""
-    fifo = tmp_path / "pipe.jsonl"
-    os.mkfifo(fifo)
-    zero = tmp_path / "zero.jsonl"
-    zero.symlink_to("/dev/zero")
-    for path, kind in ((fifo, "a FIFO"), (zero, "a character device")):
-        with pytest.raises(InputFileError, match=rf"not a regular file \({kind}\)"):
-            list(read_jsonl(path, None))
+    path = tmp_path / "odd.jsonl"
+    make(path)
+    with pytest.raises(InputFileError, match=rf"not a regular file \({kind}\)"):
+        list(read_jsonl(path, None))
 
 
 def test_a_file_over_its_cap_is_refused_before_a_byte_is_read(tmp_path):

@@ -41,7 +41,6 @@ from crossgap_index.store.catalog_schema import (
     check_header,
     chunked,
     header_shortfall,
-    optional_path_to_db,
     path_from_db,
     wal_has_frames,
 )
@@ -331,20 +330,9 @@ class Catalog(ImageFiles, ImportedRows, ShardBookkeeping, LegacyMigration):
     ) -> None:
         """Many image rows under given ids at once (imports): one shard append, one executemany. The rows
         carry no file stat (size, mtime 0: not read from files here); a caption goes in ``text``."""
-        first = self._append(ITEMS_STREAM, vectors)
-        rows = zip(
-            [int(i) for i in ids],
-            [optional_path_to_db(p) for p in paths],
-            captions if captions is not None else [None] * len(paths),
-            content_hashes,
-            range(first, first + len(paths)),
-            strict=True,
-        )
-        self.conn.executemany(
-            "INSERT INTO items (id, modality, path, text, content_hash, size, mtime_ns, slot) "
-            "VALUES (?, 'image', ?, ?, ?, 0, 0, ?)",
-            rows,
-        )
+        count = len(paths)
+        texts = captions if captions is not None else [None] * count
+        self.add_imported_rows(ids, vectors, content_hashes, ["image"] * count, paths, texts, [None] * count)
 
     def add_imported(self, ids: np.ndarray, vectors: np.ndarray, hash_prefix: str) -> None:
         """``add_images``' bulk twin for imported rows without paths or captions (an ``.npy`` import), the
