@@ -25,7 +25,7 @@ MAX_NPY_HEADER_BYTES = 10_000  # numpy's own default bound on an .npy header
 _OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
 
 
-def open_regular(path: Path, max_bytes: int | None = None, setting: str = "the size") -> BinaryIO:
+def open_regular(path: Path, max_bytes: int | None = None, setting: str = "size") -> BinaryIO:
     """``path`` opened for binary reading if it is a regular file (a symlink counts as its target) of at most
     ``max_bytes`` (None: any size; ``setting`` names the cap in the message)."""
     try:

@@ -33,7 +33,7 @@ class JsonLine:
 
 
 def read_jsonl(
-    path: Path, max_bytes: int | None, setting: str = "the size", max_line_bytes: int = MAX_LINE_BYTES
+    path: Path, max_bytes: int | None, setting: str = "size", max_line_bytes: int = MAX_LINE_BYTES
 ) -> Iterator[JsonLine]:
     """Every non-blank line of a UTF-8 JSON-lines file, in order. ``max_bytes`` caps the file (None: only the
     line cap bounds memory, for metadata of any number of rows), ``setting`` names that cap in the message.
@@ -58,7 +58,7 @@ def read_jsonl(
                 yield JsonLine(lineno, value, problem)
 
 
-def jsonl_objects(path: Path, max_bytes: int | None, setting: str = "the size") -> Iterator[tuple[int, dict]]:
+def jsonl_objects(path: Path, max_bytes: int | None, setting: str = "size") -> Iterator[tuple[int, dict]]:
     """(line number, object) of each non-blank line; the first bad line is a one-line InputFileError."""
     for line in read_jsonl(path, max_bytes, setting):
         if line.problem is not None:
@@ -68,7 +68,7 @@ def jsonl_objects(path: Path, max_bytes: int | None, setting: str = "the size") 
 
 def read_json_object(path: Path, max_bytes: int) -> dict:
     """A small JSON file holding one object (an export's ``export.json``), read whole under ``max_bytes``."""
-    with open_regular(path, max_bytes, "the size") as f:
+    with open_regular(path, max_bytes) as f:
         data = f.read(max_bytes + 1)
     if len(data) > max_bytes:
         raise InputFileError(f"{path}: the file grew past the size limit while it was read")
