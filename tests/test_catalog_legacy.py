@@ -12,7 +12,7 @@ import pytest
 
 from crossgap_index.errors import StoreError
 from crossgap_index.store.catalog import Catalog
-from tests.legacy_index import LEGACY_SCHEMA
+from tests.support.legacy_index import LEGACY_SCHEMA
 
 DIM = 8
 ROWS = 1_200  # over the 999-parameter limit set below: the id-list queries run in chunks here too
