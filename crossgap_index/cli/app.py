@@ -37,8 +37,8 @@ from crossgap_index.inversion import InversionConfig
 from crossgap_index.inversion.config import LR_MAX
 from crossgap_index.models import DEFAULT_MODEL, bundled_names
 from crossgap_index.search.modes import MODE_NAMES, SERVED_OTI_STEPS
-
-RRF_K_DEFAULT = 60  # crossgap_index.search.merge.RRF_K, stated here so that --help needs no numpy
+from crossgap_index.search.registry import mode_help_text
+from crossgap_index.words import RRF_K
 
 app = typer.Typer(
     help="crossgap-index: CLIP image/text search with modality-inversion reranking.",
@@ -385,12 +385,7 @@ def query(
         Mode | None,
         typer.Option(
             metavar="MODE",
-            help="intra (default): plain embeddings; cross: OTI/OVI inversion; fused: intra + cross merged "
-            "(--merge); cross-gallery: against the gallery's stored OTI (images) / OVI (texts); span / iso / "
-            "concept: zero-cost projections of query and gallery; inverter / warm: the trained inversion network "
-            "(cgx train-inverter [--modality texts]); aqe / dba / nnn / qbnorm / center: the training-free peers; "
-            "MODE+POST (e.g. span+aqe): a one-leg mode followed by aqe, nnn or qbnorm; auto: the mode tuned for "
-            "the query's task. Every mode orders equal scores (within 1e-6) by the intra score, then by id.",
+            help=mode_help_text(),
         ),
     ] = None,
     merge: Annotated[
@@ -401,7 +396,7 @@ def query(
         ),
     ] = Merge.rrf,
     alpha: Annotated[float, typer.Option(min=0.0, max=1.0, help="Weight of the cross list for --merge score.")] = 0.5,
-    rrf_k: Annotated[int, typer.Option(min=1, help="RRF constant.")] = RRF_K_DEFAULT,
+    rrf_k: Annotated[int, typer.Option(min=1, help="RRF constant.")] = RRF_K,
     depth: Annotated[int, typer.Option(min=1, help="How deep each merged list is taken (at least -k).")] = 100,
     steps: Annotated[
         int | None, typer.Option(min=0, help="Inversion steps [default: 25, OTI and OVI; the paper: 150 and 1000].")
