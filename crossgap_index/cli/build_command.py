@@ -19,6 +19,8 @@ from crossgap_index.cli.options import (
     QuietOpt,
     RayAddressOpt,
     VerboseOpt,
+    engine_option,
+    exclude_option,
 )
 from crossgap_index.ingest.discover import DEFAULT_EXCLUDES
 from crossgap_index.ingest.limits import DEFAULT_MAX_FILE_MB, DEFAULT_MAX_MEGAPIXELS
@@ -27,6 +29,16 @@ from crossgap_index.inversion.flags import InversionFlags
 
 if TYPE_CHECKING:
     from crossgap_index.api import BuildReport
+
+ExcludeOpt = exclude_option(
+    "Leave out folders and files matching GLOB (repeatable): a name pattern (raw, *.tmp.jpg) matches any name on the "
+    "way, one with / the path under the folder (2019/drafts/*). Files indexed before and excluded now leave the "
+    f"index. Always left out: {', '.join(DEFAULT_EXCLUDES)}."
+)
+EngineOpt = engine_option(
+    "local (threads + this process) or ray (Ray Data: decode tasks, embedding actors; --invert-gallery and the "
+    "derived collections --cross searches run in a Ray actor pool too). This process writes the index."
+)
 
 
 def build_index_command(
@@ -42,15 +54,7 @@ def build_index_command(
         ),
     ] = "auto",
     include_hidden: IncludeHiddenOpt = False,
-    exclude: Annotated[
-        list[str] | None,
-        typer.Option(
-            metavar="GLOB",
-            help="Leave out folders and files matching GLOB (repeatable): a name pattern (raw, *.tmp.jpg) matches "
-            "any name on the way, one with / the path under the folder (2019/drafts/*). Files indexed before and "
-            f"excluded now leave the index. Always left out: {', '.join(DEFAULT_EXCLUDES)}.",
-        ),
-    ] = None,
+    exclude: ExcludeOpt = None,
     max_image_megapixels: MaxImageMegapixelsOpt = DEFAULT_MAX_MEGAPIXELS,
     max_file_mb: MaxFileMbOpt = DEFAULT_MAX_FILE_MB,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per embedding batch.")] = 64,
@@ -68,13 +72,7 @@ def build_index_command(
         ),
     ] = False,
     steps: Annotated[int, typer.Option(help="OTI steps for --invert-gallery.")] = InversionConfig.oti_steps,
-    engine: Annotated[
-        str,
-        typer.Option(
-            help="local (threads + this process) or ray (Ray Data: decode tasks, embedding actors; --invert-gallery "
-            "and the derived collections --cross searches run in a Ray actor pool too). This process writes the index."
-        ),
-    ] = "local",
+    engine: EngineOpt = "local",
     ray_address: RayAddressOpt = None,
     no_wait: NoWaitOpt = False,
     precision: PrecisionOpt = "auto",

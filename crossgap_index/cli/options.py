@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -66,6 +66,17 @@ MaxImageMegapixelsOpt = Annotated[
     float, typer.Option(min=0.0, help="Skip images larger than this (decompression-bomb guard).")
 ]
 MaxFileMbOpt = Annotated[float, typer.Option(min=0.0, help="Skip files larger than this many MB without reading them.")]
+
+
+def exclude_option(help: str) -> Any:
+    """``--exclude GLOB`` (repeatable) with this command's ``help``: which folders and files a walk leaves out."""
+    return Annotated[list[str] | None, typer.Option(metavar="GLOB", help=help)]
+
+
+def engine_option(help: str) -> Any:
+    """``--engine`` (local or ray) with this command's ``help``: where the command's heavy work runs."""
+    return Annotated[str, typer.Option(help=help)]
+
 
 # The collection a search reads, as users name it (crossgap_index.words.TARGETS).
 Target = Enum("Target", {name: name for name in TARGETS}, type=str)

@@ -7,10 +7,24 @@ from typing import Annotated
 
 import typer
 
-from crossgap_index.cli.options import DeviceOpt, IndexOpt, ModelOpt, NoWaitOpt, QuietOpt, RayAddressOpt, VerboseOpt
+from crossgap_index.cli.options import (
+    DeviceOpt,
+    IndexOpt,
+    ModelOpt,
+    NoWaitOpt,
+    QuietOpt,
+    RayAddressOpt,
+    VerboseOpt,
+    engine_option,
+)
 from crossgap_index.ingest.limits import DEFAULT_MAX_FILE_MB
 from crossgap_index.inversion import InversionConfig
 from crossgap_index.inversion.flags import InversionFlags
+
+EngineOpt = engine_option(
+    "Where --invert-gallery and the derived collections --cross searches run: local (this process) or ray (a Ray "
+    "actor pool). Texts are embedded here either way; this process writes the index."
+)
 
 
 def add_texts_command(
@@ -29,13 +43,7 @@ def add_texts_command(
         ),
     ] = False,
     ovi_steps: Annotated[int, typer.Option(min=0, help="OVI steps for --invert-gallery.")] = InversionConfig.ovi_steps,
-    engine: Annotated[
-        str,
-        typer.Option(
-            help="Where --invert-gallery and the derived collections --cross searches run: local (this process) or "
-            "ray (a Ray actor pool). Texts are embedded here either way; this process writes the index."
-        ),
-    ] = "local",
+    engine: EngineOpt = "local",
     ray_address: RayAddressOpt = None,
     no_wait: NoWaitOpt = False,
     quiet: QuietOpt = False,

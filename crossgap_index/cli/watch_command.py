@@ -9,26 +9,31 @@ from typing import Annotated
 
 import typer
 
-from crossgap_index.cli.options import IncludeHiddenOpt, MaxFileMbOpt, MaxImageMegapixelsOpt, ServiceIndexOpt
+from crossgap_index.cli.options import (
+    IncludeHiddenOpt,
+    MaxFileMbOpt,
+    MaxImageMegapixelsOpt,
+    ServiceIndexOpt,
+    exclude_option,
+)
 from crossgap_index.errors import QueryError
 from crossgap_index.ingest.limits import DEFAULT_MAX_FILE_MB, DEFAULT_MAX_MEGAPIXELS
 from crossgap_index.ingest.watch import WatchSettings
+
+ExcludeOpt = exclude_option(
+    "Leave out folders and files matching GLOB (repeatable), as `cgx build-index --exclude` does; the NAS and system "
+    "folders build-index always leaves out are left out here too."
+)
+WatchDeviceOpt = Annotated[str, typer.Option("--device", help="auto (CUDA when available), cpu or cuda.")]
 
 
 def watch_command(
     folders: Annotated[list[Path], typer.Argument(help="Folders to keep indexed, recursively.")],
     index: ServiceIndexOpt = None,
     model: Annotated[str | None, typer.Option(help="Model of a new index (an existing index keeps its own).")] = None,
-    device: Annotated[str, typer.Option("--device", help="auto (CUDA when available), cpu or cuda.")] = "auto",
+    device: WatchDeviceOpt = "auto",
     include_hidden: IncludeHiddenOpt = False,
-    exclude: Annotated[
-        list[str] | None,
-        typer.Option(
-            metavar="GLOB",
-            help="Leave out folders and files matching GLOB (repeatable), as `cgx build-index --exclude` does; "
-            "the NAS and system folders build-index always leaves out are left out here too.",
-        ),
-    ] = None,
+    exclude: ExcludeOpt = None,
     debounce_ms: Annotated[
         int, typer.Option(min=1, help="The longest a batch collects changes before it is written.")
     ] = WatchSettings.debounce_ms,
