@@ -197,12 +197,7 @@ def query_command(
         inversion=inversion,
         projection=projection or None,
         use_cache=not no_cache,
-        under=str(under.expanduser().resolve()) if under is not None else None,
-        glob=glob,
-        only_ids=tuple(only_id) if only_id else None,
-        exclude_ids=tuple(exclude_id or ()),
-        external_ids=tuple(external_id) if external_id else None,
-        exclude_query=False if keep_query_item else None,
+        **_filters(under, glob, only_id, exclude_id, external_id, keep_query_item),
     )
     searched = _search(index, device, precision, library_query, options, quiet or json_out, quiet)
     if not quiet:
@@ -233,6 +228,25 @@ def _projection(span_components: int | None, vocab: Path | None) -> dict:
     if vocab is not None:
         projection["vocabulary"] = read_vocab(vocab)
     return projection
+
+
+def _filters(
+    under: Path | None,
+    glob: str | None,
+    only_id: list[int] | None,
+    exclude_id: list[int] | None,
+    external_id: list[str] | None,
+    keep_query_item: bool,
+) -> dict:
+    """The ``SearchOptions`` filter fields the filter flags give (a folder resolved from here)."""
+    return {
+        "under": str(under.expanduser().resolve()) if under is not None else None,
+        "glob": glob,
+        "only_ids": tuple(only_id) if only_id else None,
+        "exclude_ids": tuple(exclude_id or ()),
+        "external_ids": tuple(external_id) if external_id else None,
+        "exclude_query": False if keep_query_item else None,
+    }
 
 
 def _tunes_inversion(flags: InversionFlags) -> bool:
