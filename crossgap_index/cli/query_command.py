@@ -18,14 +18,15 @@ from crossgap_index.cli.query_arg import query_modality, query_of
 from crossgap_index.inversion import InversionConfig
 from crossgap_index.inversion.config import LR_MAX
 from crossgap_index.inversion.flags import InversionFlags
-from crossgap_index.search.modes import MODE_NAMES
+from crossgap_index.search.registry import mode_help_text, mode_names
 from crossgap_index.words import RRF_K, TARGETS
 
 if TYPE_CHECKING:
     from crossgap_index import SearchOptions
     from crossgap_index.api import Hit
 
-Mode = Enum("Mode", {name.replace("-", "_"): name for name in MODE_NAMES}, type=str)
+# Every mode name the registry holds (compositions BASE+POST included), for typer's check of --mode.
+Mode = Enum("Mode", {name.replace("-", "_"): name for name in mode_names()}, type=str)
 
 
 class Merge(str, Enum):
@@ -33,15 +34,6 @@ class Merge(str, Enum):
     score = "score"
     none = "none"
 
-
-MODE_HELP = (
-    "intra (default): plain embeddings; cross: OTI/OVI inversion; fused: intra + cross merged "
-    "(--merge); cross-gallery: against the gallery's stored OTI (images) / OVI (texts); span / iso / "
-    "concept: zero-cost projections of query and gallery; inverter / warm: the trained inversion network "
-    "(cgx train-inverter [--modality texts]); aqe / dba / nnn / qbnorm / center: the training-free peers; "
-    "MODE+POST (e.g. span+aqe): a one-leg mode followed by aqe, nnn or qbnorm; auto: the mode tuned for "
-    "the query's task. Every mode orders equal scores (within 1e-6) by the intra score, then by id."
-)
 
 QueryArg = Annotated[
     str | None,
@@ -63,7 +55,7 @@ CrossOpt = Annotated[
         "(chosen on development data; cgx info says which). Same as --mode auto.",
     ),
 ]
-ModeOpt = Annotated[Mode | None, typer.Option(metavar="MODE", help=MODE_HELP)]
+ModeOpt = Annotated[Mode | None, typer.Option(metavar="MODE", help=mode_help_text())]
 MergeOpt = Annotated[
     Merge,
     typer.Option(

@@ -36,7 +36,7 @@ import numpy as np
 
 from crossgap_index.errors import QueryError
 from crossgap_index.search.fitting import FitProgress, knn_blocks, runner_of
-from crossgap_index.search.modes import POST_STEPS, Leg, Mode, gallery_collection, peer_mode
+from crossgap_index.search.mode_spec import Leg, Mode, gallery_collection
 
 _CHUNK = 1024  # rows of a similarity block: memory CHUNK x N floats
 _COLLECTION_OF = {"image": "image", "text": "text"}
@@ -314,10 +314,13 @@ def tune_candidates(base_modes: Sequence[tuple[str, Mode]] = ()) -> list[tuple[s
 
 def post_candidates(base_modes: Sequence[tuple[str, Mode]]) -> list[tuple[str, Mode]]:
     """Each given one-leg mode (fusions and modes with a post-step are skipped) followed by each post-step."""
+    from crossgap_index.search.modes import follow_with
+    from crossgap_index.search.registry import post_steps
+
     out = []
     for label, base in base_modes:
         if len(base.legs) != 1 or base.post is not None:
             continue
-        for post in POST_STEPS:
-            out.append((f"{label}+{post}", peer_mode(f"{base.name}+{post}", base, post, {})))
+        for post in post_steps():
+            out.append((f"{label}+{post}", follow_with(base, post)))
     return out

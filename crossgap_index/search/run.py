@@ -25,7 +25,7 @@ import numpy as np
 
 from crossgap_index.search.filters import Admit, filtered_top_k
 from crossgap_index.search.merge import fuse
-from crossgap_index.search.modes import Leg, Mode, gallery_collection
+from crossgap_index.search.mode_spec import Leg, Mode, gallery_collection
 from crossgap_index.search.projections import FeatureMap
 from crossgap_index.search.ranking import TIE_TOLERANCE, Ranked, break_ties, has_ties
 

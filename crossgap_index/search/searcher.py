@@ -189,14 +189,14 @@ class Searcher:
         return np.array(vectors[0], np.float32), row.modality, digest
 
     # -- modes --------------------------------------------------------------------------------
-    def resolve(self, mode: str | Mode, query_modality: str, collection: str, **settings) -> Mode:
-        """The Mode to run for a query of ``query_modality`` against ``collection``."""
-        if isinstance(mode, Mode):
-            return mode
+    def resolve(self, options: SearchOptions, query_modality: str, collection: str) -> Mode:
+        """The Mode ``options`` names for a query of ``query_modality`` against ``collection``."""
+        if isinstance(options.mode, Mode):
+            return options.mode
         tuned = self.tuned_record(query_modality, collection)
-        if mode == "auto" and query_modality != collection and tuned is None:
+        if options.mode == "auto" and query_modality != collection and tuned is None:
             return resolve_mode("intra")  # already inter-modal and nothing tuned for it: nothing to turn around
-        return resolve_mode(mode, tuned=tuned["mode"] if tuned else None, model=self._model_name, **settings)
+        return resolve_mode(options.mode, options, tuned=tuned["mode"] if tuned else None, model=self._model_name)
 
     def tuned_record(self, query_modality: str, collection: str) -> dict | None:
         """The tune record serving ``query_modality`` queries against ``collection``: the one tuned for that
@@ -256,7 +256,7 @@ class Searcher:
     def served(self, options: SearchOptions, query_modality: str) -> Mode:
         """The Mode that answers a query of ``query_modality`` asked with ``options``, checked against the index."""
         collection = collection_of(options.target)
-        chosen = self.resolve(options.mode, query_modality, collection, **options.mode_settings())
+        chosen = self.resolve(options, query_modality, collection)
         if query_modality in ("image", "text") and query_modality != collection and turns(chosen):
             chosen = resolve_mode("intra")  # already inter-modal: the query itself is the cross search
         self._check(chosen, query_modality, collection)
