@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from crossgap_index.cli.options import DeviceOpt, IndexOpt, PrecisionOpt, QuietOpt, Target
+from crossgap_index.cli.options import DeviceOpt, IndexOpt, JsonOpt, PrecisionOpt, QuietOpt, Target
 from crossgap_index.cli.query_arg import query_modality, query_of
 from crossgap_index.inversion import InversionConfig
 from crossgap_index.inversion.config import LR_MAX
@@ -87,7 +87,6 @@ VocabOpt = Annotated[
     typer.Option(help="Concept names, one per line, for --mode span / concept [default: ImageNet-1k names]."),
 ]
 NoCacheOpt = Annotated[bool, typer.Option("--no-cache", help="Ignore and do not fill the inversion cache.")]
-JsonOutOpt = Annotated[bool, typer.Option("--json", help="One JSON document on stdout.")]
 PathsOnlyOpt = Annotated[bool, typer.Option("--paths-only", help="Only paths (or texts), one per line.")]
 NullOpt = Annotated[
     bool, typer.Option("--null", "-0", help="With --paths-only: end each item with NUL, not newline (xargs -0).")
@@ -142,7 +141,7 @@ def query_command(
     span_components: SpanComponentsOpt = None,
     vocab: VocabOpt = None,
     no_cache: NoCacheOpt = False,
-    json_out: JsonOutOpt = False,
+    json_out: JsonOpt = False,
     paths_only: PathsOnlyOpt = False,
     null: NullOpt = False,
     precision: PrecisionOpt = "auto",
