@@ -60,12 +60,19 @@ def test_a_bad_value_is_one_line(flags, message):
 
 def test_the_server_request_means_what_the_flags_mean():
     """The HTTP request's ``steps`` and the CLI's ``--steps`` build the same InversionConfig."""
+    from pydantic import ValidationError
+
     from crossgap_index.server.models import SearchRequest
     from crossgap_index.server.service import SearchService
 
+    assert SearchRequest(text="a red circle").inversion() is None
     for settings in ({"steps": 5}, {"steps": 5, "tokens": 2, "lr": 0.01}, {"patches": 4, "precision": "fp32"}, {}):
         request = SearchRequest(text="a red circle", mode="cross", **settings)
-        assert SearchService._options(request).inversion == InversionFlags(**settings).config(), settings
+        assert request.inversion() == InversionFlags(**settings).config(), settings
+        assert SearchService._options(request).inversion == request.inversion()
+    assert SearchRequest(text="a red circle", steps=3).inversion().ovi_steps == 3
+    with pytest.raises(ValidationError):
+        SearchRequest(text="x", steps=-1)
 
 
 @pytest.fixture(scope="module")

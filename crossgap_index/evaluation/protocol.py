@@ -27,9 +27,9 @@ from crossgap_index.evaluation.stats import paired_difference, paired_interval
 from crossgap_index.ingest.decode import DecodeError, decode_rgb
 from crossgap_index.inversion import InversionConfig
 from crossgap_index.models import Encoder, default_model_spec, load_model
+from crossgap_index.search.candidates import peer_eval_modes
 from crossgap_index.search.gallery import MatrixGallery
 from crossgap_index.search.modes import RRF_K, SERVED_OTI_STEPS, Mode, default_cross, resolve_mode
-from crossgap_index.search.peers import eval_modes as peer_eval_modes
 from crossgap_index.search.run import Queries, run_mode
 from crossgap_index.search.transforms import ModelTransformer
 from crossgap_index.search.vocabulary import PROMPT, concept_prompts

@@ -9,7 +9,7 @@ a composition ``BASE+POST`` (``span+aqe``) is any composable entry followed by a
     mode_entry(name)      the entry, or a one-line QueryError
     mode_names(...)       every name a user may give (compositions included unless asked not to)
     is_mode_name(name)    whether ``name`` is one of them
-    post_steps()          the names that may follow a one-leg mode
+    post_steps()          the names that may follow a one-leg mode; peer_names() every peer
     mode_label(name) / mode_help(name) / mode_help_text()   the words people read
     register_mode(entry) / unregister_mode(name)
 """
@@ -21,11 +21,12 @@ from types import MappingProxyType
 
 from crossgap_index.errors import QueryError
 from crossgap_index.search.builtin_modes import BUILTIN_MODES
-from crossgap_index.search.mode_entry import COSTS, ROLES, EvalRow, ModeContext, ModeEntry
+from crossgap_index.search.mode_entry import COSTS, NEEDS, ROLES, EvalRow, ModeContext, ModeEntry
 
 __all__ = [
     "COSTS",
     "MODES",
+    "NEEDS",
     "ROLES",
     "EvalRow",
     "ModeContext",
@@ -37,6 +38,7 @@ __all__ = [
     "mode_help_text",
     "mode_label",
     "mode_names",
+    "peer_names",
     "post_steps",
     "register_mode",
     "unknown_mode_message",
@@ -74,6 +76,11 @@ def mode_entry(name: str) -> ModeEntry:
 def post_steps() -> tuple[str, ...]:
     """The peers that follow a one-leg mode as its post-step (aqe, nnn, qbnorm)."""
     return tuple(name for name, entry in _ENTRIES.items() if entry.role == "post")
+
+
+def peer_names() -> tuple[str, ...]:
+    """The peers: the modes whose registry entry names a Peer class (adapted legs and post-steps)."""
+    return tuple(name for name, entry in _ENTRIES.items() if entry.role != "mode")
 
 
 def composable_names() -> tuple[str, ...]:

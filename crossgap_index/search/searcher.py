@@ -24,7 +24,7 @@ from crossgap_index.search.modes import Mode, resolve_mode
 from crossgap_index.search.options import SearchOptions
 from crossgap_index.search.projections import FeatureMap
 from crossgap_index.search.ranking import Ranked
-from crossgap_index.search.run import Queries, Result, gallery_collection, run_mode
+from crossgap_index.search.run import Queries, Result, apply_peers, gallery_collection, peer_of, run_mode
 from crossgap_index.search.transforms import ModelTransformer
 from crossgap_index.store.manifest import ANY_TASK
 from crossgap_index.words import QUERY_MODALITIES, check_modality, content_hash, target_modality, text_hash
@@ -332,18 +332,14 @@ class Searcher:
         feature, modality, digest = searcher.embed([query])[0]
         chosen = searcher.served(options, modality)
         batch = Queries(feature[None, :], modality, (digest,))
-        if chosen.post is not None and chosen.post["kind"] != "nnn":
+        if chosen.post is not None and not peer_of(chosen.post["kind"]).vector_form:
             raise QueryError(f"mode {chosen.name} re-ranks inside the index: no vector form for another database")
         lists, gallery_map = {}, None
         for leg in chosen.legs:
-            vector = searcher.transformer.search_vectors(leg, batch, collection)[0]
+            vector = searcher.transformer.search_vectors(leg, batch, collection)
             projection = searcher.transformer.projection(leg, collection)
-            if leg.transform == "adapt" or chosen.post is not None:  # dba, center, nnn: maps fitted on the gallery
-                from crossgap_index.search.peers import adapt_leg
-
-                adapted = adapt_leg(leg, chosen.post, vector[None], projection, searcher.gallery, collection, modality)
-                vector, projection = adapted[0][0], adapted[1]
-            lists[leg.name] = (vector, gallery_collection(leg, collection))
+            vector, projection = apply_peers(chosen, leg, vector, projection, searcher.gallery, collection, modality)
+            lists[leg.name] = (vector[0], gallery_collection(leg, collection))
             if projection is not None:
                 gallery_map = projection
         fusion = None

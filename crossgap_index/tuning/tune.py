@@ -44,9 +44,9 @@ from crossgap_index.evaluation.protocol import (
 )
 from crossgap_index.evaluation.stats import class_interval, paired_difference, paired_interval, t_quantile_975
 from crossgap_index.inversion import InversionConfig
+from crossgap_index.search.candidates import post_candidates, tune_candidates
 from crossgap_index.search.gallery import MatrixGallery
 from crossgap_index.search.modes import Leg, Mode, resolve_mode
-from crossgap_index.search.peers import post_candidates, tune_candidates
 from crossgap_index.search.ranking import largest_tie, tied_share
 from crossgap_index.search.run import Queries, run_mode
 from crossgap_index.search.transforms import ModelTransformer
