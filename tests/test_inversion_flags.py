@@ -78,13 +78,12 @@ def test_the_server_request_means_what_the_flags_mean():
 @pytest.fixture(scope="module")
 def text_index(tmp_path_factory):
     from crossgap_index import CrossGapIndex
-    from tests.conftest import write_photo
+    from tests.conftest import MODEL, write_photo
 
     root = tmp_path_factory.mktemp("flags")
-    write_photo(root / "photo.png", seed=3)
-    with CrossGapIndex.create(root / "index", model="tiny-random", device="cpu") as cgx:
-        cgx.add_images([root / "photo.png"])
+    with CrossGapIndex.create(root / "index", model=MODEL, device="cpu") as cgx:
         cgx.add_texts(["a red circle", "a blue square", "a green triangle"])
+        cgx.add_images([write_photo(root / "photo.png", seed=3)])
     return root
 
 
