@@ -78,7 +78,7 @@ def test_the_server_request_means_what_the_flags_mean():
 @pytest.fixture(scope="module")
 def text_index(tmp_path_factory):
     from crossgap_index import CrossGapIndex
-    from tests.conftest import MODEL, write_photo
+    from tests.support.photos import MODEL, write_photo
 
     root = tmp_path_factory.mktemp("flags")
     with CrossGapIndex.create(root / "index", model=MODEL, device="cpu") as cgx:
