@@ -36,7 +36,7 @@ from crossgap_index.search.registry import (
 )
 from crossgap_index.search.run import Queries, run_mode
 from crossgap_index.search.transforms import ModelTransformer
-from tests.mode_support import assert_serves_what_eval_measures
+from tests.support.modes import assert_serves_what_eval_measures
 
 MODEL = "crossgap-small"
 N = 24
@@ -211,7 +211,7 @@ def test_the_server_offers_and_serves_what_the_registry_holds(index, negate):
     import httpx
 
     from crossgap_index.server.settings import ServeSettings
-    from tests.serve_support import running_server
+    from tests.support.serve import running_server
 
     with running_server(index, ServeSettings()) as base:
         info = httpx.get(base + "/info", timeout=60).json()
