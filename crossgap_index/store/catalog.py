@@ -584,6 +584,14 @@ class Catalog:
         )
         return {r[0]: ItemRow(r[0], r[1], path_from_db(r[2]), *r[3:]) for r in cur}
 
+    def rows_in_blocks(self, ids: Sequence[int], block: int = 10_000) -> dict[int, ItemRow]:
+        """``rows`` of any number of ids (a batch of queries' hits), ``block`` per statement: SQLite caps the
+        parameters of one statement (32,766 by default)."""
+        found: dict[int, ItemRow] = {}
+        for first in range(0, len(ids), block):
+            found.update(self.rows(ids[first : first + block]))
+        return found
+
     def ids_and_vectors(self, modality: str, dim: int) -> tuple[np.ndarray, np.ndarray]:
         rows = self.conn.execute(
             f"SELECT id, {self._col} FROM items WHERE modality = ? ORDER BY id", (modality,)
