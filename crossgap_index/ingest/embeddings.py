@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -42,6 +43,9 @@ from crossgap_index.ingest.import_sources import (
     open_source,
 )
 from crossgap_index.pause_points import pause_point
+
+if TYPE_CHECKING:
+    from crossgap_index.store.faiss_build import BuildProgress
 
 __all__ = ["MAX_IMPORT_ID", "Batch", "ImportReport", "Source", "import_embeddings", "import_source", "open_source"]
 
@@ -497,6 +501,7 @@ def import_embeddings(
     vector_dtype: str | None = None,
     wait: bool = True,
     progress: ProgressFn | None = None,
+    build_progress: BuildProgress | None = None,
 ) -> ImportReport:
     """Import into the index at ``index_path`` (made for ``model`` when missing); see the module docstring.
     ``vector_dtype``: how new shards store vectors (default: the source's float32 or float16)."""
@@ -525,6 +530,7 @@ def import_embeddings(
             store.close()
             raise StoreError(f"index at {index_path} was built with model '{store.manifest.model}', not '{canonical}'")
     store.wait = wait
+    store.build_progress = build_progress
     try:
         with store.writing():
             report = import_source(store, source, progress)

@@ -140,19 +140,20 @@ def build_streamed(
     """``index`` (empty, IDMap2) trained on a random sample of the ``n`` streamed rows (all of them, in order,
     when the sample would be the whole set), then filled a chunk at a time; an exact ``Flat`` instead when
     there are too few rows to train it. Two passes over ``chunks``; memory: the sample or the index, not both
-    plus a full copy of every vector. ``progress(phase, done, total)``: "train" (0 then 1 of 1), then "add"
-    (rows added of ``n``)."""
+    plus a full copy of every vector. ``progress(phase, done, total)``: "train" (0, then all of the sample's
+    rows), then "add" (rows added of ``n``)."""
     tell = progress or _silent
     if not index.is_trained:
         if n < min_training_vectors(index):
             index = flat_index(dim)
         else:
-            tell("train", 0, 1)
+            size = training_size(index, n)
+            tell("train", 0, size)
             try:
-                index.train(training_sample(chunks(), n, training_size(index, n)))
+                index.train(training_sample(chunks(), n, size))
             except RuntimeError:
                 index = flat_index(dim)
-            tell("train", 1, 1)
+            tell("train", size, size)
     reserve(index, n)
     added = 0
     tell("add", 0, n)
