@@ -39,7 +39,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "train-floor.json")
     args = parser.parse_args()
 
-    from crossgap_index.store import vectors
+    from crossgap_index.store import faiss_build, vectors
 
     machine = machine_info()
     work = args.work / str(args.vectors)
@@ -59,7 +59,7 @@ def main() -> None:
     runs = []
     for factory in args.factory or ["auto"]:
         for per_list in args.rows_per_list:
-            vectors.TRAIN_POINTS_PER_LIST = per_list
+            faiss_build.TRAIN_POINTS_PER_LIST = per_list  # read by training_size at each build
             index = vectors.VectorIndex(DIM, factory)
             load = os.getloadavg()
             began = time.perf_counter()
