@@ -27,7 +27,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.bench_search_raw import MODEL, K, brute_force_ids, generate, make_queries, recall  # noqa: E402
+from benchmarks.bench_search_raw import MODEL, K, prepared, recall  # noqa: E402
 from benchmarks.machine import machine_info, write_json  # noqa: E402
 
 NPROBES = (32, 8)
@@ -117,13 +117,7 @@ def main() -> None:
     args = parser.parse_args()
 
     machine = machine_info()
-    work = args.work / str(args.vectors)
-    work.mkdir(parents=True, exist_ok=True)
-    embeddings = work / "emb.npy"
-    if not embeddings.exists():
-        generate(embeddings, args.vectors)
-    queries = make_queries(embeddings, args.queries)
-    truth = brute_force_ids(embeddings, queries)
+    work, embeddings, queries, truth = prepared(args.work, args.vectors, args.queries)
     index = work / "import-floor-index"
     shutil.rmtree(index, ignore_errors=True)
 
@@ -163,20 +157,17 @@ def write_markdown(path: Path, r: dict) -> None:
         "|---|---|---|---|---|---|---|" + "---|" * len(NPROBES),
     ]
     p = c["phases"]
-    lines.append(
-        f"| cgx import | {p.get('rows', 0):.1f} | {p.get('train', 0):.1f} | {p.get('add', 0):.1f} | "
-        f"{p.get('write', 0):.1f} | {c['seconds']:.1f} | {rate:,.0f} | "
-        + " | ".join(f"{c['recall_at_10'][f'nprobe={n}']:.4f}" for n in NPROBES)
-        + " |"
-    )
+    cells = [f"{p.get(phase, 0):.1f}" for phase in ("rows", "train", "add", "write")]
+    rows = [("cgx import", cells, f"{c['seconds']:.1f}", rate, c["recall_at_10"])]
     if "autofaiss" in r:
         a = r["autofaiss"]
-        lines.append(
-            f"| autofaiss `build_index` (index_key=`{c['factory']}`) | - | - | - | - | {a['build_seconds']:.1f} "
-            f"(process {a['process_seconds']:.1f}) | {s['vectors'] / a['build_seconds']:,.0f} | "
-            + " | ".join(f"{a['recall_at_10'][f'nprobe={n}']:.4f}" for n in NPROBES)
-            + " |"
-        )
+        total = f"{a['build_seconds']:.1f} (process {a['process_seconds']:.1f})"
+        label = f"autofaiss `build_index` (index_key=`{c['factory']}`)"
+        rows.append((label, ["-"] * 4, total, s["vectors"] / a["build_seconds"], a["recall_at_10"]))
+    for label, phases, total, per_second, recalls in rows:
+        found = [f"{recalls[f'nprobe={n}']:.4f}" for n in NPROBES]
+        lines.append(f"| {label} | {' | '.join(phases)} | {total} | {per_second:,.0f} | {' | '.join(found)} |")
+    if "autofaiss" in r:
         lines += ["", f"cgx's FAISS build (train + add + write) / autofaiss's build: {r['cgx_over_autofaiss']:.2f}x."]
     lines.append("")
     path.write_text("\n".join(lines))

@@ -76,6 +76,17 @@ def brute_force_ids(embeddings: Path, queries: np.ndarray) -> np.ndarray:
     return best_ids
 
 
+def prepared(work_root: Path, n: int, queries: int) -> tuple[Path, Path, np.ndarray, np.ndarray]:
+    """The work folder for ``n`` vectors, its .npy (made once), the queries and their exact top-10 ids."""
+    work = work_root / str(n)
+    work.mkdir(parents=True, exist_ok=True)
+    embeddings = work / "emb.npy"
+    if not embeddings.exists():
+        generate(embeddings, n)
+    picked = make_queries(embeddings, queries)
+    return work, embeddings, picked, brute_force_ids(embeddings, picked)
+
+
 def recall(found: list[np.ndarray], truth: np.ndarray) -> float:
     return float(np.mean([len(set(f.tolist()) & set(t.tolist())) / K for f, t in zip(found, truth, strict=True)]))
 

@@ -23,7 +23,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.bench_search_raw import CHUNK, DIM, K, brute_force_ids, generate, make_queries, recall  # noqa: E402
+from benchmarks.bench_search_raw import CHUNK, DIM, K, prepared, recall  # noqa: E402
 from benchmarks.machine import machine_info, write_json  # noqa: E402
 
 LOW_NPROBES = (2, 8)
@@ -42,14 +42,8 @@ def main() -> None:
     from crossgap_index.store import faiss_build, vectors
 
     machine = machine_info()
-    work = args.work / str(args.vectors)
-    work.mkdir(parents=True, exist_ok=True)
-    embeddings = work / "emb.npy"
-    if not embeddings.exists():
-        generate(embeddings, args.vectors)
+    _, embeddings, queries, truth = prepared(args.work, args.vectors, args.queries)
     rows = np.load(embeddings, mmap_mode="r")
-    queries = make_queries(embeddings, args.queries)
-    truth = brute_force_ids(embeddings, queries)
 
     def chunks():
         for first in range(0, len(rows), CHUNK):

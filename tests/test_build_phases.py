@@ -66,31 +66,27 @@ def test_progress_changes_nothing_in_the_built_index(tmp_path):
     np.testing.assert_array_equal(a[0], b[0])
 
 
-@pytest.mark.slow  # the real CLI in a fresh interpreter
-def test_cgx_import_prints_the_index_phases(tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(
-        [sys.executable, "-m", "crossgap_index", "import", str(_embeddings(tmp_path / "emb.npy"))]
-        + ["--index", str(tmp_path / "idx"), "--model", MODEL, "--factory", "IVF16,Flat"],
+def _cgx_import(embeddings: Path, index: Path, *more: str) -> subprocess.CompletedProcess:
+    """`cgx import` into ``index`` as IVF16,Flat, in a fresh interpreter."""
+    return subprocess.run(
+        [sys.executable, "-m", "crossgap_index", "import", str(embeddings), *more]
+        + ["--index", str(index), "--model", MODEL, "--factory", "IVF16,Flat"],
         cwd=REPO,
-        env=env,
+        env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"},
         capture_output=True,
         text=True,
         timeout=180,
     )
+
+
+@pytest.mark.slow  # the real CLI in a fresh interpreter
+def test_cgx_import_prints_the_index_phases(tmp_path):
+    done = _cgx_import(_embeddings(tmp_path / "emb.npy"), tmp_path / "idx")
     assert done.returncode == 0, done.stderr
     lines = done.stderr.splitlines()
     firsts = [next(i for i, line in enumerate(lines) if line.startswith(f"index: {p} ")) for p in ("train", "add")]
     assert firsts == sorted(firsts)
     assert any(line.startswith("index: add done in") for line in lines)
     assert any(line.startswith("index: write done in") for line in lines)
-    quiet = subprocess.run(
-        [sys.executable, "-m", "crossgap_index", "import", str(tmp_path / "emb.npy"), "-q"]
-        + ["--index", str(tmp_path / "idx2"), "--model", MODEL, "--factory", "IVF16,Flat"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
+    quiet = _cgx_import(tmp_path / "emb.npy", tmp_path / "idx2", "-q")
     assert quiet.returncode == 0 and "index:" not in quiet.stderr
