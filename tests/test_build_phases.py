@@ -3,9 +3,7 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import faiss
@@ -15,9 +13,9 @@ import pytest
 from crossgap_index import CrossGapIndex
 from crossgap_index.store.faiss_build import build_streamed, training_size
 from crossgap_index.store.vectors import VectorIndex
-from tests.conftest import MODEL
+from tests.support.cli import cgx
+from tests.support.photos import MODEL
 
-REPO = Path(__file__).resolve().parents[1]
 DIM = 64  # tiny-random's embed_dim
 ROWS = 3000
 
@@ -68,15 +66,7 @@ def test_progress_changes_nothing_in_the_built_index(tmp_path):
 
 def _cgx_import(embeddings: Path, index: Path, *more: str) -> subprocess.CompletedProcess:
     """`cgx import` into ``index`` as IVF16,Flat, in a fresh interpreter."""
-    return subprocess.run(
-        [sys.executable, "-m", "crossgap_index", "import", str(embeddings), *more]
-        + ["--index", str(index), "--model", MODEL, "--factory", "IVF16,Flat"],
-        cwd=REPO,
-        env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"},
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
+    return cgx("import", embeddings, *more, "--index", index, "--model", MODEL, "--factory", "IVF16,Flat")
 
 
 @pytest.mark.slow  # the real CLI in a fresh interpreter

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from crossgap_index import CrossGapIndex
-from tests.conftest import MODEL
+from tests.support.photos import MODEL
 
 N = 400
 DIM = 64  # tiny-random's embed_dim

@@ -38,9 +38,10 @@ from crossgap_index.datasets.synthetic import (
     vocabulary_split,
 )
 from crossgap_index.errors import InputFileError
-from crossgap_index.ingest.decode import DEFAULT_MAX_FILE_BYTES, SkippedFile, content_hash, read_file
+from crossgap_index.ingest.decode import DEFAULT_MAX_FILE_BYTES, SkippedFile, read_file
 from crossgap_index.ingest.discover import SKIPPED_DIRS, file_kind, find_images, is_image_path
 from crossgap_index.ingest.texts import MAX_LINE_CHARS, read_utf8_lines
+from crossgap_index.words import content_hash
 
 SYNTHETIC_PREFIX = "synthetic:"
 FASHION_PREFIX = "fashion-mnist:"

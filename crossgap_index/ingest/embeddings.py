@@ -27,10 +27,9 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -43,14 +42,11 @@ from crossgap_index.ingest.import_sources import (
     open_source,
 )
 from crossgap_index.pause_points import pause_point
-
-if TYPE_CHECKING:
-    from crossgap_index.store.faiss_build import BuildProgress
+from crossgap_index.words import CountProgress, StageProgress
 
 __all__ = ["MAX_IMPORT_ID", "Batch", "ImportReport", "Source", "import_embeddings", "import_source", "open_source"]
 
 BATCH_ROWS = 65_536  # rows per read and per catalog commit: a quarter of a shard
-ProgressFn = Callable[[int, int], None]
 # A row whose norm is within this of 1 is stored as given. Re-normalising it would move each element by
 # about one step of its type (float16's unit roundoff is 2**-11; float32 rows this close to unit norm move
 # by an ulp or two), a change a search cannot see, and keeping them makes export -> import exact. `cgx
@@ -291,7 +287,7 @@ def _printable(path: str) -> str:
 
 # -- writing ------------------------------------------------------------------------------------
 def import_source(
-    store, source: Source, progress: ProgressFn | None = None, batch_rows: int | None = None
+    store, source: Source, progress: CountProgress | None = None, batch_rows: int | None = None
 ) -> ImportReport:
     """Write ``source``'s rows into ``store`` (the caller holds ``store.writing()``), ``batch_rows`` (default
     BATCH_ROWS) per commit, after ``plan_import``'s checks; the FAISS indexes are brought in line by the
@@ -500,8 +496,8 @@ def import_embeddings(
     factory: str = "auto",
     vector_dtype: str | None = None,
     wait: bool = True,
-    progress: ProgressFn | None = None,
-    build_progress: BuildProgress | None = None,
+    progress: CountProgress | None = None,
+    build_progress: StageProgress | None = None,
 ) -> ImportReport:
     """Import into the index at ``index_path`` (made for ``model`` when missing); see the module docstring.
     ``vector_dtype``: how new shards store vectors (default: the source's float32 or float16)."""

@@ -41,7 +41,8 @@ from crossgap_index.store.compact import AUTO_MIN_DEAD, DEFAULT_MIN_DEAD, Compac
 from crossgap_index.store.lock import IndexLock, ReadWriteLock
 from crossgap_index.store.manifest import MANIFEST_NAME, Manifest
 from crossgap_index.store.shards import ITEMS_STREAM, VECTORS_DIR, read_again_if_moved
-from crossgap_index.store.vectors import AUTO, BuildProgress, VectorIndex, validate_factory
+from crossgap_index.store.vectors import AUTO, VectorIndex, validate_factory
+from crossgap_index.words import StageProgress
 
 if TYPE_CHECKING:
     import faiss
@@ -91,7 +92,7 @@ class Store:
         self.cache = InversionCache(path, writable=not readonly, legacy_catalog=path / CATALOG_NAME)
         self.lock = lock or IndexLock(path)
         self.wait = True  # what a writer does when another process holds the lock
-        self.build_progress: BuildProgress | None = None  # told a FAISS build's phases: train, add, write
+        self.build_progress: StageProgress | None = None  # told a FAISS build's phases: train, add, write
         self.rebuilt: list[str] = []  # collections rebuilt from the catalog on open (damaged, stale, missing)
         self.introduced: list[str] = []  # derived collections this release has and the index did not (added empty)
         self._rw = ReadWriteLock()

@@ -11,10 +11,9 @@ import faiss
 import numpy as np
 
 from crossgap_index.errors import StoreError
+from crossgap_index.words import StageProgress
 
 Chunks = Callable[[], Iterator[tuple[np.ndarray, np.ndarray]]]  # a fresh pass of (ids, vectors) chunks
-# progress(phase, done, total) of a build: "train" then "add" (the store adds "write").
-BuildProgress = Callable[[str, int, int], None]
 
 # Training rows per IVF-Flat list (a seeded random sample of at most this many per list; k-means time is
 # nlist x rows x d). The rule: fewer rows per list only where recall@10 stays within 0.001 of 256's (FAISS's
@@ -135,7 +134,7 @@ def training_sample(chunks: Iterator[tuple[np.ndarray, np.ndarray]], n: int, siz
 
 
 def build_streamed(
-    index: faiss.Index, dim: int, n: int, chunks: Chunks, progress: BuildProgress | None = None
+    index: faiss.Index, dim: int, n: int, chunks: Chunks, progress: StageProgress | None = None
 ) -> faiss.Index:
     """``index`` (empty, IDMap2) trained on a random sample of the ``n`` streamed rows (all of them, in order,
     when the sample would be the whole set), then filled a chunk at a time; an exact ``Flat`` instead when

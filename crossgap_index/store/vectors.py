@@ -36,7 +36,6 @@ from crossgap_index.errors import DiskFullError, StoreError, is_disk_full
 from crossgap_index.store.faiss_build import (
     COARSE_EF_SEARCH,
     TRAIN_POINTS_PER_LIST,
-    BuildProgress,
     Chunks,
     build_streamed,
     flat_index,
@@ -49,10 +48,10 @@ from crossgap_index.store.faiss_build import (
     unwrapped,
 )
 from crossgap_index.store.ivf_removal import ivf_position_problem, remove_from_ivf
+from crossgap_index.words import StageProgress
 
 __all__ = [  # the store's vector-index names, importable from here as before the build and removal modules
     "AUTO",
-    "BuildProgress",
     "COARSE_EF_SEARCH",
     "TRAIN_POINTS_PER_LIST",
     "VectorIndex",
@@ -271,7 +270,7 @@ class VectorIndex:
         n: int,
         chunks: Chunks,
         swap: Callable[[], AbstractContextManager] = nullcontext,
-        progress: BuildProgress | None = None,
+        progress: StageProgress | None = None,
     ) -> None:
         """``build``'s streaming twin for large collections (``faiss_build.build_streamed``: train on a sample,
         then add a block at a time). ``swap``: held while the new index replaces the old one. ``progress``:
