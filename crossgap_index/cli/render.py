@@ -83,10 +83,10 @@ def phase_lines(what: str, enabled: bool = True, steps: int = 4) -> Iterator:
     state: dict[str, float] = {}
 
     def update(phase: str, done: int, total: int) -> None:
-        if not enabled:
+        if not enabled or total == 0:
             return
         now = time.perf_counter()
-        if phase not in state:
+        if phase not in state or done == 0:  # a phase starts (again, for the next collection)
             state[phase], state[phase + " shown"] = now, 0
             err.print(f"{what}: {phase} {total:,} ...", highlight=False)
             return
