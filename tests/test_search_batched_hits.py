@@ -1,5 +1,6 @@
-"""A batch of queries looks its hits up in the catalog once (one SQL statement for the whole batch, in blocks
-under SQLite's parameter cap), and every query's hits equal its solo search (the per-query lookup, the oracle)."""
+"""A batch of queries looks its hits up in the catalog once (one SQL statement for the whole batch; the catalog
+splits a longer id list under SQLite's parameter cap), and every query's hits equal its solo search (the
+per-query lookup, the oracle)."""
 
 from __future__ import annotations
 
@@ -51,12 +52,3 @@ def test_a_batch_looks_its_hits_up_once_and_equals_each_solo_search(index):
                 (h.id, h.score, h.path, h.external_id) for h in solo
             ]
             assert all(h.path == f"/photos/{h.id}.jpg" for h in hits) and len(hits) == K
-
-
-def test_rows_in_blocks_equals_one_lookup(index):
-    with CrossGapIndex.open(index, readonly=True) as cgx:
-        catalog = cgx._store.catalog
-        ids = list(range(1, 60)) + [N + 5]  # one id the catalog does not hold
-        assert catalog.rows_in_blocks(ids, block=7) == catalog.rows(ids)
-        assert len(catalog.rows_in_blocks(ids, block=7)) == 59
-        assert catalog.rows_in_blocks([]) == {}

@@ -286,7 +286,7 @@ class Searcher:
         files predate another process's removal ranks ids the catalog no longer holds: those are dropped,
         and the query is ranked again deeper (same vectors, same seeds) until ``k`` live hits fill it or the
         ranking runs out. The hits are then the best live items of the state this reader loaded."""
-        rows = self._store.catalog.rows_in_blocks(sorted({i for result in ranked for i in result.ranked.ids.tolist()}))
+        rows = self._store.catalog.rows(sorted({i for result in ranked for i in result.ranked.ids.tolist()}))
         out = [self.hits(result, rows) for result in ranked]  # one catalog lookup for the batch's hits
         fetch = k
         while True:
