@@ -29,6 +29,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.machine import write_json
+
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "benchmarks" / "results"
 # As an installed package runs: compiled bytecode kept (here in a cache of its own), not recompiled per process.
@@ -154,10 +156,10 @@ def main() -> None:
                 },
             }
     results["machine"]["load_average_at_end"] = os.getloadavg()
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / f"{args.name}.json").write_text(json.dumps(results, indent=2) + "\n")
-    (OUT / f"{args.name}.md").write_text(markdown(results) + "\n")
-    print(markdown(results))
+    write_json(OUT / f"{args.name}.json", results)
+    table = markdown(results)
+    (OUT / f"{args.name}.md").write_text(table + "\n")
+    print(table)
 
 
 def markdown(results: dict) -> str:

@@ -26,6 +26,7 @@ import os
 import sys
 import threading
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -37,32 +38,29 @@ from crossgap_index.precision import MIX_MIN_COSINE, MIXED
 SWITCH_ENV_VAR = "CGX_QUERY_TOWERS"
 
 
+@dataclass(frozen=True)
+class TowerSource:
+    """Where an index's tower lives (``towers``: None where the ONNX path is not allowed), the model and feature
+    dimension it must serve, and whether a tower may be exported there after an image query that loaded torch."""
+
+    towers: Path | None
+    model: str
+    dim: int
+    export: bool
+
+
 class QueryEncoder:
     """The ``Encoder`` interface a Searcher uses, with image queries on the ONNX tower where it serves.
 
-    ``torch_encoder`` builds (or returns) the torch Encoder; ``torch_loaded`` says whether it is built already;
-    ``towers`` is the index's tower folder, None where the ONNX path is not allowed; ``export``: whether a tower
-    may be exported into it after an image query that loaded torch."""
+    ``torch_encoder`` builds (or returns) the torch Encoder; ``torch_loaded`` says whether it is built already."""
 
-    def __init__(
-        self,
-        torch_encoder: Callable,
-        torch_loaded: Callable[[], bool],
-        towers: Path | None,
-        model: str,
-        dim: int,
-        export: bool = True,
-    ):
+    def __init__(self, torch_encoder: Callable, torch_loaded: Callable[[], bool], source: TowerSource):
         self._torch = torch_encoder
         self._torch_loaded = torch_loaded
-        self._towers = towers
-        self._model = model
-        self._dim = dim
-        self._export = export
+        self._source = source
         self._lock = threading.Lock()
         self._tower: ImageTower | None = None
-        self._decided = False
-        self._export_tried = False
+        self._decided = self._export_tried = False
 
     @property
     def serves_images_without_torch(self) -> bool:
@@ -81,7 +79,7 @@ class QueryEncoder:
 
     def encode_images(self, images: Sequence[Image.Image], batch_size: int | None = None) -> np.ndarray:
         if not images:
-            return np.zeros((0, self._dim), np.float32)
+            return np.zeros((0, self._source.dim), np.float32)
         tower = self._image_tower()
         if tower is not None:
             return tower.encode(images, batch_size or 1)
@@ -100,25 +98,26 @@ class QueryEncoder:
         if not self._decided:
             with self._lock:
                 if not self._decided:
-                    if self._towers is not None and not self._torch_loaded():
-                        self._tower = load_image_tower(self._towers, self._model)
+                    if self._source.towers is not None and not self._torch_loaded():
+                        self._tower = load_image_tower(self._source.towers, self._source.model)
                     self._decided = True
         return self._tower
 
     def _export_after_torch(self, encoder) -> None:
         """Export and verify the tower for the next process (once; a read-only or full disk only skips it)."""
         with self._lock:
-            if self._export_tried or self._towers is None or not self._export:
+            towers, model = self._source.towers, self._source.model
+            if self._export_tried or towers is None or not self._source.export:
                 return
             self._export_tried = True
             if encoder.device.type != "cpu" or not _importable("onnxruntime", "onnx"):
                 return
-            if not needs_export(self._towers, self._model):
+            if not needs_export(towers, model):
                 return
             with contextlib.suppress(
                 OSError
             ):  # read-only or full disk: the query is answered, the next one tries again
-                export_image_tower(encoder.loaded, self._towers)
+                export_image_tower(encoder.loaded, towers)
 
 
 def _importable(*names: str) -> bool:
@@ -162,4 +161,4 @@ def query_encoder_for(
     allowed = onnx_allowed(device, precision, manifest.precision, manifest.precision_agreement)
     towers = towers_dir(index_path) if allowed else None
     export = "torch" not in sys.modules and os.access(index_path, os.W_OK)
-    return QueryEncoder(torch_encoder, torch_loaded, towers, manifest.model, manifest.dim, export)
+    return QueryEncoder(torch_encoder, torch_loaded, TowerSource(towers, manifest.model, manifest.dim, export))
