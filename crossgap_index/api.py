@@ -36,6 +36,7 @@ from crossgap_index.store.directory import IndexExistsError, Store, default_inde
 from crossgap_index.store.manifest import tuned_task
 from crossgap_index.store.prune import select_for_removal
 from crossgap_index.store.vectors import AUTO
+from crossgap_index.words import CountProgress, StepProgress, check_modality
 
 if TYPE_CHECKING:  # torch loads with the first model, inside the methods that need one
     from crossgap_index.ingest.embeddings import ImportReport
@@ -48,11 +49,6 @@ TEXT_INVERTER_FILE = "text-inverter.safetensors"  # the OVI network: text querie
 # query modality -> (file, direction, items it trains on)
 _INVERTERS = {"image": (INVERTER_FILE, "oti"), "text": (TEXT_INVERTER_FILE, "ovi")}
 __all__ = ["BuildReport", "CrossGapIndex", "Hit", "IndexInfo", "Query", "QueryTransform", "SearchOptions", "TextReport"]
-
-# progress(done, total): called as files (or gallery images) are processed.
-ProgressFn = Callable[[int, int], None]
-# progress(step, mean_loss): called after each inversion step.
-InversionProgressFn = Callable[[int, float], None]
 
 
 @dataclass(frozen=True)
@@ -219,7 +215,7 @@ class CrossGapIndex:
         factory: str = AUTO,
         vector_dtype: str | None = None,
         wait: bool = True,
-        progress: ProgressFn | None = None,
+        progress: CountProgress | None = None,
     ) -> ImportReport:
         """Import embeddings made elsewhere into the index at ``path`` (created for ``model`` when missing);
         the model's weights are not loaded. See crossgap_index.ingest.embeddings."""
@@ -321,7 +317,7 @@ class CrossGapIndex:
         max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
         batch_size: int = 64,
         workers: int = 4,
-        progress: ProgressFn | None = None,
+        progress: CountProgress | None = None,
         engine: str | Engine = "local",
         retry_failed: bool = False,
     ) -> BuildReport:
@@ -353,7 +349,7 @@ class CrossGapIndex:
         max_megapixels: float = DEFAULT_MAX_MEGAPIXELS,
         max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
         batch_size: int = 64,
-        progress: ProgressFn | None = None,
+        progress: CountProgress | None = None,
     ) -> BuildReport:
         """Add or update the given image files; nothing is removed."""
         files = [Path(p).expanduser().resolve() for p in paths]
@@ -370,7 +366,7 @@ class CrossGapIndex:
         max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
         batch_size: int = 64,
         workers: int = 4,
-        progress: ProgressFn | None = None,
+        progress: CountProgress | None = None,
     ) -> BuildReport:
         """``index_folders`` limited to ``changed`` paths under ``roots`` (what a file watcher reports): image
         files among them, or under folders among them, are added or updated; paths gone from disk (files, or
@@ -390,7 +386,7 @@ class CrossGapIndex:
         max_file_bytes: int,
         batch_size: int,
         workers: int,
-        progress: ProgressFn | None,
+        progress: CountProgress | None,
         engine: Engine,
         retry_failed: bool = False,
     ) -> BuildReport:
@@ -403,7 +399,7 @@ class CrossGapIndex:
         self,
         texts: Sequence[str],
         ids: Sequence[str | None] | None = None,
-        progress: ProgressFn | None = None,
+        progress: CountProgress | None = None,
     ) -> TextReport:
         """Embed and store texts, skipping any whose exact content is already stored.
         Texts that cannot be stored as UTF-8 (lone surrogates) are refused before anything is written."""
@@ -421,7 +417,7 @@ class CrossGapIndex:
     def invert_gallery(
         self,
         config: InversionConfig | None = None,
-        progress: ProgressFn | None = None,
+        progress: CountProgress | None = None,
         modality: str = "image",
         engine: str | Engine = "local",
     ) -> int:
@@ -432,8 +428,7 @@ class CrossGapIndex:
         ``config`` None: the settings the gallery was inverted with (kept current), else the defaults.
         ``engine``: where the inversions run (``local``: this process; ``ray``: an actor pool); this process
         writes them either way."""
-        if modality not in _INVERTERS:
-            raise QueryError(f"unknown modality '{modality}': use image or text")
+        check_modality(modality)
         engine = get_engine(engine)
         with self._store.writing():
             manifest = self._store.manifest
@@ -528,12 +523,11 @@ class CrossGapIndex:
         query: Query,
         config: InversionConfig | None = None,
         use_cache: bool = True,
-        progress: InversionProgressFn | None = None,
+        progress: StepProgress | None = None,
     ) -> np.ndarray:
         """OTI (image query -> text-space feature) or OVI (text query -> image-space feature),
         seeded by the query's content hash and cached in the index directory."""
-        if query.modality not in ("image", "text"):
-            raise QueryError("inversion needs an image or text query, not a raw vector")
+        check_modality(query.modality, what="query modality for an inversion")
         mode = resolve_mode("cross", inversion=config or InversionConfig())
         transformer = self.searcher.serving(SearchOptions(use_cache=use_cache), progress).transformer
         batch = Queries(query.feature[None, :], query.modality, (query.digest,))
@@ -548,7 +542,7 @@ class CrossGapIndex:
         item: int | None = None,
         expression: str | None = None,
         options: SearchOptions | None = None,
-        progress: InversionProgressFn | None = None,
+        progress: StepProgress | None = None,
         **settings,
     ) -> list[Hit]:
         """Top-k items of ``target`` ('images' or 'texts') for one query (image, text, vector or stored item).
@@ -574,7 +568,7 @@ class CrossGapIndex:
         queries: Sequence[dict],
         options: SearchOptions | None = None,
         *,
-        progress: InversionProgressFn | None = None,
+        progress: StepProgress | None = None,
         timings: dict | None = None,
         **settings,
     ) -> list[list[Hit]]:
@@ -711,8 +705,7 @@ class CrossGapIndex:
 
         from crossgap_index.inversion.inverter import DEFAULT_STEPS, InverterConfig, train_inverter
 
-        if modality not in _INVERTERS:
-            raise QueryError(f"unknown modality '{modality}': use image or text")
+        check_modality(modality)
         file, direction = _INVERTERS[modality]
         if config is None:
             n_tokens = None if direction == "ovi" else 1
@@ -738,8 +731,7 @@ class CrossGapIndex:
     def inverter(self, modality: str = "image") -> Inverter:
         """The saved network for ``modality`` queries (image: OTI, text: OVI); StoreError when there is none,
         or when the file is another model's or another direction's."""
-        if modality not in _INVERTERS:
-            raise QueryError(f"unknown modality '{modality}': use image or text")
+        check_modality(modality)
         if modality not in self._inverter_nets:
             from crossgap_index.inversion.inverter import Inverter
 
@@ -793,8 +785,8 @@ class CrossGapIndex:
     def ls(self, modality: str | None = None, *, after: int = 0, limit: int | None = None) -> list[ItemRow]:
         """Every stored item (id, modality, path or text, external id), by id; ``modality``: 'image' or 'text'.
         ``after`` / ``limit`` give one page (the items with ids above ``after``), for browsing large indexes."""
-        if modality not in (None, "image", "text"):
-            raise QueryError(f"unknown modality '{modality}': use image or text")
+        if modality is not None:
+            check_modality(modality)
         return self._store.held_items(modality, after, -1 if limit is None else limit)
 
     def check(self, repair: bool = False, files: bool = True) -> CheckReport:

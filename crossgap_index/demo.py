@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING
 from crossgap_index.errors import QueryError
 
 if TYPE_CHECKING:  # the CLI imports DEMO_MODEL for its help text; the stack loads when the demo runs
-    from crossgap_index.api import BuildReport, Hit, ProgressFn
+    from crossgap_index.api import BuildReport, Hit
+    from crossgap_index.words import CountProgress
 
 DEMO_MODEL = "crossgap-small"
 DEMO_SEED = 2026  # not the training seed: the demo gallery is held-out data
@@ -46,7 +47,7 @@ def run_demo(
     tune_images: int = 480,
     inversion: bool = False,
     device: str = "auto",
-    progress: ProgressFn | None = None,
+    progress: CountProgress | None = None,
     tune_progress: Callable[[str, int, int], None] | None = None,
 ) -> DemoResult:
     """Generate ``n_images`` synthetic photos (one folder per class) and index them; tune on

@@ -1,4 +1,4 @@
-"""Start-up and output of `cgx` (issue 7, defects 12 and 13): commands that need no model import no
+"""Start-up and output of `cgx`: commands that need no model import no
 torch, help shows its defaults, --version, and the offline probe against real sockets."""
 
 from __future__ import annotations
@@ -8,15 +8,14 @@ import os
 import socket
 import subprocess
 import sys
-from pathlib import Path
 
 from typer.testing import CliRunner
 
 from crossgap_index import CrossGapIndex
 from crossgap_index.cli.app import app
-from tests.conftest import MODEL, write_photo
+from tests.support.cli import REPO
+from tests.support.photos import MODEL, write_photo
 
-REPO = Path(__file__).resolve().parents[1]
 HEAVY = ("torch", "open_clip")
 runner = CliRunner()
 
@@ -149,8 +148,8 @@ def test_tables_keep_whole_paths_when_not_a_terminal(tmp_path):
     assert result.stderr.strip() == "cgx: note: 3 hits, fewer than -k 50: the index holds 3 images"
 
 
-def test_help_states_the_library_rrf_constant():
-    from crossgap_index.cli.app import RRF_K_DEFAULT
-    from crossgap_index.search.merge import RRF_K
-
-    assert RRF_K_DEFAULT == RRF_K  # stated in the CLI so that --help imports no numpy
+def test_shared_words_import_no_numpy():
+    """crossgap_index.words is read at CLI start (the RRF constant in --help): it must stay free of numpy."""
+    code = "import sys, crossgap_index.words; print(any(m.split('.')[0] == 'numpy' for m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"

@@ -9,6 +9,7 @@ import pytest
 
 from crossgap_index.errors import InputFileError
 from crossgap_index.ingest import embeddings as e
+from crossgap_index.ingest import unit_rows as unit
 from crossgap_index.store import catalog as catalog_module
 from crossgap_index.store.directory import Store
 
@@ -31,7 +32,7 @@ def oracle(vectors: np.ndarray, dtype) -> np.ndarray:
 def test_half_norms_equal_float32_norms():
     v = half_rows(3000, 0, np.random.default_rng(1).uniform(0.01, 50, 3000).astype(np.float32))
     expected = np.linalg.norm(v.astype(np.float32), axis=1)
-    np.testing.assert_allclose(e._half_norms(v), expected, rtol=2e-6)
+    np.testing.assert_allclose(unit._half_norms(v), expected, rtol=2e-6)
 
 
 def test_unit_half_rows_are_kept_and_others_are_normalised_as_the_oracle_does():
@@ -108,7 +109,7 @@ def test_an_import_of_unit_half_rows_stores_them_unchanged(tmp_path, monkeypatch
     """End to end: already-unit float16 rows land in the shards byte for byte; rows off unit are
     normalised; the catalog rows carry the imported hashes; re-importing changes nothing."""
     from crossgap_index import CrossGapIndex
-    from tests.conftest import MODEL
+    from tests.support.photos import MODEL
 
     monkeypatch.setattr(e, "BATCH_ROWS", 700)
     scales = np.ones(2000, np.float32)

@@ -37,8 +37,7 @@ from crossgap_index.inversion import InversionConfig
 from crossgap_index.inversion.config import LR_MAX
 from crossgap_index.models import DEFAULT_MODEL, bundled_names
 from crossgap_index.search.modes import MODE_NAMES, SERVED_OTI_STEPS
-
-RRF_K_DEFAULT = 60  # crossgap_index.search.merge.RRF_K, stated here so that --help needs no numpy
+from crossgap_index.words import RRF_K
 
 app = typer.Typer(
     help="crossgap-index: CLIP image/text search with modality-inversion reranking.",
@@ -401,7 +400,7 @@ def query(
         ),
     ] = Merge.rrf,
     alpha: Annotated[float, typer.Option(min=0.0, max=1.0, help="Weight of the cross list for --merge score.")] = 0.5,
-    rrf_k: Annotated[int, typer.Option(min=1, help="RRF constant.")] = RRF_K_DEFAULT,
+    rrf_k: Annotated[int, typer.Option(min=1, help="RRF constant.")] = RRF_K,
     depth: Annotated[int, typer.Option(min=1, help="How deep each merged list is taken (at least -k).")] = 100,
     steps: Annotated[
         int | None, typer.Option(min=0, help="Inversion steps [default: 25, OTI and OVI; the paper: 150 and 1000].")

@@ -25,7 +25,7 @@ DATASET_SPECS = (
 )
 
 if TYPE_CHECKING:  # the evaluation stack (torch, matplotlib) loads when the command runs
-    from crossgap_index.evaluation.protocol import EvalProgress
+    from crossgap_index.words import StageProgress
 
 
 class Task(str, Enum):
@@ -255,7 +255,7 @@ def _parse_steps(text: str, option: str) -> list[int]:
 
 
 @contextmanager
-def _progress(enabled: bool) -> Iterator[EvalProgress]:
+def _progress(enabled: bool) -> Iterator[StageProgress]:
     """A ``progress(stage, done, total)`` callback: one bar per stage on stderr, started on first use."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 

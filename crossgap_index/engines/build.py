@@ -17,13 +17,13 @@ from pathlib import Path
 import numpy as np
 
 from crossgap_index.engines import Engine, LoadedFn
-from crossgap_index.ingest.decode import content_hash
 from crossgap_index.ingest.embeddings import IMPORTED_PREFIX
 from crossgap_index.ingest.pipeline import Prepared, ReadLimits, decode_side, prepare
 from crossgap_index.inversion.config import InversionConfig
 from crossgap_index.inversion.keys import seed_from_digest, settings_fingerprint
 from crossgap_index.pause_points import pause_point
 from crossgap_index.store.catalog import ImageRecord
+from crossgap_index.words import CountProgress, text_hash
 
 GALLERY_OTI = "image-oti"
 GALLERY_OVI = "text-ovi"
@@ -35,7 +35,6 @@ GALLERY_INVERTED = {
 TEXT_CHUNK = 256
 
 # progress(done, total): called as files (or texts, or gallery images) are processed.
-ProgressFn = Callable[[int, int], None]
 
 
 @dataclass
@@ -158,7 +157,7 @@ class ImageBuild:
         batch_size: int,
         workers: int,
         engine: Engine,
-        progress: ProgressFn | None,
+        progress: CountProgress | None,
         retry_failed: bool = False,
     ) -> BuildReport:
         start = time.perf_counter()
@@ -315,14 +314,14 @@ def add_text_items(
     texts: Sequence[str],
     ids: Sequence[str | None] | None,
     before_embedding: Callable[[], None],
-    progress: ProgressFn | None = None,
+    progress: CountProgress | None = None,
 ) -> TextReport:
     """Embed and store texts whose exact content is not stored yet, a chunk per commit."""
     report = TextReport()
     known = store.catalog.known_hashes("text")
     fresh: dict[str, tuple[str, str | None]] = {}
     for i, text in enumerate(texts):
-        digest = content_hash(text.encode("utf-8"))
+        digest = text_hash(text)
         if digest in known or digest in fresh:
             report.duplicates += 1
         else:
@@ -355,7 +354,7 @@ def invert_gallery_items(
     engine: Engine,
     loaded: LoadedFn,
     device: str,
-    progress: ProgressFn | None = None,
+    progress: CountProgress | None = None,
 ) -> int:
     """Store each gallery item's inverted feature: an image's OTI text-space feature (``image-oti``) or a
     text's OVI image-space feature (``text-ovi``). Resumable: only items without one are inverted, and

@@ -24,7 +24,7 @@ from crossgap_index.errors import CrossGapError, InputFileError, QueryError
 from crossgap_index.evaluation.data import EvalDataset, ImageSet, load_dataset
 from crossgap_index.evaluation.metrics import METRICS, RetrievalMetrics, retrieval_metrics
 from crossgap_index.evaluation.stats import paired_difference, paired_interval
-from crossgap_index.ingest.decode import DecodeError, content_hash, decode_rgb
+from crossgap_index.ingest.decode import DecodeError, decode_rgb
 from crossgap_index.inversion import InversionConfig
 from crossgap_index.models import Encoder, default_model_spec, load_model
 from crossgap_index.search.gallery import MatrixGallery
@@ -33,6 +33,7 @@ from crossgap_index.search.peers import eval_modes as peer_eval_modes
 from crossgap_index.search.run import Queries, run_mode
 from crossgap_index.search.transforms import ModelTransformer
 from crossgap_index.search.vocabulary import PROMPT, concept_prompts
+from crossgap_index.words import StageProgress, content_hash, text_hash
 
 IMAGES, TEXTS, TEXT_TO_IMAGE = "image-to-image", "text-to-text", "text-to-image"
 TASKS = {"images": IMAGES, "texts": TEXTS, "text-to-image": TEXT_TO_IMAGE}
@@ -50,7 +51,6 @@ TIES = (
 )
 
 # progress(stage, done, total), e.g. ("OTI, 480 images", 300, 1200): drives the CLI's bars.
-EvalProgress = Callable[[str, int, int], None]
 
 
 @dataclass
@@ -184,7 +184,7 @@ def evaluate(
     inverter=None,
     text_inverter=None,
     transductive: bool = False,
-    progress: EvalProgress | None = None,
+    progress: StageProgress | None = None,
     labelled_modes: Sequence[str] = (),
 ) -> EvalResult:
     """Run every retrieval mode on ``dataset`` (an ``EvalDataset`` or a spec for ``load_dataset``).
@@ -287,7 +287,7 @@ class _Context:
     alpha: float
     task_modes: dict[str, dict[str, Mode]]
     inverter: object
-    report: EvalProgress
+    report: StageProgress
     text_inverter: object = None
     transductive: bool = False
     labelled_modes: set[str] = field(default_factory=set)
@@ -462,7 +462,7 @@ def _tasks(data: EvalDataset, asked: Sequence[str] | None) -> list[str]:
     return [TASKS[t] for t in asked]
 
 
-def image_features(data: EvalDataset, encoder: Encoder, notes: list[str], report: EvalProgress) -> FeatureSet:
+def image_features(data: EvalDataset, encoder: Encoder, notes: list[str], report: StageProgress) -> FeatureSet:
     """The image-to-image task's features: every decodable image is a query and the gallery."""
     feats, digests, labels = _embed_images(data.images, encoder, notes, report)
     return FeatureSet(Queries(feats, "image", tuple(digests)), labels, feats, labels, True)
@@ -601,7 +601,7 @@ def _run_texts(data: EvalDataset, ctx: _Context, sweep: _Sweep, result: EvalResu
         ctx.report("embedding texts", 1, 2)
         gallery = encoder.encode_texts(texts.gallery_texts)
         ctx.report("embedding texts", 2, 2)
-    digests = tuple(content_hash(t.encode("utf-8", "surrogatepass")) for t in texts.query_texts)
+    digests = tuple(text_hash(t) for t in texts.query_texts)
     features = FeatureSet(Queries(queries, "text", digests), texts.query_groups, gallery, texts.gallery_groups, False)
     own_texts = np.concatenate([queries, gallery])  # every evaluated text, as an index holding them would train on
     inverter, transductive = _inverters(ctx.text_inverter, ctx.transductive, "ovi", own_texts, ctx, timings)
@@ -627,7 +627,7 @@ def _run_texts(data: EvalDataset, ctx: _Context, sweep: _Sweep, result: EvalResu
         )  # fills the cache
     stage = f"OVI of the gallery, {len(gallery)} texts"
     with _timed(timings, "ovi_gallery"):
-        gallery_digests = tuple(content_hash(t.encode("utf-8", "surrogatepass")) for t in texts.gallery_texts)
+        gallery_digests = tuple(text_hash(t) for t in texts.gallery_texts)
         stepping = _stepping(ctx, stage, len(gallery), cross_leg, "ovi")
         gallery_queries = Queries(gallery, "text", gallery_digests)
         gallery_ovi = make_transformer(cache, progress=stepping).search_vectors(cross_leg, gallery_queries, "text")
@@ -648,7 +648,7 @@ def _run_text_to_image(data: EvalDataset, ctx: _Context, result: EvalResult) -> 
         images = image_features(data, encoder, notes, ctx.report)
     with _timed(timings, "embed_texts"):
         captions = encoder.encode_texts(pairs.texts)
-    digests = tuple(content_hash(t.encode("utf-8", "surrogatepass")) for t in pairs.texts)
+    digests = tuple(text_hash(t) for t in pairs.texts)
     image_labels = pairs.image_labels(images.gallery_labels, images.queries.digests)
     features = FeatureSet(Queries(captions, "text", digests), pairs.labels, images.gallery, image_labels, False)
 
@@ -738,7 +738,7 @@ def _embed_cost_ms(encoder: Encoder, data: EvalDataset, samples: int = 3) -> flo
 
 
 def _embed_images(
-    images: ImageSet, encoder: Encoder, notes: list[str], report: EvalProgress
+    images: ImageSet, encoder: Encoder, notes: list[str], report: StageProgress
 ) -> tuple[np.ndarray, list[str], np.ndarray]:
     """Unit features, content hashes and labels of the images that decode; the others become a note."""
     feats, digests, kept, bad = [], [], [], []

@@ -12,7 +12,6 @@ it is installed (the `heif` extra), AVIF through Pillow's own plugin, under the 
 from __future__ import annotations
 
 import functools
-import hashlib
 import io
 import math
 import os
@@ -31,6 +30,7 @@ from crossgap_index.ingest.limits import (
     MAX_FILE_MB_SETTING,
     MAX_IMAGE_MEGAPIXELS_SETTING,
 )
+from crossgap_index.words import content_hash
 
 __all__ = ["DEFAULT_MAX_FILE_BYTES", "DEFAULT_MAX_MEGAPIXELS", "DecodeError", "SkippedFile", "decode_rgb", "read_file"]
 
@@ -55,10 +55,6 @@ class FileBytes:
     content_hash: str
     size: int
     mtime_ns: int
-
-
-def content_hash(data: bytes) -> str:
-    return hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
 def read_file(path: Path, max_bytes: int = DEFAULT_MAX_FILE_BYTES, setting: str = MAX_FILE_MB_SETTING) -> FileBytes:

@@ -21,7 +21,6 @@ import math
 import os
 import stat
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +35,7 @@ from crossgap_index.models.factory import LoadedModel
 from crossgap_index.models.family import FeatureFn, text_tower, vision_tower
 from crossgap_index.models.text_tower import fast_text_features, tokenize_prompt
 from crossgap_index.models.vision_tower import fast_image_features, fill_index
+from crossgap_index.words import EpochProgress
 
 FORMAT = "crossgap-inverter/1"
 # A saved network is tens of MB (ViT-L/14: about 60 MB); a file far larger is not one, and is refused unread.
@@ -46,7 +46,6 @@ DIRECTIONS = ("oti", "ovi")  # image -> text-space (pseudo-tokens), text -> imag
 # intra on seed 21, benchmarks/results/text.md), so 128, where its training stays near 2 minutes of CPU.
 DEFAULT_STEPS = {"oti": 48, "ovi": 128}
 # progress(step, total_steps, mean_loss)
-TrainProgress = Callable[[int, int, float], None]
 
 
 @dataclass(frozen=True)
@@ -238,7 +237,7 @@ def train_inverter(
     loaded: LoadedModel,
     features: np.ndarray,
     config: InverterConfig | None = None,
-    progress: TrainProgress | None = None,
+    progress: EpochProgress | None = None,
     checkpoint: Path | None = None,
 ) -> Inverter:
     """Train phi on unit features (n, d) of the queries' modality (images for ``oti``, texts for ``ovi``) with

@@ -7,8 +7,7 @@ from collections.abc import Callable
 import numpy as np
 
 from crossgap_index.search.ranking import Ranked
-
-RRF_K = 60  # the constant of Cormack et al. (2009); larger flattens the head of each list
+from crossgap_index.words import RRF_K
 
 
 def reciprocal_rank_fusion(lists: dict[str, Ranked], rrf_k: int = RRF_K) -> Ranked:

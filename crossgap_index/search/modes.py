@@ -21,11 +21,11 @@ from dataclasses import dataclass, field
 
 from crossgap_index.errors import QueryError
 from crossgap_index.inversion import InversionConfig
+from crossgap_index.words import RRF_K
 
 TRANSFORMS = ("identity", "invert", "project", "inverter", "warm", "adapt")
 GALLERIES = ("plain", "projected", "inverted", "adapted")
 FUSIONS = ("rrf", "score")
-RRF_K = 60
 FUSION_DEPTH = 100
 # Modes a user can name; "auto" resolves to the index's tuned mode, else DEFAULT_MODE.
 BASE_MODE_NAMES = ("auto", "intra", "cross", "fused", "cross-gallery", "span", "iso", "concept", "inverter", "warm")

@@ -16,9 +16,8 @@ import numpy as np
 from crossgap_index.errors import QueryError
 from crossgap_index.inversion import InversionConfig
 from crossgap_index.search.filters import ItemFilter
-from crossgap_index.search.modes import FUSION_DEPTH, FUSIONS, RRF_K, Mode
-
-TARGETS = ("images", "texts")
+from crossgap_index.search.modes import FUSION_DEPTH, FUSIONS, Mode
+from crossgap_index.words import RRF_K, target_modality
 
 
 @dataclass(frozen=True)
@@ -56,8 +55,7 @@ class SearchOptions:
 
     def __post_init__(self) -> None:
         self._check_filters()
-        if self.target not in TARGETS:
-            raise QueryError(f"unknown target '{self.target}': use one of {', '.join(TARGETS)}")
+        target_modality(self.target)
         if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1:
             raise QueryError(f"k must be an integer >= 1, got {self.k!r}")
         if self.merge not in FUSIONS:

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from crossgap_index.errors import QueryError, StoreError
-from crossgap_index.ingest.decode import DecodeError, SkippedFile, content_hash, decode_rgb, read_file
+from crossgap_index.ingest.decode import DecodeError, SkippedFile, decode_rgb, read_file
 from crossgap_index.ingest.pipeline import decode_side
 from crossgap_index.ingest.texts import check_query_text
 from crossgap_index.search.arithmetic import check_terms, combine
@@ -27,8 +27,8 @@ from crossgap_index.search.ranking import Ranked
 from crossgap_index.search.run import Queries, Result, gallery_collection, run_mode
 from crossgap_index.search.transforms import ModelTransformer
 from crossgap_index.store.manifest import ANY_TASK
+from crossgap_index.words import QUERY_MODALITIES, check_modality, content_hash, target_modality, text_hash
 
-TARGETS = {"images": "image", "texts": "text"}
 QUERY_KINDS = ("image", "text", "vector", "item", "terms")
 # (query modality, target collection) -> the task whose tuned mode serves it
 TASK_OF = {("image", "image"): "image-to-image", ("text", "text"): "text-to-text", ("text", "image"): "text-to-image"}
@@ -146,7 +146,7 @@ class Searcher:
             encoder = self._encoder()
             feats = encoder.encode_texts([t for _, t in texts], encoder.query_batch_size)
             for (i, text), feat in zip(texts, feats, strict=True):
-                out[i] = (feat, "text", content_hash(text.encode("utf-8", "surrogatepass")))
+                out[i] = (feat, "text", text_hash(text))
         return out  # type: ignore[return-value]
 
     def _vector(self, query: dict) -> tuple[np.ndarray, str, str]:
@@ -161,8 +161,7 @@ class Searcher:
         if not np.isfinite(norm) or norm == 0.0:
             raise QueryError("query vector must be finite and non-zero")
         modality = query.get("modality", "vector")
-        if modality not in ("image", "text", "vector"):
-            raise QueryError(f"vector modality must be image, text or vector, got {modality!r}")
+        check_modality(modality, QUERY_MODALITIES, what="vector modality")
         unit = vec / norm
         return unit, modality, content_hash(unit.tobytes())
 
@@ -400,9 +399,7 @@ def _leg_turns(leg) -> bool:
 
 
 def collection_of(target: str) -> str:
-    if target not in TARGETS:
-        raise QueryError(f"unknown target '{target}': use one of {', '.join(TARGETS)}")
-    return TARGETS[target]
+    return target_modality(target)
 
 
 def _kind(query: dict) -> str:

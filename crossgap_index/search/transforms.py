@@ -32,13 +32,13 @@ from crossgap_index.search.projections import (
 )
 from crossgap_index.search.run import Queries
 from crossgap_index.search.vocabulary import IMAGENET, concept_prompts, vocabulary_names
+from crossgap_index.words import StepProgress
 
 # Measured default (benchmarks/RESULTS.md, "Choosing the defaults"): concept uses tau = 0.02. Span settings a
 # leg leaves out come from the model's default (search.modes.default_cross).
 CONCEPT_TAU = 0.02
 
 # progress(step, mean_loss) of an inversion
-InversionProgress = Callable[[int, float], None]
 
 
 class VectorCache(Protocol):
@@ -67,7 +67,7 @@ class ModelTransformer:
         inverter: Callable | None = None,
         text_inverter: Callable | None = None,
         projection_dir: Path | None = None,
-        progress: InversionProgress | None = None,
+        progress: StepProgress | None = None,
     ):
         self.model_name = model_name
         self._encoder = encoder

@@ -11,8 +11,8 @@ import os
 import stat
 
 from crossgap_index.errors import CrossGapError
-from crossgap_index.ingest.decode import content_hash
 from crossgap_index.store.catalog import ImageRecord
+from crossgap_index.words import content_hash
 
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)

@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from crossgap_index.inversion.config import LR_MAX, N_PATCHES_MAX, N_TOKENS_MAX
-from crossgap_index.search.merge import RRF_K
+from crossgap_index.words import RRF_K
 
 MAX_FILTER_IDS = 100_000  # ids or external ids one filter may list
 

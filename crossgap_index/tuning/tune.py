@@ -43,7 +43,6 @@ from crossgap_index.evaluation.protocol import (
     measure_mode,
 )
 from crossgap_index.evaluation.stats import class_interval, paired_difference, paired_interval, t_quantile_975
-from crossgap_index.ingest.decode import content_hash
 from crossgap_index.inversion import InversionConfig
 from crossgap_index.search.gallery import MatrixGallery
 from crossgap_index.search.modes import Leg, Mode, resolve_mode
@@ -51,6 +50,7 @@ from crossgap_index.search.peers import post_candidates, tune_candidates
 from crossgap_index.search.ranking import largest_tie, tied_share
 from crossgap_index.search.run import Queries, run_mode
 from crossgap_index.search.transforms import ModelTransformer
+from crossgap_index.words import StageProgress, text_hash
 
 SPLIT_SEED = 0
 # The minimum tune accepts: classes with at least MIN_ITEMS_PER_CLASS labelled items (others are left out),
@@ -77,7 +77,6 @@ TIE_TOP_K = 100
 COLLAPSE_SHARE = 0.1
 
 # progress(stage, done, total)
-TuneProgress = Callable[[str, int, int], None]
 
 
 @dataclass
@@ -122,7 +121,7 @@ def tune(
     task: str | None = None,
     inversion: bool = True,
     seed: int = SPLIT_SEED,
-    progress: TuneProgress | None = None,
+    progress: StageProgress | None = None,
     extra_candidates: Iterable[tuple[str, Mode]] = (),
     maps_dir: Path | None = None,
 ) -> tuple[TuneResult, object]:
@@ -256,7 +255,7 @@ def _features(
     texts = data.texts
     queries = encoder.encode_texts(texts.query_texts)
     gallery = encoder.encode_texts(texts.gallery_texts)
-    digests = tuple(content_hash(t.encode("utf-8", "surrogatepass")) for t in texts.query_texts)
+    digests = tuple(text_hash(t) for t in texts.query_texts)
     features = FeatureSet(Queries(queries, "text", digests), texts.query_groups, gallery, texts.gallery_groups, False)
     return features, "text", {"caption groups": len(texts.query_texts)}
 
