@@ -63,7 +63,7 @@ print(ids[0][:3])
 def build(root: Path, model: str) -> tuple[Path, Path]:
     """An index of 64 photos and 3 texts built with this tree (`cgx build-index`), its derived maps current."""
     sys.path.insert(0, str(REPO))
-    from tests.conftest import write_photo
+    from tests.support.photos import write_photo
 
     photos = root / "photos"
     for i in range(64):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -28,7 +29,7 @@ from crossgap_index.models.onnx_towers import (
 )
 from crossgap_index.models.pixels import recipe_of
 from crossgap_index.models.query_encoder import SWITCH_ENV_VAR, onnx_allowed
-from tests.conftest import write_photo
+from tests.support.photos import write_photo
 
 pytest.importorskip("onnxruntime")
 
@@ -89,6 +90,16 @@ def loaded():
     return load_model(BUNDLED, "cpu")
 
 
+@pytest.fixture(scope="module")
+def exported(loaded, tmp_path_factory) -> Path:
+    """A folder holding crossgap-small's exported, verified tower (tests copy it before changing it)."""
+    folder = tmp_path_factory.mktemp("exported")
+    sidecar = export_image_tower(loaded, folder)
+    assert sidecar["status"] == "verified", sidecar.get("reason")
+    assert sidecar["probe_min_cosine"] >= MIN_COSINE
+    return folder
+
+
 def test_pixel_recipe_equals_torchvision_preprocessing(loaded):
     recipe = recipe_of(loaded.preprocess)
     assert recipe is not None and recipe.input_size == 64
@@ -112,13 +123,10 @@ def test_a_preprocessing_step_it_cannot_run_is_refused_once(loaded, tmp_path):
     assert load_image_tower(tmp_path, BUNDLED) is None
 
 
-def test_exported_tower_equals_the_torch_encoder(loaded, tmp_path):
+def test_exported_tower_equals_the_torch_encoder(loaded, exported):
     from crossgap_index.models import Encoder
 
-    sidecar = export_image_tower(loaded, tmp_path)
-    assert sidecar["status"] == "verified", sidecar.get("reason")
-    assert sidecar["probe_min_cosine"] >= MIN_COSINE
-    tower = load_image_tower(tmp_path, BUNDLED)
+    tower = load_image_tower(exported, BUNDLED)
     assert tower is not None
     rng = np.random.default_rng(5)
     images = [Image.fromarray(rng.integers(0, 256, (70 + i, 90, 3), dtype=np.uint8)) for i in range(6)]
@@ -126,12 +134,13 @@ def test_exported_tower_equals_the_torch_encoder(loaded, tmp_path):
     fast = tower.encode(images)
     assert fast.shape == exact.shape and fast.dtype == np.float32
     assert np.sum(exact * fast, axis=1).min() >= MIN_COSINE
-    assert load_image_tower(tmp_path, "tiny-random") is None  # a tower serves only the model it came from
+    assert load_image_tower(exported, "tiny-random") is None  # a tower serves only the model it came from
 
 
 @pytest.mark.parametrize("damage", ["bit-flip", "truncate", "sidecar-garbage", "symlink-to-dev-zero"])
-def test_a_damaged_tower_is_never_used(loaded, tmp_path, damage):
-    assert export_image_tower(loaded, tmp_path)["status"] == "verified"
+def test_a_damaged_tower_is_never_used(exported, tmp_path, damage):
+    shutil.copytree(exported, tmp_path, dirs_exist_ok=True)
+    assert load_image_tower(tmp_path, BUNDLED) is not None
     model = tmp_path / IMAGE_MODEL
     data = bytearray(model.read_bytes())
     if damage == "bit-flip":  # in the weights: the size still matches, the probe does not
