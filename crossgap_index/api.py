@@ -42,6 +42,7 @@ if TYPE_CHECKING:  # torch loads with the first model, inside the methods that n
     from crossgap_index.ingest.embeddings import ImportReport
     from crossgap_index.inversion.inverter import Inverter, InverterConfig
     from crossgap_index.models import Encoder
+    from crossgap_index.models.query_encoder import QueryEncoder
 
 INVERTER_FILE = "inverter.safetensors"  # the OTI network: image queries
 TEXT_INVERTER_FILE = "text-inverter.safetensors"  # the OVI network: text queries
@@ -103,6 +104,7 @@ class CrossGapIndex:
         self._device = check_device(device)
         self._precision = check_setting(precision)
         self._encoder: Encoder | None = None
+        self._query_encoder: QueryEncoder | None = None
         self._searcher: Searcher | None = None
         self._inverter_nets: dict[str, Inverter] = {}
         self._fits = None  # who runs gallery fits (search/fitting.py): this thread unless fit_in_background()
@@ -482,13 +484,31 @@ class CrossGapIndex:
                     self._searcher = Searcher(
                         self._store,
                         self._store.manifest.model,
-                        lambda: self.encoder,
+                        self.query_encoder,
                         functools.partial(self.inverter, "image") if image.is_file() else None,
                         _CatalogCache(self._store),
                         text_inverter=functools.partial(self.inverter, "text") if text.is_file() else None,
                         gallery=StoreGallery(self._store, self._fits),
                     )
         return self._searcher
+
+    def query_encoder(self) -> QueryEncoder:
+        """What searches embed queries with: image queries on a verified ONNX tower where one serves this index,
+        the rest on ``encoder`` (crossgap_index.models.query_encoder)."""
+        if self._query_encoder is None:
+            with self._loading:
+                if self._query_encoder is None:
+                    from crossgap_index.models.query_encoder import query_encoder_for
+
+                    self._query_encoder = query_encoder_for(
+                        self.path,
+                        self._store.manifest,
+                        self._device,
+                        self._precision,
+                        lambda: self.encoder,
+                        lambda: self._encoder is not None,
+                    )
+        return self._query_encoder
 
     def fit_in_background(self):
         """From now on, gallery fits (dba, nnn, qbnorm, center, derived collections) run on a background thread of
