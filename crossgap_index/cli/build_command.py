@@ -83,7 +83,7 @@ def build_index_command(
     changed ones re-embedded, deleted ones removed, renamed or duplicate files reuse stored vectors."""
     from crossgap_index import CrossGapIndex
     from crossgap_index.cli.gallery_upkeep import keep_gallery_current
-    from crossgap_index.cli.render import first_time_for_index, progress_bar
+    from crossgap_index.cli.render import first_time_for_index, phase_lines, progress_bar
     from crossgap_index.engines import get_engine
     from crossgap_index.ingest.discover import resolve_roots
 
@@ -96,7 +96,9 @@ def build_index_command(
             index, model=model, device=device, factory=factory, wait=not no_wait, precision=precision
         ) as cgx,
         progress_bar("embedding", "img", enabled=not quiet) as progress,
+        phase_lines("index", enabled=not quiet) as build_progress,
     ):
+        cgx.report_index_builds(build_progress)
         result = cgx.index_folders(
             folders,
             include_hidden=include_hidden,
