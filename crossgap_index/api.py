@@ -529,11 +529,8 @@ class CrossGapIndex:
 
         How to search is one ``SearchOptions`` (search/options.py), or its fields as keywords
         (``target``, ``k``, ``mode``, ``merge``, ``alpha``, ``rrf_k``, ``depth``, ``inversion``, ``projection``,
-        ``use_cache``), which override ``options``. Modes (search/modes.py): ``intra`` the query's own embedding;
-        ``cross`` OTI/OVI inversion into the other modality; ``fused`` intra and cross merged; ``cross-gallery``
-        against the gallery's stored OTI features; ``span`` / ``iso`` / ``concept`` zero-cost maps of query and
-        gallery; ``inverter`` / ``warm`` the trained inversion network, alone or as the start of a few OTI
-        steps; ``auto`` the mode ``cgx tune`` stored, else the documented default. A query that is already
+        ``use_cache``), which override ``options``. The modes, each with its label and help, are the registry's
+        (``crossgap_index.search.registry.MODES``; ``mode_help_text()`` words them all). A query that is already
         inter-modal (text against images) is served as it is by every mode that would turn it.
 
         ``expression``: query arithmetic, e.g. ``'2:"red car" + ./photo.jpg - night + item:42'``: a weighted sum

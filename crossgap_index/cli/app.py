@@ -37,6 +37,7 @@ from crossgap_index.inversion import InversionConfig
 from crossgap_index.inversion.config import LR_MAX
 from crossgap_index.models import DEFAULT_MODEL, bundled_names
 from crossgap_index.search.modes import MODE_NAMES, SERVED_OTI_STEPS
+from crossgap_index.search.registry import mode_help_text
 from crossgap_index.words import RRF_K
 
 app = typer.Typer(
@@ -384,12 +385,7 @@ def query(
         Mode | None,
         typer.Option(
             metavar="MODE",
-            help="intra (default): plain embeddings; cross: OTI/OVI inversion; fused: intra + cross merged "
-            "(--merge); cross-gallery: against the gallery's stored OTI (images) / OVI (texts); span / iso / "
-            "concept: zero-cost projections of query and gallery; inverter / warm: the trained inversion network "
-            "(cgx train-inverter [--modality texts]); aqe / dba / nnn / qbnorm / center: the training-free peers; "
-            "MODE+POST (e.g. span+aqe): a one-leg mode followed by aqe, nnn or qbnorm; auto: the mode tuned for "
-            "the query's task. Every mode orders equal scores (within 1e-6) by the intra score, then by id.",
+            help=mode_help_text(),
         ),
     ] = None,
     merge: Annotated[

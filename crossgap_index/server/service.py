@@ -22,9 +22,9 @@ from crossgap_index.ingest.texts import unicode_problem
 from crossgap_index.inversion import InversionConfig
 from crossgap_index.search.arithmetic import parse as parse_expression
 from crossgap_index.search.fitting import FitPending
-from crossgap_index.search.labels import MODE_LABELS, mode_help, mode_label
-from crossgap_index.search.modes import BASE_MODE_NAMES, MODE_NAMES, PEER_NAMES
+from crossgap_index.search.labels import list_labels, mode_help, mode_label
 from crossgap_index.search.options import SearchOptions
+from crossgap_index.search.registry import is_mode_name, mode_names, unknown_mode_message
 from crossgap_index.server.batcher import BatchResult, MicroBatcher
 from crossgap_index.server.errors import ApiError, status_of
 from crossgap_index.server.files import read_item_file
@@ -57,7 +57,7 @@ class SearchService:
 
     @property
     def modes(self) -> list[str]:
-        return list(MODE_NAMES)
+        return list(mode_names())
 
     def servable_modes(self) -> list[str]:
         """The modes this index can serve (the page offers only these): the inverter's modes need a trained
@@ -76,9 +76,8 @@ class SearchService:
                 projection_weights(self.index.encoder.loaded.model, modality)
         except IncompatibleModelError:
             unavailable.add("iso")
-        # The page offers the named modes and the peers; compositions (span+aqe) stay reachable through the API.
-        offered = (*BASE_MODE_NAMES, *PEER_NAMES)
-        return [name for name in offered if name not in unavailable]
+        # The page offers the registry's offered modes; compositions (span+aqe) stay reachable through the API.
+        return [name for name in mode_names(compositions=False, offered_only=True) if name not in unavailable]
 
     def close(self) -> None:
         """Finish queued work, then release threads (the index is closed by its owner); a running fit stops."""
@@ -160,9 +159,8 @@ class SearchService:
         s = self.settings
         if request.k > s.max_k:
             raise ApiError(400, f"k={request.k} is over the limit of {s.max_k}")
-        if request.mode not in MODE_NAMES:
-            named = ", ".join((*BASE_MODE_NAMES, *PEER_NAMES))
-            raise ApiError(400, f"unknown mode '{request.mode}': use {named}, or BASE+POST (GET /info lists all)")
+        if not is_mode_name(request.mode):
+            raise ApiError(400, f"{unknown_mode_message(request.mode)} (GET /info lists all)")
         if request.steps is not None and request.steps > s.max_steps:
             raise ApiError(400, f"steps={request.steps} is over the limit of {s.max_steps}")
         if request.expression is not None and len(request.expression) > s.max_text_chars:
@@ -323,7 +321,7 @@ class SearchService:
             "mode_choices": [{"name": n, "label": mode_label(n), "help": mode_help(n)} for n in self.servable_modes()],
             "auto_serves": auto_serves,
             "tuned": self.index.tuned_mode is not None,
-            "list_labels": {name: label for name, (label, _) in MODE_LABELS.items()},
+            "list_labels": list_labels(),
             "model_note": self.index.model_note(),
         }
 

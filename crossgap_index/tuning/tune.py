@@ -39,9 +39,9 @@ from crossgap_index.evaluation.measure import measure_mode
 from crossgap_index.evaluation.settings import IMAGES, TEXTS
 from crossgap_index.evaluation.stats import CONFIDENCE, PairedComparison, paired_interval, per_class_comparison
 from crossgap_index.inversion import InversionConfig
+from crossgap_index.search.candidates import post_candidates, tune_candidates
 from crossgap_index.search.gallery import MatrixGallery
 from crossgap_index.search.modes import Leg, Mode, resolve_mode
-from crossgap_index.search.peers import post_candidates, tune_candidates
 from crossgap_index.search.ranking import largest_tie, tied_share
 from crossgap_index.search.run import run_mode
 from crossgap_index.search.transforms import ModelTransformer
