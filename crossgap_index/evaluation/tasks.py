@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 import numpy as np
@@ -46,7 +47,7 @@ class Embedded:
     own_items: np.ndarray | None = None
 
 
-class TaskKind:
+class TaskKind(ABC):
     """What one task does differently; the defaults are a task whose modes invert nothing."""
 
     name: str
@@ -56,8 +57,9 @@ class TaskKind:
     items: str = ""  # how a report names the items an inverter trained here learns from
     sweep_field: str | None = None  # the pseudo-word count a sweep varies: n_tokens (OTI), n_patches (OVI)
 
+    @abstractmethod
     def embed(self, data: EvalDataset, ctx: RunContext, result: EvalResult) -> Embedded:
-        raise NotImplementedError
+        """The task's queries and gallery, embedded (their notes and timings into ``result`` and ``ctx``)."""
 
     def given_network(self, ctx: RunContext) -> object:
         """The caller's trained network for this task's inverter modes (an index's own), or None."""
@@ -70,9 +72,12 @@ class TaskKind:
         return {}
 
     def sweep_counts(self, ctx: RunContext) -> tuple:
+        """The pseudo-word counts a sweep runs at (none: the task does not sweep)."""
         return ()
 
-    def finish(self, data: EvalDataset, plan: TaskPlan, intra_ap: np.ndarray, ctx: RunContext, result: EvalResult):
+    def finish(
+        self, data: EvalDataset, plan: TaskPlan, intra_ap: np.ndarray, ctx: RunContext, result: EvalResult
+    ) -> None:
         """After the modes: the cross mode at every sweep setting, where the task sweeps."""
         if ctx.settings.sweep_steps and self.sweep_field is not None:
             _sweep(self, plan, intra_ap, ctx, result)
