@@ -32,7 +32,7 @@ from crossgap_index.inversion.inverter import DEFAULT_STEPS
 from crossgap_index.search.mode_spec import Leg, Mode
 from crossgap_index.search.modes import resolve_mode
 from crossgap_index.search.registry import ModeEntry, register_mode, unregister_mode
-from tests.conftest import MODEL
+from tests.support.photos import MODEL
 
 
 @pytest.mark.parametrize(
