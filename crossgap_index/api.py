@@ -637,7 +637,7 @@ class CrossGapIndex:
         if record is not None:
             if not isinstance(record, dict) or not isinstance(record.get("mode"), dict):
                 raise QueryError("a tuned-mode record is a dict with a 'mode' (see cgx tune)")
-            Mode.from_dict(record["mode"])  # refuse a malformed record before it is saved
+            resolve_mode("auto", tuned=record["mode"])  # refuse a malformed record before it is saved
         with self._store.writing():
             manifest = self._store.manifest
             if record is not None:

@@ -36,7 +36,7 @@ from crossgap_index.search.registry import (
 )
 from crossgap_index.search.run import Queries, run_mode
 from crossgap_index.search.transforms import ModelTransformer
-from tests.mode_support import assert_serves_what_eval_measures
+from tests.support.modes import assert_serves_what_eval_measures
 
 MODEL = "crossgap-small"
 N = 24
@@ -65,6 +65,15 @@ def index(tmp_path_factory, world):
     cgx.index_folders([world])
     cgx.invert_gallery(FEW)
     cgx.train_inverter(InverterConfig(steps=8, batch_size=16))
+    yield cgx
+    cgx.close()
+
+
+@pytest.fixture(scope="module")
+def plain_index(tmp_path_factory, world):
+    """The synthetic world in a plain crossgap-small index (what the toy and the stored-mode checks need)."""
+    cgx = CrossGapIndex.create(tmp_path_factory.mktemp("plain") / "index", model=MODEL, device="cpu")
+    cgx.index_folders([world])
     yield cgx
     cgx.close()
 
@@ -130,21 +139,21 @@ def negate():
     unregister_mode(NEGATE.name)
 
 
-def test_a_toy_mode_is_one_entry_plus_its_implementation(negate, index):
+def test_a_toy_mode_is_one_entry_plus_its_implementation(negate, plain_index):
     """Registered, the toy resolves, composes with a post-step, has words and runs; removed, it is unknown."""
     mode = resolve_mode("negate")
     assert is_mode_name("negate") and is_mode_name("negate+aqe") and "negate: opposite" in mode_help_text()
     assert resolve_mode("negate+aqe").post["kind"] == "aqe"
-    ids, vectors = index._store.ids_and_vectors("image")
+    ids, vectors = plain_index._store.ids_and_vectors("image")
     queries = Queries(vectors[:2], "image", ("q0", "q1"))
-    transformer = ModelTransformer(MODEL, lambda: index.encoder)
+    transformer = ModelTransformer(MODEL, lambda: plain_index.encoder)
     gallery = MatrixGallery({"image": (ids, vectors)})
     toy = run_mode(mode, queries, "image", len(ids), gallery, transformer)
     intra = run_mode(resolve_mode("intra"), queries, "image", len(ids), gallery, transformer)
     for mine, plain in zip(toy, intra, strict=True):
         assert mine.ranked.ids.tolist() == plain.ranked.ids.tolist()[::-1]
         np.testing.assert_allclose(mine.ranked.scores, -plain.ranked.scores[::-1], atol=1e-6)
-    served = index.search(vector=vectors[0].tolist(), k=3, mode=mode)
+    served = plain_index.search(vector=vectors[0].tolist(), k=3, mode=mode)
     assert [h.id for h in served] == toy[0].ranked.ids[:3].tolist()
     unregister_mode("negate")
     with pytest.raises(QueryError, match="unknown mode 'negate'"):
@@ -187,3 +196,42 @@ def test_resolve_mode_takes_options_whole_and_keywords_override():
     assert fused.legs[1].params["oti_steps"] == 3
     assert resolve_mode("fused", options, alpha=0.75).alpha == 0.75
     assert resolve_mode("dba+aqe", SearchOptions(peer={"n": 2})).post["n"] == 2  # peer settings go to the post-step
+
+
+def test_a_stored_mode_naming_an_unknown_peer_is_refused_before_it_is_served(plain_index):
+    stored = {**resolve_mode("span+aqe").to_dict(), "post": {"kind": "telepathy"}}
+    with pytest.raises(QueryError, match="unknown post step 'telepathy'"):
+        resolve_mode("auto", tuned=stored)
+    with pytest.raises(QueryError, match="unknown post step"):
+        plain_index.set_tuned_mode({"mode": stored, "task": "image-to-image"})
+    adapted = {**resolve_mode("dba").to_dict()}
+    adapted["legs"] = [{**adapted["legs"][0], "params": {"kind": "aqe"}}]  # a post-step is no adapted leg
+    with pytest.raises(QueryError, match="unknown adapt step 'aqe'"):
+        resolve_mode("auto", tuned=adapted)
+    with pytest.raises(QueryError, match="malformed mode record"):
+        resolve_mode("auto", tuned={})
+    assert plain_index.tuned_mode is None
+
+
+@pytest.mark.slow
+def test_the_server_offers_and_serves_what_the_registry_holds(index, negate):
+    """GET /info lists every registered name and offers (with label and help) each entry the index can serve,
+    the toy included once registered; a request names it like any mode; an unknown name is a 400."""
+    import httpx
+
+    from crossgap_index.server.settings import ServeSettings
+    from tests.support.serve import running_server
+
+    with running_server(index, ServeSettings()) as base:
+        info = httpx.get(base + "/info", timeout=60).json()
+        offered = {choice["name"]: choice for choice in info["page"]["mode_choices"]}
+        assert set(offered) == set(mode_names(compositions=False, offered_only=True))  # this index serves all
+        assert offered["negate"]["label"] == "Opposite" and offered["negate"]["help"] == NEGATE.help
+        assert info["page"]["list_labels"]["negate"] == "Opposite"
+        assert {"negate", "negate+aqe", "span+aqe"} <= set(info["modes"])
+        vector = index._store.ids_and_vectors("image")[1][0].tolist()
+        body = {"vector": vector, "modality": "image", "k": 3, "mode": "negate"}
+        hits = httpx.post(base + "/search", json=body, timeout=60).json()["hits"]
+        assert [h["id"] for h in hits] == [h.id for h in index.search(vector=vector, k=3, mode="negate")]
+        refused = httpx.post(base + "/search", json={**body, "mode": "negate+dba"}, timeout=60)
+        assert refused.status_code == 400 and "unknown mode 'negate+dba'" in refused.json()["error"]

@@ -43,7 +43,7 @@ def _cross_leg(options: SearchOptions) -> Leg:
 
 
 def _auto(options: SearchOptions, context: ModeContext) -> Mode:
-    if context.tuned:
+    if context.tuned is not None:
         return Mode.from_dict(context.tuned)
     if context.default is None:
         raise ValueError("auto needs the model's default (search.modes.resolve_mode supplies it)")
@@ -93,198 +93,192 @@ def _peer(module: str, class_name: str):
     return load
 
 
-def _mode_entries() -> tuple[ModeEntry, ...]:
-    return (
-        ModeEntry(
-            "auto",
-            _auto,
-            "Best for this index",
-            "The way of searching `cgx tune` chose for this index, or the default when it was never tuned.",
-            "the untuned --cross (the model's default)",
-            cost="varies",
-            offered=True,
+_MODES = (
+    ModeEntry(
+        "auto",
+        _auto,
+        "Best for this index",
+        "The way of searching `cgx tune` chose for this index, or the default when it was never tuned.",
+        "the untuned --cross (the model's default)",
+        cost="varies",
+        offered=True,
+    ),
+    ModeEntry(
+        "intra",
+        _intra,
+        "Plain similarity",
+        "Compares the query's own embedding with each item's: the usual CLIP search.",
+        "query vs gallery, plain embeddings",
+        eval_by_task={TEXT_TO_IMAGE: "caption vs images, plain embeddings"},
+    ),
+    ModeEntry(
+        "cross",
+        _cross,
+        "Translate the query",
+        "Turns a photo into the words that would describe it (or words into a picture), then searches with "
+        "that; slower, a few hundred milliseconds per query.",
+        "inverted query (OTI / OVI) vs gallery",
+        cost="optimisation",
+        composable=True,
+    ),
+    ModeEntry(
+        "fused",
+        _fused,
+        "Plain + translated",
+        "Runs plain similarity and the translated query, and merges their rankings.",
+        "intra + cross, reciprocal rank fusion",
+        cost="optimisation",
+        eval_rows=(
+            EvalRow("fused-rrf", "intra + cross, reciprocal rank fusion", {"merge": "rrf"}),
+            EvalRow("fused-score", "intra + cross, min-max normalised score sum", {"merge": "score"}),
         ),
-        ModeEntry(
-            "intra",
-            _intra,
-            "Plain similarity",
-            "Compares the query's own embedding with each item's: the usual CLIP search.",
-            "query vs gallery, plain embeddings",
-            eval_by_task={TEXT_TO_IMAGE: "caption vs images, plain embeddings"},
-        ),
-        ModeEntry(
-            "cross",
-            _cross,
-            "Translate the query",
-            "Turns a photo into the words that would describe it (or words into a picture), then searches with "
-            "that; slower, a few hundred milliseconds per query.",
-            "inverted query (OTI / OVI) vs gallery",
-            cost="optimisation",
-            composable=True,
-        ),
-        ModeEntry(
-            "fused",
-            _fused,
-            "Plain + translated",
-            "Runs plain similarity and the translated query, and merges their rankings.",
-            "intra + cross, reciprocal rank fusion",
-            cost="optimisation",
-            eval_rows=(
-                EvalRow("fused-rrf", "intra + cross, reciprocal rank fusion", {"merge": "rrf"}),
-                EvalRow("fused-score", "intra + cross, min-max normalised score sum", {"merge": "score"}),
+    ),
+    ModeEntry(
+        "cross-gallery",
+        _cross_gallery,
+        "Against translated photos",
+        "Compares the query with each photo's stored translation into words.",
+        "query vs OTI(gallery), same OTI settings",
+        cost="gallery-fit",
+        needs=("gallery-inversion",),
+        composable=True,
+        eval_by_task={TEXTS: "query vs OVI(gallery texts), same OVI settings"},
+    ),
+    ModeEntry(
+        "span",
+        _projected("span"),
+        "Word directions",
+        "Keeps only the directions that words vary along (from a list of object names) before comparing; "
+        "free at query time.",
+        "both projected onto the vocabulary's text span",
+        uses_labels=True,
+        composable=True,
+        eval_rows=(
+            EvalRow(
+                "span-imagenet",
+                "span over the ImageNet-1k names, the published PCA<- (bare names, raw features, d/2; no labels "
+                "needed)",
+                {"projection": {"preset": "published"}},
             ),
         ),
-        ModeEntry(
-            "cross-gallery",
-            _cross_gallery,
-            "Against translated photos",
-            "Compares the query with each photo's stored translation into words.",
-            "query vs OTI(gallery), same OTI settings",
-            cost="gallery-fit",
-            composable=True,
-            eval_by_task={TEXTS: "query vs OVI(gallery texts), same OVI settings"},
-        ),
-        ModeEntry(
-            "span",
-            _projected("span"),
-            "Word directions",
-            "Keeps only the directions that words vary along (from a list of object names) before comparing; "
-            "free at query time.",
-            "both projected onto the vocabulary's text span",
-            uses_labels=True,
-            composable=True,
-            eval_rows=(
-                EvalRow(
-                    "span-imagenet",
-                    "span over the ImageNet-1k names, the published PCA<- (bare names, raw features, d/2; no labels "
-                    "needed)",
-                    {"projection": {"preset": "published"}},
-                ),
-            ),
-        ),
-        ModeEntry(
-            "iso",
-            _projected("iso"),
-            "Shared directions",
-            "Drops the directions where photos and words disagree most before comparing (IsoCLIP); free at query time.",
-            "IsoCLIP projector-spectrum truncation",
-            composable=True,
-        ),
-        ModeEntry(
-            "concept",
-            _projected("concept"),
-            "Concept profile",
-            "Describes query and items by how much they resemble each name in a list of concepts, and compares those.",
-            "both as distributions over the vocabulary's concepts",
-            uses_labels=True,
-            composable=True,
-        ),
-        ModeEntry(
-            "inverter",
-            _inverter,
-            "Learned translation",
-            "A network trained on this index translates a photo into words in one pass.",
-            "one-pass inversion network (OTI)",
-            cost="network",
-            composable=True,
-            eval_by_task={TEXTS: "one-pass inversion network (OVI)"},
-        ),
-        ModeEntry(
-            "warm",
-            _warm,
-            "Learned + refined",
-            "The learned translation, refined by two quick optimisation steps.",
-            "inverter output + a few OTI steps",
-            cost="optimisation",
-            composable=True,
-            eval_by_task={TEXTS: "inverter output + a few OVI steps"},
-        ),
+    ),
+    ModeEntry(
+        "iso",
+        _projected("iso"),
+        "Shared directions",
+        "Drops the directions where photos and words disagree most before comparing (IsoCLIP); free at query time.",
+        "IsoCLIP projector-spectrum truncation",
+        needs=("linear-projections",),
+        composable=True,
+    ),
+    ModeEntry(
+        "concept",
+        _projected("concept"),
+        "Concept profile",
+        "Describes query and items by how much they resemble each name in a list of concepts, and compares those.",
+        "both as distributions over the vocabulary's concepts",
+        uses_labels=True,
+        composable=True,
+    ),
+    ModeEntry(
+        "inverter",
+        _inverter,
+        "Learned translation",
+        "A network trained on this index translates a photo into words in one pass.",
+        "one-pass inversion network (OTI)",
+        cost="network",
+        needs=("inverter",),
+        composable=True,
+        eval_by_task={TEXTS: "one-pass inversion network (OVI)"},
+    ),
+    ModeEntry(
+        "warm",
+        _warm,
+        "Learned + refined",
+        "The learned translation, refined by two quick optimisation steps.",
+        "inverter output + a few OTI steps",
+        cost="optimisation",
+        needs=("inverter",),
+        composable=True,
+        eval_by_task={TEXTS: "inverter output + a few OVI steps"},
+    ),
+)
+
+
+def _after_imagenet_span(post: str) -> EvalRow:
+    """The eval row of the published span over the ImageNet names followed by the post-step ``post``."""
+    return EvalRow(
+        f"span-imagenet+{post}", f"span over ImageNet names, then {post}", {"projection": IMAGENET_SPAN}, f"span+{post}"
     )
 
 
 # Defaults from the papers: alpha-QE / alpha-DBA (Radenović et al.: alpha = 3, n a handful), NNN (k = 128,
 # w = 0.75), QB-Norm's dynamic inverted softmax (beta = 20, re-scoring the top 100), GR-CLIP's full mean.
-def _peer_entries() -> tuple[ModeEntry, ...]:
-    return (
-        ModeEntry(
-            "aqe",
-            None,
-            "Query expansion",
-            "Averages the query with its best few matches and searches again (alpha query expansion).",
-            "alpha query expansion: query + its top-n weighted by sim^alpha, searched again",
-            cost="second-search",
-            role="post",
-            defaults={"n": 5, "alpha": 3.0},
-            implementation=_peer("post", "AlphaQueryExpansion"),
-            eval_rows=(
-                EvalRow("dba+aqe", "DBA gallery, then alpha query expansion", mode="dba+aqe"),
-                EvalRow(
-                    "span-imagenet+aqe", "span over ImageNet names, then aqe", {"projection": IMAGENET_SPAN}, "span+aqe"
-                ),
-            ),
+_PEERS = (
+    ModeEntry(
+        "aqe",
+        None,
+        "Query expansion",
+        "Averages the query with its best few matches and searches again (alpha query expansion).",
+        "alpha query expansion: query + its top-n weighted by sim^alpha, searched again",
+        cost="second-search",
+        role="post",
+        defaults={"n": 5, "alpha": 3.0},
+        implementation=_peer("post", "AlphaQueryExpansion"),
+        eval_rows=(
+            EvalRow("dba+aqe", "DBA gallery, then alpha query expansion", mode="dba+aqe"),
+            _after_imagenet_span("aqe"),
         ),
-        ModeEntry(
-            "dba",
-            None,
-            "Smoothed gallery",
-            "Each item is compared as the average of itself and its nearest neighbours.",
-            "database-side augmentation: each gallery vector averaged with its top-n",
-            cost="gallery-fit",
-            role="adapt",
-            composable=True,
-            defaults={"n": 5, "alpha": 3.0},
-            implementation=_peer("peers", "DatabaseAugmentation"),
-        ),
-        ModeEntry(
-            "nnn",
-            None,
-            "Hub correction",
-            "Lowers items that are close to everything (nearest-neighbour normalisation); free at query time.",
-            "nearest neighbor normalization: q.g - w * mean top-k bank similarity of g",
-            cost="gallery-fit",
-            role="post",
-            defaults={"k": 128, "w": 0.75},
-            implementation=_peer("peers", "NearestNeighbourNormalisation"),
-            eval_rows=(
-                EvalRow(
-                    "span-imagenet+nnn", "span over ImageNet names, then nnn", {"projection": IMAGENET_SPAN}, "span+nnn"
-                ),
-            ),
-        ),
-        ModeEntry(
-            "qbnorm",
-            None,
-            "Hub re-scoring",
-            "Re-scores the top results so that items close to everything weigh less (QB-Norm).",
-            "QB-Norm, dynamic inverted softmax over the top-K",
-            cost="gallery-fit",
-            role="post",
-            defaults={"beta": 20.0, "depth": 100},
-            implementation=_peer("post", "QueryBankNormalisation"),
-            eval_rows=(
-                EvalRow(
-                    "span-imagenet+qbnorm",
-                    "span over ImageNet names, then qbnorm",
-                    {"projection": IMAGENET_SPAN},
-                    "span+qbnorm",
-                ),
-            ),
-        ),
-        ModeEntry(
-            "center",
-            None,
-            "Centred",
-            "Removes the average embedding of each modality before comparing; free at query time.",
-            "each modality's mean removed (GR-CLIP, lam = 1)",
-            role="adapt",
-            composable=True,
-            defaults={"lam": 1.0},
-            implementation=_peer("peers", "Centring"),
-            eval_rows=(
-                EvalRow("center-dn", "a quarter of the mean removed (DN, lam = 0.25)", {"peer": {"lam": 0.25}}),
-            ),
-        ),
-    )
+    ),
+    ModeEntry(
+        "dba",
+        None,
+        "Smoothed gallery",
+        "Each item is compared as the average of itself and its nearest neighbours.",
+        "database-side augmentation: each gallery vector averaged with its top-n",
+        cost="gallery-fit",
+        role="adapt",
+        composable=True,
+        defaults={"n": 5, "alpha": 3.0},
+        implementation=_peer("peers", "DatabaseAugmentation"),
+    ),
+    ModeEntry(
+        "nnn",
+        None,
+        "Hub correction",
+        "Lowers items that are close to everything (nearest-neighbour normalisation); free at query time.",
+        "nearest neighbor normalization: q.g - w * mean top-k bank similarity of g",
+        cost="gallery-fit",
+        role="post",
+        defaults={"k": 128, "w": 0.75},
+        implementation=_peer("peers", "NearestNeighbourNormalisation"),
+        eval_rows=(_after_imagenet_span("nnn"),),
+    ),
+    ModeEntry(
+        "qbnorm",
+        None,
+        "Hub re-scoring",
+        "Re-scores the top results so that items close to everything weigh less (QB-Norm).",
+        "QB-Norm, dynamic inverted softmax over the top-K",
+        cost="gallery-fit",
+        role="post",
+        defaults={"beta": 20.0, "depth": 100},
+        implementation=_peer("post", "QueryBankNormalisation"),
+        eval_rows=(_after_imagenet_span("qbnorm"),),
+    ),
+    ModeEntry(
+        "center",
+        None,
+        "Centred",
+        "Removes the average embedding of each modality before comparing; free at query time.",
+        "each modality's mean removed (GR-CLIP, lam = 1)",
+        role="adapt",
+        composable=True,
+        defaults={"lam": 1.0},
+        implementation=_peer("peers", "Centring"),
+        eval_rows=(EvalRow("center-dn", "a quarter of the mean removed (DN, lam = 0.25)", {"peer": {"lam": 0.25}}),),
+    ),
+)
 
 
-BUILTIN_MODES: tuple[ModeEntry, ...] = _mode_entries() + _peer_entries()
+BUILTIN_MODES: tuple[ModeEntry, ...] = _MODES + _PEERS

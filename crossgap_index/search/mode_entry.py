@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from crossgap_index.errors import QueryError
+from crossgap_index.search.mode_spec import Leg, Mode
 
 if TYPE_CHECKING:
-    from crossgap_index.search.mode_spec import Mode
     from crossgap_index.search.options import SearchOptions
     from crossgap_index.search.peers import Peer
 
@@ -21,6 +21,9 @@ if TYPE_CHECKING:
 COSTS = ("free", "gallery-fit", "second-search", "network", "optimisation", "varies")
 # Roles: a mode of its own; a peer leg whose gallery is adapted (dba, center); a post-step after a one-leg mode.
 ROLES = ("mode", "adapt", "post")
+# What an index may lack that a mode needs: a trained inverter, the gallery's stored OTI/OVI features, a model
+# whose towers end in linear projections (IsoCLIP's map is built from them).
+NEEDS = ("inverter", "gallery-inversion", "linear-projections")
 
 
 @dataclass(frozen=True)
@@ -54,7 +57,8 @@ class ModeEntry:
     takes its vocabulary from the evaluated data's class names; ``cost``: one of COSTS; ``role``: one of ROLES;
     ``composable``: a post-step may follow it (``span+aqe``); ``defaults``: a peer's settings;
     ``implementation``: loads the Peer that runs a peer mode (search/peers.py), imported only when one runs;
-    ``offered``: the page lists it; ``eval_rows``: further eval rows built from it."""
+    ``offered``: the page lists it; ``eval_rows``: further eval rows built from it; ``needs``: what of NEEDS an
+    index must have to serve it (the page offers it only then)."""
 
     name: str
     build: Callable[[SearchOptions, ModeContext], Mode] | None
@@ -70,12 +74,15 @@ class ModeEntry:
     offered: bool = True
     eval_by_task: Mapping[str, str] = field(default_factory=dict)
     eval_rows: tuple[EvalRow, ...] = ()
+    needs: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.name or "+" in self.name or self.name != self.name.strip():
             raise ValueError(f"a mode name is one word without '+': {self.name!r}")
         if self.cost not in COSTS:
             raise ValueError(f"{self.name}: cost is one of {', '.join(COSTS)}, got {self.cost!r}")
+        if not set(self.needs) <= set(NEEDS):
+            raise ValueError(f"{self.name}: needs are among {', '.join(NEEDS)}, got {self.needs!r}")
         if self.role not in ROLES:
             raise ValueError(f"{self.name}: role is one of {', '.join(ROLES)}, got {self.role!r}")
         is_mode = self.role == "mode"
@@ -86,8 +93,6 @@ class ModeEntry:
 
     def resolve(self, options: SearchOptions, context: ModeContext) -> Mode:
         """This mode for a request's settings: a peer alone is an adapted leg (adapt) or a post-step after intra."""
-        from crossgap_index.search.mode_spec import Leg, Mode
-
         if self.build is not None:
             return self.build(options, context)
         params = {"kind": self.name, **self.peer_settings(options.peer)}

@@ -12,23 +12,16 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from crossgap_index.errors import QueryError
-from crossgap_index.search.builtin_modes import SERVED_OTI_STEPS, WARM_SETTINGS
-from crossgap_index.search.mode_spec import (
-    FUSION_DEPTH,
-    FUSIONS,
-    GALLERIES,
-    INVERTED_GALLERY,
-    TRANSFORMS,
-    Leg,
-    Mode,
-    gallery_collection,
-)
+from crossgap_index.search.builtin_modes import SERVED_OTI_STEPS
+from crossgap_index.search.mode_spec import Leg, Mode
 from crossgap_index.search.registry import (
+    MODES,
     ModeContext,
     composable_names,
     is_mode_name,
     mode_entry,
     mode_names,
+    peer_names,
     post_steps,
     unknown_mode_message,
 )
@@ -37,23 +30,19 @@ from crossgap_index.words import RRF_K
 if TYPE_CHECKING:
     from crossgap_index.search.options import SearchOptions
 
+# Leg, Mode (search/mode_spec.py), RRF_K (words.py) and SERVED_OTI_STEPS (search/builtin_modes.py) are read from
+# here by callers that name modes.
 __all__ = [
-    "FUSIONS",
-    "FUSION_DEPTH",
-    "GALLERIES",
-    "INVERTED_GALLERY",
     "MODE_NAMES",
     "RRF_K",
     "SERVED_OTI_STEPS",
-    "TRANSFORMS",
-    "WARM_SETTINGS",
     "DefaultCross",
     "Leg",
     "Mode",
+    "checked",
     "default_cross",
     "describe_cross",
     "follow_with",
-    "gallery_collection",
     "resolve_mode",
 ]
 
@@ -87,7 +76,19 @@ def resolve_mode(
     if plus:
         return follow_with(resolve_mode(base, dataclasses.replace(options, peer=None)), post, options.peer)
     context = ModeContext(tuned, lambda: default_cross(model).mode())
-    return mode_entry(name).resolve(options, context)
+    return checked(mode_entry(name).resolve(options, context))
+
+
+def checked(mode: Mode) -> Mode:
+    """``mode`` if every peer it names (an adapted leg's kind, its post-step's) is a registered peer in that role;
+    a stored record naming another is refused here, in one line, before it is served."""
+    kinds = [(leg.params.get("kind"), "adapt") for leg in mode.legs if leg.transform == "adapt"]
+    kinds += [(mode.post["kind"], "post")] if mode.post is not None else []
+    for kind, role in kinds:
+        if kind not in MODES or MODES[kind].role != role:
+            named = post_steps() if role == "post" else tuple(n for n in peer_names() if MODES[n].role == "adapt")
+            raise QueryError(f"mode {mode.name}: unknown {role} step '{kind}': use one of {', '.join(named)}")
+    return mode
 
 
 def follow_with(base: Mode, post: str, settings: dict | None = None, name: str | None = None) -> Mode:

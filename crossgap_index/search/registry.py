@@ -21,11 +21,12 @@ from types import MappingProxyType
 
 from crossgap_index.errors import QueryError
 from crossgap_index.search.builtin_modes import BUILTIN_MODES
-from crossgap_index.search.mode_entry import COSTS, ROLES, EvalRow, ModeContext, ModeEntry
+from crossgap_index.search.mode_entry import COSTS, NEEDS, ROLES, EvalRow, ModeContext, ModeEntry
 
 __all__ = [
     "COSTS",
     "MODES",
+    "NEEDS",
     "ROLES",
     "EvalRow",
     "ModeContext",

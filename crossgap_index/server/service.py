@@ -19,12 +19,11 @@ from crossgap_index.errors import CrossGapError
 from crossgap_index.ingest.decode import DecodeError, decode_rgb
 from crossgap_index.ingest.pipeline import decode_side
 from crossgap_index.ingest.texts import unicode_problem
-from crossgap_index.inversion import InversionConfig
 from crossgap_index.search.arithmetic import parse as parse_expression
 from crossgap_index.search.fitting import FitPending
 from crossgap_index.search.labels import list_labels, mode_help, mode_label
 from crossgap_index.search.options import SearchOptions
-from crossgap_index.search.registry import is_mode_name, mode_names, unknown_mode_message
+from crossgap_index.search.registry import MODES, is_mode_name, mode_names, unknown_mode_message
 from crossgap_index.server.batcher import BatchResult, MicroBatcher
 from crossgap_index.server.errors import ApiError, status_of
 from crossgap_index.server.files import read_item_file
@@ -60,24 +59,25 @@ class SearchService:
         return list(mode_names())
 
     def servable_modes(self) -> list[str]:
-        """The modes this index can serve (the page offers only these): the inverter's modes need a trained
-        inverter, cross-gallery the gallery's stored inversions, iso a model with linear projections."""
+        """The modes this index can serve (the page offers only these): each registry entry says what it needs
+        (a trained inverter, the gallery's stored inversions, a model with linear projections)."""
         from crossgap_index.errors import IncompatibleModelError
         from crossgap_index.search.projections import projection_weights
 
         info = self.index.info()
-        unavailable = set()
+        missing = set()
         if info.inverter is None:
-            unavailable |= {"inverter", "warm"}
+            missing.add("inverter")
         if info.gallery_inversion is None:
-            unavailable.add("cross-gallery")
+            missing.add("gallery-inversion")
         try:
             for modality in ("image", "text"):
                 projection_weights(self.index.encoder.loaded.model, modality)
         except IncompatibleModelError:
-            unavailable.add("iso")
+            missing.add("linear-projections")
         # The page offers the registry's offered modes; compositions (span+aqe) stay reachable through the API.
-        return [name for name in mode_names(compositions=False, offered_only=True) if name not in unavailable]
+        offered = mode_names(compositions=False, offered_only=True)
+        return [name for name in offered if not missing.intersection(MODES[name].needs)]
 
     def close(self) -> None:
         """Finish queued work, then release threads (the index is closed by its owner); a running fit stops."""
@@ -212,17 +212,6 @@ class SearchService:
     @staticmethod
     def _options(request: SearchRequest) -> SearchOptions:
         """How the request asks to search, as the library takes it (inversion settings left out: the served ones)."""
-        changes: dict[str, Any] = {}
-        if request.steps is not None:
-            changes.update(oti_steps=request.steps, ovi_steps=request.steps)
-        if request.tokens is not None:
-            changes["n_tokens"] = request.tokens
-        if request.patches is not None:
-            changes["n_patches"] = request.patches
-        if request.lr is not None:
-            changes["lr"] = request.lr
-        if request.precision is not None:
-            changes["precision"] = request.precision
         return SearchOptions(
             target=request.target,
             k=request.k,
@@ -230,7 +219,7 @@ class SearchService:
             merge=request.merge,
             alpha=request.alpha,
             rrf_k=request.rrf_k,
-            inversion=InversionConfig(**changes) if changes else None,
+            inversion=request.inversion(),
             use_cache=request.use_cache,
             under=request.under,
             glob=request.glob,
