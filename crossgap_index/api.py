@@ -36,7 +36,7 @@ from crossgap_index.store.directory import IndexExistsError, Store, default_inde
 from crossgap_index.store.manifest import tuned_task
 from crossgap_index.store.prune import select_for_removal
 from crossgap_index.store.vectors import AUTO
-from crossgap_index.words import CountProgress, StepProgress, check_modality
+from crossgap_index.words import CountProgress, StageProgress, StepProgress, check_modality
 
 if TYPE_CHECKING:  # torch loads with the first model, inside the methods that need one
     from crossgap_index.ingest.embeddings import ImportReport
@@ -214,9 +214,11 @@ class CrossGapIndex:
         vector_dtype: str | None = None,
         wait: bool = True,
         progress: CountProgress | None = None,
+        build_progress: StageProgress | None = None,
     ) -> ImportReport:
         """Import embeddings made elsewhere into the index at ``path`` (created for ``model`` when missing);
-        the model's weights are not loaded. See crossgap_index.ingest.embeddings."""
+        the model's weights are not loaded. See crossgap_index.ingest.embeddings. ``build_progress(phase, done,
+        total)``: the FAISS build's phases after the rows are written (train, add, write)."""
         from crossgap_index.ingest.embeddings import import_embeddings
 
         return import_embeddings(
@@ -228,7 +230,13 @@ class CrossGapIndex:
             vector_dtype=vector_dtype,
             wait=wait,
             progress=progress,
+            build_progress=build_progress,
         )
+
+    def report_index_builds(self, progress: StageProgress | None) -> None:
+        """Tell ``progress(phase, done, total)`` the phases (train, add, write) of each FAISS build this index
+        runs from now on (None: stop)."""
+        self._store.build_progress = progress
 
     def save(self) -> None:
         self._store.save()

@@ -244,7 +244,7 @@ def build_index(
     """Embed the images under FOLDERS into the index. Incremental: unchanged files are skipped,
     changed ones re-embedded, deleted ones removed, renamed or duplicate files reuse stored vectors."""
     from crossgap_index import CrossGapIndex
-    from crossgap_index.cli.render import build_summary, err, first_time_for_index, printable, progress_bar
+    from crossgap_index.cli.render import build_summary, err, first_time_for_index, phase_lines, printable, progress_bar
     from crossgap_index.engines import get_engine
     from crossgap_index.ingest.discover import resolve_roots
 
@@ -255,7 +255,9 @@ def build_index(
             index, model=model, device=device, factory=factory, wait=not no_wait, precision=precision
         ) as cgx,
         progress_bar("embedding", "img", enabled=not quiet) as progress,
+        phase_lines("index", enabled=not quiet) as build_progress,
     ):
+        cgx.report_index_builds(build_progress)
         result = cgx.index_folders(
             folders,
             include_hidden=include_hidden,
