@@ -36,12 +36,13 @@ from crossgap_index.store.directory import IndexExistsError, Store, default_inde
 from crossgap_index.store.manifest import tuned_task
 from crossgap_index.store.prune import select_for_removal
 from crossgap_index.store.vectors import AUTO
-from crossgap_index.words import CountProgress, StepProgress, check_modality
+from crossgap_index.words import CountProgress, StageProgress, StepProgress, check_modality
 
 if TYPE_CHECKING:  # torch loads with the first model, inside the methods that need one
     from crossgap_index.ingest.embeddings import ImportReport
     from crossgap_index.inversion.inverter import Inverter, InverterConfig
     from crossgap_index.models import Encoder
+    from crossgap_index.models.query_encoder import QueryEncoder
 
 INVERTER_FILE = "inverter.safetensors"  # the OTI network: image queries
 TEXT_INVERTER_FILE = "text-inverter.safetensors"  # the OVI network: text queries
@@ -103,6 +104,7 @@ class CrossGapIndex:
         self._device = check_device(device)
         self._precision = check_setting(precision)
         self._encoder: Encoder | None = None
+        self._query_encoder: QueryEncoder | None = None
         self._searcher: Searcher | None = None
         self._inverter_nets: dict[str, Inverter] = {}
         self._fits = None  # who runs gallery fits (search/fitting.py): this thread unless fit_in_background()
@@ -214,9 +216,11 @@ class CrossGapIndex:
         vector_dtype: str | None = None,
         wait: bool = True,
         progress: CountProgress | None = None,
+        build_progress: StageProgress | None = None,
     ) -> ImportReport:
         """Import embeddings made elsewhere into the index at ``path`` (created for ``model`` when missing);
-        the model's weights are not loaded. See crossgap_index.ingest.embeddings."""
+        the model's weights are not loaded. See crossgap_index.ingest.embeddings. ``build_progress(phase, done,
+        total)``: the FAISS build's phases after the rows are written (train, add, write)."""
         from crossgap_index.ingest.embeddings import import_embeddings
 
         return import_embeddings(
@@ -228,7 +232,13 @@ class CrossGapIndex:
             vector_dtype=vector_dtype,
             wait=wait,
             progress=progress,
+            build_progress=build_progress,
         )
+
+    def report_index_builds(self, progress: StageProgress | None) -> None:
+        """Tell ``progress(phase, done, total)`` the phases (train, add, write) of each FAISS build this index
+        runs from now on (None: stop)."""
+        self._store.build_progress = progress
 
     def save(self) -> None:
         self._store.save()
@@ -474,13 +484,31 @@ class CrossGapIndex:
                     self._searcher = Searcher(
                         self._store,
                         self._store.manifest.model,
-                        lambda: self.encoder,
+                        self.query_encoder,
                         functools.partial(self.inverter, "image") if image.is_file() else None,
                         _CatalogCache(self._store),
                         text_inverter=functools.partial(self.inverter, "text") if text.is_file() else None,
                         gallery=StoreGallery(self._store, self._fits),
                     )
         return self._searcher
+
+    def query_encoder(self) -> QueryEncoder:
+        """What searches embed queries with: image queries on a verified ONNX tower where one serves this index,
+        the rest on ``encoder`` (crossgap_index.models.query_encoder)."""
+        if self._query_encoder is None:
+            with self._loading:
+                if self._query_encoder is None:
+                    from crossgap_index.models.query_encoder import query_encoder_for
+
+                    self._query_encoder = query_encoder_for(
+                        self.path,
+                        self._store.manifest,
+                        self._device,
+                        self._precision,
+                        lambda: self.encoder,
+                        lambda: self._encoder is not None,
+                    )
+        return self._query_encoder
 
     def fit_in_background(self):
         """From now on, gallery fits (dba, nnn, qbnorm, center, derived collections) run on a background thread of

@@ -8,6 +8,8 @@ from typing import Annotated
 
 import typer
 
+from crossgap_index.cli.options import IndexOpt
+
 
 class Dtype(str, Enum):
     float32 = "float32"
@@ -22,10 +24,7 @@ def import_command(
             "column, clip-retrieval's output folder (img_emb/ + metadata/), or a `cgx export` folder."
         ),
     ],
-    index: Annotated[
-        Path | None,
-        typer.Option("--index", envvar="CGX_INDEX", help="Index directory [default: $CGX_INDEX or the user data dir]."),
-    ] = None,
+    index: IndexOpt = None,
     model: Annotated[
         str,
         typer.Option(
@@ -52,10 +51,13 @@ def import_command(
     or path twice in one import, an id over 2**53 - 1, or an id of a built item is refused before anything
     is written. An interrupted import resumes when run again; the model's weights are not loaded."""
     from crossgap_index import CrossGapIndex
-    from crossgap_index.cli.render import err, progress_bar
+    from crossgap_index.cli.render import err, phase_lines, progress_bar
     from crossgap_index.store.directory import default_index_path
 
-    with progress_bar("importing", "vec", enabled=not quiet) as progress:
+    with (
+        progress_bar("importing", "vec", enabled=not quiet) as progress,
+        phase_lines("index", enabled=not quiet) as build_progress,
+    ):
         report = CrossGapIndex.import_embeddings(
             embeddings,
             index or default_index_path(),
@@ -65,6 +67,7 @@ def import_command(
             vector_dtype=dtype.value if dtype else None,
             wait=not no_wait,
             progress=progress,
+            build_progress=build_progress,
         )
     if not quiet:
         err.print(

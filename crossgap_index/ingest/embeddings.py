@@ -42,7 +42,7 @@ from crossgap_index.ingest.import_sources import (
 )
 from crossgap_index.ingest.unit_rows import HALF_UNIT_TOLERANCE, unit_rows, unit_rows_as
 from crossgap_index.pause_points import pause_point
-from crossgap_index.words import CountProgress
+from crossgap_index.words import CountProgress, StageProgress
 
 __all__ = [
     "HALF_UNIT_TOLERANCE",
@@ -429,6 +429,7 @@ def import_embeddings(
     vector_dtype: str | None = None,
     wait: bool = True,
     progress: CountProgress | None = None,
+    build_progress: StageProgress | None = None,
 ) -> ImportReport:
     """Import into the index at ``index_path`` (made for ``model`` when missing); see the module docstring.
     ``vector_dtype``: how new shards store vectors (default: the source's float32 or float16)."""
@@ -457,6 +458,7 @@ def import_embeddings(
             store.close()
             raise StoreError(f"index at {index_path} was built with model '{store.manifest.model}', not '{canonical}'")
     store.wait = wait
+    store.build_progress = build_progress
     try:
         with store.writing():
             report = import_source(store, source, progress)

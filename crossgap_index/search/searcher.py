@@ -26,6 +26,7 @@ from crossgap_index.search.projections import FeatureMap
 from crossgap_index.search.ranking import Ranked
 from crossgap_index.search.run import Queries, Result, apply_peers, gallery_collection, peer_of, run_mode
 from crossgap_index.search.transforms import ModelTransformer
+from crossgap_index.store.catalog import ItemRow
 from crossgap_index.store.manifest import ANY_TASK
 from crossgap_index.words import QUERY_MODALITIES, check_modality, content_hash, target_modality, text_hash
 
@@ -285,7 +286,8 @@ class Searcher:
         files predate another process's removal ranks ids the catalog no longer holds: those are dropped,
         and the query is ranked again deeper (same vectors, same seeds) until ``k`` live hits fill it or the
         ranking runs out. The hits are then the best live items of the state this reader loaded."""
-        out = [self.hits(result) for result in ranked]
+        rows = self._store.catalog.rows(sorted({i for result in ranked for i in result.ranked.ids.tolist()}))
+        out = [self.hits(result, rows) for result in ranked]  # one catalog lookup for the batch's hits
         fetch = k
         while True:
             short = [j for j, hits in enumerate(out) if len(hits) < k and len(ranked[j].ranked) >= fetch]
@@ -347,14 +349,16 @@ class Searcher:
             fusion = (chosen.fusion, float(chosen.rrf_k if chosen.fusion == "rrf" else chosen.alpha))
         return QueryTransform(chosen.name, lists, gallery_map, fusion, chosen.depth)
 
-    def hits(self, result: Result) -> list[Hit]:
-        """Hits of a result; each carries its rank and score in every leg's list."""
+    def hits(self, result: Result, rows: dict[int, ItemRow] | None = None) -> list[Hit]:
+        """Hits of a result; each carries its rank and score in every leg's list. ``rows``: the catalog rows
+        already looked up for a batch (holding at least the result's ids), else looked up here."""
         ranked: Ranked = result.ranked
         positions = {
             name: {i: (r, s) for r, (i, s) in enumerate(zip(lst.ids.tolist(), lst.scores.tolist(), strict=True), 1)}
             for name, lst in result.lists.items()
         }
-        rows = self._store.catalog.rows(ranked.ids.tolist())
+        if rows is None:
+            rows = self._store.catalog.rows(ranked.ids.tolist())
         hits = []
         for item_id, score in zip(ranked.ids.tolist(), ranked.scores.tolist(), strict=True):
             row = rows.get(item_id)

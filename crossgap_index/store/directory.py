@@ -43,7 +43,7 @@ from crossgap_index.store.manifest import MANIFEST_NAME, Manifest
 from crossgap_index.store.shards import ITEMS_STREAM, VECTORS_DIR, read_again_if_moved
 from crossgap_index.store.state import HeldState
 from crossgap_index.store.vectors import AUTO, VectorIndex, validate_factory
-from crossgap_index.words import MODALITIES
+from crossgap_index.words import MODALITIES, StageProgress
 
 if TYPE_CHECKING:
     import faiss
@@ -91,6 +91,7 @@ class Store(HeldState):
         self.cache = InversionCache(path, writable=not readonly, legacy_catalog=path / CATALOG_NAME)
         self.lock = lock or IndexLock(path)
         self.wait = True  # what a writer does when another process holds the lock
+        self.build_progress: StageProgress | None = None  # told a FAISS build's phases: train, add, write
         self.rebuilt: list[str] = []  # collections rebuilt from the catalog on open (damaged, stale, missing)
         self.introduced: list[str] = []  # derived collections this release has and the index did not (added empty)
         self._rw = ReadWriteLock()
@@ -309,7 +310,9 @@ class Store(HeldState):
         """From the catalog, a chunk at a time (training on a sample when the factory needs it); searches
         go on against the old index until the new one is swapped in."""
         self.verify_vectors(name)
-        self.indexes[name].build_chunked(self.stored_count(name), lambda: self.vector_chunks(name), self._rw.write)
+        self.indexes[name].build_chunked(
+            self.stored_count(name), lambda: self.vector_chunks(name), self._rw.write, self.build_progress
+        )
 
     # -- writes (inside writing()) ----------------------------------------------------------
     def add(self, name: str, ids: list[int], vectors: np.ndarray) -> None:
@@ -388,7 +391,11 @@ class Store(HeldState):
         for name, index in self.indexes.items():
             if index.needs_rebuild() or index.ntotal != self.stored_count(name):
                 self.rebuild(name)
+            if self.build_progress:
+                self.build_progress("write", 0, index.ntotal)
             self.manifest.files[name] = index.save(self.path / f"{name}.faiss")
+            if self.build_progress:
+                self.build_progress("write", index.ntotal, index.ntotal)
         self.manifest.counts = {name: self.stored_count(name) for name in self.indexes}
         self.manifest.generation = self.catalog.generation
         self.manifest.save(self.path)
