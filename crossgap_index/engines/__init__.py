@@ -48,15 +48,27 @@ class PrepareRequest:
     limits: ReadLimits
 
 
+# Blocks of (unit target features, one seed per row) an engine inverts in order.
+SeededBlocks = Iterable[tuple[np.ndarray, Sequence[int]]]
+
+
+@dataclass(frozen=True)
+class ModelSite:
+    """Where an engine's model work starts from: the index's ``model`` spec, the driver's ``device``, and
+    ``loaded`` (the driver's own model, loaded on first call; an engine that runs in this process uses it)."""
+
+    model: str
+    device: str
+    loaded: LoadedFn
+
+
 class Engine(Protocol):
     def batches(self, paths: Sequence[Path], known: set[str], request: PrepareRequest) -> Iterator[list[Prepared]]:
         """Batches of prepared files in the order of ``paths``. ``known`` holds the content hashes
         whose vectors are stored (it grows while the driver writes); such files are not embedded."""
         ...
 
-    def inversion_config(
-        self, config: InversionConfig, *, model: str, device: str, loaded: LoadedFn
-    ) -> InversionConfig:
+    def inversion_config(self, config: InversionConfig, site: ModelSite) -> InversionConfig:
         """``config`` with ``auto`` precision replaced by what it means where this engine inverts (the driver's
         device, or the actors'): the setting recorded with the stored features and their resume."""
         ...
@@ -64,12 +76,9 @@ class Engine(Protocol):
     def invert(
         self,
         blocks: Iterable[tuple[np.ndarray, Sequence[int]]],
-        *,
         direction: str,
         config: InversionConfig,
-        model: str,
-        device: str,
-        loaded: LoadedFn,
+        site: ModelSite,
     ) -> Iterator[np.ndarray]:
         """Per block of (unit target features, one seed per row), in order: ``oti`` (``direction`` 'oti') or
         ``ovi`` of the rows with ``config`` (resolved by ``inversion_config``) and those seeds. A generator: the

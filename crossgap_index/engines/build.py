@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from crossgap_index.engines import Engine, LoadedFn, PrepareRequest
+from crossgap_index.engines import Engine, LoadedFn, ModelSite, PrepareRequest
 from crossgap_index.ingest.embeddings import IMPORTED_PREFIX
 from crossgap_index.ingest.pipeline import Prepared, ReadLimits, decode_side, prepare
 from crossgap_index.inversion.config import InversionConfig
@@ -365,7 +365,8 @@ def invert_gallery_items(
     stored = getattr(manifest, record)
     if stored is not None and InversionConfig(**stored) == config and _all_inverted(catalog, kind, modality):
         return 0  # every item has its feature under the stored settings: no model load, no new generation
-    config = engine.inversion_config(config, model=manifest.model, device=device, loaded=loaded)
+    site = ModelSite(manifest.model, device, loaded)
+    config = engine.inversion_config(config, site)
     settings = dataclasses.asdict(config)
     if stored is not None and _fingerprint(stored, direction) != _fingerprint(settings, direction):
         catalog.clear_derived(kind)  # other settings: the stored features no longer apply
@@ -380,9 +381,7 @@ def invert_gallery_items(
     blocks = ((vectors[todo[first : first + size]], seeds[first : first + size]) for first in starts)
     if progress:
         progress(0, len(todo))
-    inverted_blocks = engine.invert(
-        blocks, direction=direction, config=config, model=manifest.model, device=device, loaded=loaded
-    )
+    inverted_blocks = engine.invert(blocks, direction, config, site)
     try:
         with contextlib.closing(inverted_blocks):  # stopping early (Ctrl-C) releases the engine's workers at once
             for first, inverted in zip(starts, inverted_blocks, strict=True):

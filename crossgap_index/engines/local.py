@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from crossgap_index.engines import LoadedFn, PrepareRequest
+from crossgap_index.engines import ModelSite, PrepareRequest
 from crossgap_index.engines.work import invert_rows
 from crossgap_index.ingest.pipeline import Prepared, prepared_batches
 from crossgap_index.inversion.config import InversionConfig
@@ -22,23 +22,18 @@ class LocalEngine:
     def batches(self, paths: Sequence[Path], known: set[str], request: PrepareRequest) -> Iterator[list[Prepared]]:
         return prepared_batches(paths, known.__contains__, request.batch_size, request.workers, request.limits)
 
-    def inversion_config(
-        self, config: InversionConfig, *, model: str, device: str, loaded: LoadedFn
-    ) -> InversionConfig:
-        return config.resolved(loaded().device)
+    def inversion_config(self, config: InversionConfig, site: ModelSite) -> InversionConfig:
+        return config.resolved(site.loaded().device)
 
     def invert(
         self,
         blocks: Iterable[tuple[np.ndarray, Sequence[int]]],
-        *,
         direction: str,
         config: InversionConfig,
-        model: str,
-        device: str,
-        loaded: LoadedFn,
+        site: ModelSite,
     ) -> Iterator[np.ndarray]:
         for targets, seeds in blocks:
-            yield invert_rows(loaded(), direction, targets, seeds, config)
+            yield invert_rows(site.loaded(), direction, targets, seeds, config)
 
     def map_vectors(self, projection: FeatureMap, blocks: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
         return apply_here(projection, blocks)

@@ -33,7 +33,7 @@ import ray.data
 import torch
 from PIL import Image
 
-from crossgap_index.engines import LoadedFn, PrepareRequest
+from crossgap_index.engines import ModelSite, PrepareRequest
 from crossgap_index.engines.ray_address import CONNECT_TIMEOUT_S
 from crossgap_index.engines.work import GalleryInverter, VectorMapper
 from crossgap_index.errors import QueryError
@@ -204,30 +204,25 @@ class RayEngine:
             context.execution_options.preserve_order, context.enable_progress_bars = saved
 
     # -- gallery-side work ----------------------------------------------------------------------
-    def inversion_config(
-        self, config: InversionConfig, *, model: str, device: str, loaded: LoadedFn
-    ) -> InversionConfig:
+    def inversion_config(self, config: InversionConfig, site: ModelSite) -> InversionConfig:
         """Resolved where the actors run: a task with an inverting actor's resources answers (a GPU's bf16
         support, or a worker CPU's), not the driver, which may have neither."""
         if config.precision != "auto":
             return config
         self.connect()
-        resources, worker_device = self._model_resources(device)
+        resources, worker_device = self._model_resources(site.device)
         return ray.get(ray.remote(_resolved).options(**resources).remote(config, worker_device))
 
     def invert(
         self,
         blocks: Iterable[tuple[np.ndarray, Sequence[int]]],
-        *,
         direction: str,
         config: InversionConfig,
-        model: str,
-        device: str,
-        loaded: LoadedFn,
+        site: ModelSite,
     ) -> Iterator[np.ndarray]:
         self.connect()
-        resources, worker_device = self._model_resources(device)
-        args = (model, worker_device, direction, config)
+        resources, worker_device = self._model_resources(site.device)
+        args = (site.model, worker_device, direction, config)
         calls = ((np.ascontiguousarray(targets, np.float32), list(seeds)) for targets, seeds in blocks)
         yield from actor_pool(self.inverter, args, calls, self._pool_size(resources), resources)
 
