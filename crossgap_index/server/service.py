@@ -62,19 +62,13 @@ class SearchService:
     def servable_modes(self) -> list[str]:
         """The modes this index can serve (the page offers only these): the inverter's modes need a trained
         inverter, cross-gallery the gallery's stored inversions, iso a model with linear projections."""
-        from crossgap_index.errors import IncompatibleModelError
-        from crossgap_index.search.projections import projection_weights
-
         info = self.index.info()
         unavailable = set()
         if info.inverter is None:
             unavailable |= {"inverter", "warm"}
         if info.gallery_inversion is None:
             unavailable.add("cross-gallery")
-        try:
-            for modality in ("image", "text"):
-                projection_weights(self.index.encoder.loaded.model, modality)
-        except IncompatibleModelError:
+        if not self.index.has_linear_projections():
             unavailable.add("iso")
         # The page offers the named modes and the peers; compositions (span+aqe) stay reachable through the API.
         offered = (*BASE_MODE_NAMES, *PEER_NAMES)
@@ -206,7 +200,7 @@ class SearchService:
         if len(data) > self.settings.max_upload_bytes:
             raise ApiError(413, f"image of {len(data)} bytes is over the limit of {self.settings.max_upload_bytes}")
         try:  # refuse what is not a usable image here (415), at the model's input size (bounded memory)
-            decode_rgb(data, self.settings.max_megapixels, decode_side(self.index.encoder.input_size))
+            decode_rgb(data, self.settings.max_megapixels, decode_side(self.index.model_input_size()))
         except DecodeError as exc:
             raise ApiError(415, f"not a usable image: {exc}") from None
         return {"image": data}  # bytes: seeded and cached by their hash, as `cgx query photo.jpg` is
