@@ -20,16 +20,7 @@ _LAZY = {
     "CrossGapError": "crossgap_index.errors",
 }
 
-__all__ = [
-    "BuildReport",
-    "CrossGapError",
-    "CrossGapIndex",
-    "Hit",
-    "IndexInfo",
-    "SearchOptions",
-    "TextReport",
-    "__version__",
-]
+__all__ = ["__version__", *_LAZY]
 
 
 def __getattr__(name: str):

@@ -56,6 +56,26 @@ __all__ = [
 ]
 
 
+def _creator(create: str, summary: str) -> classmethod:
+    """``CrossGapIndex.create`` / ``open_or_create``: one signature, ``_open`` with ``create`` fixed."""
+
+    def creating(
+        cls,
+        path: str | Path | None = None,
+        model: str | None = None,
+        device: str = "auto",
+        factory: str = AUTO,
+        wait: bool = True,
+        precision: str = "auto",
+    ) -> CrossGapIndex:
+        return cls._open(path, model, device, wait, None, precision, False, create, factory)
+
+    creating.__doc__ = f"""{summary} ``factory``: the FAISS factory a new index is made with (``auto``: chosen
+        by size, store/vectors.py); ``model`` (default: $CGX_MODEL or the open_clip default) and the rest as
+        for ``open``."""
+    return classmethod(creating)
+
+
 class CrossGapIndex(IndexCross, IndexUpkeep):
     """An index directory plus the model it was built with (loaded on first use).
 
@@ -94,31 +114,8 @@ class CrossGapIndex(IndexCross, IndexUpkeep):
         missing = "missing" if create else "never"
         return cls._open(path, model, device, wait, readonly, precision, for_check, missing, AUTO)
 
-    @classmethod
-    def create(
-        cls,
-        path: str | Path | None = None,
-        model: str | None = None,
-        device: str = "auto",
-        factory: str = AUTO,
-        wait: bool = True,
-        precision: str = "auto",
-    ) -> CrossGapIndex:
-        """A new, empty index at ``path`` (refused when one is there) with FAISS ``factory``; as ``open``."""
-        return cls._open(path, model, device, wait, None, precision, False, "always", factory)
-
-    @classmethod
-    def open_or_create(
-        cls,
-        path: str | Path | None = None,
-        model: str | None = None,
-        device: str = "auto",
-        factory: str = AUTO,
-        wait: bool = True,
-        precision: str = "auto",
-    ) -> CrossGapIndex:
-        """``open(..., create=True)``, with the FAISS ``factory`` a new index is made with."""
-        return cls._open(path, model, device, wait, None, precision, False, "missing", factory)
+    create = _creator("always", "A new, empty index at ``path`` (IndexExistsError when one is there).")
+    open_or_create = _creator("missing", "``open(path, create=True)``: the index at ``path``, made when missing.")
 
     @classmethod
     def _open(cls, path, model, device, wait, readonly, precision, for_check, create: str, factory: str):
@@ -349,17 +346,9 @@ class CrossGapIndex(IndexCross, IndexUpkeep):
         way: search/fitting.py). Returns the runner; closing it stops a running fit."""
         return self._runtime.fit_in_background()
 
-    def embed_query(
-        self,
-        image: str | Path | Image.Image | None = None,
-        text: str | None = None,
-        vector=None,
-        *,
-        item: int | None = None,
-        expression: str | None = None,
-    ) -> Query:
-        """The query's unit feature, its modality and its content hash (``item``: a stored item's own vector)."""
-        feature, modality, digest = self._runtime.searcher.embed([query_dict(image, text, vector, item, expression)])[0]
+    def embed_query(self, image: str | Path | Image.Image | None = None, text: str | None = None, vector=None) -> Query:
+        """The query's unit feature, its modality and its content hash."""
+        feature, modality, digest = self._runtime.searcher.embed([query_dict(image, text, vector)])[0]
         return Query(feature, modality, digest)
 
     def invert(

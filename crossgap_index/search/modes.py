@@ -29,7 +29,7 @@ FUSIONS = ("rrf", "score")
 FUSION_DEPTH = 100
 # Modes a user can name; "auto" resolves to the index's tuned mode, else DEFAULT_MODE.
 BASE_MODE_NAMES = ("auto", "intra", "cross", "fused", "cross-gallery", "span", "iso", "concept", "inverter", "warm")
-# The training-free re-rankers a search engineer tries first (search/peers.py, research notes section 7): dba and
+# The training-free re-rankers a search engineer tries first (search/peers.py cites each paper): dba and
 # center adapt the gallery (a leg), aqe, nnn and qbnorm follow any one-leg mode as its post-step (``span+aqe``).
 PEER_NAMES = ("aqe", "dba", "nnn", "qbnorm", "center")
 POST_STEPS = ("aqe", "nnn", "qbnorm")
@@ -45,8 +45,9 @@ MODE_NAMES = (
 DEFAULT_CROSS = {"name": "span", "projection": {"preset": "published"}}
 # A model folder (bundled or local) may carry its own measured default for --cross in this file.
 DEFAULTS_FILE = "cgx_defaults.json"
-# OTI settings that modes use unless told otherwise: quality peaks early (research notes section 6), so
-# the served default is 25 steps, not the published 150.
+# OTI settings that modes use unless told otherwise: quality peaks early (the step ablation of Mistretta et al.,
+# ICLR 2025, "Cross the Gap: Exposing the Intra-modal Misalignment in CLIP via Modality Inversion"), so the served
+# default is 25 steps, not the published 150.
 SERVED_OTI_STEPS = InversionConfig.oti_steps
 # warm: the inverter's output refined by a couple of gentle OTI (image queries) or OVI (text queries) steps
 WARM_SETTINGS = {"oti_steps": 2, "ovi_steps": 2, "lr": 5e-3}

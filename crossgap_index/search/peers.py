@@ -1,4 +1,4 @@
-"""The training-free re-rankers a search engineer tries first, as modes of the one engine (research notes, section 7).
+"""The training-free re-rankers a search engineer tries first, as modes of the one engine (each paper cited below).
 
 Each is implemented from its paper's description; every one needs only the gallery's own vectors:
 

@@ -408,8 +408,3 @@ def _fingerprint(*halves: FeatureSet) -> str:
         for d, label in sorted(zip(half.queries.digests, half.query_labels.tolist(), strict=True)):
             digest.update(f"{d}:{label};".encode())
     return digest.hexdigest()
-
-
-def record_mode(record: dict) -> Mode:
-    """The Mode a stored tune record serves."""
-    return Mode.from_dict(record["mode"])
