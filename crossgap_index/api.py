@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
+from crossgap_index.build_options import BuildOptions
 from crossgap_index.engines import Engine, get_engine
 from crossgap_index.engines.build import BuildReport, ImageBuild, TextReport, add_text_items
 from crossgap_index.errors import QueryError
@@ -43,6 +44,7 @@ if TYPE_CHECKING:  # torch loads with the first model, inside the methods that n
     from crossgap_index.models import Encoder
 
 __all__ = [
+    "BuildOptions",
     "INVERTER_FILE",
     "TEXT_INVERTER_FILE",
     "BuildReport",
@@ -242,37 +244,25 @@ class CrossGapIndex(IndexCross, IndexUpkeep):
     def index_folders(
         self,
         roots: Iterable[str | Path],
+        options: BuildOptions | None = None,
         *,
-        include_hidden: bool = False,
-        exclude: Iterable[str] = (),
-        max_megapixels: float = DEFAULT_MAX_MEGAPIXELS,
-        max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
-        batch_size: int = 64,
-        workers: int = 4,
         progress: CountProgress | None = None,
         engine: str | Engine = "local",
-        retry_failed: bool = False,
+        **settings,
     ) -> BuildReport:
         """Bring the index in line with the image files under ``roots``: new and changed files are
         embedded (or reuse a stored vector with the same content), files gone from disk leave; ids follow
         files (an edit keeps the id, so does a move; README "Ids"). Only regular files up to ``max_file_bytes``
         are read; any other file is skipped with a reason. A file that failed to decode is not read again
         while its size and mtime stay the same, unless ``retry_failed``.
-        ``engine``: ``local``, ``ray`` (a Ray cluster; see crossgap_index.engines) or an engine object.
-        ``exclude``: glob patterns of folders and files to leave out, beside DEFAULT_EXCLUDES (discover.py)."""
+        How files are found and read is one ``BuildOptions`` (build_options.py), or its fields as keywords
+        (``include_hidden``, ``exclude``, ``max_megapixels``, ``max_file_bytes``, ``batch_size``, ``workers``,
+        ``retry_failed``), which override ``options``.
+        ``engine``: ``local``, ``ray`` (a Ray cluster; see crossgap_index.engines) or an engine object."""
+        chosen = BuildOptions.of(options, **settings)
         roots = resolve_roots(roots)
-        paths = find_images(roots, include_hidden=include_hidden, exclude=exclude)
-        return self._ingest(
-            paths,
-            roots,
-            max_megapixels,
-            max_file_bytes,
-            batch_size,
-            workers,
-            progress,
-            get_engine(engine),
-            retry_failed,
-        )
+        paths = find_images(roots, include_hidden=chosen.include_hidden, exclude=chosen.exclude)
+        return self._ingest(paths, roots, chosen, progress, get_engine(engine))
 
     def add_images(
         self,
@@ -285,47 +275,35 @@ class CrossGapIndex(IndexCross, IndexUpkeep):
     ) -> BuildReport:
         """Add or update the given image files; nothing is removed."""
         files = [Path(p).expanduser().resolve() for p in paths]
-        return self._ingest(files, [], max_megapixels, max_file_bytes, batch_size, 4, progress, get_engine("local"))
+        chosen = BuildOptions(max_megapixels=max_megapixels, max_file_bytes=max_file_bytes, batch_size=batch_size)
+        return self._ingest(files, [], chosen, progress, get_engine("local"))
 
     def sync_paths(
         self,
         changed: Iterable[str | Path],
         roots: Iterable[str | Path],
+        options: BuildOptions | None = None,
         *,
-        include_hidden: bool = False,
-        exclude: Iterable[str] = (),
-        max_megapixels: float = DEFAULT_MAX_MEGAPIXELS,
-        max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
-        batch_size: int = 64,
-        workers: int = 4,
         progress: CountProgress | None = None,
+        **settings,
     ) -> BuildReport:
         """``index_folders`` limited to ``changed`` paths under ``roots`` (what a file watcher reports): image
         files among them, or under folders among them, are added or updated; paths gone from disk (files, or
-        folders with all under them) leave; a file moved from one to another keeps its id. ``exclude`` as in
-        ``index_folders``."""
+        folders with all under them) leave; a file moved from one to another keeps its id. ``options`` and
+        ``settings`` as in ``index_folders``."""
         from crossgap_index.ingest.watch import paths_to_sync
 
-        files, prune = paths_to_sync([Path(p) for p in changed], resolve_roots(roots), include_hidden, exclude)
-        engine = get_engine("local")
-        return self._ingest(files, prune, max_megapixels, max_file_bytes, batch_size, workers, progress, engine)
+        chosen = BuildOptions.of(options, **settings)
+        changed_paths = [Path(p) for p in changed]
+        files, prune = paths_to_sync(changed_paths, resolve_roots(roots), chosen.include_hidden, chosen.exclude)
+        return self._ingest(files, prune, chosen, progress, get_engine("local"))
 
-    def _ingest(
-        self,
-        paths: list[Path],
-        prune_roots: list[Path],
-        max_megapixels: float,
-        max_file_bytes: int,
-        batch_size: int,
-        workers: int,
-        progress: CountProgress | None,
-        engine: Engine,
-        retry_failed: bool = False,
-    ) -> BuildReport:
+    def _ingest(self, paths: list[Path], prune_roots: list[Path], chosen: BuildOptions, progress, engine: Engine):
         with self._store.writing():
-            limits = ReadLimits(max_megapixels, max_file_bytes, None)
+            limits = ReadLimits(chosen.max_megapixels, chosen.max_file_bytes, None)
             build = ImageBuild(self._store, lambda: self._runtime.encoder, self._record_precision, self._device)
-            return build.run(paths, prune_roots, limits, batch_size, workers, engine, progress, retry_failed)
+            batch, workers = chosen.batch_size, chosen.workers
+            return build.run(paths, prune_roots, limits, batch, workers, engine, progress, chosen.retry_failed)
 
     def add_texts(
         self,
