@@ -125,7 +125,7 @@ class IndexCross:
             return result
         with self._store.writing():
             if network is not None:
-                network.save(inverter_file(self.path, network.query_modality))
+                network.save(inverter_file(self._store.path, network.query_modality))
                 self._runtime.keep_inverter(network.query_modality, network)
             self.set_tuned_mode(result.record)
         return result

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import struct
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -29,15 +30,15 @@ def inverter_file(directory: Path, modality: str) -> Path:
     return directory / INVERTERS[modality][0]
 
 
-def load_inverter(directory: Path, modality: str, model: str, device) -> Inverter:
-    """The saved network for ``modality`` queries; StoreError when there is none, or when the file is another
-    model's or another direction's."""
+def load_inverter(directory: Path, modality: str, model: str, device: Callable) -> Inverter:
+    """The saved network for ``modality`` queries, on ``device()`` (asked only when there is a file: it may load
+    the model); StoreError when there is none, or when the file is another model's or another direction's."""
     from crossgap_index.inversion.inverter import Inverter
 
     path = inverter_file(directory, modality)
     if not path.is_file():
         raise StoreError(f"no {modality} inverter at {directory}: train one with `cgx train-inverter`")
-    return Inverter.load(path, model, device, INVERTERS[modality][1])
+    return Inverter.load(path, model, device(), INVERTERS[modality][1])
 
 
 def train_index_inverter(

@@ -88,7 +88,7 @@ class IndexRuntime:
         if modality not in self._inverters:
             with self._loading:
                 if modality not in self._inverters:
-                    model, device = self._store.manifest.model, self.encoder.device
+                    model, device = self._store.manifest.model, lambda: self.encoder.device
                     self._inverters[modality] = load_inverter(self._store.path, modality, model, device)
         return self._inverters[modality]
 
