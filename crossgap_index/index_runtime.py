@@ -42,6 +42,11 @@ class IndexRuntime:
                     self._encoder = load_encoder(self._store, self.device, self._precision)
         return self._encoder
 
+    @property
+    def encoder_loaded(self) -> bool:
+        """Whether the model is in memory (a build with nothing to embed never loads it)."""
+        return self._encoder is not None
+
     def use_encoder(self, encoder: Encoder) -> None:
         """Embed with ``encoder`` (one made with the index, or another handle's on the same index)."""
         self._encoder = encoder
