@@ -1,7 +1,7 @@
 """A living index: readers and a `cgx serve` process while another process writes, and how fast the server follows.
 
-1. ``--seconds`` (default 60) of another process (tests/living_writer.py) looping remove 3 images / add their files
-   back / compact every third cycle, against 8 reader threads on one library handle in this process (one of them
+1. ``--seconds`` (default 60) of another process (tests/support/living_writer.py) looping remove 3 images / add their
+   files back / compact every third cycle, against 8 reader threads on one library handle in this process (one of them
    calls ``refresh()`` every fourth search) and 2 HTTP client threads on a real `cgx serve` process, every query
    one of 8 modes (intra, aqe, qbnorm, span, dba, nnn, cross, fused; HNSW32, crossgap-small, k=8). Counted:
    searches, exceptions, HTTP 5xx, removed items returned (an id whose removal was committed before the search
@@ -107,7 +107,7 @@ def _env() -> dict:
 
 # -- 1. readers and a server against a writer -------------------------------------------------------------------
 def _living(root: Path, photos: Path, args) -> dict:
-    from tests.living_writer import removals, removed_before, wait_until_ready
+    from tests.support.living_writer import removals, removed_before, wait_until_ready
 
     index = root / "living"
     with CrossGapIndex.create(index, model=MODEL, device="cpu", factory="HNSW32") as built:
@@ -138,7 +138,7 @@ def _living(root: Path, photos: Path, args) -> dict:
             library.search_batch(queries[:1], mode=mode, k=K, inversion=FEW)
             httpx.post(f"{url}/search", json={**queries[0], "mode": mode, "k": K, "steps": 4}, timeout=300)
         writer = subprocess.Popen(
-            [sys.executable, "-m", "tests.living_writer", str(index), str(log), "0", str(args.seconds)],
+            [sys.executable, "-m", "tests.support.living_writer", str(index), str(log), "0", str(args.seconds)],
             cwd=REPO,
             env=_env(),
             stderr=subprocess.PIPE,

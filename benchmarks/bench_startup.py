@@ -72,7 +72,7 @@ def build_index(path: Path, model: str) -> None:
     """A small index (16 images, 3 texts) built with this tree's code."""
     sys.path.insert(0, str(REPO))
     from crossgap_index import CrossGapIndex
-    from tests.conftest import write_photo
+    from tests.support.photos import write_photo
 
     folder = path.parent / "photos"
     for i in range(16):

@@ -6,44 +6,12 @@ import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: see crossgap_index/_openmp.py
 
-import io
+import subprocess
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
-MODEL = "tiny-random"
-
-
-def write_photo(path: Path, seed: int, size: tuple[int, int] = (48, 40)) -> Path:
-    """A distinct RGB picture per seed: noise plus a coloured block."""
-    rng = np.random.default_rng(seed)
-    arr = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
-    arr[5:20, 5:25] = rng.integers(0, 256, 3, dtype=np.uint8)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(arr).save(path)
-    return path
-
-
-def write_broken_files(folder: Path) -> dict[str, Path]:
-    """One file for each way an image on disk can be unusable."""
-    folder.mkdir(parents=True, exist_ok=True)
-    buf = io.BytesIO()
-    Image.fromarray(np.zeros((64, 64, 3), np.uint8) + 90).save(buf, format="PNG")
-    broken = {
-        "corrupt": folder / "corrupt.jpg",
-        "truncated": folder / "truncated.png",
-        "empty": folder / "empty.png",
-        "misnamed_text": folder / "notes.webp",
-        "bomb": folder / "huge.png",
-    }
-    broken["corrupt"].write_bytes(b"\xff\xd8\xff\xe0" + bytes(range(256)) * 4)
-    broken["truncated"].write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
-    broken["empty"].write_bytes(b"")
-    broken["misnamed_text"].write_text("this is a text file, not an image\n")
-    Image.new("L", (3000, 2000)).save(broken["bomb"])  # 6 MP, over the 5 MP limit the tests use
-    return broken
+from tests.support.photos import make_photo_folder
 
 
 @pytest.fixture
@@ -51,22 +19,24 @@ def photo_folder(tmp_path: Path) -> Path:
     return make_photo_folder(tmp_path)
 
 
-def make_photo_folder(root: Path) -> Path:
-    """``root``/photos: six photos to index (one with an upper-case extension) beside files to skip."""
-    folder = root / "photos"
-    for i in range(5):
-        write_photo(folder / "a" / f"img{i}.png", seed=i)
-    write_photo(folder / "b" / "IMG5.JPG", seed=5)  # upper-case extension
-    write_photo(folder / ".hidden" / "secret.png", seed=6)  # hidden folder: skipped
-    write_photo(folder / "node_modules" / "dep.png", seed=7)  # junk folder: skipped
-    (folder / "readme.txt").write_text("not an image extension, ignored")
-    return folder
-
-
 @pytest.fixture(scope="session")
 def serve_template(tmp_path_factory) -> tuple[Path, Path]:
-    """The serve tests' crossgap-small index and photos (``tests.serve_support.build_index``), built once per
-    run and never opened: each module serves its own copy (``tests.serve_support.copy_index``)."""
-    from tests.serve_support import build_index  # uvicorn and the server load only where a test serves
+    """The serve tests' crossgap-small index and photos (``tests.support.serve.build_index``), built once per
+    run and never opened: each module serves its own copy (``tests.support.serve.copy_index``)."""
+    from tests.support.serve import build_index  # uvicorn and the server load only where a test serves
 
     return build_index(tmp_path_factory.mktemp("serve-template"))
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real, small tmpfs (root may mount one); resized with ``remount``, unmounted at the end."""
+    mount_point = tmp_path / "disk"
+    mount_point.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1200k", "tmpfs", str(mount_point)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.decode().strip()})")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], capture_output=True)

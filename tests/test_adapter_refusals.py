@@ -18,7 +18,7 @@ from crossgap_index.errors import CrossGapError  # noqa: E402
 from crossgap_index.integrations.lancedb import CrossGapReranker, export_to_lancedb, search_lancedb  # noqa: E402
 from crossgap_index.integrations.qdrant import search_qdrant, upsert_index  # noqa: E402
 from crossgap_index.integrations.rescore import AdapterQueryError  # noqa: E402
-from tests.conftest import MODEL, write_photo  # noqa: E402
+from tests.support.photos import MODEL, write_photo  # noqa: E402
 
 TEXTS = ["a photo of two red shapes", "a photo of three blue shapes", "a photo of many green shapes"]
 

@@ -10,7 +10,7 @@ import pytest
 from crossgap_index import CrossGapIndex
 from crossgap_index.errors import StoreError
 from crossgap_index.store.catalog import Catalog
-from tests.conftest import MODEL, write_broken_files, write_photo
+from tests.support.photos import MODEL, write_broken_files, write_photo
 
 
 def build(index_path, folder, **kwargs):

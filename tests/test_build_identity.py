@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from crossgap_index import CrossGapIndex
-from tests.conftest import MODEL, write_photo
+from tests.support.photos import MODEL, write_photo
 
 
 def build(index_path, folder, **kwargs):

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from crossgap_index import CrossGapIndex
 from crossgap_index.cli.app import app
 from crossgap_index.store.catalog import Catalog
-from tests.conftest import MODEL, write_broken_files, write_photo
+from tests.support.photos import MODEL, write_broken_files, write_photo
 
 runner = CliRunner()
 

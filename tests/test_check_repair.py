@@ -4,36 +4,21 @@ what cannot be repaired is one line naming the shard and what the user can do; n
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from crossgap_index import CrossGapIndex
-from tests.conftest import MODEL
+from tests.support.cli import cgx
+from tests.support.photos import MODEL
 
 pytestmark = pytest.mark.slow  # each test runs the real CLI in fresh interpreters
 
-REPO = Path(__file__).resolve().parents[1]
 DIM = 64  # tiny-random's embed_dim
 ROWS = 600
 SHARD = Path("vectors") / "items-000000.f32"
-
-
-def cgx(*args: object, timeout: float = 180) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    return subprocess.run(
-        [sys.executable, "-m", "crossgap_index", *map(str, args)],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
 
 
 @pytest.fixture(scope="module")

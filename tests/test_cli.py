@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from crossgap_index.cli.app import app
-from tests.conftest import MODEL, make_photo_folder, write_broken_files, write_photo
+from tests.support.photos import MODEL, make_photo_folder, write_broken_files, write_photo
 
 runner = CliRunner()
 

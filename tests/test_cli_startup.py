@@ -1,4 +1,4 @@
-"""Start-up and output of `cgx` (issue 7, defects 12 and 13): commands that need no model import no
+"""Start-up and output of `cgx`: commands that need no model import no
 torch, help shows its defaults, --version, and the offline probe against real sockets."""
 
 from __future__ import annotations
@@ -8,15 +8,14 @@ import os
 import socket
 import subprocess
 import sys
-from pathlib import Path
 
 from typer.testing import CliRunner
 
 from crossgap_index import CrossGapIndex
 from crossgap_index.cli.app import app
-from tests.conftest import MODEL, write_photo
+from tests.support.cli import REPO
+from tests.support.photos import MODEL, write_photo
 
-REPO = Path(__file__).resolve().parents[1]
 HEAVY = ("torch", "open_clip")
 runner = CliRunner()
 

@@ -69,7 +69,7 @@ def test_repeatable_options_show_no_python_types():
 @pytest.fixture(scope="module")
 def one_photo_index(tmp_path_factory):
     from crossgap_index import CrossGapIndex
-    from tests.conftest import write_photo
+    from tests.support.photos import write_photo
 
     root = tmp_path_factory.mktemp("words")
     write_photo(root / "photo.png", seed=1)

@@ -17,9 +17,9 @@ import torch
 from crossgap_index import CrossGapIndex
 from crossgap_index.inversion import InversionConfig
 from crossgap_index.precision import resolve
-from tests.serve_support import copy_index
+from tests.support.cli import REPO
+from tests.support.serve import copy_index
 
-REPO = Path(__file__).resolve().parents[1]
 # The default precision where it is bf16; elsewhere bf16 asked for explicitly (the rounding under test).
 PRECISION = "auto" if resolve("auto", torch.device("cpu")) == "bf16" else "bf16"
 FEW_STEPS = InversionConfig(oti_steps=4, ovi_steps=4, precision=PRECISION)

@@ -8,7 +8,7 @@ from PIL import Image
 
 from crossgap_index.ingest.decode import DecodeError, decode_rgb
 from crossgap_index.ingest.discover import find_images
-from tests.conftest import write_broken_files
+from tests.support.photos import write_broken_files
 
 
 def encode(img: Image.Image, fmt: str = "PNG", **kwargs) -> bytes:

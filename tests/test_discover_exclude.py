@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 from crossgap_index import CrossGapIndex
 from crossgap_index.cli.app import app
 from crossgap_index.ingest.discover import DEFAULT_EXCLUDES, find_images, is_excluded
-from tests.conftest import MODEL, write_photo
+from tests.support.photos import MODEL, write_photo
 
 
 def tree(root: Path, names: list[str]) -> Path:

@@ -15,7 +15,7 @@ from crossgap_index import CrossGapIndex
 from crossgap_index.cli.app import app
 from crossgap_index.errors import QueryError
 from crossgap_index.search.duplicates import UnionFind, brute_force_groups, duplicate_groups
-from tests.conftest import MODEL, make_photo_folder
+from tests.support.photos import MODEL, make_photo_folder
 
 DIM = 64  # tiny-random's embed_dim
 runner = CliRunner()

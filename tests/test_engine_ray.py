@@ -15,7 +15,7 @@ pytestmark = pytest.mark.slow  # a Ray instance and its workers: 10-12 s a test 
 
 from crossgap_index import CrossGapIndex  # noqa: E402
 from crossgap_index.engines.ray_data import ImageEmbedder, RayEngine  # noqa: E402
-from tests.conftest import MODEL, write_broken_files, write_photo  # noqa: E402
+from tests.support.photos import MODEL, write_broken_files, write_photo  # noqa: E402
 
 BATCH = 4
 ONE_ACTOR = RayEngine(actors=1)  # one model load per build keeps the module's time down on 2 cores

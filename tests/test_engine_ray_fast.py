@@ -10,7 +10,7 @@ pytest.importorskip("ray")
 
 from crossgap_index.engines.ray_data import HASH_DTYPE, ImageEmbedder, _contains  # noqa: E402
 from crossgap_index.models import Encoder, load_model  # noqa: E402
-from tests.conftest import MODEL, write_photo  # noqa: E402
+from tests.support.photos import MODEL, write_photo  # noqa: E402
 
 
 def test_embedder_matches_the_local_encoder_and_zeroes_rows_without_pixels(tmp_path):

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from tests.conftest import MODEL, write_photo
+from tests.support.photos import MODEL, write_photo
 
 pytest.importorskip("ray")
 

@@ -19,7 +19,7 @@ from crossgap_index.inversion.inverter import DEFAULT_STEPS
 from crossgap_index.models._registry import bundled_dir
 from crossgap_index.search.modes import default_cross
 from crossgap_index.search.span import PRESETS, SpanProjection, span_settings
-from tests.conftest import MODEL
+from tests.support.photos import MODEL
 
 SEED, N = 3, 24  # enough for every mode to run and report: these tests check plumbing, not quality
 FEW_STEPS = InversionConfig(oti_steps=2, ovi_steps=2)

@@ -14,9 +14,8 @@ import pytest
 from crossgap_index.datasets.synthetic import export_folder
 from crossgap_index.errors import InputFileError
 from crossgap_index.evaluation.data import load_dataset
-from tests.conftest import MODEL
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.support.cli import REPO
+from tests.support.photos import MODEL
 
 
 @pytest.fixture

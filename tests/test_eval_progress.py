@@ -6,7 +6,7 @@ import pytest
 
 from crossgap_index.evaluation.protocol import evaluate
 from crossgap_index.inversion import InversionConfig
-from tests.conftest import MODEL
+from tests.support.photos import MODEL
 
 
 @pytest.mark.slow  # a whole evaluation: two minutes on a loaded 2-core machine

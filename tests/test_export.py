@@ -15,7 +15,7 @@ from crossgap_index.cli.app import app
 from crossgap_index.errors import QueryError
 from crossgap_index.export import export_index
 from crossgap_index.inversion import InversionConfig
-from tests.conftest import MODEL
+from tests.support.photos import MODEL
 
 TEXTS = ["a red square", "a blue circle", "two green triangles"]
 

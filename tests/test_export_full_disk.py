@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 
 from crossgap_index import CrossGapIndex
-from tests.conftest import MODEL
+from tests.support.cli import REPO
+from tests.support.photos import MODEL
 
 pytestmark = pytest.mark.slow  # a tmpfs mount and `cgx export` in fresh interpreters
 
-REPO = Path(__file__).resolve().parents[1]
 DIM = 64
 ROWS = 20_000  # 5 MB of float32 vectors: more than the tmpfs holds and than the file-size limit allows
 

@@ -1,4 +1,4 @@
-"""Hostile files and names at ingest (issue 7, defects 1, 3, 4, 9): real FIFOs, devices, symlinks,
+"""Hostile files and names at ingest: real FIFOs, devices, symlinks,
 non-UTF-8 names, oversized files and images, model folders without safe weights."""
 
 from __future__ import annotations
@@ -27,11 +27,11 @@ from crossgap_index.ingest.texts import read_text_corpus
 from crossgap_index.models import load_model
 from crossgap_index.models._registry import bundled_dir
 from crossgap_index.store.catalog import path_from_db, path_to_db
-from tests.conftest import MODEL
+from tests.support.cli import REPO
+from tests.support.photos import MODEL
 
 runner = CliRunner()
 
-REPO = Path(__file__).resolve().parents[1]
 LATIN1_NAME = b"\xff\xfe-caf\xe9.png"  # not valid UTF-8
 
 
@@ -63,7 +63,7 @@ def png_bytes(size=(40, 30), seed=0) -> bytes:
     return buf.getvalue()
 
 
-# -- defect 1: file names that are not UTF-8 ------------------------------------------------------
+# -- file names that are not UTF-8 ------------------------------------------------------
 def test_non_utf8_names_are_stored_losslessly_and_pruned_when_deleted(tmp_path, photo_folder):
     raw_folder = os.fsencode(photo_folder)
     raw_path = os.path.join(raw_folder, LATIN1_NAME)
@@ -112,7 +112,7 @@ def test_cli_prints_non_utf8_and_newline_names_without_failing(tmp_path, photo_f
     assert skipped.read_bytes().startswith(os.fsencode(photo_folder / os.fsdecode(b"\xe9t\xe9.png")) + b"\t")
 
 
-# -- defect 3: only regular files are read, and not too much of them -------------------------------
+# -- only regular files are read, and not too much of them -------------------------------
 @pytest.mark.slow  # over 3 s on a loaded 2-core machine (benchmarks/results/setup.md)
 def test_fifo_devices_and_dangling_links_are_skipped_not_read(tmp_path, photo_folder):
     os.mkfifo(photo_folder / "a.png")  # reading it would block forever
@@ -219,7 +219,7 @@ def test_bomb_messages_name_our_setting(size, limit, expected):
         decode_rgb(png_header_claiming(*size), max_megapixels=limit)
 
 
-# -- defect 4: model folders without safe weights ---------------------------------------------------
+# -- model folders without safe weights ---------------------------------------------------
 @pytest.mark.parametrize(
     ("files", "message"),
     [
@@ -248,7 +248,7 @@ def test_pickle_checkpoint_path_is_refused(tmp_path):
         load_model(f"ViT-B-32::{weights}", "cpu")
 
 
-# -- defect 9: JSON lines holding lone surrogates ---------------------------------------------------
+# -- JSON lines holding lone surrogates ---------------------------------------------------
 def test_jsonl_lone_surrogate_is_a_bad_line_and_the_rest_is_stored(tmp_path):
     corpus = tmp_path / "texts.jsonl"
     lines = [

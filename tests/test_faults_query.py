@@ -1,4 +1,4 @@
-"""Query arguments and settings (issue 7, defects 2, 11, 13): one-line errors from the real `cgx`
+"""Query arguments and settings: one-line errors from the real `cgx`
 process, never a traceback, never a file-system error for text; notes for truncation and short lists."""
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from crossgap_index import CrossGapIndex
 from crossgap_index.cli.query_arg import query_kind
 from crossgap_index.errors import ModelUnavailableError, QueryError
 from crossgap_index.inversion import InversionConfig
-from tests.conftest import MODEL
+from tests.support.cli import REPO
+from tests.support.photos import MODEL
 
-REPO = Path(__file__).resolve().parents[1]
 LONG_TEXT = "a small red bicycle leaning on a wall " * 12  # 456 bytes, about 100 tokens
 
 
@@ -43,7 +43,7 @@ def one_line(proc: subprocess.CompletedProcess, exit_code: int = 1) -> str:
 
 @pytest.fixture(scope="module")
 def index(tmp_path_factory) -> Path:
-    from tests.conftest import write_photo
+    from tests.support.photos import write_photo
 
     root = tmp_path_factory.mktemp("query")
     for i in range(4):
@@ -54,7 +54,7 @@ def index(tmp_path_factory) -> Path:
     return root / "idx"
 
 
-# -- defect 2: what the query argument is ---------------------------------------------------------
+# -- what the query argument is ---------------------------------------------------------
 def test_missing_image_path_is_an_error_not_a_text_search(index):
     line = one_line(run_cgx("query", "Pictures/astronot.png", "--index", index))
     assert line == "cgx: error: no such image file: Pictures/astronot.png; use --text to search for this text"
@@ -84,7 +84,7 @@ def test_query_kind_never_asks_the_file_system_about_text(tmp_path):
     assert query_kind(str(image), as_text=True) == "text"
     assert query_kind(str(tmp_path / "readme.txt")) == "text"
     os.mkfifo(tmp_path / "pipe.png")
-    with pytest.raises(QueryError, match=r"not a regular file \(a FIFO\)"):  # never opened, never text (issue 14)
+    with pytest.raises(QueryError, match=r"not a regular file \(a FIFO\)"):  # never opened, never text
         query_kind(str(tmp_path / "pipe.png"))
     assert query_kind(str(tmp_path / "pipe.png"), as_text=True) == "text"
     with pytest.raises(QueryError, match="no such image file"):
@@ -102,7 +102,7 @@ def test_library_refuses_blank_text_and_fifo_query_images(index, tmp_path):
             cgx.search(image=tmp_path / "q.png")  # returns at once: never opened for reading
 
 
-# -- defect 11: settings --------------------------------------------------------------------------
+# -- settings --------------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -156,7 +156,7 @@ def test_library_refuses_unknown_devices(index):
         CrossGapIndex.open(index, device=device).close()
 
 
-# -- defect 13: progress where the work is long ---------------------------------------------------
+# -- progress where the work is long ---------------------------------------------------
 def test_add_texts_and_ovi_report_progress(index):
     calls = []
     with CrossGapIndex.open(index) as cgx:

@@ -1,4 +1,4 @@
-"""Faults in the index directory itself (issue 7, store half): damaged derived files and manifests,
+"""Faults in the index directory itself: damaged derived files and manifests,
 damaged catalogs, read-only directories, concurrent writers, killed writers, many threads.
 
 Every test uses real faults (truncated and bit-flipped files, killed processes, a read-only mount,
@@ -30,10 +30,10 @@ from crossgap_index.cli.app import app
 from crossgap_index.errors import StoreError
 from crossgap_index.inversion import InversionConfig
 from crossgap_index.store.lock import IndexLock
-from tests.conftest import MODEL, write_photo
-from tests.pause_support import pause_env, wait_until_paused
+from tests.support.cli import REPO, cgx_process
+from tests.support.pause import pause_env, wait_until_paused
+from tests.support.photos import MODEL, write_photo
 
-REPO = Path(__file__).resolve().parents[1]
 FEW_STEPS = InversionConfig(oti_steps=3, ovi_steps=3)
 runner = CliRunner()
 
@@ -82,21 +82,6 @@ def assert_consistent(index: Path, *folders: Path) -> None:
     assert on_disk.ntotal == len(files)
 
 
-def cgx_process(*args, **kwargs) -> subprocess.Popen:
-    """The real `cgx` in its own process, running this worktree's code."""
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen(
-        [sys.executable, "-m", "crossgap_index", *map(str, args)],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        errors="backslashreplace",
-        **kwargs,
-    )
-
-
 def one_line_error(text: str) -> str:
     lines = [line for line in text.splitlines() if line.strip()]
     assert len(lines) == 1, text
@@ -131,7 +116,7 @@ def index(tmp_path, built) -> Path:
     return Path(shutil.copytree(built, tmp_path / "idx"))
 
 
-# -- defect 5: a --cross query must not make the next open rebuild -------------------------------
+# -- a --cross query must not make the next open rebuild -------------------------------
 def test_cross_query_leaves_catalog_and_faiss_files_valid(index, gallery):
     before = {p.name: p.read_bytes() for p in index.glob("*.faiss")}
     with CrossGapIndex.open(index) as cgx:
@@ -188,7 +173,7 @@ def test_an_index_saved_before_checksums_opens_and_gains_them(index, clean):
         assert cgx._store.rebuilt == []
 
 
-# -- defect 10: damaged FAISS files are never read, and rebuilt -------------------------------
+# -- damaged FAISS files are never read, and rebuilt -------------------------------
 def _truncate(p: Path) -> None:
     p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
 
@@ -269,7 +254,7 @@ def test_ivf_factory_with_too_few_vectors_stays_exact_until_it_can_train(tmp_pat
         assert len(cgx.search(vector=queries()[0], k=5)) == 5
 
 
-# -- defect 11: damaged manifests and catalogs, bad --index: one line -------------------------
+# -- damaged manifests and catalogs, bad --index: one line -------------------------
 MANIFEST_DAMAGE = {
     "a JSON array": lambda m: [m],
     "a missing key": lambda m: {k: v for k, v in m.items() if k != "dim"},
@@ -327,7 +312,7 @@ def test_index_option_on_a_file_or_an_unwritable_place_is_one_line(tmp_path, gal
     assert "/proc/cgx-index" in one_line_error(result.stderr)
 
 
-# -- defect 7: a read-only index directory is searchable --------------------------------------
+# -- a read-only index directory is searchable --------------------------------------
 READ_ONLY_SCRIPT = """
 import json, os, sys
 from crossgap_index import CrossGapIndex
@@ -370,7 +355,7 @@ def test_read_only_index_directory_is_searchable(index, gallery):
     assert done.returncode == 0, done.stderr
     out = json.loads(done.stdout.splitlines()[-1])
     assert out["readonly"] is True
-    assert out["omp"] == "PASSIVE"  # the library set OpenMP's passive wait before torch loaded (defect 6)
+    assert out["omp"] == "PASSIVE"  # the library set OpenMP's passive wait before torch loaded
     assert out["intra"] == expected and out["intra"][0] == str(query.resolve())
     assert len(out["cross"]) == 3
     assert "read-only" in out["write"]
@@ -378,7 +363,7 @@ def test_read_only_index_directory_is_searchable(index, gallery):
     assert sorted(p.name for p in index.iterdir()) == before
 
 
-# -- defect 8: the writer lock ------------------------------------------------------------------
+# -- the writer lock ------------------------------------------------------------------
 @pytest.mark.slow  # over 3 s on a loaded 2-core machine (benchmarks/results/setup.md)
 def test_concurrent_writers_wait_for_the_lock_or_fail_in_one_line_with_no_wait(tmp_path):
     """Three builds of one folder into one new index start together while the lock is held: the --no-wait
@@ -435,7 +420,7 @@ def test_writer_killed_mid_build_then_resumed_loses_and_doubles_nothing(tmp_path
     assert_consistent(index, folder)
 
 
-# -- defect 6: one opened index, many threads, another process writing ----------------------------
+# -- one opened index, many threads, another process writing ----------------------------
 @pytest.mark.slow  # over 3 s on a loaded 2-core machine (benchmarks/results/setup.md)
 def test_eight_threads_search_one_index_while_another_process_builds_into_it(built, tmp_path, gallery, clean):
     index = Path(shutil.copytree(built, tmp_path / "idx"))
@@ -511,7 +496,7 @@ def test_threads_search_while_a_thread_of_the_same_process_writes(index, gallery
     assert_consistent(index, gallery, extra)
 
 
-# -- defect 14: remove, ls, check ---------------------------------------------------------------
+# -- remove, ls, check ---------------------------------------------------------------
 def test_remove_by_folder_missing_file_and_id_then_ls(tmp_path):
     kept = photos(tmp_path / "photos" / "kept", 6)
     gone = photos(tmp_path / "photos" / "gone", 4, first_seed=50)
@@ -554,7 +539,7 @@ def test_check_reports_stale_files_and_non_unit_vectors(index, gallery):
     with CrossGapIndex.open(index, readonly=True) as cgx:
         report = cgx.check()
     assert not report.ok
-    assert any("stale" in p and "will be rebuilt on next open" in p for p in report.notes)  # not a problem (issue 14)
+    assert any("stale" in p and "will be rebuilt on next open" in p for p in report.notes)  # not a problem
     assert any("not unit-norm" in p and str(ids[0]) in p for p in report.problems)
 
 

@@ -24,8 +24,8 @@ from crossgap_index.search.gallery import MatrixGallery
 from crossgap_index.search.peers import _kept_mean, dba_rows, dba_rows_blocked, top_k_mean, top_k_mean_blocked
 from crossgap_index.search.post import bank_statistics, bank_statistics_blocked
 from crossgap_index.server.settings import ServeSettings
-from tests.pause_support import pause_env, wait_until_paused
-from tests.serve_support import copy_index, running_server
+from tests.support.pause import pause_env, wait_until_paused
+from tests.support.serve import copy_index, running_server
 
 QUERY = {"text": "a red circle", "k": 5, "target": "images"}
 

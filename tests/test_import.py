@@ -21,10 +21,10 @@ from typer.testing import CliRunner
 from crossgap_index import CrossGapIndex
 from crossgap_index.cli.app import app
 from crossgap_index.ingest import embeddings as embeddings_module
-from tests.conftest import MODEL
-from tests.pause_support import pause_env, wait_until_paused
+from tests.support.cli import REPO
+from tests.support.pause import pause_env, wait_until_paused
+from tests.support.photos import MODEL
 
-REPO = Path(__file__).resolve().parents[1]
 DIM = 64  # tiny-random's embed_dim
 runner = CliRunner()
 

@@ -108,7 +108,7 @@ def test_an_import_of_unit_half_rows_stores_them_unchanged(tmp_path, monkeypatch
     """End to end: already-unit float16 rows land in the shards byte for byte; rows off unit are
     normalised; the catalog rows carry the imported hashes; re-importing changes nothing."""
     from crossgap_index import CrossGapIndex
-    from tests.conftest import MODEL
+    from tests.support.photos import MODEL
 
     monkeypatch.setattr(e, "BATCH_ROWS", 700)
     scales = np.ones(2000, np.float32)

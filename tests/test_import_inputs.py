@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,11 +15,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from crossgap_index import CrossGapIndex
-from tests.conftest import MODEL
+from tests.support.cli import cgx
+from tests.support.photos import MODEL
 
 pytestmark = pytest.mark.slow  # dozens of `cgx import` runs in fresh interpreters (about 30 CPU-s)
 
-REPO = Path(__file__).resolve().parents[1]
 DIM = 64
 
 
@@ -33,15 +32,8 @@ def table(vectors, **columns) -> pa.Table:
 
 
 def cgx_import(tmp: Path, *args) -> subprocess.CompletedProcess:
-    """`cgx import` in its own process: a hang is a timeout here, not a stuck suite; memory is capped (2 GB)."""
-    command = [sys.executable, "-m", "crossgap_index", "import", *map(str, args)]
-    command += ["--index", str(tmp / "idx"), "--model", MODEL, "-q"]
-    limit = "import resource; resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))"
-    run = "runpy.run_module('crossgap_index', run_name='__main__')"
-    code = f"{limit}; import runpy, sys; sys.argv = {command[2:]!r}; {run}"
-    return subprocess.run(
-        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120, env=os.environ
-    )
+    """`cgx import` in its own process: a hang is a timeout here, not a stuck suite; memory is capped (4 GB)."""
+    return cgx("import", *args, "--index", tmp / "idx", "--model", MODEL, "-q", timeout=120, memory_gb=4)
 
 
 def one_line(done: subprocess.CompletedProcess) -> str:

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from crossgap_index import CrossGapIndex
 from crossgap_index.cli.app import app
 from crossgap_index.inversion import InversionConfig
-from tests.conftest import MODEL, write_photo
+from tests.support.photos import MODEL, write_photo
 
 pytestmark = pytest.mark.slow  # export -> import -> export through the CLI in fresh interpreters
 

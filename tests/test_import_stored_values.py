@@ -17,8 +17,8 @@ from typer.testing import CliRunner
 from crossgap_index import CrossGapIndex
 from crossgap_index.cli.app import app
 from crossgap_index.server.settings import ServeSettings
-from tests.conftest import MODEL
-from tests.serve_support import running_server
+from tests.support.photos import MODEL
+from tests.support.serve import running_server
 
 pytestmark = pytest.mark.slow  # imports and every reader (ls, query, export, HTTP) in fresh interpreters
 

@@ -20,7 +20,7 @@ from crossgap_index.errors import StoreError
 from crossgap_index.ingest import embeddings as embeddings_module
 from crossgap_index.ingest.import_sources import MAX_IMPORT_ID
 from crossgap_index.inversion import InversionConfig
-from tests.conftest import MODEL
+from tests.support.photos import MODEL
 
 DIM = 64
 runner = CliRunner()

@@ -14,7 +14,7 @@ from crossgap_index import CrossGapIndex  # noqa: E402
 from crossgap_index.integrations.lancedb import export_to_lancedb, search_lancedb  # noqa: E402
 from crossgap_index.integrations.qdrant import search_qdrant, upsert_index  # noqa: E402
 from crossgap_index.inversion import InversionConfig  # noqa: E402
-from tests.conftest import MODEL, write_photo  # noqa: E402
+from tests.support.photos import MODEL, write_photo  # noqa: E402
 
 CONFIG = InversionConfig(oti_steps=3, ovi_steps=3)
 TEXTS = [f"a photo of {n} {c} shapes" for n in ("two", "three", "many") for c in ("red", "blue", "green")]

@@ -13,9 +13,9 @@ import pytest
 from crossgap_index import CrossGapIndex, SearchOptions
 from crossgap_index.errors import QueryError
 from crossgap_index.inversion import InversionConfig
-from tests.conftest import MODEL, write_photo
+from tests.support.cli import REPO
+from tests.support.photos import MODEL, write_photo
 
-REPO = Path(__file__).resolve().parents[1]
 FAST = InversionConfig(oti_steps=2, ovi_steps=2)
 
 

@@ -24,34 +24,24 @@ from crossgap_index import CrossGapIndex
 from crossgap_index.datasets.synthetic import export_folder
 from crossgap_index.inversion import InversionConfig
 from crossgap_index.server.settings import ServeSettings
-from tests.living_writer import removals, removed_before, wait_until_ready
-from tests.serve_support import SERVE_MODEL, copy_index, running_server
+from tests.support.cli import REPO, cgx
+from tests.support.living_writer import removals, removed_before, wait_until_ready
+from tests.support.serve import SERVE_MODEL, copy_index, running_server
 
-REPO = Path(__file__).resolve().parents[1]
 K = 8
 FEW = InversionConfig(oti_steps=4, ovi_steps=4)
 # every mode a plain index serves without a trained network or stored gallery inversions
 MODES = ("intra", "cross", "fused", "span", "auto", "aqe", "qbnorm", "nnn", "dba", "center", "span+aqe")
 
 
-def cgx(*args, timeout: float = 300) -> subprocess.CompletedProcess:
-    """The real `cgx` in its own process (this worktree's code)."""
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(
-        [sys.executable, "-m", "crossgap_index", *map(str, args)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=timeout,
-    )
-    assert done.returncode == 0, done.stderr
-    return done
-
-
 def catalog_ids(index: Path) -> set[int]:
     """The ids the index directory holds now (a fresh handle: the catalog's newest committed rows)."""
     with CrossGapIndex.open(index, device="cpu", readonly=True) as fresh:
         return {row.id for row in fresh.ls()}
+
+
+def cgx_ok(*args: object) -> subprocess.CompletedProcess:
+    return cgx(*args, timeout=300, check=True)
 
 
 @pytest.fixture(scope="module")
@@ -78,9 +68,9 @@ def stale(request, templates, tmp_path_factory):
         before = {mode: reader.search(image=query, mode=mode, k=K, inversion=FEW) for mode in MODES}
         removed = sorted({h.id for hits in before.values() for h in hits[:3]})
         listed = {row.id for row in reader.ls()}
-        cgx("remove", *[a for i in removed for a in ("--id", i)], "--index", index)
-        cgx("build-index", photos, "--index", index, "--device", "cpu")  # the removed files again, under new ids
-        cgx("compact", "--min-dead", "0", "--index", index)
+        cgx_ok("remove", *[a for i in removed for a in ("--id", i)], "--index", index)
+        cgx_ok("build-index", photos, "--index", index, "--device", "cpu")  # the removed files again, under new ids
+        cgx_ok("compact", "--min-dead", "0", "--index", index)
         yield reader, index, set(removed), query, listed
 
 
@@ -138,7 +128,7 @@ def test_a_running_server_returns_an_image_another_process_added_in_every_mode(t
     ):
         for mode in SERVED:  # every mode's state and derived collections loaded before the write
             assert _upload(client, data, mode).status_code == 200
-        cgx("build-index", new, "--index", index, "--device", "cpu")
+        cgx_ok("build-index", new, "--index", index, "--device", "cpu")
         written = time.monotonic()
         with CrossGapIndex.open(index, device="cpu", readonly=True) as fresh:
             added = next(row.id for row in fresh.ls("image") if row.path == str(photo.resolve()))
@@ -187,7 +177,7 @@ def test_eight_threads_and_a_server_never_fail_while_another_process_writes(temp
             library.search_batch([{"vector": queries[0], "modality": "image"}], mode=mode, k=K, inversion=FEW)
         env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
         writer = subprocess.Popen(
-            [sys.executable, "-m", "tests.living_writer", str(index), str(log), str(CYCLES)],
+            [sys.executable, "-m", "tests.support.living_writer", str(index), str(log), str(CYCLES)],
             cwd=REPO,
             env=env,
             stderr=subprocess.PIPE,

@@ -19,8 +19,8 @@ from crossgap_index.inversion.inverter import Inverter, InverterConfig, train_in
 from crossgap_index.models import Encoder, load_model
 from crossgap_index.search.modes import Mode
 from crossgap_index.search.projections import ConceptMap, iso_projection, projection_weights, span_projection
-from tests.conftest import MODEL
-from tests.mode_support import assert_serves_what_eval_measures, inverted_index, served_modes
+from tests.support.modes import assert_serves_what_eval_measures, inverted_index, served_modes
+from tests.support.photos import MODEL
 
 N = 36
 FEW = InversionConfig(oti_steps=3)

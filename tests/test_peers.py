@@ -17,7 +17,7 @@ from crossgap_index.search.modes import MODE_NAMES, Mode, resolve_mode
 from crossgap_index.search.options import SearchOptions
 from crossgap_index.search.peers import tune_candidates
 from crossgap_index.search.run import Queries, run_mode
-from tests.conftest import MODEL, write_photo
+from tests.support.photos import MODEL, write_photo
 
 N = 40
 SPAN = {"vocabulary": ["red circle", "blue square", "green star", "yellow triangle", "purple cross"]}
@@ -325,7 +325,7 @@ def test_the_server_serves_a_composition_over_http(index):
     import httpx
 
     from crossgap_index.server.settings import ServeSettings
-    from tests.serve_support import running_server
+    from tests.support.serve import running_server
 
     q = _query(index, 5)
     with running_server(index, ServeSettings()) as base:

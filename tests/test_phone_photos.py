@@ -14,7 +14,7 @@ from crossgap_index import CrossGapIndex
 from crossgap_index.datasets.synthetic import export_folder
 from crossgap_index.ingest.decode import DecodeError, decode_rgb
 from crossgap_index.server.settings import ServeSettings
-from tests.serve_support import running_server
+from tests.support.serve import running_server
 
 pillow_heif = pytest.importorskip("pillow_heif", reason="HEIC needs pillow-heif (the heif and dev extras)")
 pytestmark = pytest.mark.skipif(not features.check("avif"), reason="this Pillow has no AVIF plugin")

@@ -26,7 +26,7 @@ from crossgap_index.models.factory import LoadedModel, ModelSpec
 from crossgap_index.models.family import text_tower
 from crossgap_index.models.text_tower import fast_text_features, reference_text_features, tokenize_prompt
 from crossgap_index.precision import MIX_MIN_COSINE, PrecisionError
-from tests.conftest import MODEL, write_photo
+from tests.support.photos import MODEL, write_photo
 
 INVERSION_AGREE = 0.998
 EXACT = 0.99999  # the same function computed two ways, both fp32

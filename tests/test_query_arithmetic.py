@@ -15,7 +15,7 @@ from crossgap_index import CrossGapIndex
 from crossgap_index.cli.app import app
 from crossgap_index.errors import QueryError
 from crossgap_index.search.arithmetic import is_expression, parse
-from tests.conftest import MODEL, make_photo_folder
+from tests.support.photos import MODEL, make_photo_folder
 
 runner = CliRunner()
 

@@ -1,4 +1,4 @@
-"""Gallery inversion and derived collections through the build engines (issue 16, item 5).
+"""Gallery inversion and derived collections through the build engines.
 
 The Ray tests run a real local Ray instance (2 CPUs, a small object store) against the local engine on copies of
 one tiny-random index; the one quick test checks the local engine's post-build derived collection without Ray.
@@ -17,7 +17,7 @@ import pytest
 from crossgap_index import CrossGapIndex
 from crossgap_index.inversion import InversionConfig
 from crossgap_index.search import gallery
-from tests.conftest import MODEL, write_photo
+from tests.support.photos import MODEL, write_photo
 
 N_IMAGES = 14
 # OTI settings that keep a test short: 3 steps; blocks of 4 (14 images: 4 blocks, the last one short).

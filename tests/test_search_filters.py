@@ -14,7 +14,7 @@ from crossgap_index.errors import QueryError
 from crossgap_index.search.filters import ItemFilter, brute_force_top_k, filtered_top_k, matches_glob, under_folder
 from crossgap_index.search.ranking import Ranked
 from crossgap_index.search.run import Queries, run_mode
-from tests.conftest import MODEL
+from tests.support.photos import MODEL
 
 N = 5000
 DIM = 64  # tiny-random's embed_dim

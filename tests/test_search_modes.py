@@ -11,7 +11,7 @@ from crossgap_index.inversion import InversionConfig
 from crossgap_index.inversion.keys import cache_key
 from crossgap_index.search.merge import reciprocal_rank_fusion, score_fusion
 from crossgap_index.search.ranking import Ranked
-from tests.conftest import MODEL, write_photo
+from tests.support.photos import MODEL, write_photo
 
 FEW_STEPS = InversionConfig(oti_steps=4, ovi_steps=4)
 

@@ -27,9 +27,9 @@ from crossgap_index import CrossGapIndex
 from crossgap_index.errors import CrossGapError
 from crossgap_index.inversion import InversionConfig
 from crossgap_index.server.settings import ServeSettings, check_bind
-from tests.serve_support import N_IMAGES, N_TEXTS, copy_index, running_server
+from tests.support.cli import REPO
+from tests.support.serve import N_IMAGES, N_TEXTS, copy_index, running_server
 
-REPO = Path(__file__).resolve().parents[1]
 STEPS = 3  # cheap inversion: the tests check plumbing and equality, not quality
 LIMITS = ServeSettings(
     max_k=50,

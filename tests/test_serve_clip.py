@@ -13,7 +13,7 @@ import pytest
 
 from crossgap_index import CrossGapIndex
 from crossgap_index.server.settings import ServeSettings
-from tests.serve_support import N_IMAGES, copy_index, running_server
+from tests.support.serve import N_IMAGES, copy_index, running_server
 
 
 def load_clip_client():

@@ -24,8 +24,8 @@ from crossgap_index.precision import resolve
 from crossgap_index.server.app import body_limits
 from crossgap_index.server.middleware import METRIC_METHODS
 from crossgap_index.server.settings import ServeSettings
-from tests.conftest import write_photo
-from tests.serve_support import copy_index, running_server
+from tests.support.photos import write_photo
+from tests.support.serve import copy_index, running_server
 
 LIMITS = ServeSettings(max_k=50, max_batch_queries=8, max_texts=20, batch_window_ms=100.0, max_batch=16)
 TOKEN = "s3cret-token"
@@ -100,7 +100,7 @@ def item_of(index: CrossGapIndex, photo: Path) -> int:
     return next(row.id for row in index.ls("image") if row.path == str(photo))
 
 
-# -- item 2: the image route serves only the file indexed ------------------------------------------
+# -- the image route serves only the file indexed ------------------------------------------
 def test_a_folder_swapped_for_a_symlink_is_not_followed(client, index, photos, tmp_path):
     photo = photos[3]
     item = item_of(index, photo)
@@ -144,7 +144,7 @@ def test_a_file_with_other_content_is_not_served(client, index, photos, tmp_path
         os.utime(photo, ns=(stat.st_atime_ns, stat.st_mtime_ns))
 
 
-# -- item 3: metrics carry no client-chosen label values ------------------------------------------
+# -- metrics carry no client-chosen label values ------------------------------------------
 def _labels(metrics_text: str) -> tuple[set[str], set[str]]:
     families = {f.name: f for f in text_string_to_metric_families(metrics_text)}
     samples = families["cgx_http_requests"].samples
@@ -183,7 +183,7 @@ def test_refused_requests_are_counted_without_the_clients_strings(token_url):
     assert refusals and {s.labels["route"] for s in refusals} == {"other"}
 
 
-# -- item 4: DNS rebinding and content types ---------------------------------------------------------
+# -- DNS rebinding and content types ---------------------------------------------------------
 @pytest.mark.parametrize(
     ("host", "status"),
     [
@@ -242,7 +242,7 @@ def test_writes_need_a_json_or_multipart_body(client, path, content_type):
     assert hits.json()["hits"][0]["text"] != "a probe that must not be stored"
 
 
-# -- item 10: file names that are not UTF-8 ------------------------------------------------------------
+# -- file names that are not UTF-8 ------------------------------------------------------------
 def test_a_file_name_that_is_not_utf8_is_answered(client, index, built):
     index.index_folders([built[2]])  # the server's own index object: searched at once
     try:
@@ -265,7 +265,7 @@ def _answered(client: httpx.Client, odd_path: bytes) -> None:
     assert client.post("/search/batch", json={"queries": [{"item_id": hit["id"], "k": 2}]}).status_code == 200
 
 
-# -- item 17: counts before validation, per-route body caps ---------------------------------------------
+# -- counts before validation, per-route body caps ---------------------------------------------
 def test_the_query_count_is_checked_before_any_query_is_validated(client):
     too_many = [{"text": "x"}] * (LIMITS.max_batch_queries + 1)
     refused(client.post("/search/batch", json={"queries": too_many}), 413, "queries")
@@ -298,7 +298,7 @@ def test_deep_nesting_is_a_clean_400(client):
     assert "Traceback" not in response.text
 
 
-# -- items 21, 22: messages that blame the right field, strict types --------------------------------------
+# -- messages that blame the right field, strict types --------------------------------------
 def test_a_bad_surrogate_in_an_id_names_the_id(client):
     body = b'{"texts": ["a fine text"], "ids": ["\\ud800"]}'
     message = refused(client.post("/texts", content=body, headers={"content-type": "application/json"}), 400, "ids[0]")
@@ -340,7 +340,7 @@ def test_form_fields_are_strict_and_an_empty_upload_says_so(client, photos):
     refused(client.post("/search", files={"image": ("a.png", b"")}), 400, "empty")
 
 
-# -- item 23: the page's token cookie ----------------------------------------------------------------
+# -- the page's token cookie ----------------------------------------------------------------
 def test_a_wrong_token_in_the_address_does_not_replace_the_cookie(token_url):
     with httpx.Client(base_url=token_url, timeout=30) as c:
         first = c.get(f"/?token={TOKEN}")
@@ -354,7 +354,7 @@ def test_a_wrong_token_in_the_address_does_not_replace_the_cookie(token_url):
         assert c.get("/?token=%E2%82%AC%FF").status_code == 401
 
 
-# -- item 26: /docs offline ------------------------------------------------------------------------------
+# -- /docs offline ------------------------------------------------------------------------------
 def test_docs_load_nothing_from_elsewhere(client):
     page = client.get("/docs")
     assert page.status_code == 200 and "text/html" in page.headers["content-type"]
@@ -370,7 +370,7 @@ def test_docs_load_nothing_from_elsewhere(client):
     assert "requestBody" in schema["paths"]["/texts"]["post"]
 
 
-# -- item 7: micro-batches equal solo queries at the default precision -----------------------------------
+# -- micro-batches equal solo queries at the default precision -----------------------------------
 @pytest.mark.slow
 def test_micro_batches_equal_solo_at_the_default_precision(client, index, photos):
     precision = None if resolve("auto", torch.device("cpu")) == "bf16" else "bf16"  # bf16 either way

@@ -13,7 +13,7 @@ from PIL import Image
 
 from crossgap_index import CrossGapIndex
 from crossgap_index.server.settings import ServeSettings
-from tests.serve_support import copy_index, running_server
+from tests.support.serve import copy_index, running_server
 
 SCREENSHOT = os.environ.get("CGX_PAGE_SCREENSHOT")  # set to refresh docs/serve-page.png
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

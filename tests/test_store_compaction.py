@@ -31,8 +31,8 @@ from crossgap_index.store import shards as shards_module
 from crossgap_index.store.compact import CRASH_ENV, shard_use
 from crossgap_index.store.directory import Store
 from crossgap_index.store.lock import IndexLock
+from tests.support.cli import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 DIM = 16
 runner = CliRunner()
 

@@ -8,9 +8,6 @@ renumbers IVF lists itself (store/vectors.py); these tests are the property that
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import zlib
 from pathlib import Path
 
@@ -23,9 +20,9 @@ from crossgap_index.search.ranking import top_k_batch
 from crossgap_index.store.check import check_store
 from crossgap_index.store.directory import Store
 from crossgap_index.store.vectors import VectorIndex, ivf_position_problem
-from tests.conftest import MODEL
+from tests.support.cli import cgx
+from tests.support.photos import MODEL
 
-REPO = Path(__file__).resolve().parents[1]
 DIM = 32
 TINY_DIM = 64  # tiny-random's embed_dim, for indexes made through `cgx import`
 # Every family the store picks (auto: Flat, IVF-Flat, IVF over an HNSW coarse quantizer with SQ8 codes) or
@@ -149,18 +146,6 @@ def old_removal(store_path: Path, ids: list[int]) -> None:
         manifest.generation = store.catalog.generation
         manifest.save(store_path)
     store.close()
-
-
-def cgx(*args: object, timeout: float = 180) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    return subprocess.run(
-        [sys.executable, "-m", "crossgap_index", *map(str, args)],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
 
 
 @pytest.fixture(scope="module")

@@ -25,8 +25,8 @@ from crossgap_index.store import catalog as catalog_module
 from crossgap_index.store import shards as shards_module
 from crossgap_index.store import vectors as vectors_module
 from crossgap_index.store.directory import Store
-from tests.conftest import MODEL, write_photo
-from tests.legacy_index import to_legacy
+from tests.support.legacy_index import to_legacy
+from tests.support.photos import MODEL, write_photo
 
 runner = CliRunner()
 DIM = 16

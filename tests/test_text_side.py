@@ -1,4 +1,4 @@
-"""Text queries (issue 15): the text -> image inverter trains, round-trips and refuses another model's or
+"""Text queries: the text -> image inverter trains, round-trips and refuses another model's or
 direction's file; every text mode serves what eval measures; `cgx eval --index` measures the index's own
 inverter (its number is the library's search with that mode); tune keeps one mode per task and --cross picks
 by the query's modality; an index from before per-task records opens and serves; the OVI step sweep's single
@@ -21,8 +21,8 @@ from crossgap_index.inversion.inverter import Inverter, InverterConfig, train_in
 from crossgap_index.inversion.optimise import inversion_path
 from crossgap_index.models import Encoder, load_model
 from crossgap_index.search.modes import resolve_mode
-from tests.conftest import MODEL
-from tests.mode_support import assert_serves_what_eval_measures, inverted_index, served_modes
+from tests.support.modes import assert_serves_what_eval_measures, inverted_index, served_modes
+from tests.support.photos import MODEL
 
 FEW = InversionConfig(ovi_steps=3, precision="fp32")
 TEXT_INVERTER = InverterConfig(direction="ovi", n_tokens=None, steps=8, batch_size=16)
@@ -234,6 +234,6 @@ def _report(record: dict) -> dict:
 
 
 def _png(path, seed):
-    from tests.conftest import write_photo
+    from tests.support.photos import write_photo
 
     return write_photo(path, seed)

@@ -11,7 +11,7 @@ import pytest
 
 from crossgap_index import CrossGapIndex
 from crossgap_index.server.settings import ServeSettings
-from tests.serve_support import copy_index, running_server
+from tests.support.serve import copy_index, running_server
 
 
 @pytest.fixture(scope="module")

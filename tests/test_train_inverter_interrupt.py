@@ -16,7 +16,7 @@ import torch
 from crossgap_index import CrossGapIndex
 from crossgap_index.inversion.checkpoint import TrainingInterrupted
 from crossgap_index.inversion.inverter import InverterConfig
-from tests.serve_support import copy_index
+from tests.support.serve import copy_index
 
 CONFIG = InverterConfig(steps=9, batch_size=8)  # 48 images: a new epoch (reshuffle) every 6 steps
 

@@ -23,7 +23,7 @@ from crossgap_index.search.projections import iso_published
 from crossgap_index.search.span import PRESETS, SpanProjection, resolve_components
 from crossgap_index.search.transforms import ModelTransformer
 from crossgap_index.tuning.tune import MIN_CLASSES, MIN_ITEMS_PER_CLASS, _verdict
-from tests.conftest import MODEL, write_broken_files, write_photo
+from tests.support.photos import MODEL, write_broken_files, write_photo
 
 runner = CliRunner()
 

@@ -22,9 +22,9 @@ import pytest
 from crossgap_index import CrossGapIndex
 from crossgap_index.ingest.watch import FolderWatcher, WatchSettings, paths_to_sync
 from crossgap_index.store.catalog import Catalog
-from tests.conftest import MODEL, write_photo
+from tests.support.cli import REPO, cgx_process
+from tests.support.photos import MODEL, write_photo
 
-REPO = Path(__file__).resolve().parents[1]
 FAST = WatchSettings(debounce_ms=500, step_ms=100)
 
 
@@ -202,18 +202,6 @@ def test_a_burst_of_files_is_written_in_batches(tmp_path):
         assert cgx.check().ok and cgx.info().counts["image"] == 200
 
 
-def cgx_process(*args: object, **kwargs) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen(
-        [sys.executable, "-m", "crossgap_index", *map(str, args)],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        **kwargs,
-    )
-
-
 def read_until(stream, pattern: str, seen: list[str]) -> re.Match:
     """Read lines from a process's pipe until one matches (readline blocks; the caller's process has a bound)."""
     while line := stream.readline():
@@ -259,7 +247,7 @@ def test_a_watcher_killed_mid_batch_resumes_and_ctrl_c_stops_it_cleanly(tmp_path
 
 @pytest.mark.slow
 def test_serve_watch_serves_a_file_copied_into_the_watched_folder(serve_template, tmp_path):
-    from tests.serve_support import copy_index
+    from tests.support.serve import copy_index
 
     index, _ = copy_index(serve_template, tmp_path)
     incoming = tmp_path / "incoming"

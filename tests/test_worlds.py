@@ -25,9 +25,9 @@ from crossgap_index.evaluation.data import load_dataset
 from crossgap_index.evaluation.protocol import IMAGES, evaluate
 from crossgap_index.ingest.decode import decode_rgb
 from crossgap_index.inversion import InversionConfig
-from tests.conftest import MODEL
+from tests.support.cli import REPO
+from tests.support.photos import MODEL
 
-REPO = Path(__file__).resolve().parent.parent
 HAVE_FASHION = (fashion_mnist.DEFAULT_DIR / "t10k-images-idx3-ubyte.gz").is_file()
 needs_fashion = pytest.mark.skipif(not HAVE_FASHION, reason="Debian package dataset-fashion-mnist not installed")
 # synthetic:7:24 as main generated it before the held-out and multi-axis options existed (PNG bytes, labels, captions)

@@ -1,8 +1,8 @@
 """Another process writing an index in a loop: removes a few images, adds their files back (new ids), compacts.
 
-Run as ``python -m tests.living_writer INDEX LOG CYCLES [SECONDS]``. The log's first line is ``ready`` (the model
-is loaded); each removal is then logged, once committed, as ``removed <monotonic time> <id> <id> ...``; readers in
-the test process (CLOCK_MONOTONIC is the machine's, shared by processes) check that no search that started after
+Run as ``python -m tests.support.living_writer INDEX LOG CYCLES [SECONDS]``. The log's first line is ``ready`` (the
+model is loaded); each removal is then logged, once committed, as ``removed <monotonic time> <id> <id> ...``; readers
+in the test process (CLOCK_MONOTONIC is the machine's, shared by processes) check that no search that started after
 that time returned those ids. The last line is ``done <cycles>``. ``SECONDS`` > 0 runs for that long instead of a
 fixed number of cycles (the benchmark).
 """

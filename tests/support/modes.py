@@ -16,7 +16,7 @@ from crossgap_index.search.gallery import MatrixGallery
 from crossgap_index.search.modes import Mode, resolve_mode
 from crossgap_index.search.run import Queries, run_mode
 from crossgap_index.search.transforms import ModelTransformer
-from tests.conftest import MODEL
+from tests.support.photos import MODEL
 
 DERIVED = {"image": "image-oti", "text": "text-ovi"}  # each modality's inverted gallery (cross-gallery's)
 
