@@ -7,7 +7,7 @@ import pytest
 
 from crossgap_index import BuildOptions, CrossGapIndex
 from crossgap_index.demo import run_demo
-from tests.conftest import MODEL, write_photo
+from tests.support.photos import MODEL, write_photo
 
 
 def _folder(root):

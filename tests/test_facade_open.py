@@ -12,7 +12,7 @@ from crossgap_index import CrossGapIndex
 from crossgap_index.errors import IncompatibleModelError, StoreError
 from crossgap_index.search.projections import projection_weights
 from crossgap_index.store.directory import IndexExistsError
-from tests.conftest import MODEL, write_photo
+from tests.support.photos import MODEL, write_photo
 
 
 @pytest.fixture(scope="module")
