@@ -28,7 +28,8 @@ from crossgap_index.evaluation.data import load_dataset
 from crossgap_index.evaluation.metrics import retrieval_metrics
 from crossgap_index.evaluation.protocol import IMAGES, SERVED_INVERSION, evaluate, image_features, measure_mode
 from crossgap_index.models import Encoder, load_model
-from crossgap_index.search.modes import PEER_DEFAULTS, resolve_mode
+from crossgap_index.search.modes import resolve_mode
+from crossgap_index.search.registry import MODES, peer_names
 from crossgap_index.search.transforms import ModelTransformer
 
 MODEL = "crossgap-small"
@@ -49,7 +50,12 @@ def main() -> None:
         "cross+qbnorm": resolve_mode("cross+qbnorm", inversion=SERVED_INVERSION),
         "iso+nnn": resolve_mode("iso+nnn"),
     }
-    doc = {"machine": machine_info(), "settings": {**vars(args), "peers": PEER_DEFAULTS}, "seeds": {}, "nnn_check": {}}
+    doc = {
+        "machine": machine_info(),
+        "settings": {**vars(args), "peers": {name: dict(MODES[name].defaults) for name in peer_names()}},
+        "seeds": {},
+        "nnn_check": {},
+    }
     encoder = Encoder(load_model(MODEL, "cpu"))
     for seed in args.seeds:
         spec = f"synthetic:{seed}:{args.n}"
@@ -245,8 +251,8 @@ def _parse() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[3001, 3002, 3003])
     parser.add_argument("--n", type=int, default=480)
-    parser.add_argument("--k", type=int, default=PEER_DEFAULTS["nnn"]["k"])
-    parser.add_argument("--w", type=float, default=PEER_DEFAULTS["nnn"]["w"])
+    parser.add_argument("--k", type=int, default=MODES["nnn"].defaults["k"])
+    parser.add_argument("--w", type=float, default=MODES["nnn"].defaults["w"])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--sweep", action="store_true", help="also each peer over a grid of its settings")
     parser.add_argument("--text-to-image", action="store_true", help="also caption -> image retrieval")

@@ -1,15 +1,19 @@
-"""Batch-1 search latency of ``CrossGapIndex.search`` beside raw FAISS on the index's own file, warm pages.
+"""Batch-1 search latency of ``CrossGapIndex.search`` beside raw FAISS on the index's own file, warm and cold pages.
 
 N random unit vectors x 512 (float32; clustered as image embeddings are: ``CLUSTERS`` random unit centres,
 each row a centre plus Gaussian noise, normalised, as benchmarks/bench_scale.py makes them) are imported with
 the library's import (the ``auto`` factory), then every query (a stored vector plus noise, normalised) runs,
 interleaved in one process:
-  raw      faiss.read_index of the saved image index, the store's own search parameters (nprobe), k = 10;
+  raw      faiss.read_index of the saved image index, memory-mapped as the store maps it, the store's own search
+           parameters (nprobe), k = 10;
   before   CrossGapIndex.search (mode intra, a vector query) with every candidate re-scored from the
            shards (search/ranking.py forced to re-score: main's rule, which re-scores all but plain Flat);
   after    CrossGapIndex.search as it runs now (no re-scoring where FAISS's scores are exact).
-Each runs once over all queries first (warm pages), then each query runs the three in rotating order.
-Recall@10 against brute force over the float32 vectors, for each.
+Each runs once over all queries first (warm pages), then each query runs the three in rotating order (warm);
+then again with cold pages (``--cold``): before each timed query every file of the index is dropped from the
+page cache (this process's mappings of it released with madvise(MADV_DONTNEED), then
+posix_fadvise(POSIX_FADV_DONTNEED) on the file), so FAISS's lists, the catalog's pages and the shards come
+from the disk. Recall@10 against brute force over the float32 vectors, for each.
 
     python benchmarks/bench_search_raw.py --vectors 200000 --queries 300 --work /tmp/cgx-search-raw
 """
@@ -17,6 +21,7 @@ Recall@10 against brute force over the float32 vectors, for each.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import os
 import sys
 import time
@@ -71,8 +76,59 @@ def brute_force_ids(embeddings: Path, queries: np.ndarray) -> np.ndarray:
     return best_ids
 
 
+def prepared(work_root: Path, n: int, queries: int) -> tuple[Path, Path, np.ndarray, np.ndarray]:
+    """The work folder for ``n`` vectors, its .npy (made once), the queries and their exact top-10 ids."""
+    work = work_root / str(n)
+    work.mkdir(parents=True, exist_ok=True)
+    embeddings = work / "emb.npy"
+    if not embeddings.exists():
+        generate(embeddings, n)
+    picked = make_queries(embeddings, queries)
+    return work, embeddings, picked, brute_force_ids(embeddings, picked)
+
+
 def recall(found: list[np.ndarray], truth: np.ndarray) -> float:
     return float(np.mean([len(set(f.tolist()) & set(t.tolist())) / K for f, t in zip(found, truth, strict=True)]))
+
+
+MADV_DONTNEED = 4
+
+
+def page_dropper(folder: Path):
+    """A function that drops every file under ``folder`` from the page cache, mapped pages included."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    files = [p for p in folder.rglob("*") if p.is_file()]
+    prefix = str(folder.resolve())
+
+    def drop() -> None:
+        for line in Path("/proc/self/maps").read_text().splitlines():
+            fields = line.split(maxsplit=5)
+            if len(fields) == 6 and fields[5].startswith(prefix):
+                start, end = (int(x, 16) for x in fields[0].split("-"))
+                libc.madvise(start, end - start, MADV_DONTNEED)
+        for path in files:
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+
+    return drop
+
+
+def timed_rounds(runs: dict, queries: np.ndarray, before_each=None) -> dict[str, list[float]]:
+    """Seconds of each run per query, the runs in rotating order; ``before_each()`` untimed before every one."""
+    seconds: dict[str, list[float]] = {name: [] for name in runs}
+    names = list(runs)
+    for number, q in enumerate(queries):
+        for name in names[number % len(names) :] + names[: number % len(names)]:
+            if before_each is not None:
+                before_each()
+            began = time.perf_counter()
+            runs[name](q)
+            seconds[name].append(time.perf_counter() - began)
+    return seconds
 
 
 def main() -> None:
@@ -81,6 +137,7 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=300)
     parser.add_argument("--work", type=Path, default=Path("/tmp/cgx-search-raw"), help="vectors and index, reused")
     parser.add_argument("--faiss-threads", type=int, default=0, help="OpenMP threads for FAISS (0: its default)")
+    parser.add_argument("--cold", type=int, default=0, help="queries timed with cold pages too (0: warm only)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "search-raw.json")
     args = parser.parse_args()
 
@@ -109,7 +166,7 @@ def main() -> None:
     vector_index = cgx._store.indexes["image"]
     vector_index.index  # noqa: B018 - waits for the background load, which sets the default search parameters
     params = vector_index.search_params
-    raw = faiss.read_index(str(index_path / "image.faiss"))
+    raw = faiss.read_index(str(index_path / "image.faiss"), faiss.IO_FLAG_MMAP_IFC)
     if params:
         faiss.ParameterSpace().set_index_parameters(raw, params)
     exact_rule = ranking.faiss_scores_exact
@@ -129,15 +186,11 @@ def main() -> None:
 
     runs = {"raw": run_raw, "before": run_before, "after": run_cgx}
     found = {name: [run(q) for q in queries] for name, run in runs.items()}  # warm-up: pages and caches
-    seconds: dict[str, list[float]] = {name: [] for name in runs}
-    names = list(runs)
     load_before = os.getloadavg()
-    for number, q in enumerate(queries):
-        for name in names[number % 3 :] + names[: number % 3]:
-            began = time.perf_counter()
-            runs[name](q)
-            seconds[name].append(time.perf_counter() - began)
+    seconds = timed_rounds(runs, queries)
     load_after = os.getloadavg()
+    cold = timed_rounds(runs, queries[: args.cold], page_dropper(index_path)) if args.cold else None
+    load_cold = os.getloadavg()
     p50 = {name: percentile_ms(s, 50) for name, s in seconds.items()}
     result = {
         "machine": machine,
@@ -160,6 +213,10 @@ def main() -> None:
         "ratio_to_raw_p50": {name: p50[name] / p50["raw"] for name in runs},
         "after_speedup_over_before_p50": p50["before"] / p50["after"],
         "recall_at_10": {name: recall(found[name], truth) for name in runs},
+        "cold_queries": args.cold,
+        "load_average_after_cold": load_cold,
+        "cold_p50_ms": {name: percentile_ms(s, 50) for name, s in cold.items()} if cold else None,
+        "cold_p90_ms": {name: percentile_ms(s, 90) for name, s in cold.items()} if cold else None,
         "same_ids_after_as_before": all(
             np.array_equal(a, b) for a, b in zip(found["after"], found["before"], strict=True)
         ),
@@ -173,27 +230,33 @@ def main() -> None:
 def write_markdown(path: Path, r: dict) -> None:
     s, m = r["settings"], r["machine"]
     lines = [
-        "# Search beside raw FAISS on the index's own file (batch 1, warm pages)",
+        "# Search beside raw FAISS on the index's own file (batch 1, warm and cold pages)",
         "",
         f"`benchmarks/bench_search_raw.py`: {s['vectors']:,} random unit vectors x {s['dim']} (float32 shards; "
         f"{s['clusters']} random centres + N(0, {s['noise_per_coordinate']}) per coordinate), "
         f"`auto` = `{s['factory']}`, `{s['search_params']}`, k = {s['k']}, {s['queries']} queries (stored vectors "
         f"+ noise), mode intra. Machine: {m['cpu']}, {m['cores']} cores, FAISS {m['faiss']} "
         f"({s['faiss_threads']} threads); load average at start {m['load_average_at_start']}, during the timed "
-        f"rounds {r['load_average_during']}. All three run interleaved in one process.",
+        f"rounds {r['load_average_during']}, after the cold ones {r.get('load_average_after_cold')}. All three run "
+        f"interleaved in one process; cold: {r.get('cold_queries') or 0} queries, each after every file of the index "
+        "is dropped from the page cache.",
         "",
-        "| path | p50 ms | p90 ms | p50 / raw FAISS | recall@10 |",
-        "|---|---|---|---|---|",
+        "| path | p50 ms | p90 ms | p50 / raw | cold p50 ms | cold p90 ms | cold p50 / raw cold | recall@10 |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     labels = {
-        "raw": "raw FAISS (`faiss.read_index`, same nprobe)",
+        "raw": "raw FAISS (`faiss.read_index`, mapped, same nprobe)",
         "before": "`CrossGapIndex.search`, every candidate re-scored (main's rule)",
         "after": "`CrossGapIndex.search`, FAISS's exact scores kept",
     }
+    cold50, cold90 = r.get("cold_p50_ms"), r.get("cold_p90_ms")
     for name, label in labels.items():
+        cold = (
+            f"{cold50[name]:.2f} | {cold90[name]:.2f} | {cold50[name] / cold50['raw']:.2f}x" if cold50 else "- | - | -"
+        )
         lines.append(
             f"| {label} | {r['p50_ms'][name]:.2f} | {r['p90_ms'][name]:.2f} | {r['ratio_to_raw_p50'][name]:.2f}x "
-            f"| {r['recall_at_10'][name]:.3f} |"
+            f"| {cold} | {r['recall_at_10'][name]:.3f} |"
         )
     lines += [
         "",

@@ -14,6 +14,8 @@ A sample larger than the collection is the whole collection.
 from __future__ import annotations
 
 import argparse
+import functools
+import itertools
 import os
 import sys
 import time
@@ -23,10 +25,37 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.bench_search_raw import CHUNK, DIM, K, brute_force_ids, generate, make_queries, recall  # noqa: E402
+from benchmarks.bench_search_raw import CHUNK, DIM, K, prepared, recall  # noqa: E402
 from benchmarks.machine import machine_info, write_json  # noqa: E402
 
 LOW_NPROBES = (2, 8)
+
+
+TRAIN_SECONDS: list[float] = []
+
+
+def first_call(phases: dict[str, float], phase: str, *_: int) -> None:
+    """When each build phase first reported."""
+    phases.setdefault(phase, time.perf_counter())
+
+
+def two_level_trained(index, chunks, n: int):
+    """``index`` (IDMap2 over an IVF) with its lists trained by faiss.contrib's two-level clustering: sqrt(nlist)
+    coarse clusters, then each split in proportion to its rows (a fraction of flat k-means's distance work)."""
+    import faiss
+    from faiss.contrib.clustering import two_level_clustering
+
+    from crossgap_index.store import faiss_build
+
+    began = time.perf_counter()
+    ivf = faiss.extract_index_ivf(index)
+    sample = faiss_build.training_sample(chunks(), n, faiss_build.training_size(index, n))
+    centroids, _ = two_level_clustering(sample, round(ivf.nlist**0.5), ivf.nlist, clustering_niter=10)
+    ivf.quantizer.add(np.ascontiguousarray(centroids, np.float32))
+    ivf.is_trained = True
+    index.is_trained = True
+    TRAIN_SECONDS.append(time.perf_counter() - began)
+    return index
 
 
 def main() -> None:
@@ -36,20 +65,17 @@ def main() -> None:
     parser.add_argument("--factory", action="append", help="factories to build (default: auto)")
     parser.add_argument("--rows-per-list", type=int, nargs="+", default=[64, 100, 256])
     parser.add_argument("--work", type=Path, default=Path("/tmp/cgx-search-raw"))
+    parser.add_argument(
+        "--clustering", nargs="+", default=["kmeans"], choices=["kmeans", "two-level"], help="how the lists train"
+    )
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "train-floor.json")
     args = parser.parse_args()
 
-    from crossgap_index.store import vectors
+    from crossgap_index.store import faiss_build, vectors
 
     machine = machine_info()
-    work = args.work / str(args.vectors)
-    work.mkdir(parents=True, exist_ok=True)
-    embeddings = work / "emb.npy"
-    if not embeddings.exists():
-        generate(embeddings, args.vectors)
+    _, embeddings, queries, truth = prepared(args.work, args.vectors, args.queries)
     rows = np.load(embeddings, mmap_mode="r")
-    queries = make_queries(embeddings, args.queries)
-    truth = brute_force_ids(embeddings, queries)
 
     def chunks():
         for first in range(0, len(rows), CHUNK):
@@ -58,12 +84,21 @@ def main() -> None:
 
     runs = []
     for factory in args.factory or ["auto"]:
-        for per_list in args.rows_per_list:
-            vectors.TRAIN_POINTS_PER_LIST = per_list
+        for per_list, clustering in itertools.product(args.rows_per_list, args.clustering):
+            faiss_build.TRAIN_POINTS_PER_LIST = per_list  # read by training_size at each build
             index = vectors.VectorIndex(DIM, factory)
             load = os.getloadavg()
+            phases: dict[str, float] = {}
             began = time.perf_counter()
-            index.build_chunked(len(rows), chunks)
+            if clustering == "kmeans":
+                index.build_chunked(len(rows), chunks, progress=functools.partial(first_call, phases))
+                phases["train"] = phases.get("add", began) - phases.get("train", began)
+            else:
+                index.index = faiss_build.build_streamed(
+                    two_level_trained(index._empty(len(rows)), chunks, len(rows)), DIM, len(rows), chunks
+                )
+                index.search_params = vectors.default_search_params(index.resolved_factory)
+                phases["train"] = TRAIN_SECONDS[-1]
             seconds = time.perf_counter() - began
             default_params = index.search_params
             recalls = {}
@@ -74,6 +109,8 @@ def main() -> None:
                 {
                     "factory": index.resolved_factory,
                     "rows_per_list": per_list,
+                    "clustering": clustering,
+                    "train_seconds": phases["train"],
                     "training_rows": vectors.training_size(index._empty(len(rows)), len(rows)),
                     "build_seconds": seconds,
                     "recall_at_10": recalls[default_params],
@@ -94,16 +131,16 @@ def main() -> None:
         f"Machine: {machine['cpu']}, {machine['cores']} cores, FAISS {machine['faiss']}; load average at start "
         f"{machine['load_average_at_start']}. Settings run one after another in one process.",
         "",
-        "| factory | rows per list | training rows | build s | build / largest sample's | recall@10 (default) "
-        + "".join(f"| recall@10 nprobe={n} " for n in LOW_NPROBES)
-        + "| load (1 min) |",
-        "|---|---|---|---|---|---|" + "---|" * len(LOW_NPROBES) + "---|",
+        "| factory | clustering | rows per list | training rows | train s | build s | build / largest sample's "
+        "| recall@10 (default) " + "".join(f"| recall@10 nprobe={n} " for n in LOW_NPROBES) + "| load (1 min) |",
+        "|---|---|---|---|---|---|---|---|" + "---|" * len(LOW_NPROBES) + "---|",
     ]
     for run in runs:
         largest = max((r for r in runs if r["factory"] == run["factory"]), key=lambda r: r["rows_per_list"])
         lines.append(
-            f"| `{run['factory']}` ({run['search_params']}) | {run['rows_per_list']} | {run['training_rows']:,} "
-            f"| {run['build_seconds']:.1f} | {run['build_seconds'] / largest['build_seconds']:.2f}x "
+            f"| `{run['factory']}` ({run['search_params']}) | {run['clustering']} | {run['rows_per_list']} "
+            f"| {run['training_rows']:,} | {run['train_seconds']:.1f} | {run['build_seconds']:.1f} "
+            f"| {run['build_seconds'] / largest['build_seconds']:.2f}x "
             f"| {run['recall_at_10']:.4f} "
             + "".join(f"| {run['recall_at_10_by_params'][f'nprobe={n}']:.4f} " for n in LOW_NPROBES)
             + f"| {run['load_average_at_start'][0]:.1f} |"

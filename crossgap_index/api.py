@@ -37,11 +37,12 @@ from crossgap_index.search.run import Queries
 from crossgap_index.search.searcher import Hit, QueryTransform, Searcher
 from crossgap_index.store.directory import IndexExistsError, Store, default_index_path
 from crossgap_index.store.vectors import AUTO
-from crossgap_index.words import CountProgress, StepProgress, check_modality
+from crossgap_index.words import CountProgress, StageProgress, StepProgress, check_modality
 
 if TYPE_CHECKING:  # torch loads with the first model, inside the methods that need one
     from crossgap_index.ingest.embeddings import ImportReport
     from crossgap_index.models import Encoder
+    from crossgap_index.models.query_encoder import QueryEncoder
 
 __all__ = [
     "BuildOptions",
@@ -157,9 +158,11 @@ class CrossGapIndex(IndexCross, IndexUpkeep):
         vector_dtype: str | None = None,
         wait: bool = True,
         progress: CountProgress | None = None,
+        build_progress: StageProgress | None = None,
     ) -> ImportReport:
         """Import embeddings made elsewhere into the index at ``path`` (created for ``model`` when missing);
-        the model's weights are not loaded. See crossgap_index.ingest.embeddings."""
+        the model's weights are not loaded. See crossgap_index.ingest.embeddings. ``build_progress(phase, done,
+        total)``: the FAISS build's phases after the rows are written (train, add, write)."""
         from crossgap_index.ingest.embeddings import import_embeddings
         from crossgap_index.models import default_model_spec
 
@@ -172,7 +175,13 @@ class CrossGapIndex(IndexCross, IndexUpkeep):
             vector_dtype=vector_dtype,
             wait=wait,
             progress=progress,
+            build_progress=build_progress,
         )
+
+    def report_index_builds(self, progress: StageProgress | None) -> None:
+        """Tell ``progress(phase, done, total)`` the phases (train, add, write) of each FAISS build this index
+        runs from now on (None: stop)."""
+        self._store.build_progress = progress
 
     def save(self) -> None:
         self._store.save()
@@ -214,6 +223,11 @@ class CrossGapIndex(IndexCross, IndexUpkeep):
     def has_linear_projections(self) -> bool:
         """Whether both of the model's towers end in a bias-free linear projection (mode ``iso`` needs them)."""
         return has_linear_projections(self._runtime.encoder)
+
+    def query_encoder(self) -> QueryEncoder:
+        """What searches embed queries with: image queries on a verified ONNX tower where one serves this index,
+        the rest on the index's model (crossgap_index.models.query_encoder)."""
+        return self._runtime.query_encoder()
 
     def share_model(self, other: CrossGapIndex) -> None:
         """Embed with ``other``'s model (loaded there if not yet) instead of loading a copy: the same index opened
@@ -360,11 +374,8 @@ class CrossGapIndex(IndexCross, IndexUpkeep):
 
         How to search is one ``SearchOptions`` (search/options.py), or its fields as keywords
         (``target``, ``k``, ``mode``, ``merge``, ``alpha``, ``rrf_k``, ``depth``, ``inversion``, ``projection``,
-        ``use_cache``), which override ``options``. Modes (search/modes.py): ``intra`` the query's own embedding;
-        ``cross`` OTI/OVI inversion into the other modality; ``fused`` intra and cross merged; ``cross-gallery``
-        against the gallery's stored OTI features; ``span`` / ``iso`` / ``concept`` zero-cost maps of query and
-        gallery; ``inverter`` / ``warm`` the trained inversion network, alone or as the start of a few OTI
-        steps; ``auto`` the mode ``cgx tune`` stored, else the documented default. A query that is already
+        ``use_cache``), which override ``options``. The modes, each with its label and help, are the registry's
+        (``crossgap_index.search.registry.MODES``; ``mode_help_text()`` words them all). A query that is already
         inter-modal (text against images) is served as it is by every mode that would turn it.
 
         ``expression``: query arithmetic, e.g. ``'2:"red car" + ./photo.jpg - night + item:42'``: a weighted sum

@@ -9,6 +9,7 @@ import pytest
 
 from crossgap_index.errors import InputFileError
 from crossgap_index.ingest import embeddings as e
+from crossgap_index.ingest import unit_rows as unit
 from crossgap_index.store import catalog as catalog_module
 from crossgap_index.store.directory import Store
 
@@ -31,7 +32,7 @@ def oracle(vectors: np.ndarray, dtype) -> np.ndarray:
 def test_half_norms_equal_float32_norms():
     v = half_rows(3000, 0, np.random.default_rng(1).uniform(0.01, 50, 3000).astype(np.float32))
     expected = np.linalg.norm(v.astype(np.float32), axis=1)
-    np.testing.assert_allclose(e._half_norms(v), expected, rtol=2e-6)
+    np.testing.assert_allclose(unit._half_norms(v), expected, rtol=2e-6)
 
 
 def test_unit_half_rows_are_kept_and_others_are_normalised_as_the_oracle_does():

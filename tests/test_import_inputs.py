@@ -125,7 +125,7 @@ def _bad_meta(tmp: Path) -> dict[str, tuple[object, str]]:
         "caption a list": ([json.dumps({"caption": ["x"]})], "text must be a string, found ['x']"),
         "caption a lone surrogate": (['{"caption": "\\ud800"}'], "lone surrogate"),
         "not utf-8": ([b'{"caption": "caf\xe9"}'], "meta.jsonl:1: not UTF-8 text"),
-        "deep json": (["[" * 100_000 + "]" * 100_000], "meta.jsonl:1: JSON nested too deeply"),
+        "deep json": (["[" * 100_000 + "]" * 100_000], "meta.jsonl:1: invalid JSON (nested too deeply)"),
         "not an object": (["[1, 2]"], "needs a JSON object, not list"),
         "long line": ([json.dumps({"caption": "x" * 2_000_000})], "a line longer than 1,000,000 bytes"),
         "bad modality": ([json.dumps({"modality": "video"})], "modality must be 'image' or 'text'"),

@@ -12,10 +12,10 @@ from typer.testing import CliRunner
 from crossgap_index import CrossGapIndex
 from crossgap_index.cli.app import app
 from crossgap_index.errors import QueryError
+from crossgap_index.search.candidates import tune_candidates
 from crossgap_index.search.gallery import MatrixGallery
 from crossgap_index.search.modes import MODE_NAMES, Mode, resolve_mode
 from crossgap_index.search.options import SearchOptions
-from crossgap_index.search.peers import tune_candidates
 from crossgap_index.search.run import Queries, run_mode
 from tests.support.photos import MODEL, write_photo
 

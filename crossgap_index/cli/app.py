@@ -37,6 +37,7 @@ from crossgap_index.inversion import InversionConfig
 from crossgap_index.inversion.config import LR_MAX
 from crossgap_index.models import DEFAULT_MODEL, bundled_names
 from crossgap_index.search.modes import MODE_NAMES, SERVED_OTI_STEPS
+from crossgap_index.search.registry import mode_help_text
 from crossgap_index.words import RRF_K
 
 app = typer.Typer(
@@ -243,7 +244,7 @@ def build_index(
     """Embed the images under FOLDERS into the index. Incremental: unchanged files are skipped,
     changed ones re-embedded, deleted ones removed, renamed or duplicate files reuse stored vectors."""
     from crossgap_index import CrossGapIndex
-    from crossgap_index.cli.render import build_summary, err, first_time_for_index, printable, progress_bar
+    from crossgap_index.cli.render import build_summary, err, first_time_for_index, phase_lines, printable, progress_bar
     from crossgap_index.engines import get_engine
     from crossgap_index.ingest.discover import resolve_roots
 
@@ -254,7 +255,9 @@ def build_index(
             index, model=model, device=device, factory=factory, wait=not no_wait, precision=precision
         ) as cgx,
         progress_bar("embedding", "img", enabled=not quiet) as progress,
+        phase_lines("index", enabled=not quiet) as build_progress,
     ):
+        cgx.report_index_builds(build_progress)
         result = cgx.index_folders(
             folders,
             include_hidden=include_hidden,
@@ -384,12 +387,7 @@ def query(
         Mode | None,
         typer.Option(
             metavar="MODE",
-            help="intra (default): plain embeddings; cross: OTI/OVI inversion; fused: intra + cross merged "
-            "(--merge); cross-gallery: against the gallery's stored OTI (images) / OVI (texts); span / iso / "
-            "concept: zero-cost projections of query and gallery; inverter / warm: the trained inversion network "
-            "(cgx train-inverter [--modality texts]); aqe / dba / nnn / qbnorm / center: the training-free peers; "
-            "MODE+POST (e.g. span+aqe): a one-leg mode followed by aqe, nnn or qbnorm; auto: the mode tuned for "
-            "the query's task. Every mode orders equal scores (within 1e-6) by the intra score, then by id.",
+            help=mode_help_text(),
         ),
     ] = None,
     merge: Annotated[

@@ -52,10 +52,13 @@ def import_command(
     or path twice in one import, an id over 2**53 - 1, or an id of a built item is refused before anything
     is written. An interrupted import resumes when run again; the model's weights are not loaded."""
     from crossgap_index import CrossGapIndex
-    from crossgap_index.cli.render import err, progress_bar
+    from crossgap_index.cli.render import err, phase_lines, progress_bar
     from crossgap_index.store.directory import default_index_path
 
-    with progress_bar("importing", "vec", enabled=not quiet) as progress:
+    with (
+        progress_bar("importing", "vec", enabled=not quiet) as progress,
+        phase_lines("index", enabled=not quiet) as build_progress,
+    ):
         report = CrossGapIndex.import_embeddings(
             embeddings,
             index or default_index_path(),
@@ -65,6 +68,7 @@ def import_command(
             vector_dtype=dtype.value if dtype else None,
             wait=not no_wait,
             progress=progress,
+            build_progress=build_progress,
         )
     if not quiet:
         err.print(

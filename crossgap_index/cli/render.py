@@ -76,6 +76,32 @@ def progress_bar(description: str, unit: str, enabled: bool = True) -> Iterator:
 
 
 @contextmanager
+def phase_lines(what: str, enabled: bool = True, steps: int = 4) -> Iterator:
+    """Yield a ``progress(phase, done, total)`` callback printing a line on stderr as each phase ("train", "add",
+    "write") starts, at every ``steps``-th of its total, and when it ends, with its seconds and rate. Lines,
+    not a bar: another command's bar (the import's rows) may be live, and rich draws one live display at once."""
+    state: dict[str, float] = {}
+
+    def update(phase: str, done: int, total: int) -> None:
+        if not enabled or total == 0:
+            return
+        now = time.perf_counter()
+        if phase not in state or done == 0:  # a phase starts (again, for the next collection)
+            state[phase], state[phase + " shown"] = now, 0
+            err.print(f"{what}: {phase} {total:,} ...", highlight=False)
+            return
+        seconds = now - state[phase]
+        if done >= total:
+            rate = f" ({done / seconds:,.0f}/s)" if seconds > 0 and total > 1 else ""
+            err.print(f"{what}: {phase} done in {seconds:.1f} s{rate}", highlight=False)
+        elif done * steps >= (state[phase + " shown"] + 1) * total:
+            state[phase + " shown"] = done * steps // total
+            err.print(f"{what}: {phase} {done:,}/{total:,} ({seconds:.1f} s)", highlight=False)
+
+    yield update
+
+
+@contextmanager
 def inversion_bar(total_steps: int | None = None, enabled: bool = True, delay: float = 1.0) -> Iterator:
     """Yield a ``progress(step, loss)`` callback; the bar appears only once the inversion has run ``delay`` s."""
     columns = (

@@ -7,7 +7,7 @@ import signal
 import threading
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
@@ -15,6 +15,9 @@ from rich.table import Table
 
 from crossgap_index.cli.eval_command import DATASET_SPECS
 from crossgap_index.cli.render import err, out, progress_bar
+
+if TYPE_CHECKING:  # the inversion stack (torch) loads when a command runs
+    from crossgap_index.inversion.inverter import InverterConfig
 
 
 def tune_command(
@@ -52,56 +55,70 @@ def tune_command(
         synthetic_size(dataset)  # a bad or oversized spec is one line before the model loads
     with CrossGapIndex.open(index, device=device) as cgx, _stages(not quiet) as progress:
         result = cgx.tune(dataset, inversion=inversion, seed=seed, progress=progress)
-    record = result.record
     if json_out:
-        doc = {
-            "tuned": record if result.stored else None,
-            "stored": result.stored,
-            "reason": result.reason,
-            "measured": record,
-            "classes": result.classes,
-            "left_out": result.left_out,
-            "skipped": result.skipped,
-            "minimum": result.minimum,
-            "candidates": result.candidates,
-        }
-        print(json.dumps(doc, indent=2))
+        print(json.dumps(_tune_document(result), indent=2))
         return
     _print_data(result)
-    if record is not None:
-        table = Table(
-            title=f"candidates on the selection half ({record['selection']['queries']} queries)",
-            title_justify="left",
-        )
-        table.add_column("candidate")
-        table.add_column("mAP", justify="right")
-        table.add_column("tied hits", justify="right")
-        for row in result.candidates[:15]:
-            ties = f"{row['tied_share'] * 100:.0f}%" + (" (collapses: not chosen)" if row["collapses"] else "")
-            table.add_row(escape(row["name"]), f"{row['selection_map'] * 100:.2f}", ties)
-        out.print(table)
-        collapsing = [row["name"] for row in result.candidates if row["collapses"]]
-        if collapsing:
-            from crossgap_index.tuning.tune import COLLAPSE_SHARE, TIE_TOP_K
-
-            out.print(
-                f"not chosen, they collapse scores (one score for over {COLLAPSE_SHARE:.0%} of a top {TIE_TOP_K}): "
-                + ", ".join(escape(name) for name in collapsing),
-                highlight=False,
-            )
-        rep = record["report"]
-        low, high = rep["delta_map_ci95"]
-        out.print(
-            f"winner: {escape(record['candidate'])} ({escape(record['summary'])})\n"
-            f"report half ({rep['queries']} queries, not used to choose): mAP {rep['map'] * 100:.2f} vs intra "
-            f"{rep['intra_map'] * 100:.2f} ({rep['delta_map'] * 100:+.2f}, 95% interval "
-            f"[{low * 100:+.2f}, {high * 100:+.2f}])",
-            highlight=False,
-        )
+    if result.record is not None:
+        _print_candidates(result)
+        _print_winner(result.record)
     if result.stored:
         out.print("stored in the index: `cgx query IMAGE --cross` now uses it", highlight=False)
     else:
         out.print(f"stored nothing: {escape(result.reason)}", highlight=False)
+
+
+def _tune_document(result) -> dict:
+    """`cgx tune --json`: what was stored (or null), why, what was measured, the data found and every candidate."""
+    record = result.record
+    return {
+        "tuned": record if result.stored else None,
+        "stored": result.stored,
+        "reason": result.reason,
+        "measured": record,
+        "classes": result.classes,
+        "left_out": result.left_out,
+        "skipped": result.skipped,
+        "minimum": result.minimum,
+        "candidates": result.candidates,
+    }
+
+
+def _print_candidates(result) -> None:
+    """The best candidates on the selection half with their tied hits, and those left out for collapsing."""
+    table = Table(
+        title=f"candidates on the selection half ({result.record['selection']['queries']} queries)",
+        title_justify="left",
+    )
+    table.add_column("candidate")
+    table.add_column("mAP", justify="right")
+    table.add_column("tied hits", justify="right")
+    for row in result.candidates[:15]:
+        ties = f"{row['tied_share'] * 100:.0f}%" + (" (collapses: not chosen)" if row["collapses"] else "")
+        table.add_row(escape(row["name"]), f"{row['selection_map'] * 100:.2f}", ties)
+    out.print(table)
+    collapsing = [row["name"] for row in result.candidates if row["collapses"]]
+    if collapsing:
+        from crossgap_index.tuning.tune import COLLAPSE_SHARE, TIE_TOP_K
+
+        out.print(
+            f"not chosen, they collapse scores (one score for over {COLLAPSE_SHARE:.0%} of a top {TIE_TOP_K}): "
+            + ", ".join(escape(name) for name in collapsing),
+            highlight=False,
+        )
+
+
+def _print_winner(record: dict) -> None:
+    """The winner and its report-half numbers against intra."""
+    rep = record["report"]
+    low, high = rep["delta_map_ci95"]
+    out.print(
+        f"winner: {escape(record['candidate'])} ({escape(record['summary'])})\n"
+        f"report half ({rep['queries']} queries, not used to choose): mAP {rep['map'] * 100:.2f} vs intra "
+        f"{rep['intra_map'] * 100:.2f} ({rep['delta_map'] * 100:+.2f}, 95% interval "
+        f"[{low * 100:+.2f}, {high * 100:+.2f}])",
+        highlight=False,
+    )
 
 
 def _print_data(result) -> None:
@@ -187,18 +204,9 @@ def train_inverter_command(
     the image tower). Trained long it learns to reproduce the query's feature and stops helping: the default
     step count is the measured best (benchmarks/RESULTS.md); `cgx tune` tries several."""
     from crossgap_index import CrossGapIndex
-    from crossgap_index.api import INVERTER_FILE, TEXT_INVERTER_FILE
     from crossgap_index.inversion.checkpoint import TrainingInterrupted
-    from crossgap_index.inversion.inverter import DEFAULT_STEPS, InverterConfig
 
-    direction = "oti" if modality is Modality.images else "ovi"
-    config = InverterConfig(
-        n_tokens=tokens if tokens is not None or direction == "ovi" else 1,
-        steps=steps or DEFAULT_STEPS[direction],
-        batch_size=batch_size,
-        max_seconds=max_seconds,
-        direction=direction,
-    )
+    config = inverter_config(modality, steps, tokens, batch_size, max_seconds)
     kind = modality.value[:-1]
     stop = _stop_between_steps()
 
@@ -225,14 +233,38 @@ def train_inverter_command(
         )
         raise typer.Exit(130) from None
     if not quiet:
-        stats = network.stats
-        file = INVERTER_FILE if kind == "image" else TEXT_INVERTER_FILE
-        short = f" (stopped by --max-seconds, of {config.steps} asked)" if network.cut_short else ""
-        err.print(
-            f"trained on {stats[modality.value]} {modality.value}: {stats['steps']} steps{short} in "
-            f"{stats['seconds']:.1f} s, final loss {stats['final_loss']:.4f}; saved to {cgx.path / file}",
-            highlight=False,
-        )
+        _print_trained(network, config, modality, cgx.path)
+
+
+def inverter_config(
+    modality: Modality, steps: int | None, tokens: int | None, batch_size: int, max_seconds: float | None
+) -> InverterConfig:
+    """The ``InverterConfig`` `cgx train-inverter`'s flags ask for: the direction of the modality's queries, its
+    measured step count unless given, one pseudo-token for images unless given."""
+    from crossgap_index.inversion.inverter import DEFAULT_STEPS, InverterConfig
+
+    direction = "oti" if modality is Modality.images else "ovi"
+    return InverterConfig(
+        n_tokens=tokens if tokens is not None or direction == "ovi" else 1,
+        steps=steps or DEFAULT_STEPS[direction],
+        batch_size=batch_size,
+        max_seconds=max_seconds,
+        direction=direction,
+    )
+
+
+def _print_trained(network, config: InverterConfig, modality: Modality, index: Path) -> None:
+    """One line on stderr: what the network was trained on, for how long, and where it is saved."""
+    from crossgap_index.api import INVERTER_FILE, TEXT_INVERTER_FILE
+
+    stats = network.stats
+    file = INVERTER_FILE if modality is Modality.images else TEXT_INVERTER_FILE
+    short = f" (stopped by --max-seconds, of {config.steps} asked)" if network.cut_short else ""
+    err.print(
+        f"trained on {stats[modality.value]} {modality.value}: {stats['steps']} steps{short} in "
+        f"{stats['seconds']:.1f} s, final loss {stats['final_loss']:.4f}; saved to {index / file}",
+        highlight=False,
+    )
 
 
 def _stages(enabled: bool):

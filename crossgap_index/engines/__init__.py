@@ -14,6 +14,7 @@ back in order; the driver keeps every write (catalog rows, FAISS files, the deri
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
@@ -33,23 +34,24 @@ LoadedFn = Callable[[], "LoadedModel"]
 ENGINES = ("local", "ray")
 
 
+@dataclass(frozen=True)
+class PrepareRequest:
+    """How an engine prepares files: the index's ``model`` spec, the driver's ``device``, the ``precision`` an
+    engine that embeds must embed in (the driver's, from the index's rule), ``batch_size`` files a batch,
+    ``workers`` decoding threads, and ``limits``: the size caps and the side images are decoded to."""
+
+    model: str
+    device: str
+    precision: str
+    batch_size: int
+    workers: int
+    limits: ReadLimits
+
+
 class Engine(Protocol):
-    def batches(
-        self,
-        paths: Sequence[Path],
-        known: set[str],
-        *,
-        model: str,
-        device: str,
-        precision: str,
-        batch_size: int,
-        workers: int,
-        limits: ReadLimits,
-    ) -> Iterator[list[Prepared]]:
+    def batches(self, paths: Sequence[Path], known: set[str], request: PrepareRequest) -> Iterator[list[Prepared]]:
         """Batches of prepared files in the order of ``paths``. ``known`` holds the content hashes
-        whose vectors are stored (it grows while the driver writes); such files are not embedded.
-        ``precision``: what an engine that embeds must embed in (the driver's, from the index's rule);
-        ``limits``: the size caps and the side images are decoded to."""
+        whose vectors are stored (it grows while the driver writes); such files are not embedded."""
         ...
 
     def inversion_config(

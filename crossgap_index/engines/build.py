@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from crossgap_index.engines import Engine, LoadedFn
+from crossgap_index.engines import Engine, LoadedFn, PrepareRequest
 from crossgap_index.ingest.embeddings import IMPORTED_PREFIX
 from crossgap_index.ingest.pipeline import Prepared, ReadLimits, decode_side, prepare
 from crossgap_index.inversion.config import InversionConfig
@@ -184,9 +184,7 @@ class ImageBuild:
         if progress:
             progress(0, len(todo))
         try:
-            batches = engine.batches(
-                todo,
-                known,
+            request = PrepareRequest(
                 model=self._store.manifest.model,
                 device=self._device,
                 precision=self._encoder().precision if todo else "auto",  # the index's rule; no model load if idle
@@ -194,6 +192,7 @@ class ImageBuild:
                 workers=workers,
                 limits=limits,
             )
+            batches = engine.batches(todo, known, request)
             for batch in batches:
                 before = (report.added, report.updated, report.moved)
                 self._store_batch(batch, records, known, gone_by_hash, report, limits)

@@ -15,9 +15,9 @@ import numpy as np
 from crossgap_index.engines import Engine
 from crossgap_index.errors import QueryError
 from crossgap_index.search.gallery import DERIVED_DIR, derived_name
-from crossgap_index.search.modes import gallery_collection
+from crossgap_index.search.mode_spec import gallery_collection
 from crossgap_index.search.options import SearchOptions
-from crossgap_index.search.peers import adapt_leg
+from crossgap_index.search.run import apply_peers
 
 # (query modality, target) pairs a served --cross answers: images and texts each against their own kind, and
 # text queries against images (intra unless a text-to-image mode was tuned; image queries against texts are intra).
@@ -42,7 +42,7 @@ def served_maps(store, searcher) -> list[tuple[str, object]]:
                 dim = projection.out_dim if projection is not None else store.manifest.dim
                 no_rows = np.zeros((0, dim), np.float32)
                 gallery = searcher.gallery
-                _, projection = adapt_leg(leg, mode.post, no_rows, projection, gallery, collection, query_modality)
+                _, projection = apply_peers(mode, leg, no_rows, projection, gallery, collection, query_modality)
             if projection is not None:
                 searched = gallery_collection(leg, collection)
                 out[derived_name(searched, projection)] = (searched, projection)

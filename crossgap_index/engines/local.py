@@ -8,9 +8,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from crossgap_index.engines import LoadedFn
+from crossgap_index.engines import LoadedFn, PrepareRequest
 from crossgap_index.engines.work import invert_rows
-from crossgap_index.ingest.pipeline import Prepared, ReadLimits, prepared_batches
+from crossgap_index.ingest.pipeline import Prepared, prepared_batches
 from crossgap_index.inversion.config import InversionConfig
 from crossgap_index.search.gallery import apply_here
 
@@ -19,19 +19,8 @@ if TYPE_CHECKING:
 
 
 class LocalEngine:
-    def batches(
-        self,
-        paths: Sequence[Path],
-        known: set[str],
-        *,
-        model: str,
-        device: str,
-        precision: str,
-        batch_size: int,
-        workers: int,
-        limits: ReadLimits,
-    ) -> Iterator[list[Prepared]]:
-        return prepared_batches(paths, known.__contains__, batch_size, workers, limits)
+    def batches(self, paths: Sequence[Path], known: set[str], request: PrepareRequest) -> Iterator[list[Prepared]]:
+        return prepared_batches(paths, known.__contains__, request.batch_size, request.workers, request.limits)
 
     def inversion_config(
         self, config: InversionConfig, *, model: str, device: str, loaded: LoadedFn

@@ -33,7 +33,7 @@ import ray.data
 import torch
 from PIL import Image
 
-from crossgap_index.engines import LoadedFn
+from crossgap_index.engines import LoadedFn, PrepareRequest
 from crossgap_index.engines.ray_address import CONNECT_TIMEOUT_S
 from crossgap_index.engines.work import GalleryInverter, VectorMapper
 from crossgap_index.errors import QueryError
@@ -159,23 +159,13 @@ class RayEngine:
         except (ConnectionError, ValueError, RuntimeError) as exc:
             raise QueryError(f"cannot start or reach Ray at {self.address or 'a new local instance'}: {exc}") from exc
 
-    def batches(
-        self,
-        paths: Sequence[Path],
-        known: set[str],
-        *,
-        model: str,
-        device: str,
-        precision: str,
-        batch_size: int,
-        workers: int,
-        limits: ReadLimits,
-    ) -> Iterator[list[Prepared]]:
+    def batches(self, paths: Sequence[Path], known: set[str], request: PrepareRequest) -> Iterator[list[Prepared]]:
         if not paths:
             return
         self.connect()
         resources = ray.cluster_resources()
-        gpus = int(resources.get("GPU", 0)) if device != "cpu" else 0
+        model, batch_size = request.model, request.batch_size
+        gpus = int(resources.get("GPU", 0)) if request.device != "cpu" else 0
         blocks = max(1, math.ceil(len(paths) / batch_size))
         actors = min(blocks, self.actors or gpus or max(1, int(resources.get("CPU", 1) // self.actor_cpus)))
         stored = ray.put(np.array(sorted(known), dtype=HASH_DTYPE))
@@ -187,7 +177,7 @@ class RayEngine:
             "model": model,
             "device": "cuda" if gpus else "cpu",
             "batch_size": batch_size,
-            "precision": precision,
+            "precision": request.precision,
         }
         try:
             dataset = (
@@ -196,7 +186,7 @@ class RayEngine:
                     read_and_preprocess,
                     batch_size=batch_size,
                     batch_format="numpy",
-                    fn_kwargs={"model": model, "known": [stored], "limits": limits},
+                    fn_kwargs={"model": model, "known": [stored], "limits": request.limits},
                 )
                 .map_batches(
                     self.embedder,

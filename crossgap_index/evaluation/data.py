@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import json
 import os
 import stat
 from collections.abc import Callable, Sequence
@@ -40,7 +39,8 @@ from crossgap_index.datasets.synthetic import (
 from crossgap_index.errors import InputFileError
 from crossgap_index.ingest.decode import DEFAULT_MAX_FILE_BYTES, SkippedFile, read_file
 from crossgap_index.ingest.discover import SKIPPED_DIRS, file_kind, find_images, is_image_path
-from crossgap_index.ingest.texts import MAX_LINE_CHARS, read_utf8_lines
+from crossgap_index.ingest.jsonl import jsonl_objects
+from crossgap_index.ingest.texts import DEFAULT_MAX_TEXT_BYTES, MAX_LINE_CHARS, read_utf8_lines
 from crossgap_index.words import content_hash
 
 SYNTHETIC_PREFIX = "synthetic:"
@@ -339,8 +339,7 @@ def _image_set(items: list[Path | bytes], names: list[str], class_names: list[st
 
 
 def _caption_file(path: Path, limit: int | None) -> tuple[TextSet, list[str], list[tuple]]:
-    lines = read_utf8_lines(path)
-    records = [_caption_record(line, path, n) for n, line in enumerate(lines, 1) if line.strip()]
+    records = [_caption_record(record, f"{path}:{n}") for n, record in jsonl_objects(path, DEFAULT_MAX_TEXT_BYTES)]
     return (*_text_set(records, limit, str(path)), records)
 
 
@@ -349,14 +348,7 @@ def _item_key(item: Path | bytes, position: int) -> str:
     return item.stem if isinstance(item, Path) else str(position)
 
 
-def _caption_record(line: str, path: Path, lineno: int) -> tuple[str, str, str | None]:
-    where = f"{path}:{lineno}"
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise InputFileError(f"{where}: invalid JSON ({exc.msg})") from None
-    if not isinstance(record, dict):
-        raise InputFileError(f"{where}: expected a JSON object")
+def _caption_record(record: dict, where: str) -> tuple[str, str, str | None]:
     text, group, label = record.get("text"), record.get("group"), record.get("label")
     if not isinstance(text, str) or not text.strip():
         raise InputFileError(f'{where}: missing or empty "text" string')

@@ -10,8 +10,9 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
+from crossgap_index.evaluation.measure import COST_BATCH
 from crossgap_index.evaluation.metrics import METRIC_TITLES, METRICS
-from crossgap_index.evaluation.protocol import COST_BATCH, EvalResult, TaskResult
+from crossgap_index.evaluation.results import EvalResult, TaskResult
 
 _BEST = "bold green"
 

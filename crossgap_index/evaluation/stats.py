@@ -19,9 +19,45 @@ Two intervals, for two questions:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 CONFIDENCE = 0.95
+
+
+@dataclass(frozen=True)
+class PairedComparison:
+    """One mode against a base (intra) on the same queries: ``mean`` the mean per-query difference, ``se`` its
+    standard error (None with one query), ``low`` / ``high`` its 95% interval (NaN when too few units)."""
+
+    mean: float
+    se: float | None
+    low: float
+    high: float
+
+    @property
+    def interval(self) -> tuple[float, float] | None:
+        """(low, high), or None where there is no interval."""
+        return None if np.isnan(self.low) else (self.low, self.high)
+
+
+def per_query_comparison(values: np.ndarray, base: np.ndarray) -> PairedComparison:
+    """``values - base`` over queries: mean and standard error (``paired_difference``) with the per-query
+    t-interval (``paired_interval``), what ``cgx eval`` prints beside each mode."""
+    mean, se = paired_difference(values, base)
+    low, _, high = paired_interval(values, base)
+    return PairedComparison(mean, se, low, high)
+
+
+def per_class_comparison(values: np.ndarray, base: np.ndarray, classes: np.ndarray) -> PairedComparison:
+    """``values - base`` as ``cgx tune`` decides by it: the mean per-query difference, with the interval over
+    classes (``class_interval``) and the standard error that interval implies (its half-width over t)."""
+    mean, _ = paired_difference(values, base)
+    low, centre, high = class_interval(values, base, classes)
+    units = len(np.unique(classes))
+    se = (high - centre) / t_quantile_975(units - 1) if units > 1 else None
+    return PairedComparison(mean, se, low, high)
 
 
 def paired_difference(values: np.ndarray, base: np.ndarray) -> tuple[float, float | None]:

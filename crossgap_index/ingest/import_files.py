@@ -3,16 +3,14 @@
 Every input is a regular file (a FIFO would hang the reader, a link to /dev/zero would feed it without
 end; both are refused by ``stat`` before opening and again by ``fstat`` on the descriptor, opened
 non-blocking). An ``.npy`` is read from its own header (no memory map: a file cut short while it is read
-is an error here, not a SIGBUS), a JSON-lines file a bounded line at a time, and a Parquet file through a
-descriptor opened the same way. Anything else is one InputFileError naming the file.
+is an error here, not a SIGBUS), a JSON-lines file a bounded line at a time (ingest/jsonl.py), and a
+Parquet file through a descriptor opened the same way. Anything else is one InputFileError naming the file.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import stat
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -22,32 +20,36 @@ import numpy as np
 from crossgap_index.errors import InputFileError
 from crossgap_index.ingest.discover import file_kind
 
-MAX_JSONL_LINE_BYTES = 1_000_000  # one metadata row (a path and a caption are far shorter)
 MAX_JSON_FILE_BYTES = 1_000_000  # export.json
 MAX_NPY_HEADER_BYTES = 10_000  # numpy's own default bound on an .npy header
 _OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
 
 
-def open_regular(path: Path) -> BinaryIO:
-    """``path`` opened for binary reading if it is a regular file (a symlink counts as its target)."""
+def open_regular(path: Path, max_bytes: int | None = None, setting: str = "size") -> BinaryIO:
+    """``path`` opened for binary reading if it is a regular file (a symlink counts as its target) of at most
+    ``max_bytes`` (None: any size; ``setting`` names the cap in the message)."""
     try:
-        _require_regular(path, os.stat(path))
+        _require_regular(path, os.stat(path), max_bytes, setting)
         fd = os.open(path, _OPEN_FLAGS)
     except FileNotFoundError:
-        raise InputFileError(f"{path}: no such file") from None
+        raise InputFileError(f"cannot read {path}: no such file") from None
     except OSError as exc:
         raise InputFileError(f"cannot read {path}: {exc.strerror or exc}") from exc
     try:
-        _require_regular(path, os.fstat(fd))  # what was opened, in case the name was swapped meanwhile
+        _require_regular(path, os.fstat(fd), max_bytes, setting)  # what was opened, had the name been swapped
     except BaseException:
         os.close(fd)
         raise
     return os.fdopen(fd, "rb")
 
 
-def _require_regular(path: Path, info: os.stat_result) -> None:
+def _require_regular(path: Path, info: os.stat_result, max_bytes: int | None, setting: str) -> None:
     if not stat.S_ISREG(info.st_mode):
-        raise InputFileError(f"{path}: not a regular file ({file_kind(info.st_mode)})")
+        raise InputFileError(f"cannot read {path}: not a regular file ({file_kind(info.st_mode)})")
+    if max_bytes is not None and info.st_size > max_bytes:
+        raise InputFileError(
+            f"cannot read {path}: {info.st_size / 1e6:.0f} MB is over the {setting} limit of {max_bytes / 1e6:g} MB"
+        )
 
 
 @dataclass(frozen=True)
@@ -95,48 +97,6 @@ def open_npy(path: Path) -> NpyFile:
     if size < expected:
         raise InputFileError(f"{path}: truncated ({size} bytes; its header promises {expected})")
     return NpyFile(path, rows, dim, dtype, offset)
-
-
-def jsonl_objects(path: Path) -> Iterator[tuple[int, dict]]:
-    """(line number, object) of each non-blank line of a UTF-8 JSON-lines file, a bounded line at a time."""
-    with open_regular(path) as f:
-        lineno = 0
-        while raw := f.readline(MAX_JSONL_LINE_BYTES + 1):
-            lineno += 1
-            if len(raw) > MAX_JSONL_LINE_BYTES and not raw.endswith(b"\n"):
-                raise InputFileError(f"{path}:{lineno}: a line longer than {MAX_JSONL_LINE_BYTES:,} bytes")
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise InputFileError(f"{path}:{lineno}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-            if not line.strip():
-                continue
-            yield lineno, parse_object(line, f"{path}:{lineno}")
-
-
-def read_json_object(path: Path) -> dict:
-    """A small JSON file holding one object (export.json)."""
-    with open_regular(path) as f:
-        data = f.read(MAX_JSON_FILE_BYTES + 1)
-    if len(data) > MAX_JSON_FILE_BYTES:
-        raise InputFileError(f"{path}: over {MAX_JSON_FILE_BYTES:,} bytes")
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise InputFileError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    return parse_object(text, str(path))
-
-
-def parse_object(text: str, where: str) -> dict:
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise InputFileError(f"{where}: not JSON ({exc.msg})") from None
-    except RecursionError:
-        raise InputFileError(f"{where}: JSON nested too deeply") from None
-    if not isinstance(value, dict):
-        raise InputFileError(f"{where}: needs a JSON object, not {type(value).__name__}")
-    return value
 
 
 def _first_line(exc: BaseException) -> str:

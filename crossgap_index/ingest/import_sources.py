@@ -27,7 +27,8 @@ from pathlib import Path
 import numpy as np
 
 from crossgap_index.errors import InputFileError
-from crossgap_index.ingest.import_files import jsonl_objects, open_npy, open_regular, read_json_object
+from crossgap_index.ingest.import_files import MAX_JSON_FILE_BYTES, open_npy, open_regular
+from crossgap_index.ingest.jsonl import jsonl_objects, read_json_object
 from crossgap_index.ingest.texts import unicode_problem
 
 # The largest id an import may give a row: 2**53 - 1, the largest integer a JSON number holds exactly in
@@ -150,7 +151,7 @@ def _meta_batches(meta: Path, size: int) -> Iterator[Batch]:
         return
     rows: list[dict] = []
     first = 1
-    for _, row in jsonl_objects(meta):
+    for _, row in jsonl_objects(meta, None):
         rows.append(row)
         if len(rows) == size:
             yield _from_columns(_columns(rows), meta, first, np.zeros((len(rows), 0), np.float32))
@@ -400,7 +401,7 @@ def _clip_retrieval(folder: Path) -> Source:
 
 def _export_folder(folder: Path) -> Source:
     """A ``cgx export`` folder: its item collections (image, text) as one source, its derived ones beside."""
-    summary = read_json_object(folder / "export.json")
+    summary = read_json_object(folder / "export.json", MAX_JSON_FILE_BYTES)
     counts = summary.get("counts")
     if not isinstance(counts, dict) or not all(isinstance(k, str) for k in counts):
         raise InputFileError(f"{folder / 'export.json'}: no 'counts' object naming the exported collections")

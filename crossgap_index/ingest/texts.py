@@ -5,12 +5,12 @@ Bad lines are reported with their line numbers and the rest are kept.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from crossgap_index.errors import InputFileError, QueryError
+from crossgap_index.ingest.jsonl import JsonLine, read_jsonl
 from crossgap_index.ingest.limits import DEFAULT_MAX_FILE_MB, MAX_FILE_MB_SETTING
 
 DEFAULT_MAX_TEXT_BYTES = int(DEFAULT_MAX_FILE_MB * 1e6)  # a text file is capped as an image file is
@@ -26,25 +26,36 @@ class TextCorpus:
 
 def read_text_corpus(path: str | Path, max_bytes: int = DEFAULT_MAX_TEXT_BYTES) -> TextCorpus:
     """The documents of a corpus file. Read as images are: a regular file only, at most ``max_bytes``
-    (``--max-file-mb``); a line longer than MAX_LINE_CHARS or nested too deeply is one bad line."""
+    (``--max-file-mb``); a document longer than MAX_LINE_CHARS, or a JSON line ingest/jsonl.py refuses,
+    is one bad line."""
     path = Path(path).expanduser()
     if path.suffix.lower() not in (".txt", ".jsonl"):
         raise InputFileError(f"{path}: expected a .txt (one document per line) or .jsonl file")
     corpus = TextCorpus()
-    parse = _parse_jsonl_line if path.suffix.lower() == ".jsonl" else _parse_txt_line
-    for lineno, line in enumerate(iter_utf8_lines(path, max_bytes=max_bytes), 1):
-        if not line.strip():
-            continue
+    if path.suffix.lower() == ".jsonl":
+        lines = ((line.lineno, line) for line in read_jsonl(path, max_bytes, MAX_FILE_MB_SETTING))
+    else:
+        lines = enumerate(iter_utf8_lines(path, max_bytes=max_bytes), 1)
+    for lineno, line in lines:
         try:
-            if len(line) > MAX_LINE_CHARS:
-                raise ValueError(f"longer than {MAX_LINE_CHARS} characters ({len(line)})")
-            text, ext_id = parse(line)
+            text, ext_id = _document(line)
         except ValueError as exc:
             corpus.bad_lines.append((lineno, str(exc)))
             continue
-        corpus.texts.append(text)
-        corpus.ids.append(ext_id)
+        if text:
+            corpus.texts.append(text)
+            corpus.ids.append(ext_id)
     return corpus
+
+
+def _document(line: str | JsonLine) -> tuple[str, str | None]:
+    """(text, external id) of a corpus line ("" for a blank .txt line); ValueError says why a line is bad."""
+    if isinstance(line, JsonLine) and line.problem is not None:
+        raise ValueError(line.problem)
+    text = line if isinstance(line, str) else line.value.get("text")
+    if isinstance(text, str) and len(text) > MAX_LINE_CHARS:
+        raise ValueError(f"longer than {MAX_LINE_CHARS} characters ({len(text)})")
+    return (text.strip(), None) if isinstance(line, str) else _jsonl_document(line.value)
 
 
 def read_utf8_lines(
@@ -105,19 +116,7 @@ def check_query_text(text: str) -> str:
     return text
 
 
-def _parse_txt_line(line: str) -> tuple[str, None]:
-    return line.strip(), None
-
-
-def _parse_jsonl_line(line: str) -> tuple[str, str | None]:
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"invalid JSON ({exc.msg})") from exc
-    except RecursionError as exc:  # e.g. 100,000 nested brackets: Python's parser gives up, the line is bad
-        raise ValueError("invalid JSON (nested too deeply)") from exc
-    if not isinstance(record, dict):
-        raise ValueError("expected a JSON object")
+def _jsonl_document(record: dict) -> tuple[str, str | None]:
     text = record.get("text")
     if not isinstance(text, str) or not text.strip():
         raise ValueError('missing or empty "text" string')

@@ -95,3 +95,21 @@ class InversionConfig:
     def compiles(self, device: torch.device) -> bool:
         """torch.compile pays off only where kernel launches dominate: on CUDA."""
         return self.fast and self.compile and device.type == "cuda"
+
+
+def inversion_from_flags(
+    steps: int | None = None,
+    tokens: int | None = None,
+    patches: int | None = None,
+    lr: float | None = None,
+    precision: str | None = None,
+    template: str | None = None,
+) -> InversionConfig | None:
+    """The InversionConfig a query's flags ask for (``cgx query``, a server request), or None when they ask for
+    nothing (the mode's served settings apply). ``steps`` means one thing everywhere: the optimisation steps of
+    whichever inversion the query runs, OTI for an image query and OVI for a text one, so it sets both."""
+    given = {"n_tokens": tokens, "n_patches": patches, "lr": lr, "precision": precision, "template": template}
+    if steps is not None:
+        given.update(oti_steps=steps, ovi_steps=steps)
+    changes = {key: value for key, value in given.items() if value is not None}
+    return InversionConfig(**changes) if changes else None

@@ -16,7 +16,7 @@ import numpy as np
 from crossgap_index.errors import QueryError
 from crossgap_index.inversion import InversionConfig
 from crossgap_index.search.filters import ItemFilter
-from crossgap_index.search.modes import FUSION_DEPTH, FUSIONS, Mode
+from crossgap_index.search.mode_spec import FUSION_DEPTH, Mode, check_fusion
 from crossgap_index.words import RRF_K, target_modality
 
 
@@ -24,7 +24,7 @@ from crossgap_index.words import RRF_K, target_modality
 class SearchOptions:
     """One search request's settings (everything but the query itself and progress/timing hooks).
 
-    ``mode``: a mode name (search/modes.py) or a Mode; ``merge``/``alpha``/``rrf_k``/``depth``: how a fused
+    ``mode``: a mode name (search/registry.py) or a Mode; ``merge``/``alpha``/``rrf_k``/``depth``: how a fused
     mode merges its lists; ``inversion``: OTI/OVI settings overriding the served ones; ``projection``:
     span/iso/concept settings; ``peer``: a peer re-ranker's settings (search/peers.py, e.g. ``{"n": 5}`` for aqe);
     ``use_cache``: read and write the index's inversion cache.
@@ -58,12 +58,7 @@ class SearchOptions:
         target_modality(self.target)
         if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1:
             raise QueryError(f"k must be an integer >= 1, got {self.k!r}")
-        if self.merge not in FUSIONS:
-            raise QueryError(f"unknown merge '{self.merge}': use one of {', '.join(FUSIONS)}")
-        if not 0.0 <= self.alpha <= 1.0:
-            raise QueryError(f"alpha must be in [0, 1], got {self.alpha!r}")
-        if self.rrf_k < 1 or self.depth < 1:
-            raise QueryError("rrf_k and depth must be >= 1")
+        check_fusion(self.merge, self.alpha, self.rrf_k, self.depth)
         if self.inversion is not None and not isinstance(self.inversion, InversionConfig):
             raise QueryError("inversion settings are an InversionConfig (crossgap_index.inversion)")
         if self.projection is not None and not isinstance(self.projection, dict):
@@ -112,15 +107,3 @@ class SearchOptions:
             raise TypeError(f"unknown search setting(s): {', '.join(unknown)}")
         base = options if options is not None else cls()
         return dataclasses.replace(base, **settings) if settings else base
-
-    def mode_settings(self) -> dict:
-        """The keywords ``resolve_mode`` takes: the named mode's settings."""
-        return {
-            "inversion": self.inversion,
-            "merge": self.merge,
-            "alpha": self.alpha,
-            "rrf_k": self.rrf_k,
-            "depth": self.depth,
-            "projection": self.projection,
-            "peer": self.peer,
-        }

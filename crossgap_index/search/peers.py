@@ -1,4 +1,4 @@
-"""The training-free re-rankers a search engineer tries first, as modes of the one engine (each paper cited below).
+"""The training-free re-rankers a search engineer tries first, as modes of the one engine.
 
 Each is implemented from its paper's description; every one needs only the gallery's own vectors:
 
@@ -23,6 +23,11 @@ item out of its own statistics, because exp(beta * 1) would otherwise swamp ever
 
 Compositions: any one-leg mode (a projection, an inversion, dba, center) followed by a post-step (aqe, nnn,
 qbnorm) is one Mode (``span+aqe``); the post-step works in that leg's space (its projected gallery).
+
+Each peer is a small class behind one protocol (``Peer``): ``adapt`` turns a leg's search vectors and gallery map
+into the peer's (dba, center: a map fitted on the gallery; nnn: one extra dimension), ``rank`` may re-rank the leg's
+list (aqe, qbnorm: search/post.py). The registry entry of a peer (search/builtin_modes.py) names its class;
+search/run.py looks it up there and calls it, so nothing dispatches on a peer's name.
 """
 
 from __future__ import annotations
@@ -30,30 +35,132 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
 from crossgap_index.errors import QueryError
 from crossgap_index.search.fitting import FitProgress, knn_blocks, runner_of
-from crossgap_index.search.modes import POST_STEPS, Leg, Mode, gallery_collection, peer_mode
+from crossgap_index.search.projections import FeatureMap
+from crossgap_index.search.ranking import Ranked
 
 _CHUNK = 1024  # rows of a similarity block: memory CHUNK x N floats
-_COLLECTION_OF = {"image": "image", "text": "text"}
+# rank(vectors, k) -> the leg's top-k per row (the request's filter and exclusions applied)
+RankFn = Callable[[np.ndarray, int], list[Ranked]]
+
+
+# -- the protocol ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PeerLeg:
+    """What a peer sees of the leg it serves: the gallery, the leg's gallery collection, the reference bank's
+    collection (the index's vectors of the query's modality) and the peer's settings."""
+
+    gallery: object
+    collection: str
+    bank: str
+    settings: dict
+
+
+class Peer(Protocol):
+    """A training-free re-ranker. ``vector_form``: whether a query under it is one vector another database can
+    search with (dba, center, nnn) rather than a re-ranking inside the index (aqe, qbnorm)."""
+
+    vector_form: bool
+
+    def adapt(
+        self, vectors: np.ndarray, feature_map: FeatureMap | None, leg: PeerLeg
+    ) -> tuple[np.ndarray, FeatureMap | None]:
+        """The leg's search vectors and gallery map with this peer applied."""
+
+    def rank(
+        self, rank: RankFn, vectors: np.ndarray, k: int, feature_map: FeatureMap | None, leg: PeerLeg
+    ) -> list[Ranked]:
+        """The leg's top-k per row with this peer applied (``rank`` ranks in the leg's space)."""
+
+
+class PeerBase:
+    """A peer that changes nothing: subclasses override ``adapt``, ``rank`` or both."""
+
+    vector_form = True
+
+    def adapt(
+        self, vectors: np.ndarray, feature_map: FeatureMap | None, leg: PeerLeg
+    ) -> tuple[np.ndarray, FeatureMap | None]:
+        return vectors, feature_map
+
+    def rank(
+        self, rank: RankFn, vectors: np.ndarray, k: int, feature_map: FeatureMap | None, leg: PeerLeg
+    ) -> list[Ranked]:
+        return rank(vectors, k)
+
+
+class _AdaptedGallery(PeerBase):
+    """dba and center: the leg's gallery seen through a map fitted on it, one per gallery version and settings."""
+
+    map_class: type[_GalleryMap]
+
+    def adapt(
+        self, vectors: np.ndarray, feature_map: FeatureMap | None, leg: PeerLeg
+    ) -> tuple[np.ndarray, FeatureMap | None]:
+        kind, gallery, dim = self.map_class.kind, leg.gallery, vectors.shape[1]
+        loaders = {
+            "gallery": lambda: gallery.vectors(leg.collection)[1],
+            "gallery_mean": lambda: _kept_mean(gallery, leg.collection, kind),
+            "query_mean": lambda: _kept_mean(gallery, leg.bank, kind),
+        }
+        key = (kind, leg.collection, leg.bank, json.dumps(leg.settings, sort_keys=True))
+        fitted_map = fitted(
+            gallery, leg.collection, key, lambda progress: self.map_class(leg.settings, None, dim, loaders).prepared()
+        )
+        return fitted_map.query(vectors), fitted_map
+
+
+class DatabaseAugmentation(_AdaptedGallery):
+    """dba: each gallery vector replaced by the weighted mean of its top-n gallery neighbours."""
+
+    def __init__(self) -> None:
+        self.map_class = DbaMap
+
+
+class Centring(_AdaptedGallery):
+    """center: each modality's mean (times lam) removed from its features."""
+
+    def __init__(self) -> None:
+        self.map_class = CenterMap
+
+
+class NearestNeighbourNormalisation(PeerBase):
+    """nnn: the leg's map wrapped into one with an extra dimension carrying each item's hubness bias."""
+
+    def adapt(
+        self, vectors: np.ndarray, feature_map: FeatureMap | None, leg: PeerLeg
+    ) -> tuple[np.ndarray, FeatureMap | None]:
+        k, w, gallery = leg.settings["k"], leg.settings["w"], leg.gallery
+        settings = {"k": k, "bank": leg.bank}  # in the fingerprint: one derived collection per bank
+        loaders = {"bank": lambda: _bank_vectors(gallery, leg.bank, "nnn")}
+        key = ("nnn", leg.collection, leg.bank, k, _fingerprint(feature_map))
+        out_dim = vectors.shape[1] + 1
+        nnn = fitted(gallery, leg.collection, key, lambda progress: NnnMap(settings, feature_map, out_dim, loaders))
+        return nnn.query(vectors, w), nnn
 
 
 # -- the maps the gallery is seen through ------------------------------------------------------------------
 
 
-class PeerMap:
+class _GalleryMap:
     """A map fitted on the index's own vectors: ``apply`` turns gallery rows (plain stored vectors) into the rows
     the gallery is searched as, ``query`` turns a leg's query vectors into its search vectors. Duck-types the
     engine's feature maps (kind, settings, fingerprint, out_dim, apply), so galleries keep them as derived
     collections exactly like span or iso. The statistics are loaded on first use: a derived collection already
     saved for this catalog generation is served without reading the bank."""
 
-    def __init__(self, kind: str, settings: dict, base, out_dim: int, loaders: dict[str, Callable[[], np.ndarray]]):
-        self.kind = kind
+    kind = ""
+
+    def __init__(self, settings: dict, base, out_dim: int, loaders: dict[str, Callable[[], np.ndarray]]):
         self.settings = settings
         self.base = base  # the leg's own map (span, iso, concept, dba, center) or None
         self._out_dim = out_dim
@@ -70,48 +177,68 @@ class PeerMap:
         payload = json.dumps({"kind": self.kind, **self.settings, "base": _fingerprint(self.base)}, sort_keys=True)
         return f"{self.kind}-{hashlib.blake2b(payload.encode(), digest_size=8).hexdigest()}"
 
-    def _stat(self, name: str, compute: Callable[[], np.ndarray]) -> np.ndarray:
+    def _stat(self, name: str) -> np.ndarray:
         with self._lock:
             if name not in self._stats:
-                self._stats[name] = compute()
+                self._stats[name] = np.asarray(self._loaders[name](), np.float32)
             return self._stats[name]
 
-    def _based(self, rows: np.ndarray) -> np.ndarray:
-        return np.asarray(rows, np.float32) if self.base is None else self.base.apply(rows)
+    def prepared(self, progress: FitProgress | None = None) -> _GalleryMap:
+        """This map with the statistics a query reads fitted now, so that answering a query never fits; the
+        rest of the work is the derived collection's build (``apply`` in blocks)."""
+        return self
 
-    def _bank(self) -> np.ndarray:
-        return self._stat("bank", lambda: self._based(self._loaders["bank"]()))
 
-    def prepared(self, progress: FitProgress | None = None) -> PeerMap:
-        """This map with the statistics a query reads fitted now (center's means), so that answering a query
-        never fits; dba's and nnn's work is the derived collection's build (``apply`` in blocks)."""
-        if self.kind == "center":
-            self._stat("gallery_mean", lambda: self._loaders["gallery_mean"]())
-            self._stat("query_mean", lambda: self._loaders["query_mean"]())
+class DbaMap(_GalleryMap):
+    kind = "dba"
+
+    def apply(self, rows: np.ndarray) -> np.ndarray:
+        rows = np.atleast_2d(np.asarray(rows, np.float32))
+        return dba_rows_blocked(rows, self._stat("gallery"), self.settings["n"], self.settings["alpha"])
+
+    def query(self, vectors: np.ndarray) -> np.ndarray:
+        return np.atleast_2d(np.asarray(vectors, np.float32))
+
+
+class CenterMap(_GalleryMap):
+    kind = "center"
+
+    def prepared(self, progress: FitProgress | None = None) -> CenterMap:
+        self._stat("gallery_mean")
+        self._stat("query_mean")
         return self
 
     def apply(self, rows: np.ndarray) -> np.ndarray:
         rows = np.atleast_2d(np.asarray(rows, np.float32))
-        if self.kind == "center":
-            mean = self._stat("gallery_mean", lambda: self._loaders["gallery_mean"]())
-            return _unit(rows - self.settings["lam"] * mean)
-        if self.kind == "dba":
-            neighbours = self._stat("neighbours", lambda: np.asarray(self._loaders["gallery"](), np.float32))
-            return dba_rows_blocked(rows, neighbours, self.settings["n"], self.settings["alpha"])
-        mapped = self._based(rows)  # nnn: [g, bias_g]
+        return _unit(rows - self.settings["lam"] * self._stat("gallery_mean"))
+
+    def query(self, vectors: np.ndarray) -> np.ndarray:
+        vectors = np.atleast_2d(np.asarray(vectors, np.float32))
+        return _unit(vectors - self.settings["lam"] * self._stat("query_mean"))
+
+
+class NnnMap(_GalleryMap):
+    """nnn: g' = [g, bias_g] through the leg's own map, bias_g the mean of g's top-k similarities to the bank."""
+
+    kind = "nnn"
+
+    def apply(self, rows: np.ndarray) -> np.ndarray:
+        rows = np.atleast_2d(np.asarray(rows, np.float32))
+        mapped = np.asarray(rows, np.float32) if self.base is None else self.base.apply(rows)
         bias = top_k_mean_blocked(mapped, self._bank(), self.settings["k"])
         return np.ascontiguousarray(np.hstack([mapped, bias[:, None]]), dtype=np.float32)
 
-    def query(self, vectors: np.ndarray) -> np.ndarray:
-        """A leg's query vectors as this map searches with them."""
+    def _bank(self) -> np.ndarray:
+        with self._lock:
+            if "bank" not in self._stats:
+                bank = np.asarray(self._loaders["bank"](), np.float32)
+                self._stats["bank"] = bank if self.base is None else self.base.apply(bank)
+            return self._stats["bank"]
+
+    def query(self, vectors: np.ndarray, w: float) -> np.ndarray:
+        """q' = [q, -w]: q'.g' = q.g - w * bias_g."""
         vectors = np.atleast_2d(np.asarray(vectors, np.float32))
-        if self.kind == "center":
-            mean = self._stat("query_mean", lambda: self._loaders["query_mean"]())
-            return _unit(vectors - self.settings["lam"] * mean)
-        if self.kind == "dba":
-            return vectors
-        w = np.full((len(vectors), 1), -self.settings["w"], np.float32)
-        return np.ascontiguousarray(np.hstack([vectors, w]), dtype=np.float32)
+        return np.ascontiguousarray(np.hstack([vectors, np.full((len(vectors), 1), -w, np.float32)]), np.float32)
 
 
 def _fingerprint(feature_map) -> str | None:
@@ -186,46 +313,9 @@ def dba_rows(rows: np.ndarray, bank: np.ndarray, n: int, alpha: float) -> np.nda
     return _unit(out)
 
 
-# -- fitting a leg's map against a gallery, cached per gallery and catalog generation -------------------------
+# -- fitting a map or statistics against a gallery, cached per gallery and catalog generation ---------------
 
 _FITTED_LOCK = threading.Lock()
-
-
-def adapt_leg(
-    leg: Leg,
-    post: dict | None,
-    vectors: np.ndarray,
-    projection,
-    gallery,
-    collection: str,
-    query_modality: str,
-) -> tuple[np.ndarray, object]:
-    """A leg's search vectors and gallery map once its peers are applied: an adapted leg (dba, center) gets its
-    fitted map, and a ``nnn`` post-step wraps the leg's map into the one-extra-dimension map."""
-
-    coll = gallery_collection(leg, collection)
-    bank_collection = _COLLECTION_OF.get(query_modality, collection)
-    base = projection
-    if leg.transform == "adapt":
-        settings = {k: v for k, v in leg.params.items() if k != "kind"}
-        kind, dim = leg.params["kind"], vectors.shape[1]
-        loaders = {
-            "gallery": lambda: gallery.vectors(coll)[1],
-            "gallery_mean": lambda: _kept_mean(gallery, coll, kind),
-            "query_mean": lambda: _kept_mean(gallery, bank_collection, kind),
-        }
-        key = (kind, coll, bank_collection, json.dumps(settings, sort_keys=True))
-        base = fitted(gallery, coll, key, lambda progress: PeerMap(kind, settings, None, dim, loaders).prepared())
-        vectors = base.query(vectors)
-    if post is not None and post["kind"] == "nnn":
-        settings = {"k": post["k"], "bank": bank_collection}  # in the fingerprint: one derived collection per bank
-        loaders = {"bank": lambda: _bank_vectors(gallery, bank_collection, "nnn")}
-        key = ("nnn", coll, bank_collection, post["k"], _fingerprint(base))
-        out_dim = vectors.shape[1] + 1
-        nnn = fitted(gallery, coll, key, lambda progress: PeerMap("nnn", settings, base, out_dim, loaders))
-        vectors = np.hstack([vectors, np.full((len(vectors), 1), -post["w"], np.float32)])
-        return np.ascontiguousarray(vectors, np.float32), nnn
-    return vectors, base
 
 
 def bank_of(gallery, projection, coll: str, bank_collection: str) -> tuple[np.ndarray, ...]:
@@ -267,57 +357,3 @@ def fitted(gallery, collection: str, key: tuple, make: Callable[[FitProgress], o
     with _FITTED_LOCK:
         gallery.fitted[key] = (version, value)
     return value
-
-
-# -- what eval and tune measure ------------------------------------------------------------------------------
-
-
-def eval_modes(task: str) -> dict[str, tuple[Mode, str]]:
-    """The peers and a few compositions ``cgx eval`` measures beside the project's own modes (all label-free)."""
-    from crossgap_index.search.modes import resolve_mode
-
-    imagenet = {"vocabulary": "imagenet"}
-    modes = {
-        "aqe": (resolve_mode("aqe"), "alpha query expansion: query + its top-n weighted by sim^alpha, searched again"),
-        "dba": (resolve_mode("dba"), "database-side augmentation: each gallery vector averaged with its top-n"),
-        "nnn": (resolve_mode("nnn"), "nearest neighbor normalization: q.g - w * mean top-k bank similarity of g"),
-        "qbnorm": (resolve_mode("qbnorm"), "QB-Norm, dynamic inverted softmax over the top-K"),
-        "center": (resolve_mode("center"), "each modality's mean removed (GR-CLIP, lam = 1)"),
-        "center-dn": (resolve_mode("center", peer={"lam": 0.25}), "a quarter of the mean removed (DN, lam = 0.25)"),
-        "dba+aqe": (resolve_mode("dba+aqe"), "DBA gallery, then alpha query expansion"),
-        "span-imagenet+aqe": (resolve_mode("span+aqe", projection=imagenet), "span over ImageNet names, then aqe"),
-        "span-imagenet+nnn": (resolve_mode("span+nnn", projection=imagenet), "span over ImageNet names, then nnn"),
-        "span-imagenet+qbnorm": (
-            resolve_mode("span+qbnorm", projection=imagenet),
-            "span over ImageNet names, then qbnorm",
-        ),
-    }
-    return modes
-
-
-def tune_candidates(base_modes: Sequence[tuple[str, Mode]] = ()) -> list[tuple[str, Mode]]:
-    """Candidates for ``cgx tune``: every peer on a small grid of its settings, and each given one-leg base
-    mode (e.g. the tuner's best projection and inversion) followed by each post-step at its defaults."""
-    from crossgap_index.search.modes import resolve_mode
-
-    out: list[tuple[str, Mode]] = []
-    for n in (2, 3, 5, 10):
-        out.append((f"aqe[n={n}]", resolve_mode("aqe", peer={"n": n})))
-        out.append((f"dba[n={n}]", resolve_mode("dba", peer={"n": n})))
-    for k in (16, 64, 128):
-        out.append((f"nnn[k={k}]", resolve_mode("nnn", peer={"k": k})))
-    out.append(("qbnorm", resolve_mode("qbnorm")))
-    for lam in (0.25, 1.0):
-        out.append((f"center[lam={lam}]", resolve_mode("center", peer={"lam": lam})))
-    return out + post_candidates(base_modes)
-
-
-def post_candidates(base_modes: Sequence[tuple[str, Mode]]) -> list[tuple[str, Mode]]:
-    """Each given one-leg mode (fusions and modes with a post-step are skipped) followed by each post-step."""
-    out = []
-    for label, base in base_modes:
-        if len(base.legs) != 1 or base.post is not None:
-            continue
-        for post in POST_STEPS:
-            out.append((f"{label}+{post}", peer_mode(f"{base.name}+{post}", base, post, {})))
-    return out

@@ -15,31 +15,46 @@ the engine's ranking function, so a served query and ``cgx eval`` run the same s
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
 from crossgap_index.search.fitting import FIT_BLOCK, FitProgress
-from crossgap_index.search.peers import bank_of, fitted
+from crossgap_index.search.peers import PeerBase, PeerLeg, RankFn, bank_of, fitted
+from crossgap_index.search.projections import FeatureMap
 from crossgap_index.search.ranking import Ranked
 
-# rank(vectors, k) -> the leg's top-k per row (exclusions applied)
-RankFn = Callable[[np.ndarray, int], list[Ranked]]
 _CHUNK = 1024
 
 
-def alpha_query_expansion(post: dict, rank: RankFn, gallery, coll: str, vectors: np.ndarray, k: int, projection):
-    """The second search with each query expanded by its top-n neighbours in the leg's space."""
-    first = rank(vectors, int(post["n"]))
-    expanded = np.array(vectors, np.float32)
-    for row, ranked in enumerate(first):
-        if len(ranked):
-            neighbours = gallery.vectors_of(coll, ranked.ids, projection)
-            weights = np.maximum(ranked.scores.astype(np.float32), 0.0) ** np.float32(post["alpha"])
-            expanded[row] += weights @ neighbours
-    norms = np.linalg.norm(expanded, axis=1, keepdims=True)
-    return rank(np.ascontiguousarray(expanded / np.maximum(norms, 1e-12), dtype=np.float32), k)
+class AlphaQueryExpansion(PeerBase):
+    """aqe: a second search with each query expanded by its top-n neighbours in the leg's space."""
+
+    vector_form = False
+
+    def rank(
+        self, rank: RankFn, vectors: np.ndarray, k: int, feature_map: FeatureMap | None, leg: PeerLeg
+    ) -> list[Ranked]:
+        first = rank(vectors, int(leg.settings["n"]))
+        expanded = np.array(vectors, np.float32)
+        for row, ranked in enumerate(first):
+            if len(ranked):
+                neighbours = leg.gallery.vectors_of(leg.collection, ranked.ids, feature_map)
+                weights = np.maximum(ranked.scores.astype(np.float32), 0.0) ** np.float32(leg.settings["alpha"])
+                expanded[row] += weights @ neighbours
+        norms = np.linalg.norm(expanded, axis=1, keepdims=True)
+        return rank(np.ascontiguousarray(expanded / np.maximum(norms, 1e-12), dtype=np.float32), k)
+
+
+class QueryBankNormalisation(PeerBase):
+    """qbnorm: the leg's top ``depth`` re-scored by the dynamic inverted softmax (module docstring)."""
+
+    vector_form = False
+
+    def rank(
+        self, rank: RankFn, vectors: np.ndarray, k: int, feature_map: FeatureMap | None, leg: PeerLeg
+    ) -> list[Ranked]:
+        return dynamic_inverted_softmax(rank, vectors, k, feature_map, leg)
 
 
 @dataclass(frozen=True)
@@ -120,10 +135,11 @@ def _logsumexp_rows(values: np.ndarray) -> np.ndarray:
 
 
 def dynamic_inverted_softmax(
-    post: dict, rank: RankFn, gallery, coll: str, bank_collection: str, vectors: np.ndarray, k: int, projection
+    rank: RankFn, vectors: np.ndarray, k: int, projection: FeatureMap | None, leg: PeerLeg
 ) -> list[Ranked]:
     """The leg's ranking with the top ``depth`` re-scored for queries whose top-1 is in the activation set."""
-    beta, depth = float(post["beta"]), int(post["depth"])
+    beta, depth = float(leg.settings["beta"]), int(leg.settings["depth"])
+    gallery, coll, bank_collection = leg.gallery, leg.collection, leg.bank
     key = ("qbnorm", coll, bank_collection, beta, None if projection is None else projection.fingerprint)
 
     def statistics(progress: FitProgress) -> BankStatistics:

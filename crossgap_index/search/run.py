@@ -23,11 +23,15 @@ from typing import Protocol
 
 import numpy as np
 
+from crossgap_index.errors import QueryError
 from crossgap_index.search.filters import Admit, filtered_top_k
 from crossgap_index.search.merge import fuse
-from crossgap_index.search.modes import Leg, Mode, gallery_collection
+from crossgap_index.search.mode_spec import Leg, Mode, gallery_collection
+from crossgap_index.search.peers import Peer, PeerLeg
 from crossgap_index.search.projections import FeatureMap
 from crossgap_index.search.ranking import TIE_TOLERANCE, Ranked, break_ties, has_ties
+from crossgap_index.search.registry import mode_entry, peer_names
+from crossgap_index.words import MODALITIES
 
 TIE_WINDOW = 4096  # how far past the k-th hit a tied run is followed to find its best items by intra
 
@@ -153,13 +157,10 @@ def _run(
     for leg in mode.legs:
         vectors = transformer.search_vectors(leg, queries, collection)
         projection = transformer.projection(leg, collection)
-        if leg.transform == "adapt" or mode.post is not None:  # peers: maps fitted on the gallery (search/peers.py)
-            from crossgap_index.search.peers import adapt_leg
-
-            vectors, projection = adapt_leg(leg, mode.post, vectors, projection, gallery, collection, queries.modality)
+        vectors, projection = apply_peers(mode, leg, vectors, projection, gallery, collection, queries.modality)
         legs.append((leg, vectors, gallery_collection(leg, collection), projection))
-    if mode.post is not None and mode.post["kind"] in ("aqe", "qbnorm"):
-        return _post_step(mode.post, legs[0], queries.modality, collection, k, gallery, admit)
+    if mode.post is not None:
+        return _post_step(mode, legs[0], queries.modality, collection, k, gallery, admit)
     if mode.fusion is None:
         leg, vectors, coll, projection = legs[0]
         ranked = _ranked(gallery, coll, vectors, k, projection, admit)
@@ -188,22 +189,53 @@ def _run(
 
 
 def _post_step(
-    post: dict, leg: tuple, modality: str, collection: str, k: int, gallery: Gallery, admit: Admit | None
+    mode: Mode, leg: tuple, modality: str, collection: str, k: int, gallery: Gallery, admit: Admit | None
 ) -> list[Result]:
-    """A one-leg mode followed by aqe or qbnorm (search/post.py), ranked through the leg's own gallery side."""
-    from crossgap_index.search import post as steps
-
+    """A one-leg mode followed by its post-step, ranked through the leg's own gallery side."""
     leg_, vectors, coll, projection = leg
 
     def rank(rows: np.ndarray, depth: int) -> list[Ranked]:
         return _ranked(gallery, coll, rows, depth, projection, admit)
 
-    if post["kind"] == "aqe":
-        ranked = steps.alpha_query_expansion(post, rank, gallery, coll, vectors, k, projection)
-    else:
-        bank = {"image": "image", "text": "text"}.get(modality, collection)
-        ranked = steps.dynamic_inverted_softmax(post, rank, gallery, coll, bank, vectors, k, projection)
-    return [Result(r, {leg_.name: r}) for r in ranked]
+    peer, peer_leg = _peer_step(mode.post, gallery, coll, _bank(modality, collection))
+    return [Result(r, {leg_.name: r}) for r in peer.rank(rank, vectors, k, projection, peer_leg)]
+
+
+def apply_peers(
+    mode: Mode,
+    leg: Leg,
+    vectors: np.ndarray,
+    projection: FeatureMap | None,
+    gallery: Gallery,
+    collection: str,
+    query_modality: str,
+) -> tuple[np.ndarray, FeatureMap | None]:
+    """A leg's search vectors and gallery map once its peers are applied: an adapted leg's (dba, center) and then
+    the mode's post-step's (nnn adds its dimension; aqe and qbnorm change nothing here, they re-rank)."""
+    coll, bank = gallery_collection(leg, collection), _bank(query_modality, collection)
+    steps = ([leg.params] if leg.transform == "adapt" else []) + ([mode.post] if mode.post is not None else [])
+    for params in steps:
+        peer, peer_leg = _peer_step(params, gallery, coll, bank)
+        vectors, projection = peer.adapt(vectors, projection, peer_leg)
+    return vectors, projection
+
+
+def peer_of(kind: str) -> Peer:
+    """The Peer that runs ``kind``, from its registry entry; one line when ``kind`` names no peer."""
+    entry = mode_entry(kind)
+    if entry.implementation is None:
+        raise QueryError(f"'{kind}' is not a peer: use one of {', '.join(peer_names())}")
+    return entry.implementation()
+
+
+def _peer_step(params: dict, gallery: Gallery, coll: str, bank: str) -> tuple[Peer, PeerLeg]:
+    settings = {key: value for key, value in params.items() if key != "kind"}
+    return peer_of(params["kind"]), PeerLeg(gallery, coll, bank, settings)
+
+
+def _bank(query_modality: str, collection: str) -> str:
+    """The reference bank of nnn and qbnorm: the index's vectors of the query's modality (search/peers.py)."""
+    return query_modality if query_modality in MODALITIES else collection
 
 
 def _ranked(

@@ -24,8 +24,9 @@ from crossgap_index.search.modes import Mode, resolve_mode
 from crossgap_index.search.options import SearchOptions
 from crossgap_index.search.projections import FeatureMap
 from crossgap_index.search.ranking import Ranked
-from crossgap_index.search.run import Queries, Result, gallery_collection, run_mode
+from crossgap_index.search.run import Queries, Result, apply_peers, gallery_collection, peer_of, run_mode
 from crossgap_index.search.transforms import ModelTransformer
+from crossgap_index.store.catalog import ItemRow
 from crossgap_index.store.manifest import ANY_TASK
 from crossgap_index.words import QUERY_MODALITIES, check_modality, content_hash, target_modality, text_hash
 
@@ -189,14 +190,14 @@ class Searcher:
         return np.array(vectors[0], np.float32), row.modality, digest
 
     # -- modes --------------------------------------------------------------------------------
-    def resolve(self, mode: str | Mode, query_modality: str, collection: str, **settings) -> Mode:
-        """The Mode to run for a query of ``query_modality`` against ``collection``."""
-        if isinstance(mode, Mode):
-            return mode
+    def resolve(self, options: SearchOptions, query_modality: str, collection: str) -> Mode:
+        """The Mode ``options`` names for a query of ``query_modality`` against ``collection``."""
+        if isinstance(options.mode, Mode):
+            return options.mode
         tuned = self.tuned_record(query_modality, collection)
-        if mode == "auto" and query_modality != collection and tuned is None:
+        if options.mode == "auto" and query_modality != collection and tuned is None:
             return resolve_mode("intra")  # already inter-modal and nothing tuned for it: nothing to turn around
-        return resolve_mode(mode, tuned=tuned["mode"] if tuned else None, model=self._model_name, **settings)
+        return resolve_mode(options.mode, options, tuned=tuned["mode"] if tuned else None, model=self._model_name)
 
     def tuned_record(self, query_modality: str, collection: str) -> dict | None:
         """The tune record serving ``query_modality`` queries against ``collection``: the one tuned for that
@@ -256,7 +257,7 @@ class Searcher:
     def served(self, options: SearchOptions, query_modality: str) -> Mode:
         """The Mode that answers a query of ``query_modality`` asked with ``options``, checked against the index."""
         collection = collection_of(options.target)
-        chosen = self.resolve(options.mode, query_modality, collection, **options.mode_settings())
+        chosen = self.resolve(options, query_modality, collection)
         if query_modality in ("image", "text") and query_modality != collection and turns(chosen):
             chosen = resolve_mode("intra")  # already inter-modal: the query itself is the cross search
         self._check(chosen, query_modality, collection)
@@ -285,7 +286,8 @@ class Searcher:
         files predate another process's removal ranks ids the catalog no longer holds: those are dropped,
         and the query is ranked again deeper (same vectors, same seeds) until ``k`` live hits fill it or the
         ranking runs out. The hits are then the best live items of the state this reader loaded."""
-        out = [self.hits(result) for result in ranked]
+        rows = self._store.catalog.rows(sorted({i for result in ranked for i in result.ranked.ids.tolist()}))
+        out = [self.hits(result, rows) for result in ranked]  # one catalog lookup for the batch's hits
         fetch = k
         while True:
             short = [j for j, hits in enumerate(out) if len(hits) < k and len(ranked[j].ranked) >= fetch]
@@ -332,18 +334,14 @@ class Searcher:
         feature, modality, digest = searcher.embed([query])[0]
         chosen = searcher.served(options, modality)
         batch = Queries(feature[None, :], modality, (digest,))
-        if chosen.post is not None and chosen.post["kind"] != "nnn":
+        if chosen.post is not None and not peer_of(chosen.post["kind"]).vector_form:
             raise QueryError(f"mode {chosen.name} re-ranks inside the index: no vector form for another database")
         lists, gallery_map = {}, None
         for leg in chosen.legs:
-            vector = searcher.transformer.search_vectors(leg, batch, collection)[0]
+            vector = searcher.transformer.search_vectors(leg, batch, collection)
             projection = searcher.transformer.projection(leg, collection)
-            if leg.transform == "adapt" or chosen.post is not None:  # dba, center, nnn: maps fitted on the gallery
-                from crossgap_index.search.peers import adapt_leg
-
-                adapted = adapt_leg(leg, chosen.post, vector[None], projection, searcher.gallery, collection, modality)
-                vector, projection = adapted[0][0], adapted[1]
-            lists[leg.name] = (vector, gallery_collection(leg, collection))
+            vector, projection = apply_peers(chosen, leg, vector, projection, searcher.gallery, collection, modality)
+            lists[leg.name] = (vector[0], gallery_collection(leg, collection))
             if projection is not None:
                 gallery_map = projection
         fusion = None
@@ -351,14 +349,16 @@ class Searcher:
             fusion = (chosen.fusion, float(chosen.rrf_k if chosen.fusion == "rrf" else chosen.alpha))
         return QueryTransform(chosen.name, lists, gallery_map, fusion, chosen.depth)
 
-    def hits(self, result: Result) -> list[Hit]:
-        """Hits of a result; each carries its rank and score in every leg's list."""
+    def hits(self, result: Result, rows: dict[int, ItemRow] | None = None) -> list[Hit]:
+        """Hits of a result; each carries its rank and score in every leg's list. ``rows``: the catalog rows
+        already looked up for a batch (holding at least the result's ids), else looked up here."""
         ranked: Ranked = result.ranked
         positions = {
             name: {i: (r, s) for r, (i, s) in enumerate(zip(lst.ids.tolist(), lst.scores.tolist(), strict=True), 1)}
             for name, lst in result.lists.items()
         }
-        rows = self._store.catalog.rows(ranked.ids.tolist())
+        if rows is None:
+            rows = self._store.catalog.rows(ranked.ids.tolist())
         hits = []
         for item_id, score in zip(ranked.ids.tolist(), ranked.scores.tolist(), strict=True):
             row = rows.get(item_id)

@@ -216,6 +216,7 @@ def _save_quietly(path: Path, matrix: np.ndarray) -> None:
     """Keep the matrix for the next process; a read-only index just recomputes it."""
     tmp = path.with_name(path.name + ".tmp.npy")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)  # the first query of an index may come before any derived file
         np.save(tmp, matrix, allow_pickle=False)
         tmp.replace(path)
     except OSError:

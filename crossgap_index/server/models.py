@@ -6,7 +6,14 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from crossgap_index.inversion.config import LR_MAX, N_PATCHES_MAX, N_TOKENS_MAX
+from crossgap_index.inversion.config import (
+    LR_MAX,
+    N_PATCHES_MAX,
+    N_TOKENS_MAX,
+    InversionConfig,
+    inversion_from_flags,
+)
+from crossgap_index.search.registry import mode_names
 from crossgap_index.words import RRF_K
 
 MAX_FILTER_IDS = 100_000  # ids or external ids one filter may list
@@ -26,7 +33,11 @@ class SearchRequest(BaseModel):
     item_id: int | None = Field(None, ge=1, le=2**63 - 1, description="Search with a stored item ('more like this').")
     k: int = Field(10, ge=1, description="Number of hits (capped by the server).")
     target: Literal["images", "texts"] = "images"
-    mode: str = Field("intra", description="A search mode the index serves (GET /info lists them).")
+    mode: str = Field(
+        "intra",
+        description=f"A search mode: {', '.join(mode_names(compositions=False))}, or BASE+POST such as span+aqe "
+        "(GET /info lists every name and the page's choices).",
+    )
     merge: Literal["rrf", "score"] = "rrf"
     alpha: float = Field(0.5, ge=0.0, le=1.0, description="Weight of the cross list for merge=score.")
     rrf_k: int = Field(RRF_K, ge=1)
@@ -54,6 +65,10 @@ class SearchRequest(BaseModel):
     exclude_query: bool | None = Field(
         None, description="Leave the query's own stored items out of its hits (default: yes)."
     )
+
+    def inversion(self) -> InversionConfig | None:
+        """The inversion settings this request asks for (None: the served ones); ``steps`` sets OTI and OVI."""
+        return inversion_from_flags(self.steps, self.tokens, self.patches, self.lr, self.precision)
 
 
 class BatchSearchRequest(BaseModel):

@@ -19,12 +19,11 @@ from crossgap_index.errors import CrossGapError
 from crossgap_index.ingest.decode import DecodeError, decode_rgb
 from crossgap_index.ingest.pipeline import decode_side
 from crossgap_index.ingest.texts import unicode_problem
-from crossgap_index.inversion import InversionConfig
 from crossgap_index.search.arithmetic import parse as parse_expression
 from crossgap_index.search.fitting import FitPending
-from crossgap_index.search.labels import MODE_LABELS, mode_help, mode_label
-from crossgap_index.search.modes import BASE_MODE_NAMES, MODE_NAMES, PEER_NAMES
+from crossgap_index.search.labels import list_labels, mode_help, mode_label
 from crossgap_index.search.options import SearchOptions
+from crossgap_index.search.registry import MODES, is_mode_name, mode_names, unknown_mode_message
 from crossgap_index.server.batcher import BatchResult, MicroBatcher
 from crossgap_index.server.errors import ApiError, status_of
 from crossgap_index.server.files import read_item_file
@@ -57,22 +56,22 @@ class SearchService:
 
     @property
     def modes(self) -> list[str]:
-        return list(MODE_NAMES)
+        return list(mode_names())
 
     def servable_modes(self) -> list[str]:
-        """The modes this index can serve (the page offers only these): the inverter's modes need a trained
-        inverter, cross-gallery the gallery's stored inversions, iso a model with linear projections."""
+        """The modes this index can serve (the page offers only these): each registry entry says what it needs
+        (a trained inverter, the gallery's stored inversions, a model with linear projections)."""
         info = self.index.info()
-        unavailable = set()
+        missing = set()
         if info.inverter is None:
-            unavailable |= {"inverter", "warm"}
+            missing.add("inverter")
         if info.gallery_inversion is None:
-            unavailable.add("cross-gallery")
+            missing.add("gallery-inversion")
         if not self.index.has_linear_projections():
-            unavailable.add("iso")
-        # The page offers the named modes and the peers; compositions (span+aqe) stay reachable through the API.
-        offered = (*BASE_MODE_NAMES, *PEER_NAMES)
-        return [name for name in offered if name not in unavailable]
+            missing.add("linear-projections")
+        # The page offers the registry's offered modes; compositions (span+aqe) stay reachable through the API.
+        offered = mode_names(compositions=False, offered_only=True)
+        return [name for name in offered if not missing.intersection(MODES[name].needs)]
 
     def close(self) -> None:
         """Finish queued work, then release threads (the index is closed by its owner); a running fit stops."""
@@ -154,9 +153,8 @@ class SearchService:
         s = self.settings
         if request.k > s.max_k:
             raise ApiError(400, f"k={request.k} is over the limit of {s.max_k}")
-        if request.mode not in MODE_NAMES:
-            named = ", ".join((*BASE_MODE_NAMES, *PEER_NAMES))
-            raise ApiError(400, f"unknown mode '{request.mode}': use {named}, or BASE+POST (GET /info lists all)")
+        if not is_mode_name(request.mode):
+            raise ApiError(400, f"{unknown_mode_message(request.mode)} (GET /info lists all)")
         if request.steps is not None and request.steps > s.max_steps:
             raise ApiError(400, f"steps={request.steps} is over the limit of {s.max_steps}")
         if request.expression is not None and len(request.expression) > s.max_text_chars:
@@ -208,17 +206,6 @@ class SearchService:
     @staticmethod
     def _options(request: SearchRequest) -> SearchOptions:
         """How the request asks to search, as the library takes it (inversion settings left out: the served ones)."""
-        changes: dict[str, Any] = {}
-        if request.steps is not None:
-            changes.update(oti_steps=request.steps, ovi_steps=request.steps)
-        if request.tokens is not None:
-            changes["n_tokens"] = request.tokens
-        if request.patches is not None:
-            changes["n_patches"] = request.patches
-        if request.lr is not None:
-            changes["lr"] = request.lr
-        if request.precision is not None:
-            changes["precision"] = request.precision
         return SearchOptions(
             target=request.target,
             k=request.k,
@@ -226,7 +213,7 @@ class SearchService:
             merge=request.merge,
             alpha=request.alpha,
             rrf_k=request.rrf_k,
-            inversion=InversionConfig(**changes) if changes else None,
+            inversion=request.inversion(),
             use_cache=request.use_cache,
             under=request.under,
             glob=request.glob,
@@ -317,7 +304,7 @@ class SearchService:
             "mode_choices": [{"name": n, "label": mode_label(n), "help": mode_help(n)} for n in self.servable_modes()],
             "auto_serves": auto_serves,
             "tuned": self.index.tuned_mode is not None,
-            "list_labels": {name: label for name, (label, _) in MODE_LABELS.items()},
+            "list_labels": list_labels(),
             "model_note": self.index.model_note(),
         }
 

@@ -159,7 +159,7 @@ def _shard_leftovers(store: Store, repair: bool) -> tuple[list[str], list[str]]:
     """Shard files no record names (an interrupted compaction's; never read) and dead rows (removed items'
     bytes): notes, not problems; ``repair`` deletes the unrecorded files. (notes, repaired)"""
     catalog = store.catalog
-    if catalog.legacy or catalog.get_meta("vector_dim") is None:
+    if not catalog.uses_shards():
         return [], []
     notes, repaired = [], []
     unrecorded = catalog.shards().unrecorded(catalog.shard_records())

@@ -35,7 +35,7 @@ import numpy as np
 from crossgap_index.errors import StoreError
 from crossgap_index.store import shards as shard_files  # SHARD_ROWS read at call time (tests shrink it)
 from crossgap_index.store.catalog import Catalog
-from crossgap_index.store.shards import ITEMS_STREAM, ShardRecord, ShardStore, fsync_dir
+from crossgap_index.store.shards import ShardRecord, ShardStore, fsync_dir
 
 DEFAULT_MIN_DEAD = 0.2  # `cgx compact`: shards at least a fifth dead
 AUTO_MIN_DEAD = 0.5  # after a removal: shards at least half dead (copies no more rows than it frees)
@@ -71,11 +71,7 @@ class ShardUse:
 
 def shard_use(catalog: Catalog) -> list[ShardUse]:
     """Every committed shard with its live row count (one pass over the items and one over derived rows)."""
-    live: dict[tuple[str, int], int] = {}
-    sql = "SELECT slot / ?, COUNT(*) FROM items GROUP BY 1"
-    live.update(((ITEMS_STREAM, n), c) for n, c in catalog.conn.execute(sql, (shard_files.SHARD_ROWS,)))
-    sql = "SELECT kind, slot / ?, COUNT(*) FROM derived_vectors GROUP BY 1, 2"
-    live.update(((k, n), c) for k, n, c in catalog.conn.execute(sql, (shard_files.SHARD_ROWS,)))
+    live = catalog.live_rows_per_shard(shard_files.SHARD_ROWS)
     return [ShardUse(r, live.get((r.stream, r.number), 0)) for r in catalog.shard_records()]
 
 
@@ -100,7 +96,7 @@ def compact(
     if not 0.0 <= min_dead <= 1.0:
         raise StoreError(f"--min-dead must be between 0 and 1, not {min_dead}")
     report = CompactReport()
-    if catalog.legacy or catalog.get_meta("vector_dim") is None:
+    if not catalog.uses_shards():
         return report
     shards = catalog.shards()
     if shards.has_pending_rows():
@@ -121,7 +117,7 @@ def compact(
         _crash_point("written")
         _swap(catalog, shards, chosen, moves, written, exclusive)
     except BaseException:
-        catalog.conn.rollback()  # a no-op once committed: then the new shards are the truth, and an old file
+        catalog.rollback()  # a no-op once committed: then the new shards are the truth, and an old file
         if catalog.shard_records() == [u.record for u in uses]:  # left over goes with the next writer
             with suppress(OSError):
                 remove_unrecorded(catalog)  # not committed: the new files go, the old shards stay as they were
@@ -173,23 +169,12 @@ def _swap(
     exclusive: Callable[[], AbstractContextManager],
 ) -> None:
     """One transaction points the rows at their new slots and swaps the shard records; then the old files go."""
-    conn = catalog.conn
     for stream, ids, slots in moves:
-        pairs = zip(slots.tolist(), ids.tolist(), strict=True)
-        if stream == ITEMS_STREAM:
-            conn.executemany("UPDATE items SET slot = ? WHERE id = ?", pairs)
-        else:
-            sql = "UPDATE derived_vectors SET slot = ? WHERE kind = ? AND item_id = ?"
-            conn.executemany(sql, ((s, stream, i) for s, i in pairs))
-    conn.executemany(
-        "DELETE FROM shards WHERE stream = ? AND number = ?", [(u.record.stream, u.record.number) for u in chosen]
-    )
-    conn.executemany(
-        "INSERT INTO shards (stream, number, rows, crc32) VALUES (?, ?, ?, ?)",
-        [(r.stream, r.number, r.rows, r.crc32) for r in written],
-    )
+        catalog.move_slots(stream, ids.tolist(), slots.tolist())
+    catalog.replace_shard_records([u.record for u in chosen], written)
     with exclusive():
-        conn.commit()  # the generation stays: the same ids hold the same vectors, so FAISS files stay valid
+        # the generation stays: the same ids hold the same vectors, so FAISS files stay valid
+        catalog.commit_bookkeeping()
         _crash_point("committed")
         for n, use in enumerate(chosen):
             shards.forget(use.record.stream, use.record.number)
@@ -204,13 +189,8 @@ def _copy_live(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Append one shard's live rows (in slot order) to ``out``; returns their ids and new slots."""
     first = record.number * shard_files.SHARD_ROWS
-    if record.stream == ITEMS_STREAM:
-        sql, params = "SELECT id, slot FROM items WHERE slot >= ? AND slot < ? ORDER BY slot", ()
-    else:
-        sql = "SELECT item_id, slot FROM derived_vectors WHERE kind = ? AND slot >= ? AND slot < ? ORDER BY slot"
-        params = (record.stream,)
-    rows = np.array(catalog.conn.execute(sql, (*params, first, first + record.rows)).fetchall(), np.int64)
-    rows = rows.reshape(-1, 2)
+    live = catalog.rows_in_slots(record.stream, first, first + record.rows)
+    rows = np.array([(r[0], r[1]) for r in live], np.int64).reshape(-1, 2)
     ids, within = rows[:, 0], rows[:, 1] - first
     new_slots = np.empty(len(ids), np.int64)
     done = 0

@@ -36,22 +36,22 @@ import platformdirs
 
 from crossgap_index.errors import DiskFullError, StoreError, is_disk_full
 from crossgap_index.store.cache import InversionCache
-from crossgap_index.store.catalog import DEFAULT_DTYPE, Catalog, ItemRow
+from crossgap_index.store.catalog import DEFAULT_DTYPE, Catalog
 from crossgap_index.store.compact import AUTO_MIN_DEAD, DEFAULT_MIN_DEAD, CompactReport, compact, remove_unrecorded
 from crossgap_index.store.lock import IndexLock, ReadWriteLock
 from crossgap_index.store.manifest import MANIFEST_NAME, Manifest
 from crossgap_index.store.shards import ITEMS_STREAM, VECTORS_DIR, read_again_if_moved
+from crossgap_index.store.state import HeldState
 from crossgap_index.store.vectors import AUTO, VectorIndex, validate_factory
+from crossgap_index.words import MODALITIES, StageProgress
 
 if TYPE_CHECKING:
     import faiss
 
 INDEX_ENV_VAR = "CGX_INDEX"
-MODALITIES = ("image", "text")
 # Collections of vectors derived from items: name -> modality of the items they belong to.
 DERIVED = {"image-oti": "image", "text-ovi": "text"}
 CATALOG_NAME = "catalog.sqlite"
-SAVED_STATE_TRIES = 3  # reads of the manifest while a writer replaces the files it names
 log = logging.getLogger("crossgap_index")
 
 
@@ -67,7 +67,7 @@ class IndexExistsError(StoreError):
     """Store.create found an index already there (another process may have just made it)."""
 
 
-class Store:
+class Store(HeldState):
     """Owns the files of one index directory.
 
     Thread-safe: searches run under ``reading()`` (shared), index mutation under a short exclusive
@@ -91,6 +91,7 @@ class Store:
         self.cache = InversionCache(path, writable=not readonly, legacy_catalog=path / CATALOG_NAME)
         self.lock = lock or IndexLock(path)
         self.wait = True  # what a writer does when another process holds the lock
+        self.build_progress: StageProgress | None = None  # told a FAISS build's phases: train, add, write
         self.rebuilt: list[str] = []  # collections rebuilt from the catalog on open (damaged, stale, missing)
         self.introduced: list[str] = []  # derived collections this release has and the index did not (added empty)
         self._rw = ReadWriteLock()
@@ -154,8 +155,7 @@ class Store:
             store = cls(path, manifest, catalog, {}, readonly)
             store._for_check = for_check
             store._check_dim()
-            if catalog.legacy and not readonly:
-                store._migrate()
+            catalog.migrate_if_old(manifest.dim, lambda: store.lock.hold(store.wait))
             if not for_check:
                 store._check_shards()
             if not readonly:
@@ -179,13 +179,6 @@ class Store:
                 f"catalog holds {stored}-d vectors; the manifest does not belong to this catalog"
             )
 
-    def _migrate(self) -> None:
-        """Move an old index's vectors out of the catalog into shards, once, under the writer lock."""
-        with self.lock.hold(self.wait):
-            count = self.catalog.count("image") + self.catalog.count("text")
-            log.warning("cgx: moving the %d vectors of %s into vector shards (once) ...", count, self.path)
-            self.catalog.migrate_to_shards(self.manifest.dim)
-
     def _check_shards(self) -> None:
         """Every shard at least as long as its committed rows (one stat each): a shorter one has lost
         committed vectors, so the index is refused in one line."""
@@ -196,7 +189,7 @@ class Store:
     def _remove_unrecorded(self) -> None:
         """Shard files an interrupted compaction (or write) left that no catalog record names: deleted when
         no writer holds the lock (one may be writing such a file right now), else left for a later writer."""
-        if self.catalog.legacy or self.catalog.get_meta("vector_dim") is None:
+        if not self.catalog.uses_shards():
             return
         if not self.catalog.shards().unrecorded(self.catalog.shard_records()):
             return
@@ -260,73 +253,6 @@ class Store:
         except StoreError:
             pass  # a writer is busy, or the lock cannot be made: it will save them itself
 
-    def refresh(self) -> bool:
-        """Move a reader to the newest saved state: the manifest (written last by every save) names a catalog
-        generation whose FAISS files are all on disk. The new state's files are loaded and verified aside, then
-        the manifest and every collection are swapped in at once under the exclusive lock: a search holds the
-        shared lock throughout, so it sees the old state or the new one, never a mix. True when it moved.
-        Nothing happens while this process writes (its writer keeps the state current) or when the saved state
-        is not newer than the one held. A file replaced by a writer between the manifest and the file is caught
-        by its checksum: the manifest is read again; after a few tries the state is loaded the writer's way."""
-        with self._refreshing:  # two callers (a follower, a watcher's publish): the second sees the first's state
-            if not self._writer.acquire(blocking=False):
-                return False  # a write of this process is under way: it brings the store up to date itself
-            try:
-                return self._swap_to_saved()
-            finally:
-                self._writer.release()
-
-    def _swap_to_saved(self) -> bool:
-        """``refresh`` once its locks are held."""
-        for _ in range(SAVED_STATE_TRIES):
-            manifest = Manifest.load(self.path)
-            if manifest.generation <= self._loaded_generation:
-                return False
-            indexes = self._saved_indexes(manifest)
-            if indexes is not None:
-                with self._rw.write():
-                    self.manifest, self.indexes = manifest, indexes
-                    self._pending.clear()
-                    self._loaded_generation = manifest.generation
-                return True
-        return self._catch_up()
-
-    def saved_generation(self) -> int:
-        """The generation of the newest saved state (one small file read): what a follower polls."""
-        return Manifest.load(self.path).generation
-
-    @property
-    def loaded_generation(self) -> int:
-        """The generation of the state this store holds."""
-        return self._loaded_generation
-
-    def _saved_indexes(self, manifest: Manifest) -> dict[str, VectorIndex] | None:
-        """Every collection ``manifest`` records, read from its file and verified against the record (size,
-        crc32, count); None when one is missing or differs (replaced meanwhile by a writer)."""
-        if set(manifest.factories) != set(self.manifest.factories) or manifest.dim != self.manifest.dim:
-            return None
-        indexes = {}
-        for name, factory in manifest.factories.items():
-            path = self.path / f"{name}.faiss"
-            index = VectorIndex.load(path, manifest.dim, factory, manifest.files.get(name), manifest.counts.get(name))
-            if index is None:
-                return None
-            indexes[name] = index
-        return indexes
-
-    def _catch_up(self) -> bool:
-        """A writer's start: load the catalog's newest committed generation (FAISS files rebuilt from it where a
-        writer elsewhere committed rows and died before saving them). True when something changed."""
-        if self.catalog.generation == self._loaded_generation:
-            return False
-        manifest = Manifest.load(self.path)
-        with self._rw.write():
-            self.manifest = manifest
-            self.indexes = {}
-            self._pending.clear()
-            self._load_indexes()
-        return True
-
     # -- locking --------------------------------------------------------------------------
     @contextmanager
     def reading(self) -> Iterator[None]:
@@ -384,7 +310,9 @@ class Store:
         """From the catalog, a chunk at a time (training on a sample when the factory needs it); searches
         go on against the old index until the new one is swapped in."""
         self.verify_vectors(name)
-        self.indexes[name].build_chunked(self.stored_count(name), lambda: self.vector_chunks(name), self._rw.write)
+        self.indexes[name].build_chunked(
+            self.stored_count(name), lambda: self.vector_chunks(name), self._rw.write, self.build_progress
+        )
 
     # -- writes (inside writing()) ----------------------------------------------------------
     def add(self, name: str, ids: list[int], vectors: np.ndarray) -> None:
@@ -463,7 +391,11 @@ class Store:
         for name, index in self.indexes.items():
             if index.needs_rebuild() or index.ntotal != self.stored_count(name):
                 self.rebuild(name)
+            if self.build_progress:
+                self.build_progress("write", 0, index.ntotal)
             self.manifest.files[name] = index.save(self.path / f"{name}.faiss")
+            if self.build_progress:
+                self.build_progress("write", index.ntotal, index.ntotal)
         self.manifest.counts = {name: self.stored_count(name) for name in self.indexes}
         self.manifest.generation = self.catalog.generation
         self.manifest.save(self.path)
@@ -494,42 +426,6 @@ class Store:
         kind = name if name in DERIVED else None
         wanted = np.asarray(ids).tolist()
         return read_again_if_moved(lambda: self.catalog.vectors_found(wanted, self.manifest.dim, kind))
-
-    def held_items(self, modality: str | None, after: int, limit: int) -> list[ItemRow]:
-        """``catalog.items`` as this store's state has them: rows of items its FAISS collections hold (one another
-        process added since joins when the state is swapped; one it removed has left both). Pages stay full."""
-        held = [name for name in MODALITIES if modality in (None, name)]
-        out: list[ItemRow] = []
-        while limit < 0 or len(out) < limit:
-            want = -1 if limit < 0 else limit - len(out)
-            rows = self.catalog.items(modality, after, want)
-            ids = np.fromiter((r.id for r in rows), np.int64, count=len(rows))
-            kept = np.zeros(len(rows), bool)
-            for name in held:
-                of_name = np.fromiter((r.modality == name for r in rows), bool, count=len(rows))
-                kept |= of_name & self.held_ids(name, ids)
-            out += [row for row, keep in zip(rows, kept.tolist(), strict=True) if keep]
-            if want < 0 or len(rows) < want:
-                break
-            after = rows[-1].id
-        return out
-
-    def held_ids(self, name: str, ids: np.ndarray) -> np.ndarray:
-        """The mask of ``ids`` that collection ``name`` holds in this store's state (its FAISS index). The index's
-        ids are sorted once per state: the in-memory indexes change only with the generation (a commit, a swap)."""
-        key = (self._loaded_generation, id(self.indexes[name]))
-        with self._held_lock:
-            cached = self._held.get(name)
-        if cached is None or cached[0] != key:
-            cached = (key, np.sort(self.indexes[name].ids()))
-            with self._held_lock:
-                self._held[name] = cached
-        own = cached[1]
-        ids = np.asarray(ids, np.int64)
-        if not len(own):
-            return np.zeros(len(ids), bool)
-        positions = np.minimum(np.searchsorted(own, ids), len(own) - 1)
-        return own[positions] == ids
 
     @property
     def generation(self) -> int:

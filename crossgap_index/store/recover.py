@@ -19,7 +19,7 @@ import numpy as np
 
 from crossgap_index.errors import StoreError
 from crossgap_index.store.directory import Store
-from crossgap_index.store.shards import ITEMS_STREAM, SHARD_ROWS, ShardRecord, fsync_dir
+from crossgap_index.store.shards import SHARD_ROWS, ShardRecord, fsync_dir
 from crossgap_index.store.vectors import VectorIndex
 
 
@@ -29,12 +29,7 @@ def recover_shard(store: Store, record: ShardRecord) -> str:
     catalog, shards = store.catalog, store.catalog.shards()
     path = shards.path(record.stream, record.number)
     first = record.number * SHARD_ROWS
-    if record.stream == ITEMS_STREAM:
-        sql = "SELECT id, slot, modality FROM items WHERE slot >= ? AND slot < ?"
-        live = catalog.conn.execute(sql, (first, first + record.rows)).fetchall()
-    else:
-        sql = "SELECT item_id, slot, kind FROM derived_vectors WHERE kind = ? AND slot >= ? AND slot < ?"
-        live = catalog.conn.execute(sql, (record.stream, first, first + record.rows)).fetchall()
+    live = catalog.rows_in_slots(record.stream, first, first + record.rows)
     data = np.zeros((record.rows, shards.dim), shards.numpy_dtype)
     if path.exists():
         old = np.fromfile(path, shards.numpy_dtype, count=record.rows * shards.dim)
@@ -52,10 +47,8 @@ def recover_shard(store: Store, record: ShardRecord) -> str:
     os.replace(tmp, path)
     fsync_dir(path.parent)
     crc = zlib.crc32(content)
-    catalog.conn.execute(
-        "UPDATE shards SET crc32 = ? WHERE stream = ? AND number = ?", (crc, record.stream, record.number)
-    )
-    catalog.conn.commit()  # the vectors are the ones FAISS was built from: the generation stays, files stay valid
+    catalog.set_shard_checksum(record, crc)
+    catalog.commit_bookkeeping()  # the vectors FAISS was built from: the generation stays, files stay valid
     shards.forget(record.stream, record.number)
     return f"{path.parent.name}/{path.name}: {len(live)} vectors written again from the FAISS files"
 

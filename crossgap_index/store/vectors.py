@@ -3,12 +3,9 @@
 The index is derived data: ``build`` recreates it from (ids, vectors) held by the catalog,
 which is also how approximate indexes are (re)trained and how HNSW "removes" items.
 
-IDMap2 keeps the ids in a table by position and the wrapped index numbers its vectors by position. FAISS's
-``IndexIDMap2.remove_ids`` closes the gaps in the table, which is right only when the wrapped index closes
-them too: flat code arrays (Flat, PQ, SQ) do; IVF lists keep the positions they were added under. So an IVF
-removes by position in its lists and renumbers their entries (``_remove_from_ivf``); any other type is
-rebuilt. A saved IVF whose list entries are not exactly the positions 0..n-1 (written by a version that
-removed through IDMap2) is refused when read and rebuilt (``ivf_position_problem``).
+Removal keeps every other id on its own vector: an IVF removes by position in its lists
+(store/ivf_removal.py), a flat code array through IDMap2; any other type is rebuilt. How an index is
+trained and filled is store/faiss_build.py's.
 
 A saved file is verified (size, crc32) before FAISS parses a byte of it, then memory-mapped
 (``IO_FLAG_MMAP_IFC``: codes and inverted lists stay in the page cache, not copied). A file over
@@ -27,7 +24,7 @@ import os
 import re
 import threading
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import Future
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
@@ -36,6 +33,36 @@ import faiss
 import numpy as np
 
 from crossgap_index.errors import DiskFullError, StoreError, is_disk_full
+from crossgap_index.store.faiss_build import (
+    COARSE_EF_SEARCH,
+    TRAIN_POINTS_PER_LIST,
+    Chunks,
+    build_streamed,
+    flat_index,
+    ivf_of,
+    min_training_vectors,
+    quiet_training,
+    set_coarse_ef_search,
+    training_sample,
+    training_size,
+    unwrapped,
+)
+from crossgap_index.store.ivf_removal import ivf_position_problem, remove_from_ivf
+from crossgap_index.words import StageProgress
+
+__all__ = [  # the store's vector-index names, importable from here as before the build and removal modules
+    "AUTO",
+    "COARSE_EF_SEARCH",
+    "TRAIN_POINTS_PER_LIST",
+    "VectorIndex",
+    "file_record",
+    "ivf_position_problem",
+    "min_training_vectors",
+    "read_verified",
+    "training_sample",
+    "training_size",
+    "validate_factory",
+]
 
 # Below this many vectors exact search is both fast enough and exact; above it, IVF.
 EXACT_SEARCH_LIMIT = 100_000
@@ -43,29 +70,8 @@ EXACT_SEARCH_LIMIT = 100_000
 # from the shards (search/ranking.py); see docs/scaling.md for the measurement behind it.
 COMPRESSED_ABOVE = 2_000_000
 AUTO = "auto"
-# Training rows per IVF-Flat list (a seeded random sample of at most this many per list; k-means time is
-# nlist x rows x d). The rule: fewer rows per list only where recall@10 stays within 0.001 of 256's (FAISS's
-# own max_points_per_centroid) on the same vectors. Measured (benchmarks/bench_train_floor.py, 200k clustered
-# 512-d vectors, results/train-floor-*.md): recall@10 was 1.000 at the default nprobe 32 for IVF1024,Flat at
-# 64, 100 and 256 rows per list and for IVF2048,Flat at 64 and 256 (100 is every row there); at nprobe 2
-# IVF1024 lost 0.0003 (64) and 0.0007 (100), and its build took 0.43x the time at 100. 100 is also
-# autofaiss's sample for this factory, which matched 256's recall at 1M (IVF4096,Flat, issue 26); 64 held
-# here too but has no measurement at 1M.
-TRAIN_POINTS_PER_LIST = 100
-TRAIN_POINTS_OTHER = 65_536  # trainable non-IVF factories (PQ, PCA, ...)
-# IVF over compressed codes: candidates are re-scored exactly, so a coarser k-means (64 rows per list, above
-# FAISS's warning floor of 39) does; it is a quarter of the training time, which is nlist x rows x d.
-TRAIN_POINTS_PER_LIST_COMPRESSED = 64
-TRAIN_SEED = 1234
-# efSearch of an HNSW coarse quantizer (auto's IVF{c}_HNSW32 above COMPRESSED_ABOVE): it picks the list each
-# vector is added to, and a wrong list is never probed by the queries near it. FAISS's default of 16 put 3.4%
-# of 10M clustered rows in a list other than their nearest centroid's, and recall@10 stayed at 0.949-0.951
-# for nprobe 32 to 128 and 100 to 400 re-scored candidates; 64 finds the nearest centroid for 99.95% of them
-# (benchmarks/results/store.md, "`auto`'s own factory at 10M"). Saved with the index: queries search it at 64 too.
-COARSE_EF_SEARCH = 64
 _PROBE_VECTORS = 64  # vectors of the tiny index a factory string is tried on
 
-Chunks = Callable[[], Iterator[tuple[np.ndarray, np.ndarray]]]  # a fresh pass of (ids, vectors) chunks
 # FAISS files larger than this are verified (crc32, ~3 GB/s here) and mapped in the background after open.
 LAZY_VERIFY_BYTES = 128 << 20
 
@@ -238,8 +244,8 @@ class VectorIndex:
     def _empty(self, n: int) -> faiss.Index:
         factory = auto_factory(n) if self.factory == AUTO else self.factory
         index = faiss.index_factory(self.dim, f"IDMap2,{factory}", faiss.METRIC_INNER_PRODUCT)
-        _set_coarse_ef_search(index)
-        _quiet_training(index)
+        set_coarse_ef_search(index)
+        quiet_training(index)
         return index
 
     def build(self, ids: np.ndarray, vectors: np.ndarray) -> None:
@@ -248,34 +254,28 @@ class VectorIndex:
         index = self._empty(len(ids))
         if not index.is_trained:
             if len(ids) < min_training_vectors(index):
-                index = _flat(self.dim)
+                index = flat_index(self.dim)
             else:
                 try:
                     index.train(np.ascontiguousarray(vectors, np.float32))
                 except RuntimeError:
-                    index = _flat(self.dim)
+                    index = flat_index(self.dim)
         if len(ids):
             index.add_with_ids(np.ascontiguousarray(vectors, np.float32), ids.astype(np.int64))
         self.index = index
         self.search_params = default_search_params(self.resolved_factory)
 
-    def build_chunked(self, n: int, chunks: Chunks, swap: Callable[[], AbstractContextManager] = nullcontext) -> None:
-        """``build``'s streaming twin for large collections: train on a random sample of the ``n`` rows
-        (all of them, in order, when the sample would be the whole set: then it equals ``build``), then
-        add a chunk at a time. Two passes over ``chunks``; memory: the sample or the index, not both
-        plus a full copy of every vector. ``swap``: held while the new index replaces the old one."""
-        index = self._empty(n)
-        if not index.is_trained:
-            if n < min_training_vectors(index):
-                index = _flat(self.dim)
-            else:
-                try:
-                    index.train(training_sample(chunks(), n, training_size(index, n)))
-                except RuntimeError:
-                    index = _flat(self.dim)
-        _reserve(index, n)
-        for ids, vectors in chunks() if n else ():
-            index.add_with_ids(np.ascontiguousarray(vectors, np.float32), ids.astype(np.int64))
+    def build_chunked(
+        self,
+        n: int,
+        chunks: Chunks,
+        swap: Callable[[], AbstractContextManager] = nullcontext,
+        progress: StageProgress | None = None,
+    ) -> None:
+        """``build``'s streaming twin for large collections (``faiss_build.build_streamed``: train on a sample,
+        then add a block at a time). ``swap``: held while the new index replaces the old one. ``progress``:
+        told each phase (train, add) as it goes."""
+        index = build_streamed(self._empty(n), self.dim, n, chunks, progress)
         with swap():
             self.index = index
             self.search_params = default_search_params(self.resolved_factory)
@@ -318,9 +318,9 @@ class VectorIndex:
         self._gpu = None
         index = self._owned()
         ids = np.asarray(ids, np.int64)
-        if _ivf(index) is not None:
-            return _remove_from_ivf(index, ids)
-        if not isinstance(_unwrapped(index.index), faiss.IndexFlatCodes):
+        if ivf_of(index) is not None:
+            return remove_from_ivf(index, ids)
+        if not isinstance(unwrapped(index.index), faiss.IndexFlatCodes):
             return False
         try:
             index.remove_ids(ids)
@@ -435,34 +435,6 @@ def read_verified(
     return index, None
 
 
-def ivf_position_problem(index: faiss.Index) -> str | None:
-    """For IDMap2 over an IVF: whether the lists' entries are exactly the positions 0..n-1 of the id table,
-    each once (what IDMap2 needs to name each vector's id); None when they are, or the index is no IVF.
-    One pass over the lists' ids: O(n) time, 8 bytes per vector."""
-    ivf = _ivf(index)
-    if ivf is None:
-        return None
-    n = int(index.ntotal)
-    sizes = [ivf.invlists.list_size(number) for number in range(ivf.nlist)]
-    if int(ivf.ntotal) != n or sum(sizes) != n:
-        return _MISNUMBERED
-    held = np.empty(n, np.int64)
-    filled = 0
-    for number, size in enumerate(sizes):
-        if size:
-            held[filled : filled + size] = faiss.rev_swig_ptr(ivf.invlists.get_ids(number), size)
-            filled += size
-    if n and (held.min() < 0 or held.max() >= n or np.bincount(held, minlength=n).max() != 1):
-        return _MISNUMBERED
-    return None
-
-
-_MISNUMBERED = (
-    "its IVF lists do not hold each vector under its own position (a removal by an earlier version moved "
-    "ids onto other items' vectors)"
-)
-
-
 def file_record(path: Path, fsync: bool = False) -> dict[str, int]:
     """Size and crc32 of a file, read in blocks into one reused buffer (~3 GB/s here): a bit flip anywhere
     shows, and the file is judged before FAISS parses a byte of it. Not through a memory map: the mapped
@@ -480,131 +452,3 @@ def file_record(path: Path, fsync: bool = False) -> dict[str, int]:
 
 
 _CRC_BLOCK = 8 << 20
-
-
-def min_training_vectors(index: faiss.Index) -> int:
-    """Fewest vectors FAISS accepts to train ``index``: an IVF quantiser needs one per list, a product
-    quantiser 2^nbits per sub-quantiser; 0 for indexes that need no training."""
-    inner = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap2) else index
-    if inner.is_trained:
-        return 0
-    need = 1
-    if isinstance(inner, faiss.IndexIVF):
-        need = max(need, inner.nlist)
-        inner = faiss.downcast_index(inner)
-    pq = getattr(inner, "pq", None)
-    if pq is not None:
-        need = max(need, 1 << pq.nbits)
-    return need
-
-
-def _unwrapped(index: faiss.Index) -> faiss.Index:
-    """The index under any pre-transforms (PCA, OPQ, ...), downcast to its own type."""
-    index = faiss.downcast_index(index)
-    while isinstance(index, faiss.IndexPreTransform):
-        index = faiss.downcast_index(index.index)
-    return index
-
-
-def _ivf(index: faiss.Index) -> faiss.IndexIVF | None:
-    """The IVF inside an IDMap2 (under pre-transforms), or None."""
-    inner = _unwrapped(index.index) if isinstance(index, faiss.IndexIDMap2) else _unwrapped(index)
-    return inner if isinstance(inner, faiss.IndexIVF) else None
-
-
-def _remove_from_ivf(index: faiss.IndexIDMap2, ids: np.ndarray) -> bool:
-    """Remove ``ids`` from IDMap2 over an in-memory IVF, keeping each remaining id on its own vector: the
-    lists drop the removed positions, then every entry is renumbered to its position in the shortened id
-    table (the position minus the removed positions below it), as IDMap2 shortens the table. False (nothing
-    changed) for lists this cannot renumber in place (not plain arrays, or a direct map to keep): rebuild."""
-    ivf = _ivf(index)
-    if not isinstance(faiss.downcast_InvertedLists(ivf.invlists), faiss.ArrayInvertedLists):
-        return False
-    if ivf.direct_map.type != faiss.DirectMap.NoMap:
-        return False
-    table = faiss.vector_to_array(index.id_map)
-    gone = np.isin(table, ids)
-    if not gone.any():
-        return True
-    positions = np.ascontiguousarray(np.flatnonzero(gone), np.int64)
-    try:
-        index.index.remove_ids(faiss.IDSelectorBatch(len(positions), faiss.swig_ptr(positions)))
-    except RuntimeError:  # an IVF type that cannot remove refuses before it changes anything
-        return False
-    renumbered = np.cumsum(~gone) - 1
-    for number in range(ivf.nlist):
-        size = ivf.invlists.list_size(number)
-        if size:
-            held = faiss.rev_swig_ptr(ivf.invlists.get_ids(number), size)  # the list's own (writable) array
-            held[:] = renumbered[held]
-    kept = table[~gone]
-    faiss.copy_array_to_vector(kept, index.id_map)
-    index.ntotal = len(kept)
-    index.construct_rev_map()
-    return True
-
-
-def _quiet_training(index: faiss.Index) -> None:
-    """No k-means warnings on the user's terminal: FAISS prints one whenever it trains with fewer than
-    ``min_points_per_centroid`` (39) rows per centroid, as small collections and the factory probe do. The
-    threshold only gates that message (the clustering itself is the same), so it is lowered to 1."""
-    inner = _unwrapped(index.index) if isinstance(index, faiss.IndexIDMap2) else _unwrapped(index)
-    if isinstance(inner, faiss.IndexHNSW) and inner.storage is not None:
-        inner = faiss.downcast_index(inner.storage)  # HNSW over PQ codes trains its storage's quantizer
-    holders = [inner if isinstance(inner, faiss.IndexIVF) else None, getattr(inner, "pq", None)]
-    holders.append(getattr(inner, "rq", None))  # residual quantizers (RQ, IVF-RQ)
-    for holder in holders:
-        if holder is not None:
-            holder.cp.min_points_per_centroid = 1
-
-
-def _set_coarse_ef_search(index: faiss.Index) -> None:
-    """COARSE_EF_SEARCH for an IVF index whose coarse quantizer is an HNSW graph (see the constant)."""
-    try:
-        ivf = faiss.extract_index_ivf(index)
-    except RuntimeError:
-        return  # not an IVF index
-    quantizer = faiss.downcast_index(ivf.quantizer)
-    if isinstance(quantizer, faiss.IndexHNSW):
-        quantizer.hnsw.efSearch = max(int(quantizer.hnsw.efSearch), COARSE_EF_SEARCH)
-
-
-def _flat(dim: int) -> faiss.Index:
-    return faiss.index_factory(dim, "IDMap2,Flat", faiss.METRIC_INNER_PRODUCT)
-
-
-def _reserve(index: faiss.Index, n: int) -> None:
-    """Give a flat index's code array its final size up front: growing it chunk by chunk (std::vector
-    doubling) would briefly hold the old and the doubled array, up to 3x the vectors. Each add then
-    resizes within this capacity (a std::vector keeps its capacity when resized down)."""
-    inner = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap2) else index
-    if isinstance(inner, faiss.IndexFlatCodes) and inner.ntotal == 0:
-        inner.codes.resize(n * inner.code_size)
-
-
-def training_size(index: faiss.Index, n: int) -> int:
-    """How many rows train ``index``: TRAIN_POINTS_PER_LIST per IVF-Flat list; for IVF over codes (whose
-    candidates are re-scored exactly) ..._COMPRESSED per list but at least TRAIN_POINTS_OTHER; capped at ``n``."""
-    inner = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap2) else index
-    if isinstance(inner, faiss.IndexIVFFlat):
-        return min(n, TRAIN_POINTS_PER_LIST * int(inner.nlist))
-    if isinstance(inner, faiss.IndexIVF):
-        return min(n, max(TRAIN_POINTS_PER_LIST_COMPRESSED * int(inner.nlist), TRAIN_POINTS_OTHER))
-    return min(n, TRAIN_POINTS_OTHER)
-
-
-def training_sample(chunks: Iterator[tuple[np.ndarray, np.ndarray]], n: int, size: int) -> np.ndarray:
-    """``size`` of the ``n`` streamed rows, chosen uniformly at random (seeded), in stream order."""
-    positions = np.arange(n) if size >= n else np.sort(np.random.default_rng(TRAIN_SEED).choice(n, size, replace=False))
-    sample: np.ndarray | None = None
-    filled = start = 0
-    for _, vectors in chunks:
-        lo, hi = np.searchsorted(positions, [start, start + len(vectors)])
-        if sample is None:
-            sample = np.empty((len(positions), vectors.shape[1]), np.float32)
-        sample[filled : filled + hi - lo] = vectors[positions[lo:hi] - start]
-        filled += hi - lo
-        start += len(vectors)
-    if sample is None:
-        raise StoreError("no vectors to train the index on")
-    return sample[:filled]

@@ -34,23 +34,18 @@ import numpy as np
 
 from crossgap_index.errors import InputFileError
 from crossgap_index.evaluation.data import EvalDataset, load_dataset
-from crossgap_index.evaluation.protocol import (
-    IMAGES,
-    TEXTS,
-    FeatureSet,
-    MemoryCache,
-    image_features,
-    measure_mode,
-)
-from crossgap_index.evaluation.stats import class_interval, paired_difference, paired_interval, t_quantile_975
+from crossgap_index.evaluation.features import FeatureSet, MemoryCache, image_features, take_queries, text_features
+from crossgap_index.evaluation.measure import measure_mode
+from crossgap_index.evaluation.settings import IMAGES, TEXTS
+from crossgap_index.evaluation.stats import CONFIDENCE, PairedComparison, paired_interval, per_class_comparison
 from crossgap_index.inversion import InversionConfig
+from crossgap_index.search.candidates import post_candidates, tune_candidates
 from crossgap_index.search.gallery import MatrixGallery
 from crossgap_index.search.modes import Leg, Mode, resolve_mode
-from crossgap_index.search.peers import post_candidates, tune_candidates
 from crossgap_index.search.ranking import largest_tie, tied_share
-from crossgap_index.search.run import Queries, run_mode
+from crossgap_index.search.run import run_mode
 from crossgap_index.search.transforms import ModelTransformer
-from crossgap_index.words import StageProgress, text_hash
+from crossgap_index.words import StageProgress
 
 SPLIT_SEED = 0
 # The minimum tune accepts: classes with at least MIN_ITEMS_PER_CLASS labelled items (others are left out),
@@ -59,6 +54,12 @@ SPLIT_SEED = 0
 MIN_CLASSES = 8
 MIN_ITEMS_PER_CLASS = 8
 MIN_TEXT_QUERIES = MIN_CLASSES * MIN_ITEMS_PER_CLASS
+MINIMUM = {
+    "classes": MIN_CLASSES,
+    "items_per_class": MIN_ITEMS_PER_CLASS,
+    "text_queries": MIN_TEXT_QUERIES,
+    "confidence": CONFIDENCE,
+}
 # The grid: small enough for a CPU in minutes with a small model; --no-inversion drops the costly part.
 SPAN_COMPONENTS = (4, 6, 8, 12, 16, 24, 32, 64)
 # Span over the fixed ImageNet names (label-free): the published prompt and features, with fixed fractions of
@@ -134,50 +135,19 @@ def tune(
     task = task or (IMAGES if data.images is not None else TEXTS)
     skipped = list(data.notes)
     features, collection, classes = _features(data, encoder, task, skipped, report)
-    minimum = {
-        "classes": MIN_CLASSES,
-        "items_per_class": MIN_ITEMS_PER_CLASS,
-        "text_queries": MIN_TEXT_QUERIES,
-        "confidence": 0.95,
-    }
     features, left_out, refusal = _enforce_minimum(features, task, classes)
     if refusal:
-        return TuneResult(None, False, refusal, classes, left_out, skipped, minimum), None
+        return TuneResult(None, False, refusal, classes, left_out, skipped, dict(MINIMUM)), None
     selection, held_out = _split(features, task, seed)
-    names = sorted(set(data.class_names))
-    candidates = _candidates(task, names, encoder.dim, inversion)
+    bench = _Bench(encoder, collection, maps_dir, _transformer(encoder, MemoryCache(), None, maps_dir))
+    candidates = _candidates(task, sorted(set(data.class_names)), encoder.dim, inversion)
     candidates += [Candidate(name, mode) for name, mode in extra_candidates]
     if inversion and task == IMAGES:
-        from crossgap_index.inversion.inverter import InverterConfig, train_inverter
-
-        for i, steps in enumerate(INVERTER_STEPS):
-            report("training inverters", i, len(INVERTER_STEPS))
-            network = train_inverter(encoder.loaded, selection.gallery, InverterConfig(steps=steps))
-            candidates.append(Candidate(f"inverter[steps={steps}]", resolve_mode("inverter"), inverter=network))
-        report("training inverters", len(INVERTER_STEPS), len(INVERTER_STEPS))
-    shared = _transformer(encoder, MemoryCache(), None, maps_dir)  # one transformer: each projection fitted once
-    for i, candidate in enumerate(candidates):
-        report("candidates (selection half)", i, len(candidates))
-        own = candidate.inverter
-        transformer = shared if own is None else _transformer(encoder, MemoryCache(), own, maps_dir)
-        _measure(candidate, selection, transformer, collection)
-    report("candidates (selection half)", len(candidates), len(candidates))
-    fused = _fusions(candidates)
-    one_leg = [c for c in candidates if len(c.mode.legs) == 1 and c.mode.legs[0].transform in ("project", "invert")]
-    bases = [(c.name, c.mode) for c in sorted(one_leg, key=lambda c: -c.selection_map)[:2]]  # then a post-step
-    fused += [Candidate(name, mode) for name, mode in post_candidates(bases)]
-    for candidate in fused:
-        _measure(candidate, selection, shared, collection)
-    candidates += fused
+        candidates += _inverter_candidates(encoder, selection, report)
+    candidates = _select(candidates, selection, bench, report)
     intra = next(c for c in candidates if c.name == "intra")
     best = max((c for c in candidates if not c.collapses), key=lambda c: c.selection_map)
-    transformer = shared if best.inverter is None else _transformer(encoder, MemoryCache(), best.inverter, maps_dir)
-    chosen = measure_mode(best.mode, held_out, transformer, collection)
-    base = measure_mode(intra.mode, held_out, transformer, collection)
-    delta, _ = paired_difference(chosen.per_query["map"], base.per_query["map"])
-    low, centre, high = class_interval(chosen.per_query["map"], base.per_query["map"], held_out.query_labels)
-    units = len(np.unique(held_out.query_labels))
-    se = (high - centre) / t_quantile_975(units - 1) if units > 1 else None
+    held_out_report, versus = _report_half(best, intra, held_out, bench)
     record = {
         "mode": best.mode.to_dict(),
         "candidate": best.name,
@@ -189,17 +159,7 @@ def tune(
             "queries": len(selection.queries),
             "candidates": len(candidates),
         },
-        "report": {
-            "map": chosen.means()["map"],
-            "intra_map": base.means()["map"],
-            "delta_map": delta,
-            "delta_map_se": se,
-            "delta_map_ci95": [low, high],
-            "interval": f"95% t-interval over {units} classes' mean differences (a class is one unit)",
-            # the per-query interval, for comparison only: it treats queries sharing a gallery as independent
-            "per_query_ci95": list(paired_interval(chosen.per_query["map"], base.per_query["map"])[::2]),
-            "queries": len(held_out.queries),
-        },
+        "report": held_out_report,
         "dataset": {
             "spec": data.spec,
             "fingerprint": _fingerprint(selection, held_out),
@@ -209,8 +169,87 @@ def tune(
         "model": encoder.loaded.spec.canonical,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
-    stored, reason = _verdict(best.name, delta, low, high)
-    table = [
+    stored, reason = _verdict(best.name, versus.mean, versus.low, versus.high)
+    result = TuneResult(record, stored, reason, classes, left_out, skipped, dict(MINIMUM), _table(candidates))
+    return result, best.inverter if stored else None
+
+
+@dataclass(frozen=True)
+class _Bench:
+    """Where candidates are measured: the index's encoder, the collection searched, where fitted maps are kept,
+    and the one transformer every candidate without its own network shares (each projection fitted once)."""
+
+    encoder: object
+    collection: str
+    maps_dir: Path | None
+    shared: ModelTransformer
+
+    def transformer(self, inverter: object) -> ModelTransformer:
+        """The transformer a candidate runs through: the shared one, or one carrying the candidate's network."""
+        if inverter is None:
+            return self.shared
+        return _transformer(self.encoder, MemoryCache(), inverter, self.maps_dir)
+
+
+def _inverter_candidates(encoder, selection: FeatureSet, report: StageProgress) -> list[Candidate]:
+    """The inverter trained on the selection half's images at each of ``INVERTER_STEPS``."""
+    from crossgap_index.inversion.inverter import InverterConfig, train_inverter
+
+    out = []
+    for i, steps in enumerate(INVERTER_STEPS):
+        report("training inverters", i, len(INVERTER_STEPS))
+        network = train_inverter(encoder.loaded, selection.gallery, InverterConfig(steps=steps))
+        out.append(Candidate(f"inverter[steps={steps}]", resolve_mode("inverter"), inverter=network))
+    report("training inverters", len(INVERTER_STEPS), len(INVERTER_STEPS))
+    return out
+
+
+def _select(
+    candidates: list[Candidate], selection: FeatureSet, bench: _Bench, report: StageProgress
+) -> list[Candidate]:
+    """Every candidate measured on the selection half, then fusions and post-steps of the best of them."""
+    stage = "candidates (selection half)"
+    for i, candidate in enumerate(candidates):
+        report(stage, i, len(candidates))
+        _measure(candidate, selection, bench.transformer(candidate.inverter), bench.collection)
+    report(stage, len(candidates), len(candidates))
+    fused = _fusions(candidates)
+    one_leg = [c for c in candidates if len(c.mode.legs) == 1 and c.mode.legs[0].transform in ("project", "invert")]
+    bases = [(c.name, c.mode) for c in sorted(one_leg, key=lambda c: -c.selection_map)[:2]]  # then a post-step
+    fused += [Candidate(name, mode) for name, mode in post_candidates(bases)]
+    for candidate in fused:
+        _measure(candidate, selection, bench.shared, bench.collection)
+    return candidates + fused
+
+
+def _report_half(
+    best: Candidate, intra: Candidate, held_out: FeatureSet, bench: _Bench
+) -> tuple[dict, PairedComparison]:
+    """The winner against intra on the report half, which took no part in the choice: the record's numbers and
+    the comparison (its interval over classes) the verdict is taken on."""
+    transformer = bench.transformer(best.inverter)
+    chosen = measure_mode(best.mode, held_out, transformer, bench.collection)
+    base = measure_mode(intra.mode, held_out, transformer, bench.collection)
+    values, base_values = chosen.per_query["map"], base.per_query["map"]
+    versus = per_class_comparison(values, base_values, held_out.query_labels)
+    units = len(np.unique(held_out.query_labels))
+    numbers = {
+        "map": chosen.means()["map"],
+        "intra_map": base.means()["map"],
+        "delta_map": versus.mean,
+        "delta_map_se": versus.se,
+        "delta_map_ci95": [versus.low, versus.high],
+        "interval": f"95% t-interval over {units} classes' mean differences (a class is one unit)",
+        # the per-query interval, for comparison only: it treats queries sharing a gallery as independent
+        "per_query_ci95": list(paired_interval(values, base_values)[::2]),
+        "queries": len(held_out.queries),
+    }
+    return numbers, versus
+
+
+def _table(candidates: list[Candidate]) -> list[dict]:
+    """Every candidate's selection-half numbers, best first."""
+    return [
         {
             "name": c.name,
             "summary": c.mode.describe(),
@@ -221,8 +260,6 @@ def tune(
         }
         for c in sorted(candidates, key=lambda c: -c.selection_map)
     ]
-    result = TuneResult(record, stored, reason, classes, left_out, skipped, minimum, table)
-    return result, best.inverter if stored else None
 
 
 def _verdict(name: str, delta: float, low: float, high: float) -> tuple[bool, str]:
@@ -252,12 +289,7 @@ def _features(
         return features, "image", {name: int(n) for name, n in zip(names, counts, strict=True) if n > 0}
     if data.texts is None:
         raise InputFileError(f"dataset {data.spec} has no captions to tune on")
-    texts = data.texts
-    queries = encoder.encode_texts(texts.query_texts)
-    gallery = encoder.encode_texts(texts.gallery_texts)
-    digests = tuple(text_hash(t) for t in texts.query_texts)
-    features = FeatureSet(Queries(queries, "text", digests), texts.query_groups, gallery, texts.gallery_groups, False)
-    return features, "text", {"caption groups": len(texts.query_texts)}
+    return text_features(data.texts, encoder), "text", {"caption groups": len(data.texts.query_texts)}
 
 
 def _enforce_minimum(
@@ -377,8 +409,7 @@ def _split(features: FeatureSet, task: str, seed: int) -> tuple[FeatureSet, Feat
     out = []
     for rows in _halves(np.zeros(len(groups), np.int64), seed):  # each query is its own group: deal them
         keep = np.isin(features.gallery_labels, groups[rows])
-        q = features.queries
-        queries = Queries(q.features[rows], q.modality, tuple(q.digests[i] for i in rows))
+        queries = take_queries(features.queries, rows)
         out.append(FeatureSet(queries, groups[rows], features.gallery[keep], features.gallery_labels[keep], False))
     return out[0], out[1]
 
@@ -397,8 +428,7 @@ def _halves(labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _subset(features: FeatureSet, rows: np.ndarray) -> FeatureSet:
-    q = features.queries
-    queries = Queries(q.features[rows], q.modality, tuple(q.digests[i] for i in rows))
+    queries = take_queries(features.queries, rows)
     return FeatureSet(queries, features.query_labels[rows], features.gallery[rows], features.gallery_labels[rows], True)
 
 
