@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from crossgap_index.errors import QueryError
 from crossgap_index.index_inverters import inverter_file, inverter_stats
-from crossgap_index.search.modes import Mode, describe_cross
+from crossgap_index.search.modes import describe_cross, resolve_mode
 from crossgap_index.search.searcher import Searcher
 from crossgap_index.store.directory import Store
 from crossgap_index.store.manifest import Manifest, tuned_task
@@ -62,7 +62,7 @@ def check_tuned_record(record: dict | None) -> None:
     if record is not None:
         if not isinstance(record, dict) or not isinstance(record.get("mode"), dict):
             raise QueryError("a tuned-mode record is a dict with a 'mode' (see cgx tune)")
-        Mode.from_dict(record["mode"])
+        resolve_mode("auto", tuned=record["mode"])
 
 
 def apply_tuned_record(manifest: Manifest, record: dict | None, task: str | None) -> None:

@@ -19,6 +19,7 @@ from crossgap_index.words import check_modality
 if TYPE_CHECKING:  # torch loads with the first model
     from crossgap_index.inversion.inverter import Inverter
     from crossgap_index.models import Encoder
+    from crossgap_index.models.query_encoder import QueryEncoder
 
 
 class IndexRuntime:
@@ -29,6 +30,7 @@ class IndexRuntime:
         self.device = device
         self._precision = precision
         self._encoder: Encoder | None = None
+        self._query_encoder: QueryEncoder | None = None
         self._searcher: Searcher | None = None
         self._inverters: dict[str, Inverter] = {}
         self._fits = None  # who runs gallery fits (search/fitting.py): this thread unless fit_in_background()
@@ -46,6 +48,24 @@ class IndexRuntime:
     def encoder_loaded(self) -> bool:
         """Whether the model is in memory (a build with nothing to embed never loads it)."""
         return self._encoder is not None
+
+    def query_encoder(self) -> QueryEncoder:
+        """What searches embed queries with: image queries on a verified ONNX tower where one serves this index,
+        the rest on ``encoder`` (crossgap_index.models.query_encoder)."""
+        if self._query_encoder is None:
+            with self._loading:
+                if self._query_encoder is None:
+                    from crossgap_index.models.query_encoder import query_encoder_for
+
+                    self._query_encoder = query_encoder_for(
+                        self._store.path,
+                        self._store.manifest,
+                        self.device,
+                        self._precision,
+                        lambda: self.encoder,
+                        lambda: self._encoder is not None,
+                    )
+        return self._query_encoder
 
     def use_encoder(self, encoder: Encoder) -> None:
         """Embed with ``encoder`` (one made with the index, or another handle's on the same index)."""
@@ -67,7 +87,7 @@ class IndexRuntime:
         return Searcher(
             self._store,
             self._store.manifest.model,
-            lambda: self.encoder,
+            self.query_encoder,
             functools.partial(self.inverter, "image") if image else None,
             self._store.cache,
             text_inverter=functools.partial(self.inverter, "text") if text else None,
