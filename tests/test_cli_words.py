@@ -107,7 +107,7 @@ def test_headings_use_the_plain_mode_names(one_photo_index):
 def test_the_inversion_bar_knows_its_total(one_photo_index):
     """`cgx query` draws "inverting 7/25", not "7/?": the total is the served mode's step count."""
     from crossgap_index import CrossGapIndex
-    from crossgap_index.cli.app import inversion_steps
+    from crossgap_index.cli.query_command import inversion_steps
     from crossgap_index.inversion import InversionConfig
     from crossgap_index.search.options import SearchOptions
 

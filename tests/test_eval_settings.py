@@ -105,6 +105,17 @@ def _flags(**changes) -> EvalFlags:
     return EvalFlags(**{**given, **changes})
 
 
+def test_eval_steps_mean_what_query_steps_mean():
+    """``cgx eval --steps N`` inverts image queries with N OTI steps and text queries with N OVI steps, as
+    ``cgx query --steps N`` does; ``--ovi-steps`` sets text queries' alone and wins over --steps."""
+    _, settings = eval_settings(_flags(steps=3, ovi_steps=None))
+    assert (settings.config.oti_steps, settings.config.ovi_steps) == (3, 3)
+    _, settings = eval_settings(_flags(steps=3, ovi_steps=7))
+    assert (settings.config.oti_steps, settings.config.ovi_steps) == (3, 7)
+    _, settings = eval_settings(_flags(steps=None, ovi_steps=None))
+    assert settings.config == InversionConfig(lr=0.03, batch_size=16, precision="fp32")
+
+
 def test_the_command_line_becomes_settings_in_one_place(tmp_path):
     vocab = tmp_path / "vocab.txt"
     vocab.write_text("red circle\nblue square\n")

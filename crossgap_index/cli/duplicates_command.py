@@ -8,12 +8,11 @@ from typing import Annotated
 
 import typer
 
+from crossgap_index.cli.options import IndexOpt
+
 
 def duplicates_command(
-    index: Annotated[
-        Path | None,
-        typer.Option("--index", envvar="CGX_INDEX", help="Index directory [default: $CGX_INDEX or the user data dir]."),
-    ] = None,
+    index: IndexOpt = None,
     threshold: Annotated[
         float | None,
         typer.Option(

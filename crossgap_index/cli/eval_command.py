@@ -12,10 +12,11 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from crossgap_index.cli.options import DeviceOpt
 from crossgap_index.errors import QueryError
 from crossgap_index.inversion import InversionConfig
+from crossgap_index.inversion.flags import InversionFlags
 from crossgap_index.models import DEFAULT_MODEL
-from crossgap_index.search.modes import SERVED_OTI_STEPS
 
 # The generated and shipped worlds evaluation.data reads, stated here so that --help needs no numpy
 # (a test checks them against that module's own usage lines).
@@ -55,10 +56,6 @@ ModelOpt = Annotated[
         "or a bundled name (tiny-random, crossgap-small).",
     ),
 ]
-DeviceOpt = Annotated[
-    str,
-    typer.Option("--device", help="auto (CUDA when available), cpu, cuda, cuda:N (the Nth GPU) or mps (Apple GPU)."),
-]
 VocabOpt = Annotated[
     Path | None,
     typer.Option("--vocab", help="Span projection concepts, one name per line (default: the class names)."),
@@ -76,11 +73,18 @@ TaskOpt = Annotated[
     ),
 ]
 StepsOpt = Annotated[
-    int | None, typer.Option("--steps", min=0, help="OTI steps of the cross and fused modes [default: 25, served].")
+    int | None,
+    typer.Option(
+        "--steps",
+        min=0,
+        help="Inversion steps of the query's own direction, as in cgx query: OTI for image queries, OVI for "
+        "text queries [default: 25, served].",
+    ),
 ]
 TokensOpt = Annotated[int, typer.Option("--tokens", min=1, help="OTI pseudo-tokens R.")]
 OviStepsOpt = Annotated[
-    int, typer.Option("--ovi-steps", min=0, help="OVI steps (text queries; the paper publishes 1000).")
+    int | None,
+    typer.Option("--ovi-steps", min=0, help="OVI steps of text queries only, over --steps (the paper publishes 1000)."),
 ]
 PatchesOpt = Annotated[
     int | None, typer.Option("--patches", min=1, help="OVI pseudo-patches P [default: 1 for /32 ViTs, else 4].")
@@ -143,7 +147,7 @@ class EvalFlags:
     task: Task
     steps: int | None
     tokens: int
-    ovi_steps: int
+    ovi_steps: int | None
     patches: int | None
     batch_size: int
     sweep_steps: str | None
@@ -166,7 +170,7 @@ def eval_command(
     task: TaskOpt = Task.all,
     steps: StepsOpt = None,
     tokens: TokensOpt = InversionConfig.n_tokens,
-    ovi_steps: OviStepsOpt = InversionConfig.ovi_steps,
+    ovi_steps: OviStepsOpt = None,
     patches: PatchesOpt = None,
     batch_size: BatchSizeOpt = InversionConfig.batch_size,
     sweep_steps: SweepStepsOpt = None,
@@ -219,15 +223,16 @@ def eval_settings(flags: EvalFlags) -> tuple[EvalDataset, EvalSettings]:
     sweep_lrs = _parse_rates(flags.sweep_lr) if flags.sweep_lr else []
     data = load_dataset(flags.dataset, flags.limit)
     names = read_vocab(flags.vocab) if flags.vocab is not None else None
-    config = InversionConfig(
-        oti_steps=SERVED_OTI_STEPS if flags.steps is None else flags.steps,
-        n_tokens=flags.tokens,
+    inversion = InversionFlags(
+        steps=flags.steps,
         ovi_steps=flags.ovi_steps,
-        n_patches=flags.patches,
+        tokens=flags.tokens,
+        patches=flags.patches,
         lr=flags.lr,
         batch_size=flags.batch_size,
         precision=flags.precision,
     )
+    config = inversion.config_or_default()
     if flags.transductive and flags.index is None:
         raise QueryError("--transductive compares with an index's own inverters: give --index IDX")
     model, served, labelled = flags.model, {}, []

@@ -8,6 +8,8 @@ from typing import Annotated
 
 import typer
 
+from crossgap_index.cli.options import IndexOpt
+
 
 class Format(str, Enum):
     parquet = "parquet"
@@ -15,10 +17,7 @@ class Format(str, Enum):
 
 
 def export_command(
-    index: Annotated[
-        Path | None,
-        typer.Option("--index", envvar="CGX_INDEX", help="Index directory [default: $CGX_INDEX or the user data dir]."),
-    ] = None,
+    index: IndexOpt = None,
     fmt: Annotated[Format, typer.Option("--format", help="parquet: one table per collection; npy: arrays + jsonl.")] = (
         Format.parquet
     ),

@@ -8,6 +8,8 @@ from typing import Annotated
 
 import typer
 
+from crossgap_index.cli.options import IndexOpt
+
 
 class Dtype(str, Enum):
     float32 = "float32"
@@ -22,10 +24,7 @@ def import_command(
             "column, clip-retrieval's output folder (img_emb/ + metadata/), or a `cgx export` folder."
         ),
     ],
-    index: Annotated[
-        Path | None,
-        typer.Option("--index", envvar="CGX_INDEX", help="Index directory [default: $CGX_INDEX or the user data dir]."),
-    ] = None,
+    index: IndexOpt = None,
     model: Annotated[
         str,
         typer.Option(

@@ -9,27 +9,20 @@ from typing import Annotated
 
 import typer
 
-from crossgap_index.errors import CrossGapError, QueryError
+from crossgap_index.cli.options import DeviceOpt, ServiceIndexOpt
+from crossgap_index.errors import CrossGapError
 from crossgap_index.server.settings import ServeSettings, check_bind
 
 
 def serve_command(
-    index: Annotated[
-        Path | None,
-        typer.Option("--index", envvar="CGX_INDEX", help="Index directory (default: $CGX_INDEX or the user data dir)."),
-    ] = None,
+    index: ServiceIndexOpt = None,
     host: Annotated[str, typer.Option(help="Address to bind; anything but loopback needs --token.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=0, max=65535, help="TCP port (0: any free port).")] = 8000,
     token: Annotated[
         str | None,
         typer.Option(envvar="CGX_TOKEN", help="Bearer token required on every request but /healthz."),
     ] = None,
-    device: Annotated[
-        str,
-        typer.Option(
-            "--device", help="auto (CUDA when available), cpu, cuda, cuda:N (the Nth GPU) or mps (Apple GPU)."
-        ),
-    ] = "auto",
+    device: DeviceOpt = "auto",
     batch_window_ms: Annotated[
         float, typer.Option(min=0.0, help="How long an inversion query waits for others to batch with.")
     ] = ServeSettings.batch_window_ms,
@@ -51,6 +44,8 @@ def serve_command(
 ) -> None:
     """Serve search over HTTP: JSON API (/docs), a search page at /, Prometheus /metrics.
     Concurrent inversion queries are micro-batched. Stops cleanly on SIGTERM / Ctrl-C."""
+    from crossgap_index.cli.watch_command import watched_roots
+
     check_bind(host, token)
     check_port_free(host, port)  # before the index and the model load: a busy port fails at once
     settings = ServeSettings(
@@ -66,7 +61,7 @@ def serve_command(
     # cores, 32 clients of cross queries: a batched call took 1.9 s of wall time for 0.7 s of library work
     # at 5 ms, and 0.49 s for 0.49 s at 0.5 ms (benchmarks/RESULTS.md).
     sys.setswitchinterval(0.0005)
-    roots = _watched_roots(watch or [])
+    roots = watched_roots(watch or [])
     print("cgx serve: opening the index and loading its model...", file=sys.stderr, flush=True)  # seconds of it
     with CrossGapIndex.open(index, device=device) as cgx:
         cgx.load_model()  # before the first request, not during it
@@ -94,16 +89,6 @@ def check_port_free(host: str, port: int) -> None:
         raise CrossGapError(
             f"serve: cannot listen on {host}:{port}: {exc.strerror or exc} (another server? choose another --port)"
         ) from None
-
-
-def _watched_roots(folders: list[Path]) -> list[Path]:
-    from crossgap_index.ingest.discover import resolve_roots
-
-    roots = resolve_roots(folders)
-    for root in roots:
-        if not root.is_dir():
-            raise QueryError(f"cannot watch {root}: not a folder")
-    return roots
 
 
 def _start_watching(cgx, roots: list[Path], device: str):

@@ -9,40 +9,39 @@ from typing import Annotated
 
 import typer
 
+from crossgap_index.cli.options import (
+    IncludeHiddenOpt,
+    MaxFileMbOpt,
+    MaxImageMegapixelsOpt,
+    ServiceIndexOpt,
+    exclude_option,
+)
 from crossgap_index.errors import QueryError
 from crossgap_index.ingest.limits import DEFAULT_MAX_FILE_MB, DEFAULT_MAX_MEGAPIXELS
 from crossgap_index.ingest.watch import WatchSettings
 
+ExcludeOpt = exclude_option(
+    "Leave out folders and files matching GLOB (repeatable), as `cgx build-index --exclude` does; the NAS and system "
+    "folders build-index always leaves out are left out here too."
+)
+WatchDeviceOpt = Annotated[str, typer.Option("--device", help="auto (CUDA when available), cpu or cuda.")]
+
 
 def watch_command(
     folders: Annotated[list[Path], typer.Argument(help="Folders to keep indexed, recursively.")],
-    index: Annotated[
-        Path | None,
-        typer.Option("--index", envvar="CGX_INDEX", help="Index directory (default: $CGX_INDEX or the user data dir)."),
-    ] = None,
+    index: ServiceIndexOpt = None,
     model: Annotated[str | None, typer.Option(help="Model of a new index (an existing index keeps its own).")] = None,
-    device: Annotated[str, typer.Option("--device", help="auto (CUDA when available), cpu or cuda.")] = "auto",
-    include_hidden: Annotated[bool, typer.Option(help="Also index hidden files and folders.")] = False,
-    exclude: Annotated[
-        list[str] | None,
-        typer.Option(
-            metavar="GLOB",
-            help="Leave out folders and files matching GLOB (repeatable), as `cgx build-index --exclude` does; "
-            "the NAS and system folders build-index always leaves out are left out here too.",
-        ),
-    ] = None,
+    device: WatchDeviceOpt = "auto",
+    include_hidden: IncludeHiddenOpt = False,
+    exclude: ExcludeOpt = None,
     debounce_ms: Annotated[
         int, typer.Option(min=1, help="The longest a batch collects changes before it is written.")
     ] = WatchSettings.debounce_ms,
     step_ms: Annotated[
         int, typer.Option(min=1, help="A batch is written once the folders are quiet this long.")
     ] = WatchSettings.step_ms,
-    max_image_megapixels: Annotated[
-        float, typer.Option(min=0.0, help="Skip images larger than this (decompression-bomb guard).")
-    ] = DEFAULT_MAX_MEGAPIXELS,
-    max_file_mb: Annotated[
-        float, typer.Option(min=0.0, help="Skip files larger than this many MB without reading them.")
-    ] = DEFAULT_MAX_FILE_MB,
+    max_image_megapixels: MaxImageMegapixelsOpt = DEFAULT_MAX_MEGAPIXELS,
+    max_file_mb: MaxFileMbOpt = DEFAULT_MAX_FILE_MB,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per embedding batch (and per commit).")] = 64,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No lines on stderr.")] = False,
 ) -> None:
@@ -51,13 +50,9 @@ def watch_command(
     `cgx build-index` (the index lock held while it is written). On start it first catches up with whatever
     changed while it was not running, so a killed watcher resumes by starting again. Ctrl-C stops it cleanly."""
     from crossgap_index import CrossGapIndex
-    from crossgap_index.ingest.discover import resolve_roots
     from crossgap_index.ingest.watch import FolderWatcher, batch_line
 
-    roots = resolve_roots(folders)
-    for root in roots:
-        if not root.is_dir():
-            raise QueryError(f"cannot watch {root}: not a folder")
+    roots = watched_roots(folders)
     settings = WatchSettings(
         include_hidden=include_hidden,
         exclude=tuple(exclude or ()),
@@ -86,6 +81,17 @@ def watch_command(
         except KeyboardInterrupt:
             if not quiet:
                 print("cgx watch: stopped; every finished batch is saved", file=sys.stderr, flush=True)
+
+
+def watched_roots(folders: list[Path]) -> list[Path]:
+    """The folders to watch, resolved; a one-line error for one that is not a folder."""
+    from crossgap_index.ingest.discover import resolve_roots
+
+    roots = resolve_roots(folders)
+    for root in roots:
+        if not root.is_dir():
+            raise QueryError(f"cannot watch {root}: not a folder")
+    return roots
 
 
 def _interrupt(signum, frame) -> None:

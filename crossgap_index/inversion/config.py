@@ -33,7 +33,7 @@ class InversionConfig:
     it must not be combined with ``precision="bf16"`` or ``compile=True``.
     ``precision``: the fast path runs the model cast to bf16 where ``auto`` finds it native
     (see ``crossgap_index.precision``); the loss, AdamW and its pseudo-token master copy stay fp32.
-    ``batch_size`` and ``fast`` change speed only: each query's result depends on its own seed.
+    ``batch_size``, ``cpu_threads`` and ``fast`` change speed only: each query's result depends on its own seed.
     The paper publishes 150 OTI steps and 1000 OVI steps; the defaults are 25 each, where retrieval quality
     peaks on our development data (benchmarks/RESULTS.md, the OTI sweep; benchmarks/results/text.md, the OVI
     sweep: 1000 steps gave no more and cost 40x). Everything else is the published setting.
@@ -51,6 +51,7 @@ class InversionConfig:
     fast: bool = True
     precision: str = "auto"  # auto: bf16 where the device runs it natively (CPU or CUDA), else fp32
     compile: bool = False  # torch.compile the feature function; CUDA only, ignored on CPU
+    cpu_threads: int | None = None  # CPU intra-op threads of the loop; None: the rule of inversion/threads.py
 
     def __post_init__(self) -> None:
         problems = []
@@ -73,6 +74,9 @@ class InversionConfig:
             problems.append(f"template must contain '{{}}' exactly once, got {self.template!r}")
         if self.batch_size < 1:
             problems.append("batch_size must be >= 1")
+        threads = self.cpu_threads
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+            problems.append(f"cpu_threads must be None or an integer >= 1, got {threads!r}")
         if not 0 < self.lr <= LR_MAX:
             problems.append(f"lr must be > 0 and <= {LR_MAX:g}, got {self.lr:g}")
         if self.init_std <= 0 or self.weight_decay < 0:
@@ -95,21 +99,3 @@ class InversionConfig:
     def compiles(self, device: torch.device) -> bool:
         """torch.compile pays off only where kernel launches dominate: on CUDA."""
         return self.fast and self.compile and device.type == "cuda"
-
-
-def inversion_from_flags(
-    steps: int | None = None,
-    tokens: int | None = None,
-    patches: int | None = None,
-    lr: float | None = None,
-    precision: str | None = None,
-    template: str | None = None,
-) -> InversionConfig | None:
-    """The InversionConfig a query's flags ask for (``cgx query``, a server request), or None when they ask for
-    nothing (the mode's served settings apply). ``steps`` means one thing everywhere: the optimisation steps of
-    whichever inversion the query runs, OTI for an image query and OVI for a text one, so it sets both."""
-    given = {"n_tokens": tokens, "n_patches": patches, "lr": lr, "precision": precision, "template": template}
-    if steps is not None:
-        given.update(oti_steps=steps, ovi_steps=steps)
-    changes = {key: value for key, value in given.items() if value is not None}
-    return InversionConfig(**changes) if changes else None

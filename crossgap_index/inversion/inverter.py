@@ -31,6 +31,7 @@ from torch import nn
 
 from crossgap_index.errors import QueryError, StoreError
 from crossgap_index.inversion.checkpoint import TrainingInterrupted, TrainingState, load_state, run_identity, save_state
+from crossgap_index.inversion.threads import running_on, step_flops, step_threads
 from crossgap_index.models.factory import LoadedModel
 from crossgap_index.models.family import FeatureFn, text_tower, vision_tower
 from crossgap_index.models.text_tower import fast_text_features, tokenize_prompt
@@ -149,7 +150,7 @@ class Inverter:
     @torch.inference_mode()
     def features(self, loaded: LoadedModel, features: np.ndarray) -> np.ndarray:
         """One pass: phi's output through the other frozen tower; unit float32 features of the other modality."""
-        feature_fn, _ = _feature_fn(loaded, self.config)
+        feature_fn, _, _ = _feature_fn(loaded, self.config)
         tokens = torch.from_numpy(self.tokens(features)).to(loaded.device)
         return np.ascontiguousarray(F.normalize(feature_fn(tokens).float(), dim=-1).cpu().numpy(), np.float32)
 
@@ -213,8 +214,9 @@ def _check_inverter_file(path: Path) -> None:
         raise StoreError(f"{path}: {info.st_size} bytes, more than an inverter file holds; not read")
 
 
-def _feature_fn(loaded: LoadedModel, config: InverterConfig) -> tuple[FeatureFn, tuple[int, int]]:
-    """The frozen tower phi's output goes through, and the (count, width) of that output per query."""
+def _feature_fn(loaded: LoadedModel, config: InverterConfig) -> tuple[FeatureFn, tuple[int, int], float]:
+    """The frozen tower phi's output goes through, the (count, width) of that output per query, and one item's
+    arithmetic through the tower per training step (FLOPs, which set the training's threads)."""
     name = loaded.spec.canonical
     if config.direction == "ovi":
         vision = vision_tower(loaded.model, name)
@@ -222,14 +224,14 @@ def _feature_fn(loaded: LoadedModel, config: InverterConfig) -> tuple[FeatureFn,
         if n_patches > vision.n_grid:
             raise QueryError(f"inverter: {n_patches} pseudo-patches exceed the {vision.n_grid} patches of {name}")
         with torch.no_grad():
-            return fast_image_features(vision, fill_index(n_patches, vision.n_grid, loaded.device)), (
-                n_patches,
-                vision.width,
-            )
+            features = fast_image_features(vision, fill_index(n_patches, vision.n_grid, loaded.device))
+        return features, (n_patches, vision.width), step_flops(vision.module, vision.n_grid + 1)
     tower = text_tower(loaded.model, name)
     with torch.no_grad():
         prompt = tokenize_prompt(loaded.tokenizer, config.template, config.n_tokens, tower, name, loaded.device)
-        return fast_text_features(tower, prompt), (config.n_tokens, tower.token_embedding.embedding_dim)
+        features = fast_text_features(tower, prompt)
+    rows = prompt.pool + 1 - prompt.start if tower.attn_mask is not None else prompt.ids.shape[1]
+    return features, (config.n_tokens, tower.token_embedding.embedding_dim), step_flops(tower.transformer, rows)
 
 
 @torch.inference_mode(False)
@@ -252,7 +254,8 @@ def train_inverter(
     device = loaded.device
     generator = torch.Generator().manual_seed(config.seed)
     torch.manual_seed(config.seed)
-    feature_fn, (n_out, width) = _feature_fn(loaded, config)
+    feature_fn, (n_out, width), item_flops = _feature_fn(loaded, config)
+    threads = step_threads(None, config.batch_size * item_flops, device)
     net = InverterNet(feats.shape[1], width, n_out, config.dropout).to(device)
     optimizer = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     data = torch.from_numpy(feats).to(device)
@@ -271,7 +274,7 @@ def train_inverter(
     net.train()
     between_steps = True  # a checkpoint keeps only whole steps
     try:
-        with torch.enable_grad():
+        with torch.enable_grad(), running_on(threads):
             for step in range(first, config.steps + 1):
                 between_steps = False
                 if position + config.batch_size > len(order):  # a new epoch: reshuffle

@@ -9,7 +9,7 @@ import json
 from crossgap_index.inversion.config import InversionConfig
 
 # Settings that change only speed, never the inverted feature: left out of cache keys.
-_SPEED_ONLY = ("batch_size", "compile")
+_SPEED_ONLY = ("batch_size", "compile", "cpu_threads")
 
 
 def seed_from_digest(digest: str) -> int:

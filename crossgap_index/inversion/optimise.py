@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from crossgap_index.errors import QueryError
 from crossgap_index.inversion.config import InversionConfig
+from crossgap_index.inversion.threads import running_on, step_flops, step_threads
 from crossgap_index.models.factory import LoadedModel
 from crossgap_index.models.family import FeatureFn, text_tower, vision_tower
 from crossgap_index.models.text_tower import fast_text_features, reference_text_features, tokenize_prompt
@@ -33,6 +34,16 @@ from crossgap_index.precision import dtype_of
 Progress = Callable[[int, float], None]
 OTI_LANE = 8  # bf16 rows per OTI chunk (the text tower)
 OVI_LANE = 1  # bf16 rows per OVI chunk (the image tower)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Setup:
+    """What the loop runs: the feature function, one query's pseudo-token shape, and one query's arithmetic per
+    step (FLOPs, forward and backward), which sets the loop's threads."""
+
+    features: FeatureFn
+    shape: tuple[int, int]
+    query_flops: float
 
 
 @torch.inference_mode(False)  # callers may sit in inference mode; inversion needs autograd
@@ -53,12 +64,10 @@ def oti(
     ``init`` (n, R, token width), when given, replaces the random start (an inverter's output: mode warm).
     ``final_losses(result, image_features)`` gives each query's loss at the returned feature.
     """
-    features, shape = _oti_setup(loaded, config)
-    if init is not None and tuple(np.shape(init)) != (len(image_features), *shape):
-        raise QueryError(f"OTI init must have shape {(len(image_features), *shape)}, got {tuple(np.shape(init))}")
-    return _invert(
-        features, shape, image_features, config, config.oti_steps, seeds, loaded.device, progress, init, OTI_LANE
-    )
+    setup = _oti_setup(loaded, config)
+    if init is not None and tuple(np.shape(init)) != (len(image_features), *setup.shape):
+        raise QueryError(f"OTI init must have shape {(len(image_features), *setup.shape)}, got {tuple(np.shape(init))}")
+    return _invert(setup, image_features, config, config.oti_steps, seeds, loaded.device, progress, init, OTI_LANE)
 
 
 @torch.inference_mode(False)
@@ -74,12 +83,10 @@ def ovi(
 
     ``init`` (n, P, patch width), when given, replaces the random start (a text inverter's output: mode warm).
     """
-    features, shape = _ovi_setup(loaded, config)
-    if init is not None and tuple(np.shape(init)) != (len(text_features), *shape):
-        raise QueryError(f"OVI init must have shape {(len(text_features), *shape)}, got {tuple(np.shape(init))}")
-    return _invert(
-        features, shape, text_features, config, config.ovi_steps, seeds, loaded.device, progress, init, OVI_LANE
-    )
+    setup = _ovi_setup(loaded, config)
+    if init is not None and tuple(np.shape(init)) != (len(text_features), *setup.shape):
+        raise QueryError(f"OVI init must have shape {(len(text_features), *setup.shape)}, got {tuple(np.shape(init))}")
+    return _invert(setup, text_features, config, config.ovi_steps, seeds, loaded.device, progress, init, OVI_LANE)
 
 
 @torch.inference_mode(False)
@@ -100,16 +107,16 @@ def inversion_path(
     if not wanted or wanted[0] < 0:
         raise QueryError("inversion_path needs step counts >= 0")
     if direction == "ovi":
-        (features, shape), lane = _ovi_setup(loaded, config), OVI_LANE
+        setup, lane = _ovi_setup(loaded, config), OVI_LANE
     elif direction == "oti":
-        (features, shape), lane = _oti_setup(loaded, config), OTI_LANE
+        setup, lane = _oti_setup(loaded, config), OTI_LANE
     else:
         raise QueryError(f"unknown inversion direction {direction!r}: use oti or ovi")
     # the served lanes, so that a sweep point equals what a query with that many steps is served
-    return _invert(features, shape, targets, config, wanted[-1], seeds, loaded.device, None, None, lane, wanted)
+    return _invert(setup, targets, config, wanted[-1], seeds, loaded.device, None, None, lane, wanted)
 
 
-def _ovi_setup(loaded: LoadedModel, config: InversionConfig) -> tuple[FeatureFn, tuple[int, int]]:
+def _ovi_setup(loaded: LoadedModel, config: InversionConfig) -> _Setup:
     """OVI's feature function (fast path or oracle) and the shape of one query's pseudo-patches."""
     tower = vision_tower(loaded.model_in(config.precision_on(loaded.device)), loaded.spec.canonical)
     n_patches = config.n_patches or tower.default_patches
@@ -118,17 +125,19 @@ def _ovi_setup(loaded: LoadedModel, config: InversionConfig) -> tuple[FeatureFn,
     index = fill_index(n_patches, tower.n_grid, loaded.device)
     with torch.no_grad():
         features = fast_image_features(tower, index) if config.fast else reference_image_features(tower, index)
-    return features, (n_patches, tower.width)
+    return _Setup(features, (n_patches, tower.width), step_flops(tower.module, tower.n_grid + 1))
 
 
-def _oti_setup(loaded: LoadedModel, config: InversionConfig) -> tuple[FeatureFn, tuple[int, int]]:
+def _oti_setup(loaded: LoadedModel, config: InversionConfig) -> _Setup:
     """OTI's feature function (fast path or oracle) and the shape of one query's pseudo-tokens."""
     name = loaded.spec.canonical
     tower = text_tower(loaded.model_in(config.precision_on(loaded.device)), name)
     with torch.no_grad():
         prompt = tokenize_prompt(loaded.tokenizer, config.template, config.n_tokens, tower, name, loaded.device)
         features = fast_text_features(tower, prompt) if config.fast else reference_text_features(tower, prompt)
-    return features, (config.n_tokens, tower.token_embedding.embedding_dim)
+    causal = tower.attn_mask is not None and config.fast  # the fast causal path runs placeholders..pool only
+    rows = prompt.pool + 1 - prompt.start if causal else prompt.ids.shape[1]
+    return _Setup(features, (config.n_tokens, tower.token_embedding.embedding_dim), step_flops(tower.transformer, rows))
 
 
 def oti_reference(
@@ -165,8 +174,7 @@ def _oracle(config: InversionConfig) -> InversionConfig:
 
 
 def _invert(
-    features: FeatureFn,
-    shape: tuple[int, int],
+    setup: _Setup,
     targets: np.ndarray,
     config: InversionConfig,
     steps: int,
@@ -186,26 +194,29 @@ def _invert(
         raise QueryError(f"inversion targets must be an (n, d) array, got shape {targets.shape}")
     if len(seeds) != len(targets):
         raise QueryError(f"got {len(seeds)} seeds for {len(targets)} queries; give one seed per query")
+    features, shape = setup.features, setup.shape
     if config.compiles(device):
         features = torch.compile(features)
     precision = config.precision_on(device)
     dtype = dtype_of(precision)
     chunk = _chunk_rows(config, device, lane)
+    rows = min(chunk, len(targets)) if precision == "fp32" else chunk  # a bf16 chunk is always a whole lane
+    threads = step_threads(config.cpu_threads, rows * setup.query_flops, device) if config.fast else 0
     out = []
-    for first in range(0, len(targets), chunk):
-        batch = slice(first, first + chunk)
-        if init is None:
-            start = torch.stack([_init(seed, shape, config.init_std) for seed in seeds[batch]]).to(device)
-        else:
-            start = torch.as_tensor(np.asarray(init[batch], np.float32), device=device)
-        target = F.normalize(torch.from_numpy(targets[batch].copy()).to(device), dim=-1)
-        real = len(target)
-        if precision == "bf16" and real < chunk:  # pad to the lane: the same shape for every query
-            start, target = _padded(start, chunk), _padded(target, chunk)
-        offset = (first // chunk) * steps
-        out.append(
-            _optimise(features, start, target, config, steps, dtype, progress, offset, real, snapshots or [steps])
-        )
+    with running_on(threads):
+        for first in range(0, len(targets), chunk):
+            batch = slice(first, first + chunk)
+            if init is None:
+                start = torch.stack([_init(seed, shape, config.init_std) for seed in seeds[batch]]).to(device)
+            else:
+                start = torch.as_tensor(np.asarray(init[batch], np.float32), device=device)
+            target = F.normalize(torch.from_numpy(targets[batch].copy()).to(device), dim=-1)
+            real = len(target)
+            if precision == "bf16" and real < chunk:  # pad to the lane: the same shape for every query
+                start, target = _padded(start, chunk), _padded(target, chunk)
+            offset = (first // chunk) * steps
+            taken = snapshots or [steps]
+            out.append(_optimise(features, start, target, config, steps, dtype, progress, offset, real, taken))
     if snapshots is None:
         return _stack([batch[steps] for batch in out], targets.shape[1])
     return {s: _stack([batch[s] for batch in out], targets.shape[1]) for s in snapshots}

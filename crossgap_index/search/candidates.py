@@ -1,8 +1,6 @@
-"""The modes ``cgx eval`` measures and ``cgx tune`` tries beside the project's own, read from the registry.
-
-Each peer's eval row and its further rows (a variant's settings, a composition) are its registry entry's
-(search/builtin_modes.py: ``eval_description``, ``eval_rows``); the tune grid is the settings each peer is
-tried at, and every post-step is tried after the tuner's best one-leg modes.
+"""The modes ``cgx tune`` tries beside the project's own: each peer on a small grid of its settings, and every
+post-step after the tuner's best one-leg modes. (``cgx eval``'s rows come from the registry entries:
+evaluation/modes.py.)
 """
 
 from __future__ import annotations
@@ -11,24 +9,7 @@ from collections.abc import Sequence
 
 from crossgap_index.search.mode_spec import Mode
 from crossgap_index.search.modes import follow_with, resolve_mode
-from crossgap_index.search.options import SearchOptions
-from crossgap_index.search.registry import MODES, mode_entry, peer_names, post_steps
-
-
-def peer_eval_modes(task: str) -> dict[str, tuple[Mode, str]]:
-    """The peers and a few compositions ``cgx eval`` measures beside the project's own modes (all label-free):
-    each peer at its defaults, then the variants of the adapted peers, then the compositions of the post-steps."""
-    modes = {name: (resolve_mode(name), mode_entry(name).describe_eval(task)) for name in peer_names()}
-    extra = [
-        (entry.role != "adapt", entry.name, row)
-        for entry in MODES.values()
-        if entry.role != "mode"
-        for row in entry.eval_rows
-    ]
-    for _, name, row in sorted(extra, key=lambda item: item[0]):
-        if not row.tasks or task in row.tasks:
-            modes[row.name] = (resolve_mode(row.mode or name, SearchOptions.of(None, **row.settings)), row.description)
-    return modes
+from crossgap_index.search.registry import post_steps
 
 
 def tune_candidates(base_modes: Sequence[tuple[str, Mode]] = ()) -> list[tuple[str, Mode]]:

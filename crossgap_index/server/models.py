@@ -6,13 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from crossgap_index.inversion.config import (
-    LR_MAX,
-    N_PATCHES_MAX,
-    N_TOKENS_MAX,
-    InversionConfig,
-    inversion_from_flags,
-)
+from crossgap_index.inversion.config import LR_MAX, N_PATCHES_MAX, N_TOKENS_MAX, InversionConfig
+from crossgap_index.inversion.flags import InversionFlags
 from crossgap_index.search.registry import mode_names
 from crossgap_index.words import RRF_K
 
@@ -68,7 +63,9 @@ class SearchRequest(BaseModel):
 
     def inversion(self) -> InversionConfig | None:
         """The inversion settings this request asks for (None: the served ones); ``steps`` sets OTI and OVI."""
-        return inversion_from_flags(self.steps, self.tokens, self.patches, self.lr, self.precision)
+        return InversionFlags(
+            steps=self.steps, tokens=self.tokens, patches=self.patches, lr=self.lr, precision=self.precision
+        ).config()
 
 
 class BatchSearchRequest(BaseModel):
