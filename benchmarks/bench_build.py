@@ -36,7 +36,7 @@ def bench_build(model: str, n_images: int, image_size: int, batch_size: int) -> 
         folder.mkdir()
         make_folder(folder, n_images, image_size)
         with CrossGapIndex.create(Path(tmp) / "idx", model=model, device="cpu") as index:
-            index.encoder.encode_images([Image.new("RGB", (image_size, image_size))])  # warm-up
+            index._runtime.encoder.encode_images([Image.new("RGB", (image_size, image_size))])  # warm-up
             report = index.index_folders([folder], batch_size=batch_size)
             rerun = index.index_folders([folder], batch_size=batch_size)
     return {

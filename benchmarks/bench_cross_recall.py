@@ -43,7 +43,7 @@ def embed_and_invert(path: Path, args: argparse.Namespace) -> dict[str, np.ndarr
         queries = [index.embed_query(image=make_item(args.seed, args.gallery + i).image) for i in range(args.queries)]
         features = np.stack([q.feature for q in queries])
         seeds = [seed_from_digest(q.digest) for q in queries]
-        inverted = oti(index.encoder.loaded, features, InversionConfig(oti_steps=args.steps), seeds)
+        inverted = oti(index._runtime.encoder.loaded, features, InversionConfig(oti_steps=args.steps), seeds)
     return {"intra": features, "cross": inverted}
 
 

@@ -28,7 +28,7 @@ t0 = time.perf_counter()
 from crossgap_index import CrossGapIndex
 index = CrossGapIndex.open(sys.argv[1])
 t1 = time.perf_counter()
-index.encoder
+index.load_model()
 t2 = time.perf_counter()
 hits = index.search(text="a red bicycle", k=10)
 t3 = time.perf_counter()

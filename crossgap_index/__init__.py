@@ -11,6 +11,7 @@ __version__ = "0.1.0"
 from crossgap_index import _openmp  # noqa: E402, F401  (first: before anything loads torch or faiss)
 
 _LAZY = {
+    "BuildOptions": "crossgap_index.build_options",
     "BuildReport": "crossgap_index.api",
     "CrossGapIndex": "crossgap_index.api",
     "Hit": "crossgap_index.api",
@@ -20,16 +21,7 @@ _LAZY = {
     "CrossGapError": "crossgap_index.errors",
 }
 
-__all__ = [
-    "BuildReport",
-    "CrossGapError",
-    "CrossGapIndex",
-    "Hit",
-    "IndexInfo",
-    "SearchOptions",
-    "TextReport",
-    "__version__",
-]
+__all__ = ["__version__", *_LAZY]
 
 
 def __getattr__(name: str):

@@ -6,6 +6,7 @@ Everything it needs ships with the package, so it runs on a fresh machine with n
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,32 +40,49 @@ class DemoResult:
     tune_reason: str = ""
 
 
+@dataclass(frozen=True)
+class DemoSettings:
+    """The demo's size and model: ``n_images`` gallery photos, ``tune_images`` labelled photos for tune
+    (projections only unless ``inversion``), the top ``k`` shown per mode."""
+
+    model: str = DEMO_MODEL
+    n_images: int = 240
+    k: int = 8
+    tune_images: int = 480
+    inversion: bool = False
+    device: str = "auto"
+
+
 def run_demo(
     out_dir: str | Path,
-    model: str = DEMO_MODEL,
-    n_images: int = 240,
-    k: int = 8,
-    tune_images: int = 480,
-    inversion: bool = False,
-    device: str = "auto",
+    settings: DemoSettings | None = None,
+    *,
     progress: CountProgress | None = None,
     tune_progress: Callable[[str, int, int], None] | None = None,
+    **fields,
 ) -> DemoResult:
     """Generate ``n_images`` synthetic photos (one folder per class) and index them; tune on
     ``tune_images`` other labelled photos (projections only unless ``inversion``); then show the held-out
     photo, among a few, whose top ``k`` the tuned mode changes most, beside intra, in a contact sheet.
+    ``settings``: a DemoSettings, or its fields as keywords (they override it).
     ``progress(done, total)`` follows the embedding, ``tune_progress(stage, done, total)`` tune's stages."""
     from crossgap_index.api import CrossGapIndex
     from crossgap_index.contact_sheet import contact_sheet
     from crossgap_index.datasets.synthetic import export_folder, make_item
 
+    known = {f.name for f in dataclasses.fields(DemoSettings)}
+    if unknown := sorted(set(fields) - known):
+        raise TypeError(f"unknown demo setting(s): {', '.join(unknown)}")
+    chosen = dataclasses.replace(settings or DemoSettings(), **fields)
+    n_images, k = chosen.n_images, chosen.k
     out = Path(out_dir).expanduser().resolve()
     if out.exists() and not out.is_dir():
         raise QueryError(f"{out} is a file: give a folder for the demo's images, index and contact sheet")
     folder = export_folder(out / "images", DEMO_SEED, n_images)
-    with CrossGapIndex.open_or_create(out / "index", model=model, device=device) as index:
+    with CrossGapIndex.open_or_create(out / "index", model=chosen.model, device=chosen.device) as index:
         build = index.index_folders([folder], progress=progress)
-        tune = index.tune(f"synthetic:{TUNE_SEED}:{tune_images}", inversion=inversion, progress=tune_progress)
+        dataset = f"synthetic:{TUNE_SEED}:{chosen.tune_images}"
+        tune = index.tune(dataset, inversion=chosen.inversion, progress=tune_progress)
         best = None
         for i in range(QUERY_CANDIDATES):
             item = make_item(DEMO_SEED, n_images + i)  # the next items of the same world: not in the gallery

@@ -22,7 +22,7 @@ runner = CliRunner()
 def build(index_path, folder, **kwargs):
     with CrossGapIndex.open_or_create(index_path, model=MODEL, device="cpu") as cgx:
         report = cgx.index_folders([folder], max_megapixels=5, **kwargs)
-        loaded = cgx._encoder is not None
+        loaded = cgx._runtime.encoder_loaded
     return report, loaded
 
 
@@ -131,7 +131,7 @@ def test_a_noop_rebuild_of_an_inverted_gallery_inverts_nothing(tmp_path, photo_f
     with CrossGapIndex.open(index, device="cpu") as cgx:
         cgx.index_folders([photo_folder])
         assert cgx.invert_gallery() == 0
-        assert cgx._encoder is None
+        assert not cgx._runtime.encoder_loaded
     assert generation(index) == before
     shutil.copy(photo_folder / "a" / "img0.png", photo_folder / "a" / "dup.png")
     with CrossGapIndex.open(index, device="cpu") as cgx:

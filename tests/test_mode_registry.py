@@ -146,7 +146,7 @@ def test_a_toy_mode_is_one_entry_plus_its_implementation(negate, plain_index):
     assert resolve_mode("negate+aqe").post["kind"] == "aqe"
     ids, vectors = plain_index._store.ids_and_vectors("image")
     queries = Queries(vectors[:2], "image", ("q0", "q1"))
-    transformer = ModelTransformer(MODEL, lambda: plain_index.encoder)
+    transformer = ModelTransformer(MODEL, lambda: plain_index._runtime.encoder)
     gallery = MatrixGallery({"image": (ids, vectors)})
     toy = run_mode(mode, queries, "image", len(ids), gallery, transformer)
     intra = run_mode(resolve_mode("intra"), queries, "image", len(ids), gallery, transformer)

@@ -107,7 +107,8 @@ def _in_memory(index, name, q, k=None):
     query = Queries(q[None].astype(np.float32), "image", ("q",))
     memory = MatrixGallery({"image": (ids, vectors)})
     mode = resolve_mode(name)
-    return run_mode(mode, query, "image", k or len(ids), memory, index.searcher.transformer)[0].ranked.ids.tolist()
+    transformer = index._runtime.searcher.transformer
+    return run_mode(mode, query, "image", k or len(ids), memory, transformer)[0].ranked.ids.tolist()
 
 
 def _check_ranking(hits, ids, scores, atol=2e-5):
@@ -162,7 +163,7 @@ def test_composition_equals_reference_in_the_legs_space(index):
     """span+aqe: alpha-QE run inside the span projection (query and gallery projected alike)."""
     ids, g = _gallery(index)
     mode = resolve_mode("span+aqe", projection=SPAN)
-    projection = index.searcher.transformer.projection(mode.legs[0], "image")
+    projection = index._runtime.searcher.transformer.projection(mode.legs[0], "image")
     matrix = projection.matrix.astype(np.float64)
     projected = _unit(g @ matrix.T)
     for seed in range(3):
@@ -192,10 +193,10 @@ def test_served_equals_the_engine_over_memory(index, name):
     mode = SERVED_AS_EVAL[name]
     ids, vectors = index._store.ids_and_vectors("image")
     memory = MatrixGallery({"image": (ids, vectors)})
-    transformer = index.searcher.transformer
+    transformer = index._runtime.searcher.transformer
     for item in (int(ids[3]), int(ids[20])):
         served = index.search(item=item, k=N - 1, mode=mode)
-        feature, modality, digest = index.searcher.embed([{"item": item}])[0]
+        feature, modality, digest = index._runtime.searcher.embed([{"item": item}])[0]
         query = Queries(feature[None], modality, (digest,))
         result = run_mode(mode, query, "image", N - 1, memory, transformer, np.array([item]))[0]
         assert [h.id for h in served] == result.ranked.ids.tolist()
@@ -309,7 +310,7 @@ def test_transform_query_exports_the_fitted_peers(index):
     query = {"vector": _query(index, 4).tolist(), "modality": "image"}
     for name in ("dba", "center", "nnn", "span+nnn"):
         mode = resolve_mode(name, projection=SPAN if "span" in name else None)
-        transform = index.searcher.transform_query(query, SearchOptions(mode=mode))
+        transform = index._runtime.searcher.transform_query(query, SearchOptions(mode=mode))
         ((vector, collection),) = transform.lists.values()
         ids, gallery = index._store.ids_and_vectors(collection)
         rows = transform.gallery_map.apply(gallery)
@@ -317,7 +318,7 @@ def test_transform_query_exports_the_fitted_peers(index):
         assert brute.tolist() == [h.id for h in index.search_batch([query], k=5, mode=mode)[0]], name
     for name in ("aqe", "span+qbnorm"):
         with pytest.raises(QueryError, match="re-ranks inside the index"):
-            index.searcher.transform_query(query, SearchOptions(mode=name))
+            index._runtime.searcher.transform_query(query, SearchOptions(mode=name))
 
 
 def test_the_server_serves_a_composition_over_http(index):

@@ -212,22 +212,22 @@ def _edit_manifest(index_dir, **fields) -> None:
 def test_a_new_auto_index_checks_the_model_and_records_its_agreement(tmp_path, monkeypatch) -> None:
     monkeypatch.setattr(precision_module, "bf16_native", lambda device: True)
     with CrossGapIndex.create(tmp_path / "a", model=MODEL, device="cpu") as index:
-        assert index.encoder.precision == "bf16"
+        assert index._runtime.encoder.precision == "bf16"
     manifest = json.loads((tmp_path / "a" / "manifest.json").read_text())
     assert manifest["precision"] == "bf16" and manifest["precision_agreement"] >= MIX_MIN_COSINE
     # A model whose probe agreement misses the bound (forced here by asking for exact equality): fp32.
     monkeypatch.setattr(precision_module, "MIX_MIN_COSINE", 1.0)
     with CrossGapIndex.create(tmp_path / "b", model=MODEL, device="cpu") as index:
-        assert index.encoder.precision == "fp32" and index.info().precision == "fp32"
+        assert index._runtime.encoder.precision == "fp32" and index.info().precision == "fp32"
     with CrossGapIndex.create(tmp_path / "c", model=MODEL, device="cpu", precision="bf16") as index:
-        assert index.encoder.precision == "bf16"  # an explicit setting is taken as given for a new index
+        assert index._runtime.encoder.precision == "bf16"  # an explicit setting is taken as given for a new index
 
 
 def test_mixing_within_the_agreement_is_allowed_and_recorded(tmp_path) -> None:
     index_dir, photos = _fp32_index(tmp_path)
     extra = write_photo(tmp_path / "photos" / "extra.png", 99)
     with CrossGapIndex.open(index_dir, device="cpu", precision="bf16") as index:
-        assert index.encoder.precision == "bf16"
+        assert index._runtime.encoder.precision == "bf16"
         index.add_images([extra])
         hits = index.search(image=extra, k=1)
     assert hits[0].path == str(extra)
@@ -247,7 +247,7 @@ def test_a_disagreeing_precision_is_refused_in_one_line(tmp_path) -> None:
     message = str(raised.value)
     assert "\n" not in message and "fp32 vectors" in message and "0.9800" in message
     with CrossGapIndex.open(index_dir, device="cpu", precision="auto") as index:
-        assert index.encoder.precision == "fp32"
+        assert index._runtime.encoder.precision == "fp32"
         assert index.search(image=photos[1], k=1)[0].path == str(photos[1])
     result = CliRunner().invoke(app, ["query", str(photos[0]), "--index", str(index_dir), "--precision", "bf16"])
     assert result.exit_code == 1 and "agree with them only to cosine 0.9800" in result.output

@@ -83,7 +83,7 @@ class PassingOnly:
 
 def oracle(cgx, query: dict, options: SearchOptions) -> list[int]:
     """The mode run over ``PassingOnly``: what a filtered search must return."""
-    searcher = cgx.searcher
+    searcher = cgx._runtime.searcher
     feature, modality, digest = searcher.embed([query])[0]
     mode = searcher.served(options, modality)
     item_filter = options.item_filter()

@@ -104,7 +104,8 @@ def test_cached_feature_equals_a_fresh_inversion(index, photo_folder):
     query = index.embed_query(image=photo_folder / "b" / "IMG5.JPG")
     fresh = index.invert(query, FEW_STEPS, use_cache=False)
     cached = index.invert(query, FEW_STEPS)
-    key = cache_key(MODEL, "oti", FEW_STEPS.resolved(index.encoder.device), query.digest)  # auto: what it ran in
+    device = index._runtime.encoder.device
+    key = cache_key(MODEL, "oti", FEW_STEPS.resolved(device), query.digest)  # auto: what it ran in
     np.testing.assert_allclose(index._store.cache.get(key), fresh, atol=1e-6)
     np.testing.assert_allclose(cached, fresh, atol=1e-6)
 

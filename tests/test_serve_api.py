@@ -116,7 +116,7 @@ def test_text_to_texts_and_vector_queries(client, index):
     doc = client.post("/search", json={"text": "a blue star", "target": "texts", "k": 5}).json()
     assert all(h["modality"] == "text" and h["text"] for h in doc["hits"])
     assert ids(doc) == [h.id for h in index.search(text="a blue star", target="texts", k=5)]
-    vector = index.encoder.encode_texts(["a blue star"])[0]
+    vector = index._runtime.encoder.encode_texts(["a blue star"])[0]
     by_vector = client.post("/search", json={"vector": vector.tolist(), "target": "texts", "k": 5}).json()
     assert ids(by_vector) == ids(doc)
 

@@ -102,7 +102,7 @@ def test_warm_starts_ovi_from_the_text_inverter(index, gallery_texts):
     zero = resolve_mode("warm", inversion=InversionConfig(ovi_steps=0, precision="fp32"))
     transform = index.transform_query(text=query, target="texts", mode=zero)
     np.testing.assert_allclose(
-        transform.lists["warm"][0], network.features(index.encoder.loaded, feature[None])[0], atol=1e-5
+        transform.lists["warm"][0], network.features(index._runtime.encoder.loaded, feature[None])[0], atol=1e-5
     )
 
 

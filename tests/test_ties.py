@@ -63,7 +63,7 @@ def world(tmp_path_factory):
 def _numpy_ranking(world, item: int) -> tuple[list[int], np.ndarray]:
     """Every other item in the rule's order, from the mode's map applied in numpy, and the concept scores."""
     ids, vectors = world._store.ids_and_vectors("image")
-    projection = world.searcher.transformer.projection(COLLAPSING.legs[0], "image")
+    projection = world._runtime.searcher.transformer.projection(COLLAPSING.legs[0], "image")
     mapped = projection.apply(vectors).astype(np.float64)
     row = int(np.flatnonzero(ids == item)[0])
     scores = mapped @ mapped[row]
@@ -83,9 +83,9 @@ def test_a_collapsing_mode_is_served_in_intra_order_and_eval_agrees(world):
         for k in (1, 3, 20):
             served = world.search(item=item, k=k, mode=COLLAPSING, exclude_query=False)  # the item ranks too
             assert [h.id for h in served] == expected[:k]
-            feature, modality, digest = world.searcher.embed([{"item": item}])[0]
+            feature, modality, digest = world._runtime.searcher.embed([{"item": item}])[0]
             queries = Queries(feature[None], modality, (digest,))
-            engine = run_mode(COLLAPSING, queries, "image", k, memory, world.searcher.transformer)[0]
+            engine = run_mode(COLLAPSING, queries, "image", k, memory, world._runtime.searcher.transformer)[0]
             assert engine.ranked.ids.tolist() == expected[:k]
             run_scores = np.sort(scores)[::-1]
             checked_crossing |= abs(run_scores[k] - run_scores[k - 1]) <= TIE_TOLERANCE  # a run crosses the cut
@@ -96,7 +96,7 @@ def test_a_collapsing_mode_is_served_in_intra_order_and_eval_agrees(world):
 def test_eval_number_does_not_depend_on_the_stored_order(world):
     ids, vectors = world._store.ids_and_vectors("image")
     labels = np.array([hash(p.split("/")[-2]) % 1000 for p in (world.item(int(i)).path for i in ids)])
-    transformer = world.searcher.transformer
+    transformer = world._runtime.searcher.transformer
 
     def ap(order: np.ndarray) -> np.ndarray:
         queries = Queries(vectors[order], "image", tuple(str(int(i)) for i in ids[order]))

@@ -291,7 +291,7 @@ def test_a_second_handle_shares_the_first_ones_model(tmp_path, photo_folder):
         served.index_folders([photo_folder])
         with CrossGapIndex.open(tmp_path / "idx", device="cpu") as writer:
             writer.share_model(served)
-            assert writer.encoder is served.encoder
+            assert writer._runtime.encoder is served._runtime.encoder
             write_photo(photo_folder / "a" / "img0.png", seed=70)
             assert writer.index_folders([photo_folder]).updated == 1  # embeds with the shared model
             with (

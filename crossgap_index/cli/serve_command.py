@@ -64,7 +64,7 @@ def serve_command(
     roots = watched_roots(watch or [])
     print("cgx serve: opening the index and loading its model...", file=sys.stderr, flush=True)  # seconds of it
     with CrossGapIndex.open(index, device=device) as cgx:
-        _ = cgx.encoder  # load the model before the first request, not during it
+        cgx.load_model()  # before the first request, not during it
         print(f"cgx serve: {cgx.info().counts.get('image', 0)} images, model {cgx.info().model}", file=sys.stderr)
         watcher = _start_watching(cgx, roots, device)
         try:

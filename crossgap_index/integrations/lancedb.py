@@ -21,7 +21,7 @@ from lancedb.rerankers import Reranker
 
 from crossgap_index.api import CrossGapIndex
 from crossgap_index.export import CHUNK, arrow_batch, arrow_schema, item_chunks, open_catalog
-from crossgap_index.integrations.rescore import Transform, checked_query, hits, rescore, target_modality
+from crossgap_index.integrations.rescore import Transform, checked_query, hits, nan_padded, rescore, target_modality
 from crossgap_index.search.options import SearchOptions
 from crossgap_index.search.ranking import Ranked
 from crossgap_index.search.searcher import Hit
@@ -171,6 +171,4 @@ def _empty_result(transform: Transform, candidates: pa.Table) -> pa.Table:
 
 def _matrix(column: pa.ChunkedArray) -> np.ndarray:
     """A fixed-size-list column as an (n, d) float32 matrix; null rows become NaN."""
-    values = column.to_pylist()
-    dim = next((len(v) for v in values if v is not None), 0)
-    return np.array([v if v is not None else [np.nan] * dim for v in values], np.float32).reshape(len(values), dim)
+    return nan_padded(column.to_pylist())

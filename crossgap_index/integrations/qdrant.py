@@ -25,6 +25,7 @@ from crossgap_index.integrations.rescore import (
     checked_query,
     combine,
     hits,
+    nan_padded,
     ranked,
     rescore,
     target_modality,
@@ -120,6 +121,4 @@ def search_qdrant(
 
 def _matrix(points: list, name: str) -> np.ndarray:
     """Each point's named vector as a row; NaN where a point has none."""
-    rows = [p.vector.get(name) for p in points]
-    dim = next((len(r) for r in rows if r is not None), 0)
-    return np.array([r if r is not None else [np.nan] * dim for r in rows], np.float32).reshape(len(rows), dim)
+    return nan_padded([p.vector.get(name) for p in points])

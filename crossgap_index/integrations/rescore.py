@@ -63,6 +63,12 @@ def target_modality(target: str) -> str:
     return collection_of(target)
 
 
+def nan_padded(rows: list) -> np.ndarray:
+    """Vectors (lists or None) as an (n, d) float32 matrix; a missing vector becomes a row of NaN."""
+    dim = next((len(r) for r in rows if r is not None), 0)
+    return np.array([r if r is not None else [np.nan] * dim for r in rows], np.float32).reshape(len(rows), dim)
+
+
 def ranked(ids: np.ndarray, scores: np.ndarray) -> Ranked:
     """Best first, ties broken by id (as the merge functions do)."""
     order = np.lexsort((ids, -scores))

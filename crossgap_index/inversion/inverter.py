@@ -176,8 +176,8 @@ class Inverter:
 
     @classmethod
     def load(cls, path: Path, model: str, device: torch.device | str = "cpu", direction: str = "oti") -> Inverter:
-        """Load a saved inverter; refuses (one line) a file for another model, another direction (files from
-        before the text inverter carry none: they are OTI) or in another format."""
+        """Load a saved inverter; refuses (one line) a file for another model, another direction (a file that
+        names no direction is an OTI one) or in another format."""
         from safetensors import SafetensorError
         from safetensors.torch import load_file, safe_open
 

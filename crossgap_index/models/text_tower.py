@@ -1,7 +1,8 @@
 """OTI feature functions: pseudo-token embeddings (batch, R, width) -> text features (batch, dim).
 
 The reference runs the whole context every call, as ``encode_text`` would. The fast paths
-compute the same function with less work (research-notes section 4):
+compute the same function with less work (Radford et al., 2021, "Learning Transferable Visual Models From
+Natural Language Supervision": a causal text tower pooled at the EOT token):
   * causal towers: only positions up to the pooled (EOT) one matter, and the template prefix
     before the first placeholder never sees the pseudo-tokens, so its per-layer keys/values
     are computed once and every step runs just the placeholders..EOT rows;

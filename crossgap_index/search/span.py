@@ -35,7 +35,7 @@ SETTINGS = ("vocabulary", "prompt", "features", "components")
 PRESETS = {
     # Herzog & Wang's code: the 1000 ImageNet names embedded bare, raw encode_text output centred, d/2 kept.
     "published": {"vocabulary": "imagenet", "prompt": "raw", "features": "raw", "components": "d/2"},
-    # This project's pipeline before the settings were explicit: prompted names, unit features, d/16.
+    # The project's own variant: the names in the "a photo of" prompt, unit features, d/16 kept.
     "project-v1": {"vocabulary": "imagenet", "prompt": "photo", "features": "unit", "components": "d/16"},
 }
 _FRACTION = re.compile(r"d/(\d+)")

@@ -61,19 +61,13 @@ class SearchService:
     def servable_modes(self) -> list[str]:
         """The modes this index can serve (the page offers only these): each registry entry says what it needs
         (a trained inverter, the gallery's stored inversions, a model with linear projections)."""
-        from crossgap_index.errors import IncompatibleModelError
-        from crossgap_index.search.projections import projection_weights
-
         info = self.index.info()
         missing = set()
         if info.inverter is None:
             missing.add("inverter")
         if info.gallery_inversion is None:
             missing.add("gallery-inversion")
-        try:
-            for modality in ("image", "text"):
-                projection_weights(self.index.encoder.loaded.model, modality)
-        except IncompatibleModelError:
+        if not self.index.has_linear_projections():
             missing.add("linear-projections")
         # The page offers the registry's offered modes; compositions (span+aqe) stay reachable through the API.
         offered = mode_names(compositions=False, offered_only=True)
@@ -204,7 +198,7 @@ class SearchService:
         if len(data) > self.settings.max_upload_bytes:
             raise ApiError(413, f"image of {len(data)} bytes is over the limit of {self.settings.max_upload_bytes}")
         try:  # refuse what is not a usable image here (415), at the model's input size (bounded memory)
-            decode_rgb(data, self.settings.max_megapixels, decode_side(self.index.encoder.input_size))
+            decode_rgb(data, self.settings.max_megapixels, decode_side(self.index.model_input_size()))
         except DecodeError as exc:
             raise ApiError(415, f"not a usable image: {exc}") from None
         return {"image": data}  # bytes: seeded and cached by their hash, as `cgx query photo.jpg` is

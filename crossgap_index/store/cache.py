@@ -1,14 +1,15 @@
 """cache.sqlite: inverted query features, apart from the catalog.
 
 Filling the cache is a side effect of reading (a --cross query), so it lives in its own file: writing
-it never touches the catalog's generation, and the FAISS files stay valid. Indexes made before this
-file existed kept the cache as a table inside catalog.sqlite; its rows are copied over once.
+it never touches the catalog's generation, and the FAISS files stay valid. An index whose cache is a
+table inside catalog.sqlite (schema 1) has those rows copied over once, when cache.sqlite is made.
 """
 
 from __future__ import annotations
 
 import sqlite3
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -17,9 +18,14 @@ CACHE_NAME = "cache.sqlite"
 _SCHEMA = "CREATE TABLE IF NOT EXISTS inversion_cache (key TEXT PRIMARY KEY, vector BLOB NOT NULL)"
 
 
+_KEYS_PER_SELECT = 500  # below SQLite's smallest bound-parameter limit (999)
+
+
 class InversionCache:
     """Key -> float32 vector. Safe from many threads; a cache that cannot be used is simply skipped:
-    it never fails a search (a read-only index directory, a damaged cache file)."""
+    it never fails a search (a read-only index directory, a damaged cache file). ``get_many`` /
+    ``put_many`` are what the search layer calls (search/transforms.py): a batch is one lookup and one
+    commit."""
 
     def __init__(self, directory: Path, writable: bool, legacy_catalog: Path | None = None):
         self.path = (directory / CACHE_NAME).absolute()  # as_uri needs an absolute path
@@ -54,26 +60,40 @@ class InversionCache:
         return conn
 
     def get(self, key: str) -> np.ndarray | None:
+        return self.get_many([key]).get(key)
+
+    def put(self, key: str, vector: np.ndarray) -> None:
+        self.put_many({key: vector})
+
+    def get_many(self, keys: Sequence[str]) -> dict[str, np.ndarray]:
+        """The stored vectors of those ``keys`` that are cached (a missing key is simply absent)."""
+        unique = list(dict.fromkeys(keys))
+        rows: list[tuple[str, bytes]] = []
         with self._lock:
             conn = self._connection()
             if conn is None:
-                return None
+                return {}
             try:
-                row = conn.execute("SELECT vector FROM inversion_cache WHERE key = ?", (key,)).fetchone()
+                for start in range(0, len(unique), _KEYS_PER_SELECT):
+                    chunk = unique[start : start + _KEYS_PER_SELECT]
+                    marks = ",".join("?" * len(chunk))
+                    sql = f"SELECT key, vector FROM inversion_cache WHERE key IN ({marks})"
+                    rows.extend(conn.execute(sql, chunk).fetchall())
             except sqlite3.Error:
-                return None
-        return np.frombuffer(row[0], dtype=np.float32).copy() if row else None
+                return {}
+        return {key: np.frombuffer(blob, dtype=np.float32).copy() for key, blob in rows}
 
-    def put(self, key: str, vector: np.ndarray) -> None:
-        if not self._writable:
+    def put_many(self, items: dict[str, np.ndarray]) -> None:
+        """Store every (key, vector) in one commit; a cache that cannot be written keeps none of them."""
+        if not self._writable or not items:
             return
-        blob = np.ascontiguousarray(vector, dtype=np.float32).tobytes()
+        blobs = [(key, np.ascontiguousarray(v, dtype=np.float32).tobytes()) for key, v in items.items()]
         with self._lock:
             conn = self._connection()
             if conn is None:
                 return
             try:
-                conn.execute("INSERT OR REPLACE INTO inversion_cache (key, vector) VALUES (?, ?)", (key, blob))
+                conn.executemany("INSERT OR REPLACE INTO inversion_cache (key, vector) VALUES (?, ?)", blobs)
                 conn.commit()
             except sqlite3.Error:
                 conn.rollback()

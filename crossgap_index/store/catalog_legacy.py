@@ -1,6 +1,6 @@
 """Catalog schema 1, behind one read-only adapter: each vector a float32 BLOB in its row, no shards.
 
-Such a catalog (written by releases before the shards) is served as it is where it cannot be written
+Such a catalog (one whose vectors are not in shards) is served as it is where it cannot be written
 (a read-only mount) and migrated once, under the writer lock, on the first writable open. The catalog
 holds one vector layout, this adapter or the shards' (store/catalog.py), and asks it for what differs,
 so no other code asks which schema it reads.

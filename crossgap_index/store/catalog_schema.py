@@ -48,7 +48,7 @@ COMMON_TABLES = (
     "CREATE TABLE IF NOT EXISTS shards (stream TEXT NOT NULL, number INTEGER NOT NULL, "
     "rows INTEGER NOT NULL, crc32 INTEGER NOT NULL, PRIMARY KEY (stream, number))",
     # Files a build could not use, with the stat and read limits they failed under: an unchanged one is not
-    # read again. A table of its own (made on any writable open), so older releases read the catalog as before.
+    # read again. A table of its own (made on any writable open): a reader that does not know it reads the rest.
     "CREATE TABLE IF NOT EXISTS failed_files (path TEXT PRIMARY KEY, size INTEGER NOT NULL, "
     "mtime_ns INTEGER NOT NULL, limits TEXT NOT NULL, reason TEXT NOT NULL)",
 )

@@ -33,7 +33,7 @@ TRAIN_SEED = 1234
 # vector is added to, and a wrong list is never probed by the queries near it. FAISS's default of 16 put 3.4%
 # of 10M clustered rows in a list other than their nearest centroid's, and recall@10 stayed at 0.949-0.951
 # for nprobe 32 to 128 and 100 to 400 re-scored candidates; 64 finds the nearest centroid for 99.95% of them
-# (benchmarks/results/store.md, session 2026-11-26). Saved with the index, so queries search it at 64 too.
+# (benchmarks/results/store.md, "`auto`'s own factory at 10M"). Saved with the index: queries search it at 64 too.
 COARSE_EF_SEARCH = 64
 
 

@@ -30,7 +30,7 @@ class Manifest:
     # The modes `cgx tune` chose, one per task (image-to-image, text-to-text, text-to-image; "any" for a record
     # that names no task): {"mode": Mode.to_dict(), "task", "selection", "report", "dataset", "date"}.
     tuned_modes: dict[str, dict] = field(default_factory=dict)
-    # The record stored last, as releases before per-task records read it (they ignore tuned_modes).
+    # The record stored last: what a reader that knows no per-task records (tuned_modes) serves.
     tuned_mode: dict | None = None
     # Each FAISS file as last saved: {"image": {"size": bytes, "crc32": int}}; verified on open.
     files: dict[str, dict[str, int]] = field(default_factory=dict)

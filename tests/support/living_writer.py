@@ -24,7 +24,7 @@ def main(index: Path, log: Path, cycles: int, seconds: float = 0.0) -> None:
     rng = random.Random(7)
     done = 0
     with CrossGapIndex.open(index, device="cpu") as cgx, log.open("a") as out:
-        cgx.encoder  # noqa: B018 - the model loads before the clock starts, then "ready" says so
+        cgx.load_model()  # before the clock starts, then "ready" says so
         out.write("ready\n")
         out.flush()
         end = time.monotonic() + seconds

@@ -55,12 +55,12 @@ def assert_serves_what_eval_measures(
     """``served`` (the index's hits for ``query`` under ``mode``, over FAISS) equals ``run_mode`` over the
     index's vectors held in memory (what eval measures): the same ids in order, the same scores. ``model``: the
     index's model."""
-    feature, modality, digest = index.searcher.embed([query])[0]
+    feature, modality, digest = index._runtime.searcher.embed([query])[0]
     store = index._store
     memory = MatrixGallery({name: store.ids_and_vectors(name) for name in (modality, DERIVED[modality])})
     transformer = ModelTransformer(
         model,
-        lambda: index.encoder,
+        lambda: index._runtime.encoder,
         inverter=lambda: index.inverter("image"),
         text_inverter=lambda: index.inverter("text"),
     )
