@@ -45,7 +45,7 @@ print(json.dumps({"build_seconds": time.perf_counter() - began, "faiss": faiss._
 
 def import_with_phases(embeddings: Path, index: Path) -> dict:
     """cgx's import, its seconds per phase (each from its first callback to the next phase's first)."""
-    from crossgap_index import CrossGapIndex
+    from crossgap_index import CrossGapIndex, ImportProgress
 
     marks: list[tuple[str, float]] = []
 
@@ -55,7 +55,7 @@ def import_with_phases(embeddings: Path, index: Path) -> dict:
 
     began = time.perf_counter()
     marks.append(("rows", began))
-    report = CrossGapIndex.import_embeddings(embeddings, index, MODEL, build_progress=mark)
+    report = CrossGapIndex.import_embeddings(embeddings, index, MODEL, progress=ImportProgress(phases=mark))
     ended = time.perf_counter()
     phases: dict[str, float] = {}
     for (phase, start), (_, stop) in zip(marks, marks[1:] + [("end", ended)], strict=True):

@@ -15,6 +15,7 @@ _LAZY = {
     "BuildReport": "crossgap_index.api",
     "CrossGapIndex": "crossgap_index.api",
     "Hit": "crossgap_index.api",
+    "ImportProgress": "crossgap_index.ingest.embeddings",
     "IndexInfo": "crossgap_index.api",
     "SearchOptions": "crossgap_index.search.options",
     "TextReport": "crossgap_index.api",

@@ -40,7 +40,7 @@ from crossgap_index.store.vectors import AUTO
 from crossgap_index.words import CountProgress, StageProgress, StepProgress, check_modality
 
 if TYPE_CHECKING:  # torch loads with the first model, inside the methods that need one
-    from crossgap_index.ingest.embeddings import ImportReport
+    from crossgap_index.ingest.embeddings import ImportProgress, ImportReport
     from crossgap_index.models import Encoder
     from crossgap_index.models.query_encoder import QueryEncoder
 
@@ -157,12 +157,11 @@ class CrossGapIndex(IndexCross, IndexUpkeep):
         factory: str = AUTO,
         vector_dtype: str | None = None,
         wait: bool = True,
-        progress: CountProgress | None = None,
-        build_progress: StageProgress | None = None,
+        progress: CountProgress | ImportProgress | None = None,
     ) -> ImportReport:
         """Import embeddings made elsewhere into the index at ``path`` (created for ``model`` when missing);
-        the model's weights are not loaded. See crossgap_index.ingest.embeddings. ``build_progress(phase, done,
-        total)``: the FAISS build's phases after the rows are written (train, add, write)."""
+        the model's weights are not loaded. See crossgap_index.ingest.embeddings. ``progress``: a plain
+        ``fn(done, total)`` told the rows, or an ``ImportProgress`` that is also told the FAISS build's phases."""
         from crossgap_index.ingest.embeddings import import_embeddings
         from crossgap_index.models import default_model_spec
 
@@ -175,7 +174,6 @@ class CrossGapIndex(IndexCross, IndexUpkeep):
             vector_dtype=vector_dtype,
             wait=wait,
             progress=progress,
-            build_progress=build_progress,
         )
 
     def report_index_builds(self, progress: StageProgress | None) -> None:

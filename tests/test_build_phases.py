@@ -10,7 +10,7 @@ import faiss
 import numpy as np
 import pytest
 
-from crossgap_index import CrossGapIndex
+from crossgap_index import CrossGapIndex, ImportProgress
 from crossgap_index.store.faiss_build import build_streamed, training_size
 from crossgap_index.store.vectors import VectorIndex
 from tests.support.cli import cgx
@@ -32,7 +32,7 @@ def test_import_reports_train_add_write_in_order(tmp_path):
         tmp_path / "idx",
         MODEL,
         factory="IVF16,Flat",
-        build_progress=lambda phase, done, total: calls.append((phase, done, total)),
+        progress=ImportProgress(phases=lambda phase, done, total: calls.append((phase, done, total))),
     )
     image = [c for c in calls if c[2] == ROWS or c[0] == "train"]
     phases = list(dict.fromkeys(phase for phase, _, _ in image))

@@ -52,6 +52,7 @@ def import_command(
     is written. An interrupted import resumes when run again; the model's weights are not loaded."""
     from crossgap_index import CrossGapIndex
     from crossgap_index.cli.render import err, phase_lines, progress_bar
+    from crossgap_index.ingest.embeddings import ImportProgress
     from crossgap_index.store.directory import default_index_path
 
     with (
@@ -66,8 +67,7 @@ def import_command(
             factory=factory,
             vector_dtype=dtype.value if dtype else None,
             wait=not no_wait,
-            progress=progress,
-            build_progress=build_progress,
+            progress=ImportProgress(rows=progress, phases=build_progress),
         )
     if not quiet:
         err.print(

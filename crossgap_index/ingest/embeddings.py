@@ -420,6 +420,15 @@ def imported_hash(item_id: int) -> str:
     return f"{IMPORTED_PREFIX}{item_id}"
 
 
+@dataclass(frozen=True)
+class ImportProgress:
+    """What an import tells while it runs: ``rows(done, total)`` as rows are written, then ``phases(phase, done,
+    total)`` as the FAISS index is built from them (train, add, write)."""
+
+    rows: CountProgress | None = None
+    phases: StageProgress | None = None
+
+
 def import_embeddings(
     index_path: Path,
     embeddings: Path,
@@ -428,11 +437,11 @@ def import_embeddings(
     factory: str = "auto",
     vector_dtype: str | None = None,
     wait: bool = True,
-    progress: CountProgress | None = None,
-    build_progress: StageProgress | None = None,
+    progress: CountProgress | ImportProgress | None = None,
 ) -> ImportReport:
     """Import into the index at ``index_path`` (made for ``model`` when missing); see the module docstring.
-    ``vector_dtype``: how new shards store vectors (default: the source's float32 or float16)."""
+    ``vector_dtype``: how new shards store vectors (default: the source's float32 or float16). ``progress``:
+    an ``ImportProgress``, or a plain ``fn(done, total)`` told the rows only."""
     from crossgap_index.models import parse_spec
     from crossgap_index.store.directory import IndexExistsError, Store
     from crossgap_index.store.manifest import MANIFEST_NAME
@@ -458,10 +467,11 @@ def import_embeddings(
             store.close()
             raise StoreError(f"index at {index_path} was built with model '{store.manifest.model}', not '{canonical}'")
     store.wait = wait
-    store.build_progress = build_progress
+    told = progress if isinstance(progress, ImportProgress) else ImportProgress(rows=progress)
+    store.build_progress = told.phases
     try:
         with store.writing():
-            report = import_source(store, source, progress)
+            report = import_source(store, source, told.rows)
             if report.added or report.updated or report.derived or store.rebuilt:  # else not even the generation
                 began = time.perf_counter()
                 if report.updated or report.derived:  # vectors replaced in place: counts alone do not show it
