@@ -1,7 +1,7 @@
 """Watch latency: from a file written into a watched folder to the moment it is committed in the index, for
 one file at a time and for a burst of ``--burst`` files copied in at once.
 
-A ``FolderWatcher`` (ingest/watch.py, the writer `cgx watch` and `cgx serve --watch` run) on a thread of this
+A ``FolderWatcher`` (folder_watch.py, the writer `cgx watch` and `cgx serve --watch` run) on a thread of this
 process, with the default settings (debounce 2000 ms, quiet step 300 ms); a poller reads the committed catalog
 every 10 ms, as another process would. "searchable" is when the catalog row is committed (the FAISS change is
 applied in the same step); "batch done" is when the watcher has also brought the derived collections up to
@@ -35,7 +35,7 @@ from PIL import Image
 
 from benchmarks.machine import machine_info, write_json
 from crossgap_index import CrossGapIndex
-from crossgap_index.ingest.watch import FolderWatcher, WatchSettings
+from crossgap_index.folder_watch import FolderWatcher, WatchSettings
 from crossgap_index.store.catalog import Catalog
 
 MODEL = "crossgap-small"

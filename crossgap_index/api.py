@@ -303,7 +303,7 @@ class CrossGapIndex(IndexCross, IndexUpkeep):
         files among them, or under folders among them, are added or updated; paths gone from disk (files, or
         folders with all under them) leave; a file moved from one to another keeps its id. ``options`` and
         ``settings`` as in ``index_folders``."""
-        from crossgap_index.ingest.watch import paths_to_sync
+        from crossgap_index.ingest.discover import paths_to_sync
 
         chosen = BuildOptions.of(options, **settings)
         changed_paths = [Path(p) for p in changed]

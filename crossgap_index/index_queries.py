@@ -21,8 +21,8 @@ def query_dict(image=None, text=None, vector=None, item: int | None = None, expr
     """The keyword arguments as one query dict; the searcher checks that exactly one was given."""
     terms = None
     if expression is not None:
-        from crossgap_index.cli.query_arg import query_kind
         from crossgap_index.search.arithmetic import parse
+        from crossgap_index.search.query_arg import query_kind
 
         terms = parse(expression, kind_of=query_kind)
     given = (("image", image), ("text", text), ("vector", vector), ("item", item), ("terms", terms))

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from crossgap_index import CrossGapIndex
-from crossgap_index.cli.query_arg import query_kind
 from crossgap_index.errors import ModelUnavailableError, QueryError
 from crossgap_index.inversion import InversionConfig
+from crossgap_index.search.query_arg import query_kind
 from tests.support.cli import REPO
 from tests.support.photos import MODEL
 

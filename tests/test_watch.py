@@ -20,7 +20,8 @@ import httpx
 import pytest
 
 from crossgap_index import CrossGapIndex
-from crossgap_index.ingest.watch import FolderWatcher, WatchSettings, paths_to_sync
+from crossgap_index.folder_watch import FolderWatcher, WatchSettings
+from crossgap_index.ingest.discover import paths_to_sync
 from crossgap_index.store.catalog import Catalog
 from tests.support.cli import REPO, cgx_process
 from tests.support.photos import MODEL, write_photo

@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from crossgap_index.cli.options import DeviceOpt, IndexOpt, JsonOpt, PrecisionOpt, QuietOpt, Target
-from crossgap_index.cli.query_arg import query_modality, query_of
 from crossgap_index.inversion import InversionConfig
 from crossgap_index.inversion.config import LR_MAX
 from crossgap_index.inversion.flags import InversionFlags
+from crossgap_index.search.query_arg import query_modality, query_of
 from crossgap_index.search.registry import mode_help_text, mode_names
 from crossgap_index.words import RRF_K, TARGETS
 

@@ -95,7 +95,7 @@ def _start_watching(cgx, roots: list[Path], device: str):
     """The background watcher of ``--watch`` folders (None without any)."""
     if not roots:
         return None
-    from crossgap_index.ingest.watch import WatchSettings
+    from crossgap_index.folder_watch import WatchSettings
     from crossgap_index.server.watching import ServedWatch
 
     watcher = ServedWatch(cgx, roots, WatchSettings(), device)

@@ -17,8 +17,8 @@ from crossgap_index.cli.options import (
     exclude_option,
 )
 from crossgap_index.errors import QueryError
+from crossgap_index.folder_watch import WatchSettings
 from crossgap_index.ingest.limits import DEFAULT_MAX_FILE_MB, DEFAULT_MAX_MEGAPIXELS
-from crossgap_index.ingest.watch import WatchSettings
 
 ExcludeOpt = exclude_option(
     "Leave out folders and files matching GLOB (repeatable), as `cgx build-index --exclude` does; the NAS and system "
@@ -50,7 +50,7 @@ def watch_command(
     `cgx build-index` (the index lock held while it is written). On start it first catches up with whatever
     changed while it was not running, so a killed watcher resumes by starting again. Ctrl-C stops it cleanly."""
     from crossgap_index import CrossGapIndex
-    from crossgap_index.ingest.watch import FolderWatcher, batch_line
+    from crossgap_index.folder_watch import FolderWatcher, batch_line
 
     roots = watched_roots(folders)
     settings = WatchSettings(

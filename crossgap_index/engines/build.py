@@ -23,18 +23,10 @@ from crossgap_index.inversion.config import InversionConfig
 from crossgap_index.inversion.keys import seed_from_digest, settings_fingerprint
 from crossgap_index.pause_points import pause_point
 from crossgap_index.store.catalog import ImageRecord
+from crossgap_index.store.manifest import GALLERY_INVERTED
 from crossgap_index.words import CountProgress, text_hash
 
-GALLERY_OTI = "image-oti"
-GALLERY_OVI = "text-ovi"
-# modality -> (derived collection, inversion direction, the manifest field recording its settings)
-GALLERY_INVERTED = {
-    "image": (GALLERY_OTI, "oti", "gallery_inversion"),
-    "text": (GALLERY_OVI, "ovi", "text_gallery_inversion"),
-}
 TEXT_CHUNK = 256
-
-# progress(done, total): called as files (or texts, or gallery images) are processed.
 
 
 @dataclass

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from fnmatch import fnmatchcase
 from pathlib import Path
 
@@ -134,3 +134,25 @@ def resolve_roots(roots: Iterable[str | Path]) -> list[Path]:
         if not root.exists():
             raise QueryError(f"no such file or folder: {root}")
     return resolved
+
+
+def paths_to_sync(
+    changed: Iterable[Path], roots: Sequence[Path], include_hidden: bool, exclude: Iterable[str] = ()
+) -> tuple[list[Path], list[Path]]:
+    """(image files to index, paths to prune under) for changed paths: an existing file that a build of
+    ``roots`` would find; an existing folder, walked; a path gone from disk, pruned with everything under it."""
+    exclude = tuple(exclude)
+    files: set[Path] = set()
+    prune: list[Path] = []
+    for path in changed:
+        if path.is_dir():
+            if would_find(path, roots, include_hidden, folder=True, exclude=exclude):
+                files.update(find_images([path], include_hidden, exclude))
+                prune.append(path)
+        elif path.exists():
+            if would_find(path, roots, include_hidden, exclude=exclude):
+                files.add(path)
+                prune.append(path)
+        elif any(path == root or root in path.parents for root in roots):
+            prune.append(path)
+    return sorted(files), prune

@@ -364,7 +364,7 @@ def _write_derived(store, kind: str, source: Source, size: int) -> int:
 
 def _restore_inversion_records(store, source: Source) -> None:
     """The settings the exported gallery inversions were made with, so that `cgx invert` keeps them."""
-    from crossgap_index.engines.build import GALLERY_INVERTED
+    from crossgap_index.store.manifest import GALLERY_INVERTED
 
     for kind, _, record in GALLERY_INVERTED.values():
         if kind in source.derived and record in source.inversions and getattr(store.manifest, record) is None:

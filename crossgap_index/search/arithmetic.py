@@ -9,7 +9,7 @@ Grammar (``parse``)::
 
 ``+`` and ``-`` are operators only with white space on both sides (or, for a leading ``-``, at the start), so
 "t-shirt" and "blue-green" stay words. A quoted atom is always text; ``item:42`` is stored item 42's own vector;
-any other atom is what ``kind_of`` says: the CLI and the library pass ``cli/query_arg.py``'s rule (an image when it
+any other atom is what ``kind_of`` says: the CLI and the library pass ``search/query_arg.py``'s rule (an image when it
 names an image file, else text); the server passes none, so there every bare atom is text (a request never names
 a file to read).
 

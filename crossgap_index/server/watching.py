@@ -1,4 +1,4 @@
-"""`cgx serve --watch`: the folder watcher (ingest/watch.py) as a background thread of the server.
+"""`cgx serve --watch`: the folder watcher (folder_watch.py) as a background thread of the server.
 
 The watcher writes through its own handle on the index, as `cgx watch` would in another process: the served
 handle never sees a batch half-written. After each batch the served handle moves to the new committed state in
@@ -12,7 +12,7 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from crossgap_index.ingest.watch import FolderWatcher, WatchBatch, WatchSettings, batch_line
+from crossgap_index.folder_watch import FolderWatcher, WatchBatch, WatchSettings, batch_line
 
 if TYPE_CHECKING:
     from crossgap_index.api import CrossGapIndex

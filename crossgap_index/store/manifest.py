@@ -13,6 +13,12 @@ from crossgap_index.errors import StoreError
 
 MANIFEST_SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
+# A gallery's inverted features, by the modality of its items: (derived collection, inversion direction, the
+# manifest field recording the settings they were inverted with).
+GALLERY_INVERTED = {
+    "image": ("image-oti", "oti", "gallery_inversion"),
+    "text": ("text-ovi", "ovi", "text_gallery_inversion"),
+}
 
 
 @dataclass

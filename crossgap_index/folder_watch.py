@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from crossgap_index.errors import QueryError
-from crossgap_index.ingest.discover import find_images, would_find
+from crossgap_index.ingest.discover import paths_to_sync
 from crossgap_index.ingest.limits import DEFAULT_MAX_FILE_MB, DEFAULT_MAX_MEGAPIXELS
 
 if TYPE_CHECKING:
@@ -29,28 +29,6 @@ if TYPE_CHECKING:
 
 # How often the watcher wakes without events to see whether it was asked to stop (ms).
 WAKE_MS = 500
-
-
-def paths_to_sync(
-    changed: Iterable[Path], roots: Sequence[Path], include_hidden: bool, exclude: Iterable[str] = ()
-) -> tuple[list[Path], list[Path]]:
-    """(image files to index, paths to prune under) for changed paths: an existing file that a build of
-    ``roots`` would find; an existing folder, walked; a path gone from disk, pruned with everything under it."""
-    exclude = tuple(exclude)
-    files: set[Path] = set()
-    prune: list[Path] = []
-    for path in changed:
-        if path.is_dir():
-            if would_find(path, roots, include_hidden, folder=True, exclude=exclude):
-                files.update(find_images([path], include_hidden, exclude))
-                prune.append(path)
-        elif path.exists():
-            if would_find(path, roots, include_hidden, exclude=exclude):
-                files.add(path)
-                prune.append(path)
-        elif any(path == root or root in path.parents for root in roots):
-            prune.append(path)
-    return sorted(files), prune
 
 
 @dataclass(frozen=True)
