@@ -7,7 +7,7 @@ import dataclasses
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from crossgap_index.ingest.decode import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_MEGAPIXELS
+from crossgap_index.ingest.limits import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_MEGAPIXELS
 
 
 @dataclass(frozen=True)

@@ -19,9 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from crossgap_index.build_options import BuildOptions
 from crossgap_index.errors import QueryError
 from crossgap_index.ingest.discover import paths_to_sync
-from crossgap_index.ingest.limits import DEFAULT_MAX_FILE_MB, DEFAULT_MAX_MEGAPIXELS
+from crossgap_index.ingest.limits import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_MEGAPIXELS
 
 if TYPE_CHECKING:
     from crossgap_index.api import CrossGapIndex
@@ -38,9 +39,15 @@ class WatchSettings:
     debounce_ms: int = 2000  # the longest a batch collects events
     step_ms: int = 300  # a batch closes once the folders are quiet this long
     max_megapixels: float = DEFAULT_MAX_MEGAPIXELS
-    max_file_bytes: int = int(DEFAULT_MAX_FILE_MB * 1e6)
+    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES
     batch_size: int = 64  # files per embedding batch (and per commit) inside a watch batch
     workers: int = 4
+
+    def build_options(self) -> BuildOptions:
+        """How each batch's build reads files: the same rules as ``cgx build-index`` with these settings."""
+        return BuildOptions(
+            self.include_hidden, self.exclude, self.max_megapixels, self.max_file_bytes, self.batch_size, self.workers
+        )
 
 
 @dataclass
@@ -115,15 +122,7 @@ class FolderWatcher:
     def _catch_up(self) -> None:
         s = self.settings
         start = time.perf_counter()
-        report = self.index.index_folders(
-            self.roots,
-            include_hidden=s.include_hidden,
-            exclude=s.exclude,
-            max_megapixels=s.max_megapixels,
-            max_file_bytes=s.max_file_bytes,
-            batch_size=s.batch_size,
-            workers=s.workers,
-        )
+        report = self.index.index_folders(self.roots, s.build_options())
         self._finish(WatchBatch(None, report), start)
 
     def _sync(self, changed: set[Path]) -> None:
@@ -131,16 +130,7 @@ class FolderWatcher:
         if paths_to_sync(changed, self.roots, s.include_hidden, s.exclude) == ([], []):
             return  # no image and nothing indexed among them (a text file, the index's own files): no write
         start = time.perf_counter()
-        report = self.index.sync_paths(
-            changed,
-            self.roots,
-            include_hidden=s.include_hidden,
-            exclude=s.exclude,
-            max_megapixels=s.max_megapixels,
-            max_file_bytes=s.max_file_bytes,
-            batch_size=s.batch_size,
-            workers=s.workers,
-        )
+        report = self.index.sync_paths(changed, self.roots, s.build_options())
         self._finish(WatchBatch(len(changed), report), start)
 
     def _finish(self, batch: WatchBatch, start: float) -> None:

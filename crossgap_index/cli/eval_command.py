@@ -12,11 +12,10 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from crossgap_index.cli.options import DeviceOpt
+from crossgap_index.cli.options import DeviceOpt, model_option
 from crossgap_index.errors import QueryError
 from crossgap_index.inversion import InversionConfig
 from crossgap_index.inversion.flags import InversionFlags
-from crossgap_index.models import DEFAULT_MODEL
 
 # The generated and shipped worlds evaluation.data reads, stated here so that --help needs no numpy
 # (a test checks them against that module's own usage lines).
@@ -47,15 +46,7 @@ DatasetArg = Annotated[
         '{"text", "group", "label"?} captions, or a generated or shipped world: ' + DATASET_SPECS + "."
     ),
 ]
-ModelOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--model",
-        envvar="CGX_MODEL",
-        help=f"Model spec: ARCH/TAG (default {DEFAULT_MODEL}), ARCH::/path/weights, a model folder, "
-        "or a bundled name (tiny-random, crossgap-small).",
-    ),
-]
+ModelOpt = model_option("The model evaluated (with --index: the index's own).")
 VocabOpt = Annotated[
     Path | None,
     typer.Option("--vocab", help="Span projection concepts, one name per line (default: the class names)."),

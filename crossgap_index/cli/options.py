@@ -27,15 +27,23 @@ ServiceIndexOpt = Annotated[
     Path | None,
     typer.Option("--index", envvar="CGX_INDEX", help=f"Index directory (default: {_INDEX_DEFAULT})."),
 ]
-ModelOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--model",
-        envvar="CGX_MODEL",
-        help=f"Model spec: ARCH/TAG (default {DEFAULT_MODEL}), ARCH::/path/weights, a model folder, "
-        f"or a bundled name ({', '.join(bundled_names())}). New indexes only; an existing index keeps its model.",
-    ),
-]
+
+
+def model_option(use: str) -> Any:
+    """``--model`` (or $CGX_MODEL): every spec form, then ``use``, what the command does with the model."""
+    forms = f"ARCH/TAG (default {DEFAULT_MODEL}), ARCH::/path/weights, a model folder, or a bundled name"
+    return Annotated[
+        str | None,
+        typer.Option("--model", envvar="CGX_MODEL", help=f"Model spec: {forms} ({', '.join(bundled_names())}). {use}"),
+    ]
+
+
+def index_option(help: str) -> Any:
+    """``--index`` (or $CGX_INDEX) with this command's ``help``."""
+    return Annotated[Path | None, typer.Option("--index", envvar="CGX_INDEX", help=help)]
+
+
+ModelOpt = model_option("New indexes only; an existing index keeps its model.")
 DeviceOpt = Annotated[
     str,
     typer.Option("--device", help="auto (CUDA when available), cpu, cuda, cuda:N (the Nth GPU) or mps (Apple GPU)."),

@@ -14,6 +14,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from crossgap_index.cli.eval_command import DATASET_SPECS
+from crossgap_index.cli.options import DeviceOpt, index_option
 from crossgap_index.cli.render import err, out, progress_bar
 
 if TYPE_CHECKING:  # the inversion stack (torch) loads when a command runs
@@ -28,15 +29,8 @@ def tune_command(
             f"or a generated or shipped world: {DATASET_SPECS}."
         ),
     ],
-    index: Annotated[
-        Path | None, typer.Option("--index", envvar="CGX_INDEX", help="Index to tune [default: $CGX_INDEX].")
-    ] = None,
-    device: Annotated[
-        str,
-        typer.Option(
-            "--device", help="auto (CUDA when available), cpu, cuda, cuda:N (the Nth GPU) or mps (Apple GPU)."
-        ),
-    ] = "auto",
+    index: index_option("Index to tune [default: $CGX_INDEX].") = None,
+    device: DeviceOpt = "auto",
     inversion: Annotated[
         bool, typer.Option(help="Also try OTI settings and the inverter (slower; --no-inversion: projections only).")
     ] = True,
@@ -160,9 +154,7 @@ def _stop_between_steps() -> threading.Event:
 
 
 def train_inverter_command(
-    index: Annotated[
-        Path | None, typer.Option("--index", envvar="CGX_INDEX", help="Index to train for [default: $CGX_INDEX].")
-    ] = None,
+    index: index_option("Index to train for [default: $CGX_INDEX].") = None,
     modality: Annotated[
         Modality,
         typer.Option(

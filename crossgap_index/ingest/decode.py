@@ -25,7 +25,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError, features
 
 from crossgap_index.ingest.discover import file_kind
 from crossgap_index.ingest.limits import (
-    DEFAULT_MAX_FILE_MB,
+    DEFAULT_MAX_FILE_BYTES,
     DEFAULT_MAX_MEGAPIXELS,
     MAX_FILE_MB_SETTING,
     MAX_IMAGE_MEGAPIXELS_SETTING,
@@ -34,7 +34,6 @@ from crossgap_index.words import content_hash
 
 __all__ = ["DEFAULT_MAX_FILE_BYTES", "DEFAULT_MAX_MEGAPIXELS", "DecodeError", "SkippedFile", "decode_rgb", "read_file"]
 
-DEFAULT_MAX_FILE_BYTES = int(DEFAULT_MAX_FILE_MB * 1e6)
 # Modes Image.reduce takes; the others (palette, 1-bit, 16-bit) are reduced after conversion to RGB.
 _REDUCIBLE_MODES = frozenset({"L", "LA", "RGB", "RGBA", "RGBa", "I", "F", "CMYK", "YCbCr"})
 _OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
