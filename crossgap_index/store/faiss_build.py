@@ -21,8 +21,8 @@ Chunks = Callable[[], Iterator[tuple[np.ndarray, np.ndarray]]]  # a fresh pass o
 # 512-d vectors, results/train-floor-*.md): recall@10 was 1.000 at the default nprobe 32 for IVF1024,Flat at
 # 64, 100 and 256 rows per list and for IVF2048,Flat at 64 and 256 (100 is every row there); at nprobe 2
 # IVF1024 lost 0.0003 (64) and 0.0007 (100), and its build took 0.43x the time at 100. 100 is also
-# autofaiss's sample for this factory, which matched 256's recall at 1M (IVF4096,Flat, issue 26); 64 held
-# here too but has no measurement at 1M.
+# autofaiss's sample for this factory, which matched 256's recall at 1M (IVF4096,Flat); 64 held here too but has
+# no measurement at 1M.
 TRAIN_POINTS_PER_LIST = 100
 TRAIN_POINTS_OTHER = 65_536  # trainable non-IVF factories (PQ, PCA, ...)
 # IVF over compressed codes: candidates are re-scored exactly, so a coarser k-means (64 rows per list, above
