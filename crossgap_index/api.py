@@ -42,7 +42,6 @@ from crossgap_index.words import CountProgress, StageProgress, StepProgress, che
 if TYPE_CHECKING:  # torch loads with the first model, inside the methods that need one
     from crossgap_index.ingest.embeddings import ImportProgress, ImportReport
     from crossgap_index.models import Encoder
-    from crossgap_index.models.query_encoder import QueryEncoder
 
 __all__ = [
     "BuildOptions",
@@ -221,11 +220,6 @@ class CrossGapIndex(IndexCross, IndexUpkeep):
     def has_linear_projections(self) -> bool:
         """Whether both of the model's towers end in a bias-free linear projection (mode ``iso`` needs them)."""
         return has_linear_projections(self._runtime.encoder)
-
-    def query_encoder(self) -> QueryEncoder:
-        """What searches embed queries with: image queries on a verified ONNX tower where one serves this index,
-        the rest on the index's model (crossgap_index.models.query_encoder)."""
-        return self._runtime.query_encoder()
 
     def share_model(self, other: CrossGapIndex) -> None:
         """Embed with ``other``'s model (loaded there if not yet) instead of loading a copy: the same index opened
