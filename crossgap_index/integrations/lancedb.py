@@ -21,11 +21,12 @@ from lancedb.rerankers import Reranker
 
 from crossgap_index.api import CrossGapIndex
 from crossgap_index.export import CHUNK, arrow_batch, arrow_schema, item_chunks, open_catalog
-from crossgap_index.integrations.rescore import Transform, checked_query, hits, nan_padded, rescore, target_modality
+from crossgap_index.integrations.rescore import Transform, checked_query, hits, nan_padded, rescore
 from crossgap_index.search.options import SearchOptions
 from crossgap_index.search.ranking import Ranked
 from crossgap_index.search.searcher import Hit
 from crossgap_index.store.directory import DERIVED, MODALITIES
+from crossgap_index.words import target_modality
 
 PLAIN_COLUMN = "vector"
 

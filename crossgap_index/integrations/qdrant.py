@@ -28,10 +28,10 @@ from crossgap_index.integrations.rescore import (
     nan_padded,
     ranked,
     rescore,
-    target_modality,
 )
 from crossgap_index.search.searcher import Hit
 from crossgap_index.store.directory import DERIVED, MODALITIES
+from crossgap_index.words import target_modality
 
 PLAIN = "plain"
 UPSERT_CHUNK = 512

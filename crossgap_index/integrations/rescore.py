@@ -14,7 +14,7 @@ import numpy as np
 from crossgap_index.errors import QueryError
 from crossgap_index.search.merge import fuse
 from crossgap_index.search.ranking import Ranked
-from crossgap_index.search.searcher import Hit, collection_of
+from crossgap_index.search.searcher import Hit
 
 
 class Transform(Protocol):
@@ -57,10 +57,6 @@ def _finite_row(what: str, values) -> np.ndarray:
     if not np.isfinite(row).all():
         raise AdapterQueryError(f"{what} holds NaN or infinite values")
     return row
-
-
-def target_modality(target: str) -> str:
-    return collection_of(target)
 
 
 def nan_padded(rows: list) -> np.ndarray:

@@ -224,7 +224,7 @@ class Searcher:
         that is already inter-modal (a text query against images) as it is: that query is the cross search.
         """
         searcher = self.serving(options, progress)
-        collection = collection_of(options.target)
+        collection = target_modality(options.target)
         check_filter_target(options.item_filter(), collection)
         if self._store.indexes[collection].ntotal == 0:
             raise StoreError(f"the {collection} index at {self._store.path} is empty")
@@ -256,7 +256,7 @@ class Searcher:
 
     def served(self, options: SearchOptions, query_modality: str) -> Mode:
         """The Mode that answers a query of ``query_modality`` asked with ``options``, checked against the index."""
-        collection = collection_of(options.target)
+        collection = target_modality(options.target)
         chosen = self.resolve(options, query_modality, collection)
         if query_modality in ("image", "text") and query_modality != collection and turns(chosen):
             chosen = resolve_mode("intra")  # already inter-modal: the query itself is the cross search
@@ -330,7 +330,7 @@ class Searcher:
                 "filter (LanceDB: where=, Qdrant: query_filter=)"
             )
         searcher = self.serving(options, None)
-        collection = collection_of(options.target)
+        collection = target_modality(options.target)
         feature, modality, digest = searcher.embed([query])[0]
         chosen = searcher.served(options, modality)
         batch = Queries(feature[None, :], modality, (digest,))
@@ -396,10 +396,6 @@ def turns(mode: Mode) -> bool:
 
 def _leg_turns(leg) -> bool:
     return leg.transform in ("invert", "inverter", "warm") or leg.gallery == "inverted"
-
-
-def collection_of(target: str) -> str:
-    return target_modality(target)
 
 
 def _kind(query: dict) -> str:
