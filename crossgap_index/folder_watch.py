@@ -45,9 +45,8 @@ class WatchSettings:
 
     def build_options(self) -> BuildOptions:
         """How each batch's build reads files: the same rules as ``cgx build-index`` with these settings."""
-        return BuildOptions(
-            self.include_hidden, self.exclude, self.max_megapixels, self.max_file_bytes, self.batch_size, self.workers
-        )
+        shared = ("include_hidden", "exclude", "max_megapixels", "max_file_bytes", "batch_size", "workers")
+        return BuildOptions(**{name: getattr(self, name) for name in shared})
 
 
 @dataclass
