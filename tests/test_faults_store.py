@@ -23,19 +23,17 @@ from pathlib import Path
 import faiss
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
 from crossgap_index import CrossGapIndex
-from crossgap_index.cli.app import app
 from crossgap_index.errors import StoreError
 from crossgap_index.inversion import InversionConfig
 from crossgap_index.store.lock import IndexLock
 from tests.support.cli import REPO, cgx_process
+from tests.support.faults import cli, one_line, stored_items
 from tests.support.pause import pause_env, wait_until_paused
 from tests.support.photos import MODEL, write_photo
 
 FEW_STEPS = InversionConfig(oti_steps=3, ovi_steps=3)
-runner = CliRunner()
 
 
 # -- helpers -------------------------------------------------------------------------------
@@ -80,17 +78,6 @@ def assert_consistent(index: Path, *folders: Path) -> None:
         assert report.ok, report.problems
     on_disk = faiss.read_index(str(index / "image.faiss"))
     assert on_disk.ntotal == len(files)
-
-
-def one_line_error(text: str) -> str:
-    lines = [line for line in text.splitlines() if line.strip()]
-    assert len(lines) == 1, text
-    assert "Traceback" not in text
-    return lines[0]
-
-
-def cli(*args):
-    return runner.invoke(app, [str(a) for a in args])
 
 
 @pytest.fixture(scope="module")
@@ -272,7 +259,7 @@ def test_damaged_manifest_is_one_line_naming_the_file(index, damage):
         CrossGapIndex.open(index)
     result = cli("info", "--index", index)
     assert result.exit_code == 1
-    assert "manifest.json" in one_line_error(result.stderr)
+    assert "manifest.json" in one_line(result.stderr)
 
 
 def test_manifest_naming_another_model_is_one_line(index):
@@ -297,7 +284,7 @@ def test_damaged_catalog_is_one_line(index, damage):
         catalog.write_bytes(b"SQLite format 3\x00" + b"\x00" * 200)
     result = cli("query", "--index", index, "--text", "a photo")
     assert result.exit_code == 1
-    assert "catalog.sqlite" in one_line_error(result.stderr)
+    assert "catalog.sqlite" in one_line(result.stderr)
 
 
 def test_index_option_on_a_file_or_an_unwritable_place_is_one_line(tmp_path, gallery):
@@ -306,10 +293,10 @@ def test_index_option_on_a_file_or_an_unwritable_place_is_one_line(tmp_path, gal
     for args in (("info",), ("build-index", gallery, "--model", MODEL)):
         result = cli(*args, "--index", a_file)
         assert result.exit_code == 1
-        assert "is a file, not an index directory" in one_line_error(result.stderr)
+        assert "is a file, not an index directory" in one_line(result.stderr)
     result = cli("build-index", gallery, "--model", MODEL, "--index", "/proc/cgx-index")
     assert result.exit_code == 1
-    assert "/proc/cgx-index" in one_line_error(result.stderr)
+    assert "/proc/cgx-index" in one_line(result.stderr)
 
 
 # -- a read-only index directory is searchable --------------------------------------
@@ -377,7 +364,7 @@ def test_concurrent_writers_wait_for_the_lock_or_fail_in_one_line_with_no_wait(t
         waiting = [cgx_process(*args), cgx_process(*args)]
         _, impatient_err = impatient.communicate(timeout=300)
         assert impatient.returncode == 1
-        assert "another process is writing" in one_line_error(impatient_err)
+        assert "another process is writing" in one_line(impatient_err)
         for process in waiting:  # blocks until each has reached the lock and said so
             assert any("waiting for another process" in line for line in iter(process.stderr.readline, ""))
         assert not (index / "manifest.json").exists()  # nothing written while the lock was held
@@ -385,14 +372,6 @@ def test_concurrent_writers_wait_for_the_lock_or_fail_in_one_line_with_no_wait(t
     assert [process.returncode for process in waiting] == [0, 0], outputs
     assert not any("Traceback" in err for _, err in outputs)
     assert_consistent(index, folder)
-
-
-def _stored_images(index: Path) -> int:
-    conn = sqlite3.connect(f"{(index / 'catalog.sqlite').as_uri()}?mode=ro", uri=True)
-    try:
-        return conn.execute("SELECT COUNT(*) FROM items WHERE modality = 'image'").fetchone()[0]
-    finally:
-        conn.close()
 
 
 @pytest.mark.slow  # over 3 s on a loaded 2-core machine (benchmarks/results/setup.md)
@@ -411,7 +390,7 @@ def test_writer_killed_mid_build_then_resumed_loses_and_doubles_nothing(tmp_path
     writer.send_signal(signal.SIGKILL)
     writer.communicate()
     os.close(held)
-    stored = _stored_images(index)
+    stored = stored_items(index, "image")
     assert stored == 10, "the writer was not caught mid-build"
     with CrossGapIndex.open(index) as cgx:  # resumed by a writer in this process: the lock was freed by the kill
         report = cgx.index_folders([folder], batch_size=16)
@@ -505,7 +484,7 @@ def test_remove_by_folder_missing_file_and_id_then_ls(tmp_path):
     shutil.rmtree(gone)  # a vanished folder
     (kept / "p0000.png").unlink()  # a vanished file
     typo = cli("remove", tmp_path / "photos" / "nothing-here", "--index", index)
-    assert typo.exit_code == 1 and "nothing indexed" in one_line_error(typo.stderr)
+    assert typo.exit_code == 1 and "nothing indexed" in one_line(typo.stderr)
     assert cli("remove", "--index", index).exit_code != 0  # nothing to remove named
 
     removed = cli("remove", gone, "--index", index)
@@ -520,7 +499,7 @@ def test_remove_by_folder_missing_file_and_id_then_ls(tmp_path):
     assert cli("remove", "--id", victim["id"], "--index", index).exit_code == 0
     (Path(victim["path"])).unlink()
     unknown = cli("remove", "--id", 99999, "--index", index)
-    assert unknown.exit_code == 1 and "no item with id 99999" in one_line_error(unknown.stderr)
+    assert unknown.exit_code == 1 and "no item with id 99999" in one_line(unknown.stderr)
     plain = cli("ls", "--index", index, "--modality", "image")
     assert len(plain.stdout.splitlines()) == 4 and all("\timage\t" in line for line in plain.stdout.splitlines())
     assert_consistent(index, kept)

@@ -47,12 +47,18 @@ def corpus_lines(n: int, first: int = 0) -> list[str]:
     return [f"document number {i} about things {i * 7}" for i in range(first, first + n)]
 
 
-def stored_texts(index: Path) -> int:
+def stored_items(index: Path, modality: str) -> int:
+    """How many items of ``modality`` the catalog on disk holds, read-only and beside the library (what a
+    second process would see)."""
     conn = sqlite3.connect(f"{(index / 'catalog.sqlite').as_uri()}?mode=ro", uri=True)
     try:
-        return conn.execute("SELECT COUNT(*) FROM items WHERE modality = 'text'").fetchone()[0]
+        return conn.execute("SELECT COUNT(*) FROM items WHERE modality = ?", (modality,)).fetchone()[0]
     finally:
         conn.close()
+
+
+def stored_texts(index: Path) -> int:
+    return stored_items(index, "text")
 
 
 def resize(mount_point: Path, size: str) -> None:
