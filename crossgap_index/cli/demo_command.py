@@ -29,11 +29,10 @@ def demo_command(
     """Offline demo: generate labelled synthetic photos, index them with the bundled crossgap-small model,
     tune the index on other labelled photos, and show a held-out query where the tuned mode changes the
     top results, beside plain intra-modal search, with a contact sheet."""
-    from crossgap_index.cli.eval_command import _progress
-    from crossgap_index.cli.render import build_summary, err, progress_bar
+    from crossgap_index.cli.render import build_summary, err, progress_bar, stage_bars
     from crossgap_index.demo import run_demo
 
-    with progress_bar("embedding", "img", enabled=not quiet) as progress, _progress(not quiet) as tune_progress:
+    with progress_bar("embedding", "img", enabled=not quiet) as progress, stage_bars(not quiet) as tune_progress:
         result = run_demo(
             folder,
             model=model,

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -29,7 +27,6 @@ if TYPE_CHECKING:  # the evaluation stack (torch, matplotlib) loads when the com
     from crossgap_index.evaluation.data import EvalDataset
     from crossgap_index.evaluation.results import EvalResult
     from crossgap_index.evaluation.settings import EvalSettings
-    from crossgap_index.words import StageProgress
 
 
 class Task(str, Enum):
@@ -186,6 +183,7 @@ def eval_command(
     the index's tuned mode; plus zero-shot accuracy as a control. Metrics: mAP (headline), mAP@R,
     R-precision, Recall@1.
     """
+    from crossgap_index.cli.render import stage_bars
     from crossgap_index.evaluation.protocol import evaluate
 
     flags = EvalFlags(
@@ -195,7 +193,7 @@ def eval_command(
         index=index, transductive=transductive, limit=limit, precision=precision,
     )  # fmt: skip
     data, settings = eval_settings(flags)
-    with _progress(enabled=not quiet) as progress:
+    with stage_bars(enabled=not quiet) as progress:
         result = evaluate(data, settings, progress=progress)
     if vocab is not None:
         result.settings["span"]["vocabulary"] = str(vocab)
@@ -307,31 +305,3 @@ def _parse_steps(text: str, option: str) -> list[int]:
     if not steps or min(steps) < 0:
         raise QueryError(f"{option} needs one or more counts >= 0, got {text!r}")
     return steps
-
-
-@contextmanager
-def _progress(enabled: bool) -> Iterator[StageProgress]:
-    """A ``progress(stage, done, total)`` callback: one bar per stage on stderr, started on first use."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from crossgap_index.cli.render import err
-
-    bar = Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=err
-    )
-    tasks: dict[str, int] = {}
-
-    def update(stage: str, done: int, total: int) -> None:
-        if not enabled:
-            return
-        if not tasks:
-            bar.start()
-        if stage not in tasks:
-            tasks[stage] = bar.add_task(stage, total=total)
-        bar.update(tasks[stage], completed=done, total=total)
-
-    try:
-        yield update
-    finally:
-        if tasks:
-            bar.stop()

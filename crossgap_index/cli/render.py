@@ -19,6 +19,7 @@ from rich.table import Table
 from rich.text import Text
 
 from crossgap_index.search.labels import mode_label
+from crossgap_index.words import StageProgress
 
 if TYPE_CHECKING:
     from crossgap_index.api import BuildReport, Hit, IndexInfo
@@ -99,6 +100,30 @@ def phase_lines(what: str, enabled: bool = True, steps: int = 4) -> Iterator:
             err.print(f"{what}: {phase} {done:,}/{total:,} ({seconds:.1f} s)", highlight=False)
 
     yield update
+
+
+@contextmanager
+def stage_bars(enabled: bool = True) -> Iterator[StageProgress]:
+    """A ``progress(stage, done, total)`` callback: one bar per stage on stderr, started on first use."""
+    bar = Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=err
+    )
+    tasks: dict[str, int] = {}
+
+    def update(stage: str, done: int, total: int) -> None:
+        if not enabled:
+            return
+        if not tasks:
+            bar.start()
+        if stage not in tasks:
+            tasks[stage] = bar.add_task(stage, total=total)
+        bar.update(tasks[stage], completed=done, total=total)
+
+    try:
+        yield update
+    finally:
+        if tasks:
+            bar.stop()
 
 
 @contextmanager

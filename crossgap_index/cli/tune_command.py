@@ -15,7 +15,7 @@ from rich.table import Table
 
 from crossgap_index.cli.eval_command import DATASET_SPECS
 from crossgap_index.cli.options import DeviceOpt, index_option
-from crossgap_index.cli.render import err, out, progress_bar
+from crossgap_index.cli.render import err, out, progress_bar, stage_bars
 
 if TYPE_CHECKING:  # the inversion stack (torch) loads when a command runs
     from crossgap_index.inversion.inverter import InverterConfig
@@ -47,7 +47,7 @@ def tune_command(
 
     if dataset.startswith(SYNTHETIC_PREFIX):
         synthetic_size(dataset)  # a bad or oversized spec is one line before the model loads
-    with CrossGapIndex.open(index, device=device) as cgx, _stages(not quiet) as progress:
+    with CrossGapIndex.open(index, device=device) as cgx, stage_bars(not quiet) as progress:
         result = cgx.tune(dataset, inversion=inversion, seed=seed, progress=progress)
     if json_out:
         print(json.dumps(_tune_document(result), indent=2))
@@ -257,9 +257,3 @@ def _print_trained(network, config: InverterConfig, modality: Modality, index: P
         f"{stats['seconds']:.1f} s, final loss {stats['final_loss']:.4f}; saved to {index / file}",
         highlight=False,
     )
-
-
-def _stages(enabled: bool):
-    from crossgap_index.cli.eval_command import _progress
-
-    return _progress(enabled)
