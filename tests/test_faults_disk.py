@@ -15,7 +15,7 @@ import pytest
 
 from crossgap_index import CrossGapIndex
 from crossgap_index.store.catalog import header_shortfall, wal_has_frames
-from tests.support.faults import build, cli, corpus_lines, fill, one_line, photos, resize, stored_texts
+from tests.support.faults import build, cli, corpus_lines, fill, one_line, photos, resize, stored_items
 from tests.support.photos import MODEL
 
 
@@ -31,7 +31,7 @@ def test_full_disk_during_add_texts_is_one_line_and_the_index_survives(tmp_path,
     added = cli("add-texts", corpus, "--index", index, "-q")
     assert added.exit_code == 1
     assert "disk full" in one_line(added.output)  # was: internal error: OperationalError
-    committed = stored_texts(index)
+    committed = stored_items(index, "text")
     assert committed > 0  # batches before the disk filled up are kept
     # The state a full disk leaves: the interrupted checkpoint left the header ahead of the file, the WAL holds the rest
     catalog = index / "catalog.sqlite"

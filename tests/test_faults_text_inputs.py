@@ -11,7 +11,7 @@ import pytest
 
 from crossgap_index.ingest.texts import MAX_LINE_CHARS, read_text_corpus
 from tests.support.cli import cgx
-from tests.support.faults import cli, corpus_lines, one_line, stored_texts
+from tests.support.faults import cli, corpus_lines, one_line, stored_items
 from tests.support.photos import MODEL
 
 
@@ -63,7 +63,7 @@ def test_deeply_nested_json_line_is_one_bad_line_and_the_rest_is_stored(tmp_path
     result = cli("add-texts", corpus, "--index", index, "--model", MODEL, "--device", "cpu")
     assert result.exit_code == 0, result.output
     assert "added 2 texts" in result.output and ":2: invalid JSON (nested too deeply)" in result.output
-    assert stored_texts(index) == 2
+    assert stored_items(index, "text") == 2
 
 
 # -- a query naming a FIFO or a device with an image extension is refused

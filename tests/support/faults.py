@@ -57,10 +57,6 @@ def stored_items(index: Path, modality: str) -> int:
         conn.close()
 
 
-def stored_texts(index: Path) -> int:
-    return stored_items(index, "text")
-
-
 def resize(mount_point: Path, size: str) -> None:
     subprocess.run(["mount", "-o", f"remount,size={size}", str(mount_point)], check=True)
 
