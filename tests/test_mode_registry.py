@@ -17,7 +17,6 @@ from crossgap_index.errors import QueryError
 from crossgap_index.inversion import InversionConfig
 from crossgap_index.inversion.inverter import InverterConfig
 from crossgap_index.search.gallery import MatrixGallery
-from crossgap_index.search.labels import list_labels
 from crossgap_index.search.mode_spec import Mode
 from crossgap_index.search.modes import resolve_mode
 from crossgap_index.search.options import SearchOptions
@@ -27,6 +26,7 @@ from crossgap_index.search.registry import (
     MODES,
     ModeEntry,
     is_mode_name,
+    list_labels,
     mode_entry,
     mode_help_text,
     mode_label,

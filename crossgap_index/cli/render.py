@@ -18,7 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColum
 from rich.table import Table
 from rich.text import Text
 
-from crossgap_index.search.labels import mode_label
+from crossgap_index.search.registry import mode_label
 from crossgap_index.words import StageProgress
 
 if TYPE_CHECKING:

@@ -10,7 +10,7 @@ a composition ``BASE+POST`` (``span+aqe``) is any composable entry followed by a
     mode_names(...)       every name a user may give (compositions included unless asked not to)
     is_mode_name(name)    whether ``name`` is one of them
     post_steps()          the names that may follow a one-leg mode; peer_names() every peer
-    mode_label(name) / mode_help(name) / mode_help_text()   the words people read
+    mode_label(name) / mode_help(name) / mode_help_text() / list_labels()   the words people read
     register_mode(entry) / unregister_mode(name)
 """
 
@@ -33,6 +33,7 @@ __all__ = [
     "ModeEntry",
     "composable_names",
     "is_mode_name",
+    "list_labels",
     "mode_entry",
     "mode_help",
     "mode_help_text",
@@ -123,6 +124,12 @@ def mode_help(name: str) -> str:
     """One sentence on what a mode does ("" when unknown)."""
     entry = _ENTRIES.get(name)
     return entry.help if entry is not None else ""
+
+
+def list_labels() -> dict[str, str]:
+    """Mode or list name -> its plain name, for every registered mode (a leg is named after its mode): what the
+    page shows beside each rank a hit has."""
+    return {name: entry.label for name, entry in MODES.items()}
 
 
 def mode_help_text() -> str:

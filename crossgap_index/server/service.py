@@ -21,9 +21,16 @@ from crossgap_index.ingest.pipeline import decode_side
 from crossgap_index.ingest.texts import unicode_problem
 from crossgap_index.search.arithmetic import parse as parse_expression
 from crossgap_index.search.fitting import FitPending
-from crossgap_index.search.labels import list_labels, mode_help, mode_label
 from crossgap_index.search.options import SearchOptions
-from crossgap_index.search.registry import MODES, is_mode_name, mode_names, unknown_mode_message
+from crossgap_index.search.registry import (
+    MODES,
+    is_mode_name,
+    list_labels,
+    mode_help,
+    mode_label,
+    mode_names,
+    unknown_mode_message,
+)
 from crossgap_index.server.batcher import BatchResult, MicroBatcher
 from crossgap_index.server.errors import ApiError, status_of
 from crossgap_index.server.files import read_item_file
