@@ -44,30 +44,34 @@ def main() -> None:
         return
     logs = Path(args.logs)
     logs.mkdir(parents=True, exist_ok=True)
-    sides = {"old": Path(args.old).resolve(), "new": Path(args.new).resolve()}
+    sides = {"old": (Path(args.old).resolve(), ()), "new": (Path(args.new).resolve(), ())}
+    if args.fp32:  # the new tree evaluating what `--precision fp32` serves (inversion batched, not in bf16 lanes)
+        sides["new-fp32"] = (Path(args.new).resolve(), ("--precision", "fp32"))
     load_before = os.getloadavg()
     if not args.report_only:
         _run(sides, args, logs)
     doc = {
         "machine": machine_info(),
         "settings": {**vars(args), "command": " ".join(command(args.seed, args.n)[1:] + ["--task", "texts"])},
-        "load_before": load_before,
-        "load_after": os.getloadavg(),
+        "load_before_runs" if not args.report_only else "load_at_report": load_before,
+        "load_after_runs" if not args.report_only else "load_at_report_end": os.getloadavg(),
         "sides": {name: _side(logs, name, args.n) for name in sides},
     }
     doc["modes"] = _modes(doc["sides"])
     write_json(RESULTS / "text-eval-cost.json", doc)
-    print(json.dumps({name: {k: v for k, v in side.items() if k != "modes"} for name, side in doc["sides"].items()}))
+    shown = ("cpu_s", "wall", "timings_s")
+    print(json.dumps({name: {k: side[k] for k in shown} for name, side in doc["sides"].items()}))
 
 
-def _run(sides: dict[str, Path], args: argparse.Namespace, logs: Path) -> None:
-    """Both sides' CLI under /usr/bin/time -v: together, or one after the other (old first)."""
+def _run(sides: dict[str, tuple[Path, tuple[str, ...]]], args: argparse.Namespace, logs: Path) -> None:
+    """Every side's CLI under /usr/bin/time -v: together, or one after the other (old first)."""
     running = []
-    for name, tree in sides.items():
+    for name, (tree, extra) in sides.items():
         env = {**os.environ, "PYTHONPATH": str(tree)}
         env.pop("OMP_WAIT_POLICY", None)  # as a user runs it: the CLI's own choice (passive)
-        argv = ["nice", "-n", "5", "/usr/bin/time", "-v", *command(args.seed, args.n), "--task", "texts", "--json"]
-        with open(logs / f"{name}{args.n}.json", "w") as out, open(logs / f"{name}{args.n}.err", "w") as err:
+        cli = [*command(args.seed, args.n), "--task", "texts", *extra, "--json"]
+        argv = ["nice", "-n", "5", "/usr/bin/time", "-v", *cli]
+        with open(logs / f"{name}-{args.n}.json", "w") as out, open(logs / f"{name}-{args.n}.err", "w") as err:
             process = subprocess.Popen(argv, cwd=tree, env=env, stdout=out, stderr=err)
         running.append(process)
         if not args.together:
@@ -78,7 +82,7 @@ def _run(sides: dict[str, Path], args: argparse.Namespace, logs: Path) -> None:
 
 def _side(logs: Path, name: str, n: int) -> dict:
     """One side's figures: /usr/bin/time's CPU, wall and RSS, the evaluation's stage timings, every mode's mAP."""
-    text = (logs / f"{name}{n}.err").read_text(errors="replace")
+    text = (logs / f"{name}-{n}.err").read_text(errors="replace")
 
     def field(label: str) -> str:
         match = re.search(rf"{re.escape(label)}: (.+)", text)
@@ -86,8 +90,9 @@ def _side(logs: Path, name: str, n: int) -> dict:
 
     user, system = float(field("User time (seconds)") or "nan"), float(field("System time (seconds)") or "nan")
     wall = field("Elapsed (wall clock) time (h:mm:ss or m:ss)")
-    result = json.loads((logs / f"{name}{n}.json").read_text())
+    result = json.loads((logs / f"{name}-{n}.json").read_text())
     task = result["tasks"]["text-to-text"]
+    modes = task["modes"]
     return {
         "cpu_s": round(user + system, 1),
         "user_s": user,
@@ -98,14 +103,21 @@ def _side(logs: Path, name: str, n: int) -> dict:
         "timings_s": {k: round(v, 1) for k, v in result["timings"].items()},
         "n_queries": task["n_queries"],
         "n_gallery": task["n_gallery"],
-        "modes": {mode: info["metrics"]["map"] for mode, info in task["modes"].items()},
+        "modes": {mode: info["metrics"]["map"] for mode, info in modes.items()},
+        "map_vs_intra": {mode: [info["map_vs_intra"], info["map_vs_intra_se"]] for mode, info in modes.items()},
+        "ms_per_query": {mode: [info["ms_per_query"], info["ms_per_query_batch"]] for mode, info in modes.items()},
     }
 
 
 def _modes(sides: dict) -> dict:
-    old, new = sides["old"]["modes"], sides["new"]["modes"]
-    return {mode: {"old": old.get(mode), "new": new.get(mode), "new_minus_old": _diff(old.get(mode), new.get(mode))}
-            for mode in {**old, **new}}  # fmt: skip
+    """Every mode's mAP on each side, and each side's difference from the old one."""
+    old = sides["old"]["modes"]
+    out = {}
+    for mode in old:
+        row = {name: side["modes"].get(mode) for name, side in sides.items()}
+        row.update({f"{name}_minus_old": _diff(old[mode], row[name]) for name in sides if name != "old"})
+        out[mode] = row
+    return out
 
 
 def _diff(old: float | None, new: float | None) -> float | None:
@@ -157,7 +169,8 @@ def _parse() -> argparse.Namespace:
     parser.add_argument("--new", default=".", help="the new tree")
     parser.add_argument("--seed", type=int, default=2001)
     parser.add_argument("--n", type=int, default=480)
-    parser.add_argument("--together", action="store_true", help="start both sides at once (same load)")
+    parser.add_argument("--together", action="store_true", help="start the sides at once (same load)")
+    parser.add_argument("--fp32", action="store_true", help="also the new tree with --precision fp32")
     parser.add_argument("--logs", default="/tmp/text-eval-cost", help="where each side's JSON and time -v go")
     parser.add_argument("--report-only", action="store_true", help="read the logs of an earlier run")
     parser.add_argument("--ovi-cost", action="store_true", help="one OVI's CPU time by precision (in-process)")
