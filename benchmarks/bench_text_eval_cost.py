@@ -18,15 +18,17 @@ alternated over rounds; and how far fp32 results are from bf16 ones (minimum cos
 
 from __future__ import annotations
 
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP: waiting threads sleep, as in the CLI
+
 import argparse
 import json
-import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 
-import crossgap_index  # noqa: F401, I001  (before torch, which benchmarks.machine imports: OpenMP waits passively)
 from benchmarks.machine import machine_info, write_json
 
 RESULTS = Path(__file__).parent / "results"
