@@ -60,7 +60,7 @@ def main() -> None:
         "sides": {name: _side(logs, name, args.n) for name in sides},
     }
     doc["modes"] = _modes(doc["sides"])
-    write_json(RESULTS / "text-eval-cost.json", doc)
+    write_json(RESULTS / args.out, doc)
     shown = ("cpu_s", "wall", "timings_s")
     print(json.dumps({name: {k: side[k] for k in shown} for name, side in doc["sides"].items()}))
 
@@ -175,6 +175,7 @@ def _parse() -> argparse.Namespace:
     parser.add_argument("--fp32", action="store_true", help="also the new tree with --precision fp32")
     parser.add_argument("--logs", default="/tmp/text-eval-cost", help="where each side's JSON and time -v go")
     parser.add_argument("--report-only", action="store_true", help="read the logs of an earlier run")
+    parser.add_argument("--out", default="text-eval-cost.json", help="the JSON written under benchmarks/results")
     parser.add_argument("--ovi-cost", action="store_true", help="one OVI's CPU time by precision (in-process)")
     parser.add_argument("--rounds", type=int, default=3, help="--ovi-cost: alternated rounds")
     return parser.parse_args()
