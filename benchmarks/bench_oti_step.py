@@ -11,6 +11,10 @@ Each path's first run is a warm-up, not timed; for ``compiled`` it includes comp
 (``compile_s``: the first run's wall time less its steps at the timed median). The process imports crossgap_index
 before torch, so OpenMP's threads wait passively, as in the CLI and the server.
 
+``--compare precision``: ``eager`` and ``compiled`` as above, and both again in fp32 (``eager-fp32``,
+``compiled-fp32``) whatever ``--precisions`` says: what a step costs in each precision, side by side (the row's
+GFLOP/step is that of ``--precisions``).
+
 ``--compare threads``: the rule applies where OpenMP's threads spin (``OMP_WAIT_POLICY=ACTIVE``, or unset in a
 script that imports torch before crossgap_index); run it once with ``OMP_WAIT_POLICY=ACTIVE`` and once with
 ``PASSIVE`` (where both paths are one and the same: the pair then shows the noise). Two paths, alternated run by
@@ -54,7 +58,11 @@ METHODS = {"oti": oti, "ovi": ovi}
 MODELS = {"crossgap-small": "crossgap-small", "ViT-B-32": "ViT-B-32::random"}
 FP32_FLOP_PER_CYCLE = 32  # per core: two 256-bit FMA pipes (AVX-512 issues as two halves on this EPYC)
 RULE = thread_rule.SMALL_STEP_FLOPS
-PATHS = {"compile": ("eager", "fused", "compiled"), "threads": ("today", "fast")}
+PATHS = {
+    "compile": ("eager", "fused", "compiled"),
+    "precision": ("eager", "compiled", "eager-fp32", "compiled-fp32"),
+    "threads": ("today", "fast"),
+}
 EAGER_OPTIMIZER = compiled_step.optimizer
 
 
@@ -105,8 +113,13 @@ def _nominal_peak() -> dict:
 
 
 def _config(batch: int, steps: int, precision: str = "auto", path: str = "eager") -> InversionConfig:
+    """The config of ``path``: ``compiled*`` compile, ``*-fp32`` run in fp32 whatever ``precision`` says."""
     return InversionConfig(
-        oti_steps=steps, ovi_steps=steps, batch_size=batch, precision=precision, compile=path == "compiled"
+        oti_steps=steps,
+        ovi_steps=steps,
+        batch_size=batch,
+        precision="fp32" if path.endswith("-fp32") else precision,
+        compile=path.startswith("compiled"),
     )
 
 
@@ -159,9 +172,10 @@ def _measure(loaded: LoadedModel, name: str, method: str, batch: int, precision:
                 runs[path] += [(b[0] - a[0], b[1] - a[1]) for a, b in zip(part, part[1:], strict=False)]
     flops = _step_flops(loaded, method, batch, targets, precision)
     resolved = _config(batch, 1, precision).precision_on(loaded.device)
-    lanes = -(-batch // _lane(method)) if resolved == "bf16" else 1
     out = {"model": name, "method": method, "batch": batch, "precision": resolved, "step_flops": flops}
     for path, times in runs.items():
+        in_bf16 = _config(batch, 1, precision, path).precision_on(loaded.device) == "bf16"
+        lanes = -(-batch // _lane(method)) if in_bf16 else 1
         wall, cpu = [t[0] * 1e3 for t in times], [t[1] * 1e3 for t in times]
         step_ms = statistics.median(wall) * lanes
         out[path] = {
@@ -218,7 +232,11 @@ def _cpu() -> float:
 def _markdown(doc: dict) -> str:
     m, paths = doc["machine"], PATHS[doc["settings"]["compare"]]
     base, others = paths[0], paths[1:]
-    title = {"compile": "the compiled step against the eager fast path", "threads": "the one-thread rule"}
+    title = {
+        "compile": "the compiled step against the eager fast path",
+        "precision": "the compiled step in the precision auto picks and in fp32, against the eager fast path",
+        "threads": "the one-thread rule",
+    }
     lines = [
         f"# OTI / OVI step on the CPU: {title[doc['settings']['compare']]}",
         "",

@@ -20,15 +20,17 @@ from __future__ import annotations
 import threading
 import weakref
 from collections.abc import Callable, Hashable
+from typing import TypeVar
 
 import torch
 
+T = TypeVar("T")
 Losses = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 _process_compiles = False
 _lock = threading.Lock()
-# model weights (the module a feature function reads) -> settings key -> (setup, compiled losses)
-_kept: weakref.WeakKeyDictionary[torch.nn.Module, dict[Hashable, tuple]] = weakref.WeakKeyDictionary()
+# model weights (the module a feature function reads) -> settings key -> the loop's setup with its compiled step
+_kept: weakref.WeakKeyDictionary[torch.nn.Module, dict[Hashable, object]] = weakref.WeakKeyDictionary()
 
 
 def compile_in_process(enabled: bool = True) -> None:
@@ -42,13 +44,19 @@ def process_compiles() -> bool:
     return _process_compiles
 
 
-def kept(model: torch.nn.Module, key: Hashable, build: Callable[[], tuple]) -> tuple:
-    """The (setup, compiled losses) kept for ``model`` and ``key``, built by ``build`` the first time."""
+def kept(model: torch.nn.Module, key: Hashable, build: Callable[[], T]) -> T:
+    """What this process keeps for ``model`` and ``key`` (a setup and its compiled step), built the first time."""
     with _lock:
         per_model = _kept.setdefault(model, {})
         if key not in per_model:
             per_model[key] = build()
-        return per_model[key]
+        return per_model[key]  # type: ignore[return-value]
+
+
+def kept_steps() -> int:
+    """How many compiled steps this process keeps (one per model and settings)."""
+    with _lock:
+        return sum(len(per_model) for per_model in _kept.values())
 
 
 def compiled(losses: Losses) -> Losses:
