@@ -3,6 +3,8 @@
 Two real `cgx serve` processes on the same index, both batching on (bench_serve.py's defaults); one compiles the
 inversion step at start (its start time is reported), the other runs it eagerly. Cells alternate between the two
 servers round by round, so the shared machine's load changes hit both; everything else is bench_serve.py's.
+``--compiled-precision fp32``: the compiling server's requests ask for fp32 (the eager one's keep the served
+precision), and before the cells it gets a burst of concurrent queries, so that the fp32 shapes are compiled.
 
     python -m benchmarks.bench_serve_compile --out benchmarks/results/serve-compile.json \
         --table benchmarks/results/serve-compile.md
@@ -51,11 +53,15 @@ def main() -> None:
             report["start_s"] = {name: server.start_s for name, server in servers.items()}
             for url in urls.values():
                 bench_serve._warm(url, texts, images, args)
+            precision = {"compiled": args.compiled_precision, "eager": None}
+            if args.compiled_precision:
+                for clients in (1, args.max_batch):  # the compiled shapes of that precision: a lone query, a batch
+                    _cell(compiled_url, clients, args.compiled_precision, texts, images, args)
             for clients in args.clients:
                 rounds: dict[str, list] = {"compiled": [], "eager": []}
                 for r in range(args.rounds):
                     for name in ("compiled", "eager") if r % 2 == 0 else ("eager", "compiled"):
-                        rounds[name].append(bench_serve._run_cell(urls[name], "cross", clients, texts, images, args))
+                        rounds[name].append(_cell(urls[name], clients, precision[name], texts, images, args))
                 for name, parts in rounds.items():
                     cell = bench_serve._merge("cross", clients, True, parts) | {"server": name}
                     cell.pop("batch_sizes")
@@ -65,6 +71,20 @@ def main() -> None:
         report["load_average_after"] = os.getloadavg()
     write_json(args.out, report)
     Path(args.table).write_text(_table(report))
+
+
+def _cell(url: str, clients: int, precision: str | None, texts: list[str], images: list[str], args) -> dict:
+    """bench_serve's cross cell, its request bodies asking for ``precision`` when given (else the served one)."""
+    plain = bench_serve._request
+
+    def request(kind: str, i: int, texts: list[str], images: list[str], steps: int) -> dict:
+        return plain(kind, i, texts, images, steps) | ({"precision": precision} if precision else {})
+
+    bench_serve._request = request
+    try:
+        return bench_serve._run_cell(url, "cross", clients, texts, images, args)
+    finally:
+        bench_serve._request = plain
 
 
 def _parse() -> argparse.Namespace:
@@ -80,6 +100,7 @@ def _parse() -> argparse.Namespace:
     p.add_argument("--window-ms", type=float, default=5.0)
     p.add_argument("--max-batch", type=int, default=32)
     p.add_argument("--threads", type=int, default=2, help="torch / OpenMP threads of the servers")
+    p.add_argument("--compiled-precision", choices=["fp32", "bf16"], default=None, help="the compiled server's")
     p.add_argument("--out", default="benchmarks/out/serve-compile.json")
     p.add_argument("--table", default="benchmarks/out/serve-compile.md")
     return p.parse_args()
@@ -95,8 +116,9 @@ def _table(report: dict) -> str:
         f"{s['images']} synthetic images, cross = image -> images OTI, {s['steps']} steps, cache off, k=10, "
         f"batching on (window {s['window_ms']:g} ms, max batch {s['max_batch']}), server threads {s['threads']}. "
         f"{s['rounds']} rounds per cell alternating the two servers, at most {s['cross_queries']} queries or "
-        f"{s['cell_seconds']:g} s per cell. Client-side latency over loopback HTTP. Start (index open, model load, "
-        f"and for the compiling server its warm-up): compiled {report['start_s']['compiled']:.1f} s, eager "
+        f"{s['cell_seconds']:g} s per cell. Compiled server's requests in precision "
+        f"{s['compiled_precision'] or 'as served'}. Client-side latency over loopback HTTP. Start (index open, model "
+        f"load, and for the compiling server its warm-up): compiled {report['start_s']['compiled']:.1f} s, eager "
         f"{report['start_s']['eager']:.1f} s.",
         "",
         "| clients | server | queries | q/s | p50 ms | p95 ms | server p50 ms | mean batch | load |",
