@@ -4,6 +4,7 @@ are store/catalog*.py), and no code outside them asks which catalog schema it re
 from __future__ import annotations
 
 import ast
+import functools
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "crossgap_index"
@@ -11,6 +12,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "crossgap_index"
 OWN_DATABASES = {"store/cache.py"}
 
 
+@functools.cache  # parsed once for both tests
 def _outside_the_catalog() -> list[tuple[str, ast.AST]]:
     found = []
     for path in sorted(PACKAGE.rglob("*.py")):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -62,18 +62,23 @@ class RunContext:
 @dataclass(frozen=True)
 class Transformers:
     """Makes a task's ``ModelTransformer``s: ``network`` rides in ``slot`` (``inverter`` for image queries,
-    ``text_inverter`` for text queries, None where no mode inverts), for the inverter and warm modes."""
+    ``text_inverter`` for text queries, None where no mode inverts), for the inverter and warm modes. Every
+    transformer made shares ``projections``: a span, iso or concept map is fitted once per settings, as one
+    served index keeps it, not again for each fresh transformer a cost measurement makes."""
 
     encoder: Encoder
     slot: str | None = None
     network: object = None
+    projections: dict = field(default_factory=dict)
 
     def make(self, cache: MemoryCache | None = None, progress: Callable | None = None) -> ModelTransformer:
         network = self.network
         networks = {} if self.slot is None else {self.slot: lambda: network}
         encoder = self.encoder
         model = encoder.loaded.spec.canonical
-        return ModelTransformer(model, lambda: encoder, cache=cache, progress=progress, **networks)
+        return ModelTransformer(
+            model, lambda: encoder, cache=cache, progress=progress, projections=self.projections, **networks
+        )
 
     def invert(self, cache: MemoryCache, leg: Leg, queries: Queries, stage: str, ctx: RunContext) -> np.ndarray:
         """``leg``'s search vectors for ``queries`` (their inversion), reported as ``stage``, kept in ``cache``."""

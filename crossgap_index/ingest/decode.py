@@ -95,7 +95,8 @@ def decode_rgb(data: bytes, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS, min_
     """
     if not data:
         raise DecodeError("empty file")
-    _register_plugins()
+    if data[4:8] == b"ftyp":  # an ISO base media file (HEIF, AVIF, ...): only these need the plugin
+        _register_plugins()
     try:
         # Pillow's own bomb warning (a fixed 89 MP) is left to the host's warning filters (the CLI hides it);
         # our limit is checked right after open.

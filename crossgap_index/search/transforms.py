@@ -54,8 +54,8 @@ class ModelTransformer:
 
     ``encoder``: returns the Encoder (loads the model on first call). ``inverter`` / ``text_inverter``: return
     the trained network for image queries (OTI) / text queries (OVI), or raise. ``projection_dir``: where
-    projection matrices are kept between processes (None: memory only). ``tuned_projection``: settings ->
-    matrix already known (e.g. stored with the tuned mode).
+    projection matrices are kept between processes (None: memory only). ``projections``: fitted maps by settings
+    key, shared with other transformers of the same model (None: this transformer's own).
     """
 
     def __init__(
@@ -68,6 +68,7 @@ class ModelTransformer:
         text_inverter: Callable | None = None,
         projection_dir: Path | None = None,
         progress: StepProgress | None = None,
+        projections: dict[str, FeatureMap] | None = None,
     ):
         self.model_name = model_name
         self._encoder = encoder
@@ -76,7 +77,7 @@ class ModelTransformer:
         self._text_inverter = text_inverter
         self._projection_dir = projection_dir
         self._progress = progress
-        self._projections: dict[str, Projection] = {}
+        self._projections: dict[str, FeatureMap] = {} if projections is None else projections
         self._lock = threading.Lock()
         self.last_inversion_batch = 0  # how many queries the last inversion call ran together
 
