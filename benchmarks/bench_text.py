@@ -14,9 +14,12 @@ the real architecture's compute): in-process, one text query at batch 1 and per 
 
 from __future__ import annotations
 
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP: waiting threads sleep, as in the CLI
+
 import argparse
 import dataclasses
-import os
 import resource
 import tempfile
 import time

@@ -33,6 +33,14 @@ def serve_command(
     timeout: Annotated[
         float, typer.Option(min=0.1, help="Seconds a query may run before the request fails (504).")
     ] = ServeSettings.request_timeout_s,
+    compile_inversion: Annotated[
+        bool,
+        typer.Option(
+            "--compile-inversion",
+            help="Compile the inversion steps (torch.compile) before serving: the server starts seconds to a minute "
+            "later, and cross queries run faster after (benchmarks/results/oti-step-compile.md).",
+        ),
+    ] = False,
     watch: Annotated[
         list[Path] | None,
         typer.Option(
@@ -49,7 +57,12 @@ def serve_command(
     check_bind(host, token)
     check_port_free(host, port)  # before the index and the model load: a busy port fails at once
     settings = ServeSettings(
-        token=token, batch_window_ms=batch_window_ms, max_batch=max_batch, max_k=max_k, request_timeout_s=timeout
+        token=token,
+        batch_window_ms=batch_window_ms,
+        max_batch=max_batch,
+        max_k=max_k,
+        request_timeout_s=timeout,
+        compile_inversion=compile_inversion,
     )
     import uvicorn  # heavy imports here, not when the CLI starts
 

@@ -38,6 +38,10 @@ class MemoryCache:
     def put_many(self, items: dict[str, np.ndarray]) -> None:
         self._vectors.update(items)
 
+    def items(self) -> dict[str, np.ndarray]:
+        """Every kept vector by its key (a copy of the mapping)."""
+        return dict(self._vectors)
+
 
 @dataclass
 class FeatureSet:

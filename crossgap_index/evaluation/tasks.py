@@ -141,7 +141,8 @@ class TextTask(TaskKind):
         with timed(ctx.timings, "ovi_gallery"):
             digests = tuple(text_hash(t) for t in data.texts.gallery_texts)
             stage = f"OVI of the gallery, {len(gallery)} texts"
-            return {"text-ovi": own.invert(cache, leg, Queries(gallery, "text", digests), stage, ctx)}
+            known = frozenset(queries.digests)  # a gallery caption that is also a query: in the cache already
+            return {"text-ovi": own.invert(cache, leg, Queries(gallery, "text", digests), stage, ctx, known)}
 
     def sweep_counts(self, ctx: RunContext) -> tuple:
         return ctx.settings.sweep_patches

@@ -50,7 +50,7 @@ class InversionConfig:
     batch_size: int = 64
     fast: bool = True
     precision: str = "auto"  # auto: bf16 where the device runs it natively (CPU or CUDA), else fp32
-    compile: bool = False  # torch.compile the feature function; CUDA only, ignored on CPU
+    compile: bool | None = None  # torch.compile the step; None: where the process asked (inversion/compiled.py)
     cpu_threads: int | None = None  # CPU intra-op threads of the loop; None: the rule of inversion/threads.py
 
     def __post_init__(self) -> None:
@@ -83,6 +83,8 @@ class InversionConfig:
             problems.append("init_std must be > 0, weight_decay >= 0")
         if self.precision not in PRECISIONS:
             problems.append(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.compile is not None and not isinstance(self.compile, bool):
+            problems.append(f"compile must be None, True or False, got {self.compile!r}")
         if not self.fast and (self.precision == "bf16" or self.compile):
             problems.append("fast=False is the fp32 oracle: it takes neither precision='bf16' nor compile")
         if problems:
@@ -97,5 +99,13 @@ class InversionConfig:
         return dataclasses.replace(self, precision=self.precision_on(device))
 
     def compiles(self, device: torch.device) -> bool:
-        """torch.compile pays off only where kernel launches dominate: on CUDA."""
-        return self.fast and self.compile and device.type == "cuda"
+        """Whether the loop runs compiled: ``compile`` True, or None in a process that asked for it (a server).
+
+        On the CPU the whole step is compiled (forward, loss, backward) beside AdamW's fused kernel: it pays where
+        per-operator overhead dominates, once each shape's compilation is paid (benchmarks/results/oti-step-compile.md).
+        On CUDA the feature function is compiled (unmeasured there: no GPU was lent for the CPU's measurements).
+        """
+        from crossgap_index.inversion.compiled import process_compiles
+
+        wanted = process_compiles() if self.compile is None else self.compile
+        return self.fast and wanted and device.type in ("cpu", "cuda")

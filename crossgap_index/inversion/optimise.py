@@ -16,6 +16,7 @@ fp32 runs in ``batch_size`` chunks; its batch-to-batch differences are ~1e-7.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -23,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from crossgap_index.errors import QueryError
+from crossgap_index.inversion import compiled as compiled_step
 from crossgap_index.inversion.config import InversionConfig
 from crossgap_index.inversion.threads import running_on, step_flops, step_threads
 from crossgap_index.models.factory import LoadedModel
@@ -44,6 +46,8 @@ class _Setup:
     features: FeatureFn
     shape: tuple[int, int]
     query_flops: float
+    losses: compiled_step.Losses | None = None  # the compiled step (forward, loss, backward), where it compiles
+    dim: int = 0  # the features' dimension (set beside a compiled step, whose graph cannot raise _losses' check)
 
 
 @torch.inference_mode(False)  # callers may sit in inference mode; inversion needs autograd
@@ -64,7 +68,7 @@ def oti(
     ``init`` (n, R, token width), when given, replaces the random start (an inverter's output: mode warm).
     ``final_losses(result, image_features)`` gives each query's loss at the returned feature.
     """
-    setup = _oti_setup(loaded, config)
+    setup = _setup(loaded, config, "oti")
     if init is not None and tuple(np.shape(init)) != (len(image_features), *setup.shape):
         raise QueryError(f"OTI init must have shape {(len(image_features), *setup.shape)}, got {tuple(np.shape(init))}")
     return _invert(setup, image_features, config, config.oti_steps, seeds, loaded.device, progress, init, OTI_LANE)
@@ -83,7 +87,7 @@ def ovi(
 
     ``init`` (n, P, patch width), when given, replaces the random start (a text inverter's output: mode warm).
     """
-    setup = _ovi_setup(loaded, config)
+    setup = _setup(loaded, config, "ovi")
     if init is not None and tuple(np.shape(init)) != (len(text_features), *setup.shape):
         raise QueryError(f"OVI init must have shape {(len(text_features), *setup.shape)}, got {tuple(np.shape(init))}")
     return _invert(setup, text_features, config, config.ovi_steps, seeds, loaded.device, progress, init, OVI_LANE)
@@ -106,14 +110,31 @@ def inversion_path(
     wanted = sorted({int(s) for s in steps})
     if not wanted or wanted[0] < 0:
         raise QueryError("inversion_path needs step counts >= 0")
-    if direction == "ovi":
-        setup, lane = _ovi_setup(loaded, config), OVI_LANE
-    elif direction == "oti":
-        setup, lane = _oti_setup(loaded, config), OTI_LANE
-    else:
+    if direction not in ("oti", "ovi"):
         raise QueryError(f"unknown inversion direction {direction!r}: use oti or ovi")
+    setup, lane = _setup(loaded, config, direction), OTI_LANE if direction == "oti" else OVI_LANE
     # the served lanes, so that a sweep point equals what a query with that many steps is served
     return _invert(setup, targets, config, wanted[-1], seeds, loaded.device, None, None, lane, wanted)
+
+
+def _setup(loaded: LoadedModel, config: InversionConfig, direction: str) -> _Setup:
+    """The loop's setup for ``direction``; where the config compiles, the one this process keeps for these
+    settings, with its compiled step (inversion/compiled.py)."""
+    build = _oti_setup if direction == "oti" else _ovi_setup
+    if not config.compiles(loaded.device) or loaded.device.type != "cpu":
+        return build(loaded, config)
+    precision = config.precision_on(loaded.device)
+    key = (direction, config.template, config.n_tokens, config.n_patches, precision)
+
+    def with_step() -> _Setup:
+        setup = build(loaded, config)
+        features, dtype = setup.features, dtype_of(precision)
+        with torch.no_grad():
+            dim = features(torch.zeros(1, *setup.shape, dtype=dtype, device=loaded.device)).shape[-1]
+        step = compiled_step.compiled(lambda p, t: _losses(features, p, t, dtype))
+        return dataclasses.replace(setup, losses=step, dim=int(dim))
+
+    return compiled_step.kept(loaded.model_in(precision), key, with_step)
 
 
 def _ovi_setup(loaded: LoadedModel, config: InversionConfig) -> _Setup:
@@ -194,9 +215,9 @@ def _invert(
         raise QueryError(f"inversion targets must be an (n, d) array, got shape {targets.shape}")
     if len(seeds) != len(targets):
         raise QueryError(f"got {len(seeds)} seeds for {len(targets)} queries; give one seed per query")
-    features, shape = setup.features, setup.shape
-    if config.compiles(device):
-        features = torch.compile(features)
+    shape = setup.shape
+    if config.compiles(device) and device.type == "cuda":
+        setup = dataclasses.replace(setup, features=torch.compile(setup.features))
     precision = config.precision_on(device)
     dtype = dtype_of(precision)
     chunk = _chunk_rows(config, device, lane)
@@ -216,7 +237,7 @@ def _invert(
                 start, target = _padded(start, chunk), _padded(target, chunk)
             offset = (first // chunk) * steps
             taken = snapshots or [steps]
-            out.append(_optimise(features, start, target, config, steps, dtype, progress, offset, real, taken))
+            out.append(_optimise(setup, start, target, config, steps, dtype, progress, offset, real, taken))
     if snapshots is None:
         return _stack([batch[steps] for batch in out], targets.shape[1])
     return {s: _stack([batch[s] for batch in out], targets.shape[1]) for s in snapshots}
@@ -242,7 +263,7 @@ def _stack(parts: list[torch.Tensor], dim: int) -> np.ndarray:
 
 
 def _optimise(
-    features: FeatureFn,
+    setup: _Setup,
     init: torch.Tensor,
     target: torch.Tensor,
     config: InversionConfig,
@@ -256,9 +277,18 @@ def _optimise(
     """AdamW on the per-query sum of 1 - cos(feature(v), target); the unit features of the first ``real``
     rows (the rest pad the chunk to its lane) after each step of ``snapshots`` (the last step's among them).
 
-    ``params`` are the fp32 master copy AdamW updates; the model sees them cast to ``dtype``.
+    ``params`` are the fp32 master copy AdamW updates; the model sees them cast to ``dtype``. Where the setup
+    holds a compiled step, it runs the losses and their backward, beside AdamW's fused kernel; the features
+    returned are the eager function's of the optimised pseudo-tokens either way.
     """
     taken: dict[int, torch.Tensor] = {}
+    features = setup.features
+    if setup.losses is None:
+        losses_of = functools.partial(_losses, features, dtype=dtype)
+    elif target.shape[1] != setup.dim:
+        raise QueryError(f"inversion targets have dimension {target.shape[1]}, the model's features {setup.dim}")
+    else:
+        losses_of = setup.losses
 
     def snapshot(step: int) -> None:
         if step in snapshots:
@@ -267,10 +297,10 @@ def _optimise(
 
     with torch.enable_grad():
         params = init.clone().requires_grad_(True)
-        optimizer = torch.optim.AdamW([params], lr=config.lr, weight_decay=config.weight_decay)
+        optimizer = compiled_step.optimizer(params, config.lr, config.weight_decay, fused=setup.losses is not None)
         snapshot(0)
         for step in range(1, steps + 1):
-            losses = _losses(features, params, target, dtype)
+            losses = losses_of(params, target)
             optimizer.zero_grad(set_to_none=True)
             losses.sum().backward()
             optimizer.step()

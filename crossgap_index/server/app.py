@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -27,6 +28,7 @@ from crossgap_index.server.models import AddTextsRequest, BatchSearchRequest
 from crossgap_index.server.responses import SafeJSONResponse
 from crossgap_index.server.service import SearchService
 from crossgap_index.server.settings import ServeSettings
+from crossgap_index.server.warmup import warm_compiled_inversion
 
 
 def create_app(index: CrossGapIndex, settings: ServeSettings | None = None) -> FastAPI:
@@ -37,6 +39,8 @@ def create_app(index: CrossGapIndex, settings: ServeSettings | None = None) -> F
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if settings.compile_inversion:
+            await asyncio.to_thread(warm_compiled_inversion, index)
         service = SearchService(index, settings, metrics)
         app.state.service = service
         try:

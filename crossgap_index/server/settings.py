@@ -29,6 +29,7 @@ class ServeSettings:
     request_timeout_s: float = 120.0  # running a query
     body_timeout_s: float = 30.0  # each chunk of a request body
     follow_interval_s: float = 0.5  # how often the server looks for a state another writer saved (0: never)
+    compile_inversion: bool = False  # compiled inversion steps, compiled at start (inversion/compiled.py)
 
     def __post_init__(self) -> None:
         if self.max_batch < 1 or self.batch_window_ms < 0 or self.search_threads < 1:
