@@ -7,7 +7,9 @@ N clustered random unit vectors x 512 (bench_search_raw.py's) in one .npy, then 
              the same .npy with ``index_key`` = the factory cgx's ``auto`` resolved to; its own build time and
              the wall time of its process.
 Recall@10 of each saved index against brute force, at the store's nprobe and at a lower one (where a coarser
-clustering would show first), the queries being stored vectors plus noise.
+clustering would show first), the queries being stored vectors plus noise. ``--rounds N`` alternates the two N
+times (cgx, autofaiss, cgx, ...), each into a fresh index; the CPU seconds of each (all threads, user + system)
+stand beside its wall time, so a build that waited on other work on the machine shows as such.
 
     python benchmarks/bench_import_floor.py --vectors 200000 --autofaiss-python /tmp/afvenv/bin/python
 """
@@ -15,8 +17,10 @@ clustering would show first), the queries being stored vectors plus noise.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -43,8 +47,21 @@ print(json.dumps({"build_seconds": time.perf_counter() - began, "faiss": faiss._
 """
 
 
+SAMPLE_SECONDS: list[float] = []
+
+
+def timed_sample(draw, *args):
+    """faiss_build.training_sample (a pass over every stored row), its seconds kept in SAMPLE_SECONDS."""
+    began = time.perf_counter()
+    try:
+        return draw(*args)
+    finally:
+        SAMPLE_SECONDS.append(time.perf_counter() - began)
+
+
 def import_with_phases(embeddings: Path, index: Path) -> dict:
-    """cgx's import, its seconds per phase (each from its first callback to the next phase's first)."""
+    """cgx's import, its seconds per phase (each from its first callback to the next phase's first; the
+    training sample's pass over the stored rows is taken out of "train" as "sample")."""
     from crossgap_index import CrossGapIndex, ImportProgress
 
     marks: list[tuple[str, float]] = []
@@ -53,16 +70,25 @@ def import_with_phases(embeddings: Path, index: Path) -> dict:
         if not marks or marks[-1][0] != phase:
             marks.append((phase, time.perf_counter()))
 
-    began = time.perf_counter()
+    SAMPLE_SECONDS.clear()
+    began, cpu = time.perf_counter(), time.process_time()
     marks.append(("rows", began))
     report = CrossGapIndex.import_embeddings(embeddings, index, MODEL, progress=ImportProgress(phases=mark))
     ended = time.perf_counter()
     phases: dict[str, float] = {}
     for (phase, start), (_, stop) in zip(marks, marks[1:] + [("end", ended)], strict=True):
         phases[phase] = phases.get(phase, 0.0) + stop - start
+    phases["sample"] = sum(SAMPLE_SECONDS)
+    phases["train"] = phases.get("train", 0.0) - phases["sample"]
     with CrossGapIndex.open(index, readonly=True) as cgx:
         factory = cgx._store.indexes["image"].resolved_factory
-    return {"seconds": ended - began, "phases": phases, "factory": factory, "rows": report.added}
+    return {
+        "seconds": ended - began,
+        "cpu_seconds": time.process_time() - cpu,
+        "phases": phases,
+        "factory": factory,
+        "rows": report.added,
+    }
 
 
 def autofaiss_build(python: str, embeddings: Path, work: Path, factory: str) -> dict:
@@ -71,15 +97,22 @@ def autofaiss_build(python: str, embeddings: Path, work: Path, factory: str) -> 
     folder.mkdir()
     (folder / "emb.npy").symlink_to(embeddings)
     index_path = work / "autofaiss.index"
-    began = time.perf_counter()
+    began, cpu = time.perf_counter(), children_cpu()
     done = subprocess.run(
         [python, "-c", AUTOFAISS_SCRIPT, str(folder), str(index_path), factory],
         capture_output=True,
         text=True,
         check=True,
     )
-    wall = time.perf_counter() - began
-    return {**json.loads(done.stdout.strip().splitlines()[-1]), "process_seconds": wall, "path": str(index_path)}
+    wall, used = time.perf_counter() - began, children_cpu() - cpu
+    built = json.loads(done.stdout.strip().splitlines()[-1])
+    return {**built, "process_seconds": wall, "cpu_seconds": used, "path": str(index_path)}
+
+
+def children_cpu() -> float:
+    """User + system CPU seconds of every finished child process."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def recalls(path: Path, queries: np.ndarray, truth: np.ndarray, id_offset: int) -> dict[str, float]:
@@ -111,64 +144,91 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--vectors", type=int, default=200_000)
     parser.add_argument("--queries", type=int, default=300)
+    parser.add_argument("--rounds", type=int, default=1, help="cgx then autofaiss, this many times")
     parser.add_argument("--work", type=Path, default=Path("/tmp/cgx-search-raw"), help="vectors (shared, reused)")
     parser.add_argument("--autofaiss-python", help="the python of a venv with autofaiss (omitted: cgx only)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "import-floor.json")
     args = parser.parse_args()
 
+    from crossgap_index.store import faiss_build
+
+    faiss_build.training_sample = functools.partial(timed_sample, faiss_build.training_sample)
     machine = machine_info()
     work, embeddings, queries, truth = prepared(args.work, args.vectors, args.queries)
     index = work / "import-floor-index"
-    shutil.rmtree(index, ignore_errors=True)
-
-    loads = [os.getloadavg()]
-    cgx = import_with_phases(embeddings, index)
-    loads.append(os.getloadavg())
-    cgx["recall_at_10"] = recalls(index / "image.faiss", queries, truth, 0)
-    result: dict = {"machine": machine, "settings": {"vectors": args.vectors, "dim": 512, "k": K}, "cgx": cgx}
-    if args.autofaiss_python:
-        built = autofaiss_build(args.autofaiss_python, embeddings, work, cgx["factory"])
+    result: dict = {"machine": machine, "settings": {"vectors": args.vectors, "dim": 512, "k": K}, "rounds": []}
+    for _ in range(args.rounds):
+        shutil.rmtree(index, ignore_errors=True)
+        loads = [os.getloadavg()]
+        cgx = import_with_phases(embeddings, index)
         loads.append(os.getloadavg())
-        built["recall_at_10"] = recalls(Path(built.pop("path")), queries, truth, 1)
-        result["autofaiss"] = built
-        build = sum(cgx["phases"].get(phase, 0.0) for phase in ("train", "add", "write"))
-        result["cgx_over_autofaiss"] = build / built["build_seconds"]
-    result["load_average"] = loads
-    shutil.rmtree(index, ignore_errors=True)
-    write_json(args.out, result)
-    write_markdown(args.out.with_suffix(".md"), result)
+        cgx["recall_at_10"] = recalls(index / "image.faiss", queries, truth, 0)
+        shutil.rmtree(index, ignore_errors=True)
+        done: dict = {"cgx": cgx}
+        if args.autofaiss_python:
+            loads.append(os.getloadavg())
+            built = autofaiss_build(args.autofaiss_python, embeddings, work, cgx["factory"])
+            loads.append(os.getloadavg())
+            index_file = Path(built.pop("path"))
+            built["recall_at_10"] = recalls(index_file, queries, truth, 1)
+            index_file.unlink()
+            done["autofaiss"] = built
+            build = sum(cgx["phases"].get(phase, 0.0) for phase in ("sample", "train", "add", "write"))
+            done["cgx_build_over_autofaiss"] = build / built["build_seconds"]
+            done["cgx_end_to_end_over_autofaiss"] = cgx["seconds"] / built["build_seconds"]
+        done["load_average"] = loads
+        result["rounds"].append(done)
+        print(json.dumps(done), flush=True)
+        write_json(args.out, result)
+        write_markdown(args.out.with_suffix(".md"), result)
     print(args.out.with_suffix(".md").read_text())
 
 
+PHASES = ("rows", "sample", "train", "add", "write")
+
+
 def write_markdown(path: Path, r: dict) -> None:
-    s, m, c = r["settings"], r["machine"], r["cgx"]
-    rate = s["vectors"] / c["seconds"]
+    s, m = r["settings"], r["machine"]
+    factory = r["rounds"][0]["cgx"]["factory"]
     lines = [
         "# `cgx import`'s phases beside autofaiss (same vectors, same factory)",
         "",
         f"`benchmarks/bench_import_floor.py`: {s['vectors']:,} clustered random unit vectors x {s['dim']} "
-        f"(bench_search_raw.py's), `auto` = `{c['factory']}`. Machine: {m['cpu']}, {m['cores']} cores, FAISS "
-        f"{m['faiss']}; load average before / after each build {r['load_average']}. cgx, then autofaiss, one "
-        "after the other.",
+        f"(bench_search_raw.py's) in one .npy, `auto` = `{factory}`. Machine: {m['cpu']}, {m['cores']} cores, "
+        f"FAISS {m['faiss']}; load average at start {m['load_average_at_start']}. cgx, then autofaiss "
+        "(`index_key` = the same factory, `nb_cores=2`), one after the other, alternating; the load average (1, 5, "
+        "15 min) before and after each build stands in its row. sample: the pass over the stored rows that draws "
+        "the training sample; CPU s: every thread of the build's process, user + system.",
         "",
-        "| build | rows s | train s | add s | write s | total s | vectors/s end to end | recall@10 "
-        + " | ".join(f"nprobe {n}" for n in NPROBES)
-        + " |",
-        "|---|---|---|---|---|---|---|" + "---|" * len(NPROBES),
+        "| round | build | " + " | ".join(f"{phase} s" for phase in PHASES) + " | total s | CPU s "
+        "| vectors/s end to end | recall@10 " + " | ".join(f"nprobe {n}" for n in NPROBES) + " | load before / after |",
+        "|---|---|" + "---|" * len(PHASES) + "---|---|---|" + "---|" * len(NPROBES) + "---|",
     ]
-    p = c["phases"]
-    cells = [f"{p.get(phase, 0):.1f}" for phase in ("rows", "train", "add", "write")]
-    rows = [("cgx import", cells, f"{c['seconds']:.1f}", rate, c["recall_at_10"])]
-    if "autofaiss" in r:
-        a = r["autofaiss"]
-        total = f"{a['build_seconds']:.1f} (process {a['process_seconds']:.1f})"
-        label = f"autofaiss `build_index` (index_key=`{c['factory']}`)"
-        rows.append((label, ["-"] * 4, total, s["vectors"] / a["build_seconds"], a["recall_at_10"]))
-    for label, phases, total, per_second, recalls in rows:
-        found = [f"{recalls[f'nprobe={n}']:.4f}" for n in NPROBES]
-        lines.append(f"| {label} | {' | '.join(phases)} | {total} | {per_second:,.0f} | {' | '.join(found)} |")
-    if "autofaiss" in r:
-        lines += ["", f"cgx's FAISS build (train + add + write) / autofaiss's build: {r['cgx_over_autofaiss']:.2f}x."]
+    for number, done in enumerate(r["rounds"], 1):
+        c, loads = done["cgx"], done["load_average"]
+        cells = [f"{c['phases'].get(phase, 0):.1f}" for phase in PHASES]
+        rows = [("cgx import", cells, f"{c['seconds']:.1f}", c, s["vectors"] / c["seconds"], loads[0:2])]
+        if "autofaiss" in done:
+            a = done["autofaiss"]
+            total = f"{a['build_seconds']:.1f} (process {a['process_seconds']:.1f})"
+            label = f"autofaiss `build_index` (index_key=`{factory}`)"
+            rows.append((label, ["-"] * len(PHASES), total, a, s["vectors"] / a["build_seconds"], loads[2:4]))
+        for label, phases, total, run, per_second, load in rows:
+            found = [f"{run['recall_at_10'][f'nprobe={n}']:.4f}" for n in NPROBES]
+            around = " / ".join("(" + ", ".join(f"{x:.1f}" for x in one) + ")" for one in load)
+            lines.append(
+                f"| {number} | {label} | {' | '.join(phases)} | {total} | {run['cpu_seconds']:.0f} "
+                f"| {per_second:,.0f} | {' | '.join(found)} | {around} |"
+            )
+    if any("autofaiss" in done for done in r["rounds"]):
+        lines += [
+            "",
+            "cgx's FAISS build (sample + train + add + write) / autofaiss's build, per round: "
+            + ", ".join(f"{done['cgx_build_over_autofaiss']:.2f}x" for done in r["rounds"])
+            + "; cgx's whole import (rows included) / autofaiss's build: "
+            + ", ".join(f"{done['cgx_end_to_end_over_autofaiss']:.2f}x" for done in r["rounds"])
+            + ".",
+        ]
     lines.append("")
     path.write_text("\n".join(lines))
 

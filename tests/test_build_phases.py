@@ -56,7 +56,7 @@ def test_progress_changes_nothing_in_the_built_index(tmp_path):
     for progress in (None, lambda *_: None):
         index = VectorIndex(DIM, "IVF16,Flat")
         built.append(build_streamed(index._empty(ROWS), DIM, ROWS, chunks, progress))
-    assert training_size(built[0], ROWS) == 1600  # 16 lists x 100 rows: a seeded sample, the same for both
+    assert training_size(built[0], ROWS) == 1024  # 16 lists x 64 rows: a seeded sample, the same for both
     for index in built:
         faiss.extract_index_ivf(index).nprobe = 4
     a, b = (index.search(rows[:20], 10) for index in built)

@@ -16,14 +16,15 @@ from crossgap_index.words import StageProgress
 Chunks = Callable[[], Iterator[tuple[np.ndarray, np.ndarray]]]  # a fresh pass of (ids, vectors) chunks
 
 # Training rows per IVF-Flat list (a seeded random sample of at most this many per list; k-means time is
-# nlist x rows x d). The rule: fewer rows per list only where recall@10 stays within 0.001 of 256's (FAISS's
-# own max_points_per_centroid) on the same vectors. Measured (benchmarks/bench_train_floor.py, 200k clustered
-# 512-d vectors, results/train-floor-*.md): recall@10 was 1.000 at the default nprobe 32 for IVF1024,Flat at
-# 64, 100 and 256 rows per list and for IVF2048,Flat at 64 and 256 (100 is every row there); at nprobe 2
-# IVF1024 lost 0.0003 (64) and 0.0007 (100), and its build took 0.43x the time at 100. 100 is also
-# autofaiss's sample for this factory, which matched 256's recall at 1M (IVF4096,Flat); 64 held here too but has
-# no measurement at 1M.
-TRAIN_POINTS_PER_LIST = 100
+# nlist x rows x d per iteration). The rule: fewer rows per list only where recall@10 stays within 0.001 of the
+# larger samples' on the same vectors; 64 keeps a margin above FAISS's warning floor of 39. Measured
+# (benchmarks/bench_train_floor.py, clustered 512-d vectors, 300 queries, recall@10 against exact top-10):
+# 200k, IVF1024,Flat and IVF2048,Flat at 64, 100 and 256 rows per list: 1.000 at the default nprobe 32 for all
+# (results/train-floor-ivf1024.md, train-floor-auto.md); 1M, IVF1024,Flat: 1.000 at nprobe 32 for 64 and 100,
+# 0.999 and 0.997 at nprobe 2 (train-floor-1m-flat.md); 2M, IVF1024,Flat at 64: 1.000 at nprobe 2, 8 and 32
+# (train-floor-2m.md). Recall is flat from 64 to 256 everywhere measured (no sharp optimum); 64 is 0.64x the
+# k-means work of autofaiss's 100 for the same factory.
+TRAIN_POINTS_PER_LIST = 64
 TRAIN_POINTS_OTHER = 65_536  # trainable non-IVF factories (PQ, PCA, ...)
 # IVF over compressed codes: candidates are re-scored exactly, so a coarser k-means (64 rows per list, above
 # FAISS's warning floor of 39) does; it is a quarter of the training time, which is nlist x rows x d.

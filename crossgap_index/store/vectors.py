@@ -69,6 +69,19 @@ EXACT_SEARCH_LIMIT = 100_000
 # Above this many, auto stores 8-bit scalar codes (a quarter of fp32's bytes) and re-scores candidates exactly
 # from the shards (search/ranking.py); see docs/scaling.md for the measurement behind it.
 COMPRESSED_ABOVE = 2_000_000
+# Lists of auto's IVF-Flat tier (EXACT_SEARCH_LIMIT < n <= COMPRESSED_ABOVE), whatever n. Adding n rows assigns
+# each to its list by brute force, n x lists x d multiply-adds, and k-means on rows-per-list x lists rows costs
+# lists^2 x d per iteration: with lists growing as 4·sqrt(n) (the FAISS wiki's rule, 4,096 lists at 1M-2M) the
+# build's vectors/s falls as n grows, and at 2M it was 2.6e13 flops, more than two cores do in the 100 s of a
+# 20k vectors/s import. 1,024 lists keep the build's rate flat in n and its flops at a quarter (add) and a
+# sixteenth (k-means) of 4,096's; a query scans 32 of them, 3% of the rows. Measured (benchmarks/
+# bench_train_floor.py, clustered 512-d vectors, recall@10 at nprobe 32 against exact top-10; results/
+# train-floor-1m-*.md, train-floor-2m.md; 200k: train-floor-ivf1024.md, train-floor-auto.md), one after another
+# on 2 shared cores: at 1M (load 6-10) IVF1024,Flat built in 60-63 s, IVF2048,Flat in 166 s, IVF1024,SQ8 (a
+# flat coarse quantizer, re-scored) in 57 s, IVF1024_HNSW32,SQ8 in 247 s (HNSW assignment to 1,024 lists is
+# 5x brute force's), recall@10 1.000 for all; at 2M IVF1024,Flat built on 53 CPU-seconds, recall@10 1.000 at
+# nprobe 2, 8 and 32; at 200k IVF1024 matched IVF2048's recall (1.000) in 0.23x its build time (27 vs 118 s).
+IVF_FLAT_LISTS = 1024
 AUTO = "auto"
 _PROBE_VECTORS = 64  # vectors of the tiny index a factory string is tried on
 
@@ -77,15 +90,15 @@ LAZY_VERIFY_BYTES = 128 << 20
 
 
 def auto_factory(n: int) -> str:
-    """The documented default: ``Flat`` (exact) up to EXACT_SEARCH_LIMIT vectors, then ``IVF{c},Flat``
-    with c = 4 * sqrt(n) rounded to a power of two (the FAISS wiki's rule of thumb); above
+    """The documented default: ``Flat`` (exact) up to EXACT_SEARCH_LIMIT vectors, then
+    ``IVF{IVF_FLAT_LISTS},Flat`` (a build whose rate does not fall as n grows; see the constant); above
     COMPRESSED_ABOVE, ``IVF{c}_HNSW32,SQ8`` with c = sqrt(n) rounded to a power of two: 8-bit codes
     (exact re-scoring from the shards keeps recall), an HNSW coarse quantizer (assigning 10M vectors to
     lists by brute force would take an hour on 2 cores), and lists few enough to train on a CPU."""
     if n <= EXACT_SEARCH_LIMIT:
         return "Flat"
     if n <= COMPRESSED_ABOVE:
-        return f"IVF{2 ** round(math.log2(4 * math.sqrt(n)))},Flat"
+        return f"IVF{IVF_FLAT_LISTS},Flat"
     return f"IVF{2 ** round(math.log2(math.sqrt(n)))}_HNSW32,SQ8"
 
 
