@@ -32,6 +32,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.bench_search_raw import MODEL, K, prepared, recall  # noqa: E402
+from benchmarks.bench_train_floor import SAMPLE_SECONDS, timed_sample  # noqa: E402
 from benchmarks.machine import machine_info, write_json  # noqa: E402
 
 NPROBES = (32, 8)
@@ -45,18 +46,6 @@ build_index(embeddings=folder, index_path=index_path, index_infos_path=index_pat
             metric_type="ip", nb_cores=2, max_index_memory_usage="8G", current_memory_available="16G", verbose=30)
 print(json.dumps({"build_seconds": time.perf_counter() - began, "faiss": faiss.__version__}))
 """
-
-
-SAMPLE_SECONDS: list[float] = []
-
-
-def timed_sample(draw, *args):
-    """faiss_build.training_sample (a pass over every stored row), its seconds kept in SAMPLE_SECONDS."""
-    began = time.perf_counter()
-    try:
-        return draw(*args)
-    finally:
-        SAMPLE_SECONDS.append(time.perf_counter() - began)
 
 
 def import_with_phases(embeddings: Path, index: Path) -> dict:
