@@ -95,7 +95,6 @@ def build_one(factory: str, per_list: int, clustering: str, rows: np.ndarray, ch
     from crossgap_index.store import faiss_build, vectors
 
     faiss_build.TRAIN_POINTS_PER_LIST = per_list  # read by training_size at each build
-    faiss_build.TRAIN_POINTS_PER_LIST_COMPRESSED = per_list
     index = vectors.VectorIndex(DIM, factory)
     marks: dict[str, float] = {}
     SAMPLE_SECONDS.clear()

@@ -15,7 +15,7 @@ from crossgap_index.words import StageProgress
 
 Chunks = Callable[[], Iterator[tuple[np.ndarray, np.ndarray]]]  # a fresh pass of (ids, vectors) chunks
 
-# Training rows per IVF-Flat list (a seeded random sample of at most this many per list; k-means time is
+# Training rows per IVF list (a seeded random sample of at most this many per list; k-means time is
 # nlist x rows x d per iteration). The rule: fewer rows per list only where recall@10 stays within 0.001 of the
 # larger samples' on the same vectors; 64 keeps a margin above FAISS's warning floor of 39. Measured
 # (benchmarks/bench_train_floor.py, clustered 512-d vectors, 300 queries, recall@10 against exact top-10):
@@ -23,12 +23,10 @@ Chunks = Callable[[], Iterator[tuple[np.ndarray, np.ndarray]]]  # a fresh pass o
 # (results/train-floor-ivf1024.md, train-floor-auto.md); 1M, IVF1024,Flat: 1.000 at nprobe 32 for 64 and 100,
 # 0.999 and 0.997 at nprobe 2 (train-floor-1m-flat.md); 2M, IVF1024,Flat at 64: 1.000 at nprobe 2, 8 and 32
 # (train-floor-2m.md). Recall is flat from 64 to 256 everywhere measured (no sharp optimum); 64 is 0.64x the
-# k-means work of autofaiss's 100 for the same factory.
+# k-means work of autofaiss's 100 for the same factory. IVF over 8-bit codes (auto above 2M, whose candidates are
+# re-scored exactly from the shards) trains on the same 64 per list, as its 10M build did (results/store.md).
 TRAIN_POINTS_PER_LIST = 64
 TRAIN_POINTS_OTHER = 65_536  # trainable non-IVF factories (PQ, PCA, ...)
-# IVF over compressed codes: candidates are re-scored exactly, so a coarser k-means (64 rows per list, above
-# FAISS's warning floor of 39) does; it is a quarter of the training time, which is nlist x rows x d.
-TRAIN_POINTS_PER_LIST_COMPRESSED = 64
 TRAIN_SEED = 1234
 # efSearch of an HNSW coarse quantizer (auto's IVF{c}_HNSW32 above COMPRESSED_ABOVE): it picks the list each
 # vector is added to, and a wrong list is never probed by the queries near it. FAISS's default of 16 put 3.4%
@@ -107,13 +105,13 @@ def reserve(index: faiss.Index, n: int) -> None:
 
 
 def training_size(index: faiss.Index, n: int) -> int:
-    """How many rows train ``index``: TRAIN_POINTS_PER_LIST per IVF-Flat list; for IVF over codes (whose
-    candidates are re-scored exactly) ..._COMPRESSED per list but at least TRAIN_POINTS_OTHER; capped at ``n``."""
+    """How many rows train ``index``: TRAIN_POINTS_PER_LIST per IVF list, and for IVF over codes (which trains
+    its codes too, e.g. SQ8's ranges) at least TRAIN_POINTS_OTHER; capped at ``n``."""
     inner = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap2) else index
     if isinstance(inner, faiss.IndexIVFFlat):
         return min(n, TRAIN_POINTS_PER_LIST * int(inner.nlist))
     if isinstance(inner, faiss.IndexIVF):
-        return min(n, max(TRAIN_POINTS_PER_LIST_COMPRESSED * int(inner.nlist), TRAIN_POINTS_OTHER))
+        return min(n, max(TRAIN_POINTS_PER_LIST * int(inner.nlist), TRAIN_POINTS_OTHER))
     return min(n, TRAIN_POINTS_OTHER)
 
 
