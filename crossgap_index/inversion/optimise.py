@@ -118,11 +118,14 @@ def inversion_path(
 
 
 def _setup(loaded: LoadedModel, config: InversionConfig, direction: str) -> _Setup:
-    """The loop's setup for ``direction``; where the config compiles, the one this process keeps for these
-    settings, with its compiled step (inversion/compiled.py)."""
+    """The loop's setup for ``direction``. Where the config compiles: on CUDA its feature function compiled; on the
+    CPU the one this process keeps for these settings, with its compiled step (inversion/compiled.py)."""
     build = _oti_setup if direction == "oti" else _ovi_setup
-    if not config.compiles(loaded.device) or loaded.device.type != "cpu":
+    if not config.compiles(loaded.device):
         return build(loaded, config)
+    if loaded.device.type == "cuda":
+        setup = build(loaded, config)
+        return dataclasses.replace(setup, features=torch.compile(setup.features))
     precision = config.precision_on(loaded.device)
     key = (direction, config.template, config.n_tokens, config.n_patches, precision)
 
@@ -216,8 +219,6 @@ def _invert(
     if len(seeds) != len(targets):
         raise QueryError(f"got {len(seeds)} seeds for {len(targets)} queries; give one seed per query")
     shape = setup.shape
-    if config.compiles(device) and device.type == "cuda":
-        setup = dataclasses.replace(setup, features=torch.compile(setup.features))
     precision = config.precision_on(device)
     dtype = dtype_of(precision)
     chunk = _chunk_rows(config, device, lane)
