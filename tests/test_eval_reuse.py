@@ -63,15 +63,8 @@ def test_inverting_each_content_once_gives_every_row_its_own_inversion(tiny, pre
     leg = resolve_mode("cross", inversion=config).legs[0]
     own, cache = Transformers(encoder), MemoryCache()
     first = own.invert(cache, leg, _queries(features[:2], digests[:2]), "first", ctx)
-    counted = []
-    real_ovi = inversion.ovi
-
-    def counting_ovi(loaded, targets, *args, **kwargs):
-        counted.append(len(targets))
-        return real_ovi(loaded, targets, *args, **kwargs)
-
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(inversion, "ovi", counting_ovi)
+        counted = _count_ovi_rows(patch)
         fast = own.invert(cache, leg, queries, "rest", ctx, known=frozenset(digests[:2]))
     assert sum(counted) == 4  # d2 twice (two feature rows), d3 and d4 once: d0 and d1 were known
     oracle_cache = MemoryCache()  # the straightforward path: every row through the engine, in order
@@ -93,16 +86,22 @@ def _invert_every_row(self, cache, leg, queries, stage, ctx, known=frozenset()):
     return self.make(cache, progress=stepping).search_vectors(leg, queries, queries.modality)
 
 
-def _text_eval(patch: pytest.MonkeyPatch, precision: str):
-    rows = []
+def _count_ovi_rows(patch: pytest.MonkeyPatch) -> list[int]:
+    """The rows of every OVI run while ``patch`` holds (each call's count appended to the list returned)."""
+    rows: list[int] = []
     real_ovi = inversion.ovi
 
     def counting_ovi(loaded, targets, *args, **kwargs):
         rows.append(len(targets))
         return real_ovi(loaded, targets, *args, **kwargs)
 
-    patch.setitem(DEFAULT_STEPS, "ovi", 4)  # the text inverter's training: plumbing, not quality
     patch.setattr(inversion, "ovi", counting_ovi)
+    return rows
+
+
+def _text_eval(patch: pytest.MonkeyPatch, precision: str):
+    patch.setitem(DEFAULT_STEPS, "ovi", 4)  # the text inverter's training: plumbing, not quality
+    rows = _count_ovi_rows(patch)
     config = dataclasses.replace(FEW_STEPS, precision=precision)
     result = evaluate(DATASET, MODEL, device="cpu", config=config, tasks=["texts"], precision=precision)
     return result.tasks[TEXTS], sum(rows)
@@ -135,15 +134,8 @@ def test_modes_sharing_an_inversion_time_it_once_per_cost_round(tiny, shared):
     own = Transformers(encoder)
     modes = [resolve_mode(name, inversion=FEW_STEPS) for name in ("cross", "fused", "intra")]
     sharing = InversionCosts(own.make) if shared else None
-    rows = []
-    real_ovi = inversion.ovi
-
-    def counting_ovi(loaded, targets, *args, **kwargs):
-        rows.append(len(targets))
-        return real_ovi(loaded, targets, *args, **kwargs)
-
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(inversion, "ovi", counting_ovi)
+        rows = _count_ovi_rows(patch)
         costs = [
             query_cost_ms(mode, feature_set, own.make, "text", batch=batch, shared=sharing)
             for mode in modes
