@@ -6,6 +6,7 @@ turns the flags into a ``SearchOptions``, runs one search and renders it.
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -162,7 +163,7 @@ def query_command(
     the terms' unit features (weights and signs) and searches the re-normalised sum as one query: texts
     only or images only can be inverted by --cross modes; a mix of both is searched as a raw vector."""
     from crossgap_index import SearchOptions
-    from crossgap_index.cli.render import err, print_hits
+    from crossgap_index.cli.render import print_hits
 
     library_query = query_of(query, item, as_image, as_text)
     mode_name = _mode_name(mode, cross, merge)
@@ -173,6 +174,8 @@ def query_command(
     inversion = flags.config()
     projection = _projection(span_components, vocab)
     if mode_name == "auto" and (_tunes_inversion(flags) or projection) and not quiet:
+        from crossgap_index.cli.render import err
+
         err.print(
             "cgx: note: --cross serves the tuned mode (or the default) as stored; --steps, --tokens, --vocab and "
             "--span-components apply to an explicit --mode"
@@ -211,12 +214,12 @@ def _mode_name(mode: Mode | None, cross: bool, merge: Merge) -> str:
 
 def _projection(span_components: int | None, vocab: Path | None) -> dict:
     """The projection settings `--span-components` and `--vocab` give (empty: the model's own)."""
-    from crossgap_index.evaluation.data import read_vocab
-
     projection: dict = {}
     if span_components is not None:
         projection["components"] = span_components
     if vocab is not None:
+        from crossgap_index.evaluation.data import read_vocab
+
         projection["vocabulary"] = read_vocab(vocab)
     return projection
 
@@ -261,18 +264,28 @@ def _search(
 ) -> _Searched:
     """Open the index, run ``query`` under ``options`` with an inversion bar on stderr (unless ``bar_off``)."""
     from crossgap_index import CrossGapIndex
-    from crossgap_index.cli.render import first_time_for_index, inversion_bar
+    from crossgap_index.cli.render import first_time_for_index
 
     with CrossGapIndex.open(index, device=device, precision=precision) as cgx:
         modality = query_modality(query, cgx.item)
         served = cgx.describe_mode(modality, options)
         total = inversion_steps(served, options.inversion or InversionConfig(), modality == "image")
-        with inversion_bar(total, enabled=not bar_off) as progress:
+        with _inversion_bar(total, bar_off) as progress:
             hits = cgx.search_batch([query], options, progress=progress)[0]
         held = cgx.info().counts[TARGETS[options.target]] if len(hits) < options.k else len(hits)
         note = cgx.model_note() if options.target == Target.images.value and not quiet else None
         note = note if note and first_time_for_index(cgx.path) else None
     return _Searched(hits, modality, served, held, note)
+
+
+def _inversion_bar(total_steps: int | None, bar_off: bool) -> AbstractContextManager:
+    """The inversion bar's context (bars.inversion_bar), or none at all with ``bar_off``: a query that shows
+    no bar loads no rich."""
+    if bar_off:
+        return nullcontext()
+    from crossgap_index.cli.bars import inversion_bar
+
+    return inversion_bar(total_steps)
 
 
 def _tell_query(searched: _Searched, options: SearchOptions, mode_name: str) -> None:
