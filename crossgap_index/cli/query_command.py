@@ -174,10 +174,10 @@ def query_command(
     inversion = flags.config()
     projection = _projection(span_components, vocab)
     if mode_name == "auto" and (_tunes_inversion(flags) or projection) and not quiet:
-        from crossgap_index.cli.render import err
+        from crossgap_index.cli.render import note
 
-        err.print(
-            "cgx: note: --cross serves the tuned mode (or the default) as stored; --steps, --tokens, --vocab and "
+        note(
+            "--cross serves the tuned mode (or the default) as stored; --steps, --tokens, --vocab and "
             "--span-components apply to an explicit --mode"
         )
     options = SearchOptions(
@@ -279,9 +279,9 @@ def _search(
 
 
 def _inversion_bar(total_steps: int | None, bar_off: bool) -> AbstractContextManager:
-    """The inversion bar's context (bars.inversion_bar), or none at all with ``bar_off``: a query that shows
-    no bar loads no rich."""
-    if bar_off:
+    """The inversion bar's context (bars.inversion_bar); none at all with ``bar_off`` or when the served mode
+    runs no inversion (``total_steps`` None, see inversion_steps), so a query that draws no bar loads no rich."""
+    if bar_off or total_steps is None:
         return nullcontext()
     from crossgap_index.cli.bars import inversion_bar
 
@@ -291,24 +291,21 @@ def _inversion_bar(total_steps: int | None, bar_off: bool) -> AbstractContextMan
 def _tell_query(searched: _Searched, options: SearchOptions, mode_name: str) -> None:
     """The notes after a search on stderr: the model's first-use note, a query served plainly because it is
     already inter-modal, and fewer hits than -k with the reason."""
-    from crossgap_index.cli.render import err
+    from crossgap_index.cli.render import note
 
     hits, target = searched.hits, options.target
     if searched.note:
-        err.print(f"cgx: note: {searched.note}", highlight=False)
+        note(searched.note)
     is_image = searched.modality == "image"
     inter_modal = searched.modality in ("image", "text") and is_image != (target == Target.images.value)
     if inter_modal and mode_name != "intra" and searched.served["name"] == "intra":
-        err.print(
-            "cgx: note: this query is already inter-modal (cross search turns image->images, text->texts): "
-            "served as it is"
-        )
+        note("this query is already inter-modal (cross search turns image->images, text->texts): served as it is")
     if len(hits) < options.k:
         held = searched.held
         reason = f"the index holds {held} {target}" if held <= len(hits) else "the merged lists ran short"
         if held > len(hits) and not options.item_filter().empty:
             reason = f"only {len(hits)} {target} pass the filters"
-        err.print(f"cgx: note: {len(hits)} hits, fewer than -k {options.k}: {reason}", highlight=False)
+        note(f"{len(hits)} hits, fewer than -k {options.k}: {reason}")
 
 
 def inversion_steps(served: dict, config: InversionConfig, is_image: bool) -> int | None:

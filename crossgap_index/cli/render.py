@@ -45,6 +45,11 @@ def _console(name: str) -> Console:
     return _CONSOLES[name]
 
 
+def note(message: str) -> None:
+    """One ``cgx: note:`` line on stderr, printed as it is (no rich markup or emoji codes: notes name files)."""
+    print(f"cgx: note: {message}", file=sys.stderr)
+
+
 def printable(name: str) -> str:
     """A file name for display: bytes that are not UTF-8 (surrogate-escaped by os) shown as \\xNN."""
     return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
