@@ -35,14 +35,17 @@ def __getattr__(name: str) -> Console:
 
 
 def _console(name: str) -> Console:
-    if name not in _CONSOLES:
+    """The one ``out`` or ``err`` console of this process (threads that make it at once all get the first)."""
+    console = _CONSOLES.get(name)
+    if console is None:
         from rich.console import Console
 
         if name == "out":
-            _CONSOLES[name] = Console(soft_wrap=True, width=None if sys.stdout.isatty() else PIPE_WIDTH)
+            made = Console(soft_wrap=True, width=None if sys.stdout.isatty() else PIPE_WIDTH)
         else:
-            _CONSOLES[name] = Console(stderr=True, soft_wrap=True)
-    return _CONSOLES[name]
+            made = Console(stderr=True, soft_wrap=True)
+        console = _CONSOLES.setdefault(name, made)
+    return console
 
 
 def note(message: str) -> None:
