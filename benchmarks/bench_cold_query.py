@@ -18,7 +18,9 @@ does, even where the environment sets ``PYTHONDONTWRITEBYTECODE``;
 
 ``--trees old=/tmp/old-checkout,new=.`` times `cgx query` from several checkouts (each its own PYTHONPATH; a tree
 may name extra folders before it, ``a:b``) side by side: in every round each tree's query runs right after the
-other's, so all see the same load, and the hits of every tree are compared with the first's. ``--no-torch-path``
+other's, so all see the same load, and the hits of every tree are compared with the first's. The trees must see one
+weights file identity (a bundled model's file has its checkout's mtime: ``touch -r`` one from the other), else each
+re-exports the tower the other made; a run where the tower changed is refused. ``--no-torch-path``
 leaves out the torch-path commands (seconds each, and the same in every tree).
 """
 
@@ -27,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -40,6 +43,9 @@ REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "benchmarks" / "results"
 # As an installed package runs: compiled bytecode kept (here in a cache of its own), not recompiled per process.
 PYCACHE = Path(tempfile.gettempdir()) / "cgx-bench-pycache"
+# Where every timed process runs: `python -m` and `-c` put their working directory first on sys.path, so in a
+# folder that holds no checkout PYTHONPATH alone says which tree's code runs.
+NEUTRAL_CWD = Path(tempfile.gettempdir())
 
 # What an rclip-style cold search runs: ONNX Runtime on the image tower, hand-written preprocessing, a flat search.
 FLOOR = """
@@ -78,7 +84,7 @@ def build(root: Path, model: str) -> tuple[Path, Path]:
     return index, photos / "img7.png"
 
 
-def cgx(args: list[str], env: dict | None = None) -> float:
+def cgx(args: list[str], env: dict | None = None) -> tuple[float, float]:
     return timed([sys.executable, "-m", "crossgap_index", *args], env)
 
 
@@ -88,14 +94,18 @@ def bench_env(extra: dict | None = None) -> dict:
     return {**env, "PYTHONPATH": str(REPO), "PYTHONPYCACHEPREFIX": str(PYCACHE), **(extra or {})}
 
 
-def timed(cmd: list[str], env: dict | None = None) -> float:
+def timed(cmd: list[str], env: dict | None = None) -> tuple[float, float]:
+    """Wall seconds of ``cmd`` in a fresh process, and the CPU seconds (user + system, all its threads) it used:
+    on a shared machine the CPU time moves less with the load than the wall time does."""
     full_env = bench_env(env)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=full_env, cwd=REPO)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=full_env, cwd=NEUTRAL_CWD)
     seconds = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode != 0:
         raise RuntimeError(f"{cmd[:4]} exited {proc.returncode}: {proc.stderr[-800:]}")
-    return seconds
+    return seconds, (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
 
 
 def commands(index: Path, image: Path, trees: dict[str, str], torch_path: bool = True) -> dict:
@@ -123,7 +133,8 @@ def commands(index: Path, image: Path, trees: dict[str, str], torch_path: bool =
 def hits(index: Path, image: Path, extra: list[str], env: dict | None = None) -> list:
     full_env = bench_env(env)
     args = ["query", str(image), "--index", str(index), "-k", "10", "--json", "--quiet", *extra]
-    out = subprocess.run([sys.executable, "-m", "crossgap_index", *args], capture_output=True, text=True, env=full_env)
+    cmd = [sys.executable, "-m", "crossgap_index", *args]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=full_env, cwd=NEUTRAL_CWD)
     return [(h["id"], h["score"]) for h in json.loads(out.stdout)["hits"]]
 
 
@@ -159,14 +170,19 @@ def main() -> None:
             sidecar = json.loads((index / "query-towers" / "image.json").read_text())
             timed_commands = commands(index, image, trees, not args.no_torch_path)
             samples: dict = {name: [] for name in timed_commands}
+            tower_before = (index / "query-towers" / "image.json").read_bytes()
             for _ in range(args.rounds):
                 for name, run in timed_commands.items():
                     samples[name].append(run())
+            if (index / "query-towers" / "image.json").read_bytes() != tower_before:
+                raise RuntimeError("the ONNX tower was exported again while timing: the trees disagree on the weights")
             results["models"][model] = {
                 "tower": {k: sidecar.get(k) for k in ("status", "probe_min_cosine", "bytes")},
-                "median_s": {name: statistics.median(t) for name, t in samples.items()},
-                "min_s": {name: min(t) for name, t in samples.items()},
-                "samples_s": samples,
+                "median_s": {name: statistics.median(w for w, _ in t) for name, t in samples.items()},
+                "min_s": {name: min(w for w, _ in t) for name, t in samples.items()},
+                "cpu_median_s": {name: statistics.median(c for _, c in t) for name, t in samples.items()},
+                "samples_s": {name: [w for w, _ in t] for name, t in samples.items()},
+                "cpu_samples_s": {name: [c for _, c in t] for name, t in samples.items()},
                 "hits": model_hits(index, image, trees, not args.no_torch_path),
             }
     results["machine"]["load_average_at_end"] = os.getloadavg()
@@ -194,29 +210,36 @@ def markdown(results: dict) -> str:
         f"Machine: {m['cores']} cores, Python {m['python']}, load average (1/5/15 min) "
         f"{'/'.join(f'{x:.1f}' for x in m['load_average_at_start'])} at start, "
         f"{'/'.join(f'{x:.1f}' for x in m['load_average_at_end'])} at end. Wall time of fresh processes, median "
-        f"(min) of {results['settings']['rounds']} rounds, every command once per round; {results['settings']}.",
+        f"(min), and their CPU time (user + system), median, of {results['settings']['rounds']} rounds, every "
+        f"command once per round; {results['settings']}.",
     ]
     trees = results.get("trees", {})
     if len(trees) > 1:
         lines.append(f"\nTrees (PYTHONPATH of each `cgx query [tree]`): {trees}.")
     for model, data in results["models"].items():
-        med, low = data["median_s"], data["min_s"]
-        floor = med["rclip-like floor (ORT + faiss, same ONNX)"]
+        med, low, cpu = data["median_s"], data["min_s"], data["cpu_median_s"]
+        floor_name = "rclip-like floor (ORT + faiss, same ONNX)"
+        floor, cpu_floor = med[floor_name], cpu[floor_name]
         lines += [
             "",
             f"**{model}** (tower {data['tower']})",
             "",
-            "| command | wall s | x rclip-like floor |",
-            "|---|---:|---:|",
+            "| command | wall s | x rclip-like floor | CPU s | CPU x floor |",
+            "|---|---:|---:|---:|---:|",
         ]
-        lines += [f"| {name} | {med[name]:.2f} ({low[name]:.2f}) | {med[name] / floor:.2f} |" for name in med]
-        lines += _paired_ratios(data["samples_s"], list(trees))
+        lines += [
+            f"| {name} | {med[name]:.2f} ({low[name]:.2f}) | {med[name] / floor:.2f} | {cpu[name]:.2f} | "
+            f"{cpu[name] / cpu_floor:.2f} |"
+            for name in med
+        ]
+        lines += _paired_ratios(data["samples_s"], list(trees), "wall")
+        lines += _paired_ratios(data["cpu_samples_s"], list(trees), "CPU")
         for mode, found in data["hits"].items():
             lines.append(f"\n{mode}: " + "; ".join(_hits_agreement(found)))
     return "\n".join(lines)
 
 
-def _paired_ratios(samples: dict, trees: list[str]) -> list[str]:
+def _paired_ratios(samples: dict, trees: list[str], what: str) -> list[str]:
     """Each later tree's query time over the first tree's, taken round by round (the two ran back to back), median."""
     lines = []
     for label in ("cgx query IMAGE (ONNX)", "cgx query IMAGE --cross (ONNX)"):
@@ -225,7 +248,9 @@ def _paired_ratios(samples: dict, trees: list[str]) -> list[str]:
             if first is None:
                 break
             ratios = [t / b for t, b in zip(samples[f"{label} [{tree}]"], first, strict=True)]
-            lines.append(f"\n{label}: {tree} / {trees[0]} = {statistics.median(ratios):.2f} (per-round ratios, median)")
+            lines.append(
+                f"\n{label}, {what}: {tree} / {trees[0]} = {statistics.median(ratios):.2f} (per-round, median)"
+            )
     return lines
 
 
