@@ -57,6 +57,7 @@ MEASUREMENTS = ("image_b64", "image_b1", "text_b64", "text_b1", "oti_b1", "oti_b
 TOWER_OF = {"image": "image", "text": "text", "oti": "text"}  # the tower each measurement runs
 LLC_PATH = Path("/sys/devices/system/cpu/cpu0/cache/index3/size")
 MIB = 2**20
+CONFIGS = Path("benchmarks/configs/precision-sizes")  # ViT-W{width}-L{layers}-32: sizes between the bundled and ViT-S
 _SUBJECTS = ("dog", "red circle", "old map of the city", "yellow flower in the rain", "bicycle", "diagram", "beach")
 _FRAMES = ("a photo of a {}", "a close-up picture of a {} seen from above at dusk", "{}", "a drawing of a small {}")
 
@@ -65,17 +66,35 @@ def main() -> None:
     args = _parse()
     out_json = Path(f"{args.out}.json")
     if args.table_only:
-        Path(f"{args.out}.md").write_text(render(json.loads(out_json.read_text())))
+        Path(f"{args.out}.md").write_text(render(_read(out_json)))
         return
+    if args.configs:
+        import open_clip
+
+        open_clip.add_model_config(args.configs)  # its architectures load as NAME/random
     machine = {**machine_info(), "bf16_native": bf16_native(torch.device("cpu")), "llc_bytes": llc_bytes()}
     machine["omp_wait_policy"] = os.environ.get("OMP_WAIT_POLICY")
-    doc = {"machine": machine, "settings": {k: v for k, v in vars(args).items() if k != "table_only"}, "models": []}
+    doc = _read(out_json) if args.append and out_json.is_file() else {"machine": machine, "runs": [], "models": []}
+    settings = {k: v for k, v in vars(args).items() if k not in ("table_only", "append")}
+    run = {"settings": settings, "load_average_at_start": machine["load_average_at_start"], "models": args.models}
+    doc["runs"].append(run)
     for spec in args.models:
-        doc["models"].append(measure_model(spec, args))
-        doc["machine"]["load_average_at_end"] = os.getloadavg()
+        doc["models"] = [r for r in doc["models"] if r["model"] != spec] + [measure_model(spec, args)]
+        run["load_average_at_end"] = os.getloadavg()
         write_json(out_json, doc)
         Path(f"{args.out}.md").write_text(render(doc))
     print(render(doc))
+
+
+def _read(path: Path) -> dict:
+    """The results so far; a single run's document (settings beside the machine) reads as one run."""
+    doc = json.loads(path.read_text())
+    if "runs" not in doc:
+        m = doc["machine"]
+        run = {"settings": doc.pop("settings"), "load_average_at_start": m["load_average_at_start"]}
+        run.update(load_average_at_end=m.pop("load_average_at_end", None), models=[r["model"] for r in doc["models"]])
+        doc["runs"] = [run]
+    return doc
 
 
 def _parse() -> argparse.Namespace:
@@ -90,6 +109,14 @@ def _parse() -> argparse.Namespace:
     p.add_argument("--oti-steps", type=int, default=6, help="steps per OTI run; each chunk's first is not timed")
     p.add_argument("--query-s", type=float, default=0.4, help="batch-1 calls repeat for this long per round")
     p.add_argument("--out", default="benchmarks/results/precision-models", help="PREFIX: writes PREFIX.json, .md")
+    p.add_argument(
+        "--append", action="store_true", help="add these models to PREFIX.json (a model measured again: replaced)"
+    )
+    p.add_argument(
+        "--configs",
+        default=str(CONFIGS),
+        help="a folder of open_clip model configs, loadable as NAME/random (see CONFIGS)",
+    )
     p.add_argument("--table-only", action="store_true")
     args = p.parse_args()
     if args.oti_steps < 2:
@@ -282,8 +309,15 @@ def render(doc: dict) -> str:
         "",
         f"{m['cpu']}, {m['cores']} cores, last-level cache {llc / MIB if llc else '?'} MiB, bf16 native "
         f"{m['bf16_native']}, torch {m['torch']} ({m['torch_threads']} threads), OMP_WAIT_POLICY "
-        f"{m['omp_wait_policy']}. Load average {_load(m['load_average_at_start'])} at start, "
-        f"{_load(m.get('load_average_at_end'))} at end. Settings: {doc['settings']}.",
+        f"{m['omp_wait_policy']}.",
+        "",
+    ]
+    for i, run in enumerate(doc["runs"], 1):
+        lines.append(
+            f"Run {i}: {', '.join(run['models'])}; load average {_load(run['load_average_at_start'])} at start, "
+            f"{_load(run.get('load_average_at_end'))} at end. Settings: {run['settings']}."
+        )
+    lines += [
         "",
         "Ratios are fp32 time / bf16 time, the median over rounds of each round's ratio (>1: bf16 faster; "
         "[min-max] over rounds). Weights are fp32 parameter MiB (text: whole text tower / without the "
@@ -293,7 +327,7 @@ def render(doc: dict) -> str:
         "| probe cos | " + " | ".join(MEASUREMENTS) + " | rounds | load start -> end |",
         "|" + "---|" * (7 + len(MEASUREMENTS)),
     ]
-    for r in doc["models"]:
+    for r in _by_size(doc):
         w, t, s = r["weights"], r["towers"], r["summary"]
         cells = [
             r["model"],
@@ -310,7 +344,7 @@ def render(doc: dict) -> str:
     lines += ["", "## Medians and minima behind the ratios (ms per call / per OTI step)", ""]
     lines += ["| model | measurement | batch | fp32 median (min) | bf16 median (min) | per-round ratios |"]
     lines += ["|---|---|---|---|---|---|"]
-    for r in doc["models"]:
+    for r in _by_size(doc):
         for k, s in r["summary"].items():
             f, b = s["fp32"], s["bf16"]
             lines.append(
@@ -319,6 +353,10 @@ def render(doc: dict) -> str:
             )
     lines += ["", *separation(doc)]
     return "\n".join(lines) + "\n"
+
+
+def _by_size(doc: dict) -> list[dict]:
+    return sorted(doc["models"], key=lambda r: r["weights"]["total"])
 
 
 def separation(doc: dict) -> list[str]:
