@@ -1,7 +1,9 @@
 """fp32 against bf16 across model sizes on this CPU: the evidence for a model-aware precision ``auto`` (issue 26).
 
-For each model, six measurements, each in both precisions, interleaved round by round in one process (the
-precision that goes first alternates by round; every ratio is taken within one round):
+For each model, six measurements, each in both precisions, in rounds in one process: within a round each
+measurement alternates fp32 and bf16 call by call (OTI: run by run) for ``--query-s`` / ``--pair-s`` seconds and at
+least one call each, so both see the same load; the precision that goes first alternates by round, and every ratio
+is the ratio of the two precisions' medians within one round:
   * ``image_b64`` / ``image_b1``: ``Encoder.encode_pixels`` on random pixels, a batch of 64 (halved while one fp32
     call takes longer than ``--max-call-s``: the batch used is recorded) and a single query image;
   * ``text_b64`` / ``text_b1``: ``Encoder.encode_texts`` on fixed prompts of 5-20 tokens, 64 at a time and one;
@@ -107,7 +109,8 @@ def _parse() -> argparse.Namespace:
     p.add_argument("--max-call-s", type=float, default=6.0, help="halve the image batch while an fp32 call is slower")
     p.add_argument("--oti-batches", nargs=2, type=int, default=[1, 32])
     p.add_argument("--oti-steps", type=int, default=6, help="steps per OTI run; each chunk's first is not timed")
-    p.add_argument("--query-s", type=float, default=0.4, help="batch-1 calls repeat for this long per round")
+    p.add_argument("--query-s", type=float, default=0.6, help="batch-1 embedding: alternate calls this long a round")
+    p.add_argument("--pair-s", type=float, default=1.0, help="batch-64 embedding, OTI runs: alternate this long")
     p.add_argument("--out", default="benchmarks/results/precision-models", help="PREFIX: writes PREFIX.json, .md")
     p.add_argument(
         "--append", action="store_true", help="add these models to PREFIX.json (a model measured again: replaced)"
@@ -147,14 +150,14 @@ def measure_model(spec: str, args: argparse.Namespace) -> dict:
     calls = _calls(loaded, encoders, pixels, texts, args)
     for fn in calls.values():  # warm-up: first calls allocate, cast and build the inversion caches
         for p in PRECISIONS:
-            fn[p]()
+            fn.samples[p]()
     rounds: list[dict] = []
     start = time.perf_counter()
     while len(rounds) < args.rounds and (len(rounds) < args.min_rounds or time.perf_counter() - start < args.model_s):
         order = PRECISIONS if len(rounds) % 2 == 0 else PRECISIONS[::-1]
         row: dict = {"load": os.getloadavg()[0], "first": order[0]}
         for name, fn in calls.items():
-            row[name] = {p: fn[p]() for p in order}
+            row[name] = fn(order)
         rounds.append(row)
         print(f"{spec} round {len(rounds)}: " + ", ".join(f"{m} {_ratio(row[m]):.2f}" for m in calls), flush=True)
     result = {
@@ -177,35 +180,59 @@ def measure_model(spec: str, args: argparse.Namespace) -> dict:
 
 
 def _calls(loaded: LoadedModel, encoders: dict, pixels: torch.Tensor, texts: list[str], args) -> dict:
-    """measurement -> precision -> a function that times it once: its seconds per call (or per OTI step)."""
+    """measurement -> an _Alternating: both precisions' samples (seconds per call, or per OTI step), call by call."""
     b1, b32 = args.oti_batches
+    image, query, text = pixels, pixels[:1], texts
     return {
-        "image_b64": {p: _timer(lambda e=e: e.encode_pixels(pixels), 0.0) for p, e in encoders.items()},
-        "image_b1": {p: _timer(lambda e=e: e.encode_pixels(pixels[:1]), args.query_s) for p, e in encoders.items()},
-        "text_b64": {p: _timer(lambda e=e: e.encode_texts(texts), 0.0) for p, e in encoders.items()},
-        "text_b1": {p: _timer(lambda e=e: e.encode_texts(texts[:1]), args.query_s) for p, e in encoders.items()},
-        "oti_b1": {p: lambda p=p: _oti_step_s(loaded, b1, p, args.oti_steps) for p in PRECISIONS},
-        "oti_b32": {p: lambda p=p: _oti_step_s(loaded, b32, p, args.oti_steps) for p in PRECISIONS},
+        "image_b64": _Alternating(
+            {p: _once(lambda e=e: e.encode_pixels(image)) for p, e in encoders.items()}, args.pair_s
+        ),
+        "image_b1": _Alternating(
+            {p: _once(lambda e=e: e.encode_pixels(query)) for p, e in encoders.items()}, args.query_s
+        ),
+        "text_b64": _Alternating(
+            {p: _once(lambda e=e: e.encode_texts(text)) for p, e in encoders.items()}, args.pair_s
+        ),
+        "text_b1": _Alternating(
+            {p: _once(lambda e=e: e.encode_texts(text[:1])) for p, e in encoders.items()}, args.query_s
+        ),
+        "oti_b1": _Alternating(
+            {p: lambda p=p: _oti_step_s(loaded, b1, p, args.oti_steps) for p in PRECISIONS}, args.pair_s
+        ),
+        "oti_b32": _Alternating(
+            {p: lambda p=p: _oti_step_s(loaded, b32, p, args.oti_steps) for p in PRECISIONS}, args.pair_s
+        ),
     }
 
 
-def _timer(fn: Callable[[], object], seconds: float) -> Callable[[], dict]:
-    """A function that calls ``fn`` once, then again until ``seconds`` have passed (at most 200 calls)."""
+class _Alternating:
+    """One measurement in both precisions, call by call (fp32, bf16, fp32, ... in the round's order) for at least
+    ``seconds`` and one call each, so both see the same load; at most 100 calls each."""
 
-    def timed() -> dict:
-        times: list[float] = []
-        end = time.perf_counter() + seconds
-        while not times or (time.perf_counter() < end and len(times) < 200):
-            t = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t)
-        return {"median_s": statistics.median(times), "min_s": min(times), "calls": len(times)}
+    def __init__(self, samples: dict[str, Callable[[], list[float]]], seconds: float):
+        self.samples, self.seconds = samples, seconds
+
+    def __call__(self, order: tuple[str, ...]) -> dict:
+        times: dict[str, list[float]] = {p: [] for p in order}
+        end = time.perf_counter() + self.seconds
+        while not times[order[0]] or (time.perf_counter() < end and len(times[order[0]]) < 100):
+            for p in order:
+                times[p] += self.samples[p]()
+        return {p: {"median_s": statistics.median(t), "min_s": min(t), "samples": len(t)} for p, t in times.items()}
+
+
+def _once(fn: Callable[[], object]) -> Callable[[], list[float]]:
+    def timed() -> list[float]:
+        t = time.perf_counter()
+        fn()
+        return [time.perf_counter() - t]
 
     return timed
 
 
-def _oti_step_s(loaded: LoadedModel, batch: int, precision: str, steps: int) -> dict:
-    """One eager OTI run of ``batch`` queries: seconds per step of the whole batch (all its lanes)."""
+def _oti_step_s(loaded: LoadedModel, batch: int, precision: str, steps: int) -> list[float]:
+    """One eager OTI run of ``batch`` queries: seconds per step of the whole batch (a step's time in each lane
+    times the lanes: bf16 runs lanes of 8 queries one after another), each chunk's first step left out."""
     dim = loaded.embed_dim
     targets = np.random.default_rng(batch).standard_normal((batch, dim)).astype(np.float32)
     config = InversionConfig(oti_steps=steps, batch_size=batch, precision=precision, compile=False)
@@ -216,7 +243,7 @@ def _oti_step_s(loaded: LoadedModel, batch: int, precision: str, steps: int) -> 
     for c in range(chunks):
         part = marks[c * steps : (c + 1) * steps]
         step_s += [b - a for a, b in zip(part, part[1:], strict=False)]
-    return {"median_s": statistics.median(step_s) * chunks, "min_s": min(step_s) * chunks, "calls": chunks}
+    return [t * chunks for t in step_s]
 
 
 def _summary(cells: list[dict]) -> dict:
@@ -366,28 +393,32 @@ def separation(doc: dict) -> list[str]:
     lines = [
         "## Which quantity separates bf16's wins from its losses",
         "",
-        "A model *wins* where bf16 was faster in every round, *loses* where it was slower in every round, and is "
-        "*mixed* otherwise (left out of the split). A quantity separates a measurement when every loser lies below "
-        "every winner; the gap is (largest loser, smallest winner). Tower: the tower the measurement runs.",
-        "",
-        "Each quantity's cell: separates yes/no (largest loser, smallest winner).",
-        "",
-        "| measurement | wins | losses | mixed | " + " | ".join(QUANTITIES) + " |",
-        "|" + "---|" * (4 + len(QUANTITIES)),
+        "Two readings. *Every round*: a model wins where bf16 was faster in every round, loses where it was slower "
+        "in every round, and is mixed otherwise (left out of the split). *Median*: a model wins where the median "
+        "ratio is above 1, else loses. A quantity separates a measurement when every loser lies below every winner. "
+        "Each quantity's cell: separates yes/no (largest loser, smallest winner); tower: the tower the measurement "
+        "runs; a model without a value (a ResNet's width) is left out of that column.",
     ]
-    for k in MEASUREMENTS:
-        models = [r for r in doc["models"] if k in r["summary"]]
-        wins = [r for r in models if r["summary"][k]["ratio_min"] > 1]
-        losses = [r for r in models if r["summary"][k]["ratio_max"] < 1]
-        mixed = [r["model"] for r in models if r not in wins and r not in losses]
-        cells = [k, ", ".join(r["model"] for r in wins) or "-", ", ".join(r["model"] for r in losses) or "-"]
-        cells.append(", ".join(mixed) or "-")
-        for value in _quantities(TOWER_OF[k.split("_")[0]]):
-            lo = max((value(r) for r in losses), default=None)
-            hi = min((value(r) for r in wins), default=None)
-            splits = "yes" if lo is None or hi is None or lo < hi else "no"
-            cells.append(f"{splits} ({_fmt(lo)}, {_fmt(hi)})")
-        lines.append("| " + " | ".join(cells) + " |")
+    readings = {
+        "every round": (lambda s: s["ratio_min"] > 1, lambda s: s["ratio_max"] < 1),
+        "median": (lambda s: s["ratio_median"] > 1, lambda s: s["ratio_median"] <= 1),
+    }
+    for reading, (won, lost) in readings.items():
+        lines += ["", f"### {reading}", ""]
+        lines += ["| measurement | wins | losses | mixed | " + " | ".join(QUANTITIES) + " |"]
+        lines += ["|" + "---|" * (4 + len(QUANTITIES))]
+        for k in MEASUREMENTS:
+            models = _by_size(doc)
+            wins = [r for r in models if won(r["summary"][k])]
+            losses = [r for r in models if lost(r["summary"][k])]
+            mixed = [r for r in models if r not in wins and r not in losses]
+            cells = [k] + [", ".join(_short(r["model"]) for r in group) or "-" for group in (wins, losses, mixed)]
+            for value in _quantities(TOWER_OF[k.split("_")[0]]):
+                lo = max((v for v in map(value, losses) if v is not None), default=None)
+                hi = min((v for v in map(value, wins) if v is not None), default=None)
+                splits = "yes" if lo is None or hi is None or lo < hi else "no"
+                cells.append(f"{splits} ({_fmt(lo)}, {_fmt(hi)})")
+            lines.append("| " + " | ".join(cells) + " |")
     if llc:
         lines += ["", f"Last-level cache: {llc / MIB:.0f} MiB (the proposed threshold on total fp32 weight bytes)."]
     return lines
@@ -396,14 +427,14 @@ def separation(doc: dict) -> list[str]:
 QUANTITIES = ("total MiB", "tower MiB", "tower MiB without token table", "tower width", "tower GFLOP per row")
 
 
-def _quantities(tower: str) -> list[Callable[[dict], float]]:
+def _quantities(tower: str) -> list[Callable[[dict], float | None]]:
     """The values of QUANTITIES for the tower a measurement runs."""
     table = "text_without_token_table" if tower == "text" else "image"
     return [
         lambda r: r["weights"]["total"] / MIB,
         lambda r: r["weights"][tower] / MIB,
         lambda r: r["weights"][table] / MIB,
-        lambda r: r["towers"][f"{tower}_width"] or 0,
+        lambda r: r["towers"][f"{tower}_width"],
         lambda r: r["gflop"][tower],
     ]
 
@@ -413,6 +444,10 @@ def _batch(r: dict, measurement: str) -> int:
     if size == "b1":
         return 1
     return {"image": r["image_batch"], "text": r["text_batch"]}.get(kind, r["oti_batches"][1])
+
+
+def _short(model: str) -> str:
+    return model.removesuffix("/random")
 
 
 def _fmt(value: float | None) -> str:
