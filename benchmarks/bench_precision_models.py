@@ -18,7 +18,7 @@ which per-model quantity separates the models where bf16 wins from those where i
 
     nice -n 5 python -m benchmarks.bench_precision_models           # every model of MODELS
     python -m benchmarks.bench_precision_models --models tiny-random --rounds 1 --oti-steps 2 --out PREFIX
-    python -m benchmarks.bench_precision_models --table-only         # the markdown again from the JSON
+    python -m benchmarks.bench_precision_models --table-only         # the tables again (a "## Reading" is kept)
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ def main() -> None:
     args = _parse()
     out_json = Path(f"{args.out}.json")
     if args.table_only:
-        Path(f"{args.out}.md").write_text(render(_read(out_json)))
+        write_markdown(Path(f"{args.out}.md"), _read(out_json))
         return
     if args.configs:
         import open_clip
@@ -84,7 +84,7 @@ def main() -> None:
         doc["models"] = [r for r in doc["models"] if r["model"] != spec] + [measure_model(spec, args)]
         run["load_average_at_end"] = os.getloadavg()
         write_json(out_json, doc)
-        Path(f"{args.out}.md").write_text(render(doc))
+        write_markdown(Path(f"{args.out}.md"), doc)
     print(render(doc))
 
 
@@ -326,6 +326,15 @@ def _gflop(encoder: Encoder, pixel: torch.Tensor, texts: list[str]) -> dict:
 
 
 # -- markdown --------------------------------------------------------------------------------------------------
+
+
+READING = "\n## Reading"  # a section written by hand after a run: kept when the tables are written again
+
+
+def write_markdown(path: Path, doc: dict) -> None:
+    """The tables of ``doc``, followed by the hand-written reading already in ``path``, if any."""
+    old = path.read_text() if path.is_file() else ""
+    path.write_text(render(doc) + (old[old.index(READING) :] if READING in old else ""))
 
 
 def render(doc: dict) -> str:
