@@ -7,9 +7,10 @@ is the ratio of the two precisions' medians within one round:
   * ``image_b64`` / ``image_b1``: ``Encoder.encode_pixels`` on random pixels, a batch of 64 (halved while one fp32
     call takes longer than ``--max-call-s``: the batch used is recorded) and a single query image;
   * ``text_b64`` / ``text_b1``: ``Encoder.encode_texts`` on fixed prompts of 5-20 tokens, 64 at a time and one;
-  * ``oti_b1`` / ``oti_b32``: the OTI fast path, eager (``InversionConfig(precision=..., compile=False)``): ms per
-    step, the median over every step of a run but each chunk's first (bf16 runs lanes of 8 queries one after
-    another: a step of the batch is all its lanes' steps, as in bench_oti_step.py).
+  * ``oti_b1`` / ``oti_b32`` (the batches of ``--oti-batches``): the OTI fast path, eager
+    (``InversionConfig(precision=..., compile=False)``): ms per step, the median over every step of a run but each
+    chunk's first (bf16 runs lanes of 8 queries one after another: a step of the batch is all its lanes' steps, as
+    in bench_oti_step.py).
 Torch keeps its default intra-op threads; OpenMP waits passively, as in the CLI. Per model it also records the fp32
 parameter bytes of the image tower, the text tower (with and without its token-embedding table, a lookup that no
 step streams whole) and the whole model, the towers' widths and depths, one image's and one text's GFLOP
@@ -55,7 +56,6 @@ MODELS = (
     "ViT-B-16/random",
 )
 PRECISIONS = ("fp32", "bf16")
-MEASUREMENTS = ("image_b64", "image_b1", "text_b64", "text_b1", "oti_b1", "oti_b32")
 TOWER_OF = {"image": "image", "text": "text", "oti": "text"}  # the tower each measurement runs
 LLC_PATH = Path("/sys/devices/system/cpu/cpu0/cache/index3/size")
 MIB = 2**20
@@ -196,10 +196,10 @@ def _calls(loaded: LoadedModel, encoders: dict, pixels: torch.Tensor, texts: lis
         "text_b1": _Alternating(
             {p: _once(lambda e=e: e.encode_texts(text[:1])) for p, e in encoders.items()}, args.query_s
         ),
-        "oti_b1": _Alternating(
+        f"oti_b{b1}": _Alternating(
             {p: lambda p=p: _oti_step_s(loaded, b1, p, args.oti_steps) for p in PRECISIONS}, args.pair_s
         ),
-        "oti_b32": _Alternating(
+        f"oti_b{b32}": _Alternating(
             {p: lambda p=p: _oti_step_s(loaded, b32, p, args.oti_steps) for p in PRECISIONS}, args.pair_s
         ),
     }
@@ -360,8 +360,8 @@ def render(doc: dict) -> str:
         "token-embedding table). `oti` is ms per step of the batch, eager fast path; embedding is per call.",
         "",
         "| model | weights MiB image / text (no table) / total | width image / text (layers) | GFLOP image / text "
-        "| probe cos | " + " | ".join(MEASUREMENTS) + " | rounds | load start -> end |",
-        "|" + "---|" * (7 + len(MEASUREMENTS)),
+        "| probe cos | " + " | ".join(measurements(doc)) + " | rounds | load start -> end |",
+        "|" + "---|" * (7 + len(measurements(doc))),
     ]
     for r in _by_size(doc):
         w, t, s = r["weights"], r["towers"], r["summary"]
@@ -416,7 +416,7 @@ def separation(doc: dict) -> list[str]:
         lines += ["", f"### {reading}", ""]
         lines += ["| measurement | wins | losses | mixed | " + " | ".join(QUANTITIES) + " |"]
         lines += ["|" + "---|" * (4 + len(QUANTITIES))]
-        for k in MEASUREMENTS:
+        for k in measurements(doc):
             models = _by_size(doc)
             wins = [r for r in models if won(r["summary"][k])]
             losses = [r for r in models if lost(r["summary"][k])]
@@ -448,11 +448,17 @@ def _quantities(tower: str) -> list[Callable[[dict], float | None]]:
     ]
 
 
+def measurements(doc: dict) -> list[str]:
+    """The measurements every model of ``doc`` has, in the order they ran (``oti_bN``: N from ``--oti-batches``)."""
+    names = [k for k in doc["models"][0]["summary"]] if doc["models"] else []
+    return [k for k in names if all(k in r["summary"] for r in doc["models"])]
+
+
 def _batch(r: dict, measurement: str) -> int:
-    kind, size = measurement.split("_")
-    if size == "b1":
-        return 1
-    return {"image": r["image_batch"], "text": r["text_batch"]}.get(kind, r["oti_batches"][1])
+    kind, size = measurement.split("_b")
+    if kind == "oti" or size == "1":
+        return int(size)
+    return {"image": r["image_batch"], "text": r["text_batch"]}[kind]
 
 
 def _short(model: str) -> str:
