@@ -46,7 +46,7 @@ def main() -> None:
                 "images": [{"image": p} for p in sorted(photos.rglob("*.png"))[: args.images]],
                 "texts": [{"text": t} for t in captions[: args.texts]],
             }
-            report = {"machine": machine_info(), "precision": inv.resolved(cgx._runtime.encoder.device).precision}
+            report = {"machine": machine_info(), "precision": inv.resolved(cgx._runtime.encoder.loaded).precision}
             for target, queries in groups.items():
                 common = {"target": target, "k": args.k, "mode": "cross", "inversion": inv, "use_cache": False}
                 t0 = time.perf_counter()

@@ -137,7 +137,7 @@ def _measure(loaded: LoadedModel, method: str, batch: int, args: argparse.Namesp
                 "path": path,
                 "batch": batch,
                 "threads": torch.get_num_threads(),
-                "precision": _precision(config, loaded.device),
+                "precision": config.precision_on(loaded),
                 "compile": config.compiles(loaded.device),
                 "steps_per_run": steps,
                 "timed_steps_per_run": timed,
@@ -169,10 +169,6 @@ def _timed_run(
         "step_times_s": [float(t) for t in timed],
         "fixed_s": float(steps[0] - np.min(timed) + (end - stamps[-1])),
     }
-
-
-def _precision(config: InversionConfig, device: torch.device) -> str:
-    return config.precision_on(device)
 
 
 def _summary(results: list[dict]) -> list[dict]:

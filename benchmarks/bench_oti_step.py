@@ -171,10 +171,10 @@ def _measure(loaded: LoadedModel, name: str, method: str, batch: int, precision:
                 part = marks[c * args.steps : (c + 1) * args.steps]
                 runs[path] += [(b[0] - a[0], b[1] - a[1]) for a, b in zip(part, part[1:], strict=False)]
     flops = _step_flops(loaded, method, batch, targets, precision)
-    resolved = _config(batch, 1, precision).precision_on(loaded.device)
+    resolved = _config(batch, 1, precision).precision_on(loaded)
     out = {"model": name, "method": method, "batch": batch, "precision": resolved, "step_flops": flops}
     for path, times in runs.items():
-        in_bf16 = _config(batch, 1, precision, path).precision_on(loaded.device) == "bf16"
+        in_bf16 = _config(batch, 1, precision, path).precision_on(loaded) == "bf16"
         lanes = -(-batch // _lane(method)) if in_bf16 else 1
         wall, cpu = [t[0] * 1e3 for t in times], [t[1] * 1e3 for t in times]
         step_ms = statistics.median(wall) * lanes

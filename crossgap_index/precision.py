@@ -3,10 +3,20 @@
 ``fp32`` runs the model as trained. ``bf16`` casts the weights once to bfloat16 and runs the
 whole model in it; the parts where rounding accumulates stay fp32 (the L2 normalisation of
 output features, the inversion loss, the optimiser and its master copy of the pseudo-tokens),
-and stored vectors are fp32 either way. ``auto`` picks bf16 only where the hardware runs it
-natively (CPU: AVX512-BF16 or AMX; CUDA: ``torch.cuda.is_bf16_supported()``), since emulated
-bf16 is slower than fp32. A new index asked for ``auto`` also checks the model itself: where
-its bf16 features do not agree with fp32 (below), the index is built in fp32.
+and stored vectors are fp32 either way. ``auto`` picks bf16 only where it pays:
+
+* the hardware runs it natively (CPU: AVX512-BF16 or AMX; CUDA: ``torch.cuda.is_bf16_supported()``),
+  since emulated bf16 is slower than fp32; embedding then runs in bf16 on every model (1.2-2.3x fp32's
+  images/s at batch 64 on 14 models, benchmarks/results/precision-models.md);
+* inversion (OTI/OVI) on a CPU also weighs the model: bf16 only from ``CPU_INVERSION_BF16_MIN_BYTES``
+  of fp32 weights. A small model's step is bound by per-operator overhead, and bf16's fixed lanes
+  (inversion/optimise.py: a lone OTI query runs as 8 rows) cost more than its arithmetic saves:
+  crossgap-small's OTI step runs 1.2-3x faster in fp32, and every model up to 159 MiB measured ran OTI
+  slower in bf16; from 389 MiB (RN50, ViT-M-32, ViT-B-32, ViT-B-16) bf16 is at parity or faster
+  (ViT-B-32's OVI step 2x). The one published model in the gap, ViT-S-32 (241 MiB), was mixed.
+
+A new index asked for ``auto`` also checks the model itself: where its bf16 features do not agree
+with fp32 (below), the index is built in fp32.
 
 Mixing rule for an index: bf16 and fp32 vectors of one model may live in one index, and a query
 made in one precision may search vectors made in the other, when the two precisions agree on
@@ -36,6 +46,9 @@ STORED_PRECISIONS = ("fp32", "bf16", MIXED)
 # crossgap-small 0.99997, tiny-random 0.99990 (random weights; see tests/test_precision.py).
 MIX_MIN_COSINE = 0.999
 _CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+# Inversion on a CPU runs bf16 from this many bytes of fp32 weights: inside the measured gap between the largest
+# model where fp32 won (159 MiB) and the smallest where bf16 did not lose (389 MiB); see the module docstring.
+CPU_INVERSION_BF16_MIN_BYTES = 256 * 2**20
 
 
 class PrecisionError(CrossGapError):
@@ -63,10 +76,19 @@ def bf16_native(device: torch.device) -> bool:
 
 
 def resolve(setting: str, device: torch.device) -> str:
-    """``fp32`` or ``bf16`` for ``setting`` on ``device``."""
+    """``fp32`` or ``bf16`` for ``setting`` on ``device``: the precision a model embeds in."""
     if check_setting(setting) != "auto":
         return setting
     return "bf16" if bf16_native(device) else "fp32"
+
+
+def resolve_inversion(setting: str, device: torch.device, weight_bytes: int) -> str:
+    """``fp32`` or ``bf16`` for ``setting`` on ``device``: the precision a model of ``weight_bytes`` bytes of fp32
+    weights inverts in (on a CPU, ``auto`` takes bf16 only for a model of ``CPU_INVERSION_BF16_MIN_BYTES`` or more)."""
+    wanted = resolve(setting, device)
+    if setting == "auto" and device.type == "cpu" and weight_bytes < CPU_INVERSION_BF16_MIN_BYTES:
+        return "fp32"
+    return wanted
 
 
 def dtype_of(precision: str) -> torch.dtype:

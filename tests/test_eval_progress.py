@@ -12,7 +12,7 @@ from tests.support.photos import MODEL
 @pytest.mark.slow  # a whole evaluation: two minutes on a loaded 2-core machine
 def test_inversion_stages_report_every_step_up_to_their_total():
     reports: dict[str, list[tuple[int, int]]] = {}
-    config = InversionConfig(oti_steps=3, ovi_steps=2, batch_size=5)  # several chunks of queries
+    config = InversionConfig(oti_steps=3, ovi_steps=2, precision="bf16")  # several chunks: bf16 lanes of 8 and 1
     evaluate(
         "synthetic:3:24",
         MODEL,

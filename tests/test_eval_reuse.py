@@ -59,7 +59,7 @@ def test_inverting_each_content_once_gives_every_row_its_own_inversion(tiny, pre
     rows[-1] = features[3]  # d2 once more with other features (its caption embedded in another batch)
     queries = _queries(rows, names)
     settings = EvalSettings(model=MODEL, device="cpu", config=config)
-    ctx = RunContext(encoder, config.resolved(encoder.device), (), settings, lambda *a: None, {})
+    ctx = RunContext(encoder, config.resolved(encoder.loaded), (), settings, lambda *a: None, {})
     leg = resolve_mode("cross", inversion=config).legs[0]
     own, cache = Transformers(encoder), MemoryCache()
     first = own.invert(cache, leg, _queries(features[:2], digests[:2]), "first", ctx)

@@ -1,4 +1,5 @@
-"""bf16 against fp32: embeddings and inversion agree; ``auto`` follows the hardware; indexes keep their precision.
+"""bf16 against fp32: embeddings and inversion agree; ``auto`` follows the hardware (and, for inversion on a CPU,
+the model's size); indexes keep their precision.
 
 Thresholds: embeddings >= MIX_MIN_COSINE (the mixing rule's own bound); a few inversion steps from the
 same init >= INVERSION_AGREE (measured 0.9995 on ViT-B-32 and 0.9998 on ViT-B-16-SigLIP after 3 steps).
@@ -6,6 +7,7 @@ same init >= INVERSION_AGREE (measured 0.9995 on ViT-B-32 and 0.9998 on ViT-B-16
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -118,12 +120,33 @@ def test_auto_falls_back_to_fp32_where_bf16_is_not_native(tiny: LoadedModel, mon
     monkeypatch.setattr(precision_module, "bf16_native", lambda device: False)
     encoder = Encoder(tiny, precision="auto")
     assert encoder.precision == "fp32" and encoder.model is tiny.model
-    assert InversionConfig().precision_on(CPU) == "fp32"
-    assert InversionConfig().resolved(CPU).precision == "fp32"
+    assert InversionConfig().precision_on(tiny) == "fp32"
+    assert InversionConfig().resolved(tiny).precision == "fp32"
     monkeypatch.setattr(precision_module, "bf16_native", lambda device: True)
     assert Encoder(tiny, precision="auto").precision == "bf16"
-    assert InversionConfig().precision_on(CPU) == "bf16"
-    assert InversionConfig(fast=False).precision_on(CPU) == "fp32"  # the oracle never leaves fp32
+
+
+def test_auto_inverts_in_bf16_on_the_cpu_only_for_a_large_model(tiny: LoadedModel, monkeypatch) -> None:
+    monkeypatch.setattr(precision_module, "bf16_native", lambda device: True)
+    assert tiny.weight_bytes == 4 * sum(p.numel() for p in tiny.model.parameters())
+    assert tiny.weight_bytes < precision_module.CPU_INVERSION_BF16_MIN_BYTES  # a small model: fp32 pays
+    assert Encoder(tiny, precision="auto").precision == "bf16"  # embedding: bf16 wherever it is native
+    assert InversionConfig().precision_on(tiny) == "fp32" and InversionConfig().resolved(tiny).precision == "fp32"
+    assert InversionConfig(precision="bf16").precision_on(tiny) == "bf16"  # an explicit setting is taken as given
+    monkeypatch.setattr(precision_module, "CPU_INVERSION_BF16_MIN_BYTES", tiny.weight_bytes)
+    assert InversionConfig().precision_on(tiny) == "bf16"
+    assert InversionConfig(fast=False).precision_on(tiny) == "fp32"  # the oracle never leaves fp32
+    # Off the CPU the model's size does not decide: bf16 wherever it is native.
+    resolve_inversion = precision_module.resolve_inversion
+    assert resolve_inversion("auto", torch.device("cuda"), 1) == "bf16" and resolve_inversion("auto", CPU, 1) == "fp32"
+
+
+def test_an_oti_in_the_precision_auto_picks_equals_one_asked_for_by_name(tiny: LoadedModel) -> None:
+    target = Encoder(tiny, precision="fp32").encode_images(_images(2))
+    config = InversionConfig(oti_steps=3, n_tokens=2)
+    picked = config.precision_on(tiny)
+    named = dataclasses.replace(config, precision=picked)
+    np.testing.assert_array_equal(oti(tiny, target, config, [1, 2]), oti(tiny, target, named, [1, 2]))
 
 
 def test_weights_are_cast_once_and_the_fp32_model_is_untouched(tiny: LoadedModel) -> None:
@@ -175,6 +198,8 @@ def test_bf16_fast_text_path_matches_the_bf16_reference(tiny: LoadedModel, templ
 @pytest.mark.slow
 def test_vit_b32_random_agrees_in_bf16() -> None:
     loaded = load_model("ViT-B-32/random", "cpu")
+    if precision_module.bf16_native(CPU):  # 577 MiB of fp32 weights: auto inverts in bf16, as it embeds
+        assert InversionConfig().precision_on(loaded) == "bf16"
     assert _text_path_agreement(loaded) >= EXACT
     assert _embedding_agreement(loaded) >= MIX_MIN_COSINE
     assert _inversion_agreement(loaded, oti) >= INVERSION_AGREE

@@ -118,7 +118,11 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="One JSON document on stdo
 PlotsOpt = Annotated[Path | None, typer.Option("--plots", help="Write PNG plots of every metric to this folder.")]
 PrecisionOpt = Annotated[
     str,
-    typer.Option("--precision", help="auto (bf16 where native, else fp32), fp32 or bf16: embedding and inversion."),
+    typer.Option(
+        "--precision",
+        help="auto (bf16 where native, else fp32; a small model inverts in fp32 on a CPU), fp32 or bf16: "
+        "embedding and inversion.",
+    ),
 ]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars on stderr.")]
 

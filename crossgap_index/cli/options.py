@@ -52,7 +52,8 @@ PrecisionOpt = Annotated[
     str,
     typer.Option(
         "--precision",
-        help="auto (bf16 where the CPU/GPU runs it natively, else fp32), fp32 or bf16: the model's compute "
+        help="auto (bf16 where the CPU/GPU runs it natively, else fp32; a small model inverts in fp32 on a CPU), "
+        "fp32 or bf16: the model's compute "
         "precision; an index takes another precision than its vectors' only within the measured agreement.",
     ),
 ]

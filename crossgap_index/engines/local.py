@@ -23,7 +23,7 @@ class LocalEngine:
         return prepared_batches(paths, known.__contains__, request.batch_size, request.workers, request.limits)
 
     def inversion_config(self, config: InversionConfig, site: ModelSite) -> InversionConfig:
-        return config.resolved(site.loaded().device)
+        return config.resolved(site.loaded())
 
     def invert(
         self,

@@ -109,9 +109,10 @@ class ImageEmbedder:
         return batch
 
 
-def _resolved(config: InversionConfig, device: str) -> InversionConfig:
-    """Remote: what ``auto`` precision means on the device an inverting actor gets."""
-    return config.resolved(torch.device(device))
+def _resolved(config: InversionConfig, model: str, device: str) -> InversionConfig:
+    """Remote: what ``auto`` precision means for ``model`` on the device an inverting actor gets (on a CPU it
+    depends on the model's size beside the cache: crossgap_index.precision), so the model is built there."""
+    return config.resolved(load_model(model, device))
 
 
 class RayEngine:
@@ -211,7 +212,7 @@ class RayEngine:
             return config
         self.connect()
         resources, worker_device = self._model_resources(site.device)
-        return ray.get(ray.remote(_resolved).options(**resources).remote(config, worker_device))
+        return ray.get(ray.remote(_resolved).options(**resources).remote(config, site.model, worker_device))
 
     def invert(
         self,

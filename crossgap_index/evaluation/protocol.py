@@ -90,7 +90,7 @@ def evaluate(
         raise QueryError(f"span components must be at most the model's dimension {encoder.dim}")
     names = tuple(sorted(set(settings.vocab if settings.vocab is not None else data.class_names)))
     report = progress or (lambda stage, done, total: None)
-    ctx = RunContext(encoder, settings.config.resolved(encoder.device), names, settings, report, timings)
+    ctx = RunContext(encoder, settings.config.resolved(encoder.loaded), names, settings, report, timings)
     result = EvalResult(
         dataset=data.describe(),
         model=ctx.model,

@@ -53,8 +53,7 @@ class RunContext:
         """An inversion progress callback reporting ``n`` queries' steps as ``stage`` (done of the total)."""
         from crossgap_index.inversion.optimise import progress_total
 
-        device = self.encoder.device
-        total = progress_total(n, leg.inversion().resolved(device), device, direction)
+        total = progress_total(n, leg.inversion().resolved(self.encoder.loaded), direction)
         self.report(stage, 0, total)
         return lambda step, loss: self.report(stage, min(step, total), total)
 

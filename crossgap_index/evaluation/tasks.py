@@ -243,7 +243,7 @@ def _sweep(kind: TaskKind, plan: TaskPlan, intra_ap: np.ndarray, ctx: RunContext
             ctx.report(stage, 1, 1)
             for step, vectors in path.items():
                 config = dataclasses.replace(base, **{step_field: step})
-                keyed = config.resolved(ctx.encoder.device)
+                keyed = config.resolved(ctx.encoder.loaded)
                 plan.cache.put_many(
                     {cache_key(ctx.model, direction, keyed, d): vectors[i] for i, d in enumerate(queries.digests)}
                 )

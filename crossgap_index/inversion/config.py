@@ -12,7 +12,9 @@ from crossgap_index.errors import QueryError
 if TYPE_CHECKING:  # torch is imported by the methods that need it: building a config must stay cheap
     import torch
 
-from crossgap_index.precision import PRECISIONS, resolve  # noqa: E402
+    from crossgap_index.models.factory import LoadedModel
+
+from crossgap_index.precision import PRECISIONS  # noqa: E402
 
 # The one definition of the numeric bounds of inversion settings: InversionConfig enforces them for the
 # library and the CLI, and the server's request model declares the same numbers from here. Beyond them
@@ -90,13 +92,14 @@ class InversionConfig:
         if problems:
             raise QueryError("invalid inversion settings: " + "; ".join(problems))
 
-    def precision_on(self, device: torch.device) -> str:
-        """``fp32`` or ``bf16``: what this config runs in on ``device`` (the oracle is always fp32)."""
-        return resolve(self.precision, device) if self.fast else "fp32"
+    def precision_on(self, loaded: LoadedModel) -> str:
+        """``fp32`` or ``bf16``: what this config runs in with ``loaded`` on its device (the oracle is always fp32)."""
+        return loaded.inversion_precision(self.precision) if self.fast else "fp32"
 
-    def resolved(self, device: torch.device) -> InversionConfig:
-        """This config with ``auto`` replaced by the precision it means on ``device`` (for cache keys and records)."""
-        return dataclasses.replace(self, precision=self.precision_on(device))
+    def resolved(self, loaded: LoadedModel) -> InversionConfig:
+        """This config with ``auto`` replaced by the precision it means for ``loaded`` (for cache keys and records,
+        and for the loop, which runs a resolved config)."""
+        return dataclasses.replace(self, precision=self.precision_on(loaded))
 
     def compiles(self, device: torch.device) -> bool:
         """Whether the loop runs compiled: ``compile`` True, or None in a process that asked for it (a server).

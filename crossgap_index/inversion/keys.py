@@ -30,7 +30,7 @@ def settings_fingerprint(config: InversionConfig, direction: str) -> str:
 
 
 def cache_key(model: str, direction: str, config: InversionConfig, digest: str) -> str:
-    """Key of one inverted feature; give ``config.resolved(device)`` so the key names the precision it ran in."""
+    """Key of one inverted feature; give ``config.resolved(loaded)`` so the key names the precision it ran in."""
     payload = f"{model}\n{settings_fingerprint(config, direction)}\n{digest}"
     if config.precision == "bf16":  # bf16 results are batch-independent since lanes (optimise.py): older ones were not
         payload += "\nlanes"

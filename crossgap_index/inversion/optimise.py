@@ -68,6 +68,7 @@ def oti(
     ``init`` (n, R, token width), when given, replaces the random start (an inverter's output: mode warm).
     ``final_losses(result, image_features)`` gives each query's loss at the returned feature.
     """
+    config = config.resolved(loaded)
     setup = _setup(loaded, config, "oti")
     if init is not None and tuple(np.shape(init)) != (len(image_features), *setup.shape):
         raise QueryError(f"OTI init must have shape {(len(image_features), *setup.shape)}, got {tuple(np.shape(init))}")
@@ -87,6 +88,7 @@ def ovi(
 
     ``init`` (n, P, patch width), when given, replaces the random start (a text inverter's output: mode warm).
     """
+    config = config.resolved(loaded)
     setup = _setup(loaded, config, "ovi")
     if init is not None and tuple(np.shape(init)) != (len(text_features), *setup.shape):
         raise QueryError(f"OVI init must have shape {(len(text_features), *setup.shape)}, got {tuple(np.shape(init))}")
@@ -112,6 +114,7 @@ def inversion_path(
         raise QueryError("inversion_path needs step counts >= 0")
     if direction not in ("oti", "ovi"):
         raise QueryError(f"unknown inversion direction {direction!r}: use oti or ovi")
+    config = config.resolved(loaded)
     setup, lane = _setup(loaded, config, direction), OTI_LANE if direction == "oti" else OVI_LANE
     # the served lanes, so that a sweep point equals what a query with that many steps is served
     return _invert(setup, targets, config, wanted[-1], seeds, loaded.device, None, None, lane, wanted)
@@ -126,7 +129,7 @@ def _setup(loaded: LoadedModel, config: InversionConfig, direction: str) -> _Set
     if loaded.device.type == "cuda":
         setup = build(loaded, config)
         return dataclasses.replace(setup, features=torch.compile(setup.features))
-    precision = config.precision_on(loaded.device)
+    precision = config.precision_on(loaded)
     key = (direction, config.template, config.n_tokens, config.n_patches, precision)
 
     def with_step() -> _Setup:
@@ -142,7 +145,7 @@ def _setup(loaded: LoadedModel, config: InversionConfig, direction: str) -> _Set
 
 def _ovi_setup(loaded: LoadedModel, config: InversionConfig) -> _Setup:
     """OVI's feature function (fast path or oracle) and the shape of one query's pseudo-patches."""
-    tower = vision_tower(loaded.model_in(config.precision_on(loaded.device)), loaded.spec.canonical)
+    tower = vision_tower(loaded.model_in(config.precision_on(loaded)), loaded.spec.canonical)
     n_patches = config.n_patches or tower.default_patches
     if n_patches > tower.n_grid:
         raise QueryError(f"n_patches={n_patches} exceeds the {tower.n_grid} patches of the image tower")
@@ -155,7 +158,7 @@ def _ovi_setup(loaded: LoadedModel, config: InversionConfig) -> _Setup:
 def _oti_setup(loaded: LoadedModel, config: InversionConfig) -> _Setup:
     """OTI's feature function (fast path or oracle) and the shape of one query's pseudo-tokens."""
     name = loaded.spec.canonical
-    tower = text_tower(loaded.model_in(config.precision_on(loaded.device)), name)
+    tower = text_tower(loaded.model_in(config.precision_on(loaded)), name)
     with torch.no_grad():
         prompt = tokenize_prompt(loaded.tokenizer, config.template, config.n_tokens, tower, name, loaded.device)
         features = fast_text_features(tower, prompt) if config.fast else reference_text_features(tower, prompt)
@@ -211,17 +214,18 @@ def _invert(
 ):
     """Split the queries into chunks and run the shared loop on each (from ``init`` when given).
 
-    In bf16 every chunk has exactly ``lane`` rows (padded), so a query's rounding is batch-independent.
-    With ``snapshots``: a dict step -> features at that step (``steps`` is the last of them)."""
+    ``config`` is resolved (its precision fp32 or bf16). In bf16 every chunk has exactly ``lane`` rows (padded),
+    so a query's rounding is batch-independent. With ``snapshots``: a dict step -> features at that step
+    (``steps`` is the last of them)."""
     targets = np.asarray(targets, dtype=np.float32)
     if targets.ndim != 2:
         raise QueryError(f"inversion targets must be an (n, d) array, got shape {targets.shape}")
     if len(seeds) != len(targets):
         raise QueryError(f"got {len(seeds)} seeds for {len(targets)} queries; give one seed per query")
     shape = setup.shape
-    precision = config.precision_on(device)
+    precision = config.precision
     dtype = dtype_of(precision)
-    chunk = _chunk_rows(config, device, lane)
+    chunk = _chunk_rows(config, lane)
     rows = min(chunk, len(targets)) if precision == "fp32" else chunk  # a bf16 chunk is always a whole lane
     threads = step_threads(config.cpu_threads, rows * setup.query_flops, device) if config.fast else 0
     out = []
@@ -244,16 +248,18 @@ def _invert(
     return {s: _stack([batch[s] for batch in out], targets.shape[1]) for s in snapshots}
 
 
-def _chunk_rows(config: InversionConfig, device: torch.device, lane: int) -> int:
+def _chunk_rows(config: InversionConfig, lane: int) -> int:
     """Queries inverted together: ``lane`` rows in bf16 (batch-independent rounding), else ``batch_size``."""
-    return lane if config.precision_on(device) == "bf16" else config.batch_size
+    if config.precision == "auto":
+        raise ValueError("the inversion loop runs a resolved config: InversionConfig.resolved(loaded)")
+    return lane if config.precision == "bf16" else config.batch_size
 
 
-def progress_total(n: int, config: InversionConfig, device: torch.device, direction: str) -> int:
-    """The step count ``progress`` reaches when ``n`` queries invert (``direction`` oti or ovi): each chunk
-    of queries runs all its steps, one chunk after another."""
+def progress_total(n: int, config: InversionConfig, direction: str) -> int:
+    """The step count ``progress`` reaches when ``n`` queries invert (``direction`` oti or ovi) with ``config``
+    resolved (``InversionConfig.resolved``): each chunk of queries runs all its steps, one chunk after another."""
     steps, lane = (config.oti_steps, OTI_LANE) if direction == "oti" else (config.ovi_steps, OVI_LANE)
-    chunk = _chunk_rows(config, device, lane)
+    chunk = _chunk_rows(config, lane)
     return -(-n // chunk) * steps
 
 

@@ -13,6 +13,7 @@ Spec forms:
 from __future__ import annotations
 
 import copy
+import functools
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -34,7 +35,7 @@ from crossgap_index.models.spec import (  # noqa: F401 - re-exported: the spec l
     local_weights,
     parse_spec,
 )
-from crossgap_index.precision import dtype_of
+from crossgap_index.precision import dtype_of, resolve_inversion
 
 
 @dataclass
@@ -52,6 +53,15 @@ class LoadedModel:
     @property
     def embed_dim(self) -> int:
         return int(self.model.text_projection.shape[1]) if _has_text_proj(self.model) else _probe_dim(self)
+
+    @functools.cached_property
+    def weight_bytes(self) -> int:
+        """The model's weights in fp32 bytes: what ``auto`` weighs to pick inversion's precision on a CPU."""
+        return sum(p.numel() for p in self.model.parameters()) * 4
+
+    def inversion_precision(self, setting: str) -> str:
+        """``fp32`` or ``bf16``: the precision this model inverts in on its device for the precision ``setting``."""
+        return resolve_inversion(setting, self.device, self.weight_bytes)
 
     def model_in(self, precision: str) -> torch.nn.Module:
         """The model with its weights in ``precision`` ('fp32' or 'bf16'): cast once, then kept beside ``model``."""

@@ -7,7 +7,7 @@ so a query is answered the same way whichever door it came in by.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Sequence, Set
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -117,8 +117,9 @@ class Searcher:
         return self.with_options(self._cache if options.use_cache else None, progress)
 
     # -- queries ------------------------------------------------------------------------------
-    def embed(self, queries: Sequence[dict]) -> list[tuple[np.ndarray, str, str]]:
-        """(unit feature, modality, content hash) per query dict with one of image/text/vector/item."""
+    def embed(self, queries: Sequence[dict], solo: Set[str] = frozenset()) -> list[tuple[np.ndarray, str, str]]:
+        """(unit feature, modality, content hash) per query dict with one of image/text/vector/item; image or text
+        queries whose modality is in ``solo`` are embedded one at a time whatever the encoder's batch."""
         out: list[tuple[np.ndarray, str, str] | None] = [None] * len(queries)
         images, texts = [], []
         side = None
@@ -138,14 +139,16 @@ class Searcher:
                 out[i] = self._item(query["item"])
         if images:
             encoder = self._encoder()  # query_batch_size: a query's vector never depends on its neighbours
-            feats = encoder.encode_images([img for _, img, _ in images], encoder.query_batch_size)
+            size = 1 if "image" in solo else encoder.query_batch_size
+            feats = encoder.encode_images([img for _, img, _ in images], size)
             for (i, _, digest), feat in zip(images, feats, strict=True):
                 out[i] = (feat, "image", digest)
         if texts:
             for _, text in texts:
                 self._encoder().note_truncation(text)  # a one-line note when the model's context cuts it
             encoder = self._encoder()
-            feats = encoder.encode_texts([t for _, t in texts], encoder.query_batch_size)
+            size = 1 if "text" in solo else encoder.query_batch_size
+            feats = encoder.encode_texts([t for _, t in texts], size)
             for (i, text), feat in zip(texts, feats, strict=True):
                 out[i] = (feat, "text", text_hash(text))
         return out  # type: ignore[return-value]
@@ -229,7 +232,7 @@ class Searcher:
         if self._store.indexes[collection].ntotal == 0:
             raise StoreError(f"the {collection} index at {self._store.path} is empty")
         begin = time.perf_counter()
-        embedded = searcher.embed(queries)
+        embedded = searcher.embed(queries, self._inverting_in_bf16(options, queries))
         embed_s = time.perf_counter() - begin
         results: list[list[Hit] | None] = [None] * len(queries)
         inversion_batch = 0
@@ -238,6 +241,7 @@ class Searcher:
             chosen = searcher.served(options, modality)
             batch = Queries(np.stack([embedded[i][0] for i in rows]), modality, tuple(embedded[i][2] for i in rows))
             admit = searcher.admit(options, [queries[i] for i in rows])
+            searcher.transformer.last_inversion_batch = 0
             ranked = run_mode(chosen, batch, collection, options.k, searcher.gallery, searcher.transformer, admit=admit)
             if chosen.inverts:
                 inversion_batch = max(inversion_batch, searcher.transformer.last_inversion_batch)
@@ -253,6 +257,20 @@ class Searcher:
                 inversion_batch_size=inversion_batch,
             )
         return results  # type: ignore[return-value]
+
+    def _inverting_in_bf16(self, options: SearchOptions, queries: Sequence[dict]) -> set[str]:
+        """The query modalities (image, text) among ``queries`` whose mode inverts in bf16. Such a query is embedded
+        alone even where the encoder batches (fp32): a last-bit difference in its target (fp32 rows round by the
+        batch's shape, ~1e-7) moves its bf16 inversion by ~1e-3, and its hits would depend on its neighbours."""
+        kinds = {_kind(query) for query in queries} & {"image", "text"}
+        return {
+            modality
+            for modality in kinds
+            if any(
+                leg.inverts and leg.inversion().resolved(self._encoder().loaded).precision == "bf16"
+                for leg in self.served(options, modality).legs
+            )
+        }
 
     def served(self, options: SearchOptions, query_modality: str) -> Mode:
         """The Mode that answers a query of ``query_modality`` asked with ``options``, checked against the index."""

@@ -79,7 +79,9 @@ class ModelTransformer:
         self._progress = progress
         self._projections: dict[str, FeatureMap] = {} if projections is None else projections
         self._lock = threading.Lock()
-        self.last_inversion_batch = 0  # how many queries the last inversion call ran together
+        # the most queries one inversion call ran together since the searcher last set it to 0 (a search's
+        # tie-widening pass may invert a few of its queries again: the batch it reports is the largest)
+        self.last_inversion_batch = 0
 
     # -- the engine's Transformer protocol -------------------------------------------------
     def search_vectors(self, leg: Leg, queries: Queries, collection: str) -> np.ndarray:
@@ -128,7 +130,7 @@ class ModelTransformer:
     ) -> np.ndarray:
         from crossgap_index.inversion import oti, ovi
 
-        config = config.resolved(self._encoder().device)  # auto -> the precision it runs in: part of the key
+        config = config.resolved(self._encoder().loaded)  # auto -> the precision it runs in: part of the key
         keys = [cache_key(self.model_name + tag, direction, config, d) for d in queries.digests]
         cached = self._cache.get_many(keys) if self._cache is not None and queries.modality != "vector" else {}
         todo = [i for i, key in enumerate(keys) if key not in cached]
@@ -140,13 +142,11 @@ class ModelTransformer:
             invert = oti if direction == "oti" else ovi
             seeds = [seed_from_digest(queries.digests[i]) for i in todo]
             kwargs = {"init": init[todo]} if init is not None else {}
-            self.last_inversion_batch = len(todo)
+            self.last_inversion_batch = max(self.last_inversion_batch, len(todo))
             fresh = invert(self._encoder().loaded, queries.features[todo], config, seeds, self._progress, **kwargs)
             out[todo] = fresh
             if self._cache is not None and queries.modality != "vector":
                 self._cache.put_many({keys[i]: fresh[j] for j, i in enumerate(todo)})
-        else:
-            self.last_inversion_batch = 0
         return out
 
     def _load_inverter(self, modality: str):

@@ -41,7 +41,7 @@ class SearchRequest(BaseModel):
     patches: int | None = Field(None, ge=1, le=N_PATCHES_MAX, description="OVI pseudo-patches.")
     lr: float | None = Field(None, gt=0.0, le=LR_MAX, description="Inversion learning rate.")
     precision: Literal["auto", "fp32", "bf16"] | None = Field(
-        None, description="Inversion arithmetic (auto: bf16 where the device runs it natively)."
+        None, description="Inversion arithmetic (auto: bf16 where native, but fp32 for a small model on a CPU)."
     )
     use_cache: bool = True
     expression: str | None = Field(
