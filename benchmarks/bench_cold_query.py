@@ -15,6 +15,13 @@ does, even where the environment sets ``PYTHONDONTWRITEBYTECODE``;
   ONNX Runtime's default options, preprocesses one image, embeds it and searches the index's own FAISS file.
 
     python benchmarks/bench_cold_query.py --models crossgap-small,ViT-B-32/random --rounds 3
+
+``--trees old=/tmp/old-checkout,new=.`` times `cgx query` from several checkouts (each its own PYTHONPATH; a tree
+may name extra folders before it, ``a:b``) side by side: in every round each tree's query runs right after the
+other's, so all see the same load, and the hits of every tree are compared with the first's. The trees must see one
+weights file identity (a bundled model's file has its checkout's mtime: ``touch -r`` one from the other), else each
+re-exports the tower the other made; a run where the tower changed is refused. ``--no-torch-path``
+leaves out the torch-path commands (seconds each, and the same in every tree).
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -35,6 +43,9 @@ REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "benchmarks" / "results"
 # As an installed package runs: compiled bytecode kept (here in a cache of its own), not recompiled per process.
 PYCACHE = Path(tempfile.gettempdir()) / "cgx-bench-pycache"
+# Where every timed process runs: `python -m` and `-c` put their working directory first on sys.path, so in a
+# folder that holds no checkout PYTHONPATH alone says which tree's code runs.
+NEUTRAL_CWD = Path(tempfile.gettempdir())
 
 # What an rclip-style cold search runs: ONNX Runtime on the image tower, hand-written preprocessing, a flat search.
 FLOOR = """
@@ -73,47 +84,58 @@ def build(root: Path, model: str) -> tuple[Path, Path]:
     return index, photos / "img7.png"
 
 
-def cgx(args: list[str], env: dict | None = None) -> float:
+def cgx(args: list[str], env: dict | None = None) -> tuple[float, float]:
     return timed([sys.executable, "-m", "crossgap_index", *args], env)
 
 
 def bench_env(extra: dict | None = None) -> dict:
+    """A fresh process's environment: this tree on the path (``extra`` may name another tree's PYTHONPATH)."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
     return {**env, "PYTHONPATH": str(REPO), "PYTHONPYCACHEPREFIX": str(PYCACHE), **(extra or {})}
 
 
-def timed(cmd: list[str], env: dict | None = None) -> float:
+def timed(cmd: list[str], env: dict | None = None) -> tuple[float, float]:
+    """Wall seconds of ``cmd`` in a fresh process, and the CPU seconds (user + system, all its threads) it used:
+    on a shared machine the CPU time moves less with the load than the wall time does."""
     full_env = bench_env(env)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=full_env, cwd=REPO)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=full_env, cwd=NEUTRAL_CWD)
     seconds = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode != 0:
         raise RuntimeError(f"{cmd[:4]} exited {proc.returncode}: {proc.stderr[-800:]}")
-    return seconds
+    return seconds, (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
 
 
-def commands(index: Path, image: Path) -> dict:
+def commands(index: Path, image: Path, trees: dict[str, str], torch_path: bool = True) -> dict:
+    """Every timed command by name; with more than one tree, each `cgx query` once per tree, the trees adjacent."""
     query = ["query", str(image), "--index", str(index), "-k", "10", "--json", "--quiet"]
-    torch_path = {"CGX_QUERY_TOWERS": "torch"}
+    on_torch = {"CGX_QUERY_TOWERS": "torch"}
     towers = index / "query-towers"
-    return {
+    named: dict = {
         "python -c pass": lambda: timed([sys.executable, "-c", "pass"]),
         "python -c 'import torch'": lambda: timed([sys.executable, "-c", "import torch"]),
         "rclip-like floor (ORT + faiss, same ONNX)": lambda: timed(
             [sys.executable, "-c", FLOOR, str(towers), str(image), str(index / "image.faiss")]
         ),
-        "cgx query IMAGE (ONNX)": lambda: cgx(query),
-        "cgx query IMAGE --cross (ONNX)": lambda: cgx([*query, "--cross"]),
-        "cgx query IMAGE (torch path)": lambda: cgx(query, torch_path),
-        "cgx query IMAGE --cross (torch path)": lambda: cgx([*query, "--cross"], torch_path),
     }
+    for label, extra in (("cgx query IMAGE", []), ("cgx query IMAGE --cross", ["--cross"])):
+        for tree, path in trees.items():
+            suffix = f" [{tree}]" if len(trees) > 1 else ""
+            named[f"{label} (ONNX){suffix}"] = lambda e=extra, pp=path: cgx([*query, *e], {"PYTHONPATH": pp})
+    if torch_path:
+        named["cgx query IMAGE (torch path)"] = lambda: cgx(query, on_torch)
+        named["cgx query IMAGE --cross (torch path)"] = lambda: cgx([*query, "--cross"], on_torch)
+    return named
 
 
 def hits(index: Path, image: Path, extra: list[str], env: dict | None = None) -> list:
     full_env = bench_env(env)
     args = ["query", str(image), "--index", str(index), "-k", "10", "--json", "--quiet", *extra]
-    out = subprocess.run([sys.executable, "-m", "crossgap_index", *args], capture_output=True, text=True, env=full_env)
-    return [(h["id"], round(h["score"], 5)) for h in json.loads(out.stdout)["hits"]]
+    cmd = [sys.executable, "-m", "crossgap_index", *args]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=full_env, cwd=NEUTRAL_CWD)
+    return [(h["id"], h["score"]) for h in json.loads(out.stdout)["hits"]]
 
 
 def main() -> None:
@@ -121,7 +143,11 @@ def main() -> None:
     parser.add_argument("--models", default="crossgap-small,ViT-B-32/random")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--name", default="cold-query")
+    parser.add_argument("--trees", default="", help="name=PYTHONPATH,... checkouts whose `cgx query` is timed")
+    parser.add_argument("--no-torch-path", action="store_true", help="leave out the torch-path commands")
     args = parser.parse_args()
+    trees = dict(item.split("=", 1) for item in args.trees.split(",")) if args.trees else {"this": str(REPO)}
+    trees = {name: ":".join(str(Path(p).resolve()) for p in path.split(":")) for name, path in trees.items()}
     results: dict = {
         "machine": {
             "cores": os.cpu_count(),
@@ -129,6 +155,7 @@ def main() -> None:
             "python": sys.version.split()[0],
         },
         "settings": {"rounds": args.rounds, "device": "auto (CPU)", "k": 10, "gallery": "64 photos 320x240, 3 texts"},
+        "trees": trees,
         "models": {},
     }
     with tempfile.TemporaryDirectory() as tmp:
@@ -137,23 +164,26 @@ def main() -> None:
             hits(index, image, [])  # the first image query loads torch and exports the tower (not timed)
             for extra, env in (([], {}), (["--cross"], {}), (["--cross"], {"CGX_QUERY_TOWERS": "torch"})):
                 hits(index, image, extra, env)  # and bytecode is compiled once, as an install does (not timed)
+            for path in trees.values():
+                for extra in ([], ["--cross"]):
+                    hits(index, image, extra, {"PYTHONPATH": path})  # each tree's bytecode too
             sidecar = json.loads((index / "query-towers" / "image.json").read_text())
-            samples: dict = {name: [] for name in commands(index, image)}
+            timed_commands = commands(index, image, trees, not args.no_torch_path)
+            samples: dict = {name: [] for name in timed_commands}
+            tower_before = (index / "query-towers" / "image.json").read_bytes()
             for _ in range(args.rounds):
-                for name, run in commands(index, image).items():
+                for name, run in timed_commands.items():
                     samples[name].append(run())
-            torch_env = {"CGX_QUERY_TOWERS": "torch"}
+            if (index / "query-towers" / "image.json").read_bytes() != tower_before:
+                raise RuntimeError("the ONNX tower was exported again while timing: the trees disagree on the weights")
             results["models"][model] = {
                 "tower": {k: sidecar.get(k) for k in ("status", "probe_min_cosine", "bytes")},
-                "median_s": {name: statistics.median(t) for name, t in samples.items()},
-                "min_s": {name: min(t) for name, t in samples.items()},
-                "hits": {
-                    "intra": {"onnx": hits(index, image, []), "torch": hits(index, image, [], torch_env)},
-                    "cross": {
-                        "onnx": hits(index, image, ["--cross"]),
-                        "torch": hits(index, image, ["--cross"], torch_env),
-                    },
-                },
+                "median_s": {name: statistics.median(w for w, _ in t) for name, t in samples.items()},
+                "min_s": {name: min(w for w, _ in t) for name, t in samples.items()},
+                "cpu_median_s": {name: statistics.median(c for _, c in t) for name, t in samples.items()},
+                "samples_s": {name: [w for w, _ in t] for name, t in samples.items()},
+                "cpu_samples_s": {name: [c for _, c in t] for name, t in samples.items()},
+                "hits": model_hits(index, image, trees, not args.no_torch_path),
             }
     results["machine"]["load_average_at_end"] = os.getloadavg()
     write_json(OUT / f"{args.name}.json", results)
@@ -162,32 +192,83 @@ def main() -> None:
     print(table)
 
 
+def model_hits(index: Path, image: Path, trees: dict[str, str], torch_path: bool) -> dict:
+    """Each mode's (id, score) hits: ONNX from every tree, and torch from this one when it is timed."""
+    found: dict = {}
+    for mode, extra in (("intra", []), ("cross", ["--cross"])):
+        found[mode] = {
+            f"onnx [{tree}]": hits(index, image, extra, {"PYTHONPATH": path}) for tree, path in trees.items()
+        }
+        if torch_path:
+            found[mode]["torch"] = hits(index, image, extra, {"CGX_QUERY_TOWERS": "torch"})
+    return found
+
+
 def markdown(results: dict) -> str:
     m = results["machine"]
     lines = [
         f"Machine: {m['cores']} cores, Python {m['python']}, load average (1/5/15 min) "
         f"{'/'.join(f'{x:.1f}' for x in m['load_average_at_start'])} at start, "
         f"{'/'.join(f'{x:.1f}' for x in m['load_average_at_end'])} at end. Wall time of fresh processes, median "
-        f"(min) of {results['settings']['rounds']} rounds, every command once per round; {results['settings']}.",
+        f"(min), and their CPU time (user + system), median, of {results['settings']['rounds']} rounds, every "
+        f"command once per round; {results['settings']}.",
     ]
+    trees = results.get("trees", {})
+    if len(trees) > 1:
+        lines.append(f"\nTrees (PYTHONPATH of each `cgx query [tree]`): {trees}.")
     for model, data in results["models"].items():
-        med, low = data["median_s"], data["min_s"]
-        floor = med["rclip-like floor (ORT + faiss, same ONNX)"]
+        med, low, cpu = data["median_s"], data["min_s"], data["cpu_median_s"]
+        floor_name = "rclip-like floor (ORT + faiss, same ONNX)"
+        floor, cpu_floor = med[floor_name], cpu[floor_name]
         lines += [
             "",
             f"**{model}** (tower {data['tower']})",
             "",
-            "| command | wall s | x rclip-like floor |",
-            "|---|---:|---:|",
+            "| command | wall s | x rclip-like floor | CPU s | CPU x floor |",
+            "|---|---:|---:|---:|---:|",
         ]
-        lines += [f"| {name} | {med[name]:.2f} ({low[name]:.2f}) | {med[name] / floor:.2f} |" for name in med]
-        for mode, pair in data["hits"].items():
-            same = [i for i, _ in pair["onnx"]] == [i for i, _ in pair["torch"]]
-            gap = max((abs(a[1] - b[1]) for a, b in zip(pair["onnx"], pair["torch"], strict=False)), default=0.0)
-            lines.append(
-                f"\n{mode}: top-10 ids {'equal' if same else 'DIFFER'} (ONNX vs torch), max score gap {gap:.5f}"
-            )
+        lines += [
+            f"| {name} | {med[name]:.2f} ({low[name]:.2f}) | {med[name] / floor:.2f} | {cpu[name]:.2f} | "
+            f"{cpu[name] / cpu_floor:.2f} |"
+            for name in med
+        ]
+        lines += _paired_ratios(data["samples_s"], list(trees), "wall")
+        lines += _paired_ratios(data["cpu_samples_s"], list(trees), "CPU")
+        for mode, found in data["hits"].items():
+            lines.append(f"\n{mode}: " + "; ".join(_hits_agreement(found)))
     return "\n".join(lines)
+
+
+def _paired_ratios(samples: dict, trees: list[str], what: str) -> list[str]:
+    """Each later tree's query time over the first tree's, taken round by round (the two ran back to back), median."""
+    lines = []
+    for label in ("cgx query IMAGE (ONNX)", "cgx query IMAGE --cross (ONNX)"):
+        first = samples.get(f"{label} [{trees[0]}]") if trees else None
+        for tree in trees[1:]:
+            if first is None:
+                break
+            ratios = [t / b for t, b in zip(samples[f"{label} [{tree}]"], first, strict=True)]
+            lines.append(
+                f"\n{label}, {what}: {tree} / {trees[0]} = {statistics.median(ratios):.2f} (per-round, median)"
+            )
+    return lines
+
+
+def _hits_agreement(found: dict) -> list[str]:
+    """How each list of hits compares with the first tree's ONNX hits: identical, or ids equal/differing and the
+    largest score gap."""
+    names = list(found)
+    first = found[names[0]]
+    said = []
+    for name in names[1:]:
+        other = found[name]
+        if other == first:
+            said.append(f"{name} identical to {names[0]} (ids and scores)")
+            continue
+        same = [i for i, _ in other] == [i for i, _ in first]
+        gap = max((abs(a[1] - b[1]) for a, b in zip(other, first, strict=False)), default=0.0)
+        said.append(f"{name} vs {names[0]}: top-10 ids {'equal' if same else 'DIFFER'}, max score gap {gap:.5f}")
+    return said or [f"{names[0]} only"]
 
 
 if __name__ == "__main__":

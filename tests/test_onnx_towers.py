@@ -182,6 +182,7 @@ def test_cold_query_runs_without_torch_and_finds_the_torch_hits(bundled_index):
         exact, _ = cgx_query(index, query, *extra, env={SWITCH_ENV_VAR: "torch"})  # --cross: fits and keeps its map
         fast, modules = cgx_query(index, query, *extra)
         assert "torch" not in modules and "open_clip" not in modules and "onnxruntime" in modules
+        assert "rich" not in modules and "filelock" not in modules  # nothing drawn, nothing written
         assert [i for i, _ in fast] == [i for i, _ in exact]
         np.testing.assert_allclose([s for _, s in fast], [s for _, s in exact], atol=1e-3)
 

@@ -82,8 +82,9 @@ def build_index_command(
     """Embed the images under FOLDERS into the index. Incremental: unchanged files are skipped,
     changed ones re-embedded, deleted ones removed, renamed or duplicate files reuse stored vectors."""
     from crossgap_index import CrossGapIndex
+    from crossgap_index.cli.bars import phase_lines, progress_bar
     from crossgap_index.cli.gallery_upkeep import keep_gallery_current
-    from crossgap_index.cli.render import first_time_for_index, phase_lines, progress_bar
+    from crossgap_index.cli.render import first_time_for_index
     from crossgap_index.engines import get_engine
     from crossgap_index.ingest.discover import resolve_roots
 

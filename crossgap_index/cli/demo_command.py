@@ -29,7 +29,8 @@ def demo_command(
     """Offline demo: generate labelled synthetic photos, index them with the bundled crossgap-small model,
     tune the index on other labelled photos, and show a held-out query where the tuned mode changes the
     top results, beside plain intra-modal search, with a contact sheet."""
-    from crossgap_index.cli.render import build_summary, err, progress_bar, stage_bars
+    from crossgap_index.cli.bars import progress_bar, stage_bars
+    from crossgap_index.cli.render import build_summary, err
     from crossgap_index.demo import run_demo
 
     with progress_bar("embedding", "img", enabled=not quiet) as progress, stage_bars(not quiet) as tune_progress:

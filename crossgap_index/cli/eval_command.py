@@ -187,7 +187,7 @@ def eval_command(
     the index's tuned mode; plus zero-shot accuracy as a control. Metrics: mAP (headline), mAP@R,
     R-precision, Recall@1.
     """
-    from crossgap_index.cli.render import stage_bars
+    from crossgap_index.cli.bars import stage_bars
     from crossgap_index.evaluation.protocol import evaluate
 
     flags = EvalFlags(

@@ -23,7 +23,7 @@ def keep_gallery_current(
     """Invert the new gallery items of ``modality`` when ``config`` asks for it (``--invert-gallery``) or the
     gallery was inverted before (with its stored settings), then build the derived collections. Returns the
     names of the derived collections built."""
-    from crossgap_index.cli.render import progress_bar
+    from crossgap_index.cli.bars import progress_bar
 
     record, label, unit = _GALLERY[modality]
     if config is not None or getattr(cgx, record) is not None:

@@ -51,7 +51,8 @@ def import_command(
     or path twice in one import, an id over 2**53 - 1, or an id of a built item is refused before anything
     is written. An interrupted import resumes when run again; the model's weights are not loaded."""
     from crossgap_index import CrossGapIndex
-    from crossgap_index.cli.render import err, phase_lines, progress_bar
+    from crossgap_index.cli.bars import phase_lines, progress_bar
+    from crossgap_index.cli.render import err
     from crossgap_index.ingest.embeddings import ImportProgress
     from crossgap_index.store.directory import default_index_path
 

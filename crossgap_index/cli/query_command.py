@@ -6,6 +6,7 @@ turns the flags into a ``SearchOptions``, runs one search and renders it.
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -162,7 +163,7 @@ def query_command(
     the terms' unit features (weights and signs) and searches the re-normalised sum as one query: texts
     only or images only can be inverted by --cross modes; a mix of both is searched as a raw vector."""
     from crossgap_index import SearchOptions
-    from crossgap_index.cli.render import err, print_hits
+    from crossgap_index.cli.render import print_hits
 
     library_query = query_of(query, item, as_image, as_text)
     mode_name = _mode_name(mode, cross, merge)
@@ -173,8 +174,10 @@ def query_command(
     inversion = flags.config()
     projection = _projection(span_components, vocab)
     if mode_name == "auto" and (_tunes_inversion(flags) or projection) and not quiet:
-        err.print(
-            "cgx: note: --cross serves the tuned mode (or the default) as stored; --steps, --tokens, --vocab and "
+        from crossgap_index.cli.render import note
+
+        note(
+            "--cross serves the tuned mode (or the default) as stored; --steps, --tokens, --vocab and "
             "--span-components apply to an explicit --mode"
         )
     options = SearchOptions(
@@ -211,12 +214,12 @@ def _mode_name(mode: Mode | None, cross: bool, merge: Merge) -> str:
 
 def _projection(span_components: int | None, vocab: Path | None) -> dict:
     """The projection settings `--span-components` and `--vocab` give (empty: the model's own)."""
-    from crossgap_index.evaluation.data import read_vocab
-
     projection: dict = {}
     if span_components is not None:
         projection["components"] = span_components
     if vocab is not None:
+        from crossgap_index.evaluation.data import read_vocab
+
         projection["vocabulary"] = read_vocab(vocab)
     return projection
 
@@ -261,13 +264,13 @@ def _search(
 ) -> _Searched:
     """Open the index, run ``query`` under ``options`` with an inversion bar on stderr (unless ``bar_off``)."""
     from crossgap_index import CrossGapIndex
-    from crossgap_index.cli.render import first_time_for_index, inversion_bar
+    from crossgap_index.cli.render import first_time_for_index
 
     with CrossGapIndex.open(index, device=device, precision=precision) as cgx:
         modality = query_modality(query, cgx.item)
         served = cgx.describe_mode(modality, options)
         total = inversion_steps(served, options.inversion or InversionConfig(), modality == "image")
-        with inversion_bar(total, enabled=not bar_off) as progress:
+        with _inversion_bar(total, bar_off) as progress:
             hits = cgx.search_batch([query], options, progress=progress)[0]
         held = cgx.info().counts[TARGETS[options.target]] if len(hits) < options.k else len(hits)
         note = cgx.model_note() if options.target == Target.images.value and not quiet else None
@@ -275,27 +278,34 @@ def _search(
     return _Searched(hits, modality, served, held, note)
 
 
+def _inversion_bar(total_steps: int | None, bar_off: bool) -> AbstractContextManager:
+    """The inversion bar's context (bars.inversion_bar); none at all with ``bar_off`` or when the served mode
+    runs no inversion (``total_steps`` None, see inversion_steps), so a query that draws no bar loads no rich."""
+    if bar_off or total_steps is None:
+        return nullcontext()
+    from crossgap_index.cli.bars import inversion_bar
+
+    return inversion_bar(total_steps)
+
+
 def _tell_query(searched: _Searched, options: SearchOptions, mode_name: str) -> None:
     """The notes after a search on stderr: the model's first-use note, a query served plainly because it is
     already inter-modal, and fewer hits than -k with the reason."""
-    from crossgap_index.cli.render import err
+    from crossgap_index.cli.render import note
 
     hits, target = searched.hits, options.target
     if searched.note:
-        err.print(f"cgx: note: {searched.note}", highlight=False)
+        note(searched.note)
     is_image = searched.modality == "image"
     inter_modal = searched.modality in ("image", "text") and is_image != (target == Target.images.value)
     if inter_modal and mode_name != "intra" and searched.served["name"] == "intra":
-        err.print(
-            "cgx: note: this query is already inter-modal (cross search turns image->images, text->texts): "
-            "served as it is"
-        )
+        note("this query is already inter-modal (cross search turns image->images, text->texts): served as it is")
     if len(hits) < options.k:
         held = searched.held
         reason = f"the index holds {held} {target}" if held <= len(hits) else "the merged lists ran short"
         if held > len(hits) and not options.item_filter().empty:
             reason = f"only {len(hits)} {target} pass the filters"
-        err.print(f"cgx: note: {len(hits)} hits, fewer than -k {options.k}: {reason}", highlight=False)
+        note(f"{len(hits)} hits, fewer than -k {options.k}: {reason}")
 
 
 def inversion_steps(served: dict, config: InversionConfig, is_image: bool) -> int | None:

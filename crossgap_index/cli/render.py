@@ -1,33 +1,56 @@
-"""Rendering for the CLI: results to stdout (table, JSON, paths), everything else to stderr."""
+"""Rendering for the CLI: results to stdout (table, JSON, paths), everything else to stderr.
+
+rich loads with the first table or console used (``out`` and ``err`` are made on first use, PEP 562): a
+command that prints JSON or paths and nothing else never imports it. Live progress displays are in bars.py.
+"""
 
 from __future__ import annotations
 
 import json
 import os
 import sys
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from rich.console import Console
-from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn
-from rich.table import Table
-from rich.text import Text
-
 from crossgap_index.search.registry import mode_label
-from crossgap_index.words import StageProgress
 
 if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
     from crossgap_index.api import BuildReport, Hit, IndexInfo
 
 # Under a pipe or redirect rich would fit tables into 80 columns and cut paths: render at full width.
 PIPE_WIDTH = 100_000
-out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else PIPE_WIDTH)
-err = Console(stderr=True, soft_wrap=True)
+_CONSOLES: dict[str, Console] = {}
+
+
+def __getattr__(name: str) -> Console:
+    """``out`` (stdout, full width under a pipe) and ``err`` (stderr): rich consoles, made on first use."""
+    if name not in ("out", "err"):
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return _console(name)
+
+
+def _console(name: str) -> Console:
+    """The one ``out`` or ``err`` console of this process (threads that make it at once all get the first)."""
+    console = _CONSOLES.get(name)
+    if console is None:
+        from rich.console import Console
+
+        if name == "out":
+            made = Console(soft_wrap=True, width=None if sys.stdout.isatty() else PIPE_WIDTH)
+        else:
+            made = Console(stderr=True, soft_wrap=True)
+        console = _CONSOLES.setdefault(name, made)
+    return console
+
+
+def note(message: str) -> None:
+    """One ``cgx: note:`` line on stderr, printed as it is (no rich markup or emoji codes: notes name files)."""
+    print(f"cgx: note: {message}", file=sys.stderr)
 
 
 def printable(name: str) -> str:
@@ -35,131 +58,11 @@ def printable(name: str) -> str:
     return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
-class RateColumn(ProgressColumn):
-    """Items per second, from rich's own speed estimate."""
-
-    def __init__(self, unit: str):
-        super().__init__()
-        self.unit = unit
-
-    def render(self, task) -> Text:
-        speed = task.finished_speed or task.speed
-        return Text(f"{speed:.1f} {self.unit}/s" if speed else f"- {self.unit}/s", style="progress.data.speed")
-
-
-@contextmanager
-def progress_bar(description: str, unit: str, enabled: bool = True) -> Iterator:
-    """Yield a ``progress(done, total)`` callback drawing a bar on stderr once work starts."""
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        RateColumn(unit),
-        TimeElapsedColumn(),
-    )
-    bar = Progress(*columns, console=err)
-    task = None
-
-    def update(done: int, total: int) -> None:
-        nonlocal task
-        if not enabled or total == 0:
-            return
-        if task is None:
-            bar.start()
-            task = bar.add_task(description, total=total)
-        bar.update(task, completed=done, total=total)
-
-    try:
-        yield update
-    finally:
-        if task is not None:
-            bar.stop()
-
-
-@contextmanager
-def phase_lines(what: str, enabled: bool = True, steps: int = 4) -> Iterator:
-    """Yield a ``progress(phase, done, total)`` callback printing a line on stderr as each phase ("train", "add",
-    "write") starts, at every ``steps``-th of its total, and when it ends, with its seconds and rate. Lines,
-    not a bar: another command's bar (the import's rows) may be live, and rich draws one live display at once."""
-    state: dict[str, float] = {}
-
-    def update(phase: str, done: int, total: int) -> None:
-        if not enabled or total == 0:
-            return
-        now = time.perf_counter()
-        if phase not in state or done == 0:  # a phase starts (again, for the next collection)
-            state[phase], state[phase + " shown"] = now, 0
-            err.print(f"{what}: {phase} {total:,} ...", highlight=False)
-            return
-        seconds = now - state[phase]
-        if done >= total:
-            rate = f" ({done / seconds:,.0f}/s)" if seconds > 0 and total > 1 else ""
-            err.print(f"{what}: {phase} done in {seconds:.1f} s{rate}", highlight=False)
-        elif done * steps >= (state[phase + " shown"] + 1) * total:
-            state[phase + " shown"] = done * steps // total
-            err.print(f"{what}: {phase} {done:,}/{total:,} ({seconds:.1f} s)", highlight=False)
-
-    yield update
-
-
-@contextmanager
-def stage_bars(enabled: bool = True) -> Iterator[StageProgress]:
-    """A ``progress(stage, done, total)`` callback: one bar per stage on stderr, started on first use."""
-    bar = Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=err
-    )
-    tasks: dict[str, int] = {}
-
-    def update(stage: str, done: int, total: int) -> None:
-        if not enabled:
-            return
-        if not tasks:
-            bar.start()
-        if stage not in tasks:
-            tasks[stage] = bar.add_task(stage, total=total)
-        bar.update(tasks[stage], completed=done, total=total)
-
-    try:
-        yield update
-    finally:
-        if tasks:
-            bar.stop()
-
-
-@contextmanager
-def inversion_bar(total_steps: int | None = None, enabled: bool = True, delay: float = 1.0) -> Iterator:
-    """Yield a ``progress(step, loss)`` callback; the bar appears only once the inversion has run ``delay`` s."""
-    columns = (
-        TextColumn("inverting"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]}"),
-        TimeElapsedColumn(),
-    )
-    bar = Progress(*columns, console=err)
-    start = time.perf_counter()
-    task = None
-
-    def update(step: int, loss: float) -> None:
-        nonlocal task
-        if not enabled:
-            return
-        if task is None:
-            if time.perf_counter() - start < delay:
-                return
-            bar.start()
-            task = bar.add_task("inverting", total=total_steps, loss="-")
-        bar.update(task, completed=step, loss=f"{loss:.4f}")
-
-    try:
-        yield update
-    finally:
-        if task is not None:
-            bar.stop()
-
-
 def hits_table(hits: list[Hit], title: str | Text, label_of=None) -> Table:
     """Rank, score, each merged list's rank/score, (label), item."""
+    from rich.table import Table
+    from rich.text import Text
+
     lists = list(dict.fromkeys(name for h in hits for name in h.ranks))
     table = Table(title=title, title_justify="left")
     table.add_column("rank", justify="right")
@@ -192,9 +95,11 @@ def print_hits(hits: list[Hit], query: dict, settings: dict, fmt: str, separator
             sys.stdout.buffer.write(item + separator)
         sys.stdout.buffer.flush()
     else:
+        from rich.text import Text
+
         served = settings.get("served")
         mode = f" · {served_heading(served['name'])}" if served else ""
-        out.print(hits_table(hits, Text(f"{query['kind']} query: {printable(str(query['value']))}{mode}")))
+        _console("out").print(hits_table(hits, Text(f"{query['kind']} query: {printable(str(query['value']))}{mode}")))
 
 
 def served_heading(mode: str) -> str:
@@ -235,6 +140,9 @@ def build_summary(report: BuildReport) -> str:
 
 
 def info_table(info: IndexInfo) -> Table:
+    from rich.markup import escape
+    from rich.table import Table
+
     table = Table(show_header=False, title=info.path, title_justify="left")
     table.add_column("key", style="bold")
     table.add_column("value")

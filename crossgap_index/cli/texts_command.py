@@ -51,8 +51,9 @@ def add_texts_command(
 ) -> None:
     """Add a text corpus beside the images; exact duplicates are stored once."""
     from crossgap_index import CrossGapIndex
+    from crossgap_index.cli.bars import progress_bar
     from crossgap_index.cli.gallery_upkeep import keep_gallery_current, tell_derived
-    from crossgap_index.cli.render import err, progress_bar
+    from crossgap_index.cli.render import err
     from crossgap_index.engines import get_engine
     from crossgap_index.ingest.texts import read_text_corpus
 

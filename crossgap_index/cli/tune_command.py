@@ -10,14 +10,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.markup import escape
-from rich.table import Table
 
 from crossgap_index.cli.eval_command import DATASET_SPECS
 from crossgap_index.cli.options import DeviceOpt, index_option
-from crossgap_index.cli.render import err, out, progress_bar, stage_bars
 
-if TYPE_CHECKING:  # the inversion stack (torch) loads when a command runs
+if TYPE_CHECKING:  # the inversion stack (torch) and rich load when a command runs
     from crossgap_index.inversion.inverter import InverterConfig
 
 
@@ -42,7 +39,11 @@ def tune_command(
     library mode="auto" then serve it. Half of each class selects, the other half reports; a mode is stored
     only when its report-half gain over intra has a 95% interval above 0, otherwise nothing is (exit 0).
     Needs at least 8 classes (one subfolder each) with 8 or more images each; smaller classes are left out."""
+    from rich.markup import escape
+
     from crossgap_index import CrossGapIndex
+    from crossgap_index.cli.bars import stage_bars
+    from crossgap_index.cli.render import out
     from crossgap_index.evaluation.data import SYNTHETIC_PREFIX, synthetic_size
 
     if dataset.startswith(SYNTHETIC_PREFIX):
@@ -80,6 +81,11 @@ def _tune_document(result) -> dict:
 
 def _print_candidates(result) -> None:
     """The best candidates on the selection half with their tied hits, and those left out for collapsing."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    from crossgap_index.cli.render import out
+
     table = Table(
         title=f"candidates on the selection half ({result.record['selection']['queries']} queries)",
         title_justify="left",
@@ -104,6 +110,10 @@ def _print_candidates(result) -> None:
 
 def _print_winner(record: dict) -> None:
     """The winner and its report-half numbers against intra."""
+    from rich.markup import escape
+
+    from crossgap_index.cli.render import out
+
     rep = record["report"]
     low, high = rep["delta_map_ci95"]
     out.print(
@@ -117,6 +127,10 @@ def _print_winner(record: dict) -> None:
 
 def _print_data(result) -> None:
     """The classes tune found (and left out) and the files it skipped, so a wrong folder shows at once."""
+    from rich.markup import escape
+
+    from crossgap_index.cli.render import err, out
+
     found = ", ".join(f"{escape(name)} {n}" for name, n in result.classes.items())
     out.print(f"found: {found}", highlight=False)
     minimum = result.minimum
@@ -196,6 +210,8 @@ def train_inverter_command(
     the image tower). Trained long it learns to reproduce the query's feature and stops helping: the default
     step count is the measured best (benchmarks/RESULTS.md); `cgx tune` tries several."""
     from crossgap_index import CrossGapIndex
+    from crossgap_index.cli.bars import progress_bar
+    from crossgap_index.cli.render import err
     from crossgap_index.inversion.checkpoint import TrainingInterrupted
 
     config = inverter_config(modality, steps, tokens, batch_size, max_seconds)
@@ -248,6 +264,7 @@ def inverter_config(
 def _print_trained(network, config: InverterConfig, modality: Modality, index: Path) -> None:
     """One line on stderr: what the network was trained on, for how long, and where it is saved."""
     from crossgap_index.api import INVERTER_FILE, TEXT_INVERTER_FILE
+    from crossgap_index.cli.render import err
 
     stats = network.stats
     file = INVERTER_FILE if modality is Modality.images else TEXT_INVERTER_FILE

@@ -13,8 +13,12 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from crossgap_index.errors import StoreError
+
+if TYPE_CHECKING:
+    from filelock import FileLock
 
 LOCK_NAME = "lock"
 log = logging.getLogger("crossgap_index")
@@ -78,22 +82,32 @@ class ReadWriteLock:
 
 class IndexLock:
     """The cross-process writer lock: ``lock`` in the index directory (fcntl/LockFileEx through
-    ``filelock``), released by the OS when a writer dies, so a killed build never leaves it held."""
+    ``filelock``), released by the OS when a writer dies, so a killed build never leaves it held. The
+    ``FileLock`` (and filelock itself) is made at the first write: an index opened to search never needs it."""
 
     def __init__(self, directory: Path):
-        from filelock import FileLock
-
         self.path = directory / LOCK_NAME
-        self._lock = FileLock(self.path, thread_local=False)
+        self._file_lock: FileLock | None = None
+        self._making = threading.Lock()
+
+    def _lock_file(self) -> FileLock:
+        """This index's ``FileLock``, made once (two threads' first writes get the same one)."""
+        with self._making:
+            if self._file_lock is None:
+                from filelock import FileLock
+
+                self._file_lock = FileLock(self.path, thread_local=False)
+            return self._file_lock
 
     @contextmanager
     def hold(self, wait: bool = True) -> Iterator[None]:
         """Hold the lock for a write. ``wait=False``: fail at once with one line when another writer has it."""
         from filelock import Timeout
 
+        file_lock = self._lock_file()
         try:
             try:
-                self._lock.acquire(timeout=0)
+                file_lock.acquire(timeout=0)
             except Timeout:
                 if not wait:
                     raise StoreError(
@@ -101,7 +115,7 @@ class IndexLock:
                         "retry later, or wait for it without --no-wait"
                     ) from None
                 log.warning("cgx: waiting for another process writing to %s to finish ...", self.path.parent)
-                self._lock.acquire()
+                file_lock.acquire()
         except OSError as exc:
             raise StoreError(f"cannot take the writer lock {self.path}: {exc.strerror or exc}") from exc
         except RuntimeError as exc:  # filelock's guard: this thread holds it through another open index
@@ -110,4 +124,4 @@ class IndexLock:
         try:
             yield
         finally:
-            self._lock.release()
+            file_lock.release()
