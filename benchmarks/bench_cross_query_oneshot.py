@@ -38,7 +38,8 @@ def main() -> None:
             cmd = [sys.executable, "-m", "crossgap_index", "query", photo, "--index", index, "--mode", "cross",
                    "--device", "cpu", "-k", "5", "--json", "--no-cache"]  # fmt: skip
             start = time.perf_counter()
-            done = subprocess.run(cmd, capture_output=True, text=True, env={**env, "PYTHONPATH": path})
+            # cwd: the side's own tree (``python -m`` puts the working directory first on sys.path)
+            done = subprocess.run(cmd, capture_output=True, text=True, env={**env, "PYTHONPATH": path}, cwd=path)
             wall = time.perf_counter() - start
             hits = [h["id"] for h in json.loads(done.stdout)["hits"]] if done.returncode == 0 else done.stderr[-300:]
             out["runs"].append({"side": side, "round": r, "wall_s": wall, "hits": hits, "load": os.getloadavg()[0]})

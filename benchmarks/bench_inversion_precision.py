@@ -1,10 +1,10 @@
 """OTI and OVI on the CPU in fp32 against bf16, per model and batch: the evidence for inversion's precision ``auto``.
 
-Each run inverts ``batch`` random unit targets for ``--steps`` steps on the eager fast path (no compile) and is timed
-whole, so bf16's lanes (inversion/optimise.py: OTI runs chunks of 8 rows, OVI of 1, one after another) are paid as a
-query pays them; the figure is ms per step of the whole batch (run time / steps, the first run of each pair left out
-as a warm-up). fp32 and bf16 alternate run by run, order swapped every round; the ratio is fp32 time / bf16 time
-(> 1: bf16 faster), median over rounds.
+Each run inverts ``batch`` random unit targets for ``--steps`` steps (default 25, as served) on the eager fast path
+(no compile) and is timed whole, setup included, so bf16's lanes (inversion/optimise.py: OTI runs chunks of 8 rows,
+OVI of 1, one after another) and the per-run setup are paid as a query pays them; the figure is the run's time divided
+by its steps (one untimed warm-up run per precision first). fp32 and bf16 alternate run by run, order swapped every
+round; the ratio is fp32 time / bf16 time (> 1: bf16 faster), median over rounds.
 
     python -m benchmarks.bench_inversion_precision --models crossgap-small ViT-B-32/random --batches 1 8 32
 """
@@ -84,7 +84,8 @@ def markdown(doc: dict) -> str:
         "",
         f"{m.get('cpu', 'CPU')}, {m.get('cores', '?')} cores, torch {m.get('torch', '?')}; settings {doc['settings']}.",
         "Eager fast path, whole runs timed (bf16 lanes paid as a query pays them), fp32 and bf16 alternated; ms per"
-        " step of the whole batch, median over rounds; fp32/bf16 > 1 means bf16 is faster ([min-max] over rounds).",
+        " step of the whole batch (run time / steps, setup included), median over rounds; fp32/bf16 > 1 means bf16 is"
+        " faster ([min-max] over rounds).",
         "",
         "| model | fp32 weights MiB | method | batch | bf16 ms/step | fp32 ms/step | fp32/bf16 | auto picks | load |",
         "|---|---:|---|---:|---:|---:|---|---|---|",
@@ -104,7 +105,7 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["crossgap-small", "ViT-B-32/random"])
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--batches", nargs="+", type=int, default=[1, 8, 32])
-    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=25)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--name", default="inversion-precision")
     args = parser.parse_args()
