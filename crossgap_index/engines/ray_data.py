@@ -111,7 +111,7 @@ class ImageEmbedder:
 
 def _resolved(config: InversionConfig, model: str, device: str) -> InversionConfig:
     """Remote: what ``auto`` precision means for ``model`` on the device an inverting actor gets (on a CPU it
-    depends on the model's size beside the cache: crossgap_index.precision), so the model is built there."""
+    depends on the model's size: crossgap_index.precision), so the model is built there."""
     return config.resolved(load_model(model, device))
 
 
