@@ -5,12 +5,13 @@ two rows per matmul; every crossgap-small step). Split over two OpenMP threads, 
 and when the machine has other work (a server's other requests, other processes) the thread that waits at the
 barrier spins while the one it waits for is not scheduled: measured on the 2-core development VM at load 4-26 with
 spinning threads, the same steps took 3-60x the wall and CPU time with 2 threads (benchmarks/results/oti-step.md).
-The library asks OpenMP to wait passively (crossgap_index/_openmp.py), but only when it is imported before torch:
-a script that imports torch first gets spinning threads. So where OpenMP spins (``OMP_WAIT_POLICY`` is not
-``PASSIVE``), a step whose arithmetic is below ``SMALL_STEP_FLOPS`` runs on one thread; larger steps, and every
-step where threads wait passively, keep the process's setting (passive: one thread measured within the noise of
-two at load 15-20, lower CPU time but a smaller share of a contended machine). Thread counts change speed only:
-each operator's result is the same function of its inputs (tests/test_inversion_fast_path.py).
+Threads that wait passively (the library asks for ``OMP_WAIT_POLICY=PASSIVE`` when imported before torch,
+crossgap_index/_openmp.py) do not spin, but each barrier still costs a wake-up: on the quiet VM (load 1) one thread
+ran crossgap-small's OTI step 2.2x faster than two at batch 1 and 1.8x at 64, with half the CPU time, and ViT-B-32's
+bf16 OTI step 1.25x faster at batch 1 (benchmarks/results/oti-step-threads.md). So a step whose arithmetic is below
+``SMALL_STEP_FLOPS`` runs on one thread whatever the wait policy; larger steps (ViT-B-32's OVI, crossgap-small's OVI
+at batch 64) keep the process's setting, where two threads are faster. Thread counts change speed only: each
+operator's result is the same function of its inputs (tests/test_inversion_fast_path.py).
 
 ``torch.set_num_threads`` is process-wide; loops in several Python threads share one setting through a count,
 and the process's own setting comes back when the last of them ends. Other torch work in the process during an
@@ -20,7 +21,6 @@ inversion runs with the inversion's count.
 from __future__ import annotations
 
 import contextlib
-import os
 import threading
 from collections.abc import Iterator
 
@@ -37,17 +37,12 @@ _saved = 0
 
 def step_threads(requested: int | None, step_flops: float, device: torch.device) -> int:
     """The intra-op threads for a loop whose steps do ``step_flops`` each: ``requested`` when given, else 1 for a
-    small step on the CPU where OpenMP spins, else the process's setting (0 where nothing changes: another device)."""
+    small step on the CPU, else the process's setting (0 where nothing changes: another device)."""
     if device.type != "cpu":
         return 0
     if requested is not None:
         return requested
-    return 1 if step_flops < SMALL_STEP_FLOPS and openmp_spins() else torch.get_num_threads()
-
-
-def openmp_spins() -> bool:
-    """Whether OpenMP's waiting threads spin: the runtime's default unless ``OMP_WAIT_POLICY=PASSIVE``."""
-    return os.environ.get("OMP_WAIT_POLICY", "").strip().upper() != "PASSIVE"
+    return 1 if step_flops < SMALL_STEP_FLOPS else torch.get_num_threads()
 
 
 @contextlib.contextmanager
