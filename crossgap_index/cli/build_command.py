@@ -126,6 +126,7 @@ def _tell_build(result: BuildReport, derived: list[str], note: str | None) -> No
     """The build's summary on stderr: counts, derived collections, new unreadable files, the model note."""
     from crossgap_index.cli.gallery_upkeep import tell_derived
     from crossgap_index.cli.render import build_summary, err, printable
+    from crossgap_index.cli.render import note as print_note
 
     err.print(build_summary(result), highlight=False)
     tell_derived(derived)
@@ -135,4 +136,4 @@ def _tell_build(result: BuildReport, derived: list[str], note: str | None) -> No
         more = f" and {len(new_failures) - 5} more" if len(new_failures) > 5 else ""
         err.print(f"skipped {len(new_failures)} unreadable files: {shown}{more}", highlight=False)
     if note:
-        err.print(f"cgx: note: {note}", highlight=False)
+        print_note(note)

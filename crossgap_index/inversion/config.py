@@ -51,7 +51,7 @@ class InversionConfig:
     init_std: float = 0.02
     batch_size: int = 64
     fast: bool = True
-    precision: str = "auto"  # auto: bf16 where the device runs it natively (CPU or CUDA), else fp32
+    precision: str = "auto"  # auto: bf16 where native, but fp32 for a small model on a CPU (precision.py)
     compile: bool | None = None  # torch.compile the step; None: where the process asked (inversion/compiled.py)
     cpu_threads: int | None = None  # CPU intra-op threads of the loop; None: the rule of inversion/threads.py
 

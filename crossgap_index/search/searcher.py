@@ -232,13 +232,15 @@ class Searcher:
         if self._store.indexes[collection].ntotal == 0:
             raise StoreError(f"the {collection} index at {self._store.path} is empty")
         begin = time.perf_counter()
-        embedded = searcher.embed(queries, self._inverting_in_bf16(options, queries))
+        # the modes of the image and text queries, known before embedding (how to embed may depend on them)
+        modes = {m: searcher.served(options, m) for m in {_kind(query) for query in queries} & {"image", "text"}}
+        embedded = searcher.embed(queries, self._inverting_in_bf16(modes))
         embed_s = time.perf_counter() - begin
         results: list[list[Hit] | None] = [None] * len(queries)
         inversion_batch = 0
         for modality in sorted({m for _, m, _ in embedded}):
             rows = [i for i, (_, m, _) in enumerate(embedded) if m == modality]
-            chosen = searcher.served(options, modality)
+            chosen = modes[modality] if modality in modes else searcher.served(options, modality)
             batch = Queries(np.stack([embedded[i][0] for i in rows]), modality, tuple(embedded[i][2] for i in rows))
             admit = searcher.admit(options, [queries[i] for i in rows])
             searcher.transformer.last_inversion_batch = 0
@@ -258,18 +260,14 @@ class Searcher:
             )
         return results  # type: ignore[return-value]
 
-    def _inverting_in_bf16(self, options: SearchOptions, queries: Sequence[dict]) -> set[str]:
-        """The query modalities (image, text) among ``queries`` whose mode inverts in bf16. Such a query is embedded
-        alone even where the encoder batches (fp32): a last-bit difference in its target (fp32 rows round by the
-        batch's shape, ~1e-7) moves its bf16 inversion by ~1e-3, and its hits would depend on its neighbours."""
-        kinds = {_kind(query) for query in queries} & {"image", "text"}
+    def _inverting_in_bf16(self, modes: dict[str, Mode]) -> set[str]:
+        """The query modalities among ``modes`` (modality -> its served mode) whose mode inverts in bf16. Such a query
+        is embedded alone even where the encoder batches (fp32): a last-bit difference in its target (fp32 rows round
+        by the batch's shape, ~1e-7) moves its bf16 inversion by ~1e-3, and its hits would depend on its neighbours."""
         return {
             modality
-            for modality in kinds
-            if any(
-                leg.inverts and leg.inversion().resolved(self._encoder().loaded).precision == "bf16"
-                for leg in self.served(options, modality).legs
-            )
+            for modality, mode in modes.items()
+            if any(leg.inverts and leg.inversion().precision_on(self._encoder().loaded) == "bf16" for leg in mode.legs)
         }
 
     def served(self, options: SearchOptions, query_modality: str) -> Mode:
