@@ -65,6 +65,28 @@ def test_help_imports_no_torch_and_shows_defaults():
     assert "--max-file-mb" in help_text and "[default: 256.0" in help_text
 
 
+def test_a_command_builds_alone_and_helps_as_in_the_full_app():
+    """`main` builds only the command its line names: no other command's module loads, and what the command
+    says (help, a bad option) is what the app with every command says."""
+    report, proc = cgx_modules("query", "--help")
+    assert report["exit"] == 0, proc.stderr
+    commands = {m for m in report["modules"] if m.startswith("crossgap_index.cli.") and m.endswith("_command")}
+    assert commands == {"crossgap_index.cli.query_command"}
+    full_app = "from crossgap_index.cli.app import app; app()"  # every command built, in a process like main's
+    assert proc.stdout == run_python(full_app, "query", "--help").stdout
+    bad, bad_proc = cgx_modules("query", "--no-such-option")
+    full = run_python(full_app, "query", "--no-such-option")
+    assert bad["exit"] == full.returncode == 2
+    assert "No such option: --no-such-option" in bad_proc.stderr
+    assert bad_proc.stderr.startswith(full.stderr)  # and then the line naming the modules
+
+
+def test_an_unknown_command_is_named_among_all():
+    report, proc = cgx_modules("qurey")
+    assert report["exit"] == 2
+    assert "No such command 'qurey'. Did you mean 'query'?" in proc.stderr
+
+
 def test_info_imports_no_torch(tmp_path):
     with CrossGapIndex.create(tmp_path / "idx", model=MODEL, device="cpu") as index:
         index.add_texts(["a red bicycle", "a blue car"])
