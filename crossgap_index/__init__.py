@@ -12,13 +12,13 @@ from crossgap_index import _openmp  # noqa: E402, F401  (first: before anything 
 
 _LAZY = {
     "BuildOptions": "crossgap_index.build_options",
-    "BuildReport": "crossgap_index.api",
+    "BuildReport": "crossgap_index.engines.build",
     "CrossGapIndex": "crossgap_index.api",
     "Hit": "crossgap_index.api",
     "ImportProgress": "crossgap_index.ingest.embeddings",
     "IndexInfo": "crossgap_index.api",
     "SearchOptions": "crossgap_index.search.options",
-    "TextReport": "crossgap_index.api",
+    "TextReport": "crossgap_index.engines.build",
     "CrossGapError": "crossgap_index.errors",
 }
 

@@ -14,8 +14,6 @@ import numpy as np
 from PIL import Image
 
 from crossgap_index.build_options import BuildOptions
-from crossgap_index.engines import Engine, get_engine
-from crossgap_index.engines.build import BuildReport, ImageBuild, TextReport, add_text_items
 from crossgap_index.errors import QueryError
 from crossgap_index.index_cross import IndexCross
 from crossgap_index.index_info import IndexInfo
@@ -25,9 +23,8 @@ from crossgap_index.index_model import check_model_name, create_store, has_linea
 from crossgap_index.index_queries import Query, query_dict
 from crossgap_index.index_runtime import IndexRuntime, reads
 from crossgap_index.index_upkeep import IndexUpkeep
-from crossgap_index.ingest.decode import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_MEGAPIXELS
 from crossgap_index.ingest.discover import find_images, resolve_roots
-from crossgap_index.ingest.pipeline import ReadLimits
+from crossgap_index.ingest.limits import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_MEGAPIXELS
 from crossgap_index.inversion import InversionConfig
 from crossgap_index.models import check_device
 from crossgap_index.precision import after_write, check_setting
@@ -39,7 +36,10 @@ from crossgap_index.store.directory import IndexExistsError, Store, default_inde
 from crossgap_index.store.vectors import AUTO
 from crossgap_index.words import CountProgress, StageProgress, StepProgress, check_modality
 
-if TYPE_CHECKING:  # torch loads with the first model, inside the methods that need one
+if TYPE_CHECKING:  # torch loads with the first model, inside the methods that need one; the write path
+    # (engines/, ingest's pipeline) inside the methods that write, so a query process never imports it
+    from crossgap_index.engines import Engine
+    from crossgap_index.engines.build import BuildReport, TextReport
     from crossgap_index.ingest.embeddings import ImportProgress, ImportReport
     from crossgap_index.models import Encoder
 
@@ -265,6 +265,8 @@ class CrossGapIndex(IndexCross, IndexUpkeep):
         (``include_hidden``, ``exclude``, ``max_megapixels``, ``max_file_bytes``, ``batch_size``, ``workers``,
         ``retry_failed``), which override ``options``.
         ``engine``: ``local``, ``ray`` (a Ray cluster; see crossgap_index.engines) or an engine object."""
+        from crossgap_index.engines import get_engine
+
         chosen = BuildOptions.of(options, **settings)
         roots = resolve_roots(roots)
         paths = find_images(roots, include_hidden=chosen.include_hidden, exclude=chosen.exclude)
@@ -280,6 +282,8 @@ class CrossGapIndex(IndexCross, IndexUpkeep):
         progress: CountProgress | None = None,
     ) -> BuildReport:
         """Add or update the given image files; nothing is removed."""
+        from crossgap_index.engines import get_engine
+
         files = [Path(p).expanduser().resolve() for p in paths]
         chosen = BuildOptions(max_megapixels=max_megapixels, max_file_bytes=max_file_bytes, batch_size=batch_size)
         return self._ingest(files, [], chosen, progress, get_engine("local"))
@@ -297,6 +301,7 @@ class CrossGapIndex(IndexCross, IndexUpkeep):
         files among them, or under folders among them, are added or updated; paths gone from disk (files, or
         folders with all under them) leave; a file moved from one to another keeps its id. ``options`` and
         ``settings`` as in ``index_folders``."""
+        from crossgap_index.engines import get_engine
         from crossgap_index.ingest.discover import paths_to_sync
 
         chosen = BuildOptions.of(options, **settings)
@@ -305,6 +310,9 @@ class CrossGapIndex(IndexCross, IndexUpkeep):
         return self._ingest(files, prune, chosen, progress, get_engine("local"))
 
     def _ingest(self, paths: list[Path], prune_roots: list[Path], chosen: BuildOptions, progress, engine: Engine):
+        from crossgap_index.engines.build import ImageBuild
+        from crossgap_index.ingest.pipeline import ReadLimits
+
         with self._store.writing():
             limits = ReadLimits(chosen.max_megapixels, chosen.max_file_bytes, None)
             build = ImageBuild(self._store, lambda: self._runtime.encoder, self._record_precision, self._device)
@@ -319,6 +327,8 @@ class CrossGapIndex(IndexCross, IndexUpkeep):
     ) -> TextReport:
         """Embed and store texts, skipping any whose exact content is already stored.
         Texts that cannot be stored as UTF-8 (lone surrogates) are refused before anything is written."""
+        from crossgap_index.engines.build import add_text_items
+
         check_new_texts(texts, ids)
         with self._store.writing():
             return add_text_items(self._store, self._runtime.encoder, texts, ids, self._record_precision, progress)
@@ -414,3 +424,12 @@ class CrossGapIndex(IndexCross, IndexUpkeep):
 
 def _index_path(path: str | Path | None) -> Path:
     return (Path(path).expanduser() if path else default_index_path()).absolute()
+
+
+def __getattr__(name: str):
+    """``BuildReport`` and ``TextReport`` stay importable from here without a query importing the write path."""
+    if name in ("BuildReport", "TextReport"):
+        from crossgap_index.engines import build
+
+        return getattr(build, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

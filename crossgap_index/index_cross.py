@@ -5,8 +5,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from crossgap_index.engines import Engine, get_engine
-from crossgap_index.engines.build import invert_gallery_items
 from crossgap_index.index_info import apply_tuned_record, check_tuned_record
 from crossgap_index.index_inverters import inverter_file, train_index_inverter
 from crossgap_index.index_runtime import IndexRuntime, reads
@@ -16,7 +14,8 @@ from crossgap_index.search.options import SearchOptions
 from crossgap_index.store.directory import Store
 from crossgap_index.words import CountProgress, check_modality
 
-if TYPE_CHECKING:  # torch loads with the first network
+if TYPE_CHECKING:  # torch loads with the first network, the engines with the first write
+    from crossgap_index.engines import Engine
     from crossgap_index.inversion.inverter import Inverter, InverterConfig
 
 
@@ -42,6 +41,9 @@ class IndexCross:
         ``config`` None: the settings the gallery was inverted with (kept current), else the defaults.
         ``engine``: where the inversions run (``local``: this process; ``ray``: an actor pool); this process
         writes them either way."""
+        from crossgap_index.engines import get_engine
+        from crossgap_index.engines.build import invert_gallery_items
+
         check_modality(modality)
         engine = get_engine(engine)
         with self._store.writing():
@@ -57,6 +59,7 @@ class IndexCross:
         searches against, so the first query finds them current instead of building them. ``engine``: where the
         maps are applied (``ray``: an actor pool, vectors in blocks). Returns the names of those built (none when
         they were current, or the served modes need none)."""
+        from crossgap_index.engines import get_engine
         from crossgap_index.engines.derived import build_served_derived
 
         engine = get_engine(engine)

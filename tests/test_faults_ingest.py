@@ -21,8 +21,7 @@ from typer.testing import CliRunner
 from crossgap_index import CrossGapIndex
 from crossgap_index.cli.app import app
 from crossgap_index.errors import ModelUnavailableError, QueryError
-from crossgap_index.ingest.decode import DecodeError, SkippedFile, _draft, decode_rgb, read_file
-from crossgap_index.ingest.pipeline import decode_side
+from crossgap_index.ingest.decode import DecodeError, SkippedFile, _draft, decode_rgb, decode_side, read_file
 from crossgap_index.ingest.texts import read_text_corpus
 from crossgap_index.models import load_model
 from crossgap_index.models._registry import bundled_dir

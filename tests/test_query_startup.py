@@ -1,6 +1,7 @@
 """What a cold `cgx query` loads: results printed as JSON or paths need no rich, a search never takes the writer
-lock (no filelock), and the labelled-data readers load only with --vocab. The image path's own check (ONNX, no
-torch) is in test_onnx_towers.py; benchmarks/bench_cold_query.py measures what these imports cost."""
+lock (no filelock), the write path and the other commands never load, and the labelled-data readers load only
+with --vocab. The image path's own check (ONNX, no torch) is in test_onnx_towers.py; benchmarks/bench_cold_query.py
+measures what these imports cost."""
 
 from __future__ import annotations
 
@@ -12,7 +13,11 @@ from crossgap_index import CrossGapIndex
 from tests.support.photos import MODEL
 from tests.test_cli_startup import cgx_modules
 
-NOT_FOR_A_QUERY = ("rich", "filelock", "torch", "open_clip", "crossgap_index.evaluation", "crossgap_index.server.app")
+NOT_FOR_A_QUERY = (
+    *("rich", "filelock", "torch", "open_clip", "platformdirs"),
+    *("crossgap_index.evaluation", "crossgap_index.server.app", "crossgap_index.engines"),
+    *("crossgap_index.cli.build_command", "crossgap_index.cli.eval_command"),  # main builds the query command alone
+)
 
 
 @pytest.fixture(scope="module")

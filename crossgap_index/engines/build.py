@@ -17,8 +17,9 @@ from pathlib import Path
 import numpy as np
 
 from crossgap_index.engines import Engine, LoadedFn, ModelSite, PrepareRequest
+from crossgap_index.ingest.decode import decode_side
 from crossgap_index.ingest.embeddings import IMPORTED_PREFIX
-from crossgap_index.ingest.pipeline import Prepared, ReadLimits, decode_side, prepare
+from crossgap_index.ingest.pipeline import Prepared, ReadLimits, prepare
 from crossgap_index.inversion.config import InversionConfig
 from crossgap_index.inversion.keys import seed_from_digest, settings_fingerprint
 from crossgap_index.pause_points import pause_point

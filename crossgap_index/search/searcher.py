@@ -14,8 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from crossgap_index.errors import QueryError, StoreError
-from crossgap_index.ingest.decode import DecodeError, SkippedFile, decode_rgb, read_file
-from crossgap_index.ingest.pipeline import decode_side
+from crossgap_index.ingest.decode import DecodeError, SkippedFile, decode_rgb, decode_side, read_file
 from crossgap_index.ingest.texts import check_query_text
 from crossgap_index.search.arithmetic import check_terms, combine
 from crossgap_index.search.filters import Admit, admitter, check_filter_target

@@ -16,8 +16,7 @@ from starlette.exceptions import HTTPException
 
 from crossgap_index.api import CrossGapIndex, Hit
 from crossgap_index.errors import CrossGapError
-from crossgap_index.ingest.decode import DecodeError, decode_rgb
-from crossgap_index.ingest.pipeline import decode_side
+from crossgap_index.ingest.decode import DecodeError, decode_rgb, decode_side
 from crossgap_index.ingest.texts import unicode_problem
 from crossgap_index.search.arithmetic import parse as parse_expression
 from crossgap_index.search.fitting import FitPending

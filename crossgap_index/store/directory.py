@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-import platformdirs
 
 from crossgap_index.errors import DiskFullError, StoreError, is_disk_full
 from crossgap_index.store.cache import InversionCache
@@ -60,6 +59,8 @@ def default_index_path() -> Path:
     env = os.environ.get(INDEX_ENV_VAR)
     if env:
         return Path(env).expanduser()
+    import platformdirs  # here: a query that names its index never needs it
+
     return Path(platformdirs.user_data_dir("crossgap-index")) / "default"
 
 
