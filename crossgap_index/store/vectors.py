@@ -453,10 +453,10 @@ def file_record(path: Path, fsync: bool = False) -> dict[str, int]:
     shows, and the file is judged before FAISS parses a byte of it. Not through a memory map: the mapped
     pages would count against this process's resident set beside FAISS's own map of the same file."""
     crc = 0
-    buffer = bytearray(_CRC_BLOCK)
-    view = memoryview(buffer)
     with path.open("rb", buffering=0) as f:
         size = os.fstat(f.fileno()).st_size
+        buffer = bytearray(max(1, min(size, _CRC_BLOCK)))  # a small file's open zeroes no 8 MiB it never fills
+        view = memoryview(buffer)
         while read := f.readinto(buffer):
             crc = zlib.crc32(view[:read], crc)
         if fsync:
