@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -19,8 +20,11 @@ from PIL import Image
 
 from crossgap_index import CrossGapIndex
 from crossgap_index.models.onnx_towers import (
+    FORMAT,
     IMAGE_MODEL,
+    IMAGE_SIDECAR,
     MIN_COSINE,
+    _probe_input,
     export_image_tower,
     load_image_tower,
     needs_export,
@@ -168,6 +172,25 @@ def test_the_rule_for_when_onnx_may_serve(monkeypatch):
     assert not onnx_allowed("cpu", "auto", "fp32", None)
 
 
+def test_the_probe_input_is_fixed_and_pinned_to_the_format():
+    """Each load compares the tower's feature of this input with the one recorded at export: a change to the input
+    must come with a new FORMAT (older sidecars are then exported again), which this pin makes a conscious edit."""
+    probe = _probe_input((3, 64, 64))
+    assert probe.shape == (1, 3, 64, 64) and probe.dtype == np.float32
+    assert abs(float(probe.mean())) < 0.01 and abs(float(probe.std()) - 1) < 0.01  # every value in play
+    assert len(np.unique(probe[0, :, :8, :8])) == 3 * 8 * 8
+    assert (FORMAT, zlib.crc32(probe.tobytes())) == (2, 2859442171)
+
+
+def test_a_tower_from_an_older_format_is_exported_again(exported, tmp_path):
+    shutil.copytree(exported, tmp_path, dirs_exist_ok=True)
+    sidecar = json.loads((tmp_path / IMAGE_SIDECAR).read_text())
+    sidecar["stamp"]["format"] = FORMAT - 1
+    (tmp_path / IMAGE_SIDECAR).write_text(json.dumps(sidecar))
+    assert needs_export(tmp_path, BUNDLED)
+    assert load_image_tower(tmp_path, BUNDLED) is None
+
+
 @pytest.mark.slow
 def test_cold_query_runs_without_torch_and_finds_the_torch_hits(bundled_index):
     index, photos = bundled_index
@@ -183,6 +206,7 @@ def test_cold_query_runs_without_torch_and_finds_the_torch_hits(bundled_index):
         fast, modules = cgx_query(index, query, *extra)
         assert "torch" not in modules and "open_clip" not in modules and "onnxruntime" in modules
         assert "rich" not in modules and "filelock" not in modules  # nothing drawn, nothing written
+        assert "numpy.random" not in modules and "crossgap_index.engines" not in modules  # the probe; the write path
         assert [i for i, _ in fast] == [i for i, _ in exact]
         np.testing.assert_allclose([s for _, s in fast], [s for _, s in exact], atol=1e-3)
 
