@@ -18,10 +18,10 @@ does, even where the environment sets ``PYTHONDONTWRITEBYTECODE``;
 
 ``--trees old=/tmp/old-checkout,new=.`` times `cgx query` from several checkouts (each its own PYTHONPATH; a tree
 may name extra folders before it, ``a:b``) side by side: in every round each tree's query runs right after the
-other's, so all see the same load, and the hits of every tree are compared with the first's. The trees must see one
-weights file identity (a bundled model's file has its checkout's mtime: ``touch -r`` one from the other), else each
-re-exports the tower the other made; a run where the tower changed is refused. ``--no-torch-path``
-leaves out the torch-path commands (seconds each, and the same in every tree).
+other's, so all see the same load, and the hits of every tree are compared with the first's. Each later tree queries
+its own copy of the index, so a tree whose tower sidecar has another format keeps the tower it exported; a run where
+a tower changed while timing is refused. ``--no-torch-path`` leaves out the torch-path commands (seconds each, and the
+same in every tree).
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -108,8 +109,10 @@ def timed(cmd: list[str], env: dict | None = None) -> tuple[float, float]:
     return seconds, (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
 
 
-def commands(index: Path, image: Path, trees: dict[str, str], torch_path: bool = True) -> dict:
-    """Every timed command by name; with more than one tree, each `cgx query` once per tree, the trees adjacent."""
+def commands(indexes: dict[str, Path], image: Path, trees: dict[str, str], torch_path: bool = True) -> dict:
+    """Every timed command by name; with more than one tree, each `cgx query` once per tree (on its own copy of the
+    index), the trees adjacent."""
+    index = next(iter(indexes.values()))
     query = ["query", str(image), "--index", str(index), "-k", "10", "--json", "--quiet"]
     on_torch = {"CGX_QUERY_TOWERS": "torch"}
     towers = index / "query-towers"
@@ -123,7 +126,8 @@ def commands(index: Path, image: Path, trees: dict[str, str], torch_path: bool =
     for label, extra in (("cgx query IMAGE", []), ("cgx query IMAGE --cross", ["--cross"])):
         for tree, path in trees.items():
             suffix = f" [{tree}]" if len(trees) > 1 else ""
-            named[f"{label} (ONNX){suffix}"] = lambda e=extra, pp=path: cgx([*query, *e], {"PYTHONPATH": pp})
+            own = ["query", str(image), "--index", str(indexes[tree]), "-k", "10", "--json", "--quiet", *extra]
+            named[f"{label} (ONNX){suffix}"] = lambda q=own, pp=path: cgx(q, {"PYTHONPATH": pp})
     if torch_path:
         named["cgx query IMAGE (torch path)"] = lambda: cgx(query, on_torch)
         named["cgx query IMAGE --cross (torch path)"] = lambda: cgx([*query, "--cross"], on_torch)
@@ -164,18 +168,21 @@ def main() -> None:
             hits(index, image, [])  # the first image query loads torch and exports the tower (not timed)
             for extra, env in (([], {}), (["--cross"], {}), (["--cross"], {"CGX_QUERY_TOWERS": "torch"})):
                 hits(index, image, extra, env)  # and bytecode is compiled once, as an install does (not timed)
-            for path in trees.values():
-                for extra in ([], ["--cross"]):
-                    hits(index, image, extra, {"PYTHONPATH": path})  # each tree's bytecode too
+            indexes = {tree: index if i == 0 else index.with_name(f"idx-{tree}") for i, tree in enumerate(trees)}
+            for tree, path in trees.items():
+                if indexes[tree] != index:
+                    shutil.copytree(index, indexes[tree], symlinks=True)
+                for extra in ([], ["--cross"]):  # each tree's bytecode, and its tower where its format differs
+                    hits(indexes[tree], image, extra, {"PYTHONPATH": path})
             sidecar = json.loads((index / "query-towers" / "image.json").read_text())
-            timed_commands = commands(index, image, trees, not args.no_torch_path)
+            timed_commands = commands(indexes, image, trees, not args.no_torch_path)
             samples: dict = {name: [] for name in timed_commands}
-            tower_before = (index / "query-towers" / "image.json").read_bytes()
+            towers_before = {t: (i / "query-towers" / "image.json").read_bytes() for t, i in indexes.items()}
             for _ in range(args.rounds):
                 for name, run in timed_commands.items():
                     samples[name].append(run())
-            if (index / "query-towers" / "image.json").read_bytes() != tower_before:
-                raise RuntimeError("the ONNX tower was exported again while timing: the trees disagree on the weights")
+            if {t: (i / "query-towers" / "image.json").read_bytes() for t, i in indexes.items()} != towers_before:
+                raise RuntimeError("an ONNX tower was exported again while timing")
             results["models"][model] = {
                 "tower": {k: sidecar.get(k) for k in ("status", "probe_min_cosine", "bytes")},
                 "median_s": {name: statistics.median(w for w, _ in t) for name, t in samples.items()},
@@ -183,7 +190,7 @@ def main() -> None:
                 "cpu_median_s": {name: statistics.median(c for _, c in t) for name, t in samples.items()},
                 "samples_s": {name: [w for w, _ in t] for name, t in samples.items()},
                 "cpu_samples_s": {name: [c for _, c in t] for name, t in samples.items()},
-                "hits": model_hits(index, image, trees, not args.no_torch_path),
+                "hits": model_hits(indexes, image, trees, not args.no_torch_path),
             }
     results["machine"]["load_average_at_end"] = os.getloadavg()
     write_json(OUT / f"{args.name}.json", results)
@@ -192,12 +199,13 @@ def main() -> None:
     print(table)
 
 
-def model_hits(index: Path, image: Path, trees: dict[str, str], torch_path: bool) -> dict:
-    """Each mode's (id, score) hits: ONNX from every tree, and torch from this one when it is timed."""
+def model_hits(indexes: dict[str, Path], image: Path, trees: dict[str, str], torch_path: bool) -> dict:
+    """Each mode's (id, score) hits: ONNX from every tree (on its own copy), and torch from this one when timed."""
+    index = next(iter(indexes.values()))
     found: dict = {}
     for mode, extra in (("intra", []), ("cross", ["--cross"])):
         found[mode] = {
-            f"onnx [{tree}]": hits(index, image, extra, {"PYTHONPATH": path}) for tree, path in trees.items()
+            f"onnx [{tree}]": hits(indexes[tree], image, extra, {"PYTHONPATH": path}) for tree, path in trees.items()
         }
         if torch_path:
             found[mode]["torch"] = hits(index, image, extra, {"CGX_QUERY_TOWERS": "torch"})
