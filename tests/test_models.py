@@ -38,3 +38,59 @@ def test_encoder_returns_unit_float32_rows():
         np.testing.assert_allclose(np.linalg.norm(feats, axis=1), 1.0, atol=1e-5)
     again = Encoder(load_model("tiny-random", "cpu")).encode_texts(["a"])
     np.testing.assert_allclose(again[0], texts[0], atol=1e-5)  # bundled random weights are deterministic
+
+
+def _weights_and_buffers(model) -> dict:
+    """Every state-dict entry and every buffer (non-persistent ones too: the causal mask)."""
+    return {**model.state_dict(), **{f"buffer {k}": v for k, v in model.named_buffers()}}
+
+
+def test_a_checkpoint_builds_without_random_fills_and_equals_a_filled_build(tmp_path, monkeypatch):
+    """Weights a checkpoint replaces are never filled with random numbers first (factory.py); the model is the
+    same, bit for bit, as one built with the fills, and random specs keep theirs."""
+    import threading
+
+    import torch
+    from safetensors.torch import save_file
+
+    from crossgap_index.models import factory
+
+    random_model = load_model("tiny-random", "cpu").model
+    folder = tmp_path / "local"
+    folder.mkdir()
+    config = factory.bundled_dir("tiny-random") / "open_clip_config.json"
+    (folder / "open_clip_config.json").write_text(config.read_text())
+    save_file({k: v.contiguous() for k, v in random_model.state_dict().items()}, folder / "open_clip_model.safetensors")
+    spec = str(folder)  # a folder holding open_clip_config.json and weights
+    assert factory._loads_every_weight(parse_spec(spec))
+    assert not factory._loads_every_weight(parse_spec("tiny-random"))
+    assert not factory._loads_every_weight(parse_spec("ViT-B-32/random"))
+
+    fills = []
+    real_normal = torch.nn.init.normal_
+
+    def counting(tensor, *args, **kwargs):
+        fills.append(tensor.numel())
+        return real_normal(tensor, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.init, "normal_", counting)
+    skipped = load_model(spec, "cpu").model
+    assert fills == []  # no random fill ran for the checkpoint's weights
+    monkeypatch.setattr(factory, "_loads_every_weight", lambda spec: False)
+    filled = load_model(spec, "cpu").model
+    assert fills  # the same build with its fills
+    expected, got = _weights_and_buffers(filled), _weights_and_buffers(skipped)
+    assert expected.keys() == got.keys()
+    assert all(torch.equal(expected[k], got[k]) for k in expected)
+    assert all(torch.equal(v, _weights_and_buffers(random_model)[k]) for k, v in got.items())
+    assert torch.nn.init.normal_ is counting  # the build put back what it found
+
+    # While a build skips, other threads' fills are real; the building thread's are not.
+    inside = []
+    with factory._random_fills_skipped(True):
+        mine = torch.nn.init.normal_(torch.zeros(1000))
+        worker = threading.Thread(target=lambda: inside.append(torch.nn.init.normal_(torch.zeros(1000))))
+        worker.start()
+        worker.join()
+    assert float(mine.abs().sum()) == 0.0
+    assert float(inside[0].std()) > 0.5
