@@ -6,6 +6,8 @@ see the same load), median over the rounds. Commands:
 * ``cgx query`` as shipped: image queries on the verified ONNX tower (models/query_encoder.py);
 * the same with ``CGX_QUERY_TOWERS=torch``: the torch path (torch + open_clip imported, the model built, bf16
   where the CPU runs it natively, as before this path existed);
+* ``cgx query TEXT --text``: a text query, which always imports torch and builds the model (a model whose
+  checkpoint replaces every weight is built without random fills);
 * ``python -c "import torch"`` and ``python -c pass``;
 
 every process keeps compiled bytecode (``PYTHONPYCACHEPREFIX``, warmed before timing), as an installed package
@@ -109,6 +111,14 @@ def timed(cmd: list[str], env: dict | None = None) -> tuple[float, float]:
     return seconds, (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
 
 
+# The queries timed from every tree: image queries take the ONNX tower; a text query always loads torch and the model.
+TREE_QUERIES = {
+    "cgx query IMAGE (ONNX)": ["IMAGE"],
+    "cgx query IMAGE --cross (ONNX)": ["IMAGE", "--cross"],
+    "cgx query TEXT (torch)": ["two red shapes", "--text"],
+}
+
+
 def commands(indexes: dict[str, Path], image: Path, trees: dict[str, str], torch_path: bool = True) -> dict:
     """Every timed command by name; with more than one tree, each `cgx query` once per tree (on its own copy of the
     index), the trees adjacent."""
@@ -123,20 +133,21 @@ def commands(indexes: dict[str, Path], image: Path, trees: dict[str, str], torch
             [sys.executable, "-c", FLOOR, str(towers), str(image), str(index / "image.faiss")]
         ),
     }
-    for label, extra in (("cgx query IMAGE", []), ("cgx query IMAGE --cross", ["--cross"])):
+    for label, given in TREE_QUERIES.items():
         for tree, path in trees.items():
             suffix = f" [{tree}]" if len(trees) > 1 else ""
-            own = ["query", str(image), "--index", str(indexes[tree]), "-k", "10", "--json", "--quiet", *extra]
-            named[f"{label} (ONNX){suffix}"] = lambda q=own, pp=path: cgx(q, {"PYTHONPATH": pp})
+            args = [str(image) if word == "IMAGE" else word for word in given]
+            own = ["query", *args, "--index", str(indexes[tree]), "-k", "10", "--json", "--quiet"]
+            named[f"{label}{suffix}"] = lambda q=own, pp=path: cgx(q, {"PYTHONPATH": pp})
     if torch_path:
         named["cgx query IMAGE (torch path)"] = lambda: cgx(query, on_torch)
         named["cgx query IMAGE --cross (torch path)"] = lambda: cgx([*query, "--cross"], on_torch)
     return named
 
 
-def hits(index: Path, image: Path, extra: list[str], env: dict | None = None) -> list:
+def hits(index: Path, query: str | Path, extra: list[str], env: dict | None = None) -> list:
     full_env = bench_env(env)
-    args = ["query", str(image), "--index", str(index), "-k", "10", "--json", "--quiet", *extra]
+    args = ["query", str(query), "--index", str(index), "-k", "10", "--json", "--quiet", *extra]
     cmd = [sys.executable, "-m", "crossgap_index", *args]
     out = subprocess.run(cmd, capture_output=True, text=True, env=full_env, cwd=NEUTRAL_CWD)
     return [(h["id"], h["score"]) for h in json.loads(out.stdout)["hits"]]
@@ -174,6 +185,8 @@ def main() -> None:
                     shutil.copytree(index, indexes[tree], symlinks=True)
                 for extra in ([], ["--cross"]):  # each tree's bytecode, and its tower where its format differs
                     hits(indexes[tree], image, extra, {"PYTHONPATH": path})
+                text = TREE_QUERIES["cgx query TEXT (torch)"]
+                hits(indexes[tree], text[0], text[1:], {"PYTHONPATH": path})  # the text path's bytecode
             sidecar = json.loads((index / "query-towers" / "image.json").read_text())
             timed_commands = commands(indexes, image, trees, not args.no_torch_path)
             samples: dict = {name: [] for name in timed_commands}
@@ -209,6 +222,10 @@ def model_hits(indexes: dict[str, Path], image: Path, trees: dict[str, str], tor
         }
         if torch_path:
             found[mode]["torch"] = hits(index, image, extra, {"CGX_QUERY_TOWERS": "torch"})
+    text = TREE_QUERIES["cgx query TEXT (torch)"]
+    found["text"] = {
+        f"torch [{tree}]": hits(indexes[tree], text[0], text[1:], {"PYTHONPATH": path}) for tree, path in trees.items()
+    }
     return found
 
 
@@ -250,7 +267,7 @@ def markdown(results: dict) -> str:
 def _paired_ratios(samples: dict, trees: list[str], what: str) -> list[str]:
     """Each later tree's query time over the first tree's, taken round by round (the two ran back to back), median."""
     lines = []
-    for label in ("cgx query IMAGE (ONNX)", "cgx query IMAGE --cross (ONNX)"):
+    for label in TREE_QUERIES:
         first = samples.get(f"{label} [{trees[0]}]") if trees else None
         for tree in trees[1:]:
             if first is None:
