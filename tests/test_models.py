@@ -94,3 +94,22 @@ def test_a_checkpoint_builds_without_random_fills_and_equals_a_filled_build(tmp_
         worker.join()
     assert float(mine.abs().sum()) == 0.0
     assert float(inside[0].std()) > 0.5
+
+
+def test_loads_of_one_model_share_its_tokenizer_until_its_config_changes(tmp_path):
+    import os
+
+    first, second = load_model("tiny-random", "cpu"), load_model("tiny-random", "cpu")
+    assert first.tokenizer is second.tokenizer and first.model is not second.model  # the weights are each load's own
+    texts = ["a red bicycle", "two blue shapes"]
+    assert first.tokenizer(texts).tolist() == second.tokenizer(texts).tolist()
+    from crossgap_index.models import factory
+
+    folder = tmp_path / "model"
+    folder.mkdir()
+    config = folder / "open_clip_config.json"
+    config.write_text((factory.bundled_dir("tiny-random") / "open_clip_config.json").read_text())
+    before = factory._tokenizer(f"local-dir:{folder}", folder)
+    assert factory._tokenizer(f"local-dir:{folder}", folder) is before
+    os.utime(config, ns=(config.stat().st_atime_ns, config.stat().st_mtime_ns + 10**9))
+    assert factory._tokenizer(f"local-dir:{folder}", folder) is not before  # an edited config: built again
