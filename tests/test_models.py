@@ -66,34 +66,37 @@ def test_a_checkpoint_builds_without_random_fills_and_equals_a_filled_build(tmp_
     assert not factory._loads_every_weight(parse_spec("tiny-random"))
     assert not factory._loads_every_weight(parse_spec("ViT-B-32/random"))
 
-    fills = []
-    real_normal = torch.nn.init.normal_
+    skipped_fills = []
 
-    def counting(tensor, *args, **kwargs):
-        fills.append(tensor.numel())
-        return real_normal(tensor, *args, **kwargs)
+    class Spy(factory._RandomFillsSkipped):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            if func in self._SKIPPED:
+                skipped_fills.append(func)
+            return super().__torch_function__(func, types, args, kwargs)
 
-    monkeypatch.setattr(torch.nn.init, "normal_", counting)
+    monkeypatch.setattr(factory, "_RandomFillsSkipped", Spy)
     skipped = load_model(spec, "cpu").model
-    assert fills == []  # no random fill ran for the checkpoint's weights
+    assert skipped_fills  # the checkpoint's build skipped its random fills
+    before = len(skipped_fills)
+    load_model("tiny-random", "cpu")
+    assert len(skipped_fills) == before  # a random spec keeps them: they are its weights
     monkeypatch.setattr(factory, "_loads_every_weight", lambda spec: False)
     filled = load_model(spec, "cpu").model
-    assert fills  # the same build with its fills
     expected, got = _weights_and_buffers(filled), _weights_and_buffers(skipped)
     assert expected.keys() == got.keys()
     assert all(torch.equal(expected[k], got[k]) for k in expected)
     assert all(torch.equal(v, _weights_and_buffers(random_model)[k]) for k, v in got.items())
-    assert torch.nn.init.normal_ is counting  # the build put back what it found
 
-    # While a build skips, other threads' fills are real; the building thread's are not.
+    # The mode is this thread's: another thread's fills are real meanwhile.
     inside = []
-    with factory._random_fills_skipped(True):
-        mine = torch.nn.init.normal_(torch.zeros(1000))
+    with factory._RandomFillsSkipped():
+        mine = [torch.nn.init.normal_(torch.zeros(100)), torch.nn.init.xavier_uniform_(torch.zeros(10, 10))]
         worker = threading.Thread(target=lambda: inside.append(torch.nn.init.normal_(torch.zeros(1000))))
         worker.start()
         worker.join()
-    assert float(mine.abs().sum()) == 0.0
+    assert all(float(t.abs().sum()) == 0.0 for t in mine)
     assert float(inside[0].std()) > 0.5
+    assert float(torch.nn.init.normal_(torch.zeros(1000)).std()) > 0.5  # and this thread's again after
 
 
 def test_loads_of_one_model_share_its_tokenizer_until_its_config_changes(tmp_path):
@@ -113,3 +116,30 @@ def test_loads_of_one_model_share_its_tokenizer_until_its_config_changes(tmp_pat
     assert factory._tokenizer(f"local-dir:{folder}", folder) is before
     os.utime(config, ns=(config.stat().st_atime_ns, config.stat().st_mtime_ns + 10**9))
     assert factory._tokenizer(f"local-dir:{folder}", folder) is not before  # an edited config: built again
+
+
+def test_a_folder_whose_weights_vanish_during_the_build_is_refused(tmp_path, monkeypatch):
+    """open_clip only warns when a folder holds no weights, and a checkpoint build leaves its weights unfilled:
+    weights deleted between the check and the build must end in the one-line refusal, not in a model of garbage."""
+    import open_clip
+    from safetensors.torch import save_file
+
+    from crossgap_index.models import factory
+
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "open_clip_config.json").write_text(
+        (factory.bundled_dir("tiny-random") / "open_clip_config.json").read_text()
+    )
+    weights = folder / "open_clip_model.safetensors"
+    save_file({k: v.contiguous() for k, v in load_model("tiny-random", "cpu").model.state_dict().items()}, weights)
+    real_create = open_clip.create_model_and_transforms
+
+    def create_after_the_weights_are_gone(*args, **kwargs):
+        weights.unlink()
+        return real_create(*args, **kwargs)
+
+    monkeypatch.setattr(open_clip, "create_model_and_transforms", create_after_the_weights_are_gone)
+    with pytest.raises(ModelUnavailableError, match="no weights file") as refused:
+        load_model(str(folder), "cpu")
+    assert "\n" not in str(refused.value)

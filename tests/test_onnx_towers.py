@@ -177,9 +177,11 @@ def test_the_probe_input_is_fixed_and_pinned_to_the_format():
     must come with a new FORMAT (older sidecars are then exported again), which this pin makes a conscious edit."""
     probe = _probe_input((3, 64, 64))
     assert probe.shape == (1, 3, 64, 64) and probe.dtype == np.float32
-    assert abs(float(probe.mean())) < 0.01 and abs(float(probe.std()) - 1) < 0.01  # every value in play
+    flat = probe.ravel()
+    assert abs(float(flat.mean())) < 0.05 and abs(float(flat.std()) - 1) < 0.01  # unit variance
+    assert abs(float(np.corrcoef(flat[:-1], flat[1:])[0, 1])) < 0.05  # neighbours uncorrelated, as noise is
     assert len(np.unique(probe[0, :, :8, :8])) == 3 * 8 * 8
-    assert (FORMAT, zlib.crc32(probe.tobytes())) == (2, 2859442171)
+    assert (FORMAT, zlib.crc32(probe.tobytes())) == (3, 3698105242)
 
 
 def test_a_tower_from_an_older_format_is_exported_again(exported, tmp_path):

@@ -16,12 +16,13 @@ import contextlib
 import copy
 import functools
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import open_clip
 import torch
+from torch.overrides import TorchFunctionMode
 
 from crossgap_index.errors import ModelUnavailableError
 from crossgap_index.models._registry import RANDOM_INIT_SEED, bundled_dir, bundled_names
@@ -118,14 +119,16 @@ def load_model(spec: str | ModelSpec, device: str | torch.device = "auto") -> Lo
             )
     overwritten = _loads_every_weight(parsed)
     try:
-        with torch.random.fork_rng(devices=[]), _random_fills_skipped(overwritten):
+        with torch.random.fork_rng(devices=[]), _RandomFillsSkipped() if overwritten else contextlib.nullcontext():
             torch.manual_seed(RANDOM_INIT_SEED)
             model, _, preprocess = open_clip.create_model_and_transforms(
                 model_name, pretrained=pretrained, device=dev, weights_only=True
             )
-            tokenizer = _tokenizer(model_name, folder)
+        tokenizer = _tokenizer(model_name, folder)
     except Exception as exc:  # noqa: BLE001 - open_clip/hf_hub raise many types for "cannot fetch"
         raise ModelUnavailableError(_unavailable_message(parsed, exc)) from exc
+    if parsed.kind == "local-dir":
+        local_weights(parsed)  # still there: open_clip only warns when a folder has none, and nothing filled them
     model.eval().requires_grad_(False)
     return LoadedModel(parsed, model, preprocess, tokenizer, dev)
 
@@ -135,19 +138,24 @@ _tokenizers_lock = threading.Lock()
 
 
 def _tokenizer(model_name: str, folder: Path | None) -> Callable:
-    """open_clip's tokenizer for ``model_name``, built once per process: building one reads and parses its BPE
-    vocabulary (~60 ms, as much as building crossgap-small), and what it holds is the model's vocabulary, not the
-    model's weights, so every load of the model can share it. A model folder's is built again when its config
-    changes."""
+    """open_clip's tokenizer for ``model_name``; its own BPE tokenizer is built once per process and shared by every
+    load of the model: building one parses the BPE vocabulary (~60 ms, as much as building crossgap-small), and it
+    holds the model's vocabulary and context length, not its weights. A model folder's is built again when its
+    config changes. Hugging Face tokenizers (SigLIP and other custom text towers) are built per load as before: they
+    read files of their own and are not safe to share between threads."""
     stamp = None
     if folder is not None:
         config = (folder / "open_clip_config.json").stat()
         stamp = (config.st_size, config.st_mtime_ns)
+    key = (model_name, stamp)
     with _tokenizers_lock:
-        key = (model_name, stamp)
-        if key not in _tokenizers:
-            _tokenizers[key] = open_clip.get_tokenizer(model_name)
-        return _tokenizers[key]
+        if key in _tokenizers:
+            return _tokenizers[key]
+    built = open_clip.get_tokenizer(model_name)
+    if isinstance(built, open_clip.tokenizer.SimpleTokenizer):
+        with _tokenizers_lock:
+            built = _tokenizers.setdefault(key, built)
+    return built
 
 
 def _loads_every_weight(spec: ModelSpec) -> bool:
@@ -160,45 +168,23 @@ def _loads_every_weight(spec: ModelSpec) -> bool:
     return folder is not None and (folder / "open_clip_model.safetensors").is_file()
 
 
-# torch.nn.init's fills, which module constructors call (Linear.reset_parameters, open_clip's init_parameters).
-_INIT_FILLS = (
-    *("uniform_", "normal_", "trunc_normal_", "constant_", "ones_", "zeros_", "eye_", "dirac_"),
-    *("xavier_uniform_", "xavier_normal_", "kaiming_uniform_", "kaiming_normal_", "orthogonal_", "sparse_"),
-)
-_building = threading.Lock()  # the fills are swapped for one skipping build at a time
-_skipping = threading.local()
+class _RandomFillsSkipped(TorchFunctionMode):
+    """While active, random fills leave their tensor as it is: torch.nn.init's ``uniform_``, ``normal_`` and
+    ``kaiming_uniform_`` (which hand themselves to the mode whole), and the ``Tensor.uniform_`` / ``normal_`` that
+    the other fills and open_clip's ``init_parameters`` end in. Used only where a checkpoint loaded strictly right
+    after replaces every weight: filling ViT-B-32 with random numbers first cost 1.2 of its 1.4 s build. Torch
+    function modes are per thread, so other threads' fills stay real; computed tensors (causal masks, made with
+    ``fill_``) are untouched."""
 
+    _SKIPPED = frozenset(
+        {torch.Tensor.uniform_, torch.Tensor.normal_, torch.nn.init.uniform_, torch.nn.init.normal_}
+        | {torch.nn.init.kaiming_uniform_}
+    )
 
-@contextlib.contextmanager
-def _random_fills_skipped(skip: bool) -> Iterator[None]:
-    """With ``skip``, modules built in this thread leave their weights unfilled: the checkpoint loaded strictly
-    right after replaces every one, and filling ViT-B-32 with random numbers first cost 1.2 of its 1.4 s build.
-    Non-persistent buffers (causal masks) are computed, not filled, so they are unaffected; other threads calling
-    torch.nn.init meanwhile get the real fills (skipping builds take turns, so each restores the real ones)."""
-    if not skip:
-        yield
-        return
-    with _building:
-        originals = {name: getattr(torch.nn.init, name) for name in _INIT_FILLS}
-        for name, fill in originals.items():
-            setattr(torch.nn.init, name, _unless_skipping(fill))
-        _skipping.active = True
-        try:
-            yield
-        finally:
-            _skipping.active = False
-            for name, fill in originals.items():
-                setattr(torch.nn.init, name, fill)
-
-
-def _unless_skipping(fill: Callable) -> Callable:
-    @functools.wraps(fill)
-    def fill_unless_skipping(tensor: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        if getattr(_skipping, "active", False):
-            return tensor
-        return fill(tensor, *args, **kwargs)
-
-    return fill_unless_skipping
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func in self._SKIPPED:
+            return args[0] if args else kwargs["tensor"]  # torch.nn.init passes its tensor by name
+        return func(*args, **(kwargs or {}))
 
 
 def _unavailable_message(spec: ModelSpec, exc: Exception) -> str:
