@@ -36,6 +36,7 @@ from crossgap_index.models.spec import (  # noqa: F401 - re-exported: the spec l
     default_model_spec,
     local_weights,
     parse_spec,
+    weights_file,
 )
 from crossgap_index.precision import dtype_of, resolve_inversion
 
@@ -162,10 +163,7 @@ def _loads_every_weight(spec: ModelSpec) -> bool:
     """Whether building ``spec`` ends in a checkpoint loaded over every weight: open_clip loads a full checkpoint
     (a pretrained tag, a local file or folder, a bundled model's weights) with ``strict=True``, so a parameter it
     does not replace is an error. Random specs, and a bundled folder without weights (tiny-random), keep the init."""
-    if spec.kind in ("pretrained", "checkpoint", "local-dir"):
-        return True
-    folder = bundled_dir(spec.arch) if spec.kind == "bundled" else None
-    return folder is not None and (folder / "open_clip_model.safetensors").is_file()
+    return spec.kind == "pretrained" or weights_file(spec) is not None
 
 
 class _RandomFillsSkipped(TorchFunctionMode):

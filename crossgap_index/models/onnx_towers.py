@@ -26,9 +26,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from crossgap_index.models._registry import bundled_dir
 from crossgap_index.models.pixels import PixelRecipe, recipe_of
-from crossgap_index.models.spec import local_weights, parse_spec
+from crossgap_index.models.spec import parse_spec, weights_file
 
 TOWERS_DIR = "query-towers"
 IMAGE_MODEL = "image.onnx"
@@ -66,12 +65,7 @@ def towers_dir(index_path: Path) -> Path:
 def weights_stamp(model: str) -> list[int] | None:
     """(size, mtime_ns) of the weights file a model spec loads from disk, None for pretrained and random specs:
     a tower exported from other weights than the file now holds is not used."""
-    spec = parse_spec(model)
-    if spec.kind == "bundled":
-        folder = bundled_dir(spec.arch)
-        file = folder / "open_clip_model.safetensors" if folder is not None else None
-    else:
-        file = local_weights(spec)
+    file = weights_file(parse_spec(model))
     if file is None or not file.is_file():
         return None
     stat = file.stat()

@@ -123,6 +123,17 @@ _OPEN_CLIP_PREFERRED = (
 )
 
 
+def weights_file(spec: ModelSpec) -> Path | None:
+    """The safetensors file on disk that ``spec``'s weights load from: a local file's or folder's
+    (``local_weights``), or the one a bundled model ships; None for pretrained tags (open_clip fetches them), random
+    specs, and a bundled model that ships no weights (tiny-random)."""
+    if spec.kind != "bundled":
+        return local_weights(spec)
+    folder = bundled_dir(spec.arch)
+    chosen = _open_clip_choice(folder) if folder is not None else None
+    return chosen if chosen is not None and chosen.suffix == SAFE_WEIGHTS_SUFFIX else None
+
+
 def _open_clip_choice(folder: Path) -> Path | None:
     """The weights file open_clip's ``local-dir:`` loader would pick in ``folder`` (None: it would pick none)."""
     found = {p.name: p for pattern in ("*.safetensors", "*.bin", "*.pth") for p in folder.glob(pattern)}
